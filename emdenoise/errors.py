@@ -1,0 +1,54 @@
+"""The errors a task may raise on purpose. The CLI turns each into one line and an exit code.
+
+Exit codes (also in the README):
+  0  success
+  1  runtime failure (network down, server error, disk full, a run that did not converge ...)
+  2  bad input (parameters file, command line, data or model files that are missing or malformed)
+  3  busy (another run holds the lock on the same output folder)
+  130 interrupted (Ctrl-C)
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_BAD_INPUT = 2
+EXIT_BUSY = 3
+EXIT_INTERRUPTED = 130
+
+
+class EmdError(Exception):
+    """Base class: a failure we can explain in one line."""
+
+    exit_code = EXIT_RUNTIME
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class InputError(EmdError):
+    """Something the user gave us is wrong: say which file, which field, and what was expected."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    @classmethod
+    def at(cls, where, field: str | None, expected: str) -> "InputError":
+        """``InputError.at("params.yaml", "train.epochs", "an integer >= 1, got 'two'")``."""
+        parts = [str(where)]
+        if field:
+            parts.append(str(field))
+        parts.append(expected)
+        return cls(": ".join(parts))
+
+
+class RuntimeFailure(EmdError):
+    """The input was fine but the run could not complete (network, server, disk ...)."""
+
+    exit_code = EXIT_RUNTIME
+
+
+class BusyError(EmdError):
+    """Another run is writing into the same output folder."""
+
+    exit_code = EXIT_BUSY

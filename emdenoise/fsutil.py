@@ -1,0 +1,50 @@
+"""Atomic file writing: write to a temporary name in the same folder, then rename into place.
+
+A crash at any moment leaves either the old good file or the new good file, never a partial one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``dest``; on success fsync and rename it onto ``dest``.
+
+    On any exception the temporary file is removed and ``dest`` is left as it was.
+    ``suffix`` defaults to dest's own suffix so libraries that look at the extension still work.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=(dest.suffix if suffix is None else suffix) + ".tmp",
+                               dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def write_bytes_atomic(dest: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(dest: str | os.PathLike, text: str) -> None:
+    write_bytes_atomic(dest, text.encode("utf-8"))
+
+
+def write_json_atomic(dest: str | os.PathLike, obj) -> None:
+    write_text_atomic(dest, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")

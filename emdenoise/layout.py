@@ -1,0 +1,50 @@
+"""File layouts shared by the tasks: the raw em_graphene_sim layout and the processed ``data_dir`` layout.
+
+Raw (what ``download`` writes and ``preprocess`` reads; the public dataset's own layout)::
+
+    raw_data_dir/
+      train/graphene_img_noise.h5   dataset "images", float32, (N, H, W, 1), channels last
+      train/graphene_img_clean.h5   dataset "images", same shape, pair i = row i of both files
+      test/graphene_img_noise.h5
+      test/graphene_img_clean.h5
+      inference/raw/*.tif           optional, single-channel noisy images
+      inference/truth/*.tif         optional, matching clean images (same file names)
+      MANIFEST.json                 written by download: source, keys, sizes, checksums, time
+
+    The synthetic generator also stores the dose of each image (electrons per pixel at the beam centre) as
+    the attribute "dose" (float32 array of length N) on the noisy "images" dataset.
+
+Processed (what ``preprocess`` writes and ``train``/``test`` read)::
+
+    data_dir/
+      train.h5, val.h5, test.h5     datasets "noisy" and "clean": float32 (N, H, W), chunked one image per chunk,
+                                    no compression; optional "dose": float32 (N,); optional "index": int64 (N,),
+                                    the row in the raw file each pair came from
+      inference.h5                  optional, same datasets, from inference/raw + inference/truth
+      dataset_card.json             see DATASET_CARD_KEYS
+"""
+
+from __future__ import annotations
+
+RAW_SPLITS = ("train", "test")
+RAW_FILES = {"noisy": "graphene_img_noise.h5", "clean": "graphene_img_clean.h5"}
+RAW_DATASET = "images"
+MANIFEST = "MANIFEST.json"
+
+SPLITS = ("train", "val", "test")
+SPLIT_FILE = "{split}.h5"
+CARD = "dataset_card.json"
+
+# dataset_card.json holds at least these keys:
+#   format          "emdenoise-data/1"
+#   image_shape     [H, W]
+#   splits          {split: {"file": "train.h5", "n": N}} for train, val, test (and inference when present)
+#   value_range     {split: {"noisy": [min, max], "clean": [min, max]}}
+#   normalisation   {"noisy": {"mean": m, "std": s}, "clean": {"mean": m, "std": s}}  (from the train split)
+#   data_range      R, the fixed PSNR data range: max - min of the clean test set
+#   data_range_definition  a sentence saying so
+#   has_dose        whether the splits carry a "dose" dataset
+#   source          the raw MANIFEST's source (or null)
+DATASET_CARD_KEYS = ("format", "image_shape", "splits", "value_range", "normalisation", "data_range",
+                     "data_range_definition", "has_dose", "source")
+CARD_FORMAT = "emdenoise-data/1"

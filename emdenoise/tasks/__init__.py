@@ -1,0 +1,1 @@
+"""One module per MLCube task; each has ``run(ctx: emdenoise.cli.TaskContext)``."""
