@@ -1,0 +1,64 @@
+"""Reading the processed ``data_dir`` layout (see :mod:`emdenoise.layout`) into memory."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from emdenoise.errors import InputError
+from emdenoise.layout import CARD, CARD_FORMAT, SPLIT_FILE
+
+
+@dataclass
+class Split:
+    """One split in memory: ``noisy`` and ``clean`` float32 (N, H, W); ``dose`` float32 (N,) or None."""
+
+    name: str
+    noisy: np.ndarray
+    clean: np.ndarray
+    dose: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.noisy)
+
+
+def load_card(data_dir: str | Path) -> dict:
+    path = Path(data_dir) / CARD
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError.at(path, None, "dataset card not found; run the preprocess task first") from None
+    except (OSError, ValueError) as exc:
+        raise InputError.at(path, None, f"expected a JSON dataset card ({exc.__class__.__name__})") from None
+    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
+        raise InputError.at(path, "format", f"expected {CARD_FORMAT!r}, got "
+                            f"{card.get('format') if isinstance(card, dict) else card!r}")
+    return card
+
+
+def load_split(data_dir: str | Path, split: str, max_images: int = 0) -> Split:
+    """Read one split (``train``, ``val``, ``test``, ``inference``) wholly into memory (first ``max_images``)."""
+    path = Path(data_dir) / SPLIT_FILE.format(split=split)
+    if not path.is_file():
+        raise InputError.at(path, None, f"{split} split not found; run the preprocess task first")
+    n = None if max_images <= 0 else max_images
+    try:
+        with h5py.File(path, "r") as fh:
+            arrays = {}
+            for key in ("noisy", "clean"):
+                ds = fh.get(key)
+                if not isinstance(ds, h5py.Dataset) or ds.ndim != 3:
+                    raise InputError.at(path, key, "expected a (N, H, W) dataset")
+                arrays[key] = np.asarray(ds[:n], dtype=np.float32)
+            dose = fh.get("dose")
+            arrays["dose"] = np.asarray(dose[:n], dtype=np.float32) if isinstance(dose, h5py.Dataset) else None
+    except OSError as exc:
+        raise InputError.at(path, None, f"expected a readable HDF5 file ({exc})") from None
+    if arrays["noisy"].shape != arrays["clean"].shape:
+        raise InputError.at(path, "clean", f"expected the shape of 'noisy' {arrays['noisy'].shape}, got "
+                            f"{arrays['clean'].shape}")
+    return Split(split, arrays["noisy"], arrays["clean"], arrays["dose"])
