@@ -82,8 +82,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
                                    min=1),
     },
     "preprocess": {
-        "val_fraction": Field("float", 0.1, "fraction of the training pairs held out for validation",
-                              min=0.0, max=0.9),
+        "val_fraction": Field("float", 0.1, "fraction of the training pairs held out for validation (rounded; "
+                              "at least one pair, at least one left for training)", min=0.0, max=0.9),
         "seed": Field("int", 0, "random seed of the train/val split", min=0),
     },
     "train": {
@@ -191,7 +191,9 @@ def _hint(word: str, options) -> str:
 
 
 def defaults() -> dict[str, dict[str, Any]]:
-    return {sec: {k: f.default for k, f in fields.items()} for sec, fields in SCHEMA.items()}
+    """Every parameter at its default, in validated form (a ``names`` value is a list or 'all')."""
+    return {sec: {k: validate_value("defaults", f"{sec}.{k}", f, f.default) for k, f in fields.items()}
+            for sec, fields in SCHEMA.items()}
 
 
 def validate(raw: Any, where: str = "parameters") -> dict[str, dict[str, Any]]:

@@ -1,0 +1,73 @@
+"""The task command line: names and spellings, one-line errors, exit codes, log files."""
+
+import subprocess
+import sys
+
+import pytest
+
+from emdenoise import cli
+from emdenoise.errors import EXIT_BAD_INPUT
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "emdenoise", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_every_task_accepts_both_spellings_of_its_paths():
+    parser = cli.build_parser()
+    for task, spec in cli.TASKS.items():
+        for arg in spec.inputs + spec.outputs:
+            for flag in {f"--{arg}", f"--{arg.replace('_', '-')}"}:
+                args = parser.parse_args([task, f"{flag}=/mlcube_io0/x"])
+                assert getattr(args, arg) == "/mlcube_io0/x"
+
+
+def test_task_table_matches_the_issue_contract():
+    assert cli.TASKS["download"].inputs == ("parameters_file",)
+    assert cli.TASKS["download"].outputs == ("raw_data_dir", "log_dir")
+    assert cli.TASKS["preprocess"].inputs == ("raw_data_dir", "parameters_file")
+    assert cli.TASKS["train"].outputs == ("model_dir", "output_dir", "log_dir")
+    assert cli.TASKS["test"].inputs == ("data_dir", "model_dir", "parameters_file")
+
+
+def test_bad_parameters_give_one_line_exit_2_and_a_log_file(tmp_path):
+    params = tmp_path / "p.yaml"
+    params.write_text("train:\n  epohcs: 3\n")
+    logs = tmp_path / "logs"
+    res = run("download", f"--parameters_file={params}", f"--raw_data_dir={tmp_path / 'raw'}", f"--log_dir={logs}")
+    assert res.returncode == EXIT_BAD_INPUT
+    errors = [line for line in res.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "train.epohcs" in errors[0] and "did you mean 'epochs'" in errors[0]
+    assert "Traceback" not in res.stderr
+    assert "train.epohcs" in (logs / "download.log").read_text()
+    assert not (tmp_path / "raw").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    res = run("download", f"--parameters_file={tmp_path / 'missing.yaml'}", f"--log_dir={tmp_path}", "--debug")
+    assert res.returncode == EXIT_BAD_INPUT and "Traceback" in res.stderr
+
+
+def test_set_overrides_are_validated(tmp_path):
+    res = run("download", f"--workspace={tmp_path}", "--set", "download.seed=-3")
+    assert res.returncode == EXIT_BAD_INPUT
+    assert "not found" in res.stderr  # the workspace has no parameters file: that is checked first
+
+
+def test_no_task_prints_help_and_fails():
+    res = run()
+    assert res.returncode == EXIT_BAD_INPUT and "download" in res.stderr
+
+
+@pytest.mark.parametrize("task", list(cli.TASKS))
+def test_help_of_each_task_names_its_paths(task):
+    res = run(task, "--help")
+    assert res.returncode == 0
+    for arg in cli.TASKS[task].inputs + cli.TASKS[task].outputs:
+        assert f"--{arg}" in res.stdout
+
+
+def test_console_script_is_installed(repo_root):
+    exe = repo_root / ".venv" / "bin" / "emdenoise"
+    res = subprocess.run([str(exe) if exe.exists() else "emdenoise", "--version"], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.startswith("emdenoise ")

@@ -1,0 +1,139 @@
+"""The parameters schema: defaults, validation, did-you-mean hints, overrides, shipped files."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given, settings, strategies as st
+
+from emdenoise import params
+from emdenoise.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path, text):
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_validate_and_cover_every_section():
+    merged = params.validate({})
+    assert set(merged) == {"download", "preprocess", "train", "test"}
+    for section, fields in params.SCHEMA.items():
+        for key, fld in fields.items():
+            once = params.validate_value("x", key, fld, fld.default)
+            assert params.validate_value("x", key, fld, once) == once == merged[section][key]
+
+
+@pytest.mark.parametrize("name", ["default", "quickstart"])
+def test_shipped_parameter_files_are_valid(name):
+    merged = params.load(ROOT / "workspace" / "parameters" / f"{name}.parameters.yaml")
+    assert merged["train"]["model"] == ["sciml_ae"]
+
+
+def test_default_file_is_the_documented_benchmark():
+    merged = params.load(ROOT / "workspace/parameters/default.parameters.yaml")
+    assert merged["download"]["source"] == "stfc"
+    assert (merged["train"]["batch_size"], merged["train"]["epochs"], merged["train"]["lr"]) == (128, 2, 0.01)
+
+
+def test_quickstart_is_synthetic():
+    assert params.load(ROOT / "workspace/parameters/quickstart.parameters.yaml")["download"]["source"] == "synthetic"
+
+
+def test_unknown_key_gets_did_you_mean(tmp_path):
+    path = write(tmp_path, "train:\n  epoch: 3\n")
+    with pytest.raises(InputError) as err:
+        params.load(path)
+    msg = err.value.message
+    assert str(path) in msg and "train.epoch" in msg and "did you mean 'epochs'" in msg
+
+
+def test_unknown_section_gets_did_you_mean(tmp_path):
+    with pytest.raises(InputError, match="did you mean 'train'"):
+        params.load(write(tmp_path, "trian:\n  epochs: 3\n"))
+
+
+@pytest.mark.parametrize("text,field,expect", [
+    ("train:\n  epochs: two\n", "train.epochs", "an integer in [1, 100000], got 'two'"),
+    ("train:\n  epochs: 0\n", "train.epochs", "got 0"),
+    ("train:\n  lr: .nan\n", "train.lr", "a number"),
+    ("train:\n  model: unett\n", "train.model", "did you mean 'unet'"),
+    ("train:\n  model: [unet, unet]\n", "train.model", "repeat"),
+    ("test:\n  baselines: [gausian]\n", "test.baselines", "did you mean 'gaussian'"),
+    ("train:\n  device: gpu\n", "train.device", "auto, cpu, cuda or cuda:N"),
+    ("download:\n  source: ftp-thing\n", "download.source", "synthetic"),
+    ("download:\n  dose_min: 50\n  dose_max: 10\n", "download.dose_min", "<= download.dose_max"),
+    ("train:\n  epochs: true\n", "train.epochs", "got True"),
+    ("train: 5\n", "train", "expected a mapping"),
+])
+def test_bad_values_name_the_file_field_and_expectation(tmp_path, text, field, expect):
+    path = write(tmp_path, text)
+    with pytest.raises(InputError) as err:
+        params.load(path)
+    msg = err.value.message
+    assert msg.startswith(str(path)) and field in msg and expect in msg and "\n" not in msg
+
+
+def test_yaml_syntax_error_gives_line(tmp_path):
+    with pytest.raises(InputError, match=r"line \d+, column \d+: invalid YAML"):
+        params.load(write(tmp_path, "train:\n  epochs: [1,\n"))
+
+
+def test_missing_and_folder_parameter_files(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        params.load(tmp_path / "nope.yaml")
+    with pytest.raises(InputError, match="found a folder"):
+        params.load(tmp_path)
+
+
+def test_overrides_are_typed_and_validated(tmp_path):
+    path = write(tmp_path, "train:\n  epochs: 3\n")
+    merged = params.load(path, ["train.epochs=5", "train.model=[unet, dncnn]", "test.models=all"])
+    assert merged["train"]["epochs"] == 5 and merged["train"]["model"] == ["unet", "dncnn"]
+    with pytest.raises(InputError, match="section.key=value"):
+        params.load(path, ["epochs=5"])
+    with pytest.raises(InputError, match="train.epochs"):
+        params.load(path, ["train.epochs=-1"])
+
+
+# Whatever a user writes, the parser answers with a validated mapping or an InputError, never a crash.
+yaml_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                                        max_size=3), max_leaves=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(section=st.sampled_from(list(params.SCHEMA) + ["bogus"]),
+       key=st.sampled_from(sorted({k for f in params.SCHEMA.values() for k in f}) + ["bogus"]),
+       value=yaml_values)
+def test_parser_never_crashes(section, key, value):
+    try:
+        merged = params.validate({section: {key: value}})
+    except InputError as exc:
+        assert "\n" not in exc.message
+    else:
+        assert merged[section][key] is not None
+
+
+def test_reference_table_lists_every_key():
+    text = subprocess.run([sys.executable, "-m", "emdenoise", "params"], capture_output=True, text=True,
+                          check=True).stdout
+    for section, fields in params.SCHEMA.items():
+        assert f"`{section}:`" in text
+        for key in fields:
+            assert f"| `{key}` |" in text
+    # the README embeds the same reference
+    readme = (ROOT / "README.md").read_text()
+    for fields in params.SCHEMA.values():
+        for key in fields:
+            assert f"| `{key}` |" in readme, f"README parameters reference lacks {key}"
+
+
+def test_yaml_round_trip_of_defaults(tmp_path):
+    path = write(tmp_path, yaml.safe_dump(params.defaults()))
+    assert params.load(path) == params.validate(params.defaults())
