@@ -1,1 +1,67 @@
-"""Placeholder: being written (models helper)."""
+"""U-Net (``unet``).
+
+Paper: O. Ronneberger, P. Fischer, T. Brox, "U-Net: convolutional networks for biomedical image
+segmentation", MICCAI 2015, LNCS 9351, 234-241, arXiv:1505.04597.
+
+Architecture: 4 down steps. Each level is 2 x [3x3 conv + ReLU] (same zero padding, unlike the paper's
+valid convolutions, so the output keeps the input size), followed on the way down by 2x2 max-pooling;
+channels double per level from ``base`` (base, 2 base, ..., 16 base at the bottom). The up path uses 2x2
+up-convolutions (transposed, stride 2) halving the channels, concatenates the skip of the same level, then
+2 x [3x3 conv + ReLU]; a 1x1 conv gives the single output channel (linear). No batch norm, as in the paper.
+Any H x W works: the input is padded (reflect) to a multiple of 16 and the output cropped back.
+
+Parameters: 7,760,097 at ``base=32`` (the practical denoising default, ``train.unet_base``) and 31,030,593
+at ``base=64`` (the paper's width).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from emdenoise.models import register
+from emdenoise.models._common import conv_relu, padded_apply
+
+LEVELS = 4  # down steps
+
+
+def _double_conv(in_ch: int, out_ch: int) -> nn.Sequential:
+    return nn.Sequential(conv_relu(in_ch, out_ch), conv_relu(out_ch, out_ch))
+
+
+@register("unet", documented_params=7_760_097, train_options={"base": "unet_base"})
+class UNet(nn.Module):
+    """Ronneberger et al.'s U-Net for 1 -> 1 channel denoising, any H x W."""
+
+    def __init__(self, base: int = 32):
+        super().__init__()
+        if base < 1:
+            raise ValueError(f"unet base must be at least 1, got {base}")
+        widths = [base * 2 ** level for level in range(LEVELS + 1)]
+        self.down = nn.ModuleList()
+        in_ch = 1
+        for ch in widths[:-1]:
+            self.down.append(_double_conv(in_ch, ch))
+            in_ch = ch
+        self.bottom = _double_conv(in_ch, widths[-1])
+        self.upconv = nn.ModuleList()
+        self.up = nn.ModuleList()
+        for deep, ch in zip(reversed(widths[1:]), reversed(widths[:-1])):
+            self.upconv.append(nn.ConvTranspose2d(deep, ch, 2, stride=2))
+            self.up.append(_double_conv(2 * ch, ch))
+        self.head = nn.Conv2d(base, 1, 1)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for block in self.down:
+            x = block(x)
+            skips.append(x)
+            x = F.max_pool2d(x, 2)
+        x = self.bottom(x)
+        for upconv, block, skip in zip(self.upconv, self.up, reversed(skips)):
+            x = block(torch.cat((upconv(x), skip), dim=1))
+        return self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return padded_apply(self._forward, x, 2 ** LEVELS)
