@@ -395,6 +395,10 @@ def run(ctx) -> None:
     log = ctx.log
     if not raw_dir.is_dir():
         raise InputError.at(raw_dir, None, "raw data folder not found; run the download task first")
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError.at(data_dir, None, f"cannot create the output folder ({_one_line(exc)})") from None
 
     with contextlib.ExitStack() as inputs:
         files: dict[str, RawImages] = {}

@@ -1,0 +1,317 @@
+"""Classical denoisers a microscopist would compare the deep models against.
+
+Each baseline filters one 2-D float image on its own (no training). The test task then gives every baseline
+the same honest treatment:
+
+1. **Tune** one parameter over a small grid on a few validation pairs, keeping the value with the best mean
+   per-image PSNR (fixed data range R from the dataset card).
+2. **Filter, then a global gain/offset fitted on the validation split**: ``a * filtered + b``, with ``a`` and
+   ``b`` the least-squares fit of the filtered validation images to their clean images, refitted for every
+   grid value. The noisy images are ``clean x beam profile + shot noise (+ dead pixels)`` while the target
+   is the clean image with flat illumination; a pure filter cannot remove the beam profile, and a global
+   gain/offset only corrects the overall brightness. The deep models learn the beam removal from the
+   training pairs: the classical rows measure what filtering alone achieves.
+
+The baselines, their tuned parameter and grid:
+
+``gaussian``  ``scipy.ndimage.gaussian_filter``, ``sigma`` in pixels.
+``median``    ``scipy.ndimage.median_filter``, window ``size`` in pixels (also removes dead pixels).
+``tv``        ``skimage.restoration.denoise_tv_chambolle``, weight = ``weight_per_sigma`` x the image's noise
+              sigma (so one setting suits every dose).
+``nlm``       ``skimage.restoration.denoise_nl_means``, fast mode, 5x5 patches, search distance 6, the image's
+              noise sigma given as ``sigma``, filter strength h = ``h_per_sigma`` x sigma.
+``bm3d``      BM3D (Dabov et al. 2007, the optional ``bm3d`` package) on the image as it is, noise sigma =
+              ``sigma_per_noise_sigma`` x the image's noise sigma.
+``anscombe_bm3d``  Poisson-aware BM3D: Anscombe transform ``2 sqrt(x s + 3/8)`` with the count scale ``s``
+              estimated from the image (see :func:`estimate_count_scale`), BM3D with sigma 1, then the
+              closed-form approximation of the exact unbiased inverse (Makitalo & Foi, IEEE TIP 20(1), 2011),
+              divided by ``s``. Nothing tuned but the gain/offset.
+
+The image's noise sigma is Donoho's robust estimate: the median absolute finest-scale diagonal Haar
+coefficient / 0.6745 (the estimator ``skimage.restoration.estimate_sigma`` implements with Daubechies
+wavelets, written here so that PyWavelets is not needed).
+
+The ``bm3d`` package is licensed for non-commercial use only: it is an optional extra
+(``pip install emdenoise[bm3d]``), never a default dependency, never in the container image.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from emdenoise.metrics import psnr_per_image
+
+BM3D_PACKAGE = "bm3d"
+BM3D_INSTALL = "pip install emdenoise[bm3d] (the bm3d package is licensed for non-commercial use only)"
+# Haar detail coefficient -> Gaussian sigma: 1 / Phi^-1(3/4).
+_MAD_TO_SIGMA = 1.0 / 0.6744897501960817
+_ANSCOMBE_ZERO = 2.0 * math.sqrt(3.0 / 8.0)  # the Anscombe transform of a zero count
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Noise estimates and the Anscombe transform
+# --------------------------------------------------------------------------------------------------------------
+
+def _haar_blocks(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Finest-scale Haar diagonal detail and local mean of every whole 2x2 block of ``image``."""
+    h, w = (image.shape[0] // 2) * 2, (image.shape[1] // 2) * 2
+    if h == 0 or w == 0:
+        raise ValueError(f"image of shape {image.shape} is too small for a noise estimate (needs 2x2)")
+    x = np.asarray(image[:h, :w], dtype=np.float64)
+    a, b, c, d = x[0::2, 0::2], x[0::2, 1::2], x[1::2, 0::2], x[1::2, 1::2]
+    return (a - b - c + d) / 2.0, (a + b + c + d) / 4.0
+
+
+def noise_sigma(image: np.ndarray) -> float:
+    """Robust Gaussian noise standard deviation of ``image`` (median absolute diagonal Haar detail / 0.6745)."""
+    detail, _ = _haar_blocks(image)
+    return float(np.median(np.abs(detail)) * _MAD_TO_SIGMA)
+
+
+def estimate_count_scale(image: np.ndarray) -> float:
+    """Counts per data unit ``s`` of a Poisson image ``x = counts / s``, estimated from the image alone.
+
+    For Poisson counts, the variance of ``x`` at each pixel is its mean divided by ``s``. The diagonal Haar
+    detail of a 2x2 block cancels any locally linear signal and keeps the noise, with variance equal to the
+    block's mean intensity / s; hence ``s = sum of block means / sum of squared details``. Unlike a median
+    based estimate this stays unbiased at a few counts per pixel (where the noise is far from Gaussian);
+    sharp image detail and dead pixels add to the details and bias ``s`` low by a few per cent.
+    The dose is deliberately not used: the deep models do not get it either, and real data lack it.
+    """
+    detail, mean = _haar_blocks(np.clip(image, 0.0, None))
+    energy = float(np.sum(detail ** 2))
+    total = float(np.sum(mean))
+    if energy <= 0.0 or total <= 0.0:
+        return 1.0  # a constant or empty image: no noise to measure, any scale will do
+    return total / energy
+
+
+def anscombe(x: np.ndarray) -> np.ndarray:
+    """Anscombe's variance-stabilising transform of Poisson counts: ``2 sqrt(x + 3/8)`` (unit noise sigma)."""
+    return 2.0 * np.sqrt(np.clip(x, 0.0, None) + 3.0 / 8.0)
+
+
+def inverse_anscombe_unbiased(d: np.ndarray) -> np.ndarray:
+    """Closed-form approximation of the exact unbiased inverse of the Anscombe transform.
+
+    Makitalo & Foi (2011): the exact unbiased inverse maps ``E[2 sqrt(k + 3/8) | lambda]`` back to
+    ``lambda``; its closed-form approximation is
+    ``d^2/4 + sqrt(3/2)/(4 d) - 11/(8 d^2) + 5 sqrt(3/2)/(8 d^3) - 1/8``.
+    It is exactly 0 at ``d = 2 sqrt(3/8)`` (the transform of a zero count); smaller values, which the
+    exact inverse would also send to 0, give 0.
+    """
+    d = np.asarray(d, dtype=np.float64)
+    safe = np.maximum(d, _ANSCOMBE_ZERO)
+    r = math.sqrt(1.5)
+    out = safe ** 2 / 4.0 + r / (4.0 * safe) - 11.0 / (8.0 * safe ** 2) + 5.0 * r / (8.0 * safe ** 3) - 1.0 / 8.0
+    return np.maximum(out, 0.0)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The filters: (image, value of the tuned parameter) -> filtered image, float64 in and out
+# --------------------------------------------------------------------------------------------------------------
+
+def _gaussian(image: np.ndarray, sigma: float) -> np.ndarray:
+    return ndimage.gaussian_filter(image, sigma=sigma, mode="reflect")
+
+
+def _median(image: np.ndarray, size: float) -> np.ndarray:
+    return ndimage.median_filter(image, size=int(size), mode="reflect")
+
+
+def _tv(image: np.ndarray, weight_per_sigma: float) -> np.ndarray:
+    from skimage.restoration import denoise_tv_chambolle
+
+    weight = weight_per_sigma * noise_sigma(image)
+    if weight <= 0.0:
+        return image.copy()
+    return denoise_tv_chambolle(image, weight=weight)
+
+
+def _nlm(image: np.ndarray, h_per_sigma: float) -> np.ndarray:
+    from skimage.restoration import denoise_nl_means
+
+    sigma = noise_sigma(image)
+    if sigma <= 0.0:
+        return image.copy()
+    return denoise_nl_means(image, patch_size=5, patch_distance=6, h=h_per_sigma * sigma, sigma=sigma,
+                            fast_mode=True)
+
+
+def _bm3d_module():
+    return importlib.import_module(BM3D_PACKAGE)
+
+
+def _bm3d(image: np.ndarray, sigma_per_noise_sigma: float) -> np.ndarray:
+    sigma = sigma_per_noise_sigma * noise_sigma(image)
+    if sigma <= 0.0:
+        return image.copy()
+    return np.asarray(_bm3d_module().bm3d(image, sigma_psd=sigma), dtype=np.float64)
+
+
+def _anscombe_bm3d(image: np.ndarray, sigma: float) -> np.ndarray:
+    scale = estimate_count_scale(image)
+    stabilised = anscombe(image * scale)
+    denoised = np.asarray(_bm3d_module().bm3d(stabilised, sigma_psd=sigma), dtype=np.float64)
+    return inverse_anscombe_unbiased(denoised) / scale
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The table of baselines
+# --------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Baseline:
+    """One classical denoiser: ``param`` is the name of its tuned parameter, ``grid`` the values tried."""
+
+    name: str
+    param: str
+    grid: tuple[float, ...]
+    filter: Callable[[np.ndarray, float], np.ndarray] = field(repr=False)
+    fixed: dict = field(default_factory=dict)   # settings that are not tuned, recorded in the report
+    package: str | None = None                  # optional package it needs
+    max_tune_images: int = 0                    # cap on tuning images for slow methods (0: no cap)
+
+    def apply(self, image: np.ndarray, value: float) -> np.ndarray:
+        """Filter one 2-D image with the parameter set to ``value``; float64 out."""
+        return self.filter(np.asarray(image, dtype=np.float64), value)
+
+
+BASELINES: dict[str, Baseline] = {b.name: b for b in (
+    Baseline("gaussian", "sigma", (0.5, 0.75, 1.0, 1.5, 2.0, 3.0), _gaussian),
+    Baseline("median", "size", (3, 5, 7), _median),
+    Baseline("tv", "weight_per_sigma", (0.25, 0.5, 1.0, 2.0, 4.0), _tv),
+    Baseline("nlm", "h_per_sigma", (0.4, 0.6, 0.8, 1.0, 1.3), _nlm,
+             fixed={"patch_size": 5, "patch_distance": 6, "fast_mode": True}),
+    Baseline("bm3d", "sigma_per_noise_sigma", (0.75, 1.0, 1.5), _bm3d, package=BM3D_PACKAGE,
+             max_tune_images=4),
+    Baseline("anscombe_bm3d", "sigma", (1.0,), _anscombe_bm3d, package=BM3D_PACKAGE, max_tune_images=4,
+             fixed={"count_scale": "estimated per image", "inverse": "exact unbiased (closed form)"}),
+)}
+
+DEFAULT_BASELINES = ("gaussian", "median", "tv", "nlm")
+
+
+def get(name: str) -> Baseline:
+    try:
+        return BASELINES[name]
+    except KeyError:
+        raise KeyError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}") from None
+
+
+def missing_package(name: str) -> str | None:
+    """The optional package baseline ``name`` needs and cannot import, or None when it can run."""
+    package = get(name).package
+    if package is None:
+        return None
+    try:
+        importlib.import_module(package)
+    except ImportError:
+        return package
+    return None
+
+
+def available() -> tuple[str, ...]:
+    """The baselines that can run here (the BM3D ones only when the optional package is installed)."""
+    return tuple(name for name in BASELINES if missing_package(name) is None)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tuning: grid search + global gain/offset on validation pairs
+# --------------------------------------------------------------------------------------------------------------
+
+def fit_gain_offset(filtered: np.ndarray, clean: np.ndarray) -> tuple[float, float]:
+    """Least-squares ``a, b`` minimising ``sum (a * filtered + b - clean)^2`` over every pixel given."""
+    f = np.asarray(filtered, dtype=np.float64).ravel()
+    c = np.asarray(clean, dtype=np.float64).ravel()
+    f_mean, c_mean = f.mean(), c.mean()
+    var = float(np.mean((f - f_mean) ** 2))
+    if var <= 0.0:
+        return 0.0, float(c_mean)
+    gain = float(np.mean((f - f_mean) * (c - c_mean)) / var)
+    return gain, float(c_mean - gain * f_mean)
+
+
+@dataclass
+class TunedBaseline:
+    """A baseline with its parameter chosen and its gain/offset fitted: call it on a 2-D image."""
+
+    baseline: Baseline
+    value: float
+    gain: float
+    offset: float
+    tune_psnr: float                      # mean per-image validation PSNR at the chosen value
+    n_tune: int                           # validation images used
+    grid_psnr: dict[float, float]         # mean validation PSNR for every grid value
+
+    @property
+    def name(self) -> str:
+        return self.baseline.name
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """Denoise one 2-D image; float32 out, same shape."""
+        out = self.gain * self.baseline.apply(image, self.value) + self.offset
+        return out.astype(np.float32)
+
+    def params(self) -> dict:
+        """Everything needed to reproduce this row, for test_metrics.json."""
+        value = int(self.value) if float(self.value).is_integer() else float(self.value)
+        return {self.baseline.param: value, **self.baseline.fixed, "gain": self.gain, "offset": self.offset,
+                "tuned_on_val_images": self.n_tune, "val_psnr": self.tune_psnr,
+                "grid": {str(k): v for k, v in self.grid_psnr.items()}}
+
+
+def tune(baseline: Baseline | str, noisy: np.ndarray, clean: np.ndarray, data_range: float,
+         on_step: Callable[[], None] | None = None) -> TunedBaseline:
+    """Pick ``baseline``'s parameter from its grid on validation pairs ``noisy``/``clean`` (N, H, W).
+
+    For every grid value: filter each image, fit one global gain/offset over all the images, score the mean
+    per-image PSNR with the fixed ``data_range``. The best value wins (the first one on ties).
+    ``on_step`` is called after each filtered image (for a progress bar).
+    """
+    if isinstance(baseline, str):
+        baseline = get(baseline)
+    n = len(noisy)
+    if baseline.max_tune_images:
+        n = min(n, baseline.max_tune_images)
+    if n == 0:
+        raise ValueError("tuning needs at least one validation pair")
+    noisy, clean = noisy[:n], clean[:n]
+    best: TunedBaseline | None = None
+    grid_psnr: dict[float, float] = {}
+    for value in baseline.grid:
+        filtered = np.empty(noisy.shape, dtype=np.float64)
+        for i, image in enumerate(noisy):
+            filtered[i] = baseline.apply(image, value)
+            if on_step:
+                on_step()
+        gain, offset = fit_gain_offset(filtered, clean)
+        score = float(psnr_per_image(gain * filtered + offset, clean, data_range).mean())
+        grid_psnr[value] = score
+        if best is None or score > best.tune_psnr:
+            best = TunedBaseline(baseline, value, gain, offset, score, n, grid_psnr)
+    return best
+
+
+def tuning_steps(baseline: Baseline | str, n_val: int) -> int:
+    """How many filter calls :func:`tune` makes on ``n_val`` validation images (for a progress bar total)."""
+    if isinstance(baseline, str):
+        baseline = get(baseline)
+    n = min(n_val, baseline.max_tune_images) if baseline.max_tune_images else n_val
+    return n * len(baseline.grid)
+
+
+def run(tuned: TunedBaseline, images: Sequence[np.ndarray]) -> tuple[np.ndarray, float]:
+    """Denoise every image; return the outputs (N, H, W) float32 and the seconds spent."""
+    out = np.empty((len(images),) + tuple(np.shape(images[0])), dtype=np.float32)
+    start = time.perf_counter()
+    for i, image in enumerate(images):
+        out[i] = tuned(image)
+    return out, time.perf_counter() - start

@@ -1,0 +1,454 @@
+"""An HTTP client for public S3-compatible object stores and plain URLs, built on ``requests``.
+
+What it does, and nothing more:
+
+- ``list_objects``: the S3 ListObjectsV2 call (``GET /bucket?list-type=2&prefix=...``), following continuation
+  tokens page by page (``max-keys`` = ``download.page_size``). Anonymous: nothing is signed.
+- ``download``: a resumable GET into ``<file>.part``. When a ``.part`` already holds the first N bytes, the
+  request asks for the rest with ``Range: bytes=N-``. The size is checked, and the MD5 when the ETag is a
+  single-part MD5 (32 hex digits, no ``-``); the sha256 is computed on the way. The caller renames the verified
+  ``.part`` into place (``commit``), so a file under its final name is always complete and verified.
+- Retries with exponential backoff on timeouts, lost connections and 5xx/429 answers. The first delay is
+  ``EMDENOISE_RETRY_BASE_S`` seconds (default 1), doubling up to a minute. An attempt that received data
+  resets the count, so a long file over a flaky link keeps going as long as it moves forward.
+- Every failure becomes one line: 404/403 name the URL (:class:`InputError`), a host that cannot be reached
+  says it is offline or unreachable and points to ``source: synthetic`` (:class:`RuntimeFailure`).
+
+TLS certificates are always verified (``requests``' default, never turned off).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, TypeVar
+from urllib.parse import quote, urlsplit
+
+import requests
+import urllib3
+
+from emdenoise import __version__
+from emdenoise.errors import InputError, RuntimeFailure
+
+RETRY_BASE_ENV = "EMDENOISE_RETRY_BASE_S"
+DEFAULT_RETRY_BASE_S = 1.0
+MAX_BACKOFF_S = 60.0
+CHUNK_BYTES = 1 << 20
+OFFLINE_HINT = "to work without a network set `download.source: synthetic`"
+
+_MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
+_ERRNO_TEXT = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class RemoteObject:
+    """One entry of a bucket listing."""
+
+    key: str
+    size: int
+    etag: str | None
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A complete, verified ``.part`` file."""
+
+    part: Path
+    size: int
+    md5: str
+    sha256: str
+    etag: str | None
+
+
+def clean_etag(value: str | None) -> str | None:
+    """``W/"abc"`` or ``"abc"`` -> ``abc`` (lower case); None stays None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.startswith("W/"):
+        value = value[2:]
+    return value.strip('"').lower() or None
+
+
+def is_md5_etag(etag: str | None) -> bool:
+    """True when ``etag`` is a single-part S3 ETag, i.e. the object's MD5 (a multipart ETag has a ``-N`` tail)."""
+    return bool(etag) and _MD5_ETAG.match(etag) is not None
+
+
+def part_path(dest: Path) -> Path:
+    """Where the download of ``dest`` is staged until it is complete and verified."""
+    return dest.with_name(dest.name + ".part")
+
+
+def commit(fetched: Fetched, dest: Path) -> None:
+    """Atomically rename a verified ``.part`` onto its final name."""
+    os.replace(fetched.part, dest)
+
+
+def file_digests(path: Path, bar=None) -> tuple[str, str]:
+    """(md5, sha256) of a file's bytes, read once; ``bar`` (a tqdm bar in bytes) advances as it reads."""
+    md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK_BYTES):
+            md5.update(chunk)
+            sha.update(chunk)
+            if bar is not None:
+                bar.update(len(chunk))
+    return md5.hexdigest(), sha.hexdigest()
+
+
+def retry_base_s() -> float:
+    """The first retry delay in seconds (tests make it tiny with ``EMDENOISE_RETRY_BASE_S``)."""
+    try:
+        return max(0.0, float(os.environ.get(RETRY_BASE_ENV, DEFAULT_RETRY_BASE_S)))
+    except ValueError:
+        return DEFAULT_RETRY_BASE_S
+
+
+def _short_reason(exc: BaseException) -> str:
+    """'Connection refused' rather than a three-line urllib3 repr."""
+    text = str(exc)
+    for pattern in (_ERRNO_TEXT, re.compile(r"(Name or service not known|Temporary failure in name resolution|"
+                                            r"nodename nor servname provided|No address associated with hostname|"
+                                            r"timed out|Connection reset by peer|RemoteDisconnected)")):
+        found = pattern.search(text)
+        if found:
+            return found.group(1).strip()
+    return exc.__class__.__name__
+
+
+def _local(tag: str) -> str:
+    """An XML tag without its namespace."""
+    return tag.rsplit("}", 1)[-1]
+
+
+def _child_text(elem: ET.Element, name: str) -> str | None:
+    for child in elem:
+        if _local(child.tag) == name:
+            return child.text or ""
+    return None
+
+
+class _Transient(Exception):
+    """A failure worth retrying: a timeout, a lost connection, a 5xx answer."""
+
+    def __init__(self, kind: str, reason: str, progressed: bool = False):
+        super().__init__(reason)
+        self.kind = kind            # "connect", "timeout", "broken" or "server"
+        self.reason = reason
+        self.progressed = progressed
+
+
+class _PartFile:
+    """A ``.part`` file and the running digests of its bytes (those already there are hashed on opening)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.md5, self.sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+        self.length = 0
+        if path.is_file():
+            with open(path, "rb") as fh:
+                while chunk := fh.read(CHUNK_BYTES):
+                    self._digest(chunk)
+        self.resumed_from = self.length
+
+    def _digest(self, chunk: bytes) -> None:
+        self.md5.update(chunk)
+        self.sha.update(chunk)
+        self.length += len(chunk)
+
+    def append(self, fh, chunk: bytes) -> None:
+        try:
+            fh.write(chunk)
+        except OSError as exc:
+            raise RuntimeFailure(f"{self.path}: cannot write ({exc.strerror or exc})") from None
+        self._digest(chunk)
+
+    def reset(self) -> None:
+        """Forget the bytes so far and start again from zero."""
+        self.path.unlink(missing_ok=True)
+        self.md5, self.sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+        self.length = 0
+
+
+class HttpClient:
+    """One ``requests`` session with the retry policy, the error wording and the S3 calls.
+
+    ``retries``: attempts per request (1 means no retry); ``timeout``: seconds to wait for a connection or for
+    the next bytes of an answer.
+    """
+
+    def __init__(self, retries: int = 5, timeout: float = 60.0, log: logging.Logger | None = None):
+        self.retries = max(1, int(retries))
+        self.timeout = float(timeout)
+        self.log = log or logging.getLogger("emdenoise")
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = f"emdenoise/{__version__}"
+        self._answered: set[str] = set()   # origins that have answered at least once
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> "HttpClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the retry loop and the error wording ------------------------------------------------------------------
+    def _with_retries(self, url: str, attempt: Callable[[], _T]) -> _T:
+        failures = 0
+        while True:
+            try:
+                return attempt()
+            except _Transient as exc:
+                failures = 1 if exc.progressed else failures + 1
+                if failures >= self.retries:
+                    raise self._give_up(url, exc, failures) from None
+                delay = min(MAX_BACKOFF_S, retry_base_s() * 2 ** (failures - 1))
+                self.log.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", url, exc.reason, delay,
+                                 failures + 1, self.retries)
+                time.sleep(delay)
+
+    def _give_up(self, url: str, exc: _Transient, attempts: int) -> RuntimeFailure:
+        origin = _origin(url)
+        tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
+        if exc.kind == "connect" and origin not in self._answered:
+            return RuntimeFailure(f"cannot reach {origin} ({exc.reason}) after {tries}: the host is offline or "
+                                  f"unreachable from here; {OFFLINE_HINT}")
+        if exc.kind == "timeout":
+            return RuntimeFailure(f"{url}: no answer within {self.timeout:g} s after {tries} (download.timeout); "
+                                  f"the host may be offline or overloaded; {OFFLINE_HINT}")
+        if exc.kind == "server":
+            return RuntimeFailure(f"{url}: server error {exc.reason} after {tries}; try again later")
+        return RuntimeFailure(f"{url}: connection lost ({exc.reason}) after {tries}; run download again to "
+                              f"resume where it stopped")
+
+    def _send(self, method: str, url: str, *, params: dict | None = None, headers: dict | None = None,
+              stream: bool = False) -> requests.Response:
+        """One request. Transient failures raise :class:`_Transient`; 4xx answers raise one-line errors."""
+        try:
+            resp = self.session.request(method, url, params=params, headers=headers, stream=stream,
+                                        timeout=self.timeout, allow_redirects=True)
+        except requests.exceptions.SSLError as exc:
+            raise RuntimeFailure(f"{url}: TLS certificate verification failed ({_short_reason(exc)}); emdenoise "
+                                 f"always verifies certificates: fix the system's CA certificates or set "
+                                 f"REQUESTS_CA_BUNDLE") from None
+        except requests.exceptions.ConnectTimeout:
+            raise _Transient("connect", "connection timed out") from None
+        except requests.exceptions.ConnectionError as exc:
+            raise _Transient("connect", _short_reason(exc)) from None
+        except requests.exceptions.Timeout:
+            raise _Transient("timeout", f"no answer within {self.timeout:g} s") from None
+        except requests.exceptions.RequestException as exc:
+            raise InputError(f"{url}: cannot request this URL ({exc.__class__.__name__}: {exc}); check "
+                             f"download.source") from None
+        self._answered.add(_origin(url))
+        self._answered.add(_origin(resp.url))
+        status = resp.status_code
+        if status < 400 or status == 416:
+            return resp
+        code = _s3_error_code(resp) if method != "HEAD" else None
+        resp.close()
+        detail = f"HTTP {status} {resp.reason or ''}".rstrip() + (f", {code}" if code else "")
+        if status >= 500 or status == 429:
+            raise _Transient("server", detail)
+        if status == 404:
+            raise InputError(f"{url}: not found ({detail}); check download.source")
+        if status in (401, 403):
+            raise InputError(f"{url}: access denied ({detail}); the data must be readable anonymously: check "
+                             f"download.source")
+        raise RuntimeFailure(f"{url}: unexpected answer ({detail})")
+
+    # -- S3 ------------------------------------------------------------------------------------------------------
+    def list_objects(self, endpoint: str, bucket: str, prefix: str, page_size: int = 1000
+                     ) -> tuple[list[RemoteObject], int]:
+        """Every object under ``prefix`` (ListObjectsV2, path-style), and the number of pages it took."""
+        url = f"{endpoint.rstrip('/')}/{quote(bucket, safe='')}"
+        objects: list[RemoteObject] = []
+        token: str | None = None
+        seen_tokens: set[str] = set()
+        pages = 0
+        while True:
+            params = {"list-type": "2", "prefix": prefix, "max-keys": str(page_size)}
+            if token:
+                params["continuation-token"] = token
+            root = self._with_retries(url, lambda: self._get_xml(url, params))
+            pages += 1
+            if _local(root.tag) != "ListBucketResult":
+                raise InputError(f"{url}: the answer is not an S3 bucket listing (root element "
+                                 f"<{_local(root.tag)}>); check download.source")
+            for elem in root:
+                if _local(elem.tag) != "Contents":
+                    continue
+                key, size = _child_text(elem, "Key"), _child_text(elem, "Size")
+                if key is None or size is None or not size.strip().isdigit():
+                    raise RuntimeFailure(f"{url}: malformed listing entry (Key {key!r}, Size {size!r})")
+                objects.append(RemoteObject(key, int(size), clean_etag(_child_text(elem, "ETag"))))
+            if (_child_text(root, "IsTruncated") or "").strip().lower() != "true":
+                return objects, pages
+            token = _child_text(root, "NextContinuationToken")
+            if not token or token in seen_tokens:
+                raise RuntimeFailure(f"{url}: the listing says it is truncated but gives no new continuation "
+                                     f"token (page {pages})")
+            seen_tokens.add(token)
+
+    def _get_xml(self, url: str, params: dict) -> ET.Element:
+        resp = self._send("GET", url, params=params)
+        try:
+            body = resp.content
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
+            raise _Transient("broken", _short_reason(exc)) from None
+        try:
+            return ET.fromstring(body)
+        except ET.ParseError as exc:
+            raise InputError(f"{url}: the answer is not an S3 bucket listing (not XML: {exc}); check "
+                             f"download.source") from None
+
+    # -- plain GET and HEAD --------------------------------------------------------------------------------------
+    def head(self, url: str) -> tuple[int | None, str | None]:
+        """(size, ETag) of a URL from a HEAD request; either may be None when the server does not say."""
+        def attempt():
+            resp = self._send("HEAD", url)
+            resp.close()
+            if resp.status_code >= 300:
+                return None, None
+            length = resp.headers.get("Content-Length", "")
+            return (int(length) if length.isdigit() else None), clean_etag(resp.headers.get("ETag"))
+        return self._with_retries(url, attempt)
+
+    def download(self, url: str, part: Path, size: int | None = None, etag: str | None = None,
+                 bar=None) -> Fetched:
+        """GET ``url`` into ``part``, resuming from the bytes already there, and verify it.
+
+        ``size`` and ``etag`` are what the listing promised (None: take them from the answer). Raises
+        :class:`RuntimeFailure` when the bytes do not match; a corrupt ``.part`` is removed, a merely incomplete
+        one is kept so that the next run resumes it.
+        """
+        part.parent.mkdir(parents=True, exist_ok=True)
+        for fresh_start in (False, True):
+            state = _PartFile(part)
+            if fresh_start or (size is not None and state.length > size):
+                state.reset()
+            if bar is not None and state.length:
+                bar.update(state.length)
+            got_etag = self._with_retries(url, lambda: self._fetch_rest(url, state, size, etag, bar))
+            etag_now = got_etag or etag
+            if size is not None and state.length != size:
+                got = state.length
+                state.reset()
+                raise RuntimeFailure(f"{url}: got {got} bytes, the listing says {size}")
+            if not is_md5_etag(etag_now) or state.md5.hexdigest() == etag_now:
+                return Fetched(part, state.length, state.md5.hexdigest(), state.sha.hexdigest(), etag_now)
+            # Corrupt. When part of it came from an earlier run, that part may be the culprit: retry once afresh.
+            if bar is not None:
+                bar.update(-state.length)
+            if not fresh_start and state.resumed_from:
+                self.log.warning("%s: MD5 does not match the ETag after resuming; downloading it again from the "
+                                 "start", url)
+                continue
+            got_md5 = state.md5.hexdigest()
+            state.reset()
+            raise RuntimeFailure(f"{url}: MD5 {got_md5} does not match the ETag {etag_now}: the download was "
+                                 f"corrupted in transit; removed {part.name}, run download again")
+        raise AssertionError("unreachable")
+
+    def _fetch_rest(self, url: str, state: _PartFile, size: int | None, etag: str | None, bar) -> str | None:
+        """One attempt: request the missing bytes and append them. Returns the answer's ETag."""
+        for _ in range(2):                 # a second round only after the server refused our Range
+            if size is not None and state.length == size:
+                return None
+            headers = {"Accept-Encoding": "identity"}
+            if state.length:
+                headers["Range"] = f"bytes={state.length}-"
+            resp = self._send("GET", url, headers=headers, stream=True)
+            with resp:
+                got_etag = clean_etag(resp.headers.get("ETag"))
+                if etag and got_etag and got_etag != etag:
+                    self._rewind(state, bar)
+                    raise RuntimeFailure(f"{url}: the object changed on the server since it was listed (ETag "
+                                         f"{etag} -> {got_etag}); run download again")
+                total = _total_size(resp)
+                if resp.status_code == 416:        # asked beyond the end: complete already, or a stale .part
+                    if total is not None and total == state.length and size in (None, total):
+                        return got_etag
+                    self._rewind(state, bar)
+                    continue
+                if resp.status_code == 206:
+                    start = _range_start(resp)
+                    if start != state.length:
+                        self._rewind(state, bar)
+                        continue
+                elif state.length:                  # 200: the server sent the whole object, start over
+                    self.log.info("%s: the server does not resume; downloading from the start", url)
+                    self._rewind(state, bar)
+                expected = size if size is not None else total
+                self._stream(resp, url, state, expected, bar)
+                return got_etag
+        raise _Transient("broken", "the server would not resume the download")
+
+    @staticmethod
+    def _rewind(state: _PartFile, bar) -> None:
+        if bar is not None and state.length:
+            bar.update(-state.length)
+        state.reset()
+
+    def _stream(self, resp: requests.Response, url: str, state: _PartFile, expected: int | None, bar) -> None:
+        start = state.length
+        with open(state.path, "ab") as fh:
+            while True:
+                try:
+                    # read1 hands over whatever has arrived, so bytes before a cut are kept for the resume.
+                    chunk = resp.raw.read1(CHUNK_BYTES, decode_content=False)
+                except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as exc:
+                    fh.flush()
+                    kind = "timeout" if "timed out" in str(exc).lower() else "broken"
+                    raise _Transient(kind, _short_reason(exc), progressed=state.length > start) from None
+                if not chunk:
+                    break
+                if expected is not None and state.length + len(chunk) > expected:
+                    fh.close()
+                    self._rewind(state, bar)
+                    raise RuntimeFailure(f"{url}: the server sent more than the expected {expected} bytes")
+                state.append(fh, chunk)
+                if bar is not None:
+                    bar.update(len(chunk))
+        if expected is not None and state.length < expected:
+            raise _Transient("broken", f"connection closed after {state.length} of {expected} bytes",
+                             progressed=state.length > start)
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _s3_error_code(resp: requests.Response) -> str | None:
+    """The <Code> of an S3 error answer (NoSuchBucket, AccessDenied ...), if the body is one."""
+    try:
+        body = resp.content[:65536]
+        return _child_text(ET.fromstring(body), "Code") or None
+    except Exception:  # not XML, truncated, not an S3 error: the status line says enough
+        return None
+
+
+def _total_size(resp: requests.Response) -> int | None:
+    """The object's full size: from ``Content-Range: bytes a-b/TOTAL`` on 206/416, else Content-Length."""
+    content_range = resp.headers.get("Content-Range", "")
+    if "/" in content_range:
+        total = content_range.rsplit("/", 1)[1].strip()
+        return int(total) if total.isdigit() else None
+    length = resp.headers.get("Content-Length", "")
+    return int(length) if resp.status_code == 200 and length.isdigit() else None
+
+
+def _range_start(resp: requests.Response) -> int | None:
+    found = re.match(r"\s*bytes\s+(\d+)-", resp.headers.get("Content-Range", ""))
+    return int(found.group(1)) if found else None

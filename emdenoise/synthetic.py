@@ -1,0 +1,521 @@
+"""Synthetic em_graphene_sim-like image pairs: graphene HRTEM contrast, a beam profile, shot noise, dead pixels.
+
+The real benchmark data were simulated with MULTEM from molecular-dynamics coordinates; that pipeline is not
+public. This module draws images that share the features the benchmark describes (see
+``shared/reference/dataset.md``) cheaply enough to make thousands of pairs in seconds, written in exactly the
+raw em_graphene_sim layout (:mod:`emdenoise.layout`) so that real and synthetic data go through the same code.
+
+Clean image (flat illumination, vacuum = 1.0, values of order 1, never negative)::
+
+    clean = 1 - m * T * (a0 + c(r) * s * L(r))        [ - bilayer term of the same form ]
+
+- ``L``: graphene lattice contrast, the honeycomb written as plane waves: minus the sum of the three
+  first-order cosines (the 2.13 A {100} fringes, peaks on the atoms) plus a weaker sum of the three
+  second-order cosines (the 1.23 A {110} fringes), each damped by a Gaussian blur envelope, normalised to
+  |L| <= 1. Graphene: a = 2.46 A, so the {100} fringe spacing is a * sqrt(3) / 2 = 2.13 A.
+  ``PIXEL_SIZE_ANGSTROM`` = 0.19 A/px puts that fringe at 11.2 px (the published figures show about 10-12 px);
+  a per-image magnification of +-3 % keeps it within 10.9-11.6 px.
+- Several grains (soft Voronoi cells with wavy boundaries) each carry their own rotation and translation.
+- ``m``: material mask: holes (thresholded smooth random field), a vacuum edge (a rough half plane),
+  vacancies and small multi-vacancies snapped to atom sites; ``T`` a smooth thickness variation; ``c(r)`` a
+  smoothly varying contrast; ``s`` = -1 for contrast reversal (bright atoms); ``a0`` a mean absorption.
+- Some fields are empty (pure vacuum), some carry a second rotated layer (a moire patch).
+
+Noisy image::
+
+    noisy = Poisson(dose * beam * clean) / dose,  then dead pixels set to 0
+
+``beam`` is a 2-D Gaussian with peak 1 (sigma 0.3-0.6 of the field, centre anywhere in [-0.2, 1.2] of the
+field, so sometimes off the image), ``dose`` the electrons per pixel at the beam centre (log-uniform between
+``dose_min`` and ``dose_max``; rounded to float32 and stored, so ``noisy * dose`` are whole counts).
+
+Determinism: image ``i`` of split ``split`` is drawn from its own generator,
+``SeedSequence(seed, spawn_key=(SPLIT_KEYS[split], i))``, so the files are the same bytes whatever the number
+of worker processes or the chunking.
+
+Speed: everything is vectorised. A lattice, a smooth random field or a set of Gaussian spots is built as a
+product of small matrices of 1-D complex exponentials / Gaussians (separable in x and y), never per atom.
+Run ``python -m emdenoise.synthetic [N] [WORKERS]`` to measure pairs/s.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import h5py
+import numpy as np
+from scipy.special import expit
+
+from emdenoise.fsutil import atomic_path
+from emdenoise.layout import RAW_DATASET, RAW_FILES, RAW_SPLITS
+from emdenoise.log import progress
+
+GENERATOR_VERSION = "1"
+
+LATTICE_CONSTANT_ANGSTROM = 2.46
+FRINGE_ANGSTROM = LATTICE_CONSTANT_ANGSTROM * math.sqrt(3) / 2  # {100} spacing, 2.13 A
+PIXEL_SIZE_ANGSTROM = 0.19
+FRINGE_PX = FRINGE_ANGSTROM / PIXEL_SIZE_ANGSTROM  # 11.2 px
+
+SPLIT_KEYS = {"train": 0, "test": 1}
+SCENES = ("random", "lattice", "vacuum")
+
+BEAM_SIGMA_RANGE = (0.3, 0.6)  # beam sigma as a fraction of the field side
+BEAM_CENTER_RANGE = (-0.2, 1.2)  # beam centre as a fraction of the field side (outside [0, 1]: off the image)
+
+F32 = np.float32
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Random generators
+# --------------------------------------------------------------------------------------------------------------
+
+def image_seed(seed: int, split: str, index: int) -> np.random.SeedSequence:
+    """The seed of image ``index`` of ``split``: independent of how the work is divided between processes."""
+    return np.random.SeedSequence(seed, spawn_key=(SPLIT_KEYS[split], index))
+
+
+def as_rng(rng) -> np.random.Generator:
+    """Accept a Generator, a SeedSequence or an int seed."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    return np.random.default_rng(rng)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Building blocks (all separable: outer products of 1-D arrays, summed by small matrix products)
+# --------------------------------------------------------------------------------------------------------------
+
+def _axis(size: int) -> np.ndarray:
+    return np.arange(size, dtype=np.float64)
+
+
+def lattice(size: int, *, rotation: float, fringe_px: float = FRINGE_PX, shift=(0.0, 0.0),
+            second_order: float = 0.3, blur_px: float = 0.5) -> np.ndarray:
+    """Graphene lattice contrast L (float32, size x size), positive on the atoms, |L| <= 1.
+
+    ``rotation`` in radians, ``fringe_px`` the {100} fringe spacing in pixels, ``shift`` (x, y) a translation
+    in pixels (a hexagon centre sits there), ``second_order`` the weight of the {110} fringes relative to the
+    {100} ones, ``blur_px`` the sigma of a Gaussian blur applied as an envelope on the plane waves.
+    """
+    k = 2 * np.pi / fringe_px
+    angles = rotation + np.array([0.0, 2 * np.pi / 3, 4 * np.pi / 3])
+    k1 = k * np.stack([np.cos(angles), np.sin(angles)], axis=1)  # (3, 2) as (kx, ky); they sum to zero
+    k2 = k1 - np.roll(k1, -1, axis=0)  # second order, |k2| = sqrt(3) k, on the atoms *and* hexagon centres
+    env1 = math.exp(-0.5 * (k * blur_px) ** 2)
+    env2 = math.exp(-1.5 * (k * blur_px) ** 2)
+    # Honeycomb density with the hexagon centre at the origin: structure factor -1 at first order, +2 at second.
+    weights = np.concatenate([np.full(3, -env1), np.full(3, second_order * env2)])
+    weights /= 3 * (env1 + second_order * env2)
+    vecs = np.concatenate([k1, k2])
+    x = _axis(size) - shift[0]
+    y = _axis(size) - shift[1]
+    ex = np.exp(1j * vecs[:, 0:1] * x[None, :])  # (6, S)
+    ey = np.exp(1j * vecs[:, 1:2] * y[None, :]) * weights[:, None]  # (6, S)
+    # Re(sum_i ey_i (x) ex_i) as one real matrix product with inner dimension 12.
+    left = np.concatenate([ey.real, -ey.imag]).T.astype(F32)  # (S, 12)
+    right = np.concatenate([ex.real, ex.imag]).astype(F32)  # (12, S)
+    return left @ right
+
+
+def atom_sites(n: int, rng: np.random.Generator, size: int, *, rotation: float, fringe_px: float,
+               shift) -> np.ndarray:
+    """``n`` random atom positions (x, y) in pixels of the lattice drawn by :func:`lattice` with these settings."""
+    k = 2 * np.pi / fringe_px
+    angles = rotation + np.array([0.0, 2 * np.pi / 3])
+    kmat = k * np.stack([np.cos(angles), np.sin(angles)], axis=1)  # rows k1, k2
+    avecs = 2 * np.pi * np.linalg.inv(kmat).T  # rows a1, a2 with k_i . a_j = 2 pi delta_ij
+    near = rng.uniform(0, size, (n, 2)) - np.asarray(shift)
+    frac = near @ kmat.T / (2 * np.pi)
+    sub = np.where(rng.random(n) < 0.5, 1 / 3, 2 / 3)[:, None]  # the two sublattices
+    frac = np.round(frac - sub) + sub
+    return frac @ avecs + np.asarray(shift)
+
+
+def neighbour_sites(sites: np.ndarray, rng: np.random.Generator, *, rotation: float,
+                    fringe_px: float) -> np.ndarray:
+    """For each site, one of its three nearest neighbours (C-C bond length a / sqrt(3))."""
+    bond = fringe_px * 2 / 3  # 1.42 A = 2.13 A * 2 / 3
+    # Atom directions from a site alternate by sublattice; picking among six directions 60 degrees apart and
+    # snapping is not needed: use bond directions at rotation + 30 + k*120 (+ 180 for the other sublattice).
+    k = rng.integers(0, 3, len(sites))
+    flip = rng.integers(0, 2, len(sites))
+    ang = rotation + np.pi / 6 + k * 2 * np.pi / 3 + flip * np.pi
+    return sites + bond * np.stack([np.cos(ang), np.sin(ang)], axis=1)
+
+
+def spots(size: int, centers: np.ndarray, sigma: float) -> np.ndarray:
+    """Sum of unit-peak Gaussian spots at ``centers`` (x, y) px, float32 (size x size); zeros when none."""
+    if len(centers) == 0:
+        return np.zeros((size, size), F32)
+    ax = _axis(size)
+    gx = np.exp(-0.5 * ((ax[None, :] - centers[:, 0:1]) / sigma) ** 2).astype(F32)  # (K, S)
+    gy = np.exp(-0.5 * ((ax[None, :] - centers[:, 1:2]) / sigma) ** 2).astype(F32)  # (K, S)
+    return gy.T @ gx
+
+
+def smooth_fields(rng: np.random.Generator, size: int, corr_px) -> np.ndarray:
+    """Gaussian random fields, zero mean and unit variance, with Gaussian correlation of ``corr_px`` (one each).
+
+    Built from random Fourier coefficients on a band-limited grid of frequencies with period 1.25 x size (so
+    the fields do not wrap around the image edges), summed as complex matrix products. Returns float32
+    (len(corr_px), size, size).
+    """
+    corr = np.atleast_1d(np.asarray(corr_px, dtype=np.float64))
+    period = 1.25 * size
+    m = max(1, int(math.ceil(0.5 * period / corr.min())))  # beyond it the envelope is < exp(-4.9)
+    fy = np.arange(-m, m + 1) / period
+    fx = np.arange(0, m + 1) / period
+    f2 = fy[:, None] ** 2 + fx[None, :] ** 2
+    env = np.exp(-2 * np.pi ** 2 * corr[:, None, None] ** 2 * f2[None])  # (F, 2m+1, m+1)
+    env[:, :, 0] *= math.sqrt(0.5)  # (fy, 0) and (-fy, 0) are the same physical frequency: count it once
+    env /= np.sqrt((env ** 2).sum(axis=(1, 2)))[:, None, None]  # analytic unit variance of Re(sum c e^{i phi})
+    coef = rng.standard_normal((len(corr), 2 * m + 1, m + 1, 2)) @ np.array([1.0, 1j])
+    coef = (coef * env).astype(np.complex64)
+    ax = _axis(size)
+    ey = np.exp(2j * np.pi * ax[:, None] * fy[None, :]).astype(np.complex64)  # (S, 2m+1)
+    ex = np.exp(2j * np.pi * fx[:, None] * ax[None, :]).astype(np.complex64)  # (m+1, S)
+    return np.ascontiguousarray(((ey @ coef) @ ex).real, dtype=F32)
+
+
+def beam_profile(size: int, center_yx, sigma_px: float) -> np.ndarray:
+    """2-D Gaussian beam with peak 1 at ``center_yx`` (row, column in px; may lie outside), float32."""
+    ax = _axis(size)
+    gy = np.exp(-0.5 * ((ax - center_yx[0]) / sigma_px) ** 2).astype(F32)
+    gx = np.exp(-0.5 * ((ax - center_yx[1]) / sigma_px) ** 2).astype(F32)
+    return gy[:, None] * gx[None, :]
+
+
+def draw_beam(rng: np.random.Generator, size: int) -> tuple[np.ndarray, float]:
+    """A random beam: centre (row, column) px and sigma px, rounded to float32 as they are recorded."""
+    center = F32(size) * rng.uniform(*BEAM_CENTER_RANGE, 2).astype(F32)
+    sigma = F32(size * rng.uniform(*BEAM_SIGMA_RANGE))
+    return center, float(sigma)
+
+
+def draw_dose(rng: np.random.Generator, dose_min: float, dose_max: float) -> float:
+    """Log-uniform dose in [dose_min, dose_max] (electrons per pixel at the beam centre), rounded to float32."""
+    if dose_max <= dose_min:
+        return float(F32(dose_min))
+    dose = F32(math.exp(rng.uniform(math.log(dose_min), math.log(dose_max))))
+    return float(np.clip(dose, F32(dose_min), F32(dose_max)))
+
+
+def add_noise(rng: np.random.Generator, clean: np.ndarray, *, dose: float, beam_center_yx, beam_sigma: float,
+              dead_pixel_fraction: float) -> tuple[np.ndarray, int]:
+    """The detector's view of ``clean`` (non-negative): beam profile, Poisson shot noise, dead pixels.
+
+    Returns (noisy float32, number of dead pixels). ``noisy * dose`` are the electron counts.
+    """
+    if dose <= 0:
+        raise ValueError(f"dose must be > 0, got {dose}")
+    if not 0 <= dead_pixel_fraction <= 1:
+        raise ValueError(f"dead_pixel_fraction must be in [0, 1], got {dead_pixel_fraction}")
+    size = clean.shape[0]
+    expected = clean * beam_profile(size, beam_center_yx, beam_sigma)
+    expected *= F32(dose)
+    counts = rng.poisson(expected)
+    noisy = (counts / F32(dose)).astype(F32)
+    n_dead = int(rng.binomial(noisy.size, dead_pixel_fraction)) if dead_pixel_fraction > 0 else 0
+    if n_dead:
+        noisy.reshape(-1)[rng.choice(noisy.size, n_dead, replace=False)] = 0.0
+    return noisy, n_dead
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Clean scenes
+# --------------------------------------------------------------------------------------------------------------
+
+def clean_scene(rng, size: int = 256, scene: str = "random") -> tuple[np.ndarray, np.ndarray, dict]:
+    """Draw a clean image (float32, size x size, vacuum = 1, >= 0), its material mask (0 vacuum .. 1 graphene,
+    float32) and a dict describing it.
+
+    ``scene``: ``random`` (all features, drawn at random), ``lattice`` (one perfect grain, no holes, defects,
+    thickness or contrast variation; for checking the lattice), ``vacuum`` (an empty field: all ones).
+    """
+    if scene not in SCENES:
+        raise ValueError(f"scene must be one of {SCENES}, got {scene!r}")
+    rng = as_rng(rng)
+    info = {"scene": scene, "empty": False, "n_grains": 0, "rotations_deg": [], "contrast_sign": 1,
+            "vacancies": 0, "holes": False, "vacuum_edge": False, "bilayer": False}
+    if scene == "vacuum" or (scene == "random" and rng.random() < 0.05):
+        info["empty"] = True
+        info["material_fraction"] = 0.0
+        return np.ones((size, size), F32), np.zeros((size, size), F32), info
+
+    simple = scene == "lattice"
+    fringe = FRINGE_PX * (1.0 if simple else rng.uniform(0.97, 1.03))
+    second_order = rng.uniform(0.1, 0.6)
+    blur = rng.uniform(0.3, 1.0)
+    n_grains = 1 if simple else int(rng.choice([1, 2, 3, 4], p=[0.45, 0.25, 0.2, 0.1]))
+    rotations = rng.uniform(0, np.pi / 3, n_grains)  # hexagonal symmetry: 60 degrees cover all orientations
+    shifts = rng.uniform(0, size, (n_grains, 2))
+    info.update(n_grains=n_grains, rotations_deg=[round(float(np.degrees(r)), 4) for r in rotations],
+                fringe_px=round(float(fringe), 4))
+
+    def grain_lattice(g: int) -> np.ndarray:
+        return lattice(size, rotation=rotations[g], fringe_px=fringe, shift=shifts[g], second_order=second_order,
+                       blur_px=blur)
+
+    if simple:
+        lat = grain_lattice(0)
+        material = np.ones((size, size), F32)
+        contrast = F32(rng.uniform(0.15, 0.35))
+        absorb = F32(rng.uniform(0.0, 0.15))
+        clean = F32(1) - material * (absorb + contrast * lat)
+        info["material_fraction"] = 1.0
+        return np.maximum(clean, 0, out=clean), material, info
+
+    # Which smooth fields this scene needs, drawn together in one call (correlation lengths in px).
+    holes = rng.random() < 0.6
+    edge = rng.random() < 0.25
+    bilayer = rng.random() < 0.15
+    names = ["thickness", "contrast"] + ["warp"] * (n_grains if n_grains > 1 else 0)
+    corr = [rng.uniform(30, 80), rng.uniform(30, 80)] + [rng.uniform(20, 40)] * (n_grains if n_grains > 1 else 0)
+    if holes:
+        names.append("holes"), corr.append(rng.uniform(10, 30))
+    if edge:
+        names.append("edge"), corr.append(rng.uniform(15, 40))
+    if bilayer:
+        names.append("bilayer"), corr.append(rng.uniform(20, 50))
+    fields = smooth_fields(rng, size, corr)
+    field = {name: fields[i] for i, name in enumerate(names) if name != "warp"}
+    ax = _axis(size).astype(F32)
+
+    # Grains: soft Voronoi cells around random seeds; wavy boundaries from a smooth warp of the distances.
+    if n_grains == 1:
+        lat = grain_lattice(0)
+    else:
+        seeds = rng.uniform(-0.1 * size, 1.1 * size, (n_grains, 2)).astype(F32)
+        warp = fields[names.index("warp"):names.index("warp") + n_grains] * F32(rng.uniform(3, 12))
+        dist = np.sqrt((ax[None, None, :] - seeds[:, 0, None, None]) ** 2
+                       + (ax[None, :, None] - seeds[:, 1, None, None]) ** 2) + warp
+        dist -= dist.min(axis=0)
+        weight = np.exp(-dist / F32(1.2))  # the boundary blends the lattices over a few pixels
+        weight /= weight.sum(axis=0)
+        lat = sum(weight[g] * grain_lattice(g) for g in range(n_grains))
+
+    # Material: holes, a vacuum edge, vacancies.
+    material = np.ones((size, size), F32)
+    if holes:
+        level = rng.uniform(0.8, 2.5)  # higher: fewer, smaller holes
+        steep = corr[names.index("holes")] / 0.8  # edge about a pixel wide
+        material *= expit((level - field["holes"]) * F32(steep))
+    if edge:
+        phi = rng.uniform(0, 2 * np.pi)
+        offset = rng.uniform(-0.1, 0.4) * size
+        across = (np.cos(phi) * (ax[None, :] - size / 2) + np.sin(phi) * (ax[:, None] - size / 2)).astype(F32)
+        across += field["edge"] * F32(rng.uniform(2, 8))  # rough edge
+        material *= expit((F32(offset) - across) / F32(0.8))
+    n_vac = int(rng.poisson(rng.uniform(0, 15)))
+    if n_vac:
+        g = rng.integers(0, n_grains)  # vacancies of one grain (the others see them only near boundaries)
+        sites = atom_sites(n_vac, rng, size, rotation=rotations[g], fringe_px=fringe, shift=shifts[g])
+        cluster = rng.random(n_vac) < 0.3  # some become divacancies and small multi-vacancies
+        extra = neighbour_sites(np.repeat(sites[cluster], 2, axis=0), rng, rotation=rotations[g],
+                                fringe_px=fringe)
+        vac = spots(size, np.concatenate([sites, extra]), sigma=0.3 * fringe)
+        material *= F32(1) - np.minimum(vac, F32(1))
+
+    thickness = np.clip(F32(1) + F32(rng.uniform(0, 0.25)) * field["thickness"], 0.5, 1.6)
+    contrast = F32(rng.uniform(0.1, 0.35)) * (F32(1) + F32(0.25) * field["contrast"])
+    sign = F32(-1 if rng.random() < 0.25 else 1)  # contrast reversal: bright atoms
+    absorb = F32(rng.uniform(0.0, 0.15))
+    clean = F32(1) - material * thickness * (absorb + sign * contrast * lat)
+    if bilayer:
+        rot2 = rng.uniform(0, np.pi / 3)
+        lat2 = lattice(size, rotation=rot2, fringe_px=fringe, shift=rng.uniform(0, size, 2),
+                       second_order=second_order, blur_px=blur)
+        patch = material * expit((F32(rng.uniform(0.3, 1.5)) - field["bilayer"]) * F32(20))
+        clean -= patch * (absorb + sign * contrast * lat2)
+        info["rotations_deg"].append(round(float(np.degrees(rot2)), 4))
+    info.update(contrast_sign=int(sign), vacancies=n_vac, holes=holes, vacuum_edge=edge, bilayer=bilayer,
+                material_fraction=round(float(material.mean()), 4))
+    return np.maximum(clean, 0, out=clean), material, info
+
+
+def make_pair(rng, *, image_size: int = 256, dose_min: float = 5.0, dose_max: float = 100.0,
+              dead_pixel_fraction: float = 0.001, scene: str = "random", dose: float | None = None,
+              beam_center_yx=None, beam_sigma: float | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """One (noisy, clean, info) pair, float32 (image_size, image_size).
+
+    ``rng``: a Generator, SeedSequence or int. ``dose``, ``beam_center_yx`` and ``beam_sigma`` fix those values
+    instead of drawing them (the draws still happen, so the rest of the pair does not change). ``info`` holds
+    the scene description (see :func:`clean_scene`) plus ``dose``, ``beam_center_yx``, ``beam_sigma`` and
+    ``dead_pixels`` (their count).
+    """
+    rng = as_rng(rng)
+    clean, _, info = clean_scene(rng, image_size, scene)
+    drawn_dose = draw_dose(rng, dose_min, dose_max)
+    drawn_center, drawn_sigma = draw_beam(rng, image_size)
+    dose = drawn_dose if dose is None else float(dose)
+    center = drawn_center if beam_center_yx is None else np.asarray(beam_center_yx, F32)
+    sigma = drawn_sigma if beam_sigma is None else float(beam_sigma)
+    noisy, n_dead = add_noise(rng, clean, dose=dose, beam_center_yx=center, beam_sigma=sigma,
+                              dead_pixel_fraction=dead_pixel_fraction)
+    info.update(dose=dose, beam_center_yx=[float(c) for c in center], beam_sigma=sigma, dead_pixels=n_dead)
+    return noisy, clean, info
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Writing the raw layout
+# --------------------------------------------------------------------------------------------------------------
+
+# Per-image values stored as attributes of the "images" datasets: (name, dtype, source in info, which file).
+_PER_IMAGE_ATTRS = (
+    ("dose", np.float32, "dose", "noisy"),
+    ("beam_center_yx", np.float32, "beam_center_yx", "noisy"),
+    ("beam_sigma", np.float32, "beam_sigma", "noisy"),
+    ("dead_pixels", np.int32, "dead_pixels", "noisy"),
+    ("n_grains", np.int8, "n_grains", "clean"),
+    ("contrast_sign", np.int8, "contrast_sign", "clean"),
+    ("material_fraction", np.float32, "material_fraction", "clean"),
+)
+
+
+def _make_chunk(job: tuple) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Worker: pairs ``start .. stop-1`` of one split, stacked, plus their per-image attributes."""
+    seed, split, start, stop, kwargs = job
+    size = kwargs["image_size"]
+    noisy = np.empty((stop - start, size, size), F32)
+    clean = np.empty_like(noisy)
+    attrs = {name: [] for name, *_ in _PER_IMAGE_ATTRS}
+    for j, index in enumerate(range(start, stop)):
+        noisy[j], clean[j], info = make_pair(image_seed(seed, split, index), **kwargs)
+        for name, _, key, _ in _PER_IMAGE_ATTRS:
+            attrs[name].append(info[key])
+    return noisy, clean, attrs
+
+
+def _worker_count(workers: int) -> int:
+    if workers > 0:
+        return workers
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _pool_context():
+    """A fork server where available (safe when the caller has threads), else spawn."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+def write_dataset(out_dir: Path, *, seed: int, train_images: int, test_images: int, image_size: int = 256,
+                  dose_min: float = 5.0, dose_max: float = 100.0, dead_pixel_fraction: float = 0.001,
+                  workers: int = 0, log=None) -> list[Path]:
+    """Write ``out_dir/{train,test}/graphene_img_{noise,clean}.h5`` (dataset ``images``, float32,
+    (N, S, S, 1); noisy row i pairs with clean row i) and return the files written.
+
+    Attributes: on the noisy ``images``: ``dose`` (N,) electrons per pixel at the beam centre,
+    ``beam_center_yx`` (N, 2) px, ``beam_sigma`` (N,) px, ``dead_pixels`` (N,) count, ``dead_pixel_fraction``
+    (the parameter); on the clean ``images``: ``n_grains``, ``contrast_sign``, ``material_fraction`` (N,) each;
+    on both files: generator name, version, seed, split and parameters. Same seed, same bytes, whatever
+    ``workers`` (0: one per CPU; 1: in this process). Each file appears atomically, when complete.
+    """
+    out_dir = Path(out_dir)
+    counts = {"train": int(train_images), "test": int(test_images)}
+    for split, n in counts.items():
+        if n < 1:
+            raise ValueError(f"{split}_images must be >= 1, got {n}")
+    if image_size < 8:
+        raise ValueError(f"image_size must be >= 8, got {image_size}")
+    if not 0 < dose_min <= dose_max:
+        raise ValueError(f"expected 0 < dose_min <= dose_max, got {dose_min}, {dose_max}")
+    if not 0 <= dead_pixel_fraction <= 1:
+        raise ValueError(f"dead_pixel_fraction must be in [0, 1], got {dead_pixel_fraction}")
+    kwargs = dict(image_size=int(image_size), dose_min=float(dose_min), dose_max=float(dose_max),
+                  dead_pixel_fraction=float(dead_pixel_fraction))
+    workers = _worker_count(workers)
+    total = sum(counts.values())
+    chunk = max(1, min(32, math.ceil(total / (4 * workers))))
+    jobs = [(int(seed), split, start, min(start + chunk, n), kwargs)
+            for split, n in counts.items() for start in range(0, n, chunk)]
+    if log is not None:
+        log.info("synthetic: %d train + %d test pairs of %d x %d px, seed %d, dose %g-%g e/px, %d worker(s)",
+                 counts["train"], counts["test"], image_size, image_size, seed, dose_min, dose_max, workers)
+
+    pool = _pool_context().Pool(workers) if workers > 1 and len(jobs) > 1 else None
+    try:
+        results = pool.imap(_make_chunk, jobs) if pool is not None else map(_make_chunk, jobs)
+        bar = progress(total=total, desc="synthetic", unit="pair")
+        written: list[Path] = []
+        try:
+            for split in RAW_SPLITS:
+                n_split_jobs = sum(1 for job in jobs if job[1] == split)
+                written += _write_split(out_dir / split, split, counts[split], seed, kwargs,
+                                        (next(results) for _ in range(n_split_jobs)), bar)
+        finally:
+            bar.close()
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    if log is not None:
+        log.info("synthetic: wrote %s", ", ".join(str(p) for p in written))
+    return written
+
+
+def _write_split(split_dir: Path, split: str, n: int, seed: int, kwargs: dict, chunks, bar) -> list[Path]:
+    size = kwargs["image_size"]
+    paths = {kind: split_dir / RAW_FILES[kind] for kind in ("noisy", "clean")}
+    file_attrs = {"generator": "emdenoise.synthetic", "generator_version": GENERATOR_VERSION, "seed": int(seed),
+                  "split": split, "pixel_size_angstrom": PIXEL_SIZE_ANGSTROM,
+                  "parameters": json.dumps(dict(kwargs, seed=int(seed)), sort_keys=True)}
+    with atomic_path(paths["noisy"]) as tmp_noisy, atomic_path(paths["clean"]) as tmp_clean, \
+            h5py.File(tmp_noisy, "w", libver="v108") as f_noisy, h5py.File(tmp_clean, "w", libver="v108") as f_clean:
+        # libver v108: attribute arrays larger than 64 KiB (many images) go to dense attribute storage.
+        files = {"noisy": f_noisy, "clean": f_clean}
+        dsets = {}
+        for kind, fh in files.items():
+            fh.attrs.update(file_attrs)
+            fh.attrs["content"] = kind
+            dsets[kind] = fh.create_dataset(RAW_DATASET, shape=(n, size, size, 1), dtype=F32,
+                                            chunks=(1, size, size, 1), track_times=False)
+        attrs = {name: [] for name, *_ in _PER_IMAGE_ATTRS}
+        row = 0
+        for noisy, clean, chunk_attrs in chunks:
+            dsets["noisy"][row:row + len(noisy), :, :, 0] = noisy
+            dsets["clean"][row:row + len(clean), :, :, 0] = clean
+            for name in attrs:
+                attrs[name] += chunk_attrs[name]
+            row += len(noisy)
+            bar.update(len(noisy))
+        assert row == n, (row, n)
+        for name, dtype, _, kind in _PER_IMAGE_ATTRS:
+            dsets[kind].attrs[name] = np.asarray(attrs[name], dtype=dtype)
+        dsets["noisy"].attrs["dead_pixel_fraction"] = F32(kwargs["dead_pixel_fraction"])
+        dsets["noisy"].attrs["units"] = ("values: electron counts / dose; dose: electrons per pixel at the beam "
+                                         "centre; beam_center_yx, beam_sigma: pixels")
+    return [paths["noisy"], paths["clean"]]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Benchmark
+# --------------------------------------------------------------------------------------------------------------
+
+def benchmark(n: int = 512, workers: int = 1, image_size: int = 256) -> float:
+    """Pairs per second of :func:`write_dataset` (HDF5 writing included) for ``n`` pairs (80 % train, 20 % test)
+    into a temporary folder that is removed afterwards."""
+    n_test = max(1, n // 5)
+    with tempfile.TemporaryDirectory(prefix="emdenoise-synth-bench-") as tmp:
+        start = time.perf_counter()
+        write_dataset(Path(tmp), seed=0, train_images=max(1, n - n_test), test_images=n_test,
+                      image_size=image_size, workers=workers)
+        elapsed = time.perf_counter() - start
+    return (max(1, n - n_test) + n_test) / elapsed
+
+
+if __name__ == "__main__":
+    _n = int(sys.argv[1]) if len(sys.argv) > 1 else 512
+    _workers = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    print(f"{benchmark(_n, _workers):.1f} pairs/s ({_n} pairs of 256 x 256, workers={_workers})")
