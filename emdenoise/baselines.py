@@ -39,9 +39,8 @@ from __future__ import annotations
 
 import importlib
 import math
-import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 from scipy import ndimage
@@ -306,12 +305,3 @@ def tuning_steps(baseline: Baseline | str, n_val: int) -> int:
         baseline = get(baseline)
     n = min(n_val, baseline.max_tune_images) if baseline.max_tune_images else n_val
     return n * len(baseline.grid)
-
-
-def run(tuned: TunedBaseline, images: Sequence[np.ndarray]) -> tuple[np.ndarray, float]:
-    """Denoise every image; return the outputs (N, H, W) float32 and the seconds spent."""
-    out = np.empty((len(images),) + tuple(np.shape(images[0])), dtype=np.float32)
-    start = time.perf_counter()
-    for i, image in enumerate(images):
-        out[i] = tuned(image)
-    return out, time.perf_counter() - start

@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,12 @@ class TaskSpec:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     help: str
+    # this task's own default for a path, where it differs from DEFAULT_PATHS (e.g. denoise's output_dir)
+    defaults: dict[str, str] = field(default_factory=dict)
+
+    def default_path(self, arg: str) -> str:
+        """Where ``arg`` lives under the workspace when not given on the command line."""
+        return self.defaults.get(arg, DEFAULT_PATHS[arg])
 
 
 # Path arguments of each task, in the order mlcube.yaml declares them (inputs, then outputs).
@@ -38,6 +44,8 @@ TASKS: dict[str, TaskSpec] = {
                       "train one or more denoisers"),
     "test": TaskSpec(("data_dir", "model_dir", "parameters_file"), ("output_dir", "log_dir"),
                      "evaluate the trained denoisers against the noisy input and classical filters"),
+    "denoise": TaskSpec(("input_dir", "model_dir", "parameters_file"), ("output_dir", "log_dir"),
+                        "apply a trained model to micrographs", defaults={"output_dir": "denoise/output"}),
 }
 
 # Where each path lives under the workspace when not given on the command line.
@@ -78,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         for arg in spec.inputs + spec.outputs:
             flags = [f"--{arg}"] + ([f"--{arg.replace('_', '-')}"] if "_" in arg else [])
             p.add_argument(*flags, dest=arg, default=None, metavar="PATH",
-                           help=f"default: WORKSPACE/{DEFAULT_PATHS[arg]}")
+                           help=f"default: WORKSPACE/{spec.default_path(arg)}")
         p.add_argument("--workspace", default="workspace", metavar="DIR",
                        help="folder holding the default paths (default: ./workspace)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -99,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     spec = TASKS[args.task]
     workspace = Path(args.workspace)
-    paths = {name: Path(getattr(args, name) or workspace / DEFAULT_PATHS[name])
+    paths = {name: Path(getattr(args, name) or workspace / spec.default_path(name))
              for name in spec.inputs + spec.outputs}
     log = setup_logging(args.task, paths.get("log_dir"), verbose=args.debug)
     try:

@@ -7,7 +7,7 @@ What it does, and nothing more:
 - ``download``: a resumable GET into ``<file>.part``. When a ``.part`` already holds the first N bytes, the
   request asks for the rest with ``Range: bytes=N-``. The size is checked, and the MD5 when the ETag is a
   single-part MD5 (32 hex digits, no ``-``); the sha256 is computed on the way. The caller renames the verified
-  ``.part`` into place (``commit``), so a file under its final name is always complete and verified.
+  ``.part`` into place, so a file under its final name is always complete and verified.
 - Retries with exponential backoff on timeouts, lost connections and 5xx/429 answers. The first delay is
   ``EMDENOISE_RETRY_BASE_S`` seconds (default 1), doubling up to a minute. An attempt that received data
   resets the count, so a long file over a flaky link keeps going as long as it moves forward.
@@ -87,21 +87,21 @@ def part_path(dest: Path) -> Path:
     return dest.with_name(dest.name + ".part")
 
 
-def commit(fetched: Fetched, dest: Path) -> None:
-    """Atomically rename a verified ``.part`` onto its final name."""
-    os.replace(fetched.part, dest)
+def file_digests(path: Path, bar=None, md5: bool = True) -> tuple[str | None, str]:
+    """(md5, sha256) of a file's bytes, read once (md5 None when not asked for: it is the slower of the two).
 
-
-def file_digests(path: Path, bar=None) -> tuple[str, str]:
-    """(md5, sha256) of a file's bytes, read once; ``bar`` (a tqdm bar in bytes) advances as it reads."""
-    md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+    ``bar`` (a tqdm bar in bytes) advances as it reads.
+    """
+    md5_hash = hashlib.md5(usedforsecurity=False) if md5 else None
+    sha = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(CHUNK_BYTES):
-            md5.update(chunk)
+            if md5_hash is not None:
+                md5_hash.update(chunk)
             sha.update(chunk)
             if bar is not None:
                 bar.update(len(chunk))
-    return md5.hexdigest(), sha.hexdigest()
+    return (md5_hash.hexdigest() if md5_hash is not None else None), sha.hexdigest()
 
 
 def retry_base_s() -> float:
@@ -112,12 +112,18 @@ def retry_base_s() -> float:
         return DEFAULT_RETRY_BASE_S
 
 
+_REASONS = (
+    re.compile(r"certificate verify failed: ([^'(\]]+)"),
+    _ERRNO_TEXT,
+    re.compile(r"(Name or service not known|Temporary failure in name resolution|nodename nor servname provided|"
+               r"No address associated with hostname|timed out|Connection reset by peer|RemoteDisconnected)"),
+)
+
+
 def _short_reason(exc: BaseException) -> str:
     """'Connection refused' rather than a three-line urllib3 repr."""
     text = str(exc)
-    for pattern in (_ERRNO_TEXT, re.compile(r"(Name or service not known|Temporary failure in name resolution|"
-                                            r"nodename nor servname provided|No address associated with hostname|"
-                                            r"timed out|Connection reset by peer|RemoteDisconnected)")):
+    for pattern in _REASONS:
         found = pattern.search(text)
         if found:
             return found.group(1).strip()
@@ -134,6 +140,10 @@ def _child_text(elem: ET.Element, name: str) -> str | None:
         if _local(child.tag) == name:
             return child.text or ""
     return None
+
+
+class Unreachable(RuntimeFailure):
+    """The host never answered: offline, DNS failure, connection refused."""
 
 
 class _Transient(Exception):
@@ -221,7 +231,7 @@ class HttpClient:
         origin = _origin(url)
         tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
         if exc.kind == "connect" and origin not in self._answered:
-            return RuntimeFailure(f"cannot reach {origin} ({exc.reason}) after {tries}: the host is offline or "
+            return Unreachable(f"cannot reach {origin} ({exc.reason}) after {tries}: the host is offline or "
                                   f"unreachable from here; {OFFLINE_HINT}")
         if exc.kind == "timeout":
             return RuntimeFailure(f"{url}: no answer within {self.timeout:g} s after {tries} (download.timeout); "
@@ -313,15 +323,19 @@ class HttpClient:
                              f"download.source") from None
 
     # -- plain GET and HEAD --------------------------------------------------------------------------------------
-    def head(self, url: str) -> tuple[int | None, str | None]:
-        """(size, ETag) of a URL from a HEAD request; either may be None when the server does not say."""
+    def probe(self, url: str) -> tuple[int | None, str | None]:
+        """(size, ETag) of a URL, either None when the server does not say.
+
+        Asks for the first byte only (``Range: bytes=0-0``) rather than sending HEAD: public buckets that allow
+        GET do not always allow HEAD to anonymous clients, and the 206 answer carries the full size.
+        """
         def attempt():
-            resp = self._send("HEAD", url)
+            resp = self._send("GET", url, headers={"Range": "bytes=0-0", "Accept-Encoding": "identity"},
+                              stream=True)
             resp.close()
-            if resp.status_code >= 300:
+            if resp.status_code not in (200, 206):
                 return None, None
-            length = resp.headers.get("Content-Length", "")
-            return (int(length) if length.isdigit() else None), clean_etag(resp.headers.get("ETag"))
+            return _total_size(resp), clean_etag(resp.headers.get("ETag"))
         return self._with_retries(url, attempt)
 
     def download(self, url: str, part: Path, size: int | None = None, etag: str | None = None,
@@ -333,9 +347,9 @@ class HttpClient:
         one is kept so that the next run resumes it.
         """
         part.parent.mkdir(parents=True, exist_ok=True)
-        for fresh_start in (False, True):
+        for pass_ in ("resume", "afresh"):
             state = _PartFile(part)
-            if fresh_start or (size is not None and state.length > size):
+            if size is not None and state.length > size:
                 state.reset()
             if bar is not None and state.length:
                 bar.update(state.length)
@@ -343,19 +357,17 @@ class HttpClient:
             etag_now = got_etag or etag
             if size is not None and state.length != size:
                 got = state.length
-                state.reset()
+                self._rewind(state, bar)
                 raise RuntimeFailure(f"{url}: got {got} bytes, the listing says {size}")
-            if not is_md5_etag(etag_now) or state.md5.hexdigest() == etag_now:
-                return Fetched(part, state.length, state.md5.hexdigest(), state.sha.hexdigest(), etag_now)
+            got_md5 = state.md5.hexdigest()
+            if not is_md5_etag(etag_now) or got_md5 == etag_now:
+                return Fetched(part, state.length, got_md5, state.sha.hexdigest(), etag_now)
+            self._rewind(state, bar)
             # Corrupt. When part of it came from an earlier run, that part may be the culprit: retry once afresh.
-            if bar is not None:
-                bar.update(-state.length)
-            if not fresh_start and state.resumed_from:
+            if pass_ == "resume" and state.resumed_from:
                 self.log.warning("%s: MD5 does not match the ETag after resuming; downloading it again from the "
                                  "start", url)
                 continue
-            got_md5 = state.md5.hexdigest()
-            state.reset()
             raise RuntimeFailure(f"{url}: MD5 {got_md5} does not match the ETag {etag_now}: the download was "
                                  f"corrupted in transit; removed {part.name}, run download again")
         raise AssertionError("unreachable")

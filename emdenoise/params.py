@@ -119,11 +119,12 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "msdnet_width": Field("int", 1, "msdnet: feature maps per layer", min=1, max=64),
     },
     "test": {
-        "models": Field("names", "all", "models to evaluate (all: every model found in model_dir)",
-                        choices=MODEL_NAMES),
+        "models": Field("names", "all", "models to evaluate (all: every model found in model_dir; none: "
+                        "baselines only)", choices=MODEL_NAMES + ("none",)),
         "baselines": Field("names", ["gaussian", "median", "tv", "nlm"],
-                           "classical baselines (bm3d and anscombe_bm3d need the optional bm3d package)",
-                           choices=BASELINE_NAMES),
+                           "classical baselines, tuned on the val split (all: every one installed; none: models "
+                           "only; bm3d and anscombe_bm3d need the optional non-commercial bm3d package)",
+                           choices=BASELINE_NAMES + ("none",)),
         "batch_size": Field("int", 16, "images per inference batch", min=1, max=65_536),
         "device": Field("str", "auto", "auto, cpu, cuda or cuda:N", check=lambda v: None if v in ("auto", "cpu",
                         "cuda") or (v.startswith("cuda:") and v[5:].isdigit()) else "auto, cpu, cuda or cuda:N"),
@@ -131,6 +132,22 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "max_test_images": Field("int", 0, "evaluate only the first N test pairs (0: all)", min=0),
         "tune_images": Field("int", 16, "validation pairs used to tune the baselines' parameters", min=1),
         "figure_images": Field("int", 4, "test images shown in the comparison figure", min=0, max=32),
+    },
+    "denoise": {
+        "model": Field("str", "auto", "model to apply: a folder name in model_dir, or auto (the only model "
+                       "there; an error lists the choices when there are several)"),
+        "tile_size": Field("int", 256, "side of the square tiles a frame is cut into (0: whole frames; "
+                           "multiples of 8 keep the models' pooling grid aligned)", min=0, max=65_536,
+                           check=lambda v: None if v == 0 or v >= 16 else "0 or an integer >= 16"),
+        "tile_overlap": Field("int", 32, "pixels shared by neighbouring tiles, cross-faded (at most "
+                              "tile_size / 2)", min=0, max=32_768),
+        "batch_size": Field("int", 8, "tiles per inference batch (tiles of consecutive frames are batched "
+                            "together)", min=1, max=65_536),
+        "device": Field("str", "auto", "auto, cpu, cuda or cuda:N", check=lambda v: None if v in ("auto", "cpu",
+                        "cuda") or (v.startswith("cuda:") and v[5:].isdigit()) else "auto, cpu, cuda or cuda:N"),
+        "precision": Field("str", "auto", "auto, fp32, bf16 or fp16", choices=("auto", "fp32", "bf16", "fp16")),
+        "pattern": Field("str", "*", "glob selecting the input files in input_dir (e.g. *.tif, or **/* to "
+                         "include subfolders)"),
     },
 }
 

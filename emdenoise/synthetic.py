@@ -25,7 +25,7 @@ Noisy image::
 
     noisy = Poisson(dose * beam * clean) / dose,  then dead pixels set to 0
 
-``beam`` is a 2-D Gaussian with peak 1 (sigma 0.3-0.6 of the field, centre anywhere in [-0.2, 1.2] of the
+``beam`` is a 2-D Gaussian with peak 1 (sigma 0.3-0.6 of the field, centre anywhere in [-0.1, 1.1] of the
 field, so sometimes off the image), ``dose`` the electrons per pixel at the beam centre (log-uniform between
 ``dose_min`` and ``dose_max``; rounded to float32 and stored, so ``noisy * dose`` are whole counts).
 
@@ -40,6 +40,7 @@ Run ``python -m emdenoise.synthetic [N] [WORKERS]`` to measure pairs/s.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import multiprocessing
@@ -53,6 +54,11 @@ from typing import Callable
 import h5py
 import numpy as np
 from scipy.special import expit
+
+try:
+    from threadpoolctl import ThreadpoolController
+except ImportError:  # optional: without it BLAS may start threads (much slower on a busy machine, same results)
+    ThreadpoolController = None
 
 from emdenoise.fsutil import atomic_path
 from emdenoise.layout import RAW_DATASET, RAW_FILES, RAW_SPLITS
@@ -69,7 +75,7 @@ SPLIT_KEYS = {"train": 0, "test": 1}
 SCENES = ("random", "lattice", "vacuum")
 
 BEAM_SIGMA_RANGE = (0.3, 0.6)  # beam sigma as a fraction of the field side
-BEAM_CENTER_RANGE = (-0.2, 1.2)  # beam centre as a fraction of the field side (outside [0, 1]: off the image)
+BEAM_CENTER_RANGE = (-0.1, 1.1)  # beam centre as a fraction of the field side (outside [0, 1]: off the image)
 
 F32 = np.float32
 
@@ -88,6 +94,27 @@ def as_rng(rng) -> np.random.Generator:
     if isinstance(rng, np.random.Generator):
         return rng
     return np.random.default_rng(rng)
+
+
+_BLAS = None
+
+
+def _one_blas_thread(func):
+    """Run ``func`` with BLAS limited to one thread.
+
+    The matrix products here are small (256 x 12 x 256); a multi-threaded BLAS makes them up to 100 times slower
+    on a busy 2-core machine, and worker processes would oversubscribe the cores.
+    """
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        global _BLAS
+        if ThreadpoolController is None:
+            return func(*args, **kwargs)
+        if _BLAS is None:
+            _BLAS = ThreadpoolController()
+        with _BLAS.limit(limits=1, user_api="blas"):
+            return func(*args, **kwargs)
+    return wrapper
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -126,30 +153,30 @@ def lattice(size: int, *, rotation: float, fringe_px: float = FRINGE_PX, shift=(
     return left @ right
 
 
-def atom_sites(n: int, rng: np.random.Generator, size: int, *, rotation: float, fringe_px: float,
-               shift) -> np.ndarray:
-    """``n`` random atom positions (x, y) in pixels of the lattice drawn by :func:`lattice` with these settings."""
+def atom_sites(n: int, rng: np.random.Generator, size: int, *, rotation: float, fringe_px: float, shift,
+               cluster_fraction: float = 0.0) -> np.ndarray:
+    """Random atom positions (x, y) in pixels of the lattice drawn by :func:`lattice` with these settings.
+
+    ``n`` atoms near uniformly random points of the field; a ``cluster_fraction`` of them also bring two of
+    their three nearest neighbours (multi-vacancies when the sites are removed). Sites are found in fractional
+    coordinates of the hexagonal cell, whose origin is a hexagon centre: sublattice A sits at (1/3, 1/3),
+    sublattice B at (2/3, 2/3).
+    """
     k = 2 * np.pi / fringe_px
     angles = rotation + np.array([0.0, 2 * np.pi / 3])
     kmat = k * np.stack([np.cos(angles), np.sin(angles)], axis=1)  # rows k1, k2
     avecs = 2 * np.pi * np.linalg.inv(kmat).T  # rows a1, a2 with k_i . a_j = 2 pi delta_ij
-    near = rng.uniform(0, size, (n, 2)) - np.asarray(shift)
-    frac = near @ kmat.T / (2 * np.pi)
-    sub = np.where(rng.random(n) < 0.5, 1 / 3, 2 / 3)[:, None]  # the two sublattices
+    frac = (rng.uniform(0, size, (n, 2)) - np.asarray(shift)) @ kmat.T / (2 * np.pi)
+    is_b = rng.random(n) < 0.5
+    sub = np.where(is_b, 2 / 3, 1 / 3)[:, None]
     frac = np.round(frac - sub) + sub
+    # Nearest neighbours of an A atom (B atoms) in fractional coordinates; those of a B atom are the negatives.
+    bonds = np.array([[1 / 3, 1 / 3], [-2 / 3, 1 / 3], [1 / 3, -2 / 3]])
+    clustered = np.flatnonzero(rng.random(n) < cluster_fraction)
+    which = rng.integers(0, 3, (len(clustered), 2))
+    extra = [frac[clustered] + np.where(is_b[clustered], -1, 1)[:, None] * bonds[which[:, j]] for j in (0, 1)]
+    frac = np.concatenate([frac] + extra)
     return frac @ avecs + np.asarray(shift)
-
-
-def neighbour_sites(sites: np.ndarray, rng: np.random.Generator, *, rotation: float,
-                    fringe_px: float) -> np.ndarray:
-    """For each site, one of its three nearest neighbours (C-C bond length a / sqrt(3))."""
-    bond = fringe_px * 2 / 3  # 1.42 A = 2.13 A * 2 / 3
-    # Atom directions from a site alternate by sublattice; picking among six directions 60 degrees apart and
-    # snapping is not needed: use bond directions at rotation + 30 + k*120 (+ 180 for the other sublattice).
-    k = rng.integers(0, 3, len(sites))
-    flip = rng.integers(0, 2, len(sites))
-    ang = rotation + np.pi / 6 + k * 2 * np.pi / 3 + flip * np.pi
-    return sites + bond * np.stack([np.cos(ang), np.sin(ang)], axis=1)
 
 
 def spots(size: int, centers: np.ndarray, sigma: float) -> np.ndarray:
@@ -234,6 +261,7 @@ def add_noise(rng: np.random.Generator, clean: np.ndarray, *, dose: float, beam_
 # Clean scenes
 # --------------------------------------------------------------------------------------------------------------
 
+@_one_blas_thread
 def clean_scene(rng, size: int = 256, scene: str = "random") -> tuple[np.ndarray, np.ndarray, dict]:
     """Draw a clean image (float32, size x size, vacuum = 1, >= 0), its material mask (0 vacuum .. 1 graphene,
     float32) and a dict describing it.
@@ -307,7 +335,7 @@ def clean_scene(rng, size: int = 256, scene: str = "random") -> tuple[np.ndarray
     material = np.ones((size, size), F32)
     if holes:
         level = rng.uniform(0.8, 2.5)  # higher: fewer, smaller holes
-        steep = corr[names.index("holes")] / 0.8  # edge about a pixel wide
+        steep = corr[names.index("holes")] / 0.3  # edge one or two pixels wide
         material *= expit((level - field["holes"]) * F32(steep))
     if edge:
         phi = rng.uniform(0, 2 * np.pi)
@@ -318,11 +346,9 @@ def clean_scene(rng, size: int = 256, scene: str = "random") -> tuple[np.ndarray
     n_vac = int(rng.poisson(rng.uniform(0, 15)))
     if n_vac:
         g = rng.integers(0, n_grains)  # vacancies of one grain (the others see them only near boundaries)
-        sites = atom_sites(n_vac, rng, size, rotation=rotations[g], fringe_px=fringe, shift=shifts[g])
-        cluster = rng.random(n_vac) < 0.3  # some become divacancies and small multi-vacancies
-        extra = neighbour_sites(np.repeat(sites[cluster], 2, axis=0), rng, rotation=rotations[g],
-                                fringe_px=fringe)
-        vac = spots(size, np.concatenate([sites, extra]), sigma=0.3 * fringe)
+        sites = atom_sites(n_vac, rng, size, rotation=rotations[g], fringe_px=fringe, shift=shifts[g],
+                           cluster_fraction=0.3)  # some grow into small multi-vacancies
+        vac = spots(size, sites, sigma=0.22 * fringe)
         material *= F32(1) - np.minimum(vac, F32(1))
 
     thickness = np.clip(F32(1) + F32(rng.uniform(0, 0.25)) * field["thickness"], 0.5, 1.6)
@@ -342,6 +368,7 @@ def clean_scene(rng, size: int = 256, scene: str = "random") -> tuple[np.ndarray
     return np.maximum(clean, 0, out=clean), material, info
 
 
+@_one_blas_thread
 def make_pair(rng, *, image_size: int = 256, dose_min: float = 5.0, dose_max: float = 100.0,
               dead_pixel_fraction: float = 0.001, scene: str = "random", dose: float | None = None,
               beam_center_yx=None, beam_sigma: float | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -381,6 +408,7 @@ _PER_IMAGE_ATTRS = (
 )
 
 
+@_one_blas_thread
 def _make_chunk(job: tuple) -> tuple[np.ndarray, np.ndarray, dict]:
     """Worker: pairs ``start .. stop-1`` of one split, stacked, plus their per-image attributes."""
     seed, split, start, stop, kwargs = job

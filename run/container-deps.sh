@@ -9,7 +9,8 @@
 #    (run/mlcube.sh and the container tests do this themselves).
 # 3. Builds the base image $EMDENOISE_BASE_IMAGE (default localhost/emdenoise-base) with debootstrap when it is
 #    not there yet: Debian bookworm minbase + python3 + python3-venv, so no registry is needed.
-# 4. Fills wheels/ (in the build context) with `pip download -r requirements.txt`, so that the image builds
+# 4. Fills wheels/ (in the build context) with `pip download -r requirements.txt` (plus setuptools, which builds
+#    the package), so that the image builds
 #    with no network at all (the Dockerfile installs from wheels/ when it is present).
 #
 # Every step is cached: a second run takes a few seconds. Set EMDENOISE_SKIP_APT=1, EMDENOISE_SKIP_BASE=1 or
@@ -72,7 +73,7 @@ if [ "${EMDENOISE_SKIP_BASE:-0}" != 1 ]; then
         rm -f "$rootfs.log"
         # Keep the image small: package caches and lists are not needed at run time.
         as_root rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
-        as_root tar -C "$rootfs" -c . | podman import \
+        as_root tar -C "$rootfs" -c . | podman import --quiet \
             --change 'CMD ["/bin/bash"]' --change 'ENV LANG=C.UTF-8' - "$base_image" >/dev/null
         as_root rm -rf "$rootfs"
         trap - EXIT
@@ -83,7 +84,8 @@ fi
 # 4. Wheels for an offline build ------------------------------------------------------------------------
 if [ "${EMDENOISE_SKIP_WHEELS:-0}" != 1 ]; then
     stamp="$wheels/.requirements.sha256"
-    want="$(sha256sum "$repo/requirements.txt" | cut -d' ' -f1)"
+    extra="setuptools>=70.1"   # builds the package inside the image (no `wheel` needed from 70.1 on)
+    want="$({ cat "$repo/requirements.txt"; echo "$extra"; } | sha256sum | cut -d' ' -f1)"
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
         say "wheels/ is up to date with requirements.txt"
     else
@@ -93,11 +95,14 @@ if [ "${EMDENOISE_SKIP_WHEELS:-0}" != 1 ]; then
         if [ -z "$pip" ]; then
             if [ -x "$repo/.venv/bin/python" ]; then pip="$repo/.venv/bin/python -m pip"; else pip="python3 -m pip"; fi
         fi
-        # The image's Python is 3.11 on x86_64 (bookworm and python:3.11-slim): ask for exactly those wheels,
-        # whatever Python runs pip here.
-        $pip download --quiet --dest "$wheels" --only-binary=:all: \
-            --implementation cp --python-version 3.11 --abi cp311 --platform manylinux_2_36_x86_64 \
-            -r "$repo/requirements.txt"
+        # The image's Python is CPython 3.11 on x86_64 with glibc >= 2.36 (bookworm, python:3.11-slim): ask for
+        # exactly those wheels, whatever Python runs pip here. pip does not widen a manylinux tag to older
+        # glibc versions by itself, so every compatible tag is listed.
+        platforms=(--platform manylinux2014_x86_64 --platform manylinux2010_x86_64 --platform manylinux1_x86_64)
+        for minor in $(seq 5 36); do platforms+=(--platform "manylinux_2_${minor}_x86_64"); done
+        $pip download -qq --dest "$wheels" --only-binary=:all: \
+            --implementation cp --python-version 3.11 --abi cp311 "${platforms[@]}" \
+            -r "$repo/requirements.txt" "$extra"
         echo "$want" >"$stamp"
         say "wheels/: $(find "$wheels" -name '*.whl' | wc -l) wheels, $(du -sh "$wheels" | cut -f1)"
     fi

@@ -18,7 +18,7 @@ Architecture:
 Every PReLU has one slope per channel; convolutions followed by batch norm have no bias; zero padding keeps
 H x W at every layer, so any H x W works.
 
-Parameters: 335,073 (about 0.34 M).
+Parameters: 335,585 (about 0.34 M).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class _HybridDilatedBlock(nn.Module):
         return x + self.body(x)
 
 
-@register("mscnn", documented_params=335_073)
+@register("mscnn", documented_params=335_585)
 class MSCNN(nn.Module):
     """Liu, Shang and Qin's multiscale dilated residual denoiser: 1 -> 1 channel, any H x W."""
 

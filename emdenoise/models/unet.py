@@ -10,7 +10,7 @@ up-convolutions (transposed, stride 2) halving the channels, concatenates the sk
 2 x [3x3 conv + ReLU]; a 1x1 conv gives the single output channel (linear). No batch norm, as in the paper.
 Any H x W works: the input is padded (reflect) to a multiple of 16 and the output cropped back.
 
-Parameters: 7,760,097 at ``base=32`` (the practical denoising default, ``train.unet_base``) and 31,030,593
+Parameters: 7,759,521 at ``base=32`` (the practical denoising default, ``train.unet_base``) and 31,030,593
 at ``base=64`` (the paper's width).
 """
 
@@ -30,7 +30,7 @@ def _double_conv(in_ch: int, out_ch: int) -> nn.Sequential:
     return nn.Sequential(conv_relu(in_ch, out_ch), conv_relu(out_ch, out_ch))
 
 
-@register("unet", documented_params=7_760_097, train_options={"base": "unet_base"})
+@register("unet", documented_params=7_759_521, train_options={"base": "unet_base"})
 class UNet(nn.Module):
     """Ronneberger et al.'s U-Net for 1 -> 1 channel denoising, any H x W."""
 

@@ -1,7 +1,359 @@
-"""The ``train``task (not written yet)."""
+"""The ``train`` task: train one or more denoisers on the processed train split, validating on val each epoch.
 
-from emdenoise.errors import RuntimeFailure
+For each model M of ``train.model`` (``all``: every registered model) it writes, under ``model_dir/M/``:
 
+- ``em_denoise_model.h5``: the BEST weights by mean validation PSNR (the last epoch's when val is empty),
+  a real HDF5 model file (:mod:`emdenoise.modelio`) whose attributes hold the model name and options, the
+  dataset normalisation, the training configuration, the package version and the metrics of those weights;
+- ``em_denoise_model_last.h5``: the weights after the last epoch, same format;
+- ``checkpoint_last.h5``: the resumable state after the latest finished epoch (weights, optimiser, schedule,
+  random states, metrics so far), rewritten atomically every epoch.
+
+and ``output_dir/train_metrics.json`` (rewritten after every epoch)::
+
+    {"model": ..., "device": ..., "precision": ..., "parameters": ..., "epochs": [...], ...,   # the last model
+     "models": {M: {"model", "device", "precision", "parameters", "options", "fingerprint", "n_train", "n_val",
+                    "epochs": [{"epoch", "train_loss", "val_psnr", "val_ssim", "images_per_s", "seconds", "lr"}],
+                    "best_epoch", "best_val_psnr", "complete"}}}
+
+``train_loss`` is the mean loss over the epoch's training images (on normalised images); ``val_psnr`` and
+``val_ssim`` are means over the val images of per-image PSNR/SSIM in raw units with the dataset card's fixed
+``data_range``; ``images_per_s`` counts training images over the training part of the epoch only; ``seconds``
+is the whole epoch, validation included; ``lr`` is the learning rate of the epoch's first step.
+
+Resuming (``resume: auto``): a checkpoint whose configuration fingerprint matches continues from the next
+epoch and ends where an uninterrupted run would (shuffling and crops come from a generator seeded by
+(seed, epoch); the global random states are restored as well). A checkpoint of another configuration is
+refused; ``resume: never`` deletes M's old outputs and starts afresh. A finished run is not redone.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from emdenoise import __version__, models, modelio, runtime
+from emdenoise.data import Split, load_card, load_split
+from emdenoise.errors import InputError, RuntimeFailure
+from emdenoise.fsutil import write_json_atomic
+from emdenoise.layout import CARD
+from emdenoise.log import progress
+from emdenoise.metrics import psnr_per_image, ssim_per_image
+
+MODEL_FILE = "em_denoise_model.h5"
+LAST_MODEL_FILE = "em_denoise_model_last.h5"
+CHECKPOINT_FILE = "checkpoint_last.h5"
+METRICS_FILE = "train_metrics.json"
+
+# train: keys that determine the result, hence the checkpoint fingerprint (device, precision and num_workers
+# are left out on purpose: a run may resume on another machine)
+FINGERPRINT_KEYS = ("epochs", "batch_size", "lr", "optimizer", "lr_schedule", "loss", "seed", "max_train_images",
+                    "patch_size")
+STEP_MILESTONES = (0.5, 0.75)  # lr_schedule "step": x0.1 after half and after three quarters of all steps
+SGD_MOMENTUM = 0.9
+
+# Test hook: raise KeyboardInterrupt right after the checkpoint of this epoch is written (simulates a crash).
+_STOP_AFTER_EPOCH: int | None = None
+
+
+@dataclass
+class TrainData:
+    """Training pairs normalised, (N, 1, H, W) float32 on the CPU, plus the raw val pairs."""
+
+    noisy: torch.Tensor
+    clean: torch.Tensor
+    val: Split
+    patch: int  # crop side, 0 for whole images
+
+    def __len__(self) -> int:
+        return len(self.noisy)
+
+
+# ---------------------------------------------------------------------------------------------- the task
 
 def run(ctx) -> None:
-    raise RuntimeFailure("the train task is not implemented yet")
+    train = ctx.section
+    where = str(ctx.paths.get("parameters_file", "parameters"))
+    data_dir = ctx.paths["data_dir"]
+    card = load_card(data_dir)
+    card_path = Path(data_dir) / CARD
+    normalisation = modelio.check_normalisation(card_path, card.get("normalisation"))
+    data_range = card.get("data_range")
+    if not isinstance(data_range, (int, float)) or not math.isfinite(data_range) or data_range <= 0:
+        raise InputError.at(card_path, "data_range", f"expected a number > 0, got {data_range!r}")
+
+    names = list(models.names()) if train["model"] == "all" else list(train["model"])
+    device = runtime.resolve_device(train["device"], "train.device")
+    precision = runtime.resolve_precision(train["precision"], device, "train.precision")
+    data = load_data(data_dir, train, normalisation, where)
+    ctx.log.info("training %s on %s (%s): %d train and %d val images of %dx%d, %d epochs, batch %d",
+                 ", ".join(names), device, precision, len(data), len(data.val), *data.noisy.shape[-2:],
+                 train["epochs"], train["batch_size"])
+
+    metrics_path = ctx.paths["output_dir"] / METRICS_FILE
+    records: dict[str, dict] = {}
+
+    def publish(record: dict) -> None:
+        records[record["model"]] = record
+        write_json_atomic(metrics_path, {**record, "models": records})
+
+    for name in names:
+        publish(train_model(name, train, data, card, float(data_range), device, precision,
+                            ctx.paths["model_dir"] / name, ctx.log, publish))
+    ctx.log.info("metrics: %s", metrics_path)
+
+
+def load_data(data_dir: Path, train: dict, normalisation: dict, where: str) -> TrainData:
+    """Read train (first ``max_train_images``) and val into memory; normalise the training pairs in place."""
+    tr = load_split(data_dir, "train", train["max_train_images"])
+    val = load_split(data_dir, "val")
+    if len(tr) == 0:
+        raise InputError.at(Path(data_dir) / "train.h5", "noisy", "expected at least one training pair, got 0")
+    height, width = tr.noisy.shape[1:]
+    if len(val) and val.noisy.shape[1:] != tr.noisy.shape[1:]:
+        raise InputError.at(Path(data_dir) / "val.h5", "noisy", f"expected images of {height}x{width} like the "
+                            f"train split, got {val.noisy.shape[1]}x{val.noisy.shape[2]}")
+    patch = train["patch_size"]
+    if patch > min(height, width):
+        raise InputError.at(where, "train.patch_size", f"expected 0 or at most the image side "
+                            f"{min(height, width)}, got {patch}")
+    if patch == height == width:
+        patch = 0
+    for array, side in ((tr.noisy, "noisy"), (tr.clean, "clean")):
+        array -= normalisation[side]["mean"]
+        array /= normalisation[side]["std"]
+    # (N, H, W) -> (N, 1, H, W): a channel axis added, no axis ever swapped
+    return TrainData(torch.from_numpy(tr.noisy)[:, None], torch.from_numpy(tr.clean)[:, None], val, patch)
+
+
+# ---------------------------------------------------------------------------------------------- pieces
+
+def make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=SGD_MOMENTUM)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def lr_factor(schedule: str, total_steps: int) -> Callable[[int], float]:
+    """The learning-rate multiplier of optimiser step ``s`` (0-based) over a run of ``total_steps``."""
+    if schedule == "constant":
+        return lambda s: 1.0
+    if schedule == "cosine":
+        return lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, total_steps) / total_steps))
+    if schedule == "step":
+        milestones = [int(m * total_steps) for m in STEP_MILESTONES]
+        return lambda s: 0.1 ** sum(s >= m for m in milestones)
+    raise ValueError(f"unknown lr_schedule {schedule!r}")
+
+
+def make_loss(name: str) -> nn.Module:
+    return {"mse": nn.MSELoss(), "l1": nn.L1Loss()}[name]
+
+
+def epoch_plan(data: TrainData, batch_size: int, seed: int, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The epoch's batches: (image indices, crop corners (B, 2)), drawn from a generator seeded by
+    (seed, epoch) alone, so an epoch is the same whether or not the run was interrupted before it."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    n = len(data)
+    order = torch.randperm(n, generator=gen)
+    height, width = data.noisy.shape[-2:]
+    if data.patch:
+        corners = torch.stack([torch.randint(0, height - data.patch + 1, (n,), generator=gen),
+                               torch.randint(0, width - data.patch + 1, (n,), generator=gen)], dim=1)
+    else:
+        corners = torch.zeros(n, 2, dtype=torch.int64)
+    return [(order[i:i + batch_size], corners[i:i + batch_size]) for i in range(0, n, batch_size)]
+
+
+def gather(data: TrainData, index: torch.Tensor, corners: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch (noisy, clean), (B, 1, h, w), cropped when ``data.patch`` is set."""
+    if not data.patch:
+        return data.noisy[index], data.clean[index]
+    p = data.patch
+    noisy = torch.stack([data.noisy[i, :, y:y + p, x:x + p] for i, (y, x) in zip(index.tolist(), corners.tolist())])
+    clean = torch.stack([data.clean[i, :, y:y + p, x:x + p] for i, (y, x) in zip(index.tolist(), corners.tolist())])
+    return noisy, clean
+
+
+class _Batches(torch.utils.data.Dataset):
+    """The epoch's batches as a Dataset of whole batches, for a DataLoader with worker processes."""
+
+    def __init__(self, data: TrainData, plan: list):
+        self.data, self.plan = data, plan
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, i: int):
+        return gather(self.data, *self.plan[i])
+
+
+def batches(data: TrainData, plan: list, num_workers: int, pin: bool) -> Iterable:
+    """Iterate the plan's batches, in the main process or (num_workers > 0) in worker processes."""
+    if num_workers == 0:
+        return (gather(data, *item) for item in plan)
+    return torch.utils.data.DataLoader(_Batches(data, plan), batch_size=None, shuffle=False,
+                                       num_workers=num_workers, pin_memory=pin)
+
+
+def validate(denoiser: modelio.Denoiser, val: Split, data_range: float, batch_size: int) -> tuple[float, float]:
+    """Mean per-image PSNR and SSIM of the denoised val split in raw units (NaN, NaN if val is empty)."""
+    if len(val) == 0:
+        return math.nan, math.nan
+    psnr, ssim = [], []
+    device = denoiser.device
+    for start in range(0, len(val), batch_size):
+        noisy = torch.from_numpy(val.noisy[start:start + batch_size])[:, None].to(device)
+        clean = torch.from_numpy(val.clean[start:start + batch_size])[:, None].to(device)
+        pred = denoiser.denoise(noisy)
+        psnr.append(psnr_per_image(pred, clean, data_range).cpu())
+        ssim.append(ssim_per_image(pred, clean, data_range).cpu())
+    return torch.cat(psnr).mean().item(), torch.cat(ssim).mean().item()
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+def _config_diff(old: dict, new: dict) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys) or "unknown difference"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ---------------------------------------------------------------------------------------------- one model
+
+def train_model(name: str, train: dict, data: TrainData, card: dict, data_range: float, device: torch.device,
+                precision: str, out_dir: Path, log, publish: Callable[[dict], None]) -> dict:
+    """Train model ``name`` (resuming when allowed), write its files under ``out_dir``; return its record."""
+    options = models.options_from_train(name, train)
+    config = {"model": name, "options": options, **{k: train[k] for k in FINGERPRINT_KEYS},
+              "data_card": modelio.fingerprint(card)}
+    fingerprint = modelio.fingerprint(config)
+    ckpt_path = out_dir / CHECKPOINT_FILE
+    epochs, batch_size = train["epochs"], train["batch_size"]
+
+    runtime.seed_everything(train["seed"])
+    model = models.build(name, **options).to(device, memory_format=torch.channels_last)
+    optimizer = make_optimizer(train["optimizer"], model.parameters(), train["lr"])
+    total_steps = math.ceil(len(data) / batch_size) * epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(train["lr_schedule"], total_steps))
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    loss_fn = make_loss(train["loss"])
+    record = {"model": name, "device": str(device), "precision": precision,
+              "parameters": models.count_parameters(model), "options": options, "fingerprint": fingerprint,
+              "n_train": len(data), "n_val": len(data.val), "epochs": [], "best_epoch": None,
+              "best_val_psnr": None, "complete": False}
+    start = 1
+
+    if train["resume"] == "auto" and ckpt_path.exists():
+        info = modelio.checkpoint_info(ckpt_path)
+        if info["fingerprint"] != fingerprint:
+            raise InputError.at(ckpt_path, "fingerprint", "expected a checkpoint of this training configuration, "
+                                f"found one of another ({_config_diff(info['config'], config)}); set "
+                                "train.resume: never to start afresh (deleting it) or use another model_dir")
+        if info["epoch"] >= epochs:
+            state = modelio.load_checkpoint(ckpt_path, model)
+            log.info("%s: already trained for %d epochs with this configuration (%s); nothing to do (set "
+                     "train.resume: never to train again)", name, epochs, ckpt_path)
+            return state["record"]
+        state = modelio.load_checkpoint(ckpt_path, model, optimizer, scheduler)
+        runtime.set_rng_state(state["rng"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        record = {**state["record"], "device": str(device), "precision": precision}
+        start = state["epoch"] + 1
+        log.info("%s: resuming from %s after epoch %d of %d", name, ckpt_path, state["epoch"], epochs)
+    else:
+        stale = [p for p in (ckpt_path, out_dir / MODEL_FILE, out_dir / LAST_MODEL_FILE) if p.exists()]
+        for path in stale:
+            path.unlink()
+        if stale:
+            log.info("%s: starting afresh, removed %s", name, ", ".join(p.name for p in stale))
+
+    meta = {"model": name, "options": options, "data_range": data_range,
+            "normalisation": {side: {k: card["normalisation"][side][k] for k in ("mean", "std")}
+                              for side in ("noisy", "clean")},
+            "train_config": {**config, "fingerprint": fingerprint, "device": str(device), "precision": precision,
+                             "num_workers": train["num_workers"], "resume": train["resume"],
+                             "emdenoise_version": __version__}}
+
+    for epoch in range(start, epochs + 1):
+        row = train_epoch(model, optimizer, scheduler, scaler, loss_fn, data, train, epoch, device, precision,
+                          f"{name} {epoch}/{epochs}")
+        t_val = time.perf_counter()
+        val_psnr, val_ssim = validate(modelio.Denoiser(model, meta, device, precision), data.val, data_range,
+                                      batch_size)
+        row.update(val_psnr=_finite(val_psnr), val_ssim=_finite(val_ssim),
+                   seconds=row["seconds"] + time.perf_counter() - t_val)
+        record["epochs"].append(row)
+        log.info("%s epoch %d/%d: train_loss %.5f, val PSNR %.2f dB, SSIM %.4f, %.1f images/s, %.1f s, lr %.3g",
+                 name, epoch, epochs, row["train_loss"], val_psnr, val_ssim, row["images_per_s"], row["seconds"],
+                 row["lr"])
+
+        improved = record["best_epoch"] is None or (row["val_psnr"] is not None and
+                                                    row["val_psnr"] > (record["best_val_psnr"] or -math.inf))
+        if improved or len(data.val) == 0:
+            record.update(best_epoch=epoch, best_val_psnr=row["val_psnr"])
+            modelio.save_model(out_dir / MODEL_FILE, model, {**meta, "metrics": {**row, "best_epoch": epoch}})
+        record["complete"] = epoch == epochs
+        if record["complete"]:
+            modelio.save_model(out_dir / LAST_MODEL_FILE, model,
+                               {**meta, "metrics": {**row, "best_epoch": record["best_epoch"]}})
+        # the checkpoint goes last: it marks the epoch as done, so a crash before it just redoes the epoch
+        modelio.save_checkpoint(ckpt_path, model, optimizer, scheduler,
+                                {"model": name, "options": options, "fingerprint": fingerprint, "epoch": epoch,
+                                 "config": config, "record": record, "rng": runtime.rng_state(),
+                                 "scaler": scaler.state_dict() if scaler.is_enabled() else None})
+        publish(record)
+        if _STOP_AFTER_EPOCH == epoch:
+            raise KeyboardInterrupt(f"test hook: stop after epoch {epoch}")
+    log.info("%s: best val PSNR %s dB at epoch %s -> %s", name,
+             f"{record['best_val_psnr']:.2f}" if record["best_val_psnr"] is not None else "n/a",
+             record["best_epoch"], out_dir / MODEL_FILE)
+    return record
+
+
+def train_epoch(model: nn.Module, optimizer, scheduler, scaler, loss_fn, data: TrainData, train: dict,
+                epoch: int, device: torch.device, precision: str, desc: str) -> dict:
+    """One pass over the training pairs; returns the epoch's row without the validation fields."""
+    model.train()
+    lr = optimizer.param_groups[0]["lr"]
+    plan = epoch_plan(data, train["batch_size"], train["seed"], epoch)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    t0 = time.perf_counter()
+    for noisy, clean in progress(batches(data, plan, train["num_workers"], device.type == "cuda"),
+                                 total=len(plan), desc=desc, unit="batch", leave=False):
+        noisy = noisy.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        clean = clean.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with runtime.autocast(device, precision):
+            out = model(noisy)
+        loss = loss_fn(out.float(), clean)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        loss_sum += loss.detach().double() * len(noisy)
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    train_loss = loss_sum.item() / len(data)
+    if not math.isfinite(train_loss):
+        raise RuntimeFailure(f"training diverged at epoch {epoch}: the loss is {train_loss}; lower train.lr or "
+                             "use precision fp32")
+    return {"epoch": epoch, "train_loss": train_loss, "val_psnr": None, "val_ssim": None,
+            "images_per_s": len(data) / seconds, "seconds": seconds, "lr": lr}

@@ -1,0 +1,369 @@
+"""Model files and training checkpoints as real HDF5 files: weights as datasets, everything else as attributes.
+
+The original benchmark named its model ``em_denoise_model.h5`` but wrote a pickle (``torch.save(model)``),
+and loading a pickle runs code. Here nothing is ever pickled or unpickled: weights are numeric HDF5 datasets,
+metadata are JSON strings in attributes, and a loader accepts only numeric datasets of the expected names and
+shapes.
+
+Model file (``format = "emdenoise-model/1"``)::
+
+    attrs   format, model, options (JSON), normalisation (JSON: {"noisy": {"mean", "std"}, "clean": {...}}),
+            train_config (JSON), metrics (JSON), data_range (float, may be absent), parameters (int),
+            emdenoise_version
+    state/  one dataset per ``state_dict`` entry, named by its key (e.g. "encoders.0.0.weight"),
+            float32 / int64 as in the model
+
+Checkpoint (``format = "emdenoise-checkpoint/1"``)::
+
+    attrs   format, model, options (JSON), fingerprint, epoch, emdenoise_version,
+            config (JSON: the configuration the fingerprint hashes),
+            payload (JSON: {"optimizer", "scheduler", "state"} with every tensor or array replaced by a
+            reference {"__tensor__": i} / {"__ndarray__": i}; tuples and non-string dict keys are tagged)
+    state/  the model weights, as in a model file
+    tensors/0, tensors/1, ...  the payload's tensors and arrays (optimizer moments, RNG states ...)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from torch import nn
+
+from emdenoise import __version__, models, runtime
+from emdenoise.errors import InputError
+from emdenoise.fsutil import atomic_path
+
+MODEL_FORMAT = "emdenoise-model/1"
+CHECKPOINT_FORMAT = "emdenoise-checkpoint/1"
+META_KEYS = ("model", "options", "normalisation", "train_config", "metrics", "data_range")
+_JSON_ATTRS = ("options", "normalisation", "train_config", "metrics")
+_NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float: nothing else is ever read as a tensor
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+def _write_state(group: h5py.Group, model: nn.Module) -> None:
+    for key, tensor in model.state_dict().items():
+        if "/" in key:
+            raise ValueError(f"state_dict key {key!r} contains '/', which HDF5 would read as a path")
+        group.create_dataset(key, data=tensor.detach().cpu().numpy())
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, allow_nan=True)
+
+
+def save_model(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
+    """Write ``model`` and ``meta`` (keys from META_KEYS; model, options, normalisation required) atomically."""
+    unknown = set(meta) - set(META_KEYS)
+    if unknown:
+        raise ValueError(f"unknown meta keys {sorted(unknown)}; expected some of {META_KEYS}")
+    for key in ("model", "options", "normalisation"):
+        if key not in meta:
+            raise ValueError(f"meta needs {key!r}")
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as fh:
+        fh.attrs["format"] = MODEL_FORMAT
+        fh.attrs["model"] = str(meta["model"])
+        for key in _JSON_ATTRS:
+            fh.attrs[key] = _dumps(meta.get(key) or {})
+        if meta.get("data_range") is not None:
+            fh.attrs["data_range"] = float(meta["data_range"])
+        fh.attrs["parameters"] = models.count_parameters(model)
+        fh.attrs["emdenoise_version"] = __version__
+        _write_state(fh.create_group("state"), model)
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+def _open(path: Path) -> h5py.File:
+    """Open ``path`` read-only as HDF5 or raise a one-line InputError."""
+    if not path.exists():
+        raise InputError.at(path, None, "file not found")
+    if not path.is_file():
+        raise InputError.at(path, None, "expected an HDF5 file, found a folder")
+    if not h5py.is_hdf5(path):
+        raise InputError.at(path, None, "expected an HDF5 file (emdenoise model or checkpoint); this is not "
+                            "HDF5 (a torch.save pickle, or a truncated file?)")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise InputError.at(path, None, f"expected a readable HDF5 file, got {exc}") from None
+
+
+def _check_format(path: Path, fh: h5py.File, expected: str) -> None:
+    got = fh.attrs.get("format")
+    if not isinstance(got, str):
+        raise InputError.at(path, "format", f"expected attribute {expected!r}, got {got!r} (not an emdenoise file)")
+    kind, _, version = expected.partition("/")
+    got_kind, _, got_version = got.partition("/")
+    if got_kind != kind:
+        raise InputError.at(path, "format", f"expected {expected!r}, got {got!r}")
+    if got_version.split(".")[0] != version.split(".")[0]:
+        raise InputError.at(path, "format", f"expected major version {version} ({expected!r}), got {got!r}; "
+                            "this file needs another emdenoise version")
+
+
+def _attr_str(path: Path, fh: h5py.File, name: str) -> str:
+    value = fh.attrs.get(name)
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not isinstance(value, str):
+        raise InputError.at(path, name, f"expected a string attribute, got {value!r}")
+    return value
+
+
+def _attr_json(path: Path, fh: h5py.File, name: str) -> Any:
+    try:
+        return json.loads(_attr_str(path, fh, name))
+    except ValueError as exc:
+        raise InputError.at(path, name, f"expected a JSON attribute ({exc})") from None
+
+
+def check_normalisation(path: str | Path, norm: Any) -> dict:
+    """Check a {"noisy": {"mean", "std"}, "clean": {...}} mapping (std > 0, finite) or raise InputError."""
+    for side in ("noisy", "clean"):
+        stats = norm.get(side) if isinstance(norm, dict) else None
+        ok = isinstance(stats, dict) and all(isinstance(stats.get(k), (int, float)) and not isinstance(stats[k], bool) and
+                                             math.isfinite(stats[k]) for k in ("mean", "std"))
+        if not ok or stats["std"] <= 0:
+            raise InputError.at(path, f"normalisation.{side}", "expected {\"mean\": m, \"std\": s > 0}, got "
+                                f"{stats!r}")
+    return norm
+
+
+def _build(path: Path, name: str, options: Any) -> nn.Module:
+    if name not in models.names():
+        raise InputError.at(path, "model", f"expected one of {', '.join(models.names())}, got {name!r}")
+    if not isinstance(options, dict):
+        raise InputError.at(path, "options", f"expected a JSON object, got {options!r}")
+    try:
+        return models.build(name, **options)
+    except (TypeError, ValueError) as exc:
+        raise InputError.at(path, "options", f"expected options of model {name!r}, got {options!r} ({exc})") \
+            from None
+
+
+def _read_state(path: Path, fh: h5py.File, model: nn.Module) -> None:
+    """Check that ``state/`` holds exactly the model's tensors, with their shapes, and load them."""
+    group = fh.get("state")
+    if not isinstance(group, h5py.Group):
+        raise InputError.at(path, "state", "expected a group of weight datasets")
+    expected = model.state_dict()
+    extra = sorted(set(group.keys()) - set(expected))
+    if extra:
+        raise InputError.at(path, f"state/{extra[0]}", f"unexpected tensor for model "
+                            f"{model.__class__.__name__} ({len(extra)} extra; another architecture or options?)")
+    loaded = {}
+    for key, ref in expected.items():
+        ds = group.get(key)
+        if not isinstance(ds, h5py.Dataset):
+            raise InputError.at(path, f"state/{key}", "expected a weight dataset, missing (another architecture "
+                                "or options?)")
+        if ds.dtype.kind not in _NUMERIC_KINDS:
+            raise InputError.at(path, f"state/{key}", f"expected a numeric dataset, got dtype {ds.dtype}")
+        if tuple(ds.shape) != tuple(ref.shape):
+            raise InputError.at(path, f"state/{key}", f"expected shape {tuple(ref.shape)}, got {tuple(ds.shape)}")
+        if (ds.dtype.kind == "f") != ref.is_floating_point():
+            raise InputError.at(path, f"state/{key}", f"expected a {ref.dtype} dataset, got {ds.dtype}")
+        loaded[key] = torch.from_numpy(np.asarray(ds[()])).to(ref.dtype)
+    model.load_state_dict(loaded, strict=True)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Read a model file: ``(model on device in eval mode, meta)``; meta has META_KEYS plus format,
+    parameters, emdenoise_version and path. Any problem is a one-line InputError naming file and field."""
+    path = Path(path)
+    with _open(path) as fh:
+        _check_format(path, fh, MODEL_FORMAT)
+        name = _attr_str(path, fh, "model")
+        meta: dict[str, Any] = {"format": _attr_str(path, fh, "format"), "model": name}
+        for key in _JSON_ATTRS:
+            meta[key] = _attr_json(path, fh, key)
+        check_normalisation(path, meta["normalisation"])
+        data_range = fh.attrs.get("data_range")
+        meta["data_range"] = None if data_range is None else float(data_range)
+        version = fh.attrs.get("emdenoise_version")
+        meta["emdenoise_version"] = version if isinstance(version, str) else None
+        model = _build(path, name, meta["options"])
+        _read_state(path, fh, model)
+    meta["parameters"] = models.count_parameters(model)
+    meta["path"] = str(path)
+    return model.to(device).eval(), meta
+
+
+# ---------------------------------------------------------------------------------------------- inference
+
+class Denoiser:
+    """A trained model ready to use on raw images: normalise in, run the model, de-normalise out.
+
+        den = Denoiser.from_file("workspace/models/unet/em_denoise_model.h5", device="cpu", precision="fp32")
+        clean = den.denoise(noisy)        # (B, 1, H, W) raw units -> (B, 1, H, W) raw units, float32
+
+    The output is float32 on the input's device. The model is put in eval mode and channels_last layout.
+    """
+
+    def __init__(self, model: nn.Module, meta: dict[str, Any], device: str | torch.device = "cpu",
+                 precision: str = "fp32"):
+        if precision not in runtime.PRECISIONS:
+            raise ValueError(f"precision must be one of {runtime.PRECISIONS} (resolve 'auto' first)")
+        self.device = torch.device(device)
+        self.precision = precision
+        self.meta = meta
+        self.model = model.to(self.device, memory_format=torch.channels_last).eval()
+        norm = meta["normalisation"]
+        self._in = (float(norm["noisy"]["mean"]), float(norm["noisy"]["std"]))
+        self._out = (float(norm["clean"]["mean"]), float(norm["clean"]["std"]))
+
+    @property
+    def name(self) -> str:
+        return self.meta["model"]
+
+    @classmethod
+    def from_file(cls, path: str | Path, device: str | torch.device = "cpu", precision: str = "fp32") -> "Denoiser":
+        model, meta = load_model(path, device)
+        return cls(model, meta, device, precision)
+
+    def denoise(self, noisy: torch.Tensor) -> torch.Tensor:
+        if noisy.dim() != 4 or noisy.shape[1] != 1:
+            raise ValueError(f"expected a (B, 1, H, W) tensor, got shape {tuple(noisy.shape)}")
+        with torch.inference_mode():
+            x = noisy.to(self.device, torch.float32)
+            x = ((x - self._in[0]) / self._in[1]).contiguous(memory_format=torch.channels_last)
+            with runtime.autocast(self.device, self.precision):
+                y = self.model(x)
+            y = y.float() * self._out[1] + self._out[0]
+            return y.contiguous().to(noisy.device)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+def fingerprint(config: dict[str, Any]) -> str:
+    """sha256 (hex) of the canonical JSON of ``config``: equal configurations, equal fingerprints."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _flatten(obj: Any, arrays: list[np.ndarray]) -> Any:
+    """JSON-able skeleton of ``obj``; tensors and arrays go to ``arrays`` and are replaced by references."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu()
+        dtype = str(t.dtype).removeprefix("torch.")
+        if t.dtype == torch.bfloat16 or t.dtype == torch.float16:
+            t = t.float()
+        arrays.append(t.numpy())
+        return {"__tensor__": len(arrays) - 1, "dtype": dtype}
+    if isinstance(obj, np.ndarray):
+        arrays.append(obj)
+        return {"__ndarray__": len(arrays) - 1}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_flatten(v, arrays) for v in obj]}
+    if isinstance(obj, list):
+        return [_flatten(v, arrays) for v in obj]
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: _flatten(v, arrays) for k, v in obj.items()}
+        return {"__items__": [[_flatten(k, arrays), _flatten(v, arrays)] for k, v in obj.items()]}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, torch.dtype):
+        return {"__dtype__": str(obj).removeprefix("torch.")}
+    raise TypeError(f"cannot store a {type(obj).__name__} in a checkpoint")
+
+
+def _unflatten(obj: Any, arrays: h5py.Group, path: Path) -> Any:
+    if isinstance(obj, list):
+        return [_unflatten(v, arrays, path) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if "__tensor__" in obj or "__ndarray__" in obj:
+        key = str(obj.get("__tensor__", obj.get("__ndarray__")))
+        ds = arrays.get(key)
+        if not isinstance(ds, h5py.Dataset) or ds.dtype.kind not in _NUMERIC_KINDS:
+            raise InputError.at(path, f"tensors/{key}", "expected a numeric dataset")
+        value = np.asarray(ds[()])
+        if "__ndarray__" in obj:
+            return value
+        dtype = getattr(torch, obj.get("dtype", ""), None)
+        if not isinstance(dtype, torch.dtype):
+            raise InputError.at(path, f"tensors/{key}", f"expected a torch dtype, got {obj.get('dtype')!r}")
+        return torch.from_numpy(value).to(dtype)
+    if "__tuple__" in obj:
+        return tuple(_unflatten(v, arrays, path) for v in obj["__tuple__"])
+    if "__items__" in obj:
+        return {_unflatten(k, arrays, path): _unflatten(v, arrays, path) for k, v in obj["__items__"]}
+    if "__dtype__" in obj:
+        return getattr(torch, obj["__dtype__"])
+    return {k: _unflatten(v, arrays, path) for k, v in obj.items()}
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                    state: dict[str, Any]) -> None:
+    """Write a resumable checkpoint atomically. ``state`` needs ``model`` (name), ``options``, ``fingerprint``
+    and ``epoch``; an optional ``config`` (the fingerprinted configuration) is also put in the header, to
+    explain a mismatch; everything else in it (history, RNG states from runtime.rng_state() ...) is kept."""
+    for key in ("model", "options", "fingerprint", "epoch"):
+        if key not in state:
+            raise ValueError(f"checkpoint state needs {key!r}")
+    arrays: list[np.ndarray] = []
+    payload = _flatten({"optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                        "state": state}, arrays)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as fh:
+        fh.attrs["format"] = CHECKPOINT_FORMAT
+        fh.attrs["model"] = str(state["model"])
+        fh.attrs["options"] = _dumps(state["options"])
+        fh.attrs["fingerprint"] = str(state["fingerprint"])
+        fh.attrs["epoch"] = int(state["epoch"])
+        fh.attrs["emdenoise_version"] = __version__
+        fh.attrs["config"] = _dumps(state.get("config") or {})
+        fh.attrs["payload"] = _dumps(payload)
+        _write_state(fh.create_group("state"), model)
+        group = fh.create_group("tensors")
+        for i, array in enumerate(arrays):
+            group.create_dataset(str(i), data=array)
+
+
+def checkpoint_info(path: str | Path) -> dict[str, Any]:
+    """The header of a checkpoint without loading it: model, options, fingerprint, epoch, config."""
+    path = Path(path)
+    with _open(path) as fh:
+        _check_format(path, fh, CHECKPOINT_FORMAT)
+        epoch = fh.attrs.get("epoch")
+        if not isinstance(epoch, (int, np.integer)):
+            raise InputError.at(path, "epoch", f"expected an integer attribute, got {epoch!r}")
+        return {"model": _attr_str(path, fh, "model"), "options": _attr_json(path, fh, "options"),
+                "fingerprint": _attr_str(path, fh, "fingerprint"), "epoch": int(epoch),
+                "config": _attr_json(path, fh, "config") if "config" in fh.attrs else {}}
+
+
+def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    scheduler: Any = None) -> dict[str, Any]:
+    """Load weights into ``model`` (and the optimizer's and scheduler's states when given); return ``state``
+    as passed to :func:`save_checkpoint` (tensors come back as CPU tensors, tuples as tuples)."""
+    path = Path(path)
+    with _open(path) as fh:
+        _check_format(path, fh, CHECKPOINT_FORMAT)
+        _read_state(path, fh, model)
+        tensors = fh.get("tensors")
+        if not isinstance(tensors, h5py.Group):
+            raise InputError.at(path, "tensors", "expected a group of datasets")
+        payload = _unflatten(_attr_json(path, fh, "payload"), tensors, path)
+    if not isinstance(payload, dict) or not isinstance(payload.get("state"), dict):
+        raise InputError.at(path, "payload", "expected {optimizer, scheduler, state}")
+    try:
+        if optimizer is not None:
+            optimizer.load_state_dict(payload["optimizer"])
+        if scheduler is not None and payload.get("scheduler") is not None:
+            scheduler.load_state_dict(payload["scheduler"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise InputError.at(path, "payload.optimizer", f"expected the state of this optimizer ({exc})") from None
+    return payload["state"]
