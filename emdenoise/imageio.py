@@ -18,8 +18,8 @@ HDF5      every 2-D or 3-D numeric dataset with sides >= 16      the same tree: 
                                                                  the attribute ``emdenoise_provenance`` (root
                                                                  and each denoised dataset)
 MRC       2-D images, image stacks and volumes (modes 0, 1, 2,   mode 2 (float32) via a memory map; voxel size,
-          6, 12), memory-mapped with ``mrcfile``                 origin, stack/volume flag and labels kept, a
-                                                                 provenance label added, header statistics set
+          6, 12), memory-mapped with ``mrcfile`` (strict         origin, stack/volume flag and labels kept, a
+          header checks)                                         provenance label added, header statistics set
 ========  =====================================================  ==============================================
 
 Each readable array is an :class:`ImageArray` whose frames (the last two axes) are read one at a time, so a
@@ -242,13 +242,12 @@ def _read_mrc(path: Path) -> InputFile:
     import mrcfile
 
     stack = ExitStack()
+    # strict mode: a broken header is an error at once (permissive mode would try to read whatever sizes a
+    # corrupt header claims); problems mrcfile only warns about are passed on to the log
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        mrc = stack.enter_context(mrcfile.mmap(path, mode="r", permissive=True))
+        mrc = stack.enter_context(mrcfile.mmap(path, mode="r", permissive=False))
     problems = [str(w.message) for w in caught]
-    if mrc.data is None:
-        stack.close()
-        raise InputError.at(path, None, f"not a readable MRC file ({problems[0] if problems else 'no data'})")
     data = mrc.data
     _check_array(path, "", data.shape, data.dtype, (2, 3))
     read = (lambda i: data) if data.ndim == 2 else data.__getitem__
