@@ -130,8 +130,9 @@ def check_normalisation(path: str | Path, norm: Any) -> dict:
     """Check a {"noisy": {"mean", "std"}, "clean": {...}} mapping (std > 0, finite) or raise InputError."""
     for side in ("noisy", "clean"):
         stats = norm.get(side) if isinstance(norm, dict) else None
-        ok = isinstance(stats, dict) and all(isinstance(stats.get(k), (int, float)) and not isinstance(stats[k], bool) and
-                                             math.isfinite(stats[k]) for k in ("mean", "std"))
+        ok = isinstance(stats, dict) and all(isinstance(stats.get(k), (int, float)) and
+                                             not isinstance(stats[k], bool) and math.isfinite(stats[k])
+                                             for k in ("mean", "std"))
         if not ok or stats["std"] <= 0:
             raise InputError.at(path, f"normalisation.{side}", "expected {\"mean\": m, \"std\": s > 0}, got "
                                 f"{stats!r}")

@@ -40,6 +40,7 @@ Run ``python -m emdenoise.synthetic [N] [WORKERS]`` to measure pairs/s.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -268,11 +269,17 @@ def clean_scene(rng, size: int = 256, scene: str = "random") -> tuple[np.ndarray
 
     ``scene``: ``random`` (all features, drawn at random), ``lattice`` (one perfect grain, no holes, defects,
     thickness or contrast variation; for checking the lattice), ``vacuum`` (an empty field: all ones).
+
+    ``info``: ``scene``, ``empty``, ``n_grains``, ``rotations_deg`` (one per grain, then the second layer's if
+    any; the angle of a first-order wave vector, modulo 60), ``shifts_px`` (x, y of a hexagon centre of each
+    of those lattices), ``grain_fractions`` (share of the field of each grain), ``fringe_px`` ({100} spacing),
+    ``contrast_sign`` (-1: reversed), ``vacancies``, ``holes``, ``vacuum_edge``, ``bilayer``,
+    ``material_fraction`` (mean of the material mask).
     """
     if scene not in SCENES:
         raise ValueError(f"scene must be one of {SCENES}, got {scene!r}")
     rng = as_rng(rng)
-    info = {"scene": scene, "empty": False, "n_grains": 0, "rotations_deg": [], "contrast_sign": 1,
+    info = {"scene": scene, "empty": False, "n_grains": 0, "rotations_deg": [], "shifts_px": [], "contrast_sign": 1,
             "vacancies": 0, "holes": False, "vacuum_edge": False, "bilayer": False}
     if scene == "vacuum" or (scene == "random" and rng.random() < 0.05):
         info["empty"] = True
@@ -287,7 +294,7 @@ def clean_scene(rng, size: int = 256, scene: str = "random") -> tuple[np.ndarray
     rotations = rng.uniform(0, np.pi / 3, n_grains)  # hexagonal symmetry: 60 degrees cover all orientations
     shifts = rng.uniform(0, size, (n_grains, 2))
     info.update(n_grains=n_grains, rotations_deg=[round(float(np.degrees(r)), 4) for r in rotations],
-                fringe_px=round(float(fringe), 4))
+                shifts_px=shifts.round(4).tolist(), fringe_px=round(float(fringe), 4))
 
     def grain_lattice(g: int) -> np.ndarray:
         return lattice(size, rotation=rotations[g], fringe_px=fringe, shift=shifts[g], second_order=second_order,
@@ -299,7 +306,7 @@ def clean_scene(rng, size: int = 256, scene: str = "random") -> tuple[np.ndarray
         contrast = F32(rng.uniform(0.15, 0.35))
         absorb = F32(rng.uniform(0.0, 0.15))
         clean = F32(1) - material * (absorb + contrast * lat)
-        info["material_fraction"] = 1.0
+        info.update(material_fraction=1.0, grain_fractions=[1.0])
         return np.maximum(clean, 0, out=clean), material, info
 
     # Which smooth fields this scene needs, drawn together in one call (correlation lengths in px).
@@ -321,6 +328,7 @@ def clean_scene(rng, size: int = 256, scene: str = "random") -> tuple[np.ndarray
     # Grains: soft Voronoi cells around random seeds; wavy boundaries from a smooth warp of the distances.
     if n_grains == 1:
         lat = grain_lattice(0)
+        info["grain_fractions"] = [1.0]
     else:
         seeds = rng.uniform(-0.1 * size, 1.1 * size, (n_grains, 2)).astype(F32)
         warp = fields[names.index("warp"):names.index("warp") + n_grains] * F32(rng.uniform(3, 12))
@@ -330,6 +338,7 @@ def clean_scene(rng, size: int = 256, scene: str = "random") -> tuple[np.ndarray
         weight = np.exp(-dist / F32(1.2))  # the boundary blends the lattices over a few pixels
         weight /= weight.sum(axis=0)
         lat = sum(weight[g] * grain_lattice(g) for g in range(n_grains))
+        info["grain_fractions"] = [round(float(w.mean()), 4) for w in weight]
 
     # Material: holes, a vacuum edge, vacancies.
     material = np.ones((size, size), F32)
@@ -353,16 +362,18 @@ def clean_scene(rng, size: int = 256, scene: str = "random") -> tuple[np.ndarray
 
     thickness = np.clip(F32(1) + F32(rng.uniform(0, 0.25)) * field["thickness"], 0.5, 1.6)
     contrast = F32(rng.uniform(0.1, 0.35)) * (F32(1) + F32(0.25) * field["contrast"])
-    sign = F32(-1 if rng.random() < 0.25 else 1)  # contrast reversal: bright atoms
+    sign = F32(1)  # contrast reversal: bright atoms
     absorb = F32(rng.uniform(0.0, 0.15))
     clean = F32(1) - material * thickness * (absorb + sign * contrast * lat)
     if bilayer:
         rot2 = rng.uniform(0, np.pi / 3)
-        lat2 = lattice(size, rotation=rot2, fringe_px=fringe, shift=rng.uniform(0, size, 2),
-                       second_order=second_order, blur_px=blur)
+        shift2 = rng.uniform(0, size, 2)
+        lat2 = lattice(size, rotation=rot2, fringe_px=fringe, shift=shift2, second_order=second_order,
+                       blur_px=blur)
         patch = material * expit((F32(rng.uniform(0.3, 1.5)) - field["bilayer"]) * F32(20))
         clean -= patch * (absorb + sign * contrast * lat2)
         info["rotations_deg"].append(round(float(np.degrees(rot2)), 4))
+        info["shifts_px"].append(shift2.round(4).tolist())
     info.update(contrast_sign=int(sign), vacancies=n_vac, holes=holes, vacuum_edge=edge, bilayer=bilayer,
                 material_fraction=round(float(material.mean()), 4))
     return np.maximum(clean, 0, out=clean), material, info
@@ -448,7 +459,8 @@ def write_dataset(out_dir: Path, *, seed: int, train_images: int, test_images: i
     ``beam_center_yx`` (N, 2) px, ``beam_sigma`` (N,) px, ``dead_pixels`` (N,) count, ``dead_pixel_fraction``
     (the parameter); on the clean ``images``: ``n_grains``, ``contrast_sign``, ``material_fraction`` (N,) each;
     on both files: generator name, version, seed, split and parameters. Same seed, same bytes, whatever
-    ``workers`` (0: one per CPU; 1: in this process). Each file appears atomically, when complete.
+    ``workers`` (0: one per CPU; 1: in this process). The four files appear together, when all are complete;
+    a failure leaves the files that were there before.
     """
     out_dir = Path(out_dir)
     counts = {"train": int(train_images), "test": int(test_images)}
@@ -472,35 +484,37 @@ def write_dataset(out_dir: Path, *, seed: int, train_images: int, test_images: i
         log.info("synthetic: %d train + %d test pairs of %d x %d px, seed %d, dose %g-%g e/px, %d worker(s)",
                  counts["train"], counts["test"], image_size, image_size, seed, dose_min, dose_max, workers)
 
-    pool = _pool_context().Pool(workers) if workers > 1 and len(jobs) > 1 else None
-    try:
-        results = pool.imap(_make_chunk, jobs) if pool is not None else map(_make_chunk, jobs)
-        bar = progress(total=total, desc="synthetic", unit="pair")
-        written: list[Path] = []
+    paths = {(split, kind): out_dir / split / RAW_FILES[kind] for split in RAW_SPLITS for kind in ("noisy", "clean")}
+    with contextlib.ExitStack() as temps:
+        # All four files are written under temporary names and renamed together at the end, so a failure
+        # leaves whatever dataset was there before intact (never a new train split beside an old test split).
+        tmp = {key: temps.enter_context(atomic_path(path)) for key, path in paths.items()}
+        pool = _pool_context().Pool(workers) if workers > 1 and len(jobs) > 1 else None
         try:
-            for split in RAW_SPLITS:
-                n_split_jobs = sum(1 for job in jobs if job[1] == split)
-                written += _write_split(out_dir / split, split, counts[split], seed, kwargs,
-                                        (next(results) for _ in range(n_split_jobs)), bar)
+            results = pool.imap(_make_chunk, jobs) if pool is not None else map(_make_chunk, jobs)
+            with progress(total=total, desc="synthetic", unit="pair") as bar:
+                for split in RAW_SPLITS:
+                    n_split_jobs = sum(1 for job in jobs if job[1] == split)
+                    _write_split(tmp[split, "noisy"], tmp[split, "clean"], split, counts[split], seed, kwargs,
+                                 (next(results) for _ in range(n_split_jobs)), bar)
         finally:
-            bar.close()
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+    written = list(paths.values())
     if log is not None:
         log.info("synthetic: wrote %s", ", ".join(str(p) for p in written))
     return written
 
 
-def _write_split(split_dir: Path, split: str, n: int, seed: int, kwargs: dict, chunks, bar) -> list[Path]:
+def _write_split(noisy_path: Path, clean_path: Path, split: str, n: int, seed: int, kwargs: dict, chunks,
+                 bar) -> None:
+    """Write one split's two HDF5 files from an iterator of chunks (see :func:`_make_chunk`)."""
     size = kwargs["image_size"]
-    paths = {kind: split_dir / RAW_FILES[kind] for kind in ("noisy", "clean")}
     file_attrs = {"generator": "emdenoise.synthetic", "generator_version": GENERATOR_VERSION, "seed": int(seed),
                   "split": split, "pixel_size_angstrom": PIXEL_SIZE_ANGSTROM,
                   "parameters": json.dumps(dict(kwargs, seed=int(seed)), sort_keys=True)}
-    with atomic_path(paths["noisy"]) as tmp_noisy, atomic_path(paths["clean"]) as tmp_clean, \
-            h5py.File(tmp_noisy, "w", libver="v108") as f_noisy, h5py.File(tmp_clean, "w", libver="v108") as f_clean:
+    with h5py.File(noisy_path, "w", libver="v108") as f_noisy, h5py.File(clean_path, "w", libver="v108") as f_clean:
         # libver v108: attribute arrays larger than 64 KiB (many images) go to dense attribute storage.
         files = {"noisy": f_noisy, "clean": f_clean}
         dsets = {}
@@ -524,7 +538,6 @@ def _write_split(split_dir: Path, split: str, n: int, seed: int, kwargs: dict, c
         dsets["noisy"].attrs["dead_pixel_fraction"] = F32(kwargs["dead_pixel_fraction"])
         dsets["noisy"].attrs["units"] = ("values: electron counts / dose; dose: electrons per pixel at the beam "
                                          "centre; beam_center_yx, beam_sigma: pixels")
-    return [paths["noisy"], paths["clean"]]
 
 
 # --------------------------------------------------------------------------------------------------------------

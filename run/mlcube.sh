@@ -10,6 +10,7 @@
 # a path relative to the workspace, or any existing file. WORKSPACE: default ./workspace.
 # TASKS=download,preprocess selects tasks (default: all four, in order; the chain stops at the first failure,
 # with that task's exit code). MLCUBE: the mlcube executable (default .venv/bin/mlcube, else mlcube on PATH).
+# MLCUBE_LOG_LEVEL=info shows the exact container commands mlcube runs.
 #
 # podman: uses .cache/containers/containers.conf and the local base image localhost/emdenoise-base when
 # run/container-deps.sh made them (offline build). singularity: builds workspace/.image/emdenoise-0.1.0.sif
@@ -17,7 +18,7 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-usage() { sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,/^set -e/{/^set -e/d;p}' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 [ $# -ge 1 ] || usage
 case "$1" in -h|--help) usage ;; esac
 
@@ -68,7 +69,10 @@ settings_file, files = Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]]
 settings = OmegaConf.load(settings_file) if settings_file.is_file() else OmegaConf.create({})
 platforms = settings.get("platforms") or OmegaConf.create({})
 for file in files:
-    platforms[file.stem] = OmegaConf.load(file)
+    entry = OmegaConf.load(file)
+    # Complete the entry with the runner's default platform (mlcube writes one per runner, named after it), so
+    # that mlcube does not warn about missing keys.
+    platforms[file.stem] = OmegaConf.merge(platforms.get(entry.runner) or {}, entry)
 settings["platforms"] = platforms
 tmp = settings_file.with_name(settings_file.name + ".tmp")
 OmegaConf.save(settings, tmp)
@@ -95,7 +99,7 @@ echo "mlcube: $mlcube, platform $platform, workspace $workspace, parameters $par
 IFS=, read -r -a tasks <<<"${TASKS:-download,preprocess,train,test}"
 for task in "${tasks[@]}"; do
     start=$(date +%s)
-    "$mlcube" run --mlcube="$root" --platform="$platform" --task="$task" --workspace="$workspace" \
+    "$mlcube" ${MLCUBE_LOG_LEVEL:+--log-level="$MLCUBE_LOG_LEVEL"} run --mlcube="$root" --platform="$platform" --task="$task" --workspace="$workspace" \
         "${extra[@]}" parameters_file="$params"
     echo "mlcube: $task done in $(( $(date +%s) - start )) s" >&2
 done

@@ -378,3 +378,25 @@ def test_bad_patch_size_is_input_error(tmp_path, data_dir, capsys):
     code, _, _ = train_cli(tmp_path, data_dir, patch_size=64)
     assert code == 2
     assert "train.patch_size" in capsys.readouterr().err
+
+
+def test_worker_processes_change_nothing(tmp_path, data_dir):
+    runs = {}
+    for workers in (0, 1):
+        code, model_dir, out = train_cli(tmp_path / f"w{workers}", data_dir, epochs=1, num_workers=workers,
+                                         patch_size=16)
+        assert code == 0
+        runs[workers] = (_weights(model_dir / "sciml_ae" / "em_denoise_model.h5"),
+                         json.loads((out / "train_metrics.json").read_text())["epochs"][0]["train_loss"])
+    assert runs[1][1] == pytest.approx(runs[0][1], rel=1e-6)
+    for key, value in runs[0][0].items():
+        np.testing.assert_allclose(runs[1][0][key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_data_fingerprint_follows_the_data_not_the_card_date(data_dir):
+    card = json.loads((data_dir / CARD).read_text())
+    base = train_task.data_fingerprint(card)
+    assert train_task.data_fingerprint({**card, "created": "2030-01-01T00:00:00+00:00"}) == base
+    other = json.loads(json.dumps(card))
+    other["normalisation"]["noisy"]["mean"] += 1e-6
+    assert train_task.data_fingerprint(other) != base

@@ -70,7 +70,7 @@ def find_inputs(input_dir: Path, pattern: str, output_dir: Path, log) -> list[Pa
                             "input names and would overwrite them)")
     try:
         matched = sorted(p for p in input_dir.glob(pattern) if p.is_file())
-    except ValueError as exc:  # e.g. an absolute or malformed pattern
+    except (ValueError, NotImplementedError) as exc:  # e.g. an absolute or malformed pattern
         raise InputError.at("parameters", "denoise.pattern", f"expected a glob relative to input_dir ({exc}), "
                             f"got {pattern!r}") from None
     out_resolved = output_dir.resolve()
@@ -160,15 +160,16 @@ def run(ctx) -> None:
     where = ctx.paths.get("parameters_file") or "parameters"
     check_tiling(sec, where)
     files = find_inputs(input_dir, sec["pattern"], output_dir, log)
-    name, model_path = select_model(model_dir, sec["model"])
+    _, model_path = select_model(model_dir, sec["model"])
 
     # every input's header first: a bad file fails the run before any work
-    total_frames = 0
+    frame_counts = {}
     for path in files:
         with imageio.open_input(path) as src:
-            total_frames += src.frames
+            frame_counts[path] = src.frames
             for problem in src.info.get("warnings", []):
                 log.warning("%s: header: %s", path, problem)
+    total_frames = sum(frame_counts.values())
     log.info("denoise: %d file(s), %d frame(s) from %s", len(files), total_frames, input_dir)
 
     device = runtime.resolve_device(sec["device"], "denoise.device")
@@ -192,14 +193,15 @@ def run(ctx) -> None:
     done_frames, done_seconds, reused, warmed = 0, 0.0, 0, False
     with progress(total=total_frames, desc="denoise", unit="frame") as bar:
         for path in files:
-            out = output_dir / path.relative_to(input_dir)
+            rel = path.relative_to(input_dir)
+            out = output_dir / rel
             fingerprint = _fingerprint(path, model_sha, settings)
+            if _up_to_date(out, fingerprint):
+                log.info("%s: up to date (same input, model and settings), kept", out)
+                bar.update(frame_counts[path])
+                reused += 1
+                continue
             with imageio.open_input(path) as src:
-                if _up_to_date(out, fingerprint):
-                    log.info("%s: up to date (same input, model and settings), kept", out)
-                    bar.update(src.frames)
-                    reused += 1
-                    continue
                 if not warmed:  # one-off costs (allocations, kernel choice) stay out of the timing
                     plan = tiler.plan(*src.images[0].frame_shape)
                     denoiser.denoise(torch.zeros(1, 1, plan.tile_h, plan.tile_w))
@@ -220,7 +222,7 @@ def run(ctx) -> None:
                            "dtype": "float32" if src.fmt != "png" else f"uint{src.info['bits']}"},
                 "frames": frames, "seconds": round(seconds, 4), "frames_per_s": round(rate, 3),
                 "fingerprint": fingerprint})
-            log.info("%s: %s in %.2f s (%.2f frames/s) -> %s", path.name, described, seconds, rate, out)
+            log.info("%s: %s in %.2f s (%.2f frames/s) -> %s", rel, described, seconds, rate, out)
             done_frames += frames
             done_seconds += seconds
     if done_frames:

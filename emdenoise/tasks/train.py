@@ -33,7 +33,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -42,7 +42,7 @@ from emdenoise import __version__, models, modelio, runtime
 from emdenoise.data import Split, load_card, load_split
 from emdenoise.errors import InputError, RuntimeFailure
 from emdenoise.fsutil import write_json_atomic
-from emdenoise.layout import CARD
+from emdenoise.layout import CARD, DATASET_CARD_KEYS
 from emdenoise.log import progress
 from emdenoise.metrics import psnr_per_image, ssim_per_image
 
@@ -221,6 +221,13 @@ def validate(denoiser: modelio.Denoiser, val: Split, data_range: float, batch_si
     return torch.cat(psnr).mean().item(), torch.cat(ssim).mean().item()
 
 
+def data_fingerprint(card: dict) -> str:
+    """Fingerprint of the data a model trains on: the dataset card's contract keys (image shape, split sizes,
+    value ranges, normalisation, data range, source), not its creation time or folder, so re-running
+    preprocess on the same raw data keeps checkpoints valid."""
+    return modelio.fingerprint({key: card.get(key) for key in DATASET_CARD_KEYS})
+
+
 def _finite(x: float) -> float | None:
     return float(x) if x is not None and math.isfinite(x) else None
 
@@ -242,7 +249,7 @@ def train_model(name: str, train: dict, data: TrainData, card: dict, data_range:
     """Train model ``name`` (resuming when allowed), write its files under ``out_dir``; return its record."""
     options = models.options_from_train(name, train)
     config = {"model": name, "options": options, **{k: train[k] for k in FINGERPRINT_KEYS},
-              "data_card": modelio.fingerprint(card)}
+              "data_card": data_fingerprint(card)}
     fingerprint = modelio.fingerprint(config)
     ckpt_path = out_dir / CHECKPOINT_FILE
     epochs, batch_size = train["epochs"], train["batch_size"]
