@@ -362,7 +362,7 @@ def clean_scene(rng, size: int = 256, scene: str = "random") -> tuple[np.ndarray
 
     thickness = np.clip(F32(1) + F32(rng.uniform(0, 0.25)) * field["thickness"], 0.5, 1.6)
     contrast = F32(rng.uniform(0.1, 0.35)) * (F32(1) + F32(0.25) * field["contrast"])
-    sign = F32(1)  # contrast reversal: bright atoms
+    sign = F32(-1 if rng.random() < 0.25 else 1)  # contrast reversal: bright atoms
     absorb = F32(rng.uniform(0.0, 0.15))
     clean = F32(1) - material * thickness * (absorb + sign * contrast * lat)
     if bilayer:
