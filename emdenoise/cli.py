@@ -8,16 +8,22 @@ layout the MLCube uses, so a native run and a container run write to the same pl
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
+import os
+import re
+import signal
 import sys
+import threading
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emdenoise import __version__, params as params_mod
-from emdenoise.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_RUNTIME, EmdError, InputError
+from emdenoise import __version__, lock, params as params_mod
+from emdenoise.errors import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EmdError, InputError,
+                              RuntimeFailure)
 from emdenoise.log import setup as setup_logging
 
 
@@ -46,6 +52,9 @@ TASKS: dict[str, TaskSpec] = {
                      "evaluate the trained denoisers against the noisy input and classical filters"),
     "denoise": TaskSpec(("input_dir", "model_dir", "parameters_file"), ("output_dir", "log_dir"),
                         "apply a trained model to micrographs", defaults={"output_dir": "denoise/output"}),
+    "study": TaskSpec(("data_dir", "parameters_file"), ("output_dir", "log_dir"),
+                      "fidelity, speed and training-data needs of every model vs the classical baselines",
+                      defaults={"output_dir": "study"}),
 }
 
 # Where each path lives under the workspace when not given on the command line.
@@ -109,25 +118,101 @@ def main(argv: list[str] | None = None) -> int:
     workspace = Path(args.workspace)
     paths = {name: Path(getattr(args, name) or workspace / spec.default_path(name))
              for name in spec.inputs + spec.outputs}
-    log = setup_logging(args.task, paths.get("log_dir"), verbose=args.debug)
+    try:
+        log = setup_logging(args.task, paths.get("log_dir"), verbose=args.debug)
+    except OSError as exc:
+        log = setup_logging(args.task, None, verbose=args.debug)
+        log.error("error: %s: log_dir: expected a folder the log can be written into (%s)", paths.get("log_dir"),
+                  exc.strerror or exc)
+        return EXIT_BAD_INPUT
+    restore_sigterm = _sigterm_interrupts()
     try:
         params = params_mod.load(paths.get("parameters_file"), args.overrides)
-        module = importlib.import_module(f"emdenoise.tasks.{args.task}")
-        log.info("emdenoise %s: %s (parameters: %s)", __version__, args.task, paths.get("parameters_file"))
-        module.run(TaskContext(args.task, params, paths, log, args.debug))
+        # one run at a time per output folder (log_dir aside: appending to a log is harmless)
+        with lock.hold({name: paths[name] for name in spec.outputs if name != "log_dir"}, args.task, log):
+            module = importlib.import_module(f"emdenoise.tasks.{args.task}")
+            log.info("emdenoise %s: %s (parameters: %s)", __version__, args.task, paths.get("parameters_file"))
+            module.run(TaskContext(args.task, params, paths, log, args.debug))
     except EmdError as exc:
         if args.debug:
             log.error("%s", traceback.format_exc().rstrip())
         log.error("error: %s", exc.message)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        log.error("error: interrupted")
-        return EXIT_INTERRUPTED
+        return _leave(exc.exit_code, argv)
+    except KeyboardInterrupt as exc:
+        log.error("error: interrupted%s", " (SIGTERM)" if isinstance(exc, _Terminated) else "")
+        return _leave(EXIT_INTERRUPTED, argv)
     except Exception as exc:  # a bug, or a failure we did not foresee: still one line unless --debug
         if args.debug:
             log.error("%s", traceback.format_exc().rstrip())
+        known = file_system_error(exc)
+        if known is not None:
+            log.error("error: %s", known.message)
+            return _leave(known.exit_code, argv)
         log.error("error: unexpected %s: %s (run again with --debug for the traceback)",
-                  exc.__class__.__name__, exc)
-        return EXIT_RUNTIME
+                  exc.__class__.__name__, " ".join(str(exc).split()))
+        return _leave(EXIT_RUNTIME, argv)
+    finally:
+        restore_sigterm()
     log.info("%s: done", args.task)
     return 0
+
+
+# -- failures of the machine rather than of the input -------------------------------------------------------------
+_H5_FILENAME = re.compile(r"filename = '([^']*)'")
+
+
+def file_system_error(exc: BaseException) -> EmdError | None:
+    """A one-line error for a full disk or an unwritable path met while writing (None for anything else).
+
+    Full disk or quota: :class:`RuntimeFailure` (exit 1). Read-only file system or no permission:
+    :class:`InputError` (exit 2: the path given cannot be used). h5py's messages name the file inside the text.
+    """
+    if not isinstance(exc, OSError) or exc.errno is None:
+        return None
+    found = _H5_FILENAME.search(str(exc))
+    where = exc.filename or (found.group(1) if found else "an output file")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return RuntimeFailure(f"{where}: no space left on the device (or disk quota exceeded); files written "
+                              f"before this run are left as they were: free some space and run again")
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        reason = "read-only file system" if exc.errno == errno.EROFS else "permission denied"
+        return InputError(f"{where}: cannot be written ({reason}): expected output folders this user can write")
+    return None
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch scheduler stopping the job): unwound like Ctrl-C, so temporary files are removed."""
+
+
+def _sigterm_interrupts():
+    """Turn SIGTERM into :class:`_Terminated` until the returned function is called."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def _leave(code: int, argv: list[str] | None) -> int:
+    """Return ``code``; from the command line, skip HDF5's exit handler when it would crash.
+
+    HDF5 2.0 dies with SIGSEGV at exit when it still holds a file it could not flush (a write failed: disk
+    full). After the one-line error is out, a failed command-line run with such a file open ends with
+    ``os._exit`` instead. In-process callers (``argv`` given, e.g. tests) just get the code.
+    """
+    h5py = sys.modules.get("h5py")
+    if argv is not None or code == EXIT_OK or h5py is None:
+        return code
+    try:
+        stuck = h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE)
+    except Exception:  # an h5py without this call: nothing we can check
+        return code
+    if stuck:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

@@ -29,8 +29,10 @@ the output (a temporary file the caller renames into place).
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -335,6 +337,7 @@ class NpyWriter(Writer):
     def write(self, image: ImageArray, frames: Iterable[np.ndarray]) -> None:
         out = np.lib.format.open_memmap(self.dest, mode="w+", dtype=np.float32, shape=image.shape)
         try:
+            _reserve(self.dest)
             target = out.reshape(-1, *image.frame_shape)
             for i, frame in enumerate(frames):
                 target[i] = frame
@@ -369,6 +372,19 @@ class Hdf5Writer(Writer):
                 dset[...] = frame
 
 
+def _reserve(path: Path) -> None:
+    """Allocate the blocks of a memory-mapped output now. A new map is a sparse file: on a full disk the first
+    write into it would kill the process with SIGBUS; reserved first, a full disk is an OSError (ENOSPC) here."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):  # a file system that cannot: as before
+            raise
+    finally:
+        os.close(fd)
+
+
 def _copy_attrs(src: h5py.AttributeManager, dst: h5py.AttributeManager) -> None:
     for key, value in src.items():
         dst[key] = value
@@ -381,6 +397,7 @@ class MrcWriter(Writer):
         info = self.source.info
         mrc = self._stack.enter_context(mrcfile.new_mmap(self.dest, shape=image.shape, mrc_mode=2,
                                                          overwrite=True))
+        _reserve(self.dest)
         if info["image_stack"]:
             mrc.set_image_stack()
         mrc.voxel_size = info["voxel_size"]

@@ -23,7 +23,8 @@ BASELINE_NAMES = ("gaussian", "median", "tv", "nlm", "bm3d", "anscombe_bm3d")
 
 @dataclass(frozen=True)
 class Field:
-    """One parameter. ``kind`` is one of: int, float, str, bool, names (a name, a list of names, or 'all')."""
+    """One parameter. ``kind`` is one of: int, float, str, bool, names (a name, a list of names, or 'all'),
+    ints (a non-empty list of distinct integers, each within ``min`` and ``max``)."""
 
     kind: str
     default: Any
@@ -39,7 +40,8 @@ class Field:
             return f"'all', one of {', '.join(self.choices)}, or a list of them"
         if self.choices:
             return "one of " + ", ".join(repr(c) for c in self.choices)
-        what = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}[self.kind]
+        what = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
+                "ints": "a list of distinct integers"}[self.kind]
         if self.min is not None and self.max is not None:
             what += f" in [{self.min}, {self.max}]"
         elif self.min is not None:
@@ -149,6 +151,28 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "pattern": Field("str", "*", "glob selecting the input files in input_dir (e.g. *.tif, or **/* to "
                          "include subfolders)"),
     },
+    "study": {
+        "models": Field("names", "all", "models in the study: a name, a list, or all", choices=MODEL_NAMES),
+        "train_sizes": Field("ints", [125, 250, 500, 1000, 2000, 4000, 7200], "numbers of training pairs each "
+                             "model is trained on (the first N of the train split; at most its size)", min=1),
+        "epochs": Field("int", 20, "passes over its training pairs for every cell", min=1, max=100_000),
+        "min_steps": Field("int", 0, "train every cell for at least this many optimiser steps (more epochs for "
+                           "the small sizes, so they are not judged on a handful of updates; 0: epochs only)",
+                           min=0, max=10_000_000),
+        "batch_size": Field("int", 16, "images per optimiser step, and per inference batch", min=1, max=65_536),
+        "lr": Field("float", 1e-3, "learning rate", min=0.0, max=10.0),
+        "patch_size": Field("int", 0, "train on random square crops of this side (0: whole images)", min=0,
+                            max=4096),
+        "device": Field("str", "auto", "auto (cuda if present, else cpu), cpu, cuda or cuda:N",
+                        check=lambda v: SCHEMA["train"]["device"].check(v)),  # the same rule as train.device
+        "seed": Field("int", 0, "random seed of every cell's training", min=0),
+        "baselines": Field("names", ["gaussian", "median", "tv", "nlm"], "classical baselines, tuned on the val "
+                           "split once (all: every one installed; none: no baseline)",
+                           choices=BASELINE_NAMES + ("none",)),
+        "max_test_images": Field("int", 0, "evaluate on the first N test pairs only (0: all)", min=0),
+        "dose_bins": Field("int", 4, "dose bins of about equal size for PSNR vs dose (when the data have dose)",
+                           min=1, max=100),
+    },
 }
 
 
@@ -180,6 +204,17 @@ def validate_value(where: str, name: str, fld: Field, value: Any) -> Any:
             raise bad()
         if fld.choices and value not in fld.choices:
             raise InputError.at(where, name, f"expected {fld.describe()}, got {value!r}{_hint(value, fld.choices)}")
+    elif fld.kind == "ints":
+        items = value if isinstance(value, list) else None
+        if not items or not all(isinstance(v, int) and not isinstance(v, bool) or
+                                isinstance(v, float) and v.is_integer() for v in items):
+            raise bad()
+        items = [int(v) for v in items]
+        if any(fld.min is not None and v < fld.min or fld.max is not None and v > fld.max for v in items):
+            raise bad()
+        if len(set(items)) != len(items):
+            raise InputError.at(where, name, f"expected {fld.describe()}, got repeated values in {items}")
+        return items
     elif fld.kind == "names":
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list) or not items or not all(isinstance(v, str) for v in items):

@@ -50,7 +50,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
 
 import h5py
 import numpy as np
@@ -97,7 +96,8 @@ def as_rng(rng) -> np.random.Generator:
     return np.random.default_rng(rng)
 
 
-_BLAS = None
+_BLAS = None  # threadpoolctl controller, made on first use in each process
+_BLAS_LIMITED = False  # already inside a one-thread section (nested calls skip the ~0.1 ms of re-limiting)
 
 
 def _one_blas_thread(func):
@@ -108,13 +108,17 @@ def _one_blas_thread(func):
     """
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        global _BLAS
-        if ThreadpoolController is None:
+        global _BLAS, _BLAS_LIMITED
+        if ThreadpoolController is None or _BLAS_LIMITED:
             return func(*args, **kwargs)
         if _BLAS is None:
             _BLAS = ThreadpoolController()
         with _BLAS.limit(limits=1, user_api="blas"):
-            return func(*args, **kwargs)
+            _BLAS_LIMITED = True
+            try:
+                return func(*args, **kwargs)
+            finally:
+                _BLAS_LIMITED = False
     return wrapper
 
 
@@ -126,6 +130,7 @@ def _axis(size: int) -> np.ndarray:
     return np.arange(size, dtype=np.float64)
 
 
+@_one_blas_thread
 def lattice(size: int, *, rotation: float, fringe_px: float = FRINGE_PX, shift=(0.0, 0.0),
             second_order: float = 0.3, blur_px: float = 0.5) -> np.ndarray:
     """Graphene lattice contrast L (float32, size x size), positive on the atoms, |L| <= 1.
@@ -180,6 +185,7 @@ def atom_sites(n: int, rng: np.random.Generator, size: int, *, rotation: float, 
     return frac @ avecs + np.asarray(shift)
 
 
+@_one_blas_thread
 def spots(size: int, centers: np.ndarray, sigma: float) -> np.ndarray:
     """Sum of unit-peak Gaussian spots at ``centers`` (x, y) px, float32 (size x size); zeros when none."""
     if len(centers) == 0:
@@ -190,28 +196,30 @@ def spots(size: int, centers: np.ndarray, sigma: float) -> np.ndarray:
     return gy.T @ gx
 
 
+@_one_blas_thread
 def smooth_fields(rng: np.random.Generator, size: int, corr_px) -> np.ndarray:
     """Gaussian random fields, zero mean and unit variance, with Gaussian correlation of ``corr_px`` (one each).
 
-    Built from random Fourier coefficients on a band-limited grid of frequencies with period 1.25 x size (so
-    the fields do not wrap around the image edges), summed as complex matrix products. Returns float32
-    (len(corr_px), size, size).
+    Each is a sum of plane waves with random complex amplitudes on a band-limited grid of frequencies with
+    period 1.25 x size (so the fields do not wrap around the image edges), evaluated as two small complex
+    matrix products. Returns float32 (len(corr_px), size, size).
     """
-    corr = np.atleast_1d(np.asarray(corr_px, dtype=np.float64))
+    corr_px = np.atleast_1d(np.asarray(corr_px, dtype=np.float64))
     period = 1.25 * size
-    m = max(1, int(math.ceil(0.5 * period / corr.min())))  # beyond it the envelope is < exp(-4.9)
-    fy = np.arange(-m, m + 1) / period
-    fx = np.arange(0, m + 1) / period
-    f2 = fy[:, None] ** 2 + fx[None, :] ** 2
-    env = np.exp(-2 * np.pi ** 2 * corr[:, None, None] ** 2 * f2[None])  # (F, 2m+1, m+1)
-    env[:, :, 0] *= math.sqrt(0.5)  # (fy, 0) and (-fy, 0) are the same physical frequency: count it once
-    env /= np.sqrt((env ** 2).sum(axis=(1, 2)))[:, None, None]  # analytic unit variance of Re(sum c e^{i phi})
-    coef = rng.standard_normal((len(corr), 2 * m + 1, m + 1, 2)) @ np.array([1.0, 1j])
-    coef = (coef * env).astype(np.complex64)
     ax = _axis(size)
-    ey = np.exp(2j * np.pi * ax[:, None] * fy[None, :]).astype(np.complex64)  # (S, 2m+1)
-    ex = np.exp(2j * np.pi * fx[:, None] * ax[None, :]).astype(np.complex64)  # (m+1, S)
-    return np.ascontiguousarray(((ey @ coef) @ ex).real, dtype=F32)
+    out = np.empty((len(corr_px), size, size), F32)
+    for i, corr in enumerate(corr_px):
+        m = max(1, int(math.ceil(0.5 * period / corr)))  # beyond it the envelope is < exp(-4.9)
+        fy = np.arange(-m, m + 1) / period
+        fx = np.arange(0, m + 1) / period
+        env = np.exp(-2 * np.pi ** 2 * corr ** 2 * (fy[:, None] ** 2 + fx[None, :] ** 2))  # (2m+1, m+1)
+        env[:, 0] *= math.sqrt(0.5)  # (fy, 0) and (-fy, 0) are the same physical frequency: count it once
+        env /= math.sqrt((env ** 2).sum())  # Re(c e^{i phi}) with c standard complex normal has variance 1
+        coef = (rng.standard_normal((2 * m + 1, m + 1)) + 1j * rng.standard_normal((2 * m + 1, m + 1))) * env
+        ey = np.exp(2j * np.pi * ax[:, None] * fy[None, :]).astype(np.complex64)  # (S, 2m+1)
+        ex = np.exp(2j * np.pi * fx[:, None] * ax[None, :]).astype(np.complex64)  # (m+1, S)
+        out[i] = ((ey @ coef.astype(np.complex64)) @ ex).real
+    return out
 
 
 def beam_profile(size: int, center_yx, sigma_px: float) -> np.ndarray:
@@ -279,8 +287,9 @@ def clean_scene(rng, size: int = 256, scene: str = "random") -> tuple[np.ndarray
     if scene not in SCENES:
         raise ValueError(f"scene must be one of {SCENES}, got {scene!r}")
     rng = as_rng(rng)
-    info = {"scene": scene, "empty": False, "n_grains": 0, "rotations_deg": [], "shifts_px": [], "contrast_sign": 1,
-            "vacancies": 0, "holes": False, "vacuum_edge": False, "bilayer": False}
+    info = {"scene": scene, "empty": False, "n_grains": 0, "rotations_deg": [], "shifts_px": [],
+            "grain_fractions": [], "contrast_sign": 1, "vacancies": 0, "holes": False, "vacuum_edge": False,
+            "bilayer": False}
     if scene == "vacuum" or (scene == "random" and rng.random() < 0.05):
         info["empty"] = True
         info["material_fraction"] = 0.0
@@ -309,20 +318,20 @@ def clean_scene(rng, size: int = 256, scene: str = "random") -> tuple[np.ndarray
         info.update(material_fraction=1.0, grain_fractions=[1.0])
         return np.maximum(clean, 0, out=clean), material, info
 
-    # Which smooth fields this scene needs, drawn together in one call (correlation lengths in px).
+    # The smooth random fields this scene needs, drawn in one call: name -> correlation length in px.
     holes = rng.random() < 0.6
     edge = rng.random() < 0.25
     bilayer = rng.random() < 0.15
-    names = ["thickness", "contrast"] + ["warp"] * (n_grains if n_grains > 1 else 0)
-    corr = [rng.uniform(30, 80), rng.uniform(30, 80)] + [rng.uniform(20, 40)] * (n_grains if n_grains > 1 else 0)
+    corr = {"thickness": rng.uniform(30, 80), "contrast": rng.uniform(30, 80)}
     if holes:
-        names.append("holes"), corr.append(rng.uniform(10, 30))
+        corr["holes"] = rng.uniform(10, 30)
     if edge:
-        names.append("edge"), corr.append(rng.uniform(15, 40))
+        corr["edge"] = rng.uniform(15, 40)
     if bilayer:
-        names.append("bilayer"), corr.append(rng.uniform(20, 50))
-    fields = smooth_fields(rng, size, corr)
-    field = {name: fields[i] for i, name in enumerate(names) if name != "warp"}
+        corr["bilayer"] = rng.uniform(20, 50)
+    n_warps = n_grains if n_grains > 1 else 0
+    fields = smooth_fields(rng, size, list(corr.values()) + [rng.uniform(20, 40)] * n_warps)
+    field = dict(zip(corr, fields))
     ax = _axis(size).astype(F32)
 
     # Grains: soft Voronoi cells around random seeds; wavy boundaries from a smooth warp of the distances.
@@ -331,7 +340,7 @@ def clean_scene(rng, size: int = 256, scene: str = "random") -> tuple[np.ndarray
         info["grain_fractions"] = [1.0]
     else:
         seeds = rng.uniform(-0.1 * size, 1.1 * size, (n_grains, 2)).astype(F32)
-        warp = fields[names.index("warp"):names.index("warp") + n_grains] * F32(rng.uniform(3, 12))
+        warp = fields[len(corr):] * F32(rng.uniform(3, 12))
         dist = np.sqrt((ax[None, None, :] - seeds[:, 0, None, None]) ** 2
                        + (ax[None, :, None] - seeds[:, 1, None, None]) ** 2) + warp
         dist -= dist.min(axis=0)
@@ -344,7 +353,7 @@ def clean_scene(rng, size: int = 256, scene: str = "random") -> tuple[np.ndarray
     material = np.ones((size, size), F32)
     if holes:
         level = rng.uniform(0.8, 2.5)  # higher: fewer, smaller holes
-        steep = corr[names.index("holes")] / 0.3  # edge one or two pixels wide
+        steep = corr["holes"] / 0.3  # edge one or two pixels wide
         material *= expit((level - field["holes"]) * F32(steep))
     if edge:
         phi = rng.uniform(0, 2 * np.pi)
@@ -361,7 +370,7 @@ def clean_scene(rng, size: int = 256, scene: str = "random") -> tuple[np.ndarray
         material *= F32(1) - np.minimum(vac, F32(1))
 
     thickness = np.clip(F32(1) + F32(rng.uniform(0, 0.25)) * field["thickness"], 0.5, 1.6)
-    contrast = F32(rng.uniform(0.1, 0.35)) * (F32(1) + F32(0.25) * field["contrast"])
+    contrast = F32(rng.uniform(0.15, 0.45)) * np.clip(F32(1) + F32(0.25) * field["contrast"], 0.5, 1.5)
     sign = F32(-1 if rng.random() < 0.25 else 1)  # contrast reversal: bright atoms
     absorb = F32(rng.uniform(0.0, 0.15))
     clean = F32(1) - material * thickness * (absorb + sign * contrast * lat)

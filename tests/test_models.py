@@ -24,6 +24,15 @@ EXACT = ("msdnet", "sciml_ae")
 LIGHT = ("ffdnet", "unet", "msdnet", "sciml_ae")  # cheap enough on CPU for full-size images by default
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These small tensors run faster on one thread, and much faster on a shared, busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _build(name, **options):
     torch.manual_seed(0)
     return models.build(name, **options)

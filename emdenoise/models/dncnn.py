@@ -7,7 +7,7 @@ arXiv:1608.03981.
 Architecture: 3x3 conv + ReLU, then (depth - 2) x [3x3 conv + batch norm + ReLU], then a 3x3 conv to one
 channel; 64 channels, same zero padding. Residual learning: the network predicts the noise and the output
 is ``input - prediction``. Depth 17 is the paper's choice for a known noise level, 20 for blind denoising
-(``train.dncnn_depth``). Convolutions are initialised orthogonally, as in the authors' training code.
+(``train.dncnn_depth``). Convolutions are initialised orthogonally, as in the authors' PyTorch training code.
 Caveat for this benchmark: residual learning assumes the input is a noisy copy of the target, while here
 the clean target also lacks the beam profile, so the "noise" also contains that profile.
 

@@ -16,15 +16,18 @@ sqrt(2 / fan-in) and biases at zero.
 Implementation. Concatenating all previous maps at every layer costs memory and time quadratic in depth.
 Instead one buffer of shape (B, 1 + depth * width, H + 2m, W + 2m) is allocated per forward pass, where
 m = the largest dilation: each new map is written into its channel slice, together with its mirrored
-border of width m, and layer i convolves (without padding) the view of the first 1 + i * width channels
-widened by its own dilation d (mirroring by d equals the inner d pixels of mirroring by m). PyTorch's
-autograd refuses in-place writes into a tensor it has saved for backward, so the whole network is one
-``torch.autograd.Function`` whose backward pass walks the layers in reverse with a gradient buffer of the
-same shape, using ``torch.nn.grad.conv2d_input`` / ``conv2d_weight``. Training memory is therefore two
-buffers (feature maps and their gradients) and nothing per layer: no checkpointing is needed. The tests
-check forward values and every gradient against a plain concatenating implementation. The backward pass
-runs in the buffer's precision (float32) even when the forward pass runs under autocast; double backward
-is not supported.
+border of width m, and layer i convolves (without padding) the first 1 + i * width channels, read in place
+(mirroring by d equals the inner d pixels of mirroring by m). Each convolution is computed by kernel taps:
+one matrix product reduces the channels to 9 * width tap maps, which are shifted by the tap's offset and
+summed; with one output map per layer this is several times faster on CPU than a convolution call (one
+256 x 256 forward pass takes about 0.7 s on one busy CPU thread, against several seconds concatenating).
+PyTorch's autograd refuses in-place writes into a tensor it has saved for backward, so the whole network is
+one ``torch.autograd.Function`` whose backward pass walks the layers in reverse with a gradient buffer of
+the same shape. Training memory is therefore two buffers (feature maps and their gradients) and nothing
+per layer: no checkpointing is needed. The tests check forward values and every gradient against a plain
+concatenating implementation, and the backward pass against finite differences. The backward pass runs in
+the buffer's precision (float32) even when the forward pass runs under autocast; double backward is not
+supported.
 
 Parameters: 45,652 at depth 100, width 1 (45,550 in the 3x3 layers, 102 in the output layer).
 """
@@ -69,7 +72,8 @@ class _BufferConv:
     def __init__(self, weight: torch.Tensor, dilation: int, margin: int, h: int, w: int):
         self.o, self.c, k, _ = weight.shape
         self.k, self.h, self.w = k, h, w
-        self.matrix = weight.permute(2, 3, 0, 1).reshape(k * k * self.o, self.c).contiguous()  # row (ky*k + kx)*o + out
+        # row (ky * k + kx) * o + out; contiguous, as matrix products with a transposed one are slow here
+        self.matrix = weight.permute(2, 3, 0, 1).reshape(k * k * self.o, self.c).contiguous()
         self.offsets = [(margin + (ky - k // 2) * dilation, margin + (kx - k // 2) * dilation)
                         for ky in range(k) for kx in range(k)]
 

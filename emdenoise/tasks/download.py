@@ -40,6 +40,7 @@ from emdenoise.errors import BusyError, InputError, RuntimeFailure
 from emdenoise.fetch import HttpClient, Unreachable, file_digests, is_md5_etag, part_path
 from emdenoise.fsutil import write_json_atomic
 from emdenoise.layout import MANIFEST, RAW_FILES, RAW_SPLITS
+from emdenoise.lock import LOCK_NAME as FOLDER_LOCK_NAME
 from emdenoise.log import progress
 
 S3_SOURCES = {
@@ -161,7 +162,7 @@ def key_to_relpath(prefix: str, key: str, where: str) -> str | None:
 def _reserved(rel: str) -> bool:
     """Names the download itself uses inside raw_data_dir."""
     first = rel.split("/", 1)[0]
-    return rel in (MANIFEST, LOCK_NAME) or rel.endswith(".part") or first.startswith(STAGING_PREFIX)
+    return rel in (MANIFEST, LOCK_NAME, FOLDER_LOCK_NAME) or rel.endswith(".part") or first.startswith(STAGING_PREFIX)
 
 
 def find_layout_root(paths: Iterable[str], where: Any) -> str:
@@ -572,6 +573,10 @@ def run(ctx) -> None:
         raise RuntimeFailure(f"{raw_dir}: cannot create raw_data_dir ({exc.strerror or exc})") from None
     ctx.log.info("source: %s -> %s", source.describe(), raw_dir)
     with _lock(raw_dir):
+        for stale in raw_dir.glob(STAGING_PREFIX + "*"):      # left by a run that was killed while extracting
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+                ctx.log.info("removed %s, left by an interrupted extraction", stale)
         job = _Job(source, params, raw_dir, ctx.log, read_manifest(raw_dir, ctx.log))
         handler = {"synthetic": job.from_synthetic, "s3": job.from_s3, "zip_url": job.from_zip,
                    "zip_file": job.from_zip, "folder": job.from_folder}[source.kind]

@@ -58,20 +58,20 @@ def _names(value, field: str, where) -> list[str] | str:
     return list(value)
 
 
-def select_baselines(value, where, log) -> list[str]:
-    """The baselines to run; BM3D ones asked for by name but not installed are an input error."""
-    names = _names(value, "test.baselines", where)
+def select_baselines(value, where, log, field: str = "test.baselines") -> list[str]:
+    """The baselines to run; BM3D ones asked for by name but not installed are an input error naming ``field``."""
+    names = _names(value, field, where)
     if names == "all":
         names = list(baselines_mod.available())
         skipped = [n for n in baselines_mod.BASELINES if n not in names]
         if skipped:
-            log.info("test.baselines: all: skipping %s (needs the optional bm3d package: %s)", ", ".join(skipped),
+            log.info("%s: all: skipping %s (needs the optional bm3d package: %s)", field, ", ".join(skipped),
                      baselines_mod.BM3D_INSTALL)
         return names
     for name in names:
         package = baselines_mod.missing_package(name)
         if package:
-            raise InputError.at(where, "test.baselines", f"{name!r} needs the optional {package} package, which "
+            raise InputError.at(where, field, f"{name!r} needs the optional {package} package, which "
                                 f"is not installed: {baselines_mod.BM3D_INSTALL}; or remove {name!r}")
     return names
 

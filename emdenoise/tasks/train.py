@@ -25,6 +25,13 @@ Resuming (``resume: auto``): a checkpoint whose configuration fingerprint matche
 epoch and ends where an uninterrupted run would (shuffling and crops come from a generator seeded by
 (seed, epoch); the global random states are restored as well). A checkpoint of another configuration is
 refused; ``resume: never`` deletes M's old outputs and starts afresh. A finished run is not redone.
+
+Several processes (``torchrun --nproc_per_node=K -m emdenoise train ...``, see :mod:`emdenoise.distributed`):
+every process draws the same seeded batch plan, takes its share of each global batch of ``batch_size``
+images (which must divide evenly by K) and DistributedDataParallel averages the gradients, each process's
+loss weighted by its share so that a step is the step one process would take on the whole batch. Validation
+is split over the processes and summed. Only rank 0 logs and writes checkpoints, model files and metrics;
+every process reads the checkpoint when resuming. Records gain ``processes`` (K; 1 for a single process).
 """
 
 from __future__ import annotations
@@ -38,8 +45,9 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from emdenoise import __version__, models, modelio, runtime
+from emdenoise import __version__, distributed, models, modelio, runtime
 from emdenoise.data import Split, load_card, load_split
+from emdenoise.distributed import World
 from emdenoise.errors import InputError, RuntimeFailure
 from emdenoise.fsutil import write_json_atomic
 from emdenoise.layout import CARD, DATASET_CARD_KEYS
@@ -89,24 +97,35 @@ def run(ctx) -> None:
         raise InputError.at(card_path, "data_range", f"expected a number > 0, got {data_range!r}")
 
     names = list(models.names()) if train["model"] == "all" else list(train["model"])
+    world = distributed.from_env()
+    if train["batch_size"] % world.size:
+        raise InputError.at(where, "train.batch_size", f"expected a multiple of the {world.size} training "
+                            f"processes (the global batch is split evenly among them), got {train['batch_size']}")
     device = runtime.resolve_device(train["device"], "train.device")
     precision = runtime.resolve_precision(train["precision"], device, "train.precision")
     data = load_data(data_dir, train, normalisation, where)
-    ctx.log.info("training %s on %s (%s): %d train and %d val images of %dx%d, %d epochs, batch %d",
-                 ", ".join(names), device, precision, len(data), len(data.val), *data.noisy.shape[-2:],
-                 train["epochs"], train["batch_size"])
+    device, created = distributed.start(world, device)
+    try:
+        ctx.log.info("training %s on %s (%s): %d train and %d val images of %dx%d, %d epochs, batch %d%s",
+                     ", ".join(names), device, precision, len(data), len(data.val), *data.noisy.shape[-2:],
+                     train["epochs"], train["batch_size"],
+                     f" ({world.size} processes, {train['batch_size'] // world.size} images each)"
+                     if world.enabled else "")
 
-    metrics_path = ctx.paths["output_dir"] / METRICS_FILE
-    records: dict[str, dict] = {}
+        metrics_path = ctx.paths["output_dir"] / METRICS_FILE
+        records: dict[str, dict] = {}
 
-    def publish(record: dict) -> None:
-        records[record["model"]] = record
-        write_json_atomic(metrics_path, {**record, "models": records})
+        def publish(record: dict) -> None:
+            records[record["model"]] = record
+            if world.is_main:
+                write_json_atomic(metrics_path, {**record, "models": records})
 
-    for name in names:
-        publish(train_model(name, train, data, card, float(data_range), device, precision,
-                            ctx.paths["model_dir"] / name, ctx.log, publish))
-    ctx.log.info("metrics: %s", metrics_path)
+        for name in names:
+            publish(train_model(name, train, data, card, float(data_range), device, precision,
+                                ctx.paths["model_dir"] / name, ctx.log, publish, world))
+        ctx.log.info("metrics: %s", metrics_path)
+    finally:
+        distributed.stop(created)
 
 
 def load_data(data_dir: Path, train: dict, normalisation: dict, where: str) -> TrainData:
@@ -180,6 +199,8 @@ def gather(data: TrainData, index: torch.Tensor, corners: torch.Tensor) -> tuple
     if not data.patch:
         return data.noisy[index], data.clean[index]
     p = data.patch
+    if len(index) == 0:  # a process's empty share of a short last batch
+        return data.noisy.new_empty(0, 1, p, p), data.clean.new_empty(0, 1, p, p)
     noisy = torch.stack([data.noisy[i, :, y:y + p, x:x + p] for i, (y, x) in zip(index.tolist(), corners.tolist())])
     clean = torch.stack([data.clean[i, :, y:y + p, x:x + p] for i, (y, x) in zip(index.tolist(), corners.tolist())])
     return noisy, clean
@@ -206,19 +227,24 @@ def batches(data: TrainData, plan: list, num_workers: int, pin: bool) -> Iterabl
                                        num_workers=num_workers, pin_memory=pin)
 
 
-def validate(denoiser: modelio.Denoiser, val: Split, data_range: float, batch_size: int) -> tuple[float, float]:
-    """Mean per-image PSNR and SSIM of the denoised val split in raw units (NaN, NaN if val is empty)."""
+def validate(denoiser: modelio.Denoiser, val: Split, data_range: float, batch_size: int,
+             world: World = distributed.SINGLE) -> tuple[float, float]:
+    """Mean per-image PSNR and SSIM of the denoised val split in raw units (NaN, NaN if val is empty).
+    With several processes each denoises its share of the images and the sums are added up."""
     if len(val) == 0:
         return math.nan, math.nan
-    psnr, ssim = [], []
     device = denoiser.device
-    for start in range(0, len(val), batch_size):
-        noisy = torch.from_numpy(val.noisy[start:start + batch_size])[:, None].to(device)
-        clean = torch.from_numpy(val.clean[start:start + batch_size])[:, None].to(device)
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # PSNR, SSIM
+    part = distributed.shard(len(val), world)
+    for start in range(part.start, part.stop, batch_size):
+        stop = min(start + batch_size, part.stop)
+        noisy = torch.from_numpy(val.noisy[start:stop])[:, None].to(device)
+        clean = torch.from_numpy(val.clean[start:stop])[:, None].to(device)
         pred = denoiser.denoise(noisy)
-        psnr.append(psnr_per_image(pred, clean, data_range).cpu())
-        ssim.append(ssim_per_image(pred, clean, data_range).cpu())
-    return torch.cat(psnr).mean().item(), torch.cat(ssim).mean().item()
+        sums[0] += psnr_per_image(pred, clean, data_range).double().sum()
+        sums[1] += ssim_per_image(pred, clean, data_range).double().sum()
+    psnr, ssim = (distributed.sum_(sums, world) / len(val)).tolist()
+    return psnr, ssim
 
 
 def data_fingerprint(card: dict) -> str:
@@ -245,8 +271,10 @@ def _sync(device: torch.device) -> None:
 # ---------------------------------------------------------------------------------------------- one model
 
 def train_model(name: str, train: dict, data: TrainData, card: dict, data_range: float, device: torch.device,
-                precision: str, out_dir: Path, log, publish: Callable[[dict], None]) -> dict:
-    """Train model ``name`` (resuming when allowed), write its files under ``out_dir``; return its record."""
+                precision: str, out_dir: Path, log, publish: Callable[[dict], None],
+                world: World = distributed.SINGLE) -> dict:
+    """Train model ``name`` (resuming when allowed), write its files under ``out_dir`` (rank 0 only); return
+    its record. ``world``: this process's place in a torchrun run (all processes call this alike)."""
     options = models.options_from_train(name, train)
     config = {"model": name, "options": options, **{k: train[k] for k in FINGERPRINT_KEYS},
               "data_card": data_fingerprint(card)}
@@ -255,7 +283,8 @@ def train_model(name: str, train: dict, data: TrainData, card: dict, data_range:
     epochs, batch_size = train["epochs"], train["batch_size"]
 
     runtime.seed_everything(train["seed"])
-    model = models.build(name, **options).to(device, memory_format=torch.channels_last)
+    model = distributed.prepare(models.build(name, **options), world, device)
+    model = model.to(device, memory_format=torch.channels_last)
     optimizer = make_optimizer(train["optimizer"], model.parameters(), train["lr"])
     total_steps = math.ceil(len(data) / batch_size) * epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(train["lr_schedule"], total_steps))
@@ -264,7 +293,7 @@ def train_model(name: str, train: dict, data: TrainData, card: dict, data_range:
     record = {"model": name, "device": str(device), "precision": precision,
               "parameters": models.count_parameters(model), "options": options, "fingerprint": fingerprint,
               "n_train": len(data), "n_val": len(data.val), "epochs": [], "best_epoch": None,
-              "best_val_psnr": None, "complete": False}
+              "best_val_psnr": None, "complete": False, "processes": world.size}
     start = 1
 
     if train["resume"] == "auto" and ckpt_path.exists():
@@ -282,10 +311,10 @@ def train_model(name: str, train: dict, data: TrainData, card: dict, data_range:
         runtime.set_rng_state(state["rng"])
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        record = {**state["record"], "device": str(device), "precision": precision}
+        record = {**state["record"], "device": str(device), "precision": precision, "processes": world.size}
         start = state["epoch"] + 1
         log.info("%s: resuming from %s after epoch %d of %d", name, ckpt_path, state["epoch"], epochs)
-    else:
+    elif world.is_main:
         stale = [p for p in (ckpt_path, out_dir / MODEL_FILE, out_dir / LAST_MODEL_FILE) if p.exists()]
         for path in stale:
             path.unlink()
@@ -297,14 +326,16 @@ def train_model(name: str, train: dict, data: TrainData, card: dict, data_range:
                               for side in ("noisy", "clean")},
             "train_config": {**config, "fingerprint": fingerprint, "device": str(device), "precision": precision,
                              "num_workers": train["num_workers"], "resume": train["resume"],
-                             "emdenoise_version": __version__}}
+                             "processes": world.size, "emdenoise_version": __version__}}
+    trainer = distributed.wrap(model, world, device)  # model itself, or in DistributedDataParallel
 
     for epoch in range(start, epochs + 1):
-        row = train_epoch(model, optimizer, scheduler, scaler, loss_fn, data, train, epoch, device, precision,
-                          f"{name} {epoch}/{epochs}")
+        row = train_epoch(trainer, optimizer, scheduler, scaler, loss_fn, data, train, epoch, device, precision,
+                          f"{name} {epoch}/{epochs}", world)
         t_val = time.perf_counter()
+        distributed.sync_buffers(model, world)
         val_psnr, val_ssim = validate(modelio.Denoiser(model, meta, device, precision), data.val, data_range,
-                                      batch_size)
+                                      batch_size, world)
         row.update(val_psnr=_finite(val_psnr), val_ssim=_finite(val_ssim),
                    seconds=row["seconds"] + time.perf_counter() - t_val)
         record["epochs"].append(row)
@@ -316,16 +347,18 @@ def train_model(name: str, train: dict, data: TrainData, card: dict, data_range:
                                                     row["val_psnr"] > (record["best_val_psnr"] or -math.inf))
         if improved or len(data.val) == 0:
             record.update(best_epoch=epoch, best_val_psnr=row["val_psnr"])
-            modelio.save_model(out_dir / MODEL_FILE, model, {**meta, "metrics": {**row, "best_epoch": epoch}})
+            if world.is_main:
+                modelio.save_model(out_dir / MODEL_FILE, model, {**meta, "metrics": {**row, "best_epoch": epoch}})
         record["complete"] = epoch == epochs
-        if record["complete"]:
+        if record["complete"] and world.is_main:
             modelio.save_model(out_dir / LAST_MODEL_FILE, model,
                                {**meta, "metrics": {**row, "best_epoch": record["best_epoch"]}})
         # the checkpoint goes last: it marks the epoch as done, so a crash before it just redoes the epoch
-        modelio.save_checkpoint(ckpt_path, model, optimizer, scheduler,
-                                {"model": name, "options": options, "fingerprint": fingerprint, "epoch": epoch,
-                                 "config": config, "record": record, "rng": runtime.rng_state(),
-                                 "scaler": scaler.state_dict() if scaler.is_enabled() else None})
+        if world.is_main:
+            modelio.save_checkpoint(ckpt_path, model, optimizer, scheduler,
+                                    {"model": name, "options": options, "fingerprint": fingerprint,
+                                     "epoch": epoch, "config": config, "record": record, "rng": runtime.rng_state(),
+                                     "scaler": scaler.state_dict() if scaler.is_enabled() else None})
         publish(record)
         if _STOP_AFTER_EPOCH == epoch:
             raise KeyboardInterrupt(f"test hook: stop after epoch {epoch}")
@@ -336,26 +369,40 @@ def train_model(name: str, train: dict, data: TrainData, card: dict, data_range:
 
 
 def train_epoch(model: nn.Module, optimizer, scheduler, scaler, loss_fn, data: TrainData, train: dict,
-                epoch: int, device: torch.device, precision: str, desc: str) -> dict:
-    """One pass over the training pairs; returns the epoch's row without the validation fields."""
+                epoch: int, device: torch.device, precision: str, desc: str,
+                world: World = distributed.SINGLE) -> dict:
+    """One pass over the training pairs; returns the epoch's row without the validation fields.
+    With several processes ``model`` is the DistributedDataParallel wrapper and each process trains on its
+    share of every global batch of the plan."""
     model.train()
     lr = optimizer.param_groups[0]["lr"]
     plan = epoch_plan(data, train["batch_size"], train["seed"], epoch)
+    global_sizes = [len(index) for index, _ in plan]
+    if world.enabled:
+        plan = [(index[part], corners[part]) for index, corners in plan
+                for part in (distributed.shard(len(index), world),)]
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     t0 = time.perf_counter()
-    for noisy, clean in progress(batches(data, plan, train["num_workers"], device.type == "cuda"),
-                                 total=len(plan), desc=desc, unit="batch", leave=False):
+    for (noisy, clean), global_n in zip(progress(batches(data, plan, train["num_workers"], device.type == "cuda"),
+                                                 total=len(plan), desc=desc, unit="batch", leave=False,
+                                                 disable=not world.is_main), global_sizes):
         noisy = noisy.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         clean = clean.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with runtime.autocast(device, precision):
             out = model(noisy)
-        loss = loss_fn(out.float(), clean)
+        if len(noisy) == 0:  # an empty share still joins the gradient all-reduce, with zero gradients
+            loss = objective = out.float().sum() * 0.0
+        else:
+            loss = objective = loss_fn(out.float(), clean)
+            if world.enabled:  # DDP averages over processes: weight by this share of the global batch
+                objective = loss * (len(noisy) * world.size / global_n)
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        scaler.scale(objective).backward()
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
         loss_sum += loss.detach().double() * len(noisy)
+    distributed.sum_(loss_sum, world)
     _sync(device)
     seconds = time.perf_counter() - t0
     train_loss = loss_sum.item() / len(data)

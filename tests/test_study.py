@@ -1,0 +1,309 @@
+"""The study task: the ``ints`` parameter kind, the analysis helpers, and a tiny study run end to end.
+
+The data are made by the synthetic generator (24 train and 8 test pairs of 32x32, with dose) and the real
+preprocess task; the study runs sciml_ae and a 3-layer DnCNN on 6 and 12 training pairs for one epoch, with
+the gaussian and median baselines.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from matplotlib import image as mpimg
+
+from emdenoise import cli, params, synthetic
+from emdenoise.errors import EXIT_BAD_INPUT, InputError
+from emdenoise.tasks import study as study_task
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SIZES = [6, 12]
+MODELS = ["sciml_ae", "dncnn"]
+STUDY = {"models": MODELS, "train_sizes": SIZES, "epochs": 1, "batch_size": 4, "lr": 1e-3, "device": "cpu",
+         "seed": 0, "baselines": ["gaussian", "median"], "dose_bins": 2}
+
+
+@pytest.fixture(autouse=True)
+def _quiet(monkeypatch):
+    monkeypatch.setenv("EMDENOISE_PROGRESS", "0")
+    torch.set_num_threads(1)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The ints kind of the parameters schema
+# --------------------------------------------------------------------------------------------------------------
+
+def test_ints_kind_accepts_lists_of_distinct_integers():
+    out = params.validate({"study": {"train_sizes": [500, 125, 2.0]}})
+    assert out["study"]["train_sizes"] == [500, 125, 2]
+    assert all(type(v) is int for v in out["study"]["train_sizes"])
+    assert params.defaults()["study"]["train_sizes"] == list(params.SCHEMA["study"]["train_sizes"].default)
+    assert "list of distinct integers >= 1" in params.reference_markdown()
+
+
+@pytest.mark.parametrize("value", [[], [0], [125, -1], "125", 125, [True], [1.5], [125, 125], [None], {"a": 1}])
+def test_ints_kind_rejects_anything_else_in_one_line(value):
+    with pytest.raises(InputError) as err:
+        params.validate({"study": {"train_sizes": value}}, where="p.yaml")
+    message = err.value.message
+    assert message.startswith("p.yaml: study.train_sizes: expected a list of distinct integers >= 1")
+    assert "\n" not in message
+
+
+def test_ints_kind_from_the_command_line(tmp_path):
+    out = params.load(None, ["study.train_sizes=[10, 20]", "study.models=dncnn"])
+    assert out["study"]["train_sizes"] == [10, 20] and out["study"]["models"] == ["dncnn"]
+    with pytest.raises(InputError, match="study.train_sizes"):
+        params.load(None, ["study.train_sizes=ten"])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Analysis helpers on made-up numbers
+# --------------------------------------------------------------------------------------------------------------
+
+def test_best_baseline_is_the_best_classical_row():
+    methods = {"noisy": {"kind": "input", "psnr_mean": 40.0},        # the input never counts
+               "gaussian": {"kind": "classical", "psnr_mean": 22.5},
+               "nlm": {"kind": "classical", "psnr_mean": 24.25},
+               "tv": {"kind": "classical", "psnr_mean": None},        # no finite PSNR: ignored
+               "unet": {"kind": "deep", "psnr_mean": 30.0}}
+    assert study_task.best_baseline(methods) == ("nlm", 24.25)
+    assert study_task.best_baseline({"noisy": {"kind": "input", "psnr_mean": 12.0}}) is None
+
+
+def test_smallest_winning_size():
+    psnr = {125: 20.0, 250: 24.0, 500: 24.5, 1000: 26.0}
+    assert study_task.smallest_winning_size(psnr, 24.1) == 500
+    assert study_task.smallest_winning_size(psnr, 19.0) == 125
+    assert study_task.smallest_winning_size(psnr, 24.0) == 500        # equal is not beating
+    assert study_task.smallest_winning_size(psnr, 26.0) is None       # never within the sizes run
+    assert study_task.smallest_winning_size(psnr, None) is None       # no baseline to beat
+    # non-monotonic learning curve and a failed (None) cell: the smallest size that beats it, in any order
+    assert study_task.smallest_winning_size({1000: 25.0, 125: None, 500: 23.0, 250: 24.5}, 24.0) == 250
+    assert study_task.smallest_winning_size({125: math.nan, 250: math.inf}, 1.0) is None
+
+
+def test_cell_epochs_and_plan():
+    assert study_task.cell_epochs(125, 16, 20, 0) == 20
+    assert study_task.cell_epochs(125, 16, 20, 400) == 50               # 8 steps per epoch -> 50 epochs
+    assert study_task.cell_epochs(8000, 16, 20, 400) == 20              # already 10000 steps
+    study = {**params.defaults()["study"], "models": ["unet", "dncnn"], "train_sizes": [500, 125]}
+    cells = study_task.plan_cells(study)
+    assert [c.name for c in cells] == ["unet-125", "dncnn-125", "unet-500", "dncnn-500"]
+    assert len(study_task.plan_cells({**study, "models": "all"})) == 2 * len(params.MODEL_NAMES)
+
+
+def test_cell_train_section_overrides_only_the_study_keys():
+    p = params.validate({"train": {"optimizer": "sgd", "epochs": 99, "dncnn_depth": 5}})
+    cell = study_task.Cell("dncnn", 250, 3)
+    train = study_task.cell_train_section(p["train"], p["study"], cell)
+    assert train["model"] == ["dncnn"] and train["epochs"] == 3 and train["max_train_images"] == 250
+    assert train["optimizer"] == "sgd" and train["dncnn_depth"] == 5
+    assert train["batch_size"] == p["study"]["batch_size"] and train["lr"] == p["study"]["lr"]
+    config = study_task.cell_config(cell, train, {"n_test": 4}, "card")
+    assert config["options"] == {"depth": 5}
+    assert config["max_train_images"] == 250 and config["optimizer"] == "sgd" and config["evaluation"] == {"n_test": 4}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A tiny study end to end
+# --------------------------------------------------------------------------------------------------------------
+
+def write_params(path: Path, study: dict, **sections) -> Path:
+    doc = {"train": {"dncnn_depth": 3, "precision": "fp32", "lr_schedule": "constant"},
+           "test": {"tune_images": 3}, "study": study, **sections}
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def run_study(tmp: Path, data_dir: Path, out: Path, study: dict) -> tuple[int, str]:
+    """Run the study task in this process; return (exit code, this run's log text)."""
+    log_file = tmp / "logs" / "study.log"
+    before = log_file.read_text() if log_file.exists() else ""
+    code = cli.main(["study", f"--data_dir={data_dir}", f"--parameters_file={write_params(tmp / 'p.yaml', study)}",
+                     f"--output_dir={out}", f"--log_dir={tmp / 'logs'}"])
+    return code, log_file.read_text()[len(before):]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("study-data")
+    synthetic.write_dataset(root / "raw", seed=0, train_images=24, test_images=8, image_size=32, dose_min=2.0,
+                            dose_max=200.0, workers=1)
+    p = root / "pre.yaml"
+    p.write_text(yaml.safe_dump({"preprocess": {"val_fraction": 0.25}}))
+    assert cli.main(["preprocess", f"--raw_data_dir={root / 'raw'}", f"--data_dir={root / 'processed'}",
+                     f"--parameters_file={p}", f"--log_dir={root / 'logs'}"]) == 0
+    return root / "processed"
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, data_dir) -> tuple[Path, Path, str]:
+    tmp = tmp_path_factory.mktemp("study")
+    out = tmp / "study"
+    code, log = run_study(tmp, data_dir, out, STUDY)
+    assert code == 0, log
+    return tmp, out, log
+
+
+def test_study_writes_every_output(finished):
+    _, out, log = finished
+    summary = json.loads((out / "study.json").read_text())
+    assert summary["format"] == study_task.STUDY_FORMAT
+    assert summary["train_sizes"] == SIZES and list(summary["models"]) == MODELS
+    assert {c["cell"] for c in summary["cells"]} == {f"{m}-{s}" for m in MODELS for s in SIZES}
+    assert set(summary["baselines"]) == {"noisy", "gaussian", "median"}
+    assert summary["data"]["n_test"] == 8 and summary["data"]["has_dose"] and summary["data"]["n_train_available"] == 18
+    assert len(summary["dose_bins"]["bins"]) == 2 and summary["failed_cells"] == []
+    for cell in summary["cells"]:
+        test = cell["test"]
+        for key in ("psnr_mean", "psnr_std", "ssim_mean", "ssim_std", "mse_mean", "images_per_s"):
+            assert isinstance(test[key], float) and math.isfinite(test[key]), (cell["cell"], key)
+        assert len(test["psnr_by_dose"]) == 2
+        assert cell["train"]["n_train"] == cell["train_size"] and len(cell["train_epochs"]) == 1
+        # each cell trained into its own model dir, as a real HDF5 model file
+        model_file = out / "cells" / cell["cell"] / cell["model"] / "em_denoise_model.h5"
+        assert model_file.read_bytes()[:8] == b"\x89HDF\r\n\x1a\n"
+        # the summary's mean is the mean of the per-image values kept in the cell's result
+        result = json.loads((out / "cells" / cell["cell"] / "result.json").read_text())
+        assert result["status"] == "done" and len(result["per_image"]["psnr"]) == 8
+        assert test["psnr_mean"] == pytest.approx(np.mean(result["per_image"]["psnr"]), rel=1e-9)
+    for name, info in summary["models"].items():
+        assert info["parameters"] > 0 and info["images_per_s"] > 0
+        assert set(info["psnr_by_size"]) == {str(s) for s in SIZES}
+    # the smallest winning size is the helper's answer on the numbers in study.json
+    best = summary["best_baseline"]
+    assert best["psnr_mean"] == max(summary["baselines"][n]["psnr_mean"] for n in ("gaussian", "median"))
+    for name, info in summary["models"].items():
+        expected = study_task.smallest_winning_size({int(s): v for s, v in info["psnr_by_size"].items()},
+                                                    best["psnr_mean"])
+        assert info["smallest_winning_size"] == expected
+    assert "cell 1/4 sciml_ae-6: training" in log and "cell 4/4 dncnn-12" in log
+
+
+def test_report_has_the_tables(finished):
+    _, out, _ = finished
+    summary = json.loads((out / "study.json").read_text())
+    text = (out / "report.md").read_text()
+    for heading in ("## Fidelity: mean test PSNR", "## Training data needed to beat the best classical baseline",
+                    "## Speed", "## Mean PSNR (dB) by dose"):
+        assert heading in text
+    assert "| model | 6 | 12 |" in text
+    lines = text.splitlines()
+    for name, info in summary["models"].items():
+        psnr6 = f"{info['psnr_by_size']['6']:.2f}"
+        assert any(line.startswith(f"| {name} |") and psnr6 in line for line in lines)
+        win = info["smallest_winning_size"]
+        want = str(win) if win is not None else study_task.NEVER
+        assert any(line.startswith(f"| {name} | {want} |") for line in lines), name
+    for name in ("gaussian", "median", "noisy"):
+        assert any(line.startswith(f"| {name} |") for line in lines)
+    for file in study_task.FIGURES.values():
+        assert f"]({file})" in text
+
+
+def test_figures_are_valid_pngs(finished):
+    _, out, _ = finished
+    for file in study_task.FIGURES.values():
+        path = out / file
+        assert path.read_bytes()[:8] == PNG_SIGNATURE
+        pixels = mpimg.imread(path)
+        assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.shape[1] > 100
+        assert pixels[..., :3].std() > 0.01  # something is drawn
+    assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporary files
+
+
+def test_rerun_keeps_finished_cells_and_recomputes_a_deleted_one(finished, data_dir):
+    tmp, out, _ = finished
+    results = {c: out / "cells" / c / "result.json" for c in ("sciml_ae-6", "sciml_ae-12", "dncnn-6", "dncnn-12")}
+    stamps = {c: p.stat().st_mtime_ns for c, p in results.items()}
+    baseline_stamp = (out / "baselines" / "result.json").stat().st_mtime_ns
+    old = json.loads((out / "study.json").read_text())
+    time.sleep(0.01)
+    code, log = run_study(tmp, data_dir, out, STUDY)
+    assert code == 0
+    assert {c: p.stat().st_mtime_ns for c, p in results.items()} == stamps
+    assert (out / "baselines" / "result.json").stat().st_mtime_ns == baseline_stamp
+    assert log.count("kept from a previous run") == 5 and "training on" not in log
+    new = json.loads((out / "study.json").read_text())
+    assert new["models"] == old["models"]
+
+    # a deleted cell is trained and evaluated again; the others stay
+    shutil.rmtree(out / "cells" / "dncnn-6")
+    code, log = run_study(tmp, data_dir, out, STUDY)
+    assert code == 0
+    assert "cell 2/4 dncnn-6: training on 6 pairs for 1 epochs" in log
+    assert log.count("kept from a previous run") == 4
+    assert results["dncnn-6"].is_file()
+    assert {c: p.stat().st_mtime_ns for c, p in results.items() if c != "dncnn-6"} == \
+        {c: s for c, s in stamps.items() if c != "dncnn-6"}
+    # same seed, same data, same configuration: the recomputed cell scores the same
+    again = json.loads((out / "study.json").read_text())
+    assert again["models"]["dncnn"]["psnr_by_size"]["6"] == pytest.approx(old["models"]["dncnn"]["psnr_by_size"]["6"],
+                                                                          abs=1e-4)
+
+
+def test_a_changed_configuration_recomputes_the_cell(finished, data_dir, tmp_path):
+    """A result of another configuration is not kept (here only the evaluation changed: fewer test images,
+    so the train task's finished checkpoint is reused and only the test is redone)."""
+    tmp, out, _ = finished
+    copy = tmp_path / "study"
+    shutil.copytree(out, copy)
+    code, log = run_study(tmp, data_dir, copy, {**STUDY, "models": ["sciml_ae"], "train_sizes": [6],
+                                                "max_test_images": 4})
+    assert code == 0, log
+    assert "computed with another configuration" in log and "already trained for 1 epochs" in log
+    summary = json.loads((copy / "study.json").read_text())
+    assert summary["data"]["n_test"] == 4 and [c["cell"] for c in summary["cells"]] == ["sciml_ae-6"]
+
+
+@pytest.mark.parametrize("study, field", [
+    ({"train_sizes": [0]}, "study.train_sizes"),
+    ({"train_sizes": [6, 19]}, "study.train_sizes"),     # 18 training pairs in the data
+    ({"models": ["unet", "dncn"]}, "study.models"),
+    ({"epochs": 0}, "study.epochs"),
+    ({"patch_size": 64}, "study.patch_size"),            # larger than the 32-pixel images
+    ({"baselines": ["none", "tv"]}, "study.baselines"),
+    ({"budget": 3}, "study.budget"),                     # unknown key
+])
+def test_bad_study_parameters_exit_2_with_one_line(tmp_path, data_dir, capsys, study, field):
+    code, _ = run_study(tmp_path, data_dir, tmp_path / "out", {**STUDY, **study})
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == EXIT_BAD_INPUT
+    assert err[-1].startswith("[study] error: ") and field in err[-1]
+    assert not (tmp_path / "out" / "cells").exists()  # nothing trained
+
+
+def test_study_needs_processed_data(tmp_path, capsys):
+    code, _ = run_study(tmp_path, tmp_path / "missing", tmp_path / "out", STUDY)
+    assert code == EXIT_BAD_INPUT
+    assert "dataset card not found" in capsys.readouterr().err
+
+
+def test_cli_knows_the_study_task():
+    spec = cli.TASKS["study"]
+    assert spec.inputs == ("data_dir", "parameters_file") and spec.outputs == ("output_dir", "log_dir")
+    assert spec.default_path("output_dir") == "study"
+    mlcube = yaml.safe_load((Path(__file__).resolve().parents[1] / "mlcube.yaml").read_text())
+    task = mlcube["tasks"]["study"]["parameters"]
+    assert list(task["inputs"]) == list(spec.inputs) and list(task["outputs"]) == list(spec.outputs)
+    assert task["outputs"]["output_dir"]["default"] == "study"
+
+
+@pytest.mark.parametrize("name", ["study-small", "study"])
+def test_shipped_study_parameters_validate(name):
+    path = Path(__file__).resolve().parents[1] / "workspace" / "parameters" / f"{name}.parameters.yaml"
+    p = params.load(path)
+    sizes = p["study"]["train_sizes"]
+    assert sizes == sorted(sizes) and len(sizes) >= 2
+    if p["download"]["source"] == "synthetic":  # the sizes fit the training pairs left after the val split
+        n = p["download"]["train_images"]
+        n_train = n - min(max(math.floor(p["preprocess"]["val_fraction"] * n + 0.5), 1), n - 1)
+        assert max(sizes) <= n_train
