@@ -56,8 +56,8 @@ def load_split(data_dir: str | Path, split: str, max_images: int = 0) -> Split:
                 arrays[key] = np.asarray(ds[:n], dtype=np.float32)
             dose = fh.get("dose")
             arrays["dose"] = np.asarray(dose[:n], dtype=np.float32) if isinstance(dose, h5py.Dataset) else None
-    except OSError as exc:
-        raise InputError.at(path, None, f"expected a readable HDF5 file ({exc})") from None
+    except (OSError, RuntimeError) as exc:  # RuntimeError: h5py on damaged metadata
+        raise InputError.at(path, None, f"expected a readable HDF5 file ({' '.join(str(exc).split())})") from None
     if arrays["noisy"].shape != arrays["clean"].shape:
         raise InputError.at(path, "clean", f"expected the shape of 'noisy' {arrays['noisy'].shape}, got "
                             f"{arrays['clean'].shape}")

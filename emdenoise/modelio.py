@@ -25,11 +25,12 @@ Checkpoint (``format = "emdenoise-checkpoint/1"``)::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import h5py
 import numpy as np
@@ -95,6 +96,18 @@ def _open(path: Path) -> h5py.File:
         return h5py.File(path, "r")
     except OSError as exc:
         raise InputError.at(path, None, f"expected a readable HDF5 file, got {exc}") from None
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[h5py.File]:
+    """:func:`_open`, and what h5py raises while reading a damaged file (truncated, bytes changed) becomes a
+    one-line InputError too."""
+    with _open(path) as fh:
+        try:
+            yield fh
+        except (OSError, RuntimeError, KeyError, ValueError) as exc:
+            raise InputError.at(path, None, f"expected an intact HDF5 file, this one is damaged "
+                                f"({' '.join(str(exc).split())})") from None
 
 
 def _check_format(path: Path, fh: h5py.File, expected: str) -> None:
@@ -181,7 +194,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     """Read a model file: ``(model on device in eval mode, meta)``; meta has META_KEYS plus format,
     parameters, emdenoise_version and path. Any problem is a one-line InputError naming file and field."""
     path = Path(path)
-    with _open(path) as fh:
+    with _reading(path) as fh:
         _check_format(path, fh, MODEL_FORMAT)
         name = _attr_str(path, fh, "model")
         meta: dict[str, Any] = {"format": _attr_str(path, fh, "format"), "model": name}
@@ -336,7 +349,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
 def checkpoint_info(path: str | Path) -> dict[str, Any]:
     """The header of a checkpoint without loading it: model, options, fingerprint, epoch, config."""
     path = Path(path)
-    with _open(path) as fh:
+    with _reading(path) as fh:
         _check_format(path, fh, CHECKPOINT_FORMAT)
         epoch = fh.attrs.get("epoch")
         if not isinstance(epoch, (int, np.integer)):
@@ -351,7 +364,7 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     """Load weights into ``model`` (and the optimizer's and scheduler's states when given); return ``state``
     as passed to :func:`save_checkpoint` (tensors come back as CPU tensors, tuples as tuples)."""
     path = Path(path)
-    with _open(path) as fh:
+    with _reading(path) as fh:
         _check_format(path, fh, CHECKPOINT_FORMAT)
         _read_state(path, fh, model)
         tensors = fh.get("tensors")

@@ -469,7 +469,9 @@ def write_dataset(out_dir: Path, *, seed: int, train_images: int, test_images: i
     (the parameter); on the clean ``images``: ``n_grains``, ``contrast_sign``, ``material_fraction`` (N,) each;
     on both files: generator name, version, seed, split and parameters. Same seed, same bytes, whatever
     ``workers`` (0: one per CPU; 1: in this process). The four files appear together, when all are complete;
-    a failure leaves the files that were there before.
+    a failure leaves the files that were there before. Worker processes start from a fork server (spawn where
+    there is none), so a script calling this with ``workers != 1`` needs the usual ``if __name__ == "__main__":``
+    guard; ``python -m emdenoise`` and the ``emdenoise`` command have it.
     """
     out_dir = Path(out_dir)
     counts = {"train": int(train_images), "test": int(test_images)}

@@ -73,7 +73,7 @@ class RawImages:
             selection = ordered  # h5py wants increasing indices
         try:
             data = self.ds[selection]
-        except (OSError, ValueError, TypeError) as exc:
+        except (OSError, RuntimeError, ValueError, TypeError) as exc:  # RuntimeError: h5py on damaged metadata
             raise InputError.at(self.path, RAW_DATASET, f"cannot read images {int(ordered[0])}..{int(ordered[-1])}"
                                 f" ({_one_line(exc)}); expected a complete, readable HDF5 file") from None
         if data.ndim == 4:
@@ -96,11 +96,11 @@ def open_raw_images(path: Path, stack: contextlib.ExitStack, log) -> RawImages:
         raise InputError.at(path, None, f"{what}; {LAYOUT_HINT}")
     try:
         fh = stack.enter_context(h5py.File(path, "r"))
-    except (OSError, ValueError) as exc:
+    except (OSError, RuntimeError, ValueError) as exc:
         raise InputError.at(path, None, f"expected a readable HDF5 file ({_one_line(exc)})") from None
     try:
         obj = fh.get(RAW_DATASET)
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, RuntimeError, KeyError, ValueError) as exc:
         raise InputError.at(path, RAW_DATASET, f"cannot read the dataset ({_one_line(exc)})") from None
     if obj is None:
         raise InputError.at(path, RAW_DATASET, f"expected a dataset named {RAW_DATASET!r}, the file holds "
@@ -122,11 +122,11 @@ def open_raw_images(path: Path, stack: contextlib.ExitStack, log) -> RawImages:
 
 def _read_dose(ds: h5py.Dataset, path: Path, n: int, log) -> np.ndarray | None:
     """The per-image ``dose`` attribute when it is a finite numeric array of length n; otherwise None."""
-    if "dose" not in ds.attrs:
-        return None
     try:
+        if "dose" not in ds.attrs:
+            return None
         dose = np.asarray(ds.attrs["dose"])
-    except (OSError, TypeError, ValueError) as exc:
+    except (OSError, RuntimeError, TypeError, ValueError) as exc:
         log.warning("%s: %s: ignoring the unreadable 'dose' attribute (%s)", path, RAW_DATASET, _one_line(exc))
         return None
     if dose.dtype.kind not in "fiu" or dose.shape != (n,) or not np.isfinite(dose).all():
