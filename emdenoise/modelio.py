@@ -105,7 +105,7 @@ def _reading(path: Path) -> Iterator[h5py.File]:
     with _open(path) as fh:
         try:
             yield fh
-        except (OSError, RuntimeError, KeyError, ValueError) as exc:
+        except (OSError, RuntimeError, KeyError, TypeError, ValueError) as exc:
             raise InputError.at(path, None, f"expected an intact HDF5 file, this one is damaged "
                                 f"({' '.join(str(exc).split())})") from None
 

@@ -103,8 +103,11 @@ def open_raw_images(path: Path, stack: contextlib.ExitStack, log) -> RawImages:
     except (OSError, RuntimeError, KeyError, ValueError) as exc:
         raise InputError.at(path, RAW_DATASET, f"cannot read the dataset ({_one_line(exc)})") from None
     if obj is None:
-        raise InputError.at(path, RAW_DATASET, f"expected a dataset named {RAW_DATASET!r}, the file holds "
-                            f"{sorted(fh.keys()) or 'nothing'}")
+        try:
+            holds = sorted(fh.keys()) or "nothing"
+        except (OSError, RuntimeError) as exc:
+            raise InputError.at(path, RAW_DATASET, f"cannot list the file's contents ({_one_line(exc)})") from None
+        raise InputError.at(path, RAW_DATASET, f"expected a dataset named {RAW_DATASET!r}, the file holds {holds}")
     if not isinstance(obj, h5py.Dataset):
         raise InputError.at(path, RAW_DATASET, f"expected a dataset, got a {type(obj).__name__.lower()}")
     if obj.dtype.kind not in "fiub":
