@@ -102,10 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override one parameter, e.g. --set train.epochs=5 (repeatable)")
         p.add_argument("--debug", action="store_true", help="show tracebacks and debug messages")
     sub.add_parser("params", help="print the parameters reference (markdown)")
+    sub.add_parser("bench", add_help=False, help="training and inference speed vs the original loop "
+                   "(options: emdenoise bench --help)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else argv)[:1] == ["bench"]:  # a utility with options of its own
+        from emdenoise import bench
+        return bench.main((sys.argv[1:] if argv is None else argv)[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.task is None:
@@ -125,11 +130,16 @@ def main(argv: list[str] | None = None) -> int:
         log.error("error: %s: log_dir: expected a folder the log can be written into (%s)", paths.get("log_dir"),
                   exc.strerror or exc)
         return EXIT_BAD_INPUT
+    # under torchrun (train with several processes) only rank 0 logs, takes the output locks and writes files
+    rank_zero = os.environ.get("RANK", "0").strip() in ("", "0")
+    if not rank_zero:
+        log.setLevel(logging.WARNING)
     restore_sigterm = _sigterm_interrupts()
     try:
         params = params_mod.load(paths.get("parameters_file"), args.overrides)
         # one run at a time per output folder (log_dir aside: appending to a log is harmless)
-        with lock.hold({name: paths[name] for name in spec.outputs if name != "log_dir"}, args.task, log):
+        with lock.hold({name: paths[name] for name in spec.outputs if name != "log_dir" and rank_zero}, args.task,
+                       log):
             module = importlib.import_module(f"emdenoise.tasks.{args.task}")
             log.info("emdenoise %s: %s (parameters: %s)", __version__, args.task, paths.get("parameters_file"))
             module.run(TaskContext(args.task, params, paths, log, args.debug))

@@ -380,7 +380,7 @@ def _reserve(path: Path) -> None:
         os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
     except OSError as exc:
         if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):  # a file system that cannot: as before
-            raise
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
     finally:
         os.close(fd)
 
