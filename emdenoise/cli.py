@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     if not rank_zero:
         log.setLevel(logging.WARNING)
     restore_sigterm = _sigterm_interrupts()
+    restore_hook = _unraisable_to_log(log)
     try:
         params = params_mod.load(paths.get("parameters_file"), args.overrides)
         # one run at a time per output folder (log_dir aside: appending to a log is harmless)
@@ -163,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         return _leave(EXIT_RUNTIME, argv)
     finally:
         restore_sigterm()
+        restore_hook()
     log.info("%s: done", args.task)
     return 0
 
@@ -204,6 +206,32 @@ def _sigterm_interrupts():
 
     previous = signal.signal(signal.SIGTERM, handler)
     return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def _unraisable_to_log(log: logging.Logger):
+    """Send exceptions raised where Python cannot raise them (object finalisers: h5py closing a file on a
+    full disk) to the debug log instead of stderr, until the returned function is called: the run's own
+    one-line error says what went wrong. Cython finalisers print through ``sys.excepthook`` first, then
+    ``sys.unraisablehook``: both are redirected."""
+    previous = sys.unraisablehook, sys.excepthook
+
+    def report(kind, value, where=None) -> None:
+        log.debug("ignored while cleaning up%s: %s: %s", f" {where!r}" if where is not None else "",
+                  getattr(kind, "__name__", kind), " ".join(str(value).split()))
+        if isinstance(kind, type) and issubclass(kind, KeyboardInterrupt):
+            # Ctrl-C or SIGTERM arrived while a finaliser ran, which cannot unwind the run: deliver it again
+            # in a moment, when the main thread runs ordinary code
+            signum = signal.SIGTERM if issubclass(kind, _Terminated) else signal.SIGINT
+            timer = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+            timer.daemon = True
+            timer.start()
+
+    sys.unraisablehook = lambda u: report(u.exc_type, u.exc_value, u.object)
+    sys.excepthook = lambda kind, value, tb: report(kind, value)
+
+    def restore() -> None:
+        sys.unraisablehook, sys.excepthook = previous
+    return restore
 
 
 def _leave(code: int, argv: list[str] | None) -> int:

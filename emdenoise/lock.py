@@ -159,17 +159,13 @@ def hold(folders: dict[str, Path], task: str, log=None) -> Iterator[None]:
         return
     held: list[tuple[Path, int]] = []
     created: list[Path] = []
-    seen: set[Path] = set()
+    seen: set[Path] = set()          # resolved paths: one lock per folder, whatever it is called
     try:
         for what, folder in folders.items():
             folder = Path(folder)
-            key = Path(os.path.abspath(folder))
-            if key in seen:
-                continue
-            seen.add(key)
             created += _make_folder(folder, what)
             real = folder.resolve()
-            if real in seen:   # two names for one folder (a symbolic link)
+            if real in seen:
                 continue
             seen.add(real)
             held.append((folder, _acquire(folder, what, task)))

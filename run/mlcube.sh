@@ -6,8 +6,8 @@
 # PLATFORM: docker-cpu, docker-gpu, podman-cpu, podman-gpu or singularity (the files in platforms/, which this
 # script registers in the mlcube system settings file, $MLCUBE_SYSTEM_SETTINGS or ~/mlcube.yaml, so that plain
 # `mlcube run --platform=NAME` works afterwards too).
-# PARAMETERS_FILE: default parameters/quickstart.parameters.yaml of the workspace (synthetic data, CPU-sized);
-# a path relative to the workspace, or any existing file. WORKSPACE: default ./workspace.
+# PARAMETERS_FILE: default parameters/quickstart.parameters.yaml (synthetic data, CPU-sized): a path relative to
+# the workspace, any existing file, or one of the repository's workspace/parameters. WORKSPACE: default ./workspace.
 # TASKS=download,preprocess selects tasks (default: all four, in order; the chain stops at the first failure,
 # with that task's exit code). MLCUBE: the mlcube executable (default .venv/bin/mlcube, else mlcube on PATH).
 # MLCUBE_LOG_LEVEL=info shows the exact container commands mlcube runs.
@@ -37,12 +37,17 @@ if [ ! -f "$root/platforms/$platform.yaml" ]; then
 fi
 mkdir -p "$workspace"
 workspace="$(cd "$workspace" && pwd)"
-# An existing file named relative to here is passed as an absolute path; anything else is relative to the
-# workspace, as mlcube resolves it.
-if [ -f "$params" ] && [ ! -f "$workspace/$params" ]; then params="$(cd "$(dirname "$params")" && pwd)/$(basename "$params")"; fi
-if [ ! -f "$params" ] && [ ! -f "$workspace/$params" ]; then
-    echo "run/mlcube.sh: parameters file not found: $params (nor $workspace/$params)" >&2
-    exit 2
+# The parameters file: relative to the workspace (as mlcube resolves it), else an existing path from here, else
+# one of the repository's workspace/parameters (for a workspace elsewhere); the last two are passed absolute.
+if [ ! -f "$workspace/$params" ]; then
+    if [ -f "$params" ]; then
+        params="$(cd "$(dirname "$params")" && pwd)/$(basename "$params")"
+    elif [ -f "$root/workspace/$params" ]; then
+        params="$root/workspace/$params"
+    else
+        echo "run/mlcube.sh: parameters file not found: $params (nor $workspace/$params)" >&2
+        exit 2
+    fi
 fi
 # mlcube 0.0.9 prints its help and exits 0 when a -P value holds a lowercase 'h' (mlcube issue #347).
 for arg in "${extra[@]}"; do

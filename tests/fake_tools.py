@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Appends its argv to $EMD_FAKE_STATE/calls.jsonl, then either execs the real tool (REAL set) or plays it:
 # docker/podman: `inspect`/`image exists` fail until `build -t IMAGE` ran; `run` exits with $EMD_FAKE_RC when
-# its arguments hold $EMD_FAKE_FAIL_TASK, else 0. singularity: `--version` answers like singularity 3.11,
+# its arguments hold $EMD_FAKE_FAIL_TASK, else 0. singularity (or apptainer): `--version` answers like singularity 3.11,
 # `build` creates the SIF (its second-to-last argument).
 _TOOL = r'''#!{python}
 import json, os, sys
@@ -31,7 +31,7 @@ if REAL:
     os.execv(REAL, [REAL] + args)
 def marker(image):
     return state / ("image-" + image.replace("/", "_").replace(":", "_"))
-if name == "singularity":
+if name in ("singularity", "apptainer"):
     if args[:1] == ["--version"]:
         print("singularity version 3.11.4")
     elif args[:1] == ["build"]:

@@ -25,7 +25,7 @@ from emdenoise.layout import CARD, CARD_FORMAT, SPLIT_FILE
 from emdenoise.tasks import train as train_task
 
 SIDE = 32
-TRAIN = {"model": ["cafcn", "sciml_ae"], "epochs": 2, "batch_size": 4, "lr": 0.05, "optimizer": "sgd",
+TRAIN = {"model": ["cafcn", "sciml_ae"], "epochs": 2, "batch_size": 4, "lr": 0.02, "optimizer": "sgd",
          "lr_schedule": "cosine", "device": "cpu", "precision": "fp32", "seed": 3}
 TIMEOUT_S = 240
 
@@ -149,7 +149,7 @@ def test_two_processes_match_one(tmp_path, data, single):
         np.testing.assert_allclose(w2[key], w1[key], rtol=1e-4, atol=2e-5, err_msg=key)
     # batch norm on the CPU normalises each process's shard: close, not equal
     a, b = one["sciml_ae"]["epochs"][-1], two["sciml_ae"]["epochs"][-1]
-    assert b["val_psnr"] == pytest.approx(a["val_psnr"], abs=0.5)
+    assert b["val_psnr"] == pytest.approx(a["val_psnr"], abs=1.0)
     assert b["train_loss"] == pytest.approx(a["train_loss"], rel=0.3)
 
 

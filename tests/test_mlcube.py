@@ -41,7 +41,7 @@ class Cube:
             folder.mkdir(parents=True)
         for name in ("quickstart", "default"):
             shutil.copy(ROOT / "workspace" / "parameters" / f"{name}.parameters.yaml", self.workspace / "parameters")
-        for tool in ("docker", "podman", "singularity"):
+        for tool in ("docker", "podman", "singularity", "apptainer"):
             write_tool(self.bin, tool)
         self.env = {k: v for k, v in os.environ.items() if k not in CUBE_ENV_VARS}
         self.env.update(PATH=f"{self.bin}{os.pathsep}{os.environ['PATH']}", MLCUBE_SYSTEM_SETTINGS=str(self.settings),
@@ -308,3 +308,25 @@ def test_singularity_without_a_tar_says_how_to_make_one(cube):
     assert re.search(r"podman save --format docker-archive -o \S+emdenoise-0\.1\.0\.tar emdenoise:0\.1\.0",
                      res.stderr)
     assert cube.calls("singularity") == []
+
+
+@pytest.mark.parametrize("exe", ["singularity", "apptainer"])
+def test_slurm_script_converts_once_and_runs_the_chain_with_the_gpus_of_the_job(cube, exe):
+    cube.reset()
+    tar = cube.base / "slurm.tar"
+    tar.write_bytes(b"stands in for a docker-archive")
+    ws = cube.base / f"ws-slurm-{exe}"
+    env = {"EMDENOISE_IMAGE_TAR": str(tar), "SINGULARITY_EXE": exe, "CUDA_VISIBLE_DEVICES": "2,3",
+           "SLURM_SUBMIT_DIR": str(ROOT), "SLURM_JOB_ID": "42"}
+    for job in (1, 2):
+        res = subprocess.run(["bash", str(ROOT / "run" / "slurm.sbatch"), "parameters/quickstart.parameters.yaml",
+                              str(ws)], cwd=cube.base, env={**cube.env, **env}, capture_output=True, text=True,
+                             timeout=300)
+        assert res.returncode == 0, res.stderr
+    sif = ws / ".image" / "emdenoise-0.1.0.sif"
+    calls = [c for c in cube.calls(exe) if c != ["--version"]]
+    assert [c for c in calls if c[0] == "build"] == [["build", str(sif), f"docker-archive:{tar}"]], "one conversion"
+    runs = [c for c in calls if c[0] == "run"]
+    assert [r[r.index(str(sif)) + 1] for r in runs] == list(CHAIN) * 2
+    assert all(r[1:3] == ["--nv", "--cleanenv"] for r in runs)
+    assert cube.calls("singularity" if exe == "apptainer" else "apptainer") == []
