@@ -171,6 +171,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                             f"{args.models!r}")
     try:
         device = runtime.resolve_device(args.device, "--device")
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         precision = runtime.resolve_precision(args.precision, device, "--precision")
     except InputError as exc:
         raise InputError(exc.message.replace("parameters: ", "command line: ", 1)) from None
@@ -293,7 +295,10 @@ def _autocast(device: torch.device, precision: str, graphs: bool) -> ContextMana
 
 
 def _model(name: str, device: torch.device, cfg: Config | None) -> nn.Module:
+    """A fresh, seeded model; ``cfg`` None: for the plain loop (which, as the original, leaves cuDNN's
+    autotuner off)."""
     torch.manual_seed(0)
+    torch.backends.cudnn.benchmark = cfg is not None
     model = models.build(name).to(device)
     if cfg is not None and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -454,7 +459,6 @@ def _fast_infer_cuda(net: nn.Module, noisy: torch.Tensor, device: torch.device, 
     """Host-to-host inference on a GPU: two buffer slots, so that copying batch k+1 in and batch k-1 out
     (own streams, pinned host memory) overlaps the computation of batch k; each slot's forward pass is a
     CUDA graph when ``cfg.cuda_graphs``, else eager into a preallocated output."""
-    torch.backends.cudnn.benchmark = True
     host_in = noisy.pin_memory()
     host_out = torch.empty(noisy.shape, dtype=noisy.dtype, pin_memory=True)
     slots = 2

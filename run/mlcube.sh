@@ -31,8 +31,9 @@ if [ $# -gt 0 ] && [ "$1" != "--" ]; then workspace="$1"; shift; fi
 extra=("$@")
 
 if [ ! -f "$root/platforms/$platform.yaml" ]; then
-    echo "run/mlcube.sh: unknown platform '$platform': expected one of" \
-         "$(cd "$root/platforms" && ls ./*.yaml | sed 's|^\./||; s|\.yaml$||' | tr '\n' ' ')" >&2
+    known=""
+    for file in "$root"/platforms/*.yaml; do known+=" $(basename "$file" .yaml)"; done
+    echo "run/mlcube.sh: unknown platform '$platform': expected one of$known" >&2
     exit 2
 fi
 mkdir -p "$workspace"
@@ -64,9 +65,11 @@ if [ -z "$mlcube" ]; then
 fi
 [ -n "$mlcube" ] || { echo "run/mlcube.sh: no mlcube; install it: bash run/install-mlcube.sh" >&2; exit 2; }
 
-# Register platforms/*.yaml in the system settings file (with the python that runs mlcube: it has omegaconf).
+# Register platforms/*.yaml in the system settings file, with the python that runs mlcube (it has omegaconf):
+# the interpreter of the mlcube script's #! line.
 settings="$("$mlcube" config 2>/dev/null | sed -n 's/^System settings file path = //p')"
-"$(dirname "$(readlink -f "$mlcube")")/python" - "$settings" "$root"/platforms/*.yaml <<'EOF'
+read -r -a python <<<"$(sed -n '1s/^#!//p' "$(command -v "$mlcube")")"
+"${python[@]}" - "$settings" "$root"/platforms/*.yaml <<'EOF'
 import os, sys
 from pathlib import Path
 from omegaconf import OmegaConf
@@ -101,11 +104,8 @@ case "$platform" in
 esac
 
 echo "mlcube: $mlcube, platform $platform, workspace $workspace, parameters $params" >&2
-IFS=, read -r -a tasks <<<"${TASKS:-download,preprocess,train,test}"
-for task in "${tasks[@]}"; do
-    start=$(date +%s)
-    "$mlcube" ${MLCUBE_LOG_LEVEL:+--log-level="$MLCUBE_LOG_LEVEL"} run --mlcube="$root" --platform="$platform" --task="$task" --workspace="$workspace" \
-        "${extra[@]}" parameters_file="$params"
-    echo "mlcube: $task done in $(( $(date +%s) - start )) s" >&2
-done
-echo "outputs: $workspace/{data,models,output,logs}" >&2
+tasks="${TASKS:-download,preprocess,train,test}"
+start=$(date +%s)
+"$mlcube" ${MLCUBE_LOG_LEVEL:+--log-level="$MLCUBE_LOG_LEVEL"} run --mlcube="$root" --platform="$platform" \
+    --task="$tasks" --workspace="$workspace" "${extra[@]}" parameters_file="$params"
+echo "mlcube: $tasks done in $(( $(date +%s) - start )) s; outputs in $workspace: data/, models/, output/, logs/" >&2

@@ -15,12 +15,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Appends its argv to $EMD_FAKE_STATE/calls.jsonl, then either execs the real tool (REAL set) or plays it:
+# Appends its argv to $EMD_FAKE_STATE/calls.jsonl, then either runs the real tool (REAL set; its argv and wall
+# seconds go to seconds.jsonl) or plays it:
 # docker/podman: `inspect`/`image exists` fail until `build -t IMAGE` ran; `run` exits with $EMD_FAKE_RC when
 # its arguments hold $EMD_FAKE_FAIL_TASK, else 0. singularity (or apptainer): `--version` answers like singularity 3.11,
 # `build` creates the SIF (its second-to-last argument).
 _TOOL = r'''#!{python}
-import json, os, sys
+import json, os, subprocess, sys, time
 from pathlib import Path
 REAL = {real!r}
 state = Path(os.environ["EMD_FAKE_STATE"])
@@ -28,7 +29,11 @@ name, args = Path(sys.argv[0]).name, sys.argv[1:]
 with open(state / "calls.jsonl", "a") as f:
     f.write(json.dumps([name] + args) + "\n")
 if REAL:
-    os.execv(REAL, [REAL] + args)
+    start = time.monotonic()
+    rc = subprocess.call([REAL] + args)
+    with open(state / "seconds.jsonl", "a") as f:
+        f.write(json.dumps([name] + args + [round(time.monotonic() - start, 1)]) + "\n")
+    sys.exit(rc)
 def marker(image):
     return state / ("image-" + image.replace("/", "_").replace(":", "_"))
 if name in ("singularity", "apptainer"):
@@ -72,7 +77,7 @@ def find_mlcube() -> Path:
 
 
 def write_tool(bin_dir: Path, name: str, real: str | None = None) -> Path:
-    """Put a recording ``name`` in ``bin_dir``: a fake, or a wrapper that execs ``real`` after recording."""
+    """Put a recording ``name`` in ``bin_dir``: a fake, or a wrapper that runs ``real`` and times it."""
     path = bin_dir / name
     path.write_text(_TOOL.replace("{python}", sys.executable).replace("{real!r}", repr(real)))
     path.chmod(0o755)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import tarfile
@@ -79,8 +78,10 @@ def chain(podman_env):
     sh("podman", "rmi", "--force", IMAGE, env=podman_env, check=False)
     res = sh("bash", str(ROOT / "run" / "mlcube.sh"), "podman-cpu", "parameters/ci.parameters.yaml", str(workspace),
              env=env, timeout=3000, check=False)
-    durations = dict(re.findall(r"mlcube: (\w+) done in (\d+) s", res.stderr))
-    print(f"seconds per task (the first includes the image build): {durations}")
+    timed = [json.loads(line) for line in (state / "seconds.jsonl").read_text().splitlines()] \
+        if (state / "seconds.jsonl").exists() else []
+    print("podman seconds:", {(c[1] if c[1] != "run" else c[c.index(IMAGE) + 1]): c[-1] for c in timed
+                              if c[1] in ("build", "run")})
     try:
         yield {"res": res, "base": base, "workspace": workspace, "state": state, "env": env}
     finally:

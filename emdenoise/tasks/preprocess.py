@@ -257,7 +257,7 @@ def _read_tiff(path: Path, shape: tuple[int, int]) -> np.ndarray:
 
     try:
         image = tifffile.imread(path)
-    except (OSError, ValueError, tifffile.TiffFileError) as exc:  # TiffFileError is a ValueError; named for clarity
+    except Exception as exc:  # a damaged TIFF makes tifffile raise almost anything (ValueError, RuntimeError ...)
         raise InputError.at(path, None, f"expected a readable TIFF image ({_one_line(exc)})") from None
     if image.ndim == 3 and 1 in (image.shape[0], image.shape[-1]):
         image = image.reshape(image.shape[1:] if image.shape[0] == 1 else image.shape[:-1])
