@@ -177,7 +177,7 @@ def file_system_error(exc: BaseException) -> EmdError | None:
     """A one-line error for a full disk or an unwritable path met while writing (None for anything else).
 
     Full disk or quota: :class:`RuntimeFailure` (exit 1). Read-only file system or no permission:
-    :class:`InputError` (exit 2: the path given cannot be used). h5py's messages name the file inside the text.
+    :class:`InputError` (exit 2: a path given cannot be used). h5py's messages name the file inside the text.
     """
     if not isinstance(exc, OSError) or exc.errno is None:
         return None
@@ -186,9 +186,12 @@ def file_system_error(exc: BaseException) -> EmdError | None:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return RuntimeFailure(f"{where}: no space left on the device (or disk quota exceeded); files written "
                               f"before this run are left as they were: free some space and run again")
-    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        reason = "read-only file system" if exc.errno == errno.EROFS else "permission denied"
-        return InputError(f"{where}: cannot be written ({reason}): expected output folders this user can write")
+    if exc.errno == errno.EROFS:
+        return InputError(f"{where}: cannot be written (read-only file system): expected output folders on a "
+                          f"writable file system")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return InputError(f"{where}: permission denied: expected inputs this user can read and output folders "
+                          f"it can write")
     return None
 
 
