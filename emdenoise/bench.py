@@ -2,8 +2,9 @@
 
     python -m emdenoise bench --models=sciml_ae --device=auto --output=bench.json
 
-For each model and frame size it measures, after warm-up, training images/s and inference images/s, and the
-peak memory, twice in the same run:
+For each model and frame size it measures, after warm-up, training images/s and inference images/s (the
+fastest of ``--repeats`` timed rounds: on a shared machine the slower rounds measure the neighbours), and
+the peak memory, twice in the same run:
 
 - **plain**: the loop as the original em_denoise benchmark wrote it: a torch DataLoader with 2 worker
   processes reading one image per ``__getitem__`` from an (N, S, S, 1) float32 HDF5 file (a temporary file
@@ -20,7 +21,9 @@ Inference counts host-to-host frames: input in host memory, denoised output back
 uses random batches (indices drawn with replacement). The ablation, at the first size, adds one step at a time
 (plain -> in_memory -> channels_last -> bf16 -> compile -> cuda_graphs) and says what each bought; steps
 that do not apply (bf16 on a CPU without native bfloat16, compile when not asked for, CUDA graphs on a CPU)
-are listed as skipped with the reason. The fast figures are those of the last ablation step.
+are listed as skipped with the reason. The fast path is the fastest configuration the ablation measured
+(a step that made things slower, e.g. torch.compile for sciml_ae training on a 2-core CPU, is left out of
+it); its configuration is ``fast_config``, used as it is at the other sizes.
 
 Batch size: ``--batch-size`` images per step at 256 x 256 (default 16 on a CPU, 256 on a GPU), scaled down
 by the pixel count for larger frames (1024 x 1024: 1/16 of it, at least 1). Training is measured at
@@ -55,7 +58,6 @@ import gc
 import math
 import os
 import platform
-import sys
 import tempfile
 import threading
 import time
@@ -109,6 +111,7 @@ class Settings:
     batch_size: int           # at REFERENCE_SIDE
     steps: int
     warmup: int
+    repeats: int
     sizes: tuple[int, ...]    # inference
     train_sizes: tuple[int, ...]
     compile: bool
@@ -121,13 +124,26 @@ class Settings:
         return max(1, self.batch_size * REFERENCE_SIDE ** 2 // side ** 2)
 
 
+@dataclass(frozen=True)
+class Timing:
+    """``warmup`` untimed steps, then ``repeats`` timed rounds of ``steps`` steps; the fastest round counts
+    (on a shared machine the others measure the neighbours as much as the code)."""
+
+    warmup: int
+    steps: int
+    repeats: int
+
+    @property
+    def total(self) -> int:
+        return self.warmup + self.steps * self.repeats
+
+
 @dataclass
 class Measure:
     images_per_s: float
     peak_memory_bytes: int
     images: int
     seconds: float
-    note: str = ""
 
 
 def _int_list(text: str, option: str, minimum: int) -> tuple[int, ...]:
@@ -148,8 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per step at 256x256, scaled down by area for larger frames (default 16 on a "
                         "CPU, 256 on a GPU; 2 with --quick)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per measurement (default 5 CPU, 50 GPU)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per round (default 5 CPU, 50 GPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2 CPU, 10 GPU)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed rounds of --steps steps; the fastest counts (default 3; 1 with --quick)")
     p.add_argument("--sizes", default="256,1024", help="inference frame sides (default 256,1024)")
     p.add_argument("--train-sizes", default=None, help="training frame sides (default: the smallest of --sizes)")
     p.add_argument("--precision", default="auto", choices=("auto",) + runtime.PRECISIONS,
@@ -177,15 +195,17 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     except InputError as exc:
         raise InputError(exc.message.replace("parameters: ", "command line: ", 1)) from None
     gpu = device.type == "cuda"
-    defaults = (2, 2, 1) if args.quick else ((256, 50, 10) if gpu else (16, 5, 2))
-    batch, steps, warmup = (v if v is not None else d for v, d in
-                            zip((args.batch_size, args.steps, args.warmup), defaults))
-    for option, value, minimum in (("--batch-size", batch, 1), ("--steps", steps, 1), ("--warmup", warmup, 0)):
+    defaults = (2, 2, 1, 1) if args.quick else ((256, 50, 10, 3) if gpu else (16, 5, 2, 3))
+    batch, steps, warmup, repeats = (v if v is not None else d for v, d in
+                                     zip((args.batch_size, args.steps, args.warmup, args.repeats), defaults))
+    for option, value, minimum in (("--batch-size", batch, 1), ("--steps", steps, 1), ("--warmup", warmup, 0),
+                                   ("--repeats", repeats, 1)):
         if value < minimum:
             raise InputError.at("command line", option, f"expected an integer >= {minimum}, got {value}")
     sizes = _int_list(args.sizes, "--sizes", 16)
     train_sizes = _int_list(args.train_sizes, "--train-sizes", 16) if args.train_sizes else (min(sizes),)
-    return Settings(tuple(names), device, precision, args.precision, batch, steps, warmup, sizes, train_sizes,
+    return Settings(tuple(names), device, precision, args.precision, batch, steps, warmup, repeats, sizes,
+                    train_sizes,
                     args.compile, args.cuda_graphs and gpu, args.quick)
 
 
@@ -270,18 +290,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(device: torch.device, step: Callable[[int], None], warmup: int, steps: int, batch: int) -> Measure:
-    """Run ``step(i)`` warmup times, then time ``steps`` more; images/s counts ``batch`` images a step."""
+def _timed(device: torch.device, step: Callable[[int], None], timing: Timing, batch: int) -> Measure:
+    """Run ``step(i)`` for i = 0 .. timing.total - 1: the warm-up, then the timed rounds; images/s of the
+    fastest round, counting ``batch`` images a step."""
     with PeakMemory(device) as mem:
-        for i in range(warmup):
+        for i in range(timing.warmup):
             step(i)
         _sync(device)
-        t0 = time.perf_counter()
-        for i in range(warmup, warmup + steps):
-            step(i)
-        _sync(device)
-        seconds = time.perf_counter() - t0
-    return Measure(steps * batch / seconds, mem.peak, steps * batch, seconds)
+        best = math.inf
+        for r in range(timing.repeats):
+            t0 = time.perf_counter()
+            first = timing.warmup + r * timing.steps
+            for i in range(first, first + timing.steps):
+                step(i)
+            _sync(device)
+            best = min(best, time.perf_counter() - t0)
+    return Measure(timing.steps * batch / best, mem.peak, timing.steps * batch, best)
 
 
 def _autocast(device: torch.device, precision: str, graphs: bool) -> ContextManager:
@@ -307,7 +331,7 @@ def _model(name: str, device: torch.device, cfg: Config | None) -> nn.Module:
 
 def _compiled(model: nn.Module, cfg: Config, inference: bool = False) -> nn.Module:
     """``model`` under torch.compile when ``cfg.compile``; for inference with inductor's freezing (weights as
-    constants, folded and prepacked: about 1.4x over plain compile for sciml_ae on a 2-core CPU)."""
+    constants, folded and prepacked: about 1.3x over compile without it, sciml_ae inference on a 2-core CPU)."""
     if not cfg.compile:
         return model
     torch._dynamo.reset()  # fresh caches: no recompilation limit carried over from another model or size
@@ -323,8 +347,9 @@ def _release(device: torch.device) -> None:
 # ---------------------------------------------------------------------------------------------- plain loop
 
 class _PlainImages(torch.utils.data.Dataset):
-    """The original's data path: one HDF5 read per item, (S, S, 1) -> (1, S, S) float32 tensors; ``length``
-    items wrap around the file's rows. Each worker opens the files itself on first use."""
+    """The original's data path: one HDF5 read per item, returned as the (S, S, 1) float32 array h5py gives
+    (the DataLoader collates them into (B, S, S, 1) tensors); ``length`` items wrap around the file's rows.
+    Each worker opens the files itself on first use."""
 
     def __init__(self, paths: list[Path], length: int):
         self.paths, self.length = paths, length
@@ -336,8 +361,15 @@ class _PlainImages(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         if self._files is None:
             self._files = [h5py.File(p, "r")["images"] for p in self.paths]
-        items = [torch.from_numpy(ds[i % len(ds)]).permute(2, 0, 1) for ds in self._files]
+        items = [ds[i % len(ds)] for ds in self._files]
         return items[0] if len(items) == 1 else tuple(items)
+
+
+def _nchw(batch: torch.Tensor) -> torch.Tensor:
+    """(B, S, S, 1) -> (B, 1, S, S) with NCHW strides, as the original moves the channel axis after collation
+    (with the axes in the right order). One channel: the same memory, so a reshape. (A permute would give
+    strides that PyTorch reads as channels_last and would quietly run the plain loop channels_last.)"""
+    return batch.reshape(batch.shape[0], 1, batch.shape[1], batch.shape[2])
 
 
 def _plain_loader(paths: list[Path], batch: int, steps: int) -> torch.utils.data.DataLoader:
@@ -345,15 +377,15 @@ def _plain_loader(paths: list[Path], batch: int, steps: int) -> torch.utils.data
                                        num_workers=PLAIN_WORKERS, drop_last=True)
 
 
-def plain_train(name: str, noisy: Path, clean: Path, device: torch.device, batch: int, warmup: int,
-                steps: int) -> Measure:
+def plain_train(name: str, noisy: Path, clean: Path, device: torch.device, batch: int,
+                timing: Timing) -> Measure:
     model = _model(name, device, None).train()
     opt = torch.optim.Adam(model.parameters(), lr=LR)
-    batches = iter(_plain_loader([noisy, clean], batch, warmup + steps))
+    batches = iter(_plain_loader([noisy, clean], batch, timing.total))
 
     def step(_: int) -> None:
         x, y = next(batches)
-        x, y = x.to(device), y.to(device)
+        x, y = _nchw(x).to(device), _nchw(y).to(device)
         opt.zero_grad()
         loss = F.mse_loss(model(x), y)
         loss.backward()
@@ -361,24 +393,24 @@ def plain_train(name: str, noisy: Path, clean: Path, device: torch.device, batch
         loss.item()  # the original logs the loss of every batch
 
     try:
-        return _timed(device, step, warmup, steps, batch)
+        return _timed(device, step, timing, batch)
     finally:
         del batches
 
 
-def plain_infer(name: str, noisy: Path, device: torch.device, batch: int, warmup: int, steps: int) -> Measure:
+def plain_infer(name: str, noisy: Path, device: torch.device, batch: int, timing: Timing) -> Measure:
     model = _model(name, device, None).eval()
-    batches = iter(_plain_loader([noisy], batch, warmup + steps))
+    batches = iter(_plain_loader([noisy], batch, timing.total))
     outputs: list[torch.Tensor] = []
 
     def step(_: int) -> None:
         with torch.no_grad():
-            outputs.append(model(next(batches).to(device)).cpu())
+            outputs.append(model(_nchw(next(batches)).to(device)).cpu())
         if len(outputs) > 4:
             outputs.pop(0)
 
     try:
-        return _timed(device, step, warmup, steps, batch)
+        return _timed(device, step, timing, batch)
     finally:
         del batches
 
@@ -386,7 +418,7 @@ def plain_infer(name: str, noisy: Path, device: torch.device, batch: int, warmup
 # ---------------------------------------------------------------------------------------------- fast path
 
 def fast_train(name: str, noisy: torch.Tensor, clean: torch.Tensor, device: torch.device, cfg: Config,
-               batch: int, warmup: int, steps: int) -> Measure:
+               batch: int, timing: Timing) -> Measure:
     """Training steps on random batches of the in-memory pairs (N, 1, S, S) under ``cfg`` (on a GPU the
     pairs are moved into GPU memory first, and batches are gathered there)."""
     model = _model(name, device, cfg).train()
@@ -394,7 +426,7 @@ def fast_train(name: str, noisy: torch.Tensor, clean: torch.Tensor, device: torc
     opt = torch.optim.Adam(model.parameters(), lr=LR, capturable=cfg.cuda_graphs)
     noisy, clean = noisy.to(device), clean.to(device)
     gen = torch.Generator().manual_seed(0)
-    index = torch.randint(0, len(noisy), (warmup + steps, batch), generator=gen).to(device)
+    index = torch.randint(0, len(noisy), (timing.total, batch), generator=gen).to(device)
     current = index[0].clone()  # the batch's indices: a CUDA graph's static input
 
     def body() -> None:
@@ -417,7 +449,7 @@ def fast_train(name: str, noisy: torch.Tensor, clean: torch.Tensor, device: torc
             opt.zero_grad(set_to_none=True)
             body()
 
-    return _timed(device, step, warmup, steps, batch)
+    return _timed(device, step, timing, batch)
 
 
 def _graphed(device: torch.device, body: Callable[[], None], opt: torch.optim.Optimizer) -> Callable[[], None]:
@@ -438,14 +470,14 @@ def _graphed(device: torch.device, body: Callable[[], None], opt: torch.optim.Op
     return graph.replay
 
 
-def fast_infer(name: str, noisy: torch.Tensor, device: torch.device, cfg: Config, batch: int, warmup: int,
-               steps: int) -> Measure:
+def fast_infer(name: str, noisy: torch.Tensor, device: torch.device, cfg: Config, batch: int,
+               timing: Timing) -> Measure:
     """Denoise consecutive batches of the in-memory frames (N, 1, S, S), N a multiple of ``batch``, into a
     preallocated host output, under ``cfg``."""
     model = _model(name, device, cfg).eval()
     net = _compiled(model, cfg, inference=True)
     if device.type == "cuda":
-        return _fast_infer_cuda(net, noisy, device, cfg, batch, warmup, steps)
+        return _fast_infer_cuda(net, noisy, device, cfg, batch, timing)
     out = torch.empty_like(noisy)
 
     def step(i: int) -> None:
@@ -453,11 +485,11 @@ def fast_infer(name: str, noisy: torch.Tensor, device: torch.device, cfg: Config
         with torch.inference_mode(), _autocast(device, cfg.precision, False):
             out[rows].copy_(net(noisy[rows].contiguous(memory_format=cfg.memory_format)))
 
-    return _timed(device, step, warmup, steps, batch)
+    return _timed(device, step, timing, batch)
 
 
 def _fast_infer_cuda(net: nn.Module, noisy: torch.Tensor, device: torch.device, cfg: Config, batch: int,
-                     warmup: int, steps: int) -> Measure:
+                     timing: Timing) -> Measure:
     """Host-to-host inference on a GPU: two buffer slots, so that copying batch k+1 in and batch k-1 out
     (own streams, pinned host memory) overlaps the computation of batch k; each slot's forward pass is a
     CUDA graph when ``cfg.cuda_graphs``, else eager into a preallocated output."""
@@ -510,7 +542,7 @@ def _fast_infer_cuda(net: nn.Module, noisy: torch.Tensor, device: torch.device, 
             host_out[rows].copy_(y[i], non_blocking=True)
             emptied[i].record(copy_out)
 
-    return _timed(device, step, warmup, steps, batch)
+    return _timed(device, step, timing, batch)
 
 
 # ---------------------------------------------------------------------------------------------- one model
@@ -564,10 +596,10 @@ def _ablation(settings: Settings) -> list[dict]:
 def _run_ablation(rows: list[dict], kind: str, plain: Measure, run: Callable[[Config], Measure],
                   log, label: str) -> tuple[Measure, Config]:
     """Measure every row of the ablation for ``kind``; a compile or graphs step that fails is recorded and
-    left out of the later steps. Returns the last measurement (the fast path) and its config."""
+    left out of the later steps. Returns the fastest measurement (the fast path) and its config."""
     rows[0][f"{kind}_images_per_s"] = plain.images_per_s
     dropped: dict[str, bool] = {}
-    fast, last = None, None
+    fast, best, last = None, None, None
     for row in rows[1:]:
         if row["config"] is None:
             continue
@@ -577,7 +609,7 @@ def _run_ablation(rows: list[dict], kind: str, plain: Measure, run: Callable[[Co
             continue
         log.info("%s: %s", label, row["step"])
         try:
-            fast, last = run(cfg), cfg
+            measure, last = run(cfg), cfg
         except Exception as exc:
             if row["step"] not in ("compile", "cuda_graphs"):
                 raise
@@ -588,10 +620,12 @@ def _run_ablation(rows: list[dict], kind: str, plain: Measure, run: Callable[[Co
             dropped[row["step"]] = False
             _release(torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
             continue
-        row[f"{kind}_images_per_s"] = fast.images_per_s
+        row[f"{kind}_images_per_s"] = measure.images_per_s
+        if fast is None or measure.images_per_s > fast.images_per_s:
+            fast, best = measure, cfg
         _release(torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
-    assert fast is not None and last is not None  # in_memory is always measured
-    return fast, last
+    assert fast is not None and best is not None  # in_memory is always measured
+    return fast, best
 
 
 def _finish_ablation(rows: list[dict]) -> list[dict]:
@@ -612,7 +646,8 @@ def _finish_ablation(rows: list[dict]) -> list[dict]:
 
 def bench_model(name: str, settings: Settings, tmp: Path, log) -> dict:
     """All measurements of one model: plain and fast per size, the ablation at the reference sizes."""
-    device, warmup, steps = settings.device, settings.warmup, settings.steps
+    device = settings.device
+    timing = Timing(settings.warmup, settings.steps, settings.repeats)
     result: dict = {"parameters": models.count_parameters(models.build(name)), "fast_config": {}}
     for field in ("train_images_per_s", "plain_train_images_per_s", "infer_images_per_s",
                   "plain_infer_images_per_s", "train_speedup_vs_plain_by_size", "infer_speedup_vs_plain_by_size"):
@@ -627,7 +662,7 @@ def bench_model(name: str, settings: Settings, tmp: Path, log) -> dict:
     for side in sorted(set(settings.sizes) | set(settings.train_sizes),
                        key=lambda side: (side not in reference.values(), side)):
         batch = settings.batch_for(side)
-        noisy_np, clean_np = _pairs(side, _rows(side, batch, batch * (warmup + steps)), seed=side)
+        noisy_np, clean_np = _pairs(side, _rows(side, batch, batch * timing.total), seed=side)
         paths = {"noisy": tmp / f"graphene_img_noise_{side}.h5", "clean": tmp / f"graphene_img_clean_{side}.h5"}
         _write_images(paths["noisy"], noisy_np)
         _write_images(paths["clean"], clean_np)
@@ -638,11 +673,11 @@ def bench_model(name: str, settings: Settings, tmp: Path, log) -> dict:
             label = f"{name} {kind} {side}x{side}"
             log.info("%s: plain loop (batch %d)", label, batch)
             if kind == "train":
-                plain = plain_train(name, paths["noisy"], paths["clean"], device, batch, warmup, steps)
-                run = lambda c: fast_train(name, noisy, clean, device, c, batch, warmup, steps)  # noqa: E731
+                plain = plain_train(name, paths["noisy"], paths["clean"], device, batch, timing)
+                run = lambda c: fast_train(name, noisy, clean, device, c, batch, timing)  # noqa: E731
             else:
-                plain = plain_infer(name, paths["noisy"], device, batch, warmup, steps)
-                run = lambda c: fast_infer(name, noisy, device, c, batch, warmup, steps)  # noqa: E731
+                plain = plain_infer(name, paths["noisy"], device, batch, timing)
+                run = lambda c: fast_infer(name, noisy, device, c, batch, timing)  # noqa: E731
             _release(device)
             if side == reference[kind]:
                 fast, fast_cfg[kind] = _run_ablation(rows, kind, plain, run, log, label)
@@ -715,7 +750,7 @@ def table(doc: dict) -> str:
     s = doc["settings"]
     lines = [f"emdenoise bench: {doc['device']} ({doc['device_name']}, {doc['cpu_count']} CPUs, "
              f"{doc['torch_threads']} threads), torch {doc['torch_version']}, {s['precision']}, "
-             f"{s['steps']} steps after {s['warmup']} warm-up",
+             f"best of {s['repeats']} x {s['steps']} steps after {s['warmup']} warm-up",
              f"{'model':<10} {'task':<6} {'size':>5} {'batch':>6} {'plain img/s':>12} {'fast img/s':>11} "
              f"{'speedup':>8} {'peak MB':>8}"]
     for name, m in doc["models"].items():
@@ -727,7 +762,7 @@ def table(doc: dict) -> str:
                              f"{m['peak_memory_bytes'][kind][size] / 2**20:>8.0f}")
     for name, m in doc["models"].items():
         lines.append(f"ablation {name} (train {s['train_sizes'][0]}, infer {s['sizes'][0]}): "
-                     "step, train img/s (gain), infer img/s (gain)")
+                     "step, train img/s (gain), infer img/s (gain); * the fast path")
         for row in m["ablation"]:
             if "skipped" in row:
                 lines.append(f"  {row['step']:<14} skipped: {row['skipped']}")
@@ -736,8 +771,11 @@ def table(doc: dict) -> str:
             for kind in ("train", "infer"):
                 value, gain = row.get(f"{kind}_images_per_s"), row.get(f"{kind}_gain")
                 failed = row.get(f"{kind}_failed")
+                reference = str(s["train_sizes"][0] if kind == "train" else s["sizes"][0])
+                chosen = row["step"] != "plain" and value == m[f"{kind}_images_per_s"][reference]
                 cells.append(f"failed ({failed})" if failed else
-                             f"{_fmt(value):>8}" + (f" ({gain:.2f}x)" if gain else "        "))
+                             f"{_fmt(value):>8}" + (f" ({gain:.2f}x)" if gain else "        ") +
+                             ("*" if chosen else " "))
             lines.append(f"  {row['step']:<14} {cells[0]:<20} {cells[1]}")
         for item in m["fallbacks"]:
             lines.append(f"  fallback: {item}")
@@ -750,9 +788,9 @@ def main(argv: list[str] | None = None) -> int:
     log = setup_logging("bench", None)
     try:
         settings = settings_from_args(args)
-        log.info("emdenoise %s: bench %s on %s (%s), batch %d at %dx%d, %d steps after %d warm-up",
+        log.info("emdenoise %s: bench %s on %s (%s), batch %d at %dx%d, best of %d x %d steps after %d warm-up",
                  __version__, ",".join(settings.models), settings.device, settings.precision, settings.batch_size,
-                 REFERENCE_SIDE, REFERENCE_SIDE, settings.steps, settings.warmup)
+                 REFERENCE_SIDE, REFERENCE_SIDE, settings.repeats, settings.steps, settings.warmup)
         doc = run_bench(settings, log)
         if args.output:
             write_json_atomic(args.output, doc)

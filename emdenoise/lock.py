@@ -8,7 +8,8 @@ and, as recorded in the lock file, the task, process id and host of the run hold
 The lock is ``flock(LOCK_EX | LOCK_NB)`` on the lock file: the kernel drops it when its process dies, so a
 lock file left behind by ``kill -9`` or a power cut blocks nothing. The holder deletes the file when it is
 done, while still holding the lock; a run that opened the file just before that notices it was deleted and
-tries again, so two runs never both believe they hold the lock.
+tries again, so two runs never both believe they hold the lock. On a file system without flock (Lustre
+mounted without ``flock``, NFS without a lock daemon) the run goes on unlocked, with a warning.
 
 While it holds a folder, a run also removes the temporary files that :func:`emdenoise.fsutil.atomic_path`
 writers of an earlier, killed run left behind (``.<name>.<8 random characters><suffix>.tmp``), skipping
@@ -84,8 +85,8 @@ def _busy(folder: Path, what: str) -> BusyError:
                      f"{f' ({who})' if who else ''}; wait for it to finish, or use another folder")
 
 
-def _acquire(folder: Path, what: str, task: str) -> int:
-    """Lock ``folder``; return the lock file's descriptor."""
+def _acquire(folder: Path, what: str, task: str, log=None) -> int | None:
+    """Lock ``folder``; return the lock file's descriptor (None on a file system without locks)."""
     path = folder / LOCK_NAME
     while True:
         try:
@@ -100,6 +101,14 @@ def _acquire(folder: Path, what: str, task: str) -> int:
         except BlockingIOError:
             os.close(fd)
             raise _busy(folder, what) from None
+        except OSError as exc:   # e.g. Lustre mounted without flock: ENOSYS; old NFS without lockd: ENOLCK
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)  # a lock file nobody can lock tells nobody anything
+            if log is not None:
+                log.warning("%s: this file system does not support locks (%s): running without the lock; do not "
+                            "start a second run writing into this folder", folder, _one_line(exc))
+            return None
         # The previous holder deletes the file on release: if it did so after we opened it, our lock is on a
         # file nobody else will ever look at. Start again with the file now at that name.
         try:
@@ -120,7 +129,9 @@ def _acquire(folder: Path, what: str, task: str) -> int:
     return fd
 
 
-def _release(folder: Path, fd: int) -> None:
+def _release(folder: Path, fd: int | None) -> None:
+    if fd is None:
+        return
     with contextlib.suppress(OSError):
         os.unlink(folder / LOCK_NAME)   # still holding the lock: see _acquire
     os.close(fd)
@@ -157,7 +168,7 @@ def hold(folders: dict[str, Path], task: str, log=None) -> Iterator[None]:
     if fcntl is None:
         yield
         return
-    held: list[tuple[Path, int]] = []
+    held: list[tuple[Path, int | None]] = []
     created: list[Path] = []
     seen: set[Path] = set()          # resolved paths: one lock per folder, whatever it is called
     try:
@@ -168,7 +179,7 @@ def hold(folders: dict[str, Path], task: str, log=None) -> Iterator[None]:
             if real in seen:
                 continue
             seen.add(real)
-            held.append((folder, _acquire(folder, what, task)))
+            held.append((folder, _acquire(folder, what, task, log)))
         for folder, _ in held:
             sweep_temporaries(folder, log)
         yield

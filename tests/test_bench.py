@@ -32,7 +32,10 @@ def _check_model(m: dict, size: str) -> None:
     assert steps[:3] == ["plain", "in_memory", "channels_last"] and "compile" in steps
     assert m["ablation"][0]["train_images_per_s"] == m["plain_train_images_per_s"][size]
     measured = [row for row in m["ablation"] if "infer_images_per_s" in row]
-    assert measured[-1]["infer_images_per_s"] == m["infer_images_per_s"][size]  # fast = last step
+    # the fast path is the fastest step measured
+    for kind in ("train", "infer"):
+        steps = [r[f"{kind}_images_per_s"] for r in m["ablation"][1:] if f"{kind}_images_per_s" in r]
+        assert max(steps) == m[f"{kind}_images_per_s"][size]
     assert all("infer_gain" in row and row["infer_gain"] > 0 for row in measured[1:])
 
 
@@ -65,7 +68,7 @@ def test_compile_failure_falls_back_to_eager(tmp_path, monkeypatch):
     row = next(r for r in m["ablation"] if r["step"] == "compile")
     assert "no compiler here" in row["train_failed"] and "no compiler here" in row["infer_failed"]
     assert "train_images_per_s" not in row
-    assert m["fast_config"]["train"]["compile"] is False and m["fast_config"]["infer"]["channels_last"] is True
+    assert m["fast_config"]["train"]["compile"] is False and m["fast_config"]["infer"]["compile"] is False
 
 
 @pytest.mark.parametrize("args, field", [(["--models=nope"], "--models"), (["--sizes=8"], "--sizes"),

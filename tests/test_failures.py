@@ -47,7 +47,7 @@ from emdenoise import cli, imageio, lock, modelio, models
 from emdenoise import data as data_mod
 from emdenoise.errors import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_INTERRUPTED, EXIT_RUNTIME, BusyError, InputError
 from emdenoise.fetch import RETRY_BASE_ENV
-from emdenoise.layout import MANIFEST, RAW_FILES
+from emdenoise.layout import RAW_FILES
 from emdenoise.tasks import preprocess as preprocess_task
 from emdenoise.tasks.download import key_to_relpath
 
@@ -217,12 +217,9 @@ def kill_9(proc: subprocess.Popen, max_delay: float) -> float:
     return delay
 
 
-def timed(run: Callable[[], tuple[int, str]]) -> float:
-    """Seconds a successful run took: the kill tests scale their random delay by it (machines differ)."""
-    start = time.monotonic()
-    code, err = run()
-    assert code == 0, err
-    return time.monotonic() - start
+def _temp_bytes(folder: Path, name: str) -> int:
+    """Bytes written so far to the temporary file of ``folder/name`` (0 before it exists)."""
+    return sum(p.stat().st_size for p in folder.glob(f".{name}.*.tmp") if p.is_file()) if folder.is_dir() else 0
 
 
 def _has_bytes(paths) -> bool:
@@ -331,6 +328,23 @@ def test_a_lock_file_deleted_under_a_waiting_run_is_not_mistaken_for_the_lock(tm
     taken[0].close()
 
 
+def test_a_file_system_without_locks_runs_unlocked_with_a_warning(tmp_path, monkeypatch, caplog):
+    """Lustre mounted without flock answers ENOSYS: a benchmark must still run there."""
+    import errno
+    import logging
+
+    def flock(fd, op):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(lock.fcntl, "flock", flock)
+    log = logging.getLogger("test_failures.nolock")
+    with caplog.at_level(logging.WARNING, logger=log.name):
+        with lock.hold({"output_dir": tmp_path / "out"}, "test", log):
+            (tmp_path / "out" / "result.json").write_text("{}")
+    assert "does not support locks" in caplog.text and "Function not implemented" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["result.json"]
+
+
 def test_the_sweep_removes_only_what_atomic_writers_left(tmp_path):
     folder = tmp_path / "out"
     (folder / "m").mkdir(parents=True)
@@ -389,7 +403,7 @@ def test_kill_9_during_a_synthetic_download_while_a_second_run_is_refused(tmp_pa
                                                               "test_images": 2, "image_size": 32})
     raw, ref, logs = tmp_path / "raw", tmp_path / "ref", tmp_path / "logs"
     paths = {"raw_data_dir": raw, "parameters_file": params, "log_dir": logs}
-    ref_seconds = timed(lambda: run_here(capsys, "download", {**paths, "raw_data_dir": ref}))  # uninterrupted
+    assert run_here(capsys, "download", {**paths, "raw_data_dir": ref})[0] == 0            # uninterrupted
     assert run_here(capsys, "download", {**paths, "parameters_file": old_params})[0] == 0  # what was there
     old, expected = final_files(raw), final_files(ref)
 
@@ -397,7 +411,9 @@ def test_kill_9_during_a_synthetic_download_while_a_second_run_is_refused(tmp_pa
     wait_until(proc, lambda: _has_bytes(temporaries(raw)))
     code, err = run_cmd("download", paths)                # the same command, at the same time
     one_error(code, err, EXIT_BUSY, str(raw), f"pid {proc.pid}", socket.gethostname())
-    kill_9(proc, max_delay=0.2 * ref_seconds)
+    target = random.uniform(0.2, 0.7) * (ref / "train" / RAW_FILES["noisy"]).stat().st_size
+    wait_until(proc, lambda: _temp_bytes(raw / "train", RAW_FILES["noisy"]) >= target)
+    kill_9(proc, max_delay=0)
 
     assert_old_or_new(final_files(raw), old, expected)
     assert set(final_files(raw)) == set(old)
@@ -457,14 +473,15 @@ def test_kill_9_during_preprocess_then_the_same_command_finishes_it(tmp_path, ca
     data, ref, logs = tmp_path / "data", tmp_path / "ref", tmp_path / "logs"
     paths = {"raw_data_dir": big_raw, "data_dir": data, "parameters_file": params_file(tmp_path / "p.yaml"),
              "log_dir": logs}
-    ref_seconds = timed(lambda: run_here(capsys, "preprocess", {**paths, "data_dir": ref}, "preprocess.seed=1"))
+    assert run_here(capsys, "preprocess", {**paths, "data_dir": ref}, "preprocess.seed=1")[0] == 0
     assert run_here(capsys, "preprocess", paths, "preprocess.seed=0")[0] == 0
     old, expected = final_files(data), final_files(ref)
     assert old["train.h5"] != expected["train.h5"]
 
     proc = start_cmd("preprocess", paths, tmp_path / "killed.err", "preprocess.seed=1")
-    wait_until(proc, lambda: _has_bytes(temporaries(data)))
-    kill_9(proc, max_delay=0.2 * ref_seconds)
+    target = random.uniform(0.05, 0.7) * (ref / "train.h5").stat().st_size
+    wait_until(proc, lambda: _temp_bytes(data, "train.h5") >= target)
+    kill_9(proc, max_delay=0)
 
     assert_old_or_new(final_files(data), old, expected)
     code, err = run_cmd("preprocess", paths, "preprocess.seed=1")
@@ -480,12 +497,14 @@ def test_kill_9_during_training_then_the_same_command_resumes_to_the_same_result
     paths = {"data_dir": processed, "parameters_file": params, "model_dir": models_dir, "output_dir": out,
              "log_dir": logs}
     ref = {**paths, "model_dir": tmp_path / "ref_models", "output_dir": tmp_path / "ref_out"}
-    ref_seconds = timed(lambda: run_here(capsys, "train", ref))
+    assert run_here(capsys, "train", ref)[0] == 0
+    ref_rows = json.loads((tmp_path / "ref_out" / "train_metrics.json").read_text())["epochs"]
 
     proc = start_cmd("train", paths, tmp_path / "killed.err")
     checkpoint = models_dir / "sciml_ae" / "checkpoint_last.h5"
-    wait_until(proc, checkpoint.exists)                  # epoch 1 is done
-    kill_9(proc, max_delay=0.3 * ref_seconds)
+    epoch = random.choice([2, 3])                          # then within about one epoch
+    wait_until(proc, lambda: f"epoch {epoch}/{TRAIN['epochs']}:" in (tmp_path / "killed.err").read_text())
+    kill_9(proc, max_delay=float(np.mean([row["seconds"] for row in ref_rows])))
 
     final_files(models_dir)                               # every file at a final name is complete
     final_files(out)
@@ -497,7 +516,6 @@ def test_kill_9_during_training_then_the_same_command_resumes_to_the_same_result
     assert f"resuming from {checkpoint} after epoch {done}" in err
 
     rows = json.loads((out / "train_metrics.json").read_text())["epochs"]
-    ref_rows = json.loads((tmp_path / "ref_out" / "train_metrics.json").read_text())["epochs"]
     assert [r["epoch"] for r in rows] == [r["epoch"] for r in ref_rows] == list(range(1, TRAIN["epochs"] + 1))
     for row, ref_row in zip(rows, ref_rows):
         for key in ("train_loss", "val_psnr", "val_ssim", "lr"):
@@ -544,11 +562,13 @@ def test_kill_9_during_denoise_then_the_same_command_keeps_what_is_done(tmp_path
     out = tmp_path / "out"
     paths = {"input_dir": tmp_path / "in", "model_dir": tmp_path / "models", "parameters_file": params,
              "output_dir": out, "log_dir": tmp_path / "logs"}
-    ref_seconds = timed(lambda: run_here(capsys, "denoise", {**paths, "output_dir": tmp_path / "ref"}))
+    assert run_here(capsys, "denoise", {**paths, "output_dir": tmp_path / "ref"})[0] == 0
+    per_file = np.mean([json.loads(p.read_text())["seconds"] for p in (tmp_path / "ref").glob("*.json")])
 
     proc = start_cmd("denoise", paths, tmp_path / "killed.err")
-    wait_until(proc, lambda: any(out.glob("*.json")))     # the first file is done
-    kill_9(proc, max_delay=0.3 * ref_seconds)
+    files = random.choice([1, 2, 3])                       # then within about one more file
+    wait_until(proc, lambda: len(list(out.glob("*.json"))) >= files)
+    kill_9(proc, max_delay=float(per_file))
 
     done = final_files(out)                               # complete outputs only
     assert done
@@ -777,6 +797,14 @@ XHTML = b"<html><head><title>Sign in</title></head><body><p>Please sign in</p></
 HTML = b'<!DOCTYPE html><html><head><meta charset="utf-8"><title>Portal</title></head><body>Login<br></body></html>'
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        """A client hanging up early (the download's one-byte probe of a URL answered in full) is no error here;
+        socketserver would print its traceback into the stderr the test checks."""
+
+
 class Server:
     """A small HTTP server: S3-ish buckets that answer wrongly, and a zip that supports Range and can be told to
     stop mid-stream."""
@@ -796,8 +824,7 @@ class Server:
             def log_message(self, *args):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
@@ -871,8 +898,7 @@ def server(layout_zip):
     ("denied/data", EXIT_BAD_INPUT, ["/denied", "access denied", "403", "AccessDenied"]),
     ("xhtml/data", EXIT_BAD_INPUT, ["/xhtml", "not an S3 bucket listing", "<html>"]),
     ("html/data", EXIT_BAD_INPUT, ["/html", "not an S3 bucket listing", "not XML"]),
-    pytest.param("files/page.zip", EXIT_BAD_INPUT, ["page.zip", "expected a readable zip archive"],
-                 marks=pytest.mark.xfail(reason="known gap: the HTML-instead-of-zip case still fails its check (the test server thread prints a traceback into stderr); not fixed yet", strict=False)),
+    ("files/page.zip", EXIT_BAD_INPUT, ["page.zip", "expected a readable zip archive"]),
 ])
 def test_a_source_answering_403_or_html_is_one_line_and_changes_nothing(tmp_path, capsys, server, source, code,
                                                                          words):

@@ -20,7 +20,7 @@ import yaml
 from matplotlib import image as mpimg
 
 from emdenoise import cli, params, synthetic
-from emdenoise.errors import EXIT_BAD_INPUT, InputError
+from emdenoise.errors import EXIT_BAD_INPUT, InputError, RuntimeFailure
 from emdenoise.tasks import study as study_task
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -98,6 +98,11 @@ def test_cell_epochs_and_plan():
     cells = study_task.plan_cells(study)
     assert [c.name for c in cells] == ["unet-125", "dncnn-125", "unet-500", "dncnn-500"]
     assert len(study_task.plan_cells({**study, "models": "all"})) == 2 * len(params.MODEL_NAMES)
+
+
+def test_durations_read_well():
+    assert [study_task._duration(x) for x in (42.4, 150, 3 * 3600 + 360, 4.1 * 86400)] == \
+        ["42 s", "2.5 min", "3.1 h", "4.1 days"]
 
 
 def test_cell_train_section_overrides_only_the_study_keys():
@@ -279,6 +284,72 @@ def test_bad_study_parameters_exit_2_with_one_line(tmp_path, data_dir, capsys, s
     assert code == EXIT_BAD_INPUT
     assert err[-1].startswith("[study] error: ") and field in err[-1]
     assert not (tmp_path / "out" / "cells").exists()  # nothing trained
+
+
+def test_a_failed_cell_is_reported_and_retried(tmp_path, data_dir, capsys, monkeypatch):
+    """A cell that fails at run time (here: the out-of-memory failure of the test task's run_model, raised for
+    one cell) does not stop the others; the run ends with exit 1 naming it, the report lists it, and a rerun
+    retries it and keeps the rest."""
+    real_run_model = study_task.test_task.run_model
+
+    def run_model(name, *args, **kwargs):
+        if name == "dncnn-6":
+            raise RuntimeFailure("dncnn-6: out of GPU memory at test.batch_size=4; lower test.batch_size")
+        return real_run_model(name, *args, **kwargs)
+
+    monkeypatch.setattr(study_task.test_task, "run_model", run_model)
+    study = {**STUDY, "train_sizes": [6]}
+    code, log = run_study(tmp_path, data_dir, tmp_path / "out", study)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert err[-1].startswith("[study] error: 1 of 2 cells failed (dncnn-6)")
+    summary = json.loads((tmp_path / "out" / "study.json").read_text())
+    assert [c["cell"] for c in summary["failed_cells"]] == ["dncnn-6"]
+    assert [c["cell"] for c in summary["cells"]] == ["sciml_ae-6"]
+    assert "**Failed cells**" in (tmp_path / "out" / "report.md").read_text()
+    result = json.loads((tmp_path / "out" / "cells" / "dncnn-6" / "result.json").read_text())
+    assert result["status"] == "failed" and "out of GPU memory" in result["error"]
+
+    monkeypatch.setattr(study_task.test_task, "run_model", real_run_model)
+    code, log = run_study(tmp_path, data_dir, tmp_path / "out", study)
+    assert code == 0
+    assert "cell 1/2 sciml_ae-6: kept from a previous run" in log
+    assert "dncnn: already trained for 1 epochs" in log  # the checkpoint is reused, only the test is redone
+    summary = json.loads((tmp_path / "out" / "study.json").read_text())
+    assert summary["failed_cells"] == [] and len(summary["cells"]) == 2
+
+
+def test_an_interrupted_study_leaves_partial_results_and_resumes(tmp_path, data_dir, monkeypatch):
+    """Ctrl-C during the third cell: study.json and report.md already hold the two finished cells; the same
+    command again keeps them and does the rest."""
+    real_run_cell = study_task.run_cell
+
+    def run_cell(cell, *args):
+        if cell.name == "sciml_ae-12":
+            raise KeyboardInterrupt
+        return real_run_cell(cell, *args)
+
+    monkeypatch.setattr(study_task, "run_cell", run_cell)
+    code, _ = run_study(tmp_path, data_dir, tmp_path / "out", STUDY)
+    assert code == 130
+    summary = json.loads((tmp_path / "out" / "study.json").read_text())
+    assert [c["cell"] for c in summary["cells"]] == ["sciml_ae-6", "dncnn-6"]
+    assert summary["pending_cells"] == ["sciml_ae-12", "dncnn-12"]
+    assert "**In progress**: 2 cells finished, 2 to go" in (tmp_path / "out" / "report.md").read_text()
+
+    monkeypatch.setattr(study_task, "run_cell", real_run_cell)
+    code, log = run_study(tmp_path, data_dir, tmp_path / "out", STUDY)
+    assert code == 0 and log.count("kept from a previous run") == 3  # the baselines and two cells
+    summary = json.loads((tmp_path / "out" / "study.json").read_text())
+    assert len(summary["cells"]) == 4 and summary["pending_cells"] == []
+    assert "In progress" not in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_the_study_refuses_torchrun(tmp_path, data_dir, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    code, _ = run_study(tmp_path, data_dir, tmp_path / "out", STUDY)
+    assert code == EXIT_BAD_INPUT and "run it without torchrun" in capsys.readouterr().err
 
 
 def test_study_needs_processed_data(tmp_path, capsys):

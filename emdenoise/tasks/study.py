@@ -22,9 +22,14 @@ tuned on ``test.tune_images`` validation pairs (:func:`emdenoise.tasks.test.run_
 
 Training settings: ``study.epochs``, ``batch_size``, ``lr``, ``patch_size``, ``seed`` and ``device`` override
 the ``train:`` section, which supplies everything else (optimiser, schedule, loss, precision, model options,
-resume). A cell trains for ``max(epochs, ceil(min_steps / steps per epoch))`` epochs.
+resume). A cell trains for ``max(epochs, ceil(min_steps / steps per epoch))`` epochs. The study runs as one
+process (not under torchrun), its cells one after another.
 
-Outputs in ``output_dir`` (each written atomically):
+"Beats the best classical baseline": a strictly higher mean test PSNR than the classical row with the highest
+mean test PSNR; the smallest training size where a model does so is reported, or "never within the sizes run".
+
+Outputs in ``output_dir`` (each written atomically, and rewritten after every cell so that a long study can
+be followed while it runs):
 
 - ``study.json``: every summary number: configuration, hardware, data, baselines, each cell (training record,
   test metrics, speed, dose bins), per model the PSNR at each size and the smallest size that beats the best
@@ -50,7 +55,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from emdenoise import __version__, models, modelio, report, runtime
+from emdenoise import __version__, distributed, models, modelio, report, runtime
 from emdenoise.cli import TaskContext
 from emdenoise.data import Split, load_card, load_split
 from emdenoise.errors import InputError, RuntimeFailure
@@ -199,7 +204,7 @@ def run_cell(cell: Cell, setting: Setting, cell_dir: Path) -> dict:
     train = cell_train_section(ctx.params["train"], study, cell)
     config = cell_config(cell, train, setting.evaluation, setting.data_fingerprint)
     result = {"cell": cell.name, "model": cell.model, "train_size": cell.size, "epochs": cell.epochs,
-              "fingerprint": modelio.fingerprint(config), "config": config, "status": "failed"}
+              "fingerprint": modelio.fingerprint(config), "config": config}
 
     t0 = time.perf_counter()
     train_ctx = TaskContext("train", {**ctx.params, "train": train},
@@ -307,6 +312,9 @@ def run(ctx) -> None:
     where = ctx.paths.get("parameters_file") or "parameters"
     data_dir, out_dir = Path(ctx.paths["data_dir"]), Path(ctx.paths["output_dir"])
     started = time.perf_counter()
+    if distributed.from_env().enabled:
+        raise InputError.at("WORLD_SIZE", None, "expected a single process: the study trains its cells one after "
+                            "another in one process; run it without torchrun")
 
     baseline_names = test_task.select_baselines(study["baselines"], where, log, field="study.baselines")
     card = load_card(data_dir)
@@ -331,6 +339,16 @@ def run(ctx) -> None:
 
     baselines = run_baselines(baseline_names, setting, out_dir)
     results, failed = [], []
+
+    def publish() -> tuple[dict, dict]:
+        """(Re)write study.json, the figures and report.md from the cells finished so far."""
+        summary = summarise_study(ctx, setting, cells, baselines, results, failed, card, device,
+                                  time.perf_counter() - started)
+        write_json_atomic(out_dir / "study.json", summary)
+        figures = write_figures(out_dir, summary)
+        write_text_atomic(out_dir / "report.md", markdown(summary, figures))
+        return summary, figures
+
     for i, cell in enumerate(progress(cells, total=len(cells), desc="study", unit="cell"), 1):
         cell_dir = out_dir / CELLS_DIR / cell.name
         train = cell_train_section(ctx.params["train"], study, cell)
@@ -339,27 +357,26 @@ def run(ctx) -> None:
         if result is not None:
             log.info("cell %d/%d %s: kept from a previous run (PSNR %.2f dB)", i, len(cells), cell.name,
                      result["test"]["psnr_mean"])
-        else:
-            log.info("cell %d/%d %s: training on %d pairs for %d epochs, then testing", i, len(cells), cell.name,
-                     cell.size, cell.epochs)
-            try:
-                result = run_cell(cell, setting, cell_dir)
-            except RuntimeFailure as exc:  # a diverged or out-of-memory cell: note it, go on with the others
-                log.error("cell %s failed: %s", cell.name, exc.message)
-                result = {"cell": cell.name, "model": cell.model, "train_size": cell.size, "epochs": cell.epochs,
-                          "fingerprint": fingerprint, "status": "failed", "error": exc.message}
-            write_json_atomic(cell_dir / RESULT_FILE, result)
-            if result["status"] == "done":
-                log.info("cell %d/%d %s: PSNR %.2f dB, SSIM %.4f, %.1f images/s", i, len(cells), cell.name,
-                         result["test"]["psnr_mean"], result["test"]["ssim_mean"],
-                         result["test"]["images_per_s"] or math.nan)
-        (failed if result["status"] != "done" else results).append(result)
+            results.append(result)
+            continue
+        log.info("cell %d/%d %s: training on %d pairs for %d epochs, then testing", i, len(cells), cell.name,
+                 cell.size, cell.epochs)
+        try:
+            result = run_cell(cell, setting, cell_dir)
+        except RuntimeFailure as exc:  # a diverged or out-of-memory cell: note it, go on with the others
+            log.error("cell %s failed: %s", cell.name, exc.message)
+            result = {"cell": cell.name, "model": cell.model, "train_size": cell.size, "epochs": cell.epochs,
+                      "fingerprint": fingerprint, "status": "failed", "error": exc.message}
+        write_json_atomic(cell_dir / RESULT_FILE, result)
+        if result["status"] == "done":
+            log.info("cell %d/%d %s: PSNR %.2f dB, SSIM %.4f, %.1f images/s", i, len(cells), cell.name,
+                     result["test"]["psnr_mean"], result["test"]["ssim_mean"],
+                     result["test"]["images_per_s"] or math.nan)
+        (results if result["status"] == "done" else failed).append(result)
+        if i < len(cells):
+            publish()  # partial results to look at while a long study runs
 
-    summary = summarise_study(ctx, setting, cells, baselines, results, failed, card, device,
-                              time.perf_counter() - started)
-    write_json_atomic(out_dir / "study.json", summary)
-    figures = write_figures(out_dir, summary)
-    write_text_atomic(out_dir / "report.md", markdown(summary, figures))
+    summary, figures = publish()
     best = summary["best_baseline"]
     for name, info in summary["models"].items() if best else ():
         win = info["smallest_winning_size"]
@@ -432,6 +449,7 @@ def summarise_study(ctx, setting: Setting, cells: list[Cell], baselines: dict, r
         "baselines": methods, "best_baseline": {"name": best[0], "psnr_mean": best[1]} if best else None,
         "models": models_out, "cells": cell_rows,
         "failed_cells": [{k: r.get(k) for k in ("cell", "model", "train_size", "error")} for r in failed],
+        "pending_cells": [c.name for c in cells if c.name not in {r["cell"] for r in results + failed}],
         "seconds": {"this_run": wall_seconds,
                     "training_all_cells": sum(r["train"]["seconds"] for r in results),
                     "evaluation_all_cells": sum(r["evaluation_seconds"] for r in results)},
@@ -450,6 +468,14 @@ def _table(header: Sequence[str], align: str, rows: list[Sequence[str]]) -> list
 
 def _num(value, fmt: str) -> str:
     return report._num(value if _is_number(value) else None, fmt)
+
+
+def _duration(seconds: float) -> str:
+    """A duration in the unit that reads best: 42 s, 12.5 min, 3.2 h, 4.1 days."""
+    for unit, size in (("days", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
 
 
 def _baseline_order(methods: Mapping[str, dict]) -> list[str]:
@@ -482,6 +508,9 @@ def markdown(summary: dict, figures: Mapping[str, str]) -> str:
     if len(summary["devices_used"]) > 1:
         lines += [f"Note: the cells ran on more than one device ({', '.join(summary['devices_used'])}); speeds "
                   "compare only within a device.", ""]
+    if summary["pending_cells"]:
+        lines += [f"**In progress**: {len(summary['cells'])} cells finished, {len(summary['pending_cells'])} to go "
+                  f"({', '.join(summary['pending_cells'])}); this report is rewritten after every cell.", ""]
     if summary["failed_cells"]:
         lines += ["**Failed cells** (a rerun retries them): "
                   + "; ".join(f"{c['cell']}: {c['error']}" for c in summary["failed_cells"]), ""]
@@ -520,7 +549,7 @@ def markdown(summary: dict, figures: Mapping[str, str]) -> str:
         rows.append([name, str(win) if win is not None else NEVER,
                      _num(info["psnr_at_smallest_winning_size"], ".2f"),
                      _num(info["psnr_at_smallest_winning_size"] - target, "+.2f") if win is not None else "-",
-                     f"{_num(at_largest, '.2f')} ({info['largest_size']})"])
+                     f"{_num(at_largest, '.2f')} ({info['largest_size']})" if info["largest_size"] else "-"])
     lines += _table(["model", "smallest N", "PSNR at N (dB)", "margin (dB)", "PSNR at the largest N"], "lrrrr",
                     rows) + [""]
 
@@ -557,9 +586,9 @@ def markdown(summary: dict, figures: Mapping[str, str]) -> str:
     lines += ["## Figures", ""] + [f"![{key}]({file})" for key, file in figures.items()] + [""]
     sec = summary["seconds"]
     lines += ["## Cost", "",
-              f"Training, all cells: {sec['training_all_cells'] / 3600:.2f} h; evaluation: "
-              f"{sec['evaluation_all_cells'] / 60:.1f} min; this run (cells kept from earlier runs cost nothing): "
-              f"{sec['this_run'] / 60:.1f} min. Per cell:", ""]
+              f"Training, all cells: {_duration(sec['training_all_cells'])}; testing: "
+              f"{_duration(sec['evaluation_all_cells'])}; this run (cells kept from earlier runs cost nothing): "
+              f"{_duration(sec['this_run'])}. Per cell:", ""]
     rows = [[c["cell"], str(c["epochs"]), _num(c["train"]["seconds"], ".1f"), _num(c["train"]["images_per_s"], ".1f"),
              str(c["train"]["best_epoch"]), _num(c["train"]["best_val_psnr"], ".2f")] for c in summary["cells"]]
     lines += _table(["cell", "epochs", "training s", "training images/s", "best epoch", "best val PSNR"], "lrrrrr",
@@ -575,28 +604,70 @@ def _colours(names: Sequence[str]) -> dict[str, str]:
     return {name: f"C{i % 10}" for i, name in enumerate(names)}
 
 
-def _baseline_lines(ax, methods: Mapping[str, dict]) -> None:
-    """Every baseline and the noisy input as a labelled horizontal line."""
-    for name in _baseline_order(methods):
-        psnr = methods[name]["psnr_mean"]
-        if _is_number(psnr):
-            style = ":" if methods[name]["kind"] == "input" else "--"
-            ax.axhline(psnr, color=report.KIND_COLOURS[methods[name]["kind"]], linestyle=style, linewidth=1)
-            ax.annotate(name, (1.0, psnr), xycoords=("axes fraction", "data"), xytext=(-3, 2),
-                        textcoords="offset points", ha="right", va="bottom", fontsize=7,
-                        color=report.KIND_COLOURS[methods[name]["kind"]])
+def _finite_values(values) -> list[float]:
+    return [float(v) for v in values if _is_number(v)]
+
+
+def _noisy_on_scale(ax, shown: Sequence[float], noisy: Sequence[float]) -> bool:
+    """Fit the y axis to the ``shown`` values, and to the noisy input's when it lies close enough.
+
+    The noisy input usually scores far below every method (5 dB against 20-30 dB here): drawn on the same
+    axis it would squash the differences that matter. It is drawn when it lies within the shown values'
+    spread (at least 3 dB) below them; otherwise it is left off the axis (the caller says so in the legend).
+    """
+    shown, noisy = _finite_values(shown), _finite_values(noisy)
+    if not shown:
+        return bool(noisy)
+    lo, hi = min(shown), max(shown)
+    on_scale = bool(noisy) and min(noisy) >= lo - max(3.0, hi - lo)
+    if on_scale:
+        lo, hi = min(lo, *noisy), max(hi, *noisy)
+    pad = max(0.5, 0.08 * (hi - lo))
+    ax.set_ylim(lo - pad, hi + pad)
+    return on_scale
+
+
+def _off_scale_handle(label: str, values: Sequence[float]):
+    """A legend entry for the noisy input left off the axis, giving its values."""
+    from matplotlib.lines import Line2D
+
+    values = _finite_values(values)
+    text = f"{min(values):.1f}" if max(values) - min(values) < 0.05 else f"{min(values):.1f}-{max(values):.1f}"
+    return Line2D([], [], linestyle=":", color=report.KIND_COLOURS["input"], label=f"{label} ({text} dB, off scale)")
+
+
+def _classical_colour(i: int, n_models: int) -> str:
+    return f"C{(n_models + i) % 10}"
 
 
 def plot_psnr_vs_train_size(dest: Path, summary: dict) -> None:
-    """Mean test PSNR against the number of training pairs (log x), one line per model, baselines flat."""
-    models_out, colours = summary["models"], _colours(list(summary["models"]))
-    fig = report._figure(7.0, 4.5)
+    """Mean test PSNR against the number of training pairs (log x), one line per model; every baseline as a
+    horizontal line (the noisy input too, when on scale)."""
+    from matplotlib.lines import Line2D
+
+    models_out, methods = summary["models"], summary["baselines"]
+    colours = _colours(list(models_out))
+    fig = report._figure(7.5, 4.8)
     ax = fig.add_subplot(1, 1, 1)
+    shown = []
     for name, info in models_out.items():
         points = sorted((int(s), v) for s, v in info["psnr_by_size"].items() if _is_number(v))
         if points:
             ax.plot(*zip(*points), marker="o", color=colours[name], label=name)
-    _baseline_lines(ax, summary["baselines"])
+            shown += [v for _, v in points]
+    classical = [n for n in _baseline_order(methods) if methods[n]["kind"] == "classical"]
+    for i, name in enumerate(classical):
+        if _is_number(methods[name]["psnr_mean"]):
+            ax.axhline(methods[name]["psnr_mean"], color=_classical_colour(i, len(models_out)), linestyle="--",
+                       linewidth=1, label=f"{name} (no training)")
+            shown.append(methods[name]["psnr_mean"])
+    noisy = [methods["noisy"]["psnr_mean"]] if "noisy" in methods else []
+    handles, _ = ax.get_legend_handles_labels()
+    if _noisy_on_scale(ax, shown, noisy):
+        ax.axhline(noisy[0], color=report.KIND_COLOURS["input"], linestyle=":", linewidth=1)
+        handles.append(Line2D([], [], linestyle=":", color=report.KIND_COLOURS["input"], label="noisy input"))
+    elif _finite_values(noisy):
+        handles.append(_off_scale_handle("noisy input", noisy))
     ax.set_xscale("log")
     ax.set_xticks(summary["train_sizes"])
     ax.set_xticklabels([str(s) for s in summary["train_sizes"]], fontsize=8)
@@ -604,67 +675,79 @@ def plot_psnr_vs_train_size(dest: Path, summary: dict) -> None:
     ax.set_xlabel("training pairs")
     ax.set_ylabel("mean test PSNR (dB)")
     ax.set_title(f"{summary['data']['n_test']} test images, R = {summary['data']['data_range']:.4g}", fontsize=9)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(handles=handles, fontsize=7, loc="best")
     fig.tight_layout()
     report._save(fig, dest)
 
 
 def plot_psnr_vs_dose(dest: Path, summary: dict) -> None:
     """Mean PSNR per dose bin (log x at each bin's geometric centre): models at their largest size, baselines,
-    the noisy input."""
+    the noisy input (in the legend only when off scale)."""
     bins = summary["dose_bins"]["bins"]
     centres = [math.sqrt(max(b["dose_min"], 1e-12) * max(b["dose_max"], 1e-12)) for b in bins]
     models_out, methods, colours = summary["models"], summary["baselines"], _colours(list(summary["models"]))
-    fig = report._figure(7.0, 4.5)
+    fig = report._figure(7.5, 4.8)
     ax = fig.add_subplot(1, 1, 1)
+    shown = []
 
     def line(values, label, **style):
         points = [(c, v) for c, v in zip(centres, values) if _is_number(v)]
         if points:
             ax.plot(*zip(*points), label=label, **style)
+            shown.extend(v for _, v in points)
 
     for name, info in models_out.items():
         if info["psnr_by_dose_at_largest_size"]:
-            line(info["psnr_by_dose_at_largest_size"], f"{name} ({info['largest_size']})", marker="o",
+            line(info["psnr_by_dose_at_largest_size"], f"{name} ({info['largest_size']} pairs)", marker="o",
                  color=colours[name])
-    for i, name in enumerate(_baseline_order(methods)):
-        kind = methods[name]["kind"]
-        line(methods[name]["psnr_by_dose"], name, marker="s" if kind == "classical" else "x",
-             linestyle="--" if kind == "classical" else ":", color=report.KIND_COLOURS[kind] if kind == "input"
-             else f"C{(len(models_out) + i) % 10}")
+    classical = [n for n in _baseline_order(methods) if methods[n]["kind"] == "classical"]
+    for i, name in enumerate(classical):
+        line(methods[name]["psnr_by_dose"], name, marker="s", markersize=4, linestyle="--",
+             color=_classical_colour(i, len(models_out)))
+    noisy = methods["noisy"]["psnr_by_dose"] if "noisy" in methods else []
+    if _noisy_on_scale(ax, shown, noisy):
+        line(noisy, "noisy input", marker="x", linestyle=":", color=report.KIND_COLOURS["input"])
+        handles, _ = ax.get_legend_handles_labels()
+    else:
+        handles, _ = ax.get_legend_handles_labels()
+        if _finite_values(noisy):
+            handles.append(_off_scale_handle("noisy input", noisy))
     ax.set_xscale("log")
     ax.set_xlabel("dose, electrons per pixel at the beam centre (bin centre)")
     ax.set_ylabel("mean test PSNR (dB)")
-    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    ax.legend(handles=handles, fontsize=7, loc="best", ncol=2)
     fig.tight_layout()
     report._save(fig, dest)
 
 
 def plot_fidelity_vs_speed(dest: Path, summary: dict) -> None:
     """Mean test PSNR against inference images/s (log x): models at their largest size, the baselines."""
+    from matplotlib.lines import Line2D
+
     models_out, methods = summary["models"], summary["baselines"]
     points = [(info["images_per_s"], info["psnr_by_size"].get(str(info["largest_size"])), name, "deep")
               for name, info in models_out.items()]
     points += [(methods[n]["images_per_s"], methods[n]["psnr_mean"], n, "classical")
                for n in _baseline_order(methods) if methods[n]["kind"] == "classical"]
     points = [p for p in points if _is_number(p[0]) and p[0] > 0 and _is_number(p[1])]
-    fig = report._figure(7.0, 4.5)
+    fig = report._figure(7.5, 4.8)
     ax = fig.add_subplot(1, 1, 1)
     for speed, psnr, name, kind in points:
         ax.scatter([speed], [psnr], color=report.KIND_COLOURS[kind], s=30)
         ax.annotate(name, (speed, psnr), xytext=(4, 3), textcoords="offset points", fontsize=8)
-    noisy = methods.get("noisy", {}).get("psnr_mean")
-    if _is_number(noisy):
-        ax.axhline(noisy, color=report.KIND_COLOURS["input"], linestyle=":", linewidth=1, label="noisy input")
+    handles = [Line2D([], [], marker="o", linestyle="", color=report.KIND_COLOURS[k], label=label)
+               for k, label in (("deep", "deep model (largest training size)"), ("classical", "classical filter"))]
+    noisy = [methods["noisy"]["psnr_mean"]] if "noisy" in methods else []
+    if _noisy_on_scale(ax, [p[1] for p in points], noisy):
+        ax.axhline(noisy[0], color=report.KIND_COLOURS["input"], linestyle=":", linewidth=1)
+        handles.append(Line2D([], [], linestyle=":", color=report.KIND_COLOURS["input"], label="noisy input"))
+    elif _finite_values(noisy):
+        handles.append(_off_scale_handle("noisy input", noisy))
     ax.set_xscale("log")
-    ax.set_xlabel(f"inference images/s (deep models on {summary['hardware']['device']}; filters on the CPU)")
+    ax.set_xlabel(f"inference images/s (deep models: batches of {summary['config']['study']['batch_size']} on "
+                  f"{summary['hardware']['device']}; filters: one image at a time on the CPU)")
     ax.set_ylabel("mean test PSNR (dB)")
-    from matplotlib.lines import Line2D
-
-    ax.legend(handles=[Line2D([], [], marker="o", linestyle="", color=report.KIND_COLOURS[k], label=label)
-                       for k, label in (("deep", "deep model (largest training size)"), ("classical", "classical"))]
-              + ([Line2D([], [], linestyle=":", color=report.KIND_COLOURS["input"], label="noisy input")]
-                 if _is_number(noisy) else []), fontsize=8, loc="lower left")
+    ax.legend(handles=handles, fontsize=8, loc="best")
     fig.tight_layout()
     report._save(fig, dest)
 
