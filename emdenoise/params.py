@@ -60,6 +60,13 @@ def _source_check(value: str) -> str | None:
     return f"one of {', '.join(named)}, an http(s):// or s3:// URL, or a local folder or .zip"
 
 
+def _device_check(value: str) -> str | None:
+    """The one rule for every ``device`` key."""
+    if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+        return None
+    return "auto, cpu, cuda or cuda:N"
+
+
 SCHEMA: dict[str, dict[str, Field]] = {
     "download": {
         "source": Field("str", "synthetic", "where the data come from: synthetic, stfc, osn, minibatch, an "
@@ -100,8 +107,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "loss": Field("str", "mse", "training loss on normalised images", choices=("mse", "l1")),
         "seed": Field("int", 0, "random seed (initialisation, shuffling, crops)", min=0),
         "device": Field("str", "auto", "auto (cuda if present, else cpu), cpu, cuda or cuda:N",
-                        check=lambda v: None if v in ("auto", "cpu", "cuda") or
-                        (v.startswith("cuda:") and v[5:].isdigit()) else "auto, cpu, cuda or cuda:N"),
+                        check=_device_check),
         "precision": Field("str", "auto", "auto (bf16 autocast where it helps), fp32, bf16 or fp16",
                            choices=("auto", "fp32", "bf16", "fp16")),
         "num_workers": Field("int", 0, "data-loader worker processes (data are in memory: 0 is usually best)",
@@ -128,8 +134,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
                            "only; bm3d and anscombe_bm3d need the optional non-commercial bm3d package)",
                            choices=BASELINE_NAMES + ("none",)),
         "batch_size": Field("int", 16, "images per inference batch", min=1, max=65_536),
-        "device": Field("str", "auto", "auto, cpu, cuda or cuda:N", check=lambda v: None if v in ("auto", "cpu",
-                        "cuda") or (v.startswith("cuda:") and v[5:].isdigit()) else "auto, cpu, cuda or cuda:N"),
+        "device": Field("str", "auto", "auto, cpu, cuda or cuda:N", check=_device_check),
         "precision": Field("str", "auto", "auto, fp32, bf16 or fp16", choices=("auto", "fp32", "bf16", "fp16")),
         "max_test_images": Field("int", 0, "evaluate only the first N test pairs (0: all)", min=0),
         "tune_images": Field("int", 16, "validation pairs used to tune the baselines' parameters", min=1),
@@ -145,8 +150,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
                               "tile_size / 2)", min=0, max=32_768),
         "batch_size": Field("int", 8, "tiles per inference batch (tiles of consecutive frames are batched "
                             "together)", min=1, max=65_536),
-        "device": Field("str", "auto", "auto, cpu, cuda or cuda:N", check=lambda v: None if v in ("auto", "cpu",
-                        "cuda") or (v.startswith("cuda:") and v[5:].isdigit()) else "auto, cpu, cuda or cuda:N"),
+        "device": Field("str", "auto", "auto, cpu, cuda or cuda:N", check=_device_check),
         "precision": Field("str", "auto", "auto, fp32, bf16 or fp16", choices=("auto", "fp32", "bf16", "fp16")),
         "pattern": Field("str", "*", "glob selecting the input files in input_dir (e.g. *.tif, or **/* to "
                          "include subfolders)"),
@@ -164,7 +168,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "patch_size": Field("int", 0, "train on random square crops of this side (0: whole images)", min=0,
                             max=4096),
         "device": Field("str", "auto", "auto (cuda if present, else cpu), cpu, cuda or cuda:N",
-                        check=lambda v: SCHEMA["train"]["device"].check(v)),  # the same rule as train.device
+                        check=_device_check),
         "seed": Field("int", 0, "random seed of every cell's training", min=0),
         "baselines": Field("names", ["gaussian", "median", "tv", "nlm"], "classical baselines, tuned on the val "
                            "split once (all: every one installed; none: no baseline)",

@@ -66,6 +66,7 @@ def test_unknown_section_gets_did_you_mean(tmp_path):
     ("train:\n  model: [unet, unet]\n", "train.model", "repeat"),
     ("test:\n  baselines: [gausian]\n", "test.baselines", "did you mean 'gaussian'"),
     ("train:\n  device: gpu\n", "train.device", "auto, cpu, cuda or cuda:N"),
+    ("test:\n  device: cuda:x\n", "test.device", "auto, cpu, cuda or cuda:N"),
     ("download:\n  source: ftp-thing\n", "download.source", "synthetic"),
     ("download:\n  dose_min: 50\n  dose_max: 10\n", "download.dose_min", "<= download.dose_max"),
     ("train:\n  epochs: true\n", "train.epochs", "got True"),
