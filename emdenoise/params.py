@@ -67,6 +67,10 @@ def _device_check(value: str) -> str | None:
     return "auto, cpu, cuda or cuda:N"
 
 
+def _even_check(value: int) -> str | None:
+    return None if value % 2 == 0 else "an even number"
+
+
 SCHEMA: dict[str, dict[str, Field]] = {
     "download": {
         "source": Field("str", "synthetic", "where the data come from: synthetic, stfc, osn, minibatch, an "
@@ -122,7 +126,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "dncnn_depth": Field("int", 17, "dncnn: number of conv layers (17 known noise, 20 blind)", min=3,
                              max=100),
         "rednet_depth": Field("int", 30, "rednet: total conv + deconv layers (even; 30 is RED30)", min=2,
-                              max=100),
+                              max=100, check=_even_check),
         "msdnet_depth": Field("int", 100, "msdnet: number of layers", min=1, max=1000),
         "msdnet_width": Field("int", 1, "msdnet: feature maps per layer", min=1, max=64),
     },

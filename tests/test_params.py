@@ -67,6 +67,7 @@ def test_unknown_section_gets_did_you_mean(tmp_path):
     ("test:\n  baselines: [gausian]\n", "test.baselines", "did you mean 'gaussian'"),
     ("train:\n  device: gpu\n", "train.device", "auto, cpu, cuda or cuda:N"),
     ("test:\n  device: cuda:x\n", "test.device", "auto, cpu, cuda or cuda:N"),
+    ("train:\n  rednet_depth: 15\n", "train.rednet_depth", "an even number, got 15"),
     ("download:\n  source: ftp-thing\n", "download.source", "synthetic"),
     ("download:\n  dose_min: 50\n  dose_max: 10\n", "download.dose_min", "<= download.dose_max"),
     ("train:\n  epochs: true\n", "train.epochs", "got True"),
