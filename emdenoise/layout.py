@@ -22,9 +22,18 @@ Processed (what ``preprocess`` writes and ``train``/``test`` read)::
                                     the row in the raw file each pair came from
       inference.h5                  optional, same datasets, from inference/raw + inference/truth
       dataset_card.json             see DATASET_CARD_KEYS
+
+Models (what ``train`` writes and ``test``, ``denoise`` and ``study`` read)::
+
+    model_dir/<model>/
+      em_denoise_model.h5           the best weights by validation PSNR (real HDF5, see emdenoise.modelio)
+      em_denoise_model_last.h5      the weights after the last epoch
+      checkpoint_last.h5            the resumable training state
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 RAW_SPLITS = ("train", "test")
 RAW_FILES = {"noisy": "graphene_img_noise.h5", "clean": "graphene_img_clean.h5"}
@@ -48,3 +57,12 @@ CARD = "dataset_card.json"
 DATASET_CARD_KEYS = ("format", "image_shape", "splits", "value_range", "normalisation", "data_range",
                      "data_range_definition", "has_dose", "source")
 CARD_FORMAT = "emdenoise-data/1"
+
+MODEL_FILE = "em_denoise_model.h5"
+LAST_MODEL_FILE = "em_denoise_model_last.h5"
+CHECKPOINT_FILE = "checkpoint_last.h5"
+
+
+def trained_models(model_dir: Path) -> dict[str, Path]:
+    """``{model name: model file}`` for every ``model_dir/<name>/em_denoise_model.h5``, sorted by name."""
+    return {p.parent.name: p for p in sorted(Path(model_dir).glob(f"*/{MODEL_FILE}")) if p.is_file()}

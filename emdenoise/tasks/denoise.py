@@ -33,10 +33,10 @@ import torch
 from emdenoise import __version__, imageio, runtime
 from emdenoise.errors import InputError
 from emdenoise.fsutil import atomic_path, write_json_atomic
+from emdenoise.layout import MODEL_FILE, trained_models
 from emdenoise.log import progress
 from emdenoise.tiling import Tiler
 
-MODEL_FILE = "em_denoise_model.h5"
 SIDECAR_SUFFIX = ".json"
 
 
@@ -45,7 +45,7 @@ def select_model(model_dir: Path, choice: str) -> tuple[str, Path]:
     if not model_dir.is_dir():
         raise InputError.at(model_dir, "model_dir", "expected a folder of trained models, not found; run the "
                             "train task first")
-    found = {p.parent.name: p for p in sorted(model_dir.glob(f"*/{MODEL_FILE}")) if p.is_file()}
+    found = trained_models(model_dir)
     if choice == "auto":
         if len(found) == 1:
             return next(iter(found.items()))

@@ -60,7 +60,7 @@ from emdenoise.cli import TaskContext
 from emdenoise.data import Split, load_card, load_split
 from emdenoise.errors import InputError, RuntimeFailure
 from emdenoise.fsutil import write_json_atomic, write_text_atomic
-from emdenoise.layout import CARD
+from emdenoise.layout import CARD, MODEL_FILE
 from emdenoise.log import progress
 from emdenoise.tasks import test as test_task
 from emdenoise.tasks import train as train_task
@@ -225,7 +225,7 @@ def run_cell(cell: Cell, setting: Setting, cell_dir: Path) -> dict:
 
     scorer = test_task.Scorer(setting.test, setting.data_range, [])
     t1 = time.perf_counter()
-    test_task.run_model(cell.name, cell_dir / cell.model / train_task.MODEL_FILE, scorer, setting.device,
+    test_task.run_model(cell.name, cell_dir / cell.model / MODEL_FILE, scorer, setting.device,
                         setting.precision, study["batch_size"], ctx.log)
     row = scorer.rows[cell.name]
     result["test"] = _row_summary(cell.name, row, setting.test.dose, study["dose_bins"])

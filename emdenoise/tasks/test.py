@@ -35,11 +35,10 @@ from emdenoise import report
 from emdenoise.data import Split, load_card, load_split
 from emdenoise.errors import InputError, RuntimeFailure
 from emdenoise.fsutil import write_json_atomic, write_text_atomic
-from emdenoise.layout import CARD
+from emdenoise.layout import CARD, MODEL_FILE, trained_models
 from emdenoise.log import progress
 from emdenoise.metrics import mse_per_image, psnr_per_image, ssim_per_image
 
-MODEL_FILE = "em_denoise_model.h5"
 DOSE_BINS = 4
 
 
@@ -82,7 +81,7 @@ def find_models(value, model_dir: Path, where) -> dict[str, Path]:
     if names == "all":
         if not model_dir.is_dir():
             return {}
-        return {p.parent.name: p for p in sorted(model_dir.glob(f"*/{MODEL_FILE}")) if p.is_file()}
+        return trained_models(model_dir)
     found = {}
     for name in names:
         path = model_dir / name / MODEL_FILE

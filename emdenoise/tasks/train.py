@@ -50,13 +50,10 @@ from emdenoise.data import Split, load_card, load_split
 from emdenoise.distributed import World
 from emdenoise.errors import InputError, RuntimeFailure
 from emdenoise.fsutil import write_json_atomic
-from emdenoise.layout import CARD, DATASET_CARD_KEYS
+from emdenoise.layout import CARD, CHECKPOINT_FILE, DATASET_CARD_KEYS, LAST_MODEL_FILE, MODEL_FILE
 from emdenoise.log import progress
 from emdenoise.metrics import psnr_per_image, ssim_per_image
 
-MODEL_FILE = "em_denoise_model.h5"
-LAST_MODEL_FILE = "em_denoise_model_last.h5"
-CHECKPOINT_FILE = "checkpoint_last.h5"
 METRICS_FILE = "train_metrics.json"
 
 # train: keys that determine the result, hence the checkpoint fingerprint (device, precision and num_workers
