@@ -25,6 +25,17 @@ def conv_relu(in_ch: int, out_ch: int, *, batch_norm: bool = False) -> nn.Sequen
     return nn.Sequential(conv3x3(in_ch, out_ch), nn.ReLU(inplace=True))
 
 
+def contract(blocks: nn.ModuleList, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The contracting path of a U-shaped net: each block then a 2x2 max-pool. Returns the pooled result and
+    the blocks' outputs before pooling (the skips), shallowest first."""
+    skips = []
+    for block in blocks:
+        x = block(x)
+        skips.append(x)
+        x = F.max_pool2d(x, 2)
+    return x, skips
+
+
 def border_pad(x: torch.Tensor, left: int, right: int, top: int, bottom: int) -> torch.Tensor:
     """Pad a (B, C, H, W) tensor by mirroring (reflect), or by repeating the edge (replicate) where the
     image is too small to mirror (a pad must be smaller than the side it mirrors)."""

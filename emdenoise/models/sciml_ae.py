@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from emdenoise.models import register
-from emdenoise.models._common import conv3x3, padded_apply
+from emdenoise.models._common import contract, conv3x3, padded_apply
 
 ENCODER_CHANNELS = (8, 16, 32)
 BOTTLENECK_CHANNELS = 64
@@ -62,11 +62,7 @@ class SciMLAutoencoder(nn.Module):
         self.head = conv3x3(in_ch, 1)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
-        for block in self.encoders:
-            x = block(x)
-            skips.append(x)
-            x = F.max_pool2d(x, 2)
+        x, skips = contract(self.encoders, x)
         x = self.bottleneck(x)
         for block, skip in zip(self.decoders, reversed(skips)):
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)

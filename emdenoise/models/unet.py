@@ -17,11 +17,10 @@ at ``base=64`` (the paper's width).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from emdenoise.models import register
-from emdenoise.models._common import conv_relu, padded_apply
+from emdenoise.models._common import contract, conv_relu, padded_apply
 
 LEVELS = 4  # down steps
 
@@ -53,11 +52,7 @@ class UNet(nn.Module):
         self.head = nn.Conv2d(base, 1, 1)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
-        for block in self.down:
-            x = block(x)
-            skips.append(x)
-            x = F.max_pool2d(x, 2)
+        x, skips = contract(self.down, x)
         x = self.bottom(x)
         for upconv, block, skip in zip(self.upconv, self.up, reversed(skips)):
             x = block(torch.cat((upconv(x), skip), dim=1))
