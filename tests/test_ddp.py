@@ -19,9 +19,9 @@ import pytest
 import torch
 import yaml
 
+from processed_data import write_data_dir
+
 from emdenoise import cli, distributed, models, runtime
-from emdenoise.fsutil import write_json_atomic
-from emdenoise.layout import CARD, CARD_FORMAT, SPLIT_FILE
 from emdenoise.tasks import train as train_task
 
 SIDE = 32
@@ -42,24 +42,14 @@ def make_data_dir(root: Path, n_train: int = 17, n_val: int = 5) -> Path:
     """Learnable pairs (stripes, and the same with a gain and noise) in the processed layout."""
     rng = np.random.default_rng(0)
     y, x = np.mgrid[0:SIDE, 0:SIDE].astype(np.float32)
-    splits, ranges = {}, {}
+    splits = {}
     for split, n in (("train", n_train), ("val", n_val), ("test", 2)):
         phase = rng.uniform(0, 2 * np.pi, (n, 1, 1)).astype(np.float32)
         clean = 0.5 + 0.4 * np.sin(0.3 * y + 0.2 * x + phase)
         noisy = (0.8 * clean + rng.normal(0, 0.15, clean.shape)).astype(np.float32)
-        root.mkdir(parents=True, exist_ok=True)
-        with h5py.File(root / SPLIT_FILE.format(split=split), "w") as fh:
-            fh.create_dataset("noisy", data=noisy, chunks=(1, SIDE, SIDE))
-            fh.create_dataset("clean", data=clean, chunks=(1, SIDE, SIDE))
-        splits[split] = {"file": SPLIT_FILE.format(split=split), "n": n}
-        ranges[split] = {"noisy": [float(noisy.min()), float(noisy.max())],
-                         "clean": [float(clean.min()), float(clean.max())]}
-    write_json_atomic(root / CARD, {
-        "format": CARD_FORMAT, "image_shape": [SIDE, SIDE], "splits": splits, "value_range": ranges,
-        "normalisation": {"noisy": {"mean": 0.4, "std": 0.3}, "clean": {"mean": 0.5, "std": 0.3}},
-        "data_range": 0.8, "data_range_definition": "max - min of the clean test set", "has_dose": False,
-        "source": None})
-    return root
+        splits[split] = (noisy, clean)
+    return write_data_dir(root, splits, {"noisy": {"mean": 0.4, "std": 0.3}, "clean": {"mean": 0.5, "std": 0.3}},
+                          data_range=0.8)
 
 
 def _params(path: Path, **train) -> Path:

@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 from scipy.stats import poisson
 
+from processed_data import write_data_dir, write_split
+
 from emdenoise import baselines, cli
 from emdenoise.data import Split
 from emdenoise.errors import EXIT_BAD_INPUT, InputError
-from emdenoise.layout import CARD, CARD_FORMAT
+from emdenoise.layout import CARD
 from emdenoise.metrics import psnr_per_image, ssim_per_image
 from emdenoise.tasks import test as test_task
 
@@ -48,34 +50,16 @@ def poisson_noise(rng, clean: np.ndarray, dose) -> np.ndarray:
     return (rng.poisson(clean * dose) / dose).astype(np.float32)
 
 
-def write_split(path: Path, noisy, clean, dose=None) -> None:
-    with h5py.File(path, "w") as fh:
-        fh.create_dataset("noisy", data=noisy)
-        fh.create_dataset("clean", data=clean)
-        if dose is not None:
-            fh.create_dataset("dose", data=np.asarray(dose, dtype=np.float32))
-
-
 def make_data_dir(root: Path, n_test: int = 6, n_val: int = 4, size: int = 40, seed: int = 0) -> Path:
     """A processed data_dir (val.h5, test.h5, dataset_card.json) with doses spread over 5..200."""
     rng = np.random.default_rng(seed)
-    data_dir = root / "processed"
-    data_dir.mkdir(parents=True)
     splits = {}
     for split, n in (("val", n_val), ("test", n_test)):
         clean = smooth_images(rng, n, size)
         dose = np.geomspace(5, 200, n)
-        write_split(data_dir / f"{split}.h5", poisson_noise(rng, clean, dose), clean, dose)
-        splits[split] = clean
-    test_clean = splits["test"]
-    card = {"format": CARD_FORMAT, "image_shape": [size, size],
-            "splits": {s: {"file": f"{s}.h5", "n": len(c)} for s, c in splits.items()},
-            "value_range": {}, "normalisation": {"noisy": {"mean": 0.6, "std": 0.2},
-                                                 "clean": {"mean": 0.6, "std": 0.2}},
-            "data_range": float(test_clean.max() - test_clean.min()),
-            "data_range_definition": "max - min of the clean test images", "has_dose": True, "source": None}
-    (data_dir / CARD).write_text(json.dumps(card))
-    return data_dir
+        splits[split] = (poisson_noise(rng, clean, dose), clean, dose)
+    return write_data_dir(root / "processed", splits, {"noisy": {"mean": 0.6, "std": 0.2},
+                                                       "clean": {"mean": 0.6, "std": 0.2}})
 
 
 def write_params(path: Path, **test_section) -> Path:

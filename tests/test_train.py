@@ -17,10 +17,11 @@ import pytest
 import torch
 import yaml
 
+from processed_data import write_data_dir
+
 from emdenoise import cli, models, modelio, runtime
 from emdenoise.errors import InputError
-from emdenoise.fsutil import write_json_atomic
-from emdenoise.layout import CARD, CARD_FORMAT, DATASET_CARD_KEYS, SPLIT_FILE
+from emdenoise.layout import CARD
 from emdenoise.tasks import train as train_task
 
 H, W = 32, 40
@@ -49,22 +50,8 @@ def _pairs(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def make_data_dir(root: Path, n_train: int = 16, n_val: int = 4, n_test: int = 4) -> Path:
     rng = np.random.default_rng(0)
-    root.mkdir(parents=True, exist_ok=True)
-    splits, ranges = {}, {}
-    for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
-        noisy, clean = _pairs(rng, n)
-        with h5py.File(root / SPLIT_FILE.format(split=split), "w") as fh:
-            fh.create_dataset("noisy", data=noisy, chunks=(1, H, W))
-            fh.create_dataset("clean", data=clean, chunks=(1, H, W))
-        splits[split] = {"file": SPLIT_FILE.format(split=split), "n": n}
-        ranges[split] = {"noisy": [float(noisy.min()), float(noisy.max())],
-                         "clean": [float(clean.min()), float(clean.max())]}
-    card = {"format": CARD_FORMAT, "image_shape": [H, W], "splits": splits, "value_range": ranges,
-            "normalisation": NORM, "data_range": ranges["test"]["clean"][1] - ranges["test"]["clean"][0],
-            "data_range_definition": "max - min of the clean test set", "has_dose": False, "source": None}
-    assert set(card) == set(DATASET_CARD_KEYS)
-    write_json_atomic(root / CARD, card)
-    return root
+    return write_data_dir(root, {split: _pairs(rng, n) for split, n in
+                                 (("train", n_train), ("val", n_val), ("test", n_test))}, NORM)
 
 
 @pytest.fixture(scope="module")
