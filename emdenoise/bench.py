@@ -395,7 +395,7 @@ def plain_train(name: str, noisy: Path, clean: Path, device: torch.device, batch
     try:
         return _timed(device, step, timing, batch)
     finally:
-        del batches
+        batches = None  # the loader's worker processes end now, not whenever the frame is collected
 
 
 def plain_infer(name: str, noisy: Path, device: torch.device, batch: int, timing: Timing) -> Measure:
@@ -412,7 +412,7 @@ def plain_infer(name: str, noisy: Path, device: torch.device, batch: int, timing
     try:
         return _timed(device, step, timing, batch)
     finally:
-        del batches
+        batches = None  # the loader's worker processes end now, not whenever the frame is collected
 
 
 # ---------------------------------------------------------------------------------------------- fast path

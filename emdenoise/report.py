@@ -41,13 +41,13 @@ def ranked(methods: Mapping[str, dict]) -> list[str]:
     return sorted(methods, key=key)
 
 
-def _num(value, fmt: str) -> str:
+def num(value, fmt: str) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
     return format(value, fmt)
 
 
-def _settings(row: dict) -> str:
+def settings(row: dict) -> str:
     """A short human reading of a row's parameters: the tuned value, gain/offset, or the model file."""
     params = row.get("params") or {}
     if row.get("kind") == "classical":
@@ -64,10 +64,10 @@ def _settings(row: dict) -> str:
 
 def _columns(name: str, row: dict) -> list[str]:
     return [name, row.get("kind", ""),
-            f"{_num(row.get('psnr_mean'), '.2f')} ± {_num(row.get('psnr_std'), '.2f')}",
-            f"{_num(row.get('ssim_mean'), '.3f')} ± {_num(row.get('ssim_std'), '.3f')}",
-            _num(row.get("mse_mean"), ".3e"), _num(row.get("images_per_s"), ".1f"),
-            _num(None if row.get("seconds_per_image") is None else 1000.0 * row["seconds_per_image"], ".2f")]
+            f"{num(row.get('psnr_mean'), '.2f')} ± {num(row.get('psnr_std'), '.2f')}",
+            f"{num(row.get('ssim_mean'), '.3f')} ± {num(row.get('ssim_std'), '.3f')}",
+            num(row.get("mse_mean"), ".3e"), num(row.get("images_per_s"), ".1f"),
+            num(None if row.get("seconds_per_image") is None else 1000.0 * row["seconds_per_image"], ".2f")]
 
 
 HEADER = ["method", "kind", "PSNR (dB)", "SSIM", "MSE", "images/s", "ms/image"]
@@ -86,7 +86,7 @@ def markdown(metrics: dict) -> str:
              "| rank | " + " | ".join(HEADER) + " | settings |",
              "|---:|" + "---|" * 2 + "---:|" * 5 + "---|"]
     for rank, name in enumerate(ranked(methods), 1):
-        lines.append(f"| {rank} | " + " | ".join(_columns(name, methods[name])) + f" | {_settings(methods[name])} |")
+        lines.append(f"| {rank} | " + " | ".join(_columns(name, methods[name])) + f" | {settings(methods[name])} |")
     by_dose = metrics.get("psnr_by_dose")
     if by_dose and by_dose.get("bins"):
         bins = by_dose["bins"]
@@ -96,7 +96,7 @@ def markdown(metrics: dict) -> str:
                   + " |", "|---|" + "---:|" * len(bins)]
         for name in ranked(methods):
             values = by_dose["methods"].get(name, [])
-            lines.append(f"| {name} | " + " | ".join(_num(v, ".2f") for v in values) + " |")
+            lines.append(f"| {name} | " + " | ".join(num(v, ".2f") for v in values) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -127,7 +127,7 @@ def _config_dir_writable() -> bool:
     return os.access(base, os.W_OK | os.X_OK)
 
 
-def _figure(width: float, height: float):
+def figure(width: float, height: float):
     """A new Agg-backed figure, making sure matplotlib has a writable configuration folder first."""
     if "matplotlib" not in sys.modules and not os.environ.get("MPLCONFIGDIR") and not _config_dir_writable():
         os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="emdenoise-matplotlib-")
@@ -139,7 +139,7 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _save(fig, dest: str | os.PathLike) -> None:
+def save(fig, dest: str | os.PathLike) -> None:
     with atomic_path(dest) as tmp:
         fig.savefig(tmp, format="png")
 
@@ -156,7 +156,7 @@ def comparison_figure(dest: str | os.PathLike, noisy: np.ndarray, clean: np.ndar
     columns = ["noisy", *outputs, "clean"]
     k = len(noisy)
     side = 2.0
-    fig = _figure(side * len(columns), side * k + 0.4)
+    fig = figure(side * len(columns), side * k + 0.4)
     for r in range(k):
         vmin, vmax = np.percentile(clean[r], [0.5, 99.5])
         if vmax <= vmin:
@@ -167,12 +167,12 @@ def comparison_figure(dest: str | os.PathLike, noisy: np.ndarray, clean: np.ndar
             ax.imshow(image, cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-            title = name if name == "clean" else f"{name}\n{_num(float(psnr[name][r]), '.2f')} dB"
+            title = name if name == "clean" else f"{name}\n{num(float(psnr[name][r]), '.2f')} dB"
             ax.set_title(title, fontsize=8)
             if c == 0:
                 ax.set_ylabel(labels[r], fontsize=8)
     fig.tight_layout()
-    _save(fig, dest)
+    save(fig, dest)
 
 
 def psnr_bar_chart(dest: str | os.PathLike, metrics: dict) -> None:
@@ -180,7 +180,7 @@ def psnr_bar_chart(dest: str | os.PathLike, metrics: dict) -> None:
     methods = metrics["methods"]
     names = [n for n in ranked(methods)
              if isinstance(methods[n].get("psnr_mean"), (int, float)) and math.isfinite(methods[n]["psnr_mean"])]
-    fig = _figure(max(4.0, 0.6 * len(names) + 1.5), 4.0)
+    fig = figure(max(4.0, 0.6 * len(names) + 1.5), 4.0)
     ax = fig.add_subplot(1, 1, 1)
     means = [methods[n]["psnr_mean"] for n in names]
     stds = [methods[n].get("psnr_std") or 0.0 for n in names]
@@ -197,4 +197,4 @@ def psnr_bar_chart(dest: str | os.PathLike, metrics: dict) -> None:
         ax.legend(handles=[Patch(color=KIND_COLOURS[kind], label=kind) for kind in kinds], fontsize=8,
                   loc="upper right")
     fig.tight_layout()
-    _save(fig, dest)
+    save(fig, dest)

@@ -270,7 +270,7 @@ def test_data_keep_their_axes(data_dir):
     plan = train_task.epoch_plan(data, 2, seed=0, epoch=1)
     assert sorted(torch.cat([idx for idx, _ in plan]).tolist()) == list(range(5))
     noisy, clean = train_task.gather(data, *plan[0])
-    (i, j), (y, x) = plan[0][0][:2].tolist(), plan[0][1][1].tolist()
+    (_, j), (y, x) = plan[0][0][:2].tolist(), plan[0][1][1].tolist()
     assert noisy.shape == (2, 1, 16, 16)
     torch.testing.assert_close(noisy[1], data.noisy[j, :, y:y + 16, x:x + 16])
 

@@ -467,7 +467,7 @@ def _table(header: Sequence[str], align: str, rows: list[Sequence[str]]) -> list
 
 
 def _num(value, fmt: str) -> str:
-    return report._num(value if _is_number(value) else None, fmt)
+    return report.num(value if _is_number(value) else None, fmt)
 
 
 def _duration(seconds: float) -> str:
@@ -536,7 +536,7 @@ def markdown(summary: dict, figures: Mapping[str, str]) -> str:
     lines += ["Baselines (no training; the same test images):", ""]
     rows = [[name, methods[name]["kind"], f"{_num(methods[name]['psnr_mean'], '.2f')} ± "
              f"{_num(methods[name]['psnr_std'], '.2f')}", f"{_num(methods[name]['ssim_mean'], '.4f')} ± "
-             f"{_num(methods[name]['ssim_std'], '.4f')}", report._settings(methods[name])]
+             f"{_num(methods[name]['ssim_std'], '.4f')}", report.settings(methods[name])]
             for name in _baseline_order(methods)]
     lines += _table(["method", "kind", "PSNR (dB)", "SSIM", "tuned setting"], "llrrl", rows) + [""]
 
@@ -647,7 +647,7 @@ def plot_psnr_vs_train_size(dest: Path, summary: dict) -> None:
 
     models_out, methods = summary["models"], summary["baselines"]
     colours = _colours(list(models_out))
-    fig = report._figure(7.5, 4.8)
+    fig = report.figure(7.5, 4.8)
     ax = fig.add_subplot(1, 1, 1)
     shown = []
     for name, info in models_out.items():
@@ -677,7 +677,7 @@ def plot_psnr_vs_train_size(dest: Path, summary: dict) -> None:
     ax.set_title(f"{summary['data']['n_test']} test images, R = {summary['data']['data_range']:.4g}", fontsize=9)
     ax.legend(handles=handles, fontsize=7, loc="best")
     fig.tight_layout()
-    report._save(fig, dest)
+    report.save(fig, dest)
 
 
 def plot_psnr_vs_dose(dest: Path, summary: dict) -> None:
@@ -686,7 +686,7 @@ def plot_psnr_vs_dose(dest: Path, summary: dict) -> None:
     bins = summary["dose_bins"]["bins"]
     centres = [math.sqrt(max(b["dose_min"], 1e-12) * max(b["dose_max"], 1e-12)) for b in bins]
     models_out, methods, colours = summary["models"], summary["baselines"], _colours(list(summary["models"]))
-    fig = report._figure(7.5, 4.8)
+    fig = report.figure(7.5, 4.8)
     ax = fig.add_subplot(1, 1, 1)
     shown = []
 
@@ -717,7 +717,7 @@ def plot_psnr_vs_dose(dest: Path, summary: dict) -> None:
     ax.set_ylabel("mean test PSNR (dB)")
     ax.legend(handles=handles, fontsize=7, loc="best", ncol=2)
     fig.tight_layout()
-    report._save(fig, dest)
+    report.save(fig, dest)
 
 
 def plot_fidelity_vs_speed(dest: Path, summary: dict) -> None:
@@ -730,7 +730,7 @@ def plot_fidelity_vs_speed(dest: Path, summary: dict) -> None:
     points += [(methods[n]["images_per_s"], methods[n]["psnr_mean"], n, "classical")
                for n in _baseline_order(methods) if methods[n]["kind"] == "classical"]
     points = [p for p in points if _is_number(p[0]) and p[0] > 0 and _is_number(p[1])]
-    fig = report._figure(7.5, 4.8)
+    fig = report.figure(7.5, 4.8)
     ax = fig.add_subplot(1, 1, 1)
     for speed, psnr, name, kind in points:
         ax.scatter([speed], [psnr], color=report.KIND_COLOURS[kind], s=30)
@@ -749,7 +749,7 @@ def plot_fidelity_vs_speed(dest: Path, summary: dict) -> None:
     ax.set_ylabel("mean test PSNR (dB)")
     ax.legend(handles=handles, fontsize=8, loc="best")
     fig.tight_layout()
-    report._save(fig, dest)
+    report.save(fig, dest)
 
 
 def write_figures(out_dir: Path, summary: dict) -> dict[str, str]:
