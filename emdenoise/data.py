@@ -9,6 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from emdenoise import h5safe
 from emdenoise.errors import InputError
 from emdenoise.layout import CARD, CARD_FORMAT, SPLIT_FILE
 
@@ -41,13 +42,15 @@ def load_card(data_dir: str | Path) -> dict:
 
 
 def load_split(data_dir: str | Path, split: str, max_images: int = 0) -> Split:
-    """Read one split (``train``, ``val``, ``test``, ``inference``) wholly into memory (first ``max_images``)."""
+    """Read one split (``train``, ``val``, ``test``, ``inference``) wholly into memory (first ``max_images``).
+
+    The file's seal (:mod:`emdenoise.h5safe`) is checked first, over the whole file."""
     path = Path(data_dir) / SPLIT_FILE.format(split=split)
     if not path.is_file():
         raise InputError.at(path, None, f"{split} split not found; run the preprocess task first")
     n = None if max_images <= 0 else max_images
     try:
-        with h5py.File(path, "r") as fh:
+        with h5safe.open_sealed(path, hint="run the preprocess task again") as fh:
             arrays = {}
             for key in ("noisy", "clean"):
                 ds = fh.get(key)

@@ -24,7 +24,8 @@ MRC       2-D images, image stacks and volumes (modes 0, 1, 2,   mode 2 (float32
 
 Each readable array is an :class:`ImageArray` whose frames (the last two axes) are read one at a time, so a
 long stack never sits in memory. Writers consume an iterator of float32 frames and write them straight into
-the output (a temporary file the caller renames into place).
+the output (a temporary file the caller renames into place). An HDF5 input is probed in a child process before
+it is opened (:func:`emdenoise.h5safe.open_foreign`): a file that would crash libhdf5 is one InputError.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from typing import Any, Callable, Iterable, Iterator
 import h5py
 import numpy as np
 
+from emdenoise import h5safe
 from emdenoise.errors import InputError
 
 FORMATS: dict[str, str] = {
@@ -221,7 +223,7 @@ def _is_image_dataset(obj: Any) -> bool:
 
 def _read_hdf5(path: Path) -> InputFile:
     stack = ExitStack()
-    h5 = stack.enter_context(h5py.File(path, "r"))
+    h5 = stack.enter_context(h5safe.open_foreign(path))  # the structure walked in a child process first
     images, others, groups = [], [], []
 
     def visit(name: str, obj: Any) -> None:

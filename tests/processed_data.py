@@ -5,16 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import h5py
 import numpy as np
 
+from emdenoise import h5safe
 from emdenoise.fsutil import write_json_atomic
 from emdenoise.layout import CARD, CARD_FORMAT, DATASET_CARD_KEYS, SPLIT_FILE
 
 
 def write_split(path: Path, noisy, clean, dose=None) -> None:
-    """One split file: ``noisy``, ``clean`` (N, H, W), one image per chunk, and ``dose`` when given."""
-    with h5py.File(path, "w") as fh:
+    """One split file, sealed as preprocess seals it: ``noisy``, ``clean`` (N, H, W), one image per chunk, and
+    ``dose`` when given."""
+    with h5safe.create_sealed(path) as fh:
         for key, images in (("noisy", noisy), ("clean", clean)):
             images = np.asarray(images, dtype=np.float32)
             fh.create_dataset(key, data=images, chunks=(1, *images.shape[1:]) if len(images) else None)

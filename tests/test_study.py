@@ -175,7 +175,7 @@ def test_study_writes_every_output(finished):
         assert cell["train"]["n_train"] == cell["train_size"] and len(cell["train_epochs"]) == 1
         # each cell trained into its own model dir, as a real HDF5 model file
         model_file = out / "cells" / cell["cell"] / cell["model"] / "em_denoise_model.h5"
-        assert model_file.read_bytes()[:8] == b"\x89HDF\r\n\x1a\n"
+        assert model_file.read_bytes()[512:520] == b"\x89HDF\r\n\x1a\n"   # after the user block with its seal
         # the summary's mean is the mean of the per-image values kept in the cell's result
         result = json.loads((out / "cells" / cell["cell"] / "result.json").read_text())
         assert result["status"] == "done" and len(result["per_image"]["psnr"]) == 8

@@ -19,13 +19,12 @@ import yaml
 
 from processed_data import write_data_dir
 
-from emdenoise import cli, models, modelio, runtime
+from emdenoise import cli, h5safe, models, modelio, runtime
 from emdenoise.errors import InputError
 from emdenoise.layout import CARD
 from emdenoise.tasks import train as train_task
 
 H, W = 32, 40
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 NORM = {"noisy": {"mean": 0.4, "std": 0.3}, "clean": {"mean": 0.5, "std": 0.25}}
 
 
@@ -73,6 +72,13 @@ def train_cli(tmp: Path, data_dir: Path, model_dir: Path | None = None, **train)
     return code, model_dir, out
 
 
+def _sealed_hdf5(path: Path) -> bool:
+    """HDF5 (its signature after the 512-byte user block) sealed by emdenoise (the sha256 header before it)."""
+    data = path.read_bytes()
+    start = h5safe.USER_BLOCK
+    return data.startswith(b"emdenoise-sha256:") and data[start:start + 8] == h5safe.HDF5_SIGNATURE
+
+
 def _weights(path: Path) -> dict[str, np.ndarray]:
     with h5py.File(path, "r") as fh:
         return {k: fh["state"][k][()] for k in fh["state"]}
@@ -98,7 +104,7 @@ def saved_model(tmp_path) -> tuple[torch.nn.Module, Path]:
 
 def test_model_file_round_trip(saved_model):
     model, path = saved_model
-    assert path.read_bytes()[:8] == HDF5_SIGNATURE
+    assert _sealed_hdf5(path)
     with h5py.File(path, "r") as fh:  # plain h5py can read it: weights as datasets, metadata as attributes
         assert fh.attrs["format"] == modelio.MODEL_FORMAT
         assert fh.attrs["model"] == "sciml_ae"
@@ -139,6 +145,7 @@ def test_pickle_payload_in_a_dataset_is_refused(saved_model, tmp_path, as_opaque
         del fh["state"]["head.weight"]
         fh["state"]["head.weight"] = np.void(payload) if as_opaque else \
             np.array([payload], dtype=f"S{len(payload)}")
+    h5safe.seal(path)  # sealed again, so the loader's own checks are what refuses it
     with pytest.raises(InputError, match="head.weight"):
         modelio.load_model(path)
     assert not marker.exists()
@@ -154,8 +161,10 @@ def test_pickle_file_is_refused(tmp_path):
 
 
 def _edit(path: Path, fn) -> Path:
+    """Change a sealed file with h5py and seal it again: the loader's checks after the seal's are tested."""
     with h5py.File(path, "r+") as fh:
         fn(fh)
+    h5safe.seal(path)
     return path
 
 
@@ -213,7 +222,7 @@ def test_checkpoint_round_trip(tmp_path):
     path = tmp_path / "ckpt.h5"
     modelio.save_checkpoint(path, model, opt, sched, {"model": "sciml_ae", "options": {}, "fingerprint": "f" * 64,
                                                       "epoch": 2, "rng": rng, "history": [{"loss": 0.5}]})
-    assert path.read_bytes()[:8] == HDF5_SIGNATURE
+    assert _sealed_hdf5(path)
     assert modelio.checkpoint_info(path)["epoch"] == 2
     expected_next = torch.rand(5)
 
@@ -288,7 +297,7 @@ def test_train_writes_model_and_metrics(tmp_path, data_dir):
         assert math.isfinite(row["val_psnr"]) and -1 <= row["val_ssim"] <= 1 and row["images_per_s"] > 0
     best = model_dir / "sciml_ae" / "em_denoise_model.h5"
     last = model_dir / "sciml_ae" / "em_denoise_model_last.h5"
-    assert best.read_bytes()[:8] == HDF5_SIGNATURE and last.exists()
+    assert _sealed_hdf5(best) and _sealed_hdf5(last)
     denoiser = modelio.Denoiser.from_file(best)
     assert denoiser.name == "sciml_ae"
     assert denoiser.meta["normalisation"] == NORM

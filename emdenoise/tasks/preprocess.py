@@ -14,7 +14,9 @@ Reads ``raw_data_dir`` in the raw layout of :mod:`emdenoise.layout` (``train/`` 
 Each split file holds ``noisy`` and ``clean`` float32 (N, H, W) chunked one image per chunk, ``index`` int64
 (N,) (the row in the raw file), and ``dose`` float32 (N,) when the raw noisy datasets carry a ``dose``
 attribute. The raw files are read in blocks, so the 5 GB real set never has to fit in memory. Every output is
-written under a temporary name and renamed into place only after all of them are complete.
+written under a temporary name and renamed into place only after all of them are complete. The raw files are
+probed in a child process before they are opened, and the split files are sealed with their sha256
+(:mod:`emdenoise.h5safe`): a damaged HDF5 file is one line, never a crash.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import h5py
 import numpy as np
 
-from emdenoise import __version__
+from emdenoise import __version__, h5safe
 from emdenoise.errors import InputError, RuntimeFailure
 from emdenoise.fsutil import atomic_path, write_json_atomic
 from emdenoise.layout import (CARD, CARD_FORMAT, MANIFEST, RAW_DATASET, RAW_FILES, RAW_SPLITS, SPLIT_FILE,
@@ -73,7 +76,8 @@ class RawImages:
             selection = ordered  # h5py wants increasing indices
         try:
             data = self.ds[selection]
-        except (OSError, RuntimeError, ValueError, TypeError) as exc:  # RuntimeError: h5py on damaged metadata
+        # RuntimeError: h5py on damaged metadata; MemoryError: a damaged shape that claims petabytes
+        except (OSError, RuntimeError, ValueError, TypeError, MemoryError) as exc:
             raise InputError.at(self.path, RAW_DATASET, f"cannot read images {int(ordered[0])}..{int(ordered[-1])}"
                                 f" ({_one_line(exc)}); expected a complete, readable HDF5 file") from None
         if data.ndim == 4:
@@ -95,7 +99,7 @@ def open_raw_images(path: Path, stack: contextlib.ExitStack, log) -> RawImages:
         what = "found a folder, not a file" if path.is_dir() else "file not found"
         raise InputError.at(path, None, f"{what}; {LAYOUT_HINT}")
     try:
-        fh = stack.enter_context(h5py.File(path, "r"))
+        fh = stack.enter_context(h5safe.open_foreign(path))  # the structure walked in a child process first
     except (OSError, RuntimeError, ValueError) as exc:
         raise InputError.at(path, None, f"expected a readable HDF5 file ({_one_line(exc)})") from None
     try:
@@ -110,9 +114,13 @@ def open_raw_images(path: Path, stack: contextlib.ExitStack, log) -> RawImages:
         raise InputError.at(path, RAW_DATASET, f"expected a dataset named {RAW_DATASET!r}, the file holds {holds}")
     if not isinstance(obj, h5py.Dataset):
         raise InputError.at(path, RAW_DATASET, f"expected a dataset, got a {type(obj).__name__.lower()}")
-    if obj.dtype.kind not in "fiub":
-        raise InputError.at(path, RAW_DATASET, f"expected real-valued numbers (float32), got dtype {obj.dtype}")
-    shape = tuple(int(s) for s in obj.shape)
+    try:
+        dtype, shape = obj.dtype, tuple(int(s) for s in obj.shape)
+    except (OSError, RuntimeError, TypeError, ValueError) as exc:  # ValueError: h5py on a damaged datatype
+        raise InputError.at(path, RAW_DATASET, f"cannot read the dataset's type and shape ({_one_line(exc)})") \
+            from None
+    if dtype.kind not in "fiub":
+        raise InputError.at(path, RAW_DATASET, f"expected real-valued numbers (float32), got dtype {dtype}")
     if not (len(shape) == 3 or (len(shape) == 4 and shape[3] == 1)):
         raise InputError.at(path, RAW_DATASET, f"expected single-channel 2-D images, shape (N, H, W, 1) or "
                             f"(N, H, W), got shape {shape}")
@@ -213,27 +221,31 @@ def split_rows(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.n
     return perm[n_val:], perm[:n_val]
 
 
-def _create_split_file(path: Path, split: str, n: int, shape: tuple[int, int], with_dose: bool) -> h5py.File:
-    fh = h5py.File(path, "w")
-    fh.attrs["split"] = split
-    fh.attrs["format"] = CARD_FORMAT
-    for key in ("noisy", "clean"):
-        fh.create_dataset(key, shape=(n,) + shape, dtype=np.float32, chunks=(1,) + shape)
-    fh.create_dataset("index", shape=(n,), dtype=np.int64)
-    if with_dose:
-        fh.create_dataset("dose", shape=(n,), dtype=np.float32)
-    return fh
+@contextlib.contextmanager
+def _new_split_file(path: Path, split: str, n: int, shape: tuple[int, int], with_dose: bool) -> Iterator[h5py.File]:
+    """A new split file with room for ``n`` pairs, open for writing; sealed (:mod:`emdenoise.h5safe`) when the
+    block ends without an exception."""
+    with contextlib.ExitStack() as stack:
+        try:
+            fh = stack.enter_context(h5safe.create_sealed(path))
+            fh.attrs["split"] = split
+            fh.attrs["format"] = CARD_FORMAT
+            for key in ("noisy", "clean"):
+                fh.create_dataset(key, shape=(n,) + shape, dtype=np.float32, chunks=(1,) + shape)
+            fh.create_dataset("index", shape=(n,), dtype=np.int64)
+            if with_dose:
+                fh.create_dataset("dose", shape=(n,), dtype=np.float32)
+        except OSError as exc:
+            raise RuntimeFailure(f"{path}: cannot create the {split} split ({_one_line(exc)})") from None
+        yield fh
 
 
 def write_split(dest: Path, split: str, noisy: RawImages, clean: RawImages, rows: np.ndarray,
                 with_dose: bool) -> SplitResult:
     """Copy the raw pairs at ``rows`` (in that order) into a new split file ``dest``, block by block."""
     result = SplitResult(len(rows))
-    try:
-        fh = _create_split_file(dest, split, len(rows), noisy.shape, with_dose)
-    except OSError as exc:
-        raise RuntimeFailure(f"{dest}: cannot create the {split} split ({_one_line(exc)})") from None
-    with fh, progress(total=len(rows), desc=f"preprocess {split}", unit="img") as bar:
+    with _new_split_file(dest, split, len(rows), noisy.shape, with_dose) as fh, \
+            progress(total=len(rows), desc=f"preprocess {split}", unit="img") as bar:
         for start in range(0, len(rows), BLOCK_IMAGES):
             block_rows = rows[start:start + BLOCK_IMAGES]
             stop = start + len(block_rows)
@@ -312,11 +324,8 @@ def find_inference_pairs(raw_dir: Path, log) -> list[tuple[str, Path, Path]] | N
 def write_inference(dest: Path, pairs: list[tuple[str, Path, Path]], shape: tuple[int, int]) -> SplitResult:
     """Write the TIFF pairs, sorted by name, as a split file with an extra ``name`` dataset."""
     result = SplitResult(len(pairs))
-    try:
-        fh = _create_split_file(dest, "inference", len(pairs), shape, with_dose=False)
-    except OSError as exc:
-        raise RuntimeFailure(f"{dest}: cannot create the inference split ({_one_line(exc)})") from None
-    with fh, progress(total=len(pairs), desc="preprocess inference", unit="img") as bar:
+    with _new_split_file(dest, "inference", len(pairs), shape, with_dose=False) as fh, \
+            progress(total=len(pairs), desc="preprocess inference", unit="img") as bar:
         fh.create_dataset("name", data=[name for name, _, _ in pairs], dtype=h5py.string_dtype())
         for i, (_, noisy_path, clean_path) in enumerate(pairs):
             for key, path in (("noisy", noisy_path), ("clean", clean_path)):
