@@ -1022,7 +1022,7 @@ def _expect_input_error(reader: Callable[[Path], object], path: Path) -> None:
         assert "\n" not in outcome[1] and str(path) in outcome[1], outcome[1]
 
 
-@settings(max_examples=100, deadline=None, derandomize=True,
+@settings(max_examples=100, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(suffix=st.sampled_from(sorted(MAGIC)), magic=st.booleans(), body=st.binary(max_size=3000))
 def test_random_bytes_given_to_the_image_readers(fuzz_dir, suffix, magic, body):
@@ -1099,7 +1099,7 @@ places = st.one_of(st.integers(0, 4095), st.integers(0, 2**31))
 
 
 @pytest.mark.parametrize("which", READERS)
-@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(changes=st.lists(st.tuples(places, st.integers(0, 255)), min_size=1, max_size=8),
        keep=st.one_of(st.none(), st.floats(0, 1)))
 def test_damaged_files_given_to_every_reader(fuzz_dir, intact_files, which, changes, keep):
