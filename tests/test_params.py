@@ -35,6 +35,13 @@ def test_shipped_parameter_files_are_valid(name):
     assert merged["train"]["model"] == ["sciml_ae"]
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "workspace" / "parameters").glob("*.parameters.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_parameter_file_validates_and_is_documented(path):
+    params.load(path)  # raises InputError on an unknown key, a wrong type or a value out of range
+    assert path.name in (ROOT / "README.md").read_text(), f"{path.name} is not mentioned in the README"
+
+
 def test_default_file_is_the_documented_benchmark():
     merged = params.load(ROOT / "workspace/parameters/default.parameters.yaml")
     assert merged["download"]["source"] == "stfc"
