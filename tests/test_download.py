@@ -21,7 +21,7 @@ import sys
 import threading
 import zipfile
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import boto3
@@ -29,6 +29,7 @@ import h5py
 import numpy as np
 import pytest
 import tifffile
+from local_http import LocalServer
 from moto.server import ThreadedMotoServer
 
 from emdenoise import params as params_mod
@@ -143,24 +144,11 @@ class Proxy:
         self.rules: list[Rule] = []
         self.served: list[tuple[str, str]] = []   # (action, path) of every rule applied
         self._lock = threading.Lock()
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self):
-                proxy._handle(self)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = LocalServer(self._handle)
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return self.server.url
 
     def add(self, action: str, match: str, times: int = 1, arg: int = 0) -> None:
         self.rules.append(Rule(action, match, times, arg))
@@ -170,8 +158,7 @@ class Proxy:
         return [headers for method, path, headers in self.requests if method == "GET" and fragment in path]
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()
 
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
         with self._lock:
@@ -488,21 +475,14 @@ def tls_server(tmp_path_factory):
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+    def empty_ok(h: BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Length", "0")
+        h.end_headers()
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"https://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    server = LocalServer(empty_ok, tls=context)
+    yield server.url
+    server.stop()
 
 
 def test_tls_certificates_are_always_verified(tls_server, tmp_path, logs):

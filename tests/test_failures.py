@@ -30,11 +30,9 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import traceback
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable
 
@@ -45,6 +43,7 @@ import tifffile
 import torch
 import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
+from local_http import LocalServer
 
 from emdenoise import cli, h5safe, imageio, lock, modelio, models
 from emdenoise import data as data_mod
@@ -808,14 +807,6 @@ XHTML = b"<html><head><title>Sign in</title></head><body><p>Please sign in</p></
 HTML = b'<!DOCTYPE html><html><head><meta charset="utf-8"><title>Portal</title></head><body>Login<br></body></html>'
 
 
-class _QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):
-        """A client hanging up early (the download's one-byte probe of a URL answered in full) is no error here;
-        socketserver would print its traceback into the stderr the test checks."""
-
-
 class Server:
     """A small HTTP server: S3-ish buckets that answer wrongly, and a zip that supports Range and can be told to
     stop mid-stream."""
@@ -824,24 +815,11 @@ class Server:
         self.archive = archive
         self.cut = True                  # em.zip: send half of it, then close; requests to resume get nothing
         self.ranges: list[str | None] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self):
-                server.handle(self)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.httpd = LocalServer(self.handle)
+        self.url = self.httpd.url
 
     def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.httpd.stop()
 
     @staticmethod
     def send(h, status: int, body: bytes, content_type: str = "application/xml", headers: dict | None = None):
