@@ -12,14 +12,20 @@ What it does, and nothing more:
   ``EMDENOISE_RETRY_BASE_S`` seconds (default 1), doubling up to a minute. An attempt that received data
   resets the count, so a long file over a flaky link keeps going as long as it moves forward.
 - Every failure becomes one line: 404/403 name the URL (:class:`InputError`), a host that cannot be reached
-  says it is offline or unreachable and points to ``source: synthetic`` (:class:`RuntimeFailure`).
+  says it is offline or unreachable and points to ``source: synthetic`` (:class:`RuntimeFailure`). Waiting for
+  a connection is capped at ``CONNECT_TIMEOUT_S`` (10 s, or ``download.timeout`` when shorter), so a host
+  whose packets are silently dropped is declared unreachable after about a minute, not 5 x 60 s.
 
-TLS certificates are always verified (``requests``' default, never turned off).
+Only verified TLS: certificates are always verified (``requests``' default, never turned off), and every URL
+requested, each redirect target included, must be ``https://``; plain ``http://`` is allowed only to this
+machine (127.0.0.0/8, ::1, localhost: the test servers, a local mirror), where nothing crosses a network. A
+redirect elsewhere to plain http is refused before it is followed (:func:`https_required`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import os
 import re
@@ -28,7 +34,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 import requests
 import urllib3
@@ -39,8 +45,10 @@ from emdenoise.errors import InputError, RuntimeFailure
 RETRY_BASE_ENV = "EMDENOISE_RETRY_BASE_S"
 DEFAULT_RETRY_BASE_S = 1.0
 MAX_BACKOFF_S = 60.0
+CONNECT_TIMEOUT_S = 10.0
 CHUNK_BYTES = 1 << 20
 OFFLINE_HINT = "to work without a network set `download.source: synthetic`"
+HTTPS_REQUIRED = "https:// is required (plain http:// only to this machine: 127.0.0.1, ::1 or localhost)"
 
 _MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
 _ERRNO_TEXT = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
@@ -80,6 +88,26 @@ def clean_etag(value: str | None) -> str | None:
 def is_md5_etag(etag: str | None) -> bool:
     """True when ``etag`` is a single-part S3 ETag, i.e. the object's MD5 (a multipart ETag has a ``-N`` tail)."""
     return bool(etag) and _MD5_ETAG.match(etag) is not None
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """True for ``localhost`` and the loopback addresses (127.0.0.0/8, ::1): a connection that never leaves the
+    machine."""
+    if not host:
+        return False
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:          # a host name other than localhost
+        return False
+
+
+def https_required(url: str) -> bool:
+    """True when ``url`` may not be requested: it is neither ``https://`` nor ``http://`` to a loopback host."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return not (scheme == "https" or scheme == "http" and is_loopback_host(parts.hostname))
 
 
 def part_path(dest: Path) -> Path:
@@ -146,6 +174,10 @@ class Unreachable(RuntimeFailure):
     """The host never answered: offline, DNS failure, connection refused."""
 
 
+class NotFound(InputError):
+    """The server answered 404."""
+
+
 class _Transient(Exception):
     """A failure worth retrying: a timeout, a lost connection, a 5xx answer."""
 
@@ -191,16 +223,18 @@ class _PartFile:
 class HttpClient:
     """One ``requests`` session with the retry policy, the error wording and the S3 calls.
 
-    ``retries``: attempts per request (1 means no retry); ``timeout``: seconds to wait for a connection or for
-    the next bytes of an answer.
+    ``retries``: attempts per request (1 means no retry); ``timeout``: seconds to wait for the next bytes of an
+    answer, and for a connection up to ``CONNECT_TIMEOUT_S``.
     """
 
     def __init__(self, retries: int = 5, timeout: float = 60.0, log: logging.Logger | None = None):
         self.retries = max(1, int(retries))
         self.timeout = float(timeout)
+        self.connect_timeout = min(CONNECT_TIMEOUT_S, self.timeout)
         self.log = log or logging.getLogger("emdenoise")
         self.session = requests.Session()
         self.session.headers["User-Agent"] = f"emdenoise/{__version__}"
+        self.session.hooks["response"].append(self._refuse_insecure_redirect)
         self._answered: set[str] = set()   # origins that have answered at least once
 
     def close(self) -> None:
@@ -211,6 +245,18 @@ class HttpClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def _refuse_insecure_redirect(self, resp: requests.Response, *args, **kwargs) -> requests.Response:
+        """A response hook, run on each answer before ``requests`` follows a redirect: a redirect to a URL that
+        :func:`https_required` refuses stops the request there (verified TLS is never traded for plain http)."""
+        target = self.session.get_redirect_target(resp)
+        if target is not None:
+            target = urljoin(resp.url, target)
+            if https_required(target):
+                resp.close()
+                raise InputError(f"{resp.url}: refused to follow its redirect (HTTP {resp.status_code}) to {target}: "
+                                 f"{HTTPS_REQUIRED}")
+        return resp
 
     # -- the retry loop and the error wording ------------------------------------------------------------------
     def _with_retries(self, url: str, attempt: Callable[[], _T]) -> _T:
@@ -244,15 +290,17 @@ class HttpClient:
     def _send(self, method: str, url: str, *, params: dict | None = None, headers: dict | None = None,
               stream: bool = False) -> requests.Response:
         """One request. Transient failures raise :class:`_Transient`; 4xx answers raise one-line errors."""
+        if https_required(url):
+            raise InputError(f"{url}: refused: {HTTPS_REQUIRED}")
         try:
             resp = self.session.request(method, url, params=params, headers=headers, stream=stream,
-                                        timeout=self.timeout, allow_redirects=True)
+                                        timeout=(self.connect_timeout, self.timeout), allow_redirects=True)
         except requests.exceptions.SSLError as exc:
             raise RuntimeFailure(f"{url}: TLS certificate verification failed ({_short_reason(exc)}); emdenoise "
                                  f"always verifies certificates: fix the system's CA certificates or set "
                                  f"REQUESTS_CA_BUNDLE") from None
         except requests.exceptions.ConnectTimeout:
-            raise _Transient("connect", "connection timed out") from None
+            raise _Transient("connect", f"no connection within {self.connect_timeout:g} s") from None
         except requests.exceptions.ConnectionError as exc:
             raise _Transient("connect", _short_reason(exc)) from None
         except requests.exceptions.Timeout:
@@ -271,7 +319,7 @@ class HttpClient:
         if status >= 500 or status == 429:
             raise _Transient("server", detail)
         if status == 404:
-            raise InputError(f"{url}: not found ({detail}); check download.source")
+            raise NotFound(f"{url}: not found ({detail}); check download.source")
         if status in (401, 403):
             raise InputError(f"{url}: access denied ({detail}); the data must be readable anonymously: check "
                              f"download.source")
@@ -421,8 +469,11 @@ class HttpClient:
                     chunk = resp.raw.read1(CHUNK_BYTES, decode_content=False)
                 except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as exc:
                     fh.flush()
-                    kind = "timeout" if "timed out" in str(exc).lower() else "broken"
-                    raise _Transient(kind, _short_reason(exc), progressed=state.length > start) from None
+                    if "timed out" in str(exc).lower():
+                        kind, reason = "timeout", f"no data for {self.timeout:g} s"
+                    else:
+                        kind, reason = "broken", _short_reason(exc)
+                    raise _Transient(kind, reason, progressed=state.length > start) from None
                 if not chunk:
                     break
                 if expected is not None and state.length + len(chunk) > expected:

@@ -57,7 +57,8 @@ def _source_check(value: str) -> str | None:
         return None
     if Path(value).suffix == ".zip" or "/" in value:
         return None
-    return f"one of {', '.join(named)}, an http(s):// or s3:// URL, or a local folder or .zip"
+    return (f"one of {', '.join(named)}{_hint(value.lower(), named)}, an http(s):// or s3:// URL, or a local "
+            f"folder or .zip")
 
 
 def _device_check(value: str) -> str | None:
@@ -265,23 +266,34 @@ def validate(raw: Any, where: str = "parameters") -> dict[str, dict[str, Any]]:
                             f"{type(raw).__name__}")
     out = defaults()
     for section, values in raw.items():
-        if section not in SCHEMA:
-            raise InputError.at(where, str(section), f"unknown section{_hint(str(section), SCHEMA)}; expected one "
-                                f"of {', '.join(SCHEMA)}")
+        _section(where, section)
         if values is None:
             continue
         if not isinstance(values, dict):
             raise InputError.at(where, section, f"expected a mapping of keys, got {_fmt_value(values)}")
         for key, value in values.items():
-            fields = SCHEMA[section]
-            if key not in fields:
-                raise InputError.at(where, f"{section}.{key}", f"unknown key{_hint(str(key), fields)}; valid keys: "
-                                    f"{', '.join(fields)}")
-            out[section][key] = validate_value(where, f"{section}.{key}", fields[key], value)
+            out[section][key] = _validate_key(where, section, key, value)
     if out["download"]["dose_min"] > out["download"]["dose_max"]:
         raise InputError.at(where, "download.dose_min", f"expected <= download.dose_max "
                             f"({out['download']['dose_max']}), got {out['download']['dose_min']}")
     return out
+
+
+def _section(where: str, section: Any) -> dict[str, Field]:
+    """The schema of ``section``, or a one-line error with a did-you-mean hint."""
+    if section not in SCHEMA:
+        raise InputError.at(where, str(section), f"unknown section{_hint(str(section), SCHEMA)}; expected one "
+                            f"of {', '.join(SCHEMA)}")
+    return SCHEMA[section]
+
+
+def _validate_key(where: str, section: Any, key: Any, value: Any) -> Any:
+    """One value: the section and key must be in the schema and the value valid for the key."""
+    fields = _section(where, section)
+    if key not in fields:
+        raise InputError.at(where, f"{section}.{key}", f"unknown key{_hint(str(key), fields)}; valid keys: "
+                            f"{', '.join(fields)}")
+    return validate_value(where, f"{section}.{key}", fields[key], value)
 
 
 def load(path: str | Path | None, overrides: list[str] = ()) -> dict[str, dict[str, Any]]:
@@ -322,6 +334,7 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> dict[str, dict[s
             value = yaml.safe_load(text)
         except yaml.YAMLError:
             value = text
+        _validate_key("--set", section, name, value)   # on its own first: its mistakes name --set, not the file
         if section in raw and not isinstance(raw[section], dict):
             raw[section] = {}
         raw.setdefault(section, {})

@@ -2,7 +2,8 @@
 
 A module-wide moto server holds a small dataset in the exact em_graphene_sim layout (real HDF5 files) plus a few
 extra objects. Where a test needs the network to misbehave, a small HTTP proxy written here sits between the
-client and moto: it records every request and can answer 503, cut a body after N bytes, or corrupt a byte.
+client and moto: it records every request and can answer 503, cut a body after N bytes, corrupt a byte, or
+stall (say nothing) for longer than the client waits.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 import zipfile
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
@@ -28,6 +30,7 @@ import boto3
 import h5py
 import numpy as np
 import pytest
+import requests
 import tifffile
 from local_http import LocalServer
 from moto.server import ThreadedMotoServer
@@ -36,9 +39,10 @@ from emdenoise import params as params_mod
 from emdenoise.archive import extract_zip
 from emdenoise.cli import TaskContext
 from emdenoise.errors import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_RUNTIME, BusyError, InputError, RuntimeFailure
+from emdenoise import fetch
 from emdenoise.fetch import RETRY_BASE_ENV, is_md5_etag
 from emdenoise.tasks import download as download_task
-from emdenoise.tasks.download import find_layout_root, key_to_relpath
+from emdenoise.tasks.download import find_layout_root, key_to_relpath, parse_source
 
 BUCKET = "sciml-datasets"
 PREFIX = "ms/em_graphene_sim/"
@@ -129,7 +133,10 @@ def s3(dataset):
 # -- a proxy that misbehaves on purpose ---------------------------------------------------------------------------
 @dataclass
 class Rule:
-    action: str        # "status", "cut", "corrupt" or "norange" (forward without the Range header)
+    # "status" (answer arg), "cut" (close after arg body bytes), "corrupt", "norange" (forward without the Range
+    # header), "stall" (say nothing for Proxy.stall_s, then answer) or "stall_body" (send the headers and arg body
+    # bytes, then say nothing for Proxy.stall_s)
+    action: str
     match: str         # substring of the request path (with its query)
     times: int
     arg: int = 0
@@ -138,12 +145,15 @@ class Rule:
 class Proxy:
     """Forwards GET requests to moto, records them, and applies the first matching rule that has uses left."""
 
+    stall_s = 3.0      # longer than the timeouts the tests set; close() ends a stall at once
+
     def __init__(self, upstream: str):
         self.upstream = upstream.split("//", 1)[1]
         self.requests: list[tuple[str, str, dict]] = []
         self.rules: list[Rule] = []
         self.served: list[tuple[str, str]] = []   # (action, path) of every rule applied
         self._lock = threading.Lock()
+        self._closing = threading.Event()
         self.server = LocalServer(self._handle)
 
     @property
@@ -158,6 +168,7 @@ class Proxy:
         return [headers for method, path, headers in self.requests if method == "GET" and fragment in path]
 
     def close(self) -> None:
+        self._closing.set()
         self.server.stop()
 
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
@@ -171,6 +182,8 @@ class Proxy:
             h.send_response(rule.arg)
             h.send_header("Content-Length", "0")
             h.end_headers()
+            return
+        if rule is not None and rule.action == "stall" and self._closing.wait(self.stall_s):
             return
         conn = http.client.HTTPConnection(self.upstream, timeout=10)
         dropped = ("host", "connection") + (("range",) if rule is not None and rule.action == "norange" else ())
@@ -194,6 +207,12 @@ class Proxy:
             h.wfile.flush()
             h.close_connection = True
             h.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if rule is not None and rule.action == "stall_body":
+            h.wfile.write(body[:rule.arg])
+            h.wfile.flush()
+            self._closing.wait(self.stall_s)
+            h.close_connection = True
             return
         h.wfile.write(body)
 
@@ -417,6 +436,28 @@ def test_a_missing_zip_is_a_404_naming_the_url(s3, tmp_path, logs):
     assert url in err.value.message
 
 
+def test_a_listed_object_that_answers_404_fails_in_one_line_and_changes_nothing(s3, proxy, tmp_path, logs):
+    raw = tmp_path / "raw"
+    source = s3.url("vanishing/", endpoint=proxy.endpoint)
+    s3.put("vanishing/", s3.dataset)
+    run_download(raw, logs, source=source)
+    before, old_manifest = local_files(raw), (raw / "MANIFEST.json").read_bytes()
+
+    s3.put("vanishing/", {"test/graphene_img_noise.h5": s3.dataset["test/graphene_img_clean.h5"]})  # a new version
+    s3.put("vanishing/", {"test/added.bin": b"new object" * 100})                       # listed before it
+    proxy.add("status", "vanishing/test/graphene_img_noise.h5", times=100, arg=404)      # ... gone once listed
+    with pytest.raises(RuntimeFailure) as err:
+        run_download(raw, logs, source=source)
+    url = f"{proxy.endpoint}/{BUCKET}/vanishing/test/graphene_img_noise.h5"
+    assert err.value.message == (f"{url}: listed but not found (HTTP 404): the bucket changed during the download; "
+                                 f"run download again")
+    assert err.value.exit_code == EXIT_RUNTIME
+    assert local_files(raw).keys() - before.keys() == {"test/added.bin.part"}   # complete, kept for the next run
+    assert {rel: data for rel, data in local_files(raw).items() if rel in before} == before
+    assert (raw / "MANIFEST.json").read_bytes() == old_manifest
+    assert not (raw / "test/graphene_img_noise.h5.part").exists()
+
+
 def test_server_errors_are_retried_until_the_server_recovers(s3, proxy, tmp_path, logs):
     raw = tmp_path / "raw"
     proxy.add("status", "list-type=2", times=2, arg=503)
@@ -434,6 +475,22 @@ def test_a_server_that_keeps_failing_gives_up_in_one_line(s3, proxy, tmp_path, l
     assert len(proxy.gets("list-type=2")) == 2 and "\n" not in err.value.message
 
 
+@pytest.mark.parametrize("action,said", [("stall", "no answer within 0.5 s"),          # before the status line
+                                          ("stall_body", "no data for 0.5 s")])         # in the middle of the body
+def test_a_server_that_stalls_past_the_timeout_is_retried_until_it_answers(s3, proxy, tmp_path, logs, action,
+                                                                           said):
+    raw = tmp_path / "raw"
+    key = PREFIX + "train/graphene_img_noise.h5"
+    proxy.add(action, key, times=2, arg=3000)
+    started = time.monotonic()
+    run_download(raw, logs, source=s3.url(endpoint=proxy.endpoint), retries=3, timeout=0.5)
+    assert time.monotonic() - started < proxy.stall_s        # gave up waiting after 0.5 s, twice
+    assert [a for a, _ in proxy.served] == [action, action] and len(proxy.gets(key)) == 3
+    assert local_files(raw) == s3.dataset and leftovers(raw) == []
+    retries = [line for line in logs.lines if key in line and "retrying" in line]
+    assert len(retries) == 2 and all(said in line for line in retries)
+
+
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -446,6 +503,50 @@ def test_an_unreachable_host_says_offline_and_points_to_synthetic(tmp_path, logs
                      retries=2)
     message = err.value.message
     assert "offline or unreachable" in message and "source: synthetic" in message and "\n" not in message
+
+
+@pytest.fixture
+def silent_port():
+    """A port on 127.0.0.1 that never answers a connection attempt, like a host whose packets are dropped: its
+    accept queue is full (listen(0) and one connection never accepted), so the kernel drops further SYNs.
+
+    (An "unroutable" address such as 10.255.255.1 is no substitute: what it does depends on the network the tests
+    run in, from an immediate refusal to an interception that answers.)
+    """
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    address = server.getsockname()
+    filler = socket.create_connection(address, timeout=1)
+    probe = socket.socket()
+    probe.settimeout(0.2)
+    try:
+        probe.connect(address)
+        pytest.skip("this system accepts connections beyond a full accept queue")
+    except TimeoutError:
+        pass
+    finally:
+        probe.close()
+    yield address[1]
+    filler.close()
+    server.close()
+
+
+def test_a_host_that_drops_packets_is_offline_after_a_short_connect_timeout(silent_port, tmp_path, logs,
+                                                                               monkeypatch):
+    # Waiting for a connection is capped at CONNECT_TIMEOUT_S, apart from download.timeout (the wait for data).
+    assert fetch.CONNECT_TIMEOUT_S == 10
+    assert fetch.HttpClient(timeout=60).connect_timeout == 10 and fetch.HttpClient(timeout=2).connect_timeout == 2
+    monkeypatch.setattr(fetch, "CONNECT_TIMEOUT_S", 0.3)      # the cap, made small to keep the test fast
+    origin = f"https://127.0.0.1:{silent_port}"
+    started = time.monotonic()
+    with pytest.raises(RuntimeFailure) as err:
+        run_download(tmp_path / "raw", logs, source=f"{origin}/{BUCKET}/{PREFIX}", retries=3, timeout=60)
+    assert time.monotonic() - started < 10                    # 3 x 0.3 s, not 3 x 60 s
+    message = err.value.message
+    assert message.startswith(f"cannot reach {origin} (no connection within 0.3 s) after 3 attempts")
+    assert "offline or unreachable" in message and "download.source: synthetic" in message and "\n" not in message
+    assert err.value.exit_code == EXIT_RUNTIME
 
 
 def test_offline_rerun_uses_a_verified_copy_but_not_a_damaged_one(s3, proxy, tmp_path, logs):
@@ -461,8 +562,9 @@ def test_offline_rerun_uses_a_verified_copy_but_not_a_damaged_one(s3, proxy, tmp
 
 
 @pytest.fixture(scope="module")
-def tls_server(tmp_path_factory):
-    """An HTTPS server on 127.0.0.1 with a self-signed certificate (which no CA bundle trusts)."""
+def tls_cert(tmp_path_factory):
+    """(server TLS context, certificate file) for 127.0.0.1: self-signed, so no CA bundle trusts it unless a test
+    names the file in REQUESTS_CA_BUNDLE."""
     import shutil
     import ssl
 
@@ -474,13 +576,18 @@ def tls_server(tmp_path_factory):
                     "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
+    return context, folder / "cert.pem"
 
+
+@pytest.fixture(scope="module")
+def tls_server(tls_cert):
+    """An HTTPS server on 127.0.0.1 with the self-signed certificate, answering every GET with an empty 200."""
     def empty_ok(h: BaseHTTPRequestHandler) -> None:
         h.send_response(200)
         h.send_header("Content-Length", "0")
         h.end_headers()
 
-    server = LocalServer(empty_ok, tls=context)
+    server = LocalServer(empty_ok, tls=tls_cert[0])
     yield server.url
     server.stop()
 
@@ -489,6 +596,99 @@ def test_tls_certificates_are_always_verified(tls_server, tmp_path, logs):
     with pytest.raises(RuntimeFailure, match=r"TLS certificate verification failed \(self-signed") as err:
         run_download(tmp_path / "raw", logs, source=f"{tls_server}/{BUCKET}/{PREFIX}", retries=3)
     assert "\n" not in err.value.message
+
+
+@pytest.mark.parametrize("url,refused", [
+    ("https://s3.echo.stfc.ac.uk/b/p", False), ("HTTPS://example.org/x.zip", False),
+    ("http://127.0.0.1:9000/b/p", False), ("http://127.8.9.10/b", False), ("http://[::1]:9000/b", False),
+    ("http://localhost:9000/b", False), ("http://LOCALHOST/b", False),
+    ("http://192.0.2.1/b/p", True), ("http://example.org/x.zip", True), ("http://10.0.0.1/b", True),
+    ("http://127.0.0.1.example.org/b", True), ("http://localhost.example.org/b", True),
+    ("http://[::ffff:c000:201]/b", True), ("ftp://127.0.0.1/b", True), ("//example.org/b", True)])
+def test_plain_http_is_allowed_only_to_this_machine(url, refused):
+    assert fetch.https_required(url) is refused
+
+
+def _record_requests(monkeypatch) -> list[str]:
+    """The URLs of every request ``requests`` actually sends from now on (redirect hops included)."""
+    sent: list[str] = []
+    real_send = requests.adapters.HTTPAdapter.send
+
+    def send(self, request, **kwargs):
+        sent.append(request.url)
+        return real_send(self, request, **kwargs)
+
+    monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", send)
+    return sent
+
+
+@pytest.mark.parametrize("source,field", [
+    ("http://192.0.2.1/sciml-datasets/ms/em_graphene_sim/", "download.source"),
+    ("http://example.org/data/em.zip", "download.source"),
+    ("http://127.0.0.1.example.org/sciml-datasets/ms/", "download.source"),
+    ("s3://sciml-datasets/ms/em_graphene_sim/", "download.endpoint")])
+def test_plain_http_to_another_host_is_refused_before_connecting(tmp_path, logs, monkeypatch, source, field):
+    sent = _record_requests(monkeypatch)
+    with pytest.raises(InputError) as err:
+        run_download(tmp_path / "raw", logs, source=source, endpoint="http://192.0.2.1:9000")
+    message = err.value.message
+    url = source if field == "download.source" else "http://192.0.2.1:9000"
+    assert message.startswith(f"test.yaml: {field}: {url}: https:// is required") and "\n" not in message
+    assert err.value.exit_code == EXIT_BAD_INPUT and sent == []
+    with fetch.HttpClient() as client, pytest.raises(InputError, match="https:// is required"):
+        client.probe("http://192.0.2.1/x.zip")                           # the client refuses it too
+    assert sent == []
+
+
+@pytest.fixture
+def redirecting_server(tls_cert, dataset, monkeypatch):
+    """An HTTPS server on 127.0.0.1, trusted through REQUESTS_CA_BUNDLE, serving /em.zip (the dataset) and
+    redirects: /to-http.zip -> http://192.0.2.1/em.zip, /hop.zip -> /to-http.zip, /to-https.zip ->
+    https://127.0.0.1:PORT/em.zip. ``hits`` counts the GETs of each path."""
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls_cert[1]))
+    body = _zip_bytes({f"em_graphene_sim/{rel}": data for rel, data in dataset.items()})
+    hits: dict[str, int] = {}
+    redirects = {"/to-http.zip": "http://192.0.2.1/em.zip", "/hop.zip": "/to-http.zip",
+                 "/to-https.zip": "{url}/em.zip"}
+
+    def get(h: BaseHTTPRequestHandler) -> None:
+        hits[h.path] = hits.get(h.path, 0) + 1
+        if h.path in redirects:
+            h.send_response(302)
+            h.send_header("Location", redirects[h.path].format(url=server.url))
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+            return
+        h.send_response(200 if h.path == "/em.zip" else 404)
+        data = body if h.path == "/em.zip" else b""
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
+
+    server = LocalServer(get, tls=tls_cert[0])
+    server.hits = hits
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("path", ["/to-http", "/hop"])
+def test_a_redirect_from_https_to_plain_http_is_refused_before_it_is_followed(redirecting_server, dataset,
+                                                                             tmp_path, logs, monkeypatch, path):
+    raw = tmp_path / "raw"
+    run_download(raw, logs, source=f"{redirecting_server.url}/to-https.zip")   # a redirect to https is followed
+    assert local_files(raw) == dataset and redirecting_server.hits["/em.zip"] == 2    # probe and download
+    before = (raw / "MANIFEST.json").read_bytes()
+
+    sent = _record_requests(monkeypatch)
+    with pytest.raises(InputError) as err:
+        run_download(raw, logs, source=f"{redirecting_server.url}{path}.zip")
+    assert err.value.message == (f"{redirecting_server.url}/to-http.zip: refused to follow its redirect (HTTP 302) "
+                                 f"to http://192.0.2.1/em.zip: https:// is required (plain http:// only to this "
+                                 f"machine: 127.0.0.1, ::1 or localhost)")
+    assert err.value.exit_code == EXIT_BAD_INPUT
+    assert not any("192.0.2.1" in url for url in sent) and sent          # asked the https server, never the other
+    assert local_files(raw) == dataset and (raw / "MANIFEST.json").read_bytes() == before
+    assert leftovers(raw) == []
 
 
 def test_a_key_that_would_escape_raw_data_dir_is_refused(s3, tmp_path, logs):
@@ -523,6 +723,26 @@ def test_md5_etags_are_told_from_multipart_ones():
     assert is_md5_etag("d41d8cd98f00b204e9800998ecf8427e")
     assert not is_md5_etag("d41d8cd98f00b204e9800998ecf8427e-3")
     assert not is_md5_etag(None) and not is_md5_etag("abc")
+
+
+def test_named_sources_are_the_documented_stores():
+    # From the dataset reference (docs: STFC endpoint, OSN mirror, the old MLCube example's zip), not from the code.
+    stfc = parse_source("stfc", "https://unused.example.org")
+    assert (stfc.kind, stfc.endpoint, stfc.bucket, stfc.prefix) == (
+        "s3", "https://s3.echo.stfc.ac.uk", "sciml-datasets", "ms/em_graphene_sim/")
+    osn = parse_source("osn", "https://unused.example.org")
+    assert (osn.kind, osn.endpoint, osn.bucket, osn.prefix) == (
+        "s3", "https://sdsc.osn.xsede.org", "sciml-datasets", "ms/em_graphene_sim/")
+    mini = parse_source("minibatch", "https://unused.example.org")
+    assert (mini.kind, mini.url) == (
+        "zip_url", "https://github.com/vibhatha/data_repo/raw/main/em_denoise/emdenoise_minibatch_v1.zip")
+    s3_url = parse_source("s3://my-bucket/some/prefix", "https://objects.example.org:8443/")
+    assert (s3_url.kind, s3_url.endpoint, s3_url.bucket, s3_url.prefix) == (
+        "s3", "https://objects.example.org:8443", "my-bucket", "some/prefix/")
+    path_style = parse_source("https://objects.example.org/my-bucket/some/prefix", "https://unused.example.org")
+    assert (path_style.endpoint, path_style.bucket, path_style.prefix) == (
+        "https://objects.example.org", "my-bucket", "some/prefix/")
+    assert params_mod.defaults()["download"]["endpoint"] == "https://s3.echo.stfc.ac.uk"
 
 
 # -- archives and local sources ----------------------------------------------------------------------------------
@@ -566,6 +786,25 @@ def test_a_zip_with_an_escaping_member_is_refused_and_writes_nothing(dataset, tm
     assert str(archive) in message and repr(bad_member) in message and why in message
     assert not (tmp_path / "evil.txt").exists() and not Path("/tmp/emd_abs_evil.txt").exists()
     assert local_files(raw) == {} and leftovers(raw) == []
+
+
+@pytest.mark.parametrize("bad_member,why", [("../evil.txt", "'..'"), ("/tmp/emd_abs_evil.txt", "absolute path")])
+def test_a_downloaded_zip_with_an_escaping_member_is_refused_and_changes_nothing(s3, tmp_path, logs, bad_member,
+                                                                                why):
+    raw = tmp_path / "sub" / "raw"
+    good = s3.url("archives/em.zip")
+    run_download(raw, logs, source=good)                                  # a good copy is already there
+    before, old_manifest = local_files(raw), (raw / "MANIFEST.json").read_bytes()
+    members = {f"em_graphene_sim/{rel}": data for rel, data in s3.dataset.items()}
+    members[bad_member] = b"escaped"
+    s3.put("archives/", {"evil.zip": _zip_bytes(members)})
+    with pytest.raises(InputError) as err:
+        run_download(raw, logs, source=s3.url("archives/evil.zip"))
+    message = err.value.message
+    assert repr(bad_member) in message and why in message and "evil.zip" in message and "\n" not in message
+    assert not (tmp_path / "sub" / "evil.txt").exists() and not Path("/tmp/emd_abs_evil.txt").exists()
+    assert local_files(raw) == before and (raw / "MANIFEST.json").read_bytes() == old_manifest
+    assert leftovers(raw) == []                                           # the refused archive is not kept
 
 
 def test_a_zip_with_a_symlink_member_is_refused(dataset, tmp_path, logs):
@@ -640,6 +879,34 @@ def test_synthetic_writes_the_layout_and_a_manifest_then_does_nothing(tmp_path, 
     (raw / "MANIFEST.json").write_text('{"format": "emdenoise-raw-manifest/1", "files": [{"path": "../x"}]}')
     run_download(raw, logs, **{**settings, "seed": 1})     # a manifest that makes no sense is not trusted
     assert "not an emdenoise manifest" in logs.text() and manifest(raw)["file_count"] == len(LAYOUT)
+
+
+def test_switching_source_removes_the_files_only_the_old_manifest_listed(s3, tmp_path, logs):
+    raw = tmp_path / "raw"
+    run_download(raw, logs, source=s3.url())                    # with inference/ TIFFs and a README
+    (raw / "notes.txt").write_text("mine")                      # files no manifest listed: never touched
+    (raw / "inference" / "raw" / "mine.tif").write_bytes(b"mine")
+    run_download(raw, logs, source="synthetic", train_images=2, test_images=1, image_size=32, workers=1)
+    assert sorted(local_files(raw)) == sorted(["notes.txt", "inference/raw/mine.tif", *LAYOUT])
+    assert not (raw / "inference" / "truth").exists()           # emptied, so removed
+    assert "removed 3 files of the previous download" in logs.text()
+    assert sorted(e["path"] for e in manifest(raw)["files"]) == sorted(LAYOUT)
+
+    run_download(raw, logs, source=s3.url())                    # and back: the synthetic files are replaced
+    assert {rel: data for rel, data in local_files(raw).items() if rel in s3.dataset} == s3.dataset
+
+
+def test_stale_files_are_removed_only_inside_raw_data_dir(tmp_path, logs):
+    raw, outside = tmp_path / "raw", tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "x.bin").write_bytes(b"keep")
+    raw.mkdir()
+    (raw / "linked").symlink_to(outside)                        # a folder link out of raw_data_dir
+    (raw / "gone.bin").write_bytes(b"old")
+    entries = [{"path": p, "size": 4, "sha256": "0" * 64} for p in ("linked/x.bin", "gone.bin", "missing.bin")]
+    (raw / "MANIFEST.json").write_text(json.dumps({"format": "emdenoise-raw-manifest/1", "files": entries}))
+    run_download(raw, logs, source="synthetic", train_images=2, test_images=1, image_size=32, workers=1)
+    assert (outside / "x.bin").read_bytes() == b"keep" and not (raw / "gone.bin").exists()
 
 
 def test_a_second_download_into_the_same_folder_is_busy(tmp_path, logs):

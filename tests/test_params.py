@@ -76,6 +76,9 @@ def test_unknown_section_gets_did_you_mean(tmp_path):
     ("test:\n  device: cuda:x\n", "test.device", "auto, cpu, cuda or cuda:N"),
     ("train:\n  rednet_depth: 15\n", "train.rednet_depth", "an even number, got 15"),
     ("download:\n  source: ftp-thing\n", "download.source", "synthetic"),
+    ("download:\n  source: stcf\n", "download.source", "did you mean 'stfc'"),
+    ("download:\n  source: OSM\n", "download.source", "did you mean 'osn'"),
+    ("download:\n  source: minibath\n", "download.source", "did you mean 'minibatch'"),
     ("download:\n  dose_min: 50\n  dose_max: 10\n", "download.dose_min", "<= download.dose_max"),
     ("train:\n  epochs: true\n", "train.epochs", "got True"),
     ("train: 5\n", "train", "expected a mapping"),
@@ -108,6 +111,27 @@ def test_overrides_are_typed_and_validated(tmp_path):
         params.load(path, ["epochs=5"])
     with pytest.raises(InputError, match="train.epochs"):
         params.load(path, ["train.epochs=-1"])
+
+
+@pytest.mark.parametrize("override,expect", [
+    ("download.sourse=stfc", "--set: download.sourse: unknown key (did you mean 'source'?)"),
+    ("trian.epochs=3", "--set: trian: unknown section (did you mean 'train'?)"),
+    ("train.epochs=0", "--set: train.epochs: expected an integer in [1, 100000], got 0"),
+    ("download.source=stcf", ("--set: download.source: expected one of synthetic, stfc, osn, minibatch (did "
+                              "you mean 'stfc'?), "))])
+def test_override_mistakes_name_set_not_the_file(tmp_path, override, expect):
+    path = write(tmp_path, "train:\n  epochs: 3\n")
+    with pytest.raises(InputError) as err:
+        params.load(path, [override])
+    assert err.value.message.startswith(expect), err.value.message
+    assert str(path) not in err.value.message and "\n" not in err.value.message
+
+
+def test_an_override_may_replace_a_bad_value_of_the_file(tmp_path):
+    path = write(tmp_path, "train:\n  epochs: 0\n")
+    assert params.load(path, ["train.epochs=4"])["train"]["epochs"] == 4
+    with pytest.raises(InputError, match=f"^{path}: train.epochs"):     # the file's own mistake names the file
+        params.load(path, ["train.lr=0.1"])
 
 
 # Whatever a user writes, the parser answers with a validated mapping or an InputError, never a crash.

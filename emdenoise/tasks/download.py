@@ -6,7 +6,7 @@
 - ``stfc`` / ``osn``: the public S3-compatible stores (bucket ``sciml-datasets``, prefix ``ms/em_graphene_sim/``);
 - ``minibatch``: the small zip of the old MLCube example;
 - ``https://host/bucket/prefix`` (path-style S3), ``s3://bucket/prefix`` (with ``download.endpoint``), or any
-  ``http(s)://.../*.zip``;
+  ``https://.../*.zip`` (plain ``http://`` only to this machine, see :func:`emdenoise.fetch.https_required`);
 - a local folder or ``.zip`` holding the layout.
 
 Every object under an S3 prefix is mirrored (train/, test/, inference/ ...), at its path relative to the
@@ -16,7 +16,8 @@ there against ``MANIFEST.json`` (size and sha256) and downloads nothing when it 
 extracted into a private folder inside ``raw_data_dir`` and moved into place only once the whole archive has
 been extracted and found to hold the layout. The layout may sit one or more folders deep in a zip, a local
 folder or under an S3 prefix (``emdenoise_minibatch_v1/train/...``): the shallowest folder holding ``train/``
-and ``test/`` becomes the root.
+and ``test/`` becomes the root. After a successful run, the files the previous MANIFEST.json listed and the new
+one does not (another source's ``inference/`` folder, say) are removed; files no manifest listed are left alone.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from urllib.parse import quote, unquote, urlsplit
 from emdenoise import __version__
 from emdenoise.archive import extract_zip
 from emdenoise.errors import BusyError, InputError, RuntimeFailure
-from emdenoise.fetch import HttpClient, Unreachable, file_digests, is_md5_etag, part_path
+from emdenoise.fetch import (HTTPS_REQUIRED, HttpClient, NotFound, Unreachable, file_digests, https_required,
+                             is_md5_etag, part_path)
 from emdenoise.fsutil import write_json_atomic
 from emdenoise.layout import MANIFEST, RAW_FILES, RAW_SPLITS
 from emdenoise.lock import LOCK_NAME as FOLDER_LOCK_NAME
@@ -104,6 +106,8 @@ def parse_source(value: str, endpoint: str, where: Any = "parameters") -> Source
     if scheme in ("http", "https"):
         if not parts.netloc:
             raise bad("a URL with a host, e.g. https://host/bucket/prefix")
+        if https_required(value):
+            raise InputError.at(where, "download.source", f"{value}: {HTTPS_REQUIRED}")
         if parts.path.lower().endswith(".zip"):
             return Source("zip_url", value, url=value)
         bucket, _, prefix = unquote(parts.path).lstrip("/").partition("/")
@@ -116,7 +120,9 @@ def parse_source(value: str, endpoint: str, where: Any = "parameters") -> Source
             raise bad("s3://bucket/prefix")
         ep = urlsplit(endpoint)
         if ep.scheme.lower() not in ("http", "https") or not ep.netloc:
-            raise InputError.at(where, "download.endpoint", f"expected an http(s):// URL, got {endpoint!r}")
+            raise InputError.at(where, "download.endpoint", f"expected an https:// URL, got {endpoint!r}")
+        if https_required(endpoint):
+            raise InputError.at(where, "download.endpoint", f"{endpoint}: {HTTPS_REQUIRED}")
         return Source("s3", value, endpoint=endpoint.rstrip("/"), bucket=parts.netloc,
                       prefix=_normal_prefix(unquote(parts.path)))
     if scheme == "file":
@@ -286,9 +292,44 @@ class _Job:
             self.write(new)
 
     def write(self, manifest: dict) -> None:
+        """Make ``manifest`` (of a run that succeeded) MANIFEST.json, first removing the files it replaces."""
+        self.remove_stale(manifest)
         write_json_atomic(self.raw_dir / MANIFEST, manifest)
         self.log.info("wrote %s (%d files, %s)", self.raw_dir / MANIFEST, manifest["file_count"],
                       _mib(manifest["total_bytes"]))
+
+    def remove_stale(self, manifest: dict) -> None:
+        """Remove the files the previous manifest listed and ``manifest`` does not, and the folders that leaves
+        empty: after a switch of source nothing of the old one (an ``inference/`` folder, say) is left for
+        preprocess to pick up. Files no manifest listed are never touched.
+
+        Done before the new manifest is written, so a run killed in between removes them on the next success.
+        """
+        keep = set(_entries(manifest))
+        stale = sorted(set(_entries(self.old)) - keep)
+        raw = self.raw_dir.resolve()
+        removed = 0
+        for rel in stale:
+            path = self.raw_dir / rel
+            # read_manifest admits only relative paths without '..'; a symlinked folder could still lead out
+            if path.is_symlink() or not path.is_file() or raw not in path.resolve().parents:
+                continue
+            try:
+                path.unlink()
+            except OSError as exc:
+                raise RuntimeFailure(f"{path}: cannot remove this file of the previous download "
+                                     f"({exc.strerror or exc})") from None
+            removed += 1
+            for folder in path.parents:
+                if folder == self.raw_dir:
+                    break
+                try:
+                    folder.rmdir()          # only when empty
+                except OSError:
+                    break
+        if removed:
+            self.log.info("removed %d file%s of the previous download (%s) that the new one does not have",
+                          removed, "s" if removed != 1 else "", self.old.get("source"))
 
     def done(self, verb: str, count: int, nbytes: int) -> None:
         seconds = max(time.monotonic() - self.started, 1e-6)
@@ -365,7 +406,11 @@ class _Job:
             with progress(total=need, desc="download", unit="B", unit_scale=True, unit_divisor=1024) as bar:
                 for rel, obj in todo:
                     url = f"{src.endpoint}/{quote(src.bucket, safe='')}/{quote(obj.key, safe='/~')}"
-                    fetched.append((rel, obj, client.download(url, parts[rel], obj.size, obj.etag, bar)))
+                    try:
+                        fetched.append((rel, obj, client.download(url, parts[rel], obj.size, obj.etag, bar)))
+                    except NotFound:
+                        raise RuntimeFailure(f"{url}: listed but not found (HTTP 404): the bucket changed during "
+                                             f"the download; run download again") from None
         # Every file is complete and verified: only now do they replace anything in raw_data_dir.
         for rel, obj, got in fetched:
             _move_into_place(got.part, self.raw_dir / rel)
