@@ -3,9 +3,9 @@
 Inputs are the ``test_metrics.json`` structure built by :mod:`emdenoise.tasks.test` (the ``methods`` mapping
 of row name -> ``psnr_mean``, ``psnr_std``, ``ssim_mean``, ...). Figures are drawn on a bare
 :class:`matplotlib.figure.Figure` with the Agg canvas (no pyplot, no display, no global backend switch) and
-written atomically. When matplotlib's configuration folder is not writable (a container running as an
-arbitrary user, a read-only home), ``MPLCONFIGDIR`` is pointed at a fresh temporary folder before matplotlib
-is first imported, so it neither fails nor warns.
+returned for the caller to write (:func:`save` writes one atomically). When matplotlib's configuration folder
+is not writable (a container running as an arbitrary user, a read-only home), ``MPLCONFIGDIR`` is pointed at a
+fresh temporary folder before matplotlib is first imported, so it neither fails nor warns.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from emdenoise.fsutil import atomic_path, write_text_atomic
+from emdenoise.fsutil import atomic_path
 
 KIND_COLOURS = {"input": "#9e9e9e", "classical": "#4c72b0", "deep": "#dd8452"}
 
@@ -109,10 +109,6 @@ def text_table(metrics: dict) -> list[str]:
             for r in rows]
 
 
-def write_markdown(dest: str | os.PathLike, metrics: dict) -> None:
-    write_text_atomic(dest, markdown(metrics))
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Figures
 # --------------------------------------------------------------------------------------------------------------
@@ -139,15 +135,20 @@ def figure(width: float, height: float):
     return fig
 
 
+def write_png(fig, path: str | os.PathLike) -> None:
+    """Render ``fig`` as PNG into ``path`` as it is (a temporary path the caller renames)."""
+    fig.savefig(path, format="png")
+
+
 def save(fig, dest: str | os.PathLike) -> None:
+    """Render ``fig`` as PNG into ``dest``, atomically."""
     with atomic_path(dest) as tmp:
-        fig.savefig(tmp, format="png")
+        write_png(fig, tmp)
 
 
-def comparison_figure(dest: str | os.PathLike, noisy: np.ndarray, clean: np.ndarray,
-                      outputs: Mapping[str, np.ndarray], psnr: Mapping[str, Sequence[float]],
-                      labels: Sequence[str]) -> None:
-    """A grid: one row per image (``noisy``/``clean`` (K, H, W)), columns noisy, each method, clean.
+def comparison_figure(noisy: np.ndarray, clean: np.ndarray, outputs: Mapping[str, np.ndarray],
+                      psnr: Mapping[str, Sequence[float]], labels: Sequence[str]):
+    """A grid, returned: one row per image (``noisy``/``clean`` (K, H, W)), columns noisy, each method, clean.
 
     ``outputs`` maps method -> (K, H, W) images in column order; ``psnr`` maps ``noisy`` and each method to
     K PSNR values shown in the titles. Every panel of a row shares one grey scale: the clean image's 0.5 to
@@ -172,11 +173,16 @@ def comparison_figure(dest: str | os.PathLike, noisy: np.ndarray, clean: np.ndar
             if c == 0:
                 ax.set_ylabel(labels[r], fontsize=8)
     fig.tight_layout()
-    save(fig, dest)
+    return fig
 
 
 def psnr_bar_chart(dest: str | os.PathLike, metrics: dict) -> None:
-    """Mean PSNR ± std per method (best first), coloured by kind: input, classical, deep."""
+    """:func:`psnr_bar_figure` saved as PNG into ``dest``, atomically."""
+    save(psnr_bar_figure(metrics), dest)
+
+
+def psnr_bar_figure(metrics: dict):
+    """Mean PSNR ± std per method (best first), coloured by kind: input, classical, deep (a figure to save)."""
     methods = metrics["methods"]
     names = [n for n in ranked(methods)
              if isinstance(methods[n].get("psnr_mean"), (int, float)) and math.isfinite(methods[n]["psnr_mean"])]
@@ -197,4 +203,4 @@ def psnr_bar_chart(dest: str | os.PathLike, metrics: dict) -> None:
         ax.legend(handles=[Patch(color=KIND_COLOURS[kind], label=kind) for kind in kinds], fontsize=8,
                   loc="upper right")
     fig.tight_layout()
-    save(fig, dest)
+    return fig

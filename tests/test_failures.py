@@ -49,6 +49,7 @@ from emdenoise import cli, h5safe, imageio, lock, modelio, models
 from emdenoise import data as data_mod
 from emdenoise.errors import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_INTERRUPTED, EXIT_RUNTIME, BusyError, InputError
 from emdenoise.fetch import RETRY_BASE_ENV
+from emdenoise.fsutil import STAGING_DIR
 from emdenoise.layout import RAW_FILES
 from emdenoise.tasks import preprocess as preprocess_task
 from emdenoise.tasks.download import key_to_relpath
@@ -512,7 +513,7 @@ def test_kill_9_during_training_then_the_same_command_resumes_to_the_same_result
     final_files(out)
     done = modelio.checkpoint_info(checkpoint)["epoch"]
     assert 1 <= done < TRAIN["epochs"]
-    modelio.load_model(models_dir / "sciml_ae" / "em_denoise_model.h5")
+    modelio.load_model(models_dir / "sciml_ae" / STAGING_DIR / "em_denoise_model.h5")   # moved at the end
     code, err = run_here(capsys, "train", paths)          # the same command again
     assert code == 0, err
     assert f"resuming from {checkpoint} after epoch {done}" in err
@@ -569,11 +570,11 @@ def test_kill_9_during_denoise_then_the_same_command_keeps_what_is_done(tmp_path
 
     proc = start_cmd("denoise", paths, tmp_path / "killed.err")
     files = random.choice([1, 2, 3])                       # then within about one more file
-    wait_until(proc, lambda: len(list(out.glob("*.json"))) >= files)
+    wait_until(proc, lambda: len(list((out / STAGING_DIR).glob("*.json"))) >= files)
     kill_9(proc, max_delay=float(per_file))
 
-    done = final_files(out)                               # complete outputs only
-    assert done
+    final_files(out)                                      # complete outputs only ...
+    assert final_files(out / STAGING_DIR)                 # ... the finished ones staged, moved at the end
     code, err = run_here(capsys, "denoise", paths)
     assert code == 0, err
     assert "up to date" in err                            # finished files were kept, not computed again

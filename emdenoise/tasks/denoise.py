@@ -10,9 +10,17 @@ speed; the provenance also goes inside the file where the format has room for it
 How: every input is opened first (headers only), so a bad file fails the run before any work; then each file
 streams frame by frame through :class:`emdenoise.tiling.Tiler` (overlapping ``tile_size`` tiles, cross-faded,
 ``batch_size`` tiles per model call) straight into its output, written atomically. The model normalises its
-input as in training (:class:`emdenoise.modelio.Denoiser`). An output whose sidecar shows the same input
-(size and modification time), model file and settings is kept and not computed again, so an interrupted run
-resumes where it stopped. Speed is logged per file and overall in frames/s, after one warm-up batch.
+input as in training (:class:`emdenoise.modelio.Denoiser`). Speed is logged per file and overall in frames/s,
+after one warm-up batch.
+
+All or nothing: new outputs and their sidecars go into the hidden staging folder ``output_dir/.staging/``
+(same relative paths) and are moved into place only when every input has been denoised, so a run that fails
+part-way (a NaN frame in the third file, a full disk, killed) leaves the outputs of earlier runs as they were.
+An output whose sidecar shows the same input (size and modification time), model file and settings, in
+place or staged, is kept and not computed again, so an interrupted run resumes where it stopped; a run that
+completes removes the staging folder. Moving a pair, the old sidecar goes first, then the output, then its
+new sidecar: a crash in between leaves an output without a sidecar (computed again by the next run), never
+an output beside another output's provenance.
 
 Unsupported extensions among the matched files are skipped with one warning; no supported file at all, an
 unreadable or corrupt file, or an ambiguous ``denoise.model`` is an input error (exit 2) naming the file.
@@ -32,7 +40,7 @@ import torch
 
 from emdenoise import __version__, imageio, runtime
 from emdenoise.errors import InputError
-from emdenoise.fsutil import atomic_path, write_json_atomic
+from emdenoise.fsutil import STAGING_DIR, atomic_path, promote, staging, write_json_atomic
 from emdenoise.layout import MODEL_FILE, trained_models
 from emdenoise.log import progress
 from emdenoise.tiling import Tiler
@@ -118,8 +126,12 @@ def _fingerprint(path: Path, model_sha: str, settings: dict[str, Any]) -> dict[s
             "precision": settings["precision"]}
 
 
+def sidecar_of(out: Path) -> Path:
+    return out.with_name(out.name + SIDECAR_SUFFIX)
+
+
 def _up_to_date(out: Path, fingerprint: dict[str, Any]) -> bool:
-    sidecar = out.with_name(out.name + SIDECAR_SUFFIX)
+    sidecar = sidecar_of(out)
     if not out.is_file() or not sidecar.is_file():
         return False
     try:
@@ -190,14 +202,22 @@ def run(ctx) -> None:
                   "options": denoiser.meta.get("options"), "normalisation": denoiser.meta.get("normalisation"),
                   "trained_with": denoiser.meta.get("emdenoise_version")}
 
+    staged: list[tuple[Path, Path]] = []   # (staged output, final output), moved into place at the end
     done_frames, done_seconds, reused, warmed = 0, 0.0, 0, False
-    with progress(total=total_frames, desc="denoise", unit="frame") as bar:
+    with staging(output_dir / STAGING_DIR) as stage_dir, progress(total=total_frames, desc="denoise",
+                                                                   unit="frame") as bar:
         for path in files:
             rel = path.relative_to(input_dir)
-            out = output_dir / rel
+            out, stage = output_dir / rel, stage_dir / rel
             fingerprint = _fingerprint(path, model_sha, settings)
             if _up_to_date(out, fingerprint):
                 log.info("%s: up to date (same input, model and settings), kept", out)
+                bar.update(frame_counts[path])
+                reused += 1
+                continue
+            staged.append((stage, out))
+            if _up_to_date(stage, fingerprint):
+                log.info("%s: up to date in %s (finished by an interrupted run), kept", out, stage_dir)
                 bar.update(frame_counts[path])
                 reused += 1
                 continue
@@ -212,11 +232,11 @@ def run(ctx) -> None:
                                                    for im in src.images]},
                               "model": model_info, "settings": settings}
                 start = time.perf_counter()
-                frames = denoise_file(src, out, tiler, provenance, bar)
+                frames = denoise_file(src, stage, tiler, provenance, bar)
                 seconds = time.perf_counter() - start
                 described = _describe(src)
             rate = frames / max(seconds, 1e-9)
-            write_json_atomic(out.with_name(out.name + SIDECAR_SUFFIX), {
+            write_json_atomic(sidecar_of(stage), {
                 **provenance,
                 "output": {"file": str(out), "format": src.fmt,
                            "dtype": "float32" if src.fmt != "png" else f"uint{src.info['bits']}"},
@@ -225,6 +245,10 @@ def run(ctx) -> None:
             log.info("%s: %s in %.2f s (%.2f frames/s) -> %s", rel, described, seconds, rate, out)
             done_frames += frames
             done_seconds += seconds
+        for stage, out in staged:   # every input succeeded: now the new outputs replace the old ones
+            sidecar_of(out).unlink(missing_ok=True)
+            promote(stage, out)
+            promote(sidecar_of(stage), sidecar_of(out))
     if done_frames:
         log.info("denoised %d frame(s) in %.2f s: %.2f frames/s (%d tiles through the model)%s", done_frames,
                  done_seconds, done_frames / max(done_seconds, 1e-9), tiler.tiles_run,

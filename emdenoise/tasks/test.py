@@ -14,12 +14,16 @@ the dataset card (never from the prediction, never 255), SSIM (11x11 Gaussian wi
 MSE; speed as images/s and seconds per image. When the test split carries the dose, the mean PSNR per dose
 bin too.
 
-Outputs in ``output_dir`` (each written atomically): ``test_metrics.json``, ``per_image.csv``, ``results.md``,
-``comparison.png`` (noisy / each method / clean for ``test.figure_images`` test images) and ``psnr_bar.png``.
+Outputs in ``output_dir``: ``test_metrics.json``, ``per_image.csv``, ``results.md``, ``comparison.png`` (noisy /
+each method / clean for ``test.figure_images`` test images) and ``psnr_bar.png``. All or nothing: every model
+file is loaded before any work, every output is computed and drawn before any is written, then all are
+written under temporary names and renamed into place together, so a failed run leaves the outputs of an
+earlier one as they were (never a new ``test_metrics.json`` beside an old ``psnr_bar.png``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -34,7 +38,7 @@ from emdenoise import baselines as baselines_mod
 from emdenoise import report
 from emdenoise.data import Split, load_card, load_split
 from emdenoise.errors import InputError, RuntimeFailure
-from emdenoise.fsutil import write_json_atomic, write_text_atomic
+from emdenoise.fsutil import atomic_path, json_text
 from emdenoise.layout import CARD, MODEL_FILE, trained_models
 from emdenoise.log import progress
 from emdenoise.metrics import mse_per_image, psnr_per_image, ssim_per_image
@@ -218,12 +222,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_model(name: str, path: Path, scorer: Scorer, device: torch.device, precision, batch_size: int,
-              log) -> None:
-    """Load one model file and score it on the test images in batches, a warm-up batch excluded from timing."""
+def load_model(path: Path, device: torch.device, precision):
+    """The :class:`emdenoise.modelio.Denoiser` of one model file (a damaged file is an InputError naming it)."""
     from emdenoise.modelio import Denoiser
 
-    denoiser = Denoiser.from_file(path, device, precision)
+    return Denoiser.from_file(path, device, precision)
+
+
+def run_model(name: str, path: Path, scorer: Scorer, device: torch.device, precision, batch_size: int,
+              log, denoiser=None) -> None:
+    """Score the model of file ``path`` (``denoiser``, or loaded here) on the test images in batches, a warm-up
+    batch excluded from timing."""
+    if denoiser is None:
+        denoiser = load_model(path, device, precision)
     meta = denoiser.meta
     trained_range = meta.get("data_range")
     if trained_range and not math.isclose(trained_range, scorer.data_range, rel_tol=1e-5):
@@ -275,19 +286,32 @@ def figure_indices(n: int, k: int) -> list[int]:
     return sorted({int(round(v)) for v in np.linspace(0, n - 1, min(k, n))})
 
 
-def write_figures(out_dir: Path, scorer: Scorer, metrics: dict, indices: list[int]) -> list[str]:
-    report.psnr_bar_chart(out_dir / "psnr_bar.png", metrics)
-    written = ["psnr_bar.png"]
+def figures(scorer: Scorer, metrics: dict, indices: list[int]) -> dict:
+    """File name -> drawn figure: ``psnr_bar.png``, and ``comparison.png`` when ``indices`` is not empty."""
+    drawn = {"psnr_bar.png": report.psnr_bar_figure(metrics)}
     if indices:
         split = scorer.split
         methods = [name for name in scorer.rows if name != "noisy"]
         labels = [f"test #{i}" + (f", dose {split.dose[i]:.3g}" if split.dose is not None else "") for i in indices]
-        report.comparison_figure(
-            out_dir / "comparison.png", split.noisy[indices], split.clean[indices],
+        drawn["comparison.png"] = report.comparison_figure(
+            split.noisy[indices], split.clean[indices],
             {name: np.stack([scorer.rows[name].figure[i] for i in indices]) for name in methods},
             {name: [row.psnr[i] for i in indices] for name, row in scorer.rows.items()}, labels)
-        written.append("comparison.png")
-    return written
+    return drawn
+
+
+def write_outputs(out_dir: Path, outputs: dict) -> None:
+    """Write ``outputs`` (file name -> text or figure) into ``out_dir`` all or nothing: each goes to its
+    temporary name first and all are renamed into place together at the end, so a failure on the way (a figure
+    that cannot be rendered, a full disk) leaves the files of an earlier run as they were."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as renames:
+        for name, content in outputs.items():
+            tmp = renames.enter_context(atomic_path(out_dir / name))
+            if isinstance(content, str):
+                tmp.write_text(content, encoding="utf-8")
+            else:
+                report.write_png(content, tmp)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -325,11 +349,14 @@ def run(ctx) -> None:
                      val.noisy.shape[1:], test.noisy.shape[1:])
 
     device, precision = torch.device("cpu"), "fp32"
+    denoisers = {}
     if model_files:
         from emdenoise import runtime
 
         device = runtime.resolve_device(sec["device"], "test.device")
         precision = runtime.resolve_precision(sec["precision"], device, "test.precision")
+        # every model file now: a damaged one fails the run before any work
+        denoisers = {name: load_model(path, device, precision) for name, path in model_files.items()}
     log.info("%d test images of %dx%d, data range R = %.6g; %d baseline(s), %d model(s); device %s, precision %s",
              len(test), test.noisy.shape[1], test.noisy.shape[2], data_range, len(baseline_names), len(model_files),
              device, precision)
@@ -342,7 +369,7 @@ def run(ctx) -> None:
     for name in baseline_names:
         run_baseline(name, val, scorer, data_range, sec["batch_size"], log)
     for name, path in model_files.items():
-        run_model(name, path, scorer, device, precision, sec["batch_size"], log)
+        run_model(name, path, scorer, device, precision, sec["batch_size"], log, denoisers[name])
 
     metrics = {"data_range": data_range,
                "data_range_definition": card.get("data_range_definition", "the dataset card's data_range"),
@@ -353,11 +380,9 @@ def run(ctx) -> None:
     if test.dose is not None:
         metrics["psnr_by_dose"] = dose_bins(test.dose, scorer.rows)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out_dir / "test_metrics.json", metrics)
-    write_text_atomic(out_dir / "per_image.csv", per_image_csv(scorer))
-    report.write_markdown(out_dir / "results.md", metrics)
-    figures = write_figures(out_dir, scorer, metrics, indices)
+    outputs = {"test_metrics.json": json_text(metrics), "per_image.csv": per_image_csv(scorer),
+               "results.md": report.markdown(metrics), **figures(scorer, metrics, indices)}
+    write_outputs(out_dir, outputs)
     for line in report.text_table(metrics):
         log.info("%s", line)
-    log.info("wrote test_metrics.json, per_image.csv, results.md, %s to %s", ", ".join(figures), out_dir)
+    log.info("wrote %s to %s", ", ".join(outputs), out_dir)

@@ -9,7 +9,7 @@ For each model M of ``train.model`` (``all``: every registered model) it writes,
 - ``checkpoint_last.h5``: the resumable state after the latest finished epoch (weights, optimiser, schedule,
   random states, metrics so far), rewritten atomically every epoch.
 
-and ``output_dir/train_metrics.json`` (rewritten after every epoch)::
+and ``output_dir/train_metrics.json``::
 
     {"model": ..., "device": ..., "precision": ..., "parameters": ..., "epochs": [...], ...,   # the last model
      "models": {M: {"model", "device", "precision", "parameters", "options", "fingerprint", "n_train", "n_val",
@@ -21,10 +21,18 @@ and ``output_dir/train_metrics.json`` (rewritten after every epoch)::
 ``data_range``; ``images_per_s`` counts training images over the training part of the epoch only; ``seconds``
 is the whole epoch, validation included; ``lr`` is the learning rate of the epoch's first step.
 
+Only the checkpoint is written while training. The two model files are written into the hidden staging
+folder ``model_dir/M/.staging/`` as training goes (the best weights whenever validation improves) and moved
+into place, with ``train_metrics.json``, only when every model of the run has finished: a run that fails (a
+model diverges, bad input, disk full, killed) leaves the model files and the metrics of earlier runs as they
+were, and the same command again finishes the job (:func:`publish`).
+
 Resuming (``resume: auto``): a checkpoint whose configuration fingerprint matches continues from the next
 epoch and ends where an uninterrupted run would (shuffling and crops come from a generator seeded by
-(seed, epoch); the global random states are restored as well). A checkpoint of another configuration is
-refused; ``resume: never`` deletes M's old outputs and starts afresh. A finished run is not redone.
+(seed, epoch); the global random states are restored as well), with the staged files of the run that wrote
+it. A checkpoint of another configuration is refused; ``resume: never`` starts afresh (its first epoch
+replaces the checkpoint). A finished run is not redone; its staged files, if any are left, are moved into
+place.
 
 Several processes (``torchrun --nproc_per_node=K -m emdenoise train ...``, see :mod:`emdenoise.distributed`):
 every process draws the same seeded batch plan, takes its share of each global batch of ``batch_size``
@@ -49,7 +57,7 @@ from emdenoise import __version__, distributed, models, modelio, runtime
 from emdenoise.data import Split, load_card, load_split
 from emdenoise.distributed import World
 from emdenoise.errors import InputError, RuntimeFailure
-from emdenoise.fsutil import write_json_atomic
+from emdenoise.fsutil import STAGING_DIR, atomic_path, json_text, promote, remove_staging
 from emdenoise.layout import CARD, CHECKPOINT_FILE, DATASET_CARD_KEYS, LAST_MODEL_FILE, MODEL_FILE
 from emdenoise.log import progress
 from emdenoise.metrics import psnr_per_image, ssim_per_image
@@ -110,19 +118,28 @@ def run(ctx) -> None:
                      if world.enabled else "")
 
         metrics_path = ctx.paths["output_dir"] / METRICS_FILE
-        records: dict[str, dict] = {}
-
-        def publish(record: dict) -> None:
-            records[record["model"]] = record
-            if world.is_main:
-                write_json_atomic(metrics_path, {**record, "models": records})
-
-        for name in names:
-            publish(train_model(name, train, data, card, float(data_range), device, precision,
-                                ctx.paths["model_dir"] / name, ctx.log, publish, world))
+        records = {name: train_model(name, train, data, card, float(data_range), device, precision,
+                                     ctx.paths["model_dir"] / name, ctx.log, world) for name in names}
+        if world.is_main:
+            publish(records, ctx.paths["model_dir"], metrics_path)
         ctx.log.info("metrics: %s", metrics_path)
     finally:
         distributed.stop(created)
+
+
+def publish(records: dict[str, dict], model_dir: Path, metrics_path: Path) -> None:
+    """Put the run's outputs in place once every model of ``records`` (name -> record) has finished: each
+    model's staged files onto their names in ``model_dir/<name>/``, then ``train_metrics.json`` (the last
+    model's record at the top, ``models`` holding every record). A model with nothing staged (finished by an
+    earlier run, its files already in place) keeps its files."""
+    with atomic_path(metrics_path) as tmp:
+        tmp.write_text(json_text({**records[list(records)[-1]], "models": records}), encoding="utf-8")
+        for name in records:
+            stage = model_dir / name / STAGING_DIR
+            for file in (MODEL_FILE, LAST_MODEL_FILE):
+                if (stage / file).is_file():
+                    promote(stage / file, model_dir / name / file)
+            remove_staging(stage)
 
 
 def load_data(data_dir: Path, train: dict, normalisation: dict, where: str) -> TrainData:
@@ -268,15 +285,16 @@ def _sync(device: torch.device) -> None:
 # ---------------------------------------------------------------------------------------------- one model
 
 def train_model(name: str, train: dict, data: TrainData, card: dict, data_range: float, device: torch.device,
-                precision: str, out_dir: Path, log, publish: Callable[[dict], None],
-                world: World = distributed.SINGLE) -> dict:
-    """Train model ``name`` (resuming when allowed), write its files under ``out_dir`` (rank 0 only); return
-    its record. ``world``: this process's place in a torchrun run (all processes call this alike)."""
+                precision: str, out_dir: Path, log, world: World = distributed.SINGLE) -> dict:
+    """Train model ``name`` (resuming when allowed): its checkpoint into ``out_dir``, its model files into
+    ``out_dir/.staging/`` for :func:`publish` (rank 0 only); return its record. ``world``: this process's
+    place in a torchrun run (all processes call this alike)."""
     options = models.options_from_train(name, train)
     config = {"model": name, "options": options, **{k: train[k] for k in FINGERPRINT_KEYS},
               "data_card": data_fingerprint(card)}
     fingerprint = modelio.fingerprint(config)
     ckpt_path = out_dir / CHECKPOINT_FILE
+    stage = out_dir / STAGING_DIR
     epochs, batch_size = train["epochs"], train["batch_size"]
 
     runtime.seed_everything(train["seed"])
@@ -312,11 +330,10 @@ def train_model(name: str, train: dict, data: TrainData, card: dict, data_range:
         start = state["epoch"] + 1
         log.info("%s: resuming from %s after epoch %d of %d", name, ckpt_path, state["epoch"], epochs)
     elif world.is_main:
-        stale = [p for p in (ckpt_path, out_dir / MODEL_FILE, out_dir / LAST_MODEL_FILE) if p.exists()]
-        for path in stale:
-            path.unlink()
-        if stale:
-            log.info("%s: starting afresh, removed %s", name, ", ".join(p.name for p in stale))
+        remove_staging(stage)  # what an earlier, unfinished run staged
+        if ckpt_path.exists():
+            log.info("%s: starting afresh (train.resume: never): the first epoch replaces %s; the model files "
+                     "are replaced when the run succeeds", name, ckpt_path)
 
     meta = {"model": name, "options": options, "data_range": data_range,
             "normalisation": {side: {k: card["normalisation"][side][k] for k in ("mean", "std")}
@@ -345,10 +362,10 @@ def train_model(name: str, train: dict, data: TrainData, card: dict, data_range:
         if improved or len(data.val) == 0:
             record.update(best_epoch=epoch, best_val_psnr=row["val_psnr"])
             if world.is_main:
-                modelio.save_model(out_dir / MODEL_FILE, model, {**meta, "metrics": {**row, "best_epoch": epoch}})
+                modelio.save_model(stage / MODEL_FILE, model, {**meta, "metrics": {**row, "best_epoch": epoch}})
         record["complete"] = epoch == epochs
         if record["complete"] and world.is_main:
-            modelio.save_model(out_dir / LAST_MODEL_FILE, model,
+            modelio.save_model(stage / LAST_MODEL_FILE, model,
                                {**meta, "metrics": {**row, "best_epoch": record["best_epoch"]}})
         # the checkpoint goes last: it marks the epoch as done, so a crash before it just redoes the epoch
         if world.is_main:
@@ -356,11 +373,10 @@ def train_model(name: str, train: dict, data: TrainData, card: dict, data_range:
                                     {"model": name, "options": options, "fingerprint": fingerprint,
                                      "epoch": epoch, "config": config, "record": record, "rng": runtime.rng_state(),
                                      "scaler": scaler.state_dict() if scaler.is_enabled() else None})
-        publish(record)
         if _STOP_AFTER_EPOCH == epoch:
             raise KeyboardInterrupt(f"test hook: stop after epoch {epoch}")
-    log.info("%s: best val PSNR %s dB at epoch %s -> %s", name,
-             f"{record['best_val_psnr']:.2f}" if record["best_val_psnr"] is not None else "n/a",
+    log.info("%s: best val PSNR %s dB at epoch %s -> %s (staged until every model of the run has finished)",
+             name, f"{record['best_val_psnr']:.2f}" if record["best_val_psnr"] is not None else "n/a",
              record["best_epoch"], out_dir / MODEL_FILE)
     return record
 
