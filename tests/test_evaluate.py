@@ -352,6 +352,12 @@ def test_the_test_task_scores_a_saved_model(tmp_path):
     assert all(math.isfinite(row[k]) for k in ("psnr_mean", "ssim_mean", "mse_mean", "images_per_s"))
     with open(out / "per_image.csv", newline="") as fh:
         assert sum(r["method"] == "sciml_ae" for r in csv.DictReader(fh)) == 5
+    assert (out / "comparison.png").stat().st_size > 0
+    # a rerun without figures removes the old comparison figure, which no longer matches the metrics
+    code, out, log = run_test_task(tmp_path, data_dir, baselines=["gaussian"], batch_size=2, figure_images=0,
+                                   device="cpu", precision="fp32", tune_images=2)
+    assert code == 0, log.read_text()
+    assert not (out / "comparison.png").exists() and (out / "psnr_bar.png").exists()
 
 
 # --------------------------------------------------------------------------------------------------------------

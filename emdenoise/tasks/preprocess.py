@@ -34,7 +34,7 @@ import numpy as np
 
 from emdenoise import __version__, h5safe
 from emdenoise.errors import InputError, RuntimeFailure
-from emdenoise.fsutil import atomic_path, write_json_atomic
+from emdenoise.fsutil import atomic_path, json_text
 from emdenoise.layout import (CARD, CARD_FORMAT, MANIFEST, RAW_DATASET, RAW_FILES, RAW_SPLITS, SPLIT_FILE,
                               SPLITS)
 from emdenoise.log import progress
@@ -445,6 +445,9 @@ def run(ctx) -> None:
         # Every output goes to a temporary name first; all are renamed into place together at the end, so a
         # failure (bad image found half way, disk full) leaves the previous outputs as they were.
         with contextlib.ExitStack() as outputs:
+            # The card is entered first so that it is renamed last: a kill during the renames leaves no card
+            # (the next task says to run preprocess again), never an old card beside new splits.
+            card_tmp = outputs.enter_context(atomic_path(data_dir / CARD))
             for name in SPLITS:
                 raw_split, rows = plan[name]
                 tmp = outputs.enter_context(atomic_path(data_dir / SPLIT_FILE.format(split=name)))
@@ -454,19 +457,18 @@ def run(ctx) -> None:
                 tmp = outputs.enter_context(atomic_path(data_dir / SPLIT_FILE.format(split="inference")))
                 results["inference"] = write_inference(tmp, inference, shape)
             _check_card_numbers(results, files)
+            raw = {split: {"noisy": f"{split}/{RAW_FILES['noisy']}", "clean": f"{split}/{RAW_FILES['clean']}",
+                           "n": files[f"{split}_noisy"].n, "shape": list(files[f"{split}_noisy"].ds.shape),
+                           "dtype": str(files[f"{split}_noisy"].ds.dtype)} for split in RAW_SPLITS}
+            card = build_card(results, shape, has_dose, read_source(raw_dir, log), raw, section, raw_dir)
+            card_tmp.write_text(json_text(card))
             # The old card no longer describes what is about to be renamed into place.
             (data_dir / CARD).unlink(missing_ok=True)
-
-        raw = {split: {"noisy": f"{split}/{RAW_FILES['noisy']}", "clean": f"{split}/{RAW_FILES['clean']}",
-                       "n": files[f"{split}_noisy"].n, "shape": list(files[f"{split}_noisy"].ds.shape),
-                       "dtype": str(files[f"{split}_noisy"].ds.dtype)} for split in RAW_SPLITS}
 
     stale = data_dir / SPLIT_FILE.format(split="inference")
     if not inference and stale.exists():
         stale.unlink()
         log.info("removed %s from an earlier run: the raw data have no inference folder", stale)
-    card = build_card(results, shape, has_dose, read_source(raw_dir, log), raw, section, raw_dir)
-    write_json_atomic(data_dir / CARD, card)
     _log_table(log, results)
     log.info("normalisation (train): noisy mean %.4g std %.4g, clean mean %.4g std %.4g; PSNR data range R = %.4g",
              card["normalisation"]["noisy"]["mean"], card["normalisation"]["noisy"]["std"],

@@ -383,6 +383,10 @@ def run(ctx) -> None:
     outputs = {"test_metrics.json": json_text(metrics), "per_image.csv": per_image_csv(scorer),
                "results.md": report.markdown(metrics), **figures(scorer, metrics, indices)}
     write_outputs(out_dir, outputs)
+    stale = out_dir / "comparison.png"
+    if "comparison.png" not in outputs and stale.exists():   # test.figure_images: 0; an old one would mislead
+        stale.unlink()
+        log.info("removed %s from an earlier run (test.figure_images is 0)", stale)
     for line in report.text_table(metrics):
         log.info("%s", line)
     log.info("wrote %s to %s", ", ".join(outputs), out_dir)
