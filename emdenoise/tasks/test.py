@@ -14,12 +14,14 @@ the dataset card (never from the prediction, never 255), SSIM (11x11 Gaussian wi
 MSE; speed as images/s and seconds per image. When the test split carries the dose, the mean PSNR per dose
 bin too.
 
-Outputs in ``output_dir`` (each written atomically): ``test_metrics.json``, ``per_image.csv``, ``results.md``,
-``comparison.png`` (noisy / each method / clean for ``test.figure_images`` test images) and ``psnr_bar.png``.
+Outputs in ``output_dir`` (written under temporary names, renamed into place together): ``test_metrics.json``,
+``per_image.csv``, ``results.md``, ``comparison.png`` (noisy / each method / clean for ``test.figure_images``
+test images) and ``psnr_bar.png``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -34,8 +36,8 @@ from emdenoise import baselines as baselines_mod
 from emdenoise import report
 from emdenoise.data import Split, load_card, load_split
 from emdenoise.errors import InputError, RuntimeFailure
-from emdenoise.fsutil import write_json_atomic, write_text_atomic
-from emdenoise.layout import CARD, MODEL_FILE, trained_models
+from emdenoise.fsutil import atomic_path, write_json_atomic, write_text_atomic
+from emdenoise.layout import MODEL_FILE, trained_models
 from emdenoise.log import progress
 from emdenoise.metrics import mse_per_image, psnr_per_image, ssim_per_image
 
@@ -80,7 +82,8 @@ def find_models(value, model_dir: Path, where) -> dict[str, Path]:
     names = _names(value, "test.models", where)
     if names == "all":
         if not model_dir.is_dir():
-            return {}
+            raise InputError.at(model_dir, "test.models", "expected a folder of trained models, not found; run the "
+                                "train task first, or set test.models: none to evaluate the baselines only")
         return trained_models(model_dir)
     found = {}
     for name in names:
@@ -90,14 +93,6 @@ def find_models(value, model_dir: Path, where) -> dict[str, Path]:
                                 f"task with train.model including {name!r}, or remove it from test.models")
         found[name] = path
     return found
-
-
-def data_range_of(card: dict, data_dir: Path) -> float:
-    value = card.get("data_range")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise InputError.at(Path(data_dir) / CARD, "data_range", f"expected a positive number, got {value!r}; run "
-                            "the preprocess task again")
-    return float(value)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -275,19 +270,17 @@ def figure_indices(n: int, k: int) -> list[int]:
     return sorted({int(round(v)) for v in np.linspace(0, n - 1, min(k, n))})
 
 
-def write_figures(out_dir: Path, scorer: Scorer, metrics: dict, indices: list[int]) -> list[str]:
-    report.psnr_bar_chart(out_dir / "psnr_bar.png", metrics)
-    written = ["psnr_bar.png"]
+def write_figures(dest: dict[str, Path], scorer: Scorer, metrics: dict, indices: list[int]) -> None:
+    """``psnr_bar.png`` and, when ``indices`` is not empty, ``comparison.png``, each to its path in ``dest``."""
+    report.psnr_bar_chart(dest["psnr_bar.png"], metrics)
     if indices:
         split = scorer.split
         methods = [name for name in scorer.rows if name != "noisy"]
         labels = [f"test #{i}" + (f", dose {split.dose[i]:.3g}" if split.dose is not None else "") for i in indices]
         report.comparison_figure(
-            out_dir / "comparison.png", split.noisy[indices], split.clean[indices],
+            dest["comparison.png"], split.noisy[indices], split.clean[indices],
             {name: np.stack([scorer.rows[name].figure[i] for i in indices]) for name in methods},
             {name: [row.psnr[i] for i in indices] for name, row in scorer.rows.items()}, labels)
-        written.append("comparison.png")
-    return written
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -309,7 +302,7 @@ def run(ctx) -> None:
         log.info("no trained model in %s: evaluating the noisy input and the classical baselines only", model_dir)
 
     card = load_card(data_dir)
-    data_range = data_range_of(card, data_dir)
+    data_range = float(card["data_range"])  # checked by load_card: a number > 0
     test = load_split(data_dir, "test", sec["max_test_images"])
     if len(test) == 0:
         raise InputError.at(Path(data_dir) / "test.h5", "noisy", "expected at least one test pair, found none")
@@ -353,11 +346,17 @@ def run(ctx) -> None:
     if test.dose is not None:
         metrics["psnr_by_dose"] = dose_bins(test.dose, scorer.rows)
 
+    figures = ["psnr_bar.png"] + (["comparison.png"] if indices else [])
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out_dir / "test_metrics.json", metrics)
-    write_text_atomic(out_dir / "per_image.csv", per_image_csv(scorer))
-    report.write_markdown(out_dir / "results.md", metrics)
-    figures = write_figures(out_dir, scorer, metrics, indices)
+    # every file under a temporary name first, all renamed into place together once all are written: a failure
+    # (disk full at the figures) leaves the earlier results as they were, not half replaced
+    with contextlib.ExitStack() as outputs:
+        dest = {name: outputs.enter_context(atomic_path(out_dir / name))
+                for name in ["test_metrics.json", "per_image.csv", "results.md", *figures]}
+        write_json_atomic(dest["test_metrics.json"], metrics)
+        write_text_atomic(dest["per_image.csv"], per_image_csv(scorer))
+        report.write_markdown(dest["results.md"], metrics)
+        write_figures(dest, scorer, metrics, indices)
     for line in report.text_table(metrics):
         log.info("%s", line)
     log.info("wrote test_metrics.json, per_image.csv, results.md, %s to %s", ", ".join(figures), out_dir)
