@@ -29,7 +29,8 @@ os.umask(_UMASK)
 def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; on success fsync and rename it onto ``dest``.
 
-    On any exception the temporary file is removed and ``dest`` is left as it was.
+    On any exception the temporary file is removed and ``dest`` is left as it was; an OSError that names no file
+    (a write on a full disk) or the temporary one is raised again naming ``dest``.
     ``suffix`` defaults to dest's own suffix so libraries that look at the extension still work.
     """
     dest = Path(dest)
@@ -44,9 +45,11 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, dest)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(exc, OSError) and exc.errno and exc.filename in (None, str(tmp)):
+            raise OSError(exc.errno, exc.strerror, str(dest)) from exc
         raise
 
 

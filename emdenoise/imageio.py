@@ -23,7 +23,8 @@ MRC       2-D images, image stacks and volumes (modes 0, 1, 2,   mode 2 (float32
 ========  =====================================================  ==============================================
 
 Each readable array is an :class:`ImageArray` whose frames (the last two axes) are read one at a time, so a
-long stack never sits in memory. Writers consume an iterator of float32 frames and write them straight into
+long stack never sits in memory; a frame larger than :data:`emdenoise.layout.MAX_FRAME_PIXELS` is refused from
+the header, before any pixel is read. Writers consume an iterator of float32 frames and write them straight into
 the output (a temporary file the caller renames into place). An HDF5 input is probed in a child process before
 it is opened (:func:`emdenoise.h5safe.open_foreign`): a file that would crash libhdf5 is one InputError.
 """
@@ -45,6 +46,7 @@ import numpy as np
 
 from emdenoise import h5safe
 from emdenoise.errors import InputError
+from emdenoise.layout import check_frame_pixels
 
 FORMATS: dict[str, str] = {
     ".tif": "tiff", ".tiff": "tiff",
@@ -138,6 +140,7 @@ def _check_array(path: Path, name: str, shape: tuple[int, ...], dtype: np.dtype,
                             f"{shape[-2]}x{shape[-1]}")
     if 0 in shape:
         raise InputError.at(where, None, f"expected at least one frame, got shape {tuple(shape)}")
+    check_frame_pixels(where, None, *shape[-2:])
 
 
 # ---------------------------------------------------------------------------------------------------- readers
@@ -201,6 +204,7 @@ def _read_png(path: Path) -> InputFile:
             raise InputError.at(path, None, f"expected a PNG file, got {im.format}")
         if im.mode not in PNG_MODES:
             raise InputError.at(path, None, f"expected an 8- or 16-bit grayscale PNG, got mode {im.mode}")
+        check_frame_pixels(path, None, im.height, im.width)  # from the header, before decoding
         pixels = np.asarray(im)
         info = {"bits": PNG_MODES[im.mode], "dpi": im.info.get("dpi")}
     if im.mode == "I" and (pixels.min() < 0 or pixels.max() > 65535):
@@ -236,6 +240,8 @@ def _read_hdf5(path: Path) -> InputFile:
             others.append(name)
 
     h5.visititems(visit)
+    for image in images:
+        check_frame_pixels(image.label(path), None, *image.frame_shape)
     if not images:
         raise InputError.at(path, None, f"expected a 2-D or 3-D numeric dataset with frames of at least "
                             f"{MIN_SIDE}x{MIN_SIDE}, found none")

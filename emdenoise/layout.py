@@ -36,6 +36,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from emdenoise.errors import InputError
+
 RAW_SPLITS = ("train", "test")
 RAW_FILES = {"noisy": "graphene_img_noise.h5", "clean": "graphene_img_clean.h5"}
 RAW_DATASET = "images"
@@ -58,6 +60,19 @@ CARD = "dataset_card.json"
 DATASET_CARD_KEYS = ("format", "image_shape", "splits", "value_range", "normalisation", "data_range",
                      "data_range_definition", "has_dose", "source")
 CARD_FORMAT = "emdenoise-data/1"
+
+# The largest frame (image) any reader accepts: 2**28 pixels, 1 GiB as float32 (e.g. 16384 x 16384). Frames
+# are read whole, so a header declaring more (a damaged or hostile file: a few bytes of HDF5, TIFF, NPY or MRC
+# can declare 200000 x 200000) is refused before anything is allocated, instead of exhausting memory.
+MAX_FRAME_PIXELS = 2**28
+
+
+def check_frame_pixels(where, field: str | None, height: int, width: int) -> None:
+    """Raise a one-line :class:`InputError` if a frame of ``height`` x ``width`` exceeds MAX_FRAME_PIXELS."""
+    if height * width > MAX_FRAME_PIXELS:
+        raise InputError.at(where, field, f"expected frames of at most {MAX_FRAME_PIXELS} pixels (2^28, e.g. "
+                            f"16384x16384: emdenoise's limit per frame), got {height}x{width}")
+
 
 MODEL_FILE = "em_denoise_model.h5"
 LAST_MODEL_FILE = "em_denoise_model_last.h5"

@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -41,6 +40,7 @@ import torch
 from torch import nn
 
 from emdenoise import __version__, h5safe, models, runtime
+from emdenoise.data import check_normalisation
 from emdenoise.errors import InputError
 from emdenoise.fsutil import atomic_path
 
@@ -138,19 +138,6 @@ def _attr_json(path: Path, fh: h5py.File, name: str) -> Any:
         return json.loads(_attr_str(path, fh, name))
     except ValueError as exc:
         raise InputError.at(path, name, f"expected a JSON attribute ({exc})") from None
-
-
-def check_normalisation(path: str | Path, norm: Any) -> dict:
-    """Check a {"noisy": {"mean", "std"}, "clean": {...}} mapping (std > 0, finite) or raise InputError."""
-    for side in ("noisy", "clean"):
-        stats = norm.get(side) if isinstance(norm, dict) else None
-        ok = isinstance(stats, dict) and all(isinstance(stats.get(k), (int, float)) and
-                                             not isinstance(stats[k], bool) and math.isfinite(stats[k])
-                                             for k in ("mean", "std"))
-        if not ok or stats["std"] <= 0:
-            raise InputError.at(path, f"normalisation.{side}", "expected {\"mean\": m, \"std\": s > 0}, got "
-                                f"{stats!r}")
-    return norm
 
 
 def _build(path: Path, name: str, options: Any) -> nn.Module:

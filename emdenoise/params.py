@@ -19,6 +19,9 @@ from emdenoise.errors import InputError
 
 MODEL_NAMES = ("cafcn", "dncnn", "ffdnet", "unet", "rednet", "mscnn", "msdnet", "sciml_ae")
 BASELINE_NAMES = ("gaussian", "median", "tv", "nlm", "bm3d", "anscombe_bm3d")
+# The largest seed: NumPy's legacy seeding and many tools take 32-bit seeds, and torch.manual_seed fails on
+# values of 2**64 and above (training derives per-epoch generator seeds from it, which must stay below 2**63).
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -77,13 +80,14 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "source": Field("str", "synthetic", "where the data come from: synthetic, stfc, osn, minibatch, an "
                         "http(s):// or s3:// URL, or a local folder or .zip in the em_graphene_sim layout",
                         check=_source_check),
-        "seed": Field("int", 0, "synthetic: random seed (same seed, same bytes)", min=0),
+        "seed": Field("int", 0, "synthetic: random seed (same seed, same bytes)", min=0, max=MAX_SEED),
         "train_images": Field("int", 512, "synthetic: number of training pairs", min=1, max=1_000_000),
         "test_images": Field("int", 128, "synthetic: number of test pairs", min=1, max=1_000_000),
         "image_size": Field("int", 256, "synthetic: image side in pixels", min=32, max=4096),
-        "dose_min": Field("float", 5.0, "synthetic: lowest dose, electrons per pixel at the beam centre", min=0.01),
+        "dose_min": Field("float", 5.0, "synthetic: lowest dose, electrons per pixel at the beam centre", min=0.01,
+                          max=1e6),
         "dose_max": Field("float", 100.0, "synthetic: highest dose, electrons per pixel at the beam centre",
-                          min=0.01),
+                          min=0.01, max=1e6),
         "dead_pixel_fraction": Field("float", 0.001, "synthetic: fraction of dead (zero) pixels", min=0.0,
                                      max=0.5),
         "workers": Field("int", 0, "synthetic: worker processes (0: one per core); never changes the output",
@@ -91,14 +95,15 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "endpoint": Field("str", "https://s3.echo.stfc.ac.uk", "S3 endpoint used for s3://bucket/prefix sources"),
         "page_size": Field("int", 1000, "objects per S3 ListObjectsV2 page", min=1, max=1000),
         "retries": Field("int", 5, "attempts per request on timeouts and 5xx answers", min=1, max=100),
-        "timeout": Field("float", 60.0, "seconds to wait for a server before retrying", min=0.1),
+        "timeout": Field("float", 60.0, "seconds to wait for a server before retrying", min=0.1,
+                         max=86_400.0),
         "max_archive_bytes": Field("int", 64 * 2**30, "largest total uncompressed size accepted from a zip",
                                    min=1),
     },
     "preprocess": {
         "val_fraction": Field("float", 0.1, "fraction of the training pairs held out for validation (rounded; "
                               "at least one pair, at least one left for training)", min=0.0, max=0.9),
-        "seed": Field("int", 0, "random seed of the train/val split", min=0),
+        "seed": Field("int", 0, "random seed of the train/val split", min=0, max=MAX_SEED),
     },
     "train": {
         "model": Field("names", "sciml_ae", "model(s) to train: a name, a list, or all", choices=MODEL_NAMES),
@@ -110,7 +115,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "lr_schedule": Field("str", "cosine", "learning-rate schedule over the whole run",
                              choices=("constant", "cosine", "step")),
         "loss": Field("str", "mse", "training loss on normalised images", choices=("mse", "l1")),
-        "seed": Field("int", 0, "random seed (initialisation, shuffling, crops)", min=0),
+        "seed": Field("int", 0, "random seed (initialisation, shuffling, crops)", min=0, max=MAX_SEED),
         "device": Field("str", "auto", "auto (cuda if present, else cpu), cpu, cuda or cuda:N",
                         check=_device_check),
         "precision": Field("str", "auto", "auto (bf16 autocast where it helps), fp32, bf16 or fp16",
@@ -174,7 +179,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
                             max=4096),
         "device": Field("str", "auto", "auto (cuda if present, else cpu), cpu, cuda or cuda:N",
                         check=_device_check),
-        "seed": Field("int", 0, "random seed of every cell's training", min=0),
+        "seed": Field("int", 0, "random seed of every cell's training", min=0, max=MAX_SEED),
         "baselines": Field("names", ["gaussian", "median", "tv", "nlm"], "classical baselines, tuned on the val "
                            "split once (all: every one installed; none: no baseline)",
                            choices=BASELINE_NAMES + ("none",)),

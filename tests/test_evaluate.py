@@ -72,6 +72,7 @@ def run_test_task(tmp_path: Path, data_dir: Path, **test_section) -> tuple[int, 
     """Run the test task in this process; return (exit code, output_dir, log file)."""
     params = write_params(tmp_path / "p.yaml", **test_section)
     out, logs = tmp_path / "out", tmp_path / "logs"
+    (tmp_path / "models").mkdir(exist_ok=True)  # no trained model in it: the baselines only
     code = cli.main(["test", f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'models'}",
                      f"--parameters_file={params}", f"--output_dir={out}", f"--log_dir={logs}"])
     return code, out, logs / "test.log"

@@ -3,6 +3,8 @@
 - ``kill -9`` at a random moment while download, preprocess, train or denoise is writing: at that moment every
   file at a final name is complete (old or new), and the same command again ends where an uninterrupted run ends;
 - two runs into one output folder (exit 3), a lock left by a killed run (blocks nothing), SIGTERM;
+- bad input to every task: unreadable parameters files, absurd values, missing input paths, damaged dataset
+  cards, frames of absurd declared size: one line, exit 2, before any work;
 - read-only output folders and a full disk (a real 1 MiB tmpfs): one line, earlier files intact;
 - model files and checkpoints carrying a pickle, from another architecture or another format version: refused
   without running anything;
@@ -19,6 +21,7 @@ full-disk cases are skipped, saying why.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -47,10 +50,11 @@ from local_http import LocalServer
 
 from emdenoise import cli, h5safe, imageio, lock, modelio, models
 from emdenoise import data as data_mod
+from emdenoise import params as params_mod
 from emdenoise.errors import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_INTERRUPTED, EXIT_RUNTIME, BusyError, InputError
 from emdenoise.fetch import RETRY_BASE_ENV
 from emdenoise.fsutil import STAGING_DIR
-from emdenoise.layout import RAW_FILES
+from emdenoise.layout import CARD, MAX_FRAME_PIXELS, RAW_FILES
 from emdenoise.tasks import preprocess as preprocess_task
 from emdenoise.tasks.download import key_to_relpath
 
@@ -396,6 +400,173 @@ def test_an_output_path_with_a_file_in_the_way_is_one_line(tmp_path, capsys, tas
 
 
 # ====================================================================================================================
+# Bad input: one line, exit 2, before any work
+# ====================================================================================================================
+def _ready_inputs(tmp_path: Path, task: str, processed: Path) -> dict[str, Path]:
+    """:func:`_task_paths` with every input of ``task`` present and good: a small raw set, the processed set, a
+    trained model, a folder holding one image (outputs not there yet)."""
+    paths = _task_paths(tmp_path, task)
+    for name in cli.TASKS[task].inputs:
+        if name == "raw_data_dir":
+            write_raw(paths[name], 4, 2)
+        elif name == "data_dir":
+            paths[name] = processed
+        elif name == "model_dir":
+            save_model(paths[name])
+        elif name == "input_dir":
+            paths[name].mkdir()
+            np.save(paths[name] / "a.npy", np.ones((32, 32), np.float32))
+    return paths
+
+
+def _outputs_untouched(paths: dict[str, Path], task: str) -> bool:
+    return not any(paths[out].exists() for out in cli.TASKS[task].outputs if out != "log_dir")
+
+
+@pytest.mark.parametrize("how", ["invalid UTF-8", "no read permission"])
+@pytest.mark.parametrize("task", list(cli.TASKS))
+def test_an_unreadable_parameters_file_is_one_line(tmp_path, capsys, task, how):
+    paths = _task_paths(tmp_path, task)
+    bad = paths["parameters_file"]
+    if how == "invalid UTF-8":
+        bad.write_bytes(b"\xff\xfe\x00bad")
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root reads a file whatever its mode")
+        bad.chmod(0)
+    code, err = run_here(capsys, task, paths)
+    one_error(code, err, EXIT_BAD_INPUT, str(bad), "cannot read parameters file")
+    assert _outputs_untouched(paths, task)
+
+
+SEEDS = [f"{section}.{key}" for section, fields in params_mod.SCHEMA.items() for key in fields if key == "seed"]
+
+
+@pytest.mark.parametrize("key,value", [(key, 2**64) for key in SEEDS]
+                         + [("download.dose_max", "1.0e+300"), ("download.timeout", "1.0e+300")])
+def test_an_absurd_parameter_value_is_one_line_naming_the_maximum(tmp_path, capsys, key, value):
+    """Values that used to crash deep inside torch (a seed of 2**64) or numpy and the socket layer (1e300)."""
+    task, name = key.split(".")
+    paths = _task_paths(tmp_path, task)
+    code, err = run_here(capsys, task, paths, f"{key}={value}")
+    one_error(code, err, EXIT_BAD_INPUT, key, params_mod.SCHEMA[task][name].describe())
+    assert _outputs_untouched(paths, task)
+
+
+def test_the_largest_seed_and_huge_image_limits_run(tmp_path, capsys, processed):
+    """The seed's maximum works all the way into torch; an image limit with no maximum means all the images."""
+    paths = {"data_dir": processed, "parameters_file": params_file(tmp_path / "p.yaml", train={**TRAIN, "epochs": 1}),
+             "model_dir": tmp_path / "models", "output_dir": tmp_path / "out", "log_dir": tmp_path / "logs"}
+    code, err = run_here(capsys, "train", paths, f"train.seed={params_mod.MAX_SEED}",
+                         f"train.max_train_images={10**30}")
+    assert code == 0, err
+    assert json.loads((tmp_path / "out" / "train_metrics.json").read_text())["n_train"] == 36
+    code, err = run_here(capsys, "test", {**paths, "output_dir": tmp_path / "tested"}, "test.baselines=gaussian",
+                         "test.device=cpu", f"test.max_test_images={10**30}", f"test.tune_images={10**30}")
+    assert code == 0, err
+    assert json.loads((tmp_path / "tested" / "test_metrics.json").read_text())["n_images"] == 8
+
+
+INPUTS = [(task, name) for task, spec in cli.TASKS.items() for name in spec.inputs]
+
+
+@pytest.mark.parametrize("task,name", INPUTS)
+def test_a_missing_input_path_is_one_line_naming_it(tmp_path, capsys, processed, task, name):
+    """Every other input present and good: the one that is missing is what the run stops at."""
+    paths = _ready_inputs(tmp_path, task, processed)
+    paths[name] = tmp_path / "nowhere" / name
+    code, err = run_here(capsys, task, paths)
+    one_error(code, err, EXIT_BAD_INPUT, str(paths[name]), "not found")
+    assert _outputs_untouched(paths, task) and not (tmp_path / "nowhere").exists()
+
+
+def _damage_card(path: Path, how: str) -> None:
+    card = json.loads(path.read_text(encoding="utf-8"))
+    if how == "cut short":
+        path.write_text(path.read_text(encoding="utf-8")[:100], encoding="utf-8")
+        return
+    if how == "wrong format":
+        card["format"] = "emdenoise-data/0"
+    elif how == "data_range 0":
+        card["data_range"] = 0
+    elif how == "std 0":
+        card["normalisation"]["clean"]["std"] = 0.0
+    path.write_text(json.dumps(card), encoding="utf-8")
+
+
+@pytest.mark.parametrize("how,field", [("cut short", "JSON"), ("wrong format", "format"),
+                                       ("data_range 0", "data_range"), ("std 0", "normalisation.clean")])
+@pytest.mark.parametrize("task", ["train", "test", "study"])
+def test_a_damaged_dataset_card_is_one_line_naming_the_field(tmp_path, capsys, processed, task, how, field):
+    paths = _ready_inputs(tmp_path, task, shutil.copytree(processed, tmp_path / "data"))
+    card = paths["data_dir"] / CARD
+    _damage_card(card, how)
+    code, err = run_here(capsys, task, paths)
+    one_error(code, err, EXIT_BAD_INPUT, str(card), field)
+    assert _outputs_untouched(paths, task)
+
+
+HUGE_SIDE = 200_000       # 4e10 pixels per frame: HDF5 datasets with no chunk written (a few kB)
+SPARSE_SIDE = 20_000      # 4e8 pixels (1.6 GB as float32) in a sparse file: a few kB on disk
+
+
+def _huge_frame(folder: Path, kind: str) -> tuple[Path, str]:
+    """A small file declaring one frame far over MAX_FRAME_PIXELS; return it and the declared ``HxW``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if kind.startswith("h5"):
+        shape = {"h5 (N, H, W)": (1, HUGE_SIDE, HUGE_SIDE), "h5 (H, W)": (HUGE_SIDE, HUGE_SIDE)}[kind]
+        path = folder / "huge.h5"
+        with h5py.File(path, "w") as fh:
+            fh.create_dataset("frames", shape=shape, dtype=np.float32, chunks=(1,) * (len(shape) - 2) + (256, 256),
+                              compression="gzip")
+        return path, f"{HUGE_SIDE}x{HUGE_SIDE}"
+    path = folder / f"huge.{kind}"
+    if kind == "npy":
+        np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(1, SPARSE_SIDE, SPARSE_SIDE)).flush()
+    elif kind == "tif":
+        tifffile.memmap(path, shape=(SPARSE_SIDE, SPARSE_SIDE), dtype=np.float32, photometric="minisblack").flush()
+    else:
+        import mrcfile
+
+        mrcfile.new_mmap(path, shape=(1, SPARSE_SIDE, SPARSE_SIDE), mrc_mode=2, overwrite=True).close()
+    assert path.stat().st_blocks * 512 < 2**20 or kind.startswith("h5")   # sparse: nothing was allocated
+    return path, f"{SPARSE_SIDE}x{SPARSE_SIDE}"
+
+
+@pytest.mark.parametrize("kind", ["h5 (N, H, W)", "h5 (H, W)", "npy", "tif", "mrc"])
+def test_a_frame_of_absurd_declared_size_is_refused_by_denoise(tmp_path, capsys, kind):
+    path, declared = _huge_frame(tmp_path / "in", kind)
+    paths = {"input_dir": tmp_path / "in", "model_dir": tmp_path / "models", "output_dir": tmp_path / "out",
+             "parameters_file": params_file(tmp_path / "p.yaml", denoise={"device": "cpu", "precision": "fp32"}),
+             "log_dir": tmp_path / "logs"}
+    save_model(paths["model_dir"])
+    code, err = run_here(capsys, "denoise", paths)
+    one_error(code, err, EXIT_BAD_INPUT, str(path), declared, str(MAX_FRAME_PIXELS))
+    assert not paths["output_dir"].exists()
+
+
+@pytest.mark.parametrize("layout", ["(N, H, W, 1)", "(N, H, W)", "inference TIFF"])
+def test_a_frame_of_absurd_declared_size_is_refused_by_preprocess(tmp_path, capsys, layout):
+    raw = write_raw(tmp_path / "raw", 4, 2)
+    if layout == "inference TIFF":
+        for folder in ("raw", "truth"):
+            path, declared = _huge_frame(raw / "inference" / folder, "tif")
+        words = [str(raw / "inference" / "raw" / path.name), declared, "32x32"]
+    else:
+        path = raw / "test" / RAW_FILES["noisy"]
+        shape = (1, HUGE_SIDE, HUGE_SIDE) + ((1,) if layout == "(N, H, W, 1)" else ())
+        with h5py.File(path, "w") as fh:
+            fh.create_dataset("images", shape=shape, dtype=np.float32, chunks=(1, 256, 256) + shape[3:],
+                              compression="gzip")
+        words = [str(path), f"{HUGE_SIDE}x{HUGE_SIDE}", str(MAX_FRAME_PIXELS)]
+    paths = {"raw_data_dir": raw, "data_dir": tmp_path / "data", "parameters_file": params_file(tmp_path / "p.yaml"),
+             "log_dir": tmp_path / "logs"}
+    code, err = run_here(capsys, "preprocess", paths)
+    one_error(code, err, EXIT_BAD_INPUT, *words)
+    assert not paths["data_dir"].exists()
+
+
+# ====================================================================================================================
 # kill -9, then the same command again
 # ====================================================================================================================
 @pytest.mark.slow
@@ -603,17 +774,20 @@ def test_sigterm_unwinds_like_ctrl_c_and_leaves_no_temporary_file(tmp_path, caps
 # ====================================================================================================================
 # Read-only folders and a full disk
 # ====================================================================================================================
-def test_a_read_only_output_folder_is_refused_before_any_work(tmp_path, capsys):
-    raw = write_raw(tmp_path / "raw", 6, 3)
-    data = tmp_path / "data"
-    paths = {"raw_data_dir": raw, "data_dir": data, "parameters_file": params_file(tmp_path / "p.yaml"),
-             "log_dir": tmp_path / "logs"}
-    assert run_here(capsys, "preprocess", paths)[0] == 0
-    old = final_files(data)
-    with read_only(data):
-        code, err = run_cmd("preprocess", paths, "preprocess.seed=3")
-    one_error(code, err, EXIT_BAD_INPUT, str(data), "data_dir", "writable")
-    assert final_files(data) == old
+@pytest.mark.parametrize("task,out", OUTPUTS + [(task, "log_dir") for task in cli.TASKS])
+def test_a_read_only_output_folder_is_refused_before_any_work(tmp_path, capsys, task, out):
+    """Earlier files in the folder stay byte for byte, and nothing is added."""
+    paths = _task_paths(tmp_path, task)
+    folder = paths[out]
+    (folder / "earlier").mkdir(parents=True)
+    (folder / "earlier" / "result.bin").write_bytes(os.urandom(4096))
+    (folder / "notes.txt").write_text("an earlier file\n")
+    old = final_files(folder)
+    with read_only(folder):
+        code, err = run_here(capsys, task, paths)
+    one_error(code, err, EXIT_BAD_INPUT, str(folder), out)
+    assert final_files(folder) == old and sorted(p.name for p in folder.iterdir()) == ["earlier", "notes.txt"]
+    assert _outputs_untouched({**paths, out: tmp_path / "absent"}, task)
 
 
 def test_a_read_only_model_folder_met_while_training_is_one_line(tmp_path, capsys, processed):
@@ -629,6 +803,18 @@ def test_a_read_only_model_folder_met_while_training_is_one_line(tmp_path, capsy
               "read-only file system" if os.geteuid() == 0 else "permission denied")
     assert keep.read_bytes() == before and list((models_dir / "sciml_ae").iterdir()) == []
     assert not (tmp_path / "out" / "train_metrics.json").exists()
+
+
+def _fill(folder: Path, leave: int) -> None:
+    """Take all but about ``leave`` bytes of the free space of ``folder``'s file system with another file."""
+    stat = os.statvfs(folder)
+    size = max(stat.f_bavail * stat.f_frsize - leave, 0)
+    with open(folder / "other_files.bin", "wb", buffering=0) as fh:
+        try:
+            while size > 0:
+                size -= fh.write(b"\x5a" * min(size, 1 << 16))
+        except OSError as exc:            # a file system that counts a little differently: full is full
+            assert exc.errno == errno.ENOSPC
 
 
 def _full_disk_case(tmp_path: Path, task: str, capsys) -> tuple[Path, dict[str, Path], tuple[str, ...]]:
@@ -655,6 +841,23 @@ def _full_disk_case(tmp_path: Path, task: str, capsys) -> tuple[Path, dict[str, 
         return folder, {"data_dir": tmp_path / "data", "parameters_file": params_file(
             tmp_path / "p.yaml", train={**TRAIN, "epochs": 2}), "model_dir": folder,
             "output_dir": tmp_path / "out", "log_dir": logs}, ()
+    if task in ("test", "study"):
+        folder = tmp_path / "out"
+        sections = {"train": {"dncnn_depth": 3, "precision": "fp32"},
+                    "test": {"baselines": ["gaussian"], "tune_images": 2, "figure_images": 1, "device": "cpu",
+                             "precision": "fp32"},
+                    "study": {"models": ["dncnn"], "train_sizes": [4], "epochs": 1, "batch_size": 4, "device": "cpu",
+                              "baselines": ["gaussian"], "dose_bins": 1}}
+        paths = {"data_dir": tmp_path / "data", "output_dir": folder, "log_dir": logs,
+                 "parameters_file": params_file(tmp_path / "p.yaml", **sections)}
+        if task == "test":
+            paths["model_dir"] = save_model(tmp_path / "models").parents[1]
+        assert run_here(capsys, task, paths)[0] == 0
+        # a run with more to write finds the disk full: test with room for its small files, not its figures
+        # (all or none of them must change); study with none (its next cell's model files)
+        _fill(folder, leave=16 << 10 if task == "test" else 0)
+        return folder, paths, (("test.baselines=[gaussian, median]",) if task == "test" else
+                               ("study.train_sizes=[4, 8]",))
     folder = tmp_path / "out"
     (tmp_path / "in").mkdir()
     np.save(tmp_path / "in" / "small.npy", np.ones((32, 32), np.float32))
@@ -669,11 +872,13 @@ def _full_disk_case(tmp_path: Path, task: str, capsys) -> tuple[Path, dict[str, 
 
 
 @pytest.mark.parametrize("task", ["download", "preprocess", pytest.param("train", marks=pytest.mark.slow),
-                                  pytest.param("denoise", marks=pytest.mark.slow)])
+                                  pytest.param("denoise", marks=pytest.mark.slow), "test",
+                                  pytest.param("study", marks=pytest.mark.slow)])
 def test_a_full_disk_is_one_line_and_earlier_files_stay_intact(tmp_path, capsys, processed, task):
-    if task == "train":
+    if task in ("train", "test", "study"):
         shutil.copytree(processed, tmp_path / "data")
-    folder = tmp_path / {"download": "raw", "preprocess": "data", "train": "models", "denoise": "out"}[task]
+    folder = tmp_path / {"download": "raw", "preprocess": "data", "train": "models", "denoise": "out", "test": "out",
+                         "study": "out"}[task]
     with small_disk(folder):
         folder, paths, sets = _full_disk_case(tmp_path, task, capsys)
         old = final_files(folder)

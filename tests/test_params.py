@@ -153,6 +153,26 @@ def test_parser_never_crashes(section, key, value):
         assert merged[section][key] is not None
 
 
+# Numbers with no maximum on purpose: how much of the data to use or accept, where a huge value means "all of
+# it" and is only compared with sizes (tested end to end in test_failures.py). Every other number has a maximum,
+# so that a huge value is one line instead of a crash deep in torch or numpy, or a run that never ends.
+UNBOUNDED = {"download.max_archive_bytes", "train.max_train_images", "test.max_test_images", "test.tune_images",
+             "study.train_sizes", "study.max_test_images"}
+
+
+def test_every_number_has_a_maximum_unless_a_huge_value_means_all():
+    unbounded = {f"{section}.{key}" for section, fields in params.SCHEMA.items() for key, fld in fields.items()
+                 if fld.kind in ("int", "float", "ints") and fld.max is None}
+    assert unbounded == UNBOUNDED
+    for section, fields in params.SCHEMA.items():
+        for key, fld in fields.items():
+            if fld.max is not None and fld.kind in ("int", "float"):
+                too_big = fld.max + 1 if fld.kind == "int" else fld.max * 2
+                with pytest.raises(InputError, match=f"{section}.{key}: expected .*in \\[") as err:
+                    params.validate({section: {key: too_big}}, where="p.yaml")
+                assert str(fld.max) in err.value.message
+
+
 def test_reference_table_lists_every_key():
     text = subprocess.run([sys.executable, "-m", "emdenoise", "params"], capture_output=True, text=True,
                           check=True).stdout

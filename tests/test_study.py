@@ -355,7 +355,8 @@ def test_the_study_refuses_torchrun(tmp_path, data_dir, capsys, monkeypatch):
 def test_study_needs_processed_data(tmp_path, capsys):
     code, _ = run_study(tmp_path, tmp_path / "missing", tmp_path / "out", STUDY)
     assert code == EXIT_BAD_INPUT
-    assert "dataset card not found" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'missing'}: data_dir: " in err and "run the preprocess task first" in err
 
 
 def test_cli_knows_the_study_task():

@@ -36,10 +36,12 @@ from emdenoise import __version__, h5safe
 from emdenoise.errors import InputError, RuntimeFailure
 from emdenoise.fsutil import atomic_path, json_text
 from emdenoise.layout import (CARD, CARD_FORMAT, MANIFEST, RAW_DATASET, RAW_FILES, RAW_SPLITS, SPLIT_FILE,
-                              SPLITS)
+                              SPLITS, check_frame_pixels)
 from emdenoise.log import progress
 
-BLOCK_IMAGES = 256  # images read and written at a time: 2 x 64 MB for 256 x 256 float32
+# pixels read and written at a time per file: 64 MB as float32, 256 images of 256 x 256 (fewer when the images
+# are larger, at least one)
+BLOCK_PIXELS = 2**24
 TIFF_SUFFIXES = (".tif", ".tiff")
 DATA_RANGE_DEFINITION = ("R = max - min of the clean test images (test.h5 'clean'), measured once by preprocess; "
                          "PSNR = 10 log10(R^2 / MSE) of each image uses this fixed R for every image and model.")
@@ -128,6 +130,7 @@ def open_raw_images(path: Path, stack: contextlib.ExitStack, log) -> RawImages:
         raise InputError.at(path, RAW_DATASET, f"expected at least one image, got an empty dataset of shape {shape}")
     if shape[1] == 0 or shape[2] == 0:
         raise InputError.at(path, RAW_DATASET, f"expected images at least 1x1 pixels, got shape {shape}")
+    check_frame_pixels(path, RAW_DATASET, shape[1], shape[2])
     return RawImages(path, obj, shape[0], (shape[1], shape[2]), _read_dose(obj, path, shape[0], log))
 
 
@@ -246,8 +249,9 @@ def write_split(dest: Path, split: str, noisy: RawImages, clean: RawImages, rows
     result = SplitResult(len(rows))
     with _new_split_file(dest, split, len(rows), noisy.shape, with_dose) as fh, \
             progress(total=len(rows), desc=f"preprocess {split}", unit="img") as bar:
-        for start in range(0, len(rows), BLOCK_IMAGES):
-            block_rows = rows[start:start + BLOCK_IMAGES]
+        block_images = max(1, BLOCK_PIXELS // math.prod(noisy.shape))
+        for start in range(0, len(rows), block_images):
+            block_rows = rows[start:start + block_images]
             stop = start + len(block_rows)
             images = {"noisy": noisy.read(block_rows), "clean": clean.read(block_rows)}
             try:
@@ -267,8 +271,18 @@ def _read_tiff(path: Path, shape: tuple[int, int]) -> np.ndarray:
     """One single-channel TIFF image as float32 (H, W), checked against the dataset's image shape."""
     import tifffile
 
+    def wrong_size(got: tuple[int, ...]) -> InputError:
+        return InputError.at(path, None, f"expected {shape[0]}x{shape[1]} pixels like the train and test images, "
+                             f"got {'x'.join(map(str, got)) or 'no image'}")
+
     try:
-        image = tifffile.imread(path)
+        with tifffile.TiffFile(path) as tif:
+            declared = tuple(tif.series[0].shape) if tif.series else ()
+            if math.prod(declared) != math.prod(shape):  # from the header, before a declared size is allocated
+                raise wrong_size(declared)
+            image = tif.asarray()
+    except InputError:
+        raise
     except Exception as exc:  # a damaged TIFF makes tifffile raise almost anything (ValueError, RuntimeError ...)
         raise InputError.at(path, None, f"expected a readable TIFF image ({_one_line(exc)})") from None
     if image.ndim == 3 and 1 in (image.shape[0], image.shape[-1]):
@@ -277,8 +291,7 @@ def _read_tiff(path: Path, shape: tuple[int, int]) -> np.ndarray:
         raise InputError.at(path, None, f"expected one single-channel 2-D real-valued image, got shape "
                             f"{image.shape} dtype {image.dtype}")
     if image.shape != shape:
-        raise InputError.at(path, None, f"expected {shape[0]}x{shape[1]} pixels like the train and test images, "
-                            f"got {image.shape[0]}x{image.shape[1]}")
+        raise wrong_size(image.shape)
     image = image.astype(np.float32)
     if not np.isfinite(image).all():
         raise InputError.at(path, None, f"expected finite pixel values (as float32), got "

@@ -317,9 +317,8 @@ def run(ctx) -> None:
                             "another in one process; run it without torchrun")
 
     baseline_names = test_task.select_baselines(study["baselines"], where, log, field="study.baselines")
-    card = load_card(data_dir)
-    data_range = test_task.data_range_of(card, data_dir)
-    modelio.check_normalisation(data_dir / CARD, card.get("normalisation"))
+    card = load_card(data_dir)  # checked: data_range > 0, normalisation std > 0
+    data_range = float(card["data_range"])
     _check_inputs(study, card, data_dir, where)
     device = runtime.resolve_device(study["device"], "study.device")
     precision = runtime.resolve_precision(ctx.params["train"]["precision"], device, "train.precision")

@@ -39,7 +39,7 @@ from emdenoise import report
 from emdenoise.data import Split, load_card, load_split
 from emdenoise.errors import InputError, RuntimeFailure
 from emdenoise.fsutil import atomic_path, json_text
-from emdenoise.layout import CARD, MODEL_FILE, trained_models
+from emdenoise.layout import MODEL_FILE, trained_models
 from emdenoise.log import progress
 from emdenoise.metrics import mse_per_image, psnr_per_image, ssim_per_image
 
@@ -84,7 +84,8 @@ def find_models(value, model_dir: Path, where) -> dict[str, Path]:
     names = _names(value, "test.models", where)
     if names == "all":
         if not model_dir.is_dir():
-            return {}
+            raise InputError.at(model_dir, "test.models", "expected a folder of trained models, not found; run the "
+                                "train task first, or set test.models: none to evaluate the baselines only")
         return trained_models(model_dir)
     found = {}
     for name in names:
@@ -94,14 +95,6 @@ def find_models(value, model_dir: Path, where) -> dict[str, Path]:
                                 f"task with train.model including {name!r}, or remove it from test.models")
         found[name] = path
     return found
-
-
-def data_range_of(card: dict, data_dir: Path) -> float:
-    value = card.get("data_range")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise InputError.at(Path(data_dir) / CARD, "data_range", f"expected a positive number, got {value!r}; run "
-                            "the preprocess task again")
-    return float(value)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -333,7 +326,7 @@ def run(ctx) -> None:
         log.info("no trained model in %s: evaluating the noisy input and the classical baselines only", model_dir)
 
     card = load_card(data_dir)
-    data_range = data_range_of(card, data_dir)
+    data_range = float(card["data_range"])  # checked by load_card: a number > 0
     test = load_split(data_dir, "test", sec["max_test_images"])
     if len(test) == 0:
         raise InputError.at(Path(data_dir) / "test.h5", "noisy", "expected at least one test pair, found none")

@@ -58,7 +58,7 @@ from emdenoise.data import Split, load_card, load_split
 from emdenoise.distributed import World
 from emdenoise.errors import InputError, RuntimeFailure
 from emdenoise.fsutil import STAGING_DIR, atomic_path, json_text, promote, remove_staging
-from emdenoise.layout import CARD, CHECKPOINT_FILE, DATASET_CARD_KEYS, LAST_MODEL_FILE, MODEL_FILE
+from emdenoise.layout import CHECKPOINT_FILE, DATASET_CARD_KEYS, LAST_MODEL_FILE, MODEL_FILE
 from emdenoise.log import progress
 from emdenoise.metrics import psnr_per_image, ssim_per_image
 
@@ -94,12 +94,8 @@ def run(ctx) -> None:
     train = ctx.section
     where = str(ctx.paths.get("parameters_file", "parameters"))
     data_dir = ctx.paths["data_dir"]
-    card = load_card(data_dir)
-    card_path = Path(data_dir) / CARD
-    normalisation = modelio.check_normalisation(card_path, card.get("normalisation"))
-    data_range = card.get("data_range")
-    if not isinstance(data_range, (int, float)) or not math.isfinite(data_range) or data_range <= 0:
-        raise InputError.at(card_path, "data_range", f"expected a number > 0, got {data_range!r}")
+    card = load_card(data_dir)  # checked: data_range > 0, normalisation std > 0
+    normalisation, data_range = card["normalisation"], card["data_range"]
 
     names = list(models.names()) if train["model"] == "all" else list(train["model"])
     world = distributed.from_env()
