@@ -95,8 +95,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "endpoint": Field("str", "https://s3.echo.stfc.ac.uk", "S3 endpoint used for s3://bucket/prefix sources"),
         "page_size": Field("int", 1000, "objects per S3 ListObjectsV2 page", min=1, max=1000),
         "retries": Field("int", 5, "attempts per request on timeouts and 5xx answers", min=1, max=100),
-        "timeout": Field("float", 60.0, "seconds to wait for a server before retrying", min=0.1,
-                         max=86_400.0),
+        "timeout": Field("float", 60.0, "seconds of silence from a server before retrying (connecting: at most "
+                         "10 s)", min=0.1, max=86_400.0),
         "max_archive_bytes": Field("int", 64 * 2**30, "largest total uncompressed size accepted from a zip",
                                    min=1),
     },

@@ -50,7 +50,7 @@ def test_debug_shows_the_traceback(tmp_path):
 
 @pytest.mark.parametrize("override,words", [
     ("download.sourse=stfc", ["--set: download.sourse: unknown key", "did you mean 'source'"]),
-    ("download.seed=-3", ["--set: download.seed: expected an integer >= 0, got -3"]),
+    ("download.seed=-3", ["--set: download.seed: expected an integer in [0, 4294967295], got -3"]),
     ("download.source=stcf", ["--set: download.source: expected one of", "did you mean 'stfc'"])])
 def test_set_overrides_are_validated_and_named_in_the_error(repo_root, tmp_path, override, words):
     params = repo_root / "workspace" / "parameters" / "quickstart.parameters.yaml"     # a valid file
