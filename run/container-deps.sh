@@ -10,8 +10,9 @@
 # 3. Builds the base image $EMDENOISE_BASE_IMAGE (default localhost/emdenoise-base) with debootstrap when it is
 #    not there yet: Debian bookworm minbase + python3 + python3-venv, so no registry is needed.
 # 4. Fills wheels/ (in the build context) with `pip download -r requirements.txt` (plus setuptools, which builds
-#    the package), so that the image builds
-#    with no network at all (the Dockerfile installs from wheels/ when it is present).
+#    the package), so that the image builds with no network at all (the Dockerfile installs from wheels/ when it
+#    holds wheels). The wheels are for linux x86_64 and CPython 3.11 only: an image for another architecture
+#    (aarch64) needs wheels downloaded for it, or an empty wheels/ (from the index).
 #
 # Every step is cached: a second run takes a few seconds. Set EMDENOISE_SKIP_APT=1, EMDENOISE_SKIP_BASE=1 or
 # EMDENOISE_SKIP_WHEELS=1 to leave a step out. Variables: DEBIAN_MIRROR (default http://deb.debian.org/debian),
@@ -84,7 +85,8 @@ fi
 # 4. Wheels for an offline build ------------------------------------------------------------------------
 if [ "${EMDENOISE_SKIP_WHEELS:-0}" != 1 ]; then
     stamp="$wheels/.requirements.sha256"
-    extra="setuptools>=70.1"   # builds the package inside the image (no `wheel` needed from 70.1 on)
+    # builds the package inside the image (no `wheel` needed from 70.1 on); the Dockerfile pins the same version
+    extra="setuptools==84.2.1"
     want="$({ cat "$repo/requirements.txt"; echo "$extra"; } | sha256sum | cut -d' ' -f1)"
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
         say "wheels/ is up to date with requirements.txt"

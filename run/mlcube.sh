@@ -10,7 +10,8 @@
 # the workspace, any existing file, or one of the repository's workspace/parameters. WORKSPACE: default ./workspace.
 # TASKS=download,preprocess selects tasks (default: all four, in order; the chain stops at the first failure,
 # with that task's exit code). MLCUBE: the mlcube executable (default .venv/bin/mlcube, else mlcube on PATH).
-# MLCUBE_LOG_LEVEL=info shows the exact container commands mlcube runs.
+# MLCUBE_LOG_LEVEL=info shows the exact container commands mlcube runs. EMDENOISE_REVISION / EMDENOISE_CREATED
+# override the image's revision and created labels (default: the git commit, now).
 #
 # podman: uses .cache/containers/containers.conf and the local base image localhost/emdenoise-base when
 # run/container-deps.sh made them (offline build). singularity: builds workspace/.image/emdenoise-0.1.0.sif
@@ -102,6 +103,14 @@ case "$platform" in
             exit 2
         fi ;;
 esac
+
+# The image's OCI labels: the commit it is built from ("-dirty" with uncommitted changes) and when. mlcube passes
+# them as build arguments (mlcube.yaml) when it builds the image, i.e. only when the image is missing.
+if [ -z "${EMDENOISE_REVISION:-}" ] && revision="$(git -C "$root" rev-parse HEAD 2>/dev/null)"; then
+    git -C "$root" diff --quiet HEAD -- 2>/dev/null || revision+="-dirty"
+    export EMDENOISE_REVISION="$revision"
+fi
+export EMDENOISE_CREATED="${EMDENOISE_CREATED:-$(date -u +%Y-%m-%dT%H:%M:%SZ)}"
 
 echo "mlcube: $mlcube, platform $platform, workspace $workspace, parameters $params" >&2
 tasks="${TASKS:-download,preprocess,train,test}"

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # seconds go to seconds.jsonl) or plays it:
 # docker/podman: `inspect`/`image exists` fail until `build -t IMAGE` ran; `run` exits with $EMD_FAKE_RC when
 # its arguments hold $EMD_FAKE_FAIL_TASK, else 0. singularity (or apptainer): `--version` answers like singularity 3.11,
-# `build` creates the SIF (its second-to-last argument).
+# `build` creates the SIF (its second-to-last argument), taking $EMD_FAKE_BUILD_SECONDS (default 0) to do so.
 _TOOL = r'''#!{python}
 import json, os, subprocess, sys, time
 from pathlib import Path
@@ -40,6 +40,7 @@ if name in ("singularity", "apptainer"):
     if args[:1] == ["--version"]:
         print("singularity version 3.11.4")
     elif args[:1] == ["build"]:
+        time.sleep(float(os.environ.get("EMD_FAKE_BUILD_SECONDS", "0")))
         Path(args[-2]).write_bytes(b"fake sif")
     sys.exit(0)
 if args[:1] == ["inspect"] or args[:2] == ["image", "exists"]:
