@@ -1,6 +1,6 @@
 """The real image, end to end: built with podman THROUGH `mlcube run` from the Dockerfile (base image and wheels
 made by run/container-deps.sh, so no registry is needed), then download, preprocess, train and test with the
-quickstart parameters (by default a smaller copy) in containers, as a non-root user, then the image saved as a docker-archive tar for
+quickstart parameters in containers, as a non-root user, then the image saved as a docker-archive tar for
 Singularity/Apptainer. A second build takes the dependencies from a package index instead of wheels/: a local
 PEP 503 index on 127.0.0.1 that serves the same wheels.
 
@@ -20,7 +20,6 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-import yaml
 
 import emdenoise
 from emdenoise import cli
@@ -33,17 +32,7 @@ IMAGE = f"emdenoise:{emdenoise.__version__}"
 CHAIN = ("download", "preprocess", "train", "test")
 CONTAINERS_CONF = ROOT / ".cache" / "containers" / "containers.conf"
 BASE_IMAGE = "localhost/emdenoise-base"
-QUICKSTART = "parameters/quickstart.parameters.yaml"
-# The shipped quickstart took 7.1 and 10.4 min in containers on our shared 2-core machines (3.3 min natively, the
-# same torch speed inside and out: the difference was the other load), so the chain runs a smaller copy by
-# default, still far above the noisy input; EMDENOISE_CONTAINER_FULL_QUICKSTART=1 runs the shipped file as is.
-FULL_QUICKSTART = os.environ.get("EMDENOISE_CONTAINER_FULL_QUICKSTART") == "1"
-PARAMS = QUICKSTART if FULL_QUICKSTART else "parameters/ci.parameters.yaml"
-SMALLER = {
-    "download": {"train_images": 96, "test_images": 16, "image_size": 64},
-    "train": {"epochs": 4, "batch_size": 8, "device": "cpu"},
-    "test": {"baselines": ["gaussian"], "tune_images": 4, "figure_images": 2, "device": "cpu"},
-}
+PARAMS = "parameters/quickstart.parameters.yaml"   # the shipped file, as a user runs it
 # CI runs as root, so "owned by the invoking user" would compare root with root. The chain runs with a fake `id`
 # first on PATH that says 4242 for `id -u` / `id -g`, as a non-root user's would: mlcube's `-u $(id -u):$(id -g)`
 # then runs the containers as 4242, and everything they write must belong to 4242, not root.
@@ -94,13 +83,7 @@ def chain(podman_env):
     fake_id = bin_dir / "id"
     fake_id.write_text(_FAKE_ID.format(uid=USER_ID, real=shutil.which("id")))
     fake_id.chmod(0o755)
-    if FULL_QUICKSTART:
-        shutil.copy(ROOT / "workspace" / QUICKSTART, workspace / PARAMS)
-    else:
-        params = yaml.safe_load((ROOT / "workspace" / QUICKSTART).read_text())
-        for section, values in SMALLER.items():
-            params.setdefault(section, {}).update(values)
-        (workspace / PARAMS).write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.copy(ROOT / "workspace" / PARAMS, workspace / PARAMS)
     # The user's workspace is theirs: mlcube (root here) would create the missing output folders as root.
     for task in CHAIN:
         for name in cli.TASKS[task].outputs:
