@@ -151,18 +151,22 @@ def open_input(path: Path) -> InputFile:
     if fmt is None:
         raise InputError.at(path, None, f"unknown extension {path.suffix!r}; expected one of "
                             f"{', '.join(sorted(FORMATS))}")
-    try:
-        return _READERS[fmt](path)
-    except InputError:
-        raise
-    except Exception as exc:
-        raise InputError.at(path, None, f"not a readable {fmt.upper()} file ({_reason(exc)})") from None
+    # The reader opens what it keeps open on ``stack``; a reader that fails (a refused header, a damaged file)
+    # leaves nothing open behind it, and the InputFile closes the rest when it is closed.
+    with ExitStack() as stack:
+        try:
+            opened = _READERS[fmt](path, stack)
+        except InputError:
+            raise
+        except Exception as exc:
+            raise InputError.at(path, None, f"not a readable {fmt.upper()} file ({_reason(exc)})") from None
+        opened.closers = stack.pop_all()
+        return opened
 
 
-def _read_tiff(path: Path) -> InputFile:
+def _read_tiff(path: Path, stack: ExitStack) -> InputFile:
     import tifffile
 
-    stack = ExitStack()
     tif = stack.enter_context(tifffile.TiffFile(path))
     images = []
     for k, series in enumerate(tif.series):
@@ -190,13 +194,13 @@ def _read_tiff(path: Path) -> InputFile:
     if "XResolution" in keyframe.tags and "YResolution" in keyframe.tags:
         info["resolution"] = tuple(keyframe.resolution)
         info["resolutionunit"] = keyframe.resolutionunit
-    return InputFile(path, "tiff", images, info, stack)
+    return InputFile(path, "tiff", images, info)
 
 
 PNG_MODES = {"L": 8, "I;16": 16, "I;16B": 16, "I;16L": 16, "I": 16}
 
 
-def _read_png(path: Path) -> InputFile:
+def _read_png(path: Path, stack: ExitStack) -> InputFile:
     from PIL import Image
 
     with Image.open(path) as im:
@@ -213,7 +217,7 @@ def _read_png(path: Path) -> InputFile:
     return InputFile(path, "png", [ImageArray("", pixels.shape, pixels.dtype, lambda i: pixels)], info)
 
 
-def _read_npy(path: Path) -> InputFile:
+def _read_npy(path: Path, stack: ExitStack) -> InputFile:
     array = np.load(path, mmap_mode="r", allow_pickle=False)
     _check_array(path, "", array.shape, array.dtype, (2, 3))
     read = (lambda i: array) if array.ndim == 2 else array.__getitem__
@@ -225,8 +229,7 @@ def _is_image_dataset(obj: Any) -> bool:
             and min(obj.shape[-2:]) >= MIN_SIDE and obj.size > 0)
 
 
-def _read_hdf5(path: Path) -> InputFile:
-    stack = ExitStack()
+def _read_hdf5(path: Path, stack: ExitStack) -> InputFile:
     h5 = stack.enter_context(h5safe.open_foreign(path))  # the structure walked in a child process first
     images, others, groups = [], [], []
 
@@ -245,13 +248,12 @@ def _read_hdf5(path: Path) -> InputFile:
     if not images:
         raise InputError.at(path, None, f"expected a 2-D or 3-D numeric dataset with frames of at least "
                             f"{MIN_SIDE}x{MIN_SIDE}, found none")
-    return InputFile(path, "hdf5", images, {"h5": h5, "groups": groups, "others": others}, stack)
+    return InputFile(path, "hdf5", images, {"h5": h5, "groups": groups, "others": others})
 
 
-def _read_mrc(path: Path) -> InputFile:
+def _read_mrc(path: Path, stack: ExitStack) -> InputFile:
     import mrcfile
 
-    stack = ExitStack()
     # strict mode: a broken header is an error at once (permissive mode would try to read whatever sizes a
     # corrupt header claims); problems mrcfile only warns about are passed on to the log
     with warnings.catch_warnings(record=True) as caught:
@@ -269,10 +271,10 @@ def _read_mrc(path: Path) -> InputFile:
                    for label in mrc.header.label[:int(mrc.header.nlabl)]],
         "warnings": problems,
     }
-    return InputFile(path, "mrc", [ImageArray("", data.shape, data.dtype, read)], info, stack)
+    return InputFile(path, "mrc", [ImageArray("", data.shape, data.dtype, read)], info)
 
 
-_READERS: dict[str, Callable[[Path], InputFile]] = {
+_READERS: dict[str, Callable[[Path, ExitStack], InputFile]] = {
     "tiff": _read_tiff, "png": _read_png, "npy": _read_npy, "hdf5": _read_hdf5, "mrc": _read_mrc,
 }
 

@@ -545,6 +545,21 @@ def test_a_frame_of_absurd_declared_size_is_refused_by_denoise(tmp_path, capsys,
     assert not paths["output_dir"].exists()
 
 
+def _open_here(path: Path) -> bool:
+    """Whether this process holds a file descriptor on ``path`` (Linux /proc)."""
+    fds = Path("/proc/self/fd")
+    return any(os.path.realpath(fds / fd) == str(path.resolve()) for fd in os.listdir(fds))
+
+
+@pytest.mark.parametrize("kind", ["h5 (N, H, W)", "tif"])
+def test_a_refused_input_file_is_closed_at_once(tmp_path, kind):
+    """The reader fails after opening the file: the file is closed then, not when the error is forgotten."""
+    path, declared = _huge_frame(tmp_path, kind)
+    with pytest.raises(InputError, match=declared) as refused:    # the traceback is kept alive meanwhile
+        imageio.open_input(path)
+    assert refused.traceback and not _open_here(path)
+
+
 @pytest.mark.parametrize("layout", ["(N, H, W, 1)", "(N, H, W)", "inference TIFF"])
 def test_a_frame_of_absurd_declared_size_is_refused_by_preprocess(tmp_path, capsys, layout):
     raw = write_raw(tmp_path / "raw", 4, 2)
