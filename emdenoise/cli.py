@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import importlib
 import logging
 import os
 import re
@@ -19,16 +18,50 @@ import threading
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Callable
 
-from emdenoise import __version__, lock, params as params_mod
+from emdenoise import __version__, lock
+from emdenoise import params as params_mod
 from emdenoise.errors import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EmdError, InputError,
                               RuntimeFailure)
 from emdenoise.log import setup as setup_logging
+from emdenoise.tasks.context import TaskContext
+
+
+# Each task's module is imported only when that task runs (together they import torch, scipy, matplotlib ...).
+def _download(ctx: TaskContext) -> None:
+    from emdenoise.tasks import download
+    download.run(ctx)
+
+
+def _preprocess(ctx: TaskContext) -> None:
+    from emdenoise.tasks import preprocess
+    preprocess.run(ctx)
+
+
+def _train(ctx: TaskContext) -> None:
+    from emdenoise.tasks import train
+    train.run(ctx)
+
+
+def _test(ctx: TaskContext) -> None:
+    from emdenoise.tasks import test
+    test.run(ctx)
+
+
+def _denoise(ctx: TaskContext) -> None:
+    from emdenoise.tasks import denoise
+    denoise.run(ctx)
+
+
+def _study(ctx: TaskContext) -> None:
+    from emdenoise.tasks import study
+    study.run(ctx)
 
 
 @dataclass(frozen=True)
 class TaskSpec:
+    run: Callable[[TaskContext], None]
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     help: str
@@ -40,19 +73,20 @@ class TaskSpec:
         return self.defaults.get(arg, DEFAULT_PATHS[arg])
 
 
-# Path arguments of each task, in the order mlcube.yaml declares them (inputs, then outputs).
+# The dispatch table: each task's entry point and path arguments, in the order mlcube.yaml declares them
+# (inputs, then outputs).
 TASKS: dict[str, TaskSpec] = {
-    "download": TaskSpec(("parameters_file",), ("raw_data_dir", "log_dir"),
+    "download": TaskSpec(_download, ("parameters_file",), ("raw_data_dir", "log_dir"),
                          "fetch em_graphene_sim, or generate the synthetic set"),
-    "preprocess": TaskSpec(("raw_data_dir", "parameters_file"), ("data_dir", "log_dir"),
+    "preprocess": TaskSpec(_preprocess, ("raw_data_dir", "parameters_file"), ("data_dir", "log_dir"),
                            "validate the raw data and split it into train/val/test"),
-    "train": TaskSpec(("data_dir", "parameters_file"), ("model_dir", "output_dir", "log_dir"),
+    "train": TaskSpec(_train, ("data_dir", "parameters_file"), ("model_dir", "output_dir", "log_dir"),
                       "train one or more denoisers"),
-    "test": TaskSpec(("data_dir", "model_dir", "parameters_file"), ("output_dir", "log_dir"),
+    "test": TaskSpec(_test, ("data_dir", "model_dir", "parameters_file"), ("output_dir", "log_dir"),
                      "evaluate the trained denoisers against the noisy input and classical filters"),
-    "denoise": TaskSpec(("input_dir", "model_dir", "parameters_file"), ("output_dir", "log_dir"),
+    "denoise": TaskSpec(_denoise, ("input_dir", "model_dir", "parameters_file"), ("output_dir", "log_dir"),
                         "apply a trained model to micrographs", defaults={"output_dir": "denoise/output"}),
-    "study": TaskSpec(("data_dir", "parameters_file"), ("output_dir", "log_dir"),
+    "study": TaskSpec(_study, ("data_dir", "parameters_file"), ("output_dir", "log_dir"),
                       "fidelity, speed and training-data needs of every model vs the classical baselines",
                       defaults={"output_dir": "study"}),
 }
@@ -67,22 +101,6 @@ DEFAULT_PATHS = {
     "log_dir": "logs",
     "input_dir": "denoise/input",
 }
-
-
-@dataclass
-class TaskContext:
-    """What a task's ``run`` receives."""
-
-    task: str
-    params: dict[str, dict[str, Any]]
-    paths: dict[str, Path]
-    log: logging.Logger
-    debug: bool = False
-
-    @property
-    def section(self) -> dict[str, Any]:
-        """This task's own section of the parameters."""
-        return self.params.get(self.task, {})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     if (sys.argv[1:] if argv is None else argv)[:1] == ["bench"]:  # a utility with options of its own
-        from emdenoise import bench
+        from emdenoise.engine import bench
         return bench.main((sys.argv[1:] if argv is None else argv)[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -141,9 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         # one run at a time per output folder (log_dir aside: appending to a log is harmless)
         with lock.hold({name: paths[name] for name in spec.outputs if name != "log_dir" and rank_zero}, args.task,
                        log):
-            module = importlib.import_module(f"emdenoise.tasks.{args.task}")
             log.info("emdenoise %s: %s (parameters: %s)", __version__, args.task, paths.get("parameters_file"))
-            module.run(TaskContext(args.task, params, paths, log, args.debug))
+            spec.run(TaskContext(args.task, params, paths, log, args.debug))
     except EmdError as exc:
         if args.debug:
             log.error("%s", traceback.format_exc().rstrip())

@@ -26,7 +26,7 @@ Processed (what ``preprocess`` writes and ``train``/``test`` read)::
 Models (what ``train`` writes and ``test``, ``denoise`` and ``study`` read)::
 
     model_dir/<model>/
-      em_denoise_model.h5           the best weights by validation PSNR (real HDF5, see emdenoise.modelio)
+      em_denoise_model.h5           the best weights by validation PSNR (real HDF5, see emdenoise.io.modelfile)
       em_denoise_model_last.h5      the weights after the last epoch
       checkpoint_last.h5            the resumable training state
       .staging/                     the model files of a run not finished yet (moved into place when it succeeds)

@@ -11,7 +11,7 @@ done, while still holding the lock; a run that opened the file just before that 
 tries again, so two runs never both believe they hold the lock. On a file system without flock (Lustre
 mounted without ``flock``, NFS without a lock daemon) the run goes on unlocked, with a warning.
 
-While it holds a folder, a run also removes the temporary files that :func:`emdenoise.fsutil.atomic_path`
+While it holds a folder, a run also removes the temporary files that :func:`emdenoise.outputs.atomic_path`
 writers of an earlier, killed run left behind (``.<name>.<8 random characters><suffix>.tmp``), skipping
 subfolders that carry a lock file of their own (another run's folder).
 
@@ -28,12 +28,12 @@ import datetime
 import errno
 import json
 import os
-import re
 import socket
 from pathlib import Path
 from typing import Iterator
 
 from emdenoise.errors import BusyError, InputError
+from emdenoise.outputs import is_temporary
 
 try:
     import fcntl
@@ -41,8 +41,6 @@ except ImportError:  # not POSIX: no locking
     fcntl = None
 
 LOCK_NAME = ".emdenoise.lock"
-# The names atomic_path gives its temporary files: "." + name + "." + mkstemp's 8 characters + suffix + ".tmp".
-_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}(?P<suffix>.*)\.tmp$")
 
 
 def _one_line(exc: OSError) -> str:
@@ -145,8 +143,7 @@ def sweep_temporaries(folder: Path, log=None) -> list[Path]:
         # a subfolder with a lock file of its own belongs to another run (or to another folder of this one)
         dirnames[:] = [d for d in dirnames if not (here / d / LOCK_NAME).exists()]
         for name in filenames:
-            found = _TEMP_NAME.match(name)
-            if not found or found["suffix"] != Path(found["name"]).suffix:
+            if not is_temporary(name):
                 continue
             path = here / name
             with contextlib.suppress(OSError):

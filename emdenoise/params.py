@@ -1,48 +1,68 @@
 """The one parameters schema: a YAML file with one section per task, validated before any work starts.
 
-Every key has a type, a default, a range or a set of choices, and a line of help (the README's parameters
-reference is generated from this table by ``python -m emdenoise params``). Unknown keys are errors with a
-did-you-mean hint; ``--set section.key=value`` overrides a value from the command line.
+Each section is a frozen dataclass below; each of its fields is one parameter declared with :func:`param`:
+a type, a default, a range or a set of choices, and a line of help. That table is the single source: the
+validation, the typed objects every task receives and the README's parameters reference (``python -m
+emdenoise params``) all come from it. Names that belong to a registry come from that registry: the models
+(:mod:`emdenoise.models`, which also declares each model's own ``train:`` options), the classical baselines
+(:mod:`emdenoise.engine.baselines`) and the named download sources (:mod:`emdenoise.data.sources`).
+
+Unknown keys are errors with a did-you-mean hint; ``--set section.key=value`` overrides a value from the
+command line; checks that involve two fields (``dose_min <= dose_max``, ``tile_overlap <= tile_size / 2``) are
+the section's :meth:`Section.check`.
+
+    p = params.load("workspace/parameters/default.parameters.yaml", ["train.epochs=5"])
+    p.train.epochs            # 5, an int
+    p.train.model_options     # {"unet_base": 32, "dncnn_depth": 17, ...}: the models' own options
+    p.train.where             # the file the values came from, for error messages
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar, Union
 
 import yaml
 
 from emdenoise.errors import InputError
 
-MODEL_NAMES = ("cafcn", "dncnn", "ffdnet", "unet", "rednet", "mscnn", "msdnet", "sciml_ae")
-BASELINE_NAMES = ("gaussian", "median", "tv", "nlm", "bm3d", "anscombe_bm3d")
 # The largest seed: NumPy's legacy seeding and many tools take 32-bit seeds, and torch.manual_seed fails on
 # values of 2**64 and above (training derives per-epoch generator seeds from it, which must stay below 2**63).
 MAX_SEED = 2**32 - 1
+
+Names = Union[str, list[str]]   # a ``names`` value: "all", or a list of names
+Choices = Union[tuple[str, ...], Callable[[], tuple[str, ...]], None]
 
 
 @dataclass(frozen=True)
 class Field:
     """One parameter. ``kind`` is one of: int, float, str, bool, names (a name, a list of names, or 'all'),
-    ints (a non-empty list of distinct integers, each within ``min`` and ``max``)."""
+    ints (a non-empty list of distinct integers, each within ``min`` and ``max``). ``choices`` may be a
+    function returning them (the names of a registry, read when first needed)."""
 
     kind: str
     default: Any
     help: str
     min: float | None = None
     max: float | None = None
-    choices: tuple[str, ...] | None = None
-    check: Callable[[Any], str | None] | None = field(default=None, compare=False)
+    choices: Choices = dataclasses.field(default=None, compare=False)
+    check: Callable[[Any], str | None] | None = dataclasses.field(default=None, compare=False)
+
+    @property
+    def allowed(self) -> tuple[str, ...] | None:
+        return self.choices() if callable(self.choices) else self.choices
 
     def describe(self) -> str:
         """What a valid value looks like, for error messages."""
+        allowed = self.allowed
         if self.kind == "names":
-            return f"'all', one of {', '.join(self.choices)}, or a list of them"
-        if self.choices:
-            return "one of " + ", ".join(repr(c) for c in self.choices)
+            return f"'all', one of {', '.join(allowed or ())}, or a list of them"
+        if allowed:
+            return "one of " + ", ".join(repr(c) for c in allowed)
         what = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
                 "ints": "a list of distinct integers"}[self.kind]
         if self.min is not None and self.max is not None:
@@ -54,14 +74,46 @@ class Field:
         return what
 
 
+def param(kind: str, default: Any, help: str, **spec: Any) -> Any:
+    """A section field: the dataclass default plus its :class:`Field` (in the field's metadata)."""
+    fld = Field(kind, default, help, **spec)
+    if kind == "names" and default != "all":   # validated form: "all" or a list (checked by the tests)
+        names = [default] if isinstance(default, str) else list(default)
+        return dataclasses.field(default_factory=lambda: list(names), metadata={"param": fld})
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata={"param": fld})
+    return dataclasses.field(default=default, metadata={"param": fld})
+
+
+# -- the registries' names (imported when first needed: the registries import torch, scipy, ...) --------------
+def _model_names() -> tuple[str, ...]:
+    from emdenoise import models
+    return models.names()
+
+
+def _models_or_none() -> tuple[str, ...]:
+    return _model_names() + ("none",)
+
+
+def _baselines_or_none() -> tuple[str, ...]:
+    from emdenoise.engine import baselines
+    return baselines.names() + ("none",)
+
+
+def _hint(word: str, options: Any) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _source_check(value: str) -> str | None:
-    named = ("synthetic", "stfc", "osn", "minibatch")
-    if value in named or value.startswith(("http://", "https://", "s3://", "file://", "/", "./", "../", "~")):
+    from emdenoise.data.sources import NAMED_SOURCES
+    if value in NAMED_SOURCES or value.startswith(("http://", "https://", "s3://", "file://", "/", "./", "../",
+                                                   "~")):
         return None
     if Path(value).suffix == ".zip" or "/" in value:
         return None
-    return (f"one of {', '.join(named)}{_hint(value.lower(), named)}, an http(s):// or s3:// URL, or a local "
-            f"folder or .zip")
+    return (f"one of {', '.join(NAMED_SOURCES)}{_hint(value.lower(), NAMED_SOURCES)}, an http(s):// or s3:// "
+            f"URL, or a local folder or .zip")
 
 
 def _device_check(value: str) -> str | None:
@@ -71,125 +123,252 @@ def _device_check(value: str) -> str | None:
     return "auto, cpu, cuda or cuda:N"
 
 
-def _even_check(value: int) -> str | None:
-    return None if value % 2 == 0 else "an even number"
+def _tile_check(value: int) -> str | None:
+    return None if value == 0 or value >= 16 else "0 or an integer >= 16"
 
 
-SCHEMA: dict[str, dict[str, Field]] = {
-    "download": {
-        "source": Field("str", "synthetic", "where the data come from: synthetic, stfc, osn, minibatch, an "
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+
+
+# -- the sections --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Section:
+    """One validated section of the parameters. ``where`` is the file (or ``--set``) the values came from."""
+
+    NAME: ClassVar[str] = ""
+    where: str = dataclasses.field(default="parameters", compare=False, repr=False)
+
+    @classmethod
+    def fields(cls) -> dict[str, Field]:
+        """Every parameter of the section, in declaration order."""
+        return {f.name: f.metadata["param"] for f in dataclasses.fields(cls) if "param" in f.metadata}
+
+    @classmethod
+    def build(cls, values: dict[str, Any], where: str) -> Section:
+        """The section from validated ``values`` (every key of :meth:`fields`), cross-checked."""
+        section = cls(where=where, **values)
+        section.check()
+        return section
+
+    def check(self) -> None:
+        """Checks that involve more than one field; raise a one-line InputError."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """The section as the parameters file spells it (``{key: value}``)."""
+        return {key: getattr(self, key) for key in self.fields()}
+
+    def replace(self, **changes: Any) -> Any:
+        """A copy with ``changes`` (validated like a parameters file: a bad value is an InputError)."""
+        values = self.as_dict()
+        for key, value in changes.items():
+            values[key] = _validate_key(self.where, self.NAME, key, value)
+        return type(self).build(values, self.where)
+
+    def error(self, key: str, expected: str) -> InputError:
+        """A one-line InputError about ``key`` of this section, naming the file it came from."""
+        return InputError.at(self.where, f"{self.NAME}.{key}", expected)
+
+    def __getitem__(self, key: str) -> Any:   # transitional: dict-style access while the engines move over
+        return self.as_dict()[key]
+
+
+@dataclass(frozen=True)
+class DownloadParams(Section):
+    NAME: ClassVar[str] = "download"
+    source: str = param("str", "synthetic", "where the data come from: synthetic, stfc, osn, minibatch, an "
                         "http(s):// or s3:// URL, or a local folder or .zip in the em_graphene_sim layout",
-                        check=_source_check),
-        "seed": Field("int", 0, "synthetic: random seed (same seed, same bytes)", min=0, max=MAX_SEED),
-        "train_images": Field("int", 512, "synthetic: number of training pairs", min=1, max=1_000_000),
-        "test_images": Field("int", 128, "synthetic: number of test pairs", min=1, max=1_000_000),
-        "image_size": Field("int", 256, "synthetic: image side in pixels", min=32, max=4096),
-        "dose_min": Field("float", 5.0, "synthetic: lowest dose, electrons per pixel at the beam centre", min=0.01,
-                          max=1e6),
-        "dose_max": Field("float", 100.0, "synthetic: highest dose, electrons per pixel at the beam centre",
-                          min=0.01, max=1e6),
-        "dead_pixel_fraction": Field("float", 0.001, "synthetic: fraction of dead (zero) pixels", min=0.0,
-                                     max=0.5),
-        "workers": Field("int", 0, "synthetic: worker processes (0: one per core); never changes the output",
-                         min=0, max=256),
-        "endpoint": Field("str", "https://s3.echo.stfc.ac.uk", "S3 endpoint used for s3://bucket/prefix sources"),
-        "page_size": Field("int", 1000, "objects per S3 ListObjectsV2 page", min=1, max=1000),
-        "retries": Field("int", 5, "attempts per request on timeouts and 5xx answers", min=1, max=100),
-        "timeout": Field("float", 60.0, "seconds of silence from a server before retrying (connecting: at most "
-                         "10 s)", min=0.1, max=86_400.0),
-        "max_archive_bytes": Field("int", 64 * 2**30, "largest total uncompressed size accepted from a zip",
-                                   min=1),
-    },
-    "preprocess": {
-        "val_fraction": Field("float", 0.1, "fraction of the training pairs held out for validation (rounded; "
-                              "at least one pair, at least one left for training)", min=0.0, max=0.9),
-        "seed": Field("int", 0, "random seed of the train/val split", min=0, max=MAX_SEED),
-    },
-    "train": {
-        "model": Field("names", "sciml_ae", "model(s) to train: a name, a list, or all", choices=MODEL_NAMES),
-        "epochs": Field("int", 2, "passes over the training split", min=1, max=100_000),
-        "batch_size": Field("int", 16, "images per optimiser step (global, across processes)", min=1,
-                            max=65_536),
-        "lr": Field("float", 1e-3, "learning rate", min=0.0, max=10.0),
-        "optimizer": Field("str", "adam", "optimiser", choices=("adam", "adamw", "sgd")),
-        "lr_schedule": Field("str", "cosine", "learning-rate schedule over the whole run",
-                             choices=("constant", "cosine", "step")),
-        "loss": Field("str", "mse", "training loss on normalised images", choices=("mse", "l1")),
-        "seed": Field("int", 0, "random seed (initialisation, shuffling, crops)", min=0, max=MAX_SEED),
-        "device": Field("str", "auto", "auto (cuda if present, else cpu), cpu, cuda or cuda:N",
-                        check=_device_check),
-        "precision": Field("str", "auto", "auto (bf16 autocast where it helps), fp32, bf16 or fp16",
-                           choices=("auto", "fp32", "bf16", "fp16")),
-        "num_workers": Field("int", 0, "data-loader worker processes (data are in memory: 0 is usually best)",
-                             min=0, max=64),
-        "max_train_images": Field("int", 0, "use only the first N training pairs (0: all)", min=0),
-        "patch_size": Field("int", 0, "train on random square crops of this side (0: whole images)", min=0,
-                            max=4096),
-        "resume": Field("str", "auto", "auto: continue from the last checkpoint of the same configuration; "
-                        "never: start afresh", choices=("auto", "never")),
-        "unet_base": Field("int", 32, "unet: channels of the first level (32 practical, 64 as in the paper)",
-                           min=1, max=256),
-        "dncnn_depth": Field("int", 17, "dncnn: number of conv layers (17 known noise, 20 blind)", min=3,
-                             max=100),
-        "rednet_depth": Field("int", 30, "rednet: total conv + deconv layers (even; 30 is RED30)", min=2,
-                              max=100, check=_even_check),
-        "msdnet_depth": Field("int", 100, "msdnet: number of layers", min=1, max=1000),
-        "msdnet_width": Field("int", 1, "msdnet: feature maps per layer", min=1, max=64),
-    },
-    "test": {
-        "models": Field("names", "all", "models to evaluate (all: every model found in model_dir; none: "
-                        "baselines only)", choices=MODEL_NAMES + ("none",)),
-        "baselines": Field("names", ["gaussian", "median", "tv", "nlm"],
-                           "classical baselines, tuned on the val split (all: every one installed; none: models "
-                           "only; bm3d and anscombe_bm3d need the optional non-commercial bm3d package)",
-                           choices=BASELINE_NAMES + ("none",)),
-        "batch_size": Field("int", 16, "images per inference batch", min=1, max=65_536),
-        "device": Field("str", "auto", "auto, cpu, cuda or cuda:N", check=_device_check),
-        "precision": Field("str", "auto", "auto, fp32, bf16 or fp16", choices=("auto", "fp32", "bf16", "fp16")),
-        "max_test_images": Field("int", 0, "evaluate only the first N test pairs (0: all)", min=0),
-        "tune_images": Field("int", 16, "validation pairs used to tune the baselines' parameters", min=1),
-        "figure_images": Field("int", 4, "test images shown in the comparison figure", min=0, max=32),
-    },
-    "denoise": {
-        "model": Field("str", "auto", "model to apply: a folder name in model_dir, or auto (the only model "
-                       "there; an error lists the choices when there are several)"),
-        "tile_size": Field("int", 256, "side of the square tiles a frame is cut into (0: whole frames; "
+                        check=_source_check)
+    seed: int = param("int", 0, "synthetic: random seed (same seed, same bytes)", min=0, max=MAX_SEED)
+    train_images: int = param("int", 512, "synthetic: number of training pairs", min=1, max=1_000_000)
+    test_images: int = param("int", 128, "synthetic: number of test pairs", min=1, max=1_000_000)
+    image_size: int = param("int", 256, "synthetic: image side in pixels", min=32, max=4096)
+    dose_min: float = param("float", 5.0, "synthetic: lowest dose, electrons per pixel at the beam centre",
+                            min=0.01, max=1e6)
+    dose_max: float = param("float", 100.0, "synthetic: highest dose, electrons per pixel at the beam centre",
+                            min=0.01, max=1e6)
+    dead_pixel_fraction: float = param("float", 0.001, "synthetic: fraction of dead (zero) pixels", min=0.0,
+                                       max=0.5)
+    workers: int = param("int", 0, "synthetic: worker processes (0: one per core); never changes the output",
+                         min=0, max=256)
+    endpoint: str = param("str", "https://s3.echo.stfc.ac.uk", "S3 endpoint used for s3://bucket/prefix sources")
+    page_size: int = param("int", 1000, "objects per S3 ListObjectsV2 page", min=1, max=1000)
+    retries: int = param("int", 5, "attempts per request on timeouts and 5xx answers", min=1, max=100)
+    timeout: float = param("float", 60.0, "seconds of silence from a server before retrying (connecting: at "
+                           "most 10 s)", min=0.1, max=86_400.0)
+    max_archive_bytes: int = param("int", 64 * 2**30, "largest total uncompressed size accepted from a zip",
+                                   min=1)
+
+    def check(self) -> None:
+        if self.dose_min > self.dose_max:
+            raise self.error("dose_min", f"expected <= download.dose_max ({self.dose_max}), got {self.dose_min}")
+
+
+@dataclass(frozen=True)
+class PreprocessParams(Section):
+    NAME: ClassVar[str] = "preprocess"
+    val_fraction: float = param("float", 0.1, "fraction of the training pairs held out for validation (rounded; "
+                                "at least one pair, at least one left for training)", min=0.0, max=0.9)
+    seed: int = param("int", 0, "random seed of the train/val split", min=0, max=MAX_SEED)
+
+
+@dataclass(frozen=True)
+class TrainParams(Section):
+    """The ``train:`` section. Besides the fields below it holds the options every model declares for itself
+    (``unet_base``, ``dncnn_depth``, ...: :func:`emdenoise.models.option_fields`), in ``model_options``."""
+
+    NAME: ClassVar[str] = "train"
+    model: Names = param("names", "sciml_ae", "model(s) to train: a name, a list, or all", choices=_model_names)
+    epochs: int = param("int", 2, "passes over the training split", min=1, max=100_000)
+    batch_size: int = param("int", 16, "images per optimiser step (global, across processes)", min=1,
+                            max=65_536)
+    lr: float = param("float", 1e-3, "learning rate", min=0.0, max=10.0)
+    optimizer: str = param("str", "adam", "optimiser", choices=("adam", "adamw", "sgd"))
+    lr_schedule: str = param("str", "cosine", "learning-rate schedule over the whole run",
+                             choices=("constant", "cosine", "step"))
+    loss: str = param("str", "mse", "training loss on normalised images", choices=("mse", "l1"))
+    seed: int = param("int", 0, "random seed (initialisation, shuffling, crops)", min=0, max=MAX_SEED)
+    device: str = param("str", "auto", "auto (cuda if present, else cpu), cpu, cuda or cuda:N",
+                        check=_device_check)
+    precision: str = param("str", "auto", "auto (bf16 autocast where it helps), fp32, bf16 or fp16",
+                           choices=PRECISION_CHOICES)
+    num_workers: int = param("int", 0, "data-loader worker processes (data are in memory: 0 is usually best)",
+                             min=0, max=64)
+    max_train_images: int = param("int", 0, "use only the first N training pairs (0: all)", min=0)
+    patch_size: int = param("int", 0, "train on random square crops of this side (0: whole images)", min=0,
+                            max=4096)
+    resume: str = param("str", "auto", "auto: continue from the last checkpoint of the same configuration; "
+                        "never: start afresh", choices=("auto", "never"))
+    model_options: dict[str, Any] = dataclasses.field(default_factory=lambda: model_option_defaults())
+
+    @classmethod
+    def fields(cls) -> dict[str, Field]:
+        from emdenoise import models
+        return {**super().fields(), **models.option_fields()}
+
+    @classmethod
+    def build(cls, values: dict[str, Any], where: str) -> Section:
+        from emdenoise import models
+        options = {key: values.pop(key) for key in models.option_fields()}
+        section = cls(where=where, model_options=options, **values)
+        section.check()
+        return section
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**{key: getattr(self, key) for key in super().fields()}, **self.model_options}
+
+    def model_names(self) -> list[str]:
+        """The models to train, ``all`` resolved to every registered model."""
+        return list(_model_names()) if self.model == "all" else list(self.model)
+
+
+def model_option_defaults() -> dict[str, Any]:
+    from emdenoise import models
+    return {key: validate_value("defaults", key, fld, fld.default) for key, fld in models.option_fields().items()}
+
+
+@dataclass(frozen=True)
+class TestParams(Section):
+    __test__: ClassVar[bool] = False  # not a pytest test class
+    NAME: ClassVar[str] = "test"
+    models: Names = param("names", "all", "models to evaluate (all: every model found in model_dir; none: "
+                          "baselines only)", choices=_models_or_none)
+    baselines: Names = param("names", ["gaussian", "median", "tv", "nlm"],
+                             "classical baselines, tuned on the val split (all: every one installed; none: models "
+                             "only; bm3d and anscombe_bm3d need the optional non-commercial bm3d package)",
+                             choices=_baselines_or_none)
+    batch_size: int = param("int", 16, "images per inference batch", min=1, max=65_536)
+    device: str = param("str", "auto", "auto, cpu, cuda or cuda:N", check=_device_check)
+    precision: str = param("str", "auto", "auto, fp32, bf16 or fp16", choices=PRECISION_CHOICES)
+    max_test_images: int = param("int", 0, "evaluate only the first N test pairs (0: all)", min=0)
+    tune_images: int = param("int", 16, "validation pairs used to tune the baselines' parameters", min=1)
+    figure_images: int = param("int", 4, "test images shown in the comparison figure", min=0, max=32)
+
+
+@dataclass(frozen=True)
+class DenoiseParams(Section):
+    NAME: ClassVar[str] = "denoise"
+    model: str = param("str", "auto", "model to apply: a folder name in model_dir, or auto (the only model "
+                       "there; an error lists the choices when there are several)")
+    tile_size: int = param("int", 256, "side of the square tiles a frame is cut into (0: whole frames; "
                            "multiples of 8 keep the models' pooling grid aligned)", min=0, max=65_536,
-                           check=lambda v: None if v == 0 or v >= 16 else "0 or an integer >= 16"),
-        "tile_overlap": Field("int", 32, "pixels shared by neighbouring tiles, cross-faded (at most "
-                              "tile_size / 2)", min=0, max=32_768),
-        "batch_size": Field("int", 8, "tiles per inference batch (tiles of consecutive frames are batched "
-                            "together)", min=1, max=65_536),
-        "device": Field("str", "auto", "auto, cpu, cuda or cuda:N", check=_device_check),
-        "precision": Field("str", "auto", "auto, fp32, bf16 or fp16", choices=("auto", "fp32", "bf16", "fp16")),
-        "pattern": Field("str", "*", "glob selecting the input files in input_dir (e.g. *.tif, or **/* to "
-                         "include subfolders)"),
-    },
-    "study": {
-        "models": Field("names", "all", "models in the study: a name, a list, or all", choices=MODEL_NAMES),
-        "train_sizes": Field("ints", [125, 250, 500, 1000, 2000, 4000, 7200], "numbers of training pairs each "
-                             "model is trained on (the first N of the train split; at most its size)", min=1),
-        "epochs": Field("int", 20, "passes over its training pairs for every cell", min=1, max=100_000),
-        "min_steps": Field("int", 0, "train every cell for at least this many optimiser steps (more epochs for "
+                           check=_tile_check)
+    tile_overlap: int = param("int", 32, "pixels shared by neighbouring tiles, cross-faded (at most "
+                              "tile_size / 2)", min=0, max=32_768)
+    batch_size: int = param("int", 8, "tiles per inference batch (tiles of consecutive frames are batched "
+                            "together)", min=1, max=65_536)
+    device: str = param("str", "auto", "auto, cpu, cuda or cuda:N", check=_device_check)
+    precision: str = param("str", "auto", "auto, fp32, bf16 or fp16", choices=PRECISION_CHOICES)
+    pattern: str = param("str", "*", "glob selecting the input files in input_dir (e.g. *.tif, or **/* to "
+                         "include subfolders)")
+
+    def check(self) -> None:
+        if self.tile_size and self.tile_overlap > self.tile_size // 2:
+            raise self.error("tile_overlap", f"expected at most tile_size / 2 ({self.tile_size // 2}), got "
+                             f"{self.tile_overlap}")
+
+
+@dataclass(frozen=True)
+class StudyParams(Section):
+    NAME: ClassVar[str] = "study"
+    models: Names = param("names", "all", "models in the study: a name, a list, or all", choices=_model_names)
+    train_sizes: list[int] = param("ints", [125, 250, 500, 1000, 2000, 4000, 7200], "numbers of training pairs "
+                                   "each model is trained on (the first N of the train split; at most its size)",
+                                   min=1)
+    epochs: int = param("int", 20, "passes over its training pairs for every cell", min=1, max=100_000)
+    min_steps: int = param("int", 0, "train every cell for at least this many optimiser steps (more epochs for "
                            "the small sizes, so they are not judged on a handful of updates; 0: epochs only)",
-                           min=0, max=10_000_000),
-        "batch_size": Field("int", 16, "images per optimiser step, and per inference batch", min=1, max=65_536),
-        "lr": Field("float", 1e-3, "learning rate", min=0.0, max=10.0),
-        "patch_size": Field("int", 0, "train on random square crops of this side (0: whole images)", min=0,
-                            max=4096),
-        "device": Field("str", "auto", "auto (cuda if present, else cpu), cpu, cuda or cuda:N",
-                        check=_device_check),
-        "seed": Field("int", 0, "random seed of every cell's training", min=0, max=MAX_SEED),
-        "baselines": Field("names", ["gaussian", "median", "tv", "nlm"], "classical baselines, tuned on the val "
-                           "split once (all: every one installed; none: no baseline)",
-                           choices=BASELINE_NAMES + ("none",)),
-        "max_test_images": Field("int", 0, "evaluate on the first N test pairs only (0: all)", min=0),
-        "dose_bins": Field("int", 4, "dose bins of about equal size for PSNR vs dose (when the data have dose)",
-                           min=1, max=100),
-    },
-}
+                           min=0, max=10_000_000)
+    batch_size: int = param("int", 16, "images per optimiser step, and per inference batch", min=1, max=65_536)
+    lr: float = param("float", 1e-3, "learning rate", min=0.0, max=10.0)
+    patch_size: int = param("int", 0, "train on random square crops of this side (0: whole images)", min=0,
+                            max=4096)
+    device: str = param("str", "auto", "auto (cuda if present, else cpu), cpu, cuda or cuda:N",
+                        check=_device_check)
+    seed: int = param("int", 0, "random seed of every cell's training", min=0, max=MAX_SEED)
+    baselines: Names = param("names", ["gaussian", "median", "tv", "nlm"], "classical baselines, tuned on the val "
+                             "split once (all: every one installed; none: no baseline)", choices=_baselines_or_none)
+    max_test_images: int = param("int", 0, "evaluate on the first N test pairs only (0: all)", min=0)
+    dose_bins: int = param("int", 4, "dose bins of about equal size for PSNR vs dose (when the data have dose)",
+                           min=1, max=100)
+
+    def model_names(self) -> list[str]:
+        """The models of the study, ``all`` resolved to every registered model."""
+        return list(_model_names()) if self.models == "all" else list(self.models)
 
 
+SECTIONS: dict[str, type[Section]] = {cls.NAME: cls for cls in (
+    DownloadParams, PreprocessParams, TrainParams, TestParams, DenoiseParams, StudyParams)}
+
+
+@dataclass(frozen=True)
+class Params:
+    """Every section, validated. ``where``: the parameters file (or ``parameters`` for the defaults)."""
+
+    download: DownloadParams
+    preprocess: PreprocessParams
+    train: TrainParams
+    test: TestParams
+    denoise: DenoiseParams
+    study: StudyParams
+    where: str = dataclasses.field(default="parameters", compare=False)
+
+    def section(self, name: str) -> Section:
+        section: Section = getattr(self, name)
+        return section
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: self.section(name).as_dict() for name in SECTIONS}
+
+    def __getitem__(self, name: str) -> Section:   # transitional, see Section.__getitem__
+        return self.section(name)
+
+
+def schema() -> dict[str, dict[str, Field]]:
+    """``{section: {key: Field}}``: the whole table (the models' options included)."""
+    return {name: cls.fields() for name, cls in SECTIONS.items()}
+
+
+# -- validation ----------------------------------------------------------------------------------------------------
 def _fmt_value(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
@@ -216,8 +395,9 @@ def validate_value(where: str, name: str, fld: Field, value: Any) -> Any:
     elif fld.kind == "str":
         if not isinstance(value, str) or not value:
             raise bad()
-        if fld.choices and value not in fld.choices:
-            raise InputError.at(where, name, f"expected {fld.describe()}, got {value!r}{_hint(value, fld.choices)}")
+        allowed = fld.allowed
+        if allowed and value not in allowed:
+            raise InputError.at(where, name, f"expected {fld.describe()}, got {value!r}{_hint(value, allowed)}")
     elif fld.kind == "ints":
         items = value if isinstance(value, list) else None
         if not items or not all(isinstance(v, int) and not isinstance(v, bool) or
@@ -230,18 +410,19 @@ def validate_value(where: str, name: str, fld: Field, value: Any) -> Any:
             raise InputError.at(where, name, f"expected {fld.describe()}, got repeated values in {items}")
         return items
     elif fld.kind == "names":
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, list) or not items or not all(isinstance(v, str) for v in items):
+        names = [value] if isinstance(value, str) else value
+        if not isinstance(names, list) or not names or not all(isinstance(v, str) for v in names):
             raise bad()
-        if items == ["all"]:
+        if names == ["all"]:
             return "all"
-        for item in items:
-            if item not in fld.choices:
-                raise InputError.at(where, name, f"unknown name {item!r}{_hint(item, fld.choices)}; expected "
+        allowed = fld.allowed or ()
+        for item in names:
+            if item not in allowed:
+                raise InputError.at(where, name, f"unknown name {item!r}{_hint(item, allowed)}; expected "
                                     f"{fld.describe()}")
-        if len(set(items)) != len(items):
-            raise InputError.at(where, name, f"names repeat in {items}")
-        return list(items)
+        if len(set(names)) != len(names):
+            raise InputError.at(where, name, f"names repeat in {names}")
+        return list(names)
     if fld.min is not None and value < fld.min or fld.max is not None and value > fld.max:
         raise bad()
     if fld.check:
@@ -251,57 +432,50 @@ def validate_value(where: str, name: str, fld: Field, value: Any) -> Any:
     return value
 
 
-def _hint(word: str, options) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def defaults() -> dict[str, dict[str, Any]]:
-    """Every parameter at its default, in validated form (a ``names`` value is a list or 'all')."""
-    return {sec: {k: validate_value("defaults", f"{sec}.{k}", f, f.default) for k, f in fields.items()}
-            for sec, fields in SCHEMA.items()}
-
-
-def validate(raw: Any, where: str = "parameters") -> dict[str, dict[str, Any]]:
-    """Merge ``raw`` (a parsed YAML mapping) over the defaults and check every value."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise InputError.at(where, None, f"expected a mapping of sections ({', '.join(SCHEMA)}), got "
-                            f"{type(raw).__name__}")
-    out = defaults()
-    for section, values in raw.items():
-        _section(where, section)
-        if values is None:
-            continue
-        if not isinstance(values, dict):
-            raise InputError.at(where, section, f"expected a mapping of keys, got {_fmt_value(values)}")
-        for key, value in values.items():
-            out[section][key] = _validate_key(where, section, key, value)
-    if out["download"]["dose_min"] > out["download"]["dose_max"]:
-        raise InputError.at(where, "download.dose_min", f"expected <= download.dose_max "
-                            f"({out['download']['dose_max']}), got {out['download']['dose_min']}")
-    return out
-
-
-def _section(where: str, section: Any) -> dict[str, Field]:
-    """The schema of ``section``, or a one-line error with a did-you-mean hint."""
-    if section not in SCHEMA:
-        raise InputError.at(where, str(section), f"unknown section{_hint(str(section), SCHEMA)}; expected one "
-                            f"of {', '.join(SCHEMA)}")
-    return SCHEMA[section]
+def _section(where: str, section: Any) -> type[Section]:
+    """The class of ``section``, or a one-line error with a did-you-mean hint."""
+    if section not in SECTIONS:
+        raise InputError.at(where, str(section), f"unknown section{_hint(str(section), SECTIONS)}; expected one "
+                            f"of {', '.join(SECTIONS)}")
+    return SECTIONS[section]
 
 
 def _validate_key(where: str, section: Any, key: Any, value: Any) -> Any:
     """One value: the section and key must be in the schema and the value valid for the key."""
-    fields = _section(where, section)
+    fields = _section(where, section).fields()
     if key not in fields:
         raise InputError.at(where, f"{section}.{key}", f"unknown key{_hint(str(key), fields)}; valid keys: "
                             f"{', '.join(fields)}")
     return validate_value(where, f"{section}.{key}", fields[key], value)
 
 
-def load(path: str | Path | None, overrides: list[str] = ()) -> dict[str, dict[str, Any]]:
+def defaults() -> Params:
+    """Every parameter at its default."""
+    return validate({})
+
+
+def validate(raw: Any, where: str = "parameters") -> Params:
+    """Merge ``raw`` (a parsed YAML mapping) over the defaults, check every value, build the typed sections."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise InputError.at(where, None, f"expected a mapping of sections ({', '.join(SECTIONS)}), got "
+                            f"{type(raw).__name__}")
+    values = {name: {key: validate_value("defaults", f"{name}.{key}", fld, fld.default)
+                     for key, fld in cls.fields().items()} for name, cls in SECTIONS.items()}
+    for section, given in raw.items():
+        _section(where, section)
+        if given is None:
+            continue
+        if not isinstance(given, dict):
+            raise InputError.at(where, section, f"expected a mapping of keys, got {_fmt_value(given)}")
+        for key, value in given.items():
+            values[section][key] = _validate_key(where, section, key, value)
+    built = {name: cls.build(values[name], where) for name, cls in SECTIONS.items()}
+    return Params(where=where, **built)  # type: ignore[arg-type]
+
+
+def load(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Params:
     """Read, merge and validate a parameters file (``None``: defaults only) plus ``section.key=value`` overrides."""
     raw: dict = {}
     where = "parameters"
@@ -327,7 +501,7 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> dict[str, dict[s
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
-            raise InputError.at(path, None, f"expected a mapping of sections ({', '.join(SCHEMA)}), got "
+            raise InputError.at(path, None, f"expected a mapping of sections ({', '.join(SECTIONS)}), got "
                                 f"{type(raw).__name__}")
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
     for item in overrides:
@@ -340,10 +514,7 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> dict[str, dict[s
         except yaml.YAMLError:
             value = text
         _validate_key("--set", section, name, value)   # on its own first: its mistakes name --set, not the file
-        if section in raw and not isinstance(raw[section], dict):
-            raw[section] = {}
-        raw.setdefault(section, {})
-        if raw[section] is None:
+        if not isinstance(raw.get(section), dict):
             raw[section] = {}
         raw[section][name] = value
     return validate(raw, where)
@@ -352,7 +523,7 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> dict[str, dict[s
 def reference_markdown() -> str:
     """The parameters reference table for the README."""
     lines = []
-    for section, fields in SCHEMA.items():
+    for section, fields in schema().items():
         lines += [f"#### `{section}:`", "", "| key | default | valid | meaning |", "|---|---|---|---|"]
         for key, fld in fields.items():
             lines.append(f"| `{key}` | `{fld.default}` | {fld.describe()} | {fld.help} |")

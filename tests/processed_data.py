@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from emdenoise import h5safe
-from emdenoise.fsutil import write_json_atomic
+from emdenoise.io import h5safe
+from emdenoise.outputs import write_json_atomic
 from emdenoise.layout import CARD, CARD_FORMAT, DATASET_CARD_KEYS, SPLIT_FILE
 
 

@@ -10,7 +10,8 @@ import sys
 import pytest
 import torch
 
-from emdenoise import bench, cli
+from emdenoise import cli
+from emdenoise.engine import bench
 
 REQUIRED = ("train_speedup_vs_plain", "infer_speedup_vs_plain", "train_images_per_s", "infer_images_per_s",
             "plain_train_images_per_s", "plain_infer_images_per_s", "peak_memory_bytes", "ablation")

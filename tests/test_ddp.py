@@ -21,8 +21,9 @@ import yaml
 
 from processed_data import write_data_dir
 
-from emdenoise import cli, distributed, models, runtime
-from emdenoise.tasks import train as train_task
+from emdenoise import cli, models
+from emdenoise.engine import distributed, runtime
+from emdenoise.engine import training
 
 SIDE = 32
 TRAIN = {"model": ["cafcn", "sciml_ae"], "epochs": 2, "batch_size": 4, "lr": 0.02, "optimizer": "sgd",
@@ -86,7 +87,7 @@ def _weights_init(name: str) -> dict[str, np.ndarray]:
 
 
 def _metrics(run: Path) -> dict:
-    return json.loads((run / "output" / train_task.METRICS_FILE).read_text())["models"]
+    return json.loads((run / "output" / training.METRICS_FILE).read_text())["models"]
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +132,8 @@ def test_two_processes_match_one(tmp_path, data, single):
     for a, b in zip(one["cafcn"]["epochs"], two["cafcn"]["epochs"]):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
         assert b["val_psnr"] == pytest.approx(a["val_psnr"], abs=1e-3)
-    w1 = _weights(single / "models" / "cafcn" / train_task.LAST_MODEL_FILE)
-    w2 = _weights(run / "models" / "cafcn" / train_task.LAST_MODEL_FILE)
+    w1 = _weights(single / "models" / "cafcn" / training.LAST_MODEL_FILE)
+    w2 = _weights(run / "models" / "cafcn" / training.LAST_MODEL_FILE)
     assert w1.keys() == w2.keys()
     moved = max(float(np.abs(w - _weights_init("cafcn")[k]).max()) for k, w in w1.items())
     assert moved > 1e-3  # training changed the weights, so "close" below means something
@@ -153,15 +154,15 @@ def test_resume_under_torchrun_ends_like_one_process(tmp_path, data, single, mon
         pytest.skip("the emdenoise console script is not installed next to this Python")
     run = tmp_path / "resumed"
     args = _paths(data, _params(tmp_path / "p.yaml", model="cafcn"), run)
-    monkeypatch.setattr(train_task, "_STOP_AFTER_EPOCH", 1)
+    monkeypatch.setattr(training, "_STOP_AFTER_EPOCH", 1)
     assert cli.main(["train", *args]) == 130
-    assert (run / "models" / "cafcn" / train_task.CHECKPOINT_FILE).exists()
+    assert (run / "models" / "cafcn" / training.CHECKPOINT_FILE).exists()
     done = torchrun([str(script)], args, tmp_path)
     assert "resuming from" in done.stderr and done.stderr.count("resuming from") == 1
     record = _metrics(run)["cafcn"]
     assert [e["epoch"] for e in record["epochs"]] == [1, 2] and record["processes"] == 2
-    w1 = _weights(single / "models" / "cafcn" / train_task.LAST_MODEL_FILE)
-    w2 = _weights(run / "models" / "cafcn" / train_task.LAST_MODEL_FILE)
+    w1 = _weights(single / "models" / "cafcn" / training.LAST_MODEL_FILE)
+    w2 = _weights(run / "models" / "cafcn" / training.LAST_MODEL_FILE)
     for key in w1:
         np.testing.assert_allclose(w2[key], w1[key], rtol=1e-4, atol=2e-5, err_msg=key)
 

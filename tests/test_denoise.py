@@ -17,10 +17,11 @@ import torch
 from hypothesis import given, settings, strategies as st
 from PIL import Image
 
-from emdenoise import imageio, models
+from emdenoise import models
+from emdenoise.io import micrographs
 from emdenoise.errors import EXIT_BAD_INPUT, InputError
 from emdenoise.tasks import denoise as task
-from emdenoise.tiling import Tiler, TilePlan, axis_tiles, axis_windows
+from emdenoise.engine.tiling import Tiler, TilePlan, axis_tiles, axis_windows
 
 mrcfile = pytest.importorskip("mrcfile")
 ROOT = Path(__file__).resolve().parents[1]
@@ -226,7 +227,7 @@ FORMAT_CASES = {
 
 
 def _read_back(path: Path) -> np.ndarray:
-    fmt = imageio.format_of(path)
+    fmt = micrographs.format_of(path)
     if fmt == "tiff":
         return tifffile.imread(path)
     if fmt == "png":
@@ -244,20 +245,20 @@ def _read_back(path: Path) -> np.ndarray:
 def test_round_trip_keeps_format_shape_values_and_provenance(tmp_path, name):
     src_path, out = tmp_path / name, tmp_path / "out" / name
     data = FORMAT_CASES[name](src_path, np.random.default_rng(0))
-    with imageio.open_input(src_path) as src:
+    with micrographs.open_input(src_path) as src:
         assert src.frames == (data.shape[0] if data.ndim == 3 else 1)
         frames = task.denoise_file(src, out, Tiler(identity, 32, 8, 4), PROVENANCE)
     assert frames == src.frames
     back = _read_back(out)
     assert back.shape == data.shape
-    assert imageio.format_of(out) == imageio.format_of(src_path)
+    assert micrographs.format_of(out) == micrographs.format_of(src_path)
     if name.endswith(".png"):
         assert back.dtype == data.dtype  # PNG keeps its bit depth (rounded, clipped)
     else:
         assert back.dtype == np.float32
     np.testing.assert_array_equal(back, data.astype(back.dtype))
     if not name.endswith(".npy"):  # NPY has no room for metadata: the task's sidecar carries it
-        stored = imageio.read_provenance(out)
+        stored = micrographs.read_provenance(out)
         assert stored is not None
         assert "identity" in json.dumps(stored)
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary file left
@@ -267,7 +268,7 @@ def test_tiff_keeps_resolution_and_the_hdf5_tree_and_mrc_header(tmp_path):
     rng = np.random.default_rng(0)
     for name in ("a8.tif", "h.h5", "m.mrcs"):
         FORMAT_CASES[name](tmp_path / name, rng)
-        with imageio.open_input(tmp_path / name) as src:
+        with micrographs.open_input(tmp_path / name) as src:
             task.denoise_file(src, tmp_path / "out" / name, Tiler(identity, 32, 8, 4), PROVENANCE)
     with tifffile.TiffFile(tmp_path / "out/a8.tif") as tif:
         assert tif.pages[0].resolution == (10.0, 20.0)
@@ -285,7 +286,7 @@ def test_tiff_keeps_resolution_and_the_hdf5_tree_and_mrc_header(tmp_path):
 def test_png_output_is_rounded_and_clipped_to_its_bit_depth(tmp_path):
     data = np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)
     Image.fromarray(data).save(tmp_path / "p.png")
-    with imageio.open_input(tmp_path / "p.png") as src:
+    with micrographs.open_input(tmp_path / "p.png") as src:
         task.denoise_file(src, tmp_path / "o.png", Tiler(lambda b: b * 1.5 - 40.3, 32, 8, 4), PROVENANCE)
     expected = np.clip(np.rint(data.astype(np.float32) * 1.5 - 40.3), 0, 255).astype(np.uint8)
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "o.png")), expected)
@@ -311,7 +312,7 @@ def test_long_stack_streams_with_bounded_memory(tmp_path, name):
             mrc.set_image_stack()
     del data
     frame_bytes = side * side * 4
-    with imageio.open_input(path) as src:
+    with micrographs.open_input(path) as src:
         tracemalloc.start()
         try:
             task.denoise_file(src, tmp_path / "out" / name, Tiler(identity, 64, 16, 8), PROVENANCE)
@@ -332,7 +333,7 @@ def test_a_4096x4096_frame_needs_about_two_frames_of_memory(tmp_path):
     array[::7, ::5] = 3.0
     array.flush()
     del array
-    with imageio.open_input(tmp_path / "big.npy") as src:
+    with micrographs.open_input(tmp_path / "big.npy") as src:
         tracemalloc.start()
         try:
             task.denoise_file(src, tmp_path / "out.npy", Tiler(identity, 256, 32, 8), PROVENANCE)
@@ -356,7 +357,7 @@ def test_a_4096x4096_frame_needs_about_two_frames_of_memory(tmp_path):
 def test_corrupt_file_is_a_one_line_input_error_naming_it(tmp_path, name, content, expected):
     (tmp_path / name).write_bytes(content)
     with pytest.raises(InputError) as err:
-        imageio.open_input(tmp_path / name)
+        micrographs.open_input(tmp_path / name)
     assert str(tmp_path / name) in err.value.message and expected in err.value.message
     assert "\n" not in err.value.message
 
@@ -368,7 +369,7 @@ def test_truncated_pixel_data_names_the_file_and_frame(tmp_path):
     offset = tifffile.TiffFile(path).pages[2].dataoffsets[0]
     path.write_bytes(whole[:offset + 100])
     with pytest.raises(InputError) as err:
-        with imageio.open_input(path) as src:
+        with micrographs.open_input(path) as src:
             task.denoise_file(src, tmp_path / "out.tif", Tiler(identity, 32, 8, 4), PROVENANCE)
     assert str(path) in err.value.message
     assert not (tmp_path / "out.tif").exists()
@@ -386,7 +387,7 @@ def test_unusable_images_are_input_errors(tmp_path, make, expected):
     make(tmp_path)
     (path,) = list(tmp_path.iterdir())
     with pytest.raises(InputError, match=expected):
-        imageio.open_input(path)
+        micrographs.open_input(path)
 
 
 def test_nan_in_a_frame_is_an_input_error(tmp_path):
@@ -394,7 +395,7 @@ def test_nan_in_a_frame_is_an_input_error(tmp_path):
     data[1, 5, 5] = np.nan
     np.save(tmp_path / "nan.npy", data)
     with pytest.raises(InputError, match=r"frame 1: expected finite"):
-        with imageio.open_input(tmp_path / "nan.npy") as src:
+        with micrographs.open_input(tmp_path / "nan.npy") as src:
             task.denoise_file(src, tmp_path / "o.npy", Tiler(identity, 32, 8, 4), PROVENANCE)
 
 
@@ -418,18 +419,18 @@ def test_inputs_skip_other_extensions_and_need_one_image(tmp_path, caplog):
 # ------------------------------------------------------------------------------------------------ models
 
 def _save_model(model_dir: Path, name: str = "sciml_ae", seed: int = 0) -> Path:
-    from emdenoise import modelio
+    from emdenoise.io import modelfile
 
     torch.manual_seed(seed)
     net = models.build(name).eval()
     path = model_dir / name / task.MODEL_FILE
-    modelio.save_model(path, net, {"model": name, "options": {}, "normalisation": {
+    modelfile.save_model(path, net, {"model": name, "options": {}, "normalisation": {
         "noisy": {"mean": 100.0, "std": 30.0}, "clean": {"mean": 90.0, "std": 20.0}}})
     return path
 
 
 def test_model_selection(tmp_path):
-    pytest.importorskip("emdenoise.modelio")
+    pytest.importorskip("emdenoise.io.modelfile")
     with pytest.raises(InputError, match="not found"):
         task.select_model(tmp_path / "models", "auto")
     (tmp_path / "models").mkdir()
@@ -459,7 +460,7 @@ def _cli(tmp_path, *extra):
 
 @pytest.fixture
 def workspace(tmp_path):
-    pytest.importorskip("emdenoise.modelio")
+    pytest.importorskip("emdenoise.io.modelfile")
     _save_model(tmp_path / "models")
     (tmp_path / "in").mkdir()
     (tmp_path / "p.yaml").write_text("denoise:\n  tile_size: 64\n  tile_overlap: 16\n  batch_size: 4\n"
@@ -468,7 +469,7 @@ def workspace(tmp_path):
 
 
 def test_cli_denoises_each_format_like_the_model_in_process(workspace):
-    from emdenoise.modelio import Denoiser
+    from emdenoise.engine.inference import Denoiser
 
     rng = np.random.default_rng(3)
     stack = (rng.poisson(100, (3, 96, 80))).astype(np.uint16)
@@ -498,7 +499,7 @@ def test_cli_denoises_each_format_like_the_model_in_process(workspace):
     assert sidecar["model"]["name"] == "sciml_ae" and sidecar["frames"] == 3 and sidecar["frames_per_s"] > 0
     assert sidecar["model"]["sha256"] == task.sha256_of(workspace / "models/sciml_ae" / task.MODEL_FILE)
     assert sidecar["input"]["file"] == str(workspace / "in" / "stack.tif")
-    assert imageio.read_provenance(workspace / "out" / "stack.tif")["model"]["sha256"] == sidecar["model"]["sha256"]
+    assert micrographs.read_provenance(workspace / "out" / "stack.tif")["model"]["sha256"] == sidecar["model"]["sha256"]
 
     # a second run keeps what is up to date; a changed setting recomputes
     before = (workspace / "out" / "stack.tif").stat().st_mtime_ns

@@ -36,11 +36,11 @@ from local_http import LocalServer
 from moto.server import ThreadedMotoServer
 
 from emdenoise import params as params_mod
-from emdenoise.archive import extract_zip
-from emdenoise.cli import TaskContext
+from emdenoise.data.archive import extract_zip
+from emdenoise.tasks.context import TaskContext
 from emdenoise.errors import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_RUNTIME, BusyError, InputError, RuntimeFailure
-from emdenoise import fetch
-from emdenoise.fetch import RETRY_BASE_ENV, is_md5_etag
+from emdenoise.data import fetch
+from emdenoise.data.fetch import RETRY_BASE_ENV, is_md5_etag
 from emdenoise.tasks import download as download_task
 from emdenoise.tasks.download import find_layout_root, key_to_relpath, parse_source
 

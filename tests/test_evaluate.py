@@ -16,12 +16,13 @@ from scipy.stats import poisson
 
 from processed_data import write_data_dir, write_split
 
-from emdenoise import baselines, cli
-from emdenoise.data import Split
+from emdenoise import cli
+from emdenoise.engine import baselines
+from emdenoise.data.splits import Split
 from emdenoise.errors import EXIT_BAD_INPUT, InputError
 from emdenoise.layout import CARD
-from emdenoise.metrics import psnr_per_image, ssim_per_image
-from emdenoise.tasks import test as test_task
+from emdenoise.engine.metrics import psnr_per_image, ssim_per_image
+from emdenoise.engine import evaluation
 
 HAVE_BM3D = importlib.util.find_spec("bm3d") is not None
 
@@ -88,7 +89,7 @@ def one_split(noisy, clean, dose=None) -> Split:
 
 def test_psnr_of_a_constant_offset_is_the_hand_computed_value():
     clean = smooth_images(np.random.default_rng(1), 2, 32)
-    scorer = test_task.Scorer(one_split(clean, clean), data_range=2.0, figure_indices=[])
+    scorer = evaluation.Scorer(one_split(clean, clean), data_range=2.0, figure_indices=[])
     row = scorer.add_row("offset", "classical")
     scorer.score(row, 0, clean + 0.1)
     np.testing.assert_allclose(row.mse, 0.01, rtol=1e-4)
@@ -103,10 +104,10 @@ def test_psnr_of_a_constant_offset_is_the_hand_computed_value():
 def test_psnr_is_averaged_per_image_not_pooled():
     clean = np.zeros((2, 16, 16), np.float32)
     pred = clean + np.array([0.1, 0.01], np.float32)[:, None, None]   # MSE 1e-2 and 1e-4: 20 dB and 40 dB
-    scorer = test_task.Scorer(one_split(pred, clean), data_range=1.0, figure_indices=[])
+    scorer = evaluation.Scorer(one_split(pred, clean), data_range=1.0, figure_indices=[])
     row = scorer.add_row("p", "classical")
     scorer.score(row, 0, pred)
-    summary = test_task.summarise(row)
+    summary = evaluation.summarise(row)
     pooled = 10 * math.log10(1.0 / np.mean((pred - clean) ** 2))      # 22.97 dB
     assert summary["psnr_mean"] == pytest.approx(30.0, abs=1e-3)
     assert summary["psnr_std"] == pytest.approx(10.0, abs=1e-3)
@@ -115,10 +116,10 @@ def test_psnr_is_averaged_per_image_not_pooled():
 
 def test_a_perfect_prediction_is_reported_as_null_not_infinity():
     clean = smooth_images(np.random.default_rng(2), 1, 16)
-    scorer = test_task.Scorer(one_split(clean, clean), data_range=1.0, figure_indices=[])
+    scorer = evaluation.Scorer(one_split(clean, clean), data_range=1.0, figure_indices=[])
     row = scorer.add_row("exact", "classical")
     scorer.score(row, 0, clean)
-    summary = test_task.summarise(row)
+    summary = evaluation.summarise(row)
     assert summary["psnr_mean"] is None and summary["mse_mean"] == 0.0
     json.dumps(summary, allow_nan=False)
 
@@ -128,10 +129,10 @@ def test_dose_bins_cover_every_image_once():
     clean = smooth_images(rng, 7, 16)
     dose = np.array([50, 5, 20, 100, 10, 70, 30], np.float32)
     split = one_split(poisson_noise(rng, clean, dose), clean, dose)
-    scorer = test_task.Scorer(split, 1.0, [])
+    scorer = evaluation.Scorer(split, 1.0, [])
     row = scorer.add_row("noisy", "input")
     scorer.score(row, 0, split.noisy)
-    bins = test_task.dose_bins(dose, scorer.rows)
+    bins = evaluation.dose_bins(dose, scorer.rows)
     assert sum(b["n"] for b in bins["bins"]) == 7
     assert [b["dose_min"] for b in bins["bins"]] == sorted(b["dose_min"] for b in bins["bins"])
     assert all(a["dose_max"] <= b["dose_min"] for a, b in zip(bins["bins"], bins["bins"][1:]))
@@ -211,7 +212,7 @@ def test_bm3d_baselines_need_the_optional_package():
     if not HAVE_BM3D:
         assert baselines.missing_package("anscombe_bm3d") == "bm3d"
         with pytest.raises(InputError, match=r"test\.baselines.*pip install emdenoise\[bm3d\].*non-commercial"):
-            test_task.select_baselines(["gaussian", "bm3d"], "p.yaml", None)
+            evaluation.select_baselines(["gaussian", "bm3d"], "p.yaml", None)
 
 
 @pytest.mark.skipif(not HAVE_BM3D, reason="the optional bm3d package is not installed")
@@ -331,7 +332,7 @@ def test_bm3d_without_the_package_exits_2_with_one_line(tmp_path, capsys):
 
 
 def test_the_test_task_scores_a_saved_model(tmp_path):
-    modelio = pytest.importorskip("emdenoise.modelio")
+    modelio = pytest.importorskip("emdenoise.io.modelfile")
     import torch
 
     from emdenoise import models

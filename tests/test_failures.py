@@ -48,12 +48,13 @@ import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 from local_http import LocalServer
 
-from emdenoise import cli, h5safe, imageio, lock, modelio, models
-from emdenoise import data as data_mod
+from emdenoise import cli, lock, models
+from emdenoise.io import h5safe, micrographs, modelfile
+from emdenoise.data import splits as data_mod
 from emdenoise import params as params_mod
 from emdenoise.errors import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_INTERRUPTED, EXIT_RUNTIME, BusyError, InputError
-from emdenoise.fetch import RETRY_BASE_ENV
-from emdenoise.fsutil import STAGING_DIR
+from emdenoise.data.fetch import RETRY_BASE_ENV
+from emdenoise.outputs import STAGING_DIR
 from emdenoise.layout import CARD, MAX_FRAME_PIXELS, RAW_FILES
 from emdenoise.tasks import preprocess as preprocess_task
 from emdenoise.tasks.download import key_to_relpath
@@ -147,7 +148,7 @@ def big_raw(tmp_path_factory) -> Path:
 def save_model(model_dir: Path, name: str = "sciml_ae", seed: int = 0, **options) -> Path:
     torch.manual_seed(seed)
     path = model_dir / name / "em_denoise_model.h5"
-    modelio.save_model(path, models.build(name, **options), {"model": name, "options": options,
+    modelfile.save_model(path, models.build(name, **options), {"model": name, "options": options,
                                                               "normalisation": NORM, "data_range": 1.0})
     return path
 
@@ -439,7 +440,7 @@ def test_an_unreadable_parameters_file_is_one_line(tmp_path, capsys, task, how):
     assert _outputs_untouched(paths, task)
 
 
-SEEDS = [f"{section}.{key}" for section, fields in params_mod.SCHEMA.items() for key in fields if key == "seed"]
+SEEDS = [f"{section}.{key}" for section, fields in params_mod.schema().items() for key in fields if key == "seed"]
 
 
 @pytest.mark.parametrize("key,value", [(key, 2**64) for key in SEEDS]
@@ -449,7 +450,7 @@ def test_an_absurd_parameter_value_is_one_line_naming_the_maximum(tmp_path, caps
     task, name = key.split(".")
     paths = _task_paths(tmp_path, task)
     code, err = run_here(capsys, task, paths, f"{key}={value}")
-    one_error(code, err, EXIT_BAD_INPUT, key, params_mod.SCHEMA[task][name].describe())
+    one_error(code, err, EXIT_BAD_INPUT, key, params_mod.schema()[task][name].describe())
     assert _outputs_untouched(paths, task)
 
 
@@ -556,7 +557,7 @@ def test_a_refused_input_file_is_closed_at_once(tmp_path, kind):
     """The reader fails after opening the file: the file is closed then, not when the error is forgotten."""
     path, declared = _huge_frame(tmp_path, kind)
     with pytest.raises(InputError, match=declared) as refused:    # the traceback is kept alive meanwhile
-        imageio.open_input(path)
+        micrographs.open_input(path)
     assert refused.traceback and not _open_here(path)
 
 
@@ -697,9 +698,9 @@ def test_kill_9_during_training_then_the_same_command_resumes_to_the_same_result
 
     final_files(models_dir)                               # every file at a final name is complete
     final_files(out)
-    done = modelio.checkpoint_info(checkpoint)["epoch"]
+    done = modelfile.checkpoint_info(checkpoint)["epoch"]
     assert 1 <= done < TRAIN["epochs"]
-    modelio.load_model(models_dir / "sciml_ae" / STAGING_DIR / "em_denoise_model.h5")   # moved at the end
+    modelfile.load_model(models_dir / "sciml_ae" / STAGING_DIR / "em_denoise_model.h5")   # moved at the end
     code, err = run_here(capsys, "train", paths)          # the same command again
     assert code == 0, err
     assert f"resuming from {checkpoint} after epoch {done}" in err
@@ -710,8 +711,8 @@ def test_kill_9_during_training_then_the_same_command_resumes_to_the_same_result
         for key in ("train_loss", "val_psnr", "val_ssim", "lr"):
             assert row[key] == pytest.approx(ref_row[key], rel=1e-4), (row["epoch"], key)
     for name in ("em_denoise_model.h5", "em_denoise_model_last.h5"):
-        a, _ = modelio.load_model(models_dir / "sciml_ae" / name)
-        b, _ = modelio.load_model(tmp_path / "ref_models" / "sciml_ae" / name)
+        a, _ = modelfile.load_model(models_dir / "sciml_ae" / name)
+        b, _ = modelfile.load_model(tmp_path / "ref_models" / "sciml_ae" / name)
         for key, value in a.state_dict().items():
             torch.testing.assert_close(value, b.state_dict()[key], rtol=1e-4, atol=1e-5)
     assert temporaries(models_dir) == [] and not (models_dir / lock.LOCK_NAME).exists()
@@ -1166,7 +1167,7 @@ def fuzz_dir(tmp_path_factory) -> Path:
 
 
 def _read_images(path: Path) -> None:
-    with imageio.open_input(path) as src:
+    with micrographs.open_input(path) as src:
         for image in src.images:
             for _ in src.iter_frames(image):
                 pass
@@ -1239,9 +1240,9 @@ def _raw_reader(path: Path) -> None:
 
 
 def _load_checkpoint(path: Path) -> None:
-    modelio.checkpoint_info(path)
+    modelfile.checkpoint_info(path)
     model = models.build("dncnn", depth=3)
-    modelio.load_checkpoint(path, model, torch.optim.Adam(model.parameters()))
+    modelfile.load_checkpoint(path, model, torch.optim.Adam(model.parameters()))
 
 
 @pytest.fixture(scope="module")
@@ -1262,13 +1263,13 @@ def intact_files(fuzz_dir) -> dict[str, tuple[Path, Callable[[Path], object]]]:
     files["processed split"] = (split, lambda p: data_mod.load_split(p.parent, p.stem))
     model = models.build("dncnn", depth=3)
     model_path = fuzz_dir / "model.h5"
-    modelio.save_model(model_path, model, {"model": "dncnn", "options": {"depth": 3}, "normalisation": NORM})
-    files["model file"] = (model_path, modelio.load_model)
+    modelfile.save_model(model_path, model, {"model": "dncnn", "options": {"depth": 3}, "normalisation": NORM})
+    files["model file"] = (model_path, modelfile.load_model)
     optimizer = torch.optim.Adam(model.parameters())
     model(torch.rand(1, 1, 16, 16)).mean().backward()
     optimizer.step()
     checkpoint = fuzz_dir / "checkpoint.h5"
-    modelio.save_checkpoint(checkpoint, model, optimizer, None, {"model": "dncnn", "options": {"depth": 3},
+    modelfile.save_checkpoint(checkpoint, model, optimizer, None, {"model": "dncnn", "options": {"depth": 3},
                                                                  "fingerprint": "f", "epoch": 1})
     files["checkpoint"] = (checkpoint, _load_checkpoint)
     tif = fuzz_dir / "stack.tif"

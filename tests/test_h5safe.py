@@ -1,4 +1,4 @@
-"""Sealed and probed HDF5 files (emdenoise.h5safe): a damaged file is a one-line InputError, never a crash."""
+"""Sealed and probed HDF5 files (emdenoise.io.h5safe): a damaged file is a one-line InputError, never a crash."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ import pytest
 import torch
 from processed_data import write_split
 
-from emdenoise import h5safe, imageio, modelio, models
-from emdenoise.data import load_split
+from emdenoise import models
+from emdenoise.io import h5safe, micrographs, modelfile
+from emdenoise.data.splits import load_split
 from emdenoise.errors import InputError
 from emdenoise.tasks import preprocess
 
@@ -115,18 +116,18 @@ def test_an_exception_leaves_the_file_unsealed_and_seal_wants_a_user_block(tmp_p
 def test_every_reader_of_sealed_files_checks_the_seal(tmp_path):
     model = models.build("dncnn", depth=3)
     path = tmp_path / "model.h5"
-    modelio.save_model(path, model, {"model": "dncnn", "options": {"depth": 3}, "normalisation": NORM})
+    modelfile.save_model(path, model, {"model": "dncnn", "options": {"depth": 3}, "normalisation": NORM})
     checkpoint = tmp_path / "checkpoint.h5"
-    modelio.save_checkpoint(checkpoint, model, torch.optim.SGD(model.parameters(), lr=0.1), None,
+    modelfile.save_checkpoint(checkpoint, model, torch.optim.SGD(model.parameters(), lr=0.1), None,
                             {"model": "dncnn", "options": {"depth": 3}, "fingerprint": "f", "epoch": 1})
     split = tmp_path / "data" / "test.h5"
     split.parent.mkdir()
     write_split(split, np.zeros((2, 16, 16)), np.ones((2, 16, 16)))
-    assert modelio.checkpoint_info(checkpoint)["epoch"] == 1 and len(load_split(split.parent, "test")) == 2
+    assert modelfile.checkpoint_info(checkpoint)["epoch"] == 1 and len(load_split(split.parent, "test")) == 2
     for file in (path, checkpoint, split):
         flip(file, -1)
-    for message in (error_of(modelio.load_model, path), error_of(modelio.checkpoint_info, checkpoint),
-                    error_of(modelio.load_checkpoint, checkpoint, model)):
+    for message in (error_of(modelfile.load_model, path), error_of(modelfile.checkpoint_info, checkpoint),
+                    error_of(modelfile.load_checkpoint, checkpoint, model)):
         assert "sha256 does not match" in message
     assert error_of(load_split, split.parent, "test") == (
         f"{split}: damaged or not written by emdenoise: its sha256 does not match the one recorded in its header; "
@@ -215,7 +216,7 @@ def test_a_file_that_really_crashes_libhdf5_is_a_one_line_input_error(tmp_path):
     expected = (f"{path}: damaged HDF5 file: the HDF5 library crashed (SIGSEGV) reading its structure; expected an "
                 "intact HDF5 file")
     assert error_of(h5safe.probe, path) == expected
-    assert error_of(imageio.open_input, path) == expected      # the denoise task's HDF5 reader, in this process
+    assert error_of(micrographs.open_input, path) == expected      # the denoise task's HDF5 reader, in this process
 
 
 def test_a_probe_that_dies_by_a_signal_is_a_one_line_input_error(tmp_path):
@@ -238,7 +239,7 @@ def test_the_foreign_readers_probe_the_file_before_opening_it(tmp_path, monkeypa
     with contextlib.ExitStack() as stack:
         message = error_of(preprocess.open_raw_images, path, stack, logging.getLogger("test_h5safe"))
     assert message.startswith(f"{path}: damaged HDF5 file: the HDF5 library crashed (SIGSEGV)")
-    assert error_of(imageio.open_input, path) == message
+    assert error_of(micrographs.open_input, path) == message
     monkeypatch.setattr(h5safe, "probe", probe)
-    with imageio.open_input(path) as src:             # the real probe lets it through
+    with micrographs.open_input(path) as src:             # the real probe lets it through
         assert [image.name for image in src.images] == ["a/b/images"]

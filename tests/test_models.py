@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from emdenoise import models
 from emdenoise.models._common import border_pad, box_filter, conv_macs, pad_to_multiple, padded_apply
 from emdenoise.models.ffdnet import noise_level_map
-from emdenoise.params import MODEL_NAMES, SCHEMA
+from emdenoise import params
 
 # The parameter counts of the project's model notes (shared/reference/models.md), 1 -> 1 channel
 NOTES_PARAMS = {
@@ -56,9 +56,13 @@ def _synthetic_pairs(n=4, size=20, sigma=0.5, seed=0):
 
 # --- registry ------------------------------------------------------------------------------------------
 
-def test_registry_lists_all_eight_models_in_schema_order():
-    assert models.names() == MODEL_NAMES
-    assert len(models.names()) == 8
+MODEL_NAMES = models.names()
+
+
+def test_registry_lists_all_eight_models_and_the_schema_takes_its_names():
+    assert MODEL_NAMES == ("cafcn", "dncnn", "ffdnet", "unet", "rednet", "mscnn", "msdnet", "sciml_ae")
+    assert params.TrainParams.fields()["model"].allowed == MODEL_NAMES
+    assert params.TestParams.fields()["models"].allowed == MODEL_NAMES + ("none",)
 
 
 def test_unknown_model_is_a_clear_key_error():
@@ -67,22 +71,22 @@ def test_unknown_model_is_a_clear_key_error():
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_train_options_exist_in_schema_and_defaults_agree(name):
+def test_model_options_are_in_the_schema_and_defaults_agree(name):
     spec = models.get(name)
-    train_defaults = {key: f.default for key, f in SCHEMA["train"].items()}
-    options = models.options_from_train(name, train_defaults)
-    assert set(options) == set(spec.train_options)
+    options = models.options_from_train(name, params.defaults().train)
+    assert set(options) == set(spec.options)
     signature = inspect.signature(spec.factory)
-    for option, key in spec.train_options.items():
-        assert key in SCHEMA["train"], f"{name}: train.{key} is not in the schema"
-        assert signature.parameters[option].default == SCHEMA["train"][key].default
+    train_fields = params.TrainParams.fields()
+    for option, (key, fld) in spec.options.items():
+        assert train_fields[key] is fld, f"{name}: train.{key} is not in the schema"
+        assert signature.parameters[option].default == fld.default
     # building from the train defaults gives the documented model
     assert models.count_parameters(models.build(name, **options)) == spec.documented_params
 
 
 def test_options_from_train_picks_the_model_options():
-    train = {key: f.default for key, f in SCHEMA["train"].items()}
-    train.update(unet_base=64, msdnet_depth=7, msdnet_width=3, dncnn_depth=20, rednet_depth=10)
+    train = params.defaults().train.replace(unet_base=64, msdnet_depth=7, msdnet_width=3, dncnn_depth=20,
+                                            rednet_depth=10)
     assert models.options_from_train("unet", train) == {"base": 64}
     assert models.options_from_train("msdnet", train) == {"depth": 7, "width": 3}
     assert models.options_from_train("dncnn", train) == {"depth": 20}

@@ -1,5 +1,6 @@
 """The parameters schema: defaults, validation, did-you-mean hints, overrides, shipped files."""
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -21,18 +22,43 @@ def write(tmp_path, text):
 
 
 def test_defaults_validate_and_cover_every_section():
-    merged = params.validate({})
-    assert {"download", "preprocess", "train", "test"} <= set(merged) == set(params.SCHEMA)
-    for section, fields in params.SCHEMA.items():
+    merged = params.validate({}).as_dict()
+    assert {"download", "preprocess", "train", "test", "denoise", "study"} == set(merged) == set(params.schema())
+    for section, fields in params.schema().items():
         for key, fld in fields.items():
             once = params.validate_value("x", key, fld, fld.default)
             assert params.validate_value("x", key, fld, once) == once == merged[section][key]
 
 
+def test_sections_are_frozen_typed_objects_that_name_their_file(tmp_path):
+    path = write(tmp_path, "train:\n  epochs: 3\n  unet_base: 16\n")
+    p = params.load(path)
+    assert isinstance(p.train, params.TrainParams) and p.train.epochs == 3 and p.train.where == str(path)
+    assert p.train.model_options["unet_base"] == 16 and p.train.as_dict()["unet_base"] == 16
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.train.epochs = 4  # type: ignore[misc]
+    changed = p.train.replace(epochs=7, unet_base=8)
+    assert (changed.epochs, changed.model_options["unet_base"], p.train.epochs) == (7, 8, 3)
+    with pytest.raises(InputError, match=f"^{path}: train.epochs: expected an integer"):
+        p.train.replace(epochs="many")
+    assert p.train.model_names() == ["sciml_ae"] and len(p.train.replace(model="all").model_names()) == 8
+
+
+@pytest.mark.parametrize("text,expect", [
+    ("download:\n  dose_min: 50\n  dose_max: 10\n", "download.dose_min: expected <= download.dose_max (10.0), got 50.0"),
+    ("denoise:\n  tile_size: 64\n  tile_overlap: 40\n", "denoise.tile_overlap: expected at most tile_size / 2 (32), got 40"),
+])
+def test_cross_field_checks_are_in_the_schema(tmp_path, text, expect):
+    path = write(tmp_path, text)
+    with pytest.raises(InputError) as err:
+        params.load(path)
+    assert err.value.message == f"{path}: {expect}"
+
+
 @pytest.mark.parametrize("name", ["default", "quickstart"])
 def test_shipped_parameter_files_are_valid(name):
     merged = params.load(ROOT / "workspace" / "parameters" / f"{name}.parameters.yaml")
-    assert merged["train"]["model"] == ["sciml_ae"]
+    assert merged.train.model == ["sciml_ae"]
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "workspace" / "parameters").glob("*.parameters.yaml")),
@@ -44,12 +70,12 @@ def test_every_shipped_parameter_file_validates_and_is_documented(path):
 
 def test_default_file_is_the_documented_benchmark():
     merged = params.load(ROOT / "workspace/parameters/default.parameters.yaml")
-    assert merged["download"]["source"] == "stfc"
-    assert (merged["train"]["batch_size"], merged["train"]["epochs"], merged["train"]["lr"]) == (128, 2, 0.01)
+    assert merged.download.source == "stfc"
+    assert (merged.train.batch_size, merged.train.epochs, merged.train.lr) == (128, 2, 0.01)
 
 
 def test_quickstart_is_synthetic():
-    assert params.load(ROOT / "workspace/parameters/quickstart.parameters.yaml")["download"]["source"] == "synthetic"
+    assert params.load(ROOT / "workspace/parameters/quickstart.parameters.yaml").download.source == "synthetic"
 
 
 def test_unknown_key_gets_did_you_mean(tmp_path):
@@ -106,7 +132,7 @@ def test_missing_and_folder_parameter_files(tmp_path):
 def test_overrides_are_typed_and_validated(tmp_path):
     path = write(tmp_path, "train:\n  epochs: 3\n")
     merged = params.load(path, ["train.epochs=5", "train.model=[unet, dncnn]", "test.models=all"])
-    assert merged["train"]["epochs"] == 5 and merged["train"]["model"] == ["unet", "dncnn"]
+    assert merged.train.epochs == 5 and merged.train.model == ["unet", "dncnn"] and merged.test.models == "all"
     with pytest.raises(InputError, match="section.key=value"):
         params.load(path, ["epochs=5"])
     with pytest.raises(InputError, match="train.epochs"):
@@ -129,7 +155,7 @@ def test_override_mistakes_name_set_not_the_file(tmp_path, override, expect):
 
 def test_an_override_may_replace_a_bad_value_of_the_file(tmp_path):
     path = write(tmp_path, "train:\n  epochs: 0\n")
-    assert params.load(path, ["train.epochs=4"])["train"]["epochs"] == 4
+    assert params.load(path, ["train.epochs=4"]).train.epochs == 4
     with pytest.raises(InputError, match=f"^{path}: train.epochs"):     # the file's own mistake names the file
         params.load(path, ["train.lr=0.1"])
 
@@ -141,8 +167,8 @@ yaml_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats
 
 
 @settings(max_examples=300, deadline=None)
-@given(section=st.sampled_from(list(params.SCHEMA) + ["bogus"]),
-       key=st.sampled_from(sorted({k for f in params.SCHEMA.values() for k in f}) + ["bogus"]),
+@given(section=st.sampled_from(list(params.schema()) + ["bogus"]),
+       key=st.sampled_from(sorted({k for f in params.schema().values() for k in f}) + ["bogus"]),
        value=yaml_values)
 def test_parser_never_crashes(section, key, value):
     try:
@@ -150,7 +176,7 @@ def test_parser_never_crashes(section, key, value):
     except InputError as exc:
         assert "\n" not in exc.message
     else:
-        assert merged[section][key] is not None
+        assert merged.as_dict()[section][key] is not None
 
 
 # Numbers with no maximum on purpose: how much of the data to use or accept, where a huge value means "all of
@@ -161,10 +187,10 @@ UNBOUNDED = {"download.max_archive_bytes", "train.max_train_images", "test.max_t
 
 
 def test_every_number_has_a_maximum_unless_a_huge_value_means_all():
-    unbounded = {f"{section}.{key}" for section, fields in params.SCHEMA.items() for key, fld in fields.items()
+    unbounded = {f"{section}.{key}" for section, fields in params.schema().items() for key, fld in fields.items()
                  if fld.kind in ("int", "float", "ints") and fld.max is None}
     assert unbounded == UNBOUNDED
-    for section, fields in params.SCHEMA.items():
+    for section, fields in params.schema().items():
         for key, fld in fields.items():
             if fld.max is not None and fld.kind in ("int", "float"):
                 too_big = fld.max + 1 if fld.kind == "int" else fld.max * 2
@@ -176,7 +202,7 @@ def test_every_number_has_a_maximum_unless_a_huge_value_means_all():
 def test_reference_table_lists_every_key():
     text = subprocess.run([sys.executable, "-m", "emdenoise", "params"], capture_output=True, text=True,
                           check=True).stdout
-    for section, fields in params.SCHEMA.items():
+    for section, fields in params.schema().items():
         assert f"`{section}:`" in text
         for key in fields:
             assert f"| `{key}` |" in text
@@ -187,5 +213,5 @@ def test_reference_table_lists_every_key():
 
 
 def test_yaml_round_trip_of_defaults(tmp_path):
-    path = write(tmp_path, yaml.safe_dump(params.defaults()))
-    assert params.load(path) == params.validate(params.defaults())
+    path = write(tmp_path, yaml.safe_dump(params.defaults().as_dict()))
+    assert params.load(path) == params.defaults()

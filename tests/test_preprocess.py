@@ -14,7 +14,7 @@ import pytest
 import tifffile
 
 from emdenoise import cli
-from emdenoise.data import load_card, load_split
+from emdenoise.data.splits import load_card, load_split
 from emdenoise.layout import DATASET_CARD_KEYS, MANIFEST, RAW_FILES
 from emdenoise.tasks.preprocess import split_rows
 
@@ -124,7 +124,7 @@ def test_layout_split_and_card(env, capsys):
     assert card["has_dose"] is True and card["source"] == "unit-test"
     assert card["preprocess"] == {"val_fraction": 0.1, "seed": 0, "raw_data_dir": str(env["raw"].resolve())}
 
-    # emdenoise.data reads it all back
+    # emdenoise.data.splits reads it all back
     val = load_split(data, "val")
     np.testing.assert_array_equal(val.clean, raw["train_clean"][rows["val"]])
     np.testing.assert_array_equal(val.dose, raw["train_dose"][rows["val"]])
@@ -351,7 +351,7 @@ def test_bad_inference_pairs(env, capsys, case):
 
 
 def test_synthetic_dataset(env):
-    synthetic = pytest.importorskip("emdenoise.synthetic")
+    synthetic = pytest.importorskip("emdenoise.data.synthetic")
     synthetic.write_dataset(env["raw"], seed=0, train_images=8, test_images=4, image_size=64)
     assert run_preprocess(env) == 0
     card = load_card(env["data"])

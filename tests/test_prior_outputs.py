@@ -29,9 +29,10 @@ import tifffile
 import torch
 from test_failures import ENV, ROOT, _denoised, argv, one_error, params_file, run_here, save_model
 
-from emdenoise import imageio, lock
+from emdenoise import lock
+from emdenoise.io import micrographs
 from emdenoise.errors import EXIT_BAD_INPUT, EXIT_RUNTIME
-from emdenoise.fsutil import STAGING_DIR
+from emdenoise.outputs import STAGING_DIR
 from emdenoise.layout import CHECKPOINT_FILE, LAST_MODEL_FILE, MODEL_FILE
 from emdenoise.tasks.denoise import sha256_of
 
@@ -224,7 +225,7 @@ def _assert_consistent(out: Path, model: Path) -> None:
             continue
         sidecar = json.loads(path.with_name(path.name + ".json").read_text())
         assert sidecar["model"]["sha256"] == sha, path
-        inside = imageio.read_provenance(path)
+        inside = micrographs.read_provenance(path)
         if inside is not None:
             assert inside["model"]["sha256"] == sha and inside["created"] == sidecar["created"], path
 
@@ -282,7 +283,7 @@ def test_kill_9_between_moving_an_image_and_its_sidecar_never_pairs_it_with_the_
     assert now["f0.tif"] != before["f0.tif"]              # the new image is in place ...
     assert "f0.tif.json" not in now                       # ... without a sidecar, not beside the old one
     new_sha = sha256_of(denoised["model_dir"] / "sciml_ae" / MODEL_FILE)
-    assert imageio.read_provenance(out / "f0.tif")["model"]["sha256"] == new_sha
+    assert micrographs.read_provenance(out / "f0.tif")["model"]["sha256"] == new_sha
     assert {rel: now[rel] for rel in before if rel.startswith(("f1", "f2"))} == \
         {rel: before[rel] for rel in before if rel.startswith(("f1", "f2"))}
 

@@ -19,7 +19,8 @@ import torch
 import yaml
 from matplotlib import image as mpimg
 
-from emdenoise import cli, params, synthetic
+from emdenoise import cli, models, params
+from emdenoise.data import synthetic
 from emdenoise.errors import EXIT_BAD_INPUT, InputError, RuntimeFailure
 from emdenoise.tasks import study as study_task
 
@@ -44,7 +45,7 @@ def test_ints_kind_accepts_lists_of_distinct_integers():
     out = params.validate({"study": {"train_sizes": [500, 125, 2.0]}})
     assert out["study"]["train_sizes"] == [500, 125, 2]
     assert all(type(v) is int for v in out["study"]["train_sizes"])
-    assert params.defaults()["study"]["train_sizes"] == list(params.SCHEMA["study"]["train_sizes"].default)
+    assert params.defaults()["study"]["train_sizes"] == list(params.schema()["study"]["train_sizes"].default)
     assert "list of distinct integers >= 1" in params.reference_markdown()
 
 
@@ -94,10 +95,10 @@ def test_cell_epochs_and_plan():
     assert study_task.cell_epochs(125, 16, 20, 0) == 20
     assert study_task.cell_epochs(125, 16, 20, 400) == 50               # 8 steps per epoch -> 50 epochs
     assert study_task.cell_epochs(8000, 16, 20, 400) == 20              # already 10000 steps
-    study = {**params.defaults()["study"], "models": ["unet", "dncnn"], "train_sizes": [500, 125]}
+    study = params.defaults().study.replace(models=["unet", "dncnn"], train_sizes=[500, 125])
     cells = study_task.plan_cells(study)
     assert [c.name for c in cells] == ["unet-125", "dncnn-125", "unet-500", "dncnn-500"]
-    assert len(study_task.plan_cells({**study, "models": "all"})) == 2 * len(params.MODEL_NAMES)
+    assert len(study_task.plan_cells(study.replace(models="all"))) == 2 * len(models.names())
 
 
 def test_durations_read_well():
@@ -290,14 +291,14 @@ def test_a_failed_cell_is_reported_and_retried(tmp_path, data_dir, capsys, monke
     """A cell that fails at run time (here: the out-of-memory failure of the test task's run_model, raised for
     one cell) does not stop the others; the run ends with exit 1 naming it, the report lists it, and a rerun
     retries it and keeps the rest."""
-    real_run_model = study_task.test_task.run_model
+    real_run_model = study_task.evaluation.run_model
 
     def run_model(name, *args, **kwargs):
         if name == "dncnn-6":
             raise RuntimeFailure("dncnn-6: out of GPU memory at test.batch_size=4; lower test.batch_size")
         return real_run_model(name, *args, **kwargs)
 
-    monkeypatch.setattr(study_task.test_task, "run_model", run_model)
+    monkeypatch.setattr(study_task.evaluation, "run_model", run_model)
     study = {**STUDY, "train_sizes": [6]}
     code, log = run_study(tmp_path, data_dir, tmp_path / "out", study)
     err = capsys.readouterr().err.strip().splitlines()
@@ -310,7 +311,7 @@ def test_a_failed_cell_is_reported_and_retried(tmp_path, data_dir, capsys, monke
     result = json.loads((tmp_path / "out" / "cells" / "dncnn-6" / "result.json").read_text())
     assert result["status"] == "failed" and "out of GPU memory" in result["error"]
 
-    monkeypatch.setattr(study_task.test_task, "run_model", real_run_model)
+    monkeypatch.setattr(study_task.evaluation, "run_model", real_run_model)
     code, log = run_study(tmp_path, data_dir, tmp_path / "out", study)
     assert code == 0
     assert "cell 1/2 sciml_ae-6: kept from a previous run" in log

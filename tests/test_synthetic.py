@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from emdenoise import synthetic
-from emdenoise.synthetic import (FRINGE_PX, add_noise, beam_profile, clean_scene, draw_beam, draw_dose,
+from emdenoise.data import synthetic
+from emdenoise.data.synthetic import (FRINGE_PX, add_noise, beam_profile, clean_scene, draw_beam, draw_dose,
                                  image_seed, make_pair, write_dataset)
 
 

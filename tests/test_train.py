@@ -19,10 +19,13 @@ import yaml
 
 from processed_data import write_data_dir
 
-from emdenoise import cli, h5safe, models, modelio, runtime
+from emdenoise import cli, models
+from emdenoise.io import h5safe, modelfile
+from emdenoise.engine import runtime
 from emdenoise.errors import InputError
 from emdenoise.layout import CARD
-from emdenoise.tasks import train as train_task
+from emdenoise.engine import training
+from emdenoise.engine.inference import Denoiser
 
 H, W = 32, 40
 NORM = {"noisy": {"mean": 0.4, "std": 0.3}, "clean": {"mean": 0.5, "std": 0.25}}
@@ -98,7 +101,7 @@ def saved_model(tmp_path) -> tuple[torch.nn.Module, Path]:
     with torch.no_grad():  # non-trivial batch-norm statistics, so they must round-trip too
         model.train()(torch.randn(4, 1, H, W))
     path = tmp_path / "em_denoise_model.h5"
-    modelio.save_model(path, model, _meta())
+    modelfile.save_model(path, model, _meta())
     return model.eval(), path
 
 
@@ -106,20 +109,20 @@ def test_model_file_round_trip(saved_model):
     model, path = saved_model
     assert _sealed_hdf5(path)
     with h5py.File(path, "r") as fh:  # plain h5py can read it: weights as datasets, metadata as attributes
-        assert fh.attrs["format"] == modelio.MODEL_FORMAT
+        assert fh.attrs["format"] == modelfile.MODEL_FORMAT
         assert fh.attrs["model"] == "sciml_ae"
         assert json.loads(fh.attrs["normalisation"]) == NORM
         assert set(fh["state"]) == set(model.state_dict())
         counters = [k for k in fh["state"] if k.endswith("num_batches_tracked")]
         assert counters and all(fh["state"][k].dtype == np.int64 for k in counters)
-    loaded, meta = modelio.load_model(path)
+    loaded, meta = modelfile.load_model(path)
     assert meta["metrics"] == {"val_psnr": 21.5} and meta["data_range"] == 0.8
     assert meta["parameters"] == models.count_parameters(model)
     for key, value in model.state_dict().items():
         assert torch.equal(value, loaded.state_dict()[key]), key
     x = torch.rand(3, 1, 30, 44)
-    a = modelio.Denoiser(model, _meta()).denoise(x)
-    b = modelio.Denoiser.from_file(path).denoise(x)
+    a = Denoiser(model, _meta()).denoise(x)
+    b = Denoiser.from_file(path).denoise(x)
     assert a.shape == x.shape and torch.equal(a, b)
     with torch.no_grad():  # the denoiser normalises the input and de-normalises the output
         expected = model((x - 0.4) / 0.3) * 0.25 + 0.5
@@ -147,7 +150,7 @@ def test_pickle_payload_in_a_dataset_is_refused(saved_model, tmp_path, as_opaque
             np.array([payload], dtype=f"S{len(payload)}")
     h5safe.seal(path)  # sealed again, so the loader's own checks are what refuses it
     with pytest.raises(InputError, match="head.weight"):
-        modelio.load_model(path)
+        modelfile.load_model(path)
     assert not marker.exists()
 
 
@@ -156,7 +159,7 @@ def test_pickle_file_is_refused(tmp_path):
     path = tmp_path / "em_denoise_model.h5"  # what the original benchmark wrote: a pickle named .h5
     path.write_bytes(pickle.dumps(_Boom(marker)))
     with pytest.raises(InputError, match="not HDF5"):
-        modelio.load_model(path)
+        modelfile.load_model(path)
     assert not marker.exists()
 
 
@@ -184,7 +187,7 @@ def test_malformed_model_file_is_one_line_input_error(saved_model, edit, field):
     _, path = saved_model
     _edit(path, edit)
     with pytest.raises(InputError) as info:
-        modelio.load_model(path)
+        modelfile.load_model(path)
     assert str(path) in info.value.message and field in info.value.message
     assert "\n" not in info.value.message
 
@@ -196,41 +199,41 @@ def test_other_architecture_is_refused(saved_model):
         pytest.skip("no second model registered yet")
     _edit(path, lambda fh: fh.attrs.__setitem__("model", others[0]))
     with pytest.raises(InputError, match="state/"):
-        modelio.load_model(path)
+        modelfile.load_model(path)
 
 
 def test_missing_and_truncated_files(saved_model, tmp_path):
     _, path = saved_model
     with pytest.raises(InputError, match="not found"):
-        modelio.load_model(tmp_path / "nothing.h5")
+        modelfile.load_model(tmp_path / "nothing.h5")
     truncated = tmp_path / "truncated.h5"
     truncated.write_bytes(path.read_bytes()[:2000])
     with pytest.raises(InputError, match=str(truncated)):
-        modelio.load_model(truncated)
+        modelfile.load_model(truncated)
 
 
 def test_checkpoint_round_trip(tmp_path):
     torch.manual_seed(0)
     model = models.build("sciml_ae")
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, train_task.lr_factor("cosine", 10))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, training.lr_factor("cosine", 10))
     for _ in range(2):
         model(torch.randn(2, 1, 16, 16)).pow(2).mean().backward()
         opt.step()
         sched.step()
     rng = runtime.rng_state()
     path = tmp_path / "ckpt.h5"
-    modelio.save_checkpoint(path, model, opt, sched, {"model": "sciml_ae", "options": {}, "fingerprint": "f" * 64,
+    modelfile.save_checkpoint(path, model, opt, sched, {"model": "sciml_ae", "options": {}, "fingerprint": "f" * 64,
                                                       "epoch": 2, "rng": rng, "history": [{"loss": 0.5}]})
     assert _sealed_hdf5(path)
-    assert modelio.checkpoint_info(path)["epoch"] == 2
+    assert modelfile.checkpoint_info(path)["epoch"] == 2
     expected_next = torch.rand(5)
 
     torch.manual_seed(123)  # scramble, then restore
     model2 = models.build("sciml_ae")
     opt2 = torch.optim.Adam(model2.parameters(), lr=1e-3)
-    sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, train_task.lr_factor("cosine", 10))
-    state = modelio.load_checkpoint(path, model2, opt2, sched2)
+    sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, training.lr_factor("cosine", 10))
+    state = modelfile.load_checkpoint(path, model2, opt2, sched2)
     assert state["history"] == [{"loss": 0.5}] and state["epoch"] == 2
     for key, value in model.state_dict().items():
         assert torch.equal(value, model2.state_dict()[key])
@@ -251,18 +254,18 @@ def test_runtime_choices():
     assert runtime.resolve_device("cpu") == cpu
     assert runtime.resolve_precision("fp32", cpu) == "fp32"
     assert runtime.resolve_precision("auto", cpu) == ("bf16" if runtime.cpu_has_native_bf16() else "fp32")
-    with pytest.raises(InputError, match="test.precision"):
-        runtime.resolve_precision("fp16", cpu, "test.precision")
+    with pytest.raises(InputError, match="^my.yaml: test.precision: expected fp32, bf16 or auto on the CPU"):
+        runtime.resolve_precision("fp16", cpu, "test.precision", "my.yaml")
     if not torch.cuda.is_available():
         assert runtime.resolve_device("auto") == cpu
-        with pytest.raises(InputError, match="train.device"):
-            runtime.resolve_device("cuda:0", "train.device")
+        with pytest.raises(InputError, match="^my.yaml: train.device: expected auto or cpu"):
+            runtime.resolve_device("cuda:0", "train.device", "my.yaml")
 
 
 def test_lr_schedules():
-    cosine = train_task.lr_factor("cosine", 100)
+    cosine = training.lr_factor("cosine", 100)
     assert cosine(0) == 1.0 and cosine(50) == pytest.approx(0.5) and cosine(100) == pytest.approx(0.0)
-    step = train_task.lr_factor("step", 100)
+    step = training.lr_factor("step", 100)
     assert [step(s) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
 
 
@@ -270,15 +273,15 @@ def test_lr_schedules():
 
 def test_data_keep_their_axes(data_dir):
     params = {"max_train_images": 5, "patch_size": 0}
-    data = train_task.load_data(data_dir, params, NORM, "params")
+    data = training.load_data(data_dir, params, NORM, "params")
     with h5py.File(data_dir / "train.h5", "r") as fh:
         raw = fh["noisy"][:5]
     assert data.noisy.shape == (5, 1, H, W)
     torch.testing.assert_close(data.noisy[:, 0], torch.from_numpy((raw - 0.4) / 0.3))
     data.patch = 16
-    plan = train_task.epoch_plan(data, 2, seed=0, epoch=1)
+    plan = training.epoch_plan(data, 2, seed=0, epoch=1)
     assert sorted(torch.cat([idx for idx, _ in plan]).tolist()) == list(range(5))
-    noisy, clean = train_task.gather(data, *plan[0])
+    noisy, clean = training.gather(data, *plan[0])
     (_, j), (y, x) = plan[0][0][:2].tolist(), plan[0][1][1].tolist()
     assert noisy.shape == (2, 1, 16, 16)
     torch.testing.assert_close(noisy[1], data.noisy[j, :, y:y + 16, x:x + 16])
@@ -298,7 +301,7 @@ def test_train_writes_model_and_metrics(tmp_path, data_dir):
     best = model_dir / "sciml_ae" / "em_denoise_model.h5"
     last = model_dir / "sciml_ae" / "em_denoise_model_last.h5"
     assert _sealed_hdf5(best) and _sealed_hdf5(last)
-    denoiser = modelio.Denoiser.from_file(best)
+    denoiser = Denoiser.from_file(best)
     assert denoiser.name == "sciml_ae"
     assert denoiser.meta["normalisation"] == NORM
     assert denoiser.meta["metrics"]["epoch"] == metrics["best_epoch"]
@@ -306,7 +309,7 @@ def test_train_writes_model_and_metrics(tmp_path, data_dir):
     assert denoiser.meta["train_config"]["epochs"] == 2 and denoiser.meta["emdenoise_version"]
     with h5py.File(data_dir / "val.h5", "r") as fh:
         noisy, clean = fh["noisy"][:], fh["clean"][:]
-    from emdenoise.metrics import psnr_per_image
+    from emdenoise.engine.metrics import psnr_per_image
     pred = denoiser.denoise(torch.from_numpy(noisy)[:, None])
     psnr = psnr_per_image(pred, clean, denoiser.meta["data_range"]).mean().item()
     assert psnr == pytest.approx(metrics["best_val_psnr"], abs=1e-3)  # same number as validation reported
@@ -317,12 +320,12 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path, data_dir, monkeyp
     code, full_dir, full_out = train_cli(tmp_path / "full", data_dir, **settings)
     assert code == 0
 
-    monkeypatch.setattr(train_task, "_STOP_AFTER_EPOCH", 1)
+    monkeypatch.setattr(training, "_STOP_AFTER_EPOCH", 1)
     code, part_dir, part_out = train_cli(tmp_path / "part", data_dir, **settings)
     assert code == 130  # interrupted after epoch 1's checkpoint
-    assert modelio.checkpoint_info(part_dir / "sciml_ae" / "checkpoint_last.h5")["epoch"] == 1
+    assert modelfile.checkpoint_info(part_dir / "sciml_ae" / "checkpoint_last.h5")["epoch"] == 1
     assert not (part_dir / "sciml_ae" / "em_denoise_model_last.h5").exists()
-    monkeypatch.setattr(train_task, "_STOP_AFTER_EPOCH", None)
+    monkeypatch.setattr(training, "_STOP_AFTER_EPOCH", None)
     code, _, _ = train_cli(tmp_path / "part", data_dir, **settings)
     assert code == 0
 
@@ -358,7 +361,7 @@ def test_checkpoint_of_another_configuration_is_refused(tmp_path, data_dir, caps
     assert all(np.array_equal(before[k], after[k]) for k in before)  # nothing mixed or overwritten
     code, _, _ = train_cli(tmp_path, data_dir, epochs=1, lr=1e-2, resume="never")
     assert code == 0
-    info = modelio.checkpoint_info(model_dir / "sciml_ae" / "checkpoint_last.h5")
+    info = modelfile.checkpoint_info(model_dir / "sciml_ae" / "checkpoint_last.h5")
     assert info["config"]["lr"] == 1e-2
 
 
@@ -391,8 +394,8 @@ def test_worker_processes_change_nothing(tmp_path, data_dir):
 
 def test_data_fingerprint_follows_the_data_not_the_card_date(data_dir):
     card = json.loads((data_dir / CARD).read_text())
-    base = train_task.data_fingerprint(card)
-    assert train_task.data_fingerprint({**card, "created": "2030-01-01T00:00:00+00:00"}) == base
+    base = training.data_fingerprint(card)
+    assert training.data_fingerprint({**card, "created": "2030-01-01T00:00:00+00:00"}) == base
     other = json.loads(json.dumps(card))
     other["normalisation"]["noisy"]["mean"] += 1e-6
-    assert train_task.data_fingerprint(other) != base
+    assert training.data_fingerprint(other) != base

@@ -7,16 +7,24 @@
 
 Every model maps a (B, 1, H, W) float tensor to a (B, 1, H, W) tensor for any H and W, working on
 normalised images (the train task normalises inputs and targets, see the dataset card).
-``options_from_train(name, train_section)`` picks a model's options from the ``train:`` parameters.
+Each model declares its own ``train:`` options when it registers (``options={"base": ("unet_base",
+Field(...))}``: constructor option -> parameter key and its schema field); :func:`option_fields` hands them
+to the parameters schema and ``options_from_train(name, train)`` picks a model's options from a validated
+``train:`` section.
 """
 
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from torch import nn
+
+from emdenoise.params import Field
+
+if TYPE_CHECKING:
+    from emdenoise.params import TrainParams
 
 MODULES = ("cafcn", "dncnn", "ffdnet", "unet", "rednet", "mscnn", "msdnet", "sciml_ae")
 
@@ -26,17 +34,19 @@ class ModelSpec:
     name: str
     factory: Callable[..., nn.Module]
     documented_params: int  # parameter count with default options, as stated in the module docstring
-    # maps a constructor option to the train: parameter that sets it, e.g. {"base": "unet_base"}
-    train_options: dict[str, str] = field(default_factory=dict)
+    # a constructor option -> (the train: parameter that sets it, its schema field), e.g.
+    # {"base": ("unet_base", Field("int", 32, "unet: channels of the first level", min=1, max=256))}
+    options: dict[str, tuple[str, Field]] = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register(name: str, documented_params: int, train_options: dict[str, str] | None = None):
-    """Class decorator: ``@register("unet", documented_params=7_760_000, train_options={"base": "unet_base"})``."""
+def register(name: str, documented_params: int, options: dict[str, tuple[str, Field]] | None = None):
+    """Class decorator: ``@register("unet", documented_params=7_759_521, options={"base": ("unet_base",
+    Field(...))})``."""
     def deco(cls):
-        _REGISTRY[name] = ModelSpec(name, cls, documented_params, dict(train_options or {}))
+        _REGISTRY[name] = ModelSpec(name, cls, documented_params, dict(options or {}))
         return cls
     return deco
 
@@ -59,9 +69,14 @@ def get(name: str) -> ModelSpec:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(names())}") from None
 
 
-def options_from_train(name: str, train: dict[str, Any]) -> dict[str, Any]:
+def option_fields() -> dict[str, Field]:
+    """Every model's own ``train:`` parameters, ``{key: Field}``, in registry order."""
+    return {key: fld for name in names() for key, fld in get(name).options.values()}
+
+
+def options_from_train(name: str, train: TrainParams) -> dict[str, Any]:
     """The constructor options of model ``name`` taken from a validated ``train:`` section."""
-    return {opt: train[key] for opt, key in get(name).train_options.items()}
+    return {opt: train.model_options[key] for opt, (key, _) in get(name).options.items()}
 
 
 def build(name: str, **options) -> nn.Module:

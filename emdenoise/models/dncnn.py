@@ -20,10 +20,11 @@ import torch
 from torch import nn
 
 from emdenoise.models import register
+from emdenoise.params import Field
 from emdenoise.models._common import conv3x3, conv_relu
 
 
-@register("dncnn", documented_params=556_097, train_options={"depth": "dncnn_depth"})
+@register("dncnn", documented_params=556_097, options={"depth": ("dncnn_depth", Field("int", 17, "dncnn: number of conv layers (17 known noise, 20 blind)", min=3, max=100))})
 class DnCNN(nn.Module):
     """Zhang et al.'s DnCNN: 1 -> 1 channel, any H x W."""
 

@@ -42,6 +42,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from emdenoise.models import register
+from emdenoise.params import Field
 from emdenoise.models._common import border_pad
 
 DILATION_CYCLE = 10  # layer i is dilated by 1 + (i mod 10)
@@ -151,7 +152,8 @@ class _MixedScaleDense(torch.autograd.Function):
         return (grad_x, None, grad_out_weight, grad_out_bias, *layer_grads)
 
 
-@register("msdnet", documented_params=45_652, train_options={"depth": "msdnet_depth", "width": "msdnet_width"})
+@register("msdnet", documented_params=45_652, options={"depth": ("msdnet_depth", Field("int", 100, "msdnet: number of layers", min=1, max=1000)),
+                  "width": ("msdnet_width", Field("int", 1, "msdnet: feature maps per layer", min=1, max=64))})
 class MSDNet(nn.Module):
     """Pelt and Sethian's mixed-scale dense network: 1 -> 1 channel, any H x W."""
 

@@ -2,15 +2,15 @@
 
 Inputs: ``input_dir`` (files selected by ``denoise.pattern``), ``model_dir`` (``<name>/em_denoise_model.h5``
 as the train task writes them; ``denoise.model`` picks one, ``auto`` the only one there) and the parameters.
-Outputs: ``output_dir/<same relative path>`` in the input's format and size (see :mod:`emdenoise.imageio`:
+Outputs: ``output_dir/<same relative path>`` in the input's format and size (see :mod:`emdenoise.io.micrographs`:
 float32 for TIFF, NPY, HDF5 and MRC, the input's bit depth for PNG), each with a sidecar ``<output>.json``
 holding the provenance (model name and file SHA-256, emdenoise version, input file, settings, time) and the
 speed; the provenance also goes inside the file where the format has room for it.
 
 How: every input is opened first (headers only), so a bad file fails the run before any work; then each file
-streams frame by frame through :class:`emdenoise.tiling.Tiler` (overlapping ``tile_size`` tiles, cross-faded,
+streams frame by frame through :class:`emdenoise.engine.tiling.Tiler` (overlapping ``tile_size`` tiles, cross-faded,
 ``batch_size`` tiles per model call) straight into its output, written atomically. The model normalises its
-input as in training (:class:`emdenoise.modelio.Denoiser`). Speed is logged per file and overall in frames/s,
+input as in training (:class:`emdenoise.engine.inference.Denoiser`). Speed is logged per file and overall in frames/s,
 after one warm-up batch.
 
 All or nothing: new outputs and their sidecars go into the hidden staging folder ``output_dir/.staging/``
@@ -38,12 +38,14 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from emdenoise import __version__, imageio, runtime
+from emdenoise import __version__
+from emdenoise.io import micrographs
+from emdenoise.engine import runtime
 from emdenoise.errors import InputError
-from emdenoise.fsutil import STAGING_DIR, atomic_path, promote, staging, write_json_atomic
+from emdenoise.outputs import STAGING_DIR, atomic_path, promote, staging, write_json_atomic
 from emdenoise.layout import MODEL_FILE, trained_models
 from emdenoise.log import progress
-from emdenoise.tiling import Tiler
+from emdenoise.engine.tiling import Tiler
 
 SIDECAR_SUFFIX = ".json"
 
@@ -87,15 +89,15 @@ def find_inputs(input_dir: Path, pattern: str, output_dir: Path, log) -> list[Pa
         rel = path.relative_to(input_dir)
         if any(part.startswith(".") for part in rel.parts) or out_resolved in path.resolve().parents:
             continue
-        (files if imageio.format_of(path) else skipped).append(path)
+        (files if micrographs.format_of(path) else skipped).append(path)
     if skipped:
         names = ", ".join(str(p.relative_to(input_dir)) for p in skipped[:5])
         more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
         log.warning("skipping %d file(s) with unsupported extensions: %s%s (supported: %s)", len(skipped), names,
-                    more, " ".join(sorted(imageio.FORMATS)))
+                    more, " ".join(sorted(micrographs.FORMATS)))
     if not files:
         raise InputError.at(input_dir, "denoise.pattern", f"expected image files matching {pattern!r} (extensions "
-                            f"{' '.join(sorted(imageio.FORMATS))}), found none")
+                            f"{' '.join(sorted(micrographs.FORMATS))}), found none")
     return files
 
 
@@ -140,13 +142,13 @@ def _up_to_date(out: Path, fingerprint: dict[str, Any]) -> bool:
         return False
 
 
-def _describe(src: imageio.InputFile) -> str:
+def _describe(src: micrographs.InputFile) -> str:
     shapes = {image.frame_shape for image in src.images}
     size = ", ".join(f"{h}x{w}" for h, w in sorted(shapes))
     return f"{src.frames} frame{'s' if src.frames != 1 else ''} of {size}"
 
 
-def denoise_file(src: imageio.InputFile, out: Path, tiler: Tiler, provenance: dict[str, Any], bar=None) -> int:
+def denoise_file(src: micrographs.InputFile, out: Path, tiler: Tiler, provenance: dict[str, Any], bar=None) -> int:
     """Denoise every image of ``src`` into ``out`` (same format, written atomically), frame by frame.
     Returns the number of frames; ``bar`` (a tqdm bar) advances once per frame."""
     count = 0
@@ -159,14 +161,14 @@ def denoise_file(src: imageio.InputFile, out: Path, tiler: Tiler, provenance: di
                 bar.update(1)
             yield frame
 
-    with atomic_path(out) as tmp, imageio.open_output(tmp, src, provenance) as writer:
+    with atomic_path(out) as tmp, micrographs.open_output(tmp, src, provenance) as writer:
         for image in src.images:
             writer.write(image, counted(tiler.stream(src.iter_frames(image))))
     return count
 
 
 def run(ctx) -> None:
-    sec = ctx.section
+    sec = ctx.params.denoise
     log = ctx.log
     input_dir, model_dir, output_dir = ctx.paths["input_dir"], ctx.paths["model_dir"], ctx.paths["output_dir"]
     where = ctx.paths.get("parameters_file") or "parameters"
@@ -177,17 +179,17 @@ def run(ctx) -> None:
     # every input's header first: a bad file fails the run before any work
     frame_counts = {}
     for path in files:
-        with imageio.open_input(path) as src:
+        with micrographs.open_input(path) as src:
             frame_counts[path] = src.frames
             for problem in src.info.get("warnings", []):
                 log.warning("%s: header: %s", path, problem)
     total_frames = sum(frame_counts.values())
     log.info("denoise: %d file(s), %d frame(s) from %s", len(files), total_frames, input_dir)
 
-    device = runtime.resolve_device(sec["device"], "denoise.device")
-    precision = runtime.resolve_precision(sec["precision"], device, "denoise.precision")
+    device = runtime.resolve_device(sec["device"], "denoise.device", ctx.where)
+    precision = runtime.resolve_precision(sec["precision"], device, "denoise.precision", ctx.where)
     # imported here: modelio pulls in every model module
-    from emdenoise.modelio import Denoiser
+    from emdenoise.engine.inference import Denoiser
 
     denoiser = Denoiser.from_file(model_path, device, precision)
     model_sha = sha256_of(model_path)
@@ -221,7 +223,7 @@ def run(ctx) -> None:
                 bar.update(frame_counts[path])
                 reused += 1
                 continue
-            with imageio.open_input(path) as src:
+            with micrographs.open_input(path) as src:
                 if not warmed:  # one-off costs (allocations, kernel choice) stay out of the timing
                     plan = tiler.plan(*src.images[0].frame_shape)
                     denoiser.denoise(torch.zeros(1, 1, plan.tile_h, plan.tile_w))

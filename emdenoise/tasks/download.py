@@ -2,11 +2,11 @@
 
 ``download.source`` selects where the data come from:
 
-- ``synthetic``: the embedded generator (:mod:`emdenoise.synthetic`), no network;
+- ``synthetic``: the embedded generator (:mod:`emdenoise.data.synthetic`), no network;
 - ``stfc`` / ``osn``: the public S3-compatible stores (bucket ``sciml-datasets``, prefix ``ms/em_graphene_sim/``);
 - ``minibatch``: the small zip of the old MLCube example;
 - ``https://host/bucket/prefix`` (path-style S3), ``s3://bucket/prefix`` (with ``download.endpoint``), or any
-  ``https://.../*.zip`` (plain ``http://`` only to this machine, see :func:`emdenoise.fetch.https_required`);
+  ``https://.../*.zip`` (plain ``http://`` only to this machine, see :func:`emdenoise.data.fetch.https_required`);
 - a local folder or ``.zip`` holding the layout.
 
 Every object under an S3 prefix is mirrored (train/, test/, inference/ ...), at its path relative to the
@@ -36,20 +36,16 @@ from typing import Any, Iterable
 from urllib.parse import quote, unquote, urlsplit
 
 from emdenoise import __version__
-from emdenoise.archive import extract_zip
+from emdenoise.data.archive import extract_zip
+from emdenoise.data.sources import MINIBATCH_URL, S3_SOURCES
 from emdenoise.errors import BusyError, InputError, RuntimeFailure
-from emdenoise.fetch import (HTTPS_REQUIRED, HttpClient, NotFound, Unreachable, file_digests, https_required,
+from emdenoise.data.fetch import (HTTPS_REQUIRED, HttpClient, NotFound, Unreachable, file_digests, https_required,
                              is_md5_etag, part_path)
-from emdenoise.fsutil import write_json_atomic
+from emdenoise.outputs import write_json_atomic
 from emdenoise.layout import MANIFEST, RAW_FILES, RAW_SPLITS
 from emdenoise.lock import LOCK_NAME as FOLDER_LOCK_NAME
 from emdenoise.log import progress
 
-S3_SOURCES = {
-    "stfc": ("https://s3.echo.stfc.ac.uk", "sciml-datasets", "ms/em_graphene_sim/"),
-    "osn": ("https://sdsc.osn.xsede.org", "sciml-datasets", "ms/em_graphene_sim/"),
-}
-MINIBATCH_URL = "https://github.com/vibhatha/data_repo/raw/main/em_denoise/emdenoise_minibatch_v1.zip"
 MANIFEST_FORMAT = "emdenoise-raw-manifest/1"
 REQUIRED = tuple(f"{split}/{name}" for split in RAW_SPLITS for name in RAW_FILES.values())
 LAYOUT_TEXT = ("the em_graphene_sim layout: train/ and test/, each holding " +
@@ -344,7 +340,7 @@ class _Job:
     # the sources
     def from_synthetic(self) -> None:
         try:
-            from emdenoise import synthetic
+            from emdenoise.data import synthetic
         except ImportError as exc:
             raise RuntimeFailure(f"the synthetic generator cannot be loaded ({exc})") from None
         generator = {k: self.params[k] for k in GENERATOR_KEYS}
@@ -609,7 +605,7 @@ def _mib(nbytes: int) -> str:
 
 
 def run(ctx) -> None:
-    params = ctx.section
+    params = ctx.params.download
     raw_dir = Path(ctx.paths["raw_data_dir"])
     source = parse_source(params["source"], params["endpoint"], ctx.paths.get("parameters_file") or "parameters")
     try:

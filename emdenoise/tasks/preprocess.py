@@ -16,7 +16,7 @@ Each split file holds ``noisy`` and ``clean`` float32 (N, H, W) chunked one imag
 attribute. The raw files are read in blocks, so the 5 GB real set never has to fit in memory. Every output is
 written under a temporary name and renamed into place only after all of them are complete. The raw files are
 probed in a child process before they are opened, and the split files are sealed with their sha256
-(:mod:`emdenoise.h5safe`): a damaged HDF5 file is one line, never a crash.
+(:mod:`emdenoise.io.h5safe`): a damaged HDF5 file is one line, never a crash.
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ from typing import Iterator
 import h5py
 import numpy as np
 
-from emdenoise import __version__, h5safe
+from emdenoise import __version__
+from emdenoise.io import h5safe
 from emdenoise.errors import InputError, RuntimeFailure
-from emdenoise.fsutil import atomic_path, json_text
+from emdenoise.outputs import atomic_path, json_text
 from emdenoise.layout import (CARD, CARD_FORMAT, MANIFEST, RAW_DATASET, RAW_FILES, RAW_SPLITS, SPLIT_FILE,
                               SPLITS, check_frame_pixels)
 from emdenoise.log import progress
@@ -226,7 +227,7 @@ def split_rows(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.n
 
 @contextlib.contextmanager
 def _new_split_file(path: Path, split: str, n: int, shape: tuple[int, int], with_dose: bool) -> Iterator[h5py.File]:
-    """A new split file with room for ``n`` pairs, open for writing; sealed (:mod:`emdenoise.h5safe`) when the
+    """A new split file with room for ``n`` pairs, open for writing; sealed (:mod:`emdenoise.io.h5safe`) when the
     block ends without an exception."""
     with contextlib.ExitStack() as stack:
         try:
@@ -416,7 +417,7 @@ def _log_table(log, results: dict[str, SplitResult]) -> None:
 def run(ctx) -> None:
     raw_dir = Path(ctx.paths["raw_data_dir"])
     data_dir = Path(ctx.paths["data_dir"])
-    section = ctx.section
+    section = ctx.params.preprocess
     log = ctx.log
     if not raw_dir.is_dir():
         raise InputError.at(raw_dir, None, "raw data folder not found; run the download task first")

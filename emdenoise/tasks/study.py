@@ -41,6 +41,7 @@ be followed while it runs):
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
@@ -55,15 +56,18 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from emdenoise import __version__, distributed, models, modelio, report, runtime
-from emdenoise.cli import TaskContext
-from emdenoise.data import Split, load_card, load_split
+from emdenoise import __version__, models, report
+from emdenoise.engine import distributed, runtime
+from emdenoise.io import modelfile
+from emdenoise.tasks.context import TaskContext
+from emdenoise.data.splits import Split, load_card, load_split
 from emdenoise.errors import InputError, RuntimeFailure
-from emdenoise.fsutil import write_json_atomic, write_text_atomic
+from emdenoise.outputs import write_json_atomic, write_text_atomic
+from emdenoise.params import StudyParams, TrainParams
 from emdenoise.layout import CARD, MODEL_FILE
 from emdenoise.log import progress
-from emdenoise.tasks import test as test_task
 from emdenoise.tasks import train as train_task
+from emdenoise.engine import evaluation, training
 
 STUDY_FORMAT = "emdenoise-study/1"
 RESULT_FILE = "result.json"
@@ -103,18 +107,18 @@ def plan_cells(study: dict) -> list[Cell]:
             for size in sorted(study["train_sizes"]) for name in names]
 
 
-def cell_train_section(train: dict, study: dict, cell: Cell) -> dict:
+def cell_train_section(train: TrainParams, study: StudyParams, cell: Cell) -> TrainParams:
     """The ``train:`` section a cell is trained with: the study's settings over the train section."""
-    return {**train, "model": [cell.model], "epochs": cell.epochs, "batch_size": study["batch_size"],
-            "lr": study["lr"], "max_train_images": cell.size, "patch_size": study["patch_size"],
-            "seed": study["seed"], "device": study["device"]}
+    return train.replace(model=[cell.model], epochs=cell.epochs, batch_size=study.batch_size, lr=study.lr,
+                         max_train_images=cell.size, patch_size=study.patch_size, seed=study.seed,
+                         device=study.device)
 
 
 def cell_config(cell: Cell, train: dict, evaluation: dict, data: str) -> dict:
     """What a cell's result depends on: the training configuration (as the train task fingerprints it),
     the evaluation settings and the data. Device and precision are left out, as in the train task."""
     return {"model": cell.model, "train_size": cell.size, "options": models.options_from_train(cell.model, train),
-            **{key: train[key] for key in train_task.FINGERPRINT_KEYS}, "evaluation": evaluation, "data_card": data}
+            **{key: train[key] for key in training.FINGERPRINT_KEYS}, "evaluation": evaluation, "data_card": data}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -169,14 +173,14 @@ def _finite(value) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _per_image(row: test_task.Row) -> dict:
+def _per_image(row: evaluation.Row) -> dict:
     return {"psnr": [_finite(v) for v in row.psnr], "ssim": [_finite(v) for v in row.ssim]}
 
 
-def _row_summary(name: str, row: test_task.Row, dose: np.ndarray | None, n_bins: int) -> dict:
+def _row_summary(name: str, row: evaluation.Row, dose: np.ndarray | None, n_bins: int) -> dict:
     """The test task's summary of a row, plus its mean PSNR per dose bin (None without dose)."""
-    summary = test_task.summarise(row)
-    summary["psnr_by_dose"] = None if dose is None else test_task.dose_bins(dose, {name: row}, n_bins)["methods"][name]
+    summary = evaluation.summarise(row)
+    summary["psnr_by_dose"] = None if dose is None else evaluation.dose_bins(dose, {name: row}, n_bins)["methods"][name]
     return summary
 
 
@@ -200,20 +204,20 @@ class Setting:
 def run_cell(cell: Cell, setting: Setting, cell_dir: Path) -> dict:
     """Train and evaluate one cell (the train task resumes or skips what its checkpoint already holds)."""
     ctx = setting.ctx
-    study = ctx.section
-    train = cell_train_section(ctx.params["train"], study, cell)
+    study = ctx.params.study
+    train = cell_train_section(ctx.params.train, study, cell)
     config = cell_config(cell, train, setting.evaluation, setting.data_fingerprint)
     result = {"cell": cell.name, "model": cell.model, "train_size": cell.size, "epochs": cell.epochs,
-              "fingerprint": modelio.fingerprint(config), "config": config}
+              "fingerprint": modelfile.fingerprint(config), "config": config}
 
     t0 = time.perf_counter()
-    train_ctx = TaskContext("train", {**ctx.params, "train": train},
+    train_ctx = TaskContext("train", dataclasses.replace(ctx.params, train=train),
                             {"data_dir": ctx.paths["data_dir"], "parameters_file": ctx.paths.get("parameters_file"),
                              "model_dir": cell_dir, "output_dir": cell_dir, "log_dir": ctx.paths.get("log_dir")},
                             ctx.log, ctx.debug)
     train_task.run(train_ctx)
     train_wall = time.perf_counter() - t0
-    record = json.loads((cell_dir / train_task.METRICS_FILE).read_text(encoding="utf-8"))["models"][cell.model]
+    record = json.loads((cell_dir / training.METRICS_FILE).read_text(encoding="utf-8"))["models"][cell.model]
     epochs = record.get("epochs") or []
     result["train"] = {
         "parameters": record.get("parameters"), "n_train": record.get("n_train"), "n_val": record.get("n_val"),
@@ -223,9 +227,9 @@ def run_cell(cell: Cell, setting: Setting, cell_dir: Path) -> dict:
         "images_per_s": statistics.median(e["images_per_s"] for e in epochs) if epochs else None,
         "seconds": sum(e["seconds"] for e in epochs), "wall_seconds_this_run": train_wall, "epochs": epochs}
 
-    scorer = test_task.Scorer(setting.test, setting.data_range, [])
+    scorer = evaluation.Scorer(setting.test, setting.data_range, [])
     t1 = time.perf_counter()
-    test_task.run_model(cell.name, cell_dir / cell.model / MODEL_FILE, scorer, setting.device,
+    evaluation.run_model(cell.name, cell_dir / cell.model / MODEL_FILE, scorer, setting.device,
                         setting.precision, study["batch_size"], ctx.log)
     row = scorer.rows[cell.name]
     result["test"] = _row_summary(cell.name, row, setting.test.dose, study["dose_bins"])
@@ -239,18 +243,18 @@ def run_cell(cell: Cell, setting: Setting, cell_dir: Path) -> dict:
 def run_baselines(names: list[str], setting: Setting, out_dir: Path) -> dict:
     """Score the noisy input and each classical baseline (tuned on val) on the test images, once."""
     ctx = setting.ctx
-    tune_images = ctx.params["test"]["tune_images"]
+    tune_images = ctx.params.test.tune_images
     config = {"baselines": names, "tune_images": tune_images, "evaluation": setting.evaluation,
               "data_card": setting.data_fingerprint}
-    fingerprint = modelio.fingerprint(config)
+    fingerprint = modelfile.fingerprint(config)
     path = out_dir / BASELINES_DIR / RESULT_FILE
     kept = read_result(path, fingerprint, ctx.log)
     if kept is not None:
         ctx.log.info("baselines: kept from a previous run (%s)", path)
         return kept
 
-    test, n_bins, batch = setting.test, ctx.section["dose_bins"], ctx.section["batch_size"]
-    scorer = test_task.Scorer(test, setting.data_range, [])
+    test, n_bins, batch = setting.test, ctx.params.study.dose_bins, ctx.params.study.batch_size
+    scorer = evaluation.Scorer(test, setting.data_range, [])
     noisy = scorer.add_row("noisy", "input")
     for first in range(0, len(test), batch):
         scorer.score(noisy, first, test.noisy[first:first + batch])
@@ -261,7 +265,7 @@ def run_baselines(names: list[str], setting: Setting, out_dir: Path) -> dict:
                                 "pairs to tune the baselines on, found none; set preprocess.val_fraction > 0 and "
                                 "preprocess again, or set study.baselines: none")
         for name in names:
-            test_task.run_baseline(name, val, scorer, setting.data_range, batch, ctx.log)
+            evaluation.run_baseline(name, val, scorer, setting.data_range, batch, ctx.log)
     result = {"fingerprint": fingerprint, "config": config, "status": "done",
               "methods": {name: _row_summary(name, row, test.dose, n_bins) for name, row in scorer.rows.items()},
               "per_image": {name: _per_image(row) for name, row in scorer.rows.items()}}
@@ -308,7 +312,7 @@ def hardware(device: torch.device) -> dict:
 
 
 def run(ctx) -> None:
-    study, log = ctx.section, ctx.log
+    study, log = ctx.params.study, ctx.log
     where = ctx.paths.get("parameters_file") or "parameters"
     data_dir, out_dir = Path(ctx.paths["data_dir"]), Path(ctx.paths["output_dir"])
     started = time.perf_counter()
@@ -316,12 +320,12 @@ def run(ctx) -> None:
         raise InputError.at("WORLD_SIZE", None, "expected a single process: the study trains its cells one after "
                             "another in one process; run it without torchrun")
 
-    baseline_names = test_task.select_baselines(study["baselines"], where, log, field="study.baselines")
+    baseline_names = evaluation.select_baselines(study["baselines"], where, log, field="study.baselines")
     card = load_card(data_dir)  # checked: data_range > 0, normalisation std > 0
     data_range = float(card["data_range"])
     _check_inputs(study, card, data_dir, where)
-    device = runtime.resolve_device(study["device"], "study.device")
-    precision = runtime.resolve_precision(ctx.params["train"]["precision"], device, "train.precision")
+    device = runtime.resolve_device(study["device"], "study.device", ctx.where)
+    precision = runtime.resolve_precision(ctx.params.train["precision"], device, "train.precision", ctx.where)
     test = load_split(data_dir, "test", study["max_test_images"])
     if len(test) == 0:
         raise InputError.at(data_dir / "test.h5", "noisy", "expected at least one test pair, found none")
@@ -330,7 +334,7 @@ def run(ctx) -> None:
     setting = Setting(ctx, test, data_range, device, precision,
                       {"max_test_images": study["max_test_images"], "n_test": len(test),
                        "dose_bins": study["dose_bins"]},
-                      train_task.data_fingerprint(card))
+                      training.data_fingerprint(card))
     log.info("study: %d cells (%s x sizes %s), %d baseline(s); %d test images of %dx%d, R = %.6g; device %s, %s",
              len(cells), ", ".join(dict.fromkeys(c.model for c in cells)), sorted(study["train_sizes"]),
              len(baseline_names), len(test), *test.noisy.shape[1:], data_range, device, precision)
@@ -350,8 +354,8 @@ def run(ctx) -> None:
 
     for i, cell in enumerate(progress(cells, total=len(cells), desc="study", unit="cell"), 1):
         cell_dir = out_dir / CELLS_DIR / cell.name
-        train = cell_train_section(ctx.params["train"], study, cell)
-        fingerprint = modelio.fingerprint(cell_config(cell, train, setting.evaluation, setting.data_fingerprint))
+        train = cell_train_section(ctx.params.train, study, cell)
+        fingerprint = modelfile.fingerprint(cell_config(cell, train, setting.evaluation, setting.data_fingerprint))
         result = read_result(cell_dir / RESULT_FILE, fingerprint, log)
         if result is not None:
             log.info("cell %d/%d %s: kept from a previous run (PSNR %.2f dB)", i, len(cells), cell.name,
@@ -394,7 +398,7 @@ def run(ctx) -> None:
 def summarise_study(ctx, setting: Setting, cells: list[Cell], baselines: dict, results: list[dict],
                     failed: list[dict], card: dict, device: torch.device, wall_seconds: float) -> dict:
     """Everything ``study.json`` holds (per-image values stay in the cells' result files)."""
-    study = ctx.section
+    study = ctx.params.study
     methods = baselines["methods"]
     best = best_baseline(methods)
     sizes = sorted(study["train_sizes"])
@@ -428,16 +432,16 @@ def summarise_study(ctx, setting: Setting, cells: list[Cell], baselines: dict, r
             "psnr_at_smallest_winning_size": psnr.get(win) if win is not None else None}
     by_dose = None
     if setting.test.dose is not None:
-        by_dose = {k: v for k, v in test_task.dose_bins(setting.test.dose, {}, study["dose_bins"]).items()
+        by_dose = {k: v for k, v in evaluation.dose_bins(setting.test.dose, {}, study["dose_bins"]).items()
                    if k != "methods"}
     devices = sorted({r["test"]["device"] for r in results} | {r["train"]["device"] for r in results if
                                                                r["train"].get("device")})
     return {
         "format": STUDY_FORMAT, "emdenoise_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "config": {"study": study, "train": {k: v for k, v in ctx.params["train"].items()
+        "config": {"study": study.as_dict(), "train": {k: v for k, v in ctx.params.train.as_dict().items()
                                              if k not in ("model", "max_train_images")},
-                   "test": {"tune_images": ctx.params["test"]["tune_images"]}},
+                   "test": {"tune_images": ctx.params.test.tune_images}},
         "hardware": hardware(device), "devices_used": devices,
         "data": {"data_dir": str(ctx.paths["data_dir"]), "source": card.get("source"),
                  "image_shape": card.get("image_shape"), "n_train_available": card["splits"]["train"]["n"],

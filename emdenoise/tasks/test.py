@@ -3,7 +3,7 @@
 Rows of the table, all scored on the same test images against the CLEAN test images:
 
 - ``noisy``: the input itself (what doing nothing scores);
-- each classical baseline of ``test.baselines`` (:mod:`emdenoise.baselines`), its parameter and a global
+- each classical baseline of ``test.baselines`` (:mod:`emdenoise.engine.baselines`), its parameter and a global
   gain/offset tuned on ``test.tune_images`` validation pairs;
 - each trained model of ``test.models`` (``all``: every ``model_dir/<name>/em_denoise_model.h5``), run in
   batches of ``test.batch_size`` on ``test.device`` with ``test.precision``; a warm-up batch is run first
@@ -26,235 +26,19 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import math
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from emdenoise import baselines as baselines_mod
 from emdenoise import report
-from emdenoise.data import Split, load_card, load_split
-from emdenoise.errors import InputError, RuntimeFailure
-from emdenoise.fsutil import atomic_path, json_text
-from emdenoise.layout import MODEL_FILE, trained_models
-from emdenoise.log import progress
-from emdenoise.metrics import mse_per_image, psnr_per_image, ssim_per_image
-
-DOSE_BINS = 4
-
-
-# --------------------------------------------------------------------------------------------------------------
-# What to evaluate
-# --------------------------------------------------------------------------------------------------------------
-
-def _names(value, field: str, where) -> list[str] | str:
-    """A validated names value: 'all', [] for 'none', or the list itself."""
-    if value == "all":
-        return "all"
-    if "none" in value:
-        if len(value) > 1:
-            raise InputError.at(where, field, f"expected 'none' alone, got {value}")
-        return []
-    return list(value)
-
-
-def select_baselines(value, where, log, field: str = "test.baselines") -> list[str]:
-    """The baselines to run; BM3D ones asked for by name but not installed are an input error naming ``field``."""
-    names = _names(value, field, where)
-    if names == "all":
-        names = list(baselines_mod.available())
-        skipped = [n for n in baselines_mod.BASELINES if n not in names]
-        if skipped:
-            log.info("%s: all: skipping %s (needs the optional bm3d package: %s)", field, ", ".join(skipped),
-                     baselines_mod.BM3D_INSTALL)
-        return names
-    for name in names:
-        package = baselines_mod.missing_package(name)
-        if package:
-            raise InputError.at(where, field, f"{name!r} needs the optional {package} package, which "
-                                f"is not installed: {baselines_mod.BM3D_INSTALL}; or remove {name!r}")
-    return names
-
-
-def find_models(value, model_dir: Path, where) -> dict[str, Path]:
-    """Row name -> model file. ``all`` finds every ``model_dir/<name>/em_denoise_model.h5``."""
-    names = _names(value, "test.models", where)
-    if names == "all":
-        if not model_dir.is_dir():
-            raise InputError.at(model_dir, "test.models", "expected a folder of trained models, not found; run the "
-                                "train task first, or set test.models: none to evaluate the baselines only")
-        return trained_models(model_dir)
-    found = {}
-    for name in names:
-        path = model_dir / name / MODEL_FILE
-        if not path.is_file():
-            raise InputError.at(path, "test.models", f"expected a trained {name!r} model file; run the train "
-                                f"task with train.model including {name!r}, or remove it from test.models")
-        found[name] = path
-    return found
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Scoring
-# --------------------------------------------------------------------------------------------------------------
-
-@dataclass
-class Row:
-    """Per-image scores of one method, filled batch by batch, plus its timing and settings."""
-
-    kind: str                   # input, classical, deep
-    n: int
-    params: dict = field(default_factory=dict)
-    seconds: float = 0.0        # time spent denoising all n images (warm-up excluded)
-    timed: bool = True          # False for the input row, which costs nothing
-    psnr: np.ndarray = field(init=False)
-    ssim: np.ndarray = field(init=False)
-    mse: np.ndarray = field(init=False)
-    figure: dict = field(default_factory=dict)  # test image index -> output, for the comparison figure
-
-    def __post_init__(self):
-        self.psnr, self.ssim, self.mse = (np.full(self.n, np.nan) for _ in range(3))
-
-
-class Scorer:
-    """Scores outputs against the clean test images, keeping the outputs of the figure images."""
-
-    def __init__(self, split: Split, data_range: float, figure_indices: list[int]):
-        self.split = split
-        self.data_range = data_range
-        self.figure_indices = set(figure_indices)
-        self.rows: dict[str, Row] = {}
-
-    def add_row(self, name: str, kind: str, params: dict | None = None) -> Row:
-        row = Row(kind, len(self.split), dict(params or {}), timed=kind != "input")
-        self.rows[name] = row
-        return row
-
-    def score(self, row: Row, start: int, outputs) -> None:
-        """Score ``outputs`` ((B, H, W) array or tensor) as test images ``start .. start + B - 1``."""
-        outputs = torch.as_tensor(np.asarray(outputs, dtype=np.float32))
-        stop = start + len(outputs)
-        clean = torch.from_numpy(self.split.clean[start:stop])
-        row.psnr[start:stop] = psnr_per_image(outputs, clean, self.data_range).double().numpy()
-        row.ssim[start:stop] = ssim_per_image(outputs, clean, self.data_range).double().numpy()
-        row.mse[start:stop] = mse_per_image(outputs, clean).double().numpy()
-        for i in range(start, stop):
-            if i in self.figure_indices:
-                row.figure[i] = outputs[i - start].numpy().copy()
-
-
-def _finite(value) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _mean_std(values: np.ndarray) -> tuple[float | None, float | None]:
-    """Mean and population std over images; None where not finite (a perfect prediction's PSNR is +inf)."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        return _finite(np.mean(values)), _finite(np.std(values))
-
-
-def summarise(row: Row) -> dict:
-    n = row.n
-    seconds_per_image = row.seconds / n if row.timed else 0.0
-    images_per_s = n / row.seconds if row.timed and row.seconds > 0 else None
-    (psnr_mean, psnr_std), (ssim_mean, ssim_std), (mse_mean, mse_std) = map(_mean_std, (row.psnr, row.ssim,
-                                                                                         row.mse))
-    return {"kind": row.kind, "psnr_mean": psnr_mean, "psnr_std": psnr_std, "ssim_mean": ssim_mean,
-            "ssim_std": ssim_std, "mse_mean": mse_mean, "mse_std": mse_std,
-            "images_per_s": _finite(images_per_s) if images_per_s is not None else None,
-            "seconds_per_image": _finite(seconds_per_image),
-            "params": row.params}
-
-
-def dose_bins(dose: np.ndarray, rows: dict[str, Row], n_bins: int = DOSE_BINS) -> dict:
-    """Mean PSNR per dose bin: up to ``n_bins`` bins holding about the same number of images."""
-    order = np.argsort(dose, kind="stable")
-    groups = [g for g in np.array_split(order, min(n_bins, len(dose))) if len(g)]
-    return {"definition": "test images sorted by dose and cut into bins of about equal size",
-            "bins": [{"dose_min": float(dose[g].min()), "dose_max": float(dose[g].max()), "n": int(len(g))}
-                     for g in groups],
-            "methods": {name: [_mean_std(row.psnr[g])[0] for g in groups] for name, row in rows.items()}}
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Running the methods
-# --------------------------------------------------------------------------------------------------------------
-
-def run_baseline(name: str, val: Split, scorer: Scorer, data_range: float, batch_size: int, log) -> None:
-    """Tune one baseline on the validation pairs, then denoise and score every test image (timed per image)."""
-    baseline = baselines_mod.get(name)
-    steps = baselines_mod.tuning_steps(baseline, len(val))
-    with progress(total=steps, desc=f"tune {name}", unit="img") as bar:
-        start = time.perf_counter()
-        tuned = baselines_mod.tune(baseline, val.noisy, val.clean, data_range, on_step=lambda: bar.update(1))
-        tune_seconds = time.perf_counter() - start
-    params = tuned.params()
-    params["tune_seconds"] = round(tune_seconds, 3)
-    log.info("%s: %s = %s (val PSNR %.2f dB on %d images), gain %.4g, offset %.4g", name, baseline.param,
-             params[baseline.param], tuned.tune_psnr, tuned.n_tune, tuned.gain, tuned.offset)
-    row = scorer.add_row(name, "classical", params)
-    test = scorer.split
-    with progress(total=len(test), desc=name, unit="img") as bar:
-        for first in range(0, len(test), batch_size):
-            images = test.noisy[first:first + batch_size]
-            outputs = np.empty(images.shape, dtype=np.float32)
-            for i, image in enumerate(images):
-                t0 = time.perf_counter()
-                outputs[i] = tuned(image)
-                row.seconds += time.perf_counter() - t0
-            scorer.score(row, first, outputs)
-            bar.update(len(images))
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def load_model(path: Path, device: torch.device, precision):
-    """The :class:`emdenoise.modelio.Denoiser` of one model file (a damaged file is an InputError naming it)."""
-    from emdenoise.modelio import Denoiser
-
-    return Denoiser.from_file(path, device, precision)
-
-
-def run_model(name: str, path: Path, scorer: Scorer, device: torch.device, precision, batch_size: int,
-              log, denoiser=None) -> None:
-    """Score the model of file ``path`` (``denoiser``, or loaded here) on the test images in batches, a warm-up
-    batch excluded from timing."""
-    if denoiser is None:
-        denoiser = load_model(path, device, precision)
-    meta = denoiser.meta
-    trained_range = meta.get("data_range")
-    if trained_range and not math.isclose(trained_range, scorer.data_range, rel_tol=1e-5):
-        log.warning("%s: trained with data range %.6g, this test set has %.6g: another dataset?", path,
-                    trained_range, scorer.data_range)
-    params = {"model": denoiser.name, "options": meta.get("options", {}), "parameters": meta.get("parameters"),
-              "file": str(path), "batch_size": batch_size}
-    row = scorer.add_row(name, "deep", params)
-    test = scorer.split
-    try:
-        with torch.inference_mode():
-            warm = torch.from_numpy(test.noisy[:batch_size, None]).to(device)
-            denoiser.denoise(warm)
-            _sync(device)
-            with progress(total=len(test), desc=name, unit="img") as bar:
-                for first in range(0, len(test), batch_size):
-                    t0 = time.perf_counter()
-                    noisy = torch.from_numpy(test.noisy[first:first + batch_size, None]).to(device)
-                    output = denoiser.denoise(noisy).float().cpu()
-                    row.seconds += time.perf_counter() - t0
-                    scorer.score(row, first, output[:, 0].numpy())
-                    bar.update(len(noisy))
-    except torch.cuda.OutOfMemoryError:
-        raise RuntimeFailure(f"{path}: out of GPU memory at test.batch_size={batch_size}; lower test.batch_size"
-                             ) from None
-    log.info("%s: %.1f images/s on %s", name, len(test) / row.seconds if row.seconds else float("inf"), device)
-
+from emdenoise.data.splits import load_card, load_split
+from emdenoise.errors import InputError
+from emdenoise.outputs import atomic_path, json_text
+from emdenoise.layout import MODEL_FILE
+from emdenoise.engine.evaluation import (Scorer, dose_bins, find_models, load_model, run_baseline, run_model,
+                                         select_baselines, summarise)
+from emdenoise.tasks.context import TaskContext
 
 # --------------------------------------------------------------------------------------------------------------
 # Outputs
@@ -311,8 +95,8 @@ def write_outputs(out_dir: Path, outputs: dict) -> None:
 # The task
 # --------------------------------------------------------------------------------------------------------------
 
-def run(ctx) -> None:
-    sec = ctx.section
+def run(ctx: TaskContext) -> None:
+    sec = ctx.params.test
     log = ctx.log
     where = ctx.paths.get("parameters_file") or "parameters"
     data_dir, model_dir, out_dir = ctx.paths["data_dir"], ctx.paths["model_dir"], ctx.paths["output_dir"]
@@ -344,10 +128,10 @@ def run(ctx) -> None:
     device, precision = torch.device("cpu"), "fp32"
     denoisers = {}
     if model_files:
-        from emdenoise import runtime
+        from emdenoise.engine import runtime
 
-        device = runtime.resolve_device(sec["device"], "test.device")
-        precision = runtime.resolve_precision(sec["precision"], device, "test.precision")
+        device = runtime.resolve_device(sec["device"], "test.device", ctx.where)
+        precision = runtime.resolve_precision(sec["precision"], device, "test.precision", ctx.where)
         # every model file now: a damaged one fails the run before any work
         denoisers = {name: load_model(path, device, precision) for name, path in model_files.items()}
     log.info("%d test images of %dx%d, data range R = %.6g; %d baseline(s), %d model(s); device %s, precision %s",

@@ -45,7 +45,7 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 
-from emdenoise.metrics import psnr_per_image
+from emdenoise.engine.metrics import psnr_per_image
 
 BM3D_PACKAGE = "bm3d"
 BM3D_INSTALL = "pip install emdenoise[bm3d] (the bm3d package is licensed for non-commercial use only)"
@@ -196,6 +196,11 @@ BASELINES: dict[str, Baseline] = {b.name: b for b in (
 )}
 
 DEFAULT_BASELINES = ("gaussian", "median", "tv", "nlm")
+
+
+def names() -> tuple[str, ...]:
+    """Every registered baseline, installed or not."""
+    return tuple(BASELINES)
 
 
 def get(name: str) -> Baseline:

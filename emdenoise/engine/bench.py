@@ -71,9 +71,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emdenoise import __version__, models, runtime
+from emdenoise import __version__, models
+from emdenoise.engine import runtime
 from emdenoise.errors import EXIT_INTERRUPTED, EXIT_OK, EmdError, InputError
-from emdenoise.fsutil import write_json_atomic
+from emdenoise.outputs import write_json_atomic
 from emdenoise.log import setup as setup_logging
 
 FORMAT = "emdenoise-bench/1"
@@ -171,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", default="256,1024", help="inference frame sides (default 256,1024)")
     p.add_argument("--train-sizes", default=None, help="training frame sides (default: the smallest of --sizes)")
     p.add_argument("--precision", default="auto", choices=("auto",) + runtime.PRECISIONS,
-                   help="fast path precision (auto: bf16 where it helps, see emdenoise.runtime)")
+                   help="fast path precision (auto: bf16 where it helps, see emdenoise.engine.runtime)")
     p.add_argument("--compile", action="store_true", help="also try torch.compile (falls back to eager)")
     p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                    help="do not use CUDA graphs on a GPU")
@@ -188,10 +189,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise InputError.at("command line", "--models", f"expected all or names from {', '.join(known)}, got "
                             f"{args.models!r}")
     try:
-        device = runtime.resolve_device(args.device, "--device")
+        device = runtime.resolve_device(args.device, "--device", "emdenoise bench")
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
-        precision = runtime.resolve_precision(args.precision, device, "--precision")
+        precision = runtime.resolve_precision(args.precision, device, "--precision", "emdenoise bench")
     except InputError as exc:
         raise InputError(exc.message.replace("parameters: ", "command line: ", 1)) from None
     gpu = device.type == "cuda"

@@ -26,7 +26,7 @@ Each readable array is an :class:`ImageArray` whose frames (the last two axes) a
 long stack never sits in memory; a frame larger than :data:`emdenoise.layout.MAX_FRAME_PIXELS` is refused from
 the header, before any pixel is read. Writers consume an iterator of float32 frames and write them straight into
 the output (a temporary file the caller renames into place). An HDF5 input is probed in a child process before
-it is opened (:func:`emdenoise.h5safe.open_foreign`): a file that would crash libhdf5 is one InputError.
+it is opened (:func:`emdenoise.io.h5safe.open_foreign`): a file that would crash libhdf5 is one InputError.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterable, Iterator
 import h5py
 import numpy as np
 
-from emdenoise import h5safe
+from emdenoise.io import h5safe
 from emdenoise.errors import InputError
 from emdenoise.layout import check_frame_pixels
 

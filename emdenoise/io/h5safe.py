@@ -18,7 +18,7 @@ h5py before it is known to be safe:
   otherwise it is opened here. Python exceptions in the child are not failures: h5py raises them cleanly,
   and the readers turn them into their own one-line errors when they meet them.
 
-Run as ``python -m emdenoise.h5safe FILE`` this module is that child.
+Run as ``python -m emdenoise.io.h5safe FILE`` this module is that child.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _HEADER = re.compile(rb"emdenoise-sha256:([0-9a-f]{64})\n\0*")
 _HASH_BLOCK = 4 << 20                 # bytes hashed at a time: split files can be many GB
 PROBE_TIMEOUT_S = 120                 # the walk of an intact file's metadata takes well under a second
-_WALK = ("-m", "emdenoise.h5safe")    # what the probe's child runs, with the file's path after it
+_WALK = ("-m", "emdenoise.io.h5safe")    # what the probe's child runs, with the file's path after it
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
 
 

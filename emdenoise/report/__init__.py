@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from emdenoise.fsutil import atomic_path
+from emdenoise.outputs import atomic_path
 
 KIND_COLOURS = {"input": "#9e9e9e", "classical": "#4c72b0", "deep": "#dd8452"}
 

@@ -22,7 +22,7 @@ Checkpoint (``format = "emdenoise-checkpoint/1"``)::
     state/  the model weights, as in a model file
     tensors/0, tensors/1, ...  the payload's tensors and arrays (optimizer moments, RNG states ...)
 
-Both are sealed (:mod:`emdenoise.h5safe`): a 512-byte HDF5 user block holds the sha256 of the rest of the
+Both are sealed (:mod:`emdenoise.io.h5safe`): a 512-byte HDF5 user block holds the sha256 of the rest of the
 file, checked before h5py reads anything, so a damaged file is refused in one line and never parsed.
 """
 
@@ -39,10 +39,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from emdenoise import __version__, h5safe, models, runtime
-from emdenoise.data import check_normalisation
+from emdenoise import __version__, models
+from emdenoise.io import h5safe
+from emdenoise.data.splits import check_normalisation
 from emdenoise.errors import InputError
-from emdenoise.fsutil import atomic_path
+from emdenoise.outputs import atomic_path
 
 MODEL_FORMAT = "emdenoise-model/1"
 CHECKPOINT_FORMAT = "emdenoise-checkpoint/1"
@@ -88,7 +89,7 @@ def save_model(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None
 
 def _open(path: Path) -> h5py.File:
     """Open ``path`` read-only as HDF5 or raise a one-line InputError. The file's seal is checked first
-    (:mod:`emdenoise.h5safe`): libhdf5 never parses a damaged file, a pickle or a file from elsewhere."""
+    (:mod:`emdenoise.io.h5safe`): libhdf5 never parses a damaged file, a pickle or a file from elsewhere."""
     if not path.exists():
         raise InputError.at(path, None, "file not found")
     if not path.is_file():
@@ -201,48 +202,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
 
 
 # ---------------------------------------------------------------------------------------------- inference
-
-class Denoiser:
-    """A trained model ready to use on raw images: normalise in, run the model, de-normalise out.
-
-        den = Denoiser.from_file("workspace/models/unet/em_denoise_model.h5", device="cpu", precision="fp32")
-        clean = den.denoise(noisy)        # (B, 1, H, W) raw units -> (B, 1, H, W) raw units, float32
-
-    The output is float32 on the input's device. The model is put in eval mode and channels_last layout.
-    """
-
-    def __init__(self, model: nn.Module, meta: dict[str, Any], device: str | torch.device = "cpu",
-                 precision: str = "fp32"):
-        if precision not in runtime.PRECISIONS:
-            raise ValueError(f"precision must be one of {runtime.PRECISIONS} (resolve 'auto' first)")
-        self.device = torch.device(device)
-        self.precision = precision
-        self.meta = meta
-        self.model = model.to(self.device, memory_format=torch.channels_last).eval()
-        norm = meta["normalisation"]
-        self._in = (float(norm["noisy"]["mean"]), float(norm["noisy"]["std"]))
-        self._out = (float(norm["clean"]["mean"]), float(norm["clean"]["std"]))
-
-    @property
-    def name(self) -> str:
-        return self.meta["model"]
-
-    @classmethod
-    def from_file(cls, path: str | Path, device: str | torch.device = "cpu", precision: str = "fp32") -> "Denoiser":
-        model, meta = load_model(path, device)
-        return cls(model, meta, device, precision)
-
-    def denoise(self, noisy: torch.Tensor) -> torch.Tensor:
-        if noisy.dim() != 4 or noisy.shape[1] != 1:
-            raise ValueError(f"expected a (B, 1, H, W) tensor, got shape {tuple(noisy.shape)}")
-        with torch.inference_mode():
-            x = noisy.to(self.device, torch.float32)
-            x = ((x - self._in[0]) / self._in[1]).contiguous(memory_format=torch.channels_last)
-            with runtime.autocast(self.device, self.precision):
-                y = self.model(x)
-            y = y.float() * self._out[1] + self._out[0]
-            return y.contiguous().to(noisy.device)
-
 
 # ---------------------------------------------------------------------------------------------- checkpoints
 

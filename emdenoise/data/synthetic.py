@@ -35,7 +35,7 @@ of worker processes or the chunking.
 
 Speed: everything is vectorised. A lattice, a smooth random field or a set of Gaussian spots is built as a
 product of small matrices of 1-D complex exponentials / Gaussians (separable in x and y), never per atom.
-Run ``python -m emdenoise.synthetic [N] [WORKERS]`` to measure pairs/s.
+Run ``python -m emdenoise.data.synthetic [N] [WORKERS]`` to measure pairs/s.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ try:
 except ImportError:  # optional: without it BLAS may start threads (much slower on a busy machine, same results)
     ThreadpoolController = None
 
-from emdenoise.fsutil import atomic_path
+from emdenoise.outputs import atomic_path
 from emdenoise.layout import RAW_DATASET, RAW_FILES, RAW_SPLITS
 from emdenoise.log import progress
 
@@ -525,7 +525,7 @@ def _write_split(noisy_path: Path, clean_path: Path, split: str, n: int, seed: i
                  bar) -> None:
     """Write one split's two HDF5 files from an iterator of chunks (see :func:`_make_chunk`)."""
     size = kwargs["image_size"]
-    file_attrs = {"generator": "emdenoise.synthetic", "generator_version": GENERATOR_VERSION, "seed": int(seed),
+    file_attrs = {"generator": "emdenoise.data.synthetic", "generator_version": GENERATOR_VERSION, "seed": int(seed),
                   "split": split, "pixel_size_angstrom": PIXEL_SIZE_ANGSTROM,
                   "parameters": json.dumps(dict(kwargs, seed=int(seed)), sort_keys=True)}
     with h5py.File(noisy_path, "w", libver="v108") as f_noisy, h5py.File(clean_path, "w", libver="v108") as f_clean:

@@ -22,24 +22,24 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 _AUTOCAST_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_device(spec: str, field: str = "train.device") -> torch.device:
-    """``auto`` -> cuda if available else cpu; ``cpu``; ``cuda``/``cuda:N`` (InputError naming ``field`` when
-    CUDA or that GPU is missing)."""
+def resolve_device(spec: str, field: str = "train.device", where: str = "parameters") -> torch.device:
+    """``auto`` -> cuda if available else cpu; ``cpu``; ``cuda``/``cuda:N`` (InputError naming the parameters
+    file ``where`` and ``field`` when CUDA or that GPU is missing)."""
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(spec)
     except (RuntimeError, ValueError):
-        raise InputError.at("parameters", field, f"expected auto, cpu, cuda or cuda:N, got {spec!r}") from None
+        raise InputError.at(where, field, f"expected auto, cpu, cuda or cuda:N, got {spec!r}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise InputError.at("parameters", field, f"expected auto or cpu: {spec!r} was asked for but this "
+            raise InputError.at(where, field, f"expected auto or cpu: {spec!r} was asked for but this "
                                 "machine (or this torch build) has no CUDA")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise InputError.at("parameters", field, f"expected a GPU index below {torch.cuda.device_count()}, "
+            raise InputError.at(where, field, f"expected a GPU index below {torch.cuda.device_count()}, "
                                 f"got {spec!r}")
     elif device.type != "cpu":
-        raise InputError.at("parameters", field, f"expected auto, cpu, cuda or cuda:N, got {spec!r}")
+        raise InputError.at(where, field, f"expected auto, cpu, cuda or cuda:N, got {spec!r}")
     return device
 
 
@@ -52,26 +52,26 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def resolve_precision(spec: str, device: torch.device, field: str = "train.precision") -> str:
+def resolve_precision(spec: str, device: torch.device, field: str = "train.precision", where: str = "parameters") -> str:
     """``auto``/``fp32``/``bf16``/``fp16`` -> ``fp32``, ``bf16`` or ``fp16`` for ``device``.
 
     auto: bf16 on a GPU that supports it, else fp16; on a CPU bf16 only with native bfloat16, else fp32.
     fp16 on the CPU, or bf16 on a GPU without bfloat16, is an InputError naming ``field``.
     """
     if spec not in ("auto",) + PRECISIONS:
-        raise InputError.at("parameters", field, f"expected auto, fp32, bf16 or fp16, got {spec!r}")
+        raise InputError.at(where, field, f"expected auto, fp32, bf16 or fp16, got {spec!r}")
     device = torch.device(device)
     if device.type == "cuda":
         bf16_ok = torch.cuda.is_bf16_supported()
         if spec == "auto":
             return "bf16" if bf16_ok else "fp16"
         if spec == "bf16" and not bf16_ok:
-            raise InputError.at("parameters", field, "expected fp32, fp16 or auto: this GPU has no bfloat16")
+            raise InputError.at(where, field, "expected fp32, fp16 or auto: this GPU has no bfloat16")
         return spec
     if spec == "auto":
         return "bf16" if cpu_has_native_bf16() else "fp32"
     if spec == "fp16":
-        raise InputError.at("parameters", field, "expected fp32, bf16 or auto on the CPU, got 'fp16' "
+        raise InputError.at(where, field, "expected fp32, bf16 or auto on the CPU, got 'fp16' "
                             "(float16 autocast is for GPUs)")
     return spec
 

@@ -11,7 +11,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from emdenoise import h5safe
+from emdenoise.io import h5safe
 from emdenoise.errors import InputError
 from emdenoise.layout import CARD, CARD_FORMAT, SPLIT_FILE
 
@@ -72,7 +72,7 @@ def load_card(data_dir: str | Path) -> dict:
 def load_split(data_dir: str | Path, split: str, max_images: int = 0) -> Split:
     """Read one split (``train``, ``val``, ``test``, ``inference``) wholly into memory (first ``max_images``).
 
-    The file's seal (:mod:`emdenoise.h5safe`) is checked first, over the whole file."""
+    The file's seal (:mod:`emdenoise.io.h5safe`) is checked first, over the whole file."""
     path = Path(data_dir) / SPLIT_FILE.format(split=split)
     if not path.is_file():
         raise InputError.at(path, None, f"{split} split not found; run the preprocess task first")

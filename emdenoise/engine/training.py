@@ -1,0 +1,351 @@
+"""The training engine: data in memory, the optimiser, schedule and loss, one epoch, validation, and
+:func:`train_model` (one model, with checkpoints and resume). The train task (:mod:`emdenoise.tasks.train`) and
+the study call it; the file layout it writes is described there.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from emdenoise import __version__, models
+from emdenoise.data.splits import Split, load_split
+from emdenoise.engine import distributed, runtime
+from emdenoise.engine.distributed import World
+from emdenoise.engine.inference import Denoiser
+from emdenoise.engine.metrics import psnr_per_image, ssim_per_image
+from emdenoise.errors import InputError, RuntimeFailure
+from emdenoise.io import modelfile
+from emdenoise.layout import CHECKPOINT_FILE, DATASET_CARD_KEYS, LAST_MODEL_FILE, MODEL_FILE
+from emdenoise.log import progress
+from emdenoise.outputs import STAGING_DIR, atomic_path, json_text, promote, remove_staging
+
+METRICS_FILE = "train_metrics.json"
+
+# train: keys that determine the result, hence the checkpoint fingerprint (device, precision and num_workers
+# are left out on purpose: a run may resume on another machine)
+FINGERPRINT_KEYS = ("epochs", "batch_size", "lr", "optimizer", "lr_schedule", "loss", "seed", "max_train_images",
+                    "patch_size")
+STEP_MILESTONES = (0.5, 0.75)  # lr_schedule "step": x0.1 after half and after three quarters of all steps
+SGD_MOMENTUM = 0.9
+
+# Test hook: raise KeyboardInterrupt right after the checkpoint of this epoch is written (simulates a crash).
+_STOP_AFTER_EPOCH: int | None = None
+
+
+@dataclass
+class TrainData:
+    """Training pairs normalised, (N, 1, H, W) float32 on the CPU, plus the raw val pairs."""
+
+    noisy: torch.Tensor
+    clean: torch.Tensor
+    val: Split
+    patch: int  # crop side, 0 for whole images
+
+    def __len__(self) -> int:
+        return len(self.noisy)
+
+
+def publish(records: dict[str, dict], model_dir: Path, metrics_path: Path) -> None:
+    """Put the run's outputs in place once every model of ``records`` (name -> record) has finished: each
+    model's staged files onto their names in ``model_dir/<name>/``, then ``train_metrics.json`` (the last
+    model's record at the top, ``models`` holding every record). A model with nothing staged (finished by an
+    earlier run, its files already in place) keeps its files."""
+    with atomic_path(metrics_path) as tmp:
+        tmp.write_text(json_text({**records[list(records)[-1]], "models": records}), encoding="utf-8")
+        for name in records:
+            stage = model_dir / name / STAGING_DIR
+            for file in (MODEL_FILE, LAST_MODEL_FILE):
+                if (stage / file).is_file():
+                    promote(stage / file, model_dir / name / file)
+            remove_staging(stage)
+
+
+def load_data(data_dir: Path, train: dict, normalisation: dict, where: str) -> TrainData:
+    """Read train (first ``max_train_images``) and val into memory; normalise the training pairs in place."""
+    tr = load_split(data_dir, "train", train["max_train_images"])
+    val = load_split(data_dir, "val")
+    if len(tr) == 0:
+        raise InputError.at(Path(data_dir) / "train.h5", "noisy", "expected at least one training pair, got 0")
+    height, width = tr.noisy.shape[1:]
+    if len(val) and val.noisy.shape[1:] != tr.noisy.shape[1:]:
+        raise InputError.at(Path(data_dir) / "val.h5", "noisy", f"expected images of {height}x{width} like the "
+                            f"train split, got {val.noisy.shape[1]}x{val.noisy.shape[2]}")
+    patch = train["patch_size"]
+    if patch > min(height, width):
+        raise InputError.at(where, "train.patch_size", f"expected 0 or at most the image side "
+                            f"{min(height, width)}, got {patch}")
+    if patch == height == width:
+        patch = 0
+    for array, side in ((tr.noisy, "noisy"), (tr.clean, "clean")):
+        array -= normalisation[side]["mean"]
+        array /= normalisation[side]["std"]
+    # (N, H, W) -> (N, 1, H, W): a channel axis added, no axis ever swapped
+    return TrainData(torch.from_numpy(tr.noisy)[:, None], torch.from_numpy(tr.clean)[:, None], val, patch)
+
+
+# ---------------------------------------------------------------------------------------------- pieces
+
+def make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=SGD_MOMENTUM)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def lr_factor(schedule: str, total_steps: int) -> Callable[[int], float]:
+    """The learning-rate multiplier of optimiser step ``s`` (0-based) over a run of ``total_steps``."""
+    if schedule == "constant":
+        return lambda s: 1.0
+    if schedule == "cosine":
+        return lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, total_steps) / total_steps))
+    if schedule == "step":
+        milestones = [int(m * total_steps) for m in STEP_MILESTONES]
+        return lambda s: 0.1 ** sum(s >= m for m in milestones)
+    raise ValueError(f"unknown lr_schedule {schedule!r}")
+
+
+def make_loss(name: str) -> nn.Module:
+    return {"mse": nn.MSELoss(), "l1": nn.L1Loss()}[name]
+
+
+def epoch_plan(data: TrainData, batch_size: int, seed: int, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The epoch's batches: (image indices, crop corners (B, 2)), drawn from a generator seeded by
+    (seed, epoch) alone, so an epoch is the same whether or not the run was interrupted before it."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    n = len(data)
+    order = torch.randperm(n, generator=gen)
+    height, width = data.noisy.shape[-2:]
+    if data.patch:
+        corners = torch.stack([torch.randint(0, height - data.patch + 1, (n,), generator=gen),
+                               torch.randint(0, width - data.patch + 1, (n,), generator=gen)], dim=1)
+    else:
+        corners = torch.zeros(n, 2, dtype=torch.int64)
+    return [(order[i:i + batch_size], corners[i:i + batch_size]) for i in range(0, n, batch_size)]
+
+
+def gather(data: TrainData, index: torch.Tensor, corners: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch (noisy, clean), (B, 1, h, w), cropped when ``data.patch`` is set."""
+    if not data.patch:
+        return data.noisy[index], data.clean[index]
+    p = data.patch
+    if len(index) == 0:  # a process's empty share of a short last batch
+        return data.noisy.new_empty(0, 1, p, p), data.clean.new_empty(0, 1, p, p)
+    noisy = torch.stack([data.noisy[i, :, y:y + p, x:x + p] for i, (y, x) in zip(index.tolist(), corners.tolist())])
+    clean = torch.stack([data.clean[i, :, y:y + p, x:x + p] for i, (y, x) in zip(index.tolist(), corners.tolist())])
+    return noisy, clean
+
+
+class _Batches(torch.utils.data.Dataset):
+    """The epoch's batches as a Dataset of whole batches, for a DataLoader with worker processes."""
+
+    def __init__(self, data: TrainData, plan: list):
+        self.data, self.plan = data, plan
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, i: int):
+        return gather(self.data, *self.plan[i])
+
+
+def batches(data: TrainData, plan: list, num_workers: int, pin: bool) -> Iterable:
+    """Iterate the plan's batches, in the main process or (num_workers > 0) in worker processes."""
+    if num_workers == 0:
+        return (gather(data, *item) for item in plan)
+    return torch.utils.data.DataLoader(_Batches(data, plan), batch_size=None, shuffle=False,
+                                       num_workers=num_workers, pin_memory=pin)
+
+
+def validate(denoiser: Denoiser, val: Split, data_range: float, batch_size: int,
+             world: World = distributed.SINGLE) -> tuple[float, float]:
+    """Mean per-image PSNR and SSIM of the denoised val split in raw units (NaN, NaN if val is empty).
+    With several processes each denoises its share of the images and the sums are added up."""
+    if len(val) == 0:
+        return math.nan, math.nan
+    device = denoiser.device
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # PSNR, SSIM
+    part = distributed.shard(len(val), world)
+    for start in range(part.start, part.stop, batch_size):
+        stop = min(start + batch_size, part.stop)
+        noisy = torch.from_numpy(val.noisy[start:stop])[:, None].to(device)
+        clean = torch.from_numpy(val.clean[start:stop])[:, None].to(device)
+        pred = denoiser.denoise(noisy)
+        sums[0] += psnr_per_image(pred, clean, data_range).double().sum()
+        sums[1] += ssim_per_image(pred, clean, data_range).double().sum()
+    psnr, ssim = (distributed.sum_(sums, world) / len(val)).tolist()
+    return psnr, ssim
+
+
+def data_fingerprint(card: dict) -> str:
+    """Fingerprint of the data a model trains on: the dataset card's contract keys (image shape, split sizes,
+    value ranges, normalisation, data range, source), not its creation time or folder, so re-running
+    preprocess on the same raw data keeps checkpoints valid."""
+    return modelfile.fingerprint({key: card.get(key) for key in DATASET_CARD_KEYS})
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+def _config_diff(old: dict, new: dict) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys) or "unknown difference"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ---------------------------------------------------------------------------------------------- one model
+
+def train_model(name: str, train: dict, data: TrainData, card: dict, data_range: float, device: torch.device,
+                precision: str, out_dir: Path, log, world: World = distributed.SINGLE) -> dict:
+    """Train model ``name`` (resuming when allowed): its checkpoint into ``out_dir``, its model files into
+    ``out_dir/.staging/`` for :func:`publish` (rank 0 only); return its record. ``world``: this process's
+    place in a torchrun run (all processes call this alike)."""
+    options = models.options_from_train(name, train)
+    config = {"model": name, "options": options, **{k: train[k] for k in FINGERPRINT_KEYS},
+              "data_card": data_fingerprint(card)}
+    fingerprint = modelfile.fingerprint(config)
+    ckpt_path = out_dir / CHECKPOINT_FILE
+    stage = out_dir / STAGING_DIR
+    epochs, batch_size = train["epochs"], train["batch_size"]
+
+    runtime.seed_everything(train["seed"])
+    model = distributed.prepare(models.build(name, **options), world, device)
+    model = model.to(device, memory_format=torch.channels_last)
+    optimizer = make_optimizer(train["optimizer"], model.parameters(), train["lr"])
+    total_steps = math.ceil(len(data) / batch_size) * epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(train["lr_schedule"], total_steps))
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    loss_fn = make_loss(train["loss"])
+    record = {"model": name, "device": str(device), "precision": precision,
+              "parameters": models.count_parameters(model), "options": options, "fingerprint": fingerprint,
+              "n_train": len(data), "n_val": len(data.val), "epochs": [], "best_epoch": None,
+              "best_val_psnr": None, "complete": False, "processes": world.size}
+    start = 1
+
+    if train["resume"] == "auto" and ckpt_path.exists():
+        info = modelfile.checkpoint_info(ckpt_path)
+        if info["fingerprint"] != fingerprint:
+            raise InputError.at(ckpt_path, "fingerprint", "expected a checkpoint of this training configuration, "
+                                f"found one of another ({_config_diff(info['config'], config)}); set "
+                                "train.resume: never to start afresh (deleting it) or use another model_dir")
+        if info["epoch"] >= epochs:
+            state = modelfile.load_checkpoint(ckpt_path, model)
+            log.info("%s: already trained for %d epochs with this configuration (%s); nothing to do (set "
+                     "train.resume: never to train again)", name, epochs, ckpt_path)
+            return state["record"]
+        state = modelfile.load_checkpoint(ckpt_path, model, optimizer, scheduler)
+        runtime.set_rng_state(state["rng"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        record = {**state["record"], "device": str(device), "precision": precision, "processes": world.size}
+        start = state["epoch"] + 1
+        log.info("%s: resuming from %s after epoch %d of %d", name, ckpt_path, state["epoch"], epochs)
+    elif world.is_main:
+        remove_staging(stage)  # what an earlier, unfinished run staged
+        if ckpt_path.exists():
+            log.info("%s: starting afresh (train.resume: never): the first epoch replaces %s; the model files "
+                     "are replaced when the run succeeds", name, ckpt_path)
+
+    meta = {"model": name, "options": options, "data_range": data_range,
+            "normalisation": {side: {k: card["normalisation"][side][k] for k in ("mean", "std")}
+                              for side in ("noisy", "clean")},
+            "train_config": {**config, "fingerprint": fingerprint, "device": str(device), "precision": precision,
+                             "num_workers": train["num_workers"], "resume": train["resume"],
+                             "processes": world.size, "emdenoise_version": __version__}}
+    trainer = distributed.wrap(model, world, device)  # model itself, or in DistributedDataParallel
+
+    for epoch in range(start, epochs + 1):
+        row = train_epoch(trainer, optimizer, scheduler, scaler, loss_fn, data, train, epoch, device, precision,
+                          f"{name} {epoch}/{epochs}", world)
+        t_val = time.perf_counter()
+        distributed.sync_buffers(model, world)
+        val_psnr, val_ssim = validate(Denoiser(model, meta, device, precision), data.val, data_range,
+                                      batch_size, world)
+        row.update(val_psnr=_finite(val_psnr), val_ssim=_finite(val_ssim),
+                   seconds=row["seconds"] + time.perf_counter() - t_val)
+        record["epochs"].append(row)
+        log.info("%s epoch %d/%d: train_loss %.5f, val PSNR %.2f dB, SSIM %.4f, %.1f images/s, %.1f s, lr %.3g",
+                 name, epoch, epochs, row["train_loss"], val_psnr, val_ssim, row["images_per_s"], row["seconds"],
+                 row["lr"])
+
+        improved = record["best_epoch"] is None or (row["val_psnr"] is not None and
+                                                    row["val_psnr"] > (record["best_val_psnr"] or -math.inf))
+        if improved or len(data.val) == 0:
+            record.update(best_epoch=epoch, best_val_psnr=row["val_psnr"])
+            if world.is_main:
+                modelfile.save_model(stage / MODEL_FILE, model, {**meta, "metrics": {**row, "best_epoch": epoch}})
+        record["complete"] = epoch == epochs
+        if record["complete"] and world.is_main:
+            modelfile.save_model(stage / LAST_MODEL_FILE, model,
+                               {**meta, "metrics": {**row, "best_epoch": record["best_epoch"]}})
+        # the checkpoint goes last: it marks the epoch as done, so a crash before it just redoes the epoch
+        if world.is_main:
+            modelfile.save_checkpoint(ckpt_path, model, optimizer, scheduler,
+                                    {"model": name, "options": options, "fingerprint": fingerprint,
+                                     "epoch": epoch, "config": config, "record": record, "rng": runtime.rng_state(),
+                                     "scaler": scaler.state_dict() if scaler.is_enabled() else None})
+        if _STOP_AFTER_EPOCH == epoch:
+            raise KeyboardInterrupt(f"test hook: stop after epoch {epoch}")
+    log.info("%s: best val PSNR %s dB at epoch %s -> %s (staged until every model of the run has finished)",
+             name, f"{record['best_val_psnr']:.2f}" if record["best_val_psnr"] is not None else "n/a",
+             record["best_epoch"], out_dir / MODEL_FILE)
+    return record
+
+
+def train_epoch(model: nn.Module, optimizer, scheduler, scaler, loss_fn, data: TrainData, train: dict,
+                epoch: int, device: torch.device, precision: str, desc: str,
+                world: World = distributed.SINGLE) -> dict:
+    """One pass over the training pairs; returns the epoch's row without the validation fields.
+    With several processes ``model`` is the DistributedDataParallel wrapper and each process trains on its
+    share of every global batch of the plan."""
+    model.train()
+    lr = optimizer.param_groups[0]["lr"]
+    plan = epoch_plan(data, train["batch_size"], train["seed"], epoch)
+    global_sizes = [len(index) for index, _ in plan]
+    if world.enabled:
+        plan = [(index[part], corners[part]) for index, corners in plan
+                for part in (distributed.shard(len(index), world),)]
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    t0 = time.perf_counter()
+    for (noisy, clean), global_n in zip(progress(batches(data, plan, train["num_workers"], device.type == "cuda"),
+                                                 total=len(plan), desc=desc, unit="batch", leave=False,
+                                                 disable=not world.is_main), global_sizes):
+        noisy = noisy.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        clean = clean.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with runtime.autocast(device, precision):
+            out = model(noisy)
+        if len(noisy) == 0:  # an empty share still joins the gradient all-reduce, with zero gradients
+            loss = objective = out.float().sum() * 0.0
+        else:
+            loss = objective = loss_fn(out.float(), clean)
+            if world.enabled:  # DDP averages over processes: weight by this share of the global batch
+                objective = loss * (len(noisy) * world.size / global_n)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(objective).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        loss_sum += loss.detach().double() * len(noisy)
+    distributed.sum_(loss_sum, world)
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    train_loss = loss_sum.item() / len(data)
+    if not math.isfinite(train_loss):
+        raise RuntimeFailure(f"training diverged at epoch {epoch}: the loss is {train_loss}; lower train.lr or "
+                             "use precision fp32")
+    return {"epoch": epoch, "train_loss": train_loss, "val_psnr": None, "val_ssim": None,
+            "images_per_s": len(data) / seconds, "seconds": seconds, "lr": lr}
