@@ -16,14 +16,21 @@ import signal
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from emdenoise import __version__, lock
 from emdenoise import params as params_mod
-from emdenoise.errors import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EmdError, InputError,
-                              RuntimeFailure)
+from emdenoise.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_RUNTIME,
+    EmdError,
+    InputError,
+    RuntimeFailure,
+)
 from emdenoise.log import setup as setup_logging
 from emdenoise.tasks.context import TaskContext
 

@@ -33,7 +33,7 @@ class InputError(EmdError):
     exit_code = EXIT_BAD_INPUT
 
     @classmethod
-    def at(cls, where, field: str | None, expected: str) -> "InputError":
+    def at(cls, where, field: str | None, expected: str) -> InputError:
         """``InputError.at("params.yaml", "train.epochs", "an integer >= 1, got 'two'")``."""
         parts = [str(where)]
         if field:

@@ -29,12 +29,14 @@ import errno
 import json
 import os
 import socket
+import types
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from emdenoise.errors import BusyError, InputError
 from emdenoise.outputs import is_temporary
 
+fcntl: types.ModuleType | None
 try:
     import fcntl
 except ImportError:  # not POSIX: no locking
@@ -94,6 +96,7 @@ def _acquire(folder: Path, what: str, task: str, log=None) -> int | None:
                 raise InputError.at(folder, what, f"expected a writable output folder, got one that cannot be "
                                     f"written into ({_one_line(exc)})") from None
             raise InputError.at(path, what, f"cannot create the lock file ({_one_line(exc)})") from None
+        assert fcntl is not None  # hold() does not lock without it
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -20,9 +20,10 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 STAGING_DIR = ".staging"
 # The names of temporary files: atomic_path's "." + name + "." + mkstemp's 8 characters + suffix + ".tmp"
@@ -33,7 +34,7 @@ _ATOMIC_TEMP = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}(?P<suffix>.*)\.tmp$")
 def is_temporary(name: str) -> bool:
     """Whether a file called ``name`` is a temporary file of :func:`atomic_path` (a killed run's leftover)."""
     found = _ATOMIC_TEMP.match(name)
-    return bool(found) and found["suffix"] == Path(found["name"]).suffix
+    return found is not None and found["suffix"] == Path(found["name"]).suffix
 
 
 # Every temporary name emdenoise writes, and who cleans it up (the lock's sweeper uses is_temporary):
@@ -59,10 +60,10 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=(dest.suffix if suffix is None else suffix) + ".tmp",
-                               dir=dest.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=(dest.suffix if suffix is None else suffix) + ".tmp",
+                                dir=dest.parent)
     os.close(fd)
-    tmp = Path(tmp)
+    tmp = Path(name)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:

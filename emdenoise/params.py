@@ -22,9 +22,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Union
+from typing import Any, ClassVar
 
 import yaml
 
@@ -34,8 +35,8 @@ from emdenoise.errors import InputError
 # values of 2**64 and above (training derives per-epoch generator seeds from it, which must stay below 2**63).
 MAX_SEED = 2**32 - 1
 
-Names = Union[str, list[str]]   # a ``names`` value: "all", or a list of names
-Choices = Union[tuple[str, ...], Callable[[], tuple[str, ...]], None]
+Names = str | list[str]   # a ``names`` value: "all", or a list of names
+Choices = tuple[str, ...] | Callable[[], tuple[str, ...]] | None
 
 
 @dataclass(frozen=True)

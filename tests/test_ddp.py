@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from processed_data import write_data_dir
+from support import write_data_dir
 
 from emdenoise import cli, models
 from emdenoise.engine import distributed, runtime

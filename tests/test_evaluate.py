@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy.stats import poisson
 
-from processed_data import write_data_dir, write_split
+from support import write_data_dir, write_split
 
 from emdenoise import cli
 from emdenoise.engine import baselines

@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from processed_data import write_split
+from support import write_split
 
 from emdenoise import models
 from emdenoise.io import h5safe, micrographs, modelfile

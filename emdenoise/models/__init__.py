@@ -16,8 +16,9 @@ to the parameters schema and ``options_from_train(name, train)`` picks a model's
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 

@@ -4,7 +4,8 @@ and a multiply-accumulate counter used to report a model's cost.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +13,7 @@ from torch import nn
 
 
 def conv3x3(in_ch: int, out_ch: int, *, dilation: int = 1, bias: bool = True,
-            padding_mode: str = "zeros") -> nn.Conv2d:
+            padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = "zeros") -> nn.Conv2d:
     """A 3x3 convolution that keeps H x W ("same" padding, ``dilation`` pixels on each side)."""
     return nn.Conv2d(in_ch, out_ch, 3, padding=dilation, dilation=dilation, bias=bias,
                      padding_mode=padding_mode)

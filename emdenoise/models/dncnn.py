@@ -20,11 +20,13 @@ import torch
 from torch import nn
 
 from emdenoise.models import register
-from emdenoise.params import Field
 from emdenoise.models._common import conv3x3, conv_relu
+from emdenoise.params import Field
+
+DEPTH = Field("int", 17, "dncnn: number of conv layers (17 known noise, 20 blind)", min=3, max=100)
 
 
-@register("dncnn", documented_params=556_097, options={"depth": ("dncnn_depth", Field("int", 17, "dncnn: number of conv layers (17 known noise, 20 blind)", min=3, max=100))})
+@register("dncnn", documented_params=556_097, options={"depth": ("dncnn_depth", DEPTH)})
 class DnCNN(nn.Module):
     """Zhang et al.'s DnCNN: 1 -> 1 channel, any H x W."""
 
@@ -32,7 +34,7 @@ class DnCNN(nn.Module):
         super().__init__()
         if depth < 3:
             raise ValueError(f"dncnn depth must be at least 3, got {depth}")
-        layers = [conv_relu(1, channels)]
+        layers: list[nn.Module] = [conv_relu(1, channels)]
         layers += [conv_relu(channels, channels, batch_norm=True) for _ in range(depth - 2)]
         layers.append(conv3x3(channels, 1))
         self.body = nn.Sequential(*layers)

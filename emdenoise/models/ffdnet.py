@@ -60,7 +60,7 @@ class FFDNet(nn.Module):
         if depth < 3:
             raise ValueError(f"ffdnet depth must be at least 3, got {depth}")
         sub = SCALE * SCALE
-        layers = [conv_relu(sub + 1, channels)]
+        layers: list[nn.Module] = [conv_relu(sub + 1, channels)]
         layers += [conv_relu(channels, channels, batch_norm=True) for _ in range(depth - 2)]
         layers.append(conv3x3(channels, sub))
         self.body = nn.Sequential(*layers)

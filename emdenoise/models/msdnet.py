@@ -42,8 +42,8 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from emdenoise.models import register
-from emdenoise.params import Field
 from emdenoise.models._common import border_pad
+from emdenoise.params import Field
 
 DILATION_CYCLE = 10  # layer i is dilated by 1 + (i mod 10)
 
@@ -85,10 +85,11 @@ class _BufferConv:
     def forward(self, buf: torch.Tensor) -> torch.Tensor:
         b, _, hp, wp = buf.shape
         taps = torch.matmul(self.matrix, self._flat_input(buf)).view(b, -1, hp, wp)
-        out = None
-        for t, (y0, x0) in enumerate(self.offsets):
-            part = taps[:, t * self.o:(t + 1) * self.o, y0:y0 + self.h, x0:x0 + self.w]
-            out = part if out is None else out + part
+        parts = [taps[:, t * self.o:(t + 1) * self.o, y0:y0 + self.h, x0:x0 + self.w]
+                 for t, (y0, x0) in enumerate(self.offsets)]
+        out = parts[0]
+        for part in parts[1:]:
+            out = out + part
         return out
 
     def backward(self, buf: torch.Tensor, grad_out: torch.Tensor, grad_buf: torch.Tensor) -> torch.Tensor:
@@ -152,8 +153,12 @@ class _MixedScaleDense(torch.autograd.Function):
         return (grad_x, None, grad_out_weight, grad_out_bias, *layer_grads)
 
 
-@register("msdnet", documented_params=45_652, options={"depth": ("msdnet_depth", Field("int", 100, "msdnet: number of layers", min=1, max=1000)),
-                  "width": ("msdnet_width", Field("int", 1, "msdnet: feature maps per layer", min=1, max=64))})
+DEPTH = Field("int", 100, "msdnet: number of layers", min=1, max=1000)
+WIDTH = Field("int", 1, "msdnet: feature maps per layer", min=1, max=64)
+
+
+@register("msdnet", documented_params=45_652,
+          options={"depth": ("msdnet_depth", DEPTH), "width": ("msdnet_width", WIDTH)})
 class MSDNet(nn.Module):
     """Pelt and Sethian's mixed-scale dense network: 1 -> 1 channel, any H x W."""
 
@@ -168,6 +173,7 @@ class MSDNet(nn.Module):
             nn.Conv2d(1 + i * width, width, 3, dilation=d) for i, d in enumerate(self.dilations))
         self.output = nn.Conv2d(1 + depth * width, 1, 1)
         for conv in self.layers:
+            assert isinstance(conv, nn.Conv2d) and conv.bias is not None
             nn.init.normal_(conv.weight, std=math.sqrt(2.0 / (conv.in_channels * 9)))
             nn.init.zeros_(conv.bias)
 

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from emdenoise.models import register
-from emdenoise.params import Field
 from emdenoise.models._common import conv3x3
+from emdenoise.params import Field
 
 SKIP_EVERY = 2  # layers spanned by each symmetric skip
 
@@ -34,7 +34,10 @@ def _even(value: int) -> str | None:
     return None if value % 2 == 0 else "an even number"
 
 
-@register("rednet", documented_params=1_035_201, options={"depth": ("rednet_depth", Field("int", 30, "rednet: total conv + deconv layers (even; 30 is RED30)", min=2, max=100, check=_even))})
+DEPTH = Field("int", 30, "rednet: total conv + deconv layers (even; 30 is RED30)", min=2, max=100, check=_even)
+
+
+@register("rednet", documented_params=1_035_201, options={"depth": ("rednet_depth", DEPTH)})
 class REDNet(nn.Module):
     """Mao et al.'s RED-Net (RED30 by default): 1 -> 1 channel, any H x W."""
 

@@ -24,25 +24,17 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import test_failures
 import tifffile
-import torch
-from test_failures import ENV, ROOT, _denoised, argv, one_error, params_file, run_here, save_model
+from support import ENV, ROOT, argv, one_error, params_file, read_frames, run_here, save_model
 
 from emdenoise import lock
-from emdenoise.io import micrographs
 from emdenoise.errors import EXIT_BAD_INPUT, EXIT_RUNTIME
-from emdenoise.outputs import STAGING_DIR
+from emdenoise.io import micrographs
 from emdenoise.layout import CHECKPOINT_FILE, LAST_MODEL_FILE, MODEL_FILE
+from emdenoise.outputs import STAGING_DIR
 from emdenoise.tasks.denoise import sha256_of
 
-processed = test_failures.processed   # the fixture: a small data_dir (36 train, 4 val, 8 test pairs of 32x32)
 TEST_OUTPUTS = {"test_metrics.json", "per_image.csv", "results.md", "comparison.png", "psnr_bar.png"}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
 
 
 def hashes(folder: Path) -> dict[str, str]:
@@ -250,7 +242,7 @@ def test_denoise_failing_on_the_third_input_leaves_every_earlier_output_then_res
     code, err = run_here(capsys, "denoise", {**denoised, "output_dir": tmp_path / "ref"})
     assert code == 0, err
     for name in ("f0.tif", "f1.npy", "f2.h5"):            # the same result as an uninterrupted run
-        np.testing.assert_array_equal(_denoised(out / name), _denoised(tmp_path / "ref" / name))
+        np.testing.assert_array_equal(read_frames(out / name), read_frames(tmp_path / "ref" / name))
 
 
 # Run the denoise command, killing the process (SIGKILL) right after the first output image is moved into
