@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from emdenoise.report.figures import KIND_COLOURS, figure, save
+from emdenoise.report.figures import KIND_COLOURS, figure, legend_patch, save
 from emdenoise.report.tables import is_number, num, ranked, settings, table
 
 BASELINE_NOTE = ("Classical baselines: filter, then a global gain/offset fitted on the validation split (the "
@@ -101,8 +101,6 @@ def comparison_figure(noisy: np.ndarray, clean: np.ndarray, outputs: Mapping[str
 
 def psnr_bar_figure(metrics: Mapping[str, Any]) -> Any:
     """Mean PSNR ± std per method (best first), coloured by kind: input, classical, deep (a figure to save)."""
-    from matplotlib.patches import Patch
-
     methods = metrics["methods"]
     names = [n for n in ranked(methods) if is_number(methods[n].get("psnr_mean"))]
     fig = figure(max(4.0, 0.6 * len(names) + 1.5), 4.0)
@@ -117,7 +115,7 @@ def psnr_bar_figure(metrics: Mapping[str, Any]) -> Any:
     ax.set_title(f"{metrics['n_images']} test images, R = {metrics['data_range']:.4g}", fontsize=9)
     kinds = [kind for kind in KIND_COLOURS if any(methods[n].get("kind") == kind for n in names)]
     if kinds:
-        ax.legend(handles=[Patch(color=KIND_COLOURS[kind], label=kind) for kind in kinds], fontsize=8,
+        ax.legend(handles=[legend_patch(color=KIND_COLOURS[kind], label=kind) for kind in kinds], fontsize=8,
                   loc="upper right")
     fig.tight_layout()
     return fig

@@ -29,17 +29,38 @@ def _config_dir_writable() -> bool:
     return os.access(base, os.W_OK | os.X_OK)
 
 
+def _configure() -> None:
+    """Give matplotlib a writable configuration folder before it is first imported (call before any import)."""
+    if "matplotlib" not in sys.modules and not os.environ.get("MPLCONFIGDIR") and not _config_dir_writable():
+        os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="emdenoise-matplotlib-")
+
+
 def figure(width: float, height: float) -> Any:
     """A new Agg-backed :class:`matplotlib.figure.Figure`, making sure matplotlib has a writable
     configuration folder first."""
-    if "matplotlib" not in sys.modules and not os.environ.get("MPLCONFIGDIR") and not _config_dir_writable():
-        os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="emdenoise-matplotlib-")
+    _configure()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)
     return fig
+
+
+def legend_line(**style: Any) -> Any:
+    """A :class:`matplotlib.lines.Line2D` with no data, for a legend entry (``label=``, ``color=`` ...)."""
+    _configure()
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], **style)
+
+
+def legend_patch(**style: Any) -> Any:
+    """A :class:`matplotlib.patches.Patch`, for a legend entry (``label=``, ``color=``)."""
+    _configure()
+    from matplotlib.patches import Patch
+
+    return Patch(**style)
 
 
 def write_png(fig: Any, path: str | os.PathLike[str]) -> None:

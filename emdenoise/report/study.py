@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from emdenoise.report.evaluation import BASELINE_NOTE, dose_header
-from emdenoise.report.figures import KIND_COLOURS, figure, save
+from emdenoise.report.figures import KIND_COLOURS, figure, legend_line, save
 from emdenoise.report.tables import duration, is_number, num, ranked, settings, table
 
 FIGURES = {"train_size": "psnr_vs_train_size.png", "dose": "psnr_vs_dose.png", "speed": "fidelity_vs_speed.png"}
@@ -169,11 +169,9 @@ def _noisy_on_scale(ax, shown: Sequence[float], noisy: Sequence[float]) -> bool:
 
 def _off_scale_handle(label: str, values: Sequence[float]):
     """A legend entry for the noisy input left off the axis, giving its values."""
-    from matplotlib.lines import Line2D
-
     values = _finite_values(values)
     text = f"{min(values):.1f}" if max(values) - min(values) < 0.05 else f"{min(values):.1f}-{max(values):.1f}"
-    return Line2D([], [], linestyle=":", color=KIND_COLOURS["input"], label=f"{label} ({text} dB, off scale)")
+    return legend_line(linestyle=":", color=KIND_COLOURS["input"], label=f"{label} ({text} dB, off scale)")
 
 
 def _classical_colour(i: int, n_models: int) -> str:
@@ -183,8 +181,6 @@ def _classical_colour(i: int, n_models: int) -> str:
 def plot_psnr_vs_train_size(dest: Path, summary: dict) -> None:
     """Mean test PSNR against the number of training pairs (log x), one line per model; every baseline as a
     horizontal line (the noisy input too, when on scale)."""
-    from matplotlib.lines import Line2D
-
     models_out, methods = summary["models"], summary["baselines"]
     colours = _colours(list(models_out))
     fig = figure(7.5, 4.8)
@@ -205,7 +201,7 @@ def plot_psnr_vs_train_size(dest: Path, summary: dict) -> None:
     handles, _ = ax.get_legend_handles_labels()
     if _noisy_on_scale(ax, shown, noisy):
         ax.axhline(noisy[0], color=KIND_COLOURS["input"], linestyle=":", linewidth=1)
-        handles.append(Line2D([], [], linestyle=":", color=KIND_COLOURS["input"], label="noisy input"))
+        handles.append(legend_line(linestyle=":", color=KIND_COLOURS["input"], label="noisy input"))
     elif _finite_values(noisy):
         handles.append(_off_scale_handle("noisy input", noisy))
     ax.set_xscale("log")
@@ -262,8 +258,6 @@ def plot_psnr_vs_dose(dest: Path, summary: dict) -> None:
 
 def plot_fidelity_vs_speed(dest: Path, summary: dict) -> None:
     """Mean test PSNR against inference images/s (log x): models at their largest size, the baselines."""
-    from matplotlib.lines import Line2D
-
     models_out, methods = summary["models"], summary["baselines"]
     points = [(info["images_per_s"], info["psnr_by_size"].get(str(info["largest_size"])), name, "deep")
               for name, info in models_out.items()]
@@ -275,12 +269,12 @@ def plot_fidelity_vs_speed(dest: Path, summary: dict) -> None:
     for speed, psnr, name, kind in points:
         ax.scatter([speed], [psnr], color=KIND_COLOURS[kind], s=30)
         ax.annotate(name, (speed, psnr), xytext=(4, 3), textcoords="offset points", fontsize=8)
-    handles = [Line2D([], [], marker="o", linestyle="", color=KIND_COLOURS[k], label=label)
+    handles = [legend_line(marker="o", linestyle="", color=KIND_COLOURS[k], label=label)
                for k, label in (("deep", "deep model (largest training size)"), ("classical", "classical filter"))]
     noisy = [methods["noisy"]["psnr_mean"]] if "noisy" in methods else []
     if _noisy_on_scale(ax, [p[1] for p in points], noisy):
         ax.axhline(noisy[0], color=KIND_COLOURS["input"], linestyle=":", linewidth=1)
-        handles.append(Line2D([], [], linestyle=":", color=KIND_COLOURS["input"], label="noisy input"))
+        handles.append(legend_line(linestyle=":", color=KIND_COLOURS["input"], label="noisy input"))
     elif _finite_values(noisy):
         handles.append(_off_scale_handle("noisy input", noisy))
     ax.set_xscale("log")
