@@ -78,7 +78,7 @@ def test_a_file_system_without_locks_runs_unlocked_with_a_warning(tmp_path, monk
         raise OSError(errno.ENOSYS, "Function not implemented")
 
     monkeypatch.setattr(lock.fcntl, "flock", flock)
-    log = logging.getLogger("test_failures.nolock")
+    log = logging.getLogger("test_lock.nolock")
     with caplog.at_level(logging.WARNING, logger=log.name):
         with lock.hold({"output_dir": tmp_path / "out"}, "test", log):
             (tmp_path / "out" / "result.json").write_text("{}")

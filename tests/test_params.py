@@ -181,7 +181,7 @@ def test_parser_never_crashes(section, key, value):
 
 
 # Numbers with no maximum on purpose: how much of the data to use or accept, where a huge value means "all of
-# it" and is only compared with sizes (tested end to end in test_failures.py). Every other number has a maximum,
+# it" and is only compared with sizes (tested end to end in tests/tasks/test_bad_input.py). Every other number has a maximum,
 # so that a huge value is one line instead of a crash deep in torch or numpy, or a run that never ends.
 UNBOUNDED = {"download.max_archive_bytes", "train.max_train_images", "test.max_test_images", "test.tune_images",
              "study.train_sizes", "study.max_test_images"}

@@ -39,8 +39,8 @@ from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 from scipy import ndimage
@@ -301,6 +301,7 @@ def tune(baseline: Baseline | str, noisy: np.ndarray, clean: np.ndarray, data_ra
         grid_psnr[value] = score
         if best is None or score > best.tune_psnr:
             best = TunedBaseline(baseline, value, gain, offset, score, n, grid_psnr)
+    assert best is not None  # the grid is never empty
     return best
 
 

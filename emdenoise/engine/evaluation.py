@@ -5,20 +5,24 @@ call it.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from emdenoise.data.splits import Split
 from emdenoise.engine import baselines as baselines_mod
+from emdenoise.engine.inference import Denoiser
 from emdenoise.engine.metrics import mse_per_image, psnr_per_image, ssim_per_image
 from emdenoise.errors import InputError, RuntimeFailure
 from emdenoise.layout import MODEL_FILE, trained_models
 from emdenoise.log import progress
+from emdenoise.params import Names
 
 DOSE_BINS = 4
 
@@ -27,7 +31,7 @@ DOSE_BINS = 4
 # What to evaluate
 # --------------------------------------------------------------------------------------------------------------
 
-def _names(value, field: str, where) -> list[str] | str:
+def _names(value: Names, field: str, where: str | Path) -> list[str] | str:
     """A validated names value: 'all', [] for 'none', or the list itself."""
     if value == "all":
         return "all"
@@ -38,16 +42,17 @@ def _names(value, field: str, where) -> list[str] | str:
     return list(value)
 
 
-def select_baselines(value, where, log, field: str = "test.baselines") -> list[str]:
+def select_baselines(value: Names, where: str | Path, log: logging.Logger | None,
+                     field: str = "test.baselines") -> list[str]:
     """The baselines to run; BM3D ones asked for by name but not installed are an input error naming ``field``."""
     names = _names(value, field, where)
-    if names == "all":
-        names = list(baselines_mod.available())
-        skipped = [n for n in baselines_mod.BASELINES if n not in names]
-        if skipped:
+    if isinstance(names, str):  # all
+        installed = list(baselines_mod.available())
+        skipped = [n for n in baselines_mod.BASELINES if n not in installed]
+        if skipped and log is not None:
             log.info("%s: all: skipping %s (needs the optional bm3d package: %s)", field, ", ".join(skipped),
                      baselines_mod.BM3D_INSTALL)
-        return names
+        return installed
     for name in names:
         package = baselines_mod.missing_package(name)
         if package:
@@ -56,10 +61,10 @@ def select_baselines(value, where, log, field: str = "test.baselines") -> list[s
     return names
 
 
-def find_models(value, model_dir: Path, where) -> dict[str, Path]:
+def find_models(value: Names, model_dir: Path, where: str | Path) -> dict[str, Path]:
     """Row name -> model file. ``all`` finds every ``model_dir/<name>/em_denoise_model.h5``."""
     names = _names(value, "test.models", where)
-    if names == "all":
+    if isinstance(names, str):  # all
         if not model_dir.is_dir():
             raise InputError.at(model_dir, "test.models", "expected a folder of trained models, not found; run the "
                                 "train task first, or set test.models: none to evaluate the baselines only")
@@ -84,15 +89,15 @@ class Row:
 
     kind: str                   # input, classical, deep
     n: int
-    params: dict = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0        # time spent denoising all n images (warm-up excluded)
     timed: bool = True          # False for the input row, which costs nothing
     psnr: np.ndarray = field(init=False)
     ssim: np.ndarray = field(init=False)
     mse: np.ndarray = field(init=False)
-    figure: dict = field(default_factory=dict)  # test image index -> output, for the comparison figure
+    figure: dict[int, np.ndarray] = field(default_factory=dict)  # test image index -> output, for the figure
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.psnr, self.ssim, self.mse = (np.full(self.n, np.nan) for _ in range(3))
 
 
@@ -105,14 +110,14 @@ class Scorer:
         self.figure_indices = set(figure_indices)
         self.rows: dict[str, Row] = {}
 
-    def add_row(self, name: str, kind: str, params: dict | None = None) -> Row:
+    def add_row(self, name: str, kind: str, params: dict[str, Any] | None = None) -> Row:
         row = Row(kind, len(self.split), dict(params or {}), timed=kind != "input")
         self.rows[name] = row
         return row
 
-    def score(self, row: Row, start: int, outputs) -> None:
-        """Score ``outputs`` ((B, H, W) array or tensor) as test images ``start .. start + B - 1``."""
-        outputs = torch.as_tensor(np.asarray(outputs, dtype=np.float32))
+    def score(self, row: Row, start: int, images: np.ndarray | torch.Tensor) -> None:
+        """Score ``images`` ((B, H, W) array or tensor) as test images ``start .. start + B - 1``."""
+        outputs = torch.as_tensor(np.asarray(images, dtype=np.float32))
         stop = start + len(outputs)
         clean = torch.from_numpy(self.split.clean[start:stop])
         row.psnr[start:stop] = psnr_per_image(outputs, clean, self.data_range).double().numpy()
@@ -123,18 +128,20 @@ class Scorer:
                 row.figure[i] = outputs[i - start].numpy().copy()
 
 
-def _finite(value) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
+def finite(value: Any) -> float | None:
+    """``value`` as a float, None when it is not finite (JSON holds no NaN or infinity)."""
+    number = float(value)
+    return number if math.isfinite(number) else None
 
 
 def _mean_std(values: np.ndarray) -> tuple[float | None, float | None]:
     """Mean and population std over images; None where not finite (a perfect prediction's PSNR is +inf)."""
     with np.errstate(invalid="ignore", over="ignore"):
-        return _finite(np.mean(values)), _finite(np.std(values))
+        return finite(np.mean(values)), finite(np.std(values))
 
 
-def summarise(row: Row) -> dict:
+def summarise(row: Row) -> dict[str, Any]:
+    """A row's means and stds over images, its speed and its parameters (``test_metrics.json``'s rows)."""
     n = row.n
     seconds_per_image = row.seconds / n if row.timed else 0.0
     images_per_s = n / row.seconds if row.timed and row.seconds > 0 else None
@@ -142,12 +149,12 @@ def summarise(row: Row) -> dict:
                                                                                          row.mse))
     return {"kind": row.kind, "psnr_mean": psnr_mean, "psnr_std": psnr_std, "ssim_mean": ssim_mean,
             "ssim_std": ssim_std, "mse_mean": mse_mean, "mse_std": mse_std,
-            "images_per_s": _finite(images_per_s) if images_per_s is not None else None,
-            "seconds_per_image": _finite(seconds_per_image),
+            "images_per_s": finite(images_per_s) if images_per_s is not None else None,
+            "seconds_per_image": finite(seconds_per_image),
             "params": row.params}
 
 
-def dose_bins(dose: np.ndarray, rows: dict[str, Row], n_bins: int = DOSE_BINS) -> dict:
+def dose_bins(dose: np.ndarray, rows: dict[str, Row], n_bins: int = DOSE_BINS) -> dict[str, Any]:
     """Mean PSNR per dose bin: up to ``n_bins`` bins holding about the same number of images."""
     order = np.argsort(dose, kind="stable")
     groups = [g for g in np.array_split(order, min(n_bins, len(dose))) if len(g)]
@@ -161,7 +168,16 @@ def dose_bins(dose: np.ndarray, rows: dict[str, Row], n_bins: int = DOSE_BINS) -
 # Running the methods
 # --------------------------------------------------------------------------------------------------------------
 
-def run_baseline(name: str, val: Split, scorer: Scorer, data_range: float, batch_size: int, log) -> None:
+def score_input(scorer: Scorer, batch_size: int) -> Row:
+    """The ``noisy`` row: the input itself scored, what doing nothing scores."""
+    row = scorer.add_row("noisy", "input")
+    for first in range(0, len(scorer.split), batch_size):
+        scorer.score(row, first, scorer.split.noisy[first:first + batch_size])
+    return row
+
+
+def run_baseline(name: str, val: Split, scorer: Scorer, data_range: float, batch_size: int,
+                 log: logging.Logger) -> None:
     """Tune one baseline on the validation pairs, then denoise and score every test image (timed per image)."""
     baseline = baselines_mod.get(name)
     steps = baselines_mod.tuning_steps(baseline, len(val))
@@ -192,15 +208,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def load_model(path: Path, device: torch.device, precision):
-    """The :class:`emdenoise.engine.inference.Denoiser` of one model file (a damaged file is an InputError naming it)."""
-    from emdenoise.engine.inference import Denoiser
-
+def load_model(path: Path, device: torch.device, precision: str) -> Denoiser:
+    """The :class:`~emdenoise.engine.inference.Denoiser` of one model file (a damaged file is an InputError
+    naming it)."""
     return Denoiser.from_file(path, device, precision)
 
 
-def run_model(name: str, path: Path, scorer: Scorer, device: torch.device, precision, batch_size: int,
-              log, denoiser=None) -> None:
+def run_model(name: str, path: Path, scorer: Scorer, device: torch.device, precision: str, batch_size: int,
+              log: logging.Logger, denoiser: Denoiser | None = None) -> None:
     """Score the model of file ``path`` (``denoiser``, or loaded here) on the test images in batches, a warm-up
     batch excluded from timing."""
     if denoiser is None:

@@ -1,4 +1,5 @@
-"""The study task: the ``ints`` parameter kind, the analysis helpers, and a tiny study run end to end.
+"""The study task: the ``ints`` parameter kind of its train sizes, and a tiny study run end to end (the
+analysis helpers and the plan are tested in tests/engine/test_study_engine.py).
 
 The data are made by the synthetic generator (24 train and 8 test pairs of 32x32, with dose) and the real
 preprocess task; the study runs sciml_ae and a 3-layer DnCNN on 6 and 12 training pairs for one epoch, with
@@ -19,10 +20,12 @@ import torch
 import yaml
 from matplotlib import image as mpimg
 
-from emdenoise import cli, models, params
+from emdenoise import cli, params
 from emdenoise.data import synthetic
+from emdenoise.engine import evaluation
+from emdenoise.engine import study as engine
 from emdenoise.errors import EXIT_BAD_INPUT, InputError, RuntimeFailure
-from emdenoise.tasks import study as study_task
+from emdenoise.report import study as report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SIZES = [6, 12]
@@ -43,9 +46,9 @@ def _quiet(monkeypatch):
 
 def test_ints_kind_accepts_lists_of_distinct_integers():
     out = params.validate({"study": {"train_sizes": [500, 125, 2.0]}})
-    assert out["study"]["train_sizes"] == [500, 125, 2]
-    assert all(type(v) is int for v in out["study"]["train_sizes"])
-    assert params.defaults()["study"]["train_sizes"] == list(params.schema()["study"]["train_sizes"].default)
+    assert out.study.train_sizes == [500, 125, 2]
+    assert all(type(v) is int for v in out.study.train_sizes)
+    assert params.defaults().study.train_sizes == list(params.schema()["study"]["train_sizes"].default)
     assert "list of distinct integers >= 1" in params.reference_markdown()
 
 
@@ -60,62 +63,10 @@ def test_ints_kind_rejects_anything_else_in_one_line(value):
 
 def test_ints_kind_from_the_command_line(tmp_path):
     out = params.load(None, ["study.train_sizes=[10, 20]", "study.models=dncnn"])
-    assert out["study"]["train_sizes"] == [10, 20] and out["study"]["models"] == ["dncnn"]
+    assert out.study.train_sizes == [10, 20] and out.study.models == ["dncnn"]
     with pytest.raises(InputError, match="study.train_sizes"):
         params.load(None, ["study.train_sizes=ten"])
 
-
-# --------------------------------------------------------------------------------------------------------------
-# Analysis helpers on made-up numbers
-# --------------------------------------------------------------------------------------------------------------
-
-def test_best_baseline_is_the_best_classical_row():
-    methods = {"noisy": {"kind": "input", "psnr_mean": 40.0},        # the input never counts
-               "gaussian": {"kind": "classical", "psnr_mean": 22.5},
-               "nlm": {"kind": "classical", "psnr_mean": 24.25},
-               "tv": {"kind": "classical", "psnr_mean": None},        # no finite PSNR: ignored
-               "unet": {"kind": "deep", "psnr_mean": 30.0}}
-    assert study_task.best_baseline(methods) == ("nlm", 24.25)
-    assert study_task.best_baseline({"noisy": {"kind": "input", "psnr_mean": 12.0}}) is None
-
-
-def test_smallest_winning_size():
-    psnr = {125: 20.0, 250: 24.0, 500: 24.5, 1000: 26.0}
-    assert study_task.smallest_winning_size(psnr, 24.1) == 500
-    assert study_task.smallest_winning_size(psnr, 19.0) == 125
-    assert study_task.smallest_winning_size(psnr, 24.0) == 500        # equal is not beating
-    assert study_task.smallest_winning_size(psnr, 26.0) is None       # never within the sizes run
-    assert study_task.smallest_winning_size(psnr, None) is None       # no baseline to beat
-    # non-monotonic learning curve and a failed (None) cell: the smallest size that beats it, in any order
-    assert study_task.smallest_winning_size({1000: 25.0, 125: None, 500: 23.0, 250: 24.5}, 24.0) == 250
-    assert study_task.smallest_winning_size({125: math.nan, 250: math.inf}, 1.0) is None
-
-
-def test_cell_epochs_and_plan():
-    assert study_task.cell_epochs(125, 16, 20, 0) == 20
-    assert study_task.cell_epochs(125, 16, 20, 400) == 50               # 8 steps per epoch -> 50 epochs
-    assert study_task.cell_epochs(8000, 16, 20, 400) == 20              # already 10000 steps
-    study = params.defaults().study.replace(models=["unet", "dncnn"], train_sizes=[500, 125])
-    cells = study_task.plan_cells(study)
-    assert [c.name for c in cells] == ["unet-125", "dncnn-125", "unet-500", "dncnn-500"]
-    assert len(study_task.plan_cells(study.replace(models="all"))) == 2 * len(models.names())
-
-
-def test_durations_read_well():
-    assert [study_task._duration(x) for x in (42.4, 150, 3 * 3600 + 360, 4.1 * 86400)] == \
-        ["42 s", "2.5 min", "3.1 h", "4.1 days"]
-
-
-def test_cell_train_section_overrides_only_the_study_keys():
-    p = params.validate({"train": {"optimizer": "sgd", "epochs": 99, "dncnn_depth": 5}})
-    cell = study_task.Cell("dncnn", 250, 3)
-    train = study_task.cell_train_section(p["train"], p["study"], cell)
-    assert train["model"] == ["dncnn"] and train["epochs"] == 3 and train["max_train_images"] == 250
-    assert train["optimizer"] == "sgd" and train["dncnn_depth"] == 5
-    assert train["batch_size"] == p["study"]["batch_size"] and train["lr"] == p["study"]["lr"]
-    config = study_task.cell_config(cell, train, {"n_test": 4}, "card")
-    assert config["options"] == {"depth": 5}
-    assert config["max_train_images"] == 250 and config["optimizer"] == "sgd" and config["evaluation"] == {"n_test": 4}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -162,7 +113,7 @@ def finished(tmp_path_factory, data_dir) -> tuple[Path, Path, str]:
 def test_study_writes_every_output(finished):
     _, out, log = finished
     summary = json.loads((out / "study.json").read_text())
-    assert summary["format"] == study_task.STUDY_FORMAT
+    assert summary["format"] == engine.STUDY_FORMAT
     assert summary["train_sizes"] == SIZES and list(summary["models"]) == MODELS
     assert {c["cell"] for c in summary["cells"]} == {f"{m}-{s}" for m in MODELS for s in SIZES}
     assert set(summary["baselines"]) == {"noisy", "gaussian", "median"}
@@ -181,14 +132,14 @@ def test_study_writes_every_output(finished):
         result = json.loads((out / "cells" / cell["cell"] / "result.json").read_text())
         assert result["status"] == "done" and len(result["per_image"]["psnr"]) == 8
         assert test["psnr_mean"] == pytest.approx(np.mean(result["per_image"]["psnr"]), rel=1e-9)
-    for name, info in summary["models"].items():
+    for info in summary["models"].values():
         assert info["parameters"] > 0 and info["images_per_s"] > 0
         assert set(info["psnr_by_size"]) == {str(s) for s in SIZES}
     # the smallest winning size is the helper's answer on the numbers in study.json
     best = summary["best_baseline"]
     assert best["psnr_mean"] == max(summary["baselines"][n]["psnr_mean"] for n in ("gaussian", "median"))
-    for name, info in summary["models"].items():
-        expected = study_task.smallest_winning_size({int(s): v for s, v in info["psnr_by_size"].items()},
+    for info in summary["models"].values():
+        expected = engine.smallest_winning_size({int(s): v for s, v in info["psnr_by_size"].items()},
                                                     best["psnr_mean"])
         assert info["smallest_winning_size"] == expected
     assert "cell 1/4 sciml_ae-6: training" in log and "cell 4/4 dncnn-12" in log
@@ -207,17 +158,17 @@ def test_report_has_the_tables(finished):
         psnr6 = f"{info['psnr_by_size']['6']:.2f}"
         assert any(line.startswith(f"| {name} |") and psnr6 in line for line in lines)
         win = info["smallest_winning_size"]
-        want = str(win) if win is not None else study_task.NEVER
+        want = str(win) if win is not None else report.NEVER
         assert any(line.startswith(f"| {name} | {want} |") for line in lines), name
     for name in ("gaussian", "median", "noisy"):
         assert any(line.startswith(f"| {name} |") for line in lines)
-    for file in study_task.FIGURES.values():
+    for file in report.FIGURES.values():
         assert f"]({file})" in text
 
 
 def test_figures_are_valid_pngs(finished):
     _, out, _ = finished
-    for file in study_task.FIGURES.values():
+    for file in report.FIGURES.values():
         path = out / file
         assert path.read_bytes()[:8] == PNG_SIGNATURE
         pixels = mpimg.imread(path)
@@ -291,14 +242,14 @@ def test_a_failed_cell_is_reported_and_retried(tmp_path, data_dir, capsys, monke
     """A cell that fails at run time (here: the out-of-memory failure of the test task's run_model, raised for
     one cell) does not stop the others; the run ends with exit 1 naming it, the report lists it, and a rerun
     retries it and keeps the rest."""
-    real_run_model = study_task.evaluation.run_model
+    real_run_model = evaluation.run_model
 
     def run_model(name, *args, **kwargs):
         if name == "dncnn-6":
             raise RuntimeFailure("dncnn-6: out of GPU memory at test.batch_size=4; lower test.batch_size")
         return real_run_model(name, *args, **kwargs)
 
-    monkeypatch.setattr(study_task.evaluation, "run_model", run_model)
+    monkeypatch.setattr(evaluation, "run_model", run_model)
     study = {**STUDY, "train_sizes": [6]}
     code, log = run_study(tmp_path, data_dir, tmp_path / "out", study)
     err = capsys.readouterr().err.strip().splitlines()
@@ -311,7 +262,7 @@ def test_a_failed_cell_is_reported_and_retried(tmp_path, data_dir, capsys, monke
     result = json.loads((tmp_path / "out" / "cells" / "dncnn-6" / "result.json").read_text())
     assert result["status"] == "failed" and "out of GPU memory" in result["error"]
 
-    monkeypatch.setattr(study_task.evaluation, "run_model", real_run_model)
+    monkeypatch.setattr(evaluation, "run_model", real_run_model)
     code, log = run_study(tmp_path, data_dir, tmp_path / "out", study)
     assert code == 0
     assert "cell 1/2 sciml_ae-6: kept from a previous run" in log
@@ -323,14 +274,14 @@ def test_a_failed_cell_is_reported_and_retried(tmp_path, data_dir, capsys, monke
 def test_an_interrupted_study_leaves_partial_results_and_resumes(tmp_path, data_dir, monkeypatch):
     """Ctrl-C during the third cell: study.json and report.md already hold the two finished cells; the same
     command again keeps them and does the rest."""
-    real_run_cell = study_task.run_cell
+    real_run_cell = engine.run_cell
 
     def run_cell(cell, *args):
         if cell.name == "sciml_ae-12":
             raise KeyboardInterrupt
         return real_run_cell(cell, *args)
 
-    monkeypatch.setattr(study_task, "run_cell", run_cell)
+    monkeypatch.setattr(engine, "run_cell", run_cell)
     code, _ = run_study(tmp_path, data_dir, tmp_path / "out", STUDY)
     assert code == 130
     summary = json.loads((tmp_path / "out" / "study.json").read_text())
@@ -338,7 +289,7 @@ def test_an_interrupted_study_leaves_partial_results_and_resumes(tmp_path, data_
     assert summary["pending_cells"] == ["sciml_ae-12", "dncnn-12"]
     assert "**In progress**: 2 cells finished, 2 to go" in (tmp_path / "out" / "report.md").read_text()
 
-    monkeypatch.setattr(study_task, "run_cell", real_run_cell)
+    monkeypatch.setattr(engine, "run_cell", real_run_cell)
     code, log = run_study(tmp_path, data_dir, tmp_path / "out", STUDY)
     assert code == 0 and log.count("kept from a previous run") == 3  # the baselines and two cells
     summary = json.loads((tmp_path / "out" / "study.json").read_text())
@@ -364,7 +315,7 @@ def test_cli_knows_the_study_task():
     spec = cli.TASKS["study"]
     assert spec.inputs == ("data_dir", "parameters_file") and spec.outputs == ("output_dir", "log_dir")
     assert spec.default_path("output_dir") == "study"
-    mlcube = yaml.safe_load((Path(__file__).resolve().parents[1] / "mlcube.yaml").read_text())
+    mlcube = yaml.safe_load((Path(__file__).resolve().parents[2] / "mlcube.yaml").read_text())
     task = mlcube["tasks"]["study"]["parameters"]
     assert list(task["inputs"]) == list(spec.inputs) and list(task["outputs"]) == list(spec.outputs)
     assert task["outputs"]["output_dir"]["default"] == "study"
@@ -372,11 +323,11 @@ def test_cli_knows_the_study_task():
 
 @pytest.mark.parametrize("name", ["study-small", "study"])
 def test_shipped_study_parameters_validate(name):
-    path = Path(__file__).resolve().parents[1] / "workspace" / "parameters" / f"{name}.parameters.yaml"
+    path = Path(__file__).resolve().parents[2] / "workspace" / "parameters" / f"{name}.parameters.yaml"
     p = params.load(path)
-    sizes = p["study"]["train_sizes"]
+    sizes = p.study.train_sizes
     assert sizes == sorted(sizes) and len(sizes) >= 2
-    if p["download"]["source"] == "synthetic":  # the sizes fit the training pairs left after the val split
-        n = p["download"]["train_images"]
-        n_train = n - min(max(math.floor(p["preprocess"]["val_fraction"] * n + 0.5), 1), n - 1)
+    if p.download.source == "synthetic":  # the sizes fit the training pairs left after the val split
+        n = p.download.train_images
+        n_train = n - min(max(math.floor(p.preprocess.val_fraction * n + 0.5), 1), n - 1)
         assert max(sizes) <= n_train
