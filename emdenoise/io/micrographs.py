@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import h5py
 import numpy as np
@@ -98,8 +98,21 @@ class ImageArray:
         return f"{path}:{self.name}" if self.name else str(path)
 
 
+class _Closing:
+    """Used in a ``with`` block, closed at its end."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 @dataclass
-class InputFile:
+class InputFile(_Closing):
     """An open input file: its images, plus what the writer needs to keep (resolution, labels ...)."""
 
     path: Path
@@ -114,12 +127,6 @@ class InputFile:
 
     def close(self) -> None:
         self.closers.close()
-
-    def __enter__(self) -> InputFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def iter_frames(self, image: ImageArray) -> Iterator[np.ndarray]:
         """The frames of ``image`` in order; a frame that cannot be read or is not finite is an InputError."""
@@ -353,7 +360,7 @@ _READERS: dict[str, Callable[[Path, ExitStack], InputFile]] = {
 
 # ---------------------------------------------------------------------------------------------------- writers
 
-class Writer:
+class Writer(_Closing):
     """Writes the denoised images of one input file into ``dest`` (a temporary path), in the input's format.
 
     Use as a context manager; call :meth:`write` once per image of ``source.images``, in order.
@@ -375,12 +382,6 @@ class Writer:
 
     def close(self) -> None:
         self._stack.close()
-
-    def __enter__(self) -> Writer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class TiffWriter(Writer):
