@@ -1,17 +1,35 @@
-"""Inference: :class:`Denoiser`, a trained model ready to use on raw images (the tiling of large frames is
-:mod:`emdenoise.engine.tiling`). The test, denoise and study tasks and the training engine's validation use it.
+"""Inference: :class:`Denoiser`, a trained model ready to use on raw images, and :class:`FileDenoiser`, the
+frame-streaming engine of the denoise task (open a micrograph file, cut its frames into tiles, batch them
+through the model, write the output in the input's format with its provenance).
+
+The test, denoise and study tasks and the training engine's validation use :class:`Denoiser`; the tiling of
+large frames is :mod:`emdenoise.engine.tiling`, the formats :mod:`emdenoise.io.micrographs`.
+
+    engine = FileDenoiser(model_file, device, "fp32", tile_size=256, overlap=32, batch_size=8)
+    if not engine.up_to_date(out, engine.fingerprint(path)):
+        result = engine.denoise(path, out)       # out written atomically; result.record is its sidecar
+        write_json_atomic(sidecar_of(out), result.record)
 """
 
 from __future__ import annotations
 
+import datetime
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
+from emdenoise import __version__
 from emdenoise.engine import runtime
-from emdenoise.io import modelfile
+from emdenoise.engine.tiling import Tiler
+from emdenoise.io import micrographs, modelfile
+from emdenoise.outputs import atomic_path, sha256_file
 
 
 class Denoiser:
@@ -30,17 +48,18 @@ class Denoiser:
         self.device = torch.device(device)
         self.precision = precision
         self.meta = meta
-        self.model = model.to(self.device, memory_format=torch.channels_last).eval()
+        # Module.to takes memory_format (torch's stubs do not say so)
+        self.model = model.to(self.device, memory_format=torch.channels_last).eval()  # type: ignore[call-overload]
         norm = meta["normalisation"]
         self._in = (float(norm["noisy"]["mean"]), float(norm["noisy"]["std"]))
         self._out = (float(norm["clean"]["mean"]), float(norm["clean"]["std"]))
 
     @property
     def name(self) -> str:
-        return self.meta["model"]
+        return str(self.meta["model"])
 
     @classmethod
-    def from_file(cls, path: str | Path, device: str | torch.device = "cpu", precision: str = "fp32") -> "Denoiser":
+    def from_file(cls, path: str | Path, device: str | torch.device = "cpu", precision: str = "fp32") -> Denoiser:
         model, meta = modelfile.load_model(path, device)
         return cls(model, meta, device, precision)
 
@@ -54,3 +73,116 @@ class Denoiser:
                 y = self.model(x)
             y = y.float() * self._out[1] + self._out[0]
             return y.contiguous().to(noisy.device)
+
+
+class Progress(Protocol):
+    """What :func:`denoise_file` reports each finished frame to (a tqdm bar fits)."""
+
+    def update(self, n: int = 1) -> Any: ...
+
+
+def denoise_file(src: micrographs.InputFile, dest: Path, tiler: Tiler, provenance: dict[str, Any],
+                 bar: Progress | None = None) -> int:
+    """Denoise every image of ``src`` into ``dest`` (same format, written atomically), frame by frame.
+    Returns the number of frames; ``bar`` advances once per frame."""
+    count = 0
+
+    def counted(frames: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        nonlocal count
+        for frame in frames:
+            count += 1
+            if bar is not None:
+                bar.update(1)
+            yield frame
+
+    with atomic_path(dest) as tmp, micrographs.open_output(tmp, src, provenance) as writer:
+        for image in src.images:
+            writer.write(image, counted(tiler.stream(src.iter_frames(image))))
+    return count
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Denoised:
+    """What :meth:`FileDenoiser.denoise` did to one file. ``record`` is what the output's sidecar holds: the
+    provenance, the output, frames, seconds, frames_per_s and the fingerprint."""
+
+    record: dict[str, Any]
+    shapes: str          # "3 frames of 96x80", for the log
+
+    @property
+    def frames(self) -> int:
+        return int(self.record["frames"])
+
+    @property
+    def seconds(self) -> float:
+        return float(self.record["seconds"])
+
+
+class FileDenoiser:
+    """One model file applied to whole micrograph files: each file's frames stream through a :class:`Tiler`
+    (``tile_size`` tiles overlapping by ``overlap`` pixels, ``batch_size`` tiles per model call) straight into
+    the output file. The first call warms the model up (one batch, outside the timing)."""
+
+    def __init__(self, model_file: Path, device: torch.device, precision: str, tile_size: int, overlap: int,
+                 batch_size: int):
+        self.denoiser = Denoiser.from_file(model_file, device, precision)
+        self.model_file = Path(model_file)
+        self.model_sha256 = sha256_file(model_file)
+        self.settings = {"tile_size": tile_size, "tile_overlap": overlap, "batch_size": batch_size,
+                         "device": str(device), "precision": precision}
+        self.tiler = Tiler(self.denoiser.denoise, tile_size, overlap, batch_size, pin_memory=device.type == "cuda")
+        meta = self.denoiser.meta
+        self.model_info = {"name": self.denoiser.name, "file": str(model_file), "sha256": self.model_sha256,
+                           "options": meta.get("options"), "normalisation": meta.get("normalisation"),
+                           "trained_with": meta.get("emdenoise_version")}
+        self._warm = False
+
+    def fingerprint(self, path: Path) -> dict[str, Any]:
+        """What decides the output of input ``path``: an output is reused only when all of it matches."""
+        stat = path.stat()
+        return {"input_bytes": stat.st_size, "input_mtime_ns": stat.st_mtime_ns, "model_sha256": self.model_sha256,
+                **{key: self.settings[key] for key in ("tile_size", "tile_overlap", "precision")}}
+
+    @staticmethod
+    def up_to_date(out: Path, fingerprint: dict[str, Any]) -> bool:
+        """Whether ``out`` and its sidecar are there and the sidecar records ``fingerprint``."""
+        sidecar = micrographs.sidecar_of(out)
+        if not out.is_file() or not sidecar.is_file():
+            return False
+        try:
+            return bool(json.loads(sidecar.read_text(encoding="utf-8")).get("fingerprint") == fingerprint)
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    def _warm_up(self, src: micrographs.InputFile) -> None:
+        """One-off costs (allocations, kernel choice) stay out of the timing."""
+        if not self._warm:
+            plan = self.tiler.plan(*src.images[0].frame_shape)
+            self.denoiser.denoise(torch.zeros(1, 1, plan.tile_h, plan.tile_w))
+            self._warm = True
+
+    def denoise(self, path: Path, dest: Path, final: Path | None = None, bar: Progress | None = None) -> Denoised:
+        """Denoise the file ``path`` into ``dest`` (written atomically); ``final`` is the name the output will
+        have in the end (``dest`` by default; the task writes into a staging folder), as the record names it."""
+        fingerprint = self.fingerprint(path)
+        with micrographs.open_input(path) as src:
+            self._warm_up(src)
+            provenance = {"emdenoise_version": __version__, "created": _now(),
+                          "input": {"file": str(path), "format": src.fmt,
+                                    "images": [{"name": im.name, "shape": list(im.shape), "dtype": str(im.dtype)}
+                                               for im in src.images]},
+                          "model": self.model_info, "settings": self.settings}
+            start = time.perf_counter()
+            frames = denoise_file(src, dest, self.tiler, provenance, bar)
+            seconds = time.perf_counter() - start
+            shapes = micrographs.describe(src)
+        record = {**provenance,
+                  "output": {"file": str(final or dest), "format": src.fmt,
+                             "dtype": "float32" if src.fmt != "png" else f"uint{src.info['bits']}"},
+                  "frames": frames, "seconds": round(seconds, 4),
+                  "frames_per_s": round(frames / max(seconds, 1e-9), 3), "fingerprint": fingerprint}
+        return Denoised(record, shapes)

@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -100,7 +100,7 @@ class TilePlan:
     sum_x: np.ndarray  # summed weight per column
 
     @classmethod
-    def make(cls, height: int, width: int, tile_size: int, overlap: int) -> "TilePlan":
+    def make(cls, height: int, width: int, tile_size: int, overlap: int) -> TilePlan:
         th = height if tile_size <= 0 else min(tile_size, height)
         tw = width if tile_size <= 0 else min(tile_size, width)
         ys = axis_tiles(height, tile_size, overlap)
@@ -206,15 +206,15 @@ class Tiler:
         """Denoise 2-D frames in order; tiles of consecutive frames share batches. Yields float32 frames."""
         in_flight: deque[_Stitcher] = deque()  # frames with tiles not yet all blended, oldest first
         owners: list[_Stitcher] = []           # owner frame of each tile in the pending batch
-        shape: tuple[int, int] | None = None
-        buf: np.ndarray | None = None
+        shape: tuple[int, int] | None = None   # the tile shape of the pending batch
+        tensor = torch.empty(0)                # its buffer (:meth:`_buffer`), and the same memory as numpy
+        buf = tensor.numpy()
 
         def run_batch() -> Iterator[np.ndarray]:
             n = len(owners)
-            batch = self._buffers[shape][:n]
+            batch = tensor[:n]
             with torch.inference_mode():
-                result = self.model_fn(batch)
-                result = result.detach().to("cpu", torch.float32).numpy()
+                result = self.model_fn(batch).detach().to("cpu", torch.float32).numpy()
             if result.shape != tuple(batch.shape):
                 raise ValueError(f"model returned shape {tuple(result.shape)} for input {tuple(batch.shape)}")
             for i, owner in enumerate(owners):
@@ -234,7 +234,8 @@ class Tiler:
                 if owners:
                     yield from run_batch()
                 shape = (plan.tile_h, plan.tile_w)
-                buf = self._buffer(*shape).numpy()
+                tensor = self._buffer(*shape)
+                buf = tensor.numpy()
             for y in plan.ys:
                 for x in plan.xs:
                     buf[len(owners), 0] = frame[y:y + plan.tile_h, x:x + plan.tile_w]

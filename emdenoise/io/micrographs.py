@@ -27,25 +27,32 @@ long stack never sits in memory; a frame larger than :data:`emdenoise.layout.MAX
 the header, before any pixel is read. Writers consume an iterator of float32 frames and write them straight into
 the output (a temporary file the caller renames into place). An HDF5 input is probed in a child process before
 it is opened (:func:`emdenoise.io.h5safe.open_foreign`): a file that would crash libhdf5 is one InputError.
+
+Beside each output the denoise task writes its sidecar, ``<output name>.json`` (:func:`sidecar_of`): the
+provenance and the fingerprint that decides whether a rerun may keep the output
+(:class:`emdenoise.engine.inference.FileDenoiser`). :func:`find_inputs` selects the input files of a folder and
+:func:`read_headers` opens each one's header, so that a bad file fails a run before any work.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import logging
 import math
 import os
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Self
 
 import h5py
 import numpy as np
 
-from emdenoise.io import h5safe
 from emdenoise.errors import InputError
+from emdenoise.io import h5safe
 from emdenoise.layout import check_frame_pixels
 
 FORMATS: dict[str, str] = {
@@ -57,11 +64,17 @@ FORMATS: dict[str, str] = {
 }
 MIN_SIDE = 16  # a frame must be at least this many pixels high and wide
 PROVENANCE_KEY = "emdenoise"
+SIDECAR_SUFFIX = ".json"
 
 
 def format_of(path: Path) -> str | None:
     """The format name for ``path``'s extension, or None when it is not one we read."""
     return FORMATS.get(path.suffix.lower())
+
+
+def sidecar_of(out: Path) -> Path:
+    """The sidecar of the output ``out``: ``<out's name>.json`` beside it."""
+    return out.with_name(out.name + SIDECAR_SUFFIX)
 
 
 @dataclass
@@ -85,8 +98,21 @@ class ImageArray:
         return f"{path}:{self.name}" if self.name else str(path)
 
 
+class _Closing:
+    """Used in a ``with`` block, closed at its end."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 @dataclass
-class InputFile:
+class InputFile(_Closing):
     """An open input file: its images, plus what the writer needs to keep (resolution, labels ...)."""
 
     path: Path
@@ -101,12 +127,6 @@ class InputFile:
 
     def close(self) -> None:
         self.closers.close()
-
-    def __enter__(self) -> "InputFile":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def iter_frames(self, image: ImageArray) -> Iterator[np.ndarray]:
         """The frames of ``image`` in order; a frame that cannot be read or is not finite is an InputError."""
@@ -141,6 +161,61 @@ def _check_array(path: Path, name: str, shape: tuple[int, ...], dtype: np.dtype,
     if 0 in shape:
         raise InputError.at(where, None, f"expected at least one frame, got shape {tuple(shape)}")
     check_frame_pixels(where, None, *shape[-2:])
+
+
+def describe(src: InputFile) -> str:
+    """``"3 frames of 96x80"``: the frames of ``src`` and their sizes, for the log."""
+    shapes = {image.frame_shape for image in src.images}
+    size = ", ".join(f"{h}x{w}" for h, w in sorted(shapes))
+    return f"{src.frames} frame{'s' if src.frames != 1 else ''} of {size}"
+
+
+# ---------------------------------------------------------------------------------------------------- inputs
+
+def find_inputs(input_dir: Path, pattern: str, output_dir: Path, log: logging.Logger) -> list[Path]:
+    """The supported files matching ``pattern`` in ``input_dir``, sorted; hidden files and ``output_dir``
+    (when it lies inside ``input_dir``) left out; other extensions skipped with one warning. Errors name the
+    denoise task's fields (``input_dir``, ``output_dir``, ``denoise.pattern``)."""
+    if not input_dir.is_dir():
+        raise InputError.at(input_dir, "input_dir", "expected a folder of images, not found")
+    if input_dir.resolve() == output_dir.resolve():
+        raise InputError.at(output_dir, "output_dir", "expected a folder other than input_dir (outputs keep the "
+                            "input names and would overwrite them)")
+    try:
+        matched = sorted(p for p in input_dir.glob(pattern) if p.is_file())
+    except (ValueError, NotImplementedError) as exc:  # e.g. an absolute or malformed pattern
+        raise InputError.at("parameters", "denoise.pattern", f"expected a glob relative to input_dir ({exc}), "
+                            f"got {pattern!r}") from None
+    out_resolved = output_dir.resolve()
+    files: list[Path] = []
+    skipped: list[Path] = []
+    for path in matched:
+        rel = path.relative_to(input_dir)
+        if any(part.startswith(".") for part in rel.parts) or out_resolved in path.resolve().parents:
+            continue
+        (files if format_of(path) else skipped).append(path)
+    supported = " ".join(sorted(FORMATS))
+    if skipped:
+        names = ", ".join(str(p.relative_to(input_dir)) for p in skipped[:5])
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        log.warning("skipping %d file(s) with unsupported extensions: %s%s (supported: %s)", len(skipped), names,
+                    more, supported)
+    if not files:
+        raise InputError.at(input_dir, "denoise.pattern", f"expected image files matching {pattern!r} (extensions "
+                            f"{supported}), found none")
+    return files
+
+
+def read_headers(paths: Iterable[Path], log: logging.Logger) -> dict[Path, int]:
+    """Open every file's header (no pixel data): ``{path: frames}``; the first bad file is an InputError.
+    What a header reader only warns about (an MRC header's inconsistencies) goes to ``log``."""
+    frames = {}
+    for path in paths:
+        with open_input(path) as src:
+            frames[path] = src.frames
+            for problem in src.info.get("warnings", []):
+                log.warning("%s: header: %s", path, problem)
+    return frames
 
 
 # ---------------------------------------------------------------------------------------------------- readers
@@ -179,8 +254,7 @@ def _read_tiff(path: Path, stack: ExitStack) -> InputFile:
         _check_array(path, name, shape, np.dtype(series.dtype), tuple(range(2, 9)))
         frames = math.prod(shape[:-2])
         if len(series.pages) == frames:
-            pages = series.pages
-            read = (lambda pages, hw: lambda i: pages[i].asarray().reshape(hw))(pages, shape[-2:])
+            read = _page_reader(series.pages, shape[-2:])
         elif series.dataoffset is not None:  # e.g. ImageJ's one-header hyperstacks: contiguous raw data
             mm = tifffile.memmap(path, series=k, mode="r").reshape(frames, *shape[-2:])
             read = mm.__getitem__
@@ -190,11 +264,16 @@ def _read_tiff(path: Path, stack: ExitStack) -> InputFile:
     if not images:
         raise InputError.at(path, None, "expected at least one image, found none")
     keyframe = tif.series[0].keyframe
-    info = {}
+    info: dict[str, Any] = {}
     if "XResolution" in keyframe.tags and "YResolution" in keyframe.tags:
         info["resolution"] = tuple(keyframe.resolution)
         info["resolutionunit"] = keyframe.resolutionunit
     return InputFile(path, "tiff", images, info)
+
+
+def _page_reader(pages: Any, frame_shape: tuple[int, ...]) -> Callable[[int], np.ndarray]:
+    """Frame ``i`` of a TIFF series whose pages are its frames."""
+    return lambda i: pages[i].asarray().reshape(frame_shape)
 
 
 PNG_MODES = {"L": 8, "I;16": 16, "I;16B": 16, "I;16L": 16, "I": 16}
@@ -281,7 +360,7 @@ _READERS: dict[str, Callable[[Path, ExitStack], InputFile]] = {
 
 # ---------------------------------------------------------------------------------------------------- writers
 
-class Writer:
+class Writer(_Closing):
     """Writes the denoised images of one input file into ``dest`` (a temporary path), in the input's format.
 
     Use as a context manager; call :meth:`write` once per image of ``source.images``, in order.
@@ -303,12 +382,6 @@ class Writer:
 
     def close(self) -> None:
         self._stack.close()
-
-    def __enter__(self) -> "Writer":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 class TiffWriter(Writer):
@@ -439,7 +512,8 @@ _WRITERS: dict[str, type[Writer]] = {
 
 
 def open_output(dest: Path, source: InputFile, provenance: dict[str, Any]) -> Writer:
-    """A writer for ``source``'s format into ``dest`` (normally a temporary path from ``fsutil.atomic_path``)."""
+    """A writer for ``source``'s format into ``dest`` (normally a temporary path from
+    :func:`emdenoise.outputs.atomic_path`)."""
     return _WRITERS[source.fmt](dest, source, provenance)
 
 
@@ -456,7 +530,7 @@ def read_provenance(path: Path) -> dict[str, Any] | None:
         from PIL import Image
 
         with Image.open(path) as im:
-            text = im.text.get(PROVENANCE_KEY)
+            text = getattr(im, "text", {}).get(PROVENANCE_KEY)  # a PNG's tEXt chunks
             return json.loads(text) if text else None
     if fmt == "hdf5":
         with h5py.File(path, "r") as h5:

@@ -31,8 +31,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import h5py
 import numpy as np
@@ -40,9 +41,9 @@ import torch
 from torch import nn
 
 from emdenoise import __version__, models
-from emdenoise.io import h5safe
 from emdenoise.data.splits import check_normalisation
 from emdenoise.errors import InputError
+from emdenoise.io import h5safe
 from emdenoise.outputs import atomic_path
 
 MODEL_FORMAT = "emdenoise-model/1"
@@ -200,8 +201,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     meta["path"] = str(path)
     return model.to(device).eval(), meta
 
-
-# ---------------------------------------------------------------------------------------------- inference
 
 # ---------------------------------------------------------------------------------------------- checkpoints
 

@@ -32,7 +32,7 @@ from emdenoise.errors import EXIT_BAD_INPUT, EXIT_RUNTIME
 from emdenoise.io import micrographs
 from emdenoise.layout import CHECKPOINT_FILE, LAST_MODEL_FILE, MODEL_FILE
 from emdenoise.outputs import STAGING_DIR
-from emdenoise.tasks.denoise import sha256_of
+from emdenoise.outputs import sha256_file as sha256_of
 
 TEST_OUTPUTS = {"test_metrics.json", "per_image.csv", "results.md", "comparison.png", "psnr_bar.png"}
 
@@ -246,20 +246,21 @@ def test_denoise_failing_on_the_third_input_leaves_every_earlier_output_then_res
 
 
 # Run the denoise command, killing the process (SIGKILL) right after the first output image is moved into
-# place, before its sidecar follows.
+# place (a rename out of a staging folder onto a final name), before its sidecar follows.
 _KILLED_BETWEEN_IMAGE_AND_SIDECAR = """
 import os, signal, sys
 from emdenoise import cli
-from emdenoise.tasks import denoise
+from emdenoise.outputs import STAGING_DIR
 
-promote = denoise.promote
+replace = os.replace
 
-def promote_then_die(staged, dest):
-    promote(staged, dest)
-    if not str(dest).endswith(".json"):
+def replace_then_die(staged, dest):
+    replace(staged, dest)
+    folder = lambda p: os.path.basename(os.path.dirname(p))
+    if folder(staged) == STAGING_DIR != folder(dest) and not str(dest).endswith(".json"):
         os.kill(os.getpid(), signal.SIGKILL)
 
-denoise.promote = promote_then_die
+os.replace = replace_then_die
 sys.exit(cli.main(sys.argv[1:]))
 """
 
