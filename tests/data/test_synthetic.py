@@ -12,9 +12,17 @@ import pytest
 from scipy.ndimage import gaussian_filter
 
 from emdenoise.data import synthetic
-from emdenoise.data.synthetic import (FRINGE_PX, add_noise, beam_profile, clean_scene, draw_beam, draw_dose,
-                                 image_seed, make_pair, write_dataset)
-
+from emdenoise.data.synthetic import (
+    FRINGE_PX,
+    add_noise,
+    beam_profile,
+    clean_scene,
+    draw_beam,
+    draw_dose,
+    image_seed,
+    make_pair,
+    write_dataset,
+)
 
 # ---------------------------------------------------------------------------------------------------------------
 # helpers

@@ -14,12 +14,12 @@ import pytest
 import tifffile
 
 from emdenoise import cli
+from emdenoise.data.preprocess import split_rows
 from emdenoise.data.splits import load_card, load_split
 from emdenoise.layout import DATASET_CARD_KEYS, MANIFEST, RAW_FILES
-from emdenoise.tasks.preprocess import split_rows
 
 N_TRAIN, N_TEST, SIZE = 20, 6, 32
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------------------------------------------------------
