@@ -56,8 +56,8 @@ from emdenoise.errors import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_INTERRUPTED, EXIT_R
 from emdenoise.data.fetch import RETRY_BASE_ENV
 from emdenoise.outputs import STAGING_DIR
 from emdenoise.layout import CARD, MAX_FRAME_PIXELS, RAW_FILES
-from emdenoise.tasks import preprocess as preprocess_task
-from emdenoise.tasks.download import key_to_relpath
+from emdenoise.data import raw as raw_layout
+from emdenoise.data.download import key_to_relpath
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
@@ -227,7 +227,7 @@ def kill_9(proc: subprocess.Popen, max_delay: float) -> float:
 
 def _temp_bytes(folder: Path, name: str) -> int:
     """Bytes written so far to the temporary file of ``folder/name`` (0 before it exists)."""
-    return sum(p.stat().st_size for p in folder.glob(f".{name}.*.tmp") if p.is_file()) if folder.is_dir() else 0
+    return sum(p.stat().st_size for p in folder.rglob(f".{name}.*.tmp") if p.is_file()) if folder.is_dir() else 0
 
 
 def _has_bytes(paths) -> bool:
@@ -1235,7 +1235,7 @@ def _raw_reader(path: Path) -> None:
     import logging
 
     with contextlib.ExitStack() as stack:
-        images = preprocess_task.open_raw_images(path, stack, logging.getLogger("test_failures"))
+        images = raw_layout.open_raw_images(path, stack, logging.getLogger("test_failures"))
         images.read(np.arange(images.n))
 
 
@@ -1275,7 +1275,7 @@ def intact_files(fuzz_dir) -> dict[str, tuple[Path, Callable[[Path], object]]]:
     tif = fuzz_dir / "stack.tif"
     tifffile.imwrite(tif, rng.random((3, 32, 32), dtype=np.float32), photometric="minisblack")
     files["tiff for denoise"] = (tif, _read_images)
-    files["tiff for preprocess"] = (tif, lambda p: preprocess_task._read_tiff(p, (32, 32)))
+    files["tiff for preprocess"] = (tif, lambda p: raw_layout.read_tiff(p, (32, 32)))
     npy = fuzz_dir / "stack.npy"
     np.save(npy, rng.random((3, 32, 32), dtype=np.float32))
     files["npy for denoise"] = (npy, _read_images)

@@ -93,7 +93,6 @@ def key_to_relpath(prefix: str, key: str, where: str) -> str | None:
     return None if marker else rel
 
 
-
 def reserved(rel: str) -> bool:
     """Names the download itself uses inside raw_data_dir (never mirrored, copied or extracted onto)."""
     parts = rel.split("/")

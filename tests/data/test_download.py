@@ -582,3 +582,33 @@ def test_cli_download_fails_in_one_line(s3, tmp_path, case, code, words):
     errors = _error_lines(res)
     assert len(errors) == 1 and all(w in errors[0] for w in words)
 
+
+
+def _record_moves(monkeypatch) -> list[str]:
+    """The destinations the output transaction moves staged files onto, in order (atomic_path's renames into
+    the staging folders are left out)."""
+    moves: list[str] = []
+    real = os.replace
+
+    def replace(src, dest, **kw):
+        if Path(src).parent.name == ".staging" and Path(dest).parent.name != ".staging":
+            moves.append(Path(dest).name)
+        return real(src, dest, **kw)
+
+    monkeypatch.setattr(os, "replace", replace)
+    return moves
+
+
+def test_the_manifest_is_moved_into_place_last_after_every_file(dataset, tmp_path, logs, monkeypatch):
+    moves = _record_moves(monkeypatch)
+    raw = tmp_path / "raw"
+    run_download(raw, logs, source="synthetic", train_images=2, test_images=1, image_size=32, workers=1)
+    assert sorted(moves[:-1]) == sorted(Path(rel).name for rel in LAYOUT) and moves[-1] == "MANIFEST.json"
+    moves.clear()
+    src = tmp_path / "src"
+    for rel, data in dataset.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    run_download(raw, logs, source=str(src))
+    assert len(moves) == len(dataset) + 1 and moves[-1] == "MANIFEST.json"
+    assert not list(raw.rglob(".staging"))                  # the staging folders went with the commit
