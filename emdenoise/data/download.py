@@ -143,21 +143,12 @@ class DownloadJob:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Transaction]:
-        """A :class:`Transaction` committed when the block succeeds (aborted otherwise); a failure to move a
-        file into place is a one-line :class:`RuntimeFailure`. After the commit, the folders the removed stale
-        files leave empty go too."""
+        """A :class:`Transaction` committed when the block succeeds (aborted otherwise: what it staged is
+        removed). After the commit, the folders the removed stale files leave empty go too."""
         tx = Transaction()
         self.stale, self.written = [], None
-        try:
+        with tx:
             yield tx
-            tx.commit()
-        except OSError as exc:
-            tx.abort()
-            name = exc.filename2 or exc.filename or self.raw_dir
-            raise RuntimeFailure(f"{name}: cannot move the new files into place ({exc.strerror or exc})") from None
-        except BaseException:
-            tx.abort()
-            raise
         for path in self.stale:
             for folder in path.parents:
                 if folder == self.raw_dir:
