@@ -43,6 +43,7 @@ TEMPORARY_NAMES = {
     STAGING_DIR + "/": "Transaction: committed or removed by the next run of the same task (resumable ones "
                        "keep finished files)",
     "<file>.part": "download: resumed by the next download (emdenoise.data.fetch)",
+    ".extract-XXXXXXXX/": "download: a zip being extracted (in raw_data_dir); removed by the next download",
 }
 
 # mkstemp creates files readable by their owner only; give finished files the usual mode instead.
@@ -231,7 +232,11 @@ class Transaction:
         return self
 
     def __exit__(self, kind: Any, value: Any, tb: Any) -> None:
-        if kind is None:
-            self.commit()
-        else:
+        if kind is not None:
             self.abort()
+            return
+        try:
+            self.commit()
+        except BaseException:   # a commit that failed part-way (disk full, killed): what was not moved is
+            self.abort()        # given up like a failed run's (kept when resumable)
+            raise

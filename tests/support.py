@@ -182,7 +182,7 @@ def kill_9(proc: subprocess.Popen, max_delay: float) -> float:
 
 def temp_bytes(folder: Path, name: str) -> int:
     """Bytes written so far to the temporary file of ``folder/name`` (0 before it exists)."""
-    return sum(p.stat().st_size for p in folder.glob(f".{name}.*.tmp") if p.is_file()) if folder.is_dir() else 0
+    return sum(p.stat().st_size for p in folder.rglob(f".{name}.*.tmp") if p.is_file()) if folder.is_dir() else 0
 
 
 def has_bytes(paths) -> bool:

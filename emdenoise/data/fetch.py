@@ -24,6 +24,7 @@ redirect elsewhere to plain http is refused before it is followed (:func:`https_
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -31,9 +32,10 @@ import os
 import re
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 from urllib.parse import quote, urljoin, urlsplit
 
 import requests
@@ -87,7 +89,7 @@ def clean_etag(value: str | None) -> str | None:
 
 def is_md5_etag(etag: str | None) -> bool:
     """True when ``etag`` is a single-part S3 ETag, i.e. the object's MD5 (a multipart ETag has a ``-N`` tail)."""
-    return bool(etag) and _MD5_ETAG.match(etag) is not None
+    return etag is not None and _MD5_ETAG.match(etag) is not None
 
 
 def is_loopback_host(host: str | None) -> bool:
@@ -240,7 +242,7 @@ class HttpClient:
     def close(self) -> None:
         self.session.close()
 
-    def __enter__(self) -> "HttpClient":
+    def __enter__(self) -> HttpClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -338,7 +340,7 @@ class HttpClient:
             params = {"list-type": "2", "prefix": prefix, "max-keys": str(page_size)}
             if token:
                 params["continuation-token"] = token
-            root = self._with_retries(url, lambda: self._get_xml(url, params))
+            root = self._with_retries(url, functools.partial(self._get_xml, url, params))
             pages += 1
             if _local(root.tag) != "ListBucketResult":
                 raise InputError(f"{url}: the answer is not an S3 bucket listing (root element "
@@ -401,7 +403,7 @@ class HttpClient:
                 state.reset()
             if bar is not None and state.length:
                 bar.update(state.length)
-            got_etag = self._with_retries(url, lambda: self._fetch_rest(url, state, size, etag, bar))
+            got_etag = self._with_retries(url, functools.partial(self._fetch_rest, url, state, size, etag, bar))
             etag_now = got_etag or etag
             if size is not None and state.length != size:
                 got = state.length

@@ -11,8 +11,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from emdenoise.io import h5safe
 from emdenoise.errors import InputError
+from emdenoise.io import h5safe
 from emdenoise.layout import CARD, CARD_FORMAT, SPLIT_FILE
 
 
@@ -36,7 +36,7 @@ def check_normalisation(path: str | Path, norm: Any) -> dict:
         ok = isinstance(stats, dict) and all(isinstance(stats.get(k), (int, float)) and
                                              not isinstance(stats[k], bool) and math.isfinite(stats[k])
                                              for k in ("mean", "std"))
-        if not ok or stats["std"] <= 0:
+        if not ok or not isinstance(stats, dict) or stats["std"] <= 0:
             raise InputError.at(path, f"normalisation.{side}", "expected {\"mean\": m, \"std\": s > 0}, got "
                                 f"{stats!r}")
     return norm
@@ -79,17 +79,17 @@ def load_split(data_dir: str | Path, split: str, max_images: int = 0) -> Split:
     n = None if max_images <= 0 else max_images
     try:
         with h5safe.open_sealed(path, hint="run the preprocess task again") as fh:
-            arrays = {}
+            arrays: dict[str, np.ndarray] = {}
             for key in ("noisy", "clean"):
                 ds = fh.get(key)
                 if not isinstance(ds, h5py.Dataset) or ds.ndim != 3:
                     raise InputError.at(path, key, "expected a (N, H, W) dataset")
                 arrays[key] = np.asarray(ds[:n], dtype=np.float32)
-            dose = fh.get("dose")
-            arrays["dose"] = np.asarray(dose[:n], dtype=np.float32) if isinstance(dose, h5py.Dataset) else None
+            found = fh.get("dose")
+            dose = np.asarray(found[:n], dtype=np.float32) if isinstance(found, h5py.Dataset) else None
     except (OSError, RuntimeError) as exc:  # RuntimeError: h5py on damaged metadata
         raise InputError.at(path, None, f"expected a readable HDF5 file ({' '.join(str(exc).split())})") from None
     if arrays["noisy"].shape != arrays["clean"].shape:
         raise InputError.at(path, "clean", f"expected the shape of 'noisy' {arrays['noisy'].shape}, got "
                             f"{arrays['clean'].shape}")
-    return Split(split, arrays["noisy"], arrays["clean"], arrays["dose"])
+    return Split(split, arrays["noisy"], arrays["clean"], dose)

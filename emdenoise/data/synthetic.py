@@ -50,6 +50,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -60,9 +61,9 @@ try:
 except ImportError:  # optional: without it BLAS may start threads (much slower on a busy machine, same results)
     ThreadpoolController = None
 
-from emdenoise.outputs import atomic_path
 from emdenoise.layout import RAW_DATASET, RAW_FILES, RAW_SPLITS
 from emdenoise.log import progress
+from emdenoise.outputs import Transaction
 
 GENERATOR_VERSION = "1"
 
@@ -287,7 +288,7 @@ def clean_scene(rng, size: int = 256, scene: str = "random") -> tuple[np.ndarray
     if scene not in SCENES:
         raise ValueError(f"scene must be one of {SCENES}, got {scene!r}")
     rng = as_rng(rng)
-    info = {"scene": scene, "empty": False, "n_grains": 0, "rotations_deg": [], "shifts_px": [],
+    info: dict[str, Any] = {"scene": scene, "empty": False, "n_grains": 0, "rotations_deg": [], "shifts_px": [],
             "grain_fractions": [], "contrast_sign": 1, "vacancies": 0, "holes": False, "vacuum_edge": False,
             "bilayer": False}
     if scene == "vacuum" or (scene == "random" and rng.random() < 0.05):
@@ -435,7 +436,7 @@ def _make_chunk(job: tuple) -> tuple[np.ndarray, np.ndarray, dict]:
     size = kwargs["image_size"]
     noisy = np.empty((stop - start, size, size), F32)
     clean = np.empty_like(noisy)
-    attrs = {name: [] for name, *_ in _PER_IMAGE_ATTRS}
+    attrs: dict[str, list] = {name: [] for name, *_ in _PER_IMAGE_ATTRS}
     for j, index in enumerate(range(start, stop)):
         noisy[j], clean[j], info = make_pair(image_seed(seed, split, index), **kwargs)
         for name, _, key, _ in _PER_IMAGE_ATTRS:
@@ -463,7 +464,7 @@ def _pool_context():
 
 def write_dataset(out_dir: Path, *, seed: int, train_images: int, test_images: int, image_size: int = 256,
                   dose_min: float = 5.0, dose_max: float = 100.0, dead_pixel_fraction: float = 0.001,
-                  workers: int = 0, log=None) -> list[Path]:
+                  workers: int = 0, log=None, tx: Transaction | None = None) -> list[Path]:
     """Write ``out_dir/{train,test}/graphene_img_{noise,clean}.h5`` (dataset ``images``, float32,
     (N, S, S, 1); noisy row i pairs with clean row i) and return the files written.
 
@@ -475,6 +476,10 @@ def write_dataset(out_dir: Path, *, seed: int, train_images: int, test_images: i
     a failure leaves the files that were there before. Worker processes start from a fork server (spawn where
     there is none), so a script calling this with ``workers != 1`` needs the usual ``if __name__ == "__main__":``
     guard; ``python -m emdenoise`` and the ``emdenoise`` command have it.
+
+    ``tx``: a :class:`~emdenoise.outputs.Transaction` of the caller's (download's, which commits MANIFEST.json
+    after the four files): the files are written into its staging and committed with it, by the caller.
+    Without one the function commits its own.
     """
     out_dir = Path(out_dir)
     counts = {"train": int(train_images), "test": int(test_images)}
@@ -499,10 +504,12 @@ def write_dataset(out_dir: Path, *, seed: int, train_images: int, test_images: i
                  counts["train"], counts["test"], image_size, image_size, seed, dose_min, dose_max, workers)
 
     paths = {(split, kind): out_dir / split / RAW_FILES[kind] for split in RAW_SPLITS for kind in ("noisy", "clean")}
-    with contextlib.ExitStack() as temps:
-        # All four files are written under temporary names and renamed together at the end, so a failure
-        # leaves whatever dataset was there before intact (never a new train split beside an old test split).
-        tmp = {key: temps.enter_context(atomic_path(path)) for key, path in paths.items()}
+    # All four files are staged and committed together, so a failure leaves whatever dataset was there before
+    # intact (never a new train split beside an old test split).
+    with contextlib.ExitStack() as stack:
+        if tx is None:
+            tx = stack.enter_context(Transaction())
+        tmp = {key: stack.enter_context(tx.writing(path)) for key, path in paths.items()}
         pool = _pool_context().Pool(workers) if workers > 1 and len(jobs) > 1 else None
         try:
             results = pool.imap(_make_chunk, jobs) if pool is not None else map(_make_chunk, jobs)
@@ -537,7 +544,7 @@ def _write_split(noisy_path: Path, clean_path: Path, split: str, n: int, seed: i
             fh.attrs["content"] = kind
             dsets[kind] = fh.create_dataset(RAW_DATASET, shape=(n, size, size, 1), dtype=F32,
                                             chunks=(1, size, size, 1), track_times=False)
-        attrs = {name: [] for name, *_ in _PER_IMAGE_ATTRS}
+        attrs: dict[str, list] = {name: [] for name, *_ in _PER_IMAGE_ATTRS}
         row = 0
         for noisy, clean, chunk_attrs in chunks:
             dsets["noisy"][row:row + len(noisy), :, :, 0] = noisy

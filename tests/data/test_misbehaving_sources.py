@@ -14,7 +14,7 @@ from local_http import LocalServer
 from support import final_files, one_error, params_file, run_here, temporaries, write_raw
 
 from emdenoise.errors import EXIT_BAD_INPUT, EXIT_RUNTIME, InputError
-from emdenoise.tasks.download import key_to_relpath
+from emdenoise.data.download import key_to_relpath
 
 ACCESS_DENIED = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
                  b'<Message>Access Denied</Message></Error>')

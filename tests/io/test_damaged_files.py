@@ -24,7 +24,7 @@ from emdenoise import models
 from emdenoise.data import splits as data_mod
 from emdenoise.errors import InputError
 from emdenoise.io import h5safe, micrographs, modelfile
-from emdenoise.tasks import preprocess as preprocess_task
+from emdenoise.data import raw as raw_layout
 
 MAGIC = {".tif": b"II*\x00", ".npy": b"\x93NUMPY\x01\x00", ".h5": b"\x89HDF\r\n\x1a\n", ".png": b"\x89PNG\r\n\x1a\n",
          ".mrc": b""}
@@ -104,7 +104,7 @@ def _raw_reader(path: Path) -> None:
     import logging
 
     with contextlib.ExitStack() as stack:
-        images = preprocess_task.open_raw_images(path, stack, logging.getLogger("test_failures"))
+        images = raw_layout.open_raw_images(path, stack, logging.getLogger("test_failures"))
         images.read(np.arange(images.n))
 
 
@@ -144,7 +144,7 @@ def intact_files(fuzz_dir) -> dict[str, tuple[Path, Callable[[Path], object]]]:
     tif = fuzz_dir / "stack.tif"
     tifffile.imwrite(tif, rng.random((3, 32, 32), dtype=np.float32), photometric="minisblack")
     files["tiff for denoise"] = (tif, _read_images)
-    files["tiff for preprocess"] = (tif, lambda p: preprocess_task._read_tiff(p, (32, 32)))
+    files["tiff for preprocess"] = (tif, lambda p: raw_layout.read_tiff(p, (32, 32)))
     npy = fuzz_dir / "stack.npy"
     np.save(npy, rng.random((3, 32, 32), dtype=np.float32))
     files["npy for denoise"] = (npy, _read_images)

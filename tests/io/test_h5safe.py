@@ -20,7 +20,7 @@ from emdenoise import models
 from emdenoise.io import h5safe, micrographs, modelfile
 from emdenoise.data.splits import load_split
 from emdenoise.errors import InputError
-from emdenoise.tasks import preprocess
+from emdenoise.data import raw as raw_layout
 
 NORM = {"noisy": {"mean": 0.5, "std": 0.3}, "clean": {"mean": 0.5, "std": 0.25}}
 SEGFAULT = ("-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
@@ -232,7 +232,7 @@ def test_the_foreign_readers_probe_the_file_before_opening_it(tmp_path, monkeypa
     monkeypatch.setattr(h5safe, "probe", lambda path: probe(path, SEGFAULT))
     path = foreign_file(tmp_path / "f.h5")
     with contextlib.ExitStack() as stack:
-        message = error_of(preprocess.open_raw_images, path, stack, logging.getLogger("test_h5safe"))
+        message = error_of(raw_layout.open_raw_images, path, stack, logging.getLogger("test_h5safe"))
     assert message.startswith(f"{path}: damaged HDF5 file: the HDF5 library crashed (SIGSEGV)")
     assert error_of(micrographs.open_input, path) == message
     monkeypatch.setattr(h5safe, "probe", probe)

@@ -12,9 +12,18 @@ import pytest
 from scipy.ndimage import gaussian_filter
 
 from emdenoise.data import synthetic
-from emdenoise.data.synthetic import (FRINGE_PX, add_noise, beam_profile, clean_scene, draw_beam, draw_dose,
-                                 image_seed, make_pair, write_dataset)
-
+from emdenoise.data.synthetic import (
+    FRINGE_PX,
+    add_noise,
+    beam_profile,
+    clean_scene,
+    draw_beam,
+    draw_dose,
+    image_seed,
+    make_pair,
+    write_dataset,
+)
+from emdenoise.outputs import Transaction
 
 # ---------------------------------------------------------------------------------------------------------------
 # helpers
@@ -376,3 +385,11 @@ def test_write_dataset_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="scene"):
         clean_scene(0, 32, "moon")
     assert not any(tmp_path.iterdir())
+
+
+def test_write_dataset_into_a_callers_transaction_commits_with_it(tmp_path):
+    tx = Transaction()
+    written = write_dataset(tmp_path, seed=0, train_images=2, test_images=1, image_size=32, workers=1, tx=tx)
+    assert not any(p.exists() for p in written) and all(tx.is_staged(p) for p in written)   # staged, not placed
+    tx.commit()
+    assert all(p.is_file() for p in written) and not list(tmp_path.rglob(".staging"))

@@ -14,12 +14,12 @@ import pytest
 import tifffile
 
 from emdenoise import cli
+from emdenoise.data.preprocess import split_rows
 from emdenoise.data.splits import load_card, load_split
 from emdenoise.layout import DATASET_CARD_KEYS, MANIFEST, RAW_FILES
-from emdenoise.tasks.preprocess import split_rows
 
 N_TRAIN, N_TEST, SIZE = 20, 6, 32
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -362,3 +362,28 @@ def test_synthetic_dataset(env):
     assert train.noisy.shape == (7, 64, 64) and np.isfinite(train.noisy).all()
     assert card["normalisation"]["clean"]["mean"] == pytest.approx(float(train.clean.astype(np.float64).mean()),
                                                                    rel=1e-6)
+
+
+def test_the_old_card_goes_first_and_the_new_card_is_moved_into_place_last(env, capsys, monkeypatch):
+    make_raw(env["raw"], n_train=6, n_test=3)
+    assert run_preprocess(env) == 0
+    steps: list[str] = []
+    real_replace, real_unlink = os.replace, Path.unlink
+
+    def replace(src, dest, **kw):
+        if Path(src).parent.name == ".staging" and Path(dest).parent.name != ".staging":
+            steps.append(f"put {Path(dest).name}")
+        return real_replace(src, dest, **kw)
+
+    def unlink(self, missing_ok=False):
+        if self.parent == env["data"]:
+            steps.append(f"remove {self.name}")
+        return real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    assert run_preprocess(env, params=write_params(env["params"], seed=1)) == 0
+    card = [i for i, step in enumerate(steps) if "dataset_card.json" in step]
+    assert steps[card[0]] == "remove dataset_card.json" and steps[-1] == "put dataset_card.json"
+    assert sorted(steps[card[0] + 1:-1]) == ["put test.h5", "put train.h5", "put val.h5"]
+    assert not (env["data"] / ".staging").exists()

@@ -1,0 +1,254 @@
+"""The raw em_graphene_sim layout (:mod:`emdenoise.layout`): finding it, and reading and validating its files.
+
+- :func:`find_layout_root` / :func:`check_raw_layout`: where the layout sits among a download's paths, and
+  whether ``raw_data_dir`` holds it;
+- :func:`open_raw_split`: the noisy and clean ``images`` of one raw split, open and cross-checked
+  (:class:`RawImages` reads them in blocks, refusing NaN or infinite pixels);
+- :func:`find_inference_pairs` / :func:`read_tiff`: the optional ``inference/raw`` + ``inference/truth`` TIFFs.
+
+Every problem is a one-line :class:`~emdenoise.errors.InputError` naming the file, the dataset and what was
+expected. The HDF5 files are opened through :func:`emdenoise.io.h5safe.open_foreign` (structure probed in a
+child process first), so a damaged file is one line, never a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from emdenoise.errors import InputError
+from emdenoise.io import h5safe
+from emdenoise.layout import RAW_DATASET, RAW_FILES, RAW_SPLITS, check_frame_pixels
+
+REQUIRED = tuple(f"{split}/{name}" for split in RAW_SPLITS for name in RAW_FILES.values())
+LAYOUT_TEXT = ("the em_graphene_sim layout: train/ and test/, each holding " +
+               " and ".join(sorted(RAW_FILES.values())))
+LAYOUT_HINT = ("expected the em_graphene_sim layout: train/ and test/, each with graphene_img_noise.h5 and "
+               "graphene_img_clean.h5")
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message squeezed onto one line."""
+    return " ".join(str(exc).split()) or exc.__class__.__name__
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Where the layout is
+
+
+def find_layout_root(paths: Iterable[str], where: Any) -> str:
+    """The shallowest folder ('' or 'a/b/') holding train/ and test/ with both files each, among posix ``paths``.
+
+    Raises a one-line :class:`InputError` naming what is missing when no folder has them all.
+    """
+    paths = set(paths)
+    counts: dict[str, int] = {}
+    for path in paths:
+        for req in REQUIRED:
+            if path == req or path.endswith("/" + req):
+                root = path[:-len(req)]
+                counts[root] = counts.get(root, 0) + 1
+    complete = sorted((r for r, n in counts.items() if n == len(REQUIRED)), key=lambda r: (r.count("/"), r))
+    if complete:
+        if len(complete) > 1 and complete[1].count("/") == complete[0].count("/"):
+            raise InputError(f"{where}: the layout appears in more than one folder ({complete[0]!r}, "
+                             f"{complete[1]!r}): point download.source at one of them")
+        return complete[0]
+    best = max(counts, key=lambda r: (counts[r], -r.count("/")), default="")
+    missing = [req for req in REQUIRED if best + req not in paths]
+    under = f" under {best!r}" if best else ""
+    raise InputError(f"{where}: no {', '.join(missing)}{under}: expected {LAYOUT_TEXT}")
+
+
+def check_raw_layout(raw_dir: Path) -> None:
+    """After a download: the four files of the raw layout must be there."""
+    missing = [req for req in REQUIRED if not (raw_dir / req).is_file()]
+    if missing:
+        raise InputError(f"{raw_dir}: no {', '.join(missing)}: expected {LAYOUT_TEXT}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading and validating the raw HDF5 files
+
+
+@dataclass
+class RawImages:
+    """One raw ``images`` dataset, open for reading: ``n`` single-channel images of ``shape`` (H, W)."""
+
+    path: Path
+    ds: h5py.Dataset
+    n: int
+    shape: tuple[int, int]
+    dose: np.ndarray | None  # float32 (n,), from the dataset's "dose" attribute, when valid
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """Images at the raw ``rows`` (any order, no repeats) as float32 (len(rows), H, W), in ``rows`` order."""
+        order = np.argsort(rows, kind="stable")
+        ordered = rows[order]
+        selection: slice | np.ndarray = ordered  # h5py wants increasing indices
+        if len(ordered) and ordered[-1] - ordered[0] + 1 == len(ordered):
+            selection = slice(int(ordered[0]), int(ordered[-1]) + 1)  # a contiguous run reads fastest
+        try:
+            data = self.ds[selection]
+        # RuntimeError: h5py on damaged metadata; MemoryError: a damaged shape that claims petabytes
+        except (OSError, RuntimeError, ValueError, TypeError, MemoryError) as exc:
+            raise InputError.at(self.path, RAW_DATASET, f"cannot read images {int(ordered[0])}..{int(ordered[-1])}"
+                                f" ({one_line(exc)}); expected a complete, readable HDF5 file") from None
+        if data.ndim == 4:
+            data = data[..., 0]
+        block = np.empty((len(rows),) + self.shape, dtype=np.float32)
+        block[order] = data
+        bad = ~np.isfinite(block).all(axis=(1, 2))
+        if bad.any():
+            first = int(np.argmin(np.where(bad, rows, np.iinfo(np.int64).max)))
+            count = int((~np.isfinite(block[first])).sum())
+            raise InputError.at(self.path, f"{RAW_DATASET}[{int(rows[first])}]",
+                                f"expected finite pixel values (as float32), got {count} NaN or infinite pixel(s)")
+        return block
+
+
+def open_raw_images(path: Path, stack: contextlib.ExitStack, log) -> RawImages:
+    """Open ``path`` and check its ``images`` dataset: N >= 1 real-valued single-channel (H, W) images."""
+    if not path.is_file():
+        what = "found a folder, not a file" if path.is_dir() else "file not found"
+        raise InputError.at(path, None, f"{what}; {LAYOUT_HINT}")
+    try:
+        fh = stack.enter_context(h5safe.open_foreign(path))  # the structure walked in a child process first
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise InputError.at(path, None, f"expected a readable HDF5 file ({one_line(exc)})") from None
+    try:
+        obj = fh.get(RAW_DATASET)
+    except (OSError, RuntimeError, KeyError, ValueError) as exc:
+        raise InputError.at(path, RAW_DATASET, f"cannot read the dataset ({one_line(exc)})") from None
+    if obj is None:
+        try:
+            holds = sorted(fh.keys()) or "nothing"
+        except (OSError, RuntimeError) as exc:
+            raise InputError.at(path, RAW_DATASET, f"cannot list the file's contents ({one_line(exc)})") from None
+        raise InputError.at(path, RAW_DATASET, f"expected a dataset named {RAW_DATASET!r}, the file holds {holds}")
+    if not isinstance(obj, h5py.Dataset):
+        raise InputError.at(path, RAW_DATASET, f"expected a dataset, got a {type(obj).__name__.lower()}")
+    try:
+        dtype, shape = obj.dtype, tuple(int(s) for s in obj.shape)
+    except (OSError, RuntimeError, TypeError, ValueError) as exc:  # ValueError: h5py on a damaged datatype
+        raise InputError.at(path, RAW_DATASET, f"cannot read the dataset's type and shape ({one_line(exc)})") \
+            from None
+    if dtype.kind not in "fiub":
+        raise InputError.at(path, RAW_DATASET, f"expected real-valued numbers (float32), got dtype {dtype}")
+    if not (len(shape) == 3 or (len(shape) == 4 and shape[3] == 1)):
+        raise InputError.at(path, RAW_DATASET, f"expected single-channel 2-D images, shape (N, H, W, 1) or "
+                            f"(N, H, W), got shape {shape}")
+    if shape[0] == 0:
+        raise InputError.at(path, RAW_DATASET, f"expected at least one image, got an empty dataset of shape {shape}")
+    if shape[1] == 0 or shape[2] == 0:
+        raise InputError.at(path, RAW_DATASET, f"expected images at least 1x1 pixels, got shape {shape}")
+    check_frame_pixels(path, RAW_DATASET, shape[1], shape[2])
+    return RawImages(path, obj, shape[0], (shape[1], shape[2]), read_dose(obj, path, shape[0], log))
+
+
+def read_dose(ds: h5py.Dataset, path: Path, n: int, log) -> np.ndarray | None:
+    """The per-image ``dose`` attribute when it is a finite numeric array of length n; otherwise None."""
+    try:
+        if "dose" not in ds.attrs:
+            return None
+        dose = np.asarray(ds.attrs["dose"])
+    except (OSError, RuntimeError, TypeError, ValueError) as exc:
+        log.warning("%s: %s: ignoring the unreadable 'dose' attribute (%s)", path, RAW_DATASET, one_line(exc))
+        return None
+    if dose.dtype.kind not in "fiu" or dose.shape != (n,) or not np.isfinite(dose).all():
+        log.warning("%s: %s: ignoring the 'dose' attribute: expected %d finite numbers, got %s of shape %s",
+                    path, RAW_DATASET, n, dose.dtype, dose.shape)
+        return None
+    return dose.astype(np.float32)
+
+
+def open_raw_split(raw_dir: Path, split: str, stack: contextlib.ExitStack, log) -> tuple[RawImages, RawImages]:
+    """Open and cross-check the noisy and clean files of one raw split (same count, same image shape)."""
+    noisy = open_raw_images(raw_dir / split / RAW_FILES["noisy"], stack, log)
+    clean = open_raw_images(raw_dir / split / RAW_FILES["clean"], stack, log)
+    if clean.n != noisy.n:
+        raise InputError.at(clean.path, RAW_DATASET, f"expected {noisy.n} images, as many as in "
+                            f"{noisy.path.name}, got {clean.n}")
+    if clean.shape != noisy.shape:
+        raise InputError.at(clean.path, RAW_DATASET, f"expected images of {noisy.shape[0]}x{noisy.shape[1]} "
+                            f"pixels like {noisy.path.name}, got {clean.shape[0]}x{clean.shape[1]}")
+    return noisy, clean
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The optional inference TIFFs
+
+
+def read_tiff(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """One single-channel TIFF image as float32 (H, W), checked against the dataset's image shape."""
+    import tifffile
+
+    def wrong_size(got: tuple[int, ...]) -> InputError:
+        return InputError.at(path, None, f"expected {shape[0]}x{shape[1]} pixels like the train and test images, "
+                             f"got {'x'.join(map(str, got)) or 'no image'}")
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            declared = tuple(tif.series[0].shape) if tif.series else ()
+            if math.prod(declared) != math.prod(shape):  # from the header, before a declared size is allocated
+                raise wrong_size(declared)
+            image = tif.asarray()
+    except InputError:
+        raise
+    except Exception as exc:  # a damaged TIFF makes tifffile raise almost anything (ValueError, RuntimeError ...)
+        raise InputError.at(path, None, f"expected a readable TIFF image ({one_line(exc)})") from None
+    if image.ndim == 3 and 1 in (image.shape[0], image.shape[-1]):
+        image = image.reshape(image.shape[1:] if image.shape[0] == 1 else image.shape[:-1])
+    if image.ndim != 2 or image.dtype.kind not in "fiub":
+        raise InputError.at(path, None, f"expected one single-channel 2-D real-valued image, got shape "
+                            f"{image.shape} dtype {image.dtype}")
+    if image.shape != shape:
+        raise wrong_size(image.shape)
+    image = image.astype(np.float32)
+    if not np.isfinite(image).all():
+        raise InputError.at(path, None, f"expected finite pixel values (as float32), got "
+                            f"{int((~np.isfinite(image)).sum())} NaN or infinite pixel(s)")
+    return image
+
+
+def find_inference_pairs(raw_dir: Path, log) -> list[tuple[str, Path, Path]] | None:
+    """(name, noisy path, clean path) for each TIFF in inference/raw and its namesake in inference/truth.
+
+    None when neither folder exists. Both folders must hold exactly the same file names.
+    """
+    folders = {"raw": raw_dir / "inference" / "raw", "truth": raw_dir / "inference" / "truth"}
+    present = {key: path.is_dir() for key, path in folders.items()}
+    if not any(present.values()):
+        if (raw_dir / "inference").exists():
+            log.warning("%s: no raw/ or truth/ folder inside; no inference split", raw_dir / "inference")
+        return None
+    for key, path in folders.items():
+        if not present[key]:
+            other = "truth" if key == "raw" else "raw"
+            raise InputError.at(path, None, f"folder not found; expected it beside inference/{other} "
+                                f"(noisy TIFFs in inference/raw, clean TIFFs of the same names in inference/truth)")
+    names = {key: {p.name: p for p in path.iterdir() if p.is_file() and p.suffix.lower() in TIFF_SUFFIXES}
+             for key, path in folders.items()}
+    if not names["raw"]:
+        raise InputError.at(folders["raw"], None, "expected at least one .tif image, found none")
+    only_raw = sorted(set(names["raw"]) - set(names["truth"]))
+    only_truth = sorted(set(names["truth"]) - set(names["raw"]))
+    if only_raw or only_truth:
+        def listing(items: list[str]) -> str:
+            return ", ".join(items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
+        problems = []
+        if only_raw:
+            problems.append(f"no clean image for {listing(only_raw)}")
+        if only_truth:
+            problems.append(f"no noisy image in inference/raw for {listing(only_truth)}")
+        raise InputError.at(folders["truth"], None, "expected the same file names as inference/raw; "
+                            + "; ".join(problems))
+    return [(name, names["raw"][name], names["truth"][name]) for name in sorted(names["raw"])]
