@@ -1,4 +1,5 @@
-"""One run at a time per output folder (emdenoise.lock): a second run is refused naming the first, a lock left by a killed run blocks nothing, the sweep of temporary files."""
+"""One run at a time per output folder (emdenoise.lock): a second run is refused naming the first, a lock left by a
+killed run blocks nothing, the sweep of temporary files."""
 
 from __future__ import annotations
 

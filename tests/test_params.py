@@ -46,8 +46,10 @@ def test_sections_are_frozen_typed_objects_that_name_their_file(tmp_path):
 
 
 @pytest.mark.parametrize("text,expect", [
-    ("download:\n  dose_min: 50\n  dose_max: 10\n", "download.dose_min: expected <= download.dose_max (10.0), got 50.0"),
-    ("denoise:\n  tile_size: 64\n  tile_overlap: 40\n", "denoise.tile_overlap: expected at most tile_size / 2 (32), got 40"),
+    ("download:\n  dose_min: 50\n  dose_max: 10\n",
+     "download.dose_min: expected <= download.dose_max (10.0), got 50.0"),
+    ("denoise:\n  tile_size: 64\n  tile_overlap: 40\n",
+     "denoise.tile_overlap: expected at most tile_size / 2 (32), got 40"),
 ])
 def test_cross_field_checks_are_in_the_schema(tmp_path, text, expect):
     path = write(tmp_path, text)
@@ -181,8 +183,9 @@ def test_parser_never_crashes(section, key, value):
 
 
 # Numbers with no maximum on purpose: how much of the data to use or accept, where a huge value means "all of
-# it" and is only compared with sizes (tested end to end in tests/tasks/test_bad_input.py). Every other number has a maximum,
-# so that a huge value is one line instead of a crash deep in torch or numpy, or a run that never ends.
+# it" and is only compared with sizes (tested end to end in tests/tasks/test_bad_input.py). Every other number
+# has a maximum, so that a huge value is one line instead of a crash deep in torch or numpy, or a run that never
+# ends.
 UNBOUNDED = {"download.max_archive_bytes", "train.max_train_images", "test.max_test_images", "test.tune_images",
              "study.train_sizes", "study.max_test_images"}
 

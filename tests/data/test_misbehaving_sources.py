@@ -1,4 +1,5 @@
-"""Download sources answering 403, HTML instead of a bucket listing, or stopping mid-stream; listed keys that would land outside raw_data_dir."""
+"""Download sources answering 403, HTML instead of a bucket listing, or stopping mid-stream; listed keys that would
+land outside raw_data_dir."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from hypothesis import strategies as st
 from local_http import LocalServer
 from support import final_files, one_error, params_file, run_here, temporaries, write_raw
 
-from emdenoise.errors import EXIT_BAD_INPUT, EXIT_RUNTIME, InputError
 from emdenoise.data.download import key_to_relpath
+from emdenoise.errors import EXIT_BAD_INPUT, EXIT_RUNTIME, InputError
 
 ACCESS_DENIED = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
                  b'<Message>Access Denied</Message></Error>')

@@ -1,4 +1,5 @@
-"""Random and damaged bytes given to every reader: an InputError, never another exception, never a crash (hypothesis; each read in a forked child, so a reader that kills its process fails the test, not pytest)."""
+"""Random and damaged bytes given to every reader: an InputError, never another exception, never a crash
+(hypothesis; each read in a forked child, so a reader that kills its process fails the test, not pytest)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import os
 import select
 import signal
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import h5py
 import numpy as np
@@ -21,10 +22,10 @@ from hypothesis import strategies as st
 from support import NORM
 
 from emdenoise import models
+from emdenoise.data import raw as raw_layout
 from emdenoise.data import splits as data_mod
 from emdenoise.errors import InputError
 from emdenoise.io import h5safe, micrographs, modelfile
-from emdenoise.data import raw as raw_layout
 
 MAGIC = {".tif": b"II*\x00", ".npy": b"\x93NUMPY\x01\x00", ".h5": b"\x89HDF\r\n\x1a\n", ".png": b"\x89PNG\r\n\x1a\n",
          ".mrc": b""}

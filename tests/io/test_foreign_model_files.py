@@ -1,4 +1,5 @@
-"""Model files and checkpoints carrying a pickle, from another architecture or another format version: refused without running anything."""
+"""Model files and checkpoints carrying a pickle, from another architecture or another format version: refused
+without running anything."""
 
 from __future__ import annotations
 

@@ -17,10 +17,10 @@ import torch
 from support import write_split
 
 from emdenoise import models
-from emdenoise.io import h5safe, micrographs, modelfile
+from emdenoise.data import raw as raw_layout
 from emdenoise.data.splits import load_split
 from emdenoise.errors import InputError
-from emdenoise.data import raw as raw_layout
+from emdenoise.io import h5safe, micrographs, modelfile
 
 NORM = {"noisy": {"mean": 0.5, "std": 0.3}, "clean": {"mean": 0.5, "std": 0.25}}
 SEGFAULT = ("-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")

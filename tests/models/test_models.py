@@ -10,10 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from emdenoise import models
+from emdenoise import models, params
 from emdenoise.models._common import border_pad, box_filter, conv_macs, pad_to_multiple, padded_apply
 from emdenoise.models.ffdnet import noise_level_map
-from emdenoise import params
 
 # The parameter counts of the project's model notes (shared/reference/models.md), 1 -> 1 channel
 NOTES_PARAMS = {

@@ -1,4 +1,5 @@
-"""Bad input to every task: unreadable parameters files, absurd values, missing input paths, damaged dataset cards, frames of absurd declared size: one line, exit 2, before any work."""
+"""Bad input to every task: unreadable parameters files, absurd values, missing input paths, damaged dataset cards,
+frames of absurd declared size: one line, exit 2, before any work."""
 
 from __future__ import annotations
 

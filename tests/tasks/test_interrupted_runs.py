@@ -1,4 +1,6 @@
-"""``kill -9`` at a random moment while download, preprocess, train or denoise is writing: every file at a final name is complete (old or new), and the same command again ends where an uninterrupted run ends; SIGTERM unwinds like Ctrl-C."""
+"""``kill -9`` at a random moment while download, preprocess, train or denoise is writing: every file at a final
+name is complete (old or new), and the same command again ends where an uninterrupted run ends; SIGTERM unwinds
+like Ctrl-C."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Read-only output folders and a full disk (a real 1 MiB tmpfs): one line, earlier files intact. Mounts need root: without root the read-only cases use chmod and the full-disk cases are skipped, saying why."""
+"""Read-only output folders and a full disk (a real 1 MiB tmpfs): one line, earlier files intact. Mounts need root:
+without root the read-only cases use chmod and the full-disk cases are skipped, saying why."""
 
 from __future__ import annotations
 

@@ -19,11 +19,11 @@ import torch
 
 from emdenoise import cli, models
 from emdenoise.data.splits import load_split
-from emdenoise.io import h5safe, modelfile
 from emdenoise.errors import EXIT_BAD_INPUT, InputError
+from emdenoise.io import h5safe, modelfile
 from emdenoise.layout import MODEL_FILE, RAW_FILES
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]   # the repository
 KINDS = ("external storage", "external link", "virtual dataset", "plugin filter")
 BITSHUFFLE = 32008   # a registered filter id no HDF5 build has built in: reading it needs a plugin
 SELF_CONTAINED = "expected an HDF5 file that holds all its data itself (emdenoise reads no other file through it)"
