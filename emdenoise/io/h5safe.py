@@ -43,7 +43,7 @@ _HEADER = re.compile(rb"emdenoise-sha256:([0-9a-f]{64})\n\0*")
 _HASH_BLOCK = 4 << 20                 # bytes hashed at a time: split files can be many GB
 PROBE_TIMEOUT_S = 120                 # the walk of an intact file's metadata takes well under a second
 _WALK = ("-m", "emdenoise.io.h5safe")    # what the probe's child runs, with the file's path after it
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])   # the folder holding emdenoise/
 
 
 # ---------------------------------------------------------------------------------------------- sealed files
