@@ -614,6 +614,7 @@ def table(doc: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """``emdenoise bench ...``: measure, print the table, write the JSON; exit codes as the tasks'."""
     args = build_parser().parse_args(argv)
+    os.environ.setdefault("EMDENOISE_PROGRESS", "0")  # the train step's progress bars: not in a timing table
     log = setup_logging("bench", None)
     try:
         settings = settings_from_args(args)

@@ -175,3 +175,37 @@ def test_data_fingerprint_follows_the_data_not_the_card_date(data_dir):
     other = json.loads(json.dumps(card))
     other["normalisation"]["noisy"]["mean"] += 1e-6
     assert training.data_fingerprint(other) != base
+
+
+def test_vectorised_crops_are_the_per_image_slices(data_dir):
+    data = training.load_data(data_dir, params.defaults().train.replace(patch_size=8), NORM, "params")
+    index, corners = training.epoch_plan(data, 16, seed=5, epoch=2)[0]
+    noisy, clean = training.gather(data, index, corners)
+    for k, (i, (y, x)) in enumerate(zip(index.tolist(), corners.tolist())):
+        assert torch.equal(noisy[k], data.noisy[i, :, y:y + 8, x:x + 8])
+        assert torch.equal(clean[k], data.clean[i, :, y:y + 8, x:x + 8])
+    empty = training.gather(data, index[:0], corners[:0])
+    assert empty[0].shape == (0, 1, 8, 8) and empty[1].shape == (0, 1, 8, 8)
+
+
+@pytest.mark.parametrize("where", ["wrapping", "first step"])
+def test_compile_failure_trains_eager(tmp_path, data_dir, train_cli, monkeypatch, where):
+    """train.compile: true where torch.compile fails (at wrapping or when the compiled model first runs):
+    one warning line, then the same result as an eager run."""
+    def broken(*args, **kwargs):
+        if where == "wrapping":
+            raise RuntimeError("no compiler here")
+        return lambda x: (_ for _ in ()).throw(RuntimeError("no compiler here"))
+
+    code, eager_dir, _ = train_cli(tmp_path / "eager", data_dir, epochs=1)
+    assert code == 0
+    monkeypatch.setattr(torch, "compile", broken)
+    code, model_dir, _ = train_cli(tmp_path / "compiled", data_dir, epochs=1, compile=True)
+    assert code == 0
+    log = (tmp_path / "compiled" / "logs" / "train.log").read_text()
+    warnings = [line for line in log.splitlines() if "torch.compile failed" in line]
+    assert len(warnings) == 1 and "no compiler here" in warnings[0]
+    a, b = _weights(eager_dir / "sciml_ae" / "em_denoise_model.h5"), _weights(model_dir / "sciml_ae" /
+                                                                                "em_denoise_model.h5")
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
