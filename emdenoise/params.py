@@ -239,6 +239,8 @@ class TrainParams(Section):
                             max=4096)
     resume: str = param("str", "auto", "auto: continue from the last checkpoint of the same configuration; "
                         "never: start afresh", choices=("auto", "never"))
+    compile: bool = param("bool", False, "torch.compile the model for training (opt-in; when compiling fails: "
+                          "a one-line warning and eager training)")
     model_options: dict[str, Any] = dataclasses.field(default_factory=lambda: model_option_defaults())
 
     @classmethod

@@ -1,41 +1,42 @@
-"""``emdenoise bench``: training and inference speed of the models, against the original benchmark's loop.
+"""``emdenoise bench``: training and inference speed of the engine ``emdenoise train`` and ``emdenoise denoise``
+run, against the original benchmark's loop, in the same run.
 
     python -m emdenoise bench --models=sciml_ae --device=auto --output=bench.json
 
 For each model and frame size it measures, after warm-up, training images/s and inference images/s (the
 fastest of ``--repeats`` timed rounds: on a shared machine the slower rounds measure the neighbours), and
-the peak memory, twice in the same run:
+the peak memory, for:
 
 - **plain**: the loop as the original em_denoise benchmark wrote it: a torch DataLoader with 2 worker
   processes reading one image per ``__getitem__`` from an (N, S, S, 1) float32 HDF5 file (a temporary file
-  of random images, contiguous layout as h5py writes by default), float32, NCHW, eager, pageable host
-  memory and blocking copies to the GPU, ``loss.item()`` after every step;
-- **fast**: the images in memory (on a GPU: training data resident in GPU memory; inference frames in pinned
-  host memory, copied with non_blocking copies on their own CUDA streams, overlapping the computation, into
-  preallocated buffers), channels_last, bf16 autocast where it helps (``runtime.resolve_precision``: on
-  a GPU with bfloat16, and on a CPU only with native bfloat16), optional ``torch.compile`` (``--compile``,
-  falling back to eager when it fails) and, on a GPU, CUDA graphs (falling back to eager when capture fails),
-  preallocated inference output buffers.
+  of random images, contiguous layout as h5py writes by default), float32, NCHW, eager, blocking copies to
+  the GPU, ``loss.item()`` after every step;
+- **engine**: what the tasks run. Training: :class:`emdenoise.engine.training.TrainStep` driven by
+  :func:`~emdenoise.engine.training.train_epoch` over in-memory pairs (the train task's defaults: adam,
+  cosine schedule, mse; whole images, shuffled), one timed round being one epoch of ``--steps`` batches, its
+  images/s the figure the train task logs. Inference: :class:`emdenoise.engine.inference.Denoiser` through
+  :class:`emdenoise.engine.tiling.Tiler` with the denoise task's default tiles (256, overlap 32), frames in
+  and denoised frames out in host memory.
 
-Inference counts host-to-host frames: input in host memory, denoised output back in host memory. Training
-uses random batches (indices drawn with replacement). The ablation, at the first size, adds one step at a time
-(plain -> in_memory -> channels_last -> bf16 -> compile -> cuda_graphs) and says what each bought; steps
-that do not apply (bf16 on a CPU without native bfloat16, compile when not asked for, CUDA graphs on a CPU)
-are listed as skipped with the reason. The fast path is the fastest configuration the ablation measured
-(a step that made things slower, e.g. torch.compile for sciml_ae training on a 2-core CPU, is left out of
-it); its configuration is ``fast_config``, used as it is at the other sizes.
+The rows of ``ablation`` (at the first size) are settings a user can choose: ``fp32``; the precision
+``--precision`` resolves to (``auto``: bf16 where the hardware computes it natively, see
+:mod:`emdenoise.engine.runtime`); ``compile`` (``train.compile: true``, with ``--compile``; the inference
+path runs eager, so it is skipped there). The engine figure is the last row measured: what ``emdenoise
+train`` with ``precision: <--precision>`` and ``compile: <--compile>`` runs (a compile that fails falls back to
+eager, as in training, and the row says why).
 
 Batch size: ``--batch-size`` images per step at 256 x 256 (default 16 on a CPU, 256 on a GPU), scaled down
-by the pixel count for larger frames (1024 x 1024: 1/16 of it, at least 1). Training is measured at
-``--train-sizes`` (default: the smallest of ``--sizes``), inference at every size of ``--sizes``.
+by the pixel count for larger frames (1024 x 1024: 1/16 of it, at least 1); the tiler batches
+``--batch-size`` tiles. Training is measured at ``--train-sizes`` (default: the smallest of ``--sizes``),
+inference at every size of ``--sizes``.
 
-Peak memory: on a GPU ``torch.cuda.max_memory_allocated`` over the measurement (model, data and
-activations); on a CPU the peak resident memory of this process above its level when the measurement
-started, sampled every few milliseconds (the plain loop's worker processes are not included).
+Peak memory: on a GPU ``torch.cuda.max_memory_allocated`` over the measurement; on a CPU the peak resident
+memory of this process above its level when the measurement started, sampled every few milliseconds (the
+plain loop's worker processes are not included).
 
 The JSON written to ``--output``::
 
-    {"format": "emdenoise-bench/1", "emdenoise_version", "torch_version", "device", "device_name",
+    {"format": "emdenoise-bench/2", "emdenoise_version", "torch_version", "device", "device_name",
      "cpu_count", "torch_threads", "platform", "memory_method", "settings": {...},
      "models": {NAME: {"parameters", "train_speedup_vs_plain", "infer_speedup_vs_plain",
                        "train_images_per_s": {SIZE: x}, "plain_train_images_per_s": {SIZE: x},
@@ -43,9 +44,10 @@ The JSON written to ``--output``::
                        "train_speedup_vs_plain_by_size": {...}, "infer_speedup_vs_plain_by_size": {...},
                        "peak_memory_bytes": {"train": {SIZE: x}, "infer": {...}},
                        "plain_peak_memory_bytes": {"train": {...}, "infer": {...}},
-                       "batch_size": {"train": {SIZE: b}, "infer": {...}},
-                       "fast_config": {...}, "ablation": [{"step", "adds", "train_images_per_s",
-                       "infer_images_per_s", "train_gain", "infer_gain"} or {"step", "adds", "skipped"}]}}}
+                       "batch_size": {"train": {SIZE: b}, "infer": {...}}, "fallbacks": [...],
+                       "fast_config": {"train": {"precision", "compile"}, "infer": {...}},
+                       "ablation": [{"step", "adds", "train_images_per_s", "infer_images_per_s", "train_gain",
+                                     "infer_gain", "train_failed"} or {"step", "adds", "skipped"}]}}}
 
 ``*_speedup_vs_plain`` (no suffix) are at the first (reference) size. Sizes are JSON keys as strings.
 """
@@ -53,55 +55,45 @@ The JSON written to ``--output``::
 from __future__ import annotations
 
 import argparse
-import contextlib
+import functools
 import gc
+import logging
 import math
 import os
 import platform
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, ContextManager
+from typing import Any
 
 import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from emdenoise import __version__, models
+from emdenoise import __version__, models, params
+from emdenoise.data.splits import Split
 from emdenoise.engine import runtime
+from emdenoise.engine.inference import Denoiser
+from emdenoise.engine.tiling import Tiler
+from emdenoise.engine.training import TrainData, TrainStep, resident, train_epoch
 from emdenoise.errors import EXIT_INTERRUPTED, EXIT_OK, EmdError, InputError
-from emdenoise.outputs import write_json_atomic
 from emdenoise.log import setup as setup_logging
+from emdenoise.outputs import write_json_atomic
 
-FORMAT = "emdenoise-bench/1"
+FORMAT = "emdenoise-bench/2"
 REFERENCE_SIDE = 256           # --batch-size is per 256 x 256 frames; larger frames get proportionally fewer
 PLAIN_WORKERS = 2              # as the original benchmark's DataLoader
 PLAIN_FILE_BYTES = 256 << 20   # cap on the temporary HDF5 file; items beyond it wrap around (page-cached)
-LR = 1e-3
-GRAPH_WARMUP = 3               # eager iterations on a side stream before a CUDA graph capture
+LR = 1e-3                      # the plain loop's; the engine uses the train task's defaults
 RSS_SAMPLE_S = 0.005
-_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_IDENTITY = {"noisy": {"mean": 0.0, "std": 1.0}, "clean": {"mean": 0.0, "std": 1.0}}
 
 
 # ---------------------------------------------------------------------------------------------- settings
-
-@dataclass(frozen=True)
-class Config:
-    """How the fast path runs the model; the ablation switches these on one at a time."""
-
-    channels_last: bool = False
-    precision: str = "fp32"
-    compile: bool = False
-    cuda_graphs: bool = False
-
-    @property
-    def memory_format(self) -> torch.memory_format:
-        return torch.channels_last if self.channels_last else torch.contiguous_format
-
 
 @dataclass(frozen=True)
 class Settings:
@@ -116,8 +108,9 @@ class Settings:
     sizes: tuple[int, ...]    # inference
     train_sizes: tuple[int, ...]
     compile: bool
-    cuda_graphs: bool
     quick: bool
+    tile_size: int
+    tile_overlap: int
 
     def batch_for(self, side: int) -> int:
         if side <= REFERENCE_SIDE:
@@ -126,25 +119,18 @@ class Settings:
 
 
 @dataclass(frozen=True)
-class Timing:
-    """``warmup`` untimed steps, then ``repeats`` timed rounds of ``steps`` steps; the fastest round counts
-    (on a shared machine the others measure the neighbours as much as the code)."""
+class Config:
+    """One engine setting measured: what ``train.precision`` and ``train.compile`` would be."""
 
-    warmup: int
-    steps: int
-    repeats: int
-
-    @property
-    def total(self) -> int:
-        return self.warmup + self.steps * self.repeats
+    precision: str
+    compile: bool = False
 
 
 @dataclass
 class Measure:
     images_per_s: float
     peak_memory_bytes: int
-    images: int
-    seconds: float
+    compile_error: str | None = None
 
 
 def _int_list(text: str, option: str, minimum: int) -> tuple[int, ...]:
@@ -158,13 +144,13 @@ def _int_list(text: str, option: str, minimum: int) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="emdenoise bench", description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(prog="emdenoise bench", description=(__doc__ or "").splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="sciml_ae", help="comma-separated model names, or all (default sciml_ae)")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="images per step at 256x256, scaled down by area for larger frames (default 16 on a "
-                        "CPU, 256 on a GPU; 2 with --quick)")
+                   help="images per step at 256x256, scaled down by area for larger frames; tiles per "
+                        "inference batch (default 16 on a CPU, 256 on a GPU; 2 with --quick)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per round (default 5 CPU, 50 GPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2 CPU, 10 GPU)")
     p.add_argument("--repeats", type=int, default=None,
@@ -172,10 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", default="256,1024", help="inference frame sides (default 256,1024)")
     p.add_argument("--train-sizes", default=None, help="training frame sides (default: the smallest of --sizes)")
     p.add_argument("--precision", default="auto", choices=("auto",) + runtime.PRECISIONS,
-                   help="fast path precision (auto: bf16 where it helps, see emdenoise.engine.runtime)")
-    p.add_argument("--compile", action="store_true", help="also try torch.compile (falls back to eager)")
-    p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
-                   help="do not use CUDA graphs on a GPU")
+                   help="the engine's precision (auto: bf16 where it is native, see emdenoise.engine.runtime)")
+    p.add_argument("--compile", action="store_true", help="also measure train.compile: true (falls back to eager)")
     p.add_argument("--quick", action="store_true", help="tiny run (batch 2, 2 steps, 1 warm-up) to check it works")
     p.add_argument("--output", default=None, metavar="FILE.json", help="write the results here (atomically)")
     return p
@@ -188,13 +172,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if not names or unknown:
         raise InputError.at("command line", "--models", f"expected all or names from {', '.join(known)}, got "
                             f"{args.models!r}")
-    try:
-        device = runtime.resolve_device(args.device, "--device", "emdenoise bench")
-        if device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-        precision = runtime.resolve_precision(args.precision, device, "--precision", "emdenoise bench")
-    except InputError as exc:
-        raise InputError(exc.message.replace("parameters: ", "command line: ", 1)) from None
+    device = runtime.resolve_device(args.device, "--device", "command line")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    precision = runtime.resolve_precision(args.precision, device, "--precision", "command line")
     gpu = device.type == "cuda"
     defaults = (2, 2, 1, 1) if args.quick else ((256, 50, 10, 3) if gpu else (16, 5, 2, 3))
     batch, steps, warmup, repeats = (v if v is not None else d for v, d in
@@ -205,40 +186,27 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             raise InputError.at("command line", option, f"expected an integer >= {minimum}, got {value}")
     sizes = _int_list(args.sizes, "--sizes", 16)
     train_sizes = _int_list(args.train_sizes, "--train-sizes", 16) if args.train_sizes else (min(sizes),)
+    denoise = params.defaults().denoise
     return Settings(tuple(names), device, precision, args.precision, batch, steps, warmup, repeats, sizes,
-                    train_sizes,
-                    args.compile, args.cuda_graphs and gpu, args.quick)
+                    train_sizes, args.compile, args.quick, denoise.tile_size, denoise.tile_overlap)
 
 
 def ladder(settings: Settings) -> list[tuple[str, str, Config | None, str]]:
-    """The ablation: (step, what it adds, cumulative config or None, why skipped), plain excluded."""
-    gpu = settings.device.type == "cuda"
-    steps: list[tuple[str, str, Config | None, str]] = []
-    cfg = Config()
-    steps.append(("in_memory", "images in memory, no per-item file reads or worker processes" +
-                  ("; training data in GPU memory, inference frames pinned, non_blocking copies on their own "
-                   "streams, cudnn.benchmark" if gpu else "") + "; preallocated output buffers", cfg, ""))
-    cfg = replace(cfg, channels_last=True)
-    steps.append(("channels_last", "channels_last memory format", cfg, ""))
+    """The ablation after plain: (step, what it is, config or None, why skipped)."""
+    rows: list[tuple[str, str, Config | None, str]] = [
+        ("fp32", "the engine, fp32, eager (train.precision: fp32)", Config("fp32"), "")]
     if settings.precision != "fp32":
-        cfg = replace(cfg, precision=settings.precision)
-        steps.append((settings.precision, f"{settings.precision} autocast", cfg, ""))
+        rows.append((settings.precision, f"{settings.precision} autocast (train.precision: "
+                     f"{settings.precision_requested})", Config(settings.precision), ""))
     else:
-        reason = ("precision fp32 requested" if settings.precision_requested == "fp32" else
-                  "precision auto chose fp32: this CPU has no native bfloat16 (emulated bf16 is much slower)")
-        steps.append(("bf16", "bf16 autocast", None, reason))
+        rows.append(("bf16", "bf16 autocast", None,
+                     "precision fp32 requested" if settings.precision_requested == "fp32" else
+                     "precision auto chose fp32: this CPU has no native bfloat16 (emulated bf16 is much slower)"))
     if settings.compile:
-        cfg = replace(cfg, compile=True)
-        steps.append(("compile", "torch.compile", cfg, ""))
+        rows.append(("compile", "torch.compile (train.compile: true)", Config(settings.precision, True), ""))
     else:
-        steps.append(("compile", "torch.compile", None, "not requested (--compile)"))
-    if settings.cuda_graphs:
-        cfg = replace(cfg, cuda_graphs=True)
-        steps.append(("cuda_graphs", "whole-step CUDA graphs", cfg, ""))
-    else:
-        steps.append(("cuda_graphs", "whole-step CUDA graphs", None,
-                      "GPU only" if not gpu else "turned off (--no-cuda-graphs)"))
-    return steps
+        rows.append(("compile", "torch.compile (train.compile: true)", None, "not requested (--compile)"))
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------- measuring
@@ -251,6 +219,9 @@ class PeakMemory:
     def __init__(self, device: torch.device):
         self.device = device
         self.peak = 0
+        self._base = self._max = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     @staticmethod
     def _rss() -> int:
@@ -265,13 +236,12 @@ class PeakMemory:
         while not self._stop.wait(RSS_SAMPLE_S):
             self._max = max(self._max, self._rss())
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             return self
         self._base = self._max = self._rss()
-        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
@@ -282,7 +252,8 @@ class PeakMemory:
             self.peak = int(torch.cuda.max_memory_allocated(self.device))
             return
         self._stop.set()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         self.peak = max(0, max(self._max, self._rss()) - self._base)
 
 
@@ -291,58 +262,30 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(device: torch.device, step: Callable[[int], None], timing: Timing, batch: int) -> Measure:
-    """Run ``step(i)`` for i = 0 .. timing.total - 1: the warm-up, then the timed rounds; images/s of the
-    fastest round, counting ``batch`` images a step."""
-    with PeakMemory(device) as mem:
-        for i in range(timing.warmup):
-            step(i)
-        _sync(device)
-        best = math.inf
-        for r in range(timing.repeats):
-            t0 = time.perf_counter()
-            first = timing.warmup + r * timing.steps
-            for i in range(first, first + timing.steps):
-                step(i)
-            _sync(device)
-            best = min(best, time.perf_counter() - t0)
-    return Measure(timing.steps * batch / best, mem.peak, timing.steps * batch, best)
-
-
-def _autocast(device: torch.device, precision: str, graphs: bool) -> ContextManager:
-    """Autocast for ``precision``; under CUDA graph capture without the weight-cast cache, as the CUDA graph
-    documentation requires."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if not graphs:
-        return runtime.autocast(device, precision)
-    return torch.autocast(device.type, dtype=_AUTOCAST[precision], cache_enabled=False)
-
-
-def _model(name: str, device: torch.device, cfg: Config | None) -> nn.Module:
-    """A fresh, seeded model; ``cfg`` None: for the plain loop (which, as the original, leaves cuDNN's
-    autotuner off)."""
-    torch.manual_seed(0)
-    torch.backends.cudnn.benchmark = cfg is not None
-    model = models.build(name).to(device)
-    if cfg is not None and cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model
-
-
-def _compiled(model: nn.Module, cfg: Config, inference: bool = False) -> nn.Module:
-    """``model`` under torch.compile when ``cfg.compile``; for inference with inductor's freezing (weights as
-    constants, folded and prepacked: about 1.3x over compile without it, sciml_ae inference on a 2-core CPU)."""
-    if not cfg.compile:
-        return model
-    torch._dynamo.reset()  # fresh caches: no recompilation limit carried over from another model or size
-    return torch.compile(model, options={"freezing": True} if inference else None)
-
-
 def _release(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def _best_of(device: torch.device, warm_up: Callable[[], object], round_: Callable[[int], float],
+             repeats: int) -> Measure:
+    """``warm_up()``, then ``repeats`` timed rounds, each returning its images/s; the fastest counts (on a
+    shared machine the others measure the neighbours as much as the code)."""
+    with PeakMemory(device) as mem:
+        warm_up()
+        _sync(device)
+        best = max(round_(r) for r in range(repeats))
+    return Measure(best, mem.peak)
+
+
+def _timed_steps(device: torch.device, step: Callable[[], object], steps: int, images: int) -> float:
+    """Images/s of ``steps`` calls of ``step``, each on ``images`` images."""
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return steps * images / (time.perf_counter() - t0)
 
 
 # ---------------------------------------------------------------------------------------------- plain loop
@@ -378,14 +321,20 @@ def _plain_loader(paths: list[Path], batch: int, steps: int) -> torch.utils.data
                                        num_workers=PLAIN_WORKERS, drop_last=True)
 
 
-def plain_train(name: str, noisy: Path, clean: Path, device: torch.device, batch: int,
-                timing: Timing) -> Measure:
-    model = _model(name, device, None).train()
-    opt = torch.optim.Adam(model.parameters(), lr=LR)
-    batches = iter(_plain_loader([noisy, clean], batch, timing.total))
+def _plain_model(name: str, device: torch.device, train: bool) -> torch.nn.Module:
+    """A fresh seeded model, as the original builds it (cuDNN's autotuner left off)."""
+    torch.manual_seed(0)
+    torch.backends.cudnn.benchmark = False
+    return models.build(name).to(device).train(train)
 
-    def step(_: int) -> None:
-        x, y = next(batches)
+
+def plain_train(name: str, noisy: Path, clean: Path, device: torch.device, batch: int, settings: Settings) -> Measure:
+    model = _plain_model(name, device, True)
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    loader = [iter(_plain_loader([noisy, clean], batch, settings.warmup + settings.steps * settings.repeats))]
+
+    def step() -> None:
+        x, y = next(loader[0])
         x, y = _nchw(x).to(device), _nchw(y).to(device)
         opt.zero_grad()
         loss = F.mse_loss(model(x), y)
@@ -394,156 +343,68 @@ def plain_train(name: str, noisy: Path, clean: Path, device: torch.device, batch
         loss.item()  # the original logs the loss of every batch
 
     try:
-        return _timed(device, step, timing, batch)
+        return _best_of(device, lambda: [_timed_steps(device, step, settings.warmup, batch)],
+                        lambda _: _timed_steps(device, step, settings.steps, batch), settings.repeats)
     finally:
-        batches = None  # the loader's worker processes end now, not whenever the frame is collected
+        loader.clear()  # the loader's worker processes end now, not whenever the frame is collected
 
 
-def plain_infer(name: str, noisy: Path, device: torch.device, batch: int, timing: Timing) -> Measure:
-    model = _model(name, device, None).eval()
-    batches = iter(_plain_loader([noisy], batch, timing.total))
+def plain_infer(name: str, noisy: Path, device: torch.device, batch: int, settings: Settings) -> Measure:
+    model = _plain_model(name, device, False)
+    loader = [iter(_plain_loader([noisy], batch, settings.warmup + settings.steps * settings.repeats))]
     outputs: list[torch.Tensor] = []
 
-    def step(_: int) -> None:
+    def step() -> None:
         with torch.no_grad():
-            outputs.append(model(_nchw(next(batches)).to(device)).cpu())
+            outputs.append(model(_nchw(next(loader[0])).to(device)).cpu())
         if len(outputs) > 4:
             outputs.pop(0)
 
     try:
-        return _timed(device, step, timing, batch)
+        return _best_of(device, lambda: [_timed_steps(device, step, settings.warmup, batch)],
+                        lambda _: _timed_steps(device, step, settings.steps, batch), settings.repeats)
     finally:
-        batches = None  # the loader's worker processes end now, not whenever the frame is collected
+        loader.clear()  # the loader's worker processes end now, not whenever the frame is collected
 
 
-# ---------------------------------------------------------------------------------------------- fast path
+# ---------------------------------------------------------------------------------------------- the engine
 
-def fast_train(name: str, noisy: torch.Tensor, clean: torch.Tensor, device: torch.device, cfg: Config,
-               batch: int, timing: Timing) -> Measure:
-    """Training steps on random batches of the in-memory pairs (N, 1, S, S) under ``cfg`` (on a GPU the
-    pairs are moved into GPU memory first, and batches are gathered there)."""
-    model = _model(name, device, cfg).train()
-    net = _compiled(model, cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=LR, capturable=cfg.cuda_graphs)
-    noisy, clean = noisy.to(device), clean.to(device)
-    gen = torch.Generator().manual_seed(0)
-    index = torch.randint(0, len(noisy), (timing.total, batch), generator=gen).to(device)
-    current = index[0].clone()  # the batch's indices: a CUDA graph's static input
-
-    def body() -> None:
-        x = noisy.index_select(0, current).contiguous(memory_format=cfg.memory_format)
-        y = clean.index_select(0, current).contiguous(memory_format=cfg.memory_format)
-        with _autocast(device, cfg.precision, cfg.cuda_graphs):
-            out = net(x)
-        F.mse_loss(out.float(), y).backward()
-        opt.step()
-
-    if cfg.cuda_graphs:
-        replay = _graphed(device, body, opt)
-
-        def step(i: int) -> None:
-            current.copy_(index[i])
-            replay()
-    else:
-        def step(i: int) -> None:
-            current.copy_(index[i])
-            opt.zero_grad(set_to_none=True)
-            body()
-
-    return _timed(device, step, timing, batch)
+def engine_train(name: str, noisy: torch.Tensor, clean: torch.Tensor, device: torch.device, cfg: Config,
+                 batch: int, settings: Settings, log: logging.Logger) -> Measure:
+    """The train task's step (:class:`TrainStep` through :func:`train_epoch`) on the in-memory pairs: one
+    round is one epoch of ``settings.steps`` batches; its images/s are what the train task logs."""
+    train = params.defaults().train.replace(batch_size=batch, precision=cfg.precision, compile=cfg.compile)
+    empty = Split("val", np.empty((0,) + tuple(noisy.shape[-2:]), np.float32), np.empty((0,), np.float32))
+    data = resident(TrainData(noisy[:batch * settings.steps], clean[:batch * settings.steps], empty, 0), device)
+    runtime.seed_everything(train.seed)
+    torch.backends.cudnn.benchmark = True
+    step = TrainStep(models.build(name), train, settings.steps * settings.repeats, device, cfg.precision, log=log)
+    measure = _best_of(device, lambda: settings.warmup and train_epoch(step, data.first(batch * settings.warmup),
+                                                                        train, 0, "warm-up"),
+                       lambda r: train_epoch(step, data, train, r + 1, f"{name} round {r + 1}")["images_per_s"],
+                       settings.repeats)
+    measure.compile_error = step.compile_error
+    return measure
 
 
-def _graphed(device: torch.device, body: Callable[[], None], opt: torch.optim.Optimizer) -> Callable[[], None]:
-    """Capture ``body`` (forward, backward, optimiser step) as one CUDA graph, after eager warm-up on a side
-    stream as the CUDA graph documentation prescribes (whole-network capture, optimiser with
-    ``capturable=True``); returns its replay."""
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(GRAPH_WARMUP):
-            opt.zero_grad(set_to_none=True)
-            body()
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    opt.zero_grad(set_to_none=True)  # gradients are then allocated inside the graph's memory pool
-    with torch.cuda.graph(graph):
-        body()
-    return graph.replay
+def engine_infer(name: str, frames: np.ndarray, device: torch.device, cfg: Config, per_round: int,
+                 settings: Settings) -> Measure:
+    """The denoise task's path: :class:`Denoiser` through the :class:`Tiler` (its default tiles,
+    ``settings.batch_size`` tiles a model call), host frames in, host frames out; ``frames`` (N, S, S)
+    float32, ``per_round`` of them a timed round."""
+    torch.manual_seed(0)
+    torch.backends.cudnn.benchmark = True
+    denoiser = Denoiser(models.build(name), {"model": name, "normalisation": _IDENTITY}, device, cfg.precision)
+    tiler = Tiler(denoiser.denoise, settings.tile_size, settings.tile_overlap, settings.batch_size,
+                  pin_memory=device.type == "cuda")
 
+    def stream(n: int) -> float:
+        t0 = time.perf_counter()
+        done = sum(1 for _ in tiler.stream(frames[:n]))
+        return done / (time.perf_counter() - t0)
 
-def fast_infer(name: str, noisy: torch.Tensor, device: torch.device, cfg: Config, batch: int,
-               timing: Timing) -> Measure:
-    """Denoise consecutive batches of the in-memory frames (N, 1, S, S), N a multiple of ``batch``, into a
-    preallocated host output, under ``cfg``."""
-    model = _model(name, device, cfg).eval()
-    net = _compiled(model, cfg, inference=True)
-    if device.type == "cuda":
-        return _fast_infer_cuda(net, noisy, device, cfg, batch, timing)
-    out = torch.empty_like(noisy)
-
-    def step(i: int) -> None:
-        rows = slice(i * batch % len(noisy), i * batch % len(noisy) + batch)
-        with torch.inference_mode(), _autocast(device, cfg.precision, False):
-            out[rows].copy_(net(noisy[rows].contiguous(memory_format=cfg.memory_format)))
-
-    return _timed(device, step, timing, batch)
-
-
-def _fast_infer_cuda(net: nn.Module, noisy: torch.Tensor, device: torch.device, cfg: Config, batch: int,
-                     timing: Timing) -> Measure:
-    """Host-to-host inference on a GPU: two buffer slots, so that copying batch k+1 in and batch k-1 out
-    (own streams, pinned host memory) overlaps the computation of batch k; each slot's forward pass is a
-    CUDA graph when ``cfg.cuda_graphs``, else eager into a preallocated output."""
-    host_in = noisy.pin_memory()
-    host_out = torch.empty(noisy.shape, dtype=noisy.dtype, pin_memory=True)
-    slots = 2
-    shape = (batch,) + tuple(noisy.shape[1:])
-    x = [torch.empty(shape, device=device).contiguous(memory_format=cfg.memory_format) for _ in range(slots)]
-    y = [torch.empty(shape, device=device) for _ in range(slots)]
-
-    def forward(i: int) -> torch.Tensor:
-        with torch.no_grad(), _autocast(device, cfg.precision, cfg.cuda_graphs):
-            return net(x[i]).float()
-
-    if cfg.cuda_graphs:
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for i in range(slots):
-                for _ in range(GRAPH_WARMUP):
-                    forward(i)
-        torch.cuda.current_stream(device).wait_stream(side)
-        graphs = []
-        for i in range(slots):
-            graphs.append(torch.cuda.CUDAGraph())
-            with torch.cuda.graph(graphs[i]):
-                y[i] = forward(i)
-        run = [g.replay for g in graphs]
-    else:
-        run = [lambda i=i: y[i].copy_(forward(i)) for i in range(slots)]
-
-    copy_in, compute, copy_out = (torch.cuda.Stream(device) for _ in range(3))
-    loaded, computed, emptied = ([torch.cuda.Event() for _ in range(slots)] for _ in range(3))
-
-    def step(k: int) -> None:
-        i = k % slots
-        begin = k * batch % len(host_in)
-        rows = slice(begin, begin + batch)
-        with torch.cuda.stream(copy_in):
-            copy_in.wait_event(computed[i])        # batch k - slots has finished reading x[i]
-            x[i].copy_(host_in[rows], non_blocking=True)
-            loaded[i].record(copy_in)
-        with torch.cuda.stream(compute):
-            compute.wait_event(loaded[i])
-            compute.wait_event(emptied[i])         # batch k - slots has been copied out of y[i]
-            run[i]()
-            computed[i].record(compute)
-        with torch.cuda.stream(copy_out):
-            copy_out.wait_event(computed[i])
-            host_out[rows].copy_(y[i], non_blocking=True)
-            emptied[i].record(copy_out)
-
-    return _timed(device, step, timing, batch)
+    return _best_of(device, lambda: settings.warmup and stream(min(per_round, settings.warmup)),
+                    lambda _: stream(per_round), settings.repeats)
 
 
 # ---------------------------------------------------------------------------------------------- one model
@@ -568,72 +429,36 @@ def _rows(side: int, batch: int, needed: int) -> int:
     return max(batch, min(needed, cap) // batch * batch)
 
 
-def _measure_with_fallback(run: Callable[[Config], Measure], cfg: Config, log) -> tuple[Measure, Config, str]:
-    """``run(cfg)``; when it fails with CUDA graphs or torch.compile on, again without them (graphs first).
-    Returns (measure, the config that ran, the failure or "")."""
-    try:
-        return run(cfg), cfg, ""
-    except Exception as exc:  # compile and capture failures come in many types
-        if not (cfg.cuda_graphs or cfg.compile):
-            raise
-        what = "cuda_graphs" if cfg.cuda_graphs else "compile"
-        text = str(exc).strip()
-        reason = f"{what} failed: {type(exc).__name__}" + (f": {text.splitlines()[0][:200]}" if text else "")
-        log.warning("bench: %s; measuring without it", reason)
-    _release(torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
-    measure, used, more = _measure_with_fallback(run, replace(cfg, **{what: False}), log)
-    return measure, used, "; ".join(r for r in (reason, more) if r)
-
-
-def _ablation(settings: Settings) -> list[dict]:
-    """The ablation rows, plain first; each later row holds its cumulative config (None: skipped)."""
-    rows = [{"step": "plain", "adds": f"the original loop: one HDF5 read per image, DataLoader with "
-             f"{PLAIN_WORKERS} workers, float32, NCHW, eager", "config": None}]
-    for step, adds, cfg, skipped in ladder(settings):
-        rows.append({"step": step, "adds": adds, "config": cfg, **({"skipped": skipped} if skipped else {})})
-    return rows
-
-
-def _run_ablation(rows: list[dict], kind: str, plain: Measure, run: Callable[[Config], Measure],
-                  log, label: str) -> tuple[Measure, Config]:
-    """Measure every row of the ablation for ``kind``; a compile or graphs step that fails is recorded and
-    left out of the later steps. Returns the fastest measurement (the fast path) and its config."""
+def _measure_rows(rows: list[dict[str, Any]], kind: str, plain: Measure, run: Callable[[Config], Measure],
+                  log: logging.Logger, label: str) -> tuple[Measure, Config]:
+    """Measure ``kind`` for every row of the ablation that applies; the last one measured is the engine's
+    figure (a compile that fell back is recorded and counts as the eager row before it)."""
     rows[0][f"{kind}_images_per_s"] = plain.images_per_s
-    dropped: dict[str, bool] = {}
-    fast, best, last = None, None, None
+    engine: tuple[Measure, Config] | None = None
     for row in rows[1:]:
-        if row["config"] is None:
-            continue
-        cfg = replace(row["config"], **dropped)
-        if cfg == last:  # this step's feature failed before: nothing new to measure
-            row[f"{kind}_failed"] = "not applied: failed at an earlier step"
+        cfg = row["config"]
+        if cfg is None or (cfg.compile and kind == "infer"):
             continue
         log.info("%s: %s", label, row["step"])
-        try:
-            measure, last = run(cfg), cfg
-        except Exception as exc:
-            if row["step"] not in ("compile", "cuda_graphs"):
-                raise
-            text = str(exc).strip()
-            row[f"{kind}_failed"] = f"{type(exc).__name__}" + (f": {text.splitlines()[0][:200]}" if text else "")
-            log.warning("bench %s: %s failed (%s); the later steps go without it", label, row["step"],
-                        row[f"{kind}_failed"])
-            dropped[row["step"]] = False
-            _release(torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+        measure = run(cfg)
+        _release(torch.device("cpu"))
+        if cfg.compile and measure.compile_error:
+            row[f"{kind}_failed"] = measure.compile_error
             continue
         row[f"{kind}_images_per_s"] = measure.images_per_s
-        if fast is None or measure.images_per_s > fast.images_per_s:
-            fast, best = measure, cfg
-        _release(torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
-    assert fast is not None and best is not None  # in_memory is always measured
-    return fast, best
+        engine = measure, cfg
+    assert engine is not None  # fp32 is always measured
+    return engine
 
 
-def _finish_ablation(rows: list[dict]) -> list[dict]:
-    """JSON rows: gains relative to the previous measured step, configs left out."""
-    out, previous = [], {}
+def _finish_ablation(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """JSON rows: gains relative to the previous measured row, configs left out."""
+    out: list[dict[str, Any]] = []
+    previous: dict[str, float] = {}
     for row in rows:
         row = {k: v for k, v in row.items() if k != "config"}
+        if row["step"] == "compile" and "skipped" not in row:
+            row["infer_skipped"] = "the inference path (Denoiser) runs eager"
         for kind in ("train", "infer"):
             value = row.get(f"{kind}_images_per_s")
             if value is None:
@@ -645,25 +470,28 @@ def _finish_ablation(rows: list[dict]) -> list[dict]:
     return out
 
 
-def bench_model(name: str, settings: Settings, tmp: Path, log) -> dict:
-    """All measurements of one model: plain and fast per size, the ablation at the reference sizes."""
+def bench_model(name: str, settings: Settings, tmp: Path, log: logging.Logger) -> dict[str, Any]:
+    """All measurements of one model: plain and engine per size, the ablation at the reference sizes."""
     device = settings.device
-    timing = Timing(settings.warmup, settings.steps, settings.repeats)
-    result: dict = {"parameters": models.count_parameters(models.build(name)), "fast_config": {}}
+    result: dict[str, Any] = {"parameters": models.count_parameters(models.build(name))}
     for field in ("train_images_per_s", "plain_train_images_per_s", "infer_images_per_s",
                   "plain_infer_images_per_s", "train_speedup_vs_plain_by_size", "infer_speedup_vs_plain_by_size"):
         result[field] = {}
     for field in ("peak_memory_bytes", "plain_peak_memory_bytes", "batch_size"):
         result[field] = {"train": {}, "infer": {}}
     result["fallbacks"] = []
-    rows = _ablation(settings)
+    rows: list[dict[str, Any]] = [{"step": "plain", "adds": "the original loop: one HDF5 read per image, "
+                                   f"DataLoader with {PLAIN_WORKERS} workers, float32, NCHW, eager", "config": None}]
+    rows += [{"step": step, "adds": adds, "config": cfg, **({"skipped": why} if why else {})}
+             for step, adds, cfg, why in ladder(settings)]
     reference = {"train": settings.train_sizes[0], "infer": settings.sizes[0]}
-    fast_cfg = {}
-    # the reference sizes first: their ablation decides the fast configuration used at the other sizes
+    chosen: dict[str, Config] = {}
+    total = settings.warmup + settings.steps * settings.repeats
+    # the reference sizes first: their ablation decides the configuration used at the other sizes
     for side in sorted(set(settings.sizes) | set(settings.train_sizes),
                        key=lambda side: (side not in reference.values(), side)):
         batch = settings.batch_for(side)
-        noisy_np, clean_np = _pairs(side, _rows(side, batch, batch * timing.total), seed=side)
+        noisy_np, clean_np = _pairs(side, _rows(side, batch, batch * total), seed=side)
         paths = {"noisy": tmp / f"graphene_img_noise_{side}.h5", "clean": tmp / f"graphene_img_clean_{side}.h5"}
         _write_images(paths["noisy"], noisy_np)
         _write_images(paths["clean"], clean_np)
@@ -673,33 +501,37 @@ def bench_model(name: str, settings: Settings, tmp: Path, log) -> dict:
                 continue
             label = f"{name} {kind} {side}x{side}"
             log.info("%s: plain loop (batch %d)", label, batch)
+            run: Callable[[Config], Measure]
             if kind == "train":
-                plain = plain_train(name, paths["noisy"], paths["clean"], device, batch, timing)
-                run = lambda c: fast_train(name, noisy, clean, device, c, batch, timing)  # noqa: E731
+                plain = plain_train(name, paths["noisy"], paths["clean"], device, batch, settings)
+                run = functools.partial(engine_train, name, noisy, clean, device, batch=batch, settings=settings,
+                                        log=log)
             else:
-                plain = plain_infer(name, paths["noisy"], device, batch, timing)
-                run = lambda c: fast_infer(name, noisy, device, c, batch, timing)  # noqa: E731
+                plain = plain_infer(name, paths["noisy"], device, batch, settings)
+                per_round = min(len(noisy_np), batch * settings.steps)
+                run = functools.partial(engine_infer, name, noisy_np, device, per_round=per_round,
+                                        settings=settings)
             _release(device)
             if side == reference[kind]:
-                fast, fast_cfg[kind] = _run_ablation(rows, kind, plain, run, log, label)
+                engine, chosen[kind] = _measure_rows(rows, kind, plain, run, log, label)
             else:
-                log.info("%s: fast path", label)
-                fast, _, failure = _measure_with_fallback(run, fast_cfg[kind], log)
-                if failure:
-                    result["fallbacks"].append(f"{kind} {side}: {failure}")
+                log.info("%s: engine", label)
+                engine = run(chosen[kind])
                 _release(device)
+            if engine.compile_error:
+                result["fallbacks"].append(f"{kind} {side}: {engine.compile_error}")
             key = str(side)
-            result[f"{kind}_images_per_s"][key] = fast.images_per_s
+            result[f"{kind}_images_per_s"][key] = engine.images_per_s
             result[f"plain_{kind}_images_per_s"][key] = plain.images_per_s
-            result[f"{kind}_speedup_vs_plain_by_size"][key] = fast.images_per_s / plain.images_per_s
-            result["peak_memory_bytes"][kind][key] = fast.peak_memory_bytes
+            result[f"{kind}_speedup_vs_plain_by_size"][key] = engine.images_per_s / plain.images_per_s
+            result["peak_memory_bytes"][kind][key] = engine.peak_memory_bytes
             result["plain_peak_memory_bytes"][kind][key] = plain.peak_memory_bytes
             result["batch_size"][kind][key] = batch
         for path in paths.values():
             path.unlink()
     for kind in ("train", "infer"):
         result[f"{kind}_speedup_vs_plain"] = result[f"{kind}_speedup_vs_plain_by_size"][str(reference[kind])]
-    result["fast_config"] = {kind: asdict(cfg) for kind, cfg in fast_cfg.items()}
+    result["fast_config"] = {kind: asdict(cfg) for kind, cfg in chosen.items()}
     result["ablation"] = _finish_ablation(rows)
     return result
 
@@ -719,11 +551,11 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def run_bench(settings: Settings, log) -> dict:
+def run_bench(settings: Settings, log: logging.Logger) -> dict[str, Any]:
     """Every model's measurements plus the machine and settings, as the JSON document."""
     if settings.device.type == "cuda":
         torch.cuda.set_device(settings.device)
-    doc = {"format": FORMAT, "emdenoise_version": __version__, "torch_version": torch.__version__,
+    doc: dict[str, Any] = {"format": FORMAT, "emdenoise_version": __version__, "torch_version": torch.__version__,
            "device": str(settings.device), "device_name": device_name(settings.device),
            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
            "platform": platform.platform(), "python": platform.python_version(),
@@ -732,7 +564,7 @@ def run_bench(settings: Settings, log) -> dict:
                              "measurement (loader workers not included)"),
            "settings": {**{k: v for k, v in asdict(settings).items() if k != "device"},
                         "plain_workers": PLAIN_WORKERS, "reference_side": REFERENCE_SIDE,
-                        "learning_rate": LR},
+                        "plain_learning_rate": LR},
            "models": {}}
     with tempfile.TemporaryDirectory(prefix="emdenoise-bench-") as tmp:
         for name in settings.models:
@@ -746,46 +578,43 @@ def _fmt(x: float | None) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
 
 
-def table(doc: dict) -> str:
+def table(doc: dict[str, Any]) -> str:
     """A plain-text summary: one line per model, task and size, then each model's ablation."""
     s = doc["settings"]
     lines = [f"emdenoise bench: {doc['device']} ({doc['device_name']}, {doc['cpu_count']} CPUs, "
              f"{doc['torch_threads']} threads), torch {doc['torch_version']}, {s['precision']}, "
              f"best of {s['repeats']} x {s['steps']} steps after {s['warmup']} warm-up",
-             f"{'model':<10} {'task':<6} {'size':>5} {'batch':>6} {'plain img/s':>12} {'fast img/s':>11} "
+             f"{'model':<10} {'task':<6} {'size':>5} {'batch':>6} {'plain img/s':>12} {'engine img/s':>13} "
              f"{'speedup':>8} {'peak MB':>8}"]
     for name, m in doc["models"].items():
         for kind in ("train", "infer"):
             for size, fast in m[f"{kind}_images_per_s"].items():
                 lines.append(f"{name:<10} {kind:<6} {size:>5} {m['batch_size'][kind][size]:>6} "
-                             f"{_fmt(m[f'plain_{kind}_images_per_s'][size]):>12} {_fmt(fast):>11} "
+                             f"{_fmt(m[f'plain_{kind}_images_per_s'][size]):>12} {_fmt(fast):>13} "
                              f"{m[f'{kind}_speedup_vs_plain_by_size'][size]:>7.2f}x "
                              f"{m['peak_memory_bytes'][kind][size] / 2**20:>8.0f}")
     for name, m in doc["models"].items():
         lines.append(f"ablation {name} (train {s['train_sizes'][0]}, infer {s['sizes'][0]}): "
-                     "step, train img/s (gain), infer img/s (gain); * the fast path")
+                     "step, train img/s (gain), infer img/s (gain)")
         for row in m["ablation"]:
             if "skipped" in row:
-                lines.append(f"  {row['step']:<14} skipped: {row['skipped']}")
+                lines.append(f"  {row['step']:<10} skipped: {row['skipped']}")
                 continue
             cells = []
             for kind in ("train", "infer"):
                 value, gain = row.get(f"{kind}_images_per_s"), row.get(f"{kind}_gain")
-                failed = row.get(f"{kind}_failed")
-                reference = str(s["train_sizes"][0] if kind == "train" else s["sizes"][0])
-                chosen = row["step"] != "plain" and value == m[f"{kind}_images_per_s"][reference]
-                cells.append(f"failed ({failed})" if failed else
-                             f"{_fmt(value):>8}" + (f" ({gain:.2f}x)" if gain else "        ") +
-                             ("*" if chosen else " "))
-            lines.append(f"  {row['step']:<14} {cells[0]:<20} {cells[1]}")
-        for item in m["fallbacks"]:
-            lines.append(f"  fallback: {item}")
+                failed, skipped = row.get(f"{kind}_failed"), row.get(f"{kind}_skipped")
+                cells.append(f"failed ({failed})" if failed else f"skipped ({skipped})" if skipped else
+                             f"{_fmt(value):>8}" + (f" ({gain:.2f}x)" if gain else ""))
+            lines.append(f"  {row['step']:<10} {cells[0]:<20} {cells[1]}")
+        lines.extend(f"  fallback: {item}" for item in m["fallbacks"])
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     """``emdenoise bench ...``: measure, print the table, write the JSON; exit codes as the tasks'."""
     args = build_parser().parse_args(argv)
+    os.environ.setdefault("EMDENOISE_PROGRESS", "0")  # the train step's progress bars: not in a timing table
     log = setup_logging("bench", None)
     try:
         settings = settings_from_args(args)

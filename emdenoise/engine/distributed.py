@@ -75,11 +75,6 @@ def from_env() -> World:
     return World(rank, size, local_rank)
 
 
-def is_main_process() -> bool:
-    """Whether this process is rank 0 (or not distributed at all), from the environment alone."""
-    return _env_int("RANK", 0) == 0
-
-
 def start(world: World, device: torch.device) -> tuple[torch.device, bool]:
     """Join the process group of ``world`` (a no-op for SINGLE) and return (this process's device, whether
     this call created the group, so the caller knows to :func:`stop` it).

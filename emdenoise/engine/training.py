@@ -1,15 +1,25 @@
-"""The training engine: data in memory, the optimiser, schedule and loss, one epoch, validation, and
-:func:`train_model` (one model, with checkpoints and resume). The train task (:mod:`emdenoise.tasks.train`) and
-the study call it; the file layout it writes is described there.
+"""The training engine: data in memory, the optimiser, schedule and loss, the train step, one epoch, validation,
+and :func:`train_model` (one model, with checkpoints and resume). The train task (:mod:`emdenoise.tasks.train`)
+and the study call it, and ``emdenoise bench`` times the same :class:`TrainStep` through :func:`train_epoch`; the
+file layout it writes is described in the train task.
+
+The step (the fast path is the training path): batches are gathered from the in-memory pairs with one indexing
+operation per batch (crops included, no Python loop per image; on a GPU the pairs are held in GPU memory when
+they fit), the model runs channels_last under the resolved precision's autocast (bf16 only where the hardware
+computes it natively: :func:`emdenoise.engine.runtime.resolve_precision`), the loss stays on the device (no
+synchronisation per step), and ``train.compile: true`` runs the model under ``torch.compile`` (a failure to
+compile is a one-line warning and the eager step, never a crash).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,24 +34,26 @@ from emdenoise.errors import InputError, RuntimeFailure
 from emdenoise.io import modelfile
 from emdenoise.layout import CHECKPOINT_FILE, DATASET_CARD_KEYS, LAST_MODEL_FILE, MODEL_FILE
 from emdenoise.log import progress
-from emdenoise.outputs import STAGING_DIR, atomic_path, json_text, promote, remove_staging
+from emdenoise.outputs import STAGING_DIR, Transaction, remove_staging
+from emdenoise.params import TrainParams
 
 METRICS_FILE = "train_metrics.json"
 
-# train: keys that determine the result, hence the checkpoint fingerprint (device, precision and num_workers
-# are left out on purpose: a run may resume on another machine)
+# train: keys that determine the result, hence the checkpoint fingerprint (device, precision, compile and
+# num_workers are left out on purpose: a run may resume on another machine)
 FINGERPRINT_KEYS = ("epochs", "batch_size", "lr", "optimizer", "lr_schedule", "loss", "seed", "max_train_images",
                     "patch_size")
 STEP_MILESTONES = (0.5, 0.75)  # lr_schedule "step": x0.1 after half and after three quarters of all steps
 SGD_MOMENTUM = 0.9
+GPU_RESIDENT_FRACTION = 0.5   # training pairs go into GPU memory when they take at most this much of what is free
 
-# Test hook: raise KeyboardInterrupt right after the checkpoint of this epoch is written (simulates a crash).
-_STOP_AFTER_EPOCH: int | None = None
+EpochHook = Callable[[int], None]
 
 
 @dataclass
 class TrainData:
-    """Training pairs normalised, (N, 1, H, W) float32 on the CPU, plus the raw val pairs."""
+    """Training pairs normalised, (N, 1, H, W) float32 (on the CPU, or resident on the training GPU), plus
+    the raw val pairs."""
 
     noisy: torch.Tensor
     clean: torch.Tensor
@@ -51,25 +63,29 @@ class TrainData:
     def __len__(self) -> int:
         return len(self.noisy)
 
+    def first(self, n: int) -> TrainData:
+        """The first ``n`` training pairs (all when ``n`` is 0), without a copy."""
+        return replace(self, noisy=self.noisy[:n or None], clean=self.clean[:n or None])
+
 
 def publish(records: dict[str, dict], model_dir: Path, metrics_path: Path) -> None:
     """Put the run's outputs in place once every model of ``records`` (name -> record) has finished: each
     model's staged files onto their names in ``model_dir/<name>/``, then ``train_metrics.json`` (the last
-    model's record at the top, ``models`` holding every record). A model with nothing staged (finished by an
-    earlier run, its files already in place) keeps its files."""
-    with atomic_path(metrics_path) as tmp:
-        tmp.write_text(json_text({**records[list(records)[-1]], "models": records}), encoding="utf-8")
+    model's record at the top, ``models`` holding every record), declared last. A model with nothing staged
+    (finished by an earlier run, its files already in place) keeps its files."""
+    with Transaction(resumable=True) as tx:
         for name in records:
-            stage = model_dir / name / STAGING_DIR
             for file in (MODEL_FILE, LAST_MODEL_FILE):
-                if (stage / file).is_file():
-                    promote(stage / file, model_dir / name / file)
-            remove_staging(stage)
+                if tx.is_staged(model_dir / name / file):
+                    tx.put(model_dir / name / file)
+        tx.write_json(metrics_path, {**records[list(records)[-1]], "models": records})
+    for name in records:  # what else a killed run left there (a half-written temporary file)
+        remove_staging(model_dir / name / STAGING_DIR)
 
 
-def load_data(data_dir: Path, train: dict, normalisation: dict, where: str) -> TrainData:
+def load_data(data_dir: Path, train: TrainParams, normalisation: dict, where: str) -> TrainData:
     """Read train (first ``max_train_images``) and val into memory; normalise the training pairs in place."""
-    tr = load_split(data_dir, "train", train["max_train_images"])
+    tr = load_split(data_dir, "train", train.max_train_images)
     val = load_split(data_dir, "val")
     if len(tr) == 0:
         raise InputError.at(Path(data_dir) / "train.h5", "noisy", "expected at least one training pair, got 0")
@@ -77,7 +93,7 @@ def load_data(data_dir: Path, train: dict, normalisation: dict, where: str) -> T
     if len(val) and val.noisy.shape[1:] != tr.noisy.shape[1:]:
         raise InputError.at(Path(data_dir) / "val.h5", "noisy", f"expected images of {height}x{width} like the "
                             f"train split, got {val.noisy.shape[1]}x{val.noisy.shape[2]}")
-    patch = train["patch_size"]
+    patch = train.patch_size
     if patch > min(height, width):
         raise InputError.at(where, "train.patch_size", f"expected 0 or at most the image side "
                             f"{min(height, width)}, got {patch}")
@@ -88,6 +104,17 @@ def load_data(data_dir: Path, train: dict, normalisation: dict, where: str) -> T
         array /= normalisation[side]["std"]
     # (N, H, W) -> (N, 1, H, W): a channel axis added, no axis ever swapped
     return TrainData(torch.from_numpy(tr.noisy)[:, None], torch.from_numpy(tr.clean)[:, None], val, patch)
+
+
+def resident(data: TrainData, device: torch.device) -> TrainData:
+    """``data`` with its training pairs in ``device``'s memory when that is a GPU with room for them (then
+    batches are gathered there, no host-to-device copy per step); otherwise ``data`` itself."""
+    if device.type != "cuda" or data.noisy.device == device:
+        return data
+    free, _ = torch.cuda.mem_get_info(device)
+    if 2 * data.noisy.nbytes > GPU_RESIDENT_FRACTION * free:
+        return data
+    return replace(data, noisy=data.noisy.to(device), clean=data.clean.to(device))
 
 
 # ---------------------------------------------------------------------------------------------- pieces
@@ -118,7 +145,10 @@ def make_loss(name: str) -> nn.Module:
     return {"mse": nn.MSELoss(), "l1": nn.L1Loss()}[name]
 
 
-def epoch_plan(data: TrainData, batch_size: int, seed: int, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+Plan = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def epoch_plan(data: TrainData, batch_size: int, seed: int, epoch: int) -> Plan:
     """The epoch's batches: (image indices, crop corners (B, 2)), drawn from a generator seeded by
     (seed, epoch) alone, so an epoch is the same whether or not the run was interrupted before it."""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -134,36 +164,142 @@ def epoch_plan(data: TrainData, batch_size: int, seed: int, epoch: int) -> list[
 
 
 def gather(data: TrainData, index: torch.Tensor, corners: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One batch (noisy, clean), (B, 1, h, w), cropped when ``data.patch`` is set."""
+    """One batch (noisy, clean), (B, 1, h, w), cropped when ``data.patch`` is set: one indexing operation per
+    tensor (crops as an (image, row, column) index grid), on the device the pairs are on."""
+    index = index.to(data.noisy.device)
     if not data.patch:
         return data.noisy[index], data.clean[index]
-    p = data.patch
-    if len(index) == 0:  # a process's empty share of a short last batch
-        return data.noisy.new_empty(0, 1, p, p), data.clean.new_empty(0, 1, p, p)
-    noisy = torch.stack([data.noisy[i, :, y:y + p, x:x + p] for i, (y, x) in zip(index.tolist(), corners.tolist())])
-    clean = torch.stack([data.clean[i, :, y:y + p, x:x + p] for i, (y, x) in zip(index.tolist(), corners.tolist())])
-    return noisy, clean
+    offsets = torch.arange(data.patch, device=data.noisy.device)
+    corners = corners.to(data.noisy.device)
+    rows = (corners[:, 0, None] + offsets)[:, :, None]   # (B, p, 1)
+    cols = (corners[:, 1, None] + offsets)[:, None, :]   # (B, 1, p)
+    images = index[:, None, None]
+    return data.noisy[images, 0, rows, cols][:, None], data.clean[images, 0, rows, cols][:, None]
 
 
 class _Batches(torch.utils.data.Dataset):
     """The epoch's batches as a Dataset of whole batches, for a DataLoader with worker processes."""
 
-    def __init__(self, data: TrainData, plan: list):
+    def __init__(self, data: TrainData, plan: Plan):
         self.data, self.plan = data, plan
 
     def __len__(self) -> int:
         return len(self.plan)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return gather(self.data, *self.plan[i])
 
 
-def batches(data: TrainData, plan: list, num_workers: int, pin: bool) -> Iterable:
-    """Iterate the plan's batches, in the main process or (num_workers > 0) in worker processes."""
-    if num_workers == 0:
+def batches(data: TrainData, plan: Plan, num_workers: int, pin: bool) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """Iterate the plan's batches, in the main process or (num_workers > 0, pairs on the CPU) in worker
+    processes."""
+    if num_workers == 0 or data.noisy.device.type != "cpu":
         return (gather(data, *item) for item in plan)
     return torch.utils.data.DataLoader(_Batches(data, plan), batch_size=None, shuffle=False,
                                        num_workers=num_workers, pin_memory=pin)
+
+
+# ---------------------------------------------------------------------------------------------- the step
+
+class TrainStep:
+    """One optimiser step of one model: the object ``emdenoise train``, the study and ``emdenoise bench`` all
+    run. ``model`` is the bare model (saved, validated, checkpointed); the step runs it wrapped for several
+    processes when ``world`` has them, and compiled when ``compile`` is set (``compile_error`` then says why
+    it fell back to eager, if it did)."""
+
+    def __init__(self, model: nn.Module, train: TrainParams, total_steps: int, device: torch.device,
+                 precision: str, world: World = distributed.SINGLE, log: logging.Logger | None = None):
+        self.model = model.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.device, self.precision, self.world = device, precision, world
+        self.optimizer = make_optimizer(train.optimizer, self.model.parameters(), train.lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(train.lr_schedule, total_steps))
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.loss_fn = make_loss(train.loss)
+        self.trainer = distributed.wrap(self.model, world, device)  # model itself, or in DistributedDataParallel
+        self.log = log or logging.getLogger("emdenoise")
+        self.compile_error: str | None = None
+        self._compiled: nn.Module | None = None
+        if train.compile:
+            try:
+                self._compiled = torch.compile(self.trainer)  # type: ignore[assignment]
+            except Exception as exc:  # noqa: BLE001 - compile failures come in many types
+                self._fall_back(exc)
+
+    @property
+    def compiled(self) -> bool:
+        return self._compiled is not None
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _fall_back(self, exc: BaseException) -> None:
+        text = str(exc).strip()
+        self.compile_error = type(exc).__name__ + (f": {text.splitlines()[0][:200]}" if text else "")
+        self.log.warning("train.compile: torch.compile failed (%s); training eager", self.compile_error)
+        self._compiled = None
+
+    def _objective(self, net: nn.Module, noisy: torch.Tensor, clean: torch.Tensor,
+                   global_n: int) -> torch.Tensor:
+        """Forward and backward of one batch; returns the batch's mean loss (detached)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        with runtime.autocast(self.device, self.precision):
+            out = net(noisy)
+        if len(noisy) == 0:  # an empty share still joins the gradient all-reduce, with zero gradients
+            loss = objective = out.float().sum() * 0.0
+        else:
+            loss = objective = self.loss_fn(out.float(), clean)
+            if self.world.enabled:  # DDP averages over processes: weight by this share of the global batch
+                objective = loss * (len(noisy) * self.world.size / global_n)
+        self.scaler.scale(objective).backward()
+        return loss.detach()
+
+    def __call__(self, noisy: torch.Tensor, clean: torch.Tensor, global_n: int | None = None) -> torch.Tensor:
+        """Train on one batch (``global_n``: the size of the global batch this process's share belongs to);
+        returns the batch's mean loss as a tensor on the device (reading it would synchronise)."""
+        noisy = noisy.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        clean = clean.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        global_n = len(noisy) if global_n is None else global_n
+        loss = None
+        if self._compiled is not None:
+            try:
+                loss = self._objective(self._compiled, noisy, clean, global_n)
+            except Exception as exc:  # noqa: BLE001 - nothing has been stepped yet: redo the batch eagerly
+                self._fall_back(exc)
+        if loss is None:
+            loss = self._objective(self.trainer, noisy, clean, global_n)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return loss
+
+
+def train_epoch(step: TrainStep, data: TrainData, train: TrainParams, epoch: int, desc: str) -> dict:
+    """One pass of ``step`` over the training pairs; returns the epoch's row without the validation fields.
+    With several processes each process trains on its share of every global batch of the plan."""
+    world, device = step.world, step.device
+    step.trainer.train()
+    lr = step.lr
+    plan = epoch_plan(data, train.batch_size, train.seed, epoch)
+    global_sizes = [len(index) for index, _ in plan]
+    if world.enabled:
+        plan = [(index[part], corners[part]) for index, corners in plan
+                for part in (distributed.shard(len(index), world),)]
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    t0 = time.perf_counter()
+    for (noisy, clean), global_n in zip(progress(batches(data, plan, train.num_workers, device.type == "cuda"),
+                                                 total=len(plan), desc=desc, unit="batch", leave=False,
+                                                 disable=not world.is_main), global_sizes):
+        loss_sum += step(noisy, clean, global_n).double() * len(noisy)
+    distributed.sum_(loss_sum, world)
+    train_loss = loss_sum.item()  # synchronises with the device: the epoch's work is done
+    seconds = time.perf_counter() - t0
+    train_loss /= len(data)
+    if not math.isfinite(train_loss):
+        raise RuntimeFailure(f"training diverged at epoch {epoch}: the loss is {train_loss}; lower train.lr or "
+                             "use precision fp32")
+    return {"epoch": epoch, "train_loss": train_loss, "val_psnr": None, "val_ssim": None,
+            "images_per_s": len(data) / seconds, "seconds": seconds, "lr": lr}
 
 
 def validate(denoiser: Denoiser, val: Split, data_range: float, batch_size: int,
@@ -193,7 +329,7 @@ def data_fingerprint(card: dict) -> str:
     return modelfile.fingerprint({key: card.get(key) for key in DATASET_CARD_KEYS})
 
 
-def _finite(x: float) -> float | None:
+def _finite(x: float | None) -> float | None:
     return float(x) if x is not None and math.isfinite(x) else None
 
 
@@ -202,55 +338,47 @@ def _config_diff(old: dict, new: dict) -> str:
     return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys) or "unknown difference"
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 # ---------------------------------------------------------------------------------------------- one model
 
-def train_model(name: str, train: dict, data: TrainData, card: dict, data_range: float, device: torch.device,
-                precision: str, out_dir: Path, log, world: World = distributed.SINGLE) -> dict:
+def train_model(name: str, train: TrainParams, data: TrainData, card: dict, data_range: float,
+                device: torch.device, precision: str, out_dir: Path, log: Any, world: World = distributed.SINGLE,
+                *, on_epoch_end: EpochHook | None = None) -> dict:
     """Train model ``name`` (resuming when allowed): its checkpoint into ``out_dir``, its model files into
     ``out_dir/.staging/`` for :func:`publish` (rank 0 only); return its record. ``world``: this process's
-    place in a torchrun run (all processes call this alike)."""
+    place in a torchrun run (all processes call this alike). ``on_epoch_end(epoch)`` is called after each
+    epoch's checkpoint is written."""
     options = models.options_from_train(name, train)
-    config = {"model": name, "options": options, **{k: train[k] for k in FINGERPRINT_KEYS},
+    config = {"model": name, "options": options, **{k: getattr(train, k) for k in FINGERPRINT_KEYS},
               "data_card": data_fingerprint(card)}
     fingerprint = modelfile.fingerprint(config)
     ckpt_path = out_dir / CHECKPOINT_FILE
     stage = out_dir / STAGING_DIR
-    epochs, batch_size = train["epochs"], train["batch_size"]
+    epochs = train.epochs
 
-    runtime.seed_everything(train["seed"])
+    runtime.seed_everything(train.seed)
     model = distributed.prepare(models.build(name, **options), world, device)
-    model = model.to(device, memory_format=torch.channels_last)
-    optimizer = make_optimizer(train["optimizer"], model.parameters(), train["lr"])
-    total_steps = math.ceil(len(data) / batch_size) * epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(train["lr_schedule"], total_steps))
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    loss_fn = make_loss(train["loss"])
-    record = {"model": name, "device": str(device), "precision": precision,
+    step = TrainStep(model, train, math.ceil(len(data) / train.batch_size) * epochs, device, precision, world, log)
+    record: dict[str, Any] = {"model": name, "device": str(device), "precision": precision,
               "parameters": models.count_parameters(model), "options": options, "fingerprint": fingerprint,
               "n_train": len(data), "n_val": len(data.val), "epochs": [], "best_epoch": None,
               "best_val_psnr": None, "complete": False, "processes": world.size}
     start = 1
 
-    if train["resume"] == "auto" and ckpt_path.exists():
+    if train.resume == "auto" and ckpt_path.exists():
         info = modelfile.checkpoint_info(ckpt_path)
         if info["fingerprint"] != fingerprint:
             raise InputError.at(ckpt_path, "fingerprint", "expected a checkpoint of this training configuration, "
                                 f"found one of another ({_config_diff(info['config'], config)}); set "
                                 "train.resume: never to start afresh (deleting it) or use another model_dir")
         if info["epoch"] >= epochs:
-            state = modelfile.load_checkpoint(ckpt_path, model)
+            state = modelfile.load_checkpoint(ckpt_path, step.model)
             log.info("%s: already trained for %d epochs with this configuration (%s); nothing to do (set "
                      "train.resume: never to train again)", name, epochs, ckpt_path)
             return state["record"]
-        state = modelfile.load_checkpoint(ckpt_path, model, optimizer, scheduler)
+        state = modelfile.load_checkpoint(ckpt_path, step.model, step.optimizer, step.scheduler)
         runtime.set_rng_state(state["rng"])
         if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
+            step.scaler.load_state_dict(state["scaler"])
         record = {**state["record"], "device": str(device), "precision": precision, "processes": world.size}
         start = state["epoch"] + 1
         log.info("%s: resuming from %s after epoch %d of %d", name, ckpt_path, state["epoch"], epochs)
@@ -264,17 +392,16 @@ def train_model(name: str, train: dict, data: TrainData, card: dict, data_range:
             "normalisation": {side: {k: card["normalisation"][side][k] for k in ("mean", "std")}
                               for side in ("noisy", "clean")},
             "train_config": {**config, "fingerprint": fingerprint, "device": str(device), "precision": precision,
-                             "num_workers": train["num_workers"], "resume": train["resume"],
+                             "num_workers": train.num_workers, "resume": train.resume,
                              "processes": world.size, "emdenoise_version": __version__}}
-    trainer = distributed.wrap(model, world, device)  # model itself, or in DistributedDataParallel
+    pairs = resident(data, device)
 
     for epoch in range(start, epochs + 1):
-        row = train_epoch(trainer, optimizer, scheduler, scaler, loss_fn, data, train, epoch, device, precision,
-                          f"{name} {epoch}/{epochs}", world)
+        row = train_epoch(step, pairs, train, epoch, f"{name} {epoch}/{epochs}")
         t_val = time.perf_counter()
-        distributed.sync_buffers(model, world)
-        val_psnr, val_ssim = validate(Denoiser(model, meta, device, precision), data.val, data_range,
-                                      batch_size, world)
+        distributed.sync_buffers(step.model, world)
+        val_psnr, val_ssim = validate(Denoiser(step.model, meta, device, precision), data.val, data_range,
+                                      train.batch_size, world)
         row.update(val_psnr=_finite(val_psnr), val_ssim=_finite(val_ssim),
                    seconds=row["seconds"] + time.perf_counter() - t_val)
         record["epochs"].append(row)
@@ -287,65 +414,22 @@ def train_model(name: str, train: dict, data: TrainData, card: dict, data_range:
         if improved or len(data.val) == 0:
             record.update(best_epoch=epoch, best_val_psnr=row["val_psnr"])
             if world.is_main:
-                modelfile.save_model(stage / MODEL_FILE, model, {**meta, "metrics": {**row, "best_epoch": epoch}})
+                modelfile.save_model(stage / MODEL_FILE, step.model,
+                                     {**meta, "metrics": {**row, "best_epoch": epoch}})
         record["complete"] = epoch == epochs
         if record["complete"] and world.is_main:
-            modelfile.save_model(stage / LAST_MODEL_FILE, model,
-                               {**meta, "metrics": {**row, "best_epoch": record["best_epoch"]}})
+            modelfile.save_model(stage / LAST_MODEL_FILE, step.model,
+                                 {**meta, "metrics": {**row, "best_epoch": record["best_epoch"]}})
         # the checkpoint goes last: it marks the epoch as done, so a crash before it just redoes the epoch
         if world.is_main:
-            modelfile.save_checkpoint(ckpt_path, model, optimizer, scheduler,
-                                    {"model": name, "options": options, "fingerprint": fingerprint,
-                                     "epoch": epoch, "config": config, "record": record, "rng": runtime.rng_state(),
-                                     "scaler": scaler.state_dict() if scaler.is_enabled() else None})
-        if _STOP_AFTER_EPOCH == epoch:
-            raise KeyboardInterrupt(f"test hook: stop after epoch {epoch}")
+            modelfile.save_checkpoint(ckpt_path, step.model, step.optimizer, step.scheduler,
+                                      {"model": name, "options": options, "fingerprint": fingerprint,
+                                       "epoch": epoch, "config": config, "record": record,
+                                       "rng": runtime.rng_state(),
+                                       "scaler": step.scaler.state_dict() if step.scaler.is_enabled() else None})
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
     log.info("%s: best val PSNR %s dB at epoch %s -> %s (staged until every model of the run has finished)",
              name, f"{record['best_val_psnr']:.2f}" if record["best_val_psnr"] is not None else "n/a",
              record["best_epoch"], out_dir / MODEL_FILE)
     return record
-
-
-def train_epoch(model: nn.Module, optimizer, scheduler, scaler, loss_fn, data: TrainData, train: dict,
-                epoch: int, device: torch.device, precision: str, desc: str,
-                world: World = distributed.SINGLE) -> dict:
-    """One pass over the training pairs; returns the epoch's row without the validation fields.
-    With several processes ``model`` is the DistributedDataParallel wrapper and each process trains on its
-    share of every global batch of the plan."""
-    model.train()
-    lr = optimizer.param_groups[0]["lr"]
-    plan = epoch_plan(data, train["batch_size"], train["seed"], epoch)
-    global_sizes = [len(index) for index, _ in plan]
-    if world.enabled:
-        plan = [(index[part], corners[part]) for index, corners in plan
-                for part in (distributed.shard(len(index), world),)]
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    t0 = time.perf_counter()
-    for (noisy, clean), global_n in zip(progress(batches(data, plan, train["num_workers"], device.type == "cuda"),
-                                                 total=len(plan), desc=desc, unit="batch", leave=False,
-                                                 disable=not world.is_main), global_sizes):
-        noisy = noisy.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        clean = clean.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        with runtime.autocast(device, precision):
-            out = model(noisy)
-        if len(noisy) == 0:  # an empty share still joins the gradient all-reduce, with zero gradients
-            loss = objective = out.float().sum() * 0.0
-        else:
-            loss = objective = loss_fn(out.float(), clean)
-            if world.enabled:  # DDP averages over processes: weight by this share of the global batch
-                objective = loss * (len(noisy) * world.size / global_n)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(objective).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        loss_sum += loss.detach().double() * len(noisy)
-    distributed.sum_(loss_sum, world)
-    _sync(device)
-    seconds = time.perf_counter() - t0
-    train_loss = loss_sum.item() / len(data)
-    if not math.isfinite(train_loss):
-        raise RuntimeFailure(f"training diverged at epoch {epoch}: the loss is {train_loss}; lower train.lr or "
-                             "use precision fp32")
-    return {"epoch": epoch, "train_loss": train_loss, "val_psnr": None, "val_ssim": None,
-            "images_per_s": len(data) / seconds, "seconds": seconds, "lr": lr}

@@ -34,6 +34,8 @@ it. A checkpoint of another configuration is refused; ``resume: never`` starts a
 replaces the checkpoint). A finished run is not redone; its staged files, if any are left, are moved into
 place.
 
+The training itself is :mod:`emdenoise.engine.training` (the same train step ``emdenoise bench`` times).
+
 Several processes (``torchrun --nproc_per_node=K -m emdenoise train ...``, see :mod:`emdenoise.engine.distributed`):
 every process draws the same seeded batch plan, takes its share of each global batch of ``batch_size``
 images (which must divide evenly by K) and DistributedDataParallel averages the gradients, each process's
@@ -44,41 +46,33 @@ every process reads the checkpoint when resuming. Records gain ``processes`` (K;
 
 from __future__ import annotations
 
-
 from emdenoise.data.splits import load_card
 from emdenoise.engine import distributed, runtime
 from emdenoise.engine.training import METRICS_FILE, load_data, publish, train_model
-from emdenoise.errors import InputError
 from emdenoise.tasks.context import TaskContext
 
 
-# ---------------------------------------------------------------------------------------------- the task
-
 def run(ctx: TaskContext) -> None:
     train = ctx.params.train
-    where = str(ctx.paths.get("parameters_file", "parameters"))
     data_dir = ctx.paths["data_dir"]
     card = load_card(data_dir)  # checked: data_range > 0, normalisation std > 0
-    normalisation, data_range = card["normalisation"], card["data_range"]
-
     names = train.model_names()
     world = distributed.from_env()
-    if train["batch_size"] % world.size:
-        raise InputError.at(where, "train.batch_size", f"expected a multiple of the {world.size} training "
-                            f"processes (the global batch is split evenly among them), got {train['batch_size']}")
-    device = runtime.resolve_device(train["device"], "train.device", ctx.where)
-    precision = runtime.resolve_precision(train["precision"], device, "train.precision", ctx.where)
-    data = load_data(data_dir, train, normalisation, where)
+    if train.batch_size % world.size:
+        raise train.error("batch_size", f"expected a multiple of the {world.size} training processes (the global "
+                          f"batch is split evenly among them), got {train.batch_size}")
+    device = runtime.resolve_device(train.device, "train.device", ctx.where)
+    precision = runtime.resolve_precision(train.precision, device, "train.precision", ctx.where)
+    data = load_data(data_dir, train, card["normalisation"], ctx.where)
     device, created = distributed.start(world, device)
     try:
-        ctx.log.info("training %s on %s (%s): %d train and %d val images of %dx%d, %d epochs, batch %d%s",
-                     ", ".join(names), device, precision, len(data), len(data.val), *data.noisy.shape[-2:],
-                     train["epochs"], train["batch_size"],
-                     f" ({world.size} processes, {train['batch_size'] // world.size} images each)"
+        ctx.log.info("training %s on %s (%s%s): %d train and %d val images of %dx%d, %d epochs, batch %d%s",
+                     ", ".join(names), device, precision, ", torch.compile" if train.compile else "", len(data),
+                     len(data.val), *data.noisy.shape[-2:], train.epochs, train.batch_size,
+                     f" ({world.size} processes, {train.batch_size // world.size} images each)"
                      if world.enabled else "")
-
         metrics_path = ctx.paths["output_dir"] / METRICS_FILE
-        records = {name: train_model(name, train, data, card, float(data_range), device, precision,
+        records = {name: train_model(name, train, data, card, float(card["data_range"]), device, precision,
                                      ctx.paths["model_dir"] / name, ctx.log, world) for name in names}
         if world.is_main:
             publish(records, ctx.paths["model_dir"], metrics_path)

@@ -18,12 +18,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from support import write_data_dir
 
 from emdenoise import cli, models
-from emdenoise.engine import distributed, runtime
-from emdenoise.engine import training
+from emdenoise.engine import distributed, runtime, training
 
 SIDE = 32
 TRAIN = {"model": ["cafcn", "sciml_ae"], "epochs": 2, "batch_size": 4, "lr": 0.02, "optimizer": "sgd",
@@ -146,7 +144,7 @@ def test_two_processes_match_one(tmp_path, data, single):
 
 
 @pytest.mark.slow
-def test_resume_under_torchrun_ends_like_one_process(tmp_path, data, single, monkeypatch):
+def test_resume_under_torchrun_ends_like_one_process(tmp_path, data, single, stop_after_epoch):
     """Epoch 1 in one process, 'crash', then epoch 2 under torchrun (via the console script): both
     processes load the checkpoint and the result is that of the uninterrupted single-process run."""
     script = Path(sys.executable).with_name("emdenoise")
@@ -154,7 +152,7 @@ def test_resume_under_torchrun_ends_like_one_process(tmp_path, data, single, mon
         pytest.skip("the emdenoise console script is not installed next to this Python")
     run = tmp_path / "resumed"
     args = _paths(data, _params(tmp_path / "p.yaml", model="cafcn"), run)
-    monkeypatch.setattr(training, "_STOP_AFTER_EPOCH", 1)
+    stop_after_epoch(1)
     assert cli.main(["train", *args]) == 130
     assert (run / "models" / "cafcn" / training.CHECKPOINT_FILE).exists()
     done = torchrun([str(script)], args, tmp_path)
