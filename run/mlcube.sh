@@ -14,7 +14,7 @@
 # override the image's revision and created labels (default: the git commit, now).
 #
 # podman: uses .cache/containers/containers.conf and the local base image localhost/emdenoise-base when
-# run/container-deps.sh made them (offline build). singularity: builds workspace/.image/emdenoise-0.1.0.sif
+# run/container-deps.sh made them (offline build); docker: that base image too, when the daemon has it. singularity: builds workspace/.image/emdenoise-0.1.0.sif
 # once from workspace/.image/emdenoise-0.1.0.tar ($EMDENOISE_IMAGE_TAR), which must exist.
 set -euo pipefail
 
@@ -93,6 +93,11 @@ case "$platform" in
         conf="$root/.cache/containers/containers.conf"
         if [ -z "${CONTAINERS_CONF:-}" ] && [ -f "$conf" ]; then export CONTAINERS_CONF="$conf"; fi
         if [ -z "${EMDENOISE_BASE_IMAGE:-}" ] && podman image exists localhost/emdenoise-base 2>/dev/null; then
+            export EMDENOISE_BASE_IMAGE=localhost/emdenoise-base
+        fi ;;
+    docker-*)
+        if [ -z "${EMDENOISE_BASE_IMAGE:-}" ] \
+                && docker inspect --type=image localhost/emdenoise-base >/dev/null 2>&1; then
             export EMDENOISE_BASE_IMAGE=localhost/emdenoise-base
         fi ;;
     singularity)

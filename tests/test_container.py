@@ -1,10 +1,19 @@
-"""The real image, end to end: built with podman THROUGH `mlcube run` from the Dockerfile (base image and wheels
-made by run/container-deps.sh, so no registry is needed), then download, preprocess, train and test with the
-quickstart parameters in containers, as a non-root user, then the image saved as a docker-archive tar for
+"""The real image, end to end, with podman and with a real Docker daemon.
+
+podman: the image built THROUGH `mlcube run` from the Dockerfile (base image and wheels made by
+run/container-deps.sh, so no registry is needed), then download, preprocess, train and test with the quickstart
+parameters in containers, as a non-root user, then the image saved as a docker-archive tar for
 Singularity/Apptainer. A second build takes the dependencies from a package index instead of wheels/: a local
 PEP 503 index on 127.0.0.1 that serves the same wheels.
 
-Marked `container` (minutes). Nothing is skipped: no podman, or a podman that cannot start a container, FAILS.
+docker: run/container-deps.sh installs the Docker engine and starts a daemon where none answers (as root); a
+daemon it starts for this module is stopped when the module ends. The shipped quickstart chain plus denoise on a
+few frames runs twice through mlcube's docker runner: `mlcube run --platform=docker` building the image itself
+(build_strategy auto), and the original cube's `mlcube_docker run --mlcube=. --task=...`; its outputs must belong
+to the (simulated non-root) user and equal those of the same chain run natively. The original cube's older lines
+(`--platform=platforms/docker.yaml`, `--task=run/download.yaml`) run through run/mlcube_docker.
+
+Marked `container` (minutes). Nothing is skipped: no podman or docker, or one that cannot start a container, FAILS.
 """
 
 from __future__ import annotations
@@ -14,11 +23,14 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 import time
 import urllib.parse
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 
 import emdenoise
@@ -30,9 +42,14 @@ pytestmark = pytest.mark.container
 
 IMAGE = f"emdenoise:{emdenoise.__version__}"
 CHAIN = ("download", "preprocess", "train", "test")
+DOCKER_CHAIN = (*CHAIN, "denoise")  # the quickstart chain, then the trained model applied to a few frames
 CONTAINERS_CONF = ROOT / ".cache" / "containers" / "containers.conf"
 BASE_IMAGE = "localhost/emdenoise-base"
 PARAMS = "parameters/quickstart.parameters.yaml"   # the shipped file, as a user runs it
+FRAMES = "denoise/input/frames.npy"                 # the denoise task's input: a 3-frame stack (write_frames)
+# Variables of the cube and of run/container-deps.sh that a developer's shell may set: the tests set their own.
+CUBE_ENV_VARS = ("EMDENOISE_GPU_ARGS", "EMDENOISE_ACCELERATORS", "EMDENOISE_IMAGE_TAR", "EMDENOISE_SINGULARITY_ARGS",
+                 "EMDENOISE_BASE_IMAGE", "EMDENOISE_REVISION", "EMDENOISE_CREATED", "MLCUBE_SYSTEM_SETTINGS")
 # CI runs as root, so "owned by the invoking user" would compare root with root. The chain runs with a fake `id`
 # first on PATH that says 4242 for `id -u` / `id -g`, as a non-root user's would: mlcube's `-u $(id -u):$(id -g)`
 # then runs the containers as 4242, and everything they write must belong to 4242, not root.
@@ -46,23 +63,97 @@ esac
 """
 
 
-def sh(*cmd: str, env: dict | None = None, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-    res = subprocess.run(list(cmd), capture_output=True, text=True, env=env, timeout=timeout)
+def sh(*cmd: str, env: dict | None = None, timeout: float = 600, check: bool = True,
+       cwd: Path | None = None) -> subprocess.CompletedProcess:
+    res = subprocess.run(list(cmd), capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd,
+                         check=False)
     if check and res.returncode != 0:
         pytest.fail(f"{' '.join(cmd)} exited {res.returncode}:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
     return res
 
 
+def docker_answers() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    version = ["docker", "version", "--format", "{{.Server.Version}}"]
+    return subprocess.run(version, capture_output=True, check=False).returncode == 0
+
+
+def clean_env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in CUBE_ENV_VARS}
+    env.update(extra)
+    return env
+
+
+def write_frames(path: Path) -> None:
+    """Three noisy 256x256 frames (Poisson counts on a lattice-like pattern, fixed seed) as one NPY stack."""
+    y, x = np.mgrid[0:256, 0:256]
+    lattice = 10 + 8 * np.cos(x / 3.0) * np.cos(y / 3.0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.random.default_rng(0).poisson(lattice, size=(3, 256, 256)).astype(np.float32))
+
+
+def user_workspace(base: Path, tasks: tuple[str, ...], owner: int | None = USER_ID) -> Path:
+    """base/ws as a user sets it up: the shipped quickstart parameters, the frames for denoise, and the tasks'
+    output folders, all owned by ``owner`` (mlcube, root here, would create the missing ones as root)."""
+    workspace = base / "ws"
+    (workspace / "parameters").mkdir(parents=True)
+    shutil.copy(ROOT / "workspace" / PARAMS, workspace / PARAMS)
+    write_frames(workspace / FRAMES)
+    for task in tasks:
+        for name in cli.TASKS[task].outputs:
+            (workspace / cli.TASKS[task].default_path(name)).mkdir(parents=True, exist_ok=True)
+    if owner is not None:
+        for item in [workspace, *workspace.rglob("*")]:
+            os.chown(item, owner, owner)
+    return workspace
+
+
+def user_tools(bin_dir: Path, tool: str) -> None:
+    """The recording ``tool`` (running the real one) and the fake `id` of the simulated user, in bin_dir."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    write_tool(bin_dir, tool, real=shutil.which(tool))
+    fake_id = bin_dir / "id"
+    fake_id.write_text(_FAKE_ID.format(uid=USER_ID, real=shutil.which("id")))
+    fake_id.chmod(0o755)
+
+
+def task_seconds(state: Path) -> dict[str, float]:
+    """Wall seconds of each `build` and task `run` the recording tool timed."""
+    path = state / "seconds.jsonl"
+    timed = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return {(c[1] if c[1] != "run" else c[c.index(IMAGE) + 1]): c[-1] for c in timed if c[1] in ("build", "run")}
+
+
+def assert_owned_by_the_user(workspace: Path, tasks: tuple[str, ...]) -> None:
+    """Everything the containers wrote belongs to whoever ran mlcube (the simulated non-root user), not root."""
+    folders = {workspace / cli.TASKS[task].default_path(name) for task in tasks for name in cli.TASKS[task].outputs}
+    for folder in sorted(folders):
+        for item in [folder, *folder.rglob("*")]:
+            st = item.lstat()
+            assert (st.st_uid, st.st_gid) == (USER_ID, USER_ID), f"{item} is owned by {st.st_uid}:{st.st_gid}"
+
+
 @pytest.fixture(scope="module")
-def podman_env():
-    """podman ready to build offline: run/container-deps.sh (cached) and a container that really starts."""
-    deps = sh("bash", str(ROOT / "run" / "container-deps.sh"), timeout=1800)
-    print(deps.stderr)
+def deps():
+    """run/container-deps.sh (cached): podman, the Docker engine and a daemon, the base image in both, wheels/.
+    A Docker daemon the script starts here (none answered before) is stopped when the module ends."""
+    docker_was_up = docker_answers()
+    res = sh("bash", str(ROOT / "run" / "container-deps.sh"), timeout=1800)
+    print(res.stderr)
+    try:
+        yield res.stderr
+    finally:
+        if not docker_was_up:
+            print(sh("bash", str(ROOT / "run" / "container-deps.sh"), "--stop-docker", check=False).stderr)
+
+
+@pytest.fixture(scope="module")
+def podman_env(deps):
+    """podman ready to build offline, and a container that really starts."""
     if shutil.which("podman") is None:
         pytest.fail("podman is not installed and run/container-deps.sh could not install it")
-    env = {**os.environ, "CONTAINERS_CONF": str(CONTAINERS_CONF)}
-    for var in ("EMDENOISE_GPU_ARGS", "EMDENOISE_ACCELERATORS", "EMDENOISE_IMAGE_TAR", "EMDENOISE_SINGULARITY_ARGS"):
-        env.pop(var, None)
+    env = clean_env(CONTAINERS_CONF=str(CONTAINERS_CONF))
     started = sh("podman", "run", "--rm", BASE_IMAGE, "python3", "-c", "print('container runtime ok')", env=env,
                  check=False)
     if started.returncode != 0 or "container runtime ok" not in started.stdout:
@@ -72,24 +163,64 @@ def podman_env():
 
 
 @pytest.fixture(scope="module")
+def native():
+    """The chain of the docker tests (DOCKER_CHAIN) run natively, with the task CLI of this environment, in a
+    workspace set up the same way: what the containers' results must equal."""
+    base = scratch_dir("emd-native-")
+    workspace = user_workspace(base, DOCKER_CHAIN, owner=None)
+    exe = Path(sys.executable).with_name("emdenoise")
+    seconds = {}
+    try:
+        for task in DOCKER_CHAIN:
+            start = time.monotonic()
+            sh(str(exe), task, f"--workspace={workspace}", f"--parameters_file={workspace / PARAMS}", timeout=3000,
+               env=clean_env())
+            seconds[task] = round(time.monotonic() - start, 1)
+        print("native seconds:", seconds, f"total {sum(seconds.values()):.0f} s")
+        yield workspace
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def assert_same_results(workspace: Path, reference: Path, tasks: tuple[str, ...]) -> None:
+    """The outputs of ``tasks`` in ``workspace`` equal those of the native run in ``reference``: the same data
+    bytes, the same dataset statistics, the same trained weights, metrics and denoised frames (float32 exactly:
+    the same wheels on the same CPU). Times, paths and timings (images/s) may differ."""
+    def load(rel: str) -> dict:
+        return json.loads((workspace / rel).read_text()), json.loads((reference / rel).read_text())
+
+    got, want = load("data/raw/MANIFEST.json")
+    assert got["files"] == want["files"], "downloaded data differs from the native run's"
+    got, want = load("data/processed/dataset_card.json")
+    for key in ("splits", "value_range", "normalisation", "data_range"):
+        assert got[key] == want[key], key
+    model = "models/sciml_ae/em_denoise_model.h5"
+    with h5py.File(workspace / model, "r") as a, h5py.File(reference / model, "r") as b:
+        weights = {}
+        a.visititems(lambda name, obj: weights.setdefault(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+        assert weights, f"no datasets in {model}"
+        for name, value in weights.items():
+            np.testing.assert_array_equal(value, b[name][()], err_msg=f"{model}:{name}")
+    if "test" in tasks:
+        got, want = load("output/test_metrics.json")
+        assert sorted(got["methods"]) == sorted(want["methods"])
+        for name, metrics in want["methods"].items():
+            for key in ("psnr_mean", "ssim_mean"):
+                assert got["methods"][name][key] == metrics[key], (name, key, got["methods"][name][key], metrics[key])
+    if "denoise" in tasks:
+        out = FRAMES.replace("/input/", "/output/")
+        np.testing.assert_array_equal(np.load(workspace / out), np.load(reference / out))
+
+
+@pytest.fixture(scope="module")
 def chain(podman_env):
     """Remove the image, then run the whole chain through run/mlcube.sh podman-cpu with a recording podman, as the
     (simulated) non-root user USER_ID who owns the workspace, with the quickstart parameters (PARAMS)."""
     base = scratch_dir("emd-ctr-")  # no 'h' in the path of the fake tools (mlcube issue #347)
-    bin_dir, state, workspace = base / "bin", base / "state", base / "ws"
-    for folder in (bin_dir, state, workspace / "parameters"):
-        folder.mkdir(parents=True)
-    write_tool(bin_dir, "podman", real=shutil.which("podman"))
-    fake_id = bin_dir / "id"
-    fake_id.write_text(_FAKE_ID.format(uid=USER_ID, real=shutil.which("id")))
-    fake_id.chmod(0o755)
-    shutil.copy(ROOT / "workspace" / PARAMS, workspace / PARAMS)
-    # The user's workspace is theirs: mlcube (root here) would create the missing output folders as root.
-    for task in CHAIN:
-        for name in cli.TASKS[task].outputs:
-            (workspace / cli.TASKS[task].default_path(name)).mkdir(parents=True, exist_ok=True)
-    for item in [workspace, *workspace.rglob("*")]:
-        os.chown(item, USER_ID, USER_ID)
+    bin_dir, state = base / "bin", base / "state"
+    state.mkdir()
+    user_tools(bin_dir, "podman")
+    workspace = user_workspace(base, CHAIN)
     env = {**podman_env, "PATH": f"{bin_dir}{os.pathsep}{podman_env['PATH']}", "EMD_FAKE_STATE": str(state),
            "MLCUBE_SYSTEM_SETTINGS": str(base / "settings.yaml"), "MLCUBE": str(find_mlcube()),
            "EMDENOISE_BASE_IMAGE": BASE_IMAGE, "MLCUBE_LOG_LEVEL": "info"}
@@ -98,10 +229,7 @@ def chain(podman_env):
     assert [sh("id", flag, env=env).stdout.strip() for flag in ("-u", "-g")] == [str(USER_ID)] * 2
     res = sh("bash", str(ROOT / "run" / "mlcube.sh"), "podman-cpu", PARAMS, str(workspace),
              env=env, timeout=3000, check=False)
-    timed = [json.loads(line) for line in (state / "seconds.jsonl").read_text().splitlines()] \
-        if (state / "seconds.jsonl").exists() else []
-    print("podman seconds:", {(c[1] if c[1] != "run" else c[c.index(IMAGE) + 1]): c[-1] for c in timed
-                              if c[1] in ("build", "run")})
+    print("podman seconds:", task_seconds(state))
     try:
         yield {"res": res, "base": base, "workspace": workspace, "state": state, "env": env}
     finally:
@@ -130,7 +258,7 @@ def test_mlcube_builds_the_image_and_runs_every_task_as_the_invoking_user(chain,
     assert left == [], "--rm: no stopped containers are left behind"
 
 
-def test_outputs_exist_belong_to_the_user_and_the_model_beats_the_noisy_input(chain):
+def test_outputs_exist_belong_to_the_user_and_equal_the_native_run(chain, native):
     assert chain["res"].returncode == 0, chain["res"].stderr[-4000:]
     ws = chain["workspace"]
     expected = ["data/raw/MANIFEST.json", "data/raw/train/graphene_img_noise.h5", "data/processed/dataset_card.json",
@@ -139,14 +267,11 @@ def test_outputs_exist_belong_to_the_user_and_the_model_beats_the_noisy_input(ch
                 *(f"logs/{task}.log" for task in CHAIN)]
     for rel in expected:
         assert (ws / rel).is_file() and (ws / rel).stat().st_size > 0, rel
-    # Everything the containers wrote belongs to whoever ran mlcube (the simulated non-root user), not to root.
-    for path in [ws / "data", ws / "models", ws / "output", ws / "logs"]:
-        for item in [path, *path.rglob("*")]:
-            st = item.lstat()
-            assert (st.st_uid, st.st_gid) == (USER_ID, USER_ID), f"{item} is owned by {st.st_uid}:{st.st_gid}"
+    assert_owned_by_the_user(ws, CHAIN)
     metrics = json.loads((ws / "output" / "test_metrics.json").read_text())["methods"]
     print({name: round(m["psnr_mean"], 2) for name, m in metrics.items()})
     assert metrics["sciml_ae"]["psnr_mean"] > metrics["noisy"]["psnr_mean"]
+    assert_same_results(ws, native, CHAIN)
 
 
 def test_docker_archive_is_what_the_singularity_runner_converts(chain, podman_env):
@@ -248,3 +373,131 @@ def test_image_builds_from_a_package_index_when_wheels_holds_none(podman_env):
         server.stop()
         sh("podman", "rmi", "--force", image, env=podman_env, check=False)
         shutil.rmtree(base, ignore_errors=True)
+
+
+# -- docker: a real daemon ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def docker_env(deps):
+    """A Docker daemon that answers (run/container-deps.sh starts one where it may) and runs a container."""
+    if not docker_answers():
+        pytest.fail(f"no Docker daemon answers and run/container-deps.sh did not start one:\n{deps[-3000:]}")
+    env = clean_env()
+    started = sh("docker", "run", "--rm", BASE_IMAGE, "python3", "-c", "print('container runtime ok')", env=env,
+                 check=False)
+    if started.returncode != 0 or "container runtime ok" not in started.stdout:
+        pytest.fail(f"docker cannot start a container (docker run exited {started.returncode}):\n"
+                    f"{started.stderr[-3000:]}")
+    return env
+
+
+def docker_chain(docker_env, prefix: str, exe: Path, *args: str) -> dict:
+    """Run ``exe run --mlcube=. ARGS --task=DOCKER_CHAIN`` from the repository root, as a user types it, with a
+    recording docker, as the simulated user USER_ID who owns the workspace, with the quickstart parameters."""
+    base = scratch_dir(prefix)
+    state = base / "state"
+    state.mkdir()
+    user_tools(base / "bin", "docker")
+    workspace = user_workspace(base, DOCKER_CHAIN)
+    head = sh("git", "-C", str(ROOT), "rev-parse", "HEAD").stdout.strip()
+    env = {**docker_env, "PATH": f"{base / 'bin'}{os.pathsep}{docker_env['PATH']}", "EMD_FAKE_STATE": str(state),
+           "MLCUBE_SYSTEM_SETTINGS": str(base / "settings.yaml"), "EMDENOISE_BASE_IMAGE": BASE_IMAGE,
+           "EMDENOISE_REVISION": head, "EMDENOISE_CREATED": "2026-01-02T03:04:05Z"}
+    start = time.monotonic()
+    res = sh(str(exe), "run", "--mlcube=.", *args, f"--task={','.join(DOCKER_CHAIN)}", f"--workspace={workspace}",
+             f"parameters_file={PARAMS}", env=env, cwd=ROOT, timeout=3000, check=False)
+    seconds = task_seconds(state)
+    print(f"{exe.name} run {' '.join(args)} seconds:", seconds, f"total {time.monotonic() - start:.0f} s")
+    return {"res": res, "base": base, "workspace": workspace, "state": state, "env": env, "revision": head}
+
+
+@pytest.fixture(scope="module")
+def docker_auto(docker_env):
+    """`mlcube run --mlcube=. --platform=docker --task=...`, with the image removed first: mlcube builds it."""
+    sh("docker", "rmi", "--force", IMAGE, env=docker_env, check=False)
+    run = docker_chain(docker_env, "emd-dkr-", find_mlcube(), "--platform=docker")
+    try:
+        yield run
+    finally:
+        shutil.rmtree(run["base"], ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def docker_alias(docker_env, docker_auto):
+    """The original cube's spelling, `mlcube_docker run --mlcube=. --task=...` (no platform: the docker one), on
+    the image docker_auto built."""
+    run = docker_chain(docker_env, "emd-dka-", find_mlcube().with_name("mlcube_docker"))
+    try:
+        yield run
+    finally:
+        shutil.rmtree(run["base"], ignore_errors=True)
+
+
+def docker_runs(run: dict) -> list[list[str]]:
+    res = run["res"]
+    assert res.returncode == 0, f"mlcube failed:\n{res.stdout[-4000:]}\n{res.stderr[-6000:]}"
+    calls = read_calls(run["state"], "docker")
+    runs = [c for c in calls if c[0] == "run"]
+    assert [r[r.index(IMAGE) + 1] for r in runs] == list(DOCKER_CHAIN)
+    for argv in runs:
+        assert argv[1:4] == ["--rm", "-u", f"{USER_ID}:{USER_ID}"], argv
+    return calls
+
+
+def test_docker_mlcube_run_builds_the_image_and_runs_every_task_as_the_invoking_user(docker_auto, docker_env):
+    calls = docker_runs(docker_auto)
+    builds = [c for c in calls if c[0] == "build"]
+    assert len(builds) == 1 and builds[0][:3] == ["build", "--build-arg", f"BASE_IMAGE={BASE_IMAGE}"], builds
+    assert calls[calls.index(builds[0]) - 1] == ["inspect", "--type=image", IMAGE]
+    labels = json.loads(sh("docker", "image", "inspect", IMAGE, env=docker_env).stdout)[0]["Config"]["Labels"]
+    assert labels["org.opencontainers.image.version"] == emdenoise.__version__
+    assert labels["org.opencontainers.image.revision"] == docker_auto["revision"], labels
+    assert labels["org.opencontainers.image.created"] == docker_auto["env"]["EMDENOISE_CREATED"], labels
+    left = sh("docker", "ps", "--all", "--quiet", "--filter", f"ancestor={IMAGE}", env=docker_env).stdout.split()
+    assert left == [], "--rm: no stopped containers are left behind"
+
+
+def test_docker_mlcube_docker_spelling_runs_the_chain_on_the_built_image(docker_alias):
+    calls = docker_runs(docker_alias)
+    assert [c[0] for c in calls].count("build") == 0, "build_strategy auto: the image is there, no rebuild"
+
+
+@pytest.mark.parametrize("which", ["docker_auto", "docker_alias"])
+def test_docker_outputs_belong_to_the_user_and_equal_the_native_run(request, which, native):
+    run = request.getfixturevalue(which)
+    assert run["res"].returncode == 0, run["res"].stderr[-4000:]
+    ws = run["workspace"]
+    for task in DOCKER_CHAIN:
+        assert (ws / "logs" / f"{task}.log").is_file(), task
+    assert (ws / FRAMES.replace("/input/", "/output/")).is_file()
+    assert_owned_by_the_user(ws, DOCKER_CHAIN)
+    assert_same_results(ws, native, DOCKER_CHAIN)
+
+
+def test_the_original_readme_command_lines(docker_auto, docker_env, native):
+    """What mlcube 0.0.9's own `mlcube_docker` does with the original cube's lines (it stops), and the same
+    lines through run/mlcube_docker, which rewrites them, says so in one line, and runs them: configure (a
+    rebuild, from the layer cache) and the download task."""
+    env, mlcube_docker = docker_auto["env"], str(find_mlcube().with_name("mlcube_docker"))
+    old_platform = "--platform=platforms/docker.yaml"
+    res = sh(mlcube_docker, "configure", "--mlcube=.", old_platform, env=env, cwd=ROOT, check=False)
+    assert res.returncode != 0 and "Missing key runner" in res.stderr, res.stderr[-2000:]
+    res = sh(mlcube_docker, "run", "--mlcube=.", "--task=run/download.yaml", env=env, cwd=ROOT, check=False)
+    assert res.returncode != 0 and "Unknown tasks have been requested" in res.stderr, res.stderr[-2000:]
+
+    shim = str(ROOT / "run" / "mlcube_docker")
+    state = docker_auto["state"]
+    shutil.rmtree(state)
+    state.mkdir()
+    res = sh("bash", shim, "configure", "--mlcube=.", old_platform, env=env, cwd=ROOT, timeout=1800)
+    assert "equivalent: mlcube configure --mlcube=. --platform=docker\n" in res.stderr, res.stderr[-2000:]
+    assert [c[0] for c in read_calls(state, "docker")].count("build") == 1
+
+    workspace = user_workspace(docker_auto["base"] / "seed", ("download",))
+    res = sh("bash", shim, "run", "--mlcube=.", old_platform, "--task=run/download.yaml", f"--workspace={workspace}",
+             f"parameters_file={PARAMS}", env=env, cwd=ROOT)
+    line = (f"equivalent: mlcube run --mlcube=. --platform=docker --task=download --workspace={workspace} "
+            f"parameters_file={PARAMS}\n")
+    assert line in res.stderr, res.stderr[-2000:]
+    manifest = json.loads((workspace / "data/raw/MANIFEST.json").read_text())
+    assert manifest["files"] == json.loads((native / "data/raw/MANIFEST.json").read_text())["files"]
+    assert_owned_by_the_user(workspace, ("download",))
