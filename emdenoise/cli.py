@@ -38,31 +38,37 @@ from emdenoise.tasks.context import TaskContext
 # Each task's module is imported only when that task runs (together they import torch, scipy, matplotlib ...).
 def _download(ctx: TaskContext) -> None:
     from emdenoise.tasks import download
+
     download.run(ctx)
 
 
 def _preprocess(ctx: TaskContext) -> None:
     from emdenoise.tasks import preprocess
+
     preprocess.run(ctx)
 
 
 def _train(ctx: TaskContext) -> None:
     from emdenoise.tasks import train
+
     train.run(ctx)
 
 
 def _test(ctx: TaskContext) -> None:
     from emdenoise.tasks import test
+
     test.run(ctx)
 
 
 def _denoise(ctx: TaskContext) -> None:
     from emdenoise.tasks import denoise
+
     denoise.run(ctx)
 
 
 def _study(ctx: TaskContext) -> None:
     from emdenoise.tasks import study
+
     study.run(ctx)
 
 
@@ -83,19 +89,41 @@ class TaskSpec:
 # The dispatch table: each task's entry point and path arguments, in the order mlcube.yaml declares them
 # (inputs, then outputs).
 TASKS: dict[str, TaskSpec] = {
-    "download": TaskSpec(_download, ("parameters_file",), ("raw_data_dir", "log_dir"),
-                         "fetch em_graphene_sim, or generate the synthetic set"),
-    "preprocess": TaskSpec(_preprocess, ("raw_data_dir", "parameters_file"), ("data_dir", "log_dir"),
-                           "validate the raw data and split it into train/val/test"),
-    "train": TaskSpec(_train, ("data_dir", "parameters_file"), ("model_dir", "output_dir", "log_dir"),
-                      "train one or more denoisers"),
-    "test": TaskSpec(_test, ("data_dir", "model_dir", "parameters_file"), ("output_dir", "log_dir"),
-                     "evaluate the trained denoisers against the noisy input and classical filters"),
-    "denoise": TaskSpec(_denoise, ("input_dir", "model_dir", "parameters_file"), ("output_dir", "log_dir"),
-                        "apply a trained model to micrographs", defaults={"output_dir": "denoise/output"}),
-    "study": TaskSpec(_study, ("data_dir", "parameters_file"), ("output_dir", "log_dir"),
-                      "fidelity, speed and training-data needs of every model vs the classical baselines",
-                      defaults={"output_dir": "study"}),
+    "download": TaskSpec(
+        _download,
+        ("parameters_file",),
+        ("raw_data_dir", "log_dir"),
+        "fetch em_graphene_sim, or generate the synthetic set",
+    ),
+    "preprocess": TaskSpec(
+        _preprocess,
+        ("raw_data_dir", "parameters_file"),
+        ("data_dir", "log_dir"),
+        "validate the raw data and split it into train/val/test",
+    ),
+    "train": TaskSpec(
+        _train, ("data_dir", "parameters_file"), ("model_dir", "output_dir", "log_dir"), "train one or more denoisers"
+    ),
+    "test": TaskSpec(
+        _test,
+        ("data_dir", "model_dir", "parameters_file"),
+        ("output_dir", "log_dir"),
+        "evaluate the trained denoisers against the noisy input and classical filters",
+    ),
+    "denoise": TaskSpec(
+        _denoise,
+        ("input_dir", "model_dir", "parameters_file"),
+        ("output_dir", "log_dir"),
+        "apply a trained model to micrographs",
+        defaults={"output_dir": "denoise/output"},
+    ),
+    "study": TaskSpec(
+        _study,
+        ("data_dir", "parameters_file"),
+        ("output_dir", "log_dir"),
+        "fidelity, speed and training-data needs of every model vs the classical baselines",
+        defaults={"output_dir": "study"},
+    ),
 }
 
 # Where each path lives under the workspace when not given on the command line.
@@ -111,30 +139,46 @@ DEFAULT_PATHS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="emdenoise", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="emdenoise", description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"emdenoise {__version__}")
     sub = parser.add_subparsers(dest="task", metavar="TASK")
     for name, spec in TASKS.items():
         p = sub.add_parser(name, help=spec.help, description=spec.help)
         for arg in spec.inputs + spec.outputs:
             flags = [f"--{arg}"] + ([f"--{arg.replace('_', '-')}"] if "_" in arg else [])
-            p.add_argument(*flags, dest=arg, default=None, metavar="PATH",
-                           help=f"default: WORKSPACE/{spec.default_path(arg)}")
-        p.add_argument("--workspace", default="workspace", metavar="DIR",
-                       help="folder holding the default paths (default: ./workspace)")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                       help="override one parameter, e.g. --set train.epochs=5 (repeatable)")
+            p.add_argument(
+                *flags, dest=arg, default=None, metavar="PATH", help=f"default: WORKSPACE/{spec.default_path(arg)}"
+            )
+        p.add_argument(
+            "--workspace",
+            default="workspace",
+            metavar="DIR",
+            help="folder holding the default paths (default: ./workspace)",
+        )
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="SECTION.KEY=VALUE",
+            help="override one parameter, e.g. --set train.epochs=5 (repeatable)",
+        )
         p.add_argument("--debug", action="store_true", help="show tracebacks and debug messages")
     sub.add_parser("params", help="print the parameters reference (markdown)")
-    sub.add_parser("bench", add_help=False, help="training and inference speed vs the original loop "
-                   "(options: emdenoise bench --help)")
+    sub.add_parser(
+        "bench",
+        add_help=False,
+        help="training and inference speed vs the original loop (options: emdenoise bench --help)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     if (sys.argv[1:] if argv is None else argv)[:1] == ["bench"]:  # a utility with options of its own
         from emdenoise.engine import bench
+
         return bench.main((sys.argv[1:] if argv is None else argv)[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -146,14 +190,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     spec = TASKS[args.task]
     workspace = Path(args.workspace)
-    paths = {name: Path(getattr(args, name) or workspace / spec.default_path(name))
-             for name in spec.inputs + spec.outputs}
+    paths = {
+        name: Path(getattr(args, name) or workspace / spec.default_path(name)) for name in spec.inputs + spec.outputs
+    }
     try:
         log = setup_logging(args.task, paths.get("log_dir"), verbose=args.debug)
     except OSError as exc:
         log = setup_logging(args.task, None, verbose=args.debug)
-        log.error("error: %s: log_dir: expected a folder the log can be written into (%s)", paths.get("log_dir"),
-                  exc.strerror or exc)
+        log.error(
+            "error: %s: log_dir: expected a folder the log can be written into (%s)",
+            paths.get("log_dir"),
+            exc.strerror or exc,
+        )
         return EXIT_BAD_INPUT
     # under torchrun (train with several processes) only rank 0 logs, takes the output locks and writes files
     rank_zero = os.environ.get("RANK", "0").strip() in ("", "0")
@@ -164,8 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = params_mod.load(paths.get("parameters_file"), args.overrides)
         # one run at a time per output folder (log_dir aside: appending to a log is harmless)
-        with lock.hold({name: paths[name] for name in spec.outputs if name != "log_dir" and rank_zero}, args.task,
-                       log):
+        with lock.hold({name: paths[name] for name in spec.outputs if name != "log_dir" and rank_zero}, args.task, log):
             log.info("emdenoise %s: %s (parameters: %s)", __version__, args.task, paths.get("parameters_file"))
             spec.run(TaskContext(args.task, params, paths, log, args.debug))
     except EmdError as exc:
@@ -183,8 +230,11 @@ def main(argv: list[str] | None = None) -> int:
         if known is not None:
             log.error("error: %s", known.message)
             return _leave(known.exit_code, argv)
-        log.error("error: unexpected %s: %s (run again with --debug for the traceback)",
-                  exc.__class__.__name__, " ".join(str(exc).split()))
+        log.error(
+            "error: unexpected %s: %s (run again with --debug for the traceback)",
+            exc.__class__.__name__,
+            " ".join(str(exc).split()),
+        )
         return _leave(EXIT_RUNTIME, argv)
     finally:
         restore_sigterm()
@@ -208,14 +258,18 @@ def file_system_error(exc: BaseException) -> EmdError | None:
     found = _H5_FILENAME.search(str(exc))
     where = exc.filename or (found.group(1) if found else "an output file")
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return RuntimeFailure(f"{where}: no space left on the device (or disk quota exceeded); files written "
-                              f"before this run are left as they were: free some space and run again")
+        return RuntimeFailure(
+            f"{where}: no space left on the device (or disk quota exceeded); files written "
+            f"before this run are left as they were: free some space and run again"
+        )
     if exc.errno == errno.EROFS:
-        return InputError(f"{where}: cannot be written (read-only file system): expected output folders on a "
-                          f"writable file system")
+        return InputError(
+            f"{where}: cannot be written (read-only file system): expected output folders on a writable file system"
+        )
     if exc.errno in (errno.EACCES, errno.EPERM):
-        return InputError(f"{where}: permission denied: expected inputs this user can read and output folders "
-                          f"it can write")
+        return InputError(
+            f"{where}: permission denied: expected inputs this user can read and output folders it can write"
+        )
     return None
 
 
@@ -243,8 +297,12 @@ def _unraisable_to_log(log: logging.Logger):
     previous = sys.unraisablehook, sys.excepthook
 
     def report(kind, value, where=None) -> None:
-        log.debug("ignored while cleaning up%s: %s: %s", f" {where!r}" if where is not None else "",
-                  getattr(kind, "__name__", kind), " ".join(str(value).split()))
+        log.debug(
+            "ignored while cleaning up%s: %s: %s",
+            f" {where!r}" if where is not None else "",
+            getattr(kind, "__name__", kind),
+            " ".join(str(value).split()),
+        )
         if isinstance(kind, type) and issubclass(kind, KeyboardInterrupt):
             # Ctrl-C or SIGTERM arrived while a finaliser ran, which cannot unwind the run: deliver it again
             # in a moment, when the main thread runs ordinary code
@@ -258,6 +316,7 @@ def _unraisable_to_log(log: logging.Logger):
 
     def restore() -> None:
         sys.unraisablehook, sys.excepthook = previous
+
     return restore
 
 

@@ -57,8 +57,17 @@ CARD = "dataset_card.json"
 #   data_range_definition  a sentence saying so
 #   has_dose        whether the splits carry a "dose" dataset
 #   source          the raw MANIFEST's source (or null)
-DATASET_CARD_KEYS = ("format", "image_shape", "splits", "value_range", "normalisation", "data_range",
-                     "data_range_definition", "has_dose", "source")
+DATASET_CARD_KEYS = (
+    "format",
+    "image_shape",
+    "splits",
+    "value_range",
+    "normalisation",
+    "data_range",
+    "data_range_definition",
+    "has_dose",
+    "source",
+)
 CARD_FORMAT = "emdenoise-data/1"
 
 # The largest frame (image) any reader accepts: 2**28 pixels, 1 GiB as float32 (e.g. 16384 x 16384). Frames
@@ -70,8 +79,12 @@ MAX_FRAME_PIXELS = 2**28
 def check_frame_pixels(where, field: str | None, height: int, width: int) -> None:
     """Raise a one-line :class:`InputError` if a frame of ``height`` x ``width`` exceeds MAX_FRAME_PIXELS."""
     if height * width > MAX_FRAME_PIXELS:
-        raise InputError.at(where, field, f"expected frames of at most {MAX_FRAME_PIXELS} pixels (2^28, e.g. "
-                            f"16384x16384: emdenoise's limit per frame), got {height}x{width}")
+        raise InputError.at(
+            where,
+            field,
+            f"expected frames of at most {MAX_FRAME_PIXELS} pixels (2^28, e.g. "
+            f"16384x16384: emdenoise's limit per frame), got {height}x{width}",
+        )
 
 
 MODEL_FILE = "em_denoise_model.h5"

@@ -81,8 +81,10 @@ def read_holder(folder: Path) -> dict:
 def _busy(folder: Path, what: str) -> BusyError:
     holder = read_holder(folder)
     who = ", ".join(f"{key} {holder[key]}" for key in ("task", "pid", "host", "since") if holder.get(key))
-    return BusyError(f"{folder}: {what}: another emdenoise run is writing into this folder"
-                     f"{f' ({who})' if who else ''}; wait for it to finish, or use another folder")
+    return BusyError(
+        f"{folder}: {what}: another emdenoise run is writing into this folder"
+        f"{f' ({who})' if who else ''}; wait for it to finish, or use another folder"
+    )
 
 
 def _acquire(folder: Path, what: str, task: str, log=None) -> int | None:
@@ -93,8 +95,11 @@ def _acquire(folder: Path, what: str, task: str, log=None) -> int | None:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0), 0o644)
         except OSError as exc:
             if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-                raise InputError.at(folder, what, f"expected a writable output folder, got one that cannot be "
-                                    f"written into ({_one_line(exc)})") from None
+                raise InputError.at(
+                    folder,
+                    what,
+                    f"expected a writable output folder, got one that cannot be written into ({_one_line(exc)})",
+                ) from None
             raise InputError.at(path, what, f"cannot create the lock file ({_one_line(exc)})") from None
         assert fcntl is not None  # hold() does not lock without it
         try:
@@ -102,13 +107,17 @@ def _acquire(folder: Path, what: str, task: str, log=None) -> int | None:
         except BlockingIOError:
             os.close(fd)
             raise _busy(folder, what) from None
-        except OSError as exc:   # e.g. Lustre mounted without flock: ENOSYS; old NFS without lockd: ENOLCK
+        except OSError as exc:  # e.g. Lustre mounted without flock: ENOSYS; old NFS without lockd: ENOLCK
             os.close(fd)
             with contextlib.suppress(OSError):
                 os.unlink(path)  # a lock file nobody can lock tells nobody anything
             if log is not None:
-                log.warning("%s: this file system does not support locks (%s): running without the lock; do not "
-                            "start a second run writing into this folder", folder, _one_line(exc))
+                log.warning(
+                    "%s: this file system does not support locks (%s): running without the lock; do not "
+                    "start a second run writing into this folder",
+                    folder,
+                    _one_line(exc),
+                )
             return None
         # The previous holder deletes the file on release: if it did so after we opened it, our lock is on a
         # file nobody else will ever look at. Start again with the file now at that name.
@@ -120,8 +129,12 @@ def _acquire(folder: Path, what: str, task: str, log=None) -> int | None:
         if now is not None and (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
             break
         os.close(fd)
-    holder = {"task": task, "pid": os.getpid(), "host": socket.gethostname(),
-              "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    holder = {
+        "task": task,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
     try:  # who holds it is a courtesy for the error message of a second run: a full disk must not stop us
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(holder) + "\n").encode("utf-8"), 0)
@@ -134,7 +147,7 @@ def _release(folder: Path, fd: int | None) -> None:
     if fd is None:
         return
     with contextlib.suppress(OSError):
-        os.unlink(folder / LOCK_NAME)   # still holding the lock: see _acquire
+        os.unlink(folder / LOCK_NAME)  # still holding the lock: see _acquire
     os.close(fd)
 
 
@@ -170,7 +183,7 @@ def hold(folders: dict[str, Path], task: str, log=None) -> Iterator[None]:
         return
     held: list[tuple[Path, int | None]] = []
     created: list[Path] = []
-    seen: set[Path] = set()          # resolved paths: one lock per folder, whatever it is called
+    seen: set[Path] = set()  # resolved paths: one lock per folder, whatever it is called
     try:
         for what, folder in folders.items():
             folder = Path(folder)
@@ -186,7 +199,6 @@ def hold(folders: dict[str, Path], task: str, log=None) -> Iterator[None]:
     finally:
         for folder, fd in reversed(held):
             _release(folder, fd)
-        for path in created:          # deepest first; only folders that are still empty
+        for path in created:  # deepest first; only folders that are still empty
             with contextlib.suppress(OSError):
                 path.rmdir()
-

@@ -41,7 +41,7 @@ def is_temporary(name: str) -> bool:
 TEMPORARY_NAMES = {
     ".<name>.XXXXXXXX<suffix>.tmp": "atomic_path: removed by the sweeper when a run takes the folder's lock",
     STAGING_DIR + "/": "Transaction: committed or removed by the next run of the same task (resumable ones "
-                       "keep finished files)",
+    "keep finished files)",
     "<file>.part": "download: resumed by the next download (emdenoise.data.fetch)",
     ".extract-XXXXXXXX/": "download: a zip being extracted (in raw_data_dir); removed by the next download",
 }
@@ -61,8 +61,9 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=(dest.suffix if suffix is None else suffix) + ".tmp",
-                                dir=dest.parent)
+    fd, name = tempfile.mkstemp(
+        prefix=f".{dest.name}.", suffix=(dest.suffix if suffix is None else suffix) + ".tmp", dir=dest.parent
+    )
     os.close(fd)
     tmp = Path(name)
     try:
@@ -140,7 +141,7 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 @dataclass(frozen=True)
 class _Step:
-    kind: str          # "put" (staged -> dest) or "remove" (dest)
+    kind: str  # "put" (staged -> dest) or "remove" (dest)
     dest: Path
     staged: Path | None = None
 
@@ -163,7 +164,7 @@ class Transaction:
     def __init__(self, resumable: bool = False):
         self.resumable = resumable
         self._steps: list[_Step] = []
-        self._stages: dict[Path, None] = {}   # staging folders used, in order
+        self._stages: dict[Path, None] = {}  # staging folders used, in order
 
     @staticmethod
     def staged_path(dest: str | os.PathLike) -> Path:
@@ -237,6 +238,6 @@ class Transaction:
             return
         try:
             self.commit()
-        except BaseException:   # a commit that failed part-way (disk full, killed): what was not moved is
-            self.abort()        # given up like a failed run's (kept when resumable)
+        except BaseException:  # a commit that failed part-way (disk full, killed): what was not moved is
+            self.abort()  # given up like a failed run's (kept when resumable)
             raise

@@ -35,7 +35,7 @@ from emdenoise.errors import InputError
 # values of 2**64 and above (training derives per-epoch generator seeds from it, which must stay below 2**63).
 MAX_SEED = 2**32 - 1
 
-Names = str | list[str]   # a ``names`` value: "all", or a list of names
+Names = str | list[str]  # a ``names`` value: "all", or a list of names
 Choices = tuple[str, ...] | Callable[[], tuple[str, ...]] | None
 
 
@@ -64,8 +64,13 @@ class Field:
             return f"'all', one of {', '.join(allowed or ())}, or a list of them"
         if allowed:
             return "one of " + ", ".join(repr(c) for c in allowed)
-        what = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
-                "ints": "a list of distinct integers"}[self.kind]
+        what = {
+            "int": "an integer",
+            "float": "a number",
+            "str": "a string",
+            "bool": "true or false",
+            "ints": "a list of distinct integers",
+        }[self.kind]
         if self.min is not None and self.max is not None:
             what += f" in [{self.min}, {self.max}]"
         elif self.min is not None:
@@ -78,7 +83,7 @@ class Field:
 def param(kind: str, default: Any, help: str, **spec: Any) -> Any:
     """A section field: the dataclass default plus its :class:`Field` (in the field's metadata)."""
     fld = Field(kind, default, help, **spec)
-    if kind == "names" and default != "all":   # validated form: "all" or a list (checked by the tests)
+    if kind == "names" and default != "all":  # validated form: "all" or a list (checked by the tests)
         names = [default] if isinstance(default, str) else list(default)
         return dataclasses.field(default_factory=lambda: list(names), metadata={"param": fld})
     if isinstance(default, list):
@@ -89,6 +94,7 @@ def param(kind: str, default: Any, help: str, **spec: Any) -> Any:
 # -- the registries' names (imported when first needed: the registries import torch, scipy, ...) --------------
 def _model_names() -> tuple[str, ...]:
     from emdenoise import models
+
     return models.names()
 
 
@@ -98,6 +104,7 @@ def _models_or_none() -> tuple[str, ...]:
 
 def _baselines_or_none() -> tuple[str, ...]:
     from emdenoise.engine import baselines
+
     return baselines.names() + ("none",)
 
 
@@ -108,13 +115,15 @@ def _hint(word: str, options: Any) -> str:
 
 def _source_check(value: str) -> str | None:
     from emdenoise.data.sources import NAMED_SOURCES
-    if value in NAMED_SOURCES or value.startswith(("http://", "https://", "s3://", "file://", "/", "./", "../",
-                                                   "~")):
+
+    if value in NAMED_SOURCES or value.startswith(("http://", "https://", "s3://", "file://", "/", "./", "../", "~")):
         return None
     if Path(value).suffix == ".zip" or "/" in value:
         return None
-    return (f"one of {', '.join(NAMED_SOURCES)}{_hint(value.lower(), NAMED_SOURCES)}, an http(s):// or s3:// "
-            f"URL, or a local folder or .zip")
+    return (
+        f"one of {', '.join(NAMED_SOURCES)}{_hint(value.lower(), NAMED_SOURCES)}, an http(s):// or s3:// "
+        f"URL, or a local folder or .zip"
+    )
 
 
 def _device_check(value: str) -> str | None:
@@ -169,35 +178,42 @@ class Section:
         """A one-line InputError about ``key`` of this section, naming the file it came from."""
         return InputError.at(self.where, f"{self.NAME}.{key}", expected)
 
-    def __getitem__(self, key: str) -> Any:   # transitional: dict-style access while the engines move over
-        return self.as_dict()[key]
-
 
 @dataclass(frozen=True)
 class DownloadParams(Section):
     NAME: ClassVar[str] = "download"
-    source: str = param("str", "synthetic", "where the data come from: synthetic, stfc, osn, minibatch, an "
-                        "http(s):// or s3:// URL, or a local folder or .zip in the em_graphene_sim layout",
-                        check=_source_check)
+    source: str = param(
+        "str",
+        "synthetic",
+        "where the data come from: synthetic, stfc, osn, minibatch, an "
+        "http(s):// or s3:// URL, or a local folder or .zip in the em_graphene_sim layout",
+        check=_source_check,
+    )
     seed: int = param("int", 0, "synthetic: random seed (same seed, same bytes)", min=0, max=MAX_SEED)
     train_images: int = param("int", 512, "synthetic: number of training pairs", min=1, max=1_000_000)
     test_images: int = param("int", 128, "synthetic: number of test pairs", min=1, max=1_000_000)
     image_size: int = param("int", 256, "synthetic: image side in pixels", min=32, max=4096)
-    dose_min: float = param("float", 5.0, "synthetic: lowest dose, electrons per pixel at the beam centre",
-                            min=0.01, max=1e6)
-    dose_max: float = param("float", 100.0, "synthetic: highest dose, electrons per pixel at the beam centre",
-                            min=0.01, max=1e6)
-    dead_pixel_fraction: float = param("float", 0.001, "synthetic: fraction of dead (zero) pixels", min=0.0,
-                                       max=0.5)
-    workers: int = param("int", 0, "synthetic: worker processes (0: one per core); never changes the output",
-                         min=0, max=256)
+    dose_min: float = param(
+        "float", 5.0, "synthetic: lowest dose, electrons per pixel at the beam centre", min=0.01, max=1e6
+    )
+    dose_max: float = param(
+        "float", 100.0, "synthetic: highest dose, electrons per pixel at the beam centre", min=0.01, max=1e6
+    )
+    dead_pixel_fraction: float = param("float", 0.001, "synthetic: fraction of dead (zero) pixels", min=0.0, max=0.5)
+    workers: int = param(
+        "int", 0, "synthetic: worker processes (0: one per core); never changes the output", min=0, max=256
+    )
     endpoint: str = param("str", "https://s3.echo.stfc.ac.uk", "S3 endpoint used for s3://bucket/prefix sources")
     page_size: int = param("int", 1000, "objects per S3 ListObjectsV2 page", min=1, max=1000)
     retries: int = param("int", 5, "attempts per request on timeouts and 5xx answers", min=1, max=100)
-    timeout: float = param("float", 60.0, "seconds of silence from a server before retrying (connecting: at "
-                           "most 10 s)", min=0.1, max=86_400.0)
-    max_archive_bytes: int = param("int", 64 * 2**30, "largest total uncompressed size accepted from a zip",
-                                   min=1)
+    timeout: float = param(
+        "float",
+        60.0,
+        "seconds of silence from a server before retrying (connecting: at most 10 s)",
+        min=0.1,
+        max=86_400.0,
+    )
+    max_archive_bytes: int = param("int", 64 * 2**30, "largest total uncompressed size accepted from a zip", min=1)
 
     def check(self) -> None:
         if self.dose_min > self.dose_max:
@@ -207,8 +223,14 @@ class DownloadParams(Section):
 @dataclass(frozen=True)
 class PreprocessParams(Section):
     NAME: ClassVar[str] = "preprocess"
-    val_fraction: float = param("float", 0.1, "fraction of the training pairs held out for validation (rounded; "
-                                "at least one pair, at least one left for training)", min=0.0, max=0.9)
+    val_fraction: float = param(
+        "float",
+        0.1,
+        "fraction of the training pairs held out for validation (rounded; "
+        "at least one pair, at least one left for training)",
+        min=0.0,
+        max=0.9,
+    )
     seed: int = param("int", 0, "random seed of the train/val split", min=0, max=MAX_SEED)
 
 
@@ -220,37 +242,46 @@ class TrainParams(Section):
     NAME: ClassVar[str] = "train"
     model: Names = param("names", "sciml_ae", "model(s) to train: a name, a list, or all", choices=_model_names)
     epochs: int = param("int", 2, "passes over the training split", min=1, max=100_000)
-    batch_size: int = param("int", 16, "images per optimiser step (global, across processes)", min=1,
-                            max=65_536)
+    batch_size: int = param("int", 16, "images per optimiser step (global, across processes)", min=1, max=65_536)
     lr: float = param("float", 1e-3, "learning rate", min=0.0, max=10.0)
     optimizer: str = param("str", "adam", "optimiser", choices=("adam", "adamw", "sgd"))
-    lr_schedule: str = param("str", "cosine", "learning-rate schedule over the whole run",
-                             choices=("constant", "cosine", "step"))
+    lr_schedule: str = param(
+        "str", "cosine", "learning-rate schedule over the whole run", choices=("constant", "cosine", "step")
+    )
     loss: str = param("str", "mse", "training loss on normalised images", choices=("mse", "l1"))
     seed: int = param("int", 0, "random seed (initialisation, shuffling, crops)", min=0, max=MAX_SEED)
-    device: str = param("str", "auto", "auto (cuda if present, else cpu), cpu, cuda or cuda:N",
-                        check=_device_check)
-    precision: str = param("str", "auto", "auto (bf16 autocast where it helps), fp32, bf16 or fp16",
-                           choices=PRECISION_CHOICES)
-    num_workers: int = param("int", 0, "data-loader worker processes (data are in memory: 0 is usually best)",
-                             min=0, max=64)
+    device: str = param("str", "auto", "auto (cuda if present, else cpu), cpu, cuda or cuda:N", check=_device_check)
+    precision: str = param(
+        "str", "auto", "auto (bf16 autocast where it helps), fp32, bf16 or fp16", choices=PRECISION_CHOICES
+    )
+    num_workers: int = param(
+        "int", 0, "data-loader worker processes (data are in memory: 0 is usually best)", min=0, max=64
+    )
     max_train_images: int = param("int", 0, "use only the first N training pairs (0: all)", min=0)
-    patch_size: int = param("int", 0, "train on random square crops of this side (0: whole images)", min=0,
-                            max=4096)
-    resume: str = param("str", "auto", "auto: continue from the last checkpoint of the same configuration; "
-                        "never: start afresh", choices=("auto", "never"))
-    compile: bool = param("bool", False, "torch.compile the model for training (opt-in; when compiling fails: "
-                          "a one-line warning and eager training)")
+    patch_size: int = param("int", 0, "train on random square crops of this side (0: whole images)", min=0, max=4096)
+    resume: str = param(
+        "str",
+        "auto",
+        "auto: continue from the last checkpoint of the same configuration; never: start afresh",
+        choices=("auto", "never"),
+    )
+    compile: bool = param(
+        "bool",
+        False,
+        "torch.compile the model for training (opt-in; when compiling fails: a one-line warning and eager training)",
+    )
     model_options: dict[str, Any] = dataclasses.field(default_factory=lambda: model_option_defaults())
 
     @classmethod
     def fields(cls) -> dict[str, Field]:
         from emdenoise import models
+
         return {**super().fields(), **models.option_fields()}
 
     @classmethod
     def build(cls, values: dict[str, Any], where: str) -> Section:
         from emdenoise import models
+
         options = {key: values.pop(key) for key in models.option_fields()}
         section = cls(where=where, model_options=options, **values)
         section.check()
@@ -266,6 +297,7 @@ class TrainParams(Section):
 
 def model_option_defaults() -> dict[str, Any]:
     from emdenoise import models
+
     return {key: validate_value("defaults", key, fld, fld.default) for key, fld in models.option_fields().items()}
 
 
@@ -273,12 +305,19 @@ def model_option_defaults() -> dict[str, Any]:
 class TestParams(Section):
     __test__: ClassVar[bool] = False  # not a pytest test class
     NAME: ClassVar[str] = "test"
-    models: Names = param("names", "all", "models to evaluate (all: every model found in model_dir; none: "
-                          "baselines only)", choices=_models_or_none)
-    baselines: Names = param("names", ["gaussian", "median", "tv", "nlm"],
-                             "classical baselines, tuned on the val split (all: every one installed; none: models "
-                             "only; bm3d and anscombe_bm3d need the optional non-commercial bm3d package)",
-                             choices=_baselines_or_none)
+    models: Names = param(
+        "names",
+        "all",
+        "models to evaluate (all: every model found in model_dir; none: baselines only)",
+        choices=_models_or_none,
+    )
+    baselines: Names = param(
+        "names",
+        ["gaussian", "median", "tv", "nlm"],
+        "classical baselines, tuned on the val split (all: every one installed; none: models "
+        "only; bm3d and anscombe_bm3d need the optional non-commercial bm3d package)",
+        choices=_baselines_or_none,
+    )
     batch_size: int = param("int", 16, "images per inference batch", min=1, max=65_536)
     device: str = param("str", "auto", "auto, cpu, cuda or cuda:N", check=_device_check)
     precision: str = param("str", "auto", "auto, fp32, bf16 or fp16", choices=PRECISION_CHOICES)
@@ -290,57 +329,83 @@ class TestParams(Section):
 @dataclass(frozen=True)
 class DenoiseParams(Section):
     NAME: ClassVar[str] = "denoise"
-    model: str = param("str", "auto", "model to apply: a folder name in model_dir, or auto (the only model "
-                       "there; an error lists the choices when there are several)")
-    tile_size: int = param("int", 256, "side of the square tiles a frame is cut into (0: whole frames; "
-                           "multiples of 8 keep the models' pooling grid aligned)", min=0, max=65_536,
-                           check=_tile_check)
-    tile_overlap: int = param("int", 32, "pixels shared by neighbouring tiles, cross-faded (at most "
-                              "tile_size / 2)", min=0, max=32_768)
-    batch_size: int = param("int", 8, "tiles per inference batch (tiles of consecutive frames are batched "
-                            "together)", min=1, max=65_536)
+    model: str = param(
+        "str",
+        "auto",
+        "model to apply: a folder name in model_dir, or auto (the only model "
+        "there; an error lists the choices when there are several)",
+    )
+    tile_size: int = param(
+        "int",
+        256,
+        "side of the square tiles a frame is cut into (0: whole frames; "
+        "multiples of 8 keep the models' pooling grid aligned)",
+        min=0,
+        max=65_536,
+        check=_tile_check,
+    )
+    tile_overlap: int = param(
+        "int", 32, "pixels shared by neighbouring tiles, cross-faded (at most tile_size / 2)", min=0, max=32_768
+    )
+    batch_size: int = param(
+        "int", 8, "tiles per inference batch (tiles of consecutive frames are batched together)", min=1, max=65_536
+    )
     device: str = param("str", "auto", "auto, cpu, cuda or cuda:N", check=_device_check)
     precision: str = param("str", "auto", "auto, fp32, bf16 or fp16", choices=PRECISION_CHOICES)
-    pattern: str = param("str", "*", "glob selecting the input files in input_dir (e.g. *.tif, or **/* to "
-                         "include subfolders)")
+    pattern: str = param(
+        "str", "*", "glob selecting the input files in input_dir (e.g. *.tif, or **/* to include subfolders)"
+    )
 
     def check(self) -> None:
         if self.tile_size and self.tile_overlap > self.tile_size // 2:
-            raise self.error("tile_overlap", f"expected at most tile_size / 2 ({self.tile_size // 2}), got "
-                             f"{self.tile_overlap}")
+            raise self.error(
+                "tile_overlap", f"expected at most tile_size / 2 ({self.tile_size // 2}), got {self.tile_overlap}"
+            )
 
 
 @dataclass(frozen=True)
 class StudyParams(Section):
     NAME: ClassVar[str] = "study"
     models: Names = param("names", "all", "models in the study: a name, a list, or all", choices=_model_names)
-    train_sizes: list[int] = param("ints", [125, 250, 500, 1000, 2000, 4000, 7200], "numbers of training pairs "
-                                   "each model is trained on (the first N of the train split; at most its size)",
-                                   min=1)
+    train_sizes: list[int] = param(
+        "ints",
+        [125, 250, 500, 1000, 2000, 4000, 7200],
+        "numbers of training pairs each model is trained on (the first N of the train split; at most its size)",
+        min=1,
+    )
     epochs: int = param("int", 20, "passes over its training pairs for every cell", min=1, max=100_000)
-    min_steps: int = param("int", 0, "train every cell for at least this many optimiser steps (more epochs for "
-                           "the small sizes, so they are not judged on a handful of updates; 0: epochs only)",
-                           min=0, max=10_000_000)
+    min_steps: int = param(
+        "int",
+        0,
+        "train every cell for at least this many optimiser steps (more epochs for "
+        "the small sizes, so they are not judged on a handful of updates; 0: epochs only)",
+        min=0,
+        max=10_000_000,
+    )
     batch_size: int = param("int", 16, "images per optimiser step, and per inference batch", min=1, max=65_536)
     lr: float = param("float", 1e-3, "learning rate", min=0.0, max=10.0)
-    patch_size: int = param("int", 0, "train on random square crops of this side (0: whole images)", min=0,
-                            max=4096)
-    device: str = param("str", "auto", "auto (cuda if present, else cpu), cpu, cuda or cuda:N",
-                        check=_device_check)
+    patch_size: int = param("int", 0, "train on random square crops of this side (0: whole images)", min=0, max=4096)
+    device: str = param("str", "auto", "auto (cuda if present, else cpu), cpu, cuda or cuda:N", check=_device_check)
     seed: int = param("int", 0, "random seed of every cell's training", min=0, max=MAX_SEED)
-    baselines: Names = param("names", ["gaussian", "median", "tv", "nlm"], "classical baselines, tuned on the val "
-                             "split once (all: every one installed; none: no baseline)", choices=_baselines_or_none)
+    baselines: Names = param(
+        "names",
+        ["gaussian", "median", "tv", "nlm"],
+        "classical baselines, tuned on the val split once (all: every one installed; none: no baseline)",
+        choices=_baselines_or_none,
+    )
     max_test_images: int = param("int", 0, "evaluate on the first N test pairs only (0: all)", min=0)
-    dose_bins: int = param("int", 4, "dose bins of about equal size for PSNR vs dose (when the data have dose)",
-                           min=1, max=100)
+    dose_bins: int = param(
+        "int", 4, "dose bins of about equal size for PSNR vs dose (when the data have dose)", min=1, max=100
+    )
 
     def model_names(self) -> list[str]:
         """The models of the study, ``all`` resolved to every registered model."""
         return list(_model_names()) if self.models == "all" else list(self.models)
 
 
-SECTIONS: dict[str, type[Section]] = {cls.NAME: cls for cls in (
-    DownloadParams, PreprocessParams, TrainParams, TestParams, DenoiseParams, StudyParams)}
+SECTIONS: dict[str, type[Section]] = {
+    cls.NAME: cls for cls in (DownloadParams, PreprocessParams, TrainParams, TestParams, DenoiseParams, StudyParams)
+}
 
 
 @dataclass(frozen=True)
@@ -362,9 +427,6 @@ class Params:
     def as_dict(self) -> dict[str, dict[str, Any]]:
         return {name: self.section(name).as_dict() for name in SECTIONS}
 
-    def __getitem__(self, name: str) -> Section:   # transitional, see Section.__getitem__
-        return self.section(name)
-
 
 def schema() -> dict[str, dict[str, Field]]:
     """``{section: {key: Field}}``: the whole table (the models' options included)."""
@@ -378,6 +440,7 @@ def _fmt_value(value: Any) -> str:
 
 def validate_value(where: str, name: str, fld: Field, value: Any) -> Any:
     """Return ``value`` converted to the field's type, or raise a one-line :class:`InputError`."""
+
     def bad() -> InputError:
         return InputError.at(where, name, f"expected {fld.describe()}, got {_fmt_value(value)}")
 
@@ -403,8 +466,9 @@ def validate_value(where: str, name: str, fld: Field, value: Any) -> Any:
             raise InputError.at(where, name, f"expected {fld.describe()}, got {value!r}{_hint(value, allowed)}")
     elif fld.kind == "ints":
         items = value if isinstance(value, list) else None
-        if not items or not all(isinstance(v, int) and not isinstance(v, bool) or
-                                isinstance(v, float) and v.is_integer() for v in items):
+        if not items or not all(
+            isinstance(v, int) and not isinstance(v, bool) or isinstance(v, float) and v.is_integer() for v in items
+        ):
             raise bad()
         items = [int(v) for v in items]
         if any(fld.min is not None and v < fld.min or fld.max is not None and v > fld.max for v in items):
@@ -421,8 +485,9 @@ def validate_value(where: str, name: str, fld: Field, value: Any) -> Any:
         allowed = fld.allowed or ()
         for item in names:
             if item not in allowed:
-                raise InputError.at(where, name, f"unknown name {item!r}{_hint(item, allowed)}; expected "
-                                    f"{fld.describe()}")
+                raise InputError.at(
+                    where, name, f"unknown name {item!r}{_hint(item, allowed)}; expected {fld.describe()}"
+                )
         if len(set(names)) != len(names):
             raise InputError.at(where, name, f"names repeat in {names}")
         return list(names)
@@ -438,8 +503,11 @@ def validate_value(where: str, name: str, fld: Field, value: Any) -> Any:
 def _section(where: str, section: Any) -> type[Section]:
     """The class of ``section``, or a one-line error with a did-you-mean hint."""
     if section not in SECTIONS:
-        raise InputError.at(where, str(section), f"unknown section{_hint(str(section), SECTIONS)}; expected one "
-                            f"of {', '.join(SECTIONS)}")
+        raise InputError.at(
+            where,
+            str(section),
+            f"unknown section{_hint(str(section), SECTIONS)}; expected one of {', '.join(SECTIONS)}",
+        )
     return SECTIONS[section]
 
 
@@ -447,8 +515,9 @@ def _validate_key(where: str, section: Any, key: Any, value: Any) -> Any:
     """One value: the section and key must be in the schema and the value valid for the key."""
     fields = _section(where, section).fields()
     if key not in fields:
-        raise InputError.at(where, f"{section}.{key}", f"unknown key{_hint(str(key), fields)}; valid keys: "
-                            f"{', '.join(fields)}")
+        raise InputError.at(
+            where, f"{section}.{key}", f"unknown key{_hint(str(key), fields)}; valid keys: {', '.join(fields)}"
+        )
     return validate_value(where, f"{section}.{key}", fields[key], value)
 
 
@@ -462,10 +531,13 @@ def validate(raw: Any, where: str = "parameters") -> Params:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise InputError.at(where, None, f"expected a mapping of sections ({', '.join(SECTIONS)}), got "
-                            f"{type(raw).__name__}")
-    values = {name: {key: validate_value("defaults", f"{name}.{key}", fld, fld.default)
-                     for key, fld in cls.fields().items()} for name, cls in SECTIONS.items()}
+        raise InputError.at(
+            where, None, f"expected a mapping of sections ({', '.join(SECTIONS)}), got {type(raw).__name__}"
+        )
+    values = {
+        name: {key: validate_value("defaults", f"{name}.{key}", fld, fld.default) for key, fld in cls.fields().items()}
+        for name, cls in SECTIONS.items()
+    }
     for section, given in raw.items():
         _section(where, section)
         if given is None:
@@ -492,8 +564,11 @@ def load(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -
         except IsADirectoryError:
             raise InputError.at(path, None, "expected a YAML file, found a folder") from None
         except (OSError, UnicodeDecodeError) as exc:
-            raise InputError.at(path, None, f"cannot read parameters file ({exc.__class__.__name__}: "
-                                f"{getattr(exc, 'strerror', None) or exc})") from None
+            raise InputError.at(
+                path,
+                None,
+                f"cannot read parameters file ({exc.__class__.__name__}: {getattr(exc, 'strerror', None) or exc})",
+            ) from None
         try:
             raw = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -504,8 +579,9 @@ def load(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
-            raise InputError.at(path, None, f"expected a mapping of sections ({', '.join(SECTIONS)}), got "
-                                f"{type(raw).__name__}")
+            raise InputError.at(
+                path, None, f"expected a mapping of sections ({', '.join(SECTIONS)}), got {type(raw).__name__}"
+            )
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
     for item in overrides:
         key, sep, text = item.partition("=")
@@ -516,7 +592,7 @@ def load(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -
             value = yaml.safe_load(text)
         except yaml.YAMLError:
             value = text
-        _validate_key("--set", section, name, value)   # on its own first: its mistakes name --set, not the file
+        _validate_key("--set", section, name, value)  # on its own first: its mistakes name --set, not the file
         if not isinstance(raw.get(section), dict):
             raw[section] = {}
         raw[section][name] = value

@@ -34,7 +34,7 @@ def _environment(monkeypatch):
     torch.set_num_threads(1)
     monkeypatch.setenv(RETRY_BASE_ENV, "0.01")
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)       # the test servers are on 127.0.0.1
+        monkeypatch.delenv(name, raising=False)  # the test servers are on 127.0.0.1
 
 
 @pytest.fixture(scope="session")
@@ -42,8 +42,17 @@ def processed(tmp_path_factory) -> Path:
     """A small processed data_dir (36 train, 4 val, 8 test pairs of 32x32), made by the preprocess task."""
     tmp = tmp_path_factory.mktemp("processed")
     write_raw(tmp / "raw", 40, 8)
-    code = cli.main(argv("preprocess", {"raw_data_dir": tmp / "raw", "data_dir": tmp / "data",
-                                        "parameters_file": params_file(tmp / "p.yaml"), "log_dir": tmp / "logs"}))
+    code = cli.main(
+        argv(
+            "preprocess",
+            {
+                "raw_data_dir": tmp / "raw",
+                "data_dir": tmp / "data",
+                "parameters_file": params_file(tmp / "p.yaml"),
+                "log_dir": tmp / "logs",
+            },
+        )
+    )
     assert code == 0
     return tmp / "data"
 

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # docker/podman: `inspect`/`image exists` fail until `build -t IMAGE` ran; `run` exits with $EMD_FAKE_RC when
 # its arguments hold $EMD_FAKE_FAIL_TASK, else 0. singularity (or apptainer): `--version` answers like singularity 3.11,
 # `build` creates the SIF (its second-to-last argument), taking $EMD_FAKE_BUILD_SECONDS (default 0) to do so.
-_TOOL = r'''#!{python}
+_TOOL = r"""#!{python}
 import json, os, subprocess, sys, time
 from pathlib import Path
 REAL = {real!r}
@@ -50,7 +50,7 @@ if args[:1] == ["build"]:
 if args[:1] == ["run"] and os.environ.get("EMD_FAKE_FAIL_TASK") in args:
     sys.exit(int(os.environ.get("EMD_FAKE_RC", "3")))
 sys.exit(0)
-'''
+"""
 
 
 def scratch_dir(prefix: str) -> Path:

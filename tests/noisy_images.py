@@ -37,6 +37,6 @@ def make_data_dir(root: Path, n_test: int = 6, n_val: int = 4, size: int = 40, s
         clean = smooth_images(rng, n, size)
         dose = np.geomspace(5, 200, n)
         splits[split] = (poisson_noise(rng, clean, dose), clean, dose)
-    return write_data_dir(root / "processed", splits, {"noisy": {"mean": 0.6, "std": 0.2},
-                                                       "clean": {"mean": 0.6, "std": 0.2}})
-
+    return write_data_dir(
+        root / "processed", splits, {"noisy": {"mean": 0.6, "std": 0.2}, "clean": {"mean": 0.6, "std": 0.2}}
+    )

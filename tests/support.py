@@ -29,12 +29,12 @@ from emdenoise.io import h5safe, modelfile
 from emdenoise.layout import CARD, CARD_FORMAT, DATASET_CARD_KEYS, RAW_FILES, SPLIT_FILE
 from emdenoise.outputs import write_json_atomic
 
-ROOT = Path(__file__).resolve().parents[1]   # the repository
+ROOT = Path(__file__).resolve().parents[1]  # the repository
 ENV = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
 ENV.update({"EMDENOISE_PROGRESS": "0", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", RETRY_BASE_ENV: "0.01"})
 NORM = {"noisy": {"mean": 0.5, "std": 0.3}, "clean": {"mean": 0.5, "std": 0.25}}
 TRAIN = {"model": "sciml_ae", "epochs": 6, "batch_size": 4, "lr": 3e-3, "device": "cpu", "precision": "fp32"}
-VOLATILE = {"created", "seconds", "images_per_s", "frames_per_s"}   # times and speeds: differ run to run
+VOLATILE = {"created", "seconds", "images_per_s", "frames_per_s"}  # times and speeds: differ run to run
 
 
 # -- running the command ------------------------------------------------------------------------------------------
@@ -44,14 +44,25 @@ def argv(task: str, paths: dict[str, Path], sets: tuple[str, ...] = ()) -> list[
 
 def run_cmd(task: str, paths: dict[str, Path], *sets: str, timeout: float = 300) -> tuple[int, str]:
     """``python -m emdenoise TASK ...`` in a fresh process: (exit code, stderr)."""
-    res = subprocess.run([sys.executable, "-m", "emdenoise", *argv(task, paths, sets)], capture_output=True,
-                         text=True, cwd=ROOT, env=ENV, timeout=timeout)
+    res = subprocess.run(
+        [sys.executable, "-m", "emdenoise", *argv(task, paths, sets)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=ENV,
+        timeout=timeout,
+    )
     return res.returncode, res.stderr
 
 
 def start_cmd(task: str, paths: dict[str, Path], stderr: Path, *sets: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "emdenoise", *argv(task, paths, sets)], cwd=ROOT, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=open(stderr, "w"))
+    return subprocess.Popen(
+        [sys.executable, "-m", "emdenoise", *argv(task, paths, sets)],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=open(stderr, "w"),
+    )
 
 
 def run_here(capsys, task: str, paths: dict[str, Path], *sets: str) -> tuple[int, str]:
@@ -85,16 +96,20 @@ def write_raw(raw: Path, n_train: int, n_test: int, size: int = 32, seed: int = 
         (raw / split).mkdir(parents=True, exist_ok=True)
         for kind in ("noisy", "clean"):
             with h5py.File(raw / split / RAW_FILES[kind], "w") as fh:
-                fh.create_dataset("images", data=rng.random((n, size, size, 1), dtype=np.float32),
-                                  chunks=(1, size, size, 1))
+                fh.create_dataset(
+                    "images", data=rng.random((n, size, size, 1), dtype=np.float32), chunks=(1, size, size, 1)
+                )
     return raw
 
 
 def save_model(model_dir: Path, name: str = "sciml_ae", seed: int = 0, **options) -> Path:
     torch.manual_seed(seed)
     path = model_dir / name / "em_denoise_model.h5"
-    modelfile.save_model(path, models.build(name, **options), {"model": name, "options": options,
-                                                              "normalisation": NORM, "data_range": 1.0})
+    modelfile.save_model(
+        path,
+        models.build(name, **options),
+        {"model": name, "options": options, "normalisation": NORM, "data_range": 1.0},
+    )
     return path
 
 
@@ -113,7 +128,7 @@ def content_of(path: Path):
     if suffix == ".json":
         return _strip(json.loads(path.read_text(encoding="utf-8")))
     if suffix in (".h5", ".hdf5"):
-        with h5py.File(path, "r") as fh:      # a partial HDF5 file does not open, or its data do not read
+        with h5py.File(path, "r") as fh:  # a partial HDF5 file does not open, or its data do not read
             fh.visititems(lambda name, obj: obj[()] if isinstance(obj, h5py.Dataset) else None)
     elif suffix == ".npy":
         np.load(path, allow_pickle=False)
@@ -139,9 +154,16 @@ def temporaries(folder: Path) -> list[Path]:
     """Files that atomic writers and downloads work in (hidden temporaries, .part files, staging folders)."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.rglob("*") if p.is_file() and (
-        (p.name.startswith(".") and p.name.endswith(".tmp")) or p.name.endswith(".part")
-        or any(part.startswith(".extract-") for part in p.relative_to(folder).parts)))
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and (
+            (p.name.startswith(".") and p.name.endswith(".tmp"))
+            or p.name.endswith(".part")
+            or any(part.startswith(".extract-") for part in p.relative_to(folder).parts)
+        )
+    )
 
 
 def assert_old_or_new(now: dict, old: dict, new: dict) -> None:
@@ -207,8 +229,9 @@ def read_only(folder: Path):
             folder.chmod(mode)
         return
     if shutil.which("mount") is None or _mount("--bind", str(folder), str(folder)).returncode != 0:
-        pytest.skip("running as root, where chmod does not stop writes, and a read-only bind mount is not "
-                    "permitted here")
+        pytest.skip(
+            "running as root, where chmod does not stop writes, and a read-only bind mount is not permitted here"
+        )
     try:
         assert _mount("-o", "remount,ro,bind", str(folder)).returncode == 0
         yield
@@ -288,14 +311,24 @@ def write_data_dir(root: Path, splits: dict[str, tuple], normalisation: dict, da
         dose = dose[0] if dose else None
         write_split(root / SPLIT_FILE.format(split=split), noisy, clean, dose)
         entries[split] = {"file": SPLIT_FILE.format(split=split), "n": len(clean)}
-        ranges[split] = {"noisy": [float(np.min(noisy)), float(np.max(noisy))],
-                         "clean": [float(np.min(clean)), float(np.max(clean))]}
+        ranges[split] = {
+            "noisy": [float(np.min(noisy)), float(np.max(noisy))],
+            "clean": [float(np.min(clean)), float(np.max(clean))],
+        }
         doses.append(dose is not None)
     if data_range is None:
         data_range = ranges["test"]["clean"][1] - ranges["test"]["clean"][0]
-    card = {"format": CARD_FORMAT, "image_shape": list(np.shape(splits["test"][1])[1:]), "splits": entries,
-            "value_range": ranges, "normalisation": normalisation, "data_range": float(data_range),
-            "data_range_definition": "max - min of the clean test set", "has_dose": all(doses), "source": None}
+    card = {
+        "format": CARD_FORMAT,
+        "image_shape": list(np.shape(splits["test"][1])[1:]),
+        "splits": entries,
+        "value_range": ranges,
+        "normalisation": normalisation,
+        "data_range": float(data_range),
+        "data_range_definition": "max - min of the clean test set",
+        "has_dose": all(doses),
+        "source": None,
+    }
     assert set(card) == set(DATASET_CARD_KEYS)
     write_json_atomic(root / CARD, card)
     return root

@@ -48,18 +48,28 @@ def test_debug_shows_the_traceback(tmp_path):
     assert res.returncode == EXIT_BAD_INPUT and "Traceback" in res.stderr
 
 
-@pytest.mark.parametrize("override,words", [
-    ("download.sourse=stfc", ["--set: download.sourse: unknown key", "did you mean 'source'"]),
-    ("download.seed=-3", ["--set: download.seed: expected an integer in [0, 4294967295], got -3"]),
-    ("download.source=stcf", ["--set: download.source: expected one of", "did you mean 'stfc'"])])
+@pytest.mark.parametrize(
+    "override,words",
+    [
+        ("download.sourse=stfc", ["--set: download.sourse: unknown key", "did you mean 'source'"]),
+        ("download.seed=-3", ["--set: download.seed: expected an integer in [0, 4294967295], got -3"]),
+        ("download.source=stcf", ["--set: download.source: expected one of", "did you mean 'stfc'"]),
+    ],
+)
 def test_set_overrides_are_validated_and_named_in_the_error(repo_root, tmp_path, override, words):
-    params = repo_root / "workspace" / "parameters" / "quickstart.parameters.yaml"     # a valid file
-    res = run("download", f"--parameters_file={params}", f"--raw_data_dir={tmp_path / 'raw'}",
-              f"--log_dir={tmp_path / 'logs'}", "--set", override)
+    params = repo_root / "workspace" / "parameters" / "quickstart.parameters.yaml"  # a valid file
+    res = run(
+        "download",
+        f"--parameters_file={params}",
+        f"--raw_data_dir={tmp_path / 'raw'}",
+        f"--log_dir={tmp_path / 'logs'}",
+        "--set",
+        override,
+    )
     assert res.returncode == EXIT_BAD_INPUT
     errors = [line for line in res.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and all(w in errors[0] for w in words), res.stderr
-    assert params.name not in errors[0]            # the file holds no such mistake: do not blame it
+    assert params.name not in errors[0]  # the file holds no such mistake: do not blame it
     assert "Traceback" not in res.stderr and not (tmp_path / "raw").exists()
 
 

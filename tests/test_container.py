@@ -32,11 +32,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from fake_tools import ROOT, find_mlcube, read_calls, scratch_dir, write_tool
+from local_http import LocalServer
 
 import emdenoise
 from emdenoise import cli
-from fake_tools import ROOT, find_mlcube, read_calls, scratch_dir, write_tool
-from local_http import LocalServer
 
 pytestmark = pytest.mark.container
 
@@ -45,11 +45,19 @@ CHAIN = ("download", "preprocess", "train", "test")
 DOCKER_CHAIN = (*CHAIN, "denoise")  # the quickstart chain, then the trained model applied to a few frames
 CONTAINERS_CONF = ROOT / ".cache" / "containers" / "containers.conf"
 BASE_IMAGE = "localhost/emdenoise-base"
-PARAMS = "parameters/quickstart.parameters.yaml"   # the shipped file, as a user runs it
-FRAMES = "denoise/input/frames.npy"                 # the denoise task's input: a 3-frame stack (write_frames)
+PARAMS = "parameters/quickstart.parameters.yaml"  # the shipped file, as a user runs it
+FRAMES = "denoise/input/frames.npy"  # the denoise task's input: a 3-frame stack (write_frames)
 # Variables of the cube and of run/container-deps.sh that a developer's shell may set: the tests set their own.
-CUBE_ENV_VARS = ("EMDENOISE_GPU_ARGS", "EMDENOISE_ACCELERATORS", "EMDENOISE_IMAGE_TAR", "EMDENOISE_SINGULARITY_ARGS",
-                 "EMDENOISE_BASE_IMAGE", "EMDENOISE_REVISION", "EMDENOISE_CREATED", "MLCUBE_SYSTEM_SETTINGS")
+CUBE_ENV_VARS = (
+    "EMDENOISE_GPU_ARGS",
+    "EMDENOISE_ACCELERATORS",
+    "EMDENOISE_IMAGE_TAR",
+    "EMDENOISE_SINGULARITY_ARGS",
+    "EMDENOISE_BASE_IMAGE",
+    "EMDENOISE_REVISION",
+    "EMDENOISE_CREATED",
+    "MLCUBE_SYSTEM_SETTINGS",
+)
 # CI runs as root, so "owned by the invoking user" would compare root with root. The chain runs with a fake `id`
 # first on PATH that says 4242 for `id -u` / `id -g`, as a non-root user's would: mlcube's `-u $(id -u):$(id -g)`
 # then runs the containers as 4242, and everything they write must belong to 4242, not root.
@@ -63,10 +71,10 @@ esac
 """
 
 
-def sh(*cmd: str, env: dict | None = None, timeout: float = 600, check: bool = True,
-       cwd: Path | None = None) -> subprocess.CompletedProcess:
-    res = subprocess.run(list(cmd), capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd,
-                         check=False)
+def sh(
+    *cmd: str, env: dict | None = None, timeout: float = 600, check: bool = True, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    res = subprocess.run(list(cmd), capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd, check=False)
     if check and res.returncode != 0:
         pytest.fail(f"{' '.join(cmd)} exited {res.returncode}:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
     return res
@@ -154,11 +162,14 @@ def podman_env(deps):
     if shutil.which("podman") is None:
         pytest.fail("podman is not installed and run/container-deps.sh could not install it")
     env = clean_env(CONTAINERS_CONF=str(CONTAINERS_CONF))
-    started = sh("podman", "run", "--rm", BASE_IMAGE, "python3", "-c", "print('container runtime ok')", env=env,
-                 check=False)
+    started = sh(
+        "podman", "run", "--rm", BASE_IMAGE, "python3", "-c", "print('container runtime ok')", env=env, check=False
+    )
     if started.returncode != 0 or "container runtime ok" not in started.stdout:
-        pytest.fail(f"the container runtime cannot start a container (podman run exited {started.returncode}):\n"
-                    f"{started.stderr[-3000:]}")
+        pytest.fail(
+            f"the container runtime cannot start a container (podman run exited {started.returncode}):\n"
+            f"{started.stderr[-3000:]}"
+        )
     return env
 
 
@@ -173,8 +184,14 @@ def native():
     try:
         for task in DOCKER_CHAIN:
             start = time.monotonic()
-            sh(str(exe), task, f"--workspace={workspace}", f"--parameters_file={workspace / PARAMS}", timeout=3000,
-               env=clean_env())
+            sh(
+                str(exe),
+                task,
+                f"--workspace={workspace}",
+                f"--parameters_file={workspace / PARAMS}",
+                timeout=3000,
+                env=clean_env(),
+            )
             seconds[task] = round(time.monotonic() - start, 1)
         print("native seconds:", seconds, f"total {sum(seconds.values()):.0f} s")
         yield workspace
@@ -186,6 +203,7 @@ def assert_same_results(workspace: Path, reference: Path, tasks: tuple[str, ...]
     """The outputs of ``tasks`` in ``workspace`` equal those of the native run in ``reference``: the same data
     bytes, the same dataset statistics, the same trained weights, metrics and denoised frames (float32 exactly:
     the same wheels on the same CPU). Times, paths and timings (images/s) may differ."""
+
     def load(rel: str) -> dict:
         return json.loads((workspace / rel).read_text()), json.loads((reference / rel).read_text())
 
@@ -221,14 +239,28 @@ def chain(podman_env):
     state.mkdir()
     user_tools(bin_dir, "podman")
     workspace = user_workspace(base, CHAIN)
-    env = {**podman_env, "PATH": f"{bin_dir}{os.pathsep}{podman_env['PATH']}", "EMD_FAKE_STATE": str(state),
-           "MLCUBE_SYSTEM_SETTINGS": str(base / "settings.yaml"), "MLCUBE": str(find_mlcube()),
-           "EMDENOISE_BASE_IMAGE": BASE_IMAGE, "MLCUBE_LOG_LEVEL": "info"}
+    env = {
+        **podman_env,
+        "PATH": f"{bin_dir}{os.pathsep}{podman_env['PATH']}",
+        "EMD_FAKE_STATE": str(state),
+        "MLCUBE_SYSTEM_SETTINGS": str(base / "settings.yaml"),
+        "MLCUBE": str(find_mlcube()),
+        "EMDENOISE_BASE_IMAGE": BASE_IMAGE,
+        "MLCUBE_LOG_LEVEL": "info",
+    }
     # mlcube builds only when the image is missing (build_strategy auto): remove it so that this source is built.
     sh("podman", "rmi", "--force", IMAGE, env=podman_env, check=False)
     assert [sh("id", flag, env=env).stdout.strip() for flag in ("-u", "-g")] == [str(USER_ID)] * 2
-    res = sh("bash", str(ROOT / "run" / "mlcube.sh"), "podman-cpu", PARAMS, str(workspace),
-             env=env, timeout=3000, check=False)
+    res = sh(
+        "bash",
+        str(ROOT / "run" / "mlcube.sh"),
+        "podman-cpu",
+        PARAMS,
+        str(workspace),
+        env=env,
+        timeout=3000,
+        check=False,
+    )
     print("podman seconds:", task_seconds(state))
     try:
         yield {"res": res, "base": base, "workspace": workspace, "state": state, "env": env}
@@ -261,10 +293,18 @@ def test_mlcube_builds_the_image_and_runs_every_task_as_the_invoking_user(chain,
 def test_outputs_exist_belong_to_the_user_and_equal_the_native_run(chain, native):
     assert chain["res"].returncode == 0, chain["res"].stderr[-4000:]
     ws = chain["workspace"]
-    expected = ["data/raw/MANIFEST.json", "data/raw/train/graphene_img_noise.h5", "data/processed/dataset_card.json",
-                "data/processed/train.h5", "data/processed/test.h5", "models/sciml_ae/em_denoise_model.h5",
-                "output/train_metrics.json", "output/test_metrics.json", "output/results.md",
-                *(f"logs/{task}.log" for task in CHAIN)]
+    expected = [
+        "data/raw/MANIFEST.json",
+        "data/raw/train/graphene_img_noise.h5",
+        "data/processed/dataset_card.json",
+        "data/processed/train.h5",
+        "data/processed/test.h5",
+        "models/sciml_ae/em_denoise_model.h5",
+        "output/train_metrics.json",
+        "output/test_metrics.json",
+        "output/results.md",
+        *(f"logs/{task}.log" for task in CHAIN),
+    ]
     for rel in expected:
         assert (ws / rel).is_file() and (ws / rel).stat().st_size > 0, rel
     assert_owned_by_the_user(ws, CHAIN)
@@ -289,8 +329,14 @@ def test_docker_archive_is_what_the_singularity_runner_converts(chain, podman_en
 
     write_tool(base / "bin", "singularity")  # Singularity/Apptainer cannot be installed here: a recording fake
     workspace = base / "ws-sif"
-    res = sh("bash", str(ROOT / "run" / "mlcube.sh"), "singularity", str(chain["workspace"] / PARAMS),
-             str(workspace), env={**env, "EMDENOISE_IMAGE_TAR": str(tar), "TASKS": "download"})
+    res = sh(
+        "bash",
+        str(ROOT / "run" / "mlcube.sh"),
+        "singularity",
+        str(chain["workspace"] / PARAMS),
+        str(workspace),
+        env={**env, "EMDENOISE_IMAGE_TAR": str(tar), "TASKS": "download"},
+    )
     sif = workspace / ".image" / f"emdenoise-{emdenoise.__version__}.sif"
     calls = [c for c in read_calls(chain["state"], "singularity") if c != ["--version"]]
     assert calls[0] == ["build", str(sif), f"docker-archive:{tar}"], res.stderr
@@ -352,10 +398,27 @@ def test_image_builds_from_a_package_index_when_wheels_holds_none(podman_env):
         ignore = base / "dockerignore"
         ignore.write_text((ROOT / ".dockerignore").read_text() + "\nwheels/*.whl\n")
         start = time.monotonic()
-        built = sh("podman", "build", "--no-cache", "--network=host", "--ignorefile", str(ignore),
-                   "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "--build-arg", f"PIP_INDEX_URL={server.url}/simple/",
-                   "--build-arg", "PIP_TRUSTED_HOST=127.0.0.1", "-t", image, "-f", str(ROOT / "Dockerfile"),
-                   str(ROOT), env=podman_env, timeout=1800)
+        built = sh(
+            "podman",
+            "build",
+            "--no-cache",
+            "--network=host",
+            "--ignorefile",
+            str(ignore),
+            "--build-arg",
+            f"BASE_IMAGE={BASE_IMAGE}",
+            "--build-arg",
+            f"PIP_INDEX_URL={server.url}/simple/",
+            "--build-arg",
+            "PIP_TRUSTED_HOST=127.0.0.1",
+            "-t",
+            image,
+            "-f",
+            str(ROOT / "Dockerfile"),
+            str(ROOT),
+            env=podman_env,
+            timeout=1800,
+        )
         print(f"image build from the local index: {time.monotonic() - start:.0f} s")
         assert f"installing from the package index {server.url}/simple/" in built.stdout + built.stderr
         torch = next(w.name for w in wheels if w.name.startswith("torch-"))
@@ -363,10 +426,23 @@ def test_image_builds_from_a_package_index_when_wheels_holds_none(podman_env):
 
         # The image runs a task: download of a small synthetic set into a mounted folder.
         (base / "ws").mkdir()
-        (base / "ws" / "p.yaml").write_text("download: {source: synthetic, train_images: 4, test_images: 2, "
-                                            "image_size: 64}\n")
-        sh("podman", "run", "--rm", "--network=none", "--volume", f"{base / 'ws'}:/ws", image, "download",
-           "--parameters_file=/ws/p.yaml", "--raw_data_dir=/ws/raw", "--log_dir=/ws/logs", env=podman_env)
+        (base / "ws" / "p.yaml").write_text(
+            "download: {source: synthetic, train_images: 4, test_images: 2, image_size: 64}\n"
+        )
+        sh(
+            "podman",
+            "run",
+            "--rm",
+            "--network=none",
+            "--volume",
+            f"{base / 'ws'}:/ws",
+            image,
+            "download",
+            "--parameters_file=/ws/p.yaml",
+            "--raw_data_dir=/ws/raw",
+            "--log_dir=/ws/logs",
+            env=podman_env,
+        )
         manifest = json.loads((base / "ws" / "raw" / "MANIFEST.json").read_text())
         assert manifest and (base / "ws" / "raw" / "train" / "graphene_img_noise.h5").is_file()
     finally:
@@ -382,11 +458,13 @@ def docker_env(deps):
     if not docker_answers():
         pytest.fail(f"no Docker daemon answers and run/container-deps.sh did not start one:\n{deps[-3000:]}")
     env = clean_env()
-    started = sh("docker", "run", "--rm", BASE_IMAGE, "python3", "-c", "print('container runtime ok')", env=env,
-                 check=False)
+    started = sh(
+        "docker", "run", "--rm", BASE_IMAGE, "python3", "-c", "print('container runtime ok')", env=env, check=False
+    )
     if started.returncode != 0 or "container runtime ok" not in started.stdout:
-        pytest.fail(f"docker cannot start a container (docker run exited {started.returncode}):\n"
-                    f"{started.stderr[-3000:]}")
+        pytest.fail(
+            f"docker cannot start a container (docker run exited {started.returncode}):\n{started.stderr[-3000:]}"
+        )
     return env
 
 
@@ -399,12 +477,29 @@ def docker_chain(docker_env, prefix: str, exe: Path, *args: str) -> dict:
     user_tools(base / "bin", "docker")
     workspace = user_workspace(base, DOCKER_CHAIN)
     head = sh("git", "-C", str(ROOT), "rev-parse", "HEAD").stdout.strip()
-    env = {**docker_env, "PATH": f"{base / 'bin'}{os.pathsep}{docker_env['PATH']}", "EMD_FAKE_STATE": str(state),
-           "MLCUBE_SYSTEM_SETTINGS": str(base / "settings.yaml"), "EMDENOISE_BASE_IMAGE": BASE_IMAGE,
-           "EMDENOISE_REVISION": head, "EMDENOISE_CREATED": "2026-01-02T03:04:05Z"}
+    env = {
+        **docker_env,
+        "PATH": f"{base / 'bin'}{os.pathsep}{docker_env['PATH']}",
+        "EMD_FAKE_STATE": str(state),
+        "MLCUBE_SYSTEM_SETTINGS": str(base / "settings.yaml"),
+        "EMDENOISE_BASE_IMAGE": BASE_IMAGE,
+        "EMDENOISE_REVISION": head,
+        "EMDENOISE_CREATED": "2026-01-02T03:04:05Z",
+    }
     start = time.monotonic()
-    res = sh(str(exe), "run", "--mlcube=.", *args, f"--task={','.join(DOCKER_CHAIN)}", f"--workspace={workspace}",
-             f"parameters_file={PARAMS}", env=env, cwd=ROOT, timeout=3000, check=False)
+    res = sh(
+        str(exe),
+        "run",
+        "--mlcube=.",
+        *args,
+        f"--task={','.join(DOCKER_CHAIN)}",
+        f"--workspace={workspace}",
+        f"parameters_file={PARAMS}",
+        env=env,
+        cwd=ROOT,
+        timeout=3000,
+        check=False,
+    )
     seconds = task_seconds(state)
     print(f"{exe.name} run {' '.join(args)} seconds:", seconds, f"total {time.monotonic() - start:.0f} s")
     return {"res": res, "base": base, "workspace": workspace, "state": state, "env": env, "revision": head}
@@ -493,10 +588,22 @@ def test_the_original_readme_command_lines(docker_auto, docker_env, native):
     assert [c[0] for c in read_calls(state, "docker")].count("build") == 1
 
     workspace = user_workspace(docker_auto["base"] / "seed", ("download",))
-    res = sh("bash", shim, "run", "--mlcube=.", old_platform, "--task=run/download.yaml", f"--workspace={workspace}",
-             f"parameters_file={PARAMS}", env=env, cwd=ROOT)
-    line = (f"equivalent: mlcube run --mlcube=. --platform=docker --task=download --workspace={workspace} "
-            f"parameters_file={PARAMS}\n")
+    res = sh(
+        "bash",
+        shim,
+        "run",
+        "--mlcube=.",
+        old_platform,
+        "--task=run/download.yaml",
+        f"--workspace={workspace}",
+        f"parameters_file={PARAMS}",
+        env=env,
+        cwd=ROOT,
+    )
+    line = (
+        f"equivalent: mlcube run --mlcube=. --platform=docker --task=download --workspace={workspace} "
+        f"parameters_file={PARAMS}\n"
+    )
     assert line in res.stderr, res.stderr[-2000:]
     manifest = json.loads((workspace / "data/raw/MANIFEST.json").read_text())
     assert manifest["files"] == json.loads((native / "data/raw/MANIFEST.json").read_text())["files"]

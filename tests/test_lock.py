@@ -25,15 +25,15 @@ def test_a_held_folder_refuses_a_second_holder_naming_the_first(tmp_path):
         message = err.value.message
         assert err.value.exit_code == EXIT_BUSY and "\n" not in message
         assert str(folder) in message and f"pid {os.getpid()}" in message and socket.gethostname() in message
-    assert not (folder / lock.LOCK_NAME).exists()        # given back and deleted
-    with lock.hold({"output_dir": folder}, "test"):       # free again
+    assert not (folder / lock.LOCK_NAME).exists()  # given back and deleted
+    with lock.hold({"output_dir": folder}, "test"):  # free again
         pass
 
 
 def test_a_lock_file_left_behind_blocks_nothing_and_new_folders_are_removed_when_empty(tmp_path):
     folder = tmp_path / "a" / "b"
     folder.mkdir(parents=True)
-    (folder / lock.LOCK_NAME).write_text("{not json")     # what a killed run may leave
+    (folder / lock.LOCK_NAME).write_text("{not json")  # what a killed run may leave
     with lock.hold({"data_dir": folder}, "preprocess"):
         assert lock.read_holder(folder)["pid"] == os.getpid()
     assert folder.is_dir() and not (folder / lock.LOCK_NAME).exists()
@@ -43,7 +43,7 @@ def test_a_lock_file_left_behind_blocks_nothing_and_new_folders_are_removed_when
         with lock.hold({"data_dir": fresh}, "preprocess"):
             assert fresh.is_dir()
             raise RuntimeError("the task failed")
-    assert not (tmp_path / "x").exists()                  # a failed run leaves no empty folders behind
+    assert not (tmp_path / "x").exists()  # a failed run leaves no empty folders behind
     with lock.hold({"data_dir": fresh}, "preprocess"):
         (fresh / "kept.txt").write_text("output")
     assert (fresh / "kept.txt").is_file()
@@ -58,7 +58,7 @@ def test_a_lock_file_deleted_under_a_waiting_run_is_not_mistaken_for_the_lock(tm
     taken = []
 
     def flock(fd, op):
-        if not taken:                 # between B's open and B's flock: A deletes, C creates and locks anew
+        if not taken:  # between B's open and B's flock: A deletes, C creates and locks anew
             os.unlink(folder / lock.LOCK_NAME)
             taken.append(open(folder / lock.LOCK_NAME, "w"))
             real_flock(taken[0], lock.fcntl.LOCK_EX | lock.fcntl.LOCK_NB)
@@ -91,11 +91,19 @@ def test_the_sweep_removes_only_what_atomic_writers_left(tmp_path):
     folder = tmp_path / "out"
     (folder / "m").mkdir(parents=True)
     (folder / "other").mkdir()
-    left = [folder / ".train.h5.ab3d_9zq.h5.tmp", folder / "m" / ".em_denoise_model.h5.0a1b2c3d.h5.tmp",
-            folder / ".results.md.kk8s7d6f.md.tmp"]
-    kept = [folder / ".hidden", folder / "notes.tmp", folder / ".x.h5.abcdefgh.npy.tmp", folder / ".a.abc.tmp",
-            folder / "other" / ".val.h5.zzzzzzzz.h5.tmp"]
-    (folder / "other" / lock.LOCK_NAME).write_text("")    # another run's folder: not ours to clean
+    left = [
+        folder / ".train.h5.ab3d_9zq.h5.tmp",
+        folder / "m" / ".em_denoise_model.h5.0a1b2c3d.h5.tmp",
+        folder / ".results.md.kk8s7d6f.md.tmp",
+    ]
+    kept = [
+        folder / ".hidden",
+        folder / "notes.tmp",
+        folder / ".x.h5.abcdefgh.npy.tmp",
+        folder / ".a.abc.tmp",
+        folder / "other" / ".val.h5.zzzzzzzz.h5.tmp",
+    ]
+    (folder / "other" / lock.LOCK_NAME).write_text("")  # another run's folder: not ours to clean
     for path in left + kept:
         path.write_bytes(b"partial")
     assert sorted(lock.sweep_temporaries(folder)) == sorted(left)
@@ -109,7 +117,7 @@ def test_every_task_refuses_an_output_folder_another_run_is_writing(tmp_path, ta
         code, err = run_cmd(task, paths)
     one_error(code, err, EXIT_BUSY, str(paths[out]), f"pid {os.getpid()}", "another emdenoise run")
     others = [paths[o] for o in cli.TASKS[task].outputs if o not in (out, "log_dir")]
-    assert not any(p.exists() for p in others)            # folders it created before giving up are gone again
+    assert not any(p.exists() for p in others)  # folders it created before giving up are gone again
 
 
 @pytest.mark.parametrize("task,out", TASK_OUTPUTS + [(task, "log_dir") for task in cli.TASKS])

@@ -15,14 +15,22 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fake_tools import ROOT, find_mlcube, read_calls, scratch_dir, write_tool
 
 import emdenoise
 from emdenoise import cli
-from fake_tools import ROOT, find_mlcube, read_calls, scratch_dir, write_tool
 
 IMAGE = "emdenoise:0.1.0"
-CUBE_ENV_VARS = ("EMDENOISE_BASE_IMAGE", "EMDENOISE_GPU_ARGS", "EMDENOISE_ACCELERATORS", "EMDENOISE_IMAGE_TAR",
-                 "EMDENOISE_SINGULARITY_ARGS", "EMDENOISE_REVISION", "EMDENOISE_CREATED", "CONTAINERS_CONF")
+CUBE_ENV_VARS = (
+    "EMDENOISE_BASE_IMAGE",
+    "EMDENOISE_GPU_ARGS",
+    "EMDENOISE_ACCELERATORS",
+    "EMDENOISE_IMAGE_TAR",
+    "EMDENOISE_SINGULARITY_ARGS",
+    "EMDENOISE_REVISION",
+    "EMDENOISE_CREATED",
+    "CONTAINERS_CONF",
+)
 USER = f"{os.getuid()}:{os.getgid()}"
 CHAIN = ("download", "preprocess", "train", "test")
 EVERY = tuple(cli.TASKS)  # every task of the cube: the chain and the later ones (denoise, study)
@@ -49,8 +57,12 @@ class Cube:
         for tool in ("docker", "podman", "singularity", "apptainer"):
             write_tool(self.bin, tool)
         self.env = {k: v for k, v in os.environ.items() if k not in CUBE_ENV_VARS}
-        self.env.update(PATH=f"{self.bin}{os.pathsep}{os.environ['PATH']}", MLCUBE_SYSTEM_SETTINGS=str(self.settings),
-                        EMD_FAKE_STATE=str(self.state), MLCUBE=str(self.mlcube))
+        self.env.update(
+            PATH=f"{self.bin}{os.pathsep}{os.environ['PATH']}",
+            MLCUBE_SYSTEM_SETTINGS=str(self.settings),
+            EMD_FAKE_STATE=str(self.state),
+            MLCUBE=str(self.mlcube),
+        )
 
     def reset(self) -> None:
         shutil.rmtree(self.state)
@@ -61,12 +73,19 @@ class Cube:
 
     def run(self, *args: str, env: dict | None = None, cwd: Path = ROOT, exe: str | None = None):
         cmd = [exe or str(self.mlcube), *args]
-        return subprocess.run(cmd, cwd=cwd, env={**self.env, **(env or {})}, capture_output=True, text=True,
-                              timeout=300)
+        return subprocess.run(
+            cmd, cwd=cwd, env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=300
+        )
 
     def script(self, *args: str, env: dict | None = None):
-        return subprocess.run(["bash", str(ROOT / "run" / "mlcube.sh"), *args], cwd=ROOT,
-                              env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            ["bash", str(ROOT / "run" / "mlcube.sh"), *args],
+            cwd=ROOT,
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -118,13 +137,21 @@ def split_run(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
 
 def git_revisions() -> tuple[str, str]:
     """The revision label run/mlcube.sh may give the image: this checkout's commit, with "-dirty" when edited."""
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     return head, f"{head}-dirty"
 
 
-def check_chain(cube: Cube, tool: str, tasks, gpu_options: list[str], params: str,
-                base_image: str = "python:3.11-slim", labelled: bool = False) -> None:
+def check_chain(
+    cube: Cube,
+    tool: str,
+    tasks,
+    gpu_options: list[str],
+    params: str,
+    base_image: str = "python:3.11-slim",
+    labelled: bool = False,
+) -> None:
     """The calls of one chain: inspect fails -> one build -> run per task with the right arguments. The build
     arguments REVISION and CREATED are "unknown" from plain mlcube, the commit and the time from run/mlcube.sh
     (``labelled``)."""
@@ -161,8 +188,9 @@ def check_chain(cube: Cube, tool: str, tasks, gpu_options: list[str], params: st
         assert folder.is_dir(), f"mlcube creates the host folders: {folder}"
 
 
-def check_singularity_runs(cube: Cube, exe: str, tasks, workspace: Path, params: str,
-                           run_args=("--nv", "--cleanenv")) -> None:
+def check_singularity_runs(
+    cube: Cube, exe: str, tasks, workspace: Path, params: str, run_args=("--nv", "--cleanenv")
+) -> None:
     """The `singularity run` calls of a chain: GPUs and a clean environment, each task's folders bound as
     /mlcube_ioN, the SIF of the workspace, and the task arguments."""
     sif = workspace / ".image" / SIF_NAME
@@ -170,12 +198,12 @@ def check_singularity_runs(cube: Cube, exe: str, tasks, workspace: Path, params:
     assert [r[r.index(str(sif)) + 1] for r in runs] == list(tasks)
     for argv, task in zip(runs, tasks):
         at = argv.index(str(sif))
-        assert argv[1:1 + len(run_args)] == list(run_args), argv
-        binds = argv[1 + len(run_args):at]
+        assert argv[1 : 1 + len(run_args)] == list(run_args), argv
+        binds = argv[1 + len(run_args) : at]
         assert binds[0::2] == ["--bind"] * (len(binds) // 2)
         want_volumes, want_args = expected_run(task, workspace, params)
         assert binds[1::2] == want_volumes
-        assert argv[at + 1:] == want_args
+        assert argv[at + 1 :] == want_args
 
 
 # -- the cube file -------------------------------------------------------------------------------------------------
@@ -189,8 +217,13 @@ def test_image_tag_is_the_package_version():
 
 def test_dockerfile_labels_and_pins_what_the_index_path_installs():
     dockerfile = (ROOT / "Dockerfile").read_text()
-    for label, value in [("version", "${VERSION}"), ("source", "${SOURCE}"), ("revision", "${REVISION}"),
-                         ("created", "${CREATED}"), ("authors", "emdenoise contributors")]:
+    for label, value in [
+        ("version", "${VERSION}"),
+        ("source", "${SOURCE}"),
+        ("revision", "${REVISION}"),
+        ("created", "${CREATED}"),
+        ("authors", "emdenoise contributors"),
+    ]:
         assert f'org.opencontainers.image.{label}="{value}"' in dockerfile, label
     build_args = yaml.safe_load((ROOT / "mlcube.yaml").read_text())["docker"]["build_args"]
     assert set(build_args) == {"BASE_IMAGE", "REVISION", "CREATED"}
@@ -201,9 +234,10 @@ def test_dockerfile_labels_and_pins_what_the_index_path_installs():
     # No glob in COPY (buildah has failed on a pattern that matches nothing): wheels/ is always there.
     assert not re.search(r"^COPY [^\n]*[*?\[]", dockerfile, re.MULTILINE)
     assert (ROOT / "wheels" / "README.md").is_file()
-    ignored = [subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", f"wheels/{name}"],
-                              check=False).returncode == 0
-               for name in ("README.md", "torch-2.13.0-cp311-cp311-linux_x86_64.whl", ".requirements.sha256")]
+    ignored = [
+        subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", f"wheels/{name}"], check=False).returncode == 0
+        for name in ("README.md", "torch-2.13.0-cp311-cp311-linux_x86_64.whl", ".requirements.sha256")
+    ]
     assert ignored == [False, True, True], "git keeps wheels/README.md and ignores the downloaded wheels"
 
 
@@ -239,22 +273,34 @@ def test_show_config_resolves_the_interpolations(cube):
     assert config["platform"]["accelerator_count"] == 0
     runner = config["runner"]
     assert runner["image"] == IMAGE and runner["build_strategy"] == "auto" and runner["docker"] == "docker"
-    assert runner["build_args"] == ("--build-arg BASE_IMAGE=python:3.11-slim --build-arg REVISION=unknown "
-                                    "--build-arg CREATED=unknown")
+    assert runner["build_args"] == (
+        "--build-arg BASE_IMAGE=python:3.11-slim --build-arg REVISION=unknown --build-arg CREATED=unknown"
+    )
     assert runner["cpu_args"] == "--rm -u $(id -u):$(id -g)"
     assert runner["gpu_args"] == "--rm -u $(id -u):$(id -g) --gpus=all"
     assert config["singularity"]["run_args"] == "--nv --cleanenv"
     assert config["singularity"]["image_dir"] == str(ROOT / "workspace" / ".image")
 
-    res = cube.run("show_config", "--mlcube=.", "--resolve", f"--workspace={cube.workspace}",
-                   env={"EMDENOISE_BASE_IMAGE": "localhost/emdenoise-base", "EMDENOISE_ACCELERATORS": "2",
-                        "EMDENOISE_GPU_ARGS": "--device nvidia.com/gpu=all", "EMDENOISE_REVISION": "0123abc",
-                        "EMDENOISE_CREATED": "2026-11-22T07:27:00Z"})
+    res = cube.run(
+        "show_config",
+        "--mlcube=.",
+        "--resolve",
+        f"--workspace={cube.workspace}",
+        env={
+            "EMDENOISE_BASE_IMAGE": "localhost/emdenoise-base",
+            "EMDENOISE_ACCELERATORS": "2",
+            "EMDENOISE_GPU_ARGS": "--device nvidia.com/gpu=all",
+            "EMDENOISE_REVISION": "0123abc",
+            "EMDENOISE_CREATED": "2026-11-22T07:27:00Z",
+        },
+    )
     assert res.returncode == 0, res.stderr
     config = yaml.safe_load(res.stdout)
     assert config["platform"]["accelerator_count"] == 2
-    assert config["runner"]["build_args"] == ("--build-arg BASE_IMAGE=localhost/emdenoise-base --build-arg "
-                                              "REVISION=0123abc --build-arg CREATED=2026-11-22T07:27:00Z")
+    assert config["runner"]["build_args"] == (
+        "--build-arg BASE_IMAGE=localhost/emdenoise-base --build-arg "
+        "REVISION=0123abc --build-arg CREATED=2026-11-22T07:27:00Z"
+    )
     assert config["runner"]["gpu_args"] == "--rm -u $(id -u):$(id -g) --device nvidia.com/gpu=all"
     assert config["singularity"]["build_file"] == f"docker-archive:{cube.workspace}/.image/emdenoise-0.1.0.tar"
 
@@ -306,8 +352,12 @@ MINUS_P = {  # the documented ways without registered platforms: (-P overrides, 
     "docker-gpu": (["-Pplatform.accelerator_count=1"], {}, "docker", ["--gpus=all"]),
     "docker-gpu-env": ([], {"EMDENOISE_ACCELERATORS": "1"}, "docker", ["--gpus=all"]),
     "podman-cpu-path": (["-Pdocker.docker={bin}/podman"], {}, "podman", []),
-    "podman-gpu": (["-Pdocker.docker=podman", "-Pplatform.accelerator_count=1"],
-                   {"EMDENOISE_GPU_ARGS": "--device nvidia.com/gpu=all"}, "podman", ["--device", "nvidia.com/gpu=all"]),
+    "podman-gpu": (
+        ["-Pdocker.docker=podman", "-Pplatform.accelerator_count=1"],
+        {"EMDENOISE_GPU_ARGS": "--device nvidia.com/gpu=all"},
+        "podman",
+        ["--device", "nvidia.com/gpu=all"],
+    ),
 }
 
 
@@ -317,17 +367,29 @@ def test_minus_p_equivalents_of_the_platforms_for_every_task(cube, case):
     task of the cube, with the default parameters file."""
     args, env, tool, gpu_options = MINUS_P[case]
     cube.reset()
-    res = cube.run("run", "--mlcube=.", "--platform=docker", "--task=" + ",".join(EVERY),
-                   f"--workspace={cube.workspace}", *(a.format(bin=cube.bin) for a in args), env=env)
+    res = cube.run(
+        "run",
+        "--mlcube=.",
+        "--platform=docker",
+        "--task=" + ",".join(EVERY),
+        f"--workspace={cube.workspace}",
+        *(a.format(bin=cube.bin) for a in args),
+        env=env,
+    )
     assert res.returncode == 0, (args, res.stderr)
     check_chain(cube, tool, EVERY, gpu_options, "parameters/default.parameters.yaml")
 
 
 def test_mlcube_docker_alias_spelling_of_the_original_cube(cube):
     cube.reset()
-    res = cube.run("run", "--mlcube=.", "--task=download", f"--workspace={cube.workspace}",
-                   "parameters_file=parameters/quickstart.parameters.yaml",
-                   exe=str(cube.mlcube.with_name("mlcube_docker")))
+    res = cube.run(
+        "run",
+        "--mlcube=.",
+        "--task=download",
+        f"--workspace={cube.workspace}",
+        "parameters_file=parameters/quickstart.parameters.yaml",
+        exe=str(cube.mlcube.with_name("mlcube_docker")),
+    )
     assert res.returncode == 0, res.stderr
     check_chain(cube, "docker", ["download"], [], "parameters/quickstart.parameters.yaml")
 
@@ -336,8 +398,13 @@ def test_second_run_does_not_rebuild_and_a_failure_stops_the_chain_with_its_code
     cube.reset()
     ws = f"--workspace={cube.workspace}"
     assert cube.run("run", "--mlcube=.", "--task=download", ws).returncode == 0
-    res = cube.run("run", "--mlcube=.", "--task=download,preprocess,train", ws,
-                   env={"EMD_FAKE_FAIL_TASK": "preprocess", "EMD_FAKE_RC": "3"})
+    res = cube.run(
+        "run",
+        "--mlcube=.",
+        "--task=download,preprocess,train",
+        ws,
+        env={"EMD_FAKE_FAIL_TASK": "preprocess", "EMD_FAKE_RC": "3"},
+    )
     assert res.returncode == 3
     calls = cube.calls("docker")
     assert [c[0] for c in calls].count("build") == 1
@@ -346,8 +413,13 @@ def test_second_run_does_not_rebuild_and_a_failure_stops_the_chain_with_its_code
 
 def test_run_script_refuses_what_mlcube_would_silently_skip(cube):
     cube.reset()
-    res = cube.script("docker-cpu", "parameters/quickstart.parameters.yaml", str(cube.workspace), "--",
-                      "-Pdocker.image=emdenoise:patch")
+    res = cube.script(
+        "docker-cpu",
+        "parameters/quickstart.parameters.yaml",
+        str(cube.workspace),
+        "--",
+        "-Pdocker.image=emdenoise:patch",
+    )
     assert res.returncode == 2 and "'h'" in res.stderr
     res = cube.script("kubernetes")
     assert res.returncode == 2 and "unknown platform" in res.stderr and "podman-gpu" in res.stderr
@@ -362,8 +434,7 @@ def test_singularity_without_a_tar_says_how_to_make_one(cube):
     ws = cube.base / "ws-empty"
     res = cube.script("singularity", str(cube.workspace / "parameters" / "quickstart.parameters.yaml"), str(ws))
     assert res.returncode == 2
-    assert re.search(r"podman save --format docker-archive -o \S+emdenoise-0\.1\.0\.tar emdenoise:0\.1\.0",
-                     res.stderr)
+    assert re.search(r"podman save --format docker-archive -o \S+emdenoise-0\.1\.0\.tar emdenoise:0\.1\.0", res.stderr)
     assert cube.calls("singularity") == []
 
 
@@ -373,12 +444,22 @@ def test_slurm_script_converts_once_and_runs_the_chain_with_the_gpus_of_the_job(
     tar = cube.base / "slurm.tar"
     tar.write_bytes(b"stands in for a docker-archive")
     ws = cube.base / f"ws-slurm-{exe}"
-    env = {"EMDENOISE_IMAGE_TAR": str(tar), "SINGULARITY_EXE": exe, "CUDA_VISIBLE_DEVICES": "2,3",
-           "SLURM_SUBMIT_DIR": str(ROOT), "SLURM_JOB_ID": "42"}
+    env = {
+        "EMDENOISE_IMAGE_TAR": str(tar),
+        "SINGULARITY_EXE": exe,
+        "CUDA_VISIBLE_DEVICES": "2,3",
+        "SLURM_SUBMIT_DIR": str(ROOT),
+        "SLURM_JOB_ID": "42",
+    }
     for tasks in (",".join(CHAIN), "test"):  # a second job finds the SIF and does not convert again
-        res = subprocess.run(["bash", str(ROOT / "run" / "slurm.sbatch"), "parameters/quickstart.parameters.yaml",
-                              str(ws)], cwd=cube.base, env={**cube.env, **env, "TASKS": tasks},
-                             capture_output=True, text=True, timeout=300)
+        res = subprocess.run(
+            ["bash", str(ROOT / "run" / "slurm.sbatch"), "parameters/quickstart.parameters.yaml", str(ws)],
+            cwd=cube.base,
+            env={**cube.env, **env, "TASKS": tasks},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert res.returncode == 0, res.stderr
     sif = ws / ".image" / SIF_NAME
     calls = [c for c in cube.calls(exe) if c != ["--version"]]
@@ -401,18 +482,33 @@ def test_slurm_jobs_started_together_convert_the_image_once(cube):
     tar = cube.base / "together.tar"
     tar.write_bytes(b"stands in for a docker-archive")
     ws = cube.base / "ws-slurm-together"
-    env = {**cube.env, "EMDENOISE_IMAGE_TAR": str(tar), "SINGULARITY_EXE": "singularity", "TASKS": "download",
-           "SLURM_SUBMIT_DIR": str(ROOT), "EMD_FAKE_BUILD_SECONDS": "3"}
-    jobs = [subprocess.Popen(["bash", str(ROOT / "run" / "slurm.sbatch"), QUICKSTART, str(ws)], cwd=cube.base,
-                             env={**env, "SLURM_JOB_ID": job}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True) for job in ("51", "52")]
+    env = {
+        **cube.env,
+        "EMDENOISE_IMAGE_TAR": str(tar),
+        "SINGULARITY_EXE": "singularity",
+        "TASKS": "download",
+        "SLURM_SUBMIT_DIR": str(ROOT),
+        "EMD_FAKE_BUILD_SECONDS": "3",
+    }
+    jobs = [
+        subprocess.Popen(
+            ["bash", str(ROOT / "run" / "slurm.sbatch"), QUICKSTART, str(ws)],
+            cwd=cube.base,
+            env={**env, "SLURM_JOB_ID": job},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for job in ("51", "52")
+    ]
     errors = [job.communicate(timeout=300)[1] for job in jobs]
     assert [job.returncode for job in jobs] == [0, 0], errors
     sif = ws / ".image" / SIF_NAME
     builds = [c for c in cube.calls("singularity") if c[0] == "build"]
     assert len(builds) == 1, builds
-    assert builds[0][1] in {str(sif.with_name(f"emdenoise-{emdenoise.__version__}.partial-{job}.sif"))
-                            for job in ("51", "52")}
+    assert builds[0][1] in {
+        str(sif.with_name(f"emdenoise-{emdenoise.__version__}.partial-{job}.sif")) for job in ("51", "52")
+    }
     assert sif.read_bytes() == b"fake sif"
     assert sorted(p.name for p in sif.parent.iterdir()) == [SIF_NAME, f"{SIF_NAME}.lock"]
     check_singularity_runs(cube, "singularity", ["download", "download"], ws, str(ROOT / "workspace" / QUICKSTART))

@@ -59,12 +59,12 @@ def test_a_resumable_transaction_keeps_finished_files_for_the_next_run(tmp_path)
                 raise KeyboardInterrupt  # killed while writing the second: its temporary file goes
     assert Transaction.staged_path(done).read_text() == "frame 1"
     assert os.listdir(tmp_path / "sub" / STAGING_DIR) == ["1.tif"] and not done.exists()
-    with Transaction(resumable=True) as tx:   # the rerun: finds the first, writes the second
+    with Transaction(resumable=True) as tx:  # the rerun: finds the first, writes the second
         assert tx.is_staged(done) and not tx.is_staged(pending)
         tx.put(done)
         tx.write_text(pending, "frame 2")
     assert (done.read_text(), pending.read_text()) == ("frame 1", "frame 2")
-    assert sorted(os.listdir(tmp_path / "sub")) == ["1.tif", "2.tif"]   # the staging folder is gone
+    assert sorted(os.listdir(tmp_path / "sub")) == ["1.tif", "2.tif"]  # the staging folder is gone
 
 
 def test_a_missing_staged_file_stops_the_commit_before_anything_moves(tmp_path):
@@ -91,13 +91,16 @@ def test_atomic_path_keeps_the_old_file_on_failure_and_names_the_destination(tmp
     assert dest.read_text() == "new" and oct(dest.stat().st_mode & 0o777) != oct(0o600)
 
 
-@pytest.mark.parametrize("name,temporary", [
-    (".model.h5.a1b2c3d4.h5.tmp", True),     # what atomic_path writes for model.h5
-    (".notes.abcdefgh.tmp", True),           # a name without a suffix
-    ("notes.tmp", False),                    # a user's own file
-    (".model.h5.a1b2c3d4.txt.tmp", False),   # suffix does not repeat the name's: not ours
-    (".model.h5.a1b2c3.h5.tmp", False),      # not mkstemp's 8 characters
-])
+@pytest.mark.parametrize(
+    "name,temporary",
+    [
+        (".model.h5.a1b2c3d4.h5.tmp", True),  # what atomic_path writes for model.h5
+        (".notes.abcdefgh.tmp", True),  # a name without a suffix
+        ("notes.tmp", False),  # a user's own file
+        (".model.h5.a1b2c3d4.txt.tmp", False),  # suffix does not repeat the name's: not ours
+        (".model.h5.a1b2c3.h5.tmp", False),  # not mkstemp's 8 characters
+    ],
+)
 def test_the_temporary_name_rule(name, temporary):
     assert is_temporary(name) is temporary
 

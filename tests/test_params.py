@@ -45,12 +45,19 @@ def test_sections_are_frozen_typed_objects_that_name_their_file(tmp_path):
     assert p.train.model_names() == ["sciml_ae"] and len(p.train.replace(model="all").model_names()) == 8
 
 
-@pytest.mark.parametrize("text,expect", [
-    ("download:\n  dose_min: 50\n  dose_max: 10\n",
-     "download.dose_min: expected <= download.dose_max (10.0), got 50.0"),
-    ("denoise:\n  tile_size: 64\n  tile_overlap: 40\n",
-     "denoise.tile_overlap: expected at most tile_size / 2 (32), got 40"),
-])
+@pytest.mark.parametrize(
+    "text,expect",
+    [
+        (
+            "download:\n  dose_min: 50\n  dose_max: 10\n",
+            "download.dose_min: expected <= download.dose_max (10.0), got 50.0",
+        ),
+        (
+            "denoise:\n  tile_size: 64\n  tile_overlap: 40\n",
+            "denoise.tile_overlap: expected at most tile_size / 2 (32), got 40",
+        ),
+    ],
+)
 def test_cross_field_checks_are_in_the_schema(tmp_path, text, expect):
     path = write(tmp_path, text)
     with pytest.raises(InputError) as err:
@@ -64,8 +71,9 @@ def test_shipped_parameter_files_are_valid(name):
     assert merged.train.model == ["sciml_ae"]
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "workspace" / "parameters").glob("*.parameters.yaml")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "workspace" / "parameters").glob("*.parameters.yaml")), ids=lambda p: p.name
+)
 def test_every_shipped_parameter_file_validates_and_is_documented(path):
     params.load(path)  # raises InputError on an unknown key, a wrong type or a value out of range
     assert path.name in (ROOT / "README.md").read_text(), f"{path.name} is not mentioned in the README"
@@ -94,24 +102,27 @@ def test_unknown_section_gets_did_you_mean(tmp_path):
         params.load(write(tmp_path, "trian:\n  epochs: 3\n"))
 
 
-@pytest.mark.parametrize("text,field,expect", [
-    ("train:\n  epochs: two\n", "train.epochs", "an integer in [1, 100000], got 'two'"),
-    ("train:\n  epochs: 0\n", "train.epochs", "got 0"),
-    ("train:\n  lr: .nan\n", "train.lr", "a number"),
-    ("train:\n  model: unett\n", "train.model", "did you mean 'unet'"),
-    ("train:\n  model: [unet, unet]\n", "train.model", "repeat"),
-    ("test:\n  baselines: [gausian]\n", "test.baselines", "did you mean 'gaussian'"),
-    ("train:\n  device: gpu\n", "train.device", "auto, cpu, cuda or cuda:N"),
-    ("test:\n  device: cuda:x\n", "test.device", "auto, cpu, cuda or cuda:N"),
-    ("train:\n  rednet_depth: 15\n", "train.rednet_depth", "an even number, got 15"),
-    ("download:\n  source: ftp-thing\n", "download.source", "synthetic"),
-    ("download:\n  source: stcf\n", "download.source", "did you mean 'stfc'"),
-    ("download:\n  source: OSM\n", "download.source", "did you mean 'osn'"),
-    ("download:\n  source: minibath\n", "download.source", "did you mean 'minibatch'"),
-    ("download:\n  dose_min: 50\n  dose_max: 10\n", "download.dose_min", "<= download.dose_max"),
-    ("train:\n  epochs: true\n", "train.epochs", "got True"),
-    ("train: 5\n", "train", "expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "text,field,expect",
+    [
+        ("train:\n  epochs: two\n", "train.epochs", "an integer in [1, 100000], got 'two'"),
+        ("train:\n  epochs: 0\n", "train.epochs", "got 0"),
+        ("train:\n  lr: .nan\n", "train.lr", "a number"),
+        ("train:\n  model: unett\n", "train.model", "did you mean 'unet'"),
+        ("train:\n  model: [unet, unet]\n", "train.model", "repeat"),
+        ("test:\n  baselines: [gausian]\n", "test.baselines", "did you mean 'gaussian'"),
+        ("train:\n  device: gpu\n", "train.device", "auto, cpu, cuda or cuda:N"),
+        ("test:\n  device: cuda:x\n", "test.device", "auto, cpu, cuda or cuda:N"),
+        ("train:\n  rednet_depth: 15\n", "train.rednet_depth", "an even number, got 15"),
+        ("download:\n  source: ftp-thing\n", "download.source", "synthetic"),
+        ("download:\n  source: stcf\n", "download.source", "did you mean 'stfc'"),
+        ("download:\n  source: OSM\n", "download.source", "did you mean 'osn'"),
+        ("download:\n  source: minibath\n", "download.source", "did you mean 'minibatch'"),
+        ("download:\n  dose_min: 50\n  dose_max: 10\n", "download.dose_min", "<= download.dose_max"),
+        ("train:\n  epochs: true\n", "train.epochs", "got True"),
+        ("train: 5\n", "train", "expected a mapping"),
+    ],
+)
 def test_bad_values_name_the_file_field_and_expectation(tmp_path, text, field, expect):
     path = write(tmp_path, text)
     with pytest.raises(InputError) as err:
@@ -142,12 +153,18 @@ def test_overrides_are_typed_and_validated(tmp_path):
         params.load(path, ["train.epochs=-1"])
 
 
-@pytest.mark.parametrize("override,expect", [
-    ("download.sourse=stfc", "--set: download.sourse: unknown key (did you mean 'source'?)"),
-    ("trian.epochs=3", "--set: trian: unknown section (did you mean 'train'?)"),
-    ("train.epochs=0", "--set: train.epochs: expected an integer in [1, 100000], got 0"),
-    ("download.source=stcf", ("--set: download.source: expected one of synthetic, stfc, osn, minibatch (did "
-                              "you mean 'stfc'?), "))])
+@pytest.mark.parametrize(
+    "override,expect",
+    [
+        ("download.sourse=stfc", "--set: download.sourse: unknown key (did you mean 'source'?)"),
+        ("trian.epochs=3", "--set: trian: unknown section (did you mean 'train'?)"),
+        ("train.epochs=0", "--set: train.epochs: expected an integer in [1, 100000], got 0"),
+        (
+            "download.source=stcf",
+            ("--set: download.source: expected one of synthetic, stfc, osn, minibatch (did you mean 'stfc'?), "),
+        ),
+    ],
+)
 def test_override_mistakes_name_set_not_the_file(tmp_path, override, expect):
     path = write(tmp_path, "train:\n  epochs: 3\n")
     with pytest.raises(InputError) as err:
@@ -159,20 +176,24 @@ def test_override_mistakes_name_set_not_the_file(tmp_path, override, expect):
 def test_an_override_may_replace_a_bad_value_of_the_file(tmp_path):
     path = write(tmp_path, "train:\n  epochs: 0\n")
     assert params.load(path, ["train.epochs=4"]).train.epochs == 4
-    with pytest.raises(InputError, match=f"^{path}: train.epochs"):     # the file's own mistake names the file
+    with pytest.raises(InputError, match=f"^{path}: train.epochs"):  # the file's own mistake names the file
         params.load(path, ["train.lr=0.1"])
 
 
 # Whatever a user writes, the parser answers with a validated mapping or an InputError, never a crash.
-yaml_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
-                                                                                        max_size=3), max_leaves=6)
+yaml_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
 
 
 @settings(max_examples=300, deadline=None)
-@given(section=st.sampled_from(list(params.schema()) + ["bogus"]),
-       key=st.sampled_from(sorted({k for f in params.schema().values() for k in f}) + ["bogus"]),
-       value=yaml_values)
+@given(
+    section=st.sampled_from(list(params.schema()) + ["bogus"]),
+    key=st.sampled_from(sorted({k for f in params.schema().values() for k in f}) + ["bogus"]),
+    value=yaml_values,
+)
 def test_parser_never_crashes(section, key, value):
     try:
         merged = params.validate({section: {key: value}})
@@ -186,13 +207,23 @@ def test_parser_never_crashes(section, key, value):
 # it" and is only compared with sizes (tested end to end in tests/tasks/test_bad_input.py). Every other number
 # has a maximum, so that a huge value is one line instead of a crash deep in torch or numpy, or a run that never
 # ends.
-UNBOUNDED = {"download.max_archive_bytes", "train.max_train_images", "test.max_test_images", "test.tune_images",
-             "study.train_sizes", "study.max_test_images"}
+UNBOUNDED = {
+    "download.max_archive_bytes",
+    "train.max_train_images",
+    "test.max_test_images",
+    "test.tune_images",
+    "study.train_sizes",
+    "study.max_test_images",
+}
 
 
 def test_every_number_has_a_maximum_unless_a_huge_value_means_all():
-    unbounded = {f"{section}.{key}" for section, fields in params.schema().items() for key, fld in fields.items()
-                 if fld.kind in ("int", "float", "ints") and fld.max is None}
+    unbounded = {
+        f"{section}.{key}"
+        for section, fields in params.schema().items()
+        for key, fld in fields.items()
+        if fld.kind in ("int", "float", "ints") and fld.max is None
+    }
     assert unbounded == UNBOUNDED
     for section, fields in params.schema().items():
         for key, fld in fields.items():
@@ -204,8 +235,9 @@ def test_every_number_has_a_maximum_unless_a_huge_value_means_all():
 
 
 def test_reference_table_lists_every_key():
-    text = subprocess.run([sys.executable, "-m", "emdenoise", "params"], capture_output=True, text=True,
-                          check=True).stdout
+    text = subprocess.run(
+        [sys.executable, "-m", "emdenoise", "params"], capture_output=True, text=True, check=True
+    ).stdout
     for section, fields in params.schema().items():
         assert f"`{section}:`" in text
         for key in fields:

@@ -30,7 +30,7 @@ _DRIVE = re.compile(r"^[A-Za-z]:")
 
 @dataclass(frozen=True)
 class ExtractedFile:
-    path: str        # posix path relative to the extraction folder
+    path: str  # posix path relative to the extraction folder
     size: int
     sha256: str
 
@@ -60,14 +60,14 @@ def _check_type(archive: Path, info: zipfile.ZipInfo) -> None:
     mode = (info.external_attr >> 16) & 0xFFFF
     kind = stat.S_IFMT(mode)
     if kind and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-        raise _refuse(archive, info.filename, "symbolic link" if stat.S_ISLNK(mode) else "special file "
-                      f"(mode {oct(mode)})")
+        raise _refuse(
+            archive, info.filename, "symbolic link" if stat.S_ISLNK(mode) else f"special file (mode {oct(mode)})"
+        )
     if info.flag_bits & 0x1:
         raise _refuse(archive, info.filename, "encrypted member")
 
 
-def check_members(archive: Path, zf: zipfile.ZipFile, max_bytes: int) -> list[tuple[zipfile.ZipInfo,
-                                                                                     PurePosixPath]]:
+def check_members(archive: Path, zf: zipfile.ZipFile, max_bytes: int) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
     """Validate every member; returns (info, relative path) of each, directories included."""
     checked = []
     seen: set[PurePosixPath] = set()
@@ -81,8 +81,12 @@ def check_members(archive: Path, zf: zipfile.ZipFile, max_bytes: int) -> list[tu
         if not info.is_dir():
             total += info.file_size
             if total > max_bytes:
-                raise _refuse(archive, info.filename, f"the members up to this one expand to {total} bytes, more "
-                              f"than download.max_archive_bytes = {max_bytes}")
+                raise _refuse(
+                    archive,
+                    info.filename,
+                    f"the members up to this one expand to {total} bytes, more "
+                    f"than download.max_archive_bytes = {max_bytes}",
+                )
         checked.append((info, rel))
     return checked
 
@@ -115,8 +119,9 @@ def extract_zip(archive: str | Path, dest: str | Path, max_bytes: int) -> list[E
     return written
 
 
-def _copy_member(archive: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path,
-                 budget: int) -> tuple[int, str]:
+def _copy_member(
+    archive: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget: int
+) -> tuple[int, str]:
     sha = hashlib.sha256()
     size = 0
     try:

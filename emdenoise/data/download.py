@@ -46,8 +46,7 @@ from emdenoise.log import progress
 from emdenoise.outputs import STAGING_DIR, Transaction, sha256_file
 from emdenoise.params import DownloadParams
 
-GENERATOR_KEYS = ("seed", "train_images", "test_images", "image_size", "dose_min", "dose_max",
-                  "dead_pixel_fraction")
+GENERATOR_KEYS = ("seed", "train_images", "test_images", "image_size", "dose_min", "dose_max", "dead_pixel_fraction")
 EXTRACT_PREFIX = ".extract-"
 
 
@@ -57,21 +56,30 @@ def download(source: Source, params: DownloadParams, raw_dir: Path, log) -> None
     Raises one-line :class:`InputError` / :class:`RuntimeFailure`; on any failure the files at their final
     names in ``raw_dir`` are as they were (finished ``.part`` files stay for the next run to resume).
     """
-    for stale in raw_dir.glob(EXTRACT_PREFIX + "*"):      # left by a run that was killed while extracting
+    for stale in raw_dir.glob(EXTRACT_PREFIX + "*"):  # left by a run that was killed while extracting
         if stale.is_dir() and not stale.is_symlink():
             shutil.rmtree(stale, ignore_errors=True)
             log.info("removed %s, left by an interrupted extraction", stale)
     job = DownloadJob(source, params, raw_dir, log, mf.read_manifest(raw_dir, log))
-    handler = {"synthetic": job.from_synthetic, "s3": job.from_s3, "zip_url": job.from_zip,
-               "zip_file": job.from_zip, "folder": job.from_folder}[source.kind]
+    handler = {
+        "synthetic": job.from_synthetic,
+        "s3": job.from_s3,
+        "zip_url": job.from_zip,
+        "zip_file": job.from_zip,
+        "folder": job.from_folder,
+    }[source.kind]
     try:
         handler()
     except Unreachable as exc:
         if source.kind not in ("s3", "zip_url") or not job.old_copy_is_complete():
             raise
         log.warning("%s", exc.message)
-        log.warning("using the copy already in %s: it matches %s (downloaded %s)", raw_dir, MANIFEST,
-                    (job.old or {}).get("created"))
+        log.warning(
+            "using the copy already in %s: it matches %s (downloaded %s)",
+            raw_dir,
+            MANIFEST,
+            (job.old or {}).get("created"),
+        )
     check_raw_layout(raw_dir)
 
 
@@ -82,22 +90,28 @@ def key_to_relpath(prefix: str, key: str, where: str) -> str | None:
     """
     if not key.startswith(prefix):
         raise RuntimeFailure(f"{where}: the listing returned key {key!r}, which is not under the prefix {prefix!r}")
-    rel = key[len(prefix):]
+    rel = key[len(prefix) :]
     if rel == "":
         return None
     marker = rel.endswith("/")
     parts = rel[:-1].split("/") if marker else rel.split("/")
     if rel.startswith("/") or "\\" in rel or "\x00" in rel or any(p in ("", ".", "..") for p in parts):
-        raise InputError(f"{where}: key {key!r}: refused: its local path would land outside raw_data_dir "
-                         f"(absolute, empty or '..' parts)")
+        raise InputError(
+            f"{where}: key {key!r}: refused: its local path would land outside raw_data_dir "
+            f"(absolute, empty or '..' parts)"
+        )
     return None if marker else rel
 
 
 def reserved(rel: str) -> bool:
     """Names the download itself uses inside raw_data_dir (never mirrored, copied or extracted onto)."""
     parts = rel.split("/")
-    return (rel in (MANIFEST, LOCK_NAME) or rel.endswith(".part") or parts[0].startswith(EXTRACT_PREFIX)
-            or STAGING_DIR in parts)
+    return (
+        rel in (MANIFEST, LOCK_NAME)
+        or rel.endswith(".part")
+        or parts[0].startswith(EXTRACT_PREFIX)
+        or STAGING_DIR in parts
+    )
 
 
 @dataclass
@@ -110,8 +124,8 @@ class DownloadJob:
     log: Any
     old: dict | None
     started: float = field(default_factory=time.monotonic)
-    stale: list[Path] = field(default_factory=list)     # what the run's transaction removes ...
-    written: dict | None = None                         # ... and the manifest it writes
+    stale: list[Path] = field(default_factory=list)  # what the run's transaction removes ...
+    written: dict | None = None  # ... and the manifest it writes
 
     # -- helpers shared by the sources ---------------------------------------------------------------------------
     def client(self) -> HttpClient:
@@ -135,8 +149,14 @@ class DownloadJob:
 
     def nothing_to_do(self, what: str, new: dict | None = None) -> None:
         files = (new or self.old or {})["files"]
-        self.log.info("nothing to %s: all %d files (%s) in %s are present and match %s", what, len(files),
-                      _mib(sum(e["size"] for e in files)), self.raw_dir, MANIFEST)
+        self.log.info(
+            "nothing to %s: all %d files (%s) in %s are present and match %s",
+            what,
+            len(files),
+            _mib(sum(e["size"] for e in files)),
+            self.raw_dir,
+            MANIFEST,
+        )
         if new is not None and not mf.same(self.old, new):
             with self.transaction() as tx:
                 self.finish(tx, new)
@@ -154,23 +174,32 @@ class DownloadJob:
                 if folder == self.raw_dir:
                     break
                 try:
-                    folder.rmdir()          # only when empty
+                    folder.rmdir()  # only when empty
                 except OSError:
                     break
         if self.written is not None:
-            self.log.info("wrote %s (%d files, %s)", self.raw_dir / MANIFEST, self.written["file_count"],
-                          _mib(self.written["total_bytes"]))
+            self.log.info(
+                "wrote %s (%d files, %s)",
+                self.raw_dir / MANIFEST,
+                self.written["file_count"],
+                _mib(self.written["total_bytes"]),
+            )
         if self.stale:
-            self.log.info("removed %d file%s of the previous download (%s) that the new one does not have",
-                          len(self.stale), "s" if len(self.stale) != 1 else "", (self.old or {}).get("source"))
+            self.log.info(
+                "removed %d file%s of the previous download (%s) that the new one does not have",
+                len(self.stale),
+                "s" if len(self.stale) != 1 else "",
+                (self.old or {}).get("source"),
+            )
 
     def place(self, tx: Transaction, src: Path, rel: str) -> None:
         """Stage the complete, verified file ``src`` (on raw_data_dir's file system) for ``raw_data_dir/rel``."""
         try:
             os.replace(src, tx.put(self.raw_dir / rel))
         except OSError as exc:
-            raise RuntimeFailure(f"{self.raw_dir / rel}: cannot move the new file into place "
-                                 f"({exc.strerror or exc})") from None
+            raise RuntimeFailure(
+                f"{self.raw_dir / rel}: cannot move the new file into place ({exc.strerror or exc})"
+            ) from None
 
     def finish(self, tx: Transaction, manifest: dict) -> None:
         """Declare the end of a successful run in ``tx`` (one of :meth:`transaction`): the removal of the files
@@ -197,8 +226,9 @@ class DownloadJob:
 
     def done(self, verb: str, count: int, nbytes: int) -> None:
         seconds = max(time.monotonic() - self.started, 1e-6)
-        self.log.info("%s %d files (%s) in %.1f s (%.1f MiB/s)", verb, count, _mib(nbytes), seconds,
-                      nbytes / 2**20 / seconds)
+        self.log.info(
+            "%s %d files (%s) in %.1f s (%.1f MiB/s)", verb, count, _mib(nbytes), seconds, nbytes / 2**20 / seconds
+        )
 
     def disk_check(self, need: int) -> None:
         free = shutil.disk_usage(self.raw_dir).free
@@ -213,18 +243,28 @@ class DownloadJob:
             raise RuntimeFailure(f"the synthetic generator cannot be loaded ({exc})") from None
         settings = {k: getattr(self.params, k) for k in GENERATOR_KEYS}
         generator = {**settings, "generator_version": synthetic.GENERATOR_VERSION}
-        if (self.old is not None and self.old.get("kind") == "synthetic" and self.old.get("generator") == generator
-                and self.verified(self.old["files"])):
+        if (
+            self.old is not None
+            and self.old.get("kind") == "synthetic"
+            and self.old.get("generator") == generator
+            and self.verified(self.old["files"])
+        ):
             self.nothing_to_do("generate")
             return
         with self.transaction() as tx:
-            written = synthetic.write_dataset(self.raw_dir, **settings, workers=self.params.workers, log=self.log,
-                                              tx=tx)
+            written = synthetic.write_dataset(
+                self.raw_dir, **settings, workers=self.params.workers, log=self.log, tx=tx
+            )
             files = []
             for path in written:
                 staged = tx.staged_path(path)
-                files.append({"path": path.relative_to(self.raw_dir).as_posix(), "size": staged.stat().st_size,
-                              "sha256": sha256_file(staged)})
+                files.append(
+                    {
+                        "path": path.relative_to(self.raw_dir).as_posix(),
+                        "size": staged.stat().st_size,
+                        "sha256": sha256_file(staged),
+                    }
+                )
             manifest = mf.build(self.source, files, generator=generator)
             self.done("generated", len(files), manifest["total_bytes"])
             self.finish(tx, manifest)
@@ -234,8 +274,15 @@ class DownloadJob:
         listing = f"{src.endpoint}/{src.bucket}?list-type=2&prefix={src.prefix}"
         with self.client() as client:
             objects, pages = client.list_objects(src.endpoint, src.bucket, src.prefix, self.params.page_size)
-            self.log.info("listed %d objects under s3://%s/%s at %s (%d page%s)", len(objects), src.bucket,
-                          src.prefix, src.endpoint, pages, "s" if pages != 1 else "")
+            self.log.info(
+                "listed %d objects under s3://%s/%s at %s (%d page%s)",
+                len(objects),
+                src.bucket,
+                src.prefix,
+                src.endpoint,
+                pages,
+                "s" if pages != 1 else "",
+            )
             plan = self._plan(objects, listing)
             todo, files = self._check_present(plan)
             if not todo:
@@ -247,8 +294,13 @@ class DownloadJob:
             have = sum(p.stat().st_size for p in parts.values() if p.is_file())
             need = sum(obj.size for _, obj in todo)
             self.disk_check(need - have)
-            self.log.info("downloading %d of %d files (%s)%s", len(todo), len(plan), _mib(need),
-                          f", resuming {_mib(have)} already in .part files" if have else "")
+            self.log.info(
+                "downloading %d of %d files (%s)%s",
+                len(todo),
+                len(plan),
+                _mib(need),
+                f", resuming {_mib(have)} already in .part files" if have else "",
+            )
             fetched = []
             with _bar(need, "download") as bar:
                 for rel, obj in todo:
@@ -256,14 +308,24 @@ class DownloadJob:
                     try:
                         fetched.append((rel, obj, client.download(url, parts[rel], obj.size, obj.etag, bar)))
                     except NotFound:
-                        raise RuntimeFailure(f"{url}: listed but not found (HTTP 404): the bucket changed during "
-                                             f"the download; run download again") from None
+                        raise RuntimeFailure(
+                            f"{url}: listed but not found (HTTP 404): the bucket changed during "
+                            f"the download; run download again"
+                        ) from None
         # Every file is complete and verified: only now do they replace anything in raw_data_dir.
         with self.transaction() as tx:
             for rel, obj, got in fetched:
                 self.place(tx, got.part, rel)
-                files.append({"path": rel, "key": obj.key, "size": got.size, "etag": obj.etag, "md5": got.md5,
-                              "sha256": got.sha256})
+                files.append(
+                    {
+                        "path": rel,
+                        "key": obj.key,
+                        "size": got.size,
+                        "etag": obj.etag,
+                        "md5": got.md5,
+                        "sha256": got.sha256,
+                    }
+                )
             self.done("downloaded", len(fetched), need - have)
             self.finish(tx, mf.build(src, files))
 
@@ -279,14 +341,20 @@ class DownloadJob:
                 continue
             plan[rel] = obj
         if not plan:
-            raise InputError(f"{listing}: the listing is empty: no objects under this prefix; check "
-                             f"download.source (a download that fetches nothing is an error, not a success)")
+            raise InputError(
+                f"{listing}: the listing is empty: no objects under this prefix; check "
+                f"download.source (a download that fetches nothing is an error, not a success)"
+            )
         root = find_layout_root(plan, listing)
         if root:
             outside = [rel for rel in plan if not rel.startswith(root)]
-            self.log.info("the layout is under %s%s; mirroring that folder%s", self.source.prefix, root,
-                          f" ({len(outside)} objects outside it skipped)" if outside else "")
-            plan = {rel[len(root):]: obj for rel, obj in plan.items() if rel.startswith(root)}
+            self.log.info(
+                "the layout is under %s%s; mirroring that folder%s",
+                self.source.prefix,
+                root,
+                f" ({len(outside)} objects outside it skipped)" if outside else "",
+            )
+            plan = {rel[len(root) :]: obj for rel, obj in plan.items() if rel.startswith(root)}
         return plan
 
     def _check_present(self, plan: dict[str, RemoteObject]) -> tuple[list[tuple[str, RemoteObject]], list[dict]]:
@@ -302,9 +370,13 @@ class DownloadJob:
             entry = old.get(rel)
             return entry if entry and entry.get("etag") == obj.etag and entry.get("size") == obj.size else None
 
-        candidates = {rel for rel, obj in plan.items()
-                      if (self.raw_dir / rel).is_file() and (self.raw_dir / rel).stat().st_size == obj.size
-                      and (known(rel, obj) or is_md5_etag(obj.etag))}
+        candidates = {
+            rel
+            for rel, obj in plan.items()
+            if (self.raw_dir / rel).is_file()
+            and (self.raw_dir / rel).stat().st_size == obj.size
+            and (known(rel, obj) or is_md5_etag(obj.etag))
+        }
         todo, files = [], []
         with _bar(sum(plan[r].size for r in candidates), "verify", disable=not candidates) as bar:
             for rel, obj in plan.items():
@@ -314,8 +386,9 @@ class DownloadJob:
                     if entry is not None and entry["sha256"] == sha:
                         md5 = entry.get("md5")
                     if (entry is not None and entry["sha256"] == sha) or (entry is None and md5 == obj.etag):
-                        files.append({"path": rel, "key": obj.key, "size": obj.size, "etag": obj.etag, "md5": md5,
-                                      "sha256": sha})
+                        files.append(
+                            {"path": rel, "key": obj.key, "size": obj.size, "etag": obj.etag, "md5": md5, "sha256": sha}
+                        )
                         continue
                 todo.append((rel, obj))
         return todo, files
@@ -348,8 +421,7 @@ class DownloadJob:
 
     def _old_archive_matches(self, archive: dict) -> bool:
         old_archive = (self.old or {}).get("archive") or {}
-        return (all(old_archive.get(k) == v for k, v in archive.items())
-                and self.old_copy_is_complete())
+        return all(old_archive.get(k) == v for k, v in archive.items()) and self.old_copy_is_complete()
 
     def _extract(self, zip_path: Path, where: str, archive: dict) -> None:
         staging = Path(tempfile.mkdtemp(prefix=EXTRACT_PREFIX, dir=self.raw_dir))
@@ -359,12 +431,12 @@ class DownloadJob:
                 root = find_layout_root((f.path for f in extracted), where)
             except InputError:
                 if zip_path.name.endswith(".part"):
-                    zip_path.unlink(missing_ok=True)      # a bad archive is not worth resuming
+                    zip_path.unlink(missing_ok=True)  # a bad archive is not worth resuming
                 raise
             with self.transaction() as tx:
                 files: list[dict[str, Any]] = []
                 for item in extracted:
-                    rel = item.path[len(root):]
+                    rel = item.path[len(root) :]
                     if not item.path.startswith(root) or reserved(rel):
                         continue
                     self.place(tx, staging / item.path, rel)
@@ -387,7 +459,7 @@ class DownloadJob:
                 if (here / name).is_file() and not reserved(rel):
                     found.append(rel)
         root = find_layout_root(found, src_dir)
-        plan = {rel[len(root):]: src_dir / rel for rel in found if rel.startswith(root)}
+        plan = {rel[len(root) :]: src_dir / rel for rel in found if rel.startswith(root)}
         in_place = (src_dir / root).resolve() == raw
         todo: list[tuple[str, Path, dict[str, Any]]] = []
         files: list[dict[str, Any]] = []
@@ -398,8 +470,7 @@ class DownloadJob:
                 sha = file_digests(path, bar, md5=False)[1]
                 dest = self.raw_dir / rel
                 entry: dict[str, Any] = {"path": rel, "size": size, "sha256": sha}
-                if in_place or (dest.is_file() and dest.stat().st_size == size and
-                                sha256_file(dest) == sha):
+                if in_place or (dest.is_file() and dest.stat().st_size == size and sha256_file(dest) == sha):
                     files.append(entry)
                 else:
                     todo.append((rel, path, entry))

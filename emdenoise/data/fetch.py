@@ -101,7 +101,7 @@ def is_loopback_host(host: str | None) -> bool:
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
-    except ValueError:          # a host name other than localhost
+    except ValueError:  # a host name other than localhost
         return False
 
 
@@ -145,8 +145,10 @@ def retry_base_s() -> float:
 _REASONS = (
     re.compile(r"certificate verify failed: ([^'(\]]+)"),
     _ERRNO_TEXT,
-    re.compile(r"(Name or service not known|Temporary failure in name resolution|nodename nor servname provided|"
-               r"No address associated with hostname|timed out|Connection reset by peer|RemoteDisconnected)"),
+    re.compile(
+        r"(Name or service not known|Temporary failure in name resolution|nodename nor servname provided|"
+        r"No address associated with hostname|timed out|Connection reset by peer|RemoteDisconnected)"
+    ),
 )
 
 
@@ -185,7 +187,7 @@ class _Transient(Exception):
 
     def __init__(self, kind: str, reason: str, progressed: bool = False):
         super().__init__(reason)
-        self.kind = kind            # "connect", "timeout", "broken" or "server"
+        self.kind = kind  # "connect", "timeout", "broken" or "server"
         self.reason = reason
         self.progressed = progressed
 
@@ -237,7 +239,7 @@ class HttpClient:
         self.session = requests.Session()
         self.session.headers["User-Agent"] = f"emdenoise/{__version__}"
         self.session.hooks["response"].append(self._refuse_insecure_redirect)
-        self._answered: set[str] = set()   # origins that have answered at least once
+        self._answered: set[str] = set()  # origins that have answered at least once
 
     def close(self) -> None:
         self.session.close()
@@ -256,8 +258,10 @@ class HttpClient:
             target = urljoin(resp.url, target)
             if https_required(target):
                 resp.close()
-                raise InputError(f"{resp.url}: refused to follow its redirect (HTTP {resp.status_code}) to {target}: "
-                                 f"{HTTPS_REQUIRED}")
+                raise InputError(
+                    f"{resp.url}: refused to follow its redirect (HTTP {resp.status_code}) to {target}: "
+                    f"{HTTPS_REQUIRED}"
+                )
         return resp
 
     # -- the retry loop and the error wording ------------------------------------------------------------------
@@ -271,36 +275,52 @@ class HttpClient:
                 if failures >= self.retries:
                     raise self._give_up(url, exc, failures) from None
                 delay = min(MAX_BACKOFF_S, retry_base_s() * 2 ** (failures - 1))
-                self.log.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", url, exc.reason, delay,
-                                 failures + 1, self.retries)
+                self.log.warning(
+                    "%s: %s; retrying in %.1f s (attempt %d of %d)", url, exc.reason, delay, failures + 1, self.retries
+                )
                 time.sleep(delay)
 
     def _give_up(self, url: str, exc: _Transient, attempts: int) -> RuntimeFailure:
         origin = _origin(url)
         tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
         if exc.kind == "connect" and origin not in self._answered:
-            return Unreachable(f"cannot reach {origin} ({exc.reason}) after {tries}: the host is offline or "
-                                  f"unreachable from here; {OFFLINE_HINT}")
+            return Unreachable(
+                f"cannot reach {origin} ({exc.reason}) after {tries}: the host is offline or "
+                f"unreachable from here; {OFFLINE_HINT}"
+            )
         if exc.kind == "timeout":
-            return RuntimeFailure(f"{url}: no answer within {self.timeout:g} s after {tries} (download.timeout); "
-                                  f"the host may be offline or overloaded; {OFFLINE_HINT}")
+            return RuntimeFailure(
+                f"{url}: no answer within {self.timeout:g} s after {tries} (download.timeout); "
+                f"the host may be offline or overloaded; {OFFLINE_HINT}"
+            )
         if exc.kind == "server":
             return RuntimeFailure(f"{url}: server error {exc.reason} after {tries}; try again later")
-        return RuntimeFailure(f"{url}: connection lost ({exc.reason}) after {tries}; run download again to "
-                              f"resume where it stopped")
+        return RuntimeFailure(
+            f"{url}: connection lost ({exc.reason}) after {tries}; run download again to resume where it stopped"
+        )
 
-    def _send(self, method: str, url: str, *, params: dict | None = None, headers: dict | None = None,
-              stream: bool = False) -> requests.Response:
+    def _send(
+        self, method: str, url: str, *, params: dict | None = None, headers: dict | None = None, stream: bool = False
+    ) -> requests.Response:
         """One request. Transient failures raise :class:`_Transient`; 4xx answers raise one-line errors."""
         if https_required(url):
             raise InputError(f"{url}: refused: {HTTPS_REQUIRED}")
         try:
-            resp = self.session.request(method, url, params=params, headers=headers, stream=stream,
-                                        timeout=(self.connect_timeout, self.timeout), allow_redirects=True)
+            resp = self.session.request(
+                method,
+                url,
+                params=params,
+                headers=headers,
+                stream=stream,
+                timeout=(self.connect_timeout, self.timeout),
+                allow_redirects=True,
+            )
         except requests.exceptions.SSLError as exc:
-            raise RuntimeFailure(f"{url}: TLS certificate verification failed ({_short_reason(exc)}); emdenoise "
-                                 f"always verifies certificates: fix the system's CA certificates or set "
-                                 f"REQUESTS_CA_BUNDLE") from None
+            raise RuntimeFailure(
+                f"{url}: TLS certificate verification failed ({_short_reason(exc)}); emdenoise "
+                f"always verifies certificates: fix the system's CA certificates or set "
+                f"REQUESTS_CA_BUNDLE"
+            ) from None
         except requests.exceptions.ConnectTimeout:
             raise _Transient("connect", f"no connection within {self.connect_timeout:g} s") from None
         except requests.exceptions.ConnectionError as exc:
@@ -308,8 +328,9 @@ class HttpClient:
         except requests.exceptions.Timeout:
             raise _Transient("timeout", f"no answer within {self.timeout:g} s") from None
         except requests.exceptions.RequestException as exc:
-            raise InputError(f"{url}: cannot request this URL ({exc.__class__.__name__}: {exc}); check "
-                             f"download.source") from None
+            raise InputError(
+                f"{url}: cannot request this URL ({exc.__class__.__name__}: {exc}); check download.source"
+            ) from None
         self._answered.add(_origin(url))
         self._answered.add(_origin(resp.url))
         status = resp.status_code
@@ -323,13 +344,15 @@ class HttpClient:
         if status == 404:
             raise NotFound(f"{url}: not found ({detail}); check download.source")
         if status in (401, 403):
-            raise InputError(f"{url}: access denied ({detail}); the data must be readable anonymously: check "
-                             f"download.source")
+            raise InputError(
+                f"{url}: access denied ({detail}); the data must be readable anonymously: check download.source"
+            )
         raise RuntimeFailure(f"{url}: unexpected answer ({detail})")
 
     # -- S3 ------------------------------------------------------------------------------------------------------
-    def list_objects(self, endpoint: str, bucket: str, prefix: str, page_size: int = 1000
-                     ) -> tuple[list[RemoteObject], int]:
+    def list_objects(
+        self, endpoint: str, bucket: str, prefix: str, page_size: int = 1000
+    ) -> tuple[list[RemoteObject], int]:
         """Every object under ``prefix`` (ListObjectsV2, path-style), and the number of pages it took."""
         url = f"{endpoint.rstrip('/')}/{quote(bucket, safe='')}"
         objects: list[RemoteObject] = []
@@ -343,8 +366,10 @@ class HttpClient:
             root = self._with_retries(url, functools.partial(self._get_xml, url, params))
             pages += 1
             if _local(root.tag) != "ListBucketResult":
-                raise InputError(f"{url}: the answer is not an S3 bucket listing (root element "
-                                 f"<{_local(root.tag)}>); check download.source")
+                raise InputError(
+                    f"{url}: the answer is not an S3 bucket listing (root element "
+                    f"<{_local(root.tag)}>); check download.source"
+                )
             for elem in root:
                 if _local(elem.tag) != "Contents":
                     continue
@@ -356,8 +381,9 @@ class HttpClient:
                 return objects, pages
             token = _child_text(root, "NextContinuationToken")
             if not token or token in seen_tokens:
-                raise RuntimeFailure(f"{url}: the listing says it is truncated but gives no new continuation "
-                                     f"token (page {pages})")
+                raise RuntimeFailure(
+                    f"{url}: the listing says it is truncated but gives no new continuation token (page {pages})"
+                )
             seen_tokens.add(token)
 
     def _get_xml(self, url: str, params: dict) -> ET.Element:
@@ -369,8 +395,9 @@ class HttpClient:
         try:
             return ET.fromstring(body)
         except ET.ParseError as exc:
-            raise InputError(f"{url}: the answer is not an S3 bucket listing (not XML: {exc}); check "
-                             f"download.source") from None
+            raise InputError(
+                f"{url}: the answer is not an S3 bucket listing (not XML: {exc}); check download.source"
+            ) from None
 
     # -- plain GET and HEAD --------------------------------------------------------------------------------------
     def probe(self, url: str) -> tuple[int | None, str | None]:
@@ -379,17 +406,17 @@ class HttpClient:
         Asks for the first byte only (``Range: bytes=0-0``) rather than sending HEAD: public buckets that allow
         GET do not always allow HEAD to anonymous clients, and the 206 answer carries the full size.
         """
+
         def attempt():
-            resp = self._send("GET", url, headers={"Range": "bytes=0-0", "Accept-Encoding": "identity"},
-                              stream=True)
+            resp = self._send("GET", url, headers={"Range": "bytes=0-0", "Accept-Encoding": "identity"}, stream=True)
             resp.close()
             if resp.status_code not in (200, 206):
                 return None, None
             return _total_size(resp), clean_etag(resp.headers.get("ETag"))
+
         return self._with_retries(url, attempt)
 
-    def download(self, url: str, part: Path, size: int | None = None, etag: str | None = None,
-                 bar=None) -> Fetched:
+    def download(self, url: str, part: Path, size: int | None = None, etag: str | None = None, bar=None) -> Fetched:
         """GET ``url`` into ``part``, resuming from the bytes already there, and verify it.
 
         ``size`` and ``etag`` are what the listing promised (None: take them from the answer). Raises
@@ -415,16 +442,19 @@ class HttpClient:
             self._rewind(state, bar)
             # Corrupt. When part of it came from an earlier run, that part may be the culprit: retry once afresh.
             if pass_ == "resume" and state.resumed_from:
-                self.log.warning("%s: MD5 does not match the ETag after resuming; downloading it again from the "
-                                 "start", url)
+                self.log.warning(
+                    "%s: MD5 does not match the ETag after resuming; downloading it again from the start", url
+                )
                 continue
-            raise RuntimeFailure(f"{url}: MD5 {got_md5} does not match the ETag {etag_now}: the download was "
-                                 f"corrupted in transit; removed {part.name}, run download again")
+            raise RuntimeFailure(
+                f"{url}: MD5 {got_md5} does not match the ETag {etag_now}: the download was "
+                f"corrupted in transit; removed {part.name}, run download again"
+            )
         raise AssertionError("unreachable")
 
     def _fetch_rest(self, url: str, state: _PartFile, size: int | None, etag: str | None, bar) -> str | None:
         """One attempt: request the missing bytes and append them. Returns the answer's ETag."""
-        for _ in range(2):                 # a second round only after the server refused our Range
+        for _ in range(2):  # a second round only after the server refused our Range
             if size is not None and state.length == size:
                 return None
             headers = {"Accept-Encoding": "identity"}
@@ -435,10 +465,12 @@ class HttpClient:
                 got_etag = clean_etag(resp.headers.get("ETag"))
                 if etag and got_etag and got_etag != etag:
                     self._rewind(state, bar)
-                    raise RuntimeFailure(f"{url}: the object changed on the server since it was listed (ETag "
-                                         f"{etag} -> {got_etag}); run download again")
+                    raise RuntimeFailure(
+                        f"{url}: the object changed on the server since it was listed (ETag "
+                        f"{etag} -> {got_etag}); run download again"
+                    )
                 total = _total_size(resp)
-                if resp.status_code == 416:        # asked beyond the end: complete already, or a stale .part
+                if resp.status_code == 416:  # asked beyond the end: complete already, or a stale .part
                     if total is not None and total == state.length and size in (None, total):
                         return got_etag
                     self._rewind(state, bar)
@@ -448,7 +480,7 @@ class HttpClient:
                     if start != state.length:
                         self._rewind(state, bar)
                         continue
-                elif state.length:                  # 200: the server sent the whole object, start over
+                elif state.length:  # 200: the server sent the whole object, start over
                     self.log.info("%s: the server does not resume; downloading from the start", url)
                     self._rewind(state, bar)
                 expected = size if size is not None else total
@@ -486,8 +518,9 @@ class HttpClient:
                 if bar is not None:
                     bar.update(len(chunk))
         if expected is not None and state.length < expected:
-            raise _Transient("broken", f"connection closed after {state.length} of {expected} bytes",
-                             progressed=state.length > start)
+            raise _Transient(
+                "broken", f"connection closed after {state.length} of {expected} bytes", progressed=state.length > start
+            )
 
 
 def _origin(url: str) -> str:

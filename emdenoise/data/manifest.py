@@ -31,8 +31,12 @@ def read_manifest(raw_dir: Path, log) -> dict | None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         log.warning("%s: unreadable (%s); it will be rewritten", path, exc.__class__.__name__)
         return None
-    if not (isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT and isinstance(data.get("files"), list)
-            and all(_good_entry(e) for e in data["files"])):
+    if not (
+        isinstance(data, dict)
+        and data.get("format") == MANIFEST_FORMAT
+        and isinstance(data.get("files"), list)
+        and all(_good_entry(e) for e in data["files"])
+    ):
         log.warning("%s: not an emdenoise manifest; it will be rewritten", path)
         return None
     return data
@@ -56,8 +60,12 @@ def _good_entry(entry: Any) -> bool:
     if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
         return False
     parts = entry["path"].split("/")
-    return (not entry["path"].startswith("/") and all(p not in ("", ".", "..") for p in parts)
-            and isinstance(entry.get("size"), int) and isinstance(entry.get("sha256"), str))
+    return (
+        not entry["path"].startswith("/")
+        and all(p not in ("", ".", "..") for p in parts)
+        and isinstance(entry.get("size"), int)
+        and isinstance(entry.get("sha256"), str)
+    )
 
 
 def entries(manifest: dict | None) -> dict[str, dict]:
@@ -69,18 +77,30 @@ def same(old: dict | None, new: dict) -> bool:
     """Whether two manifests say the same thing (their times aside)."""
     if old is None:
         return False
-    return ({k: v for k, v in old.items() if k not in _TIMES} == {k: v for k, v in new.items() if k not in _TIMES})
+    return {k: v for k, v in old.items() if k not in _TIMES} == {k: v for k, v in new.items() if k not in _TIMES}
 
 
 def build(source: Source, files: list[dict], **extra: Any) -> dict:
     """A new manifest of ``files`` (sorted by path) from ``source``; ``extra`` (generator, archive) is recorded."""
     files = sorted(files, key=lambda e: e["path"])
-    return {"format": MANIFEST_FORMAT, "source": source.name, "kind": source.kind, **source.location(), **extra,
-            "file_count": len(files), "total_bytes": sum(e["size"] for e in files), "files": files,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "emdenoise_version": __version__}
+    return {
+        "format": MANIFEST_FORMAT,
+        "source": source.name,
+        "kind": source.kind,
+        **source.location(),
+        **extra,
+        "file_count": len(files),
+        "total_bytes": sum(e["size"] for e in files),
+        "files": files,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "emdenoise_version": __version__,
+    }
 
 
 def describes(manifest: dict | None, source: Source) -> bool:
     """Whether ``manifest`` was written by a download of this very source."""
-    return (manifest is not None and manifest.get("source") == source.name
-            and all(manifest.get(k) == v for k, v in source.location().items()))
+    return (
+        manifest is not None
+        and manifest.get("source") == source.name
+        and all(manifest.get(k) == v for k, v in source.location().items())
+    )

@@ -47,8 +47,10 @@ from emdenoise.params import PreprocessParams
 # pixels read and written at a time per file: 64 MB as float32, 256 images of 256 x 256 (fewer when the images
 # are larger, at least one)
 BLOCK_PIXELS = 2**24
-DATA_RANGE_DEFINITION = ("R = max - min of the clean test images (test.h5 'clean'), measured once by preprocess; "
-                         "PSNR = 10 log10(R^2 / MSE) of each image uses this fixed R for every image and model.")
+DATA_RANGE_DEFINITION = (
+    "R = max - min of the clean test images (test.h5 'clean'), measured once by preprocess; "
+    "PSNR = 10 log10(R^2 / MSE) of each image uses this fixed R for every image and model."
+)
 
 
 def preprocess(raw_dir: Path, data_dir: Path, params: PreprocessParams, log) -> dict[str, Any]:
@@ -60,12 +62,19 @@ def preprocess(raw_dir: Path, data_dir: Path, params: PreprocessParams, log) -> 
         shape = files["train_noisy"].shape
         test_shape = files["test_noisy"].shape
         if test_shape != shape:
-            raise InputError.at(files["test_noisy"].path, RAW_DATASET, f"expected {shape[0]}x{shape[1]} pixel "
-                                f"images like the train split, got {test_shape[0]}x{test_shape[1]}")
+            raise InputError.at(
+                files["test_noisy"].path,
+                RAW_DATASET,
+                f"expected {shape[0]}x{shape[1]} pixel "
+                f"images like the train split, got {test_shape[0]}x{test_shape[1]}",
+            )
         n_train = files["train_noisy"].n
         if n_train < 2:
-            raise InputError.at(files["train_noisy"].path, RAW_DATASET, "expected at least 2 training pairs, to "
-                                "hold out one for validation, got 1")
+            raise InputError.at(
+                files["train_noisy"].path,
+                RAW_DATASET,
+                "expected at least 2 training pairs, to hold out one for validation, got 1",
+            )
         doses = [files[f"{split}_noisy"].dose is not None for split in RAW_SPLITS]
         has_dose = all(doses)
         if any(doses) and not has_dose:
@@ -74,13 +83,24 @@ def preprocess(raw_dir: Path, data_dir: Path, params: PreprocessParams, log) -> 
 
         train_rows, val_rows = split_rows(n_train, params.val_fraction, params.seed)
         if params.val_fraction == 0:
-            log.warning("preprocess.val_fraction is 0: one pair is still held out, the validation split cannot "
-                        "be empty")
-        log.info("raw data: %s (%d train + %d test pairs of %dx%d pixels%s%s)", raw_dir, n_train,
-                 files["test_noisy"].n, shape[0], shape[1], ", with dose" if has_dose else "",
-                 f", {len(inference)} inference pairs" if inference else "")
-        plan = {"train": ("train", train_rows), "val": ("train", val_rows),
-                "test": ("test", np.arange(files["test_noisy"].n, dtype=np.int64))}
+            log.warning(
+                "preprocess.val_fraction is 0: one pair is still held out, the validation split cannot be empty"
+            )
+        log.info(
+            "raw data: %s (%d train + %d test pairs of %dx%d pixels%s%s)",
+            raw_dir,
+            n_train,
+            files["test_noisy"].n,
+            shape[0],
+            shape[1],
+            ", with dose" if has_dose else "",
+            f", {len(inference)} inference pairs" if inference else "",
+        )
+        plan = {
+            "train": ("train", train_rows),
+            "val": ("train", val_rows),
+            "test": ("test", np.arange(files["test_noisy"].n, dtype=np.int64)),
+        }
 
         results: dict[str, SplitResult] = {}
         with Transaction() as tx:
@@ -89,8 +109,9 @@ def preprocess(raw_dir: Path, data_dir: Path, params: PreprocessParams, log) -> 
             for name in SPLITS:
                 raw_split, rows = plan[name]
                 with tx.writing(data_dir / SPLIT_FILE.format(split=name)) as tmp:
-                    results[name] = write_split(tmp, name, files[f"{raw_split}_noisy"], files[f"{raw_split}_clean"],
-                                                rows, has_dose)
+                    results[name] = write_split(
+                        tmp, name, files[f"{raw_split}_noisy"], files[f"{raw_split}_clean"], rows, has_dose
+                    )
             inference_file = data_dir / SPLIT_FILE.format(split="inference")
             if inference:
                 with tx.writing(inference_file) as tmp:
@@ -99,11 +120,18 @@ def preprocess(raw_dir: Path, data_dir: Path, params: PreprocessParams, log) -> 
                 tx.remove(inference_file)
                 log.info("removing %s from an earlier run: the raw data have no inference folder", inference_file)
             _check_card_numbers(results, files)
-            raw = {split: {"noisy": f"{split}/{RAW_FILES['noisy']}", "clean": f"{split}/{RAW_FILES['clean']}",
-                           "n": files[f"{split}_noisy"].n, "shape": list(files[f"{split}_noisy"].ds.shape),
-                           "dtype": str(files[f"{split}_noisy"].ds.dtype)} for split in RAW_SPLITS}
+            raw = {
+                split: {
+                    "noisy": f"{split}/{RAW_FILES['noisy']}",
+                    "clean": f"{split}/{RAW_FILES['clean']}",
+                    "n": files[f"{split}_noisy"].n,
+                    "shape": list(files[f"{split}_noisy"].ds.shape),
+                    "dtype": str(files[f"{split}_noisy"].ds.dtype),
+                }
+                for split in RAW_SPLITS
+            }
             card = build_card(results, shape, has_dose, recorded_source(raw_dir, log), raw, params, raw_dir)
-            tx.write_json(data_dir / CARD, card)       # last: the card marks the outputs complete
+            tx.write_json(data_dir / CARD, card)  # last: the card marks the outputs complete
     _log_table(log, results)
     return card
 
@@ -188,15 +216,18 @@ def _new_split_file(path: Path, split: str, n: int, shape: tuple[int, int], with
         yield fh
 
 
-def write_split(dest: Path, split: str, noisy: RawImages, clean: RawImages, rows: np.ndarray,
-                with_dose: bool) -> SplitResult:
+def write_split(
+    dest: Path, split: str, noisy: RawImages, clean: RawImages, rows: np.ndarray, with_dose: bool
+) -> SplitResult:
     """Copy the raw pairs at ``rows`` (in that order) into a new split file ``dest``, block by block."""
     result = SplitResult(len(rows))
-    with _new_split_file(dest, split, len(rows), noisy.shape, with_dose) as fh, \
-            progress(total=len(rows), desc=f"preprocess {split}", unit="img") as bar:
+    with (
+        _new_split_file(dest, split, len(rows), noisy.shape, with_dose) as fh,
+        progress(total=len(rows), desc=f"preprocess {split}", unit="img") as bar,
+    ):
         block_images = max(1, BLOCK_PIXELS // math.prod(noisy.shape))
         for start in range(0, len(rows), block_images):
-            block_rows = rows[start:start + block_images]
+            block_rows = rows[start : start + block_images]
             stop = start + len(block_rows)
             images = {"noisy": noisy.read(block_rows), "clean": clean.read(block_rows)}
             try:
@@ -215,8 +246,10 @@ def write_split(dest: Path, split: str, noisy: RawImages, clean: RawImages, rows
 def write_inference(dest: Path, pairs: list[tuple[str, Path, Path]], shape: tuple[int, int]) -> SplitResult:
     """Write the TIFF pairs, sorted by name, as a split file with an extra ``name`` dataset."""
     result = SplitResult(len(pairs))
-    with _new_split_file(dest, "inference", len(pairs), shape, with_dose=False) as fh, \
-            progress(total=len(pairs), desc="preprocess inference", unit="img") as bar:
+    with (
+        _new_split_file(dest, "inference", len(pairs), shape, with_dose=False) as fh,
+        progress(total=len(pairs), desc="preprocess inference", unit="img") as bar,
+    ):
         fh.create_dataset("name", data=[name for name, _, _ in pairs], dtype=h5py.string_dtype())
         for i, (_, noisy_path, clean_path) in enumerate(pairs):
             for key, path in (("noisy", noisy_path), ("clean", clean_path)):
@@ -232,16 +265,22 @@ def write_inference(dest: Path, pairs: list[tuple[str, Path, Path]], shape: tupl
 # The dataset card
 
 
-def build_card(results: dict[str, SplitResult], shape: tuple[int, int], has_dose: bool, source, raw: dict,
-               section: PreprocessParams, raw_dir: Path) -> dict:
+def build_card(
+    results: dict[str, SplitResult],
+    shape: tuple[int, int],
+    has_dose: bool,
+    source,
+    raw: dict,
+    section: PreprocessParams,
+    raw_dir: Path,
+) -> dict:
     """The dataset card: the keys of layout.DATASET_CARD_KEYS first, then provenance."""
     train = results["train"].stats
     return {
         "format": CARD_FORMAT,
         "image_shape": list(shape),
         "splits": {name: {"file": SPLIT_FILE.format(split=name), "n": r.n} for name, r in results.items()},
-        "value_range": {name: {key: r.stats[key].range for key in ("noisy", "clean")}
-                        for name, r in results.items()},
+        "value_range": {name: {key: r.stats[key].range for key in ("noisy", "clean")} for name, r in results.items()},
         "normalisation": {key: {"mean": train[key].mean, "std": train[key].std} for key in ("noisy", "clean")},
         "data_range": results["test"].stats["clean"].hi - results["test"].stats["clean"].lo,
         "data_range_definition": DATA_RANGE_DEFINITION,
@@ -249,8 +288,11 @@ def build_card(results: dict[str, SplitResult], shape: tuple[int, int], has_dose
         "source": source,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "emdenoise_version": __version__,
-        "preprocess": {"val_fraction": section.val_fraction, "seed": section.seed,
-                       "raw_data_dir": str(raw_dir.resolve())},
+        "preprocess": {
+            "val_fraction": section.val_fraction,
+            "seed": section.seed,
+            "raw_data_dir": str(raw_dir.resolve()),
+        },
         "raw": raw,
     }
 
@@ -259,13 +301,20 @@ def _check_card_numbers(results: dict[str, SplitResult], files: dict[str, RawIma
     """Refuse data that would make the PSNR range or the normalisation meaningless."""
     test_clean = results["test"].stats["clean"]
     if not test_clean.hi > test_clean.lo:
-        raise InputError.at(files["test_clean"].path, RAW_DATASET, f"expected clean test images with max > min to "
-                            f"fix the PSNR data range, got every pixel = {test_clean.lo:g}")
+        raise InputError.at(
+            files["test_clean"].path,
+            RAW_DATASET,
+            f"expected clean test images with max > min to "
+            f"fix the PSNR data range, got every pixel = {test_clean.lo:g}",
+        )
     for key in ("noisy", "clean"):
         stats = results["train"].stats[key]
         if not stats.std > 0:
-            raise InputError.at(files[f"train_{key}"].path, RAW_DATASET, f"expected varying pixel values in the "
-                                f"training split to normalise by, got every pixel = {stats.lo:g}")
+            raise InputError.at(
+                files[f"train_{key}"].path,
+                RAW_DATASET,
+                f"expected varying pixel values in the training split to normalise by, got every pixel = {stats.lo:g}",
+            )
 
 
 def _log_table(log, results: dict[str, SplitResult]) -> None:

@@ -28,10 +28,10 @@ from emdenoise.io import h5safe
 from emdenoise.layout import RAW_DATASET, RAW_FILES, RAW_SPLITS, check_frame_pixels
 
 REQUIRED = tuple(f"{split}/{name}" for split in RAW_SPLITS for name in RAW_FILES.values())
-LAYOUT_TEXT = ("the em_graphene_sim layout: train/ and test/, each holding " +
-               " and ".join(sorted(RAW_FILES.values())))
-LAYOUT_HINT = ("expected the em_graphene_sim layout: train/ and test/, each with graphene_img_noise.h5 and "
-               "graphene_img_clean.h5")
+LAYOUT_TEXT = "the em_graphene_sim layout: train/ and test/, each holding " + " and ".join(sorted(RAW_FILES.values()))
+LAYOUT_HINT = (
+    "expected the em_graphene_sim layout: train/ and test/, each with graphene_img_noise.h5 and graphene_img_clean.h5"
+)
 TIFF_SUFFIXES = (".tif", ".tiff")
 
 
@@ -54,13 +54,15 @@ def find_layout_root(paths: Iterable[str], where: Any) -> str:
     for path in paths:
         for req in REQUIRED:
             if path == req or path.endswith("/" + req):
-                root = path[:-len(req)]
+                root = path[: -len(req)]
                 counts[root] = counts.get(root, 0) + 1
     complete = sorted((r for r, n in counts.items() if n == len(REQUIRED)), key=lambda r: (r.count("/"), r))
     if complete:
         if len(complete) > 1 and complete[1].count("/") == complete[0].count("/"):
-            raise InputError(f"{where}: the layout appears in more than one folder ({complete[0]!r}, "
-                             f"{complete[1]!r}): point download.source at one of them")
+            raise InputError(
+                f"{where}: the layout appears in more than one folder ({complete[0]!r}, "
+                f"{complete[1]!r}): point download.source at one of them"
+            )
         return complete[0]
     best = max(counts, key=lambda r: (counts[r], -r.count("/")), default="")
     missing = [req for req in REQUIRED if best + req not in paths]
@@ -100,8 +102,12 @@ class RawImages:
             data = self.ds[selection]
         # RuntimeError: h5py on damaged metadata; MemoryError: a damaged shape that claims petabytes
         except (OSError, RuntimeError, ValueError, TypeError, MemoryError) as exc:
-            raise InputError.at(self.path, RAW_DATASET, f"cannot read images {int(ordered[0])}..{int(ordered[-1])}"
-                                f" ({one_line(exc)}); expected a complete, readable HDF5 file") from None
+            raise InputError.at(
+                self.path,
+                RAW_DATASET,
+                f"cannot read images {int(ordered[0])}..{int(ordered[-1])}"
+                f" ({one_line(exc)}); expected a complete, readable HDF5 file",
+            ) from None
         if data.ndim == 4:
             data = data[..., 0]
         block = np.empty((len(rows),) + self.shape, dtype=np.float32)
@@ -110,8 +116,11 @@ class RawImages:
         if bad.any():
             first = int(np.argmin(np.where(bad, rows, np.iinfo(np.int64).max)))
             count = int((~np.isfinite(block[first])).sum())
-            raise InputError.at(self.path, f"{RAW_DATASET}[{int(rows[first])}]",
-                                f"expected finite pixel values (as float32), got {count} NaN or infinite pixel(s)")
+            raise InputError.at(
+                self.path,
+                f"{RAW_DATASET}[{int(rows[first])}]",
+                f"expected finite pixel values (as float32), got {count} NaN or infinite pixel(s)",
+            )
         return block
 
 
@@ -139,13 +148,13 @@ def open_raw_images(path: Path, stack: contextlib.ExitStack, log) -> RawImages:
     try:
         dtype, shape = obj.dtype, tuple(int(s) for s in obj.shape)
     except (OSError, RuntimeError, TypeError, ValueError) as exc:  # ValueError: h5py on a damaged datatype
-        raise InputError.at(path, RAW_DATASET, f"cannot read the dataset's type and shape ({one_line(exc)})") \
-            from None
+        raise InputError.at(path, RAW_DATASET, f"cannot read the dataset's type and shape ({one_line(exc)})") from None
     if dtype.kind not in "fiub":
         raise InputError.at(path, RAW_DATASET, f"expected real-valued numbers (float32), got dtype {dtype}")
     if not (len(shape) == 3 or (len(shape) == 4 and shape[3] == 1)):
-        raise InputError.at(path, RAW_DATASET, f"expected single-channel 2-D images, shape (N, H, W, 1) or "
-                            f"(N, H, W), got shape {shape}")
+        raise InputError.at(
+            path, RAW_DATASET, f"expected single-channel 2-D images, shape (N, H, W, 1) or (N, H, W), got shape {shape}"
+        )
     if shape[0] == 0:
         raise InputError.at(path, RAW_DATASET, f"expected at least one image, got an empty dataset of shape {shape}")
     if shape[1] == 0 or shape[2] == 0:
@@ -164,8 +173,14 @@ def read_dose(ds: h5py.Dataset, path: Path, n: int, log) -> np.ndarray | None:
         log.warning("%s: %s: ignoring the unreadable 'dose' attribute (%s)", path, RAW_DATASET, one_line(exc))
         return None
     if dose.dtype.kind not in "fiu" or dose.shape != (n,) or not np.isfinite(dose).all():
-        log.warning("%s: %s: ignoring the 'dose' attribute: expected %d finite numbers, got %s of shape %s",
-                    path, RAW_DATASET, n, dose.dtype, dose.shape)
+        log.warning(
+            "%s: %s: ignoring the 'dose' attribute: expected %d finite numbers, got %s of shape %s",
+            path,
+            RAW_DATASET,
+            n,
+            dose.dtype,
+            dose.shape,
+        )
         return None
     return dose.astype(np.float32)
 
@@ -175,11 +190,16 @@ def open_raw_split(raw_dir: Path, split: str, stack: contextlib.ExitStack, log) 
     noisy = open_raw_images(raw_dir / split / RAW_FILES["noisy"], stack, log)
     clean = open_raw_images(raw_dir / split / RAW_FILES["clean"], stack, log)
     if clean.n != noisy.n:
-        raise InputError.at(clean.path, RAW_DATASET, f"expected {noisy.n} images, as many as in "
-                            f"{noisy.path.name}, got {clean.n}")
+        raise InputError.at(
+            clean.path, RAW_DATASET, f"expected {noisy.n} images, as many as in {noisy.path.name}, got {clean.n}"
+        )
     if clean.shape != noisy.shape:
-        raise InputError.at(clean.path, RAW_DATASET, f"expected images of {noisy.shape[0]}x{noisy.shape[1]} "
-                            f"pixels like {noisy.path.name}, got {clean.shape[0]}x{clean.shape[1]}")
+        raise InputError.at(
+            clean.path,
+            RAW_DATASET,
+            f"expected images of {noisy.shape[0]}x{noisy.shape[1]} "
+            f"pixels like {noisy.path.name}, got {clean.shape[0]}x{clean.shape[1]}",
+        )
     return noisy, clean
 
 
@@ -192,8 +212,12 @@ def read_tiff(path: Path, shape: tuple[int, int]) -> np.ndarray:
     import tifffile
 
     def wrong_size(got: tuple[int, ...]) -> InputError:
-        return InputError.at(path, None, f"expected {shape[0]}x{shape[1]} pixels like the train and test images, "
-                             f"got {'x'.join(map(str, got)) or 'no image'}")
+        return InputError.at(
+            path,
+            None,
+            f"expected {shape[0]}x{shape[1]} pixels like the train and test images, "
+            f"got {'x'.join(map(str, got)) or 'no image'}",
+        )
 
     try:
         with tifffile.TiffFile(path) as tif:
@@ -208,14 +232,21 @@ def read_tiff(path: Path, shape: tuple[int, int]) -> np.ndarray:
     if image.ndim == 3 and 1 in (image.shape[0], image.shape[-1]):
         image = image.reshape(image.shape[1:] if image.shape[0] == 1 else image.shape[:-1])
     if image.ndim != 2 or image.dtype.kind not in "fiub":
-        raise InputError.at(path, None, f"expected one single-channel 2-D real-valued image, got shape "
-                            f"{image.shape} dtype {image.dtype}")
+        raise InputError.at(
+            path,
+            None,
+            f"expected one single-channel 2-D real-valued image, got shape {image.shape} dtype {image.dtype}",
+        )
     if image.shape != shape:
         raise wrong_size(image.shape)
     image = image.astype(np.float32)
     if not np.isfinite(image).all():
-        raise InputError.at(path, None, f"expected finite pixel values (as float32), got "
-                            f"{int((~np.isfinite(image)).sum())} NaN or infinite pixel(s)")
+        raise InputError.at(
+            path,
+            None,
+            f"expected finite pixel values (as float32), got "
+            f"{int((~np.isfinite(image)).sum())} NaN or infinite pixel(s)",
+        )
     return image
 
 
@@ -233,22 +264,31 @@ def find_inference_pairs(raw_dir: Path, log) -> list[tuple[str, Path, Path]] | N
     for key, path in folders.items():
         if not present[key]:
             other = "truth" if key == "raw" else "raw"
-            raise InputError.at(path, None, f"folder not found; expected it beside inference/{other} "
-                                f"(noisy TIFFs in inference/raw, clean TIFFs of the same names in inference/truth)")
-    names = {key: {p.name: p for p in path.iterdir() if p.is_file() and p.suffix.lower() in TIFF_SUFFIXES}
-             for key, path in folders.items()}
+            raise InputError.at(
+                path,
+                None,
+                f"folder not found; expected it beside inference/{other} "
+                f"(noisy TIFFs in inference/raw, clean TIFFs of the same names in inference/truth)",
+            )
+    names = {
+        key: {p.name: p for p in path.iterdir() if p.is_file() and p.suffix.lower() in TIFF_SUFFIXES}
+        for key, path in folders.items()
+    }
     if not names["raw"]:
         raise InputError.at(folders["raw"], None, "expected at least one .tif image, found none")
     only_raw = sorted(set(names["raw"]) - set(names["truth"]))
     only_truth = sorted(set(names["truth"]) - set(names["raw"]))
     if only_raw or only_truth:
+
         def listing(items: list[str]) -> str:
             return ", ".join(items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
+
         problems = []
         if only_raw:
             problems.append(f"no clean image for {listing(only_raw)}")
         if only_truth:
             problems.append(f"no noisy image in inference/raw for {listing(only_truth)}")
-        raise InputError.at(folders["truth"], None, "expected the same file names as inference/raw; "
-                            + "; ".join(problems))
+        raise InputError.at(
+            folders["truth"], None, "expected the same file names as inference/raw; " + "; ".join(problems)
+        )
     return [(name, names["raw"][name], names["truth"][name]) for name in sorted(names["raw"])]

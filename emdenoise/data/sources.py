@@ -36,8 +36,8 @@ KINDS = ("synthetic", "s3", "zip_url", "zip_file", "folder")
 class Source:
     """Where the data come from, parsed from ``download.source``."""
 
-    kind: str                  # one of KINDS
-    name: str                  # the parameter as given
+    kind: str  # one of KINDS
+    name: str  # the parameter as given
     endpoint: str = ""
     bucket: str = ""
     prefix: str = ""
@@ -96,8 +96,7 @@ def parse_source(value: str, endpoint: str, where: Any = "parameters") -> Source
         bucket, _, prefix = unquote(parts.path).lstrip("/").partition("/")
         if not bucket or parts.query:
             raise bad("a path-style S3 URL https://host/bucket/prefix, or a URL of a .zip")
-        return Source("s3", value, endpoint=f"{scheme}://{parts.netloc}", bucket=bucket,
-                      prefix=_normal_prefix(prefix))
+        return Source("s3", value, endpoint=f"{scheme}://{parts.netloc}", bucket=bucket, prefix=_normal_prefix(prefix))
     if scheme == "s3":
         if not parts.netloc:
             raise bad("s3://bucket/prefix")
@@ -106,8 +105,9 @@ def parse_source(value: str, endpoint: str, where: Any = "parameters") -> Source
             raise InputError.at(where, "download.endpoint", f"expected an https:// URL, got {endpoint!r}")
         if https_required(endpoint):
             raise InputError.at(where, "download.endpoint", f"{endpoint}: {HTTPS_REQUIRED}")
-        return Source("s3", value, endpoint=endpoint.rstrip("/"), bucket=parts.netloc,
-                      prefix=_normal_prefix(unquote(parts.path)))
+        return Source(
+            "s3", value, endpoint=endpoint.rstrip("/"), bucket=parts.netloc, prefix=_normal_prefix(unquote(parts.path))
+        )
     if scheme == "file":
         path = Path(unquote(parts.path))
     elif scheme and len(scheme) > 1:

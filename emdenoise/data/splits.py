@@ -33,12 +33,12 @@ def check_normalisation(path: str | Path, norm: Any) -> dict:
     """Check a {"noisy": {"mean", "std"}, "clean": {...}} mapping (std > 0, finite) or raise InputError."""
     for side in ("noisy", "clean"):
         stats = norm.get(side) if isinstance(norm, dict) else None
-        ok = isinstance(stats, dict) and all(isinstance(stats.get(k), (int, float)) and
-                                             not isinstance(stats[k], bool) and math.isfinite(stats[k])
-                                             for k in ("mean", "std"))
+        ok = isinstance(stats, dict) and all(
+            isinstance(stats.get(k), (int, float)) and not isinstance(stats[k], bool) and math.isfinite(stats[k])
+            for k in ("mean", "std")
+        )
         if not ok or not isinstance(stats, dict) or stats["std"] <= 0:
-            raise InputError.at(path, f"normalisation.{side}", "expected {\"mean\": m, \"std\": s > 0}, got "
-                                f"{stats!r}")
+            raise InputError.at(path, f"normalisation.{side}", f'expected {{"mean": m, "std": s > 0}}, got {stats!r}')
     return norm
 
 
@@ -49,22 +49,27 @@ def load_card(data_dir: str | Path) -> dict:
     data_dir = Path(data_dir)
     path = data_dir / CARD
     if not data_dir.is_dir():
-        raise InputError.at(data_dir, "data_dir", "expected a folder of processed data, not found; run the "
-                            "preprocess task first")
+        raise InputError.at(
+            data_dir, "data_dir", "expected a folder of processed data, not found; run the preprocess task first"
+        )
     try:
         card = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError.at(path, None, "dataset card not found; run the preprocess task first") from None
     except (OSError, ValueError) as exc:
-        raise InputError.at(path, None, f"expected a JSON dataset card ({exc.__class__.__name__}: "
-                            f"{' '.join(str(exc).split())}); run the preprocess task again") from None
+        raise InputError.at(
+            path,
+            None,
+            f"expected a JSON dataset card ({exc.__class__.__name__}: "
+            f"{' '.join(str(exc).split())}); run the preprocess task again",
+        ) from None
     if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
-        raise InputError.at(path, "format", f"expected {CARD_FORMAT!r}, got "
-                            f"{card.get('format') if isinstance(card, dict) else card!r}")
+        raise InputError.at(
+            path, "format", f"expected {CARD_FORMAT!r}, got {card.get('format') if isinstance(card, dict) else card!r}"
+        )
     value = card.get("data_range")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise InputError.at(path, "data_range", f"expected a number > 0, got {value!r}; run the preprocess task "
-                            "again")
+        raise InputError.at(path, "data_range", f"expected a number > 0, got {value!r}; run the preprocess task again")
     check_normalisation(path, card.get("normalisation"))
     return card
 
@@ -90,6 +95,7 @@ def load_split(data_dir: str | Path, split: str, max_images: int = 0) -> Split:
     except (OSError, RuntimeError) as exc:  # RuntimeError: h5py on damaged metadata
         raise InputError.at(path, None, f"expected a readable HDF5 file ({' '.join(str(exc).split())})") from None
     if arrays["noisy"].shape != arrays["clean"].shape:
-        raise InputError.at(path, "clean", f"expected the shape of 'noisy' {arrays['noisy'].shape}, got "
-                            f"{arrays['clean'].shape}")
+        raise InputError.at(
+            path, "clean", f"expected the shape of 'noisy' {arrays['noisy'].shape}, got {arrays['clean'].shape}"
+        )
     return Split(split, arrays["noisy"], arrays["clean"], dose)

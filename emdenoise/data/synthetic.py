@@ -85,6 +85,7 @@ F32 = np.float32
 # Random generators
 # --------------------------------------------------------------------------------------------------------------
 
+
 def image_seed(seed: int, split: str, index: int) -> np.random.SeedSequence:
     """The seed of image ``index`` of ``split``: independent of how the work is divided between processes."""
     return np.random.SeedSequence(seed, spawn_key=(SPLIT_KEYS[split], index))
@@ -107,6 +108,7 @@ def _one_blas_thread(func):
     The matrix products here are small (256 x 12 x 256); a multi-threaded BLAS makes them up to 100 times slower
     on a busy 2-core machine, and worker processes would oversubscribe the cores.
     """
+
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         global _BLAS, _BLAS_LIMITED
@@ -120,6 +122,7 @@ def _one_blas_thread(func):
                 return func(*args, **kwargs)
             finally:
                 _BLAS_LIMITED = False
+
     return wrapper
 
 
@@ -127,13 +130,21 @@ def _one_blas_thread(func):
 # Building blocks (all separable: outer products of 1-D arrays, summed by small matrix products)
 # --------------------------------------------------------------------------------------------------------------
 
+
 def _axis(size: int) -> np.ndarray:
     return np.arange(size, dtype=np.float64)
 
 
 @_one_blas_thread
-def lattice(size: int, *, rotation: float, fringe_px: float = FRINGE_PX, shift=(0.0, 0.0),
-            second_order: float = 0.3, blur_px: float = 0.5) -> np.ndarray:
+def lattice(
+    size: int,
+    *,
+    rotation: float,
+    fringe_px: float = FRINGE_PX,
+    shift=(0.0, 0.0),
+    second_order: float = 0.3,
+    blur_px: float = 0.5,
+) -> np.ndarray:
     """Graphene lattice contrast L (float32, size x size), positive on the atoms, |L| <= 1.
 
     ``rotation`` in radians, ``fringe_px`` the {100} fringe spacing in pixels, ``shift`` (x, y) a translation
@@ -160,8 +171,16 @@ def lattice(size: int, *, rotation: float, fringe_px: float = FRINGE_PX, shift=(
     return left @ right
 
 
-def atom_sites(n: int, rng: np.random.Generator, size: int, *, rotation: float, fringe_px: float, shift,
-               cluster_fraction: float = 0.0) -> np.ndarray:
+def atom_sites(
+    n: int,
+    rng: np.random.Generator,
+    size: int,
+    *,
+    rotation: float,
+    fringe_px: float,
+    shift,
+    cluster_fraction: float = 0.0,
+) -> np.ndarray:
     """Random atom positions (x, y) in pixels of the lattice drawn by :func:`lattice` with these settings.
 
     ``n`` atoms near uniformly random points of the field; a ``cluster_fraction`` of them also bring two of
@@ -213,9 +232,9 @@ def smooth_fields(rng: np.random.Generator, size: int, corr_px) -> np.ndarray:
         m = max(1, int(math.ceil(0.5 * period / corr)))  # beyond it the envelope is < exp(-4.9)
         fy = np.arange(-m, m + 1) / period
         fx = np.arange(0, m + 1) / period
-        env = np.exp(-2 * np.pi ** 2 * corr ** 2 * (fy[:, None] ** 2 + fx[None, :] ** 2))  # (2m+1, m+1)
+        env = np.exp(-2 * np.pi**2 * corr**2 * (fy[:, None] ** 2 + fx[None, :] ** 2))  # (2m+1, m+1)
         env[:, 0] *= math.sqrt(0.5)  # (fy, 0) and (-fy, 0) are the same physical frequency: count it once
-        env /= math.sqrt((env ** 2).sum())  # Re(c e^{i phi}) with c standard complex normal has variance 1
+        env /= math.sqrt((env**2).sum())  # Re(c e^{i phi}) with c standard complex normal has variance 1
         coef = (rng.standard_normal((2 * m + 1, m + 1)) + 1j * rng.standard_normal((2 * m + 1, m + 1))) * env
         ey = np.exp(2j * np.pi * ax[:, None] * fy[None, :]).astype(np.complex64)  # (S, 2m+1)
         ex = np.exp(2j * np.pi * fx[:, None] * ax[None, :]).astype(np.complex64)  # (m+1, S)
@@ -246,8 +265,15 @@ def draw_dose(rng: np.random.Generator, dose_min: float, dose_max: float) -> flo
     return float(np.clip(dose, F32(dose_min), F32(dose_max)))
 
 
-def add_noise(rng: np.random.Generator, clean: np.ndarray, *, dose: float, beam_center_yx, beam_sigma: float,
-              dead_pixel_fraction: float) -> tuple[np.ndarray, int]:
+def add_noise(
+    rng: np.random.Generator,
+    clean: np.ndarray,
+    *,
+    dose: float,
+    beam_center_yx,
+    beam_sigma: float,
+    dead_pixel_fraction: float,
+) -> tuple[np.ndarray, int]:
     """The detector's view of ``clean`` (non-negative): beam profile, Poisson shot noise, dead pixels.
 
     Returns (noisy float32, number of dead pixels). ``noisy * dose`` are the electron counts.
@@ -271,6 +297,7 @@ def add_noise(rng: np.random.Generator, clean: np.ndarray, *, dose: float, beam_
 # Clean scenes
 # --------------------------------------------------------------------------------------------------------------
 
+
 @_one_blas_thread
 def clean_scene(rng, size: int = 256, scene: str = "random") -> tuple[np.ndarray, np.ndarray, dict]:
     """Draw a clean image (float32, size x size, vacuum = 1, >= 0), its material mask (0 vacuum .. 1 graphene,
@@ -288,9 +315,19 @@ def clean_scene(rng, size: int = 256, scene: str = "random") -> tuple[np.ndarray
     if scene not in SCENES:
         raise ValueError(f"scene must be one of {SCENES}, got {scene!r}")
     rng = as_rng(rng)
-    info: dict[str, Any] = {"scene": scene, "empty": False, "n_grains": 0, "rotations_deg": [], "shifts_px": [],
-            "grain_fractions": [], "contrast_sign": 1, "vacancies": 0, "holes": False, "vacuum_edge": False,
-            "bilayer": False}
+    info: dict[str, Any] = {
+        "scene": scene,
+        "empty": False,
+        "n_grains": 0,
+        "rotations_deg": [],
+        "shifts_px": [],
+        "grain_fractions": [],
+        "contrast_sign": 1,
+        "vacancies": 0,
+        "holes": False,
+        "vacuum_edge": False,
+        "bilayer": False,
+    }
     if scene == "vacuum" or (scene == "random" and rng.random() < 0.05):
         info["empty"] = True
         info["material_fraction"] = 0.0
@@ -303,12 +340,17 @@ def clean_scene(rng, size: int = 256, scene: str = "random") -> tuple[np.ndarray
     n_grains = 1 if simple else int(rng.choice([1, 2, 3, 4], p=[0.45, 0.25, 0.2, 0.1]))
     rotations = rng.uniform(0, np.pi / 3, n_grains)  # hexagonal symmetry: 60 degrees cover all orientations
     shifts = rng.uniform(0, size, (n_grains, 2))
-    info.update(n_grains=n_grains, rotations_deg=[round(float(np.degrees(r)), 4) for r in rotations],
-                shifts_px=shifts.round(4).tolist(), fringe_px=round(float(fringe), 4))
+    info.update(
+        n_grains=n_grains,
+        rotations_deg=[round(float(np.degrees(r)), 4) for r in rotations],
+        shifts_px=shifts.round(4).tolist(),
+        fringe_px=round(float(fringe), 4),
+    )
 
     def grain_lattice(g: int) -> np.ndarray:
-        return lattice(size, rotation=rotations[g], fringe_px=fringe, shift=shifts[g], second_order=second_order,
-                       blur_px=blur)
+        return lattice(
+            size, rotation=rotations[g], fringe_px=fringe, shift=shifts[g], second_order=second_order, blur_px=blur
+        )
 
     if simple:
         lat = grain_lattice(0)
@@ -341,9 +383,13 @@ def clean_scene(rng, size: int = 256, scene: str = "random") -> tuple[np.ndarray
         info["grain_fractions"] = [1.0]
     else:
         seeds = rng.uniform(-0.1 * size, 1.1 * size, (n_grains, 2)).astype(F32)
-        warp = fields[len(corr):] * F32(rng.uniform(3, 12))
-        dist = np.sqrt((ax[None, None, :] - seeds[:, 0, None, None]) ** 2
-                       + (ax[None, :, None] - seeds[:, 1, None, None]) ** 2) + warp
+        warp = fields[len(corr) :] * F32(rng.uniform(3, 12))
+        dist = (
+            np.sqrt(
+                (ax[None, None, :] - seeds[:, 0, None, None]) ** 2 + (ax[None, :, None] - seeds[:, 1, None, None]) ** 2
+            )
+            + warp
+        )
         dist -= dist.min(axis=0)
         weight = np.exp(-dist / F32(1.2))  # the boundary blends the lattices over a few pixels
         weight /= weight.sum(axis=0)
@@ -365,8 +411,9 @@ def clean_scene(rng, size: int = 256, scene: str = "random") -> tuple[np.ndarray
     n_vac = int(rng.poisson(rng.uniform(0, 15)))
     if n_vac:
         g = rng.integers(0, n_grains)  # vacancies of one grain (the others see them only near boundaries)
-        sites = atom_sites(n_vac, rng, size, rotation=rotations[g], fringe_px=fringe, shift=shifts[g],
-                           cluster_fraction=0.3)  # some grow into small multi-vacancies
+        sites = atom_sites(
+            n_vac, rng, size, rotation=rotations[g], fringe_px=fringe, shift=shifts[g], cluster_fraction=0.3
+        )  # some grow into small multi-vacancies
         vac = spots(size, sites, sigma=0.22 * fringe)
         material *= F32(1) - np.minimum(vac, F32(1))
 
@@ -378,21 +425,35 @@ def clean_scene(rng, size: int = 256, scene: str = "random") -> tuple[np.ndarray
     if bilayer:
         rot2 = rng.uniform(0, np.pi / 3)
         shift2 = rng.uniform(0, size, 2)
-        lat2 = lattice(size, rotation=rot2, fringe_px=fringe, shift=shift2, second_order=second_order,
-                       blur_px=blur)
+        lat2 = lattice(size, rotation=rot2, fringe_px=fringe, shift=shift2, second_order=second_order, blur_px=blur)
         patch = material * expit((F32(rng.uniform(0.3, 1.5)) - field["bilayer"]) * F32(20))
         clean -= patch * (absorb + sign * contrast * lat2)
         info["rotations_deg"].append(round(float(np.degrees(rot2)), 4))
         info["shifts_px"].append(shift2.round(4).tolist())
-    info.update(contrast_sign=int(sign), vacancies=n_vac, holes=holes, vacuum_edge=edge, bilayer=bilayer,
-                material_fraction=round(float(material.mean()), 4))
+    info.update(
+        contrast_sign=int(sign),
+        vacancies=n_vac,
+        holes=holes,
+        vacuum_edge=edge,
+        bilayer=bilayer,
+        material_fraction=round(float(material.mean()), 4),
+    )
     return np.maximum(clean, 0, out=clean), material, info
 
 
 @_one_blas_thread
-def make_pair(rng, *, image_size: int = 256, dose_min: float = 5.0, dose_max: float = 100.0,
-              dead_pixel_fraction: float = 0.001, scene: str = "random", dose: float | None = None,
-              beam_center_yx=None, beam_sigma: float | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+def make_pair(
+    rng,
+    *,
+    image_size: int = 256,
+    dose_min: float = 5.0,
+    dose_max: float = 100.0,
+    dead_pixel_fraction: float = 0.001,
+    scene: str = "random",
+    dose: float | None = None,
+    beam_center_yx=None,
+    beam_sigma: float | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """One (noisy, clean, info) pair, float32 (image_size, image_size).
 
     ``rng``: a Generator, SeedSequence or int. ``dose``, ``beam_center_yx`` and ``beam_sigma`` fix those values
@@ -407,8 +468,9 @@ def make_pair(rng, *, image_size: int = 256, dose_min: float = 5.0, dose_max: fl
     dose = drawn_dose if dose is None else float(dose)
     center = drawn_center if beam_center_yx is None else np.asarray(beam_center_yx, F32)
     sigma = drawn_sigma if beam_sigma is None else float(beam_sigma)
-    noisy, n_dead = add_noise(rng, clean, dose=dose, beam_center_yx=center, beam_sigma=sigma,
-                              dead_pixel_fraction=dead_pixel_fraction)
+    noisy, n_dead = add_noise(
+        rng, clean, dose=dose, beam_center_yx=center, beam_sigma=sigma, dead_pixel_fraction=dead_pixel_fraction
+    )
     info.update(dose=dose, beam_center_yx=[float(c) for c in center], beam_sigma=sigma, dead_pixels=n_dead)
     return noisy, clean, info
 
@@ -462,9 +524,20 @@ def _pool_context():
     return multiprocessing.get_context("spawn")
 
 
-def write_dataset(out_dir: Path, *, seed: int, train_images: int, test_images: int, image_size: int = 256,
-                  dose_min: float = 5.0, dose_max: float = 100.0, dead_pixel_fraction: float = 0.001,
-                  workers: int = 0, log=None, tx: Transaction | None = None) -> list[Path]:
+def write_dataset(
+    out_dir: Path,
+    *,
+    seed: int,
+    train_images: int,
+    test_images: int,
+    image_size: int = 256,
+    dose_min: float = 5.0,
+    dose_max: float = 100.0,
+    dead_pixel_fraction: float = 0.001,
+    workers: int = 0,
+    log=None,
+    tx: Transaction | None = None,
+) -> list[Path]:
     """Write ``out_dir/{train,test}/graphene_img_{noise,clean}.h5`` (dataset ``images``, float32,
     (N, S, S, 1); noisy row i pairs with clean row i) and return the files written.
 
@@ -492,16 +565,32 @@ def write_dataset(out_dir: Path, *, seed: int, train_images: int, test_images: i
         raise ValueError(f"expected 0 < dose_min <= dose_max, got {dose_min}, {dose_max}")
     if not 0 <= dead_pixel_fraction <= 1:
         raise ValueError(f"dead_pixel_fraction must be in [0, 1], got {dead_pixel_fraction}")
-    kwargs = dict(image_size=int(image_size), dose_min=float(dose_min), dose_max=float(dose_max),
-                  dead_pixel_fraction=float(dead_pixel_fraction))
+    kwargs = dict(
+        image_size=int(image_size),
+        dose_min=float(dose_min),
+        dose_max=float(dose_max),
+        dead_pixel_fraction=float(dead_pixel_fraction),
+    )
     workers = _worker_count(workers)
     total = sum(counts.values())
     chunk = max(1, min(32, math.ceil(total / (4 * workers))))
-    jobs = [(int(seed), split, start, min(start + chunk, n), kwargs)
-            for split, n in counts.items() for start in range(0, n, chunk)]
+    jobs = [
+        (int(seed), split, start, min(start + chunk, n), kwargs)
+        for split, n in counts.items()
+        for start in range(0, n, chunk)
+    ]
     if log is not None:
-        log.info("synthetic: %d train + %d test pairs of %d x %d px, seed %d, dose %g-%g e/px, %d worker(s)",
-                 counts["train"], counts["test"], image_size, image_size, seed, dose_min, dose_max, workers)
+        log.info(
+            "synthetic: %d train + %d test pairs of %d x %d px, seed %d, dose %g-%g e/px, %d worker(s)",
+            counts["train"],
+            counts["test"],
+            image_size,
+            image_size,
+            seed,
+            dose_min,
+            dose_max,
+            workers,
+        )
 
     paths = {(split, kind): out_dir / split / RAW_FILES[kind] for split in RAW_SPLITS for kind in ("noisy", "clean")}
     # All four files are staged and committed together, so a failure leaves whatever dataset was there before
@@ -516,8 +605,16 @@ def write_dataset(out_dir: Path, *, seed: int, train_images: int, test_images: i
             with progress(total=total, desc="synthetic", unit="pair") as bar:
                 for split in RAW_SPLITS:
                     n_split_jobs = sum(1 for job in jobs if job[1] == split)
-                    _write_split(tmp[split, "noisy"], tmp[split, "clean"], split, counts[split], seed, kwargs,
-                                 (next(results) for _ in range(n_split_jobs)), bar)
+                    _write_split(
+                        tmp[split, "noisy"],
+                        tmp[split, "clean"],
+                        split,
+                        counts[split],
+                        seed,
+                        kwargs,
+                        (next(results) for _ in range(n_split_jobs)),
+                        bar,
+                    )
         finally:
             if pool is not None:
                 pool.terminate()
@@ -528,13 +625,17 @@ def write_dataset(out_dir: Path, *, seed: int, train_images: int, test_images: i
     return written
 
 
-def _write_split(noisy_path: Path, clean_path: Path, split: str, n: int, seed: int, kwargs: dict, chunks,
-                 bar) -> None:
+def _write_split(noisy_path: Path, clean_path: Path, split: str, n: int, seed: int, kwargs: dict, chunks, bar) -> None:
     """Write one split's two HDF5 files from an iterator of chunks (see :func:`_make_chunk`)."""
     size = kwargs["image_size"]
-    file_attrs = {"generator": "emdenoise.data.synthetic", "generator_version": GENERATOR_VERSION, "seed": int(seed),
-                  "split": split, "pixel_size_angstrom": PIXEL_SIZE_ANGSTROM,
-                  "parameters": json.dumps(dict(kwargs, seed=int(seed)), sort_keys=True)}
+    file_attrs = {
+        "generator": "emdenoise.data.synthetic",
+        "generator_version": GENERATOR_VERSION,
+        "seed": int(seed),
+        "split": split,
+        "pixel_size_angstrom": PIXEL_SIZE_ANGSTROM,
+        "parameters": json.dumps(dict(kwargs, seed=int(seed)), sort_keys=True),
+    }
     with h5py.File(noisy_path, "w", libver="v108") as f_noisy, h5py.File(clean_path, "w", libver="v108") as f_clean:
         # libver v108: attribute arrays larger than 64 KiB (many images) go to dense attribute storage.
         files = {"noisy": f_noisy, "clean": f_clean}
@@ -542,13 +643,14 @@ def _write_split(noisy_path: Path, clean_path: Path, split: str, n: int, seed: i
         for kind, fh in files.items():
             fh.attrs.update(file_attrs)
             fh.attrs["content"] = kind
-            dsets[kind] = fh.create_dataset(RAW_DATASET, shape=(n, size, size, 1), dtype=F32,
-                                            chunks=(1, size, size, 1), track_times=False)
+            dsets[kind] = fh.create_dataset(
+                RAW_DATASET, shape=(n, size, size, 1), dtype=F32, chunks=(1, size, size, 1), track_times=False
+            )
         attrs: dict[str, list] = {name: [] for name, *_ in _PER_IMAGE_ATTRS}
         row = 0
         for noisy, clean, chunk_attrs in chunks:
-            dsets["noisy"][row:row + len(noisy), :, :, 0] = noisy
-            dsets["clean"][row:row + len(clean), :, :, 0] = clean
+            dsets["noisy"][row : row + len(noisy), :, :, 0] = noisy
+            dsets["clean"][row : row + len(clean), :, :, 0] = clean
             for name in attrs:
                 attrs[name] += chunk_attrs[name]
             row += len(noisy)
@@ -557,13 +659,16 @@ def _write_split(noisy_path: Path, clean_path: Path, split: str, n: int, seed: i
         for name, dtype, _, kind in _PER_IMAGE_ATTRS:
             dsets[kind].attrs[name] = np.asarray(attrs[name], dtype=dtype)
         dsets["noisy"].attrs["dead_pixel_fraction"] = F32(kwargs["dead_pixel_fraction"])
-        dsets["noisy"].attrs["units"] = ("values: electron counts / dose; dose: electrons per pixel at the beam "
-                                         "centre; beam_center_yx, beam_sigma: pixels")
+        dsets["noisy"].attrs["units"] = (
+            "values: electron counts / dose; dose: electrons per pixel at the beam "
+            "centre; beam_center_yx, beam_sigma: pixels"
+        )
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Benchmark
 # --------------------------------------------------------------------------------------------------------------
+
 
 def benchmark(n: int = 512, workers: int = 1, image_size: int = 256) -> float:
     """Pairs per second of :func:`write_dataset` (HDF5 writing included) for ``n`` pairs (80 % train, 20 % test)
@@ -571,8 +676,14 @@ def benchmark(n: int = 512, workers: int = 1, image_size: int = 256) -> float:
     n_test = max(1, n // 5)
     with tempfile.TemporaryDirectory(prefix="emdenoise-synth-bench-") as tmp:
         start = time.perf_counter()
-        write_dataset(Path(tmp), seed=0, train_images=max(1, n - n_test), test_images=n_test,
-                      image_size=image_size, workers=workers)
+        write_dataset(
+            Path(tmp),
+            seed=0,
+            train_images=max(1, n - n_test),
+            test_images=n_test,
+            image_size=image_size,
+            workers=workers,
+        )
         elapsed = time.perf_counter() - start
     return (max(1, n - n_test) + n_test) / elapsed
 

@@ -58,6 +58,7 @@ _ANSCOMBE_ZERO = 2.0 * math.sqrt(3.0 / 8.0)  # the Anscombe transform of a zero 
 # Noise estimates and the Anscombe transform
 # --------------------------------------------------------------------------------------------------------------
 
+
 def _haar_blocks(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Finest-scale Haar diagonal detail and local mean of every whole 2x2 block of ``image``."""
     h, w = (image.shape[0] // 2) * 2, (image.shape[1] // 2) * 2
@@ -85,7 +86,7 @@ def estimate_count_scale(image: np.ndarray) -> float:
     The dose is deliberately not used: the deep models do not get it either, and real data lack it.
     """
     detail, mean = _haar_blocks(np.clip(image, 0.0, None))
-    energy = float(np.sum(detail ** 2))
+    energy = float(np.sum(detail**2))
     total = float(np.sum(mean))
     if energy <= 0.0 or total <= 0.0:
         return 1.0  # a constant or empty image: no noise to measure, any scale will do
@@ -109,13 +110,14 @@ def inverse_anscombe_unbiased(d: np.ndarray) -> np.ndarray:
     d = np.asarray(d, dtype=np.float64)
     safe = np.maximum(d, _ANSCOMBE_ZERO)
     r = math.sqrt(1.5)
-    out = safe ** 2 / 4.0 + r / (4.0 * safe) - 11.0 / (8.0 * safe ** 2) + 5.0 * r / (8.0 * safe ** 3) - 1.0 / 8.0
+    out = safe**2 / 4.0 + r / (4.0 * safe) - 11.0 / (8.0 * safe**2) + 5.0 * r / (8.0 * safe**3) - 1.0 / 8.0
     return np.maximum(out, 0.0)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # The filters: (image, value of the tuned parameter) -> filtered image, float64 in and out
 # --------------------------------------------------------------------------------------------------------------
+
 
 def _gaussian(image: np.ndarray, sigma: float) -> np.ndarray:
     return ndimage.gaussian_filter(image, sigma=sigma, mode="reflect")
@@ -140,8 +142,7 @@ def _nlm(image: np.ndarray, h_per_sigma: float) -> np.ndarray:
     sigma = noise_sigma(image)
     if sigma <= 0.0:
         return image.copy()
-    return denoise_nl_means(image, patch_size=5, patch_distance=6, h=h_per_sigma * sigma, sigma=sigma,
-                            fast_mode=True)
+    return denoise_nl_means(image, patch_size=5, patch_distance=6, h=h_per_sigma * sigma, sigma=sigma, fast_mode=True)
 
 
 def _bm3d_module():
@@ -166,6 +167,7 @@ def _anscombe_bm3d(image: np.ndarray, sigma: float) -> np.ndarray:
 # The table of baselines
 # --------------------------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Baseline:
     """One classical denoiser: ``param`` is the name of its tuned parameter, ``grid`` the values tried."""
@@ -174,26 +176,40 @@ class Baseline:
     param: str
     grid: tuple[float, ...]
     filter: Callable[[np.ndarray, float], np.ndarray] = field(repr=False)
-    fixed: dict = field(default_factory=dict)   # settings that are not tuned, recorded in the report
-    package: str | None = None                  # optional package it needs
-    max_tune_images: int = 0                    # cap on tuning images for slow methods (0: no cap)
+    fixed: dict = field(default_factory=dict)  # settings that are not tuned, recorded in the report
+    package: str | None = None  # optional package it needs
+    max_tune_images: int = 0  # cap on tuning images for slow methods (0: no cap)
 
     def apply(self, image: np.ndarray, value: float) -> np.ndarray:
         """Filter one 2-D image with the parameter set to ``value``; float64 out."""
         return self.filter(np.asarray(image, dtype=np.float64), value)
 
 
-BASELINES: dict[str, Baseline] = {b.name: b for b in (
-    Baseline("gaussian", "sigma", (0.5, 0.75, 1.0, 1.5, 2.0, 3.0), _gaussian),
-    Baseline("median", "size", (3, 5, 7), _median),
-    Baseline("tv", "weight_per_sigma", (0.25, 0.5, 1.0, 2.0, 4.0), _tv),
-    Baseline("nlm", "h_per_sigma", (0.4, 0.6, 0.8, 1.0, 1.3), _nlm,
-             fixed={"patch_size": 5, "patch_distance": 6, "fast_mode": True}),
-    Baseline("bm3d", "sigma_per_noise_sigma", (0.75, 1.0, 1.5), _bm3d, package=BM3D_PACKAGE,
-             max_tune_images=4),
-    Baseline("anscombe_bm3d", "sigma", (1.0,), _anscombe_bm3d, package=BM3D_PACKAGE, max_tune_images=4,
-             fixed={"count_scale": "estimated per image", "inverse": "exact unbiased (closed form)"}),
-)}
+BASELINES: dict[str, Baseline] = {
+    b.name: b
+    for b in (
+        Baseline("gaussian", "sigma", (0.5, 0.75, 1.0, 1.5, 2.0, 3.0), _gaussian),
+        Baseline("median", "size", (3, 5, 7), _median),
+        Baseline("tv", "weight_per_sigma", (0.25, 0.5, 1.0, 2.0, 4.0), _tv),
+        Baseline(
+            "nlm",
+            "h_per_sigma",
+            (0.4, 0.6, 0.8, 1.0, 1.3),
+            _nlm,
+            fixed={"patch_size": 5, "patch_distance": 6, "fast_mode": True},
+        ),
+        Baseline("bm3d", "sigma_per_noise_sigma", (0.75, 1.0, 1.5), _bm3d, package=BM3D_PACKAGE, max_tune_images=4),
+        Baseline(
+            "anscombe_bm3d",
+            "sigma",
+            (1.0,),
+            _anscombe_bm3d,
+            package=BM3D_PACKAGE,
+            max_tune_images=4,
+            fixed={"count_scale": "estimated per image", "inverse": "exact unbiased (closed form)"},
+        ),
+    )
+}
 
 DEFAULT_BASELINES = ("gaussian", "median", "tv", "nlm")
 
@@ -231,6 +247,7 @@ def available() -> tuple[str, ...]:
 # Tuning: grid search + global gain/offset on validation pairs
 # --------------------------------------------------------------------------------------------------------------
 
+
 def fit_gain_offset(filtered: np.ndarray, clean: np.ndarray) -> tuple[float, float]:
     """Least-squares ``a, b`` minimising ``sum (a * filtered + b - clean)^2`` over every pixel given."""
     f = np.asarray(filtered, dtype=np.float64).ravel()
@@ -251,9 +268,9 @@ class TunedBaseline:
     value: float
     gain: float
     offset: float
-    tune_psnr: float                      # mean per-image validation PSNR at the chosen value
-    n_tune: int                           # validation images used
-    grid_psnr: dict[float, float]         # mean validation PSNR for every grid value
+    tune_psnr: float  # mean per-image validation PSNR at the chosen value
+    n_tune: int  # validation images used
+    grid_psnr: dict[float, float]  # mean validation PSNR for every grid value
 
     @property
     def name(self) -> str:
@@ -267,13 +284,24 @@ class TunedBaseline:
     def params(self) -> dict:
         """Everything needed to reproduce this row, for test_metrics.json."""
         value = int(self.value) if float(self.value).is_integer() else float(self.value)
-        return {self.baseline.param: value, **self.baseline.fixed, "gain": self.gain, "offset": self.offset,
-                "tuned_on_val_images": self.n_tune, "val_psnr": self.tune_psnr,
-                "grid": {str(k): v for k, v in self.grid_psnr.items()}}
+        return {
+            self.baseline.param: value,
+            **self.baseline.fixed,
+            "gain": self.gain,
+            "offset": self.offset,
+            "tuned_on_val_images": self.n_tune,
+            "val_psnr": self.tune_psnr,
+            "grid": {str(k): v for k, v in self.grid_psnr.items()},
+        }
 
 
-def tune(baseline: Baseline | str, noisy: np.ndarray, clean: np.ndarray, data_range: float,
-         on_step: Callable[[], None] | None = None) -> TunedBaseline:
+def tune(
+    baseline: Baseline | str,
+    noisy: np.ndarray,
+    clean: np.ndarray,
+    data_range: float,
+    on_step: Callable[[], None] | None = None,
+) -> TunedBaseline:
     """Pick ``baseline``'s parameter from its grid on validation pairs ``noisy``/``clean`` (N, H, W).
 
     For every grid value: filter each image, fit one global gain/offset over all the images, score the mean

@@ -85,27 +85,28 @@ from emdenoise.log import setup as setup_logging
 from emdenoise.outputs import write_json_atomic
 
 FORMAT = "emdenoise-bench/2"
-REFERENCE_SIDE = 256           # --batch-size is per 256 x 256 frames; larger frames get proportionally fewer
-PLAIN_WORKERS = 2              # as the original benchmark's DataLoader
-PLAIN_FILE_BYTES = 256 << 20   # cap on the temporary HDF5 file; items beyond it wrap around (page-cached)
-LR = 1e-3                      # the plain loop's; the engine uses the train task's defaults
+REFERENCE_SIDE = 256  # --batch-size is per 256 x 256 frames; larger frames get proportionally fewer
+PLAIN_WORKERS = 2  # as the original benchmark's DataLoader
+PLAIN_FILE_BYTES = 256 << 20  # cap on the temporary HDF5 file; items beyond it wrap around (page-cached)
+LR = 1e-3  # the plain loop's; the engine uses the train task's defaults
 RSS_SAMPLE_S = 0.005
 _IDENTITY = {"noisy": {"mean": 0.0, "std": 1.0}, "clean": {"mean": 0.0, "std": 1.0}}
 
 
 # ---------------------------------------------------------------------------------------------- settings
 
+
 @dataclass(frozen=True)
 class Settings:
     models: tuple[str, ...]
     device: torch.device
-    precision: str            # resolved: fp32, bf16 or fp16
+    precision: str  # resolved: fp32, bf16 or fp16
     precision_requested: str
-    batch_size: int           # at REFERENCE_SIDE
+    batch_size: int  # at REFERENCE_SIDE
     steps: int
     warmup: int
     repeats: int
-    sizes: tuple[int, ...]    # inference
+    sizes: tuple[int, ...]  # inference
     train_sizes: tuple[int, ...]
     compile: bool
     quick: bool
@@ -115,7 +116,7 @@ class Settings:
     def batch_for(self, side: int) -> int:
         if side <= REFERENCE_SIDE:
             return self.batch_size
-        return max(1, self.batch_size * REFERENCE_SIDE ** 2 // side ** 2)
+        return max(1, self.batch_size * REFERENCE_SIDE**2 // side**2)
 
 
 @dataclass(frozen=True)
@@ -144,21 +145,36 @@ def _int_list(text: str, option: str, minimum: int) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="emdenoise bench", description=(__doc__ or "").splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="emdenoise bench",
+        description=(__doc__ or "").splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--models", default="sciml_ae", help="comma-separated model names, or all (default sciml_ae)")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda or cuda:N")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="images per step at 256x256, scaled down by area for larger frames; tiles per "
-                        "inference batch (default 16 on a CPU, 256 on a GPU; 2 with --quick)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images per step at 256x256, scaled down by area for larger frames; tiles per "
+        "inference batch (default 16 on a CPU, 256 on a GPU; 2 with --quick)",
+    )
     p.add_argument("--steps", type=int, default=None, help="timed steps per round (default 5 CPU, 50 GPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2 CPU, 10 GPU)")
-    p.add_argument("--repeats", type=int, default=None,
-                   help="timed rounds of --steps steps; the fastest counts (default 3; 1 with --quick)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed rounds of --steps steps; the fastest counts (default 3; 1 with --quick)",
+    )
     p.add_argument("--sizes", default="256,1024", help="inference frame sides (default 256,1024)")
     p.add_argument("--train-sizes", default=None, help="training frame sides (default: the smallest of --sizes)")
-    p.add_argument("--precision", default="auto", choices=("auto",) + runtime.PRECISIONS,
-                   help="the engine's precision (auto: bf16 where it is native, see emdenoise.engine.runtime)")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto",) + runtime.PRECISIONS,
+        help="the engine's precision (auto: bf16 where it is native, see emdenoise.engine.runtime)",
+    )
     p.add_argument("--compile", action="store_true", help="also measure train.compile: true (falls back to eager)")
     p.add_argument("--quick", action="store_true", help="tiny run (batch 2, 2 steps, 1 warm-up) to check it works")
     p.add_argument("--output", default=None, metavar="FILE.json", help="write the results here (atomically)")
@@ -170,38 +186,72 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     names = known if args.models.strip() == "all" else tuple(n.strip() for n in args.models.split(",") if n.strip())
     unknown = [n for n in names if n not in known]
     if not names or unknown:
-        raise InputError.at("command line", "--models", f"expected all or names from {', '.join(known)}, got "
-                            f"{args.models!r}")
+        raise InputError.at(
+            "command line", "--models", f"expected all or names from {', '.join(known)}, got {args.models!r}"
+        )
     device = runtime.resolve_device(args.device, "--device", "command line")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     precision = runtime.resolve_precision(args.precision, device, "--precision", "command line")
     gpu = device.type == "cuda"
     defaults = (2, 2, 1, 1) if args.quick else ((256, 50, 10, 3) if gpu else (16, 5, 2, 3))
-    batch, steps, warmup, repeats = (v if v is not None else d for v, d in
-                                     zip((args.batch_size, args.steps, args.warmup, args.repeats), defaults))
-    for option, value, minimum in (("--batch-size", batch, 1), ("--steps", steps, 1), ("--warmup", warmup, 0),
-                                   ("--repeats", repeats, 1)):
+    batch, steps, warmup, repeats = (
+        v if v is not None else d for v, d in zip((args.batch_size, args.steps, args.warmup, args.repeats), defaults)
+    )
+    for option, value, minimum in (
+        ("--batch-size", batch, 1),
+        ("--steps", steps, 1),
+        ("--warmup", warmup, 0),
+        ("--repeats", repeats, 1),
+    ):
         if value < minimum:
             raise InputError.at("command line", option, f"expected an integer >= {minimum}, got {value}")
     sizes = _int_list(args.sizes, "--sizes", 16)
     train_sizes = _int_list(args.train_sizes, "--train-sizes", 16) if args.train_sizes else (min(sizes),)
     denoise = params.defaults().denoise
-    return Settings(tuple(names), device, precision, args.precision, batch, steps, warmup, repeats, sizes,
-                    train_sizes, args.compile, args.quick, denoise.tile_size, denoise.tile_overlap)
+    return Settings(
+        tuple(names),
+        device,
+        precision,
+        args.precision,
+        batch,
+        steps,
+        warmup,
+        repeats,
+        sizes,
+        train_sizes,
+        args.compile,
+        args.quick,
+        denoise.tile_size,
+        denoise.tile_overlap,
+    )
 
 
 def ladder(settings: Settings) -> list[tuple[str, str, Config | None, str]]:
     """The ablation after plain: (step, what it is, config or None, why skipped)."""
     rows: list[tuple[str, str, Config | None, str]] = [
-        ("fp32", "the engine, fp32, eager (train.precision: fp32)", Config("fp32"), "")]
+        ("fp32", "the engine, fp32, eager (train.precision: fp32)", Config("fp32"), "")
+    ]
     if settings.precision != "fp32":
-        rows.append((settings.precision, f"{settings.precision} autocast (train.precision: "
-                     f"{settings.precision_requested})", Config(settings.precision), ""))
+        rows.append(
+            (
+                settings.precision,
+                f"{settings.precision} autocast (train.precision: {settings.precision_requested})",
+                Config(settings.precision),
+                "",
+            )
+        )
     else:
-        rows.append(("bf16", "bf16 autocast", None,
-                     "precision fp32 requested" if settings.precision_requested == "fp32" else
-                     "precision auto chose fp32: this CPU has no native bfloat16 (emulated bf16 is much slower)"))
+        rows.append(
+            (
+                "bf16",
+                "bf16 autocast",
+                None,
+                "precision fp32 requested"
+                if settings.precision_requested == "fp32"
+                else "precision auto chose fp32: this CPU has no native bfloat16 (emulated bf16 is much slower)",
+            )
+        )
     if settings.compile:
         rows.append(("compile", "torch.compile (train.compile: true)", Config(settings.precision, True), ""))
     else:
@@ -210,6 +260,7 @@ def ladder(settings: Settings) -> list[tuple[str, str, Config | None, str]]:
 
 
 # ---------------------------------------------------------------------------------------------- measuring
+
 
 class PeakMemory:
     """Peak memory over a ``with`` block: CUDA max_memory_allocated on a GPU; on a CPU the resident memory
@@ -230,6 +281,7 @@ class PeakMemory:
                 return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         except (OSError, ValueError, IndexError, AttributeError):
             import resource  # not on Windows; ru_maxrss is in KiB on Linux
+
             return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     def _sample(self) -> None:
@@ -268,8 +320,9 @@ def _release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def _best_of(device: torch.device, warm_up: Callable[[], object], round_: Callable[[int], float],
-             repeats: int) -> Measure:
+def _best_of(
+    device: torch.device, warm_up: Callable[[], object], round_: Callable[[int], float], repeats: int
+) -> Measure:
     """``warm_up()``, then ``repeats`` timed rounds, each returning its images/s; the fastest counts (on a
     shared machine the others measure the neighbours as much as the code)."""
     with PeakMemory(device) as mem:
@@ -289,6 +342,7 @@ def _timed_steps(device: torch.device, step: Callable[[], object], steps: int, i
 
 
 # ---------------------------------------------------------------------------------------------- plain loop
+
 
 class _PlainImages(torch.utils.data.Dataset):
     """The original's data path: one HDF5 read per item, returned as the (S, S, 1) float32 array h5py gives
@@ -317,8 +371,9 @@ def _nchw(batch: torch.Tensor) -> torch.Tensor:
 
 
 def _plain_loader(paths: list[Path], batch: int, steps: int) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(_PlainImages(paths, batch * steps), batch_size=batch, shuffle=True,
-                                       num_workers=PLAIN_WORKERS, drop_last=True)
+    return torch.utils.data.DataLoader(
+        _PlainImages(paths, batch * steps), batch_size=batch, shuffle=True, num_workers=PLAIN_WORKERS, drop_last=True
+    )
 
 
 def _plain_model(name: str, device: torch.device, train: bool) -> torch.nn.Module:
@@ -343,8 +398,12 @@ def plain_train(name: str, noisy: Path, clean: Path, device: torch.device, batch
         loss.item()  # the original logs the loss of every batch
 
     try:
-        return _best_of(device, lambda: [_timed_steps(device, step, settings.warmup, batch)],
-                        lambda _: _timed_steps(device, step, settings.steps, batch), settings.repeats)
+        return _best_of(
+            device,
+            lambda: [_timed_steps(device, step, settings.warmup, batch)],
+            lambda _: _timed_steps(device, step, settings.steps, batch),
+            settings.repeats,
+        )
     finally:
         loader.clear()  # the loader's worker processes end now, not whenever the frame is collected
 
@@ -361,53 +420,79 @@ def plain_infer(name: str, noisy: Path, device: torch.device, batch: int, settin
             outputs.pop(0)
 
     try:
-        return _best_of(device, lambda: [_timed_steps(device, step, settings.warmup, batch)],
-                        lambda _: _timed_steps(device, step, settings.steps, batch), settings.repeats)
+        return _best_of(
+            device,
+            lambda: [_timed_steps(device, step, settings.warmup, batch)],
+            lambda _: _timed_steps(device, step, settings.steps, batch),
+            settings.repeats,
+        )
     finally:
         loader.clear()  # the loader's worker processes end now, not whenever the frame is collected
 
 
 # ---------------------------------------------------------------------------------------------- the engine
 
-def engine_train(name: str, noisy: torch.Tensor, clean: torch.Tensor, device: torch.device, cfg: Config,
-                 batch: int, settings: Settings, log: logging.Logger) -> Measure:
+
+def engine_train(
+    name: str,
+    noisy: torch.Tensor,
+    clean: torch.Tensor,
+    device: torch.device,
+    cfg: Config,
+    batch: int,
+    settings: Settings,
+    log: logging.Logger,
+) -> Measure:
     """The train task's step (:class:`TrainStep` through :func:`train_epoch`) on the in-memory pairs: one
     round is one epoch of ``settings.steps`` batches; its images/s are what the train task logs."""
     train = params.defaults().train.replace(batch_size=batch, precision=cfg.precision, compile=cfg.compile)
     empty = Split("val", np.empty((0,) + tuple(noisy.shape[-2:]), np.float32), np.empty((0,), np.float32))
-    data = resident(TrainData(noisy[:batch * settings.steps], clean[:batch * settings.steps], empty, 0), device)
+    data = resident(TrainData(noisy[: batch * settings.steps], clean[: batch * settings.steps], empty, 0), device)
     runtime.seed_everything(train.seed)
     torch.backends.cudnn.benchmark = True
     step = TrainStep(models.build(name), train, settings.steps * settings.repeats, device, cfg.precision, log=log)
-    measure = _best_of(device, lambda: settings.warmup and train_epoch(step, data.first(batch * settings.warmup),
-                                                                        train, 0, "warm-up"),
-                       lambda r: train_epoch(step, data, train, r + 1, f"{name} round {r + 1}")["images_per_s"],
-                       settings.repeats)
+    measure = _best_of(
+        device,
+        lambda: settings.warmup and train_epoch(step, data.first(batch * settings.warmup), train, 0, "warm-up"),
+        lambda r: train_epoch(step, data, train, r + 1, f"{name} round {r + 1}")["images_per_s"],
+        settings.repeats,
+    )
     measure.compile_error = step.compile_error
     return measure
 
 
-def engine_infer(name: str, frames: np.ndarray, device: torch.device, cfg: Config, per_round: int,
-                 settings: Settings) -> Measure:
+def engine_infer(
+    name: str, frames: np.ndarray, device: torch.device, cfg: Config, per_round: int, settings: Settings
+) -> Measure:
     """The denoise task's path: :class:`Denoiser` through the :class:`Tiler` (its default tiles,
     ``settings.batch_size`` tiles a model call), host frames in, host frames out; ``frames`` (N, S, S)
     float32, ``per_round`` of them a timed round."""
     torch.manual_seed(0)
     torch.backends.cudnn.benchmark = True
     denoiser = Denoiser(models.build(name), {"model": name, "normalisation": _IDENTITY}, device, cfg.precision)
-    tiler = Tiler(denoiser.denoise, settings.tile_size, settings.tile_overlap, settings.batch_size,
-                  pin_memory=device.type == "cuda")
+    tiler = Tiler(
+        denoiser.denoise,
+        settings.tile_size,
+        settings.tile_overlap,
+        settings.batch_size,
+        pin_memory=device.type == "cuda",
+    )
 
     def stream(n: int) -> float:
         t0 = time.perf_counter()
         done = sum(1 for _ in tiler.stream(frames[:n]))
         return done / (time.perf_counter() - t0)
 
-    return _best_of(device, lambda: settings.warmup and stream(min(per_round, settings.warmup)),
-                    lambda _: stream(per_round), settings.repeats)
+    return _best_of(
+        device,
+        lambda: settings.warmup and stream(min(per_round, settings.warmup)),
+        lambda _: stream(per_round),
+        settings.repeats,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- one model
+
 
 def _write_images(path: Path, images: np.ndarray) -> None:
     """(N, S, S) -> dataset "images" (N, S, S, 1) float32, channels last, as the original files."""
@@ -429,8 +514,14 @@ def _rows(side: int, batch: int, needed: int) -> int:
     return max(batch, min(needed, cap) // batch * batch)
 
 
-def _measure_rows(rows: list[dict[str, Any]], kind: str, plain: Measure, run: Callable[[Config], Measure],
-                  log: logging.Logger, label: str) -> tuple[Measure, Config]:
+def _measure_rows(
+    rows: list[dict[str, Any]],
+    kind: str,
+    plain: Measure,
+    run: Callable[[Config], Measure],
+    log: logging.Logger,
+    label: str,
+) -> tuple[Measure, Config]:
     """Measure ``kind`` for every row of the ablation that applies; the last one measured is the engine's
     figure (a compile that fell back is recorded and counts as the eager row before it)."""
     rows[0][f"{kind}_images_per_s"] = plain.images_per_s
@@ -474,22 +565,37 @@ def bench_model(name: str, settings: Settings, tmp: Path, log: logging.Logger) -
     """All measurements of one model: plain and engine per size, the ablation at the reference sizes."""
     device = settings.device
     result: dict[str, Any] = {"parameters": models.count_parameters(models.build(name))}
-    for field in ("train_images_per_s", "plain_train_images_per_s", "infer_images_per_s",
-                  "plain_infer_images_per_s", "train_speedup_vs_plain_by_size", "infer_speedup_vs_plain_by_size"):
+    for field in (
+        "train_images_per_s",
+        "plain_train_images_per_s",
+        "infer_images_per_s",
+        "plain_infer_images_per_s",
+        "train_speedup_vs_plain_by_size",
+        "infer_speedup_vs_plain_by_size",
+    ):
         result[field] = {}
     for field in ("peak_memory_bytes", "plain_peak_memory_bytes", "batch_size"):
         result[field] = {"train": {}, "infer": {}}
     result["fallbacks"] = []
-    rows: list[dict[str, Any]] = [{"step": "plain", "adds": "the original loop: one HDF5 read per image, "
-                                   f"DataLoader with {PLAIN_WORKERS} workers, float32, NCHW, eager", "config": None}]
-    rows += [{"step": step, "adds": adds, "config": cfg, **({"skipped": why} if why else {})}
-             for step, adds, cfg, why in ladder(settings)]
+    rows: list[dict[str, Any]] = [
+        {
+            "step": "plain",
+            "adds": "the original loop: one HDF5 read per image, "
+            f"DataLoader with {PLAIN_WORKERS} workers, float32, NCHW, eager",
+            "config": None,
+        }
+    ]
+    rows += [
+        {"step": step, "adds": adds, "config": cfg, **({"skipped": why} if why else {})}
+        for step, adds, cfg, why in ladder(settings)
+    ]
     reference = {"train": settings.train_sizes[0], "infer": settings.sizes[0]}
     chosen: dict[str, Config] = {}
     total = settings.warmup + settings.steps * settings.repeats
     # the reference sizes first: their ablation decides the configuration used at the other sizes
-    for side in sorted(set(settings.sizes) | set(settings.train_sizes),
-                       key=lambda side: (side not in reference.values(), side)):
+    for side in sorted(
+        set(settings.sizes) | set(settings.train_sizes), key=lambda side: (side not in reference.values(), side)
+    ):
         batch = settings.batch_for(side)
         noisy_np, clean_np = _pairs(side, _rows(side, batch, batch * total), seed=side)
         paths = {"noisy": tmp / f"graphene_img_noise_{side}.h5", "clean": tmp / f"graphene_img_clean_{side}.h5"}
@@ -504,13 +610,13 @@ def bench_model(name: str, settings: Settings, tmp: Path, log: logging.Logger) -
             run: Callable[[Config], Measure]
             if kind == "train":
                 plain = plain_train(name, paths["noisy"], paths["clean"], device, batch, settings)
-                run = functools.partial(engine_train, name, noisy, clean, device, batch=batch, settings=settings,
-                                        log=log)
+                run = functools.partial(
+                    engine_train, name, noisy, clean, device, batch=batch, settings=settings, log=log
+                )
             else:
                 plain = plain_infer(name, paths["noisy"], device, batch, settings)
                 per_round = min(len(noisy_np), batch * settings.steps)
-                run = functools.partial(engine_infer, name, noisy_np, device, per_round=per_round,
-                                        settings=settings)
+                run = functools.partial(engine_infer, name, noisy_np, device, per_round=per_round, settings=settings)
             _release(device)
             if side == reference[kind]:
                 engine, chosen[kind] = _measure_rows(rows, kind, plain, run, log, label)
@@ -538,6 +644,7 @@ def bench_model(name: str, settings: Settings, tmp: Path, log: logging.Logger) -
 
 # ---------------------------------------------------------------------------------------------- the command
 
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -555,17 +662,30 @@ def run_bench(settings: Settings, log: logging.Logger) -> dict[str, Any]:
     """Every model's measurements plus the machine and settings, as the JSON document."""
     if settings.device.type == "cuda":
         torch.cuda.set_device(settings.device)
-    doc: dict[str, Any] = {"format": FORMAT, "emdenoise_version": __version__, "torch_version": torch.__version__,
-           "device": str(settings.device), "device_name": device_name(settings.device),
-           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-           "platform": platform.platform(), "python": platform.python_version(),
-           "memory_method": ("torch.cuda.max_memory_allocated" if settings.device.type == "cuda" else
-                             "peak resident memory of the main process above its level at the start of the "
-                             "measurement (loader workers not included)"),
-           "settings": {**{k: v for k, v in asdict(settings).items() if k != "device"},
-                        "plain_workers": PLAIN_WORKERS, "reference_side": REFERENCE_SIDE,
-                        "plain_learning_rate": LR},
-           "models": {}}
+    doc: dict[str, Any] = {
+        "format": FORMAT,
+        "emdenoise_version": __version__,
+        "torch_version": torch.__version__,
+        "device": str(settings.device),
+        "device_name": device_name(settings.device),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "memory_method": (
+            "torch.cuda.max_memory_allocated"
+            if settings.device.type == "cuda"
+            else "peak resident memory of the main process above its level at the start of the "
+            "measurement (loader workers not included)"
+        ),
+        "settings": {
+            **{k: v for k, v in asdict(settings).items() if k != "device"},
+            "plain_workers": PLAIN_WORKERS,
+            "reference_side": REFERENCE_SIDE,
+            "plain_learning_rate": LR,
+        },
+        "models": {},
+    }
     with tempfile.TemporaryDirectory(prefix="emdenoise-bench-") as tmp:
         for name in settings.models:
             doc["models"][name] = bench_model(name, settings, Path(tmp), log)
@@ -581,21 +701,27 @@ def _fmt(x: float | None) -> str:
 def table(doc: dict[str, Any]) -> str:
     """A plain-text summary: one line per model, task and size, then each model's ablation."""
     s = doc["settings"]
-    lines = [f"emdenoise bench: {doc['device']} ({doc['device_name']}, {doc['cpu_count']} CPUs, "
-             f"{doc['torch_threads']} threads), torch {doc['torch_version']}, {s['precision']}, "
-             f"best of {s['repeats']} x {s['steps']} steps after {s['warmup']} warm-up",
-             f"{'model':<10} {'task':<6} {'size':>5} {'batch':>6} {'plain img/s':>12} {'engine img/s':>13} "
-             f"{'speedup':>8} {'peak MB':>8}"]
+    lines = [
+        f"emdenoise bench: {doc['device']} ({doc['device_name']}, {doc['cpu_count']} CPUs, "
+        f"{doc['torch_threads']} threads), torch {doc['torch_version']}, {s['precision']}, "
+        f"best of {s['repeats']} x {s['steps']} steps after {s['warmup']} warm-up",
+        f"{'model':<10} {'task':<6} {'size':>5} {'batch':>6} {'plain img/s':>12} {'engine img/s':>13} "
+        f"{'speedup':>8} {'peak MB':>8}",
+    ]
     for name, m in doc["models"].items():
         for kind in ("train", "infer"):
             for size, fast in m[f"{kind}_images_per_s"].items():
-                lines.append(f"{name:<10} {kind:<6} {size:>5} {m['batch_size'][kind][size]:>6} "
-                             f"{_fmt(m[f'plain_{kind}_images_per_s'][size]):>12} {_fmt(fast):>13} "
-                             f"{m[f'{kind}_speedup_vs_plain_by_size'][size]:>7.2f}x "
-                             f"{m['peak_memory_bytes'][kind][size] / 2**20:>8.0f}")
+                lines.append(
+                    f"{name:<10} {kind:<6} {size:>5} {m['batch_size'][kind][size]:>6} "
+                    f"{_fmt(m[f'plain_{kind}_images_per_s'][size]):>12} {_fmt(fast):>13} "
+                    f"{m[f'{kind}_speedup_vs_plain_by_size'][size]:>7.2f}x "
+                    f"{m['peak_memory_bytes'][kind][size] / 2**20:>8.0f}"
+                )
     for name, m in doc["models"].items():
-        lines.append(f"ablation {name} (train {s['train_sizes'][0]}, infer {s['sizes'][0]}): "
-                     "step, train img/s (gain), infer img/s (gain)")
+        lines.append(
+            f"ablation {name} (train {s['train_sizes'][0]}, infer {s['sizes'][0]}): "
+            "step, train img/s (gain), infer img/s (gain)"
+        )
         for row in m["ablation"]:
             if "skipped" in row:
                 lines.append(f"  {row['step']:<10} skipped: {row['skipped']}")
@@ -604,8 +730,13 @@ def table(doc: dict[str, Any]) -> str:
             for kind in ("train", "infer"):
                 value, gain = row.get(f"{kind}_images_per_s"), row.get(f"{kind}_gain")
                 failed, skipped = row.get(f"{kind}_failed"), row.get(f"{kind}_skipped")
-                cells.append(f"failed ({failed})" if failed else f"skipped ({skipped})" if skipped else
-                             f"{_fmt(value):>8}" + (f" ({gain:.2f}x)" if gain else ""))
+                cells.append(
+                    f"failed ({failed})"
+                    if failed
+                    else f"skipped ({skipped})"
+                    if skipped
+                    else f"{_fmt(value):>8}" + (f" ({gain:.2f}x)" if gain else "")
+                )
             lines.append(f"  {row['step']:<10} {cells[0]:<20} {cells[1]}")
         lines.extend(f"  fallback: {item}" for item in m["fallbacks"])
     return "\n".join(lines)
@@ -618,9 +749,19 @@ def main(argv: list[str] | None = None) -> int:
     log = setup_logging("bench", None)
     try:
         settings = settings_from_args(args)
-        log.info("emdenoise %s: bench %s on %s (%s), batch %d at %dx%d, best of %d x %d steps after %d warm-up",
-                 __version__, ",".join(settings.models), settings.device, settings.precision, settings.batch_size,
-                 REFERENCE_SIDE, REFERENCE_SIDE, settings.repeats, settings.steps, settings.warmup)
+        log.info(
+            "emdenoise %s: bench %s on %s (%s), batch %d at %dx%d, best of %d x %d steps after %d warm-up",
+            __version__,
+            ",".join(settings.models),
+            settings.device,
+            settings.precision,
+            settings.batch_size,
+            REFERENCE_SIDE,
+            REFERENCE_SIDE,
+            settings.repeats,
+            settings.steps,
+            settings.warmup,
+        )
         doc = run_bench(settings, log)
         if args.output:
             write_json_atomic(args.output, doc)

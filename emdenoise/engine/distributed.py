@@ -58,8 +58,9 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(text)
     except ValueError:
-        raise RuntimeFailure(f"environment variable {name}: expected an integer (set by torchrun), got {text!r}") \
-            from None
+        raise RuntimeFailure(
+            f"environment variable {name}: expected an integer (set by torchrun), got {text!r}"
+        ) from None
 
 
 def from_env() -> World:
@@ -70,8 +71,10 @@ def from_env() -> World:
     rank = _env_int("RANK", -1)
     local_rank = _env_int("LOCAL_RANK", rank)
     if not 0 <= rank < size:
-        raise RuntimeFailure(f"environment variable RANK: expected 0 to {size - 1} with WORLD_SIZE={size}, got "
-                             f"{os.environ.get('RANK')!r} (start distributed runs with torchrun)")
+        raise RuntimeFailure(
+            f"environment variable RANK: expected 0 to {size - 1} with WORLD_SIZE={size}, got "
+            f"{os.environ.get('RANK')!r} (start distributed runs with torchrun)"
+        )
     return World(rank, size, local_rank)
 
 
@@ -85,8 +88,10 @@ def start(world: World, device: torch.device) -> tuple[torch.device, bool]:
         return device, False
     if device.type == "cuda":
         if world.local_rank >= torch.cuda.device_count():
-            raise RuntimeFailure(f"process of local rank {world.local_rank} has no GPU: this node has "
-                                 f"{torch.cuda.device_count()}; start at most that many processes per node")
+            raise RuntimeFailure(
+                f"process of local rank {world.local_rank} has no GPU: this node has "
+                f"{torch.cuda.device_count()}; start at most that many processes per node"
+            )
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
     if dist.is_initialized():

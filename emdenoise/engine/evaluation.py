@@ -31,6 +31,7 @@ DOSE_BINS = 4
 # What to evaluate
 # --------------------------------------------------------------------------------------------------------------
 
+
 def _names(value: Names, field: str, where: str | Path) -> list[str] | str:
     """A validated names value: 'all', [] for 'none', or the list itself."""
     if value == "all":
@@ -42,22 +43,31 @@ def _names(value: Names, field: str, where: str | Path) -> list[str] | str:
     return list(value)
 
 
-def select_baselines(value: Names, where: str | Path, log: logging.Logger | None,
-                     field: str = "test.baselines") -> list[str]:
+def select_baselines(
+    value: Names, where: str | Path, log: logging.Logger | None, field: str = "test.baselines"
+) -> list[str]:
     """The baselines to run; BM3D ones asked for by name but not installed are an input error naming ``field``."""
     names = _names(value, field, where)
     if isinstance(names, str):  # all
         installed = list(baselines_mod.available())
         skipped = [n for n in baselines_mod.BASELINES if n not in installed]
         if skipped and log is not None:
-            log.info("%s: all: skipping %s (needs the optional bm3d package: %s)", field, ", ".join(skipped),
-                     baselines_mod.BM3D_INSTALL)
+            log.info(
+                "%s: all: skipping %s (needs the optional bm3d package: %s)",
+                field,
+                ", ".join(skipped),
+                baselines_mod.BM3D_INSTALL,
+            )
         return installed
     for name in names:
         package = baselines_mod.missing_package(name)
         if package:
-            raise InputError.at(where, field, f"{name!r} needs the optional {package} package, which "
-                                f"is not installed: {baselines_mod.BM3D_INSTALL}; or remove {name!r}")
+            raise InputError.at(
+                where,
+                field,
+                f"{name!r} needs the optional {package} package, which "
+                f"is not installed: {baselines_mod.BM3D_INSTALL}; or remove {name!r}",
+            )
     return names
 
 
@@ -66,15 +76,23 @@ def find_models(value: Names, model_dir: Path, where: str | Path) -> dict[str, P
     names = _names(value, "test.models", where)
     if isinstance(names, str):  # all
         if not model_dir.is_dir():
-            raise InputError.at(model_dir, "test.models", "expected a folder of trained models, not found; run the "
-                                "train task first, or set test.models: none to evaluate the baselines only")
+            raise InputError.at(
+                model_dir,
+                "test.models",
+                "expected a folder of trained models, not found; run the "
+                "train task first, or set test.models: none to evaluate the baselines only",
+            )
         return trained_models(model_dir)
     found = {}
     for name in names:
         path = model_dir / name / MODEL_FILE
         if not path.is_file():
-            raise InputError.at(path, "test.models", f"expected a trained {name!r} model file; run the train "
-                                f"task with train.model including {name!r}, or remove it from test.models")
+            raise InputError.at(
+                path,
+                "test.models",
+                f"expected a trained {name!r} model file; run the train "
+                f"task with train.model including {name!r}, or remove it from test.models",
+            )
         found[name] = path
     return found
 
@@ -83,15 +101,16 @@ def find_models(value: Names, model_dir: Path, where: str | Path) -> dict[str, P
 # Scoring
 # --------------------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Row:
     """Per-image scores of one method, filled batch by batch, plus its timing and settings."""
 
-    kind: str                   # input, classical, deep
+    kind: str  # input, classical, deep
     n: int
     params: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0        # time spent denoising all n images (warm-up excluded)
-    timed: bool = True          # False for the input row, which costs nothing
+    seconds: float = 0.0  # time spent denoising all n images (warm-up excluded)
+    timed: bool = True  # False for the input row, which costs nothing
     psnr: np.ndarray = field(init=False)
     ssim: np.ndarray = field(init=False)
     mse: np.ndarray = field(init=False)
@@ -145,39 +164,50 @@ def summarise(row: Row) -> dict[str, Any]:
     n = row.n
     seconds_per_image = row.seconds / n if row.timed else 0.0
     images_per_s = n / row.seconds if row.timed and row.seconds > 0 else None
-    (psnr_mean, psnr_std), (ssim_mean, ssim_std), (mse_mean, mse_std) = map(_mean_std, (row.psnr, row.ssim,
-                                                                                         row.mse))
-    return {"kind": row.kind, "psnr_mean": psnr_mean, "psnr_std": psnr_std, "ssim_mean": ssim_mean,
-            "ssim_std": ssim_std, "mse_mean": mse_mean, "mse_std": mse_std,
-            "images_per_s": finite(images_per_s) if images_per_s is not None else None,
-            "seconds_per_image": finite(seconds_per_image),
-            "params": row.params}
+    (psnr_mean, psnr_std), (ssim_mean, ssim_std), (mse_mean, mse_std) = map(_mean_std, (row.psnr, row.ssim, row.mse))
+    return {
+        "kind": row.kind,
+        "psnr_mean": psnr_mean,
+        "psnr_std": psnr_std,
+        "ssim_mean": ssim_mean,
+        "ssim_std": ssim_std,
+        "mse_mean": mse_mean,
+        "mse_std": mse_std,
+        "images_per_s": finite(images_per_s) if images_per_s is not None else None,
+        "seconds_per_image": finite(seconds_per_image),
+        "params": row.params,
+    }
 
 
 def dose_bins(dose: np.ndarray, rows: dict[str, Row], n_bins: int = DOSE_BINS) -> dict[str, Any]:
     """Mean PSNR per dose bin: up to ``n_bins`` bins holding about the same number of images."""
     order = np.argsort(dose, kind="stable")
     groups = [g for g in np.array_split(order, min(n_bins, len(dose))) if len(g)]
-    return {"definition": "test images sorted by dose and cut into bins of about equal size",
-            "bins": [{"dose_min": float(dose[g].min()), "dose_max": float(dose[g].max()), "n": int(len(g))}
-                     for g in groups],
-            "methods": {name: [_mean_std(row.psnr[g])[0] for g in groups] for name, row in rows.items()}}
+    return {
+        "definition": "test images sorted by dose and cut into bins of about equal size",
+        "bins": [
+            {"dose_min": float(dose[g].min()), "dose_max": float(dose[g].max()), "n": int(len(g))} for g in groups
+        ],
+        "methods": {name: [_mean_std(row.psnr[g])[0] for g in groups] for name, row in rows.items()},
+    }
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Running the methods
 # --------------------------------------------------------------------------------------------------------------
 
+
 def score_input(scorer: Scorer, batch_size: int) -> Row:
     """The ``noisy`` row: the input itself scored, what doing nothing scores."""
     row = scorer.add_row("noisy", "input")
     for first in range(0, len(scorer.split), batch_size):
-        scorer.score(row, first, scorer.split.noisy[first:first + batch_size])
+        scorer.score(row, first, scorer.split.noisy[first : first + batch_size])
     return row
 
 
-def run_baseline(name: str, val: Split, scorer: Scorer, data_range: float, batch_size: int,
-                 log: logging.Logger) -> None:
+def run_baseline(
+    name: str, val: Split, scorer: Scorer, data_range: float, batch_size: int, log: logging.Logger
+) -> None:
     """Tune one baseline on the validation pairs, then denoise and score every test image (timed per image)."""
     baseline = baselines_mod.get(name)
     steps = baselines_mod.tuning_steps(baseline, len(val))
@@ -187,13 +217,21 @@ def run_baseline(name: str, val: Split, scorer: Scorer, data_range: float, batch
         tune_seconds = time.perf_counter() - start
     params = tuned.params()
     params["tune_seconds"] = round(tune_seconds, 3)
-    log.info("%s: %s = %s (val PSNR %.2f dB on %d images), gain %.4g, offset %.4g", name, baseline.param,
-             params[baseline.param], tuned.tune_psnr, tuned.n_tune, tuned.gain, tuned.offset)
+    log.info(
+        "%s: %s = %s (val PSNR %.2f dB on %d images), gain %.4g, offset %.4g",
+        name,
+        baseline.param,
+        params[baseline.param],
+        tuned.tune_psnr,
+        tuned.n_tune,
+        tuned.gain,
+        tuned.offset,
+    )
     row = scorer.add_row(name, "classical", params)
     test = scorer.split
     with progress(total=len(test), desc=name, unit="img") as bar:
         for first in range(0, len(test), batch_size):
-            images = test.noisy[first:first + batch_size]
+            images = test.noisy[first : first + batch_size]
             outputs = np.empty(images.shape, dtype=np.float32)
             for i, image in enumerate(images):
                 t0 = time.perf_counter()
@@ -214,8 +252,16 @@ def load_model(path: Path, device: torch.device, precision: str) -> Denoiser:
     return Denoiser.from_file(path, device, precision)
 
 
-def run_model(name: str, path: Path, scorer: Scorer, device: torch.device, precision: str, batch_size: int,
-              log: logging.Logger, denoiser: Denoiser | None = None) -> None:
+def run_model(
+    name: str,
+    path: Path,
+    scorer: Scorer,
+    device: torch.device,
+    precision: str,
+    batch_size: int,
+    log: logging.Logger,
+    denoiser: Denoiser | None = None,
+) -> None:
     """Score the model of file ``path`` (``denoiser``, or loaded here) on the test images in batches, a warm-up
     batch excluded from timing."""
     if denoiser is None:
@@ -223,10 +269,19 @@ def run_model(name: str, path: Path, scorer: Scorer, device: torch.device, preci
     meta = denoiser.meta
     trained_range = meta.get("data_range")
     if trained_range and not math.isclose(trained_range, scorer.data_range, rel_tol=1e-5):
-        log.warning("%s: trained with data range %.6g, this test set has %.6g: another dataset?", path,
-                    trained_range, scorer.data_range)
-    params = {"model": denoiser.name, "options": meta.get("options", {}), "parameters": meta.get("parameters"),
-              "file": str(path), "batch_size": batch_size}
+        log.warning(
+            "%s: trained with data range %.6g, this test set has %.6g: another dataset?",
+            path,
+            trained_range,
+            scorer.data_range,
+        )
+    params = {
+        "model": denoiser.name,
+        "options": meta.get("options", {}),
+        "parameters": meta.get("parameters"),
+        "file": str(path),
+        "batch_size": batch_size,
+    }
     row = scorer.add_row(name, "deep", params)
     test = scorer.split
     try:
@@ -237,12 +292,13 @@ def run_model(name: str, path: Path, scorer: Scorer, device: torch.device, preci
             with progress(total=len(test), desc=name, unit="img") as bar:
                 for first in range(0, len(test), batch_size):
                     t0 = time.perf_counter()
-                    noisy = torch.from_numpy(test.noisy[first:first + batch_size, None]).to(device)
+                    noisy = torch.from_numpy(test.noisy[first : first + batch_size, None]).to(device)
                     output = denoiser.denoise(noisy).float().cpu()
                     row.seconds += time.perf_counter() - t0
                     scorer.score(row, first, output[:, 0].numpy())
                     bar.update(len(noisy))
     except torch.cuda.OutOfMemoryError:
-        raise RuntimeFailure(f"{path}: out of GPU memory at test.batch_size={batch_size}; lower test.batch_size"
-                             ) from None
+        raise RuntimeFailure(
+            f"{path}: out of GPU memory at test.batch_size={batch_size}; lower test.batch_size"
+        ) from None
     log.info("%s: %.1f images/s on %s", name, len(test) / row.seconds if row.seconds else float("inf"), device)

@@ -41,8 +41,9 @@ class Denoiser:
     The output is float32 on the input's device. The model is put in eval mode and channels_last layout.
     """
 
-    def __init__(self, model: nn.Module, meta: dict[str, Any], device: str | torch.device = "cpu",
-                 precision: str = "fp32"):
+    def __init__(
+        self, model: nn.Module, meta: dict[str, Any], device: str | torch.device = "cpu", precision: str = "fp32"
+    ):
         if precision not in runtime.PRECISIONS:
             raise ValueError(f"precision must be one of {runtime.PRECISIONS} (resolve 'auto' first)")
         self.device = torch.device(device)
@@ -81,8 +82,9 @@ class Progress(Protocol):
     def update(self, n: int = 1) -> Any: ...
 
 
-def denoise_file(src: micrographs.InputFile, dest: Path, tiler: Tiler, provenance: dict[str, Any],
-                 bar: Progress | None = None) -> int:
+def denoise_file(
+    src: micrographs.InputFile, dest: Path, tiler: Tiler, provenance: dict[str, Any], bar: Progress | None = None
+) -> int:
     """Denoise every image of ``src`` into ``dest`` (same format, written atomically), frame by frame.
     Returns the number of frames; ``bar`` advances once per frame."""
     count = 0
@@ -111,7 +113,7 @@ class Denoised:
     provenance, the output, frames, seconds, frames_per_s and the fingerprint."""
 
     record: dict[str, Any]
-    shapes: str          # "3 frames of 96x80", for the log
+    shapes: str  # "3 frames of 96x80", for the log
 
     @property
     def frames(self) -> int:
@@ -127,25 +129,40 @@ class FileDenoiser:
     (``tile_size`` tiles overlapping by ``overlap`` pixels, ``batch_size`` tiles per model call) straight into
     the output file. The first call warms the model up (one batch, outside the timing)."""
 
-    def __init__(self, model_file: Path, device: torch.device, precision: str, tile_size: int, overlap: int,
-                 batch_size: int):
+    def __init__(
+        self, model_file: Path, device: torch.device, precision: str, tile_size: int, overlap: int, batch_size: int
+    ):
         self.denoiser = Denoiser.from_file(model_file, device, precision)
         self.model_file = Path(model_file)
         self.model_sha256 = sha256_file(model_file)
-        self.settings = {"tile_size": tile_size, "tile_overlap": overlap, "batch_size": batch_size,
-                         "device": str(device), "precision": precision}
+        self.settings = {
+            "tile_size": tile_size,
+            "tile_overlap": overlap,
+            "batch_size": batch_size,
+            "device": str(device),
+            "precision": precision,
+        }
         self.tiler = Tiler(self.denoiser.denoise, tile_size, overlap, batch_size, pin_memory=device.type == "cuda")
         meta = self.denoiser.meta
-        self.model_info = {"name": self.denoiser.name, "file": str(model_file), "sha256": self.model_sha256,
-                           "options": meta.get("options"), "normalisation": meta.get("normalisation"),
-                           "trained_with": meta.get("emdenoise_version")}
+        self.model_info = {
+            "name": self.denoiser.name,
+            "file": str(model_file),
+            "sha256": self.model_sha256,
+            "options": meta.get("options"),
+            "normalisation": meta.get("normalisation"),
+            "trained_with": meta.get("emdenoise_version"),
+        }
         self._warm = False
 
     def fingerprint(self, path: Path) -> dict[str, Any]:
         """What decides the output of input ``path``: an output is reused only when all of it matches."""
         stat = path.stat()
-        return {"input_bytes": stat.st_size, "input_mtime_ns": stat.st_mtime_ns, "model_sha256": self.model_sha256,
-                **{key: self.settings[key] for key in ("tile_size", "tile_overlap", "precision")}}
+        return {
+            "input_bytes": stat.st_size,
+            "input_mtime_ns": stat.st_mtime_ns,
+            "model_sha256": self.model_sha256,
+            **{key: self.settings[key] for key in ("tile_size", "tile_overlap", "precision")},
+        }
 
     @staticmethod
     def up_to_date(out: Path, fingerprint: dict[str, Any]) -> bool:
@@ -171,18 +188,31 @@ class FileDenoiser:
         fingerprint = self.fingerprint(path)
         with micrographs.open_input(path) as src:
             self._warm_up(src)
-            provenance = {"emdenoise_version": __version__, "created": _now(),
-                          "input": {"file": str(path), "format": src.fmt,
-                                    "images": [{"name": im.name, "shape": list(im.shape), "dtype": str(im.dtype)}
-                                               for im in src.images]},
-                          "model": self.model_info, "settings": self.settings}
+            provenance = {
+                "emdenoise_version": __version__,
+                "created": _now(),
+                "input": {
+                    "file": str(path),
+                    "format": src.fmt,
+                    "images": [{"name": im.name, "shape": list(im.shape), "dtype": str(im.dtype)} for im in src.images],
+                },
+                "model": self.model_info,
+                "settings": self.settings,
+            }
             start = time.perf_counter()
             frames = denoise_file(src, dest, self.tiler, provenance, bar)
             seconds = time.perf_counter() - start
             shapes = micrographs.describe(src)
-        record = {**provenance,
-                  "output": {"file": str(final or dest), "format": src.fmt,
-                             "dtype": "float32" if src.fmt != "png" else f"uint{src.info['bits']}"},
-                  "frames": frames, "seconds": round(seconds, 4),
-                  "frames_per_s": round(frames / max(seconds, 1e-9), 3), "fingerprint": fingerprint}
+        record = {
+            **provenance,
+            "output": {
+                "file": str(final or dest),
+                "format": src.fmt,
+                "dtype": "float32" if src.fmt != "png" else f"uint{src.info['bits']}",
+            },
+            "frames": frames,
+            "seconds": round(seconds, 4),
+            "frames_per_s": round(frames / max(seconds, 1e-9), 3),
+            "fingerprint": fingerprint,
+        }
         return Denoised(record, shapes)

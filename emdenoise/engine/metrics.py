@@ -35,7 +35,8 @@ def psnr_per_image(pred, target, data_range: float) -> torch.Tensor:
 def ssim_per_image(pred, target, data_range: float) -> torch.Tensor:
     """SSIM of each image of a batch, (B,) tensor, Gaussian 11x11 window, sigma 1.5."""
     pred, target = _as_bchw(pred).float(), _as_bchw(target).float()
-    ssim = structural_similarity_index_measure(pred, target, data_range=float(data_range), reduction="none",
-                                               gaussian_kernel=True, sigma=1.5, kernel_size=11)
+    ssim = structural_similarity_index_measure(
+        pred, target, data_range=float(data_range), reduction="none", gaussian_kernel=True, sigma=1.5, kernel_size=11
+    )
     assert isinstance(ssim, torch.Tensor)  # a tuple only when asked for the full SSIM image
     return ssim

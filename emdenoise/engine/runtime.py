@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import random
-from typing import Any, ContextManager
+from contextlib import AbstractContextManager
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,11 +34,13 @@ def resolve_device(spec: str, field: str = "train.device", where: str = "paramet
         raise InputError.at(where, field, f"expected auto, cpu, cuda or cuda:N, got {spec!r}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise InputError.at(where, field, f"expected auto or cpu: {spec!r} was asked for but this "
-                                "machine (or this torch build) has no CUDA")
+            raise InputError.at(
+                where,
+                field,
+                f"expected auto or cpu: {spec!r} was asked for but this machine (or this torch build) has no CUDA",
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise InputError.at(where, field, f"expected a GPU index below {torch.cuda.device_count()}, "
-                                f"got {spec!r}")
+            raise InputError.at(where, field, f"expected a GPU index below {torch.cuda.device_count()}, got {spec!r}")
     elif device.type != "cpu":
         raise InputError.at(where, field, f"expected auto, cpu, cuda or cuda:N, got {spec!r}")
     return device
@@ -52,7 +55,9 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def resolve_precision(spec: str, device: torch.device, field: str = "train.precision", where: str = "parameters") -> str:
+def resolve_precision(
+    spec: str, device: torch.device, field: str = "train.precision", where: str = "parameters"
+) -> str:
     """``auto``/``fp32``/``bf16``/``fp16`` -> ``fp32``, ``bf16`` or ``fp16`` for ``device``.
 
     auto: bf16 on a GPU that supports it, else fp16; on a CPU bf16 only with native bfloat16, else fp32.
@@ -71,12 +76,13 @@ def resolve_precision(spec: str, device: torch.device, field: str = "train.preci
     if spec == "auto":
         return "bf16" if cpu_has_native_bf16() else "fp32"
     if spec == "fp16":
-        raise InputError.at(where, field, "expected fp32, bf16 or auto on the CPU, got 'fp16' "
-                            "(float16 autocast is for GPUs)")
+        raise InputError.at(
+            where, field, "expected fp32, bf16 or auto on the CPU, got 'fp16' (float16 autocast is for GPUs)"
+        )
     return spec
 
 
-def autocast(device: torch.device, precision: str) -> ContextManager:
+def autocast(device: torch.device, precision: str) -> AbstractContextManager:
     """Mixed-precision autocast for ``precision`` on ``device``; a no-op context for fp32."""
     if precision == "fp32":
         return contextlib.nullcontext()
@@ -107,4 +113,4 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8).cpu())
     if "cuda" in state and torch.cuda.is_available():
         cuda = [torch.as_tensor(s, dtype=torch.uint8).cpu() for s in state["cuda"]]
-        torch.cuda.set_rng_state_all(cuda[:torch.cuda.device_count()])
+        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])

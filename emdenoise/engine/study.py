@@ -53,6 +53,7 @@ BASELINES_DIR = "baselines"
 # The plan: cells, their training settings, their fingerprints
 # --------------------------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Cell:
     """One model trained on the first ``size`` training pairs for ``epochs`` epochs."""
@@ -74,24 +75,39 @@ def cell_epochs(size: int, batch_size: int, epochs: int, min_steps: int) -> int:
 
 def plan_cells(study: StudyParams) -> list[Cell]:
     """Every (model, size) cell, smallest size first (the cheap cells finish first), models in registry order."""
-    return [Cell(name, size, cell_epochs(size, study.batch_size, study.epochs, study.min_steps))
-            for size in sorted(study.train_sizes) for name in study.model_names()]
+    return [
+        Cell(name, size, cell_epochs(size, study.batch_size, study.epochs, study.min_steps))
+        for size in sorted(study.train_sizes)
+        for name in study.model_names()
+    ]
 
 
 def cell_train_section(train: TrainParams, study: StudyParams, cell: Cell) -> TrainParams:
     """The ``train:`` section a cell is trained with: the study's settings over the train section."""
-    section: TrainParams = train.replace(model=[cell.model], epochs=cell.epochs, batch_size=study.batch_size,
-                                         lr=study.lr, max_train_images=cell.size, patch_size=study.patch_size,
-                                         seed=study.seed, device=study.device)
+    section: TrainParams = train.replace(
+        model=[cell.model],
+        epochs=cell.epochs,
+        batch_size=study.batch_size,
+        lr=study.lr,
+        max_train_images=cell.size,
+        patch_size=study.patch_size,
+        seed=study.seed,
+        device=study.device,
+    )
     return section
 
 
 def cell_config(cell: Cell, train: TrainParams, evaluation: dict[str, Any], data: str) -> dict[str, Any]:
     """What a cell's result depends on: the training configuration (as the training engine fingerprints it),
     the evaluation settings and the data. Device and precision are left out, as in training."""
-    return {"model": cell.model, "train_size": cell.size, "options": models.options_from_train(cell.model, train),
-            **{key: getattr(train, key) for key in training.FINGERPRINT_KEYS}, "evaluation": evaluation,
-            "data_card": data}
+    return {
+        "model": cell.model,
+        "train_size": cell.size,
+        "options": models.options_from_train(cell.model, train),
+        **{key: getattr(train, key) for key in training.FINGERPRINT_KEYS},
+        "evaluation": evaluation,
+        "data_card": data,
+    }
 
 
 @dataclass(frozen=True)
@@ -112,10 +128,14 @@ class CellJob:
 # Analysis: the best baseline and the smallest size that beats it
 # --------------------------------------------------------------------------------------------------------------
 
+
 def best_baseline(methods: Mapping[str, Mapping[str, Any]]) -> tuple[str, float] | None:
     """The classical row with the highest mean PSNR, as (name, psnr); None when there is none."""
-    scored = [(row["psnr_mean"], name) for name, row in methods.items()
-              if row.get("kind") == "classical" and is_number(row.get("psnr_mean"))]
+    scored = [
+        (row["psnr_mean"], name)
+        for name, row in methods.items()
+        if row.get("kind") == "classical" and is_number(row.get("psnr_mean"))
+    ]
     if not scored:
         return None
     psnr, name = max(scored)
@@ -133,6 +153,7 @@ def smallest_winning_size(psnr_by_size: Mapping[int, float | None], target: floa
 # --------------------------------------------------------------------------------------------------------------
 # Results kept on disk
 # --------------------------------------------------------------------------------------------------------------
+
 
 def read_result(path: Path, fingerprint: str, log: logging.Logger) -> dict[str, Any] | None:
     """A finished result at ``path`` computed with the configuration ``fingerprint``, else None."""
@@ -166,21 +187,30 @@ def _row_summary(name: str, row: evaluation.Row, dose: np.ndarray | None, n_bins
 # What every cell shares
 # --------------------------------------------------------------------------------------------------------------
 
+
 def check_inputs(study: StudyParams, card: dict[str, Any], data_dir: Path, where: str) -> None:
     """Training sizes and patch size that the data can honour, or a one-line InputError."""
     card_path = Path(data_dir) / CARD
     n_train = (card.get("splits") or {}).get("train", {}).get("n")
     if isinstance(n_train, bool) or not isinstance(n_train, int):
-        raise InputError.at(card_path, "splits.train.n", f"expected the number of training pairs, got {n_train!r}; "
-                            "run the preprocess task again")
+        raise InputError.at(
+            card_path,
+            "splits.train.n",
+            f"expected the number of training pairs, got {n_train!r}; run the preprocess task again",
+        )
     too_big = [size for size in study.train_sizes if size > n_train]
     if too_big:
-        raise InputError.at(where, "study.train_sizes", f"expected sizes of at most {n_train} (the training pairs "
-                            f"in {data_dir}), got {', '.join(map(str, too_big))}")
+        raise InputError.at(
+            where,
+            "study.train_sizes",
+            f"expected sizes of at most {n_train} (the training pairs "
+            f"in {data_dir}), got {', '.join(map(str, too_big))}",
+        )
     shape = card.get("image_shape")
     if study.patch_size and isinstance(shape, list) and len(shape) == 2 and study.patch_size > min(shape):
-        raise InputError.at(where, "study.patch_size", f"expected 0 or at most the image side {min(shape)}, "
-                            f"got {study.patch_size}")
+        raise InputError.at(
+            where, "study.patch_size", f"expected 0 or at most the image side {min(shape)}, got {study.patch_size}"
+        )
 
 
 @dataclass
@@ -188,15 +218,15 @@ class Setting:
     """What every cell shares: the parameters, the data, the device."""
 
     study: StudyParams
-    train: TrainParams          # the train: section the cells' sections are made from
-    tune_images: int            # test.tune_images: validation pairs the baselines are tuned on
+    train: TrainParams  # the train: section the cells' sections are made from
+    tune_images: int  # test.tune_images: validation pairs the baselines are tuned on
     data_dir: Path
     card: dict[str, Any]
     test: Split
     device: torch.device
     precision: str
     log: logging.Logger
-    where: str                  # the parameters file, for messages
+    where: str  # the parameters file, for messages
 
     @property
     def data_range(self) -> float:
@@ -205,8 +235,11 @@ class Setting:
     @property
     def evaluation(self) -> dict[str, Any]:
         """The evaluation settings a result depends on."""
-        return {"max_test_images": self.study.max_test_images, "n_test": len(self.test),
-                "dose_bins": self.study.dose_bins}
+        return {
+            "max_test_images": self.study.max_test_images,
+            "n_test": len(self.test),
+            "dose_bins": self.study.dose_bins,
+        }
 
     @cached_property
     def data_fingerprint(self) -> str:
@@ -234,31 +267,62 @@ class Setting:
 # One cell, the baselines, every cell
 # --------------------------------------------------------------------------------------------------------------
 
+
 def _train_summary(record: dict[str, Any], wall_seconds: float) -> dict[str, Any]:
     epochs = record.get("epochs") or []
-    return {"parameters": record.get("parameters"), "n_train": record.get("n_train"), "n_val": record.get("n_val"),
-            "device": record.get("device"), "precision": record.get("precision"),
-            "best_epoch": record.get("best_epoch"), "best_val_psnr": record.get("best_val_psnr"),
-            "final_train_loss": epochs[-1]["train_loss"] if epochs else None,
-            "images_per_s": statistics.median(e["images_per_s"] for e in epochs) if epochs else None,
-            "seconds": sum(e["seconds"] for e in epochs), "wall_seconds_this_run": wall_seconds, "epochs": epochs}
+    return {
+        "parameters": record.get("parameters"),
+        "n_train": record.get("n_train"),
+        "n_val": record.get("n_val"),
+        "device": record.get("device"),
+        "precision": record.get("precision"),
+        "best_epoch": record.get("best_epoch"),
+        "best_val_psnr": record.get("best_val_psnr"),
+        "final_train_loss": epochs[-1]["train_loss"] if epochs else None,
+        "images_per_s": statistics.median(e["images_per_s"] for e in epochs) if epochs else None,
+        "seconds": sum(e["seconds"] for e in epochs),
+        "wall_seconds_this_run": wall_seconds,
+        "epochs": epochs,
+    }
 
 
 def run_cell(job: CellJob, setting: Setting, cell_dir: Path) -> dict[str, Any]:
     """Train (resuming or skipping what the cell's checkpoint already holds) and evaluate one cell."""
     cell, log = job.cell, setting.log
-    result: dict[str, Any] = {"cell": cell.name, "model": cell.model, "train_size": cell.size, "epochs": cell.epochs,
-                              "fingerprint": job.fingerprint, "config": job.config}
+    result: dict[str, Any] = {
+        "cell": cell.name,
+        "model": cell.model,
+        "train_size": cell.size,
+        "epochs": cell.epochs,
+        "fingerprint": job.fingerprint,
+        "config": job.config,
+    }
     t0 = time.perf_counter()
-    record = training.train_model(cell.model, job.train, setting.cell_data(cell.size), setting.card,
-                                  setting.data_range, setting.device, setting.precision, cell_dir / cell.model, log)
+    record = training.train_model(
+        cell.model,
+        job.train,
+        setting.cell_data(cell.size),
+        setting.card,
+        setting.data_range,
+        setting.device,
+        setting.precision,
+        cell_dir / cell.model,
+        log,
+    )
     training.publish({cell.model: record}, cell_dir, cell_dir / training.METRICS_FILE)
     result["train"] = _train_summary(record, time.perf_counter() - t0)
 
     scorer = evaluation.Scorer(setting.test, setting.data_range, [])
     t1 = time.perf_counter()
-    evaluation.run_model(cell.name, cell_dir / cell.model / MODEL_FILE, scorer, setting.device, setting.precision,
-                         setting.study.batch_size, log)
+    evaluation.run_model(
+        cell.name,
+        cell_dir / cell.model / MODEL_FILE,
+        scorer,
+        setting.device,
+        setting.precision,
+        setting.study.batch_size,
+        log,
+    )
     row = scorer.rows[cell.name]
     result["test"] = _row_summary(cell.name, row, setting.test.dose, setting.study.dose_bins)
     result["test"]["device"], result["test"]["precision"] = str(setting.device), setting.precision
@@ -271,8 +335,12 @@ def run_cell(job: CellJob, setting: Setting, cell_dir: Path) -> dict[str, Any]:
 def run_baselines(names: list[str], setting: Setting, out_dir: Path) -> dict[str, Any]:
     """Score the noisy input and each classical baseline (tuned on val) on the test images, once; kept in
     ``out_dir/baselines/result.json`` by fingerprint."""
-    config = {"baselines": names, "tune_images": setting.tune_images, "evaluation": setting.evaluation,
-              "data_card": setting.data_fingerprint}
+    config = {
+        "baselines": names,
+        "tune_images": setting.tune_images,
+        "evaluation": setting.evaluation,
+        "data_card": setting.data_fingerprint,
+    }
     fingerprint = modelfile.fingerprint(config)
     path = out_dir / BASELINES_DIR / RESULT_FILE
     kept = read_result(path, fingerprint, setting.log)
@@ -286,21 +354,32 @@ def run_baselines(names: list[str], setting: Setting, out_dir: Path) -> dict[str
     if names:
         val = load_split(setting.data_dir, "val", setting.tune_images)
         if len(val) == 0:
-            raise InputError.at(setting.data_dir / "val.h5", "study.baselines", "expected validation pairs to tune "
-                                "the baselines on, found none; set preprocess.val_fraction > 0 and preprocess "
-                                "again, or set study.baselines: none")
+            raise InputError.at(
+                setting.data_dir / "val.h5",
+                "study.baselines",
+                "expected validation pairs to tune "
+                "the baselines on, found none; set preprocess.val_fraction > 0 and preprocess "
+                "again, or set study.baselines: none",
+            )
         for name in names:
             evaluation.run_baseline(name, val, scorer, setting.data_range, batch, setting.log)
-    result = {"fingerprint": fingerprint, "config": config, "status": "done",
-              "methods": {name: _row_summary(name, row, test.dose, n_bins) for name, row in scorer.rows.items()},
-              "per_image": {name: _per_image(row) for name, row in scorer.rows.items()}}
+    result = {
+        "fingerprint": fingerprint,
+        "config": config,
+        "status": "done",
+        "methods": {name: _row_summary(name, row, test.dose, n_bins) for name, row in scorer.rows.items()},
+        "per_image": {name: _per_image(row) for name, row in scorer.rows.items()},
+    }
     write_json_atomic(path, result)
     return result
 
 
-def run_cells(cells: list[Cell], setting: Setting, out_dir: Path,
-              after_cell: Callable[[list[dict[str, Any]], list[dict[str, Any]]], object]
-              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def run_cells(
+    cells: list[Cell],
+    setting: Setting,
+    out_dir: Path,
+    after_cell: Callable[[list[dict[str, Any]], list[dict[str, Any]]], object],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Every cell in turn: kept when ``cells/<name>/result.json`` has its fingerprint, else trained and
     evaluated, its result written atomically. A cell that fails at run time (diverged, out of memory) is
     recorded as failed and the others go on. ``after_cell(results, failed)`` is called after each computed
@@ -313,23 +392,47 @@ def run_cells(cells: list[Cell], setting: Setting, out_dir: Path,
         job = setting.job(cell)
         result = read_result(cell_dir / RESULT_FILE, job.fingerprint, log)
         if result is not None:
-            log.info("cell %d/%d %s: kept from a previous run (PSNR %.2f dB)", i, len(cells), cell.name,
-                     result["test"]["psnr_mean"])
+            log.info(
+                "cell %d/%d %s: kept from a previous run (PSNR %.2f dB)",
+                i,
+                len(cells),
+                cell.name,
+                result["test"]["psnr_mean"],
+            )
             results.append(result)
             continue
-        log.info("cell %d/%d %s: training on %d pairs for %d epochs, then testing", i, len(cells), cell.name,
-                 cell.size, cell.epochs)
+        log.info(
+            "cell %d/%d %s: training on %d pairs for %d epochs, then testing",
+            i,
+            len(cells),
+            cell.name,
+            cell.size,
+            cell.epochs,
+        )
         try:
             result = run_cell(job, setting, cell_dir)
         except RuntimeFailure as exc:  # a diverged or out-of-memory cell: note it, go on with the others
             log.error("cell %s failed: %s", cell.name, exc.message)
-            result = {"cell": cell.name, "model": cell.model, "train_size": cell.size, "epochs": cell.epochs,
-                      "fingerprint": job.fingerprint, "status": "failed", "error": exc.message}
+            result = {
+                "cell": cell.name,
+                "model": cell.model,
+                "train_size": cell.size,
+                "epochs": cell.epochs,
+                "fingerprint": job.fingerprint,
+                "status": "failed",
+                "error": exc.message,
+            }
         write_json_atomic(cell_dir / RESULT_FILE, result)
         if result["status"] == "done":
-            log.info("cell %d/%d %s: PSNR %.2f dB, SSIM %.4f, %.1f images/s", i, len(cells), cell.name,
-                     result["test"]["psnr_mean"], result["test"]["ssim_mean"],
-                     result["test"]["images_per_s"] or math.nan)
+            log.info(
+                "cell %d/%d %s: PSNR %.2f dB, SSIM %.4f, %.1f images/s",
+                i,
+                len(cells),
+                cell.name,
+                result["test"]["psnr_mean"],
+                result["test"]["ssim_mean"],
+                result["test"]["images_per_s"] or math.nan,
+            )
         (results if result["status"] == "done" else failed).append(result)
         if i < len(cells):
             after_cell(results, failed)
@@ -339,6 +442,7 @@ def run_cells(cells: list[Cell], setting: Setting, out_dir: Path,
 # --------------------------------------------------------------------------------------------------------------
 # study.json
 # --------------------------------------------------------------------------------------------------------------
+
 
 def hardware(device: torch.device) -> dict[str, Any]:
     """Where the numbers were measured."""
@@ -350,8 +454,15 @@ def hardware(device: torch.device) -> dict[str, Any]:
                 break
     except OSError:
         pass
-    info = {"device": str(device), "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "emdenoise": __version__}
+    info = {
+        "device": str(device),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "emdenoise": __version__,
+    }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
@@ -364,57 +475,88 @@ def _model_summary(by_size: dict[int, dict[str, Any]], sizes: list[int], target:
     train_speeds = [r["train"]["images_per_s"] for r in by_size.values() if is_number(r["train"]["images_per_s"])]
     win = smallest_winning_size(psnr, target)
     largest = max(by_size) if by_size else None
-    return {"parameters": next((r["train"]["parameters"] for r in by_size.values()), None),
-            "psnr_by_size": {str(s): v for s, v in psnr.items()},
-            "ssim_by_size": {str(s): by_size[s]["test"]["ssim_mean"] for s in sizes if s in by_size},
-            "images_per_s": statistics.median(speeds) if speeds else None,
-            "train_images_per_s": statistics.median(train_speeds) if train_speeds else None,
-            "largest_size": largest,
-            "psnr_by_dose_at_largest_size": by_size[largest]["test"]["psnr_by_dose"] if largest else None,
-            "smallest_winning_size": win,
-            "psnr_at_smallest_winning_size": psnr.get(win) if win is not None else None}
+    return {
+        "parameters": next((r["train"]["parameters"] for r in by_size.values()), None),
+        "psnr_by_size": {str(s): v for s, v in psnr.items()},
+        "ssim_by_size": {str(s): by_size[s]["test"]["ssim_mean"] for s in sizes if s in by_size},
+        "images_per_s": statistics.median(speeds) if speeds else None,
+        "train_images_per_s": statistics.median(train_speeds) if train_speeds else None,
+        "largest_size": largest,
+        "psnr_by_dose_at_largest_size": by_size[largest]["test"]["psnr_by_dose"] if largest else None,
+        "smallest_winning_size": win,
+        "psnr_at_smallest_winning_size": psnr.get(win) if win is not None else None,
+    }
 
 
-def summarise(setting: Setting, cells: list[Cell], baselines: dict[str, Any], results: list[dict[str, Any]],
-              failed: list[dict[str, Any]], wall_seconds: float) -> dict[str, Any]:
+def summarise(
+    setting: Setting,
+    cells: list[Cell],
+    baselines: dict[str, Any],
+    results: list[dict[str, Any]],
+    failed: list[dict[str, Any]],
+    wall_seconds: float,
+) -> dict[str, Any]:
     """Everything ``study.json`` holds (per-image values stay in the cells' result files)."""
     study, card = setting.study, setting.card
     methods = baselines["methods"]
     best = best_baseline(methods)
     sizes = sorted(study.train_sizes)
-    cell_rows = [{key: r[key] for key in ("cell", "model", "train_size", "epochs")}
-                 | {"train": {k: v for k, v in r["train"].items() if k != "epochs"},
-                    "train_epochs": r["train"]["epochs"], "test": r["test"],
-                    "evaluation_seconds": r["evaluation_seconds"]} for r in results]
+    cell_rows = [
+        {key: r[key] for key in ("cell", "model", "train_size", "epochs")}
+        | {
+            "train": {k: v for k, v in r["train"].items() if k != "epochs"},
+            "train_epochs": r["train"]["epochs"],
+            "test": r["test"],
+            "evaluation_seconds": r["evaluation_seconds"],
+        }
+        for r in results
+    ]
     per_model: dict[str, dict[int, dict[str, Any]]] = {cell.model: {} for cell in cells}
     for row in cell_rows:
         per_model[row["model"]][row["train_size"]] = row
     by_dose = None
     if setting.test.dose is not None:
-        by_dose = {k: v for k, v in evaluation.dose_bins(setting.test.dose, {}, study.dose_bins).items()
-                   if k != "methods"}
-    devices = sorted({r["test"]["device"] for r in results} | {r["train"]["device"] for r in results
-                                                               if r["train"].get("device")})
+        by_dose = {
+            k: v for k, v in evaluation.dose_bins(setting.test.dose, {}, study.dose_bins).items() if k != "methods"
+        }
+    devices = sorted(
+        {r["test"]["device"] for r in results} | {r["train"]["device"] for r in results if r["train"].get("device")}
+    )
     return {
-        "format": STUDY_FORMAT, "emdenoise_version": __version__,
+        "format": STUDY_FORMAT,
+        "emdenoise_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "config": {"study": study.as_dict(), "train": {k: v for k, v in setting.train.as_dict().items()
-                                                       if k not in ("model", "max_train_images")},
-                   "test": {"tune_images": setting.tune_images}},
-        "hardware": hardware(setting.device), "devices_used": devices,
-        "data": {"data_dir": str(setting.data_dir), "source": card.get("source"),
-                 "image_shape": card.get("image_shape"), "n_train_available": card["splits"]["train"]["n"],
-                 "n_val": (card["splits"].get("val") or {}).get("n"), "n_test": len(setting.test),
-                 "data_range": setting.data_range, "data_range_definition": card.get("data_range_definition"),
-                 "has_dose": setting.test.dose is not None},
-        "train_sizes": sizes, "dose_bins": by_dose,
-        "baselines": methods, "best_baseline": {"name": best[0], "psnr_mean": best[1]} if best else None,
-        "models": {name: _model_summary(by_size, sizes, best[1] if best else None)
-                   for name, by_size in per_model.items()},
+        "config": {
+            "study": study.as_dict(),
+            "train": {k: v for k, v in setting.train.as_dict().items() if k not in ("model", "max_train_images")},
+            "test": {"tune_images": setting.tune_images},
+        },
+        "hardware": hardware(setting.device),
+        "devices_used": devices,
+        "data": {
+            "data_dir": str(setting.data_dir),
+            "source": card.get("source"),
+            "image_shape": card.get("image_shape"),
+            "n_train_available": card["splits"]["train"]["n"],
+            "n_val": (card["splits"].get("val") or {}).get("n"),
+            "n_test": len(setting.test),
+            "data_range": setting.data_range,
+            "data_range_definition": card.get("data_range_definition"),
+            "has_dose": setting.test.dose is not None,
+        },
+        "train_sizes": sizes,
+        "dose_bins": by_dose,
+        "baselines": methods,
+        "best_baseline": {"name": best[0], "psnr_mean": best[1]} if best else None,
+        "models": {
+            name: _model_summary(by_size, sizes, best[1] if best else None) for name, by_size in per_model.items()
+        },
         "cells": cell_rows,
         "failed_cells": [{k: r.get(k) for k in ("cell", "model", "train_size", "error")} for r in failed],
         "pending_cells": [c.name for c in cells if c.name not in {r["cell"] for r in results + failed}],
-        "seconds": {"this_run": wall_seconds,
-                    "training_all_cells": sum(r["train"]["seconds"] for r in results),
-                    "evaluation_all_cells": sum(r["evaluation_seconds"] for r in results)},
+        "seconds": {
+            "this_run": wall_seconds,
+            "training_all_cells": sum(r["train"]["seconds"] for r in results),
+            "evaluation_all_cells": sum(r["evaluation_seconds"] for r in results),
+        },
     }

@@ -63,24 +63,24 @@ def axis_windows(starts: list[int], tile: int, overlap: int) -> list[np.ndarray]
     windows = [np.ones(tile) for _ in starts]
     ramp_width = overlap - 2 * (overlap // 4)
     for i in range(len(starts) - 1):
-        shared = starts[i] + tile - starts[i + 1]          # pixels both tiles cover (>= overlap)
+        shared = starts[i] + tile - starts[i + 1]  # pixels both tiles cover (>= overlap)
         begin = starts[i + 1] + (shared - ramp_width) // 2  # frame position where the cross-fade starts
         up = _ramp(ramp_width)
         # next tile: 0 before the ramp, rising over it, 1 after
         lo = begin - starts[i + 1]
         windows[i + 1][:lo] = 0.0
-        windows[i + 1][lo:lo + ramp_width] *= up
+        windows[i + 1][lo : lo + ramp_width] *= up
         # this tile: 1 before the ramp, falling over it, 0 after
         lo = begin - starts[i]
-        windows[i][lo:lo + ramp_width] *= up[::-1]
-        windows[i][lo + ramp_width:] = 0.0
+        windows[i][lo : lo + ramp_width] *= up[::-1]
+        windows[i][lo + ramp_width :] = 0.0
     return windows
 
 
 def _weight_sum(length: int, starts: list[int], windows: list[np.ndarray]) -> np.ndarray:
     total = np.zeros(length)
     for start, window in zip(starts, windows):
-        total[start:start + len(window)] += window
+        total[start : start + len(window)] += window
     return total
 
 
@@ -107,8 +107,18 @@ class TilePlan:
         xs = axis_tiles(width, tile_size, overlap)
         wy = axis_windows(ys, th, overlap)
         wx = axis_windows(xs, tw, overlap)
-        return cls(height, width, th, tw, tuple(ys), tuple(xs), tuple(wy), tuple(wx),
-                   _weight_sum(height, ys, wy), _weight_sum(width, xs, wx))
+        return cls(
+            height,
+            width,
+            th,
+            tw,
+            tuple(ys),
+            tuple(xs),
+            tuple(wy),
+            tuple(wx),
+            _weight_sum(height, ys, wy),
+            _weight_sum(width, xs, wx),
+        )
 
     @property
     def count(self) -> int:
@@ -126,8 +136,8 @@ class _Stitcher:
         self.plan = plan
         self.out = np.empty((plan.height, plan.width), np.float32)
         self.band = np.zeros((0, plan.width))
-        self.top = 0            # frame row of band[0]
-        self.added = 0          # tiles added so far (row-major order)
+        self.top = 0  # frame row of band[0]
+        self.added = 0  # tiles added so far (row-major order)
 
     def add(self, tile_out: np.ndarray) -> None:
         p = self.plan
@@ -136,11 +146,11 @@ class _Stitcher:
         need = y + p.tile_h - self.top
         if need > len(self.band):
             grown = np.zeros((need, p.width))
-            grown[:len(self.band)] = self.band
+            grown[: len(self.band)] = self.band
             self.band = grown
         weighted = tile_out.astype(np.float64) * p.wy[r][:, None]
         weighted *= p.wx[c][None, :]
-        self.band[y - self.top:y - self.top + p.tile_h, x:x + p.tile_w] += weighted
+        self.band[y - self.top : y - self.top + p.tile_h, x : x + p.tile_w] += weighted
         self.added += 1
         self._flush()
 
@@ -159,9 +169,9 @@ class _Stitcher:
         k = final - self.top
         if k <= 0:
             return
-        rows = self.band[:k] / p.sum_y[self.top:final, None]
+        rows = self.band[:k] / p.sum_y[self.top : final, None]
         rows /= p.sum_x[None, :]
-        self.out[self.top:final] = rows
+        self.out[self.top : final] = rows
         self.band = self.band[k:]
         self.top = final
 
@@ -169,8 +179,9 @@ class _Stitcher:
 class Tiler:
     """Applies ``model_fn`` to whole frames through batched, blended tiles (see the module docstring)."""
 
-    def __init__(self, model_fn: ModelFn, tile_size: int = 256, overlap: int = 32, batch_size: int = 8,
-                 pin_memory: bool = False):
+    def __init__(
+        self, model_fn: ModelFn, tile_size: int = 256, overlap: int = 32, batch_size: int = 8, pin_memory: bool = False
+    ):
         if tile_size < 0 or overlap < 0 or batch_size < 1:
             raise ValueError("tile_size and overlap must be >= 0 and batch_size >= 1")
         if tile_size and 2 * overlap > tile_size:
@@ -194,8 +205,9 @@ class Tiler:
         key = (th, tw)
         if key not in self._buffers:
             self._buffers.clear()  # one tile shape at a time: do not keep buffers of earlier shapes alive
-            self._buffers[key] = torch.empty((self.batch_size, 1, th, tw), dtype=torch.float32,
-                                             pin_memory=self.pin_memory)
+            self._buffers[key] = torch.empty(
+                (self.batch_size, 1, th, tw), dtype=torch.float32, pin_memory=self.pin_memory
+            )
         return self._buffers[key]
 
     def denoise(self, frame: np.ndarray) -> np.ndarray:
@@ -205,9 +217,9 @@ class Tiler:
     def stream(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """Denoise 2-D frames in order; tiles of consecutive frames share batches. Yields float32 frames."""
         in_flight: deque[_Stitcher] = deque()  # frames with tiles not yet all blended, oldest first
-        owners: list[_Stitcher] = []           # owner frame of each tile in the pending batch
-        shape: tuple[int, int] | None = None   # the tile shape of the pending batch
-        tensor = torch.empty(0)                # its buffer (:meth:`_buffer`), and the same memory as numpy
+        owners: list[_Stitcher] = []  # owner frame of each tile in the pending batch
+        shape: tuple[int, int] | None = None  # the tile shape of the pending batch
+        tensor = torch.empty(0)  # its buffer (:meth:`_buffer`), and the same memory as numpy
         buf = tensor.numpy()
 
         def run_batch() -> Iterator[np.ndarray]:
@@ -238,7 +250,7 @@ class Tiler:
                 buf = tensor.numpy()
             for y in plan.ys:
                 for x in plan.xs:
-                    buf[len(owners), 0] = frame[y:y + plan.tile_h, x:x + plan.tile_w]
+                    buf[len(owners), 0] = frame[y : y + plan.tile_h, x : x + plan.tile_w]
                     owners.append(stitcher)
                     if len(owners) == self.batch_size:
                         yield from run_batch()

@@ -41,11 +41,20 @@ METRICS_FILE = "train_metrics.json"
 
 # train: keys that determine the result, hence the checkpoint fingerprint (device, precision, compile and
 # num_workers are left out on purpose: a run may resume on another machine)
-FINGERPRINT_KEYS = ("epochs", "batch_size", "lr", "optimizer", "lr_schedule", "loss", "seed", "max_train_images",
-                    "patch_size")
+FINGERPRINT_KEYS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "lr_schedule",
+    "loss",
+    "seed",
+    "max_train_images",
+    "patch_size",
+)
 STEP_MILESTONES = (0.5, 0.75)  # lr_schedule "step": x0.1 after half and after three quarters of all steps
 SGD_MOMENTUM = 0.9
-GPU_RESIDENT_FRACTION = 0.5   # training pairs go into GPU memory when they take at most this much of what is free
+GPU_RESIDENT_FRACTION = 0.5  # training pairs go into GPU memory when they take at most this much of what is free
 
 EpochHook = Callable[[int], None]
 
@@ -65,7 +74,7 @@ class TrainData:
 
     def first(self, n: int) -> TrainData:
         """The first ``n`` training pairs (all when ``n`` is 0), without a copy."""
-        return replace(self, noisy=self.noisy[:n or None], clean=self.clean[:n or None])
+        return replace(self, noisy=self.noisy[: n or None], clean=self.clean[: n or None])
 
 
 def publish(records: dict[str, dict], model_dir: Path, metrics_path: Path) -> None:
@@ -91,12 +100,16 @@ def load_data(data_dir: Path, train: TrainParams, normalisation: dict, where: st
         raise InputError.at(Path(data_dir) / "train.h5", "noisy", "expected at least one training pair, got 0")
     height, width = tr.noisy.shape[1:]
     if len(val) and val.noisy.shape[1:] != tr.noisy.shape[1:]:
-        raise InputError.at(Path(data_dir) / "val.h5", "noisy", f"expected images of {height}x{width} like the "
-                            f"train split, got {val.noisy.shape[1]}x{val.noisy.shape[2]}")
+        raise InputError.at(
+            Path(data_dir) / "val.h5",
+            "noisy",
+            f"expected images of {height}x{width} like the train split, got {val.noisy.shape[1]}x{val.noisy.shape[2]}",
+        )
     patch = train.patch_size
     if patch > min(height, width):
-        raise InputError.at(where, "train.patch_size", f"expected 0 or at most the image side "
-                            f"{min(height, width)}, got {patch}")
+        raise InputError.at(
+            where, "train.patch_size", f"expected 0 or at most the image side {min(height, width)}, got {patch}"
+        )
     if patch == height == width:
         patch = 0
     for array, side in ((tr.noisy, "noisy"), (tr.clean, "clean")):
@@ -118,6 +131,7 @@ def resident(data: TrainData, device: torch.device) -> TrainData:
 
 
 # ---------------------------------------------------------------------------------------------- pieces
+
 
 def make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float) -> torch.optim.Optimizer:
     if name == "adam":
@@ -156,11 +170,16 @@ def epoch_plan(data: TrainData, batch_size: int, seed: int, epoch: int) -> Plan:
     order = torch.randperm(n, generator=gen)
     height, width = data.noisy.shape[-2:]
     if data.patch:
-        corners = torch.stack([torch.randint(0, height - data.patch + 1, (n,), generator=gen),
-                               torch.randint(0, width - data.patch + 1, (n,), generator=gen)], dim=1)
+        corners = torch.stack(
+            [
+                torch.randint(0, height - data.patch + 1, (n,), generator=gen),
+                torch.randint(0, width - data.patch + 1, (n,), generator=gen),
+            ],
+            dim=1,
+        )
     else:
         corners = torch.zeros(n, 2, dtype=torch.int64)
-    return [(order[i:i + batch_size], corners[i:i + batch_size]) for i in range(0, n, batch_size)]
+    return [(order[i : i + batch_size], corners[i : i + batch_size]) for i in range(0, n, batch_size)]
 
 
 def gather(data: TrainData, index: torch.Tensor, corners: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,8 +190,8 @@ def gather(data: TrainData, index: torch.Tensor, corners: torch.Tensor) -> tuple
         return data.noisy[index], data.clean[index]
     offsets = torch.arange(data.patch, device=data.noisy.device)
     corners = corners.to(data.noisy.device)
-    rows = (corners[:, 0, None] + offsets)[:, :, None]   # (B, p, 1)
-    cols = (corners[:, 1, None] + offsets)[:, None, :]   # (B, 1, p)
+    rows = (corners[:, 0, None] + offsets)[:, :, None]  # (B, p, 1)
+    cols = (corners[:, 1, None] + offsets)[:, None, :]  # (B, 1, p)
     images = index[:, None, None]
     return data.noisy[images, 0, rows, cols][:, None], data.clean[images, 0, rows, cols][:, None]
 
@@ -195,11 +214,13 @@ def batches(data: TrainData, plan: Plan, num_workers: int, pin: bool) -> Iterabl
     processes."""
     if num_workers == 0 or data.noisy.device.type != "cpu":
         return (gather(data, *item) for item in plan)
-    return torch.utils.data.DataLoader(_Batches(data, plan), batch_size=None, shuffle=False,
-                                       num_workers=num_workers, pin_memory=pin)
+    return torch.utils.data.DataLoader(
+        _Batches(data, plan), batch_size=None, shuffle=False, num_workers=num_workers, pin_memory=pin
+    )
 
 
 # ---------------------------------------------------------------------------------------------- the step
+
 
 class TrainStep:
     """One optimiser step of one model: the object ``emdenoise train``, the study and ``emdenoise bench`` all
@@ -207,8 +228,16 @@ class TrainStep:
     processes when ``world`` has them, and compiled when ``compile`` is set (``compile_error`` then says why
     it fell back to eager, if it did)."""
 
-    def __init__(self, model: nn.Module, train: TrainParams, total_steps: int, device: torch.device,
-                 precision: str, world: World = distributed.SINGLE, log: logging.Logger | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        train: TrainParams,
+        total_steps: int,
+        device: torch.device,
+        precision: str,
+        world: World = distributed.SINGLE,
+        log: logging.Logger | None = None,
+    ):
         self.model = model.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.device, self.precision, self.world = device, precision, world
         self.optimizer = make_optimizer(train.optimizer, self.model.parameters(), train.lr)
@@ -239,8 +268,7 @@ class TrainStep:
         self.log.warning("train.compile: torch.compile failed (%s); training eager", self.compile_error)
         self._compiled = None
 
-    def _objective(self, net: nn.Module, noisy: torch.Tensor, clean: torch.Tensor,
-                   global_n: int) -> torch.Tensor:
+    def _objective(self, net: nn.Module, noisy: torch.Tensor, clean: torch.Tensor, global_n: int) -> torch.Tensor:
         """Forward and backward of one batch; returns the batch's mean loss (detached)."""
         self.optimizer.zero_grad(set_to_none=True)
         with runtime.autocast(self.device, self.precision):
@@ -283,27 +311,45 @@ def train_epoch(step: TrainStep, data: TrainData, train: TrainParams, epoch: int
     plan = epoch_plan(data, train.batch_size, train.seed, epoch)
     global_sizes = [len(index) for index, _ in plan]
     if world.enabled:
-        plan = [(index[part], corners[part]) for index, corners in plan
-                for part in (distributed.shard(len(index), world),)]
+        plan = [
+            (index[part], corners[part]) for index, corners in plan for part in (distributed.shard(len(index), world),)
+        ]
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     t0 = time.perf_counter()
-    for (noisy, clean), global_n in zip(progress(batches(data, plan, train.num_workers, device.type == "cuda"),
-                                                 total=len(plan), desc=desc, unit="batch", leave=False,
-                                                 disable=not world.is_main), global_sizes):
+    for (noisy, clean), global_n in zip(
+        progress(
+            batches(data, plan, train.num_workers, device.type == "cuda"),
+            total=len(plan),
+            desc=desc,
+            unit="batch",
+            leave=False,
+            disable=not world.is_main,
+        ),
+        global_sizes,
+    ):
         loss_sum += step(noisy, clean, global_n).double() * len(noisy)
     distributed.sum_(loss_sum, world)
     train_loss = loss_sum.item()  # synchronises with the device: the epoch's work is done
     seconds = time.perf_counter() - t0
     train_loss /= len(data)
     if not math.isfinite(train_loss):
-        raise RuntimeFailure(f"training diverged at epoch {epoch}: the loss is {train_loss}; lower train.lr or "
-                             "use precision fp32")
-    return {"epoch": epoch, "train_loss": train_loss, "val_psnr": None, "val_ssim": None,
-            "images_per_s": len(data) / seconds, "seconds": seconds, "lr": lr}
+        raise RuntimeFailure(
+            f"training diverged at epoch {epoch}: the loss is {train_loss}; lower train.lr or use precision fp32"
+        )
+    return {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "val_psnr": None,
+        "val_ssim": None,
+        "images_per_s": len(data) / seconds,
+        "seconds": seconds,
+        "lr": lr,
+    }
 
 
-def validate(denoiser: Denoiser, val: Split, data_range: float, batch_size: int,
-             world: World = distributed.SINGLE) -> tuple[float, float]:
+def validate(
+    denoiser: Denoiser, val: Split, data_range: float, batch_size: int, world: World = distributed.SINGLE
+) -> tuple[float, float]:
     """Mean per-image PSNR and SSIM of the denoised val split in raw units (NaN, NaN if val is empty).
     With several processes each denoises its share of the images and the sums are added up."""
     if len(val) == 0:
@@ -340,16 +386,32 @@ def _config_diff(old: dict, new: dict) -> str:
 
 # ---------------------------------------------------------------------------------------------- one model
 
-def train_model(name: str, train: TrainParams, data: TrainData, card: dict, data_range: float,
-                device: torch.device, precision: str, out_dir: Path, log: Any, world: World = distributed.SINGLE,
-                *, on_epoch_end: EpochHook | None = None) -> dict:
+
+def train_model(
+    name: str,
+    train: TrainParams,
+    data: TrainData,
+    card: dict,
+    data_range: float,
+    device: torch.device,
+    precision: str,
+    out_dir: Path,
+    log: Any,
+    world: World = distributed.SINGLE,
+    *,
+    on_epoch_end: EpochHook | None = None,
+) -> dict:
     """Train model ``name`` (resuming when allowed): its checkpoint into ``out_dir``, its model files into
     ``out_dir/.staging/`` for :func:`publish` (rank 0 only); return its record. ``world``: this process's
     place in a torchrun run (all processes call this alike). ``on_epoch_end(epoch)`` is called after each
     epoch's checkpoint is written."""
     options = models.options_from_train(name, train)
-    config = {"model": name, "options": options, **{k: getattr(train, k) for k in FINGERPRINT_KEYS},
-              "data_card": data_fingerprint(card)}
+    config = {
+        "model": name,
+        "options": options,
+        **{k: getattr(train, k) for k in FINGERPRINT_KEYS},
+        "data_card": data_fingerprint(card),
+    }
     fingerprint = modelfile.fingerprint(config)
     ckpt_path = out_dir / CHECKPOINT_FILE
     stage = out_dir / STAGING_DIR
@@ -358,22 +420,42 @@ def train_model(name: str, train: TrainParams, data: TrainData, card: dict, data
     runtime.seed_everything(train.seed)
     model = distributed.prepare(models.build(name, **options), world, device)
     step = TrainStep(model, train, math.ceil(len(data) / train.batch_size) * epochs, device, precision, world, log)
-    record: dict[str, Any] = {"model": name, "device": str(device), "precision": precision,
-              "parameters": models.count_parameters(model), "options": options, "fingerprint": fingerprint,
-              "n_train": len(data), "n_val": len(data.val), "epochs": [], "best_epoch": None,
-              "best_val_psnr": None, "complete": False, "processes": world.size}
+    record: dict[str, Any] = {
+        "model": name,
+        "device": str(device),
+        "precision": precision,
+        "parameters": models.count_parameters(model),
+        "options": options,
+        "fingerprint": fingerprint,
+        "n_train": len(data),
+        "n_val": len(data.val),
+        "epochs": [],
+        "best_epoch": None,
+        "best_val_psnr": None,
+        "complete": False,
+        "processes": world.size,
+    }
     start = 1
 
     if train.resume == "auto" and ckpt_path.exists():
         info = modelfile.checkpoint_info(ckpt_path)
         if info["fingerprint"] != fingerprint:
-            raise InputError.at(ckpt_path, "fingerprint", "expected a checkpoint of this training configuration, "
-                                f"found one of another ({_config_diff(info['config'], config)}); set "
-                                "train.resume: never to start afresh (deleting it) or use another model_dir")
+            raise InputError.at(
+                ckpt_path,
+                "fingerprint",
+                "expected a checkpoint of this training configuration, "
+                f"found one of another ({_config_diff(info['config'], config)}); set "
+                "train.resume: never to start afresh (deleting it) or use another model_dir",
+            )
         if info["epoch"] >= epochs:
             state = modelfile.load_checkpoint(ckpt_path, step.model)
-            log.info("%s: already trained for %d epochs with this configuration (%s); nothing to do (set "
-                     "train.resume: never to train again)", name, epochs, ckpt_path)
+            log.info(
+                "%s: already trained for %d epochs with this configuration (%s); nothing to do (set "
+                "train.resume: never to train again)",
+                name,
+                epochs,
+                ckpt_path,
+            )
             return state["record"]
         state = modelfile.load_checkpoint(ckpt_path, step.model, step.optimizer, step.scheduler)
         runtime.set_rng_state(state["rng"])
@@ -385,51 +467,94 @@ def train_model(name: str, train: TrainParams, data: TrainData, card: dict, data
     elif world.is_main:
         remove_staging(stage)  # what an earlier, unfinished run staged
         if ckpt_path.exists():
-            log.info("%s: starting afresh (train.resume: never): the first epoch replaces %s; the model files "
-                     "are replaced when the run succeeds", name, ckpt_path)
+            log.info(
+                "%s: starting afresh (train.resume: never): the first epoch replaces %s; the model files "
+                "are replaced when the run succeeds",
+                name,
+                ckpt_path,
+            )
 
-    meta = {"model": name, "options": options, "data_range": data_range,
-            "normalisation": {side: {k: card["normalisation"][side][k] for k in ("mean", "std")}
-                              for side in ("noisy", "clean")},
-            "train_config": {**config, "fingerprint": fingerprint, "device": str(device), "precision": precision,
-                             "num_workers": train.num_workers, "resume": train.resume,
-                             "processes": world.size, "emdenoise_version": __version__}}
+    meta = {
+        "model": name,
+        "options": options,
+        "data_range": data_range,
+        "normalisation": {
+            side: {k: card["normalisation"][side][k] for k in ("mean", "std")} for side in ("noisy", "clean")
+        },
+        "train_config": {
+            **config,
+            "fingerprint": fingerprint,
+            "device": str(device),
+            "precision": precision,
+            "num_workers": train.num_workers,
+            "resume": train.resume,
+            "processes": world.size,
+            "emdenoise_version": __version__,
+        },
+    }
     pairs = resident(data, device)
 
     for epoch in range(start, epochs + 1):
         row = train_epoch(step, pairs, train, epoch, f"{name} {epoch}/{epochs}")
         t_val = time.perf_counter()
         distributed.sync_buffers(step.model, world)
-        val_psnr, val_ssim = validate(Denoiser(step.model, meta, device, precision), data.val, data_range,
-                                      train.batch_size, world)
-        row.update(val_psnr=_finite(val_psnr), val_ssim=_finite(val_ssim),
-                   seconds=row["seconds"] + time.perf_counter() - t_val)
+        val_psnr, val_ssim = validate(
+            Denoiser(step.model, meta, device, precision), data.val, data_range, train.batch_size, world
+        )
+        row.update(
+            val_psnr=_finite(val_psnr), val_ssim=_finite(val_ssim), seconds=row["seconds"] + time.perf_counter() - t_val
+        )
         record["epochs"].append(row)
-        log.info("%s epoch %d/%d: train_loss %.5f, val PSNR %.2f dB, SSIM %.4f, %.1f images/s, %.1f s, lr %.3g",
-                 name, epoch, epochs, row["train_loss"], val_psnr, val_ssim, row["images_per_s"], row["seconds"],
-                 row["lr"])
+        log.info(
+            "%s epoch %d/%d: train_loss %.5f, val PSNR %.2f dB, SSIM %.4f, %.1f images/s, %.1f s, lr %.3g",
+            name,
+            epoch,
+            epochs,
+            row["train_loss"],
+            val_psnr,
+            val_ssim,
+            row["images_per_s"],
+            row["seconds"],
+            row["lr"],
+        )
 
-        improved = record["best_epoch"] is None or (row["val_psnr"] is not None and
-                                                    row["val_psnr"] > (record["best_val_psnr"] or -math.inf))
+        improved = record["best_epoch"] is None or (
+            row["val_psnr"] is not None and row["val_psnr"] > (record["best_val_psnr"] or -math.inf)
+        )
         if improved or len(data.val) == 0:
             record.update(best_epoch=epoch, best_val_psnr=row["val_psnr"])
             if world.is_main:
-                modelfile.save_model(stage / MODEL_FILE, step.model,
-                                     {**meta, "metrics": {**row, "best_epoch": epoch}})
+                modelfile.save_model(stage / MODEL_FILE, step.model, {**meta, "metrics": {**row, "best_epoch": epoch}})
         record["complete"] = epoch == epochs
         if record["complete"] and world.is_main:
-            modelfile.save_model(stage / LAST_MODEL_FILE, step.model,
-                                 {**meta, "metrics": {**row, "best_epoch": record["best_epoch"]}})
+            modelfile.save_model(
+                stage / LAST_MODEL_FILE, step.model, {**meta, "metrics": {**row, "best_epoch": record["best_epoch"]}}
+            )
         # the checkpoint goes last: it marks the epoch as done, so a crash before it just redoes the epoch
         if world.is_main:
-            modelfile.save_checkpoint(ckpt_path, step.model, step.optimizer, step.scheduler,
-                                      {"model": name, "options": options, "fingerprint": fingerprint,
-                                       "epoch": epoch, "config": config, "record": record,
-                                       "rng": runtime.rng_state(),
-                                       "scaler": step.scaler.state_dict() if step.scaler.is_enabled() else None})
+            modelfile.save_checkpoint(
+                ckpt_path,
+                step.model,
+                step.optimizer,
+                step.scheduler,
+                {
+                    "model": name,
+                    "options": options,
+                    "fingerprint": fingerprint,
+                    "epoch": epoch,
+                    "config": config,
+                    "record": record,
+                    "rng": runtime.rng_state(),
+                    "scaler": step.scaler.state_dict() if step.scaler.is_enabled() else None,
+                },
+            )
         if on_epoch_end is not None:
             on_epoch_end(epoch)
-    log.info("%s: best val PSNR %s dB at epoch %s -> %s (staged until every model of the run has finished)",
-             name, f"{record['best_val_psnr']:.2f}" if record["best_val_psnr"] is not None else "n/a",
-             record["best_epoch"], out_dir / MODEL_FILE)
+    log.info(
+        "%s: best val PSNR %s dB at epoch %s -> %s (staged until every model of the run has finished)",
+        name,
+        f"{record['best_val_psnr']:.2f}" if record["best_val_psnr"] is not None else "n/a",
+        record["best_epoch"],
+        out_dir / MODEL_FILE,
+    )
     return record

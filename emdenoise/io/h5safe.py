@@ -49,19 +49,25 @@ import h5py
 
 from emdenoise.errors import InputError
 
-USER_BLOCK = 512                      # bytes before the HDF5 superblock; the smallest user block HDF5 allows
+USER_BLOCK = 512  # bytes before the HDF5 superblock; the smallest user block HDF5 allows
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _HEADER = re.compile(rb"emdenoise-sha256:([0-9a-f]{64})\n\0*")
-_HASH_BLOCK = 4 << 20                 # bytes hashed at a time: split files can be many GB
-PROBE_TIMEOUT_S = 120                 # the walk of an intact file's metadata takes well under a second
-_WALK = ("-m", "emdenoise.io.h5safe")    # what the probe's child runs, with the file's path after it
-_REFUSED = 3                          # the child's exit status for a file that reaches outside; JSON on stdout
+_HASH_BLOCK = 4 << 20  # bytes hashed at a time: split files can be many GB
+PROBE_TIMEOUT_S = 120  # the walk of an intact file's metadata takes well under a second
+_WALK = ("-m", "emdenoise.io.h5safe")  # what the probe's child runs, with the file's path after it
+_REFUSED = 3  # the child's exit status for a file that reaches outside; JSON on stdout
 # filters that libhdf5 and h5py have built in (an id here never makes libhdf5 look for a plugin)
-_FILTERS = {h5py.h5z.FILTER_DEFLATE: "deflate (gzip)", h5py.h5z.FILTER_SHUFFLE: "shuffle",
-            h5py.h5z.FILTER_FLETCHER32: "fletcher32", h5py.h5z.FILTER_SZIP: "szip",
-            h5py.h5z.FILTER_NBIT: "nbit", h5py.h5z.FILTER_SCALEOFFSET: "scaleoffset", h5py.h5z.FILTER_LZF: "lzf"}
+_FILTERS = {
+    h5py.h5z.FILTER_DEFLATE: "deflate (gzip)",
+    h5py.h5z.FILTER_SHUFFLE: "shuffle",
+    h5py.h5z.FILTER_FLETCHER32: "fletcher32",
+    h5py.h5z.FILTER_SZIP: "szip",
+    h5py.h5z.FILTER_NBIT: "nbit",
+    h5py.h5z.FILTER_SCALEOFFSET: "scaleoffset",
+    h5py.h5z.FILTER_LZF: "lzf",
+}
 _SELF_CONTAINED = "expected an HDF5 file that holds all its data itself (emdenoise reads no other file through it)"
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])   # the folder holding emdenoise/
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding emdenoise/
 
 # No filter plugin is ever loaded in a process that reads HDF5 through emdenoise: libhdf5's plugin search path
 # (HDF5_PLUGIN_PATH or its default folder) is emptied, so a filter id a file names is never looked for on disk
@@ -71,6 +77,7 @@ while h5py.h5pl.size():
 
 
 # ---------------------------------------------------------------------------------------------- sealed files
+
 
 def _digest(path: Path) -> str:
     """sha256 (hex) of the bytes of ``path`` after the user block, read in blocks."""
@@ -91,8 +98,10 @@ def seal(path: str | os.PathLike) -> None:
     with open(path, "rb") as fh:
         fh.seek(USER_BLOCK)
         if fh.read(len(HDF5_SIGNATURE)) != HDF5_SIGNATURE:
-            raise ValueError(f"{path}: not an HDF5 file with a {USER_BLOCK}-byte user block; create it with "
-                             f"h5safe.create_sealed or h5py.File(..., userblock_size={USER_BLOCK})")
+            raise ValueError(
+                f"{path}: not an HDF5 file with a {USER_BLOCK}-byte user block; create it with "
+                f"h5safe.create_sealed or h5py.File(..., userblock_size={USER_BLOCK})"
+            )
     header = b"emdenoise-sha256:" + _digest(path).encode("ascii") + b"\n"
     with open(path, "rb+") as fh:
         fh.write(header.ljust(USER_BLOCK, b"\0"))
@@ -120,13 +129,20 @@ def verify(path: str | os.PathLike, hint: str = "") -> None:
             return
         problem = "damaged or not written by emdenoise: its sha256 does not match the one recorded in its header"
     elif head.startswith(HDF5_SIGNATURE) or head[USER_BLOCK:] == HDF5_SIGNATURE:
-        seen = "an HDF5 file without one (written by another program or an earlier emdenoise?)" \
-            if head.startswith(HDF5_SIGNATURE) else f"{head[:40]!r}"
-        problem = (f"damaged or not written by emdenoise: expected the header 'emdenoise-sha256:<64 hex digits>' "
-                   f"in its first {USER_BLOCK} bytes (the HDF5 user block), found {seen}")
+        seen = (
+            "an HDF5 file without one (written by another program or an earlier emdenoise?)"
+            if head.startswith(HDF5_SIGNATURE)
+            else f"{head[:40]!r}"
+        )
+        problem = (
+            f"damaged or not written by emdenoise: expected the header 'emdenoise-sha256:<64 hex digits>' "
+            f"in its first {USER_BLOCK} bytes (the HDF5 user block), found {seen}"
+        )
     else:
-        problem = ("expected an HDF5 file written by emdenoise; this is not HDF5 (a pickle, a torch.save file, "
-                   "or a truncated file?)")
+        problem = (
+            "expected an HDF5 file written by emdenoise; this is not HDF5 (a pickle, a torch.save file, "
+            "or a truncated file?)"
+        )
     raise InputError.at(path, None, problem + (f"; {hint}" if hint else ""))
 
 
@@ -139,22 +155,32 @@ def open_sealed(path: str | os.PathLike, hint: str = "") -> h5py.File:
 
 # ---------------------------------------------------------------------------------------------- foreign files
 
+
 def probe(path: str | os.PathLike, child: tuple[str, ...] = _WALK) -> None:
     """Walk the metadata of ``path`` in a child process (``python <child> PATH``); a one-line InputError when
     the child is killed by a signal, fails, or takes longer than PROBE_TIMEOUT_S, or when it found an object
     that reaches outside the file (exit _REFUSED; the line names the object and its target)."""
     path = Path(path)
-    env = dict(os.environ)   # the child imports this very package, wherever it was imported from here
+    env = dict(os.environ)  # the child imports this very package, wherever it was imported from here
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
-    env["HDF5_PLUGIN_PRELOAD"] = "::"   # libhdf5 in the child loads no filter plugin at all
+    env["HDF5_PLUGIN_PRELOAD"] = "::"  # libhdf5 in the child loads no filter plugin at all
     try:
-        done = subprocess.run([sys.executable, *child, str(path)], stdin=subprocess.DEVNULL,
-                              capture_output=True, env=env, timeout=PROBE_TIMEOUT_S)
+        done = subprocess.run(
+            [sys.executable, *child, str(path)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            env=env,
+            timeout=PROBE_TIMEOUT_S,
+        )
     except subprocess.TimeoutExpired:
-        raise InputError.at(path, None, f"damaged HDF5 file: the HDF5 library did not finish reading its "
-                            f"structure within {PROBE_TIMEOUT_S} s; expected an intact HDF5 file") from None
+        raise InputError.at(
+            path,
+            None,
+            f"damaged HDF5 file: the HDF5 library did not finish reading its "
+            f"structure within {PROBE_TIMEOUT_S} s; expected an intact HDF5 file",
+        ) from None
     if done.returncode == _REFUSED:
-        with contextlib.suppress(ValueError, TypeError):   # anything but [path, message]: a failure
+        with contextlib.suppress(ValueError, TypeError):  # anything but [path, message]: a failure
             where, problem = json.loads(done.stdout)
             raise InputError.at(path, where, problem)
     if done.returncode < 0:
@@ -164,8 +190,9 @@ def probe(path: str | os.PathLike, child: tuple[str, ...] = _WALK) -> None:
         how = f"failed (exit {done.returncode}{': ' + lines[-1].strip() if lines else ''})"
     else:
         return
-    raise InputError.at(path, None, f"damaged HDF5 file: the HDF5 library {how} reading its structure; "
-                        "expected an intact HDF5 file")
+    raise InputError.at(
+        path, None, f"damaged HDF5 file: the HDF5 library {how} reading its structure; expected an intact HDF5 file"
+    )
 
 
 def open_foreign(path: str | os.PathLike) -> h5py.File:
@@ -205,14 +232,18 @@ def _reaches_out(dcpl: h5py.h5p.PropDCID) -> str | None:
     if dcpl.get_layout() == h5py.h5d.VIRTUAL:
         for i in range(dcpl.get_virtual_count()):
             source = dcpl.get_virtual_filename(i)
-            if source != ".":         # "." is this same file
-                return (f"a virtual dataset reading {source!r} (dataset {dcpl.get_virtual_dsetname(i)!r}); "
-                        f"{_SELF_CONTAINED}")
+            if source != ".":  # "." is this same file
+                return (
+                    f"a virtual dataset reading {source!r} (dataset {dcpl.get_virtual_dsetname(i)!r}); "
+                    f"{_SELF_CONTAINED}"
+                )
     for i in range(dcpl.get_nfilters()):
         code = dcpl.get_filter(i)[0]
         if code not in _FILTERS:
-            return (f"compressed with HDF5 filter {code}, which needs a plugin; expected a filter built into HDF5 "
-                    f"or h5py: {', '.join(_FILTERS.values())}")
+            return (
+                f"compressed with HDF5 filter {code}, which needs a plugin; expected a filter built into HDF5 "
+                f"or h5py: {', '.join(_FILTERS.values())}"
+            )
     return None
 
 
@@ -228,7 +259,7 @@ def _walk(fh: h5py.File, deep: bool = True) -> list[tuple[str, str]]:
     while todo:
         obj = todo.pop()
         with contextlib.suppress(Exception):
-            if obj.id in seen:            # ObjectIDs compare equal for the same object: cycles end here
+            if obj.id in seen:  # ObjectIDs compare equal for the same object: cycles end here
                 continue
             seen.add(obj.id)
             if deep:
@@ -253,8 +284,9 @@ def _walk(fh: h5py.File, deep: bool = True) -> list[tuple[str, str]]:
                         link = obj.get(name, getlink=True)
                         if isinstance(link, h5py.ExternalLink):
                             target = f"{link.filename!r} (object {link.path!r})"
-                            outside.append((posixpath.join(obj.name, name),
-                                            f"an external link to {target}; {_SELF_CONTAINED}"))
+                            outside.append(
+                                (posixpath.join(obj.name, name), f"an external link to {target}; {_SELF_CONTAINED}")
+                            )
                         elif isinstance(link, h5py.HardLink):
                             child = obj.get(name)
                             if child is not None:
@@ -264,7 +296,7 @@ def _walk(fh: h5py.File, deep: bool = True) -> list[tuple[str, str]]:
 
 def _walk_chunks(dsid: h5py.h5d.DatasetID) -> None:
     """Every entry of a chunked dataset's chunk index (where each chunk is), not the chunks themselves."""
-    if hasattr(dsid, "chunk_iter"):   # one pass over the index (HDF5 >= 1.12.3)
+    if hasattr(dsid, "chunk_iter"):  # one pass over the index (HDF5 >= 1.12.3)
         dsid.chunk_iter(lambda info: None)
     else:
         for i in range(dsid.get_num_chunks()):
@@ -274,11 +306,11 @@ def _walk_chunks(dsid: h5py.h5d.DatasetID) -> None:
 def _main(argv: list[str]) -> int:
     """The probe's child: walk the file named by ``argv[0]``; exit 0 unless the process dies first, or
     _REFUSED with ``[object path, message]`` (JSON) on stdout when the file reaches outside itself."""
-    signal.alarm(PROBE_TIMEOUT_S + 10)   # ends a hung walk even when the parent was killed and cannot
+    signal.alarm(PROBE_TIMEOUT_S + 10)  # ends a hung walk even when the parent was killed and cannot
     try:
         fh = h5py.File(argv[0], "r")
     except Exception:
-        return 0                   # not openable: the reader's own error says why, no crash to fear
+        return 0  # not openable: the reader's own error says why, no crash to fear
     with fh:
         outside = _walk(fh)
     if outside:

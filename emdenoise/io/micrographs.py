@@ -56,11 +56,15 @@ from emdenoise.io import h5safe
 from emdenoise.layout import check_frame_pixels
 
 FORMATS: dict[str, str] = {
-    ".tif": "tiff", ".tiff": "tiff",
+    ".tif": "tiff",
+    ".tiff": "tiff",
     ".png": "png",
     ".npy": "npy",
-    ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5",
-    ".mrc": "mrc", ".mrcs": "mrc",
+    ".h5": "hdf5",
+    ".hdf5": "hdf5",
+    ".hdf": "hdf5",
+    ".mrc": "mrc",
+    ".mrcs": "mrc",
 }
 MIN_SIDE = 16  # a frame must be at least this many pixels high and wide
 PROVENANCE_KEY = "emdenoise"
@@ -81,8 +85,8 @@ def sidecar_of(out: Path) -> Path:
 class ImageArray:
     """One image or stack in an input file. Frames are the last two axes; leading axes are flattened."""
 
-    name: str                                 # "" for a file's only image, else the dataset/series name
-    shape: tuple[int, ...]                    # (H, W), (N, H, W), or more leading axes for TIFF
+    name: str  # "" for a file's only image, else the dataset/series name
+    shape: tuple[int, ...]  # (H, W), (N, H, W), or more leading axes for TIFF
     dtype: np.dtype
     read: Callable[[int], np.ndarray] = field(repr=False)  # frame index -> 2-D array
 
@@ -156,8 +160,9 @@ def _check_array(path: Path, name: str, shape: tuple[int, ...], dtype: np.dtype,
     if dtype.kind not in "uif":
         raise InputError.at(where, None, f"expected integer or real pixel values, got dtype {dtype}")
     if min(shape[-2:]) < MIN_SIDE:
-        raise InputError.at(where, None, f"expected frames of at least {MIN_SIDE}x{MIN_SIDE} pixels, got "
-                            f"{shape[-2]}x{shape[-1]}")
+        raise InputError.at(
+            where, None, f"expected frames of at least {MIN_SIDE}x{MIN_SIDE} pixels, got {shape[-2]}x{shape[-1]}"
+        )
     if 0 in shape:
         raise InputError.at(where, None, f"expected at least one frame, got shape {tuple(shape)}")
     check_frame_pixels(where, None, *shape[-2:])
@@ -172,6 +177,7 @@ def describe(src: InputFile) -> str:
 
 # ---------------------------------------------------------------------------------------------------- inputs
 
+
 def find_inputs(input_dir: Path, pattern: str, output_dir: Path, log: logging.Logger) -> list[Path]:
     """The supported files matching ``pattern`` in ``input_dir``, sorted; hidden files and ``output_dir``
     (when it lies inside ``input_dir``) left out; other extensions skipped with one warning. Errors name the
@@ -179,13 +185,17 @@ def find_inputs(input_dir: Path, pattern: str, output_dir: Path, log: logging.Lo
     if not input_dir.is_dir():
         raise InputError.at(input_dir, "input_dir", "expected a folder of images, not found")
     if input_dir.resolve() == output_dir.resolve():
-        raise InputError.at(output_dir, "output_dir", "expected a folder other than input_dir (outputs keep the "
-                            "input names and would overwrite them)")
+        raise InputError.at(
+            output_dir,
+            "output_dir",
+            "expected a folder other than input_dir (outputs keep the input names and would overwrite them)",
+        )
     try:
         matched = sorted(p for p in input_dir.glob(pattern) if p.is_file())
     except (ValueError, NotImplementedError) as exc:  # e.g. an absolute or malformed pattern
-        raise InputError.at("parameters", "denoise.pattern", f"expected a glob relative to input_dir ({exc}), "
-                            f"got {pattern!r}") from None
+        raise InputError.at(
+            "parameters", "denoise.pattern", f"expected a glob relative to input_dir ({exc}), got {pattern!r}"
+        ) from None
     out_resolved = output_dir.resolve()
     files: list[Path] = []
     skipped: list[Path] = []
@@ -198,11 +208,19 @@ def find_inputs(input_dir: Path, pattern: str, output_dir: Path, log: logging.Lo
     if skipped:
         names = ", ".join(str(p.relative_to(input_dir)) for p in skipped[:5])
         more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
-        log.warning("skipping %d file(s) with unsupported extensions: %s%s (supported: %s)", len(skipped), names,
-                    more, supported)
+        log.warning(
+            "skipping %d file(s) with unsupported extensions: %s%s (supported: %s)",
+            len(skipped),
+            names,
+            more,
+            supported,
+        )
     if not files:
-        raise InputError.at(input_dir, "denoise.pattern", f"expected image files matching {pattern!r} (extensions "
-                            f"{supported}), found none")
+        raise InputError.at(
+            input_dir,
+            "denoise.pattern",
+            f"expected image files matching {pattern!r} (extensions {supported}), found none",
+        )
     return files
 
 
@@ -220,12 +238,14 @@ def read_headers(paths: Iterable[Path], log: logging.Logger) -> dict[Path, int]:
 
 # ---------------------------------------------------------------------------------------------------- readers
 
+
 def open_input(path: Path) -> InputFile:
     """Open ``path`` for reading (headers only: pixel data are read frame by frame later)."""
     fmt = format_of(path)
     if fmt is None:
-        raise InputError.at(path, None, f"unknown extension {path.suffix!r}; expected one of "
-                            f"{', '.join(sorted(FORMATS))}")
+        raise InputError.at(
+            path, None, f"unknown extension {path.suffix!r}; expected one of {', '.join(sorted(FORMATS))}"
+        )
     # The reader opens what it keeps open on ``stack``; a reader that fails (a refused header, a damaged file)
     # leaves nothing open behind it, and the InputFile closes the rest when it is closed.
     with ExitStack() as stack:
@@ -248,8 +268,11 @@ def _read_tiff(path: Path, stack: ExitStack) -> InputFile:
         name = f"series {k}" if len(tif.series) > 1 else ""
         shape, axes = tuple(series.shape), series.axes
         if "S" in axes and shape[axes.index("S")] > 1:
-            raise InputError.at(path, name or None, f"expected grayscale images, got {shape[axes.index('S')]} "
-                                f"samples per pixel (axes {axes})")
+            raise InputError.at(
+                path,
+                name or None,
+                f"expected grayscale images, got {shape[axes.index('S')]} samples per pixel (axes {axes})",
+            )
         shape = tuple(n for n, a in zip(shape, axes) if a != "S")
         _check_array(path, name, shape, np.dtype(series.dtype), tuple(range(2, 9)))
         frames = math.prod(shape[:-2])
@@ -304,8 +327,13 @@ def _read_npy(path: Path, stack: ExitStack) -> InputFile:
 
 
 def _is_image_dataset(obj: Any) -> bool:
-    return (isinstance(obj, h5py.Dataset) and obj.ndim in (2, 3) and obj.dtype.kind in "uif"
-            and min(obj.shape[-2:]) >= MIN_SIDE and obj.size > 0)
+    return (
+        isinstance(obj, h5py.Dataset)
+        and obj.ndim in (2, 3)
+        and obj.dtype.kind in "uif"
+        and min(obj.shape[-2:]) >= MIN_SIDE
+        and obj.size > 0
+    )
 
 
 def _read_hdf5(path: Path, stack: ExitStack) -> InputFile:
@@ -325,8 +353,11 @@ def _read_hdf5(path: Path, stack: ExitStack) -> InputFile:
     for image in images:
         check_frame_pixels(image.label(path), None, *image.frame_shape)
     if not images:
-        raise InputError.at(path, None, f"expected a 2-D or 3-D numeric dataset with frames of at least "
-                            f"{MIN_SIDE}x{MIN_SIDE}, found none")
+        raise InputError.at(
+            path,
+            None,
+            f"expected a 2-D or 3-D numeric dataset with frames of at least {MIN_SIDE}x{MIN_SIDE}, found none",
+        )
     return InputFile(path, "hdf5", images, {"h5": h5, "groups": groups, "others": others})
 
 
@@ -346,19 +377,26 @@ def _read_mrc(path: Path, stack: ExitStack) -> InputFile:
         "voxel_size": mrc.voxel_size.copy(),
         "origin": mrc.header.origin.copy(),
         "image_stack": data.ndim == 3 and mrc.is_image_stack(),
-        "labels": [bytes(label).rstrip(b"\0 ").decode("ascii", "replace")
-                   for label in mrc.header.label[:int(mrc.header.nlabl)]],
+        "labels": [
+            bytes(label).rstrip(b"\0 ").decode("ascii", "replace")
+            for label in mrc.header.label[: int(mrc.header.nlabl)]
+        ],
         "warnings": problems,
     }
     return InputFile(path, "mrc", [ImageArray("", data.shape, data.dtype, read)], info)
 
 
 _READERS: dict[str, Callable[[Path, ExitStack], InputFile]] = {
-    "tiff": _read_tiff, "png": _read_png, "npy": _read_npy, "hdf5": _read_hdf5, "mrc": _read_mrc,
+    "tiff": _read_tiff,
+    "png": _read_png,
+    "npy": _read_npy,
+    "hdf5": _read_hdf5,
+    "mrc": _read_mrc,
 }
 
 
 # ---------------------------------------------------------------------------------------------------- writers
+
 
 class Writer(_Closing):
     """Writes the denoised images of one input file into ``dest`` (a temporary path), in the input's format.
@@ -394,12 +432,16 @@ class TiffWriter(Writer):
     def write(self, image: ImageArray, frames: Iterable[np.ndarray]) -> None:
         extra = {}
         if "resolution" in self.source.info:
-            extra = {"resolution": self.source.info["resolution"],
-                     "resolutionunit": self.source.info["resolutionunit"]}
+            extra = {"resolution": self.source.info["resolution"], "resolutionunit": self.source.info["resolutionunit"]}
         # an iterator of pages: tifffile writes each one as it comes
-        self.tw.write((np.ascontiguousarray(f, np.float32) for f in frames), shape=image.shape,
-                      dtype=np.float32, photometric="minisblack", metadata={PROVENANCE_KEY: self.provenance},
-                      **extra)
+        self.tw.write(
+            (np.ascontiguousarray(f, np.float32) for f in frames),
+            shape=image.shape,
+            dtype=np.float32,
+            photometric="minisblack",
+            metadata={PROVENANCE_KEY: self.provenance},
+            **extra,
+        )
 
 
 class PngWriter(Writer):
@@ -478,8 +520,7 @@ class MrcWriter(Writer):
         import mrcfile
 
         info = self.source.info
-        mrc = self._stack.enter_context(mrcfile.new_mmap(self.dest, shape=image.shape, mrc_mode=2,
-                                                         overwrite=True))
+        mrc = self._stack.enter_context(mrcfile.new_mmap(self.dest, shape=image.shape, mrc_mode=2, overwrite=True))
         _reserve(self.dest)
         if info["image_stack"]:
             mrc.set_image_stack()
@@ -489,8 +530,10 @@ class MrcWriter(Writer):
         for label in info["labels"][:9]:
             mrc.add_label(label[:80])
         p = self.provenance
-        mrc.add_label(f"emdenoise {p['emdenoise_version']} {p['model']['name']} "
-                      f"sha256:{p['model']['sha256'][:12]} {p['created']}"[:80])
+        mrc.add_label(
+            f"emdenoise {p['emdenoise_version']} {p['model']['name']} "
+            f"sha256:{p['model']['sha256'][:12]} {p['created']}"[:80]
+        )
         # header statistics, accumulated frame by frame (float64) instead of re-reading the whole map
         lo, hi, total, squares, count = math.inf, -math.inf, 0.0, 0.0, 0
         target = mrc.data.reshape(-1, *image.frame_shape)
@@ -507,7 +550,11 @@ class MrcWriter(Writer):
 
 
 _WRITERS: dict[str, type[Writer]] = {
-    "tiff": TiffWriter, "png": PngWriter, "npy": NpyWriter, "hdf5": Hdf5Writer, "mrc": MrcWriter,
+    "tiff": TiffWriter,
+    "png": PngWriter,
+    "npy": NpyWriter,
+    "hdf5": Hdf5Writer,
+    "mrc": MrcWriter,
 }
 
 
@@ -540,7 +587,7 @@ def read_provenance(path: Path) -> dict[str, Any] | None:
         import mrcfile
 
         with mrcfile.open(path, mode="r", header_only=True) as mrc:
-            labels = [bytes(x).decode("ascii", "replace").strip() for x in mrc.header.label[:int(mrc.header.nlabl)]]
+            labels = [bytes(x).decode("ascii", "replace").strip() for x in mrc.header.label[: int(mrc.header.nlabl)]]
             mine = [x for x in labels if x.startswith("emdenoise ")]
             return {"label": mine[-1]} if mine else None
     return None

@@ -55,6 +55,7 @@ _NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float: nothing else is ever r
 
 # ---------------------------------------------------------------------------------------------- writing
 
+
 def _write_state(group: h5py.Group, model: nn.Module) -> None:
     for key, tensor in model.state_dict().items():
         if "/" in key:
@@ -88,6 +89,7 @@ def save_model(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None
 
 # ---------------------------------------------------------------------------------------------- reading
 
+
 def _open(path: Path) -> h5py.File:
     """Open ``path`` read-only as HDF5 or raise a one-line InputError. The file's seal is checked first
     (:mod:`emdenoise.io.h5safe`): libhdf5 never parses a damaged file, a pickle or a file from elsewhere."""
@@ -109,8 +111,9 @@ def _reading(path: Path) -> Iterator[h5py.File]:
         try:
             yield fh
         except (OSError, RuntimeError, KeyError, TypeError, ValueError) as exc:
-            raise InputError.at(path, None, f"expected an intact HDF5 file, this one is damaged "
-                                f"({' '.join(str(exc).split())})") from None
+            raise InputError.at(
+                path, None, f"expected an intact HDF5 file, this one is damaged ({' '.join(str(exc).split())})"
+            ) from None
 
 
 def _check_format(path: Path, fh: h5py.File, expected: str) -> None:
@@ -122,8 +125,11 @@ def _check_format(path: Path, fh: h5py.File, expected: str) -> None:
     if got_kind != kind:
         raise InputError.at(path, "format", f"expected {expected!r}, got {got!r}")
     if got_version.split(".")[0] != version.split(".")[0]:
-        raise InputError.at(path, "format", f"expected major version {version} ({expected!r}), got {got!r}; "
-                            "this file needs another emdenoise version")
+        raise InputError.at(
+            path,
+            "format",
+            f"expected major version {version} ({expected!r}), got {got!r}; this file needs another emdenoise version",
+        )
 
 
 def _attr_str(path: Path, fh: h5py.File, name: str) -> str:
@@ -150,8 +156,7 @@ def _build(path: Path, name: str, options: Any) -> nn.Module:
     try:
         return models.build(name, **options)
     except (TypeError, ValueError) as exc:
-        raise InputError.at(path, "options", f"expected options of model {name!r}, got {options!r} ({exc})") \
-            from None
+        raise InputError.at(path, "options", f"expected options of model {name!r}, got {options!r} ({exc})") from None
 
 
 def _read_state(path: Path, fh: h5py.File, model: nn.Module) -> None:
@@ -162,14 +167,19 @@ def _read_state(path: Path, fh: h5py.File, model: nn.Module) -> None:
     expected = model.state_dict()
     extra = sorted(set(group.keys()) - set(expected))
     if extra:
-        raise InputError.at(path, f"state/{extra[0]}", f"unexpected tensor for model "
-                            f"{model.__class__.__name__} ({len(extra)} extra; another architecture or options?)")
+        raise InputError.at(
+            path,
+            f"state/{extra[0]}",
+            f"unexpected tensor for model "
+            f"{model.__class__.__name__} ({len(extra)} extra; another architecture or options?)",
+        )
     loaded = {}
     for key, ref in expected.items():
         ds = group.get(key)
         if not isinstance(ds, h5py.Dataset):
-            raise InputError.at(path, f"state/{key}", "expected a weight dataset, missing (another architecture "
-                                "or options?)")
+            raise InputError.at(
+                path, f"state/{key}", "expected a weight dataset, missing (another architecture or options?)"
+            )
         if ds.dtype.kind not in _NUMERIC_KINDS:
             raise InputError.at(path, f"state/{key}", f"expected a numeric dataset, got dtype {ds.dtype}")
         if tuple(ds.shape) != tuple(ref.shape):
@@ -203,6 +213,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
+
 
 def fingerprint(config: dict[str, Any]) -> str:
     """sha256 (hex) of the canonical JSON of ``config``: equal configurations, equal fingerprints."""
@@ -265,8 +276,9 @@ def _unflatten(obj: Any, arrays: h5py.Group, path: Path) -> Any:
     return {k: _unflatten(v, arrays, path) for k, v in obj.items()}
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    state: dict[str, Any]) -> None:
+def save_checkpoint(
+    path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, state: dict[str, Any]
+) -> None:
     """Write a resumable checkpoint atomically. ``state`` needs ``model`` (name), ``options``, ``fingerprint``
     and ``epoch``; an optional ``config`` (the fingerprinted configuration) is also put in the header, to
     explain a mismatch; everything else in it (history, RNG states from runtime.rng_state() ...) is kept."""
@@ -274,9 +286,14 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
         if key not in state:
             raise ValueError(f"checkpoint state needs {key!r}")
     arrays: list[np.ndarray] = []
-    payload = _flatten({"optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                        "state": state}, arrays)
+    payload = _flatten(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "state": state,
+        },
+        arrays,
+    )
     with atomic_path(path) as tmp, h5safe.create_sealed(tmp) as fh:
         fh.attrs["format"] = CHECKPOINT_FORMAT
         fh.attrs["model"] = str(state["model"])
@@ -300,13 +317,18 @@ def checkpoint_info(path: str | Path) -> dict[str, Any]:
         epoch = fh.attrs.get("epoch")
         if not isinstance(epoch, (int, np.integer)):
             raise InputError.at(path, "epoch", f"expected an integer attribute, got {epoch!r}")
-        return {"model": _attr_str(path, fh, "model"), "options": _attr_json(path, fh, "options"),
-                "fingerprint": _attr_str(path, fh, "fingerprint"), "epoch": int(epoch),
-                "config": _attr_json(path, fh, "config") if "config" in fh.attrs else {}}
+        return {
+            "model": _attr_str(path, fh, "model"),
+            "options": _attr_json(path, fh, "options"),
+            "fingerprint": _attr_str(path, fh, "fingerprint"),
+            "epoch": int(epoch),
+            "config": _attr_json(path, fh, "config") if "config" in fh.attrs else {},
+        }
 
 
-def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                    scheduler: Any = None) -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None
+) -> dict[str, Any]:
     """Load weights into ``model`` (and the optimizer's and scheduler's states when given); return ``state``
     as passed to :func:`save_checkpoint` (tensors come back as CPU tensors, tuples as tuples)."""
     path = Path(path)

@@ -46,9 +46,11 @@ _REGISTRY: dict[str, ModelSpec] = {}
 def register(name: str, documented_params: int, options: dict[str, tuple[str, Field]] | None = None):
     """Class decorator: ``@register("unet", documented_params=7_759_521, options={"base": ("unet_base",
     Field(...))})``."""
+
     def deco(cls):
         _REGISTRY[name] = ModelSpec(name, cls, documented_params, dict(options or {}))
         return cls
+
     return deco
 
 

@@ -12,11 +12,16 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def conv3x3(in_ch: int, out_ch: int, *, dilation: int = 1, bias: bool = True,
-            padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = "zeros") -> nn.Conv2d:
+def conv3x3(
+    in_ch: int,
+    out_ch: int,
+    *,
+    dilation: int = 1,
+    bias: bool = True,
+    padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = "zeros",
+) -> nn.Conv2d:
     """A 3x3 convolution that keeps H x W ("same" padding, ``dilation`` pixels on each side)."""
-    return nn.Conv2d(in_ch, out_ch, 3, padding=dilation, dilation=dilation, bias=bias,
-                     padding_mode=padding_mode)
+    return nn.Conv2d(in_ch, out_ch, 3, padding=dilation, dilation=dilation, bias=bias, padding_mode=padding_mode)
 
 
 def conv_relu(in_ch: int, out_ch: int, *, batch_norm: bool = False) -> nn.Sequential:
@@ -78,13 +83,13 @@ def conv_macs(model: nn.Module, height: int = 256, width: int = 256) -> int:
         per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
         # a transposed conv spreads each input over the kernel: count by input elements instead
         if isinstance(module, nn.ConvTranspose2d):
-            total += inputs[0].numel() * module.out_channels // module.groups * \
-                module.kernel_size[0] * module.kernel_size[1]
+            total += (
+                inputs[0].numel() * module.out_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            )
         else:
             total += output.numel() * per_output
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
     try:
         was_training = model.training
         model.eval()

@@ -39,7 +39,7 @@ SCALE = 2  # pixel-unshuffle factor
 HIGHPASS_SIZE = 3  # box filter whose residual is taken as noise
 VARIANCE_SIZE = 7  # box filter smoothing the squared residual
 # For white noise, var(x - box3(x)) = (1 - 1/9)^2 + 8/81 = 8/9 of the noise variance
-HIGHPASS_GAIN = 1.0 - 1.0 / HIGHPASS_SIZE ** 2
+HIGHPASS_GAIN = 1.0 - 1.0 / HIGHPASS_SIZE**2
 
 
 def noise_level_map(x: torch.Tensor) -> torch.Tensor:

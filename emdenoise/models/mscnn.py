@@ -39,10 +39,14 @@ class _HybridDilatedBlock(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.body = nn.Sequential(*(
-            nn.Sequential(conv3x3(channels, channels, dilation=d, bias=False), nn.BatchNorm2d(channels),
-                          nn.PReLU(channels))
-            for d in DILATIONS))
+        self.body = nn.Sequential(
+            *(
+                nn.Sequential(
+                    conv3x3(channels, channels, dilation=d, bias=False), nn.BatchNorm2d(channels), nn.PReLU(channels)
+                )
+                for d in DILATIONS
+            )
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -54,8 +58,7 @@ class MSCNN(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.head = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(1, ch, k, padding=k // 2), nn.PReLU(ch)) for k, ch in HEAD)
+        self.head = nn.ModuleList(nn.Sequential(nn.Conv2d(1, ch, k, padding=k // 2), nn.PReLU(ch)) for k, ch in HEAD)
         channels = sum(ch for _, ch in HEAD)
         self.blocks = nn.Sequential(*(_HybridDilatedBlock(channels) for _ in range(BLOCKS)))
         self.tail = conv3x3(channels, 1)

@@ -75,18 +75,21 @@ class _BufferConv:
         self.k, self.h, self.w = k, h, w
         # row (ky * k + kx) * o + out; contiguous, as matrix products with a transposed one are slow here
         self.matrix = weight.permute(2, 3, 0, 1).reshape(k * k * self.o, self.c).contiguous()
-        self.offsets = [(margin + (ky - k // 2) * dilation, margin + (kx - k // 2) * dilation)
-                        for ky in range(k) for kx in range(k)]
+        self.offsets = [
+            (margin + (ky - k // 2) * dilation, margin + (kx - k // 2) * dilation) for ky in range(k) for kx in range(k)
+        ]
 
     def _flat_input(self, buf: torch.Tensor) -> torch.Tensor:
         b, _, hp, wp = buf.shape
-        return buf[:, :self.c].reshape(b, self.c, hp * wp)  # a view: no copy
+        return buf[:, : self.c].reshape(b, self.c, hp * wp)  # a view: no copy
 
     def forward(self, buf: torch.Tensor) -> torch.Tensor:
         b, _, hp, wp = buf.shape
         taps = torch.matmul(self.matrix, self._flat_input(buf)).view(b, -1, hp, wp)
-        parts = [taps[:, t * self.o:(t + 1) * self.o, y0:y0 + self.h, x0:x0 + self.w]
-                 for t, (y0, x0) in enumerate(self.offsets)]
+        parts = [
+            taps[:, t * self.o : (t + 1) * self.o, y0 : y0 + self.h, x0 : x0 + self.w]
+            for t, (y0, x0) in enumerate(self.offsets)
+        ]
         out = parts[0]
         for part in parts[1:]:
             out = out + part
@@ -97,11 +100,10 @@ class _BufferConv:
         b, _, hp, wp = buf.shape
         grad_taps = grad_out.new_zeros(b, len(self.offsets) * self.o, hp, wp)
         for t, (y0, x0) in enumerate(self.offsets):
-            grad_taps[:, t * self.o:(t + 1) * self.o, y0:y0 + self.h, x0:x0 + self.w] = grad_out
+            grad_taps[:, t * self.o : (t + 1) * self.o, y0 : y0 + self.h, x0 : x0 + self.w] = grad_out
         grad_taps = grad_taps.view(b, -1, hp * wp)
         grad_matrix = torch.matmul(grad_taps, self._flat_input(buf).transpose(1, 2)).sum(0)
-        grad_buf[:, :self.c].view(b, self.c, hp * wp).baddbmm_(
-            self.matrix.t().expand(b, -1, -1), grad_taps)
+        grad_buf[:, : self.c].view(b, self.c, hp * wp).baddbmm_(self.matrix.t().expand(b, -1, -1), grad_taps)
         return grad_matrix.view(self.k, self.k, self.o, self.c).permute(2, 3, 0, 1)
 
 
@@ -123,7 +125,7 @@ class _MixedScaleDense(torch.autograd.Function):
         for i, (weight, bias, d) in enumerate(zip(weights, biases, dilations)):
             c = 1 + i * width
             pre = _BufferConv(weight, d, m, h, w).forward(buf) + bias.view(1, -1, 1, 1)
-            buf[:, c:c + width] = _pad(F.relu(pre), m)
+            buf[:, c : c + width] = _pad(F.relu(pre), m)
         ctx.dilations, ctx.margin = dilations, m
         ctx.save_for_backward(buf, out_weight, *weights)
         return _BufferConv(out_weight, 1, m, h, w).forward(buf) + out_bias.view(1, -1, 1, 1)
@@ -144,8 +146,8 @@ class _MixedScaleDense(torch.autograd.Function):
         for i in reversed(range(len(weights))):
             c = 1 + i * width
             # every later layer has added its share: fold the border gradient onto the map, then the ReLU
-            grad_map = _unpad_grad(grad_buf[:, c:c + width], m)
-            grad_pre = grad_map * (buf[:, c:c + width, m:m + h, m:m + w] > 0)
+            grad_map = _unpad_grad(grad_buf[:, c : c + width], m)
+            grad_pre = grad_map * (buf[:, c : c + width, m : m + h, m : m + w] > 0)
             layer_grads.append(grad_pre.sum((0, 2, 3)))
             layer_grads.append(_BufferConv(weights[i], dilations[i], m, h, w).backward(buf, grad_pre, grad_buf))
         grad_x = _unpad_grad(grad_buf[:, :1], m)
@@ -157,8 +159,9 @@ DEPTH = Field("int", 100, "msdnet: number of layers", min=1, max=1000)
 WIDTH = Field("int", 1, "msdnet: feature maps per layer", min=1, max=64)
 
 
-@register("msdnet", documented_params=45_652,
-          options={"depth": ("msdnet_depth", DEPTH), "width": ("msdnet_width", WIDTH)})
+@register(
+    "msdnet", documented_params=45_652, options={"depth": ("msdnet_depth", DEPTH), "width": ("msdnet_width", WIDTH)}
+)
 class MSDNet(nn.Module):
     """Pelt and Sethian's mixed-scale dense network: 1 -> 1 channel, any H x W."""
 
@@ -170,7 +173,8 @@ class MSDNet(nn.Module):
         self.dilations = tuple(1 + i % DILATION_CYCLE for i in range(depth))
         # the convolutions hold the weights; forward applies them over the shared buffer itself
         self.layers = nn.ModuleList(
-            nn.Conv2d(1 + i * width, width, 3, dilation=d) for i, d in enumerate(self.dilations))
+            nn.Conv2d(1 + i * width, width, 3, dilation=d) for i, d in enumerate(self.dilations)
+        )
         self.output = nn.Conv2d(1 + depth * width, 1, 1)
         for conv in self.layers:
             assert isinstance(conv, nn.Conv2d) and conv.bias is not None

@@ -48,7 +48,8 @@ class REDNet(nn.Module):
         half = depth // 2
         self.convs = nn.ModuleList(conv3x3(1 if i == 0 else channels, channels) for i in range(half))
         self.deconvs = nn.ModuleList(
-            nn.ConvTranspose2d(channels, 1 if i == half - 1 else channels, 3, padding=1) for i in range(half))
+            nn.ConvTranspose2d(channels, 1 if i == half - 1 else channels, 3, padding=1) for i in range(half)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         half = len(self.convs)

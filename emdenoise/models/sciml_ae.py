@@ -37,8 +37,12 @@ BOTTLENECK_CHANNELS = 64
 def _double_conv(in_ch: int, out_ch: int) -> nn.Sequential:
     """[3x3 conv, ReLU, BN] twice, in the original's order (batch norm after the activation)."""
     return nn.Sequential(
-        conv3x3(in_ch, out_ch), nn.ReLU(inplace=True), nn.BatchNorm2d(out_ch),
-        conv3x3(out_ch, out_ch), nn.ReLU(inplace=True), nn.BatchNorm2d(out_ch),
+        conv3x3(in_ch, out_ch),
+        nn.ReLU(inplace=True),
+        nn.BatchNorm2d(out_ch),
+        conv3x3(out_ch, out_ch),
+        nn.ReLU(inplace=True),
+        nn.BatchNorm2d(out_ch),
     )
 
 

@@ -41,7 +41,7 @@ class UNet(nn.Module):
         super().__init__()
         if base < 1:
             raise ValueError(f"unet base must be at least 1, got {base}")
-        widths = [base * 2 ** level for level in range(LEVELS + 1)]
+        widths = [base * 2**level for level in range(LEVELS + 1)]
         self.down = nn.ModuleList()
         in_ch = 1
         for ch in widths[:-1]:
@@ -63,4 +63,4 @@ class UNet(nn.Module):
         return self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return padded_apply(self._forward, x, 2 ** LEVELS)
+        return padded_apply(self._forward, x, 2**LEVELS)

@@ -16,20 +16,27 @@ import numpy as np
 from emdenoise.report.figures import KIND_COLOURS, figure, legend_patch, save
 from emdenoise.report.tables import is_number, num, ranked, settings, table
 
-BASELINE_NOTE = ("Classical baselines: filter, then a global gain/offset fitted on the validation split (the "
-                 "filter's parameter is tuned on the same validation images). The noisy images are the clean "
-                 "image times a beam profile plus shot noise; a filter cannot remove the beam profile, the deep "
-                 "models learn to.")
+BASELINE_NOTE = (
+    "Classical baselines: filter, then a global gain/offset fitted on the validation split (the "
+    "filter's parameter is tuned on the same validation images). The noisy images are the clean "
+    "image times a beam profile plus shot noise; a filter cannot remove the beam profile, the deep "
+    "models learn to."
+)
 
 HEADER = ["method", "kind", "PSNR (dB)", "SSIM", "MSE", "images/s", "ms/image"]
 
 
 def _columns(name: str, row: Mapping[str, Any]) -> list[str]:
     ms = None if row.get("seconds_per_image") is None else 1000.0 * row["seconds_per_image"]
-    return [name, row.get("kind", ""),
-            f"{num(row.get('psnr_mean'), '.2f')} ± {num(row.get('psnr_std'), '.2f')}",
-            f"{num(row.get('ssim_mean'), '.3f')} ± {num(row.get('ssim_std'), '.3f')}",
-            num(row.get("mse_mean"), ".3e"), num(row.get("images_per_s"), ".1f"), num(ms, ".2f")]
+    return [
+        name,
+        row.get("kind", ""),
+        f"{num(row.get('psnr_mean'), '.2f')} ± {num(row.get('psnr_std'), '.2f')}",
+        f"{num(row.get('ssim_mean'), '.3f')} ± {num(row.get('ssim_std'), '.3f')}",
+        num(row.get("mse_mean"), ".3e"),
+        num(row.get("images_per_s"), ".1f"),
+        num(ms, ".2f"),
+    ]
 
 
 def dose_header(bins: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -40,21 +47,33 @@ def dose_header(bins: Sequence[Mapping[str, Any]]) -> list[str]:
 def markdown(metrics: Mapping[str, Any]) -> str:
     """The whole ``results.md``: a header saying R, n, device, then the table sorted by PSNR."""
     methods = metrics["methods"]
-    lines = ["# em_denoise test results", "",
-             f"{metrics['n_images']} test images. PSNR = 10 log10(R^2 / MSE) per image with the fixed data range "
-             f"R = {metrics['data_range']:.6g} ({metrics.get('data_range_definition', 'from the dataset card')}), "
-             "then the mean ± std over images; SSIM with an 11x11 Gaussian window (sigma 1.5) and the same R. "
-             f"Device {metrics.get('device', '?')}, precision {metrics.get('precision', '?')}; deep-model speed "
-             "excludes a warm-up batch; classical filters run one image at a time on the CPU.", "",
-             BASELINE_NOTE, ""]
-    rows = [[str(rank), *_columns(name, methods[name]), settings(methods[name])]
-            for rank, name in enumerate(ranked(methods), 1)]
+    lines = [
+        "# em_denoise test results",
+        "",
+        f"{metrics['n_images']} test images. PSNR = 10 log10(R^2 / MSE) per image with the fixed data range "
+        f"R = {metrics['data_range']:.6g} ({metrics.get('data_range_definition', 'from the dataset card')}), "
+        "then the mean ± std over images; SSIM with an 11x11 Gaussian window (sigma 1.5) and the same R. "
+        f"Device {metrics.get('device', '?')}, precision {metrics.get('precision', '?')}; deep-model speed "
+        "excludes a warm-up batch; classical filters run one image at a time on the CPU.",
+        "",
+        BASELINE_NOTE,
+        "",
+    ]
+    rows = [
+        [str(rank), *_columns(name, methods[name]), settings(methods[name])]
+        for rank, name in enumerate(ranked(methods), 1)
+    ]
     lines += table(["rank", *HEADER, "settings"], "rllrrrrrl", rows)
     by_dose = metrics.get("psnr_by_dose")
     if by_dose and by_dose.get("bins"):
         bins = by_dose["bins"]
-        lines += ["", "## Mean PSNR (dB) by dose", "",
-                  "Dose bins of about equal size (electrons per pixel at the beam centre).", ""]
+        lines += [
+            "",
+            "## Mean PSNR (dB) by dose",
+            "",
+            "Dose bins of about equal size (electrons per pixel at the beam centre).",
+            "",
+        ]
         rows = [[name, *(num(v, ".2f") for v in by_dose["methods"].get(name, []))] for name in ranked(methods)]
         lines += table(["method", *dose_header(bins)], "l" + "r" * len(bins), rows)
     return "\n".join(lines) + "\n"
@@ -65,12 +84,18 @@ def text_table(metrics: Mapping[str, Any]) -> list[str]:
     methods = metrics["methods"]
     rows = [HEADER] + [_columns(name, methods[name]) for name in ranked(methods)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
-    return ["  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
-            for r in rows]
+    return [
+        "  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths))) for r in rows
+    ]
 
 
-def comparison_figure(noisy: np.ndarray, clean: np.ndarray, outputs: Mapping[str, np.ndarray],
-                      psnr: Mapping[str, Sequence[float]], labels: Sequence[str]) -> Any:
+def comparison_figure(
+    noisy: np.ndarray,
+    clean: np.ndarray,
+    outputs: Mapping[str, np.ndarray],
+    psnr: Mapping[str, Sequence[float]],
+    labels: Sequence[str],
+) -> Any:
     """A grid, returned: one row per image (``noisy``/``clean`` (K, H, W)), columns noisy, each method, clean.
 
     ``outputs`` maps method -> (K, H, W) images in column order; ``psnr`` maps ``noisy`` and each method to
@@ -115,8 +140,11 @@ def psnr_bar_figure(metrics: Mapping[str, Any]) -> Any:
     ax.set_title(f"{metrics['n_images']} test images, R = {metrics['data_range']:.4g}", fontsize=9)
     kinds = [kind for kind in KIND_COLOURS if any(methods[n].get("kind") == kind for n in names)]
     if kinds:
-        ax.legend(handles=[legend_patch(color=KIND_COLOURS[kind], label=kind) for kind in kinds], fontsize=8,
-                  loc="upper right")
+        ax.legend(
+            handles=[legend_patch(color=KIND_COLOURS[kind], label=kind) for kind in kinds],
+            fontsize=8,
+            loc="upper right",
+        )
     fig.tight_layout()
     return fig
 

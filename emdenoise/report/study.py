@@ -20,8 +20,9 @@ NEVER = "never within the sizes run"
 
 def _baseline_order(methods: Mapping[str, dict]) -> list[str]:
     """Classical rows by PSNR, best first, then the noisy input."""
-    return [n for n in ranked(methods) if methods[n].get("kind") == "classical"] + \
-        [n for n in methods if methods[n].get("kind") == "input"]
+    return [n for n in ranked(methods) if methods[n].get("kind") == "classical"] + [
+        n for n in methods if methods[n].get("kind") == "input"
+    ]
 
 
 def markdown(summary: dict, figures: Mapping[str, str]) -> str:
@@ -30,36 +31,59 @@ def markdown(summary: dict, figures: Mapping[str, str]) -> str:
     data, best, cfg = summary["data"], summary["best_baseline"], summary["config"]["study"]
     cells = {(c["model"], c["train_size"]): c for c in summary["cells"]}
     hw = summary["hardware"]
-    lines = ["# em_denoise study: fidelity, speed and training data", "",
-             f"Created {summary['created']} by emdenoise {summary['emdenoise_version']} on {hw['device']}"
-             + (f" ({hw['gpu']})" if hw.get("gpu") else "") + f", CPU {hw['cpu']} ({hw['cpu_count']} cores, "
-             f"{hw['torch_threads']} torch threads), torch {hw['torch']}.", "",
-             f"Data: {data['data_dir']} (source {data['source']}), images {data['image_shape']}, "
-             f"{data['n_train_available']} training pairs available, {data['n_test']} test images. "
-             f"PSNR = 10 log10(R^2 / MSE) per image with the fixed R = {data['data_range']:.6g} "
-             f"({data['data_range_definition']}), then the mean over the test images; SSIM with an 11x11 Gaussian "
-             "window (sigma 1.5) and the same R.", "",
-             f"Each model is trained on the first N training pairs for {cfg['epochs']} epochs"
-             + (f" (at least {cfg['min_steps']} optimiser steps)" if cfg["min_steps"] else "")
-             + f", batch {cfg['batch_size']}, learning rate {cfg['lr']:g}, "
-             + (f"{cfg['patch_size']}-pixel crops" if cfg["patch_size"] else "whole images")
-             + f", seed {cfg['seed']}; the weights with the best validation PSNR are tested. "
-             + BASELINE_NOTE, ""]
+    lines = [
+        "# em_denoise study: fidelity, speed and training data",
+        "",
+        f"Created {summary['created']} by emdenoise {summary['emdenoise_version']} on {hw['device']}"
+        + (f" ({hw['gpu']})" if hw.get("gpu") else "")
+        + f", CPU {hw['cpu']} ({hw['cpu_count']} cores, "
+        f"{hw['torch_threads']} torch threads), torch {hw['torch']}.",
+        "",
+        f"Data: {data['data_dir']} (source {data['source']}), images {data['image_shape']}, "
+        f"{data['n_train_available']} training pairs available, {data['n_test']} test images. "
+        f"PSNR = 10 log10(R^2 / MSE) per image with the fixed R = {data['data_range']:.6g} "
+        f"({data['data_range_definition']}), then the mean over the test images; SSIM with an 11x11 Gaussian "
+        "window (sigma 1.5) and the same R.",
+        "",
+        f"Each model is trained on the first N training pairs for {cfg['epochs']} epochs"
+        + (f" (at least {cfg['min_steps']} optimiser steps)" if cfg["min_steps"] else "")
+        + f", batch {cfg['batch_size']}, learning rate {cfg['lr']:g}, "
+        + (f"{cfg['patch_size']}-pixel crops" if cfg["patch_size"] else "whole images")
+        + f", seed {cfg['seed']}; the weights with the best validation PSNR are tested. "
+        + BASELINE_NOTE,
+        "",
+    ]
     if len(summary["devices_used"]) > 1:
-        lines += [f"Note: the cells ran on more than one device ({', '.join(summary['devices_used'])}); speeds "
-                  "compare only within a device.", ""]
+        lines += [
+            f"Note: the cells ran on more than one device ({', '.join(summary['devices_used'])}); speeds "
+            "compare only within a device.",
+            "",
+        ]
     if summary["pending_cells"]:
-        lines += [f"**In progress**: {len(summary['cells'])} cells finished, {len(summary['pending_cells'])} to go "
-                  f"({', '.join(summary['pending_cells'])}); this report is rewritten after every cell.", ""]
+        lines += [
+            f"**In progress**: {len(summary['cells'])} cells finished, {len(summary['pending_cells'])} to go "
+            f"({', '.join(summary['pending_cells'])}); this report is rewritten after every cell.",
+            "",
+        ]
     if summary["failed_cells"]:
-        lines += ["**Failed cells** (a rerun retries them): "
-                  + "; ".join(f"{c['cell']}: {c['error']}" for c in summary["failed_cells"]), ""]
+        lines += [
+            "**Failed cells** (a rerun retries them): "
+            + "; ".join(f"{c['cell']}: {c['error']}" for c in summary["failed_cells"]),
+            "",
+        ]
 
     # fidelity
     target = best["psnr_mean"] if best else None
-    lines += ["## Fidelity: mean test PSNR (dB) by number of training pairs", "",
-              (f"**Bold**: above the best classical baseline, {best['name']} at {best['psnr_mean']:.2f} dB."
-               if best else "No classical baseline was run."), ""]
+    lines += [
+        "## Fidelity: mean test PSNR (dB) by number of training pairs",
+        "",
+        (
+            f"**Bold**: above the best classical baseline, {best['name']} at {best['psnr_mean']:.2f} dB."
+            if best
+            else "No classical baseline was run."
+        ),
+        "",
+    ]
     rows = []
     for name in models_out:
         row = [name]
@@ -70,14 +94,22 @@ def markdown(summary: dict, figures: Mapping[str, str]) -> str:
         rows.append(row)
     lines += table(["model"] + [str(s) for s in sizes], "l" + "r" * len(sizes), rows) + [""]
     lines += ["Mean test SSIM by number of training pairs:", ""]
-    rows = [[name] + [num((cells.get((name, s)) or {}).get("test", {}).get("ssim_mean"), ".4f") for s in sizes]
-            for name in models_out]
+    rows = [
+        [name] + [num((cells.get((name, s)) or {}).get("test", {}).get("ssim_mean"), ".4f") for s in sizes]
+        for name in models_out
+    ]
     lines += table(["model"] + [str(s) for s in sizes], "l" + "r" * len(sizes), rows) + [""]
     lines += ["Baselines (no training; the same test images):", ""]
-    rows = [[name, methods[name]["kind"], f"{num(methods[name]['psnr_mean'], '.2f')} ± "
-             f"{num(methods[name]['psnr_std'], '.2f')}", f"{num(methods[name]['ssim_mean'], '.4f')} ± "
-             f"{num(methods[name]['ssim_std'], '.4f')}", settings(methods[name])]
-            for name in _baseline_order(methods)]
+    rows = [
+        [
+            name,
+            methods[name]["kind"],
+            f"{num(methods[name]['psnr_mean'], '.2f')} ± {num(methods[name]['psnr_std'], '.2f')}",
+            f"{num(methods[name]['ssim_mean'], '.4f')} ± {num(methods[name]['ssim_std'], '.4f')}",
+            settings(methods[name]),
+        ]
+        for name in _baseline_order(methods)
+    ]
     lines += table(["method", "kind", "PSNR (dB)", "SSIM", "tuned setting"], "llrrl", rows) + [""]
 
     # training data
@@ -86,59 +118,106 @@ def markdown(summary: dict, figures: Mapping[str, str]) -> str:
     for name, info in models_out.items():
         win = info["smallest_winning_size"]
         at_largest = info["psnr_by_size"].get(str(info["largest_size"]))
-        rows.append([name, str(win) if win is not None else NEVER,
-                     num(info["psnr_at_smallest_winning_size"], ".2f"),
-                     num(info["psnr_at_smallest_winning_size"] - target, "+.2f") if win is not None else "-",
-                     f"{num(at_largest, '.2f')} ({info['largest_size']})" if info["largest_size"] else "-"])
-    lines += table(["model", "smallest N", "PSNR at N (dB)", "margin (dB)", "PSNR at the largest N"], "lrrrr",
-                    rows) + [""]
+        rows.append(
+            [
+                name,
+                str(win) if win is not None else NEVER,
+                num(info["psnr_at_smallest_winning_size"], ".2f"),
+                num(info["psnr_at_smallest_winning_size"] - target, "+.2f") if win is not None else "-",
+                f"{num(at_largest, '.2f')} ({info['largest_size']})" if info["largest_size"] else "-",
+            ]
+        )
+    lines += table(["model", "smallest N", "PSNR at N (dB)", "margin (dB)", "PSNR at the largest N"], "lrrrr", rows) + [
+        ""
+    ]
 
     # speed
-    lines += ["## Speed", "",
-              "Inference images/s on the test images (deep models: batches of "
-              f"{cfg['batch_size']} on {hw['device']}, warm-up batch excluded, median over the model's cells; "
-              "classical filters: one image at a time on the CPU). Training images/s: median over the model's "
-              "cells and epochs.", ""]
-    rows = [[name, "deep", num(info["parameters"], ","), num(info["images_per_s"], ".1f"),
-             num(1000.0 / info["images_per_s"] if is_number(info["images_per_s"]) else None, ".2f"),
-             num(info["train_images_per_s"], ".1f")] for name, info in models_out.items()]
-    rows += [[name, "classical", "-", num(methods[name]["images_per_s"], ".1f"),
-              num(1000.0 * methods[name]["seconds_per_image"] if is_number(methods[name]["seconds_per_image"])
-                   else None, ".2f"), "-"] for name in _baseline_order(methods) if methods[name]["kind"] == "classical"]
-    lines += table(["method", "kind", "parameters", "images/s", "ms/image", "training images/s"], "llrrrr",
-                    rows) + [""]
+    lines += [
+        "## Speed",
+        "",
+        "Inference images/s on the test images (deep models: batches of "
+        f"{cfg['batch_size']} on {hw['device']}, warm-up batch excluded, median over the model's cells; "
+        "classical filters: one image at a time on the CPU). Training images/s: median over the model's "
+        "cells and epochs.",
+        "",
+    ]
+    rows = [
+        [
+            name,
+            "deep",
+            num(info["parameters"], ","),
+            num(info["images_per_s"], ".1f"),
+            num(1000.0 / info["images_per_s"] if is_number(info["images_per_s"]) else None, ".2f"),
+            num(info["train_images_per_s"], ".1f"),
+        ]
+        for name, info in models_out.items()
+    ]
+    rows += [
+        [
+            name,
+            "classical",
+            "-",
+            num(methods[name]["images_per_s"], ".1f"),
+            num(
+                1000.0 * methods[name]["seconds_per_image"] if is_number(methods[name]["seconds_per_image"]) else None,
+                ".2f",
+            ),
+            "-",
+        ]
+        for name in _baseline_order(methods)
+        if methods[name]["kind"] == "classical"
+    ]
+    lines += table(["method", "kind", "parameters", "images/s", "ms/image", "training images/s"], "llrrrr", rows) + [""]
 
     # dose
     bins = (summary["dose_bins"] or {}).get("bins")
     lines += ["## Mean PSNR (dB) by dose", ""]
     if bins:
-        lines += ["Test images sorted by dose (electrons per pixel at the beam centre) and cut into bins of about "
-                  "equal size; models at their largest training size.", ""]
-        rows = [[f"{name} ({info['largest_size']})"] + [num(v, ".2f") for v in info["psnr_by_dose_at_largest_size"]]
-                for name, info in models_out.items() if info["psnr_by_dose_at_largest_size"]]
+        lines += [
+            "Test images sorted by dose (electrons per pixel at the beam centre) and cut into bins of about "
+            "equal size; models at their largest training size.",
+            "",
+        ]
+        rows = [
+            [f"{name} ({info['largest_size']})"] + [num(v, ".2f") for v in info["psnr_by_dose_at_largest_size"]]
+            for name, info in models_out.items()
+            if info["psnr_by_dose_at_largest_size"]
+        ]
         rows += [[name] + [num(v, ".2f") for v in methods[name]["psnr_by_dose"]] for name in _baseline_order(methods)]
-        lines += table(["method", *dose_header(bins)],
-                        "l" + "r" * len(bins), rows) + [""]
+        lines += table(["method", *dose_header(bins)], "l" + "r" * len(bins), rows) + [""]
     else:
         lines += ["The test split records no dose.", ""]
 
     # figures and cost
     lines += ["## Figures", ""] + [f"![{key}]({file})" for key, file in figures.items()] + [""]
     sec = summary["seconds"]
-    lines += ["## Cost", "",
-              f"Training, all cells: {duration(sec['training_all_cells'])}; testing: "
-              f"{duration(sec['evaluation_all_cells'])}; this run (cells kept from earlier runs cost nothing): "
-              f"{duration(sec['this_run'])}. Per cell:", ""]
-    rows = [[c["cell"], str(c["epochs"]), num(c["train"]["seconds"], ".1f"), num(c["train"]["images_per_s"], ".1f"),
-             str(c["train"]["best_epoch"]), num(c["train"]["best_val_psnr"], ".2f")] for c in summary["cells"]]
-    lines += table(["cell", "epochs", "training s", "training images/s", "best epoch", "best val PSNR"], "lrrrrr",
-                    rows)
+    lines += [
+        "## Cost",
+        "",
+        f"Training, all cells: {duration(sec['training_all_cells'])}; testing: "
+        f"{duration(sec['evaluation_all_cells'])}; this run (cells kept from earlier runs cost nothing): "
+        f"{duration(sec['this_run'])}. Per cell:",
+        "",
+    ]
+    rows = [
+        [
+            c["cell"],
+            str(c["epochs"]),
+            num(c["train"]["seconds"], ".1f"),
+            num(c["train"]["images_per_s"], ".1f"),
+            str(c["train"]["best_epoch"]),
+            num(c["train"]["best_val_psnr"], ".2f"),
+        ]
+        for c in summary["cells"]
+    ]
+    lines += table(["cell", "epochs", "training s", "training images/s", "best epoch", "best val PSNR"], "lrrrrr", rows)
     return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Figures
 # --------------------------------------------------------------------------------------------------------------
+
 
 def _colours(names: Sequence[str]) -> dict[str, str]:
     return {name: f"C{i % 10}" for i, name in enumerate(names)}
@@ -194,8 +273,13 @@ def plot_psnr_vs_train_size(dest: Path, summary: dict) -> None:
     classical = [n for n in _baseline_order(methods) if methods[n]["kind"] == "classical"]
     for i, name in enumerate(classical):
         if is_number(methods[name]["psnr_mean"]):
-            ax.axhline(methods[name]["psnr_mean"], color=_classical_colour(i, len(models_out)), linestyle="--",
-                       linewidth=1, label=f"{name} (no training)")
+            ax.axhline(
+                methods[name]["psnr_mean"],
+                color=_classical_colour(i, len(models_out)),
+                linestyle="--",
+                linewidth=1,
+                label=f"{name} (no training)",
+            )
             shown.append(methods[name]["psnr_mean"])
     noisy = [methods["noisy"]["psnr_mean"]] if "noisy" in methods else []
     handles, _ = ax.get_legend_handles_labels()
@@ -234,12 +318,22 @@ def plot_psnr_vs_dose(dest: Path, summary: dict) -> None:
 
     for name, info in models_out.items():
         if info["psnr_by_dose_at_largest_size"]:
-            line(info["psnr_by_dose_at_largest_size"], f"{name} ({info['largest_size']} pairs)", marker="o",
-                 color=colours[name])
+            line(
+                info["psnr_by_dose_at_largest_size"],
+                f"{name} ({info['largest_size']} pairs)",
+                marker="o",
+                color=colours[name],
+            )
     classical = [n for n in _baseline_order(methods) if methods[n]["kind"] == "classical"]
     for i, name in enumerate(classical):
-        line(methods[name]["psnr_by_dose"], name, marker="s", markersize=4, linestyle="--",
-             color=_classical_colour(i, len(models_out)))
+        line(
+            methods[name]["psnr_by_dose"],
+            name,
+            marker="s",
+            markersize=4,
+            linestyle="--",
+            color=_classical_colour(i, len(models_out)),
+        )
     noisy = methods["noisy"]["psnr_by_dose"] if "noisy" in methods else []
     if _noisy_on_scale(ax, shown, noisy):
         line(noisy, "noisy input", marker="x", linestyle=":", color=KIND_COLOURS["input"])
@@ -259,18 +353,25 @@ def plot_psnr_vs_dose(dest: Path, summary: dict) -> None:
 def plot_fidelity_vs_speed(dest: Path, summary: dict) -> None:
     """Mean test PSNR against inference images/s (log x): models at their largest size, the baselines."""
     models_out, methods = summary["models"], summary["baselines"]
-    points = [(info["images_per_s"], info["psnr_by_size"].get(str(info["largest_size"])), name, "deep")
-              for name, info in models_out.items()]
-    points += [(methods[n]["images_per_s"], methods[n]["psnr_mean"], n, "classical")
-               for n in _baseline_order(methods) if methods[n]["kind"] == "classical"]
+    points = [
+        (info["images_per_s"], info["psnr_by_size"].get(str(info["largest_size"])), name, "deep")
+        for name, info in models_out.items()
+    ]
+    points += [
+        (methods[n]["images_per_s"], methods[n]["psnr_mean"], n, "classical")
+        for n in _baseline_order(methods)
+        if methods[n]["kind"] == "classical"
+    ]
     points = [p for p in points if is_number(p[0]) and p[0] > 0 and is_number(p[1])]
     fig = figure(7.5, 4.8)
     ax = fig.add_subplot(1, 1, 1)
     for speed, psnr, name, kind in points:
         ax.scatter([speed], [psnr], color=KIND_COLOURS[kind], s=30)
         ax.annotate(name, (speed, psnr), xytext=(4, 3), textcoords="offset points", fontsize=8)
-    handles = [legend_line(marker="o", linestyle="", color=KIND_COLOURS[k], label=label)
-               for k, label in (("deep", "deep model (largest training size)"), ("classical", "classical filter"))]
+    handles = [
+        legend_line(marker="o", linestyle="", color=KIND_COLOURS[k], label=label)
+        for k, label in (("deep", "deep model (largest training size)"), ("classical", "classical filter"))
+    ]
     noisy = [methods["noisy"]["psnr_mean"]] if "noisy" in methods else []
     if _noisy_on_scale(ax, [p[1] for p in points], noisy):
         ax.axhline(noisy[0], color=KIND_COLOURS["input"], linestyle=":", linewidth=1)
@@ -278,8 +379,10 @@ def plot_fidelity_vs_speed(dest: Path, summary: dict) -> None:
     elif _finite_values(noisy):
         handles.append(_off_scale_handle("noisy input", noisy))
     ax.set_xscale("log")
-    ax.set_xlabel(f"inference images/s (deep models: batches of {summary['config']['study']['batch_size']} on "
-                  f"{summary['hardware']['device']}; filters: one image at a time on the CPU)")
+    ax.set_xlabel(
+        f"inference images/s (deep models: batches of {summary['config']['study']['batch_size']} on "
+        f"{summary['hardware']['device']}; filters: one image at a time on the CPU)"
+    )
     ax.set_ylabel("mean test PSNR (dB)")
     ax.legend(handles=handles, fontsize=8, loc="best")
     fig.tight_layout()

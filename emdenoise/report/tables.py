@@ -21,15 +21,18 @@ def table(header: Sequence[str], align: str, rows: Sequence[Sequence[str]]) -> l
     """A markdown table as lines; ``align`` has one letter per column: ``l`` (left) or ``r`` (right)."""
     if len(align) != len(header):
         raise ValueError(f"{len(header)} columns, {len(align)} alignments")
-    return (["| " + " | ".join(header) + " |", "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"]
-            + ["| " + " | ".join(row) + " |" for row in rows])
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"] + [
+        "| " + " | ".join(row) + " |" for row in rows
+    ]
 
 
 def ranked(methods: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Row names sorted by mean PSNR, best first (rows without a finite PSNR last)."""
+
     def key(name: str) -> float:
         value: Any = methods[name].get("psnr_mean")
         return -float(value) if is_number(value) else math.inf
+
     return sorted(methods, key=key)
 
 
@@ -37,8 +40,11 @@ def settings(row: Mapping[str, Any]) -> str:
     """A short human reading of a row's parameters: the tuned value, gain/offset, or the model file."""
     params = row.get("params") or {}
     if row.get("kind") == "classical":
-        tuned = [f"{k}={v}" for k, v in params.items()
-                 if k not in ("gain", "offset", "grid", "tuned_on_val_images", "val_psnr", "tune_seconds")]
+        tuned = [
+            f"{k}={v}"
+            for k, v in params.items()
+            if k not in ("gain", "offset", "grid", "tuned_on_val_images", "val_psnr", "tune_seconds")
+        ]
         gain, offset = params.get("gain"), params.get("offset")
         if gain is not None and offset is not None:
             tuned.append(f"gain {gain:.3g}, offset {offset:.3g}")

@@ -38,17 +38,24 @@ from emdenoise.tasks.context import TaskContext
 def select_model(model_dir: Path, choice: str) -> tuple[str, Path]:
     """``(name, model file)`` for ``denoise.model``: a folder name in ``model_dir``, or ``auto``."""
     if not model_dir.is_dir():
-        raise InputError.at(model_dir, "model_dir", "expected a folder of trained models, not found; run the "
-                            "train task first")
+        raise InputError.at(
+            model_dir, "model_dir", "expected a folder of trained models, not found; run the train task first"
+        )
     found = trained_models(model_dir)
     if choice == "auto":
         if len(found) == 1:
             return next(iter(found.items()))
         if not found:
-            raise InputError.at(model_dir, "denoise.model", f"expected a trained model ({'<name>/' + MODEL_FILE})"
-                                ", found none; run the train task first")
-        raise InputError.at(model_dir, "denoise.model", f"expected one model for 'auto', found {len(found)}: "
-                            f"{', '.join(found)}; set denoise.model to one of them")
+            raise InputError.at(
+                model_dir,
+                "denoise.model",
+                f"expected a trained model ({'<name>/' + MODEL_FILE}), found none; run the train task first",
+            )
+        raise InputError.at(
+            model_dir,
+            "denoise.model",
+            f"expected one model for 'auto', found {len(found)}: {', '.join(found)}; set denoise.model to one of them",
+        )
     if choice not in found:
         have = f"one of {', '.join(found)}" if found else "a trained model name (none found; run train first)"
         raise InputError.at(model_dir / choice / MODEL_FILE, "denoise.model", f"expected {have}, got {choice!r}")
@@ -66,14 +73,24 @@ def run(ctx: TaskContext) -> None:
     device = runtime.resolve_device(sec.device, "denoise.device", ctx.where)
     precision = runtime.resolve_precision(sec.precision, device, "denoise.precision", ctx.where)
     engine = FileDenoiser(model_path, device, precision, sec.tile_size, sec.tile_overlap, sec.batch_size)
-    log.info("model %s (%s, sha256 %s) on %s, %s; tiles %s, overlap %d, batch %d", engine.denoiser.name,
-             model_path, engine.model_sha256[:12], device, precision, sec.tile_size or "off (whole frames)",
-             sec.tile_overlap, sec.batch_size)
+    log.info(
+        "model %s (%s, sha256 %s) on %s, %s; tiles %s, overlap %d, batch %d",
+        engine.denoiser.name,
+        model_path,
+        engine.model_sha256[:12],
+        device,
+        precision,
+        sec.tile_size or "off (whole frames)",
+        sec.tile_overlap,
+        sec.batch_size,
+    )
 
     done: list[Denoised] = []
     outs = {path: output_dir / path.relative_to(input_dir) for path in files}
-    with Transaction(resumable=True) as tx, progress(total=sum(frame_counts.values()), desc="denoise",
-                                                     unit="frame") as bar:
+    with (
+        Transaction(resumable=True) as tx,
+        progress(total=sum(frame_counts.values()), desc="denoise", unit="frame") as bar,
+    ):
         for path, out in outs.items():
             fingerprint = engine.fingerprint(path)
             if engine.up_to_date(out, fingerprint):
@@ -81,7 +98,7 @@ def run(ctx: TaskContext) -> None:
                 bar.update(frame_counts[path])
                 continue
             sidecar = micrographs.sidecar_of(out)
-            tx.remove(sidecar)                      # the commit order of a pair: old sidecar, image, new sidecar
+            tx.remove(sidecar)  # the commit order of a pair: old sidecar, image, new sidecar
             staged, staged_sidecar = tx.put(out), tx.put(sidecar)
             if engine.up_to_date(staged, fingerprint):
                 log.info("%s: up to date in %s (finished by an interrupted run), kept", out, staged.parent)
@@ -90,8 +107,14 @@ def run(ctx: TaskContext) -> None:
             staged_sidecar.unlink(missing_ok=True)  # never a new staged image beside an older staged sidecar
             result = engine.denoise(path, staged, out, bar)
             write_json_atomic(staged_sidecar, result.record)
-            log.info("%s: %s in %.2f s (%.2f frames/s) -> %s", path.relative_to(input_dir), result.shapes,
-                     result.seconds, result.record["frames_per_s"], out)
+            log.info(
+                "%s: %s in %.2f s (%.2f frames/s) -> %s",
+                path.relative_to(input_dir),
+                result.shapes,
+                result.seconds,
+                result.record["frames_per_s"],
+                out,
+            )
             done.append(result)
     for folder in sorted({out.parent for out in outs.values()}):  # leftovers of abandoned runs go too
         remove_staging(folder / STAGING_DIR)
@@ -99,8 +122,13 @@ def run(ctx: TaskContext) -> None:
     reused = len(files) - len(done)
     frames, seconds = sum(r.frames for r in done), sum(r.seconds for r in done)
     if done:
-        log.info("denoised %d frame(s) in %.2f s: %.2f frames/s (%d tiles through the model)%s", frames, seconds,
-                 frames / max(seconds, 1e-9), engine.tiler.tiles_run,
-                 f"; {reused} output(s) up to date and kept" if reused else "")
+        log.info(
+            "denoised %d frame(s) in %.2f s: %.2f frames/s (%d tiles through the model)%s",
+            frames,
+            seconds,
+            frames / max(seconds, 1e-9),
+            engine.tiler.tiles_run,
+            f"; {reused} output(s) up to date and kept" if reused else "",
+        )
     else:
         log.info("all %d output(s) up to date, nothing to do", reused)

@@ -68,8 +68,12 @@ def run(ctx: TaskContext) -> None:
     data_dir, out_dir = Path(ctx.paths["data_dir"]), Path(ctx.paths["output_dir"])
     started = time.perf_counter()
     if distributed.from_env().enabled:
-        raise InputError.at("WORLD_SIZE", None, "expected a single process: the study trains its cells one after "
-                            "another in one process; run it without torchrun")
+        raise InputError.at(
+            "WORLD_SIZE",
+            None,
+            "expected a single process: the study trains its cells one after "
+            "another in one process; run it without torchrun",
+        )
 
     baseline_names = evaluation.select_baselines(study.baselines, where, log, field="study.baselines")
     card = load_card(data_dir)  # checked: data_range > 0, normalisation std > 0
@@ -80,12 +84,22 @@ def run(ctx: TaskContext) -> None:
     if len(test) == 0:
         raise InputError.at(data_dir / "test.h5", "noisy", "expected at least one test pair, found none")
 
-    setting = engine.Setting(study, ctx.params.train, ctx.params.test.tune_images, data_dir, card, test, device,
-                             precision, log, where)
+    setting = engine.Setting(
+        study, ctx.params.train, ctx.params.test.tune_images, data_dir, card, test, device, precision, log, where
+    )
     cells = engine.plan_cells(study)
-    log.info("study: %d cells (%s x sizes %s), %d baseline(s); %d test images of %dx%d, R = %.6g; device %s, %s",
-             len(cells), ", ".join(dict.fromkeys(c.model for c in cells)), sorted(study.train_sizes),
-             len(baseline_names), len(test), *test.noisy.shape[1:], setting.data_range, device, precision)
+    log.info(
+        "study: %d cells (%s x sizes %s), %d baseline(s); %d test images of %dx%d, R = %.6g; device %s, %s",
+        len(cells),
+        ", ".join(dict.fromkeys(c.model for c in cells)),
+        sorted(study.train_sizes),
+        len(baseline_names),
+        len(test),
+        *test.noisy.shape[1:],
+        setting.data_range,
+        device,
+        precision,
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
 
     baselines = engine.run_baselines(baseline_names, setting, out_dir)
@@ -93,16 +107,24 @@ def run(ctx: TaskContext) -> None:
     def summary(results: list[dict[str, Any]], failed: list[dict[str, Any]]) -> dict[str, Any]:
         return engine.summarise(setting, cells, baselines, results, failed, time.perf_counter() - started)
 
-    results, failed = engine.run_cells(cells, setting, out_dir,
-                                       after_cell=lambda results, failed: publish(out_dir, summary(results, failed)))
+    results, failed = engine.run_cells(
+        cells, setting, out_dir, after_cell=lambda results, failed: publish(out_dir, summary(results, failed))
+    )
     final = summary(results, failed)
     figures = publish(out_dir, final)
     best = final["best_baseline"]
     for name, info in final["models"].items() if best else ():
         win = info["smallest_winning_size"]
-        log.info("%s beats the best baseline (%s, %.2f dB): %s", name, best["name"], best["psnr_mean"],
-                 f"from {win} training pairs" if win is not None else report.NEVER)
+        log.info(
+            "%s beats the best baseline (%s, %.2f dB): %s",
+            name,
+            best["name"],
+            best["psnr_mean"],
+            f"from {win} training pairs" if win is not None else report.NEVER,
+        )
     log.info("wrote %s, %s, %s to %s", SUMMARY_FILE, REPORT_FILE, ", ".join(figures.values()), out_dir)
     if failed:
-        raise RuntimeFailure(f"{len(failed)} of {len(cells)} cells failed ({', '.join(r['cell'] for r in failed)}); "
-                             f"see {out_dir / REPORT_FILE}; a rerun retries them and keeps the others")
+        raise RuntimeFailure(
+            f"{len(failed)} of {len(cells)} cells failed ({', '.join(r['cell'] for r in failed)}); "
+            f"see {out_dir / REPORT_FILE}; a rerun retries them and keeps the others"
+        )

@@ -62,8 +62,11 @@ def per_image_csv(scorer: Scorer) -> str:
     writer.writerow(["index"] + (["dose"] if dose is not None else []) + ["method", "psnr", "ssim", "mse"])
     for name, row in scorer.rows.items():
         for i in range(row.n):
-            writer.writerow([i] + ([f"{dose[i]:.6g}"] if dose is not None else [])
-                            + [name, f"{row.psnr[i]:.6f}", f"{row.ssim[i]:.6f}", f"{row.mse[i]:.6e}"])
+            writer.writerow(
+                [i]
+                + ([f"{dose[i]:.6g}"] if dose is not None else [])
+                + [name, f"{row.psnr[i]:.6f}", f"{row.ssim[i]:.6f}", f"{row.mse[i]:.6e}"]
+            )
     return buf.getvalue()
 
 
@@ -82,9 +85,12 @@ def figures(scorer: Scorer, metrics: dict[str, Any], indices: list[int]) -> dict
         methods = [name for name in scorer.rows if name != "noisy"]
         labels = [f"test #{i}" + (f", dose {split.dose[i]:.3g}" if split.dose is not None else "") for i in indices]
         drawn[COMPARISON] = report.comparison_figure(
-            split.noisy[indices], split.clean[indices],
+            split.noisy[indices],
+            split.clean[indices],
             {name: np.stack([scorer.rows[name].figure[i] for i in indices]) for name in methods},
-            {name: [row.psnr[i] for i in indices] for name, row in scorer.rows.items()}, labels)
+            {name: [row.psnr[i] for i in indices] for name, row in scorer.rows.items()},
+            labels,
+        )
     return drawn
 
 
@@ -95,8 +101,12 @@ def run(ctx: TaskContext) -> None:
     baseline_names = select_baselines(sec.baselines, where, log)
     model_files = find_models(sec.models, model_dir, where)
     if not model_files and not baseline_names:
-        raise InputError.at(model_dir, "test.models", f"expected trained models (<name>/{MODEL_FILE}), found none, "
-                            "and test.baselines is none: nothing to evaluate; run the train task first")
+        raise InputError.at(
+            model_dir,
+            "test.models",
+            f"expected trained models (<name>/{MODEL_FILE}), found none, "
+            "and test.baselines is none: nothing to evaluate; run the train task first",
+        )
     if not model_files:
         log.info("no trained model in %s: evaluating the noisy input and the classical baselines only", model_dir)
 
@@ -109,12 +119,19 @@ def run(ctx: TaskContext) -> None:
     if baseline_names:
         val = load_split(data_dir, "val", sec.tune_images)
         if len(val) == 0:
-            raise InputError.at(data_dir / "val.h5", "test.baselines", "expected validation pairs to tune "
-                                "the baselines on, found none; set preprocess.val_fraction > 0 and preprocess "
-                                "again, or set test.baselines: none")
+            raise InputError.at(
+                data_dir / "val.h5",
+                "test.baselines",
+                "expected validation pairs to tune "
+                "the baselines on, found none; set preprocess.val_fraction > 0 and preprocess "
+                "again, or set test.baselines: none",
+            )
         if val.noisy.shape[1:] != test.noisy.shape[1:]:
-            log.info("val images are %s, test images %s: tuning on the val images as they are",
-                     val.noisy.shape[1:], test.noisy.shape[1:])
+            log.info(
+                "val images are %s, test images %s: tuning on the val images as they are",
+                val.noisy.shape[1:],
+                test.noisy.shape[1:],
+            )
 
     device, precision = torch.device("cpu"), "fp32"
     denoisers = {}
@@ -123,9 +140,17 @@ def run(ctx: TaskContext) -> None:
         precision = runtime.resolve_precision(sec.precision, device, "test.precision", where)
         # every model file now: a damaged one fails the run before any work
         denoisers = {name: load_model(path, device, precision) for name, path in model_files.items()}
-    log.info("%d test images of %dx%d, data range R = %.6g; %d baseline(s), %d model(s); device %s, precision %s",
-             len(test), test.noisy.shape[1], test.noisy.shape[2], data_range, len(baseline_names), len(model_files),
-             device, precision)
+    log.info(
+        "%d test images of %dx%d, data range R = %.6g; %d baseline(s), %d model(s); device %s, precision %s",
+        len(test),
+        test.noisy.shape[1],
+        test.noisy.shape[2],
+        data_range,
+        len(baseline_names),
+        len(model_files),
+        device,
+        precision,
+    )
 
     indices = figure_indices(len(test), sec.figure_images)
     scorer = Scorer(test, data_range, indices)
@@ -136,12 +161,16 @@ def run(ctx: TaskContext) -> None:
     for name, path in model_files.items():
         run_model(name, path, scorer, device, precision, sec.batch_size, log, denoisers[name])
 
-    metrics = {"data_range": data_range,
-               "data_range_definition": card.get("data_range_definition", "the dataset card's data_range"),
-               "n_images": len(test), "image_shape": list(test.noisy.shape[1:]),
-               "device": str(device), "precision": str(precision),
-               "baseline_treatment": report.BASELINE_NOTE,
-               "methods": {name: summarise(row) for name, row in scorer.rows.items()}}
+    metrics = {
+        "data_range": data_range,
+        "data_range_definition": card.get("data_range_definition", "the dataset card's data_range"),
+        "n_images": len(test),
+        "image_shape": list(test.noisy.shape[1:]),
+        "device": str(device),
+        "precision": str(precision),
+        "baseline_treatment": report.BASELINE_NOTE,
+        "methods": {name: summarise(row) for name, row in scorer.rows.items()},
+    }
     if test.dose is not None:
         metrics["psnr_by_dose"] = dose_bins(test.dose, scorer.rows)
     drawn = figures(scorer, metrics, indices)
@@ -155,7 +184,7 @@ def run(ctx: TaskContext) -> None:
                 write_png(fig, tmp)
         if stale:  # test.figure_images: 0; an old comparison would mislead
             tx.remove(stale)
-        tx.write_json(out_dir / "test_metrics.json", metrics)   # the completion marker, last
+        tx.write_json(out_dir / "test_metrics.json", metrics)  # the completion marker, last
     if stale:
         log.info("removed %s from an earlier run (test.figure_images is 0)", stale)
     for line in report.text_table(metrics):

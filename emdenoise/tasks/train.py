@@ -59,21 +59,45 @@ def run(ctx: TaskContext) -> None:
     names = train.model_names()
     world = distributed.from_env()
     if train.batch_size % world.size:
-        raise train.error("batch_size", f"expected a multiple of the {world.size} training processes (the global "
-                          f"batch is split evenly among them), got {train.batch_size}")
+        raise train.error(
+            "batch_size",
+            f"expected a multiple of the {world.size} training processes (the global "
+            f"batch is split evenly among them), got {train.batch_size}",
+        )
     device = runtime.resolve_device(train.device, "train.device", ctx.where)
     precision = runtime.resolve_precision(train.precision, device, "train.precision", ctx.where)
     data = load_data(data_dir, train, card["normalisation"], ctx.where)
     device, created = distributed.start(world, device)
     try:
-        ctx.log.info("training %s on %s (%s%s): %d train and %d val images of %dx%d, %d epochs, batch %d%s",
-                     ", ".join(names), device, precision, ", torch.compile" if train.compile else "", len(data),
-                     len(data.val), *data.noisy.shape[-2:], train.epochs, train.batch_size,
-                     f" ({world.size} processes, {train.batch_size // world.size} images each)"
-                     if world.enabled else "")
+        ctx.log.info(
+            "training %s on %s (%s%s): %d train and %d val images of %dx%d, %d epochs, batch %d%s",
+            ", ".join(names),
+            device,
+            precision,
+            ", torch.compile" if train.compile else "",
+            len(data),
+            len(data.val),
+            *data.noisy.shape[-2:],
+            train.epochs,
+            train.batch_size,
+            f" ({world.size} processes, {train.batch_size // world.size} images each)" if world.enabled else "",
+        )
         metrics_path = ctx.paths["output_dir"] / METRICS_FILE
-        records = {name: train_model(name, train, data, card, float(card["data_range"]), device, precision,
-                                     ctx.paths["model_dir"] / name, ctx.log, world) for name in names}
+        records = {
+            name: train_model(
+                name,
+                train,
+                data,
+                card,
+                float(card["data_range"]),
+                device,
+                precision,
+                ctx.paths["model_dir"] / name,
+                ctx.log,
+                world,
+            )
+            for name in names
+        }
         if world.is_main:
             publish(records, ctx.paths["model_dir"], metrics_path)
         ctx.log.info("metrics: %s", metrics_path)

@@ -32,8 +32,9 @@ from emdenoise.data.fetch import RETRY_BASE_ENV
 def dataset(tmp_path_factory) -> dict[str, bytes]:
     """Relative path -> bytes of a small em_graphene_sim: the four HDF5 files plus inference TIFFs and a README."""
     folder = tmp_path_factory.mktemp("dataset")
-    files = {rel: _h5_bytes(folder, f"{i}.h5", seed=i, n=4 if rel.startswith("train") else 2)
-             for i, rel in enumerate(LAYOUT)}
+    files = {
+        rel: _h5_bytes(folder, f"{i}.h5", seed=i, n=4 if rel.startswith("train") else 2) for i, rel in enumerate(LAYOUT)
+    }
     files["inference/raw/0001.tif"] = _tif_bytes(10)
     files["inference/truth/0001.tif"] = _tif_bytes(11)
     files["README.txt"] = b"em_graphene_sim test copy\n"
@@ -46,16 +47,30 @@ def s3(dataset):
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test",
-                          aws_secret_access_key="test")
+    client = boto3.client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test"
+    )
     client.create_bucket(Bucket=BUCKET)
     # A public bucket, like the real one: anyone may list it and read its objects.
-    client.put_bucket_policy(Bucket=BUCKET, Policy=json.dumps({"Version": "2012-10-17", "Statement": [{
-        "Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject", "s3:ListBucket"],
-        "Resource": [f"arn:aws:s3:::{BUCKET}", f"arn:aws:s3:::{BUCKET}/*"]}]}))
+    client.put_bucket_policy(
+        Bucket=BUCKET,
+        Policy=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Principal": "*",
+                        "Action": ["s3:GetObject", "s3:ListBucket"],
+                        "Resource": [f"arn:aws:s3:::{BUCKET}", f"arn:aws:s3:::{BUCKET}/*"],
+                    }
+                ],
+            }
+        ),
+    )
     store = S3(endpoint, client, dataset)
     store.put(PREFIX, dataset)
-    store.put(PREFIX, {"train/": b""})                               # a folder marker: nothing to write
+    store.put(PREFIX, {"train/": b""})  # a folder marker: nothing to write
     store.put("ms/em_graphene_sim_v2/", {"extra.bin": b"not ours"})  # a sibling prefix: not listed
     store.put("other/", {"unrelated.bin": b"not ours either"})
     store.put("escape/", {rel: dataset[rel] for rel in LAYOUT})
@@ -77,7 +92,7 @@ def proxy(s3):
 def fast_retries(monkeypatch):
     monkeypatch.setenv(RETRY_BASE_ENV, "0.01")
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)      # the servers are on 127.0.0.1
+        monkeypatch.delenv(name, raising=False)  # the servers are on 127.0.0.1
 
 
 @pytest.fixture
@@ -128,9 +143,28 @@ def tls_cert(tmp_path_factory):
     if shutil.which("openssl") is None:
         pytest.skip("openssl is needed to make a certificate")
     folder = tmp_path_factory.mktemp("tls")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(folder / "key.pem"),
-                    "-out", str(folder / "cert.pem"), "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(folder / "key.pem"),
+            "-out",
+            str(folder / "cert.pem"),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
     return context, folder / "cert.pem"
@@ -139,6 +173,7 @@ def tls_cert(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tls_server(tls_cert):
     """An HTTPS server on 127.0.0.1 with the self-signed certificate, answering every GET with an empty 200."""
+
     def empty_ok(h: BaseHTTPRequestHandler) -> None:
         h.send_response(200)
         h.send_header("Content-Length", "0")
@@ -147,4 +182,3 @@ def tls_server(tls_cert):
     server = LocalServer(empty_ok, tls=tls_cert[0])
     yield server.url
     server.stop()
-

@@ -27,8 +27,12 @@ from emdenoise.tasks.context import TaskContext
 
 BUCKET = "sciml-datasets"
 PREFIX = "ms/em_graphene_sim/"
-LAYOUT = ("train/graphene_img_noise.h5", "train/graphene_img_clean.h5", "test/graphene_img_noise.h5",
-          "test/graphene_img_clean.h5")
+LAYOUT = (
+    "train/graphene_img_noise.h5",
+    "train/graphene_img_clean.h5",
+    "test/graphene_img_noise.h5",
+    "test/graphene_img_clean.h5",
+)
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -80,7 +84,7 @@ class Rule:
     # header), "stall" (say nothing for Proxy.stall_s, then answer) or "stall_body" (send the headers and arg body
     # bytes, then say nothing for Proxy.stall_s)
     action: str
-    match: str         # substring of the request path (with its query)
+    match: str  # substring of the request path (with its query)
     times: int
     arg: int = 0
 
@@ -88,13 +92,13 @@ class Rule:
 class Proxy:
     """Forwards GET requests to moto, records them, and applies the first matching rule that has uses left."""
 
-    stall_s = 3.0      # longer than the timeouts the tests set; close() ends a stall at once
+    stall_s = 3.0  # longer than the timeouts the tests set; close() ends a stall at once
 
     def __init__(self, upstream: str):
         self.upstream = upstream.split("//", 1)[1]
         self.requests: list[tuple[str, str, dict]] = []
         self.rules: list[Rule] = []
-        self.served: list[tuple[str, str]] = []   # (action, path) of every rule applied
+        self.served: list[tuple[str, str]] = []  # (action, path) of every rule applied
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self.server = LocalServer(self._handle)
@@ -140,19 +144,18 @@ class Proxy:
             body = bytes(body)
         h.send_response(resp.status, resp.reason)
         for key, value in resp.getheaders():
-            if key.lower() not in ("connection", "transfer-encoding", "keep-alive", "content-length", "server",
-                                   "date"):
+            if key.lower() not in ("connection", "transfer-encoding", "keep-alive", "content-length", "server", "date"):
                 h.send_header(key, value)
         h.send_header("Content-Length", str(len(body)))
         h.end_headers()
         if rule is not None and rule.action == "cut":
-            h.wfile.write(body[:rule.arg])
+            h.wfile.write(body[: rule.arg])
             h.wfile.flush()
             h.close_connection = True
             h.connection.shutdown(socket.SHUT_RDWR)
             return
         if rule is not None and rule.action == "stall_body":
-            h.wfile.write(body[:rule.arg])
+            h.wfile.write(body[: rule.arg])
             h.wfile.flush()
             self._closing.wait(self.stall_s)
             h.close_connection = True
@@ -175,9 +178,12 @@ class Captured(logging.Handler):
 
 def run_download(raw_dir: Path, logs: Captured | None = None, **download):
     params = params_mod.validate({"download": download}, "test.yaml")
-    ctx = TaskContext("download", params, {"parameters_file": Path("test.yaml"), "raw_data_dir": raw_dir,
-                                           "log_dir": raw_dir.parent / "logs"},
-                      logging.getLogger("emdenoise.test_download"))
+    ctx = TaskContext(
+        "download",
+        params,
+        {"parameters_file": Path("test.yaml"), "raw_data_dir": raw_dir, "log_dir": raw_dir.parent / "logs"},
+        logging.getLogger("emdenoise.test_download"),
+    )
     download_task.run(ctx)
 
 
@@ -187,8 +193,11 @@ def manifest(raw_dir: Path) -> dict:
 
 def local_files(raw_dir: Path) -> dict[str, bytes]:
     """Every file under raw_dir except the download's own bookkeeping."""
-    return {p.relative_to(raw_dir).as_posix(): p.read_bytes() for p in raw_dir.rglob("*")
-            if p.is_file() and p.name not in ("MANIFEST.json", LOCK_NAME)}
+    return {
+        p.relative_to(raw_dir).as_posix(): p.read_bytes()
+        for p in raw_dir.rglob("*")
+        if p.is_file() and p.name not in ("MANIFEST.json", LOCK_NAME)
+    }
 
 
 def leftovers(raw_dir: Path) -> list[str]:
@@ -199,4 +208,3 @@ def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-

@@ -21,10 +21,9 @@ def test_a_lying_zip_header_cannot_get_past_the_size_limit(tmp_path):
     with zipfile.ZipFile(archive) as zf:
         info = zf.infolist()[0]
     for offset in (info.header_offset + 22, data.rfind(b"PK\x01\x02") + 24):
-        data[offset:offset + 4] = (10).to_bytes(4, "little")
+        data[offset : offset + 4] = (10).to_bytes(4, "little")
     archive.write_bytes(bytes(data))
     with pytest.raises(InputError, match="member 'a.bin': refused"):
         extract_zip(archive, tmp_path / "out", max_bytes=1000)
     written = tmp_path / "out" / "a.bin"
-    assert not written.exists() or written.stat().st_size <= 10      # never more than the header admitted
-
+    assert not written.exists() or written.stat().st_size <= 10  # never more than the header admitted

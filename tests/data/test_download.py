@@ -43,11 +43,16 @@ from emdenoise.errors import EXIT_BAD_INPUT, EXIT_RUNTIME, InputError, RuntimeFa
 def test_full_download_mirrors_the_prefix_byte_for_byte_and_writes_a_manifest(s3, tmp_path, logs):
     raw = tmp_path / "raw"
     run_download(raw, logs, source=s3.url())
-    assert local_files(raw) == s3.dataset            # all objects, nothing from sibling prefixes, no marker file
+    assert local_files(raw) == s3.dataset  # all objects, nothing from sibling prefixes, no marker file
     assert leftovers(raw) == []
     m = manifest(raw)
     assert (m["source"], m["kind"], m["endpoint"], m["bucket"], m["prefix"]) == (
-        s3.url(), "s3", s3.endpoint, BUCKET, PREFIX)
+        s3.url(),
+        "s3",
+        s3.endpoint,
+        BUCKET,
+        PREFIX,
+    )
     assert m["file_count"] == len(s3.dataset) and m["total_bytes"] == sum(map(len, s3.dataset.values()))
     for entry in m["files"]:
         data = s3.dataset[entry["path"]]
@@ -62,7 +67,7 @@ def test_listing_follows_continuation_tokens_page_by_page(s3, proxy, tmp_path, l
     raw = tmp_path / "raw"
     run_download(raw, logs, source=s3.url(endpoint=proxy.endpoint), page_size=2)
     pages = proxy.gets("list-type=2")
-    keys_under_prefix = len(s3.dataset) + 1                # + the folder marker
+    keys_under_prefix = len(s3.dataset) + 1  # + the folder marker
     assert len(pages) == -(-keys_under_prefix // 2) >= 3
     assert all("max-keys=2" in p for _, p, _ in proxy.requests if "list-type=2" in p)
     assert sum("continuation-token=" in p for _, p, _ in proxy.requests) == len(pages) - 1
@@ -79,11 +84,11 @@ def test_second_run_downloads_nothing_and_a_damaged_file_is_fetched_again(s3, pr
 
     proxy.requests.clear()
     run_download(raw, logs, source=source)
-    assert [p for _, p, _ in proxy.requests if "list-type=2" not in p] == []     # listing only
+    assert [p for _, p, _ in proxy.requests if "list-type=2" not in p] == []  # listing only
     assert "nothing to download" in logs.text()
     assert (raw / "MANIFEST.json").read_bytes() == first
 
-    damaged = raw / "test/graphene_img_clean.h5"                  # same size, one byte changed
+    damaged = raw / "test/graphene_img_clean.h5"  # same size, one byte changed
     data = bytearray(damaged.read_bytes())
     data[100] ^= 0xFF
     damaged.write_bytes(bytes(data))
@@ -96,7 +101,7 @@ def test_second_run_downloads_nothing_and_a_damaged_file_is_fetched_again(s3, pr
 
 def test_files_copied_by_other_tools_are_adopted_by_their_md5(s3, proxy, tmp_path, logs):
     raw = tmp_path / "raw"
-    for rel, data in s3.dataset.items():                 # e.g. an earlier `aws s3 sync`: no MANIFEST.json
+    for rel, data in s3.dataset.items():  # e.g. an earlier `aws s3 sync`: no MANIFEST.json
         (raw / rel).parent.mkdir(parents=True, exist_ok=True)
         (raw / rel).write_bytes(data)
     run_download(raw, logs, source=s3.url(endpoint=proxy.endpoint))
@@ -113,7 +118,7 @@ def test_a_cut_connection_leaves_a_part_file_that_the_next_run_resumes_with_rang
         run_download(raw, logs, source=s3.url(endpoint=proxy.endpoint), retries=1)
     part = raw / "train/graphene_img_noise.h5.part"
     assert part.stat().st_size == 5000 < size
-    assert local_files(raw).keys() <= {f"{rel}.part" for rel in s3.dataset}     # nothing took a final name
+    assert local_files(raw).keys() <= {f"{rel}.part" for rel in s3.dataset}  # nothing took a final name
 
     proxy.requests.clear()
     run_download(raw, logs, source=s3.url(endpoint=proxy.endpoint), retries=3)
@@ -139,7 +144,7 @@ def test_a_stale_part_file_with_wrong_bytes_is_downloaded_afresh(s3, proxy, tmp_
     key = PREFIX + "test/graphene_img_noise.h5"
     stale = raw / "test/graphene_img_noise.h5.part"
     stale.parent.mkdir(parents=True)
-    stale.write_bytes(b"\xff" * 1000)                  # not the object's first 1000 bytes
+    stale.write_bytes(b"\xff" * 1000)  # not the object's first 1000 bytes
     run_download(raw, logs, source=s3.url(endpoint=proxy.endpoint))
     assert [g.get("Range") for g in proxy.gets(key)] == ["bytes=1000-", None]
     assert "downloading it again from the start" in logs.text()
@@ -168,12 +173,12 @@ def test_checksum_mismatch_fails_and_leaves_the_existing_copy_untouched(s3, prox
     proxy.add("corrupt", "mutable/train/graphene_img_clean.h5", times=100)
     with pytest.raises(RuntimeFailure, match="MD5 .* does not match the ETag"):
         run_download(raw, logs, source=source)
-    assert local_files(raw) == before                       # the old, good file is still in place
+    assert local_files(raw) == before  # the old, good file is still in place
     assert (raw / "MANIFEST.json").read_bytes() == old_manifest
-    assert leftovers(raw) == []                              # the corrupt .part was removed
+    assert leftovers(raw) == []  # the corrupt .part was removed
 
     proxy.rules.clear()
-    run_download(raw, logs, source=source)                   # the honest server: the new version arrives
+    run_download(raw, logs, source=source)  # the honest server: the new version arrives
     assert (raw / "train/graphene_img_clean.h5").read_bytes() == s3.dataset["train/graphene_img_noise.h5"]
 
 
@@ -206,15 +211,16 @@ def test_a_listed_object_that_answers_404_fails_in_one_line_and_changes_nothing(
     before, old_manifest = local_files(raw), (raw / "MANIFEST.json").read_bytes()
 
     s3.put("vanishing/", {"test/graphene_img_noise.h5": s3.dataset["test/graphene_img_clean.h5"]})  # a new version
-    s3.put("vanishing/", {"test/added.bin": b"new object" * 100})                       # listed before it
-    proxy.add("status", "vanishing/test/graphene_img_noise.h5", times=100, arg=404)      # ... gone once listed
+    s3.put("vanishing/", {"test/added.bin": b"new object" * 100})  # listed before it
+    proxy.add("status", "vanishing/test/graphene_img_noise.h5", times=100, arg=404)  # ... gone once listed
     with pytest.raises(RuntimeFailure) as err:
         run_download(raw, logs, source=source)
     url = f"{proxy.endpoint}/{BUCKET}/vanishing/test/graphene_img_noise.h5"
-    assert err.value.message == (f"{url}: listed but not found (HTTP 404): the bucket changed during the download; "
-                                 f"run download again")
+    assert err.value.message == (
+        f"{url}: listed but not found (HTTP 404): the bucket changed during the download; run download again"
+    )
     assert err.value.exit_code == EXIT_RUNTIME
-    assert local_files(raw).keys() - before.keys() == {"test/added.bin.part"}   # complete, kept for the next run
+    assert local_files(raw).keys() - before.keys() == {"test/added.bin.part"}  # complete, kept for the next run
     assert {rel: data for rel, data in local_files(raw).items() if rel in before} == before
     assert (raw / "MANIFEST.json").read_bytes() == old_manifest
     assert not (raw / "test/graphene_img_noise.h5.part").exists()
@@ -237,16 +243,20 @@ def test_a_server_that_keeps_failing_gives_up_in_one_line(s3, proxy, tmp_path, l
     assert len(proxy.gets("list-type=2")) == 2 and "\n" not in err.value.message
 
 
-@pytest.mark.parametrize("action,said", [("stall", "no answer within 0.5 s"),          # before the status line
-                                          ("stall_body", "no data for 0.5 s")])         # in the middle of the body
-def test_a_server_that_stalls_past_the_timeout_is_retried_until_it_answers(s3, proxy, tmp_path, logs, action,
-                                                                           said):
+@pytest.mark.parametrize(
+    "action,said",
+    [
+        ("stall", "no answer within 0.5 s"),  # before the status line
+        ("stall_body", "no data for 0.5 s"),
+    ],
+)  # in the middle of the body
+def test_a_server_that_stalls_past_the_timeout_is_retried_until_it_answers(s3, proxy, tmp_path, logs, action, said):
     raw = tmp_path / "raw"
     key = PREFIX + "train/graphene_img_noise.h5"
     proxy.add(action, key, times=2, arg=3000)
     started = time.monotonic()
     run_download(raw, logs, source=s3.url(endpoint=proxy.endpoint), retries=3, timeout=0.5)
-    assert time.monotonic() - started < proxy.stall_s        # gave up waiting after 0.5 s, twice
+    assert time.monotonic() - started < proxy.stall_s  # gave up waiting after 0.5 s, twice
     assert [a for a, _ in proxy.served] == [action, action] and len(proxy.gets(key)) == 3
     assert local_files(raw) == s3.dataset and leftovers(raw) == []
     retries = [line for line in logs.lines if key in line and "retrying" in line]
@@ -255,23 +265,21 @@ def test_a_server_that_stalls_past_the_timeout_is_retried_until_it_answers(s3, p
 
 def test_an_unreachable_host_says_offline_and_points_to_synthetic(tmp_path, logs):
     with pytest.raises(RuntimeFailure) as err:
-        run_download(tmp_path / "raw", logs, source=f"http://127.0.0.1:{_closed_port()}/{BUCKET}/{PREFIX}",
-                     retries=2)
+        run_download(tmp_path / "raw", logs, source=f"http://127.0.0.1:{_closed_port()}/{BUCKET}/{PREFIX}", retries=2)
     message = err.value.message
     assert "offline or unreachable" in message and "source: synthetic" in message and "\n" not in message
 
 
-def test_a_host_that_drops_packets_is_offline_after_a_short_connect_timeout(silent_port, tmp_path, logs,
-                                                                               monkeypatch):
+def test_a_host_that_drops_packets_is_offline_after_a_short_connect_timeout(silent_port, tmp_path, logs, monkeypatch):
     # Waiting for a connection is capped at CONNECT_TIMEOUT_S, apart from download.timeout (the wait for data).
     assert fetch.CONNECT_TIMEOUT_S == 10
     assert fetch.HttpClient(timeout=60).connect_timeout == 10 and fetch.HttpClient(timeout=2).connect_timeout == 2
-    monkeypatch.setattr(fetch, "CONNECT_TIMEOUT_S", 0.3)      # the cap, made small to keep the test fast
+    monkeypatch.setattr(fetch, "CONNECT_TIMEOUT_S", 0.3)  # the cap, made small to keep the test fast
     origin = f"https://127.0.0.1:{silent_port}"
     started = time.monotonic()
     with pytest.raises(RuntimeFailure) as err:
         run_download(tmp_path / "raw", logs, source=f"{origin}/{BUCKET}/{PREFIX}", retries=3, timeout=60)
-    assert time.monotonic() - started < 10                    # 3 x 0.3 s, not 3 x 60 s
+    assert time.monotonic() - started < 10  # 3 x 0.3 s, not 3 x 60 s
     message = err.value.message
     assert message.startswith(f"cannot reach {origin} (no connection within 0.3 s) after 3 attempts")
     assert "offline or unreachable" in message and "download.source: synthetic" in message and "\n" not in message
@@ -282,7 +290,7 @@ def test_offline_rerun_uses_a_verified_copy_but_not_a_damaged_one(s3, proxy, tmp
     raw = tmp_path / "raw"
     source = s3.url(endpoint=proxy.endpoint)
     run_download(raw, logs, source=source)
-    proxy.close()                                             # the host goes away
+    proxy.close()  # the host goes away
     run_download(raw, logs, source=source, retries=1)
     assert "using the copy already in" in logs.text()
     (raw / "README.txt").write_bytes(b"changed")
@@ -309,11 +317,15 @@ def _record_requests(monkeypatch) -> list[str]:
     return sent
 
 
-@pytest.mark.parametrize("source,field", [
-    ("http://192.0.2.1/sciml-datasets/ms/em_graphene_sim/", "download.source"),
-    ("http://example.org/data/em.zip", "download.source"),
-    ("http://127.0.0.1.example.org/sciml-datasets/ms/", "download.source"),
-    ("s3://sciml-datasets/ms/em_graphene_sim/", "download.endpoint")])
+@pytest.mark.parametrize(
+    "source,field",
+    [
+        ("http://192.0.2.1/sciml-datasets/ms/em_graphene_sim/", "download.source"),
+        ("http://example.org/data/em.zip", "download.source"),
+        ("http://127.0.0.1.example.org/sciml-datasets/ms/", "download.source"),
+        ("s3://sciml-datasets/ms/em_graphene_sim/", "download.endpoint"),
+    ],
+)
 def test_plain_http_to_another_host_is_refused_before_connecting(tmp_path, logs, monkeypatch, source, field):
     sent = _record_requests(monkeypatch)
     with pytest.raises(InputError) as err:
@@ -323,7 +335,7 @@ def test_plain_http_to_another_host_is_refused_before_connecting(tmp_path, logs,
     assert message.startswith(f"test.yaml: {field}: {url}: https:// is required") and "\n" not in message
     assert err.value.exit_code == EXIT_BAD_INPUT and sent == []
     with fetch.HttpClient() as client, pytest.raises(InputError, match="https:// is required"):
-        client.probe("http://192.0.2.1/x.zip")                           # the client refuses it too
+        client.probe("http://192.0.2.1/x.zip")  # the client refuses it too
     assert sent == []
 
 
@@ -335,8 +347,7 @@ def redirecting_server(tls_cert, dataset, monkeypatch):
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls_cert[1]))
     body = _zip_bytes({f"em_graphene_sim/{rel}": data for rel, data in dataset.items()})
     hits: dict[str, int] = {}
-    redirects = {"/to-http.zip": "http://192.0.2.1/em.zip", "/hop.zip": "/to-http.zip",
-                 "/to-https.zip": "{url}/em.zip"}
+    redirects = {"/to-http.zip": "http://192.0.2.1/em.zip", "/hop.zip": "/to-http.zip", "/to-https.zip": "{url}/em.zip"}
 
     def get(h: BaseHTTPRequestHandler) -> None:
         hits[h.path] = hits.get(h.path, 0) + 1
@@ -359,21 +370,24 @@ def redirecting_server(tls_cert, dataset, monkeypatch):
 
 
 @pytest.mark.parametrize("path", ["/to-http", "/hop"])
-def test_a_redirect_from_https_to_plain_http_is_refused_before_it_is_followed(redirecting_server, dataset,
-                                                                             tmp_path, logs, monkeypatch, path):
+def test_a_redirect_from_https_to_plain_http_is_refused_before_it_is_followed(
+    redirecting_server, dataset, tmp_path, logs, monkeypatch, path
+):
     raw = tmp_path / "raw"
-    run_download(raw, logs, source=f"{redirecting_server.url}/to-https.zip")   # a redirect to https is followed
-    assert local_files(raw) == dataset and redirecting_server.hits["/em.zip"] == 2    # probe and download
+    run_download(raw, logs, source=f"{redirecting_server.url}/to-https.zip")  # a redirect to https is followed
+    assert local_files(raw) == dataset and redirecting_server.hits["/em.zip"] == 2  # probe and download
     before = (raw / "MANIFEST.json").read_bytes()
 
     sent = _record_requests(monkeypatch)
     with pytest.raises(InputError) as err:
         run_download(raw, logs, source=f"{redirecting_server.url}{path}.zip")
-    assert err.value.message == (f"{redirecting_server.url}/to-http.zip: refused to follow its redirect (HTTP 302) "
-                                 f"to http://192.0.2.1/em.zip: https:// is required (plain http:// only to this "
-                                 f"machine: 127.0.0.1, ::1 or localhost)")
+    assert err.value.message == (
+        f"{redirecting_server.url}/to-http.zip: refused to follow its redirect (HTTP 302) "
+        f"to http://192.0.2.1/em.zip: https:// is required (plain http:// only to this "
+        f"machine: 127.0.0.1, ::1 or localhost)"
+    )
     assert err.value.exit_code == EXIT_BAD_INPUT
-    assert not any("192.0.2.1" in url for url in sent) and sent          # asked the https server, never the other
+    assert not any("192.0.2.1" in url for url in sent) and sent  # asked the https server, never the other
     assert local_files(raw) == dataset and (raw / "MANIFEST.json").read_bytes() == before
     assert leftovers(raw) == []
 
@@ -385,10 +399,20 @@ def test_a_key_that_would_escape_raw_data_dir_is_refused(s3, tmp_path, logs):
     assert not (tmp_path / "sub" / "evil.txt").exists() and not (raw / "train").exists()
 
 
-@pytest.mark.parametrize("key,expected", [
-    (PREFIX + "train/x.h5", "train/x.h5"), (PREFIX + "train/", None), (PREFIX, None),
-    (PREFIX + "../x", "refused"), (PREFIX + "/etc/passwd", "refused"), (PREFIX + "a//b", "refused"),
-    (PREFIX + "a/./b", "refused"), (PREFIX + "a\\..\\b", "refused"), (PREFIX + "../", "refused")])
+@pytest.mark.parametrize(
+    "key,expected",
+    [
+        (PREFIX + "train/x.h5", "train/x.h5"),
+        (PREFIX + "train/", None),
+        (PREFIX, None),
+        (PREFIX + "../x", "refused"),
+        (PREFIX + "/etc/passwd", "refused"),
+        (PREFIX + "a//b", "refused"),
+        (PREFIX + "a/./b", "refused"),
+        (PREFIX + "a\\..\\b", "refused"),
+        (PREFIX + "../", "refused"),
+    ],
+)
 def test_key_to_relpath(key, expected):
     if expected == "refused":
         with pytest.raises(InputError, match="outside raw_data_dir"):
@@ -441,11 +465,10 @@ def test_a_zip_with_an_escaping_member_is_refused_and_writes_nothing(dataset, tm
 
 
 @pytest.mark.parametrize("bad_member,why", [("../evil.txt", "'..'"), ("/tmp/emd_abs_evil.txt", "absolute path")])
-def test_a_downloaded_zip_with_an_escaping_member_is_refused_and_changes_nothing(s3, tmp_path, logs, bad_member,
-                                                                                why):
+def test_a_downloaded_zip_with_an_escaping_member_is_refused_and_changes_nothing(s3, tmp_path, logs, bad_member, why):
     raw = tmp_path / "sub" / "raw"
     good = s3.url("archives/em.zip")
-    run_download(raw, logs, source=good)                                  # a good copy is already there
+    run_download(raw, logs, source=good)  # a good copy is already there
     before, old_manifest = local_files(raw), (raw / "MANIFEST.json").read_bytes()
     members = {f"em_graphene_sim/{rel}": data for rel, data in s3.dataset.items()}
     members[bad_member] = b"escaped"
@@ -456,7 +479,7 @@ def test_a_downloaded_zip_with_an_escaping_member_is_refused_and_changes_nothing
     assert repr(bad_member) in message and why in message and "evil.zip" in message and "\n" not in message
     assert not (tmp_path / "sub" / "evil.txt").exists() and not Path("/tmp/emd_abs_evil.txt").exists()
     assert local_files(raw) == before and (raw / "MANIFEST.json").read_bytes() == old_manifest
-    assert leftovers(raw) == []                                           # the refused archive is not kept
+    assert leftovers(raw) == []  # the refused archive is not kept
 
 
 def test_a_zip_with_a_symlink_member_is_refused(dataset, tmp_path, logs):
@@ -492,13 +515,13 @@ def test_a_local_folder_is_copied_then_found_unchanged(dataset, tmp_path, logs):
     assert local_files(raw) == dataset and manifest(raw)["kind"] == "folder"
     run_download(raw, logs, source=str(tmp_path / "copy"))
     assert "nothing to copy" in logs.text()
-    run_download(src, logs, source=str(src))                  # the folder is raw_data_dir itself
+    run_download(src, logs, source=str(src))  # the folder is raw_data_dir itself
     assert manifest(src)["file_count"] == len(dataset)
 
 
 def test_synthetic_writes_the_layout_and_a_manifest_then_does_nothing(tmp_path, logs, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    raw = Path("raw")                                      # relative, like the default workspace paths
+    raw = Path("raw")  # relative, like the default workspace paths
     settings = dict(source="synthetic", train_images=2, test_images=1, image_size=32, workers=1)
     run_download(raw, logs, **settings)
     m = manifest(raw)
@@ -513,22 +536,22 @@ def test_synthetic_writes_the_layout_and_a_manifest_then_does_nothing(tmp_path, 
     run_download(raw, logs, **{**settings, "seed": 1})
     assert manifest(raw)["generator"]["seed"] == 1
     (raw / "MANIFEST.json").write_text('{"format": "emdenoise-raw-manifest/1", "files": [{"path": "../x"}]}')
-    run_download(raw, logs, **{**settings, "seed": 1})     # a manifest that makes no sense is not trusted
+    run_download(raw, logs, **{**settings, "seed": 1})  # a manifest that makes no sense is not trusted
     assert "not an emdenoise manifest" in logs.text() and manifest(raw)["file_count"] == len(LAYOUT)
 
 
 def test_switching_source_removes_the_files_only_the_old_manifest_listed(s3, tmp_path, logs):
     raw = tmp_path / "raw"
-    run_download(raw, logs, source=s3.url())                    # with inference/ TIFFs and a README
-    (raw / "notes.txt").write_text("mine")                      # files no manifest listed: never touched
+    run_download(raw, logs, source=s3.url())  # with inference/ TIFFs and a README
+    (raw / "notes.txt").write_text("mine")  # files no manifest listed: never touched
     (raw / "inference" / "raw" / "mine.tif").write_bytes(b"mine")
     run_download(raw, logs, source="synthetic", train_images=2, test_images=1, image_size=32, workers=1)
     assert sorted(local_files(raw)) == sorted(["notes.txt", "inference/raw/mine.tif", *LAYOUT])
-    assert not (raw / "inference" / "truth").exists()           # emptied, so removed
+    assert not (raw / "inference" / "truth").exists()  # emptied, so removed
     assert "removed 3 files of the previous download" in logs.text()
     assert sorted(e["path"] for e in manifest(raw)["files"]) == sorted(LAYOUT)
 
-    run_download(raw, logs, source=s3.url())                    # and back: the synthetic files are replaced
+    run_download(raw, logs, source=s3.url())  # and back: the synthetic files are replaced
     assert {rel: data for rel, data in local_files(raw).items() if rel in s3.dataset} == s3.dataset
 
 
@@ -537,7 +560,7 @@ def test_stale_files_are_removed_only_inside_raw_data_dir(tmp_path, logs):
     outside.mkdir()
     (outside / "x.bin").write_bytes(b"keep")
     raw.mkdir()
-    (raw / "linked").symlink_to(outside)                        # a folder link out of raw_data_dir
+    (raw / "linked").symlink_to(outside)  # a folder link out of raw_data_dir
     (raw / "gone.bin").write_bytes(b"old")
     entries = [{"path": p, "size": 4, "sha256": "0" * 64} for p in ("linked/x.bin", "gone.bin", "missing.bin")]
     (raw / "MANIFEST.json").write_text(json.dumps({"format": "emdenoise-raw-manifest/1", "files": entries}))
@@ -555,9 +578,22 @@ def _cli(tmp_path: Path, source: str) -> subprocess.CompletedProcess:
     params = tmp_path / "p.yaml"
     params.write_text(f"download:\n  source: {source}\n  retries: 2\n")
     env = {**os.environ, RETRY_BASE_ENV: "0.01", "EMDENOISE_PROGRESS": "0"}
-    return subprocess.run([sys.executable, "-m", "emdenoise", "download", f"--raw_data_dir={tmp_path / 'raw'}",
-                           f"--parameters_file={params}", f"--log_dir={tmp_path / 'logs'}"],
-                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "emdenoise",
+            "download",
+            f"--raw_data_dir={tmp_path / 'raw'}",
+            f"--parameters_file={params}",
+            f"--log_dir={tmp_path / 'logs'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
 
 
 def _error_lines(res: subprocess.CompletedProcess) -> list[str]:
@@ -572,16 +608,20 @@ def test_cli_download_succeeds_and_logs(s3, tmp_path):
     assert "wrote" in (tmp_path / "logs" / "download.log").read_text()
 
 
-@pytest.mark.parametrize("case,code,words", [("missing", EXIT_BAD_INPUT, ["404", "no-such-bucket"]),
-                                              ("offline", EXIT_RUNTIME, ["offline", "synthetic"])])
+@pytest.mark.parametrize(
+    "case,code,words",
+    [("missing", EXIT_BAD_INPUT, ["404", "no-such-bucket"]), ("offline", EXIT_RUNTIME, ["offline", "synthetic"])],
+)
 def test_cli_download_fails_in_one_line(s3, tmp_path, case, code, words):
-    source = (f"{s3.endpoint}/no-such-bucket/x" if case == "missing"
-              else f"http://127.0.0.1:{_closed_port()}/{BUCKET}/{PREFIX}")
+    source = (
+        f"{s3.endpoint}/no-such-bucket/x"
+        if case == "missing"
+        else f"http://127.0.0.1:{_closed_port()}/{BUCKET}/{PREFIX}"
+    )
     res = _cli(tmp_path, source)
     assert res.returncode == code
     errors = _error_lines(res)
     assert len(errors) == 1 and all(w in errors[0] for w in words)
-
 
 
 def _record_moves(monkeypatch) -> list[str]:
@@ -611,4 +651,4 @@ def test_the_manifest_is_moved_into_place_last_after_every_file(dataset, tmp_pat
         (src / rel).write_bytes(data)
     run_download(raw, logs, source=str(src))
     assert len(moves) == len(dataset) + 1 and moves[-1] == "MANIFEST.json"
-    assert not list(raw.rglob(".staging"))                  # the staging folders went with the commit
+    assert not list(raw.rglob(".staging"))  # the staging folders went with the commit

@@ -17,8 +17,9 @@ from support import final_files, one_error, params_file, run_here, temporaries, 
 from emdenoise.data.download import key_to_relpath
 from emdenoise.errors import EXIT_BAD_INPUT, EXIT_RUNTIME, InputError
 
-ACCESS_DENIED = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
-                 b'<Message>Access Denied</Message></Error>')
+ACCESS_DENIED = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>'
+)
 XHTML = b"<html><head><title>Sign in</title></head><body><p>Please sign in</p></body></html>"
 HTML = b'<!DOCTYPE html><html><head><meta charset="utf-8"><title>Portal</title></head><body>Login<br></body></html>'
 
@@ -29,7 +30,7 @@ class Server:
 
     def __init__(self, archive: bytes):
         self.archive = archive
-        self.cut = True                  # em.zip: send half of it, then close; requests to resume get nothing
+        self.cut = True  # em.zip: send half of it, then close; requests to resume get nothing
         self.ranges: list[str | None] = []
         self.httpd = LocalServer(self.handle)
         self.url = self.httpd.url
@@ -68,14 +69,14 @@ class Server:
         headers = {"ETag": '"v1"', "Accept-Ranges": "bytes"}
         if asked:
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
-        body = data[start:end + 1]
+        body = data[start : end + 1]
         if not self.cut or asked == "bytes=0-0":
             return self.send(h, status, body, "application/zip", headers)
         h.send_response(status)
         for key, value in {**headers, "Content-Length": str(len(body))}.items():
             h.send_header(key, value)
         h.end_headers()
-        h.wfile.write(body[:len(body) // 2] if not asked else b"")      # then the connection drops
+        h.wfile.write(body[: len(body) // 2] if not asked else b"")  # then the connection drops
         h.wfile.flush()
         h.close_connection = True
         h.connection.shutdown(socket.SHUT_RDWR)
@@ -99,19 +100,22 @@ def server(layout_zip):
     srv.close()
 
 
-@pytest.mark.parametrize("source,code,words", [
-    ("denied/data", EXIT_BAD_INPUT, ["/denied", "access denied", "403", "AccessDenied"]),
-    ("xhtml/data", EXIT_BAD_INPUT, ["/xhtml", "not an S3 bucket listing", "<html>"]),
-    ("html/data", EXIT_BAD_INPUT, ["/html", "not an S3 bucket listing", "not XML"]),
-    ("files/page.zip", EXIT_BAD_INPUT, ["page.zip", "expected a readable zip archive"]),
-])
-def test_a_source_answering_403_or_html_is_one_line_and_changes_nothing(tmp_path, capsys, server, source, code,
-                                                                         words):
-    raw = write_raw(tmp_path / "raw", 4, 2)              # an earlier download
+@pytest.mark.parametrize(
+    "source,code,words",
+    [
+        ("denied/data", EXIT_BAD_INPUT, ["/denied", "access denied", "403", "AccessDenied"]),
+        ("xhtml/data", EXIT_BAD_INPUT, ["/xhtml", "not an S3 bucket listing", "<html>"]),
+        ("html/data", EXIT_BAD_INPUT, ["/html", "not an S3 bucket listing", "not XML"]),
+        ("files/page.zip", EXIT_BAD_INPUT, ["page.zip", "expected a readable zip archive"]),
+    ],
+)
+def test_a_source_answering_403_or_html_is_one_line_and_changes_nothing(tmp_path, capsys, server, source, code, words):
+    raw = write_raw(tmp_path / "raw", 4, 2)  # an earlier download
     old = final_files(raw)
     params = params_file(tmp_path / "p.yaml", download={"source": f"{server.url}/{source}", "retries": 2})
-    got, err = run_here(capsys, "download", {"raw_data_dir": raw, "parameters_file": params,
-                                             "log_dir": tmp_path / "logs"})
+    got, err = run_here(
+        capsys, "download", {"raw_data_dir": raw, "parameters_file": params, "log_dir": tmp_path / "logs"}
+    )
     one_error(got, err, code, *words)
     assert final_files(raw) == old and temporaries(raw) == []
 
@@ -123,13 +127,13 @@ def test_a_download_that_stops_mid_stream_fails_in_one_line_then_resumes(tmp_pat
     code, err = run_here(capsys, "download", paths)
     one_error(code, err, EXIT_RUNTIME, "em.zip", "connection lost", "run download again")
     part = raw / "em.zip.part"
-    assert part.stat().st_size == len(layout_zip[0]) // 2   # what arrived is kept for the next run ...
-    assert final_files(raw) == {}                            # ... and nothing took a final name
+    assert part.stat().st_size == len(layout_zip[0]) // 2  # what arrived is kept for the next run ...
+    assert final_files(raw) == {}  # ... and nothing took a final name
     server.cut = False
     server.ranges.clear()
     code, err = run_here(capsys, "download", paths)
     assert code == 0, err
-    assert server.ranges == [f"bytes={len(layout_zip[0]) // 2}-"]   # resumed, not started again
+    assert server.ranges == [f"bytes={len(layout_zip[0]) // 2}-"]  # resumed, not started again
     got = final_files(raw)
     assert {rel: got[rel] for rel in layout_zip[1]} == layout_zip[1] and temporaries(raw) == []
 

@@ -34,8 +34,16 @@ def write_images(path: Path, images: np.ndarray, dose: np.ndarray | None = None)
             ds.attrs["dose"] = dose
 
 
-def make_raw(root: Path, *, n_train: int = N_TRAIN, n_test: int = N_TEST, size: int = SIZE, dose: bool = True,
-             channels_last: bool = True, seed: int = 0) -> dict[str, np.ndarray]:
+def make_raw(
+    root: Path,
+    *,
+    n_train: int = N_TRAIN,
+    n_test: int = N_TEST,
+    size: int = SIZE,
+    dose: bool = True,
+    channels_last: bool = True,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
     """A raw em_graphene_sim layout with random pairs; returns the arrays written, as (N, H, W) float32."""
     rng = np.random.default_rng(seed)
     arrays = {}
@@ -44,8 +52,11 @@ def make_raw(root: Path, *, n_train: int = N_TRAIN, n_test: int = N_TEST, size: 
         noisy = (clean * rng.uniform(0.5, 1.0, size=(n, 1, 1)) + rng.normal(0, 0.3, clean.shape)).astype(np.float32)
         doses = rng.uniform(5, 100, size=n).astype(np.float32)
         for kind, images in (("noisy", noisy), ("clean", clean)):
-            write_images(root / split / RAW_FILES[kind], images[..., None] if channels_last else images,
-                         doses if dose and kind == "noisy" else None)
+            write_images(
+                root / split / RAW_FILES[kind],
+                images[..., None] if channels_last else images,
+                doses if dose and kind == "noisy" else None,
+            )
         arrays.update({f"{split}_noisy": noisy, f"{split}_clean": clean, f"{split}_dose": doses})
     return arrays
 
@@ -59,14 +70,25 @@ def write_params(path: Path, val_fraction: float = 0.1, seed: int = 0) -> Path:
 def env(tmp_path, monkeypatch):
     """Paths for one run: raw/, data/, logs/, params.yaml (written with the defaults of the test)."""
     monkeypatch.setenv("EMDENOISE_PROGRESS", "0")
-    paths = {"raw": tmp_path / "raw", "data": tmp_path / "data", "logs": tmp_path / "logs",
-             "params": write_params(tmp_path / "params.yaml")}
+    paths = {
+        "raw": tmp_path / "raw",
+        "data": tmp_path / "data",
+        "logs": tmp_path / "logs",
+        "params": write_params(tmp_path / "params.yaml"),
+    }
     return paths
 
 
 def run_preprocess(env, data: Path | None = None, params: Path | None = None) -> int:
-    return cli.main(["preprocess", f"--raw_data_dir={env['raw']}", f"--data_dir={data or env['data']}",
-                     f"--parameters_file={params or env['params']}", f"--log_dir={env['logs']}"])
+    return cli.main(
+        [
+            "preprocess",
+            f"--raw_data_dir={env['raw']}",
+            f"--data_dir={data or env['data']}",
+            f"--parameters_file={params or env['params']}",
+            f"--log_dir={env['logs']}",
+        ]
+    )
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -161,8 +183,9 @@ def test_split_is_deterministic_by_seed(env, tmp_path):
     assert train_rows("c", seed=4) != first
 
 
-@pytest.mark.parametrize("n, fraction, n_val", [(20, 0.1, 2), (20, 0.0, 1), (20, 0.9, 18), (2, 0.9, 1),
-                                                (10, 0.25, 3), (1000, 0.1, 100)])
+@pytest.mark.parametrize(
+    "n, fraction, n_val", [(20, 0.1, 2), (20, 0.0, 1), (20, 0.9, 18), (2, 0.9, 1), (10, 0.25, 3), (1000, 0.1, 100)]
+)
 def test_split_sizes(n, fraction, n_val):
     train, val = split_rows(n, fraction, seed=0)
     assert len(val) == n_val and len(train) == n - n_val
@@ -171,10 +194,23 @@ def test_split_sizes(n, fraction, n_val):
 
 def test_subprocess_run(env):
     make_raw(env["raw"], n_train=6, n_test=3)
-    proc = subprocess.run([sys.executable, "-m", "emdenoise", "preprocess", f"--raw_data_dir={env['raw']}",
-                           f"--data_dir={env['data']}", f"--parameters_file={env['params']}",
-                           f"--log_dir={env['logs']}"], capture_output=True, text=True, cwd=REPO, timeout=120,
-                          env={**os.environ, "EMDENOISE_PROGRESS": "0"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "emdenoise",
+            "preprocess",
+            f"--raw_data_dir={env['raw']}",
+            f"--data_dir={env['data']}",
+            f"--parameters_file={env['params']}",
+            f"--log_dir={env['logs']}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        env={**os.environ, "EMDENOISE_PROGRESS": "0"},
+    )
     assert proc.returncode == 0, proc.stderr
     card = load_card(env["data"])
     assert {k: v["n"] for k, v in card["splits"].items()} == {"train": 5, "val": 1, "test": 3}
@@ -230,25 +266,55 @@ def _truncate(raw: Path, split: str, kind: str) -> None:
 
 BAD_INPUTS = {
     "missing test split": (lambda r: _remove(r, "test", "clean"), "test", "clean", "file not found"),
-    "mismatched counts": (lambda r: _rewrite(r, "train", "clean", np.ones((N_TRAIN - 1, SIZE, SIZE, 1), np.float32)),
-                          "train", "clean", f"expected {N_TRAIN} images"),
-    "three channels": (lambda r: _rewrite(r, "train", "noisy", np.ones((N_TRAIN, SIZE, SIZE, 3), np.float32)),
-                       "train", "noisy", f"got shape ({N_TRAIN}, {SIZE}, {SIZE}, 3)"),
+    "mismatched counts": (
+        lambda r: _rewrite(r, "train", "clean", np.ones((N_TRAIN - 1, SIZE, SIZE, 1), np.float32)),
+        "train",
+        "clean",
+        f"expected {N_TRAIN} images",
+    ),
+    "three channels": (
+        lambda r: _rewrite(r, "train", "noisy", np.ones((N_TRAIN, SIZE, SIZE, 3), np.float32)),
+        "train",
+        "noisy",
+        f"got shape ({N_TRAIN}, {SIZE}, {SIZE}, 3)",
+    ),
     "nan in train": (lambda r: _set_nan(r, "train", "noisy", 13), "train", "noisy", "images[13]"),
     "nan in test": (lambda r: _set_nan(r, "test", "clean", 4), "test", "clean", "images[4]"),
     "group not dataset": (lambda r: _group(r, "train", "noisy"), "train", "noisy", "expected a dataset, got a group"),
     "no images dataset": (lambda r: _rename_dataset(r, "test", "noisy"), "test", "noisy", "named 'images'"),
-    "empty dataset": (lambda r: _rewrite(r, "test", "noisy", np.zeros((0, SIZE, SIZE, 1), np.float32)),
-                      "test", "noisy", "at least one image"),
+    "empty dataset": (
+        lambda r: _rewrite(r, "test", "noisy", np.zeros((0, SIZE, SIZE, 1), np.float32)),
+        "test",
+        "noisy",
+        "at least one image",
+    ),
     "truncated file": (lambda r: _truncate(r, "train", "clean"), "train", "clean", "readable HDF5"),
-    "constant clean test": (lambda r: _rewrite(r, "test", "clean", np.full((N_TEST, SIZE, SIZE, 1), 0.7, np.float32)),
-                            "test", "clean", "data range"),
-    "test size differs": (lambda r: [_rewrite(r, "test", k, np.ones((N_TEST, 16, 16, 1), np.float32))
-                                     for k in ("noisy", "clean")], "test", "noisy", "like the train split"),
-    "one training pair": (lambda r: [_rewrite(r, "train", k, np.random.rand(1, SIZE, SIZE, 1).astype(np.float32))
-                                     for k in ("noisy", "clean")], "train", "noisy", "at least 2 training pairs"),
-    "text dataset": (lambda r: _rewrite(r, "train", "clean", np.array([b"abc"] * N_TRAIN)), "train", "clean",
-                     "real-valued"),
+    "constant clean test": (
+        lambda r: _rewrite(r, "test", "clean", np.full((N_TEST, SIZE, SIZE, 1), 0.7, np.float32)),
+        "test",
+        "clean",
+        "data range",
+    ),
+    "test size differs": (
+        lambda r: [_rewrite(r, "test", k, np.ones((N_TEST, 16, 16, 1), np.float32)) for k in ("noisy", "clean")],
+        "test",
+        "noisy",
+        "like the train split",
+    ),
+    "one training pair": (
+        lambda r: [
+            _rewrite(r, "train", k, np.random.rand(1, SIZE, SIZE, 1).astype(np.float32)) for k in ("noisy", "clean")
+        ],
+        "train",
+        "noisy",
+        "at least 2 training pairs",
+    ),
+    "text dataset": (
+        lambda r: _rewrite(r, "train", "clean", np.array([b"abc"] * N_TRAIN)),
+        "train",
+        "clean",
+        "real-valued",
+    ),
 }
 
 
@@ -284,8 +350,9 @@ def test_output_folder_is_a_file(env, capsys):
 # The optional inference TIFF pairs
 
 
-def make_inference(raw: Path, names: list[str], truth_names: list[str] | None = None, size: int = SIZE,
-                   seed: int = 1) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def make_inference(
+    raw: Path, names: list[str], truth_names: list[str] | None = None, size: int = SIZE, seed: int = 1
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     rng = np.random.default_rng(seed)
     pairs = {}
     for folder in ("raw", "truth"):
@@ -296,8 +363,9 @@ def make_inference(raw: Path, names: list[str], truth_names: list[str] | None = 
         tifffile.imwrite(raw / "inference" / "raw" / name, noisy)
         pairs[name] = (noisy, clean)
     for name in truth_names if truth_names is not None else names:
-        tifffile.imwrite(raw / "inference" / "truth" / name, pairs.get(name, (None, np.ones((size, size),
-                                                                                         np.float32)))[1])
+        tifffile.imwrite(
+            raw / "inference" / "truth" / name, pairs.get(name, (None, np.ones((size, size), np.float32)))[1]
+        )
     return pairs
 
 
@@ -360,8 +428,9 @@ def test_synthetic_dataset(env):
     assert card["data_range"] > 0 and card["has_dose"] is True
     train = load_split(env["data"], "train")
     assert train.noisy.shape == (7, 64, 64) and np.isfinite(train.noisy).all()
-    assert card["normalisation"]["clean"]["mean"] == pytest.approx(float(train.clean.astype(np.float64).mean()),
-                                                                   rel=1e-6)
+    assert card["normalisation"]["clean"]["mean"] == pytest.approx(
+        float(train.clean.astype(np.float64).mean()), rel=1e-6
+    )
 
 
 def test_the_old_card_goes_first_and_the_new_card_is_moved_into_place_last(env, capsys, monkeypatch):
@@ -385,5 +454,5 @@ def test_the_old_card_goes_first_and_the_new_card_is_moved_into_place_last(env, 
     assert run_preprocess(env, params=write_params(env["params"], seed=1)) == 0
     card = [i for i, step in enumerate(steps) if "dataset_card.json" in step]
     assert steps[card[0]] == "remove dataset_card.json" and steps[-1] == "put dataset_card.json"
-    assert sorted(steps[card[0] + 1:-1]) == ["put test.h5", "put train.h5", "put val.h5"]
+    assert sorted(steps[card[0] + 1 : -1]) == ["put test.h5", "put train.h5", "put val.h5"]
     assert not (env["data"] / ".staging").exists()

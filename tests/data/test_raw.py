@@ -18,4 +18,3 @@ def test_the_layout_is_found_at_the_shallowest_folder_and_missing_files_are_name
         find_layout_root([f"d/{p}" for p in LAYOUT[:3]], "x")
     with pytest.raises(InputError, match="more than one folder"):
         find_layout_root([f"{r}/{p}" for r in ("a", "b") for p in LAYOUT], "x")
-

@@ -29,6 +29,7 @@ from emdenoise.outputs import Transaction
 # helpers
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def power_spectrum(img: np.ndarray) -> np.ndarray:
     """|FFT|^2 of the mean-removed, Hann-windowed image (little leakage), zero frequency at [0, 0]."""
     window = np.hanning(img.shape[0])[:, None] * np.hanning(img.shape[1])[None, :]
@@ -58,7 +59,7 @@ def fit_gaussian_beam(img: np.ndarray, blur: float, min_level: float):
     """
     smooth = gaussian_filter(img.astype(np.float64), blur, mode="nearest")
     margin = int(3 * blur)
-    yy, xx = np.mgrid[0:img.shape[0], 0:img.shape[1]].astype(np.float64)
+    yy, xx = np.mgrid[0 : img.shape[0], 0 : img.shape[1]].astype(np.float64)
     keep = np.zeros(img.shape, bool)
     keep[margin:-margin, margin:-margin] = True
     keep &= smooth > min_level
@@ -68,18 +69,22 @@ def fit_gaussian_beam(img: np.ndarray, blur: float, min_level: float):
     coef, *_ = np.linalg.lstsq(design * weight[:, None], v * weight, rcond=None)
     _, b, c, d = coef
     assert d < 0, "no bright patch found"
-    sigma2 = -1.0 / (2 * d) - blur ** 2
+    sigma2 = -1.0 / (2 * d) - blur**2
     return (-b / (2 * d), -c / (2 * d)), math.sqrt(max(sigma2, 0.0))
 
 
 def file_digests(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # clean images: the graphene lattice
 # ---------------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_lattice_fringe_is_10_to_12_px_and_hexagonal(seed):
@@ -111,8 +116,9 @@ def test_lattice_atoms_sit_on_the_predicted_sites():
     rng = np.random.default_rng(5)
     rotation, shift = 0.4, (30.3, 71.9)
     lat = synthetic.lattice(128, rotation=rotation, shift=shift, second_order=0.3, blur_px=0.5)
-    sites = synthetic.atom_sites(40, rng, 128, rotation=rotation, fringe_px=FRINGE_PX, shift=shift,
-                                 cluster_fraction=1.0)
+    sites = synthetic.atom_sites(
+        40, rng, 128, rotation=rotation, fringe_px=FRINGE_PX, shift=shift, cluster_fraction=1.0
+    )
     inside = sites[(sites >= 2).all(axis=1) & (sites <= 125).all(axis=1)]
     values = lat[np.round(inside[:, 1]).astype(int), np.round(inside[:, 0]).astype(int)]
     assert len(inside) > 30
@@ -129,15 +135,23 @@ def test_grains_show_their_own_rotations():
     size = 256
     for seed in range(300):
         clean, _, info = clean_scene(seed, size, "random")
-        if info["n_grains"] == 2 and not info["bilayer"] and min(info["grain_fractions"]) > 0.3 and \
-                info["material_fraction"] > 0.9 and angle_diff_mod60(*info["rotations_deg"]) > 15:
+        if (
+            info["n_grains"] == 2
+            and not info["bilayer"]
+            and min(info["grain_fractions"]) > 0.3
+            and info["material_fraction"] > 0.9
+            and angle_diff_mod60(*info["rotations_deg"]) > 15
+        ):
             break
     else:
         pytest.fail("no two-grain scene among 300 seeds")
     power = power_spectrum(clean)
     radius = size / info["fringe_px"]
-    elsewhere = [ring_power(power, radius, a) for a in np.arange(0, 360, 1.0)
-                 if min(angle_diff_mod60(a, r) for r in info["rotations_deg"]) > 12]
+    elsewhere = [
+        ring_power(power, radius, a)
+        for a in np.arange(0, 360, 1.0)
+        if min(angle_diff_mod60(a, r) for r in info["rotations_deg"]) > 12
+    ]
     for rotation in info["rotations_deg"]:
         assert ring_power(power, radius, rotation) > 5 * np.median(elsewhere)
 
@@ -177,9 +191,14 @@ def test_contrast_reversal_flips_the_atoms():
             break
     assert set(found) == {1, -1}
     for sign, (clean, material, info) in found.items():
-        sites = synthetic.atom_sites(400, np.random.default_rng(0), 128,
-                                     rotation=math.radians(info["rotations_deg"][0]), fringe_px=info["fringe_px"],
-                                     shift=info["shifts_px"][0])
+        sites = synthetic.atom_sites(
+            400,
+            np.random.default_rng(0),
+            128,
+            rotation=math.radians(info["rotations_deg"][0]),
+            fringe_px=info["fringe_px"],
+            shift=info["shifts_px"][0],
+        )
         iy, ix = np.round(sites[:, 1]).astype(int), np.round(sites[:, 0]).astype(int)
         inside = (iy >= 0) & (iy < 128) & (ix >= 0) & (ix < 128)
         iy, ix = iy[inside], ix[inside]
@@ -198,19 +217,19 @@ def test_smooth_fields_have_unit_variance_and_the_asked_correlation_length():
     for lag in (8, 16, 32):
         # a Gaussian kernel of sigma l gives the correlation exp(-d^2 / (4 l^2))
         measured = np.corrcoef(fields[:, :, :-lag].ravel(), fields[:, :, lag:].ravel())[0, 1]
-        assert abs(measured - math.exp(-lag ** 2 / (4 * corr ** 2))) < 0.06, lag
+        assert abs(measured - math.exp(-(lag**2) / (4 * corr**2))) < 0.06, lag
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # noise: Poisson statistics, dead pixels, beam profile
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def test_shot_noise_is_poisson_on_a_flat_field():
     rng = np.random.default_rng(11)
     flat = np.ones((256, 256), np.float32)
     dose = 20.0
-    noisy, n_dead = add_noise(rng, flat, dose=dose, beam_center_yx=(128, 128), beam_sigma=1e7,
-                              dead_pixel_fraction=0.0)
+    noisy, n_dead = add_noise(rng, flat, dose=dose, beam_center_yx=(128, 128), beam_sigma=1e7, dead_pixel_fraction=0.0)
     assert n_dead == 0
     counts = noisy.astype(np.float64) * dose
     np.testing.assert_allclose(counts, np.round(counts), atol=1e-3)  # whole electrons
@@ -241,8 +260,9 @@ def test_noise_around_the_recorded_beam_and_dose_is_poisson():
     assert abs(z.mean()) < 0.03
     assert abs(z.var() - 1) < 0.05
     # a wrong beam (none) would not give unit variance: the check has teeth
-    noisy, clean, info = make_pair(0, image_size=128, dead_pixel_fraction=0.0, beam_sigma=40.0,
-                                   beam_center_yx=(0.0, 0.0))
+    noisy, clean, info = make_pair(
+        0, image_size=128, dead_pixel_fraction=0.0, beam_sigma=40.0, beam_center_yx=(0.0, 0.0)
+    )
     lam_wrong = info["dose"] * clean.astype(np.float64)
     z_wrong = (noisy * info["dose"] - lam_wrong) / np.sqrt(lam_wrong)
     assert abs(z_wrong.mean()) > 0.5
@@ -253,8 +273,9 @@ def test_dead_pixel_fraction_matches():
     flat = np.ones((256, 256), np.float32)
     for fraction in (0.0, 0.001, 0.02):
         # at this dose a live pixel is never zero, so every zero is a dead pixel
-        noisy, n_dead = add_noise(rng, flat, dose=1e4, beam_center_yx=(128, 128), beam_sigma=1e7,
-                                  dead_pixel_fraction=fraction)
+        noisy, n_dead = add_noise(
+            rng, flat, dose=1e4, beam_center_yx=(128, 128), beam_sigma=1e7, dead_pixel_fraction=fraction
+        )
         zeros = int((noisy == 0).sum())
         assert zeros == n_dead
         n = noisy.size
@@ -313,18 +334,32 @@ def test_dose_and_beam_draws_cover_their_ranges():
 # files on disk
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def test_write_dataset_layout(tmp_path):
     n = {"train": 5, "test": 3}
-    files = write_dataset(tmp_path, seed=7, train_images=n["train"], test_images=n["test"], image_size=64,
-                          dose_min=10.0, dose_max=50.0, workers=1)
-    expected = [tmp_path / split / name for split in ("train", "test")
-                for name in ("graphene_img_noise.h5", "graphene_img_clean.h5")]
+    files = write_dataset(
+        tmp_path,
+        seed=7,
+        train_images=n["train"],
+        test_images=n["test"],
+        image_size=64,
+        dose_min=10.0,
+        dose_max=50.0,
+        workers=1,
+    )
+    expected = [
+        tmp_path / split / name
+        for split in ("train", "test")
+        for name in ("graphene_img_noise.h5", "graphene_img_clean.h5")
+    ]
     assert files == expected
     # nothing else was left behind (no temporary files)
     assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == sorted(expected)
     for split in ("train", "test"):
-        with h5py.File(tmp_path / split / "graphene_img_noise.h5", "r") as fn, \
-                h5py.File(tmp_path / split / "graphene_img_clean.h5", "r") as fc:
+        with (
+            h5py.File(tmp_path / split / "graphene_img_noise.h5", "r") as fn,
+            h5py.File(tmp_path / split / "graphene_img_clean.h5", "r") as fc,
+        ):
             noisy, clean = fn["images"], fc["images"]
             assert noisy.shape == clean.shape == (n[split], 64, 64, 1)
             assert noisy.dtype == clean.dtype == np.float32
@@ -337,8 +372,9 @@ def test_write_dataset_layout(tmp_path):
             assert fn.attrs["seed"] == 7
             # row i is exactly the pair drawn from the image's own seed
             for i in range(n[split]):
-                want_noisy, want_clean, info = make_pair(image_seed(7, split, i), image_size=64, dose_min=10.0,
-                                                         dose_max=50.0)
+                want_noisy, want_clean, info = make_pair(
+                    image_seed(7, split, i), image_size=64, dose_min=10.0, dose_max=50.0
+                )
                 np.testing.assert_array_equal(noisy[i, :, :, 0], want_noisy)
                 np.testing.assert_array_equal(clean[i, :, :, 0], want_clean)
                 assert dose[i] == np.float32(info["dose"])
@@ -390,6 +426,6 @@ def test_write_dataset_rejects_bad_arguments(tmp_path):
 def test_write_dataset_into_a_callers_transaction_commits_with_it(tmp_path):
     tx = Transaction()
     written = write_dataset(tmp_path, seed=0, train_images=2, test_images=1, image_size=32, workers=1, tx=tx)
-    assert not any(p.exists() for p in written) and all(tx.is_staged(p) for p in written)   # staged, not placed
+    assert not any(p.exists() for p in written) and all(tx.is_staged(p) for p in written)  # staged, not placed
     tx.commit()
     assert all(p.is_file() for p in written) and not list(tmp_path.rglob(".staging"))

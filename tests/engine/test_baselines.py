@@ -89,5 +89,3 @@ def test_anscombe_bm3d_beats_gaussian_on_poisson_images():
         tuned = baselines.tune(name, noisy[:1], clean[:1], r)
         scores[name] = float(psnr_per_image(tuned(noisy[1]), clean[1], r)[0])
     assert scores["anscombe_bm3d"] > scores["gaussian"]
-
-

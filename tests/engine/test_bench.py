@@ -13,8 +13,16 @@ import torch
 from emdenoise import cli
 from emdenoise.engine import bench
 
-REQUIRED = ("train_speedup_vs_plain", "infer_speedup_vs_plain", "train_images_per_s", "infer_images_per_s",
-            "plain_train_images_per_s", "plain_infer_images_per_s", "peak_memory_bytes", "ablation")
+REQUIRED = (
+    "train_speedup_vs_plain",
+    "infer_speedup_vs_plain",
+    "train_images_per_s",
+    "infer_images_per_s",
+    "plain_train_images_per_s",
+    "plain_infer_images_per_s",
+    "peak_memory_bytes",
+    "ablation",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -42,9 +50,23 @@ def _check_model(m: dict, size: str) -> None:
 
 def test_quick_bench_from_the_command_line(tmp_path):
     out = tmp_path / "bench.json"
-    done = subprocess.run([sys.executable, "-m", "emdenoise", "bench", "--quick", "--models=sciml_ae",
-                           "--device=cpu", "--sizes=64", f"--output={out}"],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "emdenoise",
+            "bench",
+            "--quick",
+            "--models=sciml_ae",
+            "--device=cpu",
+            "--sizes=64",
+            f"--output={out}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     doc = json.loads(out.read_text())
     assert doc["format"] == bench.FORMAT and doc["device"] == "cpu" and doc["torch_version"] == torch.__version__
@@ -72,8 +94,15 @@ def test_compile_failure_falls_back_to_eager(tmp_path, monkeypatch):
     assert m["fast_config"]["train"]["compile"] is False and m["fast_config"]["infer"]["compile"] is False
 
 
-@pytest.mark.parametrize("args, field", [(["--models=nope"], "--models"), (["--sizes=8"], "--sizes"),
-                                         (["--device=tpu"], "--device"), (["--steps=0"], "--steps")])
+@pytest.mark.parametrize(
+    "args, field",
+    [
+        (["--models=nope"], "--models"),
+        (["--sizes=8"], "--sizes"),
+        (["--device=tpu"], "--device"),
+        (["--steps=0"], "--steps"),
+    ],
+)
 def test_bad_options_are_one_line_errors(args, field, tmp_path, capsys):
     out = tmp_path / "never.json"
     assert cli.main(["bench", "--device=cpu", *args, f"--output={out}"]) == 2

@@ -24,8 +24,17 @@ from emdenoise import cli, models
 from emdenoise.engine import distributed, runtime, training
 
 SIDE = 32
-TRAIN = {"model": ["cafcn", "sciml_ae"], "epochs": 2, "batch_size": 4, "lr": 0.02, "optimizer": "sgd",
-         "lr_schedule": "cosine", "device": "cpu", "precision": "fp32", "seed": 3}
+TRAIN = {
+    "model": ["cafcn", "sciml_ae"],
+    "epochs": 2,
+    "batch_size": 4,
+    "lr": 0.02,
+    "optimizer": "sgd",
+    "lr_schedule": "cosine",
+    "device": "cpu",
+    "precision": "fp32",
+    "seed": 3,
+}
 TIMEOUT_S = 240
 
 
@@ -47,8 +56,9 @@ def make_data_dir(root: Path, n_train: int = 17, n_val: int = 5) -> Path:
         clean = 0.5 + 0.4 * np.sin(0.3 * y + 0.2 * x + phase)
         noisy = (0.8 * clean + rng.normal(0, 0.15, clean.shape)).astype(np.float32)
         splits[split] = (noisy, clean)
-    return write_data_dir(root, splits, {"noisy": {"mean": 0.4, "std": 0.3}, "clean": {"mean": 0.5, "std": 0.3}},
-                          data_range=0.8)
+    return write_data_dir(
+        root, splits, {"noisy": {"mean": 0.4, "std": 0.3}, "clean": {"mean": 0.5, "std": 0.3}}, data_range=0.8
+    )
 
 
 def _params(path: Path, **train) -> Path:
@@ -57,8 +67,13 @@ def _params(path: Path, **train) -> Path:
 
 
 def _paths(data: Path, params: Path, run: Path) -> list[str]:
-    return [f"--data_dir={data}", f"--parameters_file={params}", f"--model_dir={run / 'models'}",
-            f"--output_dir={run / 'output'}", f"--log_dir={run / 'logs'}"]
+    return [
+        f"--data_dir={data}",
+        f"--parameters_file={params}",
+        f"--model_dir={run / 'models'}",
+        f"--output_dir={run / 'output'}",
+        f"--log_dir={run / 'logs'}",
+    ]
 
 
 def torchrun(launch: list[str], args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -66,8 +81,7 @@ def torchrun(launch: list[str], args: list[str], cwd: Path) -> subprocess.Comple
     env = {**os.environ, "EMDENOISE_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         env.pop(name, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *launch,
-           "train", *args]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *launch, "train", *args]
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     assert done.returncode == 0, f"torchrun exit code {done.returncode}:\n{done.stdout}{done.stderr[-4000:]}"
     return done

@@ -20,6 +20,7 @@ HAVE_BM3D = importlib.util.find_spec("bm3d") is not None
 # Metric definitions
 # --------------------------------------------------------------------------------------------------------------
 
+
 def one_split(noisy, clean, dose=None) -> Split:
     return Split("test", np.asarray(noisy, np.float32), np.asarray(clean, np.float32), dose)
 
@@ -30,7 +31,7 @@ def test_psnr_of_a_constant_offset_is_the_hand_computed_value():
     row = scorer.add_row("offset", "classical")
     scorer.score(row, 0, clean + 0.1)
     np.testing.assert_allclose(row.mse, 0.01, rtol=1e-4)
-    np.testing.assert_allclose(row.psnr, 10 * math.log10(2.0 ** 2 / 0.01), rtol=1e-5)  # 26.0206 dB
+    np.testing.assert_allclose(row.psnr, 10 * math.log10(2.0**2 / 0.01), rtol=1e-5)  # 26.0206 dB
     # R is fixed: a prediction with a different range does not change the scale
     row2 = scorer.add_row("scaled", "classical")
     scorer.score(row2, 0, 10 * clean)
@@ -40,12 +41,12 @@ def test_psnr_of_a_constant_offset_is_the_hand_computed_value():
 
 def test_psnr_is_averaged_per_image_not_pooled():
     clean = np.zeros((2, 16, 16), np.float32)
-    pred = clean + np.array([0.1, 0.01], np.float32)[:, None, None]   # MSE 1e-2 and 1e-4: 20 dB and 40 dB
+    pred = clean + np.array([0.1, 0.01], np.float32)[:, None, None]  # MSE 1e-2 and 1e-4: 20 dB and 40 dB
     scorer = evaluation.Scorer(one_split(pred, clean), data_range=1.0, figure_indices=[])
     row = scorer.add_row("p", "classical")
     scorer.score(row, 0, pred)
     summary = evaluation.summarise(row)
-    pooled = 10 * math.log10(1.0 / np.mean((pred - clean) ** 2))      # 22.97 dB
+    pooled = 10 * math.log10(1.0 / np.mean((pred - clean) ** 2))  # 22.97 dB
     assert summary["psnr_mean"] == pytest.approx(30.0, abs=1e-3)
     assert summary["psnr_std"] == pytest.approx(10.0, abs=1e-3)
     assert abs(summary["psnr_mean"] - pooled) > 5
@@ -84,5 +85,3 @@ def test_bm3d_baselines_need_the_optional_package():
         assert baselines.missing_package("anscombe_bm3d") == "bm3d"
         with pytest.raises(InputError, match=r"test\.baselines.*pip install emdenoise\[bm3d\].*non-commercial"):
             evaluation.select_baselines(["gaussian", "bm3d"], "p.yaml", None)
-
-

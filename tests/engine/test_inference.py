@@ -37,8 +37,11 @@ def test_denoiser_normalises_in_and_out_as_in_training():
 def model_file(tmp_path) -> Path:
     torch.manual_seed(0)
     path = tmp_path / "models" / "dncnn" / "em_denoise_model.h5"
-    modelfile.save_model(path, models.build("dncnn", depth=3, channels=8).eval(),
-                         {"model": "dncnn", "options": {"depth": 3, "channels": 8}, "normalisation": NORM})
+    modelfile.save_model(
+        path,
+        models.build("dncnn", depth=3, channels=8).eval(),
+        {"model": "dncnn", "options": {"depth": 3, "channels": 8}, "normalisation": NORM},
+    )
     return path
 
 
@@ -55,7 +58,7 @@ def test_file_denoiser_writes_the_tiled_model_output_and_returns_its_record(tmp_
     tiler = Tiler(Denoiser.from_file(model_file, "cpu", "fp32").denoise, 64, 16, 4)
     expected = np.stack([tiler.denoise(frame) for frame in stack])
     np.testing.assert_array_equal(np.load(tmp_path / "staged.npy"), expected)
-    assert not (tmp_path / "final.npy").exists()            # written where asked, named as it will be
+    assert not (tmp_path / "final.npy").exists()  # written where asked, named as it will be
     record = result.record
     assert result.frames == 3 and result.seconds > 0 and record["frames_per_s"] > 0
     assert result.shapes == "3 frames of 80x96"
@@ -63,8 +66,13 @@ def test_file_denoiser_writes_the_tiled_model_output_and_returns_its_record(tmp_
     assert record["model"]["sha256"] == sha256_file(model_file) == engine.model_sha256
     assert record["model"]["name"] == "dncnn" and record["model"]["normalisation"] == NORM
     assert record["input"]["images"] == [{"name": "", "shape": [3, 80, 96], "dtype": "float32"}]
-    assert record["settings"] == {"tile_size": 64, "tile_overlap": 16, "batch_size": 4, "device": "cpu",
-                                  "precision": "fp32"}
+    assert record["settings"] == {
+        "tile_size": 64,
+        "tile_overlap": 16,
+        "batch_size": 4,
+        "device": "cpu",
+        "precision": "fp32",
+    }
     assert record["fingerprint"] == engine.fingerprint(tmp_path / "in.npy")
     # the warm-up batch goes to the model directly: only the file's own tiles are counted
     assert engine.tiler.tiles_run == 3 * TilePlan.make(80, 96, 64, 16).count
@@ -77,13 +85,13 @@ def test_up_to_date_needs_the_output_its_sidecar_and_the_same_fingerprint(tmp_pa
     fingerprint = engine.fingerprint(src)
     assert not engine.up_to_date(out, fingerprint)
     record = engine.denoise(src, out).record
-    assert not engine.up_to_date(out, fingerprint)          # no sidecar yet
+    assert not engine.up_to_date(out, fingerprint)  # no sidecar yet
     micrographs.sidecar_of(out).write_text(json.dumps(record))
     assert micrographs.sidecar_of(out) == tmp_path / "out.npy.json"
     assert engine.up_to_date(out, fingerprint)
     assert not engine.up_to_date(out, _engine(model_file, overlap=8).fingerprint(src))  # another setting
     stat = src.stat()
     os.utime(src, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
-    assert not engine.up_to_date(out, engine.fingerprint(src))                           # a touched input
+    assert not engine.up_to_date(out, engine.fingerprint(src))  # a touched input
     micrographs.sidecar_of(out).write_text("{not json")
-    assert not engine.up_to_date(out, fingerprint)          # a damaged sidecar: computed again
+    assert not engine.up_to_date(out, fingerprint)  # a damaged sidecar: computed again

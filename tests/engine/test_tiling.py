@@ -20,7 +20,7 @@ def identity(batch: torch.Tensor) -> torch.Tensor:
 def rng_image(shape, seed=0) -> np.ndarray:
     """Smooth structure plus noise, float32: something a denoiser would see."""
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:shape[-2], :shape[-1]]
+    yy, xx = np.mgrid[: shape[-2], : shape[-1]]
     base = np.sin(xx / 17.0) * np.cos(yy / 23.0)
     return (base + 0.3 * rng.standard_normal(shape)).astype(np.float32)
 
@@ -48,7 +48,7 @@ def test_tiles_cover_every_pixel_and_weights_sum_to_one(length, tile, overlap_fr
     total = np.zeros(length)
     for start, window in zip(starts, axis_windows(starts, size, overlap)):
         assert window.min() >= 0 and window.max() <= 1
-        total[start:start + size] += window
+        total[start : start + size] += window
     np.testing.assert_allclose(total, 1.0, atol=1e-12)
 
 

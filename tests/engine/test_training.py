@@ -28,13 +28,12 @@ def _sealed_hdf5(path: Path) -> bool:
     """HDF5 (its signature after the 512-byte user block) sealed by emdenoise (the sha256 header before it)."""
     data = path.read_bytes()
     start = h5safe.USER_BLOCK
-    return data.startswith(b"emdenoise-sha256:") and data[start:start + 8] == h5safe.HDF5_SIGNATURE
+    return data.startswith(b"emdenoise-sha256:") and data[start : start + 8] == h5safe.HDF5_SIGNATURE
 
 
 def _weights(path: Path) -> dict[str, np.ndarray]:
     with h5py.File(path, "r") as fh:
         return {k: fh["state"][k][()] for k in fh["state"]}
-
 
 
 def test_lr_schedules():
@@ -44,8 +43,8 @@ def test_lr_schedules():
     assert [step(s) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
 
 
-
 # ---------------------------------------------------------------------------------------------- the task
+
 
 def test_data_keep_their_axes(data_dir):
     train = params.defaults().train.replace(max_train_images=5, patch_size=0)
@@ -60,7 +59,7 @@ def test_data_keep_their_axes(data_dir):
     noisy, clean = training.gather(data, *plan[0])
     (_, j), (y, x) = plan[0][0][:2].tolist(), plan[0][1][1].tolist()
     assert noisy.shape == (2, 1, 16, 16)
-    torch.testing.assert_close(noisy[1], data.noisy[j, :, y:y + 16, x:x + 16])
+    torch.testing.assert_close(noisy[1], data.noisy[j, :, y : y + 16, x : x + 16])
 
 
 def test_train_writes_model_and_metrics(tmp_path, data_dir, train_cli):
@@ -86,6 +85,7 @@ def test_train_writes_model_and_metrics(tmp_path, data_dir, train_cli):
     with h5py.File(data_dir / "val.h5", "r") as fh:
         noisy, clean = fh["noisy"][:], fh["clean"][:]
     from emdenoise.engine.metrics import psnr_per_image
+
     pred = denoiser.denoise(torch.from_numpy(noisy)[:, None])
     psnr = psnr_per_image(pred, clean, denoiser.meta["data_range"]).mean().item()
     assert psnr == pytest.approx(metrics["best_val_psnr"], abs=1e-3)  # same number as validation reported
@@ -158,11 +158,14 @@ def test_bad_patch_size_is_input_error(tmp_path, data_dir, train_cli, capsys):
 def test_worker_processes_change_nothing(tmp_path, data_dir, train_cli):
     runs = {}
     for workers in (0, 1):
-        code, model_dir, out = train_cli(tmp_path / f"w{workers}", data_dir, epochs=1, num_workers=workers,
-                                         patch_size=16)
+        code, model_dir, out = train_cli(
+            tmp_path / f"w{workers}", data_dir, epochs=1, num_workers=workers, patch_size=16
+        )
         assert code == 0
-        runs[workers] = (_weights(model_dir / "sciml_ae" / "em_denoise_model.h5"),
-                         json.loads((out / "train_metrics.json").read_text())["epochs"][0]["train_loss"])
+        runs[workers] = (
+            _weights(model_dir / "sciml_ae" / "em_denoise_model.h5"),
+            json.loads((out / "train_metrics.json").read_text())["epochs"][0]["train_loss"],
+        )
     assert runs[1][1] == pytest.approx(runs[0][1], rel=1e-6)
     for key, value in runs[0][0].items():
         np.testing.assert_allclose(runs[1][0][key], value, rtol=1e-5, atol=1e-6, err_msg=key)
@@ -182,8 +185,8 @@ def test_vectorised_crops_are_the_per_image_slices(data_dir):
     index, corners = training.epoch_plan(data, 16, seed=5, epoch=2)[0]
     noisy, clean = training.gather(data, index, corners)
     for k, (i, (y, x)) in enumerate(zip(index.tolist(), corners.tolist())):
-        assert torch.equal(noisy[k], data.noisy[i, :, y:y + 8, x:x + 8])
-        assert torch.equal(clean[k], data.clean[i, :, y:y + 8, x:x + 8])
+        assert torch.equal(noisy[k], data.noisy[i, :, y : y + 8, x : x + 8])
+        assert torch.equal(clean[k], data.clean[i, :, y : y + 8, x : x + 8])
     empty = training.gather(data, index[:0], corners[:0])
     assert empty[0].shape == (0, 1, 8, 8) and empty[1].shape == (0, 1, 8, 8)
 
@@ -192,6 +195,7 @@ def test_vectorised_crops_are_the_per_image_slices(data_dir):
 def test_compile_failure_trains_eager(tmp_path, data_dir, train_cli, monkeypatch, where):
     """train.compile: true where torch.compile fails (at wrapping or when the compiled model first runs):
     one warning line, then the same result as an eager run."""
+
     def broken(*args, **kwargs):
         if where == "wrapping":
             raise RuntimeError("no compiler here")
@@ -205,7 +209,9 @@ def test_compile_failure_trains_eager(tmp_path, data_dir, train_cli, monkeypatch
     log = (tmp_path / "compiled" / "logs" / "train.log").read_text()
     warnings = [line for line in log.splitlines() if "torch.compile failed" in line]
     assert len(warnings) == 1 and "no compiler here" in warnings[0]
-    a, b = _weights(eager_dir / "sciml_ae" / "em_denoise_model.h5"), _weights(model_dir / "sciml_ae" /
-                                                                                "em_denoise_model.h5")
+    a, b = (
+        _weights(eager_dir / "sciml_ae" / "em_denoise_model.h5"),
+        _weights(model_dir / "sciml_ae" / "em_denoise_model.h5"),
+    )
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)

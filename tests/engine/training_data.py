@@ -28,5 +28,6 @@ def _pairs(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
 def make_data_dir(root: Path, n_train: int = 16, n_val: int = 4, n_test: int = 4) -> Path:
     """16 train, 4 val, 4 test pairs of 32x40 images in the processed layout (written with h5py)."""
     rng = np.random.default_rng(0)
-    return write_data_dir(root, {split: _pairs(rng, n) for split, n in
-                                 (("train", n_train), ("val", n_val), ("test", n_test))}, NORM)
+    return write_data_dir(
+        root, {split: _pairs(rng, n) for split, n in (("train", n_train), ("val", n_val), ("test", n_test))}, NORM
+    )

@@ -27,8 +27,13 @@ from emdenoise.data import splits as data_mod
 from emdenoise.errors import InputError
 from emdenoise.io import h5safe, micrographs, modelfile
 
-MAGIC = {".tif": b"II*\x00", ".npy": b"\x93NUMPY\x01\x00", ".h5": b"\x89HDF\r\n\x1a\n", ".png": b"\x89PNG\r\n\x1a\n",
-         ".mrc": b""}
+MAGIC = {
+    ".tif": b"II*\x00",
+    ".npy": b"\x93NUMPY\x01\x00",
+    ".h5": b"\x89HDF\r\n\x1a\n",
+    ".png": b"\x89PNG\r\n\x1a\n",
+    ".mrc": b"",
+}
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +63,12 @@ def _outcome_in_a_forked_child(reader: Callable[[Path], object], path: Path) -> 
     """:func:`_outcome` in a forked child process, sent back as JSON: a reader that kills its process (libhdf5
     dies with SIGSEGV on some damaged metadata) or never returns (libhdf5 can loop forever too) fails the test,
     and hypothesis reports the example, instead of taking pytest down with it or hanging it."""
-    timeout = h5safe.PROBE_TIMEOUT_S + 60                 # a hung probe is the reader's InputError, and comes first
+    timeout = h5safe.PROBE_TIMEOUT_S + 60  # a hung probe is the reader's InputError, and comes first
     read_end, write_end = os.pipe()
     pid = os.fork()
-    if pid == 0:                                          # the child: leave without running pytest's clean-up
+    if pid == 0:  # the child: leave without running pytest's clean-up
         try:
-            os.setpgid(0, 0)                              # a group of its own, for the probe's process too
+            os.setpgid(0, 0)  # a group of its own, for the probe's process too
             os.close(read_end)
             with os.fdopen(write_end, "w") as pipe:
                 pipe.write(json.dumps(_outcome(reader, path)))
@@ -92,8 +97,7 @@ def _expect_input_error(reader: Callable[[Path], object], path: Path) -> None:
         assert "\n" not in outcome[1] and str(path) in outcome[1], outcome[1]
 
 
-@settings(max_examples=100, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(suffix=st.sampled_from(sorted(MAGIC)), magic=st.booleans(), body=st.binary(max_size=3000))
 def test_random_bytes_given_to_the_image_readers(fuzz_dir, suffix, magic, body):
     path = fuzz_dir / f"random{suffix}"
@@ -139,8 +143,9 @@ def intact_files(fuzz_dir) -> dict[str, tuple[Path, Callable[[Path], object]]]:
     model(torch.rand(1, 1, 16, 16)).mean().backward()
     optimizer.step()
     checkpoint = fuzz_dir / "checkpoint.h5"
-    modelfile.save_checkpoint(checkpoint, model, optimizer, None, {"model": "dncnn", "options": {"depth": 3},
-                                                                 "fingerprint": "f", "epoch": 1})
+    modelfile.save_checkpoint(
+        checkpoint, model, optimizer, None, {"model": "dncnn", "options": {"depth": 3}, "fingerprint": "f", "epoch": 1}
+    )
     files["checkpoint"] = (checkpoint, _load_checkpoint)
     tif = fuzz_dir / "stack.tif"
     tifffile.imwrite(tif, rng.random((3, 32, 32), dtype=np.float32), photometric="minisblack")
@@ -156,8 +161,16 @@ def intact_files(fuzz_dir) -> dict[str, tuple[Path, Callable[[Path], object]]]:
     return files
 
 
-READERS = ["raw images", "processed split", "model file", "checkpoint", "tiff for denoise", "tiff for preprocess",
-           "npy for denoise", "hdf5 for denoise"]
+READERS = [
+    "raw images",
+    "processed split",
+    "model file",
+    "checkpoint",
+    "tiff for denoise",
+    "tiff for preprocess",
+    "npy for denoise",
+    "hdf5 for denoise",
+]
 
 
 # Where a byte is changed: mostly in the first 4 KiB, where small HDF5 and TIFF files keep their metadata (the
@@ -170,8 +183,10 @@ places = st.one_of(st.integers(0, 4095), st.integers(0, 2**31))
 
 @pytest.mark.parametrize("which", READERS)
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(changes=st.lists(st.tuples(places, st.integers(0, 255)), min_size=1, max_size=8),
-       keep=st.one_of(st.none(), st.floats(0, 1)))
+@given(
+    changes=st.lists(st.tuples(places, st.integers(0, 255)), min_size=1, max_size=8),
+    keep=st.one_of(st.none(), st.floats(0, 1)),
+)
 def test_damaged_files_given_to_every_reader(fuzz_dir, intact_files, which, changes, keep):
     """Bytes changed at random places, and the file perhaps cut short: read fully, or an InputError."""
     source, reader = intact_files[which]
@@ -179,7 +194,7 @@ def test_damaged_files_given_to_every_reader(fuzz_dir, intact_files, which, chan
     for where, value in changes:
         data[where % len(data)] = value
     if keep is not None:
-        data = data[:int(keep * len(data))]
+        data = data[: int(keep * len(data))]
     path = fuzz_dir / f"damaged{''.join(source.suffixes)}"
     if which == "processed split":
         path = fuzz_dir / "damaged" / "test.h5"

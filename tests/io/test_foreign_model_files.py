@@ -86,29 +86,60 @@ def trained(processed, tmp_path_factory) -> tuple[Path, Path]:
     """(folder, parameters) of a finished 1-epoch training run."""
     tmp = tmp_path_factory.mktemp("trained")
     params = params_file(tmp / "p.yaml", train={**TRAIN, "epochs": 1})
-    assert cli.main(argv("train", {"data_dir": processed, "parameters_file": params, "model_dir": tmp / "models",
-                                   "output_dir": tmp / "out", "log_dir": tmp / "logs"})) == 0
+    assert (
+        cli.main(
+            argv(
+                "train",
+                {
+                    "data_dir": processed,
+                    "parameters_file": params,
+                    "model_dir": tmp / "models",
+                    "output_dir": tmp / "out",
+                    "log_dir": tmp / "logs",
+                },
+            )
+        )
+        == 0
+    )
     return tmp, params
 
 
-@pytest.mark.parametrize("how", ["pickle file", "torch.save zip", "pickle in the weights", "pickle in the tensors",
-                                 "pickle in the payload", "newer format"])
+@pytest.mark.parametrize(
+    "how",
+    [
+        "pickle file",
+        "torch.save zip",
+        "pickle in the weights",
+        "pickle in the tensors",
+        "pickle in the payload",
+        "newer format",
+    ],
+)
 def test_a_damaged_checkpoint_is_refused_without_running_it(tmp_path, capsys, processed, trained, how):
     shutil.copytree(trained[0] / "models", tmp_path / "models")
     checkpoint = tmp_path / "models" / "sciml_ae" / "checkpoint_last.h5"
     marker = tmp_path / "pwned"
     word = _damage(checkpoint, how, marker)
     model_before = (tmp_path / "models" / "sciml_ae" / "em_denoise_model.h5").read_bytes()
-    code, err = run_here(capsys, "train", {"data_dir": processed, "parameters_file": trained[1],
-                                           "model_dir": tmp_path / "models", "output_dir": tmp_path / "out",
-                                           "log_dir": tmp_path / "logs"})
+    code, err = run_here(
+        capsys,
+        "train",
+        {
+            "data_dir": processed,
+            "parameters_file": trained[1],
+            "model_dir": tmp_path / "models",
+            "output_dir": tmp_path / "out",
+            "log_dir": tmp_path / "logs",
+        },
+    )
     one_error(code, err, EXIT_BAD_INPUT, str(checkpoint), word)
     assert not marker.exists()
     assert (tmp_path / "models" / "sciml_ae" / "em_denoise_model.h5").read_bytes() == model_before
 
 
-@pytest.mark.parametrize("how", ["pickle file", "torch.save zip", "pickle in the weights", "newer format",
-                                 "other architecture"])
+@pytest.mark.parametrize(
+    "how", ["pickle file", "torch.save zip", "pickle in the weights", "newer format", "other architecture"]
+)
 @pytest.mark.parametrize("task", ["test", "denoise"])
 def test_a_damaged_model_file_is_refused_by_test_and_denoise(tmp_path, capsys, processed, task, how):
     model = save_model(tmp_path / "models")
@@ -116,16 +147,24 @@ def test_a_damaged_model_file_is_refused_by_test_and_denoise(tmp_path, capsys, p
     word = _damage(model, how, marker)
     out = tmp_path / "out"
     if task == "test":
-        paths = {"data_dir": processed, "model_dir": tmp_path / "models", "output_dir": out,
-                 "parameters_file": params_file(tmp_path / "p.yaml", test={"baselines": "none", "device": "cpu",
-                                                                           "precision": "fp32"})}
+        paths = {
+            "data_dir": processed,
+            "model_dir": tmp_path / "models",
+            "output_dir": out,
+            "parameters_file": params_file(
+                tmp_path / "p.yaml", test={"baselines": "none", "device": "cpu", "precision": "fp32"}
+            ),
+        }
     else:
         (tmp_path / "in").mkdir()
         np.save(tmp_path / "in" / "a.npy", np.ones((32, 32), np.float32))
-        paths = {"input_dir": tmp_path / "in", "model_dir": tmp_path / "models", "output_dir": out,
-                 "parameters_file": params_file(tmp_path / "p.yaml", denoise={"device": "cpu",
-                                                                              "precision": "fp32"})}
+        paths = {
+            "input_dir": tmp_path / "in",
+            "model_dir": tmp_path / "models",
+            "output_dir": out,
+            "parameters_file": params_file(tmp_path / "p.yaml", denoise={"device": "cpu", "precision": "fp32"}),
+        }
     code, err = run_here(capsys, task, {**paths, "log_dir": tmp_path / "logs"})
     one_error(code, err, EXIT_BAD_INPUT, str(model), word)
     assert not marker.exists()
-    assert final_files(out) == {}                          # nothing written
+    assert final_files(out) == {}  # nothing written

@@ -23,12 +23,13 @@ from emdenoise.errors import EXIT_BAD_INPUT, InputError
 from emdenoise.io import h5safe, modelfile
 from emdenoise.layout import MODEL_FILE, RAW_FILES
 
-ROOT = Path(__file__).resolve().parents[2]   # the repository
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 KINDS = ("external storage", "external link", "virtual dataset", "plugin filter")
-BITSHUFFLE = 32008   # a registered filter id no HDF5 build has built in: reading it needs a plugin
+BITSHUFFLE = 32008  # a registered filter id no HDF5 build has built in: reading it needs a plugin
 SELF_CONTAINED = "expected an HDF5 file that holds all its data itself (emdenoise reads no other file through it)"
-BUILT_IN = ("expected a filter built into HDF5 or h5py: deflate (gzip), shuffle, fletcher32, szip, nbit, scaleoffset, "
-            "lzf")
+BUILT_IN = (
+    "expected a filter built into HDF5 or h5py: deflate (gzip), shuffle, fletcher32, szip, nbit, scaleoffset, lzf"
+)
 NORM = {"noisy": {"mean": 0.5, "std": 0.3}, "clean": {"mean": 0.5, "std": 0.25}}
 
 
@@ -59,14 +60,15 @@ def write_reaching_out(path: Path, kind: str, secret_dir: Path, shape: tuple[int
             layout[...] = h5py.VirtualSource(hdf5, "images", shape=shape)
             fh.create_virtual_dataset("images", layout)
             problem = f"a virtual dataset reading {hdf5!r} (dataset 'images'); {SELF_CONTAINED}"
-        else:   # chunks stored as if bitshuffle had packed them: only a plugin could decode them
+        else:  # chunks stored as if bitshuffle had packed them: only a plugin could decode them
             dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
             dcpl.set_chunk((1, *shape[1:]))
             dcpl.set_filter(BITSHUFFLE, h5py.h5z.FLAG_OPTIONAL, (0, 2))
             dsid = h5py.h5d.create(fh.id, b"images", h5py.h5t.NATIVE_FLOAT, h5py.h5s.create_simple(shape), dcpl=dcpl)
             for i in range(shape[0]):
-                dsid.write_direct_chunk((i,) + (0,) * (len(shape) - 1), np.zeros(shape[1:], np.float32).tobytes(),
-                                        filter_mask=0)
+                dsid.write_direct_chunk(
+                    (i,) + (0,) * (len(shape) - 1), np.zeros(shape[1:], np.float32).tobytes(), filter_mask=0
+                )
             problem = f"compressed with HDF5 filter {BITSHUFFLE}, which needs a plugin; {BUILT_IN}"
     return f"{path}: /images: {problem}"
 
@@ -99,13 +101,17 @@ def test_the_plugin_filter_file_really_needs_a_plugin(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- denoise
 
+
 @pytest.fixture
 def workspace(tmp_path, monkeypatch):
     """A trained (random) model, an input folder holding one good image, and a secret folder beside them."""
     monkeypatch.setenv("EMDENOISE_PROGRESS", "0")
     torch.manual_seed(0)
-    modelfile.save_model(tmp_path / "models" / "dncnn" / MODEL_FILE, models.build("dncnn", depth=3),
-                       {"model": "dncnn", "options": {"depth": 3}, "normalisation": NORM})
+    modelfile.save_model(
+        tmp_path / "models" / "dncnn" / MODEL_FILE,
+        models.build("dncnn", depth=3),
+        {"model": "dncnn", "options": {"depth": 3}, "normalisation": NORM},
+    )
     (tmp_path / "in").mkdir()
     np.save(tmp_path / "in" / "good.npy", np.random.default_rng(1).random((32, 32), dtype=np.float32))
     (tmp_path / "p.yaml").write_text("denoise:\n  tile_size: 0\n  device: cpu\n  precision: fp32\n")
@@ -114,9 +120,16 @@ def workspace(tmp_path, monkeypatch):
 
 
 def run_denoise(root: Path) -> int:
-    return cli.main(["denoise", f"--input_dir={root / 'in'}", f"--model_dir={root / 'models'}",
-                     f"--output_dir={root / 'out'}", f"--parameters_file={root / 'p.yaml'}",
-                     f"--log_dir={root / 'logs'}"])
+    return cli.main(
+        [
+            "denoise",
+            f"--input_dir={root / 'in'}",
+            f"--model_dir={root / 'models'}",
+            f"--output_dir={root / 'out'}",
+            f"--parameters_file={root / 'p.yaml'}",
+            f"--log_dir={root / 'logs'}",
+        ]
+    )
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -125,7 +138,7 @@ def test_denoise_refuses_an_input_that_reaches_outside_and_writes_nothing(worksp
     assert run_denoise(workspace) == EXIT_BAD_INPUT
     (line,) = error_lines(capsys.readouterr().err)
     assert line.endswith(f"error: {expected}")
-    assert files_under(workspace / "out") == []          # not even good.npy: every input is checked first
+    assert files_under(workspace / "out") == []  # not even good.npy: every input is checked first
 
 
 def test_denoise_reads_a_virtual_dataset_whose_sources_are_in_the_same_file(workspace, capsys):
@@ -143,6 +156,7 @@ def test_denoise_reads_a_virtual_dataset_whose_sources_are_in_the_same_file(work
 
 
 # ---------------------------------------------------------------------------------------------- preprocess
+
 
 def write_raw(root: Path, n: int = 4, size: int = 32) -> None:
     """A small em_graphene_sim layout: train/ and test/, noisy and clean (n, size, size, 1) float32."""
@@ -162,14 +176,25 @@ def test_preprocess_refuses_raw_data_that_reach_outside_and_writes_nothing(tmp_p
     write_secret(tmp_path / "secret", (4, 32, 32, 1))
     expected = write_reaching_out(raw / "train" / RAW_FILES["noisy"], kind, tmp_path / "secret", (4, 32, 32, 1))
     (tmp_path / "p.yaml").write_text("preprocess:\n  val_fraction: 0.25\n  seed: 0\n")
-    assert cli.main(["preprocess", f"--raw_data_dir={raw}", f"--data_dir={data}",
-                     f"--parameters_file={tmp_path / 'p.yaml'}", f"--log_dir={tmp_path / 'logs'}"]) == EXIT_BAD_INPUT
+    assert (
+        cli.main(
+            [
+                "preprocess",
+                f"--raw_data_dir={raw}",
+                f"--data_dir={data}",
+                f"--parameters_file={tmp_path / 'p.yaml'}",
+                f"--log_dir={tmp_path / 'logs'}",
+            ]
+        )
+        == EXIT_BAD_INPUT
+    )
     (line,) = error_lines(capsys.readouterr().err)
     assert line.endswith(f"error: {expected}")
     assert files_under(data) == []
 
 
 # ---------------------------------------------------------------------------------------------- sealed files
+
 
 def error_of(action, *args) -> str:
     with pytest.raises(InputError) as err:
@@ -188,29 +213,33 @@ def test_sealed_files_changed_to_reach_outside_are_refused_by_the_seal_and_resea
     with h5safe.create_sealed(split) as fh:
         fh["noisy"] = fh["clean"] = np.zeros((2, 16, 16), np.float32)
     assert len(load_split(split.parent, "test")) == 2
-    with h5py.File(split, "r+") as fh:                      # h5py keeps the user block and its header
+    with h5py.File(split, "r+") as fh:  # h5py keeps the user block and its header
         del fh["clean"]
         fh["clean"] = h5py.ExternalLink(str(secret / "secret.h5"), "/images")
     assert "sha256 does not match" in error_of(load_split, split.parent, "test")
     h5safe.seal(split)
     assert error_of(load_split, split.parent, "test") == (
         f"{split}: /clean: an external link to {str(secret / 'secret.h5')!r} (object '/images'); {SELF_CONTAINED}; "
-        "run the preprocess task again")
+        "run the preprocess task again"
+    )
 
     model = tmp_path / "model.h5"
-    modelfile.save_model(model, models.build("dncnn", depth=3), {"model": "dncnn", "options": {"depth": 3},
-                                                              "normalisation": NORM})
+    modelfile.save_model(
+        model, models.build("dncnn", depth=3), {"model": "dncnn", "options": {"depth": 3}, "normalisation": NORM}
+    )
     with h5py.File(model, "r+") as fh:
         weight = next(name for name in fh["state"] if name.endswith("weight"))
         shape = fh["state"][weight].shape
         del fh["state"][weight]
-        fh["state"].create_dataset(weight, shape, np.float32, external=[(str(secret / "secret.bin"), 0,
-                                                                        4 * math.prod(shape))])
+        fh["state"].create_dataset(
+            weight, shape, np.float32, external=[(str(secret / "secret.bin"), 0, 4 * math.prod(shape))]
+        )
     assert "sha256 does not match" in error_of(modelfile.load_model, model)
     h5safe.seal(model)
     assert error_of(modelfile.load_model, model) == (
         f"{model}: /state/{weight}: its data are stored in another file, {str(secret / 'secret.bin')!r} (HDF5 "
-        f"external storage); {SELF_CONTAINED}")
+        f"external storage); {SELF_CONTAINED}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- nothing opened
@@ -251,8 +280,14 @@ def test_no_other_file_and_no_plugin_is_opened_while_checking_or_reading(tmp_pat
         paths.append(tmp_path / f"{i}.h5")
         expected.append(write_reaching_out(paths[-1], kind, secret, (3, 32, 32)))
     env = {**os.environ, "HDF5_PLUGIN_PATH": str(plugins)}
-    done = subprocess.run([sys.executable, "-c", CHECK_ALL, str(paths[-1]), *map(str, paths)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", CHECK_ALL, str(paths[-1]), *map(str, paths)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     *refused, read = json.loads(done.stdout)
     assert refused == expected
@@ -264,8 +299,10 @@ def test_one_line_names_the_first_object_and_counts_the_others(tmp_path):
     path = tmp_path / "f.h5"
     write_reaching_out(path, "virtual dataset", tmp_path / "secret", (3, 32, 32))
     with h5py.File(path, "a") as fh:
-        fh["a/link"] = h5py.ExternalLink("elsewhere.h5", "/x")   # dangling: refused all the same
+        fh["a/link"] = h5py.ExternalLink("elsewhere.h5", "/x")  # dangling: refused all the same
         fh["b/c"] = h5py.ExternalLink("elsewhere.h5", "/y")
-        fh["ok"] = h5py.SoftLink("/images")                     # a soft link within the file is fine
-    assert error_of(h5safe.probe, path) == (f"{path}: /a/link: an external link to 'elsewhere.h5' (object '/x'); "
-                                            f"{SELF_CONTAINED} (2 more objects in the file likewise)")
+        fh["ok"] = h5py.SoftLink("/images")  # a soft link within the file is fine
+    assert error_of(h5safe.probe, path) == (
+        f"{path}: /a/link: an external link to 'elsewhere.h5' (object '/x'); "
+        f"{SELF_CONTAINED} (2 more objects in the file likewise)"
+    )

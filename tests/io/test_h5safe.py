@@ -48,6 +48,7 @@ def error_of(action, *args) -> str:
 
 # ---------------------------------------------------------------------------------------------- sealed files
 
+
 def test_a_sealed_file_is_plain_hdf5_with_its_sha256_in_the_user_block(tmp_path):
     path = sealed_file(tmp_path / "a.h5")
     data = path.read_bytes()
@@ -55,27 +56,28 @@ def test_a_sealed_file_is_plain_hdf5_with_its_sha256_in_the_user_block(tmp_path)
     assert data[:512] == header.ljust(512, b"\0")
     assert data[512:520] == h5safe.HDF5_SIGNATURE
     h5safe.verify(path)
-    with h5py.File(path, "r") as fh:                   # h5py alone reads it: libhdf5 skips the user block
+    with h5py.File(path, "r") as fh:  # h5py alone reads it: libhdf5 skips the user block
         assert fh.userblock_size == 512 and fh.attrs["note"] == "sealed" and fh["x"][-1] == 999
     with h5safe.open_sealed(path) as fh:
         assert fh["x"][0] == 0
 
 
-@pytest.mark.parametrize("where", [512, 513, 3000, -1])   # the HDF5 signature, the superblock, inside, last byte
+@pytest.mark.parametrize("where", [512, 513, 3000, -1])  # the HDF5 signature, the superblock, inside, last byte
 def test_one_byte_changed_after_the_user_block_is_refused_naming_the_file(tmp_path, where):
     path = sealed_file(tmp_path / "a.h5")
     flip(path, where)
-    assert error_of(h5safe.open_sealed, path) == (f"{path}: damaged or not written by emdenoise: its sha256 does "
-                                                 "not match the one recorded in its header")
+    assert error_of(h5safe.open_sealed, path) == (
+        f"{path}: damaged or not written by emdenoise: its sha256 does not match the one recorded in its header"
+    )
 
 
 def test_a_changed_header_is_refused(tmp_path):
     path = sealed_file(tmp_path / "a.h5")
     data = path.read_bytes()
     digit = data[17:18]
-    path.write_bytes(data[:17] + (b"0" if digit != b"0" else b"1") + data[18:])   # another sha256
+    path.write_bytes(data[:17] + (b"0" if digit != b"0" else b"1") + data[18:])  # another sha256
     assert "sha256 does not match" in error_of(h5safe.verify, path)
-    path.write_bytes(data[:17] + b"X" + data[18:])                                # not a sha256
+    path.write_bytes(data[:17] + b"X" + data[18:])  # not a sha256
     message = error_of(h5safe.verify, path)
     assert message.startswith(f"{path}: damaged or not written by emdenoise: expected the header")
     assert "b'emdenoise-sha256:X" in message
@@ -86,10 +88,12 @@ def test_an_hdf5_file_without_the_header_is_refused_where_a_sealed_one_is_expect
     with h5py.File(plain, "w") as fh:
         fh["x"] = np.zeros(3)
     message = error_of(h5safe.verify, plain)
-    assert message.startswith(f"{plain}: damaged or not written by emdenoise: expected the header "
-                              "'emdenoise-sha256:<64 hex digits>' in its first 512 bytes")
+    assert message.startswith(
+        f"{plain}: damaged or not written by emdenoise: expected the header "
+        "'emdenoise-sha256:<64 hex digits>' in its first 512 bytes"
+    )
     assert "written by another program" in message
-    unsealed = tmp_path / "unsealed.h5"                # a user block, but never sealed
+    unsealed = tmp_path / "unsealed.h5"  # a user block, but never sealed
     with h5py.File(unsealed, "w", userblock_size=512) as fh:
         fh["x"] = np.zeros(3)
     assert "expected the header" in error_of(h5safe.verify, unsealed)
@@ -110,7 +114,7 @@ def test_an_exception_leaves_the_file_unsealed_and_seal_wants_a_user_block(tmp_p
     before = plain.read_bytes()
     with pytest.raises(ValueError, match="user block"):
         h5safe.seal(plain)
-    assert plain.read_bytes() == before                # the superblock was not overwritten
+    assert plain.read_bytes() == before  # the superblock was not overwritten
 
 
 def test_every_reader_of_sealed_files_checks_the_seal(tmp_path):
@@ -118,21 +122,30 @@ def test_every_reader_of_sealed_files_checks_the_seal(tmp_path):
     path = tmp_path / "model.h5"
     modelfile.save_model(path, model, {"model": "dncnn", "options": {"depth": 3}, "normalisation": NORM})
     checkpoint = tmp_path / "checkpoint.h5"
-    modelfile.save_checkpoint(checkpoint, model, torch.optim.SGD(model.parameters(), lr=0.1), None,
-                            {"model": "dncnn", "options": {"depth": 3}, "fingerprint": "f", "epoch": 1})
+    modelfile.save_checkpoint(
+        checkpoint,
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        None,
+        {"model": "dncnn", "options": {"depth": 3}, "fingerprint": "f", "epoch": 1},
+    )
     split = tmp_path / "data" / "test.h5"
     split.parent.mkdir()
     write_split(split, np.zeros((2, 16, 16)), np.ones((2, 16, 16)))
     assert modelfile.checkpoint_info(checkpoint)["epoch"] == 1 and len(load_split(split.parent, "test")) == 2
     for file in (path, checkpoint, split):
         flip(file, -1)
-    for message in (error_of(modelfile.load_model, path), error_of(modelfile.checkpoint_info, checkpoint),
-                    error_of(modelfile.load_checkpoint, checkpoint, model)):
+    for message in (
+        error_of(modelfile.load_model, path),
+        error_of(modelfile.checkpoint_info, checkpoint),
+        error_of(modelfile.load_checkpoint, checkpoint, model),
+    ):
         assert "sha256 does not match" in message
     assert error_of(load_split, split.parent, "test") == (
         f"{split}: damaged or not written by emdenoise: its sha256 does not match the one recorded in its header; "
-        "run the preprocess task again")
-    plain = tmp_path / "plain" / "test.h5"             # a split file from elsewhere (or an older emdenoise)
+        "run the preprocess task again"
+    )
+    plain = tmp_path / "plain" / "test.h5"  # a split file from elsewhere (or an older emdenoise)
     plain.parent.mkdir()
     with h5py.File(plain, "w") as fh:
         fh["noisy"] = fh["clean"] = np.zeros((2, 16, 16), np.float32)
@@ -140,6 +153,7 @@ def test_every_reader_of_sealed_files_checks_the_seal(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- foreign files
+
 
 def foreign_file(path):
     """A foreign HDF5 file with every kind of thing the probe walks: nested groups, attributes everywhere, a
@@ -149,10 +163,11 @@ def foreign_file(path):
         fh.attrs["root"] = 1
         group = fh.create_group("a/b")
         group.attrs["list"] = np.arange(5)
-        ds = group.create_dataset("images", data=np.ones((4, 32, 32), np.float32), chunks=(1, 32, 32),
-                                  compression="gzip")
+        ds = group.create_dataset(
+            "images", data=np.ones((4, 32, 32), np.float32), chunks=(1, 32, 32), compression="gzip"
+        )
         ds.attrs["dose"] = np.arange(4, dtype=np.float32)
-        group["up"] = fh["a"]                                   # a cycle: a/b/up is a
+        group["up"] = fh["a"]  # a cycle: a/b/up is a
         fh["soft"] = h5py.SoftLink("/a/b/images")
         fh["dangling"] = h5py.SoftLink("/nothing")
     return path
@@ -184,8 +199,8 @@ def dies_walking(path) -> bool:
     pid = os.fork()
     if pid == 0:
         try:
-            faulthandler.disable()                 # the crash is expected: no Python stack dump in the test log
-            signal.alarm(60)                       # a hang counts as dying too
+            faulthandler.disable()  # the crash is expected: no Python stack dump in the test log
+            signal.alarm(60)  # a hang counts as dying too
             with h5py.File(path, "r") as fh:
                 h5safe._walk(fh)
         finally:
@@ -201,28 +216,34 @@ def test_a_file_that_really_crashes_libhdf5_is_a_one_line_input_error(tmp_path):
     with h5py.File(path, "w") as fh:
         fh.attrs["format"] = "emdenoise-checkpoint/1"
     data = bytearray(path.read_bytes())
-    at = data.index(b"format\0\0") + 8            # the attribute's datatype: version 1, class 9 (variable length)
-    if data[at:at + 2] != b"\x19\x01":
+    at = data.index(b"format\0\0") + 8  # the attribute's datatype: version 1, class 9 (variable length)
+    if data[at : at + 2] != b"\x19\x01":
         pytest.skip(f"HDF5 {h5py.version.hdf5_version} lays the attribute out differently")
-    data[at + 1] = 0xFF                             # its class bits
+    data[at + 1] = 0xFF  # its class bits
     path.write_bytes(bytes(data))
     if not dies_walking(path):
         pytest.skip(f"HDF5 {h5py.version.hdf5_version} survives this damage")
-    expected = (f"{path}: damaged HDF5 file: the HDF5 library crashed (SIGSEGV) reading its structure; expected an "
-                "intact HDF5 file")
+    expected = (
+        f"{path}: damaged HDF5 file: the HDF5 library crashed (SIGSEGV) reading its structure; expected an "
+        "intact HDF5 file"
+    )
     assert error_of(h5safe.probe, path) == expected
-    assert error_of(micrographs.open_input, path) == expected      # the denoise task's HDF5 reader, in this process
+    assert error_of(micrographs.open_input, path) == expected  # the denoise task's HDF5 reader, in this process
 
 
 def test_a_probe_that_dies_by_a_signal_is_a_one_line_input_error(tmp_path):
     """Simulated, on an intact file: the child is one that kills itself with SIGSEGV, as libhdf5 does when it
     reads out of bounds; the parent's side (exit status to one line) is the real one, on any HDF5 version."""
     path = foreign_file(tmp_path / "f.h5")
-    assert error_of(h5safe.probe, path, SEGFAULT) == (f"{path}: damaged HDF5 file: the HDF5 library crashed "
-                                                      "(SIGSEGV) reading its structure; expected an intact HDF5 file")
+    assert error_of(h5safe.probe, path, SEGFAULT) == (
+        f"{path}: damaged HDF5 file: the HDF5 library crashed "
+        "(SIGSEGV) reading its structure; expected an intact HDF5 file"
+    )
     message = error_of(h5safe.probe, path, ("-c", "import sys; sys.exit('MemoryError: out of memory')"))
-    assert message == (f"{path}: damaged HDF5 file: the HDF5 library failed (exit 1: MemoryError: out of memory) "
-                       "reading its structure; expected an intact HDF5 file")
+    assert message == (
+        f"{path}: damaged HDF5 file: the HDF5 library failed (exit 1: MemoryError: out of memory) "
+        "reading its structure; expected an intact HDF5 file"
+    )
 
 
 def test_the_foreign_readers_probe_the_file_before_opening_it(tmp_path, monkeypatch):
@@ -236,5 +257,5 @@ def test_the_foreign_readers_probe_the_file_before_opening_it(tmp_path, monkeypa
     assert message.startswith(f"{path}: damaged HDF5 file: the HDF5 library crashed (SIGSEGV)")
     assert error_of(micrographs.open_input, path) == message
     monkeypatch.setattr(h5safe, "probe", probe)
-    with micrographs.open_input(path) as src:             # the real probe lets it through
+    with micrographs.open_input(path) as src:  # the real probe lets it through
         assert [image.name for image in src.images] == ["a/b/images"]

@@ -21,8 +21,12 @@ from emdenoise.errors import InputError
 from emdenoise.io import micrographs
 
 mrcfile = pytest.importorskip("mrcfile")
-PROVENANCE = {"emdenoise_version": "test", "created": "2026-01-01T00:00:00Z",
-              "model": {"name": "identity", "sha256": "0" * 64}, "settings": {}}
+PROVENANCE = {
+    "emdenoise_version": "test",
+    "created": "2026-01-01T00:00:00Z",
+    "model": {"name": "identity", "sha256": "0" * 64},
+    "settings": {},
+}
 
 
 def identity(batch: torch.Tensor) -> torch.Tensor:
@@ -30,6 +34,7 @@ def identity(batch: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ formats
+
 
 def _write_tiff8(path, rng):
     data = rng.integers(0, 256, (70, 90), dtype=np.uint8)
@@ -93,9 +98,15 @@ def _write_mrc(path, rng):
 
 
 FORMAT_CASES = {
-    "a8.tif": _write_tiff8, "a16.tiff": _write_tiff16, "float.tif": _write_tiff_float,
-    "stack.tif": _write_tiff_stack, "p8.png": _write_png8, "p16.png": _write_png16, "n.npy": _write_npy,
-    "h.h5": _write_hdf5, "m.mrcs": _write_mrc,
+    "a8.tif": _write_tiff8,
+    "a16.tiff": _write_tiff16,
+    "float.tif": _write_tiff_float,
+    "stack.tif": _write_tiff_stack,
+    "p8.png": _write_png8,
+    "p16.png": _write_png16,
+    "n.npy": _write_npy,
+    "h.h5": _write_hdf5,
+    "m.mrcs": _write_mrc,
 }
 
 
@@ -193,8 +204,10 @@ def test_long_stack_streams_with_bounded_memory(tmp_path, name):
         finally:
             tracemalloc.stop()
     assert peak < 12 * frame_bytes, f"peak {peak / 2**20:.1f} MiB for a {frames * frame_bytes / 2**20:.1f} MiB stack"
-    np.testing.assert_array_equal(_read_back(tmp_path / "out" / name)[-1],
-                                  np.random.default_rng(0).random((frames, side, side), dtype=np.float32)[-1])
+    np.testing.assert_array_equal(
+        _read_back(tmp_path / "out" / name)[-1],
+        np.random.default_rng(0).random((frames, side, side), dtype=np.float32)[-1],
+    )
 
 
 def test_a_4096x4096_frame_needs_about_two_frames_of_memory(tmp_path):
@@ -220,13 +233,17 @@ def test_a_4096x4096_frame_needs_about_two_frames_of_memory(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ bad inputs
 
-@pytest.mark.parametrize("name,content,expected", [
-    ("bad.tif", b"this is not a tiff" * 10, "not a readable TIFF"),
-    ("bad.npy", b"\x93NUMPY garbage", "not a readable NPY"),
-    ("bad.h5", b"not hdf5" * 100, "not a readable HDF5"),
-    ("bad.mrc", b"garbage" * 200, "not a readable MRC"),
-    ("bad.png", b"\x89PNG\r\n\x1a\n" + b"x" * 50, "not a readable PNG"),
-])
+
+@pytest.mark.parametrize(
+    "name,content,expected",
+    [
+        ("bad.tif", b"this is not a tiff" * 10, "not a readable TIFF"),
+        ("bad.npy", b"\x93NUMPY garbage", "not a readable NPY"),
+        ("bad.h5", b"not hdf5" * 100, "not a readable HDF5"),
+        ("bad.mrc", b"garbage" * 200, "not a readable MRC"),
+        ("bad.png", b"\x89PNG\r\n\x1a\n" + b"x" * 50, "not a readable PNG"),
+    ],
+)
 def test_corrupt_file_is_a_one_line_input_error_naming_it(tmp_path, name, content, expected):
     (tmp_path / name).write_bytes(content)
     with pytest.raises(InputError) as err:
@@ -240,7 +257,7 @@ def test_truncated_pixel_data_names_the_file_and_frame(tmp_path):
     tifffile.imwrite(path, np.zeros((3, 64, 64), np.uint16), photometric="minisblack")
     whole = path.read_bytes()
     offset = tifffile.TiffFile(path).pages[2].dataoffsets[0]
-    path.write_bytes(whole[:offset + 100])
+    path.write_bytes(whole[: offset + 100])
     with pytest.raises(InputError) as err:
         with micrographs.open_input(path) as src:
             denoise_file(src, tmp_path / "out.tif", Tiler(identity, 32, 8, 4), PROVENANCE)
@@ -248,14 +265,17 @@ def test_truncated_pixel_data_names_the_file_and_frame(tmp_path):
     assert not (tmp_path / "out.tif").exists()
 
 
-@pytest.mark.parametrize("make,expected", [
-    (lambda p: Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(p / "rgb.png"), "grayscale"),
-    (lambda p: tifffile.imwrite(p / "rgb.tif", np.zeros((32, 32, 3), np.uint8), photometric="rgb"), "grayscale"),
-    (lambda p: np.save(p / "tiny.npy", np.zeros((100, 3))), "at least 16x16"),
-    (lambda p: np.save(p / "c.npy", np.zeros((32, 32), np.complex64)), "real pixel values"),
-    (lambda p: np.save(p / "obj.npy", np.array([{"a": 1}] * 4, dtype=object)), "NPY"),
-    (lambda p: h5py.File(p / "none.h5", "w").close(), "found none"),
-])
+@pytest.mark.parametrize(
+    "make,expected",
+    [
+        (lambda p: Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(p / "rgb.png"), "grayscale"),
+        (lambda p: tifffile.imwrite(p / "rgb.tif", np.zeros((32, 32, 3), np.uint8), photometric="rgb"), "grayscale"),
+        (lambda p: np.save(p / "tiny.npy", np.zeros((100, 3))), "at least 16x16"),
+        (lambda p: np.save(p / "c.npy", np.zeros((32, 32), np.complex64)), "real pixel values"),
+        (lambda p: np.save(p / "obj.npy", np.array([{"a": 1}] * 4, dtype=object)), "NPY"),
+        (lambda p: h5py.File(p / "none.h5", "w").close(), "found none"),
+    ],
+)
 def test_unusable_images_are_input_errors(tmp_path, make, expected):
     make(tmp_path)
     (path,) = list(tmp_path.iterdir())

@@ -26,12 +26,18 @@ def _sealed_hdf5(path: Path) -> bool:
     """HDF5 (its signature after the 512-byte user block) sealed by emdenoise (the sha256 header before it)."""
     data = path.read_bytes()
     start = h5safe.USER_BLOCK
-    return data.startswith(b"emdenoise-sha256:") and data[start:start + 8] == h5safe.HDF5_SIGNATURE
+    return data.startswith(b"emdenoise-sha256:") and data[start : start + 8] == h5safe.HDF5_SIGNATURE
 
 
 def _meta() -> dict:
-    return {"model": "sciml_ae", "options": {}, "normalisation": NORM, "data_range": 0.8,
-            "metrics": {"val_psnr": 21.5}, "train_config": {"epochs": 2}}
+    return {
+        "model": "sciml_ae",
+        "options": {},
+        "normalisation": NORM,
+        "data_range": 0.8,
+        "metrics": {"val_psnr": 21.5},
+        "train_config": {"epochs": 2},
+    }
 
 
 @pytest.fixture
@@ -86,8 +92,7 @@ def test_pickle_payload_in_a_dataset_is_refused(saved_model, tmp_path, as_opaque
     payload = pickle.dumps(_Boom(marker))
     with h5py.File(path, "r+") as fh:
         del fh["state"]["head.weight"]
-        fh["state"]["head.weight"] = np.void(payload) if as_opaque else \
-            np.array([payload], dtype=f"S{len(payload)}")
+        fh["state"]["head.weight"] = np.void(payload) if as_opaque else np.array([payload], dtype=f"S{len(payload)}")
     h5safe.seal(path)  # sealed again, so the loader's own checks are what refuses it
     with pytest.raises(InputError, match="head.weight"):
         modelfile.load_model(path)
@@ -111,18 +116,27 @@ def _edit(path: Path, fn) -> Path:
     return path
 
 
-@pytest.mark.parametrize("edit, field", [
-    (lambda fh: fh["state"].__delitem__("head.bias"), "state/head.bias"),
-    (lambda fh: fh["state"].create_dataset("extra.weight", data=np.zeros(3, np.float32)), "state/extra.weight"),
-    (lambda fh: (fh["state"].__delitem__("head.weight"),
-                 fh["state"].create_dataset("head.weight", data=np.zeros((1, 8, 5, 5), np.float32))),
-     "state/head.weight"),
-    (lambda fh: fh.attrs.__setitem__("model", "resnet9000"), "model"),
-    (lambda fh: fh.attrs.__setitem__("format", "emdenoise-model/2"), "format"),
-    (lambda fh: fh.attrs.__setitem__("options", json.dumps({"width": 3})), "options"),
-    (lambda fh: fh.attrs.__setitem__("normalisation", json.dumps({"noisy": {"mean": 0, "std": 0}})),
-     "normalisation"),
-])
+@pytest.mark.parametrize(
+    "edit, field",
+    [
+        (lambda fh: fh["state"].__delitem__("head.bias"), "state/head.bias"),
+        (lambda fh: fh["state"].create_dataset("extra.weight", data=np.zeros(3, np.float32)), "state/extra.weight"),
+        (
+            lambda fh: (
+                fh["state"].__delitem__("head.weight"),
+                fh["state"].create_dataset("head.weight", data=np.zeros((1, 8, 5, 5), np.float32)),
+            ),
+            "state/head.weight",
+        ),
+        (lambda fh: fh.attrs.__setitem__("model", "resnet9000"), "model"),
+        (lambda fh: fh.attrs.__setitem__("format", "emdenoise-model/2"), "format"),
+        (lambda fh: fh.attrs.__setitem__("options", json.dumps({"width": 3})), "options"),
+        (
+            lambda fh: fh.attrs.__setitem__("normalisation", json.dumps({"noisy": {"mean": 0, "std": 0}})),
+            "normalisation",
+        ),
+    ],
+)
 def test_malformed_model_file_is_one_line_input_error(saved_model, edit, field):
     _, path = saved_model
     _edit(path, edit)
@@ -163,8 +177,20 @@ def test_checkpoint_round_trip(tmp_path):
         sched.step()
     rng = runtime.rng_state()
     path = tmp_path / "ckpt.h5"
-    modelfile.save_checkpoint(path, model, opt, sched, {"model": "sciml_ae", "options": {}, "fingerprint": "f" * 64,
-                                                      "epoch": 2, "rng": rng, "history": [{"loss": 0.5}]})
+    modelfile.save_checkpoint(
+        path,
+        model,
+        opt,
+        sched,
+        {
+            "model": "sciml_ae",
+            "options": {},
+            "fingerprint": "f" * 64,
+            "epoch": 2,
+            "rng": rng,
+            "history": [{"loss": 0.5}],
+        },
+    )
     assert _sealed_hdf5(path)
     assert modelfile.checkpoint_info(path)["epoch"] == 2
     expected_next = torch.rand(5)

@@ -16,8 +16,14 @@ from emdenoise.models.ffdnet import noise_level_map
 
 # The parameter counts of the project's model notes (shared/reference/models.md), 1 -> 1 channel
 NOTES_PARAMS = {
-    "cafcn": 0.66e6, "dncnn": 0.56e6, "ffdnet": 0.49e6, "unet": 7.8e6, "rednet": 1.04e6, "mscnn": 0.34e6,
-    "msdnet": 45_652, "sciml_ae": 122_737,
+    "cafcn": 0.66e6,
+    "dncnn": 0.56e6,
+    "ffdnet": 0.49e6,
+    "unet": 7.8e6,
+    "rednet": 1.04e6,
+    "mscnn": 0.34e6,
+    "msdnet": 45_652,
+    "sciml_ae": 122_737,
 }
 EXACT = ("msdnet", "sciml_ae")
 LIGHT = ("ffdnet", "unet", "msdnet", "sciml_ae")  # cheap enough on CPU for full-size images by default
@@ -48,7 +54,7 @@ def _synthetic_pairs(n=4, size=20, sigma=0.5, seed=0):
             r = 2 + torch.rand(1, generator=g).item() * size / 6
             img += torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
         y0, x0 = (torch.rand(2, generator=g) * size / 2).long().tolist()
-        img[y0:y0 + size // 3, x0:x0 + size // 4] += 1
+        img[y0 : y0 + size // 3, x0 : x0 + size // 4] += 1
     clean = (clean - clean.mean()) / clean.std()
     return clean + sigma * torch.randn(clean.shape, generator=g), clean
 
@@ -84,8 +90,9 @@ def test_model_options_are_in_the_schema_and_defaults_agree(name):
 
 
 def test_options_from_train_picks_the_model_options():
-    train = params.defaults().train.replace(unet_base=64, msdnet_depth=7, msdnet_width=3, dncnn_depth=20,
-                                            rednet_depth=10)
+    train = params.defaults().train.replace(
+        unet_base=64, msdnet_depth=7, msdnet_width=3, dncnn_depth=20, rednet_depth=10
+    )
     assert models.options_from_train("unet", train) == {"base": 64}
     assert models.options_from_train("msdnet", train) == {"depth": 7, "width": 3}
     assert models.options_from_train("dncnn", train) == {"depth": 20}
@@ -96,6 +103,7 @@ def test_options_from_train_picks_the_model_options():
 
 
 # --- parameter counts ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_parameter_count_matches_documented_and_notes(name):
@@ -122,15 +130,15 @@ def test_unet_paper_width_has_31_million_parameters():
 
 
 def test_depth_options_change_the_networks():
-    assert models.count_parameters(models.build("dncnn", depth=20)) > \
-        models.count_parameters(models.build("dncnn"))
+    assert models.count_parameters(models.build("dncnn", depth=20)) > models.count_parameters(models.build("dncnn"))
     # RED10: 5 conv + 5 deconv layers
     assert len(models.build("rednet", depth=10).convs) == 5
     with pytest.raises(ValueError, match="even"):
         models.build("rednet", depth=7)
     # MS-D: layer i sees 1 + i * width maps
-    assert models.count_parameters(models.build("msdnet", depth=3, width=2)) == \
-        (1 * 2 * 9 + 2) + (3 * 2 * 9 + 2) + (5 * 2 * 9 + 2) + (7 + 1)
+    assert models.count_parameters(models.build("msdnet", depth=3, width=2)) == (1 * 2 * 9 + 2) + (3 * 2 * 9 + 2) + (
+        5 * 2 * 9 + 2
+    ) + (7 + 1)
 
 
 def test_sciml_ae_costs_1_34_gflop_per_256_image():
@@ -139,6 +147,7 @@ def test_sciml_ae_costs_1_34_gflop_per_256_image():
 
 
 # --- shapes --------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_small_odd_sizes_keep_shape_and_train(name):
@@ -157,8 +166,7 @@ def test_small_odd_sizes_keep_shape_and_train(name):
 
 
 @pytest.mark.parametrize("size", [(256, 256), (250, 310)])
-@pytest.mark.parametrize("name", [n if n in LIGHT else pytest.param(n, marks=pytest.mark.slow)
-                                  for n in MODEL_NAMES])
+@pytest.mark.parametrize("name", [n if n in LIGHT else pytest.param(n, marks=pytest.mark.slow) for n in MODEL_NAMES])
 def test_full_size_images_keep_shape(name, size):
     net = _build(name).eval()
     x = torch.randn(1, 1, *size)
@@ -191,8 +199,9 @@ def test_padding_is_cropped_back_exactly():
 SLOW_TO_FIT = ("cafcn", "dncnn", "rednet", "unet", "msdnet")  # several seconds each on CPU
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_TO_FIT else n
-                                  for n in MODEL_NAMES])
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_TO_FIT else n for n in MODEL_NAMES]
+)
 def test_each_model_overfits_four_images(name):
     noisy, clean = _synthetic_pairs()
     net = _build(name).train()
@@ -210,6 +219,7 @@ def test_each_model_overfits_four_images(name):
 
 
 # --- FFDNet's noise-level map --------------------------------------------------------------------------
+
 
 def test_ffdnet_noise_map_estimates_the_local_noise_level():
     g = torch.Generator().manual_seed(1)
@@ -244,6 +254,7 @@ def test_box_filter_is_a_local_mean():
 
 
 # --- MS-D buffer implementation against plain concatenation --------------------------------------------
+
 
 def _msd_by_concatenation(net, x):
     """MS-D as the paper writes it: concatenate every previous map at every layer (slow, obviously right)."""

@@ -30,12 +30,20 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # ------------------------------------------------------------------------------------------------ models
 
+
 def _save_model(model_dir: Path, name: str = "sciml_ae", seed: int = 0) -> Path:
     torch.manual_seed(seed)
     net = models.build(name).eval()
     path = model_dir / name / MODEL_FILE
-    modelfile.save_model(path, net, {"model": name, "options": {}, "normalisation": {
-        "noisy": {"mean": 100.0, "std": 30.0}, "clean": {"mean": 90.0, "std": 20.0}}})
+    modelfile.save_model(
+        path,
+        net,
+        {
+            "model": name,
+            "options": {},
+            "normalisation": {"noisy": {"mean": 100.0, "std": 30.0}, "clean": {"mean": 90.0, "std": 20.0}},
+        },
+    )
     return path
 
 
@@ -59,20 +67,35 @@ def test_model_selection(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ CLI
 
+
 def _cli(tmp_path, *extra):
     return subprocess.run(
-        [sys.executable, "-m", "emdenoise", "denoise", f"--input_dir={tmp_path / 'in'}",
-         f"--model_dir={tmp_path / 'models'}", f"--output_dir={tmp_path / 'out'}",
-         f"--parameters_file={tmp_path / 'p.yaml'}", f"--log_dir={tmp_path / 'logs'}", *extra],
-        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "EMDENOISE_PROGRESS": "0", "OMP_NUM_THREADS": "1"})
+        [
+            sys.executable,
+            "-m",
+            "emdenoise",
+            "denoise",
+            f"--input_dir={tmp_path / 'in'}",
+            f"--model_dir={tmp_path / 'models'}",
+            f"--output_dir={tmp_path / 'out'}",
+            f"--parameters_file={tmp_path / 'p.yaml'}",
+            f"--log_dir={tmp_path / 'logs'}",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "EMDENOISE_PROGRESS": "0", "OMP_NUM_THREADS": "1"},
+    )
 
 
 @pytest.fixture
 def workspace(tmp_path):
     _save_model(tmp_path / "models")
     (tmp_path / "in").mkdir()
-    (tmp_path / "p.yaml").write_text("denoise:\n  tile_size: 64\n  tile_overlap: 16\n  batch_size: 4\n"
-                                     "  device: cpu\n  precision: fp32\n")
+    (tmp_path / "p.yaml").write_text(
+        "denoise:\n  tile_size: 64\n  tile_overlap: 16\n  batch_size: 4\n  device: cpu\n  precision: fp32\n"
+    )
     return tmp_path
 
 

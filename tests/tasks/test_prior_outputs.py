@@ -39,12 +39,16 @@ TEST_OUTPUTS = {"test_metrics.json", "per_image.csv", "results.md", "comparison.
 
 def hashes(folder: Path) -> dict[str, str]:
     """rel path -> sha256 of every file under ``folder``, hidden ones included."""
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
-def assert_untouched(before: dict[str, str], folder: Path, may_change: set[str] = frozenset(),
-                     may_add: set[str] = frozenset()) -> None:
+def assert_untouched(
+    before: dict[str, str], folder: Path, may_change: set[str] = frozenset(), may_add: set[str] = frozenset()
+) -> None:
     """Every file of ``before`` is still there with the same bytes (but those of ``may_change``); the files
     added are exactly ``may_add``; no temporary file and no lock file is left."""
     now = hashes(folder)
@@ -63,10 +67,16 @@ def evaluated(tmp_path, capsys, processed) -> dict[str, Path]:
     models_dir = tmp_path / "models"
     save_model(models_dir, "dncnn", depth=3)
     save_model(models_dir, "sciml_ae")
-    paths = {"data_dir": processed, "model_dir": models_dir, "output_dir": tmp_path / "out",
-             "parameters_file": params_file(tmp_path / "p.yaml", test={
-                 "baselines": ["gaussian"], "device": "cpu", "precision": "fp32", "figure_images": 2}),
-             "log_dir": tmp_path / "logs"}
+    paths = {
+        "data_dir": processed,
+        "model_dir": models_dir,
+        "output_dir": tmp_path / "out",
+        "parameters_file": params_file(
+            tmp_path / "p.yaml",
+            test={"baselines": ["gaussian"], "device": "cpu", "precision": "fp32", "figure_images": 2},
+        ),
+        "log_dir": tmp_path / "logs",
+    }
     code, err = run_here(capsys, "test", paths)
     assert code == 0, err
     assert {p.name for p in paths["output_dir"].iterdir()} == TEST_OUTPUTS
@@ -78,9 +88,9 @@ def test_test_loads_every_model_before_any_work_and_a_damaged_second_one_changes
     before = hashes(out)
     second = evaluated["model_dir"] / "sciml_ae" / MODEL_FILE
     data = bytearray(second.read_bytes())
-    data[len(data) // 2] ^= 0xFF                          # one byte changed: the seal no longer matches
+    data[len(data) // 2] ^= 0xFF  # one byte changed: the seal no longer matches
     second.write_bytes(bytes(data))
-    save_model(evaluated["model_dir"], "dncnn", seed=1, depth=3)   # the first model retrained meanwhile
+    save_model(evaluated["model_dir"], "dncnn", seed=1, depth=3)  # the first model retrained meanwhile
 
     code, err = run_here(capsys, "test", evaluated)
     one_error(code, err, EXIT_BAD_INPUT, str(second))
@@ -91,7 +101,7 @@ def test_test_loads_every_model_before_any_work_and_a_damaged_second_one_changes
 def test_test_writes_all_outputs_or_none_when_a_figure_cannot_be_rendered(evaluated, capsys, monkeypatch):
     out = evaluated["output_dir"]
     before = hashes(out)
-    save_model(evaluated["model_dir"], "dncnn", seed=1, depth=3)   # new results to write
+    save_model(evaluated["model_dir"], "dncnn", seed=1, depth=3)  # new results to write
     from matplotlib.figure import Figure
 
     savefig, calls = Figure.savefig, []
@@ -109,7 +119,7 @@ def test_test_writes_all_outputs_or_none_when_a_figure_cannot_be_rendered(evalua
     assert_untouched(before, out)
 
     monkeypatch.setattr(Figure, "savefig", savefig)
-    code, err = run_here(capsys, "test", evaluated)       # the same command again: everything new
+    code, err = run_here(capsys, "test", evaluated)  # the same command again: everything new
     assert code == 0, err
     now = hashes(out)
     assert set(now) == TEST_OUTPUTS and now["test_metrics.json"] != before["test_metrics.json"]
@@ -119,19 +129,24 @@ def test_test_writes_all_outputs_or_none_when_a_figure_cannot_be_rendered(evalua
 # train
 # ==================================================================================================================
 # unet (base 8) diverges at epoch 1 with Adam at lr 1 on this data, sciml_ae does not (measured: lr 0.3 to 3)
-TRAIN = {"model": ["sciml_ae", "unet"], "unet_base": 8, "epochs": 2, "batch_size": 4, "lr": 3e-3,
-         "device": "cpu", "precision": "fp32"}
+TRAIN = {
+    "model": ["sciml_ae", "unet"],
+    "unet_base": 8,
+    "epochs": 2,
+    "batch_size": 4,
+    "lr": 3e-3,
+    "device": "cpu",
+    "precision": "fp32",
+}
 
 
 @pytest.mark.parametrize("resume", ["auto", "never"])
-def test_train_whose_second_model_diverges_leaves_the_earlier_models_and_metrics(tmp_path, capsys, processed,
-                                                                                 resume):
+def test_train_whose_second_model_diverges_leaves_the_earlier_models_and_metrics(tmp_path, capsys, processed, resume):
     models_dir, out = tmp_path / "models", tmp_path / "out"
     paths = {"data_dir": processed, "model_dir": models_dir, "output_dir": out, "log_dir": tmp_path / "logs"}
-    code, err = run_here(capsys, "train", {**paths, "parameters_file": params_file(tmp_path / "p.yaml",
-                                                                                    train=TRAIN)})
+    code, err = run_here(capsys, "train", {**paths, "parameters_file": params_file(tmp_path / "p.yaml", train=TRAIN)})
     assert code == 0, err
-    if resume == "auto":   # checkpoints deleted (to save room): auto then starts afresh beside the old models
+    if resume == "auto":  # checkpoints deleted (to save room): auto then starts afresh beside the old models
         for name in TRAIN["model"]:
             (models_dir / name / CHECKPOINT_FILE).unlink()
     before_models, before_out = hashes(models_dir), hashes(out)
@@ -142,7 +157,7 @@ def test_train_whose_second_model_diverges_leaves_the_earlier_models_and_metrics
     one_error(code, err, EXIT_RUNTIME, "diverged at epoch 1")
 
     staged = {f"sciml_ae/{STAGING_DIR}/{MODEL_FILE}", f"sciml_ae/{STAGING_DIR}/{LAST_MODEL_FILE}"}
-    checkpoint = f"sciml_ae/{CHECKPOINT_FILE}"            # rewritten every epoch: the run's progress
+    checkpoint = f"sciml_ae/{CHECKPOINT_FILE}"  # rewritten every epoch: the run's progress
     if resume == "never":
         assert_untouched(before_models, models_dir, may_change={checkpoint}, may_add=staged)
         assert hashes(models_dir)[checkpoint] != before_models[checkpoint]
@@ -175,8 +190,9 @@ def _write_inputs(folder: Path) -> None:
     """f0.tif, f1.npy, f2.h5: stacks of FRAMES frames."""
     rng = np.random.default_rng(5)
     folder.mkdir()
-    tifffile.imwrite(folder / "f0.tif", rng.normal(0.5, 0.2, (FRAMES, SIDE, SIDE)).astype(np.float32),
-                     photometric="minisblack")
+    tifffile.imwrite(
+        folder / "f0.tif", rng.normal(0.5, 0.2, (FRAMES, SIDE, SIDE)).astype(np.float32), photometric="minisblack"
+    )
     np.save(folder / "f1.npy", rng.normal(0.5, 0.2, (FRAMES, SIDE, SIDE)).astype(np.float32))
     _write_third(folder)
 
@@ -197,14 +213,21 @@ def denoised(tmp_path, capsys) -> dict[str, Path]:
     that every output is out of date."""
     _write_inputs(tmp_path / "in")
     save_model(tmp_path / "models")
-    paths = {"input_dir": tmp_path / "in", "model_dir": tmp_path / "models", "output_dir": tmp_path / "out",
-             "parameters_file": params_file(tmp_path / "p.yaml", denoise={
-                 "tile_size": 32, "tile_overlap": 8, "batch_size": 4, "device": "cpu", "precision": "fp32"}),
-             "log_dir": tmp_path / "logs"}
+    paths = {
+        "input_dir": tmp_path / "in",
+        "model_dir": tmp_path / "models",
+        "output_dir": tmp_path / "out",
+        "parameters_file": params_file(
+            tmp_path / "p.yaml",
+            denoise={"tile_size": 32, "tile_overlap": 8, "batch_size": 4, "device": "cpu", "precision": "fp32"},
+        ),
+        "log_dir": tmp_path / "logs",
+    }
     code, err = run_here(capsys, "denoise", paths)
     assert code == 0, err
     assert {p.name for p in paths["output_dir"].iterdir()} == {
-        f"f{i}.{ext}{side}" for i, ext in enumerate(("tif", "npy", "h5")) for side in ("", ".json")}
+        f"f{i}.{ext}{side}" for i, ext in enumerate(("tif", "npy", "h5")) for side in ("", ".json")
+    }
     save_model(tmp_path / "models", seed=1)
     return paths
 
@@ -222,8 +245,7 @@ def _assert_consistent(out: Path, model: Path) -> None:
             assert inside["model"]["sha256"] == sha and inside["created"] == sidecar["created"], path
 
 
-def test_denoise_failing_on_the_third_input_leaves_every_earlier_output_then_resumes(denoised, capsys,
-                                                                                     tmp_path):
+def test_denoise_failing_on_the_third_input_leaves_every_earlier_output_then_resumes(denoised, capsys, tmp_path):
     out = denoised["output_dir"]
     before = hashes(out)
     _write_third(denoised["input_dir"], nan=True)
@@ -231,9 +253,9 @@ def test_denoise_failing_on_the_third_input_leaves_every_earlier_output_then_res
     code, err = run_here(capsys, "denoise", denoised)
     one_error(code, err, EXIT_BAD_INPUT, "f2.h5", "frame 1", "NaN")
     finished = {f"{STAGING_DIR}/{name}" for name in ("f0.tif", "f0.tif.json", "f1.npy", "f1.npy.json")}
-    assert_untouched(before, out, may_add=finished)       # only the finished work, staged for the next run
+    assert_untouched(before, out, may_add=finished)  # only the finished work, staged for the next run
 
-    _write_third(denoised["input_dir"])                   # the input fixed: the same command again
+    _write_third(denoised["input_dir"])  # the input fixed: the same command again
     code, err = run_here(capsys, "denoise", denoised)
     assert code == 0, err
     assert err.count("finished by an interrupted run), kept") == 2  # f0 and f1 not computed again
@@ -241,7 +263,7 @@ def test_denoise_failing_on_the_third_input_leaves_every_earlier_output_then_res
     _assert_consistent(out, denoised["model_dir"] / "sciml_ae" / MODEL_FILE)
     code, err = run_here(capsys, "denoise", {**denoised, "output_dir": tmp_path / "ref"})
     assert code == 0, err
-    for name in ("f0.tif", "f1.npy", "f2.h5"):            # the same result as an uninterrupted run
+    for name in ("f0.tif", "f1.npy", "f2.h5"):  # the same result as an uninterrupted run
         np.testing.assert_array_equal(read_frames(out / name), read_frames(tmp_path / "ref" / name))
 
 
@@ -268,19 +290,26 @@ sys.exit(cli.main(sys.argv[1:]))
 def test_kill_9_between_moving_an_image_and_its_sidecar_never_pairs_it_with_the_old_provenance(denoised, capsys):
     out = denoised["output_dir"]
     before = hashes(out)
-    res = subprocess.run([sys.executable, "-c", _KILLED_BETWEEN_IMAGE_AND_SIDECAR, *argv("denoise", denoised)],
-                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-c", _KILLED_BETWEEN_IMAGE_AND_SIDECAR, *argv("denoise", denoised)],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == -signal.SIGKILL, res.stderr
 
     now = hashes(out)
-    assert now["f0.tif"] != before["f0.tif"]              # the new image is in place ...
-    assert "f0.tif.json" not in now                       # ... without a sidecar, not beside the old one
+    assert now["f0.tif"] != before["f0.tif"]  # the new image is in place ...
+    assert "f0.tif.json" not in now  # ... without a sidecar, not beside the old one
     new_sha = sha256_of(denoised["model_dir"] / "sciml_ae" / MODEL_FILE)
     assert micrographs.read_provenance(out / "f0.tif")["model"]["sha256"] == new_sha
-    assert {rel: now[rel] for rel in before if rel.startswith(("f1", "f2"))} == \
-        {rel: before[rel] for rel in before if rel.startswith(("f1", "f2"))}
+    assert {rel: now[rel] for rel in before if rel.startswith(("f1", "f2"))} == {
+        rel: before[rel] for rel in before if rel.startswith(("f1", "f2"))
+    }
 
-    code, err = run_here(capsys, "denoise", denoised)     # the same command again
+    code, err = run_here(capsys, "denoise", denoised)  # the same command again
     assert code == 0, err
     assert err.count("finished by an interrupted run), kept") == 2  # f1, f2; f0 (no sidecar) computed again
     assert set(hashes(out)) == set(before) and not (out / STAGING_DIR).exists()

@@ -30,8 +30,17 @@ from emdenoise.report import study as report
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SIZES = [6, 12]
 MODELS = ["sciml_ae", "dncnn"]
-STUDY = {"models": MODELS, "train_sizes": SIZES, "epochs": 1, "batch_size": 4, "lr": 1e-3, "device": "cpu",
-         "seed": 0, "baselines": ["gaussian", "median"], "dose_bins": 2}
+STUDY = {
+    "models": MODELS,
+    "train_sizes": SIZES,
+    "epochs": 1,
+    "batch_size": 4,
+    "lr": 1e-3,
+    "device": "cpu",
+    "seed": 0,
+    "baselines": ["gaussian", "median"],
+    "dose_bins": 2,
+}
 
 
 @pytest.fixture(autouse=True)
@@ -43,6 +52,7 @@ def _quiet(monkeypatch):
 # --------------------------------------------------------------------------------------------------------------
 # The ints kind of the parameters schema
 # --------------------------------------------------------------------------------------------------------------
+
 
 def test_ints_kind_accepts_lists_of_distinct_integers():
     out = params.validate({"study": {"train_sizes": [500, 125, 2.0]}})
@@ -68,14 +78,18 @@ def test_ints_kind_from_the_command_line(tmp_path):
         params.load(None, ["study.train_sizes=ten"])
 
 
-
 # --------------------------------------------------------------------------------------------------------------
 # A tiny study end to end
 # --------------------------------------------------------------------------------------------------------------
 
+
 def write_params(path: Path, study: dict, **sections) -> Path:
-    doc = {"train": {"dncnn_depth": 3, "precision": "fp32", "lr_schedule": "constant"},
-           "test": {"tune_images": 3}, "study": study, **sections}
+    doc = {
+        "train": {"dncnn_depth": 3, "precision": "fp32", "lr_schedule": "constant"},
+        "test": {"tune_images": 3},
+        "study": study,
+        **sections,
+    }
     path.write_text(yaml.safe_dump(doc))
     return path
 
@@ -84,20 +98,38 @@ def run_study(tmp: Path, data_dir: Path, out: Path, study: dict) -> tuple[int, s
     """Run the study task in this process; return (exit code, this run's log text)."""
     log_file = tmp / "logs" / "study.log"
     before = log_file.read_text() if log_file.exists() else ""
-    code = cli.main(["study", f"--data_dir={data_dir}", f"--parameters_file={write_params(tmp / 'p.yaml', study)}",
-                     f"--output_dir={out}", f"--log_dir={tmp / 'logs'}"])
-    return code, log_file.read_text()[len(before):]
+    code = cli.main(
+        [
+            "study",
+            f"--data_dir={data_dir}",
+            f"--parameters_file={write_params(tmp / 'p.yaml', study)}",
+            f"--output_dir={out}",
+            f"--log_dir={tmp / 'logs'}",
+        ]
+    )
+    return code, log_file.read_text()[len(before) :]
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("study-data")
-    synthetic.write_dataset(root / "raw", seed=0, train_images=24, test_images=8, image_size=32, dose_min=2.0,
-                            dose_max=200.0, workers=1)
+    synthetic.write_dataset(
+        root / "raw", seed=0, train_images=24, test_images=8, image_size=32, dose_min=2.0, dose_max=200.0, workers=1
+    )
     p = root / "pre.yaml"
     p.write_text(yaml.safe_dump({"preprocess": {"val_fraction": 0.25}}))
-    assert cli.main(["preprocess", f"--raw_data_dir={root / 'raw'}", f"--data_dir={root / 'processed'}",
-                     f"--parameters_file={p}", f"--log_dir={root / 'logs'}"]) == 0
+    assert (
+        cli.main(
+            [
+                "preprocess",
+                f"--raw_data_dir={root / 'raw'}",
+                f"--data_dir={root / 'processed'}",
+                f"--parameters_file={p}",
+                f"--log_dir={root / 'logs'}",
+            ]
+        )
+        == 0
+    )
     return root / "processed"
 
 
@@ -127,7 +159,7 @@ def test_study_writes_every_output(finished):
         assert cell["train"]["n_train"] == cell["train_size"] and len(cell["train_epochs"]) == 1
         # each cell trained into its own model dir, as a real HDF5 model file
         model_file = out / "cells" / cell["cell"] / cell["model"] / "em_denoise_model.h5"
-        assert model_file.read_bytes()[512:520] == b"\x89HDF\r\n\x1a\n"   # after the user block with its seal
+        assert model_file.read_bytes()[512:520] == b"\x89HDF\r\n\x1a\n"  # after the user block with its seal
         # the summary's mean is the mean of the per-image values kept in the cell's result
         result = json.loads((out / "cells" / cell["cell"] / "result.json").read_text())
         assert result["status"] == "done" and len(result["per_image"]["psnr"]) == 8
@@ -139,8 +171,7 @@ def test_study_writes_every_output(finished):
     best = summary["best_baseline"]
     assert best["psnr_mean"] == max(summary["baselines"][n]["psnr_mean"] for n in ("gaussian", "median"))
     for info in summary["models"].values():
-        expected = engine.smallest_winning_size({int(s): v for s, v in info["psnr_by_size"].items()},
-                                                    best["psnr_mean"])
+        expected = engine.smallest_winning_size({int(s): v for s, v in info["psnr_by_size"].items()}, best["psnr_mean"])
         assert info["smallest_winning_size"] == expected
     assert "cell 1/4 sciml_ae-6: training" in log and "cell 4/4 dncnn-12" in log
 
@@ -149,8 +180,12 @@ def test_report_has_the_tables(finished):
     _, out, _ = finished
     summary = json.loads((out / "study.json").read_text())
     text = (out / "report.md").read_text()
-    for heading in ("## Fidelity: mean test PSNR", "## Training data needed to beat the best classical baseline",
-                    "## Speed", "## Mean PSNR (dB) by dose"):
+    for heading in (
+        "## Fidelity: mean test PSNR",
+        "## Training data needed to beat the best classical baseline",
+        "## Speed",
+        "## Mean PSNR (dB) by dose",
+    ):
         assert heading in text
     assert "| model | 6 | 12 |" in text
     lines = text.splitlines()
@@ -199,12 +234,14 @@ def test_rerun_keeps_finished_cells_and_recomputes_a_deleted_one(finished, data_
     assert "cell 2/4 dncnn-6: training on 6 pairs for 1 epochs" in log
     assert log.count("kept from a previous run") == 4
     assert results["dncnn-6"].is_file()
-    assert {c: p.stat().st_mtime_ns for c, p in results.items() if c != "dncnn-6"} == \
-        {c: s for c, s in stamps.items() if c != "dncnn-6"}
+    assert {c: p.stat().st_mtime_ns for c, p in results.items() if c != "dncnn-6"} == {
+        c: s for c, s in stamps.items() if c != "dncnn-6"
+    }
     # same seed, same data, same configuration: the recomputed cell scores the same
     again = json.loads((out / "study.json").read_text())
-    assert again["models"]["dncnn"]["psnr_by_size"]["6"] == pytest.approx(old["models"]["dncnn"]["psnr_by_size"]["6"],
-                                                                          abs=1e-4)
+    assert again["models"]["dncnn"]["psnr_by_size"]["6"] == pytest.approx(
+        old["models"]["dncnn"]["psnr_by_size"]["6"], abs=1e-4
+    )
 
 
 def test_a_changed_configuration_recomputes_the_cell(finished, data_dir, tmp_path):
@@ -213,23 +250,27 @@ def test_a_changed_configuration_recomputes_the_cell(finished, data_dir, tmp_pat
     tmp, out, _ = finished
     copy = tmp_path / "study"
     shutil.copytree(out, copy)
-    code, log = run_study(tmp, data_dir, copy, {**STUDY, "models": ["sciml_ae"], "train_sizes": [6],
-                                                "max_test_images": 4})
+    code, log = run_study(
+        tmp, data_dir, copy, {**STUDY, "models": ["sciml_ae"], "train_sizes": [6], "max_test_images": 4}
+    )
     assert code == 0, log
     assert "computed with another configuration" in log and "already trained for 1 epochs" in log
     summary = json.loads((copy / "study.json").read_text())
     assert summary["data"]["n_test"] == 4 and [c["cell"] for c in summary["cells"]] == ["sciml_ae-6"]
 
 
-@pytest.mark.parametrize("study, field", [
-    ({"train_sizes": [0]}, "study.train_sizes"),
-    ({"train_sizes": [6, 19]}, "study.train_sizes"),     # 18 training pairs in the data
-    ({"models": ["unet", "dncn"]}, "study.models"),
-    ({"epochs": 0}, "study.epochs"),
-    ({"patch_size": 64}, "study.patch_size"),            # larger than the 32-pixel images
-    ({"baselines": ["none", "tv"]}, "study.baselines"),
-    ({"budget": 3}, "study.budget"),                     # unknown key
-])
+@pytest.mark.parametrize(
+    "study, field",
+    [
+        ({"train_sizes": [0]}, "study.train_sizes"),
+        ({"train_sizes": [6, 19]}, "study.train_sizes"),  # 18 training pairs in the data
+        ({"models": ["unet", "dncn"]}, "study.models"),
+        ({"epochs": 0}, "study.epochs"),
+        ({"patch_size": 64}, "study.patch_size"),  # larger than the 32-pixel images
+        ({"baselines": ["none", "tv"]}, "study.baselines"),
+        ({"budget": 3}, "study.budget"),  # unknown key
+    ],
+)
 def test_bad_study_parameters_exit_2_with_one_line(tmp_path, data_dir, capsys, study, field):
     code, _ = run_study(tmp_path, data_dir, tmp_path / "out", {**STUDY, **study})
     err = capsys.readouterr().err.strip().splitlines()

@@ -33,8 +33,16 @@ def run_test_task(tmp_path: Path, data_dir: Path, **test_section) -> tuple[int, 
     params = write_params(tmp_path / "p.yaml", **test_section)
     out, logs = tmp_path / "out", tmp_path / "logs"
     (tmp_path / "models").mkdir(exist_ok=True)  # no trained model in it: the baselines only
-    code = cli.main(["test", f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'models'}",
-                     f"--parameters_file={params}", f"--output_dir={out}", f"--log_dir={logs}"])
+    code = cli.main(
+        [
+            "test",
+            f"--data_dir={data_dir}",
+            f"--model_dir={tmp_path / 'models'}",
+            f"--parameters_file={params}",
+            f"--output_dir={out}",
+            f"--log_dir={logs}",
+        ]
+    )
     return code, out, logs / "test.log"
 
 
@@ -42,14 +50,24 @@ def run_test_task(tmp_path: Path, data_dir: Path, **test_section) -> tuple[int, 
 # The task, end to end
 # --------------------------------------------------------------------------------------------------------------
 
-REQUIRED_ROW_KEYS = {"psnr_mean", "psnr_std", "ssim_mean", "ssim_std", "mse_mean", "images_per_s",
-                     "seconds_per_image", "kind", "params"}
+REQUIRED_ROW_KEYS = {
+    "psnr_mean",
+    "psnr_std",
+    "ssim_mean",
+    "ssim_std",
+    "mse_mean",
+    "images_per_s",
+    "seconds_per_image",
+    "kind",
+    "params",
+}
 
 
 def test_test_task_with_baselines_only_writes_every_output(tmp_path):
     data_dir = make_data_dir(tmp_path)
-    code, out, log = run_test_task(tmp_path, data_dir, baselines=["gaussian", "median"], tune_images=3,
-                                   figure_images=2, batch_size=4)
+    code, out, log = run_test_task(
+        tmp_path, data_dir, baselines=["gaussian", "median"], tune_images=3, figure_images=2, batch_size=4
+    )
     assert code == 0, log.read_text()
     metrics = json.loads((out / "test_metrics.json").read_text())
     card = json.loads((data_dir / CARD).read_text())
@@ -71,9 +89,9 @@ def test_test_task_with_baselines_only_writes_every_output(tmp_path):
     expected = psnr_per_image(noisy, clean, r).numpy()
     assert metrics["methods"]["noisy"]["psnr_mean"] == pytest.approx(float(expected.mean()), abs=1e-4)
     assert metrics["methods"]["noisy"]["ssim_mean"] == pytest.approx(
-        float(ssim_per_image(noisy, clean, r).mean()), abs=1e-4)
-    assert metrics["methods"]["noisy"]["mse_mean"] == pytest.approx(float(np.mean((noisy - clean) ** 2)),
-                                                                    rel=1e-4)
+        float(ssim_per_image(noisy, clean, r).mean()), abs=1e-4
+    )
+    assert metrics["methods"]["noisy"]["mse_mean"] == pytest.approx(float(np.mean((noisy - clean) ** 2)), rel=1e-4)
     assert metrics["methods"]["gaussian"]["psnr_mean"] > metrics["methods"]["noisy"]["psnr_mean"]
 
     bins = metrics["psnr_by_dose"]
@@ -95,13 +113,19 @@ def test_test_task_with_baselines_only_writes_every_output(tmp_path):
     assert "gaussian" in log.read_text()  # the table is logged
 
     import matplotlib.image
+
     for name in ("comparison.png", "psnr_bar.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         image = matplotlib.image.imread(out / name)
         assert image.shape[0] > 100 and image.shape[1] > 100 and image.std() > 0.01
     # no temporary files left behind by the atomic writes
-    assert sorted(p.name for p in out.iterdir()) == ["comparison.png", "per_image.csv", "psnr_bar.png",
-                                                     "results.md", "test_metrics.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "comparison.png",
+        "per_image.csv",
+        "psnr_bar.png",
+        "results.md",
+        "test_metrics.json",
+    ]
 
 
 def test_nothing_to_evaluate_is_an_input_error_naming_model_dir(tmp_path):
@@ -145,15 +169,26 @@ def test_the_test_task_scores_a_saved_model(tmp_path):
     import torch
 
     from emdenoise import models
+
     torch.manual_seed(0)
     net = models.build("sciml_ae")
     data_dir = make_data_dir(tmp_path, n_test=5, n_val=2, size=32)
     card = json.loads((data_dir / CARD).read_text())
-    modelio.save_model(tmp_path / "models" / "sciml_ae" / "em_denoise_model.h5", net,
-                       {"model": "sciml_ae", "options": {}, "normalisation": card["normalisation"],
-                        "data_range": card["data_range"]})
-    code, out, log = run_test_task(tmp_path, data_dir, baselines=["gaussian"], batch_size=2, figure_images=1,
-                                   device="cpu", precision="fp32", tune_images=2)
+    modelio.save_model(
+        tmp_path / "models" / "sciml_ae" / "em_denoise_model.h5",
+        net,
+        {"model": "sciml_ae", "options": {}, "normalisation": card["normalisation"], "data_range": card["data_range"]},
+    )
+    code, out, log = run_test_task(
+        tmp_path,
+        data_dir,
+        baselines=["gaussian"],
+        batch_size=2,
+        figure_images=1,
+        device="cpu",
+        precision="fp32",
+        tune_images=2,
+    )
     assert code == 0, log.read_text()
     metrics = json.loads((out / "test_metrics.json").read_text())
     row = metrics["methods"]["sciml_ae"]
@@ -165,9 +200,15 @@ def test_the_test_task_scores_a_saved_model(tmp_path):
         assert sum(r["method"] == "sciml_ae" for r in csv.DictReader(fh)) == 5
     assert (out / "comparison.png").stat().st_size > 0
     # a rerun without figures removes the old comparison figure, which no longer matches the metrics
-    code, out, log = run_test_task(tmp_path, data_dir, baselines=["gaussian"], batch_size=2, figure_images=0,
-                                   device="cpu", precision="fp32", tune_images=2)
+    code, out, log = run_test_task(
+        tmp_path,
+        data_dir,
+        baselines=["gaussian"],
+        batch_size=2,
+        figure_images=0,
+        device="cpu",
+        precision="fp32",
+        tune_images=2,
+    )
     assert code == 0, log.read_text()
     assert not (out / "comparison.png").exists() and (out / "psnr_bar.png").exists()
-
-
