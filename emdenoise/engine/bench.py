@@ -383,6 +383,22 @@ def _plain_model(name: str, device: torch.device, train: bool) -> torch.nn.Modul
     return models.build(name).to(device).train(train)
 
 
+def _time_plain(
+    device: torch.device, step: Callable[[], None], batch: int, settings: Settings, loader: list
+) -> Measure:
+    """Best of ``settings.repeats`` rounds of the plain loop's ``step`` (after a warm-up), then the loader's
+    worker processes end now, not whenever the frame is collected."""
+    try:
+        return _best_of(
+            device,
+            lambda: [_timed_steps(device, step, settings.warmup, batch)],
+            lambda _: _timed_steps(device, step, settings.steps, batch),
+            settings.repeats,
+        )
+    finally:
+        loader.clear()
+
+
 def plain_train(name: str, noisy: Path, clean: Path, device: torch.device, batch: int, settings: Settings) -> Measure:
     model = _plain_model(name, device, True)
     opt = torch.optim.Adam(model.parameters(), lr=LR)
@@ -397,15 +413,7 @@ def plain_train(name: str, noisy: Path, clean: Path, device: torch.device, batch
         opt.step()
         loss.item()  # the original logs the loss of every batch
 
-    try:
-        return _best_of(
-            device,
-            lambda: [_timed_steps(device, step, settings.warmup, batch)],
-            lambda _: _timed_steps(device, step, settings.steps, batch),
-            settings.repeats,
-        )
-    finally:
-        loader.clear()  # the loader's worker processes end now, not whenever the frame is collected
+    return _time_plain(device, step, batch, settings, loader)
 
 
 def plain_infer(name: str, noisy: Path, device: torch.device, batch: int, settings: Settings) -> Measure:
@@ -419,15 +427,7 @@ def plain_infer(name: str, noisy: Path, device: torch.device, batch: int, settin
         if len(outputs) > 4:
             outputs.pop(0)
 
-    try:
-        return _best_of(
-            device,
-            lambda: [_timed_steps(device, step, settings.warmup, batch)],
-            lambda _: _timed_steps(device, step, settings.steps, batch),
-            settings.repeats,
-        )
-    finally:
-        loader.clear()  # the loader's worker processes end now, not whenever the frame is collected
+    return _time_plain(device, step, batch, settings, loader)
 
 
 # ---------------------------------------------------------------------------------------------- the engine
