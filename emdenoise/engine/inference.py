@@ -207,7 +207,7 @@ class FileDenoiser:
             **provenance,
             "output": {
                 "file": str(final or dest),
-                "format": src.fmt,
+                "format": micrographs.output_format(src.fmt),
                 "dtype": "float32" if src.fmt != "png" else f"uint{src.info['bits']}",
             },
             "frames": frames,

@@ -65,7 +65,13 @@ FORMATS: dict[str, str] = {
     ".hdf": "hdf5",
     ".mrc": "mrc",
     ".mrcs": "mrc",
+    ".dm3": "dm",
+    ".dm4": "dm",
+    ".emd": "emd",
+    ".ser": "ser",
 }
+# files that only describe others: TIA's .emi holds the metadata of the .ser files beside it (not an input)
+COMPANIONS = {".emi"}
 MIN_SIDE = 16  # a frame must be at least this many pixels high and wide
 PROVENANCE_KEY = "emdenoise"
 SIDECAR_SUFFIX = ".json"
@@ -89,6 +95,8 @@ class ImageArray:
     shape: tuple[int, ...]  # (H, W), (N, H, W), or more leading axes for TIFF
     dtype: np.dtype
     read: Callable[[int], np.ndarray] = field(repr=False)  # frame index -> 2-D array
+    pixel_size: float | None = None  # Angstrom per pixel from the file's calibration; None: unknown
+    calibration: str = "none found"  # where pixel_size came from, for the log and the provenance
 
     @property
     def frames(self) -> int:
@@ -151,7 +159,7 @@ def _reason(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {text[0]}" if text else exc.__class__.__name__
 
 
-def _check_array(path: Path, name: str, shape: tuple[int, ...], dtype: np.dtype, ndims: tuple[int, ...]) -> None:
+def check_array(path: Path, name: str, shape: tuple[int, ...], dtype: np.dtype, ndims: tuple[int, ...]) -> None:
     """Raise InputError unless ``shape``/``dtype`` describe real-valued frames we can denoise."""
     where = f"{path}:{name}" if name else path
     if len(shape) not in ndims:
@@ -202,6 +210,8 @@ def find_inputs(input_dir: Path, pattern: str, output_dir: Path, log: logging.Lo
     for path in matched:
         rel = path.relative_to(input_dir)
         if any(part.startswith(".") for part in rel.parts) or out_resolved in path.resolve().parents:
+            continue
+        if path.suffix.lower() in COMPANIONS:  # read with the files they describe
             continue
         (files if format_of(path) else skipped).append(path)
     supported = " ".join(sorted(FORMATS))
@@ -274,7 +284,7 @@ def _read_tiff(path: Path, stack: ExitStack) -> InputFile:
                 f"expected grayscale images, got {shape[axes.index('S')]} samples per pixel (axes {axes})",
             )
         shape = tuple(n for n, a in zip(shape, axes) if a != "S")
-        _check_array(path, name, shape, np.dtype(series.dtype), tuple(range(2, 9)))
+        check_array(path, name, shape, np.dtype(series.dtype), tuple(range(2, 9)))
         frames = math.prod(shape[:-2])
         if len(series.pages) == frames:
             read = _page_reader(series.pages, shape[-2:])
@@ -291,7 +301,46 @@ def _read_tiff(path: Path, stack: ExitStack) -> InputFile:
     if "XResolution" in keyframe.tags and "YResolution" in keyframe.tags:
         info["resolution"] = tuple(keyframe.resolution)
         info["resolutionunit"] = keyframe.resolutionunit
+    pixel, source = _tiff_pixel_size(tif, keyframe)
+    for image in images:
+        image.pixel_size, image.calibration = pixel, source
     return InputFile(path, "tiff", images, info)
+
+
+_TIFF_UNITS = {3: "cm", 4: "mm", 5: "um"}  # ResolutionUnit: 1 none, 2 inch (print dpi: no calibration), 3 cm ...
+
+
+def _tiff_pixel_size(tif: Any, keyframe: Any) -> tuple[float | None, str]:
+    """A/px from the OME-XML PhysicalSizeX, else ImageJ's unit with the resolution tags, else resolution tags in
+    centimetres, millimetres or micrometres (inches are a print resolution, not a calibration)."""
+    from emdenoise.io.microscope import angstrom
+
+    if tif.is_ome and tif.ome_metadata:
+        import xml.etree.ElementTree as ET
+
+        for node in ET.fromstring(tif.ome_metadata).iter():
+            if node.tag.endswith("Pixels") and "PhysicalSizeX" in node.attrib:
+                ome_unit = node.attrib.get("PhysicalSizeXUnit", "µm")
+                size = angstrom(node.attrib["PhysicalSizeX"], ome_unit)
+                if size:
+                    return size, f"OME PhysicalSizeX ({node.attrib['PhysicalSizeX']} {ome_unit})"
+    if "XResolution" not in keyframe.tags:
+        return None, "TIFF without resolution tags"
+    xres = float(keyframe.resolution[0])
+    if xres <= 0:
+        return None, "TIFF resolution tag of zero"
+    unit: str | None = (tif.imagej_metadata or {}).get("unit") if tif.is_imagej else None
+    if unit:
+        unit = unit.replace("\\u00B5", "µ")
+        size = angstrom(1.0 / xres, unit)
+        return (size, f"ImageJ resolution ({xres:g} pixels per {unit})") if size else (None, f"ImageJ unit {unit!r}")
+    name = _TIFF_UNITS.get(int(keyframe.resolutionunit))
+    if name is None:
+        return (
+            None,
+            f"TIFF resolution in {keyframe.resolutionunit.name.lower()} (a print resolution, not a calibration)",
+        )
+    return angstrom(1.0 / xres, name), f"TIFF resolution tags ({xres:g} pixels per {name})"
 
 
 def _page_reader(pages: Any, frame_shape: tuple[int, ...]) -> Callable[[int], np.ndarray]:
@@ -315,13 +364,13 @@ def _read_png(path: Path, stack: ExitStack) -> InputFile:
         info = {"bits": PNG_MODES[im.mode], "dpi": im.info.get("dpi")}
     if im.mode == "I" and (pixels.min() < 0 or pixels.max() > 65535):
         raise InputError.at(path, None, "expected 16-bit grayscale values, got 32-bit ones")
-    _check_array(path, "", pixels.shape, pixels.dtype, (2,))
+    check_array(path, "", pixels.shape, pixels.dtype, (2,))
     return InputFile(path, "png", [ImageArray("", pixels.shape, pixels.dtype, lambda i: pixels)], info)
 
 
 def _read_npy(path: Path, stack: ExitStack) -> InputFile:
     array = np.load(path, mmap_mode="r", allow_pickle=False)
-    _check_array(path, "", array.shape, array.dtype, (2, 3))
+    check_array(path, "", array.shape, array.dtype, (2, 3))
     read = (lambda i: array) if array.ndim == 2 else array.__getitem__
     return InputFile(path, "npy", [ImageArray("", array.shape, array.dtype, read)])
 
@@ -352,6 +401,7 @@ def _read_hdf5(path: Path, stack: ExitStack) -> InputFile:
     h5.visititems(visit)
     for image in images:
         check_frame_pixels(image.label(path), None, *image.frame_shape)
+        image.pixel_size, image.calibration = _hdf5_pixel_size(h5, image.name)
     if not images:
         raise InputError.at(
             path,
@@ -359,6 +409,25 @@ def _read_hdf5(path: Path, stack: ExitStack) -> InputFile:
             f"expected a 2-D or 3-D numeric dataset with frames of at least {MIN_SIDE}x{MIN_SIDE}, found none",
         )
     return InputFile(path, "hdf5", images, {"h5": h5, "groups": groups, "others": others})
+
+
+def _hdf5_pixel_size(h5: h5py.File, name: str) -> tuple[float | None, str]:
+    """The attribute ``pixel_size`` (A/px, or in the unit of a ``pixel_size_unit`` attribute beside it) of the
+    dataset ``name``, else of the nearest group above it."""
+    from emdenoise.io.microscope import angstrom
+
+    parts = name.split("/")
+    for depth in range(len(parts), -1, -1):
+        where = "/".join(parts[:depth]) or "/"
+        attrs = h5[where].attrs
+        if "pixel_size" in attrs:
+            unit = attrs.get("pixel_size_unit", "A")
+            unit = unit.decode() if isinstance(unit, bytes) else str(unit)
+            value = np.ravel(attrs["pixel_size"])
+            size = angstrom(value[0], unit) if value.size and value.dtype.kind in "uif" else None
+            label = f"HDF5 attribute {where}:pixel_size"
+            return (size, f"{label} ({value[0]} {unit})") if size else (None, f"{label} unreadable")
+    return None, "HDF5 without a pixel_size attribute"
 
 
 def _read_mrc(path: Path, stack: ExitStack) -> InputFile:
@@ -371,7 +440,7 @@ def _read_mrc(path: Path, stack: ExitStack) -> InputFile:
         mrc = stack.enter_context(mrcfile.mmap(path, mode="r", permissive=False))
     problems = [str(w.message) for w in caught]
     data = mrc.data
-    _check_array(path, "", data.shape, data.dtype, (2, 3))
+    check_array(path, "", data.shape, data.dtype, (2, 3))
     read = (lambda i: data) if data.ndim == 2 else data.__getitem__
     info = {
         "voxel_size": mrc.voxel_size.copy(),
@@ -383,7 +452,10 @@ def _read_mrc(path: Path, stack: ExitStack) -> InputFile:
         ],
         "warnings": problems,
     }
-    return InputFile(path, "mrc", [ImageArray("", data.shape, data.dtype, read)], info)
+    voxel = float(mrc.voxel_size.x)
+    pixel = voxel if math.isfinite(voxel) and voxel > 0 else None
+    source = f"MRC voxel size ({voxel:g} A)" if pixel else "MRC voxel size of zero (not calibrated)"
+    return InputFile(path, "mrc", [ImageArray("", data.shape, data.dtype, read, pixel, source)], info)
 
 
 _READERS: dict[str, Callable[[Path, ExitStack], InputFile]] = {
@@ -392,7 +464,16 @@ _READERS: dict[str, Callable[[Path, ExitStack], InputFile]] = {
     "npy": _read_npy,
     "hdf5": _read_hdf5,
     "mrc": _read_mrc,
+    "dm": lambda path, stack: _microscope().read(path, "dm", stack),
+    "emd": lambda path, stack: _microscope().read(path, "emd", stack),
+    "ser": lambda path, stack: _microscope().read(path, "ser", stack),
 }
+
+
+def _microscope() -> Any:
+    from emdenoise.io import microscope  # imports this module: loaded when first needed
+
+    return microscope
 
 
 # ---------------------------------------------------------------------------------------------------- writers
@@ -549,13 +630,30 @@ class MrcWriter(Writer):
         mrc.header.rms = math.sqrt(max(squares / count - mean * mean, 0.0))
 
 
-_WRITERS: dict[str, type[Writer]] = {
+_WRITERS: dict[str, Callable[[Path, InputFile, dict[str, Any]], Writer]] = {
     "tiff": TiffWriter,
     "png": PngWriter,
     "npy": NpyWriter,
     "hdf5": Hdf5Writer,
     "mrc": MrcWriter,
+    "dm": TiffWriter,
+    "ser": TiffWriter,
+    "emd": lambda dest, source, provenance: _microscope().EmdWriter(dest, source, provenance),
 }
+
+
+def output_format(fmt: str) -> str:
+    """The format the output of a ``fmt`` input is written in (DM3/DM4 and SER: TIFF; EMD: Berkeley EMD)."""
+    return {"dm": "tiff", "ser": "tiff"}.get(fmt, fmt)
+
+
+def output_path(output_dir: Path, relative: Path) -> Path:
+    """Where the output of the input ``relative`` (to input_dir) goes: the same relative path, plus ``.tif``
+    for the formats written as TIFF (``a.dm4`` -> ``a.dm4.tif``: the input's name stays visible and a.dm3 and
+    a.dm4 do not collide)."""
+    out = output_dir / relative
+    fmt = format_of(relative)
+    return out.with_name(out.name + ".tif") if fmt and output_format(fmt) != fmt else out
 
 
 def open_output(dest: Path, source: InputFile, provenance: dict[str, Any]) -> Writer:
@@ -579,7 +677,7 @@ def read_provenance(path: Path) -> dict[str, Any] | None:
         with Image.open(path) as im:
             text = getattr(im, "text", {}).get(PROVENANCE_KEY)  # a PNG's tEXt chunks
             return json.loads(text) if text else None
-    if fmt == "hdf5":
+    if fmt in ("hdf5", "emd"):
         with h5py.File(path, "r") as h5:
             text = h5.attrs.get("emdenoise_provenance")
             return json.loads(text) if text else None

@@ -86,7 +86,7 @@ def run(ctx: TaskContext) -> None:
     )
 
     done: list[Denoised] = []
-    outs = {path: output_dir / path.relative_to(input_dir) for path in files}
+    outs = {path: micrographs.output_path(output_dir, path.relative_to(input_dir)) for path in files}
     with (
         Transaction(resumable=True) as tx,
         progress(total=sum(frame_counts.values()), desc="denoise", unit="frame") as bar,
