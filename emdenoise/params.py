@@ -355,6 +355,29 @@ class DenoiseParams(Section):
     pattern: str = param(
         "str", "*", "glob selecting the input files in input_dir (e.g. *.tif, or **/* to include subfolders)"
     )
+    pixel_size: float = param(
+        "float",
+        0.0,
+        "pixel size of the input frames in A/px, overriding the files' calibration (0: read each file's "
+        "calibration: TIFF resolution, ImageJ/OME, MRC voxel size, DM/EMD/SER axes, HDF5 pixel_size attribute)",
+        min=0.0,
+        max=1e6,
+    )
+    rescale: str = param(
+        "str",
+        "auto",
+        "auto: resample frames whose pixel size differs from the model's by more than scale_tolerance to the "
+        "model's sampling, denoise, resample back to the input grid; never: refuse such files in one line",
+        choices=("auto", "never"),
+    )
+    scale_tolerance: float = param(
+        "float",
+        0.05,
+        "relative difference between the input's and the model's pixel sizes within which frames are denoised "
+        "as they are",
+        min=0.0,
+        max=1.0,
+    )
 
     def check(self) -> None:
         if self.tile_size and self.tile_overlap > self.tile_size // 2:

@@ -102,13 +102,16 @@ def write_raw(raw: Path, n_train: int, n_test: int, size: int = 32, seed: int = 
     return raw
 
 
-def save_model(model_dir: Path, name: str = "sciml_ae", seed: int = 0, **options) -> Path:
+def save_model(
+    model_dir: Path, name: str = "sciml_ae", seed: int = 0, extra_meta: dict | None = None, **options
+) -> Path:
+    """A real (untrained) model file; ``extra_meta`` adds meta keys (e.g. ``{"pixel_size": 0.2}``)."""
     torch.manual_seed(seed)
     path = model_dir / name / "em_denoise_model.h5"
     modelfile.save_model(
         path,
         models.build(name, **options),
-        {"model": name, "options": options, "normalisation": NORM, "data_range": 1.0},
+        {"model": name, "options": options, "normalisation": NORM, "data_range": 1.0, **(extra_meta or {})},
     )
     return path
 

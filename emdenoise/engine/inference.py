@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 
 from emdenoise import __version__
-from emdenoise.engine import runtime
+from emdenoise.engine import resample, runtime
 from emdenoise.engine.tiling import Tiler
 from emdenoise.io import micrographs, modelfile
 from emdenoise.outputs import atomic_path, sha256_file
@@ -83,10 +84,16 @@ class Progress(Protocol):
 
 
 def denoise_file(
-    src: micrographs.InputFile, dest: Path, tiler: Tiler, provenance: dict[str, Any], bar: Progress | None = None
+    src: micrographs.InputFile,
+    dest: Path,
+    tiler: Tiler,
+    provenance: dict[str, Any],
+    bar: Progress | None = None,
+    samplings: list[resample.Sampling] | None = None,
 ) -> int:
     """Denoise every image of ``src`` into ``dest`` (same format, written atomically), frame by frame.
-    Returns the number of frames; ``bar`` advances once per frame."""
+    Returns the number of frames; ``bar`` advances once per frame. ``samplings`` (one per image, see
+    :mod:`emdenoise.engine.resample`) bring the frames to the model's sampling and back."""
     count = 0
 
     def counted(frames: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
@@ -98,8 +105,12 @@ def denoise_file(
             yield frame
 
     with atomic_path(dest) as tmp, micrographs.open_output(tmp, src, provenance) as writer:
-        for image in src.images:
-            writer.write(image, counted(tiler.stream(src.iter_frames(image))))
+        for k, image in enumerate(src.images):
+            if samplings is None:
+                writer.write(image, counted(tiler.stream(src.iter_frames(image))))
+            else:
+                sampling = samplings[k]
+                writer.write(image, counted(sampling.up(tiler.stream(sampling.down(src.iter_frames(image))))))
     return count
 
 
@@ -130,9 +141,22 @@ class FileDenoiser:
     the output file. The first call warms the model up (one batch, outside the timing)."""
 
     def __init__(
-        self, model_file: Path, device: torch.device, precision: str, tile_size: int, overlap: int, batch_size: int
+        self,
+        model_file: Path,
+        device: torch.device,
+        precision: str,
+        tile_size: int,
+        overlap: int,
+        batch_size: int,
+        *,
+        pixel_size: float = 0.0,
+        rescale: str = "auto",
+        scale_tolerance: float = 0.05,
+        log: logging.Logger | None = None,
     ):
         self.denoiser = Denoiser.from_file(model_file, device, precision)
+        self.log = log
+        self.scale = (pixel_size, rescale, scale_tolerance)  # see emdenoise.engine.resample.plan
         self.model_file = Path(model_file)
         self.model_sha256 = sha256_file(model_file)
         self.settings = {
@@ -141,6 +165,9 @@ class FileDenoiser:
             "batch_size": batch_size,
             "device": str(device),
             "precision": precision,
+            "pixel_size": pixel_size,
+            "rescale": rescale,
+            "scale_tolerance": scale_tolerance,
         }
         self.tiler = Tiler(self.denoiser.denoise, tile_size, overlap, batch_size, pin_memory=device.type == "cuda")
         meta = self.denoiser.meta
@@ -151,8 +178,33 @@ class FileDenoiser:
             "options": meta.get("options"),
             "normalisation": meta.get("normalisation"),
             "trained_with": meta.get("emdenoise_version"),
+            "pixel_size": self.model_pixel_size,
         }
         self._warm = False
+
+    @property
+    def model_pixel_size(self) -> float | None:
+        """A/px of the model's training data (meta ``pixel_size``; None in older files or without calibration)."""
+        value = self.denoiser.meta.get("pixel_size")
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else None
+
+    def samplings(self, src: micrographs.InputFile) -> list[resample.Sampling]:
+        """How each image of ``src`` is brought to the model's sampling (see :mod:`emdenoise.engine.resample`)."""
+        given, rescale, tolerance = self.scale
+        return [
+            resample.plan(
+                image.label(src.path),
+                image.frame_shape,
+                image.pixel_size,
+                image.calibration,
+                self.model_pixel_size,
+                given,
+                rescale,
+                tolerance,
+                self.log,
+            )
+            for image in src.images
+        ]
 
     def fingerprint(self, path: Path) -> dict[str, Any]:
         """What decides the output of input ``path``: an output is reused only when all of it matches."""
@@ -161,7 +213,10 @@ class FileDenoiser:
             "input_bytes": stat.st_size,
             "input_mtime_ns": stat.st_mtime_ns,
             "model_sha256": self.model_sha256,
-            **{key: self.settings[key] for key in ("tile_size", "tile_overlap", "precision")},
+            **{
+                key: self.settings[key]
+                for key in ("tile_size", "tile_overlap", "precision", "pixel_size", "rescale", "scale_tolerance")
+            },
         }
 
     @staticmethod
@@ -175,10 +230,10 @@ class FileDenoiser:
         except (OSError, ValueError, AttributeError):
             return False
 
-    def _warm_up(self, src: micrographs.InputFile) -> None:
+    def _warm_up(self, frame_shape: tuple[int, int]) -> None:
         """One-off costs (allocations, kernel choice) stay out of the timing."""
         if not self._warm:
-            plan = self.tiler.plan(*src.images[0].frame_shape)
+            plan = self.tiler.plan(*frame_shape)
             self.denoiser.denoise(torch.zeros(1, 1, plan.tile_h, plan.tile_w))
             self._warm = True
 
@@ -187,20 +242,26 @@ class FileDenoiser:
         have in the end (``dest`` by default; the task writes into a staging folder), as the record names it."""
         fingerprint = self.fingerprint(path)
         with micrographs.open_input(path) as src:
-            self._warm_up(src)
+            samplings = self.samplings(src)
+            self._warm_up(samplings[0].shape)
             provenance = {
                 "emdenoise_version": __version__,
                 "created": _now(),
                 "input": {
                     "file": str(path),
                     "format": src.fmt,
-                    "images": [{"name": im.name, "shape": list(im.shape), "dtype": str(im.dtype)} for im in src.images],
+                    "images": [
+                        {"name": im.name, "shape": list(im.shape), "dtype": str(im.dtype), "pixel_size": im.pixel_size}
+                        for im in src.images
+                    ],
+                    "metadata": src.info.get("metadata"),
                 },
+                "sampling": [sampling.record() for sampling in samplings],
                 "model": self.model_info,
                 "settings": self.settings,
             }
             start = time.perf_counter()
-            frames = denoise_file(src, dest, self.tiler, provenance, bar)
+            frames = denoise_file(src, dest, self.tiler, provenance, bar, samplings)
             seconds = time.perf_counter() - start
             shapes = micrographs.describe(src)
         record = {

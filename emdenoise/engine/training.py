@@ -387,6 +387,15 @@ def _config_diff(old: dict, new: dict) -> str:
 # ---------------------------------------------------------------------------------------------- one model
 
 
+def training_pixel_size(card: dict) -> float | None:
+    """The model file's ``pixel_size`` (A/px of the training data): the dataset card's ``pixel_size_angstrom``,
+    None when the card has none (or not a positive number)."""
+    value = card.get("pixel_size_angstrom")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        return None
+    return float(value)
+
+
 def train_model(
     name: str,
     train: TrainParams,
@@ -481,6 +490,7 @@ def train_model(
         "normalisation": {
             side: {k: card["normalisation"][side][k] for k in ("mean", "std")} for side in ("noisy", "clean")
         },
+        "pixel_size": training_pixel_size(card),
         "train_config": {
             **config,
             "fingerprint": fingerprint,

@@ -9,7 +9,7 @@ Model file (``format = "emdenoise-model/1"``)::
 
     attrs   format, model, options (JSON), normalisation (JSON: {"noisy": {"mean", "std"}, "clean": {...}}),
             train_config (JSON), metrics (JSON), data_range (float, may be absent), parameters (int),
-            emdenoise_version
+            emdenoise_version, pixel_size (float: A/px of the training data; absent when unknown, read as None)
     state/  one dataset per ``state_dict`` entry, named by its key (e.g. "encoders.0.0.weight"),
             float32 / int64 as in the model
 
@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ from emdenoise.outputs import atomic_path
 
 MODEL_FORMAT = "emdenoise-model/1"
 CHECKPOINT_FORMAT = "emdenoise-checkpoint/1"
-META_KEYS = ("model", "options", "normalisation", "train_config", "metrics", "data_range")
+META_KEYS = ("model", "options", "normalisation", "train_config", "metrics", "data_range", "pixel_size")
 _JSON_ATTRS = ("options", "normalisation", "train_config", "metrics")
 _NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float: nothing else is ever read as a tensor
 
@@ -82,6 +83,8 @@ def save_model(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None
             fh.attrs[key] = _dumps(meta.get(key) or {})
         if meta.get("data_range") is not None:
             fh.attrs["data_range"] = float(meta["data_range"])
+        if meta.get("pixel_size") is not None:
+            fh.attrs["pixel_size"] = float(meta["pixel_size"])
         fh.attrs["parameters"] = models.count_parameters(model)
         fh.attrs["emdenoise_version"] = __version__
         _write_state(fh.create_group("state"), model)
@@ -190,6 +193,15 @@ def _read_state(path: Path, fh: h5py.File, model: nn.Module) -> None:
     model.load_state_dict(loaded, strict=True)
 
 
+def _pixel_size(path: Path, value: Any) -> float | None:
+    """The ``pixel_size`` attribute: None when absent, else a positive finite number (A/px)."""
+    if value is None:
+        return None
+    if np.ndim(value) != 0 or np.asarray(value).dtype.kind not in "uif" or not 0 < float(value) < math.inf:
+        raise InputError.at(path, "pixel_size", f"expected a positive number of A/px, got {value!r}")
+    return float(value)
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Read a model file: ``(model on device in eval mode, meta)``; meta has META_KEYS plus format,
     parameters, emdenoise_version and path. Any problem is a one-line InputError naming file and field."""
@@ -203,6 +215,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         check_normalisation(path, meta["normalisation"])
         data_range = fh.attrs.get("data_range")
         meta["data_range"] = None if data_range is None else float(data_range)
+        meta["pixel_size"] = _pixel_size(path, fh.attrs.get("pixel_size"))
         version = fh.attrs.get("emdenoise_version")
         meta["emdenoise_version"] = version if isinstance(version, str) else None
         model = _build(path, name, meta["options"])

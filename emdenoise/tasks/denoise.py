@@ -72,7 +72,18 @@ def run(ctx: TaskContext) -> None:
 
     device = runtime.resolve_device(sec.device, "denoise.device", ctx.where)
     precision = runtime.resolve_precision(sec.precision, device, "denoise.precision", ctx.where)
-    engine = FileDenoiser(model_path, device, precision, sec.tile_size, sec.tile_overlap, sec.batch_size)
+    engine = FileDenoiser(
+        model_path,
+        device,
+        precision,
+        sec.tile_size,
+        sec.tile_overlap,
+        sec.batch_size,
+        pixel_size=sec.pixel_size,
+        rescale=sec.rescale,
+        scale_tolerance=sec.scale_tolerance,
+        log=log,
+    )
     log.info(
         "model %s (%s, sha256 %s) on %s, %s; tiles %s, overlap %d, batch %d",
         engine.denoiser.name,

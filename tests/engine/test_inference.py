@@ -65,13 +65,17 @@ def test_file_denoiser_writes_the_tiled_model_output_and_returns_its_record(tmp_
     assert record["output"] == {"file": str(tmp_path / "final.npy"), "format": "npy", "dtype": "float32"}
     assert record["model"]["sha256"] == sha256_file(model_file) == engine.model_sha256
     assert record["model"]["name"] == "dncnn" and record["model"]["normalisation"] == NORM
-    assert record["input"]["images"] == [{"name": "", "shape": [3, 80, 96], "dtype": "float32"}]
+    assert record["input"]["images"] == [{"name": "", "shape": [3, 80, 96], "dtype": "float32", "pixel_size": None}]
+    assert record["sampling"][0]["status"] == "unknown"  # an NPY file and a model without a pixel size
     assert record["settings"] == {
         "tile_size": 64,
         "tile_overlap": 16,
         "batch_size": 4,
         "device": "cpu",
         "precision": "fp32",
+        "pixel_size": 0.0,
+        "rescale": "auto",
+        "scale_tolerance": 0.05,
     }
     assert record["fingerprint"] == engine.fingerprint(tmp_path / "in.npy")
     # the warm-up batch goes to the model directly: only the file's own tiles are counted

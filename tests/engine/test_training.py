@@ -82,6 +82,8 @@ def test_train_writes_model_and_metrics(tmp_path, data_dir, train_cli):
     assert denoiser.meta["metrics"]["epoch"] == metrics["best_epoch"]
     assert denoiser.meta["metrics"]["val_psnr"] == metrics["best_val_psnr"]
     assert denoiser.meta["train_config"]["epochs"] == 2 and denoiser.meta["emdenoise_version"]
+    card = json.loads((data_dir / "dataset_card.json").read_text())
+    assert denoiser.meta["pixel_size"] == training.training_pixel_size(card)  # the card's, None without one
     with h5py.File(data_dir / "val.h5", "r") as fh:
         noisy, clean = fh["noisy"][:], fh["clean"][:]
     from emdenoise.engine.metrics import psnr_per_image

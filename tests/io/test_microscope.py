@@ -13,10 +13,11 @@ import pytest
 import tifffile
 import torch
 from microscope_files import write_berkeley, write_dm, write_ser, write_velox
+from support import one_error, run_here, save_model
 
 from emdenoise.engine.inference import denoise_file
 from emdenoise.engine.tiling import Tiler
-from emdenoise.errors import InputError
+from emdenoise.errors import EXIT_BAD_INPUT, InputError
 from emdenoise.io import micrographs
 
 pytest.importorskip("rsciio")
@@ -113,3 +114,16 @@ def test_calibration_of_tiff_imagej_ome_mrc_and_hdf5(tmp_path):
         with micrographs.open_input(tmp_path / name) as src:
             got = src.images[0].pixel_size
             assert got == (pytest.approx(size, rel=1e-5) if size else None), (name, src.images[0].calibration)
+
+
+@pytest.mark.parametrize("name", ["a.dm3", "b.dm4", "c.ser", "d.emd", "e.emd"])
+def test_denoise_task_exits_2_on_a_damaged_microscope_file(tmp_path, capsys, name):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    BUILDERS[name](inputs / name, np.ones((40, 48), np.uint16 if not name.endswith(".emd") else np.float32))
+    raw = (inputs / name).read_bytes()
+    (inputs / name).write_bytes(raw[: len(raw) // 4])
+    save_model(tmp_path / "models")
+    paths = {"input_dir": inputs, "model_dir": tmp_path / "models", "output_dir": tmp_path / "out"}
+    code, err = run_here(capsys, "denoise", paths, "denoise.device=cpu")
+    one_error(code, err, EXIT_BAD_INPUT, name)

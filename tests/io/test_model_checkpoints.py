@@ -135,6 +135,8 @@ def _edit(path: Path, fn) -> Path:
             lambda fh: fh.attrs.__setitem__("normalisation", json.dumps({"noisy": {"mean": 0, "std": 0}})),
             "normalisation",
         ),
+        (lambda fh: fh.attrs.__setitem__("pixel_size", -0.2), "pixel_size"),
+        (lambda fh: fh.attrs.__setitem__("pixel_size", "0.2 A"), "pixel_size"),
     ],
 )
 def test_malformed_model_file_is_one_line_input_error(saved_model, edit, field):
@@ -144,6 +146,17 @@ def test_malformed_model_file_is_one_line_input_error(saved_model, edit, field):
         modelfile.load_model(path)
     assert str(path) in info.value.message and field in info.value.message
     assert "\n" not in info.value.message
+
+
+def test_pixel_size_of_the_training_data_round_trips(saved_model, tmp_path):
+    model, path = saved_model
+    assert modelfile.load_model(path)[1]["pixel_size"] is None  # unknown: absent in the file, None when read
+    modelfile.save_model(tmp_path / "px.h5", model, {**_meta(), "pixel_size": 0.19})
+    assert modelfile.load_model(tmp_path / "px.h5")[1]["pixel_size"] == pytest.approx(0.19)
+    # the training engine takes it from the dataset card (helper contract 4), None when the card has none
+    assert training.training_pixel_size({"pixel_size_angstrom": 0.19}) == 0.19
+    for card in ({}, {"pixel_size_angstrom": None}, {"pixel_size_angstrom": 0}, {"pixel_size_angstrom": "x"}):
+        assert training.training_pixel_size(card) is None
 
 
 def test_other_architecture_is_refused(saved_model):

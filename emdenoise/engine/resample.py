@@ -1,0 +1,142 @@
+"""Pixel-size awareness for inference: bring each frame to the model's sampling, and the result back.
+
+A model learns structure at the sampling of its training data (A/px, the model file's meta key ``pixel_size``);
+a frame at another sampling shows it a lattice at the wrong scale, and it invents structure. So for each image
+of an input file :func:`plan` compares the input's pixel size (``denoise.pixel_size`` when set, else the
+file's calibration) with the model's:
+
+- within ``denoise.scale_tolerance`` (relative): the frames go to the model as they are (``matched``);
+- otherwise, with ``denoise.rescale: auto``: each frame is resampled to ``round(side * input / model)``
+  pixels (cubic spline; a Gaussian anti-aliasing filter first when shrinking, sigma ``(1/factor - 1) / 2``
+  pixels), denoised, and resampled back to its own grid (cubic spline), so the output has the input's size and
+  calibration (``resampled``); with ``denoise.rescale: never`` the file is refused in one line;
+- when either pixel size is unknown, the frames go as they are, with a warning naming the file and the
+  statement ``unknown`` in the provenance.
+
+The resampled frame must stay within the frame limits (16 pixels a side, ``layout.MAX_FRAME_PIXELS``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emdenoise.errors import InputError
+from emdenoise.layout import check_frame_pixels
+
+MIN_SIDE = 16
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How one image is brought to the model's sampling. ``shape`` is the frame shape the model sees."""
+
+    status: str  # matched | resampled | unknown
+    input_pixel_size: float | None
+    input_calibration: str
+    model_pixel_size: float | None
+    frame_shape: tuple[int, int]
+    shape: tuple[int, int]
+    statement: str
+
+    @property
+    def factor(self) -> float:
+        if self.status != "resampled" or not self.input_pixel_size or not self.model_pixel_size:
+            return 1.0
+        return self.input_pixel_size / self.model_pixel_size
+
+    def record(self) -> dict[str, Any]:
+        """For the provenance."""
+        return {
+            "status": self.status,
+            "input_pixel_size": self.input_pixel_size,
+            "input_calibration": self.input_calibration,
+            "model_pixel_size": self.model_pixel_size,
+            "factor": round(self.factor, 6),
+            "model_frame_shape": list(self.shape),
+            "statement": self.statement,
+        }
+
+    def down(self, frames: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        """The frames at the model's sampling."""
+        for frame in frames:
+            yield resample(frame, self.shape) if self.status == "resampled" else frame
+
+    def up(self, frames: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        """The denoised frames back on the input's grid."""
+        for frame in frames:
+            yield resample(frame, self.frame_shape) if self.status == "resampled" else frame
+
+
+def resample(frame: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``frame`` on a ``shape`` grid covering the same field of view (pixel centres aligned as in
+    ``skimage.transform.resize``): cubic spline, Gaussian anti-aliasing when shrinking; float32."""
+    from skimage.transform import resize
+
+    shrink = shape[0] < frame.shape[0] or shape[1] < frame.shape[1]
+    out = resize(
+        np.asarray(frame, np.float64), shape, order=3, mode="reflect", anti_aliasing=shrink, preserve_range=True
+    )
+    return np.asarray(out, np.float32)
+
+
+def plan(
+    where: str | Path,
+    frame_shape: tuple[int, int],
+    file_pixel_size: float | None,
+    calibration: str,
+    model_pixel_size: float | None,
+    given: float,
+    rescale: str,
+    tolerance: float,
+    log: logging.Logger | None = None,
+) -> Sampling:
+    """The :class:`Sampling` of one image (``where`` names it in messages); ``given`` is ``denoise.pixel_size``
+    (0: the file's calibration). Raises InputError for ``rescale: never`` with scales apart, or a resampled frame
+    outside the frame limits."""
+    pixel = given if given > 0 else file_pixel_size
+    source = "denoise.pixel_size" if given > 0 else calibration
+    if given > 0 and file_pixel_size and abs(file_pixel_size / given - 1) > tolerance:
+        source = f"denoise.pixel_size; the file's {calibration}: {file_pixel_size:g} A/px"
+        if log:
+            log.info("%s: denoise.pixel_size %g A/px overrides the file's %g A/px", where, given, file_pixel_size)
+    if pixel is None or model_pixel_size is None:
+        missing = "the input's" if pixel is None else "the model's"
+        detail = f"input: {source}" if pixel is None else "the model file records none (its training data had none)"
+        statement = (
+            f"pixel size unknown ({missing}; {detail}): denoised at the file's own sampling, not checked against "
+            "the model's; set denoise.pixel_size (A/px) for files without calibration"
+        )
+        if log:
+            log.warning("%s: %s", where, statement)
+        return Sampling("unknown", pixel, source, model_pixel_size, frame_shape, frame_shape, statement)
+    ratio = pixel / model_pixel_size
+    if abs(ratio - 1) <= tolerance:
+        statement = f"input {pixel:g} A/px ({source}) matches the model's {model_pixel_size:g} A/px"
+        return Sampling("matched", pixel, source, model_pixel_size, frame_shape, frame_shape, statement)
+    if rescale == "never":
+        raise InputError.at(
+            where,
+            "denoise.rescale",
+            f"expected the model's sampling {model_pixel_size:g} A/px within {tolerance:.0%}, got {pixel:g} A/px "
+            f"({source}); set denoise.rescale: auto to resample, or denoise.pixel_size if the calibration is wrong",
+        )
+    shape = (max(1, round(frame_shape[0] * ratio)), max(1, round(frame_shape[1] * ratio)))
+    if min(shape) < MIN_SIDE:
+        raise InputError.at(
+            where,
+            "denoise.pixel_size",
+            f"expected a frame of at least {MIN_SIDE}x{MIN_SIDE} pixels at the model's sampling "
+            f"({model_pixel_size:g} A/px), got {shape[0]}x{shape[1]} from {pixel:g} A/px ({source})",
+        )
+    check_frame_pixels(where, "denoise.pixel_size", *shape)
+    statement = (
+        f"input {pixel:g} A/px ({source}) resampled by {ratio:.4g} to the model's {model_pixel_size:g} A/px "
+        f"({frame_shape[0]}x{frame_shape[1]} -> {shape[0]}x{shape[1]}), denoised, resampled back"
+    )
+    return Sampling("resampled", pixel, source, model_pixel_size, frame_shape, shape, statement)
