@@ -20,7 +20,15 @@ HDF5      every 2-D or 3-D numeric dataset with sides >= 16      the same tree: 
 MRC       2-D images, image stacks and volumes (modes 0, 1, 2,   mode 2 (float32) via a memory map; voxel size,
           6, 12), memory-mapped with ``mrcfile`` (strict         origin, stack/volume flag and labels kept, a
           header checks)                                         provenance label added, header statistics set
+DM3/DM4,  through rosettasciio (optional extra ``formats``), see      DM/SER: float32 TIFF ``<name>.dm4.tif`` with
+EMD, SER  :mod:`emdenoise.io.microscope`                             resolution tags; EMD: Berkeley EMD
 ========  =====================================================  ==============================================
+
+Every image carries its pixel size in A/px (:attr:`ImageArray.pixel_size`, None when the file has none) and
+where it came from: TIFF OME ``PhysicalSizeX``, ImageJ ``unit`` with the resolution tags, or resolution tags in
+cm/mm/um (inches are a print resolution, not a calibration); the MRC voxel size; an HDF5 ``pixel_size``
+attribute (A/px, or in the unit of ``pixel_size_unit``) on the dataset or a group above it; the DM/EMD/SER axes.
+:func:`output_path` names the output (``.tif`` appended where the output format differs from the input's).
 
 Each readable array is an :class:`ImageArray` whose frames (the last two axes) are read one at a time, so a
 long stack never sits in memory; a frame larger than :data:`emdenoise.layout.MAX_FRAME_PIXELS` is refused from

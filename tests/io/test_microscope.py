@@ -5,6 +5,7 @@ calibration kept, damaged files refused in one line; the calibration of today's 
 from __future__ import annotations
 
 import json
+import sys
 
 import h5py
 import mrcfile
@@ -127,3 +128,13 @@ def test_denoise_task_exits_2_on_a_damaged_microscope_file(tmp_path, capsys, nam
     paths = {"input_dir": inputs, "model_dir": tmp_path / "models", "output_dir": tmp_path / "out"}
     code, err = run_here(capsys, "denoise", paths, "denoise.device=cpu")
     one_error(code, err, EXIT_BAD_INPUT, name)
+
+
+def test_without_rosettasciio_a_microscope_file_is_one_line_naming_the_extra(tmp_path, monkeypatch):
+    write_dm(tmp_path / "a.dm3", np.zeros((32, 32), np.uint16), 0.02)
+    for module in [m for m in sys.modules if m == "rsciio" or m.startswith("rsciio.")]:
+        monkeypatch.delitem(sys.modules, module)
+    monkeypatch.setitem(sys.modules, "rsciio", None)  # import rsciio now raises ImportError
+    with pytest.raises(InputError) as err:
+        micrographs.open_input(tmp_path / "a.dm3")
+    assert str(tmp_path / "a.dm3") in err.value.message and "pip install emdenoise[formats]" in err.value.message
