@@ -112,8 +112,10 @@ def read(path: Path, fmt: str, stack: ExitStack) -> InputFile:
     if not images:
         raise InputError.at(path, None, f"expected at least one 2-D image, found none (skipped: {skipped or 'none'})")
     info: dict[str, Any] = {"metadata": metadata[0] if len(metadata) == 1 else metadata, "skipped": skipped}
-    if fmt != "emd" and images[0].pixel_size:  # the TIFF output's resolution tags (pixels per centimetre)
-        per_cm = 1e8 / images[0].pixel_size
+    # the TIFF output's resolution tags, pixels per centimetre (a TIFF rational holds up to 2**32 - 1: pixels
+    # below 0.024 A have none, their pixel size stays in the provenance)
+    per_cm = 1e8 / images[0].pixel_size if images[0].pixel_size else 0.0
+    if fmt != "emd" and 0 < per_cm < 2**32 - 1:
         info["resolution"], info["resolutionunit"] = (per_cm, per_cm), "CENTIMETER"
     return InputFile(path, fmt, images, info)
 
