@@ -23,43 +23,13 @@ an output beside another output's provenance.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from emdenoise.engine import runtime
 from emdenoise.engine.inference import Denoised, FileDenoiser
-from emdenoise.errors import InputError
 from emdenoise.io import micrographs
-from emdenoise.layout import MODEL_FILE, trained_models
+from emdenoise.layout import select_model
 from emdenoise.log import progress
 from emdenoise.outputs import STAGING_DIR, Transaction, remove_staging, write_json_atomic
 from emdenoise.tasks.context import TaskContext
-
-
-def select_model(model_dir: Path, choice: str) -> tuple[str, Path]:
-    """``(name, model file)`` for ``denoise.model``: a folder name in ``model_dir``, or ``auto``."""
-    if not model_dir.is_dir():
-        raise InputError.at(
-            model_dir, "model_dir", "expected a folder of trained models, not found; run the train task first"
-        )
-    found = trained_models(model_dir)
-    if choice == "auto":
-        if len(found) == 1:
-            return next(iter(found.items()))
-        if not found:
-            raise InputError.at(
-                model_dir,
-                "denoise.model",
-                f"expected a trained model ({'<name>/' + MODEL_FILE}), found none; run the train task first",
-            )
-        raise InputError.at(
-            model_dir,
-            "denoise.model",
-            f"expected one model for 'auto', found {len(found)}: {', '.join(found)}; set denoise.model to one of them",
-        )
-    if choice not in found:
-        have = f"one of {', '.join(found)}" if found else "a trained model name (none found; run train first)"
-        raise InputError.at(model_dir / choice / MODEL_FILE, "denoise.model", f"expected {have}, got {choice!r}")
-    return choice, found[choice]
 
 
 def run(ctx: TaskContext) -> None:
