@@ -38,7 +38,7 @@ from torch import nn
 
 from emdenoise import __version__
 from emdenoise.engine.inference import Denoiser
-from emdenoise.errors import EXIT_INTERRUPTED, EXIT_OK, EmdError, InputError, RuntimeFailure
+from emdenoise.errors import EXIT_OK, InputError, RuntimeFailure, reported
 from emdenoise.io import modelfile
 from emdenoise.layout import select_model
 from emdenoise.log import setup as setup_logging
@@ -263,18 +263,15 @@ def main(argv: list[str] | None = None) -> int:
     """``emdenoise export ...``; exit codes as the tasks'."""
     args = build_parser().parse_args(argv)
     log = setup_logging("export", None, verbose=args.debug)
-    try:
-        output = Path(args.output)
-        if args.format not in FORMATS:
-            raise InputError.at(output, "--format", f"expected one of {', '.join(FORMATS)}, got {args.format!r}")
-        if output.is_dir():
-            raise InputError.at(output, "--output", "expected a file name, found a folder")
-        _, model_file = select_model(Path(args.model_dir), args.model, "--model")
-        export(model_file, args.format, output, log)
-    except EmdError as exc:
-        log.error("error: %s", exc.message)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        log.error("error: interrupted")
-        return EXIT_INTERRUPTED
+    return reported(log, lambda: _export_command(args, log))
+
+
+def _export_command(args: argparse.Namespace, log: logging.Logger) -> int:
+    output = Path(args.output)
+    if args.format not in FORMATS:
+        raise InputError.at(output, "--format", f"expected one of {', '.join(FORMATS)}, got {args.format!r}")
+    if output.is_dir():
+        raise InputError.at(output, "--output", "expected a file name, found a folder")
+    _, model_file = select_model(Path(args.model_dir), args.model, "--model")
+    export(model_file, args.format, output, log)
     return EXIT_OK
