@@ -23,16 +23,28 @@ an output beside another output's provenance.
 
 from __future__ import annotations
 
-from emdenoise.engine import runtime
+import torch
+
+from emdenoise.engine import distributed, runtime
 from emdenoise.engine.inference import Denoised, FileDenoiser
 from emdenoise.io import micrographs
 from emdenoise.layout import select_model
 from emdenoise.log import progress
-from emdenoise.outputs import STAGING_DIR, Transaction, remove_staging, write_json_atomic
+from emdenoise.outputs import STAGING_DIR, remove_staging, write_json_atomic
 from emdenoise.tasks.context import TaskContext
 
 
 def run(ctx: TaskContext) -> None:
+    """Under torchrun each process denoises its share of the files (:func:`distributed.assign`, by frames) into
+    the staging folders and rank 0 commits them all when every process has succeeded."""
+    world = distributed.from_env()
+    with distributed.joined(
+        world, runtime.resolve_device(ctx.params.denoise.device, "denoise.device", ctx.where)
+    ) as device:
+        _run(ctx, world, device)
+
+
+def _run(ctx: TaskContext, world: distributed.World, device: torch.device) -> None:
     sec, log = ctx.params.denoise, ctx.log
     input_dir, model_dir, output_dir = ctx.paths["input_dir"], ctx.paths["model_dir"], ctx.paths["output_dir"]
     files = micrographs.find_inputs(input_dir, sec.pattern, output_dir, log)
@@ -40,7 +52,6 @@ def run(ctx: TaskContext) -> None:
     frame_counts = micrographs.read_headers(files, log)
     log.info("denoise: %d file(s), %d frame(s) from %s", len(files), sum(frame_counts.values()), input_dir)
 
-    device = runtime.resolve_device(sec.device, "denoise.device", ctx.where)
     precision = runtime.resolve_precision(sec.precision, device, "denoise.precision", ctx.where)
     engine = FileDenoiser(model_path, device, precision, sec.tile_size, sec.tile_overlap, sec.batch_size)
     log.info(
@@ -57,9 +68,10 @@ def run(ctx: TaskContext) -> None:
 
     done: list[Denoised] = []
     outs = {path: output_dir / path.relative_to(input_dir) for path in files}
+    owner = dict(zip(files, distributed.assign([frame_counts[path] for path in files], world)))
     with (
-        Transaction(resumable=True) as tx,
-        progress(total=sum(frame_counts.values()), desc="denoise", unit="frame") as bar,
+        distributed.SharedTransaction(world, resumable=True) as tx,
+        progress(total=sum(frame_counts.values()), desc="denoise", unit="frame", disable=not world.is_main) as bar,
     ):
         for path, out in outs.items():
             fingerprint = engine.fingerprint(path)
@@ -70,6 +82,8 @@ def run(ctx: TaskContext) -> None:
             sidecar = micrographs.sidecar_of(out)
             tx.remove(sidecar)  # the commit order of a pair: old sidecar, image, new sidecar
             staged, staged_sidecar = tx.put(out), tx.put(sidecar)
+            if owner[path] != world.rank:
+                continue  # another process denoises this one
             if engine.up_to_date(staged, fingerprint):
                 log.info("%s: up to date in %s (finished by an interrupted run), kept", out, staged.parent)
                 bar.update(frame_counts[path])
@@ -86,12 +100,13 @@ def run(ctx: TaskContext) -> None:
                 out,
             )
             done.append(result)
-    for folder in sorted({out.parent for out in outs.values()}):  # leftovers of abandoned runs go too
+    for folder in sorted({out.parent for out in outs.values()} if world.is_main else ()):  # and abandoned runs'
         remove_staging(folder / STAGING_DIR)
 
-    reused = len(files) - len(done)
-    frames, seconds = sum(r.frames for r in done), sum(r.seconds for r in done)
-    if done:
+    frames, computed = distributed.totals([sum(r.frames for r in done), len(done)], world)
+    (seconds,) = distributed.totals([sum(r.seconds for r in done)], world, maximum=True)  # side by side
+    reused = len(files) - int(computed)
+    if computed:
         log.info(
             "denoised %d frame(s) in %.2f s: %.2f frames/s (%d tiles through the model)%s",
             frames,
