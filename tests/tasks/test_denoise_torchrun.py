@@ -5,6 +5,8 @@ with the same code and thread count); a failing process fails the whole run and 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +16,6 @@ from support import ROOT, argv, final_files, read_frames, run_cmd, save_model, t
 
 from emdenoise.engine import distributed
 from emdenoise.layout import MODEL_FILE
-
-pytestmark = pytest.mark.slow  # each run starts two interpreters that import torch
 
 # where the provenance differs between two runs of the same command: when, where to, and how fast
 SETS = ("denoise.device=cpu", "denoise.pattern=**/*")
@@ -52,6 +52,7 @@ def prepared(tmp_path) -> Path:
     return tmp_path
 
 
+@pytest.mark.slow  # each run starts two interpreters that import torch
 def test_two_processes_denoise_like_one(prepared):
     tmp_path = prepared
     code, err = run_cmd("denoise", _paths(tmp_path, "one"), *SETS)
@@ -70,6 +71,7 @@ def test_two_processes_denoise_like_one(prepared):
     assert "denoised 10 frame(s)" in done.stderr
 
 
+@pytest.mark.slow
 def test_a_failing_process_fails_the_run_and_nothing_is_committed(prepared):
     """A NaN frame in a file of the second process's share: the run fails, the first process says another
     one failed, no output reaches its final name (finished files stay staged for the next run)."""
@@ -91,3 +93,22 @@ def test_a_failing_process_fails_the_run_and_nothing_is_committed(prepared):
     assert final_files(paths["output_dir"]) == {}
     assert temporaries(paths["output_dir"]) == []
     assert (tmp_path / "models" / "sciml_ae" / MODEL_FILE).is_file()
+
+
+def test_the_slurm_script_runs_denoise_under_torchrun_on_every_node(tmp_path):
+    """run/slurm-multinode.sbatch with TASK=denoise (DRY_RUN: the command it would give srun)."""
+    (tmp_path / "parameters").mkdir()
+    (tmp_path / "parameters" / "p.yaml").write_text("{}\n")
+    env = {**os.environ, "DRY_RUN": "1", "TASK": "denoise", "SLURM_JOB_NUM_NODES": "3", "GPUS_PER_NODE": "4"}
+    script = str(ROOT / "run" / "slurm-multinode.sbatch")
+    res = subprocess.run(["bash", script, "parameters/p.yaml", str(tmp_path)], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "srun --nodes=3 --ntasks-per-node=1 --kill-on-bad-exit=1 --gres=gpu:4" in res.stdout
+    assert '-m emdenoise "$TASK"' in res.stdout and "TASK=denoise" in res.stdout and "NPROC=4" in res.stdout
+    bad = subprocess.run(
+        ["bash", script, "parameters/p.yaml", str(tmp_path)],
+        env={**env, "TASK": "test"},
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "expected train or denoise" in bad.stderr
