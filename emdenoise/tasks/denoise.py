@@ -103,7 +103,9 @@ def _run(ctx: TaskContext, world: distributed.World, device: torch.device) -> No
     for folder in sorted({out.parent for out in outs.values()} if world.is_main else ()):  # and abandoned runs'
         remove_staging(folder / STAGING_DIR)
 
-    frames, computed = distributed.totals([sum(r.frames for r in done), len(done)], world)
+    frames, computed, tiles = distributed.totals(
+        [sum(r.frames for r in done), len(done), engine.tiler.tiles_run], world
+    )
     (seconds,) = distributed.totals([sum(r.seconds for r in done)], world, maximum=True)  # side by side
     reused = len(files) - int(computed)
     if computed:
@@ -112,7 +114,7 @@ def _run(ctx: TaskContext, world: distributed.World, device: torch.device) -> No
             frames,
             seconds,
             frames / max(seconds, 1e-9),
-            engine.tiler.tiles_run,
+            tiles,
             f"; {reused} output(s) up to date and kept" if reused else "",
         )
     else:
