@@ -71,13 +71,18 @@ def _run(ctx: TaskContext, world: distributed.World, device: torch.device) -> No
     owner = dict(zip(files, distributed.assign([frame_counts[path] for path in files], world)))
     with (
         distributed.SharedTransaction(world, resumable=True) as tx,
-        progress(total=sum(frame_counts.values()), desc="denoise", unit="frame", disable=not world.is_main) as bar,
+        progress(  # under torchrun: rank 0's bar, of its own share
+            total=sum(frame_counts[p] for p in files if owner[p] == world.rank),
+            desc="denoise",
+            unit="frame",
+            disable=not world.is_main,
+        ) as bar,
     ):
         for path, out in outs.items():
             fingerprint = engine.fingerprint(path)
             if engine.up_to_date(out, fingerprint):
                 log.info("%s: up to date (same input, model and settings), kept", out)
-                bar.update(frame_counts[path])
+                bar.update(frame_counts[path] if owner[path] == world.rank else 0)
                 continue
             sidecar = micrographs.sidecar_of(out)
             tx.remove(sidecar)  # the commit order of a pair: old sidecar, image, new sidecar
