@@ -211,11 +211,12 @@ class SharedTransaction(Transaction):
     def __exit__(self, kind: Any, value: Any, tb: Any) -> None:
         if not self.world.enabled:
             return super().__exit__(kind, value, tb)
-        if not all_true(kind is None, self.world):
+        if not self._agree(kind is None):
             self._give_up()
             if kind is None:
                 raise RuntimeFailure(
-                    "another process of this run failed (its error is above); nothing was committed"
+                    "another process of this run failed or was stopped (its error, if any, is above); "
+                    "nothing was committed"
                     + ("; finished files stay staged for the next run" if self.resumable else "")
                 )
             return  # this process's own exception goes on
@@ -225,12 +226,20 @@ class SharedTransaction(Transaction):
                 super().__exit__(None, None, None)
             except BaseException:
                 committed = False
-                all_true(False, self.world)
+                self._agree(False)
                 raise
         else:
             self._steps.clear()  # rank 0 moves this process's files
-        if not all_true(committed, self.world):
+        if not self._agree(committed):
             raise RuntimeFailure("process 0 could not commit this run's outputs (its error is above)")
+
+    def _agree(self, flag: bool) -> bool:
+        """:func:`all_true`; False when a process is gone (the collective fails: gloo sees the closed
+        connection), so a process that was killed is a failure of the run, never a commit without it."""
+        try:
+            return all_true(flag, self.world)
+        except RuntimeError:  # torch.distributed.DistBackendError and the like
+            return False
 
     def _give_up(self) -> None:
         """A failed shared run: rank 0 aborts (a non-resumable abort removes the staged files of all); the
