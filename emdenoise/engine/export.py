@@ -42,7 +42,7 @@ from emdenoise.errors import EXIT_OK, InputError, RuntimeFailure, reported
 from emdenoise.io import modelfile
 from emdenoise.layout import select_model
 from emdenoise.log import setup as setup_logging
-from emdenoise.outputs import atomic_path, sha256_file, write_bytes_atomic
+from emdenoise.outputs import sha256_file, write_bytes_atomic
 
 FORMATS = ("onnx", "torchscript")
 EXPORT_FORMAT = "emdenoise-export/1"
@@ -117,12 +117,13 @@ def metadata(meta: dict[str, Any], model_file: Path, fmt: str) -> dict[str, Any]
 
 def to_torchscript(module: Folded) -> torch.jit.ScriptModule:
     """The scripted wrapper around the traced network (see the module's docstring)."""
-    # tracing warns about every shape read as a Python int; the check of the result is what counts
+    # tracing warns about every shape read as a Python int (the check of the result is what counts), and
+    # torch deprecates TorchScript (it still works)
+    noisy, clean = (module.in_mean, module.in_std), (module.out_mean, module.out_std)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(module.net, torch.zeros(1, 1, TRACE_SIDE, TRACE_SIDE), check_trace=False)
-    noisy, clean = (module.in_mean, module.in_std), (module.out_mean, module.out_std)
-    return torch.jit.script(Folded(traced, noisy, clean, module.multiple))
+        return torch.jit.script(Folded(traced, noisy, clean, module.multiple))
 
 
 def _onnx_modules() -> tuple[Any, Any]:
@@ -217,13 +218,14 @@ def export(model_file: Path, fmt: str, output: Path, log: logging.Logger | None 
     else:
         buffer = io.BytesIO()
         extra = {METADATA_FILE: json.dumps(info, indent=2, sort_keys=True)}
-        torch.jit.save(scripted, buffer, _extra_files=extra)
-        buffer.seek(0)
-        loaded = torch.jit.load(buffer)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch deprecates TorchScript (it still works)
+            torch.jit.save(scripted, buffer, _extra_files=extra)
+            buffer.seek(0)
+            loaded = torch.jit.load(buffer)
         with torch.no_grad():
             worst = check(expected, loaded(frames).numpy(), f"{output}: the TorchScript export")
-        with atomic_path(output) as tmp:
-            tmp.write_bytes(buffer.getvalue())
+        write_bytes_atomic(output, buffer.getvalue())
     if log is not None:
         log.info(
             "%s: %s %s (%s), normalisation folded in, checked on %s frames: largest difference %.2g of the range",
