@@ -172,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
         help="training and inference speed vs the original loop (options: emdenoise bench --help)",
     )
+    sub.add_parser(
+        "export",
+        add_help=False,
+        help="a trained model as an ONNX or TorchScript file (options: emdenoise export --help)",
+    )
     return parser
 
 
@@ -180,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         from emdenoise.engine import bench
 
         return bench.main((sys.argv[1:] if argv is None else argv)[1:])
+    if (sys.argv[1:] if argv is None else argv)[:1] == ["export"]:  # another one
+        from emdenoise.engine import export
+
+        return export.main((sys.argv[1:] if argv is None else argv)[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.task is None:

@@ -10,6 +10,9 @@ Exit codes (also in the README):
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_BAD_INPUT = 2
@@ -52,3 +55,16 @@ class BusyError(EmdError):
     """Another run is writing into the same output folder."""
 
     exit_code = EXIT_BUSY
+
+
+def reported(log: logging.Logger, work: Callable[[], int]) -> int:
+    """``work()``'s exit code, or, when it fails on purpose or is interrupted, the one error line logged and
+    the exit code of the failure: the utilities with options of their own (``bench``, ``export``) end so."""
+    try:
+        return work()
+    except EmdError as exc:
+        log.error("error: %s", exc.message)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        log.error("error: interrupted")
+        return EXIT_INTERRUPTED

@@ -95,3 +95,31 @@ CHECKPOINT_FILE = "checkpoint_last.h5"
 def trained_models(model_dir: Path) -> dict[str, Path]:
     """``{model name: model file}`` for every ``model_dir/<name>/em_denoise_model.h5``, sorted by name."""
     return {p.parent.name: p for p in sorted(Path(model_dir).glob(f"*/{MODEL_FILE}")) if p.is_file()}
+
+
+def select_model(model_dir: Path, choice: str, field: str = "denoise.model") -> tuple[str, Path]:
+    """``(name, model file)`` for ``choice`` (the parameter ``field``): a folder name in ``model_dir``, or ``auto``
+    (the only model there)."""
+    if not model_dir.is_dir():
+        raise InputError.at(
+            model_dir, "model_dir", "expected a folder of trained models, not found; run the train task first"
+        )
+    found = trained_models(model_dir)
+    if choice == "auto":
+        if len(found) == 1:
+            return next(iter(found.items()))
+        if not found:
+            raise InputError.at(
+                model_dir,
+                field,
+                f"expected a trained model ({'<name>/' + MODEL_FILE}), found none; run the train task first",
+            )
+        raise InputError.at(
+            model_dir,
+            field,
+            f"expected one model for 'auto', found {len(found)}: {', '.join(found)}; set {field} to one of them",
+        )
+    if choice not in found:
+        have = f"one of {', '.join(found)}" if found else "a trained model name (none found; run train first)"
+        raise InputError.at(model_dir / choice / MODEL_FILE, field, f"expected {have}, got {choice!r}")
+    return choice, found[choice]

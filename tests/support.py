@@ -185,6 +185,17 @@ def read_frames(path: Path) -> np.ndarray:
         return fh["frames"][()]
 
 
+# -- several processes ----------------------------------------------------------------------------------------------
+def torchrun(args: list[str], cwd: Path, timeout: float = 240, nproc: int = 2) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node=NPROC ARGS`` on the CPU (a free rendezvous port each time), one
+    thread per process, no progress bars."""
+    env = {**os.environ, "EMDENOISE_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(name, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 # -- killing --------------------------------------------------------------------------------------------------------
 def wait_until(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout

@@ -80,7 +80,7 @@ from emdenoise.engine import runtime
 from emdenoise.engine.inference import Denoiser
 from emdenoise.engine.tiling import Tiler
 from emdenoise.engine.training import TrainData, TrainStep, resident, train_epoch
-from emdenoise.errors import EXIT_INTERRUPTED, EXIT_OK, EmdError, InputError
+from emdenoise.errors import EXIT_OK, InputError, reported
 from emdenoise.log import setup as setup_logging
 from emdenoise.outputs import write_json_atomic
 
@@ -747,30 +747,27 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("EMDENOISE_PROGRESS", "0")  # the train step's progress bars: not in a timing table
     log = setup_logging("bench", None)
-    try:
-        settings = settings_from_args(args)
-        log.info(
-            "emdenoise %s: bench %s on %s (%s), batch %d at %dx%d, best of %d x %d steps after %d warm-up",
-            __version__,
-            ",".join(settings.models),
-            settings.device,
-            settings.precision,
-            settings.batch_size,
-            REFERENCE_SIDE,
-            REFERENCE_SIDE,
-            settings.repeats,
-            settings.steps,
-            settings.warmup,
-        )
-        doc = run_bench(settings, log)
-        if args.output:
-            write_json_atomic(args.output, doc)
-    except EmdError as exc:
-        log.error("error: %s", exc.message)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        log.error("error: interrupted")
-        return EXIT_INTERRUPTED
+    return reported(log, lambda: _bench(args, log))
+
+
+def _bench(args: argparse.Namespace, log: logging.Logger) -> int:
+    settings = settings_from_args(args)
+    log.info(
+        "emdenoise %s: bench %s on %s (%s), batch %d at %dx%d, best of %d x %d steps after %d warm-up",
+        __version__,
+        ",".join(settings.models),
+        settings.device,
+        settings.precision,
+        settings.batch_size,
+        REFERENCE_SIDE,
+        REFERENCE_SIDE,
+        settings.repeats,
+        settings.steps,
+        settings.warmup,
+    )
+    doc = run_bench(settings, log)
+    if args.output:
+        write_json_atomic(args.output, doc)
     print(table(doc))
     if args.output:
         log.info("results: %s", args.output)

@@ -1,5 +1,6 @@
-"""Data-parallel training under ``torchrun``: the process group, sharding of global batches, and the few
-collective operations the train task needs.
+"""Several processes under ``torchrun``: the process group, sharding of global batches, and the few
+collective operations the train task needs; for the denoise task, the files shared out among the processes
+(:func:`assign`) and :class:`SharedTransaction`, the one commit of a run whose outputs several processes wrote.
 
 ``torchrun --nproc_per_node=K -m emdenoise train ...`` starts K copies of the task with ``WORLD_SIZE``,
 ``RANK`` and ``LOCAL_RANK`` (and the rendezvous address) in their environment. When ``WORLD_SIZE`` > 1 the
@@ -15,15 +16,19 @@ batch norm (cafcn, msdnet, rednet, unet) train the same as one process up to rou
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from emdenoise.errors import RuntimeFailure
+from emdenoise.outputs import Transaction
 
 # How long a process waits for the others at a collective before giving up (a crashed peer is usually
 # noticed sooner: torchrun stops all workers when one of them fails).
@@ -145,3 +150,100 @@ def sync_buffers(model: nn.Module, world: World) -> None:
     if world.enabled:
         for buffer in model.buffers():
             dist.broadcast(buffer, src=0)
+
+
+@contextlib.contextmanager
+def joined(world: World, device: torch.device) -> Iterator[torch.device]:
+    """:func:`start` for the ``with`` block, :func:`stop` at its end; yields this process's device."""
+    device, created = start(world, device)
+    try:
+        yield device
+    finally:
+        stop(created)
+
+
+def assign(weights: Sequence[int], world: World) -> list[int]:
+    """The rank that handles each item, the heaviest first onto the least loaded rank (ties: the lower rank):
+    deterministic, so every process computes the same assignment; each rank gets a disjoint share."""
+    load = [0] * world.size
+    owner = [0] * len(weights)
+    for item in sorted(range(len(weights)), key=lambda i: (-weights[i], i)):
+        rank = min(range(world.size), key=lambda r: (load[r], r))
+        owner[item] = rank
+        load[rank] += max(int(weights[item]), 1)
+    return owner
+
+
+def all_true(flag: bool, world: World) -> bool:
+    """Whether ``flag`` is true in every process (a collective: every process must call it); ``flag`` alone
+    for SINGLE."""
+    if not world.enabled:
+        return flag
+    value = torch.tensor([1 if flag else 0], dtype=torch.int64)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
+def totals(values: Sequence[float], world: World, maximum: bool = False) -> list[float]:
+    """``values`` summed over the processes (their largest with ``maximum``); themselves for SINGLE."""
+    tensor = torch.tensor(list(values), dtype=torch.float64)
+    if world.enabled:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX if maximum else dist.ReduceOp.SUM)
+    return tensor.tolist()
+
+
+class SharedTransaction(Transaction):
+    """The :class:`~emdenoise.outputs.Transaction` of a run shared by the processes of ``world``.
+
+    Every process declares the same plan (:meth:`put` and :meth:`remove` for every output, in the same
+    order) and writes only its own staged files. At the end of the ``with`` block the processes agree: when
+    all succeeded, rank 0 alone commits (moves every process's staged files into place; the staging folders
+    are on the output's file system, shared by all nodes in a multi-node run) and the others wait for it;
+    when any failed, nobody commits and each process raises (the failing one its own error, the others a
+    RuntimeFailure saying another failed). A resumable transaction keeps the finished staged files for the
+    next run, as a single process does. For SINGLE it is a plain Transaction.
+    """
+
+    def __init__(self, world: World, resumable: bool = False):
+        super().__init__(resumable)
+        self.world = world
+
+    def __exit__(self, kind: Any, value: Any, tb: Any) -> None:
+        if not self.world.enabled:
+            return super().__exit__(kind, value, tb)
+        if not self._agree(kind is None):
+            self._give_up()
+            if kind is None:
+                raise RuntimeFailure(
+                    "another process of this run failed or was stopped (its error, if any, is above); "
+                    "nothing was committed"
+                    + ("; finished files stay staged for the next run" if self.resumable else "")
+                )
+            return  # this process's own exception goes on
+        committed = True
+        if self.world.is_main:
+            try:
+                super().__exit__(None, None, None)
+            except BaseException:
+                committed = False
+                self._agree(False)
+                raise
+        else:
+            self._steps.clear()  # rank 0 moves this process's files
+        if not self._agree(committed):
+            raise RuntimeFailure("process 0 could not commit this run's outputs (its error is above)")
+
+    def _agree(self, flag: bool) -> bool:
+        """:func:`all_true`; False when a process is gone (the collective fails: gloo sees the closed
+        connection), so a process that was killed is a failure of the run, never a commit without it."""
+        try:
+            return all_true(flag, self.world)
+        except RuntimeError:  # torch.distributed.DistBackendError and the like
+            return False
+
+    def _give_up(self) -> None:
+        """A failed shared run: rank 0 aborts (a non-resumable abort removes the staged files of all); the
+        others leave the staging folders to it."""
+        if self.world.is_main:
+            self.abort()
+        self._steps.clear()

@@ -6,7 +6,10 @@
     models.get("unet").documented_params         # the count the docstring states, for the tests
 
 Every model maps a (B, 1, H, W) float tensor to a (B, 1, H, W) tensor for any H and W, working on
-normalised images (the train task normalises inputs and targets, see the dataset card).
+normalised images (the train task normalises inputs and targets, see the dataset card). A model whose
+layers need H and W to be multiples of some k (pooling, pixel-unshuffle) pads its input to them and crops
+the output back, and says so in a class attribute ``size_multiple = k`` (1 when absent), which the export
+(:mod:`emdenoise.engine.export`) uses to do that padding itself, outside the traced network.
 Each model declares its own ``train:`` options when it registers (``options={"base": ("unet_base",
 Field(...))}``: constructor option -> parameter key and its schema field); :func:`option_fields` hands them
 to the parameters schema and ``options_from_train(name, train)`` picks a model's options from a validated

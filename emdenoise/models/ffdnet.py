@@ -55,6 +55,8 @@ def noise_level_map(x: torch.Tensor) -> torch.Tensor:
 class FFDNet(nn.Module):
     """Zhang et al.'s FFDNet with an in-model per-pixel noise map: 1 -> 1 channel, any H x W."""
 
+    size_multiple = SCALE  # the sizes _forward takes; forward pads to them
+
     def __init__(self, depth: int = 15, channels: int = 64):
         super().__init__()
         if depth < 3:
@@ -71,4 +73,4 @@ class FFDNet(nn.Module):
         return F.pixel_shuffle(self.body(h), SCALE)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return padded_apply(self._forward, x, SCALE)
+        return padded_apply(self._forward, x, self.size_multiple)

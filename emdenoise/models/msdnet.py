@@ -107,6 +107,20 @@ class _BufferConv:
         return grad_matrix.view(self.k, self.k, self.o, self.c).permute(2, 3, 0, 1)
 
 
+def _mixed_scale_dense(x, dilations, out_weight, out_bias, weights, biases) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward pass over one preallocated feature buffer: ``(output, buffer)``."""
+    width = weights[0].shape[0]
+    m = max(dilations)
+    b, _, h, w = x.shape
+    buf = x.new_empty(b, 1 + len(weights) * width, h + 2 * m, w + 2 * m)
+    buf[:, :1] = _pad(x, m)
+    for i, (weight, bias, d) in enumerate(zip(weights, biases, dilations)):
+        c = 1 + i * width
+        pre = _BufferConv(weight, d, m, h, w).forward(buf) + bias.view(1, -1, 1, 1)
+        buf[:, c : c + width] = _pad(F.relu(pre), m)
+    return _BufferConv(out_weight, 1, m, h, w).forward(buf) + out_bias.view(1, -1, 1, 1), buf
+
+
 class _MixedScaleDense(torch.autograd.Function):
     """Forward and backward of the whole MS-D network over one preallocated feature buffer.
 
@@ -117,18 +131,10 @@ class _MixedScaleDense(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dilations, out_weight, out_bias, *layer_params):
         weights, biases = layer_params[0::2], layer_params[1::2]
-        width = weights[0].shape[0]
-        m = max(dilations)
-        b, _, h, w = x.shape
-        buf = x.new_empty(b, 1 + len(weights) * width, h + 2 * m, w + 2 * m)
-        buf[:, :1] = _pad(x, m)
-        for i, (weight, bias, d) in enumerate(zip(weights, biases, dilations)):
-            c = 1 + i * width
-            pre = _BufferConv(weight, d, m, h, w).forward(buf) + bias.view(1, -1, 1, 1)
-            buf[:, c : c + width] = _pad(F.relu(pre), m)
-        ctx.dilations, ctx.margin = dilations, m
+        y, buf = _mixed_scale_dense(x, dilations, out_weight, out_bias, weights, biases)
+        ctx.dilations, ctx.margin = dilations, max(dilations)
         ctx.save_for_backward(buf, out_weight, *weights)
-        return _BufferConv(out_weight, 1, m, h, w).forward(buf) + out_bias.view(1, -1, 1, 1)
+        return y
 
     @staticmethod
     @once_differentiable
@@ -183,4 +189,7 @@ class MSDNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         params = [p for conv in self.layers for p in (conv.weight, conv.bias)]
+        if torch.jit.is_tracing():  # TorchScript records tensor operations, not a Python autograd.Function
+            weights, biases = params[0::2], params[1::2]
+            return _mixed_scale_dense(x, self.dilations, self.output.weight, self.output.bias, weights, biases)[0]
         return _MixedScaleDense.apply(x, self.dilations, self.output.weight, self.output.bias, *params)

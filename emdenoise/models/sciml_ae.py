@@ -50,6 +50,8 @@ def _double_conv(in_ch: int, out_ch: int) -> nn.Sequential:
 class SciMLAutoencoder(nn.Module):
     """The SciML-Bench em_denoise autoencoder: 1 -> 1 channel, any H x W."""
 
+    size_multiple = 2 ** len(ENCODER_CHANNELS)  # the sizes _forward takes; forward pads to them
+
     def __init__(self):
         super().__init__()
         self.encoders = nn.ModuleList()
@@ -74,4 +76,4 @@ class SciMLAutoencoder(nn.Module):
         return self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return padded_apply(self._forward, x, 2 ** len(ENCODER_CHANNELS))
+        return padded_apply(self._forward, x, self.size_multiple)

@@ -37,6 +37,8 @@ BASE = Field("int", 32, "unet: channels of the first level (32 practical, 64 as 
 class UNet(nn.Module):
     """Ronneberger et al.'s U-Net for 1 -> 1 channel denoising, any H x W."""
 
+    size_multiple = 2**LEVELS  # the sizes _forward takes; forward pads to them (see models/__init__.py)
+
     def __init__(self, base: int = 32):
         super().__init__()
         if base < 1:
@@ -63,4 +65,4 @@ class UNet(nn.Module):
         return self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return padded_apply(self._forward, x, 2**LEVELS)
+        return padded_apply(self._forward, x, self.size_multiple)

@@ -23,46 +23,28 @@ an output beside another output's provenance.
 
 from __future__ import annotations
 
-from pathlib import Path
+import torch
 
-from emdenoise.engine import runtime
+from emdenoise.engine import distributed, runtime
 from emdenoise.engine.inference import Denoised, FileDenoiser
-from emdenoise.errors import InputError
 from emdenoise.io import micrographs
-from emdenoise.layout import MODEL_FILE, trained_models
+from emdenoise.layout import select_model
 from emdenoise.log import progress
-from emdenoise.outputs import STAGING_DIR, Transaction, remove_staging, write_json_atomic
+from emdenoise.outputs import STAGING_DIR, remove_staging, write_json_atomic
 from emdenoise.tasks.context import TaskContext
 
 
-def select_model(model_dir: Path, choice: str) -> tuple[str, Path]:
-    """``(name, model file)`` for ``denoise.model``: a folder name in ``model_dir``, or ``auto``."""
-    if not model_dir.is_dir():
-        raise InputError.at(
-            model_dir, "model_dir", "expected a folder of trained models, not found; run the train task first"
-        )
-    found = trained_models(model_dir)
-    if choice == "auto":
-        if len(found) == 1:
-            return next(iter(found.items()))
-        if not found:
-            raise InputError.at(
-                model_dir,
-                "denoise.model",
-                f"expected a trained model ({'<name>/' + MODEL_FILE}), found none; run the train task first",
-            )
-        raise InputError.at(
-            model_dir,
-            "denoise.model",
-            f"expected one model for 'auto', found {len(found)}: {', '.join(found)}; set denoise.model to one of them",
-        )
-    if choice not in found:
-        have = f"one of {', '.join(found)}" if found else "a trained model name (none found; run train first)"
-        raise InputError.at(model_dir / choice / MODEL_FILE, "denoise.model", f"expected {have}, got {choice!r}")
-    return choice, found[choice]
-
-
 def run(ctx: TaskContext) -> None:
+    """Under torchrun each process denoises its share of the files (:func:`distributed.assign`, by frames) into
+    the staging folders and rank 0 commits them all when every process has succeeded."""
+    world = distributed.from_env()
+    with distributed.joined(
+        world, runtime.resolve_device(ctx.params.denoise.device, "denoise.device", ctx.where)
+    ) as device:
+        _run(ctx, world, device)
+
+
+def _run(ctx: TaskContext, world: distributed.World, device: torch.device) -> None:
     sec, log = ctx.params.denoise, ctx.log
     input_dir, model_dir, output_dir = ctx.paths["input_dir"], ctx.paths["model_dir"], ctx.paths["output_dir"]
     files = micrographs.find_inputs(input_dir, sec.pattern, output_dir, log)
@@ -70,7 +52,6 @@ def run(ctx: TaskContext) -> None:
     frame_counts = micrographs.read_headers(files, log)
     log.info("denoise: %d file(s), %d frame(s) from %s", len(files), sum(frame_counts.values()), input_dir)
 
-    device = runtime.resolve_device(sec.device, "denoise.device", ctx.where)
     precision = runtime.resolve_precision(sec.precision, device, "denoise.precision", ctx.where)
     engine = FileDenoiser(
         model_path,
@@ -98,19 +79,27 @@ def run(ctx: TaskContext) -> None:
 
     done: list[Denoised] = []
     outs = {path: micrographs.output_path(output_dir, path.relative_to(input_dir)) for path in files}
+    owner = dict(zip(files, distributed.assign([frame_counts[path] for path in files], world)))
     with (
-        Transaction(resumable=True) as tx,
-        progress(total=sum(frame_counts.values()), desc="denoise", unit="frame") as bar,
+        distributed.SharedTransaction(world, resumable=True) as tx,
+        progress(  # under torchrun: rank 0's bar, of its own share
+            total=sum(frame_counts[p] for p in files if owner[p] == world.rank),
+            desc="denoise",
+            unit="frame",
+            disable=not world.is_main,
+        ) as bar,
     ):
         for path, out in outs.items():
             fingerprint = engine.fingerprint(path)
             if engine.up_to_date(out, fingerprint):
                 log.info("%s: up to date (same input, model and settings), kept", out)
-                bar.update(frame_counts[path])
+                bar.update(frame_counts[path] if owner[path] == world.rank else 0)
                 continue
             sidecar = micrographs.sidecar_of(out)
             tx.remove(sidecar)  # the commit order of a pair: old sidecar, image, new sidecar
             staged, staged_sidecar = tx.put(out), tx.put(sidecar)
+            if owner[path] != world.rank:
+                continue  # another process denoises this one
             if engine.up_to_date(staged, fingerprint):
                 log.info("%s: up to date in %s (finished by an interrupted run), kept", out, staged.parent)
                 bar.update(frame_counts[path])
@@ -127,18 +116,21 @@ def run(ctx: TaskContext) -> None:
                 out,
             )
             done.append(result)
-    for folder in sorted({out.parent for out in outs.values()}):  # leftovers of abandoned runs go too
+    for folder in sorted({out.parent for out in outs.values()} if world.is_main else ()):  # and abandoned runs'
         remove_staging(folder / STAGING_DIR)
 
-    reused = len(files) - len(done)
-    frames, seconds = sum(r.frames for r in done), sum(r.seconds for r in done)
-    if done:
+    frames, computed, tiles = distributed.totals(
+        [sum(r.frames for r in done), len(done), engine.tiler.tiles_run], world
+    )
+    (seconds,) = distributed.totals([sum(r.seconds for r in done)], world, maximum=True)  # side by side
+    reused = len(files) - int(computed)
+    if computed:
         log.info(
             "denoised %d frame(s) in %.2f s: %.2f frames/s (%d tiles through the model)%s",
             frames,
             seconds,
             frames / max(seconds, 1e-9),
-            engine.tiler.tiles_run,
+            tiles,
             f"; {reused} output(s) up to date and kept" if reused else "",
         )
     else:

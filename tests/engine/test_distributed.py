@@ -8,7 +8,6 @@ between the runs stay rounding-sized (Adam's normalisation would blow them up to
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import support
 import torch
 import yaml
 from support import write_data_dir
@@ -77,12 +77,8 @@ def _paths(data: Path, params: Path, run: Path) -> list[str]:
 
 
 def torchrun(launch: list[str], args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc_per_node=2 LAUNCH train ARGS`` (a free rendezvous port each time)."""
-    env = {**os.environ, "EMDENOISE_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
-    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
-        env.pop(name, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *launch, "train", *args]
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    """``torchrun --standalone --nproc_per_node=2 LAUNCH train ARGS``, which must succeed."""
+    done = support.torchrun([*launch, "train", *args], cwd, TIMEOUT_S)
     assert done.returncode == 0, f"torchrun exit code {done.returncode}:\n{done.stdout}{done.stderr[-4000:]}"
     return done
 
@@ -190,3 +186,20 @@ def test_global_batch_must_divide_among_processes(tmp_path, data, monkeypatch):
     log = (run / "logs" / "train.log").read_text()
     assert "train.batch_size: expected a multiple of the 2 training processes" in log
     assert not (run / "models").exists() or not any((run / "models").rglob("*.h5"))
+
+
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_assign_shares_items_out_disjointly_and_evenly(size):
+    weights = [5, 1, 1, 3, 2, 2, 0, 4]
+    owners = [distributed.assign(weights, distributed.World(rank, size)) for rank in range(size)]
+    assert all(o == owners[0] for o in owners)  # every process computes the same assignment
+    load = [sum(max(w, 1) for w, r in zip(weights, owners[0]) if r == rank) for rank in range(size)]
+    assert sorted(set(owners[0])) == list(range(size)) and max(load) - min(load) <= max(weights)
+    assert distributed.assign([], distributed.World(0, size)) == []
+
+
+def test_shared_transaction_of_a_single_process_is_a_transaction(tmp_path):
+    with distributed.SharedTransaction(distributed.SINGLE) as tx:
+        staged = tx.put(tmp_path / "a.txt")
+        staged.write_text("new")
+    assert (tmp_path / "a.txt").read_text() == "new" and not (tmp_path / ".staging").exists()
