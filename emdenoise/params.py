@@ -270,6 +270,28 @@ class TrainParams(Section):
         False,
         "torch.compile the model for training (opt-in; when compiling fails: a one-line warning and eager training)",
     )
+    supervision: str = param(
+        "str",
+        "clean",
+        "training targets: clean (pairs with clean images), noise2void (blind spots on single noisy frames), "
+        "poisson_split (each counted frame thinned into two independent halves), frame_pairs (consecutive "
+        "frames of a stack, drift aligned by preprocess)",
+        choices=("clean", "noise2void", "poisson_split", "frame_pairs"),
+    )
+    blind_spot_fraction: float = param(
+        "float", 0.02, "noise2void: fraction of pixels masked (on a random pattern) per image", min=0.0001, max=0.5
+    )
+    counts_per_unit: float = param(
+        "float",
+        0.0,
+        "poisson_split: electron counts per unit of the stored values (0: from the data: the recorded dose, "
+        "else the dataset card's count_scale, else 1 for whole-number data)",
+        min=0.0,
+        max=1e9,
+    )
+    init_from: str = param(
+        "str", "none", "a model file to start from and fine-tune (same architecture and options; none: random start)"
+    )
     model_options: dict[str, Any] = dataclasses.field(default_factory=lambda: model_option_defaults())
 
     @classmethod
