@@ -11,6 +11,11 @@ Raw (what ``download`` writes and ``preprocess`` reads; the public dataset's own
       inference/truth/*.tif         optional, matching clean images (same file names)
       MANIFEST.json                 written by download: source, keys, sizes, checksums, time
 
+    or, from a ``micrographs:PATH`` source (the user's own noisy micrographs, no clean images)::
+
+      micrographs/...               the folder's or zip's micrograph files, as they are (any format denoise reads)
+      MANIFEST.json
+
     The synthetic generator also stores the dose of each image (electrons per pixel at the beam centre) as
     the attribute "dose" (float32 array of length N) on the noisy "images" dataset.
 
@@ -38,6 +43,7 @@ from pathlib import Path
 
 from emdenoise.errors import InputError
 
+MICROGRAPHS_DIR = "micrographs"  # raw_data_dir/micrographs/: a micrographs: source's own noisy files
 RAW_SPLITS = ("train", "test")
 RAW_FILES = {"noisy": "graphene_img_noise.h5", "clean": "graphene_img_clean.h5"}
 RAW_DATASET = "images"

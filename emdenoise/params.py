@@ -116,13 +116,15 @@ def _hint(word: str, options: Any) -> str:
 def _source_check(value: str) -> str | None:
     from emdenoise.data.sources import NAMED_SOURCES
 
-    if value in NAMED_SOURCES or value.startswith(("http://", "https://", "s3://", "file://", "/", "./", "../", "~")):
+    if value in NAMED_SOURCES or value.startswith(
+        ("http://", "https://", "s3://", "file://", "/", "./", "../", "~", "micrographs:")
+    ):
         return None
     if Path(value).suffix == ".zip" or "/" in value:
         return None
     return (
         f"one of {', '.join(NAMED_SOURCES)}{_hint(value.lower(), NAMED_SOURCES)}, an http(s):// or s3:// "
-        f"URL, or a local folder or .zip"
+        f"URL, a local folder or .zip, or micrographs:PATH"
     )
 
 
@@ -186,7 +188,8 @@ class DownloadParams(Section):
         "str",
         "synthetic",
         "where the data come from: synthetic, stfc, osn, minibatch, an "
-        "http(s):// or s3:// URL, or a local folder or .zip in the em_graphene_sim layout",
+        "http(s):// or s3:// URL, a local folder or .zip in the em_graphene_sim layout, or micrographs:PATH "
+        "(a folder or .zip of your own noisy micrographs in any format denoise reads)",
         check=_source_check,
     )
     seed: int = param("int", 0, "synthetic: random seed (same seed, same bytes)", min=0, max=MAX_SEED)
@@ -232,6 +235,9 @@ class PreprocessParams(Section):
         max=0.9,
     )
     seed: int = param("int", 0, "random seed of the train/val split", min=0, max=MAX_SEED)
+    tile_size: int = param(
+        "int", 128, "micrographs: side of the square tiles the frames are cut into", min=16, max=4096
+    )
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,7 @@ def one_error(code: int, stderr: str, expected: int, *words: str) -> str:
 
 
 def params_file(path: Path, **sections) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(sections))
     return path
 

@@ -35,6 +35,7 @@ import h5py
 import numpy as np
 
 from emdenoise import __version__
+from emdenoise.data import noisy_only
 from emdenoise.data.manifest import recorded_source
 from emdenoise.data.raw import RawImages, find_inference_pairs, one_line, open_raw_split, read_tiff
 from emdenoise.errors import InputError, RuntimeFailure
@@ -54,7 +55,10 @@ DATA_RANGE_DEFINITION = (
 
 
 def preprocess(raw_dir: Path, data_dir: Path, params: PreprocessParams, log) -> dict[str, Any]:
-    """Write the processed layout of ``raw_dir`` into ``data_dir`` (both folders exist); return the card."""
+    """Write the processed layout of ``raw_dir`` into ``data_dir`` (both folders exist); return the card. A
+    micrographs: download (noisy only) goes to :func:`emdenoise.data.noisy_only.preprocess_micrographs`."""
+    if noisy_only.is_micrographs(raw_dir):
+        return noisy_only.preprocess_micrographs(raw_dir, data_dir, params, log)
     with contextlib.ExitStack() as inputs:
         files: dict[str, RawImages] = {}
         for split in RAW_SPLITS:

@@ -1,7 +1,7 @@
 """The raw em_graphene_sim layout (:mod:`emdenoise.layout`): finding it, and reading and validating its files.
 
 - :func:`find_layout_root` / :func:`check_raw_layout`: where the layout sits among a download's paths, and
-  whether ``raw_data_dir`` holds it;
+  whether ``raw_data_dir`` holds it; :func:`micrograph_plan`: the files a ``micrographs:`` source brings;
 - :func:`open_raw_split`: the noisy and clean ``images`` of one raw split, open and cross-checked
   (:class:`RawImages` reads them in blocks, refusing NaN or infinite pixels);
 - :func:`find_inference_pairs` / :func:`read_tiff`: the optional ``inference/raw`` + ``inference/truth`` TIFFs.
@@ -25,7 +25,7 @@ import numpy as np
 
 from emdenoise.errors import InputError
 from emdenoise.io import h5safe
-from emdenoise.layout import RAW_DATASET, RAW_FILES, RAW_SPLITS, check_frame_pixels
+from emdenoise.layout import MICROGRAPHS_DIR, RAW_DATASET, RAW_FILES, RAW_SPLITS, check_frame_pixels
 
 REQUIRED = tuple(f"{split}/{name}" for split in RAW_SPLITS for name in RAW_FILES.values())
 LAYOUT_TEXT = "the em_graphene_sim layout: train/ and test/, each holding " + " and ".join(sorted(RAW_FILES.values()))
@@ -70,8 +70,32 @@ def find_layout_root(paths: Iterable[str], where: Any) -> str:
     raise InputError(f"{where}: no {', '.join(missing)}{under}: expected {LAYOUT_TEXT}")
 
 
-def check_raw_layout(raw_dir: Path) -> None:
-    """After a download: the four files of the raw layout must be there."""
+def micrograph_plan(paths: Iterable[str], where: Any) -> dict[str, str]:
+    """{``micrographs/<path>``: path} for every posix path with an extension ``denoise`` reads (hidden files
+    left out); a one-line InputError when there is none."""
+    from emdenoise.io.micrographs import FORMATS, format_of
+
+    plan = {
+        f"{MICROGRAPHS_DIR}/{rel}": rel
+        for rel in paths
+        if format_of(Path(rel)) and not any(part.startswith(".") for part in rel.split("/"))
+    }
+    if not plan:
+        raise InputError.at(
+            where,
+            "download.source",
+            f"expected micrograph files (extensions {' '.join(sorted(FORMATS))}), found none",
+        )
+    return plan
+
+
+def check_raw_layout(raw_dir: Path, micrographs: bool = False) -> None:
+    """After a download: the four files of the raw layout must be there (a micrographs: source: at least
+    one file under ``micrographs/``)."""
+    if micrographs:
+        if not any(p.is_file() for p in (raw_dir / MICROGRAPHS_DIR).rglob("*")):
+            raise InputError.at(raw_dir / MICROGRAPHS_DIR, None, "expected micrograph files, found none")
+        return
     missing = [req for req in REQUIRED if not (raw_dir / req).is_file()]
     if missing:
         raise InputError(f"{raw_dir}: no {', '.join(missing)}: expected {LAYOUT_TEXT}")

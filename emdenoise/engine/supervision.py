@@ -152,15 +152,23 @@ def count_scales(
             path,
             "noisy",
             "expected whole-number counts for train.supervision: poisson_split, got non-integer values and no "
-            "count scale (no dose recorded, no count_scale in the dataset card); set train.counts_per_unit",
+            "count scale (no dose recorded, no count_scale in the dataset card); set train.counts_per_unit"
+            + (
+                f" (estimated from the frames: {card['count_scale_estimate']:.4g}, the card's count_scale_estimate)"
+                if isinstance(card.get("count_scale_estimate"), (int, float))
+                else ""
+            ),
         )
     from emdenoise.engine.baselines import estimate_count_scale
 
     return np.array([estimate_count_scale(im) for im in noisy], np.float32), "estimated from each image"
 
 
-def frame_pair_rows(stack: np.ndarray | None, frame: np.ndarray | None, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(input rows, target rows) of every pair of consecutive frames of the same stack, both ways round."""
+def frame_pair_rows(
+    stack: np.ndarray | None, frame: np.ndarray | None, path: Path, required: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """(input rows, target rows) of every pair of consecutive frames of the same stack, both ways round; none
+    is an InputError when ``required`` (the train split), else empty (a val split of single frames)."""
     if stack is None or frame is None:
         raise InputError.at(
             path,
@@ -172,7 +180,7 @@ def frame_pair_rows(stack: np.ndarray | None, frame: np.ndarray | None, path: Pa
     s, f = stack[order], frame[order]
     nxt = (s[1:] == s[:-1]) & (f[1:] == f[:-1] + 1)
     a, b = order[:-1][nxt], order[1:][nxt]
-    if len(a) == 0:
+    if len(a) == 0 and required:
         raise InputError.at(
             path,
             "frame",

@@ -159,12 +159,12 @@ def load_data(
     data = _self_supervised(tr, sup, train, card or {}, path, patch)
     data.val = val
     if len(val):
-        data.val_pairs = _self_supervised(val, sup, train, card or {}, Path(data_dir) / "val.h5", 0)
+        data.val_pairs = _self_supervised(val, sup, train, card or {}, Path(data_dir) / "val.h5", 0, required=False)
     return data
 
 
 def _self_supervised(
-    split: Split, sup: Supervisor, train: TrainParams, card: dict, path: Path, patch: int
+    split: Split, sup: Supervisor, train: TrainParams, card: dict, path: Path, patch: int, required: bool = True
 ) -> TrainData:
     """One split as self-supervised training data: count scales and dead pixels found on the raw values, the
     frame pairs built (frame_pairs), everything normalised with the noisy statistics (the targets are noisy)."""
@@ -178,7 +178,7 @@ def _self_supervised(
     noisy /= sup.std
     inputs = targets = torch.from_numpy(noisy)[:, None]
     if sup.mode == "frame_pairs":
-        a, b = supervision.frame_pair_rows(split.stack, split.frame, path)
+        a, b = supervision.frame_pair_rows(split.stack, split.frame, path, required)
         inputs, targets, valid, scales = inputs[a], inputs[b], valid[b], scales[a]
     return TrainData(
         inputs,
@@ -738,9 +738,11 @@ def train_model(
         if on_epoch_end is not None:
             on_epoch_end(epoch)
     log.info(
-        "%s: best val PSNR %s dB at epoch %s -> %s (staged until every model of the run has finished)",
+        "%s: best %s at epoch %s -> %s (staged until every model of the run has finished)",
         name,
-        f"{record['best_val_psnr']:.2f}" if record["best_val_psnr"] is not None else "n/a",
+        f"val PSNR {record['best_val_psnr']:.2f} dB"
+        if record["best_val_psnr"] is not None
+        else f"val loss {record.get('best_val_loss')}",
         record["best_epoch"],
         out_dir / MODEL_FILE,
     )
