@@ -169,6 +169,8 @@ def frame_pair_rows(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(input rows, target rows) of every pair of consecutive frames of the same stack, both ways round; none
     is an InputError when ``required`` (the train split), else empty (a val split of single frames)."""
+    if (stack is None or frame is None) and not required:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     if stack is None or frame is None:
         raise InputError.at(
             path,
