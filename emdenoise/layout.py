@@ -24,7 +24,9 @@ Processed (what ``preprocess`` writes and ``train``/``test`` read)::
     data_dir/
       train.h5, val.h5, test.h5     datasets "noisy" and "clean": float32 (N, H, W), chunked one image per chunk,
                                     no compression; optional "dose": float32 (N,); optional "index": int64 (N,),
-                                    the row in the raw file each pair came from
+                                    the row in the raw file each pair came from. Noisy-only data (from a
+                                    micrographs: source) have no "clean" and add "stack", "frame" int64 (N,)
+                                    and optional "pixel_size" float32 (N,) (emdenoise.data.noisy_only)
       inference.h5                  optional, same datasets, from inference/raw + inference/truth
       dataset_card.json             see DATASET_CARD_KEYS
 

@@ -173,7 +173,8 @@ def _self_supervised(
     )
     assert scales is not None
     valid = ~supervision.dead_pixels(split.noisy, scales)
-    noisy = split.noisy
+    # the train split is normalised in place (memory); the val split's raw images stay for PSNR/SSIM
+    noisy = split.noisy if required else split.noisy.copy()
     noisy -= sup.mean
     noisy /= sup.std
     inputs = targets = torch.from_numpy(noisy)[:, None]

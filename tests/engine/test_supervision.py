@@ -110,6 +110,7 @@ def test_load_data_prepares_each_mode(counted_dir, mode):
     data = training.load_data(counted_dir, train, {"noisy": {"mean": 0.5, "std": 0.2}}, "params", {})
     assert data.valid is not None and not data.valid[:, 0, 3, 5].any()  # the dead pixel is out of every loss
     assert data.val_pairs is not None and data.supervision["mode"] == mode
+    np.testing.assert_array_equal(data.val.noisy, training.load_split(counted_dir, "val").noisy)  # raw, for PSNR
     index, corners, key = training.epoch_plan(data, 4, seed=0, epoch=1)[0]
     inp, target, mask = training.gather(data, index, corners, key)
     assert inp.shape == target.shape == (4, 1, 16, 16) and mask is not None and mask.dtype == torch.bool
