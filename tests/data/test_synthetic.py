@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
+from support import power_spectrum
 
 from emdenoise.data import synthetic
 from emdenoise.data.synthetic import (
@@ -28,12 +29,6 @@ from emdenoise.outputs import Transaction
 # ---------------------------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def power_spectrum(img: np.ndarray) -> np.ndarray:
-    """|FFT|^2 of the mean-removed, Hann-windowed image (little leakage), zero frequency at [0, 0]."""
-    window = np.hanning(img.shape[0])[:, None] * np.hanning(img.shape[1])[None, :]
-    return np.abs(np.fft.fft2((img - img.mean()) * window)) ** 2
 
 
 def ring_power(power: np.ndarray, radius: float, angle_deg: float) -> float:
