@@ -253,18 +253,18 @@ def projected_potential(
     z = np.broadcast_to(np.asarray(z, dtype=np.int64), (len(yx),))
     ky, kx = frequencies(shape, pixel_size, real=True)
     k = np.sqrt(ky**2 + kx**2)
-    spectrum = np.zeros(k.shape, np.complex128)
+    spectrum = np.zeros(k.shape, np.complex64)
     # Interlacing: a second grid offset by half a pixel cancels the aliases of odd order of the first.
-    half_pixel = np.exp(-1j * np.pi * (ky + kx) * pixel_size)
+    half_pixel = np.exp(-1j * np.pi * (ky + kx) * pixel_size).astype(np.complex64)
+    kernel = np.sinc(ky * pixel_size) ** 2 * np.sinc(kx * pixel_size) ** 2  # the bilinear kernel's transform
+    keep = k <= band_limit * 0.5 / pixel_size
+    scale = np.where(keep, 0.5 * POTENTIAL_PER_SCATTERING_FACTOR / pixel_size**2 / kernel, 0.0)
     for element in np.unique(z):
         mine = yx[z == element]
         ones = np.ones(len(mine))
-        grid = sfft.rfft2(_splat(mine, ones, shape), workers=1)
-        grid += sfft.rfft2(_splat(mine - 0.5, ones, shape), workers=1) * half_pixel
-        spectrum += grid * (0.5 * scattering_factor(int(element), k))
-    kernel = np.sinc(ky * pixel_size) ** 2 * np.sinc(kx * pixel_size) ** 2  # the bilinear kernel's transform
-    keep = k <= band_limit * 0.5 / pixel_size
-    spectrum *= np.where(keep, POTENTIAL_PER_SCATTERING_FACTOR / pixel_size**2 / kernel, 0.0)
+        grid = sfft.rfft2(_splat(mine, ones, shape).astype(np.float32), workers=1)
+        grid += sfft.rfft2(_splat(mine - 0.5, ones, shape).astype(np.float32), workers=1) * half_pixel
+        spectrum += grid * (scale * scattering_factor(int(element), k)).astype(np.float32)
     return sfft.irfft2(spectrum, s=shape, workers=1).astype(np.float32)
 
 
@@ -283,6 +283,17 @@ def detector_mtf(shape: tuple[int, int], blur_px: float = 0.0, *, real: bool = T
     return mtf
 
 
+def _transfer(shape: tuple[int, int], pixel_size: float, optics: Optics) -> np.ndarray:
+    """:func:`ctf` on an fft2 grid (complex64), computed on one quadrant (it depends on |k| only) and mirrored."""
+    ny, nx = shape
+    qy = np.arange(ny // 2 + 1) / (ny * pixel_size)
+    qx = np.arange(nx // 2 + 1) / (nx * pixel_size)
+    quadrant = ctf(np.sqrt(qy[:, None] ** 2 + qx[None, :] ** 2), optics).astype(np.complex64)
+    iy = np.abs(np.fft.fftfreq(ny) * ny).astype(np.int64)  # row of |ky| in the quadrant
+    ix = np.abs(np.fft.fftfreq(nx) * nx).astype(np.int64)
+    return quadrant[iy[:, None], ix[None, :]]
+
+
 def image(
     potential: np.ndarray,
     optics: Optics,
@@ -296,8 +307,7 @@ def image(
     :func:`detector_mtf` (0: a counting detector's pixel aperture only).
     """
     shape = potential.shape
-    ky, kx = frequencies(shape, pixel_size)
-    transfer = ctf(np.sqrt(ky**2 + kx**2), optics).astype(np.complex64)
+    transfer = _transfer(shape, pixel_size, optics)
     wave = sfft.ifft2(sfft.fft2(exit_wave(potential, optics.voltage_kv), workers=1) * transfer, workers=1)
     intensity = (wave.real**2 + wave.imag**2).astype(np.float32)
     if detector_blur_px is None:

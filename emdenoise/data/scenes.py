@@ -163,10 +163,16 @@ def random_atoms(rng: np.random.Generator, extent: float, density: float, z: int
 
 
 def _sample(field_px: np.ndarray, yx_a: np.ndarray, pixel_size: float) -> np.ndarray:
-    """Values of a pixel grid at positions (A), nearest pixel, clipped to the grid."""
+    """Values of a grid of ``pixel_size`` A spacing at positions (A), bilinearly interpolated, clamped at edges."""
     n = field_px.shape[0]
-    idx = np.clip(np.rint(yx_a / pixel_size).astype(np.int64), 0, n - 1)
-    return field_px[idx[:, 0], idx[:, 1]]
+    pos = np.clip(yx_a / pixel_size, 0, n - 1.000001)
+    i = pos.astype(np.int64)
+    f = pos - i
+    fy, fx = f[:, 0], f[:, 1]
+    iy, ix = i[:, 0], i[:, 1]
+    top = field_px[iy, ix] * (1 - fx) + field_px[iy, ix + 1] * fx
+    bottom = field_px[iy + 1, ix] * (1 - fx) + field_px[iy + 1, ix + 1] * fx
+    return top * (1 - fy) + bottom * fy
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -191,13 +197,17 @@ class SceneRanges:
 
 
 SCENE_RANGES = SceneRanges()
+FIELD_COARSENING = 4  # the smooth fields of a scene are drawn on a grid this many times coarser than the pixels
 
 
 def _expand(columns_yx: np.ndarray, kinds: np.ndarray, material: Material) -> tuple[np.ndarray, np.ndarray]:
     """Atoms of the given columns: each column's stack of atoms at its position."""
-    counts = np.array([len(zs) for _, _, zs in material.basis])[kinds]
-    zs = np.concatenate([np.asarray(material.basis[k][2], np.uint8) for k in kinds]) if len(kinds) else np.zeros(0)
-    return np.repeat(columns_yx, counts, axis=0), zs.astype(np.uint8)
+    atoms, zs = [np.zeros((0, 2))], [np.zeros(0, np.uint8)]
+    for b, (_, _, stack) in enumerate(material.basis):
+        mine = columns_yx[kinds == b]
+        atoms.append(np.repeat(mine, len(stack), axis=0))
+        zs.append(np.tile(np.asarray(stack, np.uint8), len(mine)))
+    return np.concatenate(atoms), np.concatenate(zs)
 
 
 def draw_scene(
@@ -269,7 +279,9 @@ def draw_scene(
     contamination = rng.random() < SCENE_RANGES.contamination
     corr = [rng.uniform(10, 30), rng.uniform(15, 40), rng.uniform(20, 50), rng.uniform(15, 40)]
     corr += [rng.uniform(20, 40)] * n_grains
-    fields = smooth_fields(rng, size_px, corr)
+    # The fields are smooth (correlation >= 10 px): drawn on a grid FIELD_COARSENING times coarser.
+    fields = smooth_fields(rng, size_px // FIELD_COARSENING + 1, [c / FIELD_COARSENING for c in corr])
+    field_px = pixel_size * FIELD_COARSENING
     hole_f, edge_f, bilayer_f, contamination_f = fields[:4]
 
     # Grains: each column belongs to the grain whose seed is nearest, with distances warped by a smooth field.
@@ -281,7 +293,7 @@ def draw_scene(
         if n_grains > 1:
             dist = np.linalg.norm(cols[:, None, :] - seeds[None], axis=-1)
             for h in range(n_grains):
-                dist[:, h] += warp_amp * _sample(fields[4 + h], cols, pixel_size)
+                dist[:, h] += warp_amp * _sample(fields[4 + h], cols, field_px)
             mine = np.argmin(dist, axis=1) == g
             cols, kinds = cols[mine], kinds[mine]
         all_cols.append(cols)
@@ -301,11 +313,11 @@ def draw_scene(
     # Material: holes and a vacuum edge remove columns entirely.
     keep = np.ones(len(cols), bool)
     if holes:
-        keep &= _sample(hole_f, cols, pixel_size) < rng.uniform(0.8, 2.5)  # higher level: fewer, smaller holes
+        keep &= _sample(hole_f, cols, field_px) < rng.uniform(0.8, 2.5)  # higher level: fewer, smaller holes
     if edge:
         phi = rng.uniform(0, 2 * np.pi)
         across_edge = (cols - extent / 2) @ np.array([math.sin(phi), math.cos(phi)])
-        across_edge += rng.uniform(2, 8) * pixel_size * _sample(edge_f, cols, pixel_size)
+        across_edge += rng.uniform(2, 8) * pixel_size * _sample(edge_f, cols, field_px)
         keep &= across_edge < rng.uniform(-0.1, 0.4) * extent
     cols, kinds, grain = cols[keep], kinds[keep], grain[keep]
 
@@ -328,9 +340,9 @@ def draw_scene(
     if bilayer:
         cols2, kinds2 = crystal(mat, extent, rotation=rng.uniform(0, 2 * np.pi), origin_yx=rng.uniform(0, extent, 2))
         level = rng.uniform(0.3, 1.5)
-        inside2 = _sample(bilayer_f, cols2, pixel_size) > level
+        inside2 = _sample(bilayer_f, cols2, field_px) > level
         if holes:
-            inside2 &= _sample(hole_f, cols2, pixel_size) < level + 1
+            inside2 &= _sample(hole_f, cols2, field_px) < level + 1
         cols = np.concatenate([cols, cols2[inside2]])
         kinds = np.concatenate([kinds, kinds2[inside2]])
         vacant = np.concatenate([vacant, np.zeros(int(inside2.sum()), bool)])
@@ -339,7 +351,7 @@ def draw_scene(
     extra, extra_z = empty, np.zeros(0, np.uint8)
     if contamination:
         extra, extra_z = random_atoms(rng, extent, rng.uniform(*SCENE_RANGES.contamination_density))
-        patch = _sample(contamination_f, extra, pixel_size) > rng.uniform(0.5, 1.5)
+        patch = _sample(contamination_f, extra, field_px) > rng.uniform(0.5, 1.5)
         extra, extra_z = extra[patch], extra_z[patch]
         info["contamination_atoms"] = len(extra_z)
     return scene(cols - shift, kinds, vacant, extra, extra_z)
