@@ -61,13 +61,12 @@ except ImportError:  # optional: without it BLAS may start threads (much slower 
     ThreadpoolController = None
 
 from emdenoise.data import physics, scenes
-from emdenoise.layout import RAW_DATASET, RAW_FILES
+from emdenoise.layout import GENERALISATION_SPLIT, RAW_DATASET, RAW_FILES
 from emdenoise.log import progress
 from emdenoise.outputs import Transaction
 
 GENERATOR_VERSION = "2"  # 1: the plane-wave cartoon (removed); 2: atoms, projected potential, lens, detector
 
-GENERALISATION_SPLIT = "generalisation"
 SPLIT_KEYS = {"train": 0, "test": 1, GENERALISATION_SPLIT: 2}
 SCENES = ("random", "lattice", "vacuum", "amorphous")
 COUNTING_DETECTOR_FRACTION = 0.6  # the others: a scintillator with a Gaussian spread of SCINTILLATOR_BLUR_PX
