@@ -71,11 +71,35 @@ def _write_split(path: Path, arrays: dict[str, np.ndarray]) -> None:
             fh.create_dataset(key, data=values, chunks=chunks)
 
 
+def signal_variant(raw: Path, data: Path, out: Path) -> None:
+    """``data``'s splits with ``clean`` replaced by clean x beam, and a card to match, in ``out``."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    stats = {}
+    for split in ("train", "val", "test"):
+        with h5safe.open_sealed(data / f"{split}.h5") as fh:
+            arrays = {k: fh[k][:] for k in ("noisy", "clean", "index", "dose")}
+        arrays["clean"] = _signal(raw, split, arrays["index"], arrays["clean"])
+        _write_split(out / f"{split}.h5", arrays)
+        stats[split] = arrays["clean"]
+    _signal_card(data, out, stats)
+
+
+def _signal_card(data: Path, out: Path, stats: dict[str, np.ndarray]) -> None:
+    card = json.loads((data / "dataset_card.json").read_text())
+    card["normalisation"] = {
+        "noisy": card["normalisation"]["noisy"],
+        "clean": {"mean": float(stats["train"].mean()), "std": float(stats["train"].std())},
+    }
+    card["data_range"] = float(stats["test"].max() - stats["test"].min())
+    card["data_range_definition"] = "max - min of the noise-free test signal (clean x beam)"
+    write_json_atomic(out / "dataset_card.json", card)
+
+
 def build_variants(work: Path, seed: int) -> None:
     """WORK/signal and WORK/pairs from WORK/data (see the module docstring)."""
     raw, data = work / "raw", work / "data"
     rng = np.random.default_rng(seed + 1)
-    card = json.loads((data / "dataset_card.json").read_text())
     for variant in ("signal", "pairs"):
         out = work / variant
         shutil.rmtree(out, ignore_errors=True)
@@ -113,14 +137,7 @@ def build_variants(work: Path, seed: int) -> None:
                 }
             _write_split(out / f"{split}.h5", arrays)
             stats[split] = arrays["clean"]
-        new = dict(card)
-        new["normalisation"] = {
-            "noisy": card["normalisation"]["noisy"],
-            "clean": {"mean": float(stats["train"].mean()), "std": float(stats["train"].std())},
-        }
-        new["data_range"] = float(stats["test"].max() - stats["test"].min())
-        new["data_range_definition"] = "max - min of the noise-free test signal (clean x beam)"
-        write_json_atomic(out / "dataset_card.json", new)
+        _signal_card(data, out, stats)
 
 
 def _raw_clean(raw: Path, index: np.ndarray) -> np.ndarray:
