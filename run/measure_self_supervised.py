@@ -71,8 +71,9 @@ def _write_split(path: Path, arrays: dict[str, np.ndarray]) -> None:
             fh.create_dataset(key, data=values, chunks=chunks)
 
 
-def signal_variant(raw: Path, data: Path, out: Path) -> None:
-    """``data``'s splits with ``clean`` replaced by clean x beam, and a card to match, in ``out``."""
+def signal_variant(raw: Path, data: Path, out: Path, second_frame: np.random.Generator | None = None) -> None:
+    """``data``'s splits with ``clean`` replaced by clean x beam, and a card to match, in ``out``; with
+    ``second_frame`` (a generator), the train split gains a second noisy frame of every image (stack/frame)."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
     stats = {}
@@ -80,12 +81,10 @@ def signal_variant(raw: Path, data: Path, out: Path) -> None:
         with h5safe.open_sealed(data / f"{split}.h5") as fh:
             arrays = {k: fh[k][:] for k in ("noisy", "clean", "index", "dose")}
         arrays["clean"] = _signal(raw, split, arrays["index"], arrays["clean"])
+        if second_frame is not None and split == "train":
+            arrays = _with_second_frame(raw, arrays, second_frame)
         _write_split(out / f"{split}.h5", arrays)
         stats[split] = arrays["clean"]
-    _signal_card(data, out, stats)
-
-
-def _signal_card(data: Path, out: Path, stats: dict[str, np.ndarray]) -> None:
     card = json.loads((data / "dataset_card.json").read_text())
     card["normalisation"] = {
         "noisy": card["normalisation"]["noisy"],
@@ -96,48 +95,37 @@ def _signal_card(data: Path, out: Path, stats: dict[str, np.ndarray]) -> None:
     write_json_atomic(out / "dataset_card.json", card)
 
 
+def _with_second_frame(raw: Path, arrays: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A second, independent noisy frame of every train image (same dose, beam, dead-pixel fraction)."""
+    with h5py.File(raw / "train" / "graphene_img_noise.h5", "r") as fh:
+        attrs = fh["images"].attrs
+        centers, sigmas = np.asarray(attrs["beam_center_yx"]), np.asarray(attrs["beam_sigma"])
+    second = np.stack(
+        [
+            synthetic.add_noise(
+                rng,
+                raw_clean,
+                dose=float(arrays["dose"][i]),
+                beam_center_yx=centers[r],
+                beam_sigma=float(sigmas[r]),
+                dead_pixel_fraction=0.001,
+            )[0]
+            for i, (r, raw_clean) in enumerate(zip(arrays["index"], _raw_clean(raw, arrays["index"])))
+        ]
+    )
+    n = len(arrays["noisy"])
+    return {
+        "noisy": np.concatenate([arrays["noisy"], second]),
+        **{k: np.concatenate([arrays[k], arrays[k]]) for k in ("clean", "index", "dose")},
+        "stack": np.concatenate([np.arange(n), np.arange(n)]),
+        "frame": np.concatenate([np.zeros(n, np.int64), np.ones(n, np.int64)]),
+    }
+
+
 def build_variants(work: Path, seed: int) -> None:
     """WORK/signal and WORK/pairs from WORK/data (see the module docstring)."""
-    raw, data = work / "raw", work / "data"
-    rng = np.random.default_rng(seed + 1)
-    for variant in ("signal", "pairs"):
-        out = work / variant
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir()
-        stats = {}
-        for split in ("train", "val", "test"):
-            with h5safe.open_sealed(data / f"{split}.h5") as fh:
-                arrays = {k: fh[k][:] for k in ("noisy", "clean", "index", "dose")}
-            arrays["clean"] = _signal(raw, split, arrays["index"], arrays["clean"])
-            if variant == "pairs" and split == "train":
-                with h5py.File(raw / "train" / "graphene_img_noise.h5", "r") as fh:
-                    attrs = fh["images"].attrs
-                    centers, sigmas = np.asarray(attrs["beam_center_yx"]), np.asarray(attrs["beam_sigma"])
-                second = np.stack(
-                    [
-                        synthetic.add_noise(
-                            rng,
-                            raw_clean,
-                            dose=float(arrays["dose"][i]),
-                            beam_center_yx=centers[r],
-                            beam_sigma=float(sigmas[r]),
-                            dead_pixel_fraction=0.001,
-                        )[0]
-                        for i, (r, raw_clean) in enumerate(zip(arrays["index"], _raw_clean(raw, arrays["index"])))
-                    ]
-                )
-                n = len(arrays["noisy"])
-                arrays = {
-                    "noisy": np.concatenate([arrays["noisy"], second]),
-                    "clean": np.concatenate([arrays["clean"], arrays["clean"]]),
-                    "index": np.concatenate([arrays["index"], arrays["index"]]),
-                    "dose": np.concatenate([arrays["dose"], arrays["dose"]]),
-                    "stack": np.concatenate([np.arange(n), np.arange(n)]),
-                    "frame": np.concatenate([np.zeros(n, np.int64), np.ones(n, np.int64)]),
-                }
-            _write_split(out / f"{split}.h5", arrays)
-            stats[split] = arrays["clean"]
-        _signal_card(data, out, stats)
+    signal_variant(work / "raw", work / "data", work / "signal")
+    signal_variant(work / "raw", work / "data", work / "pairs", np.random.default_rng(seed + 1))
 
 
 def _raw_clean(raw: Path, index: np.ndarray) -> np.ndarray:
