@@ -108,6 +108,18 @@ def _baselines_or_none() -> tuple[str, ...]:
     return baselines.names() + ("none",)
 
 
+def _materials() -> tuple[str, ...]:
+    from emdenoise.data.scenes import MATERIALS
+
+    return tuple(MATERIALS)
+
+
+def _optics_regimes() -> tuple[str, ...]:
+    from emdenoise.data.physics import REGIMES
+
+    return REGIMES
+
+
 def _hint(word: str, options: Any) -> str:
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -116,13 +128,15 @@ def _hint(word: str, options: Any) -> str:
 def _source_check(value: str) -> str | None:
     from emdenoise.data.sources import NAMED_SOURCES
 
-    if value in NAMED_SOURCES or value.startswith(("http://", "https://", "s3://", "file://", "/", "./", "../", "~")):
+    if value in NAMED_SOURCES or value.startswith(
+        ("http://", "https://", "s3://", "file://", "/", "./", "../", "~", "micrographs:")
+    ):
         return None
     if Path(value).suffix == ".zip" or "/" in value:
         return None
     return (
         f"one of {', '.join(NAMED_SOURCES)}{_hint(value.lower(), NAMED_SOURCES)}, an http(s):// or s3:// "
-        f"URL, or a local folder or .zip"
+        f"URL, a local folder or .zip, or micrographs:PATH"
     )
 
 
@@ -186,7 +200,8 @@ class DownloadParams(Section):
         "str",
         "synthetic",
         "where the data come from: synthetic, stfc, osn, minibatch, an "
-        "http(s):// or s3:// URL, or a local folder or .zip in the em_graphene_sim layout",
+        "http(s):// or s3:// URL, a local folder or .zip in the em_graphene_sim layout, or micrographs:PATH "
+        "(a folder or .zip of your own noisy micrographs in any format denoise reads)",
         check=_source_check,
     )
     seed: int = param("int", 0, "synthetic: random seed (same seed, same bytes)", min=0, max=MAX_SEED)
@@ -200,6 +215,24 @@ class DownloadParams(Section):
         "float", 100.0, "synthetic: highest dose, electrons per pixel at the beam centre", min=0.01, max=1e6
     )
     dead_pixel_fraction: float = param("float", 0.001, "synthetic: fraction of dead (zero) pixels", min=0.0, max=0.5)
+    material: str = param("str", "graphene", "synthetic: the specimen (see README, Synthetic data)", choices=_materials)
+    optics: str = param(
+        "str",
+        "mixed",
+        "synthetic: microscope: corrected (60-80 kV), uncorrected (200-300 kV) or mixed (3 in 4 corrected)",
+        choices=_optics_regimes,
+    )
+    pixel_size_min: float = param("float", 0.12, "synthetic: smallest pixel size, A/px", min=0.02, max=5.0)
+    pixel_size_max: float = param("float", 0.3, "synthetic: largest pixel size, A/px (log-uniform)", min=0.02, max=5.0)
+    generalisation_count: int = param(
+        "int", 0, "synthetic: pairs of an extra generalisation/ split (0: none)", min=0, max=1_000_000
+    )
+    generalisation_material: str = param(
+        "str", "mos2", "synthetic: the specimen of the generalisation/ split", choices=_materials
+    )
+    generalisation_optics: str = param(
+        "str", "mixed", "synthetic: the microscope of the generalisation/ split", choices=_optics_regimes
+    )
     workers: int = param(
         "int", 0, "synthetic: worker processes (0: one per core); never changes the output", min=0, max=256
     )
@@ -218,6 +251,11 @@ class DownloadParams(Section):
     def check(self) -> None:
         if self.dose_min > self.dose_max:
             raise self.error("dose_min", f"expected <= download.dose_max ({self.dose_max}), got {self.dose_min}")
+        if self.pixel_size_min > self.pixel_size_max:
+            raise self.error(
+                "pixel_size_min",
+                f"expected <= download.pixel_size_max ({self.pixel_size_max}), got {self.pixel_size_min}",
+            )
 
 
 @dataclass(frozen=True)
@@ -232,6 +270,9 @@ class PreprocessParams(Section):
         max=0.9,
     )
     seed: int = param("int", 0, "random seed of the train/val split", min=0, max=MAX_SEED)
+    tile_size: int = param(
+        "int", 128, "micrographs: side of the square tiles the frames are cut into", min=16, max=4096
+    )
 
 
 @dataclass(frozen=True)
@@ -269,6 +310,28 @@ class TrainParams(Section):
         "bool",
         False,
         "torch.compile the model for training (opt-in; when compiling fails: a one-line warning and eager training)",
+    )
+    supervision: str = param(
+        "str",
+        "clean",
+        "training targets: clean (pairs with clean images), noise2void (blind spots on single noisy frames), "
+        "poisson_split (each counted frame thinned into two independent halves), frame_pairs (consecutive "
+        "frames of a stack, drift aligned by preprocess)",
+        choices=("clean", "noise2void", "poisson_split", "frame_pairs"),
+    )
+    blind_spot_fraction: float = param(
+        "float", 0.02, "noise2void: fraction of pixels masked (on a random pattern) per image", min=0.0001, max=0.5
+    )
+    counts_per_unit: float = param(
+        "float",
+        0.0,
+        "poisson_split: electron counts per unit of the stored values (0: from the data: the recorded dose, "
+        "else the dataset card's count_scale, else 1 for whole-number data)",
+        min=0.0,
+        max=1e9,
+    )
+    init_from: str = param(
+        "str", "none", "a model file to start from and fine-tune (same architecture and options; none: random start)"
     )
     model_options: dict[str, Any] = dataclasses.field(default_factory=lambda: model_option_defaults())
 

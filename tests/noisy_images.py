@@ -40,3 +40,18 @@ def make_data_dir(root: Path, n_test: int = 6, n_val: int = 4, size: int = 40, s
     return write_data_dir(
         root / "processed", splits, {"noisy": {"mean": 0.6, "std": 0.2}, "clean": {"mean": 0.6, "std": 0.2}}
     )
+
+
+def write_micrographs(folder: Path, size: int = 64, frames: int = 3, dose: float = 30.0, seed: int = 0) -> Path:
+    """A folder of one's own noisy micrographs, whole-number counts: ``stack.tif`` (``frames`` frames of one
+    smooth scene, drifting by a pixel or two per frame) and ``single.npy`` (one frame)."""
+    import tifffile
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    big = smooth_images(rng, 1, size + 8)[0]
+    drift = [(2 + k, 3 + 2 * k) for k in range(frames)]  # (dy, dx) of each frame's window
+    stack = np.stack([rng.poisson(big[dy : dy + size, dx : dx + size] * dose) for dy, dx in drift]).astype(np.uint16)
+    tifffile.imwrite(folder / "stack.tif", stack, photometric="minisblack")
+    np.save(folder / "single.npy", rng.poisson(smooth_images(rng, 1, size)[0] * dose).astype(np.float32))
+    return folder

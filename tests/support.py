@@ -84,6 +84,7 @@ def one_error(code: int, stderr: str, expected: int, *words: str) -> str:
 
 
 def params_file(path: Path, **sections) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(sections))
     return path
 
@@ -303,10 +304,12 @@ def outputs_untouched(paths: dict[str, Path], task: str) -> bool:
 
 
 # -- processed data folders (the data_dir layout of emdenoise.layout) without running download and preprocess --
-def write_split(path: Path, noisy, clean, dose=None) -> None:
+def write_split(path: Path, noisy, clean, dose=None, **extra) -> None:
     """One split file, sealed as preprocess seals it: ``noisy``, ``clean`` (N, H, W), one image per chunk, and
-    ``dose`` when given."""
+    ``dose`` when given; ``extra``: more 1-D datasets (``stack``, ``frame`` ...)."""
     with h5safe.create_sealed(path) as fh:
+        for key, values in extra.items():
+            fh.create_dataset(key, data=np.asarray(values))
         for key, images in (("noisy", noisy), ("clean", clean)):
             images = np.asarray(images, dtype=np.float32)
             fh.create_dataset(key, data=images, chunks=(1, *images.shape[1:]) if len(images) else None)
@@ -315,15 +318,16 @@ def write_split(path: Path, noisy, clean, dose=None) -> None:
 
 
 def write_data_dir(root: Path, splits: dict[str, tuple], normalisation: dict, data_range: float | None = None) -> Path:
-    """Write ``{split: (noisy, clean[, dose])}`` and a dataset card with every key of the contract.
+    """Write ``{split: (noisy, clean[, dose[, {name: 1-D extra dataset}]])}`` and a dataset card with every key
+    of the contract.
 
     ``data_range`` defaults to the contract's definition: max - min of the clean test images.
     """
     root.mkdir(parents=True, exist_ok=True)
     entries, ranges, doses = {}, {}, []
-    for split, (noisy, clean, *dose) in splits.items():
-        dose = dose[0] if dose else None
-        write_split(root / SPLIT_FILE.format(split=split), noisy, clean, dose)
+    for split, (noisy, clean, *rest) in splits.items():
+        dose = rest[0] if rest else None
+        write_split(root / SPLIT_FILE.format(split=split), noisy, clean, dose, **(rest[1] if len(rest) > 1 else {}))
         entries[split] = {"file": SPLIT_FILE.format(split=split), "n": len(clean)}
         ranges[split] = {
             "noisy": [float(np.min(noisy)), float(np.max(noisy))],
@@ -342,7 +346,27 @@ def write_data_dir(root: Path, splits: dict[str, tuple], normalisation: dict, da
         "data_range_definition": "max - min of the clean test set",
         "has_dose": all(doses),
         "source": None,
+        "pixel_size_angstrom": None,
+        "has_atoms": False,
     }
     assert set(card) == set(DATASET_CARD_KEYS)
     write_json_atomic(root / CARD, card)
     return root
+
+
+# -- images and spectra ---------------------------------------------------------------------------------------------
+
+
+def power_spectrum(img: np.ndarray) -> np.ndarray:
+    """|FFT|^2 of the mean-removed, Hann-windowed image (little leakage), zero frequency at [0, 0]."""
+    window = np.hanning(img.shape[0])[:, None] * np.hanning(img.shape[1])[None, :]
+    return np.abs(np.fft.fft2((img - img.mean()) * window)) ** 2
+
+
+def radial_mean(values: np.ndarray) -> np.ndarray:
+    """Mean of an FFT-ordered square array over rings one frequency bin wide: entry i is |k| in [i-0.5, i+0.5)."""
+    size = values.shape[0]
+    f = np.fft.fftfreq(size) * size
+    ring = np.rint(np.hypot(f[:, None], f[None, :])).astype(int).ravel()
+    sums = np.bincount(ring, values.ravel().astype(np.float64))
+    return sums / np.maximum(np.bincount(ring), 1)

@@ -37,7 +37,7 @@ from urllib.parse import quote, urlsplit
 from emdenoise.data import manifest as mf
 from emdenoise.data.archive import extract_zip
 from emdenoise.data.fetch import HttpClient, NotFound, RemoteObject, Unreachable, file_digests, is_md5_etag, part_path
-from emdenoise.data.raw import check_raw_layout, find_layout_root
+from emdenoise.data.raw import check_raw_layout, find_layout_root, micrograph_plan
 from emdenoise.data.sources import Source
 from emdenoise.errors import InputError, RuntimeFailure
 from emdenoise.layout import MANIFEST
@@ -46,7 +46,22 @@ from emdenoise.log import progress
 from emdenoise.outputs import STAGING_DIR, Transaction, sha256_file
 from emdenoise.params import DownloadParams
 
-GENERATOR_KEYS = ("seed", "train_images", "test_images", "image_size", "dose_min", "dose_max", "dead_pixel_fraction")
+GENERATOR_KEYS = (
+    "seed",
+    "train_images",
+    "test_images",
+    "image_size",
+    "dose_min",
+    "dose_max",
+    "dead_pixel_fraction",
+    "material",
+    "optics",
+    "pixel_size_min",
+    "pixel_size_max",
+    "generalisation_count",
+    "generalisation_material",
+    "generalisation_optics",
+)
 EXTRACT_PREFIX = ".extract-"
 
 
@@ -80,7 +95,7 @@ def download(source: Source, params: DownloadParams, raw_dir: Path, log) -> None
             MANIFEST,
             (job.old or {}).get("created"),
         )
-    check_raw_layout(raw_dir)
+    check_raw_layout(raw_dir, micrographs=source.micrographs)
 
 
 def key_to_relpath(prefix: str, key: str, where: str) -> str | None:
@@ -234,6 +249,14 @@ class DownloadJob:
         free = shutil.disk_usage(self.raw_dir).free
         if need > free:
             raise RuntimeFailure(f"{self.raw_dir}: not enough disk space: {_mib(need)} to write, {_mib(free)} free")
+
+    def plan_paths(self, found: Iterable[str], where: Any) -> dict[str, str]:
+        """{path in raw_data_dir: path in the source} of what to take from a folder or an archive: the layout
+        under its root, or (a micrographs: source) every micrograph file, under ``micrographs/``."""
+        if self.source.micrographs:
+            return micrograph_plan(found, where)
+        root = find_layout_root(found, where)
+        return {rel[len(root) :]: rel for rel in found if rel.startswith(root)}
 
     # -- the sources ---------------------------------------------------------------------------------------------
     def from_synthetic(self) -> None:
@@ -428,16 +451,17 @@ class DownloadJob:
         try:
             try:
                 extracted = extract_zip(zip_path, staging, self.params.max_archive_bytes)
-                root = find_layout_root((f.path for f in extracted), where)
+                plan = self.plan_paths([f.path for f in extracted], where)
             except InputError:
                 if zip_path.name.endswith(".part"):
                     zip_path.unlink(missing_ok=True)  # a bad archive is not worth resuming
                 raise
             with self.transaction() as tx:
                 files: list[dict[str, Any]] = []
-                for item in extracted:
-                    rel = item.path[len(root) :]
-                    if not item.path.startswith(root) or reserved(rel):
+                members = {item.path: item for item in extracted}
+                for rel, member in sorted(plan.items()):
+                    item = members[member]
+                    if reserved(rel):
                         continue
                     self.place(tx, staging / item.path, rel)
                     files.append({"path": rel, "member": item.path, "size": item.size, "sha256": item.sha256})
@@ -458,9 +482,8 @@ class DownloadJob:
                 rel = (here / name).relative_to(src_dir).as_posix()
                 if (here / name).is_file() and not reserved(rel):
                     found.append(rel)
-        root = find_layout_root(found, src_dir)
-        plan = {rel[len(root) :]: src_dir / rel for rel in found if rel.startswith(root)}
-        in_place = (src_dir / root).resolve() == raw
+        plan = {dest: src_dir / rel for dest, rel in self.plan_paths(found, src_dir).items()}
+        in_place = not self.source.micrographs and (src_dir / find_layout_root(found, src_dir)).resolve() == raw
         todo: list[tuple[str, Path, dict[str, Any]]] = []
         files: list[dict[str, Any]] = []
         total = sum(p.stat().st_size for p in plan.values())

@@ -7,7 +7,10 @@
 - ``minibatch``: the small zip of the old MLCube example;
 - ``https://host/bucket/prefix`` (path-style S3), ``s3://bucket/prefix`` (with ``download.endpoint``), or any
   ``https://.../*.zip`` (plain ``http://`` only to this machine, see :func:`emdenoise.data.fetch.https_required`);
-- a local folder or ``.zip`` holding the layout.
+- a local folder or ``.zip`` holding the layout;
+- ``micrographs:PATH``: a local folder or ``.zip`` of one's own micrographs, in any format ``denoise`` reads
+  (TIFF stacks, MRC, HDF5, NPY, PNG, ...), noisy only: copied into ``raw_data_dir/micrographs/`` as they are,
+  for preprocess to tile into noisy-only splits (training with ``train.supervision`` other than ``clean``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ S3_SOURCES = {
 MINIBATCH_URL = "https://github.com/vibhatha/data_repo/raw/main/em_denoise/emdenoise_minibatch_v1.zip"
 # every name download.source accepts ("synthetic": the embedded generator, no network)
 NAMED_SOURCES = ("synthetic", *S3_SOURCES, "minibatch")
+# download.source = MICROGRAPHS_PREFIX + path: a folder or .zip of the user's own noisy micrographs
+MICROGRAPHS_PREFIX = "micrographs:"
 # the kinds of Source
 KINDS = ("synthetic", "s3", "zip_url", "zip_file", "folder")
 
@@ -43,6 +48,7 @@ class Source:
     prefix: str = ""
     url: str = ""
     path: Path | None = None
+    micrographs: bool = False  # a micrographs: source (own noisy frames, not the em_graphene_sim layout)
 
     def location(self) -> dict[str, Any]:
         """What identifies the source in MANIFEST.json."""
@@ -51,7 +57,7 @@ class Source:
         if self.kind == "zip_url":
             return {"url": self.url}
         if self.kind in ("zip_file", "folder"):
-            return {"path": str(self.path)}
+            return {"path": str(self.path), **({"micrographs": True} if self.micrographs else {})}
         return {}
 
     def describe(self) -> str:
@@ -84,6 +90,12 @@ def parse_source(value: str, endpoint: str, where: Any = "parameters") -> Source
         return Source("s3", value, endpoint=ep, bucket=bucket, prefix=prefix)
     if value == "minibatch":
         return Source("zip_url", value, url=MINIBATCH_URL)
+    if value.startswith(MICROGRAPHS_PREFIX):
+        text = value[len(MICROGRAPHS_PREFIX) :]
+        found = Path(text).expanduser().resolve() if text else None
+        if found is None or not (found.is_dir() or (found.is_file() and found.suffix.lower() == ".zip")):
+            raise bad(f"{MICROGRAPHS_PREFIX}PATH with PATH an existing folder or .zip of micrographs")
+        return Source("folder" if found.is_dir() else "zip_file", value, path=found, micrographs=True)
     parts = urlsplit(value)
     scheme = parts.scheme.lower()
     if scheme in ("http", "https"):

@@ -18,15 +18,30 @@ from emdenoise.layout import CARD, CARD_FORMAT, SPLIT_FILE
 
 @dataclass
 class Split:
-    """One split in memory: ``noisy`` and ``clean`` float32 (N, H, W); ``dose`` float32 (N,) or None."""
+    """One split in memory: ``noisy`` and ``clean`` float32 (N, H, W) (``clean`` None in noisy-only data);
+    ``dose`` float32 (N,) or None; ``stack`` and ``frame`` int64 (N,) (which stack each image belongs to and
+    its frame number there) or None."""
 
     name: str
     noisy: np.ndarray
-    clean: np.ndarray
+    clean: np.ndarray | None
     dose: np.ndarray | None = None
+    stack: np.ndarray | None = None
+    frame: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.noisy)
+
+    @property
+    def truth(self) -> np.ndarray:
+        """The clean images; a one-line InputError for noisy-only data (nothing to score against)."""
+        if self.clean is None:
+            raise InputError.at(
+                f"{self.name}.h5",
+                "clean",
+                "expected clean images to score against; these data are noisy-only (dataset card has_clean: false)",
+            )
+        return self.clean
 
 
 def check_normalisation(path: str | Path, norm: Any) -> dict:
@@ -84,18 +99,22 @@ def load_split(data_dir: str | Path, split: str, max_images: int = 0) -> Split:
     n = None if max_images <= 0 else max_images
     try:
         with h5safe.open_sealed(path, hint="run the preprocess task again") as fh:
-            arrays: dict[str, np.ndarray] = {}
+            arrays: dict[str, np.ndarray | None] = {}
             for key in ("noisy", "clean"):
                 ds = fh.get(key)
+                if key == "clean" and ds is None:  # noisy-only data (dataset card has_clean: false)
+                    arrays[key] = None
+                    continue
                 if not isinstance(ds, h5py.Dataset) or ds.ndim != 3:
                     raise InputError.at(path, key, "expected a (N, H, W) dataset")
                 arrays[key] = np.asarray(ds[:n], dtype=np.float32)
-            found = fh.get("dose")
-            dose = np.asarray(found[:n], dtype=np.float32) if isinstance(found, h5py.Dataset) else None
+            for key, dtype in (("dose", np.float32), ("stack", np.int64), ("frame", np.int64)):
+                found = fh.get(key)
+                arrays[key] = np.asarray(found[:n], dtype=dtype) if isinstance(found, h5py.Dataset) else None
     except (OSError, RuntimeError) as exc:  # RuntimeError: h5py on damaged metadata
         raise InputError.at(path, None, f"expected a readable HDF5 file ({' '.join(str(exc).split())})") from None
-    if arrays["noisy"].shape != arrays["clean"].shape:
-        raise InputError.at(
-            path, "clean", f"expected the shape of 'noisy' {arrays['noisy'].shape}, got {arrays['clean'].shape}"
-        )
-    return Split(split, arrays["noisy"], arrays["clean"], dose)
+    noisy, clean = arrays["noisy"], arrays["clean"]
+    assert noisy is not None
+    if clean is not None and noisy.shape != clean.shape:
+        raise InputError.at(path, "clean", f"expected the shape of 'noisy' {noisy.shape}, got {clean.shape}")
+    return Split(split, noisy, clean, arrays["dose"], arrays["stack"], arrays["frame"])

@@ -138,7 +138,7 @@ class Scorer:
         """Score ``images`` ((B, H, W) array or tensor) as test images ``start .. start + B - 1``."""
         outputs = torch.as_tensor(np.asarray(images, dtype=np.float32))
         stop = start + len(outputs)
-        clean = torch.from_numpy(self.split.clean[start:stop])
+        clean = torch.from_numpy(self.split.truth[start:stop])
         row.psnr[start:stop] = psnr_per_image(outputs, clean, self.data_range).double().numpy()
         row.ssim[start:stop] = ssim_per_image(outputs, clean, self.data_range).double().numpy()
         row.mse[start:stop] = mse_per_image(outputs, clean).double().numpy()
@@ -213,7 +213,7 @@ def run_baseline(
     steps = baselines_mod.tuning_steps(baseline, len(val))
     with progress(total=steps, desc=f"tune {name}", unit="img") as bar:
         start = time.perf_counter()
-        tuned = baselines_mod.tune(baseline, val.noisy, val.clean, data_range, on_step=lambda: bar.update(1))
+        tuned = baselines_mod.tune(baseline, val.noisy, val.truth, data_range, on_step=lambda: bar.update(1))
         tune_seconds = time.perf_counter() - start
     params = tuned.params()
     params["tune_seconds"] = round(tune_seconds, 3)

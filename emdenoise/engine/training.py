@@ -17,19 +17,21 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from emdenoise import __version__, models
 from emdenoise.data.splits import Split, load_split
-from emdenoise.engine import distributed, runtime
+from emdenoise.engine import distributed, runtime, supervision
 from emdenoise.engine.distributed import World
 from emdenoise.engine.inference import Denoiser
 from emdenoise.engine.metrics import psnr_per_image, ssim_per_image
+from emdenoise.engine.supervision import Supervisor
 from emdenoise.errors import InputError, RuntimeFailure
 from emdenoise.io import modelfile
 from emdenoise.layout import CHECKPOINT_FILE, DATASET_CARD_KEYS, LAST_MODEL_FILE, MODEL_FILE
@@ -52,6 +54,14 @@ FINGERPRINT_KEYS = (
     "max_train_images",
     "patch_size",
 )
+# keys that enter the fingerprint only when they differ from these defaults (checkpoints of supervised runs
+# written before them keep resuming)
+OPTIONAL_FINGERPRINT_KEYS = {
+    "supervision": "clean",
+    "blind_spot_fraction": None,
+    "counts_per_unit": 0.0,
+    "init_from": "none",
+}
 STEP_MILESTONES = (0.5, 0.75)  # lr_schedule "step": x0.1 after half and after three quarters of all steps
 SGD_MOMENTUM = 0.9
 GPU_RESIDENT_FRACTION = 0.5  # training pairs go into GPU memory when they take at most this much of what is free
@@ -62,19 +72,34 @@ EpochHook = Callable[[int], None]
 @dataclass
 class TrainData:
     """Training pairs normalised, (N, 1, H, W) float32 (on the CPU, or resident on the training GPU), plus
-    the raw val pairs."""
+    the raw val pairs. ``clean`` holds the targets: the clean images, the partner frames (frame_pairs) or the
+    noisy images themselves (noise2void, poisson_split: the supervisor makes the targets per batch).
+    ``valid`` (N, 1, H, W) bool: the pixels a self-supervised loss may use (not dead), ``scale`` (N,) the
+    counts per stored unit, ``val_pairs`` the val split prepared the same way (the self-supervised val loss)."""
 
     noisy: torch.Tensor
     clean: torch.Tensor
     val: Split
     patch: int  # crop side, 0 for whole images
+    supervisor: Supervisor = field(default_factory=lambda: Supervisor("clean"))
+    valid: torch.Tensor | None = None
+    scale: torch.Tensor | None = None
+    val_pairs: TrainData | None = None
+    supervision: dict[str, Any] = field(default_factory=lambda: {"mode": "clean"})
 
     def __len__(self) -> int:
         return len(self.noisy)
 
     def first(self, n: int) -> TrainData:
         """The first ``n`` training pairs (all when ``n`` is 0), without a copy."""
-        return replace(self, noisy=self.noisy[: n or None], clean=self.clean[: n or None])
+        cut = slice(None, n or None)
+        return replace(
+            self,
+            noisy=self.noisy[cut],
+            clean=self.clean[cut],
+            valid=None if self.valid is None else self.valid[cut],
+            scale=None if self.scale is None else self.scale[cut],
+        )
 
 
 def publish(records: dict[str, dict], model_dir: Path, metrics_path: Path) -> None:
@@ -92,8 +117,11 @@ def publish(records: dict[str, dict], model_dir: Path, metrics_path: Path) -> No
         remove_staging(model_dir / name / STAGING_DIR)
 
 
-def load_data(data_dir: Path, train: TrainParams, normalisation: dict, where: str) -> TrainData:
-    """Read train (first ``max_train_images``) and val into memory; normalise the training pairs in place."""
+def load_data(
+    data_dir: Path, train: TrainParams, normalisation: dict, where: str, card: dict | None = None
+) -> TrainData:
+    """Read train (first ``max_train_images``) and val into memory; normalise the training pairs in place and
+    prepare them for ``train.supervision`` (``card``: the dataset card, for its count scale)."""
     tr = load_split(data_dir, "train", train.max_train_images)
     val = load_split(data_dir, "val")
     if len(tr) == 0:
@@ -112,11 +140,57 @@ def load_data(data_dir: Path, train: TrainParams, normalisation: dict, where: st
         )
     if patch == height == width:
         patch = 0
-    for array, side in ((tr.noisy, "noisy"), (tr.clean, "clean")):
-        array -= normalisation[side]["mean"]
-        array /= normalisation[side]["std"]
-    # (N, H, W) -> (N, 1, H, W): a channel axis added, no axis ever swapped
-    return TrainData(torch.from_numpy(tr.noisy)[:, None], torch.from_numpy(tr.clean)[:, None], val, patch)
+    mode = train.supervision
+    path = Path(data_dir) / "train.h5"
+    if mode == "clean":
+        if tr.clean is None:
+            raise InputError.at(
+                path,
+                "clean",
+                "expected clean images for train.supervision: clean; these data are noisy-only: train with "
+                "noise2void, poisson_split or frame_pairs",
+            )
+        for array, side in ((tr.noisy, "noisy"), (tr.clean, "clean")):
+            array -= normalisation[side]["mean"]
+            array /= normalisation[side]["std"]
+        # (N, H, W) -> (N, 1, H, W): a channel axis added, no axis ever swapped
+        return TrainData(torch.from_numpy(tr.noisy)[:, None], torch.from_numpy(tr.clean)[:, None], val, patch)
+    sup = Supervisor(mode, train.blind_spot_fraction, normalisation["noisy"]["mean"], normalisation["noisy"]["std"])
+    data = _self_supervised(tr, sup, train, card or {}, path, patch)
+    data.val = val
+    if len(val):
+        data.val_pairs = _self_supervised(val, sup, train, card or {}, Path(data_dir) / "val.h5", 0, required=False)
+    return data
+
+
+def _self_supervised(
+    split: Split, sup: Supervisor, train: TrainParams, card: dict, path: Path, patch: int, required: bool = True
+) -> TrainData:
+    """One split as self-supervised training data: count scales and dead pixels found on the raw values, the
+    frame pairs built (frame_pairs), everything normalised with the noisy statistics (the targets are noisy)."""
+    scales, source = supervision.count_scales(
+        split.noisy, split.dose, card, train.counts_per_unit, path, required=sup.mode == "poisson_split"
+    )
+    assert scales is not None
+    valid = ~supervision.dead_pixels(split.noisy, scales)
+    # the train split is normalised in place (memory); the val split's raw images stay for PSNR/SSIM
+    noisy = split.noisy if required else split.noisy.copy()
+    noisy -= sup.mean
+    noisy /= sup.std
+    inputs = targets = torch.from_numpy(noisy)[:, None]
+    if sup.mode == "frame_pairs":
+        a, b = supervision.frame_pair_rows(split.stack, split.frame, path, required)
+        inputs, targets, valid, scales = inputs[a], inputs[b], valid[b], scales[a]
+    return TrainData(
+        inputs,
+        targets,
+        split,
+        patch,
+        supervisor=sup,
+        valid=torch.from_numpy(np.ascontiguousarray(valid))[:, None],
+        scale=torch.from_numpy(scales),
+        supervision=supervision.record(sup.mode, source, scales, sup.blind_spot_fraction),
+    )
 
 
 def resident(data: TrainData, device: torch.device) -> TrainData:
@@ -125,9 +199,15 @@ def resident(data: TrainData, device: torch.device) -> TrainData:
     if device.type != "cuda" or data.noisy.device == device:
         return data
     free, _ = torch.cuda.mem_get_info(device)
-    if 2 * data.noisy.nbytes > GPU_RESIDENT_FRACTION * free:
+    if 3 * data.noisy.nbytes > GPU_RESIDENT_FRACTION * free:
         return data
-    return replace(data, noisy=data.noisy.to(device), clean=data.clean.to(device))
+    return replace(
+        data,
+        noisy=data.noisy.to(device),
+        clean=data.clean.to(device),
+        valid=None if data.valid is None else data.valid.to(device),
+        scale=None if data.scale is None else data.scale.to(device),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- pieces
@@ -159,12 +239,13 @@ def make_loss(name: str) -> nn.Module:
     return {"mse": nn.MSELoss(), "l1": nn.L1Loss()}[name]
 
 
-Plan = list[tuple[torch.Tensor, torch.Tensor]]
+Plan = list[tuple[torch.Tensor, torch.Tensor, int]]
 
 
 def epoch_plan(data: TrainData, batch_size: int, seed: int, epoch: int) -> Plan:
-    """The epoch's batches: (image indices, crop corners (B, 2)), drawn from a generator seeded by
-    (seed, epoch) alone, so an epoch is the same whether or not the run was interrupted before it."""
+    """The epoch's batches: (image indices, crop corners (B, 2), the batch's key for the supervisor's draws),
+    drawn from a generator seeded by (seed, epoch) alone, so an epoch is the same whether or not the run was
+    interrupted before it."""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     n = len(data)
     order = torch.randperm(n, generator=gen)
@@ -179,21 +260,33 @@ def epoch_plan(data: TrainData, batch_size: int, seed: int, epoch: int) -> Plan:
         )
     else:
         corners = torch.zeros(n, 2, dtype=torch.int64)
-    return [(order[i : i + batch_size], corners[i : i + batch_size]) for i in range(0, n, batch_size)]
+    key0 = (seed * 1_000_003 + epoch) * 1_000_033
+    return [(order[i : i + batch_size], corners[i : i + batch_size], key0 + i) for i in range(0, n, batch_size)]
 
 
-def gather(data: TrainData, index: torch.Tensor, corners: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One batch (noisy, clean), (B, 1, h, w), cropped when ``data.patch`` is set: one indexing operation per
-    tensor (crops as an (image, row, column) index grid), on the device the pairs are on."""
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
+
+
+def gather(data: TrainData, index: torch.Tensor, corners: torch.Tensor, key: int = 0) -> Batch:
+    """One batch (input, target, loss mask or None), (B, 1, h, w), cropped when ``data.patch`` is set: one
+    indexing operation per tensor (crops as an (image, row, column) index grid), on the device the pairs are
+    on; then made into the supervision mode's input and target (:mod:`emdenoise.engine.supervision`)."""
     index = index.to(data.noisy.device)
     if not data.patch:
-        return data.noisy[index], data.clean[index]
-    offsets = torch.arange(data.patch, device=data.noisy.device)
-    corners = corners.to(data.noisy.device)
-    rows = (corners[:, 0, None] + offsets)[:, :, None]  # (B, p, 1)
-    cols = (corners[:, 1, None] + offsets)[:, None, :]  # (B, 1, p)
-    images = index[:, None, None]
-    return data.noisy[images, 0, rows, cols][:, None], data.clean[images, 0, rows, cols][:, None]
+        pick: Callable[[torch.Tensor], torch.Tensor] = lambda t: t[index]  # noqa: E731
+    else:
+        offsets = torch.arange(data.patch, device=data.noisy.device)
+        corners = corners.to(data.noisy.device)
+        rows = (corners[:, 0, None] + offsets)[:, :, None]  # (B, p, 1)
+        cols = (corners[:, 1, None] + offsets)[:, None, :]  # (B, 1, p)
+        images = index[:, None, None]
+        pick = lambda t: t[images, 0, rows, cols][:, None]  # noqa: E731
+    noisy, clean = pick(data.noisy), pick(data.clean)
+    if not data.supervisor.self_supervised:
+        return noisy, clean, None
+    valid = None if data.valid is None else pick(data.valid)
+    scale = None if data.scale is None else data.scale[index]
+    return data.supervisor.batch(noisy, clean, valid, scale, key)
 
 
 class _Batches(torch.utils.data.Dataset):
@@ -205,11 +298,11 @@ class _Batches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.plan)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> Batch:
         return gather(self.data, *self.plan[i])
 
 
-def batches(data: TrainData, plan: Plan, num_workers: int, pin: bool) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+def batches(data: TrainData, plan: Plan, num_workers: int, pin: bool) -> Iterable[Batch]:
     """Iterate the plan's batches, in the main process or (num_workers > 0, pairs on the CPU) in worker
     processes."""
     if num_workers == 0 or data.noisy.device.type != "cpu":
@@ -244,6 +337,7 @@ class TrainStep:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(train.lr_schedule, total_steps))
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.loss_fn = make_loss(train.loss)
+        self.loss_name = train.loss
         self.trainer = distributed.wrap(self.model, world, device)  # model itself, or in DistributedDataParallel
         self.log = log or logging.getLogger("emdenoise")
         self.compile_error: str | None = None
@@ -268,7 +362,18 @@ class TrainStep:
         self.log.warning("train.compile: torch.compile failed (%s); training eager", self.compile_error)
         self._compiled = None
 
-    def _objective(self, net: nn.Module, noisy: torch.Tensor, clean: torch.Tensor, global_n: int) -> torch.Tensor:
+    def masked_loss(self, out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The loss over the pixels of ``mask`` (all pixels when it is None)."""
+        if mask is None:
+            return self.loss_fn(out, target)
+        err = out - target
+        err = err.square() if self.loss_name == "mse" else err.abs()
+        weight = mask.to(err.dtype)
+        return (err * weight).sum() / weight.sum().clamp(min=1.0)
+
+    def _objective(
+        self, net: nn.Module, noisy: torch.Tensor, clean: torch.Tensor, global_n: int, mask: torch.Tensor | None
+    ) -> torch.Tensor:
         """Forward and backward of one batch; returns the batch's mean loss (detached)."""
         self.optimizer.zero_grad(set_to_none=True)
         with runtime.autocast(self.device, self.precision):
@@ -276,26 +381,35 @@ class TrainStep:
         if len(noisy) == 0:  # an empty share still joins the gradient all-reduce, with zero gradients
             loss = objective = out.float().sum() * 0.0
         else:
-            loss = objective = self.loss_fn(out.float(), clean)
+            loss = objective = self.masked_loss(out.float(), clean, mask)
             if self.world.enabled:  # DDP averages over processes: weight by this share of the global batch
                 objective = loss * (len(noisy) * self.world.size / global_n)
         self.scaler.scale(objective).backward()
         return loss.detach()
 
-    def __call__(self, noisy: torch.Tensor, clean: torch.Tensor, global_n: int | None = None) -> torch.Tensor:
-        """Train on one batch (``global_n``: the size of the global batch this process's share belongs to);
-        returns the batch's mean loss as a tensor on the device (reading it would synchronise)."""
+    def __call__(
+        self,
+        noisy: torch.Tensor,
+        clean: torch.Tensor,
+        global_n: int | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Train on one batch (``global_n``: the size of the global batch this process's share belongs to;
+        ``mask``: the pixels the loss is taken over, None for all); returns the batch's mean loss as a tensor
+        on the device (reading it would synchronise)."""
         noisy = noisy.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         clean = clean.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        if mask is not None:
+            mask = mask.to(self.device, non_blocking=True)
         global_n = len(noisy) if global_n is None else global_n
         loss = None
         if self._compiled is not None:
             try:
-                loss = self._objective(self._compiled, noisy, clean, global_n)
+                loss = self._objective(self._compiled, noisy, clean, global_n, mask)
             except Exception as exc:  # noqa: BLE001 - nothing has been stepped yet: redo the batch eagerly
                 self._fall_back(exc)
         if loss is None:
-            loss = self._objective(self.trainer, noisy, clean, global_n)
+            loss = self._objective(self.trainer, noisy, clean, global_n, mask)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -309,14 +423,16 @@ def train_epoch(step: TrainStep, data: TrainData, train: TrainParams, epoch: int
     step.trainer.train()
     lr = step.lr
     plan = epoch_plan(data, train.batch_size, train.seed, epoch)
-    global_sizes = [len(index) for index, _ in plan]
-    if world.enabled:
+    global_sizes = [len(index) for index, _, _ in plan]
+    if world.enabled:  # each process's share draws its own masks / halves (the key names the share as well)
         plan = [
-            (index[part], corners[part]) for index, corners in plan for part in (distributed.shard(len(index), world),)
+            (index[part], corners[part], key * 1009 + world.rank)
+            for index, corners, key in plan
+            for part in (distributed.shard(len(index), world),)
         ]
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     t0 = time.perf_counter()
-    for (noisy, clean), global_n in zip(
+    for (noisy, clean, mask), global_n in zip(
         progress(
             batches(data, plan, train.num_workers, device.type == "cuda"),
             total=len(plan),
@@ -327,7 +443,7 @@ def train_epoch(step: TrainStep, data: TrainData, train: TrainParams, epoch: int
         ),
         global_sizes,
     ):
-        loss_sum += step(noisy, clean, global_n).double() * len(noisy)
+        loss_sum += step(noisy, clean, global_n, mask).double() * len(noisy)
     distributed.sum_(loss_sum, world)
     train_loss = loss_sum.item()  # synchronises with the device: the epoch's work is done
     seconds = time.perf_counter() - t0
@@ -341,6 +457,7 @@ def train_epoch(step: TrainStep, data: TrainData, train: TrainParams, epoch: int
         "train_loss": train_loss,
         "val_psnr": None,
         "val_ssim": None,
+        "val_loss": None,
         "images_per_s": len(data) / seconds,
         "seconds": seconds,
         "lr": lr,
@@ -352,7 +469,7 @@ def validate(
 ) -> tuple[float, float]:
     """Mean per-image PSNR and SSIM of the denoised val split in raw units (NaN, NaN if val is empty).
     With several processes each denoises its share of the images and the sums are added up."""
-    if len(val) == 0:
+    if len(val) == 0 or val.clean is None:
         return math.nan, math.nan
     device = denoiser.device
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # PSNR, SSIM
@@ -368,11 +485,65 @@ def validate(
     return psnr, ssim
 
 
+def validation_loss(denoiser: Denoiser, pairs: TrainData | None, batch_size: int) -> float:
+    """The self-supervised loss (mean squared error on normalised values, over the loss mask) of the
+    denoised val split, with fixed draws (the same masks / halves every epoch); NaN without val pairs."""
+    if pairs is None or len(pairs) == 0:
+        return math.nan
+    sup, device = pairs.supervisor, denoiser.device
+    total, weight = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    for start in range(0, len(pairs), batch_size):
+        index = torch.arange(start, min(start + batch_size, len(pairs)))
+        inp, target, mask = gather(
+            pairs, index, torch.zeros(len(index), 2, dtype=torch.int64), supervision.VAL_KEY + start
+        )
+        pred = (denoiser.denoise((inp * sup.std + sup.mean).to(device)) - sup.mean) / sup.std
+        err = (pred.cpu() - target.cpu()).double().square()
+        m = torch.ones_like(err) if mask is None else mask.cpu().double()
+        total += (err * m).sum()
+        weight += m.sum()
+    return float(total / weight.clamp(min=1.0))
+
+
 def data_fingerprint(card: dict) -> str:
     """Fingerprint of the data a model trains on: the dataset card's contract keys (image shape, split sizes,
     value ranges, normalisation, data range, source), not its creation time or folder, so re-running
     preprocess on the same raw data keeps checkpoints valid."""
     return modelfile.fingerprint({key: card.get(key) for key in DATASET_CARD_KEYS})
+
+
+def _optional_keys(train: TrainParams) -> list[str]:
+    """The OPTIONAL_FINGERPRINT_KEYS that matter for this run (those off their defaults; the blind-spot
+    fraction only for noise2void)."""
+    keys = [
+        k for k, default in OPTIONAL_FINGERPRINT_KEYS.items() if default is not None and getattr(train, k) != default
+    ]
+    if train.supervision == "noise2void":
+        keys.append("blind_spot_fraction")
+    return keys
+
+
+def init_weights(model: nn.Module, name: str, options: dict, path_text: str, where: Any, log: Any) -> None:
+    """Load the weights of the model file ``path_text`` (``train.init_from``) into ``model``: refused in one
+    line when the file is missing or holds another architecture or other options."""
+    path = Path(path_text).expanduser()
+    if not path.is_file():
+        raise InputError.at(where, "train.init_from", f"expected an existing model file, {path} not found")
+    loaded, meta = modelfile.load_model(path)
+    if meta["model"] != name:
+        raise InputError.at(
+            path,
+            "model",
+            f"expected a {name} model file for train.init_from (train.model is {name}), got {meta['model']}",
+        )
+    if meta["options"] != options:
+        raise InputError.at(
+            path,
+            "options",
+            f"expected the options of this run for train.init_from ({_config_diff(meta['options'], options)})",
+        )
+    model.load_state_dict(loaded.state_dict())
+    log.info("%s: starting from the weights of %s (train.init_from)", name, path)
 
 
 def _finite(x: float | None) -> float | None:
@@ -419,6 +590,7 @@ def train_model(
         "model": name,
         "options": options,
         **{k: getattr(train, k) for k in FINGERPRINT_KEYS},
+        **{k: getattr(train, k) for k in _optional_keys(train)},
         "data_card": data_fingerprint(card),
     }
     fingerprint = modelfile.fingerprint(config)
@@ -427,7 +599,10 @@ def train_model(
     epochs = train.epochs
 
     runtime.seed_everything(train.seed)
-    model = distributed.prepare(models.build(name, **options), world, device)
+    built = models.build(name, **options)
+    if train.init_from != "none":
+        init_weights(built, name, options, train.init_from, train.where, log)
+    model = distributed.prepare(built, world, device)
     step = TrainStep(model, train, math.ceil(len(data) / train.batch_size) * epochs, device, precision, world, log)
     record: dict[str, Any] = {
         "model": name,
@@ -487,10 +662,13 @@ def train_model(
         "model": name,
         "options": options,
         "data_range": data_range,
+        # the targets' statistics de-normalise the output: the noisy ones when the targets are noisy frames
         "normalisation": {
-            side: {k: card["normalisation"][side][k] for k in ("mean", "std")} for side in ("noisy", "clean")
+            side: {k: card["normalisation"][target][k] for k in ("mean", "std")}
+            for side, target in (("noisy", "noisy"), ("clean", "noisy" if data.supervisor.self_supervised else "clean"))
         },
         "pixel_size": training_pixel_size(card),
+        "supervision": data.supervision,
         "train_config": {
             **config,
             "fingerprint": fingerprint,
@@ -508,31 +686,41 @@ def train_model(
         row = train_epoch(step, pairs, train, epoch, f"{name} {epoch}/{epochs}")
         t_val = time.perf_counter()
         distributed.sync_buffers(step.model, world)
-        val_psnr, val_ssim = validate(
-            Denoiser(step.model, meta, device, precision), data.val, data_range, train.batch_size, world
-        )
+        denoiser = Denoiser(step.model, meta, device, precision)
+        val_psnr, val_ssim = validate(denoiser, data.val, data_range, train.batch_size, world)
+        val_loss = validation_loss(denoiser, data.val_pairs, train.batch_size)
+        step.model.train()
         row.update(
-            val_psnr=_finite(val_psnr), val_ssim=_finite(val_ssim), seconds=row["seconds"] + time.perf_counter() - t_val
+            val_psnr=_finite(val_psnr),
+            val_ssim=_finite(val_ssim),
+            val_loss=_finite(val_loss),
+            seconds=row["seconds"] + time.perf_counter() - t_val,
         )
         record["epochs"].append(row)
         log.info(
-            "%s epoch %d/%d: train_loss %.5f, val PSNR %.2f dB, SSIM %.4f, %.1f images/s, %.1f s, lr %.3g",
+            "%s epoch %d/%d: train_loss %.5f, val PSNR %.2f dB, SSIM %.4f%s, %.1f images/s, %.1f s, lr %.3g",
             name,
             epoch,
             epochs,
             row["train_loss"],
             val_psnr,
             val_ssim,
+            "" if row["val_loss"] is None else f", val loss ({data.supervisor.mode}) {val_loss:.5f}",
             row["images_per_s"],
             row["seconds"],
             row["lr"],
         )
 
-        improved = record["best_epoch"] is None or (
-            row["val_psnr"] is not None and row["val_psnr"] > (record["best_val_psnr"] or -math.inf)
-        )
+        if data.val.clean is None:  # noisy-only data: the best epoch is the one with the lowest val loss
+            improved = record["best_epoch"] is None or (
+                row["val_loss"] is not None and row["val_loss"] < (record.get("best_val_loss") or math.inf)
+            )
+        else:
+            improved = record["best_epoch"] is None or (
+                row["val_psnr"] is not None and row["val_psnr"] > (record["best_val_psnr"] or -math.inf)
+            )
         if improved or len(data.val) == 0:
-            record.update(best_epoch=epoch, best_val_psnr=row["val_psnr"])
+            record.update(best_epoch=epoch, best_val_psnr=row["val_psnr"], best_val_loss=row["val_loss"])
             if world.is_main:
                 modelfile.save_model(stage / MODEL_FILE, step.model, {**meta, "metrics": {**row, "best_epoch": epoch}})
         record["complete"] = epoch == epochs
@@ -561,9 +749,11 @@ def train_model(
         if on_epoch_end is not None:
             on_epoch_end(epoch)
     log.info(
-        "%s: best val PSNR %s dB at epoch %s -> %s (staged until every model of the run has finished)",
+        "%s: best %s at epoch %s -> %s (staged until every model of the run has finished)",
         name,
-        f"{record['best_val_psnr']:.2f}" if record["best_val_psnr"] is not None else "n/a",
+        f"val PSNR {record['best_val_psnr']:.2f} dB"
+        if record["best_val_psnr"] is not None
+        else f"val loss {record.get('best_val_loss')}",
         record["best_epoch"],
         out_dir / MODEL_FILE,
     )

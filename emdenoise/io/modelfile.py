@@ -9,7 +9,9 @@ Model file (``format = "emdenoise-model/1"``)::
 
     attrs   format, model, options (JSON), normalisation (JSON: {"noisy": {"mean", "std"}, "clean": {...}}),
             train_config (JSON), metrics (JSON), data_range (float, may be absent), parameters (int),
-            emdenoise_version, pixel_size (float: A/px of the training data; absent when unknown, read as None)
+            emdenoise_version, pixel_size (float: A/px of the training data; absent when unknown, read as None),
+            supervision (JSON, may be absent = clean: {"mode": train.supervision, and for
+            poisson_split "count_scale_source", "count_scale_median"})
     state/  one dataset per ``state_dict`` entry, named by its key (e.g. "encoders.0.0.weight"),
             float32 / int64 as in the model
 
@@ -49,7 +51,7 @@ from emdenoise.outputs import atomic_path
 
 MODEL_FORMAT = "emdenoise-model/1"
 CHECKPOINT_FORMAT = "emdenoise-checkpoint/1"
-META_KEYS = ("model", "options", "normalisation", "train_config", "metrics", "data_range", "pixel_size")
+META_KEYS = ("model", "options", "normalisation", "train_config", "metrics", "data_range", "pixel_size", "supervision")
 _JSON_ATTRS = ("options", "normalisation", "train_config", "metrics")
 _NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float: nothing else is ever read as a tensor
 
@@ -85,6 +87,8 @@ def save_model(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None
             fh.attrs["data_range"] = float(meta["data_range"])
         if meta.get("pixel_size") is not None:
             fh.attrs["pixel_size"] = float(meta["pixel_size"])
+        if meta.get("supervision") is not None:
+            fh.attrs["supervision"] = _dumps(meta["supervision"])
         fh.attrs["parameters"] = models.count_parameters(model)
         fh.attrs["emdenoise_version"] = __version__
         _write_state(fh.create_group("state"), model)
@@ -216,6 +220,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         data_range = fh.attrs.get("data_range")
         meta["data_range"] = None if data_range is None else float(data_range)
         meta["pixel_size"] = _pixel_size(path, fh.attrs.get("pixel_size"))
+        # how it was trained (train.supervision and its count scale); files written before it: clean targets
+        meta["supervision"] = _attr_json(path, fh, "supervision") if "supervision" in fh.attrs else {"mode": "clean"}
         version = fh.attrs.get("emdenoise_version")
         meta["emdenoise_version"] = version if isinstance(version, str) else None
         model = _build(path, name, meta["options"])

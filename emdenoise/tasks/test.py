@@ -86,7 +86,7 @@ def figures(scorer: Scorer, metrics: dict[str, Any], indices: list[int]) -> dict
         labels = [f"test #{i}" + (f", dose {split.dose[i]:.3g}" if split.dose is not None else "") for i in indices]
         drawn[COMPARISON] = report.comparison_figure(
             split.noisy[indices],
-            split.clean[indices],
+            split.truth[indices],
             {name: np.stack([scorer.rows[name].figure[i] for i in indices]) for name in methods},
             {name: [row.psnr[i] for i in indices] for name, row in scorer.rows.items()},
             labels,

@@ -66,11 +66,11 @@ def run(ctx: TaskContext) -> None:
         )
     device = runtime.resolve_device(train.device, "train.device", ctx.where)
     precision = runtime.resolve_precision(train.precision, device, "train.precision", ctx.where)
-    data = load_data(data_dir, train, card["normalisation"], ctx.where)
+    data = load_data(data_dir, train, card["normalisation"], ctx.where, card)
     device, created = distributed.start(world, device)
     try:
         ctx.log.info(
-            "training %s on %s (%s%s): %d train and %d val images of %dx%d, %d epochs, batch %d%s",
+            "training %s on %s (%s%s): %d train and %d val images of %dx%d, %d epochs, batch %d%s; targets: %s",
             ", ".join(names),
             device,
             precision,
@@ -81,6 +81,7 @@ def run(ctx: TaskContext) -> None:
             train.epochs,
             train.batch_size,
             f" ({world.size} processes, {train.batch_size // world.size} images each)" if world.enabled else "",
+            ", ".join(f"{k} {v}" for k, v in data.supervision.items()),
         )
         metrics_path = ctx.paths["output_dir"] / METRICS_FILE
         records = {

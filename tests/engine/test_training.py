@@ -55,8 +55,9 @@ def test_data_keep_their_axes(data_dir):
     torch.testing.assert_close(data.noisy[:, 0], torch.from_numpy((raw - 0.4) / 0.3))
     data.patch = 16
     plan = training.epoch_plan(data, 2, seed=0, epoch=1)
-    assert sorted(torch.cat([idx for idx, _ in plan]).tolist()) == list(range(5))
-    noisy, clean = training.gather(data, *plan[0])
+    assert sorted(torch.cat([idx for idx, _, _ in plan]).tolist()) == list(range(5))
+    noisy, clean, mask = training.gather(data, *plan[0])
+    assert mask is None  # supervised: every pixel in the loss
     (_, j), (y, x) = plan[0][0][:2].tolist(), plan[0][1][1].tolist()
     assert noisy.shape == (2, 1, 16, 16)
     torch.testing.assert_close(noisy[1], data.noisy[j, :, y : y + 16, x : x + 16])
@@ -184,8 +185,8 @@ def test_data_fingerprint_follows_the_data_not_the_card_date(data_dir):
 
 def test_vectorised_crops_are_the_per_image_slices(data_dir):
     data = training.load_data(data_dir, params.defaults().train.replace(patch_size=8), NORM, "params")
-    index, corners = training.epoch_plan(data, 16, seed=5, epoch=2)[0]
-    noisy, clean = training.gather(data, index, corners)
+    index, corners, key = training.epoch_plan(data, 16, seed=5, epoch=2)[0]
+    noisy, clean, _ = training.gather(data, index, corners, key)
     for k, (i, (y, x)) in enumerate(zip(index.tolist(), corners.tolist())):
         assert torch.equal(noisy[k], data.noisy[i, :, y : y + 8, x : x + 8])
         assert torch.equal(clean[k], data.clean[i, :, y : y + 8, x : x + 8])

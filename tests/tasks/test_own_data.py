@@ -1,0 +1,92 @@
+"""Training on one's own micrographs, end to end through the tasks: a micrographs: folder downloaded,
+preprocessed into noisy-only splits, trained self-supervised, and the same frames denoised; and the bad
+inputs of that path (one line, nothing written)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from noisy_images import smooth_images, write_micrographs
+from support import one_error, params_file, read_frames, run_here
+
+from emdenoise.io import modelfile
+
+TRAIN = {"epochs": 2, "batch_size": 4, "device": "cpu", "precision": "fp32", "patch_size": 16, "lr": 3e-3}
+
+
+def _prepare(capsys, tmp: Path, folder: Path) -> dict[str, Path]:
+    p = params_file(tmp / "p.yaml", download={"source": f"micrographs:{folder}"}, preprocess={"tile_size": 32})
+    paths = {"raw_data_dir": tmp / "raw", "parameters_file": p, "log_dir": tmp / "logs"}
+    assert run_here(capsys, "download", paths)[0] == 0
+    assert run_here(capsys, "preprocess", {**paths, "data_dir": tmp / "data"})[0] == 0
+    return {"data_dir": tmp / "data", "log_dir": tmp / "logs"}
+
+
+def _train(capsys, tmp: Path, paths: dict[str, Path], mode: str, name: str, **train) -> tuple[int, str]:
+    p = params_file(tmp / f"{name}.yaml", train={**TRAIN, "supervision": mode, **train})
+    return run_here(
+        capsys,
+        "train",
+        {**paths, "parameters_file": p, "model_dir": tmp / name / "models", "output_dir": tmp / name / "out"},
+    )
+
+
+@pytest.fixture(scope="module")
+def own(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("own")
+    return tmp, write_micrographs(tmp / "in", size=96)
+
+
+@pytest.mark.parametrize("mode", ["noise2void", "poisson_split", "frame_pairs"])
+def test_own_micrographs_train_self_supervised_and_denoise(own, capsys, mode):
+    tmp, folder = own
+    work = tmp / mode
+    paths = _prepare(capsys, work, folder)
+    code, err = _train(capsys, work, paths, mode, "run")
+    assert code == 0, err
+    metrics = json.loads((work / "run" / "out" / "train_metrics.json").read_text())
+    assert all(r["val_psnr"] is None for r in metrics["epochs"])  # no clean images: the val loss decides
+    model_file = work / "run" / "models" / "sciml_ae" / "em_denoise_model.h5"
+    _, meta = modelfile.load_model(model_file)
+    assert meta["supervision"]["mode"] == mode
+    p = params_file(work / "d.yaml", denoise={"device": "cpu", "precision": "fp32"})
+    code, err = run_here(
+        capsys,
+        "denoise",
+        {
+            "input_dir": folder,
+            "model_dir": work / "run" / "models",
+            "output_dir": work / "denoised",
+            "parameters_file": p,
+            "log_dir": work / "logs",
+        },
+    )
+    assert code == 0, err
+    out = read_frames(work / "denoised" / "stack.tif")
+    assert out.shape == (3, 96, 96) and np.isfinite(out).all()
+    assert float(out.std()) < float(read_frames(folder / "stack.tif").astype(np.float32).std())  # smoothed
+
+
+def test_frame_pairs_need_a_stack_and_poisson_split_needs_counts(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    singles = tmp_path / "singles"
+    singles.mkdir()
+    for i in range(2):  # float frames, not whole counts, no stack
+        np.save(singles / f"f{i}.npy", (rng.poisson(smooth_images(rng, 1, 64)[0] * 20) / 20).astype(np.float32))
+    paths = _prepare(capsys, tmp_path, singles)
+    code, err = _train(capsys, tmp_path, paths, "frame_pairs", "fp")
+    one_error(code, err, 2, "train.h5", "stacks of at least 2 consecutive frames")
+    code, err = _train(capsys, tmp_path, paths, "poisson_split", "ps")
+    line = one_error(code, err, 2, "train.h5", "noisy", "whole-number counts", "train.counts_per_unit")
+    assert "count_scale_estimate" in line
+    for name in ("fp", "ps"):
+        assert not (tmp_path / name / "models" / "sciml_ae" / "em_denoise_model.h5").exists()
+    code, err = _train(capsys, tmp_path, paths, "poisson_split", "ps2", counts_per_unit=20.0, epochs=1)
+    assert code == 0, err  # with the count scale given, it trains
+    _, meta = modelfile.load_model(tmp_path / "ps2" / "models" / "sciml_ae" / "em_denoise_model.h5")
+    assert meta["supervision"]["count_scale_source"] == "train.counts_per_unit"
+    code, err = _train(capsys, tmp_path, paths, "clean", "cl")
+    one_error(code, err, 2, "train.h5", "clean", "noisy-only")
