@@ -313,7 +313,7 @@ class TestParams(Section):
     )
     baselines: Names = param(
         "names",
-        ["gaussian", "median", "tv", "nlm"],
+        ["gaussian", "median", "tv", "nlm", "flat_gaussian", "bragg", "wiener", "pnlm"],
         "classical baselines, tuned on the val split (all: every one installed; none: models "
         "only; bm3d and anscombe_bm3d need the optional non-commercial bm3d package)",
         choices=_baselines_or_none,
@@ -389,7 +389,7 @@ class StudyParams(Section):
     seed: int = param("int", 0, "random seed of every cell's training", min=0, max=MAX_SEED)
     baselines: Names = param(
         "names",
-        ["gaussian", "median", "tv", "nlm"],
+        ["gaussian", "median", "tv", "nlm", "flat_gaussian", "bragg", "wiener", "pnlm"],
         "classical baselines, tuned on the val split once (all: every one installed; none: no baseline)",
         choices=_baselines_or_none,
     )
