@@ -67,3 +67,39 @@ def make_data_dir(root: Path, n_test: int = 6, n_val: int = 4, size: int = 40, s
     return write_data_dir(
         root / "processed", splits, {"noisy": {"mean": 0.6, "std": 0.2}, "clean": {"mean": 0.6, "std": 0.2}}
     )
+
+
+def lattice_split(rng, n: int, size: int, period: float, kind: str, dose: float, pixel_size: float) -> tuple:
+    """(noisy, clean, dose, atom datasets) of ``n`` lattice images under a beam, two vacancies each."""
+    noisy, clean, offsets, yx, vacant = [], [], [0], [], []
+    for i in range(n):
+        sites = lattice_sites(size, period, kind=kind, angle=0.2 + 0.1 * i, margin=3.0)
+        gone = np.zeros(len(sites), dtype=bool)
+        gone[rng.choice(len(sites), 2, replace=False)] = True
+        image = atom_image(size, sites[~gone])
+        clean.append(image)
+        noisy.append(poisson_noise(rng, (image * beam(size))[None], dose)[0])
+        offsets.append(offsets[-1] + len(sites))
+        yx.append(sites)
+        vacant.append(gone)
+    atoms = {
+        "atom_offsets": np.asarray(offsets, np.int64),
+        "atom_yx": np.concatenate(yx).astype(np.float32),
+        "atom_vacant": np.concatenate(vacant).astype(np.uint8),
+        "atom_z": np.full(offsets[-1], 6, np.uint8),
+        "pixel_size": np.full(n, pixel_size, np.float32),
+    }
+    return np.stack(noisy), np.stack(clean), np.full(n, dose, np.float32), atoms
+
+
+def make_lattice_data_dir(root: Path, size: int = 64, seed: int = 0) -> Path:
+    """A processed data_dir of lattice images with true atoms (contract 2 of the helpers' rules): triangular
+    lattices in val and test, a square lattice of another spacing in ``generalisation.h5``."""
+    rng = np.random.default_rng(seed)
+    splits = {
+        "val": lattice_split(rng, 3, size, 7.0, "hex", 40.0, 0.2),
+        "test": lattice_split(rng, 3, size, 7.0, "hex", 40.0, 0.2),
+        "generalisation": lattice_split(rng, 2, size, 6.0, "square", 40.0, 0.2),
+    }
+    stats = {"mean": 0.8, "std": 0.2}
+    return write_data_dir(root, splits, {"noisy": stats, "clean": stats})

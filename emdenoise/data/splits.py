@@ -15,18 +15,55 @@ from emdenoise.errors import InputError
 from emdenoise.io import h5safe
 from emdenoise.layout import CARD, CARD_FORMAT, SPLIT_FILE
 
+ATOM_DATASETS = ("atom_offsets", "atom_yx", "atom_vacant")
+
 
 @dataclass
 class Split:
-    """One split in memory: ``noisy`` and ``clean`` float32 (N, H, W); ``dose`` float32 (N,) or None."""
+    """One split in memory: ``noisy`` and ``clean`` float32 (N, H, W); ``dose`` float32 (N,) or None;
+    ``pixel_size`` float32 (N,) A/px or None; the true atom columns (``atom_offsets`` (N+1,), ``atom_yx``
+    (M, 2) px, ``atom_vacant`` (M,) bool) or None when the split does not carry them."""
 
     name: str
     noisy: np.ndarray
     clean: np.ndarray
     dose: np.ndarray | None = None
+    pixel_size: np.ndarray | None = None
+    atom_offsets: np.ndarray | None = None
+    atom_yx: np.ndarray | None = None
+    atom_vacant: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.noisy)
+
+    @property
+    def has_atoms(self) -> bool:
+        return self.atom_offsets is not None
+
+    def atoms(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image ``i``'s atom sites (M_i, 2) px and their vacancy flags (M_i,) bool."""
+        assert self.atom_offsets is not None and self.atom_yx is not None and self.atom_vacant is not None
+        a, b = int(self.atom_offsets[i]), int(self.atom_offsets[i + 1])
+        return self.atom_yx[a:b], self.atom_vacant[a:b]
+
+
+def _read_atoms(fh, path: Path, n_images: int) -> dict[str, np.ndarray]:
+    """The optional atom datasets of a split file (rules: contract 2), checked; {} when absent."""
+    found = {key: fh.get(key) for key in ATOM_DATASETS}
+    if all(ds is None for ds in found.values()):
+        return {}
+    if not all(isinstance(ds, h5py.Dataset) for ds in found.values()):
+        missing = [key for key, ds in found.items() if not isinstance(ds, h5py.Dataset)]
+        raise InputError.at(path, missing[0], f"expected the atom datasets {', '.join(ATOM_DATASETS)} together")
+    offsets = np.asarray(found["atom_offsets"][: n_images + 1], dtype=np.int64)
+    total = int(offsets[-1]) if len(offsets) else 0
+    if len(offsets) != n_images + 1 or np.any(np.diff(offsets) < 0) or offsets[0] != 0:
+        raise InputError.at(path, "atom_offsets", f"expected {n_images + 1} non-decreasing offsets from 0")
+    yx = np.asarray(found["atom_yx"][:total], dtype=np.float64)
+    vacant = np.asarray(found["atom_vacant"][:total]).astype(bool)
+    if yx.shape != (total, 2) or vacant.shape != (total,):
+        raise InputError.at(path, "atom_yx", f"expected ({total}, 2) positions and ({total},) vacancy flags")
+    return {"atom_offsets": offsets, "atom_yx": yx, "atom_vacant": vacant}
 
 
 def check_normalisation(path: str | Path, norm: Any) -> dict:
@@ -92,10 +129,13 @@ def load_split(data_dir: str | Path, split: str, max_images: int = 0) -> Split:
                 arrays[key] = np.asarray(ds[:n], dtype=np.float32)
             found = fh.get("dose")
             dose = np.asarray(found[:n], dtype=np.float32) if isinstance(found, h5py.Dataset) else None
+            found = fh.get("pixel_size")
+            pixel_size = np.asarray(found[:n], dtype=np.float32) if isinstance(found, h5py.Dataset) else None
+            atoms = _read_atoms(fh, path, len(arrays["noisy"]))
     except (OSError, RuntimeError) as exc:  # RuntimeError: h5py on damaged metadata
         raise InputError.at(path, None, f"expected a readable HDF5 file ({' '.join(str(exc).split())})") from None
     if arrays["noisy"].shape != arrays["clean"].shape:
         raise InputError.at(
             path, "clean", f"expected the shape of 'noisy' {arrays['noisy'].shape}, got {arrays['clean'].shape}"
         )
-    return Split(split, arrays["noisy"], arrays["clean"], dose)
+    return Split(split, arrays["noisy"], arrays["clean"], dose, pixel_size, **atoms)

@@ -445,6 +445,7 @@ class TunedBaseline:
     tune_psnr: float  # mean per-image validation PSNR at the chosen value
     n_tune: int  # validation images used
     grid_psnr: dict[float, float]  # mean validation PSNR for every grid value
+    record: dict | None = None  # the parameters as reported (params() plus the tuning time), once scored
 
     @property
     def name(self) -> str:

@@ -64,6 +64,7 @@ def ssim_per_image(pred, target, data_range: float) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------------------
 
 FRC_THRESHOLD = 1.0 / 7.0
+FRC_FIRST_RING = 4  # the FRC resolution is searched from the ring of period side / 4
 NYQUIST_PX = 2.0
 BAND_PX_UNKNOWN = (5.0, 18.0)  # the lattice band's periods in px when the pixel size is unknown
 TOLERANCE_NN_UNKNOWN = 0.35  # atom matching tolerance as a fraction of the nearest-neighbour spacing (no px size)
@@ -122,9 +123,11 @@ def frc_curve(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def frc_resolution_px(estimate: np.ndarray, clean: np.ndarray, threshold: float = FRC_THRESHOLD) -> float:
     """The FRC resolution in px: the period ``1/f`` of the last ring before the FRC first drops below
-    ``threshold``; :data:`NYQUIST_PX` when it never does (resolved to the pixel), +inf when the first ring
-    already fails (nothing resolved)."""
+    ``threshold``, searched from the ring of period side / :data:`FRC_FIRST_RING` (the coarser rings hold few
+    Fourier samples and the shading, which this measure ignores); :data:`NYQUIST_PX` when it never drops
+    (resolved to the pixel), +inf when the first ring searched already fails (nothing resolved)."""
     freq, frc = frc_curve(estimate, clean)
+    freq, frc = freq[FRC_FIRST_RING - 1 :], frc[FRC_FIRST_RING - 1 :]
     below = np.flatnonzero(frc < threshold)
     if len(below) == 0:
         return NYQUIST_PX
