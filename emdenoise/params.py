@@ -382,7 +382,7 @@ class DenoiseParams(Section):
         "float",
         0.07,
         "consistency check: warn when an output's Poisson deviance against its input implies a relative error "
-        "above this (the model may be inventing or erasing structure)",
+        "above this (the model may be inventing or erasing structure; 0: no check)",
         min=0.0,
         max=10.0,
     )

@@ -16,7 +16,8 @@ from __future__ import annotations
 import datetime
 import json
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 
 from emdenoise import __version__
-from emdenoise.engine import runtime
+from emdenoise.engine import consistency, runtime
 from emdenoise.engine.tiling import Tiler
 from emdenoise.io import micrographs, modelfile
 from emdenoise.outputs import atomic_path, sha256_file
@@ -83,11 +84,30 @@ class Progress(Protocol):
 
 
 def denoise_file(
-    src: micrographs.InputFile, dest: Path, tiler: Tiler, provenance: dict[str, Any], bar: Progress | None = None
+    src: micrographs.InputFile,
+    dest: Path,
+    tiler: Tiler,
+    provenance: dict[str, Any],
+    bar: Progress | None = None,
+    on_frame: Callable[[np.ndarray, np.ndarray], None] | None = None,
 ) -> int:
     """Denoise every image of ``src`` into ``dest`` (same format, written atomically), frame by frame.
-    Returns the number of frames; ``bar`` advances once per frame."""
+    Returns the number of frames; ``bar`` advances once per frame; ``on_frame(input, output)`` is called for
+    every frame (the consistency check)."""
     count = 0
+    pending: deque[np.ndarray] = deque()
+
+    def tapped(frames: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        for frame in frames:
+            if on_frame is not None:
+                pending.append(frame)
+            yield frame
+
+    def paired(outputs: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        for output in outputs:
+            if on_frame is not None:
+                on_frame(pending.popleft(), output)
+            yield output
 
     def counted(frames: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
         nonlocal count
@@ -99,8 +119,22 @@ def denoise_file(
 
     with atomic_path(dest) as tmp, micrographs.open_output(tmp, src, provenance) as writer:
         for image in src.images:
-            writer.write(image, counted(tiler.stream(src.iter_frames(image))))
+            writer.write(image, counted(paired(tiler.stream(tapped(src.iter_frames(image))))))
     return count
+
+
+def consistency_record(checks: list[dict[str, Any]], max_deviation: float) -> dict[str, Any]:
+    """The sidecar's ``consistency``: each frame's deviance check and the frames flagged."""
+    flagged = [i for i, c in enumerate(checks) if c["inconsistent"]]
+    return {
+        "definition": "Poisson deviance of the input counts given the output (emdenoise.engine.consistency); "
+        "count scale estimated from each input frame",
+        "max_deviation": max_deviation,
+        "inconsistent": bool(flagged),
+        "inconsistent_frames": flagged,
+        "worst_deviation": max((c["deviation"] for c in checks), default=None),
+        "frames": checks,
+    }
 
 
 def _now() -> str:
@@ -182,10 +216,26 @@ class FileDenoiser:
             self.denoiser.denoise(torch.zeros(1, 1, plan.tile_h, plan.tile_w))
             self._warm = True
 
-    def denoise(self, path: Path, dest: Path, final: Path | None = None, bar: Progress | None = None) -> Denoised:
+    def denoise(
+        self,
+        path: Path,
+        dest: Path,
+        final: Path | None = None,
+        bar: Progress | None = None,
+        max_deviation: float | None = None,
+    ) -> Denoised:
         """Denoise the file ``path`` into ``dest`` (written atomically); ``final`` is the name the output will
-        have in the end (``dest`` by default; the task writes into a staging folder), as the record names it."""
+        have in the end (``dest`` by default; the task writes into a staging folder), as the record names it.
+        With ``max_deviation``, every output frame is checked against its input
+        (:func:`emdenoise.engine.consistency.check`, the count scale estimated from the frame) and the record
+        gains ``consistency``."""
         fingerprint = self.fingerprint(path)
+        checks: list[dict[str, Any]] = []
+
+        def check_frame(frame: np.ndarray, output: np.ndarray) -> None:
+            assert max_deviation is not None
+            checks.append(consistency.check(frame, output, None, max_deviation).summary())
+
         with micrographs.open_input(path) as src:
             self._warm_up(src)
             provenance = {
@@ -200,7 +250,9 @@ class FileDenoiser:
                 "settings": self.settings,
             }
             start = time.perf_counter()
-            frames = denoise_file(src, dest, self.tiler, provenance, bar)
+            frames = denoise_file(
+                src, dest, self.tiler, provenance, bar, check_frame if max_deviation is not None else None
+            )
             seconds = time.perf_counter() - start
             shapes = micrographs.describe(src)
         record = {
@@ -215,4 +267,6 @@ class FileDenoiser:
             "frames_per_s": round(frames / max(seconds, 1e-9), 3),
             "fingerprint": fingerprint,
         }
+        if max_deviation is not None:
+            record["consistency"] = consistency_record(checks, max_deviation)
         return Denoised(record, shapes)

@@ -62,6 +62,19 @@ def select_model(model_dir: Path, choice: str) -> tuple[str, Path]:
     return choice, found[choice]
 
 
+def warn_inconsistent(log, path: Path, check: dict | None) -> None:
+    """One warning line naming the input when an output disagrees with its counts (the consistency check)."""
+    if check and check["inconsistent"]:
+        log.warning(
+            "%s: output inconsistent with its input in frame(s) %s (Poisson deviance implies a relative error "
+            "of %.3g > denoise.max_deviation %.3g): the model may be inventing or erasing structure",
+            path,
+            ", ".join(map(str, check["inconsistent_frames"][:8])),
+            check["worst_deviation"],
+            check["max_deviation"],
+        )
+
+
 def run(ctx: TaskContext) -> None:
     sec, log = ctx.params.denoise, ctx.log
     input_dir, model_dir, output_dir = ctx.paths["input_dir"], ctx.paths["model_dir"], ctx.paths["output_dir"]
@@ -105,8 +118,9 @@ def run(ctx: TaskContext) -> None:
                 bar.update(frame_counts[path])
                 continue
             staged_sidecar.unlink(missing_ok=True)  # never a new staged image beside an older staged sidecar
-            result = engine.denoise(path, staged, out, bar)
+            result = engine.denoise(path, staged, out, bar, max_deviation=sec.max_deviation or None)
             write_json_atomic(staged_sidecar, result.record)
+            warn_inconsistent(log, path, result.record.get("consistency"))
             log.info(
                 "%s: %s in %.2f s (%.2f frames/s) -> %s",
                 path.relative_to(input_dir),
