@@ -108,6 +108,18 @@ def _baselines_or_none() -> tuple[str, ...]:
     return baselines.names() + ("none",)
 
 
+def _materials() -> tuple[str, ...]:
+    from emdenoise.data.scenes import MATERIALS
+
+    return tuple(MATERIALS)
+
+
+def _optics_regimes() -> tuple[str, ...]:
+    from emdenoise.data.physics import REGIMES
+
+    return REGIMES
+
+
 def _hint(word: str, options: Any) -> str:
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -200,6 +212,24 @@ class DownloadParams(Section):
         "float", 100.0, "synthetic: highest dose, electrons per pixel at the beam centre", min=0.01, max=1e6
     )
     dead_pixel_fraction: float = param("float", 0.001, "synthetic: fraction of dead (zero) pixels", min=0.0, max=0.5)
+    material: str = param("str", "graphene", "synthetic: the specimen (see README, Synthetic data)", choices=_materials)
+    optics: str = param(
+        "str",
+        "mixed",
+        "synthetic: microscope: corrected (60-80 kV), uncorrected (200-300 kV) or mixed (3 in 4 corrected)",
+        choices=_optics_regimes,
+    )
+    pixel_size_min: float = param("float", 0.12, "synthetic: smallest pixel size, A/px", min=0.02, max=5.0)
+    pixel_size_max: float = param("float", 0.3, "synthetic: largest pixel size, A/px (log-uniform)", min=0.02, max=5.0)
+    generalisation_count: int = param(
+        "int", 0, "synthetic: pairs of an extra generalisation/ split (0: none)", min=0, max=1_000_000
+    )
+    generalisation_material: str = param(
+        "str", "mos2", "synthetic: the specimen of the generalisation/ split", choices=_materials
+    )
+    generalisation_optics: str = param(
+        "str", "mixed", "synthetic: the microscope of the generalisation/ split", choices=_optics_regimes
+    )
     workers: int = param(
         "int", 0, "synthetic: worker processes (0: one per core); never changes the output", min=0, max=256
     )
@@ -218,6 +248,11 @@ class DownloadParams(Section):
     def check(self) -> None:
         if self.dose_min > self.dose_max:
             raise self.error("dose_min", f"expected <= download.dose_max ({self.dose_max}), got {self.dose_min}")
+        if self.pixel_size_min > self.pixel_size_max:
+            raise self.error(
+                "pixel_size_min",
+                f"expected <= download.pixel_size_max ({self.pixel_size_max}), got {self.pixel_size_min}",
+            )
 
 
 @dataclass(frozen=True)

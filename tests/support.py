@@ -331,7 +331,27 @@ def write_data_dir(root: Path, splits: dict[str, tuple], normalisation: dict, da
         "data_range_definition": "max - min of the clean test set",
         "has_dose": all(doses),
         "source": None,
+        "pixel_size_angstrom": None,
+        "has_atoms": False,
     }
     assert set(card) == set(DATASET_CARD_KEYS)
     write_json_atomic(root / CARD, card)
     return root
+
+
+# -- images and spectra ---------------------------------------------------------------------------------------------
+
+
+def power_spectrum(img: np.ndarray) -> np.ndarray:
+    """|FFT|^2 of the mean-removed, Hann-windowed image (little leakage), zero frequency at [0, 0]."""
+    window = np.hanning(img.shape[0])[:, None] * np.hanning(img.shape[1])[None, :]
+    return np.abs(np.fft.fft2((img - img.mean()) * window)) ** 2
+
+
+def radial_mean(values: np.ndarray) -> np.ndarray:
+    """Mean of an FFT-ordered square array over rings one frequency bin wide: entry i is |k| in [i-0.5, i+0.5)."""
+    size = values.shape[0]
+    f = np.fft.fftfreq(size) * size
+    ring = np.rint(np.hypot(f[:, None], f[None, :])).astype(int).ravel()
+    sums = np.bincount(ring, values.ravel().astype(np.float64))
+    return sums / np.maximum(np.bincount(ring), 1)

@@ -46,7 +46,22 @@ from emdenoise.log import progress
 from emdenoise.outputs import STAGING_DIR, Transaction, sha256_file
 from emdenoise.params import DownloadParams
 
-GENERATOR_KEYS = ("seed", "train_images", "test_images", "image_size", "dose_min", "dose_max", "dead_pixel_fraction")
+GENERATOR_KEYS = (
+    "seed",
+    "train_images",
+    "test_images",
+    "image_size",
+    "dose_min",
+    "dose_max",
+    "dead_pixel_fraction",
+    "material",
+    "optics",
+    "pixel_size_min",
+    "pixel_size_max",
+    "generalisation_count",
+    "generalisation_material",
+    "generalisation_optics",
+)
 EXTRACT_PREFIX = ".extract-"
 
 

@@ -41,6 +41,7 @@ Run ``python -m emdenoise.data.synthetic [N] [WORKERS]`` to measure pairs/s.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import math
@@ -54,26 +55,24 @@ from typing import Any
 
 import h5py
 import numpy as np
-from scipy.special import expit
+from scipy import fft as sfft
 
 try:
     from threadpoolctl import ThreadpoolController
 except ImportError:  # optional: without it BLAS may start threads (much slower on a busy machine, same results)
     ThreadpoolController = None
 
-from emdenoise.layout import RAW_DATASET, RAW_FILES, RAW_SPLITS
+from emdenoise.data import physics, scenes
+from emdenoise.layout import GENERALISATION_SPLIT, RAW_DATASET, RAW_FILES
 from emdenoise.log import progress
 from emdenoise.outputs import Transaction
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"  # 1: the plane-wave cartoon (removed); 2: atoms, projected potential, lens, detector
 
-LATTICE_CONSTANT_ANGSTROM = 2.46
-FRINGE_ANGSTROM = LATTICE_CONSTANT_ANGSTROM * math.sqrt(3) / 2  # {100} spacing, 2.13 A
-PIXEL_SIZE_ANGSTROM = 0.19
-FRINGE_PX = FRINGE_ANGSTROM / PIXEL_SIZE_ANGSTROM  # 11.2 px
-
-SPLIT_KEYS = {"train": 0, "test": 1}
-SCENES = ("random", "lattice", "vacuum")
+SPLIT_KEYS = {"train": 0, "test": 1, GENERALISATION_SPLIT: 2}
+SCENES = ("random", "lattice", "vacuum", "amorphous")
+COUNTING_DETECTOR_FRACTION = 0.6  # the others: a scintillator with a Gaussian spread of SCINTILLATOR_BLUR_PX
+SCINTILLATOR_BLUR_PX = (0.3, 1.0)
 
 BEAM_SIGMA_RANGE = (0.3, 0.6)  # beam sigma as a fraction of the field side
 BEAM_CENTER_RANGE = (-0.1, 1.1)  # beam centre as a fraction of the field side (outside [0, 1]: off the image)
@@ -127,124 +126,13 @@ def _one_blas_thread(func):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Building blocks (all separable: outer products of 1-D arrays, summed by small matrix products)
+# Beam and noise
 # --------------------------------------------------------------------------------------------------------------
-
-
-def _axis(size: int) -> np.ndarray:
-    return np.arange(size, dtype=np.float64)
-
-
-@_one_blas_thread
-def lattice(
-    size: int,
-    *,
-    rotation: float,
-    fringe_px: float = FRINGE_PX,
-    shift=(0.0, 0.0),
-    second_order: float = 0.3,
-    blur_px: float = 0.5,
-) -> np.ndarray:
-    """Graphene lattice contrast L (float32, size x size), positive on the atoms, |L| <= 1.
-
-    ``rotation`` in radians, ``fringe_px`` the {100} fringe spacing in pixels, ``shift`` (x, y) a translation
-    in pixels (a hexagon centre sits there), ``second_order`` the weight of the {110} fringes relative to the
-    {100} ones, ``blur_px`` the sigma of a Gaussian blur applied as an envelope on the plane waves.
-    """
-    k = 2 * np.pi / fringe_px
-    angles = rotation + np.array([0.0, 2 * np.pi / 3, 4 * np.pi / 3])
-    k1 = k * np.stack([np.cos(angles), np.sin(angles)], axis=1)  # (3, 2) as (kx, ky); they sum to zero
-    k2 = k1 - np.roll(k1, -1, axis=0)  # second order, |k2| = sqrt(3) k, on the atoms *and* hexagon centres
-    env1 = math.exp(-0.5 * (k * blur_px) ** 2)
-    env2 = math.exp(-1.5 * (k * blur_px) ** 2)
-    # Honeycomb density with the hexagon centre at the origin: structure factor -1 at first order, +2 at second.
-    weights = np.concatenate([np.full(3, -env1), np.full(3, second_order * env2)])
-    weights /= 3 * (env1 + second_order * env2)
-    vecs = np.concatenate([k1, k2])
-    x = _axis(size) - shift[0]
-    y = _axis(size) - shift[1]
-    ex = np.exp(1j * vecs[:, 0:1] * x[None, :])  # (6, S)
-    ey = np.exp(1j * vecs[:, 1:2] * y[None, :]) * weights[:, None]  # (6, S)
-    # Re(sum_i ey_i (x) ex_i) as one real matrix product with inner dimension 12.
-    left = np.concatenate([ey.real, -ey.imag]).T.astype(F32)  # (S, 12)
-    right = np.concatenate([ex.real, ex.imag]).astype(F32)  # (12, S)
-    return left @ right
-
-
-def atom_sites(
-    n: int,
-    rng: np.random.Generator,
-    size: int,
-    *,
-    rotation: float,
-    fringe_px: float,
-    shift,
-    cluster_fraction: float = 0.0,
-) -> np.ndarray:
-    """Random atom positions (x, y) in pixels of the lattice drawn by :func:`lattice` with these settings.
-
-    ``n`` atoms near uniformly random points of the field; a ``cluster_fraction`` of them also bring two of
-    their three nearest neighbours (multi-vacancies when the sites are removed). Sites are found in fractional
-    coordinates of the hexagonal cell, whose origin is a hexagon centre: sublattice A sits at (1/3, 1/3),
-    sublattice B at (2/3, 2/3).
-    """
-    k = 2 * np.pi / fringe_px
-    angles = rotation + np.array([0.0, 2 * np.pi / 3])
-    kmat = k * np.stack([np.cos(angles), np.sin(angles)], axis=1)  # rows k1, k2
-    avecs = 2 * np.pi * np.linalg.inv(kmat).T  # rows a1, a2 with k_i . a_j = 2 pi delta_ij
-    frac = (rng.uniform(0, size, (n, 2)) - np.asarray(shift)) @ kmat.T / (2 * np.pi)
-    is_b = rng.random(n) < 0.5
-    sub = np.where(is_b, 2 / 3, 1 / 3)[:, None]
-    frac = np.round(frac - sub) + sub
-    # Nearest neighbours of an A atom (B atoms) in fractional coordinates; those of a B atom are the negatives.
-    bonds = np.array([[1 / 3, 1 / 3], [-2 / 3, 1 / 3], [1 / 3, -2 / 3]])
-    clustered = np.flatnonzero(rng.random(n) < cluster_fraction)
-    which = rng.integers(0, 3, (len(clustered), 2))
-    extra = [frac[clustered] + np.where(is_b[clustered], -1, 1)[:, None] * bonds[which[:, j]] for j in (0, 1)]
-    frac = np.concatenate([frac] + extra)
-    return frac @ avecs + np.asarray(shift)
-
-
-@_one_blas_thread
-def spots(size: int, centers: np.ndarray, sigma: float) -> np.ndarray:
-    """Sum of unit-peak Gaussian spots at ``centers`` (x, y) px, float32 (size x size); zeros when none."""
-    if len(centers) == 0:
-        return np.zeros((size, size), F32)
-    ax = _axis(size)
-    gx = np.exp(-0.5 * ((ax[None, :] - centers[:, 0:1]) / sigma) ** 2).astype(F32)  # (K, S)
-    gy = np.exp(-0.5 * ((ax[None, :] - centers[:, 1:2]) / sigma) ** 2).astype(F32)  # (K, S)
-    return gy.T @ gx
-
-
-@_one_blas_thread
-def smooth_fields(rng: np.random.Generator, size: int, corr_px) -> np.ndarray:
-    """Gaussian random fields, zero mean and unit variance, with Gaussian correlation of ``corr_px`` (one each).
-
-    Each is a sum of plane waves with random complex amplitudes on a band-limited grid of frequencies with
-    period 1.25 x size (so the fields do not wrap around the image edges), evaluated as two small complex
-    matrix products. Returns float32 (len(corr_px), size, size).
-    """
-    corr_px = np.atleast_1d(np.asarray(corr_px, dtype=np.float64))
-    period = 1.25 * size
-    ax = _axis(size)
-    out = np.empty((len(corr_px), size, size), F32)
-    for i, corr in enumerate(corr_px):
-        m = max(1, int(math.ceil(0.5 * period / corr)))  # beyond it the envelope is < exp(-4.9)
-        fy = np.arange(-m, m + 1) / period
-        fx = np.arange(0, m + 1) / period
-        env = np.exp(-2 * np.pi**2 * corr**2 * (fy[:, None] ** 2 + fx[None, :] ** 2))  # (2m+1, m+1)
-        env[:, 0] *= math.sqrt(0.5)  # (fy, 0) and (-fy, 0) are the same physical frequency: count it once
-        env /= math.sqrt((env**2).sum())  # Re(c e^{i phi}) with c standard complex normal has variance 1
-        coef = (rng.standard_normal((2 * m + 1, m + 1)) + 1j * rng.standard_normal((2 * m + 1, m + 1))) * env
-        ey = np.exp(2j * np.pi * ax[:, None] * fy[None, :]).astype(np.complex64)  # (S, 2m+1)
-        ex = np.exp(2j * np.pi * fx[:, None] * ax[None, :]).astype(np.complex64)  # (m+1, S)
-        out[i] = ((ey @ coef.astype(np.complex64)) @ ex).real
-    return out
 
 
 def beam_profile(size: int, center_yx, sigma_px: float) -> np.ndarray:
     """2-D Gaussian beam with peak 1 at ``center_yx`` (row, column in px; may lie outside), float32."""
-    ax = _axis(size)
+    ax = np.arange(size, dtype=np.float64)
     gy = np.exp(-0.5 * ((ax - center_yx[0]) / sigma_px) ** 2).astype(F32)
     gx = np.exp(-0.5 * ((ax - center_yx[1]) / sigma_px) ** 2).astype(F32)
     return gy[:, None] * gx[None, :]
@@ -294,151 +182,94 @@ def add_noise(
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Clean scenes
+# Clean images: atoms -> projected potential -> exit wave -> lens -> detector
 # --------------------------------------------------------------------------------------------------------------
 
 
-@_one_blas_thread
-def clean_scene(rng, size: int = 256, scene: str = "random") -> tuple[np.ndarray, np.ndarray, dict]:
-    """Draw a clean image (float32, size x size, vacuum = 1, >= 0), its material mask (0 vacuum .. 1 graphene,
-    float32) and a dict describing it.
+def draw_pixel_size(rng: np.random.Generator, pixel_size_min: float, pixel_size_max: float) -> float:
+    """Log-uniform pixel size in [min, max] A/px, rounded to float32 (as recorded)."""
+    if pixel_size_max <= pixel_size_min:
+        return float(F32(pixel_size_min))
+    value = math.exp(rng.uniform(math.log(pixel_size_min), math.log(pixel_size_max)))
+    return float(np.clip(F32(value), F32(pixel_size_min), F32(pixel_size_max)))
 
-    ``scene``: ``random`` (all features, drawn at random), ``lattice`` (one perfect grain, no holes, defects,
-    thickness or contrast variation; for checking the lattice), ``vacuum`` (an empty field: all ones).
 
-    ``info``: ``scene``, ``empty``, ``n_grains``, ``rotations_deg`` (one per grain, then the second layer's if
-    any; the angle of a first-order wave vector, modulo 60), ``shifts_px`` (x, y of a hexagon centre of each
-    of those lattices), ``grain_fractions`` (share of the field of each grain), ``fringe_px`` ({100} spacing),
-    ``contrast_sign`` (-1: reversed), ``vacancies``, ``holes``, ``vacuum_edge``, ``bilayer``,
-    ``material_fraction`` (mean of the material mask).
+def draw_detector_blur(rng: np.random.Generator) -> float:
+    """Detector spread in pixels: 0 (a counting detector, pixel aperture only) with probability
+    ``COUNTING_DETECTOR_FRACTION``, otherwise a scintillator's Gaussian spread in ``SCINTILLATOR_BLUR_PX``."""
+    if rng.random() < COUNTING_DETECTOR_FRACTION:
+        return 0.0
+    return float(F32(rng.uniform(*SCINTILLATOR_BLUR_PX)))
+
+
+def delocalisation_px(optics: physics.Optics, pixel_size: float) -> int:
+    """How far (px) the lens spreads detail: ``lambda |df| k + |Cs| lambda^3 k^3`` at the highest frequency it
+    passes (where the envelopes fall below exp(-2), or the aperture, or the potential's band limit)."""
+    k = np.linspace(0.0, (2 / 3) * 0.5 / pixel_size, 512)
+    passed = np.abs(physics.ctf(k, optics)) > math.exp(-2)
+    k_max = float(k[passed].max())
+    lam = optics.wavelength
+    reach = lam * abs(optics.defocus_angstrom) * k_max + abs(optics.cs_mm) * 1e7 * lam**3 * k_max**3
+    return int(math.ceil(reach / pixel_size))
+
+
+def clean_image(
+    rng,
+    image_size: int = 256,
+    *,
+    material: str = "graphene",
+    optics_regime: str = "mixed",
+    pixel_size_min: float = 0.12,
+    pixel_size_max: float = 0.3,
+    scene: str = "random",
+    optics: physics.Optics | None = None,
+    pixel_size: float | None = None,
+) -> tuple[np.ndarray, dict]:
+    """A clean image (float32, image_size x image_size, mean about 1, vacuum 1) and a dict describing it.
+
+    Draws the pixel size, the optics (:func:`emdenoise.data.physics.draw_optics`), the detector and the specimen
+    (:func:`emdenoise.data.scenes.draw_scene`, ``scene`` its kind) over the image plus a margin of
+    :func:`delocalisation_px` (at most a quarter of the side) on each side, so that what the lens spreads in
+    from outside the field is there; the FFT's wrap-around only reaches the margin, which is cut off. ``optics``
+    and ``pixel_size`` fix those instead of drawing them (the draws still happen).
+
+    ``info``: ``pixel_size``, ``voltage_kv``, ``defocus_angstrom``, ``cs_mm``, ``focal_spread_angstrom``,
+    ``convergence_mrad``, ``aperture_mrad``, ``detector_blur_px``, the scene's description, and ``atoms``: the
+    lattice columns inside the image, ``yx`` (M, 2) float32 in pixels of the image, ``vacant`` (M,) uint8 and
+    ``z`` (M,) uint8.
     """
-    if scene not in SCENES:
-        raise ValueError(f"scene must be one of {SCENES}, got {scene!r}")
     rng = as_rng(rng)
-    info: dict[str, Any] = {
-        "scene": scene,
-        "empty": False,
-        "n_grains": 0,
-        "rotations_deg": [],
-        "shifts_px": [],
-        "grain_fractions": [],
-        "contrast_sign": 1,
-        "vacancies": 0,
-        "holes": False,
-        "vacuum_edge": False,
-        "bilayer": False,
-    }
-    if scene == "vacuum" or (scene == "random" and rng.random() < 0.05):
-        info["empty"] = True
-        info["material_fraction"] = 0.0
-        return np.ones((size, size), F32), np.zeros((size, size), F32), info
+    drawn_pixel = draw_pixel_size(rng, pixel_size_min, pixel_size_max)
+    drawn_optics = physics.draw_optics(rng, optics_regime)
+    blur = draw_detector_blur(rng)
+    pixel = drawn_pixel if pixel_size is None else float(pixel_size)
+    optics = drawn_optics if optics is None else optics
+    margin = min(max(delocalisation_px(optics, pixel), 4), image_size // 4)
+    padded = int(sfft.next_fast_len(image_size + 2 * margin, real=True))
+    margin = (padded - image_size) // 2
+    specimen = scenes.draw_scene(rng, padded, pixel, material, kind=scene)
+    potential = physics.projected_potential(specimen.atoms_yx_A, specimen.z, (padded, padded), pixel)
+    full = physics.image(potential, optics, pixel, detector_blur_px=blur)
+    clean = np.ascontiguousarray(full[margin : margin + image_size, margin : margin + image_size])
+    np.maximum(clean, 0, out=clean)
 
-    simple = scene == "lattice"
-    fringe = FRINGE_PX * (1.0 if simple else rng.uniform(0.97, 1.03))
-    second_order = rng.uniform(0.1, 0.6)
-    blur = rng.uniform(0.3, 1.0)
-    n_grains = 1 if simple else int(rng.choice([1, 2, 3, 4], p=[0.45, 0.25, 0.2, 0.1]))
-    rotations = rng.uniform(0, np.pi / 3, n_grains)  # hexagonal symmetry: 60 degrees cover all orientations
-    shifts = rng.uniform(0, size, (n_grains, 2))
+    yx = specimen.columns_yx_A / pixel - margin
+    inside = np.all((yx >= -0.5) & (yx < image_size - 0.5), axis=1)
+    info = {k: v for k, v in specimen.info.items() if k not in ("material", "kind")}
+    info["vacancies"] = int(specimen.columns_vacant[inside].sum())  # in the image, not the margin
+    info.update(dataclasses.asdict(optics))  # voltage_kv, defocus_angstrom, cs_mm, focal_spread_angstrom, ...
     info.update(
-        n_grains=n_grains,
-        rotations_deg=[round(float(np.degrees(r)), 4) for r in rotations],
-        shifts_px=shifts.round(4).tolist(),
-        fringe_px=round(float(fringe), 4),
+        material=material,
+        pixel_size=pixel,
+        detector_blur_px=blur,
+        margin_px=margin,
+        atoms={
+            "yx": yx[inside].astype(F32),
+            "vacant": specimen.columns_vacant[inside].astype(np.uint8),
+            "z": specimen.columns_z[inside].astype(np.uint8),
+        },
     )
-
-    def grain_lattice(g: int) -> np.ndarray:
-        return lattice(
-            size, rotation=rotations[g], fringe_px=fringe, shift=shifts[g], second_order=second_order, blur_px=blur
-        )
-
-    if simple:
-        lat = grain_lattice(0)
-        material = np.ones((size, size), F32)
-        contrast = F32(rng.uniform(0.15, 0.35))
-        absorb = F32(rng.uniform(0.0, 0.15))
-        clean = F32(1) - material * (absorb + contrast * lat)
-        info.update(material_fraction=1.0, grain_fractions=[1.0])
-        return np.maximum(clean, 0, out=clean), material, info
-
-    # The smooth random fields this scene needs, drawn in one call: name -> correlation length in px.
-    holes = rng.random() < 0.6
-    edge = rng.random() < 0.25
-    bilayer = rng.random() < 0.15
-    corr = {"thickness": rng.uniform(30, 80), "contrast": rng.uniform(30, 80)}
-    if holes:
-        corr["holes"] = rng.uniform(10, 30)
-    if edge:
-        corr["edge"] = rng.uniform(15, 40)
-    if bilayer:
-        corr["bilayer"] = rng.uniform(20, 50)
-    n_warps = n_grains if n_grains > 1 else 0
-    fields = smooth_fields(rng, size, list(corr.values()) + [rng.uniform(20, 40)] * n_warps)
-    field = dict(zip(corr, fields))
-    ax = _axis(size).astype(F32)
-
-    # Grains: soft Voronoi cells around random seeds; wavy boundaries from a smooth warp of the distances.
-    if n_grains == 1:
-        lat = grain_lattice(0)
-        info["grain_fractions"] = [1.0]
-    else:
-        seeds = rng.uniform(-0.1 * size, 1.1 * size, (n_grains, 2)).astype(F32)
-        warp = fields[len(corr) :] * F32(rng.uniform(3, 12))
-        dist = (
-            np.sqrt(
-                (ax[None, None, :] - seeds[:, 0, None, None]) ** 2 + (ax[None, :, None] - seeds[:, 1, None, None]) ** 2
-            )
-            + warp
-        )
-        dist -= dist.min(axis=0)
-        weight = np.exp(-dist / F32(1.2))  # the boundary blends the lattices over a few pixels
-        weight /= weight.sum(axis=0)
-        lat = sum(weight[g] * grain_lattice(g) for g in range(n_grains))
-        info["grain_fractions"] = [round(float(w.mean()), 4) for w in weight]
-
-    # Material: holes, a vacuum edge, vacancies.
-    material = np.ones((size, size), F32)
-    if holes:
-        level = rng.uniform(0.8, 2.5)  # higher: fewer, smaller holes
-        steep = corr["holes"] / 0.3  # edge one or two pixels wide
-        material *= expit((level - field["holes"]) * F32(steep))
-    if edge:
-        phi = rng.uniform(0, 2 * np.pi)
-        offset = rng.uniform(-0.1, 0.4) * size
-        across = (np.cos(phi) * (ax[None, :] - size / 2) + np.sin(phi) * (ax[:, None] - size / 2)).astype(F32)
-        across += field["edge"] * F32(rng.uniform(2, 8))  # rough edge
-        material *= expit((F32(offset) - across) / F32(0.8))
-    n_vac = int(rng.poisson(rng.uniform(0, 15)))
-    if n_vac:
-        g = rng.integers(0, n_grains)  # vacancies of one grain (the others see them only near boundaries)
-        sites = atom_sites(
-            n_vac, rng, size, rotation=rotations[g], fringe_px=fringe, shift=shifts[g], cluster_fraction=0.3
-        )  # some grow into small multi-vacancies
-        vac = spots(size, sites, sigma=0.22 * fringe)
-        material *= F32(1) - np.minimum(vac, F32(1))
-
-    thickness = np.clip(F32(1) + F32(rng.uniform(0, 0.25)) * field["thickness"], 0.5, 1.6)
-    contrast = F32(rng.uniform(0.15, 0.45)) * np.clip(F32(1) + F32(0.25) * field["contrast"], 0.5, 1.5)
-    sign = F32(-1 if rng.random() < 0.25 else 1)  # contrast reversal: bright atoms
-    absorb = F32(rng.uniform(0.0, 0.15))
-    clean = F32(1) - material * thickness * (absorb + sign * contrast * lat)
-    if bilayer:
-        rot2 = rng.uniform(0, np.pi / 3)
-        shift2 = rng.uniform(0, size, 2)
-        lat2 = lattice(size, rotation=rot2, fringe_px=fringe, shift=shift2, second_order=second_order, blur_px=blur)
-        patch = material * expit((F32(rng.uniform(0.3, 1.5)) - field["bilayer"]) * F32(20))
-        clean -= patch * (absorb + sign * contrast * lat2)
-        info["rotations_deg"].append(round(float(np.degrees(rot2)), 4))
-        info["shifts_px"].append(shift2.round(4).tolist())
-    info.update(
-        contrast_sign=int(sign),
-        vacancies=n_vac,
-        holes=holes,
-        vacuum_edge=edge,
-        bilayer=bilayer,
-        material_fraction=round(float(material.mean()), 4),
-    )
-    return np.maximum(clean, 0, out=clean), material, info
+    return clean, info
 
 
 @_one_blas_thread
@@ -449,20 +280,21 @@ def make_pair(
     dose_min: float = 5.0,
     dose_max: float = 100.0,
     dead_pixel_fraction: float = 0.001,
-    scene: str = "random",
     dose: float | None = None,
     beam_center_yx=None,
     beam_sigma: float | None = None,
+    **image: Any,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """One (noisy, clean, info) pair, float32 (image_size, image_size).
 
-    ``rng``: a Generator, SeedSequence or int. ``dose``, ``beam_center_yx`` and ``beam_sigma`` fix those values
-    instead of drawing them (the draws still happen, so the rest of the pair does not change). ``info`` holds
-    the scene description (see :func:`clean_scene`) plus ``dose``, ``beam_center_yx``, ``beam_sigma`` and
-    ``dead_pixels`` (their count).
+    ``rng``: a Generator, SeedSequence or int. ``image``: the keywords of :func:`clean_image` (``material``,
+    ``optics_regime``, ``pixel_size_min``, ``pixel_size_max``, ``scene``, ``optics``, ``pixel_size``).
+    ``dose``, ``beam_center_yx`` and ``beam_sigma`` fix those values instead of drawing them (the draws still
+    happen, so the rest of the pair does not change). ``info`` holds what :func:`clean_image` describes plus
+    ``dose``, ``beam_center_yx``, ``beam_sigma`` and ``dead_pixels`` (their count).
     """
     rng = as_rng(rng)
-    clean, _, info = clean_scene(rng, image_size, scene)
+    clean, info = clean_image(rng, image_size, **image)
     drawn_dose = draw_dose(rng, dose_min, dose_max)
     drawn_center, drawn_sigma = draw_beam(rng, image_size)
     dose = drawn_dose if dose is None else float(dose)
@@ -485,25 +317,45 @@ _PER_IMAGE_ATTRS = (
     ("beam_center_yx", np.float32, "beam_center_yx", "noisy"),
     ("beam_sigma", np.float32, "beam_sigma", "noisy"),
     ("dead_pixels", np.int32, "dead_pixels", "noisy"),
+    ("pixel_size", np.float32, "pixel_size", "noisy"),
+    ("voltage_kv", np.float32, "voltage_kv", "noisy"),
+    ("defocus_angstrom", np.float32, "defocus_angstrom", "noisy"),
+    ("cs_mm", np.float32, "cs_mm", "noisy"),
+    ("focal_spread_angstrom", np.float32, "focal_spread_angstrom", "noisy"),
+    ("convergence_mrad", np.float32, "convergence_mrad", "noisy"),
+    ("aperture_mrad", np.float32, "aperture_mrad", "noisy"),
+    ("detector_blur_px", np.float32, "detector_blur_px", "noisy"),
     ("n_grains", np.int8, "n_grains", "clean"),
-    ("contrast_sign", np.int8, "contrast_sign", "clean"),
+    ("vacancies", np.int32, "vacancies", "clean"),
+    ("contamination_atoms", np.int32, "contamination_atoms", "clean"),
     ("material_fraction", np.float32, "material_fraction", "clean"),
+)
+# The true lattice columns, as datasets of the clean file (rows atom_offsets[i]:atom_offsets[i+1] are image i's).
+ATOM_DATASETS = {"atom_yx": np.float32, "atom_vacant": np.uint8, "atom_z": np.uint8}
+_ATOM_KEYS = {"atom_yx": "yx", "atom_vacant": "vacant", "atom_z": "z"}
+ATOM_UNITS = (
+    "atom_yx: (row, column) in pixels of the image, pixel centres at integer coordinates; atom_vacant: 1 for a "
+    "lattice site whose atoms were removed; atom_z: atomic number of the heaviest atom of the column; image i's "
+    "columns are rows atom_offsets[i]:atom_offsets[i+1]"
 )
 
 
 @_one_blas_thread
-def _make_chunk(job: tuple) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Worker: pairs ``start .. stop-1`` of one split, stacked, plus their per-image attributes."""
+def _make_chunk(job: tuple) -> tuple[np.ndarray, np.ndarray, dict, dict]:
+    """Worker: pairs ``start .. stop-1`` of one split, stacked, plus their per-image attributes and atoms."""
     seed, split, start, stop, kwargs = job
     size = kwargs["image_size"]
     noisy = np.empty((stop - start, size, size), F32)
     clean = np.empty_like(noisy)
     attrs: dict[str, list] = {name: [] for name, *_ in _PER_IMAGE_ATTRS}
+    atoms: dict[str, list] = {name: [] for name in ATOM_DATASETS}
     for j, index in enumerate(range(start, stop)):
         noisy[j], clean[j], info = make_pair(image_seed(seed, split, index), **kwargs)
         for name, _, key, _ in _PER_IMAGE_ATTRS:
             attrs[name].append(info[key])
-    return noisy, clean, attrs
+        for name, key in _ATOM_KEYS.items():
+            atoms[name].append(info["atoms"][key])
+    return noisy, clean, attrs, atoms
 
 
 def _worker_count(workers: int) -> int:
@@ -534,24 +386,36 @@ def write_dataset(
     dose_min: float = 5.0,
     dose_max: float = 100.0,
     dead_pixel_fraction: float = 0.001,
+    material: str = "graphene",
+    optics: str = "mixed",
+    pixel_size_min: float = 0.12,
+    pixel_size_max: float = 0.3,
+    generalisation_count: int = 0,
+    generalisation_material: str = "mos2",
+    generalisation_optics: str = "mixed",
     workers: int = 0,
     log=None,
     tx: Transaction | None = None,
 ) -> list[Path]:
     """Write ``out_dir/{train,test}/graphene_img_{noise,clean}.h5`` (dataset ``images``, float32,
-    (N, S, S, 1); noisy row i pairs with clean row i) and return the files written.
+    (N, S, S, 1); noisy row i pairs with clean row i) and, when ``generalisation_count`` > 0,
+    ``out_dir/generalisation/`` (the same two files, of ``generalisation_material`` through
+    ``generalisation_optics``); return the files written.
 
     Attributes: on the noisy ``images``: ``dose`` (N,) electrons per pixel at the beam centre,
-    ``beam_center_yx`` (N, 2) px, ``beam_sigma`` (N,) px, ``dead_pixels`` (N,) count, ``dead_pixel_fraction``
-    (the parameter); on the clean ``images``: ``n_grains``, ``contrast_sign``, ``material_fraction`` (N,) each;
-    on both files: generator name, version, seed, split and parameters. Same seed, same bytes, whatever
-    ``workers`` (0: one per CPU; 1: in this process). The four files appear together, when all are complete;
-    a failure leaves the files that were there before. Worker processes start from a fork server (spawn where
-    there is none), so a script calling this with ``workers != 1`` needs the usual ``if __name__ == "__main__":``
-    guard; ``python -m emdenoise`` and the ``emdenoise`` command have it.
+    ``beam_center_yx`` (N, 2) px, ``beam_sigma`` (N,) px, ``dead_pixels`` (N,) count, ``pixel_size`` (N,) A/px,
+    ``voltage_kv``, ``defocus_angstrom``, ``cs_mm``, ``focal_spread_angstrom``, ``convergence_mrad``,
+    ``aperture_mrad``, ``detector_blur_px`` (N,) each, ``dead_pixel_fraction`` (the parameter); on the clean
+    ``images``: ``n_grains``, ``vacancies``, ``contamination_atoms``, ``material_fraction`` (N,) each. Datasets
+    of the clean file: the true lattice columns ``atom_offsets`` int64 (N+1,), ``atom_yx`` float32 (M, 2),
+    ``atom_vacant`` uint8 (M,), ``atom_z`` uint8 (M,) (see :data:`ATOM_UNITS`). On both files: generator name,
+    version, seed, split, material and parameters. Same seed, same bytes, whatever ``workers`` (0: one per CPU;
+    1: in this process). The files appear together, when all are complete; a failure leaves the files that were
+    there before. Worker processes are spawned, so a script calling this with ``workers != 1`` needs the usual
+    ``if __name__ == "__main__":`` guard; ``python -m emdenoise`` and the ``emdenoise`` command have it.
 
     ``tx``: a :class:`~emdenoise.outputs.Transaction` of the caller's (download's, which commits MANIFEST.json
-    after the four files): the files are written into its staging and committed with it, by the caller.
+    after the files): the files are written into its staging and committed with it, by the caller.
     Without one the function commits its own.
     """
     out_dir = Path(out_dir)
@@ -559,51 +423,79 @@ def write_dataset(
     for split, n in counts.items():
         if n < 1:
             raise ValueError(f"{split}_images must be >= 1, got {n}")
+    if generalisation_count < 0:
+        raise ValueError(f"generalisation_count must be >= 0, got {generalisation_count}")
+    if generalisation_count:
+        counts[GENERALISATION_SPLIT] = int(generalisation_count)
     if image_size < 8:
         raise ValueError(f"image_size must be >= 8, got {image_size}")
     if not 0 < dose_min <= dose_max:
         raise ValueError(f"expected 0 < dose_min <= dose_max, got {dose_min}, {dose_max}")
     if not 0 <= dead_pixel_fraction <= 1:
         raise ValueError(f"dead_pixel_fraction must be in [0, 1], got {dead_pixel_fraction}")
-    kwargs = dict(
+    if not 0 < pixel_size_min <= pixel_size_max:
+        raise ValueError(f"expected 0 < pixel_size_min <= pixel_size_max, got {pixel_size_min}, {pixel_size_max}")
+    for name, value in (("material", material), ("generalisation_material", generalisation_material)):
+        if value not in scenes.MATERIALS:
+            raise ValueError(f"{name} must be one of {', '.join(scenes.MATERIALS)}, got {value!r}")
+    for name, value in (("optics", optics), ("generalisation_optics", generalisation_optics)):
+        if value not in physics.REGIMES:
+            raise ValueError(f"{name} must be one of {', '.join(physics.REGIMES)}, got {value!r}")
+    common = dict(
         image_size=int(image_size),
         dose_min=float(dose_min),
         dose_max=float(dose_max),
         dead_pixel_fraction=float(dead_pixel_fraction),
+        pixel_size_min=float(pixel_size_min),
+        pixel_size_max=float(pixel_size_max),
     )
+    split_kwargs = {
+        split: dict(
+            common,
+            material=generalisation_material if split == GENERALISATION_SPLIT else material,
+            optics_regime=generalisation_optics if split == GENERALISATION_SPLIT else optics,
+        )
+        for split in counts
+    }
     workers = _worker_count(workers)
     total = sum(counts.values())
     chunk = max(1, min(32, math.ceil(total / (4 * workers))))
     jobs = [
-        (int(seed), split, start, min(start + chunk, n), kwargs)
+        (int(seed), split, start, min(start + chunk, n), split_kwargs[split])
         for split, n in counts.items()
         for start in range(0, n, chunk)
     ]
     if log is not None:
         log.info(
-            "synthetic: %d train + %d test pairs of %d x %d px, seed %d, dose %g-%g e/px, %d worker(s)",
-            counts["train"],
-            counts["test"],
+            "synthetic: %s pairs of %d x %d px of %s, seed %d, dose %g-%g e/px, %g-%g A/px, %s optics, %d worker(s)",
+            " + ".join(f"{n} {split}" for split, n in counts.items()),
             image_size,
             image_size,
+            material,
             seed,
             dose_min,
             dose_max,
+            pixel_size_min,
+            pixel_size_max,
+            optics,
             workers,
         )
 
-    paths = {(split, kind): out_dir / split / RAW_FILES[kind] for split in RAW_SPLITS for kind in ("noisy", "clean")}
-    # All four files are staged and committed together, so a failure leaves whatever dataset was there before
+    paths = {(split, kind): out_dir / split / RAW_FILES[kind] for split in counts for kind in ("noisy", "clean")}
+    # All files are staged and committed together, so a failure leaves whatever dataset was there before
     # intact (never a new train split beside an old test split).
     with contextlib.ExitStack() as stack:
         if tx is None:
             tx = stack.enter_context(Transaction())
         tmp = {key: stack.enter_context(tx.writing(path)) for key, path in paths.items()}
+        if GENERALISATION_SPLIT not in counts:  # a generalisation split of an earlier run would be stale
+            for name in RAW_FILES.values():
+                tx.remove(out_dir / GENERALISATION_SPLIT / name)
         pool = _pool_context().Pool(workers) if workers > 1 and len(jobs) > 1 else None
         try:
             results = pool.imap(_make_chunk, jobs) if pool is not None else map(_make_chunk, jobs)
             with progress(total=total, desc="synthetic", unit="pair") as bar:
-                for split in RAW_SPLITS:
+                for split in counts:
                     n_split_jobs = sum(1 for job in jobs if job[1] == split)
                     _write_split(
                         tmp[split, "noisy"],
@@ -611,7 +503,7 @@ def write_dataset(
                         split,
                         counts[split],
                         seed,
-                        kwargs,
+                        split_kwargs[split],
                         (next(results) for _ in range(n_split_jobs)),
                         bar,
                     )
@@ -633,7 +525,7 @@ def _write_split(noisy_path: Path, clean_path: Path, split: str, n: int, seed: i
         "generator_version": GENERATOR_VERSION,
         "seed": int(seed),
         "split": split,
-        "pixel_size_angstrom": PIXEL_SIZE_ANGSTROM,
+        "material": kwargs["material"],
         "parameters": json.dumps(dict(kwargs, seed=int(seed)), sort_keys=True),
     }
     with h5py.File(noisy_path, "w", libver="v108") as f_noisy, h5py.File(clean_path, "w", libver="v108") as f_clean:
@@ -647,12 +539,15 @@ def _write_split(noisy_path: Path, clean_path: Path, split: str, n: int, seed: i
                 RAW_DATASET, shape=(n, size, size, 1), dtype=F32, chunks=(1, size, size, 1), track_times=False
             )
         attrs: dict[str, list] = {name: [] for name, *_ in _PER_IMAGE_ATTRS}
+        atoms: dict[str, list] = {name: [] for name in ATOM_DATASETS}
         row = 0
-        for noisy, clean, chunk_attrs in chunks:
+        for noisy, clean, chunk_attrs, chunk_atoms in chunks:
             dsets["noisy"][row : row + len(noisy), :, :, 0] = noisy
             dsets["clean"][row : row + len(clean), :, :, 0] = clean
             for name in attrs:
                 attrs[name] += chunk_attrs[name]
+            for name in atoms:
+                atoms[name] += chunk_atoms[name]
             row += len(noisy)
             bar.update(len(noisy))
         assert row == n, (row, n)
@@ -660,9 +555,17 @@ def _write_split(noisy_path: Path, clean_path: Path, split: str, n: int, seed: i
             dsets[kind].attrs[name] = np.asarray(attrs[name], dtype=dtype)
         dsets["noisy"].attrs["dead_pixel_fraction"] = F32(kwargs["dead_pixel_fraction"])
         dsets["noisy"].attrs["units"] = (
-            "values: electron counts / dose; dose: electrons per pixel at the beam "
-            "centre; beam_center_yx, beam_sigma: pixels"
+            "values: electron counts / dose; dose: electrons per pixel at the beam centre; beam_center_yx, "
+            "beam_sigma, detector_blur_px: pixels; pixel_size: angstrom per pixel; defocus_angstrom (negative: "
+            "underfocus), focal_spread_angstrom: angstrom; cs_mm: mm; convergence_mrad, aperture_mrad: mrad"
         )
+        offsets = np.zeros(n + 1, np.int64)
+        offsets[1:] = np.cumsum([len(z) for z in atoms["atom_z"]])
+        f_clean.create_dataset("atom_offsets", data=offsets, track_times=False)
+        for name, atom_dtype in ATOM_DATASETS.items():
+            data = np.concatenate(atoms[name]).astype(atom_dtype)
+            f_clean.create_dataset(name, data=data, chunks=True if len(data) else None, track_times=False)
+        f_clean.attrs["atom_units"] = ATOM_UNITS
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The synthetic generator: lattice physics, shot-noise statistics, dead pixels, beam profile, files on disk."""
+"""The synthetic generator: clean images from the physics, atoms and metadata recorded, shot-noise statistics,
+dead pixels, beam profile, files on disk, the generalisation split."""
 
 from __future__ import annotations
 
@@ -10,15 +11,20 @@ import h5py
 import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
+from scipy.spatial import cKDTree
+from support import power_spectrum
 
 from emdenoise.data import synthetic
+from emdenoise.data.physics import Optics
 from emdenoise.data.synthetic import (
-    FRINGE_PX,
     add_noise,
     beam_profile,
-    clean_scene,
+    clean_image,
+    delocalisation_px,
     draw_beam,
+    draw_detector_blur,
     draw_dose,
+    draw_pixel_size,
     image_seed,
     make_pair,
     write_dataset,
@@ -28,27 +34,6 @@ from emdenoise.outputs import Transaction
 # ---------------------------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def power_spectrum(img: np.ndarray) -> np.ndarray:
-    """|FFT|^2 of the mean-removed, Hann-windowed image (little leakage), zero frequency at [0, 0]."""
-    window = np.hanning(img.shape[0])[:, None] * np.hanning(img.shape[1])[None, :]
-    return np.abs(np.fft.fft2((img - img.mean()) * window)) ** 2
-
-
-def ring_power(power: np.ndarray, radius: float, angle_deg: float) -> float:
-    """Power summed within two bins of the frequency (radius, angle) (cycles per image, degrees)."""
-    size = power.shape[0]
-    iy = int(round(radius * math.sin(math.radians(angle_deg))))
-    ix = int(round(radius * math.cos(math.radians(angle_deg))))
-    rows = [(iy + d) % size for d in range(-2, 3)]
-    cols = [(ix + d) % size for d in range(-2, 3)]
-    return float(power[np.ix_(rows, cols)].sum())
-
-
-def angle_diff_mod60(a: float, b: float) -> float:
-    d = (a - b) % 60.0
-    return min(d, 60.0 - d)
 
 
 def fit_gaussian_beam(img: np.ndarray, blur: float, min_level: float):
@@ -82,142 +67,102 @@ def file_digests(folder: Path) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# clean images: the graphene lattice
+# clean images: what the physics gives
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_lattice_fringe_is_10_to_12_px_and_hexagonal(seed):
-    size = 256
-    clean, material, info = clean_scene(seed, size, "lattice")
-    assert material.min() == 1.0 and info["n_grains"] == 1
+def test_clean_images_are_physical():
+    """Finite, non-negative, mean about 1, a few per cent of contrast for graphene; vacuum is exactly 1."""
+    stds = []
+    for seed in range(12):
+        clean, info = clean_image(seed, 96)
+        assert clean.dtype == np.float32 and clean.shape == (96, 96)
+        assert np.isfinite(clean).all() and clean.min() >= 0.0
+        assert 0.9 < clean.mean() < 1.05, info
+        if not info.get("empty") and info["material_fraction"] > 0.9:
+            stds.append(float(clean.std()))
+        assert 0.12 <= info["pixel_size"] <= 0.3 and info["material"] == "graphene"
+    assert stds and 0.003 < np.median(stds) < 0.08, stds
+    empty, info = clean_image(0, 64, scene="vacuum")
+    assert info["empty"] and len(info["atoms"]["z"]) == 0
+    np.testing.assert_allclose(empty, 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_lattice_period_in_pixels_follows_the_recorded_pixel_size(seed):
+    optics = Optics(80, -40.0, 0.0, focal_spread_angstrom=20, aperture_mrad=50)
+    clean, info = clean_image(seed, 128, scene="lattice", optics=optics)
     power = power_spectrum(clean)
-    freq = np.hypot(*np.meshgrid(np.fft.fftfreq(size) * size, np.fft.fftfreq(size) * size, indexing="ij"))
-    power[freq < 4] = 0  # ignore the slowest variations
-    iy, ix = np.unravel_index(np.argmax(power), power.shape)
-    fy, fx = np.fft.fftfreq(size)[iy] * size, np.fft.fftfreq(size)[ix] * size
-    radius = math.hypot(fy, fx)
-    period = size / radius
-    assert 10.0 <= period <= 12.0, period
-    assert abs(period - FRINGE_PX) < 0.6
-    # The strongest peak points along one of the recorded first-order wave vectors (modulo 60 degrees) ...
-    angle = math.degrees(math.atan2(fy, fx))
-    assert angle_diff_mod60(angle, info["rotations_deg"][0]) < 3.0
-    # ... and the lattice is hexagonal: the peaks 60 and 120 degrees on are (almost) as strong.
-    peak = ring_power(power, radius, angle)
-    for turn in (60, 120):
-        assert ring_power(power, radius, angle + turn) > 0.5 * peak
-    # A direction 30 degrees off carries no first-order fringe.
-    assert ring_power(power, radius, angle + 30) < 0.01 * peak
+    f = np.fft.fftfreq(128) * 128
+    radius = np.hypot(f[:, None], f[None, :])
+    power[radius < 5] = 0
+    period_px = 128 / float(radius.ravel()[np.argmax(power)])
+    assert period_px * info["pixel_size"] == pytest.approx(2.46 * math.sqrt(3) / 2, rel=0.04)
 
 
-def test_lattice_atoms_sit_on_the_predicted_sites():
-    """The sites returned by atom_sites are maxima of the lattice contrast (the atoms), 1.42 A bonds apart."""
-    rng = np.random.default_rng(5)
-    rotation, shift = 0.4, (30.3, 71.9)
-    lat = synthetic.lattice(128, rotation=rotation, shift=shift, second_order=0.3, blur_px=0.5)
-    sites = synthetic.atom_sites(
-        40, rng, 128, rotation=rotation, fringe_px=FRINGE_PX, shift=shift, cluster_fraction=1.0
-    )
-    inside = sites[(sites >= 2).all(axis=1) & (sites <= 125).all(axis=1)]
-    values = lat[np.round(inside[:, 1]).astype(int), np.round(inside[:, 0]).astype(int)]
-    assert len(inside) > 30
-    assert values.min() > 0.8 * lat.max()
-    # each clustered site came with two neighbours at the C-C bond length (2/3 of the fringe spacing)
-    base, extra = sites[:40], sites[40:].reshape(2, 40, 2)
-    bond = np.linalg.norm(extra - base[None], axis=2)
-    np.testing.assert_allclose(bond, FRINGE_PX * 2 / 3, rtol=1e-9)
+def test_recorded_atoms_are_the_dark_columns_of_the_image():
+    """Underfocus with Cs = 0 (weak phase): the recorded columns are darker than the image around them, and
+    the recorded positions are in image pixels (shifting them by half the bond length loses the match)."""
+    optics = Optics(80, -50.0, 0.0, focal_spread_angstrom=20, aperture_mrad=28)
+    clean, info = clean_image(3, 128, scene="lattice", optics=optics, pixel_size=0.2)
+    atoms = info["atoms"]
+    assert atoms["yx"].dtype == np.float32 and atoms["z"].dtype == np.uint8 and atoms["vacant"].dtype == np.uint8
+    assert (atoms["z"] == 6).all() and not atoms["vacant"].any()
+    yx = atoms["yx"]
+    assert ((yx >= -0.5) & (yx < 127.5)).all()
+    assert len(yx) == pytest.approx(128**2 * 0.04 / (2.46**2 * math.sqrt(3) / 2 / 2), rel=0.05)
+
+    def at(points):
+        idx = np.clip(np.rint(points).astype(int), 0, 127)
+        return clean[idx[:, 0], idx[:, 1]]
+
+    z = (at(yx) - clean.mean()) / clean.std()
+    assert z.mean() < -1.0
+    moved = (at(yx + np.array([0.0, 0.71 / 0.2])) - clean.mean()) / clean.std()  # half a bond off
+    assert moved.mean() > z.mean() + 0.5
 
 
-def test_grains_show_their_own_rotations():
-    """In a two-grain field the spectrum has each grain's fringes at its recorded rotation, far above the power
-    at other orientations on the same ring."""
-    size = 256
-    for seed in range(300):
-        clean, _, info = clean_scene(seed, size, "random")
-        if (
-            info["n_grains"] == 2
-            and not info["bilayer"]
-            and min(info["grain_fractions"]) > 0.3
-            and info["material_fraction"] > 0.9
-            and angle_diff_mod60(*info["rotations_deg"]) > 15
-        ):
+def test_vacancies_are_recorded_at_lattice_sites():
+    for seed in range(40):
+        clean, info = clean_image(seed, 128)
+        if info["vacancies"] >= 3 and not info["bilayer"]:
             break
     else:
-        pytest.fail("no two-grain scene among 300 seeds")
-    power = power_spectrum(clean)
-    radius = size / info["fringe_px"]
-    elsewhere = [
-        ring_power(power, radius, a)
-        for a in np.arange(0, 360, 1.0)
-        if min(angle_diff_mod60(a, r) for r in info["rotations_deg"]) > 12
-    ]
-    for rotation in info["rotations_deg"]:
-        assert ring_power(power, radius, rotation) > 5 * np.median(elsewhere)
+        pytest.fail("no scene with vacancies among 40 seeds")
+    atoms = info["atoms"]
+    vacant = atoms["vacant"].astype(bool)
+    assert vacant.sum() == info["vacancies"]
+    # a vacant site is a site of the lattice: its nearest present column is one bond (1.42 A) away
+    d, _ = cKDTree(atoms["yx"][~vacant]).query(atoms["yx"][vacant])
+    assert np.median(d) * info["pixel_size"] == pytest.approx(1.42, rel=0.02)
 
 
-def test_random_scenes_are_physical():
-    """Non-negative values of order 1; vacuum (holes, edges, empty fields) is flat at 1; graphene has contrast."""
-    seen = {"holes": 0, "vacuum_edge": 0, "reversed": 0, "multi_grain": 0}
-    for seed in range(40):
-        clean, material, info = clean_scene(seed, 128, "random")
-        assert clean.dtype == np.float32 and clean.shape == (128, 128)
-        assert np.isfinite(clean).all() and clean.min() >= 0.0
-        assert 0.3 < clean.mean() < 1.5 and clean.max() < 3.0
-        vacuum = material < 1e-4
-        if vacuum.any():
-            np.testing.assert_allclose(clean[vacuum], 1.0, atol=1e-3)
-        graphene = material > 0.99
-        if graphene.sum() > 500:
-            assert clean[graphene].std() > 0.02  # the lattice shows
-        seen["holes"] += info["holes"]
-        seen["vacuum_edge"] += info["vacuum_edge"]
-        seen["reversed"] += info["contrast_sign"] == -1
-        seen["multi_grain"] += info["n_grains"] > 1
-    assert all(count > 0 for count in seen.values()), seen
-    empty, material, info = clean_scene(0, 64, "vacuum")
-    assert info["empty"] and (empty == 1.0).all() and (material == 0).all()
+def test_other_materials_and_optics_regimes():
+    clean, info = clean_image(5, 96, material="srtio3", optics_regime="uncorrected")
+    assert info["material"] == "srtio3" and info["voltage_kv"] >= 200
+    assert set(np.unique(info["atoms"]["z"])) <= {8, 22, 38}
+    assert 0.5 < clean.mean() < 1.05
+    with pytest.raises(ValueError, match="material"):
+        clean_image(0, 32, material="unobtainium")
 
 
-def test_contrast_reversal_flips_the_atoms():
-    """Atoms (at the sites predicted from the recorded rotation and shift) are darker than the graphene around
-    them, or brighter when the contrast is reversed."""
-    found = {}
-    for seed in range(300):
-        clean, material, info = clean_scene(seed, 128, "random")
-        if info["n_grains"] == 1 and not info["bilayer"] and material.mean() > 0.8:
-            found.setdefault(info["contrast_sign"], (clean, material, info))
-        if len(found) == 2:
-            break
-    assert set(found) == {1, -1}
-    for sign, (clean, material, info) in found.items():
-        sites = synthetic.atom_sites(
-            400,
-            np.random.default_rng(0),
-            128,
-            rotation=math.radians(info["rotations_deg"][0]),
-            fringe_px=info["fringe_px"],
-            shift=info["shifts_px"][0],
-        )
-        iy, ix = np.round(sites[:, 1]).astype(int), np.round(sites[:, 0]).astype(int)
-        inside = (iy >= 0) & (iy < 128) & (ix >= 0) & (ix < 128)
-        iy, ix = iy[inside], ix[inside]
-        on_graphene = material[iy, ix] > 0.99
-        atoms = clean[iy[on_graphene], ix[on_graphene]].mean()
-        around = clean[material > 0.99].mean()
-        assert on_graphene.sum() > 100
-        assert (atoms - around) * sign < 0, (sign, atoms, around)
+def test_pixel_size_and_detector_draws():
+    rng = np.random.default_rng(0)
+    sizes = np.array([draw_pixel_size(rng, 0.1, 0.4) for _ in range(4000)])
+    assert sizes.min() >= np.float32(0.1) and sizes.max() <= np.float32(0.4)
+    assert abs(np.median(np.log(sizes)) - 0.5 * (math.log(0.1) + math.log(0.4))) < 0.05  # log-uniform
+    blurs = np.array([draw_detector_blur(rng) for _ in range(2000)])
+    assert abs((blurs == 0).mean() - synthetic.COUNTING_DETECTOR_FRACTION) < 0.05
+    assert blurs[blurs > 0].min() >= 0.3 and blurs.max() <= 1.0
 
 
-def test_smooth_fields_have_unit_variance_and_the_asked_correlation_length():
-    corr = 16.0
-    fields = synthetic.smooth_fields(np.random.default_rng(2), 128, [corr] * 40)
-    assert fields.shape == (40, 128, 128) and fields.dtype == np.float32
-    assert 0.85 < fields.var(axis=(1, 2)).mean() + fields.mean(axis=(1, 2)).var() < 1.15
-    for lag in (8, 16, 32):
-        # a Gaussian kernel of sigma l gives the correlation exp(-d^2 / (4 l^2))
-        measured = np.corrcoef(fields[:, :, :-lag].ravel(), fields[:, :, lag:].ravel())[0, 1]
-        assert abs(measured - math.exp(-(lag**2) / (4 * corr**2))) < 0.06, lag
+def test_margin_covers_the_lens_delocalisation():
+    corrected = Optics(80, -50.0, 0.01, focal_spread_angstrom=30, convergence_mrad=0.1, aperture_mrad=50)
+    uncorrected = Optics(300, -500.0, 1.2, focal_spread_angstrom=40, convergence_mrad=0.3, aperture_mrad=20)
+    small, large = delocalisation_px(corrected, 0.2), delocalisation_px(uncorrected, 0.2)
+    assert 0 < small < large
+    _, info = clean_image(0, 256, optics=uncorrected, pixel_size=0.2)
+    assert info["margin_px"] >= min(large, 256 // 4)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -308,7 +253,7 @@ def test_beam_profile_shapes_graphene_images():
     """Blurred noisy / blurred clean of a graphene field is the recorded beam."""
     for seed in range(4):
         noisy, clean, info = make_pair(seed + 100, image_size=128, dose=200.0)
-        if info["empty"]:
+        if info.get("empty"):
             continue
         ratio = gaussian_filter(noisy, 6) / np.maximum(gaussian_filter(clean, 6), 1e-3)
         beam = beam_profile(128, info["beam_center_yx"], info["beam_sigma"])
@@ -370,7 +315,15 @@ def test_write_dataset_layout(tmp_path):
             assert noisy.attrs["dead_pixel_fraction"] == pytest.approx(0.001)
             assert fn.attrs["generator_version"] == synthetic.GENERATOR_VERSION and fn.attrs["split"] == split
             assert fn.attrs["seed"] == 7
-            # row i is exactly the pair drawn from the image's own seed
+            assert fn.attrs["material"] == fc.attrs["material"] == "graphene"
+            offsets = fc["atom_offsets"][()]
+            assert offsets.dtype == np.int64 and offsets.shape == (n[split] + 1,) and offsets[0] == 0
+            assert fc["atom_yx"].dtype == np.float32 and fc["atom_yx"].shape == (offsets[-1], 2)
+            assert fc["atom_vacant"].dtype == fc["atom_z"].dtype == np.uint8
+            assert fc["atom_vacant"].shape == fc["atom_z"].shape == (offsets[-1],)
+            for name in ("pixel_size", "voltage_kv", "defocus_angstrom", "cs_mm"):
+                assert noisy.attrs[name].dtype == np.float32 and noisy.attrs[name].shape == (n[split],)
+            # row i is exactly the pair drawn from the image's own seed, with its metadata and atoms
             for i in range(n[split]):
                 want_noisy, want_clean, info = make_pair(
                     image_seed(7, split, i), image_size=64, dose_min=10.0, dose_max=50.0
@@ -380,6 +333,12 @@ def test_write_dataset_layout(tmp_path):
                 assert dose[i] == np.float32(info["dose"])
                 assert noisy.attrs["dead_pixels"][i] == info["dead_pixels"]
                 assert clean.attrs["n_grains"][i] == info["n_grains"]
+                for name in ("pixel_size", "voltage_kv", "defocus_angstrom", "cs_mm", "aperture_mrad"):
+                    assert noisy.attrs[name][i] == np.float32(info[name])
+                rows = slice(offsets[i], offsets[i + 1])
+                np.testing.assert_array_equal(fc["atom_yx"][rows], info["atoms"]["yx"])
+                np.testing.assert_array_equal(fc["atom_vacant"][rows], info["atoms"]["vacant"])
+                np.testing.assert_array_equal(fc["atom_z"][rows], info["atoms"]["z"])
     # train and test are different images
     with h5py.File(files[1], "r") as a, h5py.File(files[3], "r") as b:
         assert not np.array_equal(a["images"][0], b["images"][0])
@@ -418,8 +377,14 @@ def test_write_dataset_rejects_bad_arguments(tmp_path):
         write_dataset(tmp_path, seed=0, train_images=0, test_images=1)
     with pytest.raises(ValueError, match="dose_min"):
         write_dataset(tmp_path, seed=0, train_images=1, test_images=1, dose_min=50.0, dose_max=5.0)
-    with pytest.raises(ValueError, match="scene"):
-        clean_scene(0, 32, "moon")
+    with pytest.raises(ValueError, match="pixel_size_min"):
+        write_dataset(tmp_path, seed=0, train_images=1, test_images=1, pixel_size_min=0.5, pixel_size_max=0.2)
+    with pytest.raises(ValueError, match="generalisation_material"):
+        write_dataset(tmp_path, seed=0, train_images=1, test_images=1, generalisation_material="cheese")
+    with pytest.raises(ValueError, match="optics"):
+        write_dataset(tmp_path, seed=0, train_images=1, test_images=1, optics="cryo")
+    with pytest.raises(ValueError, match="kind"):
+        clean_image(0, 32, scene="moon")
     assert not any(tmp_path.iterdir())
 
 
@@ -429,3 +394,20 @@ def test_write_dataset_into_a_callers_transaction_commits_with_it(tmp_path):
     assert not any(p.exists() for p in written) and all(tx.is_staged(p) for p in written)  # staged, not placed
     tx.commit()
     assert all(p.is_file() for p in written) and not list(tmp_path.rglob(".staging"))
+
+
+def test_generalisation_split_is_written_when_asked_and_removed_when_not(tmp_path):
+    kwargs = dict(seed=3, train_images=2, test_images=1, image_size=32, workers=1)
+    files = write_dataset(tmp_path, **kwargs, generalisation_count=2, generalisation_material="srtio3")
+    gen = [tmp_path / "generalisation" / name for name in ("graphene_img_noise.h5", "graphene_img_clean.h5")]
+    assert files[-2:] == gen and all(p.is_file() for p in gen)
+    with h5py.File(gen[0], "r") as fn, h5py.File(gen[1], "r") as fc:
+        assert fn["images"].shape == (2, 32, 32, 1) and fn.attrs["split"] == "generalisation"
+        assert fn.attrs["material"] == "srtio3"
+        assert set(np.unique(fc["atom_z"][()])) <= {8, 22, 38}
+        want, _, _ = make_pair(image_seed(3, "generalisation", 1), image_size=32, material="srtio3")
+        np.testing.assert_array_equal(fn["images"][1, :, :, 0], want)
+    with h5py.File(tmp_path / "train" / "graphene_img_noise.h5", "r") as fn:
+        assert fn.attrs["material"] == "graphene"
+    write_dataset(tmp_path, **kwargs)  # without one, an old generalisation split would be stale: it goes
+    assert not any(p.exists() for p in gen)
