@@ -31,7 +31,9 @@ The beam-aware baselines estimate the illumination from the frame itself (never 
 :class:`~emdenoise.engine.flatfield.FlatField` fits a 2-D Gaussian beam ``b`` to the frame's smoothed counts and
 finds the lattice's peaks in its power spectrum. Their low frequencies are the normalised convolution
 ``G*y / G*b`` with a Gaussian of sigma = ``LOW_PASS_PERIODS`` x the lattice period (8 px without a lattice);
-the filters below act on the rest of the flat-fielded frame ``y / b - low``.
+the filters below act on the rest of the flat-fielded frame ``y / b - low``. Each layer is a Poisson posterior
+mean that falls back to the coarser one where the beam is too weak for the counts to support it
+(:class:`Layers`).
 
 ``flat_gaussian``  the normalised convolution alone, ``sigma`` in pixels (heavy-smoothing flat field).
 ``bragg``     Bragg (Fourier) lattice filter: Gaussian windows of ``radius`` frequency px around every lattice
@@ -77,6 +79,7 @@ BM3D_INSTALL = "pip install emdenoise[bm3d] (the bm3d package is licensed for no
 _MAD_TO_SIGMA = 1.0 / 0.6744897501960817
 _ANSCOMBE_ZERO = 2.0 * math.sqrt(3.0 / 8.0)  # the Anscombe transform of a zero count
 LOW_PASS_PERIODS = 0.5  # the beam-aware filters' low-pass sigma, in lattice periods
+PRIOR_COUNTS = 20.0  # the beam-aware layers' prior, in counts (see Layers)
 NLM_BIN = 3  # Poisson NLM: counts summed over BIN x BIN before the similarity
 NLM_PATCH = 7  # Poisson NLM patch side, px
 NLM_LOCAL = 3  # Poisson NLM of a frame without a lattice: every offset within this many px
@@ -178,14 +181,60 @@ def _nlm(image: np.ndarray, h_per_sigma: float) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _wiener_shrink(values: np.ndarray, noise: np.ndarray, sigma: float) -> np.ndarray:
+    """``values`` scaled by the local Wiener gain ``max(0, 1 - noise / local power)`` (power smoothed over
+    ``sigma`` px): where the known noise variance dominates, the values fall to 0."""
+    power = ndimage.gaussian_filter(values * values, sigma, mode="reflect")
+    return values * np.clip(1.0 - noise / np.maximum(power, 1e-30), 0.0, 1.0)
+
+
+class Layers:
+    """A flat-fielded frame in three layers, each shrunk where the counts cannot support it.
+
+    Flat-fielding divides by the beam: where the beam is weak, ``y / b`` is mostly noise, and with a few per
+    cent of contrast that noise can exceed the signal. Each layer is therefore a Poisson posterior mean that
+    falls back to the coarser layer where the counts are few (a Gamma prior worth :data:`PRIOR_COUNTS` counts,
+    centred on the coarser layer):
+
+    - ``base``: ``(G*(w y) + k m) / (G*(w b) + k)`` at sigma = side / 8, ``m`` the frame's global ML level;
+    - ``low``: the same at ``sigma``, centred on ``base``;
+    - ``detail``: a filter's output on ``(y + k1 low) / (b + k1) - low`` (``k1``: one prior count per pixel),
+      then scaled by its local Wiener gain ``max(0, 1 - noise / local power)``, the noise being the known
+      Poisson variance of that layer times the share of white noise the filter passes (``mean |transfer|^2``).
+
+    ``k`` is expressed in the frame's own units (counts / (s x the kernel's effective area ``4 pi sigma^2``)).
+    """
+
+    def __init__(self, image: np.ndarray, sigma: float | None = None):
+        self.ff = ff = FlatField.of(image)
+        self.sigma = LOW_PASS_PERIODS * ff.period if sigma is None else sigma
+        w = ff.valid.astype(np.float64)
+        y, b = ff.image, ff.beam
+        level = float(np.sum(w * y) / max(np.sum(w * b), 1e-12))
+        self.base = self._posterior(y, b, w, max(image.shape) / 8.0, level)
+        self.low = self._posterior(y, b, w, self.sigma, self.base)
+        k1 = 1.0 / ff.scale
+        flat = (np.where(ff.valid, y, self.low * b) + k1 * self.low) / (b + k1)
+        self.variance = np.maximum(self.low, 0.0) * b / (ff.scale * (b + k1) ** 2)
+        self.spectrum = np.fft.fft2(flat - self.low)
+
+    def _posterior(self, y, b, w, sigma: float, prior) -> np.ndarray:
+        k = PRIOR_COUNTS / (self.ff.scale * 4.0 * np.pi * sigma * sigma)
+        num = ndimage.gaussian_filter(w * y, sigma, mode="reflect")
+        den = ndimage.gaussian_filter(w * b, sigma, mode="reflect")
+        return (num + k * prior) / (den + k)
+
+    def detail(self, transfer: np.ndarray) -> np.ndarray:
+        detail = np.fft.ifft2(self.spectrum * transfer).real
+        passed = float(np.mean(np.abs(transfer) ** 2))
+        return _wiener_shrink(detail, passed * self.variance, self.ff.period)
+
+    def compose(self, transfer: np.ndarray | None = None) -> np.ndarray:
+        return self.low if transfer is None else self.low + self.detail(transfer)
+
+
 def _flat_gaussian(image: np.ndarray, sigma: float) -> np.ndarray:
-    return FlatField.of(image).low(sigma)
-
-
-def _split_low(ff: FlatField) -> tuple[np.ndarray, np.ndarray]:
-    """The low frequencies (normalised convolution at half the lattice period) and the rest's spectrum."""
-    low = ff.low(LOW_PASS_PERIODS * ff.period)
-    return low, np.fft.fft2(ff.flat - low)
+    return Layers(image, sigma).compose()
 
 
 def bragg_mask(shape: tuple[int, int], peaks: np.ndarray, radius: float) -> np.ndarray:
@@ -201,19 +250,16 @@ def bragg_mask(shape: tuple[int, int], peaks: np.ndarray, radius: float) -> np.n
 
 
 def _bragg(image: np.ndarray, radius: float) -> np.ndarray:
-    ff = FlatField.of(image)
-    low, spectrum = _split_low(ff)
-    return low + np.fft.ifft2(spectrum * bragg_mask(image.shape, ff.peaks, radius)).real
+    layers = Layers(image)
+    return layers.compose(bragg_mask(image.shape, layers.ff.peaks, radius))
 
 
 def _wiener(image: np.ndarray, floor: float) -> np.ndarray:
-    ff = FlatField.of(image)
-    low, spectrum = _split_low(ff)
-    power = ndimage.gaussian_filter(np.abs(spectrum) ** 2, 1.0, mode="wrap")
+    layers = Layers(image)
+    power = ndimage.gaussian_filter(np.abs(layers.spectrum) ** 2, 1.0, mode="wrap")
     _, _, radius = flatfield.frequency_radius(image.shape)
     background = flatfield.ring_median(power, radius, 1.0 / max(image.shape))
-    gain = np.clip(1.0 - floor * background / np.maximum(power, 1e-30), 0.0, 1.0)
-    return low + np.fft.ifft2(spectrum * gain).real
+    return layers.compose(np.clip(1.0 - floor * background / np.maximum(power, 1e-30), 0.0, 1.0))
 
 
 def lattice_offsets(shape: tuple[int, int], peaks: np.ndarray) -> list[tuple[int, int]]:
