@@ -47,7 +47,8 @@ mean that falls back to the coarser one where the beam is too weak for the count
               ``n1 a1 + n2 a2`` (|n| <= 2, each +-1 px; every offset within 3 px for a frame without a lattice),
               similarity = the Poisson generalised likelihood ratio that two 7x7 patches of 3x3-binned counts
               share one signal under the fitted beam (about 1 per pixel when they do), weight
-              ``exp(-max(d - 1, 0) / h)``, estimate = the weighted Poisson ML ``sum w k / sum w s b``.
+              ``exp(-max(d - 1, 0) / h)``, estimate = the weighted Poisson posterior mean
+              ``(sum w k + m) / (sum w s b + 1)`` (one prior count at the smooth level ``m``).
 ``flat_anscombe_bm3d``  Anscombe + BM3D on the counts, exact unbiased inverse, then divided by ``s b`` (the
               fitted beam): BM3D where the Poisson noise is stabilised, flat-fielded after (optional package).
 
@@ -317,7 +318,8 @@ def _poisson_nlm(image: np.ndarray, h: float) -> np.ndarray:
             weight = np.exp(-np.maximum(distance - 1.0, 0.0) / h)
         num += weight * k2
         den += weight * b2
-    return num / den
+    # one prior count at the frame's smooth level: where the beam is too weak, fall back to it (no blow-up)
+    return (num + ff.low(max(image.shape) / 8.0)) / (den + 1.0)
 
 
 def _bm3d_module():
