@@ -376,7 +376,7 @@ class TestParams(Section):
     )
     baselines: Names = param(
         "names",
-        ["gaussian", "median", "tv", "nlm"],
+        ["gaussian", "median", "tv", "nlm", "flat_gaussian", "bragg", "wiener", "pnlm"],
         "classical baselines, tuned on the val split (all: every one installed; none: models "
         "only; bm3d and anscombe_bm3d need the optional non-commercial bm3d package)",
         choices=_baselines_or_none,
@@ -387,6 +387,29 @@ class TestParams(Section):
     max_test_images: int = param("int", 0, "evaluate only the first N test pairs (0: all)", min=0)
     tune_images: int = param("int", 16, "validation pairs used to tune the baselines' parameters", min=1)
     figure_images: int = param("int", 4, "test images shown in the comparison figure", min=0, max=32)
+    band_min_angstrom: float = param(
+        "float", 1.0, "lattice band of the band-limited PSNR: shortest d-spacing kept, A", min=0.01, max=1000.0
+    )
+    band_max_angstrom: float = param(
+        "float", 3.5, "lattice band of the band-limited PSNR: longest d-spacing kept, A", min=0.01, max=1000.0
+    )
+    atom_tolerance_angstrom: float = param(
+        "float", 0.5, "atom-column detection: a peak this close to a true column matches it, A", min=0.001, max=100.0
+    )
+    max_deviation: float = param(
+        "float",
+        0.07,
+        "consistency check: flag an output whose Poisson deviance implies a relative error above this",
+        min=0.0,
+        max=10.0,
+    )
+
+    def check(self) -> None:
+        if self.band_min_angstrom >= self.band_max_angstrom:
+            raise self.error(
+                "band_min_angstrom",
+                f"expected < test.band_max_angstrom ({self.band_max_angstrom}), got {self.band_min_angstrom}",
+            )
 
 
 @dataclass(frozen=True)
@@ -441,6 +464,14 @@ class DenoiseParams(Section):
         min=0.0,
         max=1.0,
     )
+    max_deviation: float = param(
+        "float",
+        0.07,
+        "consistency check: warn when an output's Poisson deviance against its input implies a relative error "
+        "above this (the model may be inventing or erasing structure; 0: no check)",
+        min=0.0,
+        max=10.0,
+    )
 
     def check(self) -> None:
         if self.tile_size and self.tile_overlap > self.tile_size // 2:
@@ -475,7 +506,7 @@ class StudyParams(Section):
     seed: int = param("int", 0, "random seed of every cell's training", min=0, max=MAX_SEED)
     baselines: Names = param(
         "names",
-        ["gaussian", "median", "tv", "nlm"],
+        ["gaussian", "median", "tv", "nlm", "flat_gaussian", "bragg", "wiener", "pnlm"],
         "classical baselines, tuned on the val split once (all: every one installed; none: no baseline)",
         choices=_baselines_or_none,
     )

@@ -304,22 +304,22 @@ def outputs_untouched(paths: dict[str, Path], task: str) -> bool:
 
 
 # -- processed data folders (the data_dir layout of emdenoise.layout) without running download and preprocess --
-def write_split(path: Path, noisy, clean, dose=None, **extra) -> None:
-    """One split file, sealed as preprocess seals it: ``noisy``, ``clean`` (N, H, W), one image per chunk, and
-    ``dose`` when given; ``extra``: more 1-D datasets (``stack``, ``frame`` ...)."""
+def write_split(path: Path, noisy, clean, dose=None, extra: dict | None = None) -> None:
+    """One split file, sealed as preprocess seals it: ``noisy``, ``clean`` (N, H, W), one image per chunk,
+    ``dose`` when given, and the ``extra`` datasets (name -> array: atoms, pixel_size)."""
     with h5safe.create_sealed(path) as fh:
-        for key, values in extra.items():
-            fh.create_dataset(key, data=np.asarray(values))
         for key, images in (("noisy", noisy), ("clean", clean)):
             images = np.asarray(images, dtype=np.float32)
             fh.create_dataset(key, data=images, chunks=(1, *images.shape[1:]) if len(images) else None)
         if dose is not None:
             fh.create_dataset("dose", data=np.asarray(dose, dtype=np.float32))
+        for key, values in (extra or {}).items():
+            fh.create_dataset(key, data=np.asarray(values))
 
 
 def write_data_dir(root: Path, splits: dict[str, tuple], normalisation: dict, data_range: float | None = None) -> Path:
-    """Write ``{split: (noisy, clean[, dose[, {name: 1-D extra dataset}]])}`` and a dataset card with every key
-    of the contract.
+    """Write ``{split: (noisy, clean[, dose[, extra datasets]])}`` and a dataset card with every key of the
+    contract.
 
     ``data_range`` defaults to the contract's definition: max - min of the clean test images.
     """
@@ -327,7 +327,7 @@ def write_data_dir(root: Path, splits: dict[str, tuple], normalisation: dict, da
     entries, ranges, doses = {}, {}, []
     for split, (noisy, clean, *rest) in splits.items():
         dose = rest[0] if rest else None
-        write_split(root / SPLIT_FILE.format(split=split), noisy, clean, dose, **(rest[1] if len(rest) > 1 else {}))
+        write_split(root / SPLIT_FILE.format(split=split), noisy, clean, dose, rest[1] if len(rest) > 1 else None)
         entries[split] = {"file": SPLIT_FILE.format(split=split), "n": len(clean)}
         ranges[split] = {
             "noisy": [float(np.min(noisy)), float(np.max(noisy))],

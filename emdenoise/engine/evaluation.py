@@ -1,6 +1,7 @@
-"""The evaluation engine: which models and baselines to score, the per-image scorer (PSNR, SSIM, MSE, speed),
-running a trained model or a tuned baseline over a split, summaries and dose bins. The test task and the study
-call it.
+"""The evaluation engine: which models and baselines to score, the per-image scorer (PSNR, SSIM, MSE, the
+lattice-band PSNR, the FRC resolution, atom-column detection where the split carries true atoms, the Poisson
+deviance check, speed), running a trained model or a tuned baseline over a split, summaries and dose bins. The
+test task and the study call it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import torch
 
 from emdenoise.data.splits import Split
 from emdenoise.engine import baselines as baselines_mod
+from emdenoise.engine import consistency
+from emdenoise.engine import metrics as metrics_mod
 from emdenoise.engine.inference import Denoiser
 from emdenoise.engine.metrics import mse_per_image, psnr_per_image, ssim_per_image
 from emdenoise.errors import InputError, RuntimeFailure
@@ -114,20 +117,113 @@ class Row:
     psnr: np.ndarray = field(init=False)
     ssim: np.ndarray = field(init=False)
     mse: np.ndarray = field(init=False)
+    band_psnr: np.ndarray = field(init=False)  # lattice-band PSNR, dB
+    frc_px: np.ndarray = field(init=False)  # FRC resolution, px
+    deviation: np.ndarray = field(init=False)  # consistency: the deviance's implied relative error
+    deviance_ratio: np.ndarray = field(init=False)
+    inconsistent: np.ndarray = field(init=False)  # bool
+    atom_f1: np.ndarray = field(init=False)  # per image, NaN without atoms
+    atoms: metrics_mod.AtomCounts = field(default_factory=metrics_mod.AtomCounts)  # summed over images
     figure: dict[int, np.ndarray] = field(default_factory=dict)  # test image index -> output, for the figure
 
     def __post_init__(self) -> None:
-        self.psnr, self.ssim, self.mse = (np.full(self.n, np.nan) for _ in range(3))
+        self.psnr, self.ssim, self.mse, self.band_psnr, self.frc_px, self.deviation, self.deviance_ratio = (
+            np.full(self.n, np.nan) for _ in range(7)
+        )
+        self.atom_f1 = np.full(self.n, np.nan)
+        self.inconsistent = np.zeros(self.n, dtype=bool)
+
+
+@dataclass(frozen=True)
+class Structure:
+    """The settings of the structure metrics and of the consistency check (``test.*``)."""
+
+    band_angstrom: tuple[float, float] = (1.0, 3.5)
+    atom_tolerance_angstrom: float = 0.5
+    max_deviation: float = consistency.MAX_DEVIATION
+
+    @classmethod
+    def of(cls, section: Any) -> Structure:
+        """From a parameters section with ``band_min_angstrom``, ``band_max_angstrom``,
+        ``atom_tolerance_angstrom`` and ``max_deviation``."""
+        return cls(
+            (section.band_min_angstrom, section.band_max_angstrom),
+            section.atom_tolerance_angstrom,
+            section.max_deviation,
+        )
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "lattice_band_angstrom": list(self.band_angstrom),
+            "lattice_band_px_when_pixel_size_unknown": list(metrics_mod.BAND_PX_UNKNOWN),
+            "frc_threshold": metrics_mod.FRC_THRESHOLD,
+            "atom_tolerance_angstrom": self.atom_tolerance_angstrom,
+            "atom_tolerance_when_pixel_size_unknown": f"{metrics_mod.TOLERANCE_NN_UNKNOWN} x nearest-neighbour spacing",
+            "atom_threshold": metrics_mod.ATOM_THRESHOLD,
+            "consistency_max_deviation": self.max_deviation,
+            "consistency_min_z": consistency.MIN_Z,
+        }
 
 
 class Scorer:
     """Scores outputs against the clean test images, keeping the outputs of the figure images."""
 
-    def __init__(self, split: Split, data_range: float, figure_indices: list[int]):
+    def __init__(
+        self,
+        split: Split,
+        data_range: float,
+        figure_indices: list[int],
+        structure: Structure | None = None,
+        pixel_size: float | None = None,
+    ):
         self.split = split
         self.data_range = data_range
         self.figure_indices = set(figure_indices)
+        self.structure = structure or Structure()
+        self.default_pixel_size = pixel_size  # the dataset card's, when the split has none per image
         self.rows: dict[str, Row] = {}
+        self._truth: dict[int, metrics_mod.AtomTruth] = {}
+
+    def pixel_size(self, i: int) -> float | None:
+        """Image ``i``'s pixel size in A (the split's, else the card's), None when unknown."""
+        if self.split.pixel_size is not None:
+            value = float(self.split.pixel_size[i])
+            return value if math.isfinite(value) and value > 0 else None
+        return self.default_pixel_size
+
+    def median_pixel_size(self) -> float | None:
+        sizes = [p for p in (self.pixel_size(i) for i in range(len(self.split))) if p is not None]
+        return float(np.median(sizes)) if sizes else None
+
+    def truth(self, i: int) -> metrics_mod.AtomTruth:
+        if i not in self._truth:
+            sites, vacant = self.split.atoms(i)
+            self._truth[i] = metrics_mod.AtomTruth.of(self.split.truth[i], sites, vacant)
+        return self._truth[i]
+
+    def summary(self, name: str) -> dict[str, Any]:
+        """Row ``name``'s summary (:func:`summarise`) with its structure metrics and consistency check."""
+        row = self.rows[name]
+        return {**summarise(row), **structure_summary(row, self.median_pixel_size(), self.split.has_atoms)}
+
+    def summaries(self) -> dict[str, dict[str, Any]]:
+        return {name: self.summary(name) for name in self.rows}
+
+    def _structure(self, row: Row, i: int, output: np.ndarray) -> None:
+        """The per-image structure metrics and the consistency check of test image ``i``'s ``output``."""
+        clean, pixel = self.split.truth[i], self.pixel_size(i)
+        band = metrics_mod.band_periods_px(self.structure.band_angstrom, pixel)
+        row.band_psnr[i] = metrics_mod.band_psnr(output[None], clean[None], self.data_range, band)[0]
+        row.frc_px[i] = metrics_mod.frc_resolution_px(output, clean)
+        dose = float(self.split.dose[i]) if self.split.dose is not None else None
+        check = consistency.check(self.split.noisy[i], output, dose, self.structure.max_deviation)
+        row.deviation[i], row.deviance_ratio[i], row.inconsistent[i] = check.deviation, check.ratio, check.inconsistent
+        if self.split.has_atoms:
+            tolerance = self.structure.atom_tolerance_angstrom / pixel if pixel else None
+            counts = metrics_mod.atom_scores(output, self.truth(i), tolerance)
+            row.atoms += counts
+            f1 = counts.summary(pixel)["f1"]
+            row.atom_f1[i] = np.nan if f1 is None else f1
 
     def add_row(self, name: str, kind: str, params: dict[str, Any] | None = None) -> Row:
         row = Row(kind, len(self.split), dict(params or {}), timed=kind != "input")
@@ -143,6 +239,7 @@ class Scorer:
         row.ssim[start:stop] = ssim_per_image(outputs, clean, self.data_range).double().numpy()
         row.mse[start:stop] = mse_per_image(outputs, clean).double().numpy()
         for i in range(start, stop):
+            self._structure(row, i, outputs[i - start].numpy().astype(np.float64))
             if i in self.figure_indices:
                 row.figure[i] = outputs[i - start].numpy().copy()
 
@@ -157,6 +254,29 @@ def _mean_std(values: np.ndarray) -> tuple[float | None, float | None]:
     """Mean and population std over images; None where not finite (a perfect prediction's PSNR is +inf)."""
     with np.errstate(invalid="ignore", over="ignore"):
         return finite(np.mean(values)), finite(np.std(values))
+
+
+def _median(values: np.ndarray) -> float | None:
+    finite_values = values[~np.isnan(values)]
+    return finite(np.median(finite_values)) if finite_values.size else None
+
+
+def structure_summary(row: Row, pixel_size: float | None, has_atoms: bool) -> dict[str, Any]:
+    """The structure metrics and the consistency check of a row, over its images."""
+    frc = _median(row.frc_px)
+    with np.errstate(invalid="ignore"):
+        band = row.band_psnr[np.isfinite(row.band_psnr)]
+    out: dict[str, Any] = {
+        "band_psnr_mean": finite(np.mean(band)) if band.size else None,
+        "frc_resolution_px": frc,
+        "frc_resolution_angstrom": frc * pixel_size if frc is not None and pixel_size else None,
+        "deviation_mean": _mean_std(row.deviation)[0],
+        "deviance_ratio_mean": _mean_std(row.deviance_ratio)[0],
+        "inconsistent_fraction": float(np.mean(row.inconsistent)) if row.n else None,
+    }
+    if has_atoms:
+        out["atoms"] = row.atoms.summary(pixel_size)
+    return out
 
 
 def summarise(row: Row) -> dict[str, Any]:
@@ -207,8 +327,9 @@ def score_input(scorer: Scorer, batch_size: int) -> Row:
 
 def run_baseline(
     name: str, val: Split, scorer: Scorer, data_range: float, batch_size: int, log: logging.Logger
-) -> None:
-    """Tune one baseline on the validation pairs, then denoise and score every test image (timed per image)."""
+) -> baselines_mod.TunedBaseline:
+    """Tune one baseline on the validation pairs, then denoise and score every test image (timed per image);
+    returns the tuned baseline (to score another split with :func:`score_baseline`)."""
     baseline = baselines_mod.get(name)
     steps = baselines_mod.tuning_steps(baseline, len(val))
     with progress(total=steps, desc=f"tune {name}", unit="img") as bar:
@@ -227,7 +348,15 @@ def run_baseline(
         tuned.gain,
         tuned.offset,
     )
-    row = scorer.add_row(name, "classical", params)
+    tuned.record = params
+    score_baseline(tuned, scorer, batch_size)
+    return tuned
+
+
+def score_baseline(tuned: baselines_mod.TunedBaseline, scorer: Scorer, batch_size: int) -> None:
+    """Denoise and score every image of ``scorer``'s split with a tuned baseline (timed per image)."""
+    name = tuned.name
+    row = scorer.add_row(name, "classical", tuned.record or tuned.params())
     test = scorer.split
     with progress(total=len(test), desc=name, unit="img") as bar:
         for first in range(0, len(test), batch_size):
@@ -302,3 +431,47 @@ def run_model(
             f"{path}: out of GPU memory at test.batch_size={batch_size}; lower test.batch_size"
         ) from None
     log.info("%s: %.1f images/s on %s", name, len(test) / row.seconds if row.seconds else float("inf"), device)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The strongest classical row and every deep model's margin against it
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _atom_f1(row: dict[str, Any]) -> float | None:
+    atoms = row.get("atoms")
+    return atoms.get("f1") if isinstance(atoms, dict) else None
+
+
+MARGIN_MEASURES = {
+    "psnr": lambda row: row.get("psnr_mean"),
+    "band_psnr": lambda row: row.get("band_psnr_mean"),
+    "atom_f1": _atom_f1,
+}
+
+
+def strongest_classical(methods: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The classical row with the highest mean PSNR, and every deep row's margin against it on PSNR, the
+    lattice-band PSNR and the atom F1 (positive: the model is better); None without a classical row."""
+    classical = [
+        (row["psnr_mean"], name)
+        for name, row in methods.items()
+        if row.get("kind") == "classical" and row.get("psnr_mean") is not None
+    ]
+    if not classical:
+        return None
+    _, best = max(classical)
+    reference = methods[best]
+    margins: dict[str, dict[str, float | None]] = {}
+    for name, row in methods.items():
+        if row.get("kind") != "deep":
+            continue
+        margins[name] = {}
+        for measure, get in MARGIN_MEASURES.items():
+            mine, theirs = get(row), get(reference)
+            margins[name][measure] = finite(mine - theirs) if mine is not None and theirs is not None else None
+    return {
+        "name": best,
+        **{measure: get(reference) for measure, get in MARGIN_MEASURES.items()},
+        "margins": margins,
+    }

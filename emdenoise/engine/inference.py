@@ -17,7 +17,8 @@ import datetime
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,7 +28,7 @@ import torch
 from torch import nn
 
 from emdenoise import __version__
-from emdenoise.engine import resample, runtime
+from emdenoise.engine import consistency, resample, runtime
 from emdenoise.engine.tiling import Tiler
 from emdenoise.io import micrographs, modelfile
 from emdenoise.outputs import atomic_path, sha256_file
@@ -90,11 +91,26 @@ def denoise_file(
     provenance: dict[str, Any],
     bar: Progress | None = None,
     samplings: list[resample.Sampling] | None = None,
+    on_frame: Callable[[np.ndarray, np.ndarray], None] | None = None,
 ) -> int:
     """Denoise every image of ``src`` into ``dest`` (same format, written atomically), frame by frame.
     Returns the number of frames; ``bar`` advances once per frame. ``samplings`` (one per image, see
-    :mod:`emdenoise.engine.resample`) bring the frames to the model's sampling and back."""
+    :mod:`emdenoise.engine.resample`) bring the frames to the model's sampling and back; ``on_frame(input,
+    output)`` is called for every frame on the input's grid (the consistency check)."""
     count = 0
+    pending: deque[np.ndarray] = deque()
+
+    def tapped(frames: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        for frame in frames:
+            if on_frame is not None:
+                pending.append(frame)
+            yield frame
+
+    def paired(outputs: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        for output in outputs:
+            if on_frame is not None:
+                on_frame(pending.popleft(), output)
+            yield output
 
     def counted(frames: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
         nonlocal count
@@ -106,12 +122,27 @@ def denoise_file(
 
     with atomic_path(dest) as tmp, micrographs.open_output(tmp, src, provenance) as writer:
         for k, image in enumerate(src.images):
+            frames = tapped(src.iter_frames(image))
             if samplings is None:
-                writer.write(image, counted(tiler.stream(src.iter_frames(image))))
+                outputs = tiler.stream(frames)
             else:
-                sampling = samplings[k]
-                writer.write(image, counted(sampling.up(tiler.stream(sampling.down(src.iter_frames(image))))))
+                outputs = samplings[k].up(tiler.stream(samplings[k].down(frames)))
+            writer.write(image, counted(paired(outputs)))
     return count
+
+
+def consistency_record(checks: list[dict[str, Any]], max_deviation: float) -> dict[str, Any]:
+    """The sidecar's ``consistency``: each frame's deviance check and the frames flagged."""
+    flagged = [i for i, c in enumerate(checks) if c["inconsistent"]]
+    return {
+        "definition": "Poisson deviance of the input counts given the output (emdenoise.engine.consistency); "
+        "count scale estimated from each input frame",
+        "max_deviation": max_deviation,
+        "inconsistent": bool(flagged),
+        "inconsistent_frames": flagged,
+        "worst_deviation": max((c["deviation"] for c in checks), default=None),
+        "frames": checks,
+    }
 
 
 def _now() -> str:
@@ -237,10 +268,26 @@ class FileDenoiser:
             self.denoiser.denoise(torch.zeros(1, 1, plan.tile_h, plan.tile_w))
             self._warm = True
 
-    def denoise(self, path: Path, dest: Path, final: Path | None = None, bar: Progress | None = None) -> Denoised:
+    def denoise(
+        self,
+        path: Path,
+        dest: Path,
+        final: Path | None = None,
+        bar: Progress | None = None,
+        max_deviation: float | None = None,
+    ) -> Denoised:
         """Denoise the file ``path`` into ``dest`` (written atomically); ``final`` is the name the output will
-        have in the end (``dest`` by default; the task writes into a staging folder), as the record names it."""
+        have in the end (``dest`` by default; the task writes into a staging folder), as the record names it.
+        With ``max_deviation``, every output frame is checked against its input
+        (:func:`emdenoise.engine.consistency.check`, the count scale estimated from the frame) and the record
+        gains ``consistency``."""
         fingerprint = self.fingerprint(path)
+        checks: list[dict[str, Any]] = []
+
+        def check_frame(frame: np.ndarray, output: np.ndarray) -> None:
+            assert max_deviation is not None
+            checks.append(consistency.check(frame, output, None, max_deviation).summary())
+
         with micrographs.open_input(path) as src:
             samplings = self.samplings(src)
             self._warm_up(samplings[0].shape)
@@ -261,7 +308,15 @@ class FileDenoiser:
                 "settings": self.settings,
             }
             start = time.perf_counter()
-            frames = denoise_file(src, dest, self.tiler, provenance, bar, samplings)
+            frames = denoise_file(
+                src,
+                dest,
+                self.tiler,
+                provenance,
+                bar,
+                samplings,
+                check_frame if max_deviation is not None else None,
+            )
             seconds = time.perf_counter() - start
             shapes = micrographs.describe(src)
         record = {
@@ -276,4 +331,6 @@ class FileDenoiser:
             "frames_per_s": round(frames / max(seconds, 1e-9), 3),
             "fingerprint": fingerprint,
         }
+        if max_deviation is not None:
+            record["consistency"] = consistency_record(checks, max_deviation)
         return Denoised(record, shapes)

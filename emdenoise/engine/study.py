@@ -29,7 +29,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from emdenoise import __version__, models
@@ -176,9 +175,12 @@ def _per_image(row: evaluation.Row) -> dict[str, list[float | None]]:
     return {"psnr": [evaluation.finite(v) for v in row.psnr], "ssim": [evaluation.finite(v) for v in row.ssim]}
 
 
-def _row_summary(name: str, row: evaluation.Row, dose: np.ndarray | None, n_bins: int) -> dict[str, Any]:
-    """The evaluation summary of a row, plus its mean PSNR per dose bin (None without dose)."""
-    summary = evaluation.summarise(row)
+def _row_summary(scorer: evaluation.Scorer, name: str, n_bins: int) -> dict[str, Any]:
+    """The evaluation summary of a row (structure metrics included), plus its mean PSNR per dose bin (None
+    without dose)."""
+    summary = scorer.summary(name)
+    dose = scorer.split.dose
+    row = scorer.rows[name]
     summary["psnr_by_dose"] = None if dose is None else evaluation.dose_bins(dose, {name: row}, n_bins)["methods"][name]
     return summary
 
@@ -227,6 +229,12 @@ class Setting:
     precision: str
     log: logging.Logger
     where: str  # the parameters file, for messages
+    generalisation: Split | None = None  # data_dir/generalisation.h5, scored beside the test split
+    structure: evaluation.Structure = evaluation.Structure()
+    pixel_size: float | None = None  # the dataset card's pixel_size_angstrom
+
+    def scorer(self, split: Split) -> evaluation.Scorer:
+        return evaluation.Scorer(split, self.data_range, [], self.structure, self.pixel_size)
 
     @property
     def data_range(self) -> float:
@@ -239,6 +247,8 @@ class Setting:
             "max_test_images": self.study.max_test_images,
             "n_test": len(self.test),
             "dose_bins": self.study.dose_bins,
+            "structure": self.structure.settings(),
+            "n_generalisation": len(self.generalisation) if self.generalisation is not None else 0,
         }
 
     @cached_property
@@ -312,19 +322,17 @@ def run_cell(job: CellJob, setting: Setting, cell_dir: Path) -> dict[str, Any]:
     training.publish({cell.model: record}, cell_dir, cell_dir / training.METRICS_FILE)
     result["train"] = _train_summary(record, time.perf_counter() - t0)
 
-    scorer = evaluation.Scorer(setting.test, setting.data_range, [])
+    scorer = setting.scorer(setting.test)
     t1 = time.perf_counter()
-    evaluation.run_model(
-        cell.name,
-        cell_dir / cell.model / MODEL_FILE,
-        scorer,
-        setting.device,
-        setting.precision,
-        setting.study.batch_size,
-        log,
-    )
+    denoiser = evaluation.load_model(cell_dir / cell.model / MODEL_FILE, setting.device, setting.precision)
+    args = (setting.device, setting.precision, setting.study.batch_size, log, denoiser)
+    evaluation.run_model(cell.name, cell_dir / cell.model / MODEL_FILE, scorer, *args)
     row = scorer.rows[cell.name]
-    result["test"] = _row_summary(cell.name, row, setting.test.dose, setting.study.dose_bins)
+    result["test"] = _row_summary(scorer, cell.name, setting.study.dose_bins)
+    if setting.generalisation is not None:
+        other = setting.scorer(setting.generalisation)
+        evaluation.run_model(cell.name, cell_dir / cell.model / MODEL_FILE, other, *args)
+        result["generalisation"] = _row_summary(other, cell.name, setting.study.dose_bins)
     result["test"]["device"], result["test"]["precision"] = str(setting.device), setting.precision
     result["evaluation_seconds"] = time.perf_counter() - t1
     result["per_image"] = _per_image(row)
@@ -349,8 +357,11 @@ def run_baselines(names: list[str], setting: Setting, out_dir: Path) -> dict[str
         return kept
 
     test, n_bins, batch = setting.test, setting.study.dose_bins, setting.study.batch_size
-    scorer = evaluation.Scorer(test, setting.data_range, [])
+    scorer = setting.scorer(test)
+    other = setting.scorer(setting.generalisation) if setting.generalisation is not None else None
     evaluation.score_input(scorer, batch)
+    if other is not None:
+        evaluation.score_input(other, batch)
     if names:
         val = load_split(setting.data_dir, "val", setting.tune_images)
         if len(val) == 0:
@@ -362,14 +373,18 @@ def run_baselines(names: list[str], setting: Setting, out_dir: Path) -> dict[str
                 "again, or set study.baselines: none",
             )
         for name in names:
-            evaluation.run_baseline(name, val, scorer, setting.data_range, batch, setting.log)
+            tuned = evaluation.run_baseline(name, val, scorer, setting.data_range, batch, setting.log)
+            if other is not None:
+                evaluation.score_baseline(tuned, other, batch)
     result = {
         "fingerprint": fingerprint,
         "config": config,
         "status": "done",
-        "methods": {name: _row_summary(name, row, test.dose, n_bins) for name, row in scorer.rows.items()},
+        "methods": {name: _row_summary(scorer, name, n_bins) for name in scorer.rows},
         "per_image": {name: _per_image(row) for name, row in scorer.rows.items()},
     }
+    if other is not None:
+        result["generalisation"] = {name: _row_summary(other, name, n_bins) for name in other.rows}
     write_json_atomic(path, result)
     return result
 
@@ -509,6 +524,7 @@ def summarise(
             "test": r["test"],
             "evaluation_seconds": r["evaluation_seconds"],
         }
+        | ({"generalisation": r["generalisation"]} if "generalisation" in r else {})
         for r in results
     ]
     per_model: dict[str, dict[int, dict[str, Any]]] = {cell.model: {} for cell in cells}
@@ -518,6 +534,33 @@ def summarise(
     if setting.test.dose is not None:
         by_dose = {
             k: v for k, v in evaluation.dose_bins(setting.test.dose, {}, study.dose_bins).items() if k != "methods"
+        }
+    at_largest = {
+        **methods,
+        **{name: by_size[max(by_size)]["test"] for name, by_size in per_model.items() if by_size},
+    }
+    structure = {
+        "methods": at_largest,
+        "strongest_classical": evaluation.strongest_classical(at_largest),
+        "has_atoms": setting.test.has_atoms,
+        "pixel_size_angstrom": setting.scorer(setting.test).median_pixel_size(),
+    }
+    generalisation = None
+    if setting.generalisation is not None and "generalisation" in baselines:
+        gen_rows = {
+            **baselines["generalisation"],
+            **{
+                name: by_size[max(by_size)]["generalisation"]
+                for name, by_size in per_model.items()
+                if by_size and "generalisation" in by_size[max(by_size)]
+            },
+        }
+        generalisation = {
+            "n_images": len(setting.generalisation),
+            "methods": gen_rows,
+            "strongest_classical": evaluation.strongest_classical(gen_rows),
+            "has_atoms": setting.generalisation.has_atoms,
+            "pixel_size_angstrom": setting.scorer(setting.generalisation).median_pixel_size(),
         }
     devices = sorted(
         {r["test"]["device"] for r in results} | {r["train"]["device"] for r in results if r["train"].get("device")}
@@ -548,6 +591,9 @@ def summarise(
         "dose_bins": by_dose,
         "baselines": methods,
         "best_baseline": {"name": best[0], "psnr_mean": best[1]} if best else None,
+        "structure_settings": setting.structure.settings(),
+        "at_largest_size": structure,
+        "generalisation": generalisation,
         "models": {
             name: _model_summary(by_size, sizes, best[1] if best else None) for name, by_size in per_model.items()
         },

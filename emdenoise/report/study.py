@@ -10,7 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from emdenoise.report.evaluation import BASELINE_NOTE, dose_header
+from emdenoise.report.evaluation import BASELINE_NOTE, dose_header, structure_section
 from emdenoise.report.figures import KIND_COLOURS, figure, legend_line, save
 from emdenoise.report.tables import duration, is_number, num, ranked, settings, table
 
@@ -111,6 +111,28 @@ def markdown(summary: dict, figures: Mapping[str, str]) -> str:
         for name in _baseline_order(methods)
     ]
     lines += table(["method", "kind", "PSNR (dB)", "SSIM", "tuned setting"], "llrrl", rows) + [""]
+
+    # structure, margins against the strongest classical row, generalisation
+    structure = summary.get("at_largest_size")
+    if structure:
+        lines += structure_section(
+            "Structure, atoms and consistency (models at their largest training size)",
+            structure,
+            summary.get("structure_settings"),
+        ) + [""]
+    gen = summary.get("generalisation")
+    if gen:
+        lines += structure_section(
+            f"Generalisation ({gen['n_images']} images of another distribution; models at their largest size)",
+            gen,
+            None,
+        )
+        gen_rows = [
+            [name, gen["methods"][name].get("kind", ""), num(gen["methods"][name].get("psnr_mean"), ".2f")]
+            for name in ranked(gen["methods"])
+        ]
+        lines += ["", "Mean PSNR on the generalisation split:", ""]
+        lines += table(["method", "kind", "PSNR (dB)"], "llr", gen_rows) + [""]
 
     # training data
     lines += ["## Training data needed to beat the best classical baseline", ""]

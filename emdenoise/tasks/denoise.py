@@ -23,6 +23,8 @@ an output beside another output's provenance.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from emdenoise.engine import distributed, runtime
@@ -32,6 +34,19 @@ from emdenoise.layout import select_model
 from emdenoise.log import progress
 from emdenoise.outputs import STAGING_DIR, remove_staging, write_json_atomic
 from emdenoise.tasks.context import TaskContext
+
+
+def warn_inconsistent(log, path: Path, check: dict | None) -> None:
+    """One warning line naming the input when an output disagrees with its counts (the consistency check)."""
+    if check and check["inconsistent"]:
+        log.warning(
+            "%s: output inconsistent with its input in frame(s) %s (Poisson deviance implies a relative error "
+            "of %.3g > denoise.max_deviation %.3g): the model may be inventing or erasing structure",
+            path,
+            ", ".join(map(str, check["inconsistent_frames"][:8])),
+            check["worst_deviation"],
+            check["max_deviation"],
+        )
 
 
 def run(ctx: TaskContext) -> None:
@@ -105,8 +120,9 @@ def _run(ctx: TaskContext, world: distributed.World, device: torch.device) -> No
                 bar.update(frame_counts[path])
                 continue
             staged_sidecar.unlink(missing_ok=True)  # never a new staged image beside an older staged sidecar
-            result = engine.denoise(path, staged, out, bar)
+            result = engine.denoise(path, staged, out, bar, max_deviation=sec.max_deviation or None)
             write_json_atomic(staged_sidecar, result.record)
+            warn_inconsistent(log, path, result.record.get("consistency"))
             log.info(
                 "%s: %s in %.2f s (%.2f frames/s) -> %s",
                 path.relative_to(input_dir),

@@ -46,7 +46,9 @@ from typing import Any
 from emdenoise.data.splits import load_card, load_split
 from emdenoise.engine import distributed, evaluation, runtime
 from emdenoise.engine import study as engine
+from emdenoise.engine.evaluation import Structure
 from emdenoise.errors import InputError, RuntimeFailure
+from emdenoise.layout import SPLIT_FILE
 from emdenoise.outputs import write_json_atomic, write_text_atomic
 from emdenoise.report import study as report
 from emdenoise.tasks.context import TaskContext
@@ -84,8 +86,23 @@ def run(ctx: TaskContext) -> None:
     if len(test) == 0:
         raise InputError.at(data_dir / "test.h5", "noisy", "expected at least one test pair, found none")
 
+    gen_file = data_dir / SPLIT_FILE.format(split="generalisation")
+    gen = load_split(data_dir, "generalisation", study.max_test_images) if gen_file.is_file() else None
+    pixel_size = card.get("pixel_size_angstrom")
     setting = engine.Setting(
-        study, ctx.params.train, ctx.params.test.tune_images, data_dir, card, test, device, precision, log, where
+        study,
+        ctx.params.train,
+        ctx.params.test.tune_images,
+        data_dir,
+        card,
+        test,
+        device,
+        precision,
+        log,
+        where,
+        gen if gen is not None and len(gen) else None,
+        Structure.of(ctx.params.test),
+        float(pixel_size) if isinstance(pixel_size, (int, float)) and pixel_size > 0 else None,
     )
     cells = engine.plan_cells(study)
     log.info(

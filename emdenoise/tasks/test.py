@@ -36,37 +36,49 @@ from emdenoise.data.splits import load_card, load_split
 from emdenoise.engine import runtime
 from emdenoise.engine.evaluation import (
     Scorer,
+    Structure,
     dose_bins,
     find_models,
     load_model,
     run_baseline,
     run_model,
+    score_baseline,
     score_input,
     select_baselines,
-    summarise,
+    strongest_classical,
 )
 from emdenoise.errors import InputError
-from emdenoise.layout import MODEL_FILE
+from emdenoise.layout import MODEL_FILE, SPLIT_FILE
 from emdenoise.outputs import Transaction
 from emdenoise.report import evaluation as report
 from emdenoise.report.figures import write_png
 from emdenoise.tasks.context import TaskContext
 
 COMPARISON = "comparison.png"
+GENERALISATION = "generalisation"
 
 
-def per_image_csv(scorer: Scorer) -> str:
-    dose = scorer.split.dose
+def per_image_csv(scorers: dict[str, Scorer]) -> str:
+    """One line per split, image and method (the generalisation split's after the test split's)."""
+    dose = any(scorer.split.dose is not None for scorer in scorers.values())
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["index"] + (["dose"] if dose is not None else []) + ["method", "psnr", "ssim", "mse"])
-    for name, row in scorer.rows.items():
-        for i in range(row.n):
-            writer.writerow(
-                [i]
-                + ([f"{dose[i]:.6g}"] if dose is not None else [])
-                + [name, f"{row.psnr[i]:.6f}", f"{row.ssim[i]:.6f}", f"{row.mse[i]:.6e}"]
-            )
+    writer.writerow(
+        ["index"]
+        + (["dose"] if dose else [])
+        + ["method", "psnr", "ssim", "mse", "band_psnr", "frc_px", "deviation", "inconsistent", "split"]
+    )
+    for split, scorer in scorers.items():
+        doses = scorer.split.dose
+        for name, row in scorer.rows.items():
+            for i in range(row.n):
+                writer.writerow(
+                    [i]
+                    + ([f"{doses[i]:.6g}" if doses is not None else ""] if dose else [])
+                    + [name, f"{row.psnr[i]:.6f}", f"{row.ssim[i]:.6f}", f"{row.mse[i]:.6e}"]
+                    + [f"{row.band_psnr[i]:.6f}", f"{row.frc_px[i]:.4f}", f"{row.deviation[i]:.5f}"]
+                    + [int(row.inconsistent[i]), split]
+                )
     return buf.getvalue()
 
 
@@ -152,14 +164,27 @@ def run(ctx: TaskContext) -> None:
         precision,
     )
 
+    structure, pixel_size = Structure.of(sec), card.get("pixel_size_angstrom")
+    pixel_size = float(pixel_size) if isinstance(pixel_size, (int, float)) and pixel_size > 0 else None
+    gen_path = data_dir / SPLIT_FILE.format(split=GENERALISATION)
+    gen = load_split(data_dir, GENERALISATION, sec.max_test_images) if gen_path.is_file() else None
     indices = figure_indices(len(test), sec.figure_images)
-    scorer = Scorer(test, data_range, indices)
-    score_input(scorer, sec.batch_size)
+    scorer = Scorer(test, data_range, indices, structure, pixel_size)
+    scorers = {"test": scorer}
+    if gen is not None and len(gen):
+        scorers[GENERALISATION] = Scorer(gen, data_range, [], structure, pixel_size)
+        log.info("%s: %d images, scored beside the test split", gen_path, len(gen))
+    for each in scorers.values():
+        score_input(each, sec.batch_size)
     for name in baseline_names:
         assert val is not None
-        run_baseline(name, val, scorer, data_range, sec.batch_size, log)
+        tuned = run_baseline(name, val, scorer, data_range, sec.batch_size, log)
+        for split, each in scorers.items():
+            if split != "test":
+                score_baseline(tuned, each, sec.batch_size)
     for name, path in model_files.items():
-        run_model(name, path, scorer, device, precision, sec.batch_size, log, denoisers[name])
+        for each in scorers.values():
+            run_model(name, path, each, device, precision, sec.batch_size, log, denoisers[name])
 
     metrics = {
         "data_range": data_range,
@@ -169,15 +194,29 @@ def run(ctx: TaskContext) -> None:
         "device": str(device),
         "precision": str(precision),
         "baseline_treatment": report.BASELINE_NOTE,
-        "methods": {name: summarise(row) for name, row in scorer.rows.items()},
+        "structure_settings": structure.settings(),
+        "pixel_size_angstrom": scorer.median_pixel_size(),
+        "has_atoms": test.has_atoms,
+        "methods": scorer.summaries(),
     }
+    metrics["strongest_classical"] = strongest_classical(metrics["methods"])
+    if GENERALISATION in scorers:
+        other = scorers[GENERALISATION]
+        gen_methods = other.summaries()
+        metrics[GENERALISATION] = {
+            "n_images": len(other.split),
+            "pixel_size_angstrom": other.median_pixel_size(),
+            "has_atoms": other.split.has_atoms,
+            "methods": gen_methods,
+            "strongest_classical": strongest_classical(gen_methods),
+        }
     if test.dose is not None:
         metrics["psnr_by_dose"] = dose_bins(test.dose, scorer.rows)
     drawn = figures(scorer, metrics, indices)
 
     stale = out_dir / COMPARISON if COMPARISON not in drawn and (out_dir / COMPARISON).exists() else None
     with Transaction() as tx:
-        tx.write_text(out_dir / "per_image.csv", per_image_csv(scorer))
+        tx.write_text(out_dir / "per_image.csv", per_image_csv(scorers))
         tx.write_text(out_dir / "results.md", report.markdown(metrics))
         for name, fig in drawn.items():
             with tx.writing(out_dir / name) as tmp:

@@ -6,10 +6,11 @@ import math
 
 import numpy as np
 import pytest
-from noisy_images import poisson_noise, smooth_images
+from noisy_images import atom_image, beam, lattice_sites, poisson_noise, smooth_images
 from scipy.stats import poisson
 
 from emdenoise.engine import baselines
+from emdenoise.engine.flatfield import FlatField
 from emdenoise.engine.metrics import psnr_per_image, ssim_per_image
 
 HAVE_BM3D = importlib.util.find_spec("bm3d") is not None
@@ -89,3 +90,44 @@ def test_anscombe_bm3d_beats_gaussian_on_poisson_images():
         tuned = baselines.tune(name, noisy[:1], clean[:1], r)
         scores[name] = float(psnr_per_image(tuned(noisy[1]), clean[1], r)[0])
     assert scores["anscombe_bm3d"] > scores["gaussian"]
+
+
+def _beam_lattice_pairs(rng, n: int, size: int = 96, dose: float = 30.0):
+    """Lattice images under a Gaussian beam, Poisson noise at ``dose``: (noisy, clean)."""
+    clean = np.stack([atom_image(size, lattice_sites(size, 7.0 + 0.3 * i, angle=0.2 + 0.4 * i)) for i in range(n)])
+    return poisson_noise(rng, clean * beam(size), dose), clean
+
+
+def test_the_beam_is_fitted_from_the_frame_alone():
+    rng = np.random.default_rng(10)
+    clean = atom_image(128, lattice_sites(128, 8.0))
+    truth = beam(128, center=(0.3, 0.8), sigma=0.4)
+    noisy = poisson_noise(rng, clean[None] * truth, 20)[0]
+    noisy[rng.random(noisy.shape) < 0.002] = 0.0  # dead pixels
+    ff = FlatField.of(noisy)
+    assert ff.scale == pytest.approx(20, rel=0.15)
+    assert np.abs(ff.beam - truth / truth.max()).max() < 0.05
+    assert not ff.valid.all() and ff.valid.mean() > 0.99
+
+
+def test_lattice_peaks_are_found_at_the_lattice_frequency():
+    clean = atom_image(128, lattice_sites(128, 8.0, kind="square", angle=0.0))
+    ff = FlatField.of(poisson_noise(np.random.default_rng(11), clean[None], 50)[0])
+    assert ff.period == pytest.approx(8.0, rel=0.05)
+    assert len(ff.peaks) >= 4  # (+-1, 0), (0, +-1) of the square lattice at least
+    offsets = baselines.lattice_offsets((128, 128), ff.peaks)
+    assert (8, 0) in offsets or (-8, 0) in offsets
+
+
+@pytest.mark.parametrize("name", ["flat_gaussian", "bragg", "wiener", "pnlm"])
+def test_the_beam_aware_baselines_beat_the_plain_filter_under_a_beam(name):
+    rng = np.random.default_rng(12)
+    val_noisy, val_clean = _beam_lattice_pairs(rng, 2)
+    test_noisy, test_clean = _beam_lattice_pairs(rng, 2)
+    r = float(test_clean.max() - test_clean.min())
+    scores = {}
+    for method in ("gaussian", name):
+        tuned = baselines.tune(method, val_noisy, val_clean, r)
+        out = np.stack([tuned(img) for img in test_noisy])
+        scores[method] = float(psnr_per_image(out, test_clean, r).mean())
+    assert scores[name] > scores["gaussian"] + 1.0, scores

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from noisy_images import atom_image, lattice_sites
 from PIL import Image
 
 from emdenoise import models
@@ -158,3 +159,21 @@ def test_cli_several_models_with_auto_exits_2_listing_them(workspace):
     assert "dncnn, sciml_ae" in res.stderr and "denoise.model" in res.stderr
     res = _cli(workspace, "--set", "denoise.model=dncnn", "--set", "denoise.tile_overlap=200")
     assert res.returncode == EXIT_BAD_INPUT and "denoise.tile_overlap" in res.stderr
+
+
+@pytest.mark.slow
+def test_each_output_is_checked_against_its_input_and_an_inconsistent_one_is_named(workspace):
+    rng = np.random.default_rng(4)
+    clean = atom_image(96, lattice_sites(96, 8.0), contrast=0.4)
+    stack = rng.poisson(100 * clean, (2, 96, 96)).astype(np.uint16)
+    tifffile.imwrite(workspace / "in" / "lattice.tif", stack, photometric="minisblack")
+    res = _cli(workspace)  # an untrained model: its output has nothing to do with the counts
+    assert res.returncode == 0, res.stderr
+    check = json.loads((workspace / "out" / "lattice.tif.json").read_text())["consistency"]
+    assert len(check["frames"]) == 2 and check["max_deviation"] == 0.07
+    assert check["inconsistent"] and check["inconsistent_frames"] == [0, 1]
+    warnings = [line for line in res.stderr.splitlines() if "inconsistent with its input" in line]
+    assert len(warnings) == 1 and str(workspace / "in" / "lattice.tif") in warnings[0]
+    res = _cli(workspace, "--set", "denoise.max_deviation=0", "--set", "denoise.tile_overlap=8")
+    assert res.returncode == 0 and "inconsistent" not in res.stderr
+    assert "consistency" not in json.loads((workspace / "out" / "lattice.tif.json").read_text())

@@ -19,6 +19,8 @@ import pytest
 import torch
 import yaml
 from matplotlib import image as mpimg
+from noisy_images import lattice_split
+from support import write_split
 
 from emdenoise import cli, params
 from emdenoise.data import synthetic
@@ -372,3 +374,33 @@ def test_shipped_study_parameters_validate(name):
         n = p.download.train_images
         n_train = n - min(max(math.floor(p.preprocess.val_fraction * n + 0.5), 1), n - 1)
         assert max(sizes) <= n_train
+
+
+@pytest.mark.slow
+def test_the_generalisation_split_and_the_structure_metrics_enter_the_study(tmp_path, data_dir):
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    noisy, clean, dose, atoms = lattice_split(np.random.default_rng(0), 2, 32, 6.0, "square", 40.0, 0.2)
+    write_split(data / "generalisation.h5", noisy, clean, dose, atoms)
+    study = {**STUDY, "models": ["dncnn"], "train_sizes": [6], "baselines": ["gaussian", "flat_gaussian"]}
+    code, log = run_study(tmp_path, data, tmp_path / "study", study)
+    assert code == 0, log
+    summary = json.loads((tmp_path / "study" / "study.json").read_text())
+    gen = summary["generalisation"]
+    assert (
+        gen["n_images"] == 2
+        and gen["has_atoms"]
+        and set(gen["methods"])
+        == {
+            "noisy",
+            "gaussian",
+            "flat_gaussian",
+            "dncnn",
+        }
+    )
+    assert gen["methods"]["dncnn"]["atoms"]["atoms"] > 0
+    strongest = summary["at_largest_size"]["strongest_classical"]
+    assert strongest["name"] in ("gaussian", "flat_gaussian") and "dncnn" in strongest["margins"]
+    assert "band_psnr_mean" in summary["cells"][0]["test"] and "generalisation" in summary["cells"][0]
+    text = (tmp_path / "study" / "report.md").read_text()
+    assert f"Strongest classical row: **{strongest['name']}**" in text and "## Generalisation (2 images" in text

@@ -10,8 +10,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from noisy_images import make_data_dir
-from support import write_split
+from noisy_images import make_data_dir, make_lattice_data_dir
+from support import save_model, write_split
 
 from emdenoise import cli
 from emdenoise.engine import baselines
@@ -99,7 +99,14 @@ def test_test_task_with_baselines_only_writes_every_output(tmp_path):
 
     with open(out / "per_image.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["index", "dose", "method", "psnr", "ssim", "mse"]
+    assert list(rows[0]) == ["index", "dose", "method", "psnr", "ssim", "mse"] + [
+        "band_psnr",
+        "frc_px",
+        "deviation",
+        "inconsistent",
+        "split",
+    ]
+    assert {r_["split"] for r_ in rows} == {"test"}
     assert len(rows) == 6 * 3
     noisy_csv = [float(r_["psnr"]) for r_ in rows if r_["method"] == "noisy"]
     np.testing.assert_allclose(noisy_csv, expected, atol=1e-4)
@@ -212,3 +219,35 @@ def test_the_test_task_scores_a_saved_model(tmp_path):
     )
     assert code == 0, log.read_text()
     assert not (out / "comparison.png").exists() and (out / "psnr_bar.png").exists()
+
+
+def test_structure_metrics_atoms_margins_and_the_generalisation_split(tmp_path):
+    data_dir = make_lattice_data_dir(tmp_path / "data")
+    save_model(tmp_path / "models", "sciml_ae")  # untrained: a deep row to state a margin for
+    code, out, log = run_test_task(
+        tmp_path, data_dir, baselines=["gaussian", "bragg"], device="cpu", precision="fp32", figure_images=0
+    )
+    assert code == 0, log.read_text()
+    metrics = json.loads((out / "test_metrics.json").read_text())
+    assert metrics["has_atoms"] and metrics["pixel_size_angstrom"] == pytest.approx(0.2)
+    for part in (metrics, metrics["generalisation"]):
+        rows = part["methods"]
+        assert set(rows) == {"noisy", "gaussian", "bragg", "sciml_ae"}
+        for row in rows.values():
+            if row["frc_resolution_px"] is not None:  # None: not even the first ring resolved
+                assert row["frc_resolution_angstrom"] == pytest.approx(row["frc_resolution_px"] * 0.2)
+            assert 0 <= row["atoms"]["recall"] <= 1 and row["atoms"]["vacancies"] > 0
+            assert row["deviation_mean"] >= 0 and 0 <= row["inconsistent_fraction"] <= 1
+        strongest = part["strongest_classical"]
+        assert strongest["name"] == max(["gaussian", "bragg"], key=lambda n: rows[n]["psnr_mean"])
+        margin = strongest["margins"]["sciml_ae"]
+        assert margin["psnr"] == pytest.approx(rows["sciml_ae"]["psnr_mean"] - rows[strongest["name"]]["psnr_mean"])
+    assert metrics["generalisation"]["n_images"] == 2
+    assert metrics["methods"]["bragg"]["frc_resolution_px"] is not None
+    assert metrics["methods"]["bragg"]["atoms"]["f1"] > metrics["methods"]["noisy"]["atoms"]["f1"]
+    with open(out / "per_image.csv", newline="") as fh:
+        splits = [r["split"] for r in csv.DictReader(fh)]
+    assert splits.count("test") == 3 * 4 and splits.count("generalisation") == 2 * 4
+    report = (out / "results.md").read_text()
+    assert f"Strongest classical row: **{metrics['strongest_classical']['name']}**" in report
+    assert "## Generalisation (2 images" in report and "atom F1" in report
