@@ -197,8 +197,8 @@ class DownloadParams(Section):
     source: str = param(
         "str",
         "synthetic",
-        "where the data come from: synthetic, stfc, osn, minibatch, an "
-        "http(s):// or s3:// URL, or a local folder or .zip in the em_graphene_sim layout",
+        "where the data come from: synthetic, abtem (multislice, pip install 'emdenoise[abtem]'), stfc, osn, "
+        "minibatch, an http(s):// or s3:// URL, or a local folder or .zip in the em_graphene_sim layout",
         check=_source_check,
     )
     seed: int = param("int", 0, "synthetic: random seed (same seed, same bytes)", min=0, max=MAX_SEED)
@@ -229,6 +229,19 @@ class DownloadParams(Section):
     )
     generalisation_optics: str = param(
         "str", "mixed", "synthetic: the microscope of the generalisation/ split", choices=_optics_regimes
+    )
+    structure: str = param(
+        "str",
+        "none",
+        "abtem: a structure file ASE reads (CIF, extxyz, POSCAR ...), seen along z and repeated over the field, "
+        "instead of the scenes of download.material (none: the scenes)",
+    )
+    abtem_oversampling: int = param(
+        "int",
+        2,
+        "abtem: abTEM's grid is this many times finer than the image (1: 10-15x faster, less exact)",
+        min=1,
+        max=4,
     )
     workers: int = param(
         "int", 0, "synthetic: worker processes (0: one per core); never changes the output", min=0, max=256
