@@ -33,6 +33,7 @@ plans may differ between runs), no lazy dask graphs, dask's synchronous schedule
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from scipy import fft as sfft
 from emdenoise.data import physics
 from emdenoise.data.scenes import MATERIALS, Scene
 from emdenoise.errors import InputError
+from emdenoise.outputs import sha256_file
 
 INSTALL_HINT = "pip install 'emdenoise[abtem]'"
 SLICE_THICKNESS_ANGSTROM = 1.0
@@ -272,6 +274,12 @@ def read_structure(path: str | Path, where: Any = "parameters") -> Structure:
     return Structure(path, lattice_yx, yx, pos[:, 2] - pos[:, 2].mean(), numbers.astype(np.uint8))
 
 
+@functools.lru_cache(maxsize=4)
+def cached_structure(path: str) -> Structure:
+    """:func:`read_structure` once per process (the workers read the file the parent checked)."""
+    return read_structure(path)
+
+
 def _nearest_column(yx: np.ndarray, lattice_yx: np.ndarray) -> float:
     """Shortest projected distance between two distinct columns of a periodic crystal (inf: one column)."""
     shifts = np.array([[i, j] for i in (-1, 0, 1) for j in (-1, 0, 1)], np.float64) @ lattice_yx
@@ -371,3 +379,29 @@ def check_material(material: str, max_pixel_size: float, where: Any, field: str)
     """The largest pixel size the generator may draw must resolve ``material``."""
     mat = MATERIALS[material]
     check_sampling(max_pixel_size, mat.nearest_neighbour, material, where, field)
+
+
+def settings(params: Any, where: Any = "parameters") -> dict:
+    """Check the download parameters of an abtem run before anything is made, and return what identifies it
+    beyond the generator's own settings: ``structure`` (the resolved path, or ``none``), ``structure_sha256``,
+    ``abtem_oversampling`` and ``abtem_version``.
+
+    A missing abTEM, an unreadable structure file or a largest pixel size (``download.pixel_size_max``) that
+    aliases the specimen (the structure's, or those of ``download.material`` and, with a generalisation split,
+    ``download.generalisation_material``) are one-line :class:`InputError`.
+    """
+    abtem = require(where)
+    out: dict[str, Any] = {"structure": "none", "structure_sha256": None}
+    if params.structure != "none":
+        structure = read_structure(params.structure, where)
+        check_sampling(
+            params.pixel_size_max, structure.nearest_column, structure.name, where, "download.pixel_size_max"
+        )
+        out["structure"] = str(structure.path.resolve())
+        out["structure_sha256"] = sha256_file(structure.path)
+    else:
+        check_material(params.material, params.pixel_size_max, where, "download.pixel_size_max")
+    if params.generalisation_count > 0:
+        check_material(params.generalisation_material, params.pixel_size_max, where, "download.pixel_size_max")
+    out.update(abtem_oversampling=int(params.abtem_oversampling), abtem_version=str(abtem.__version__))
+    return out
