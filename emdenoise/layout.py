@@ -9,10 +9,16 @@ Raw (what ``download`` writes and ``preprocess`` reads; the public dataset's own
       test/graphene_img_clean.h5
       inference/raw/*.tif           optional, single-channel noisy images
       inference/truth/*.tif         optional, matching clean images (same file names)
+      generalisation/...            optional, the same two files (another material or other optics)
       MANIFEST.json                 written by download: source, keys, sizes, checksums, time
 
-    The synthetic generator also stores the dose of each image (electrons per pixel at the beam centre) as
-    the attribute "dose" (float32 array of length N) on the noisy "images" dataset.
+    The synthetic generator also stores per-image attributes (float32 arrays of length N) on the noisy
+    "images" dataset: "dose" (electrons per pixel at the beam centre), "pixel_size" (A/px), "voltage_kv",
+    "defocus_angstrom", "cs_mm" (and more optics, see emdenoise.data.synthetic), the file attribute
+    "material" on both files, and the true atom columns as four datasets of the clean file:
+    "atom_offsets" int64 (N+1,) (image i's columns are rows atom_offsets[i]:atom_offsets[i+1]),
+    "atom_yx" float32 (M, 2) (row, col) pixels, pixel centres at integer coordinates, "atom_vacant" uint8
+    (M,) (1: a lattice site whose atoms were removed) and "atom_z" uint8 (M,) (atomic number).
 
 Processed (what ``preprocess`` writes and ``train``/``test`` read)::
 
@@ -21,6 +27,9 @@ Processed (what ``preprocess`` writes and ``train``/``test`` read)::
                                     no compression; optional "dose": float32 (N,); optional "index": int64 (N,),
                                     the row in the raw file each pair came from
       inference.h5                  optional, same datasets, from inference/raw + inference/truth
+      generalisation.h5             optional, like test.h5, from raw generalisation/
+                                    (every split: optional "pixel_size" float32 (N,) and the four atom
+                                    datasets re-based to the split's rows, when the raw files carry them)
       dataset_card.json             see DATASET_CARD_KEYS
 
 Models (what ``train`` writes and ``test``, ``denoise`` and ``study`` read)::
@@ -39,6 +48,7 @@ from pathlib import Path
 from emdenoise.errors import InputError
 
 RAW_SPLITS = ("train", "test")
+GENERALISATION_SPLIT = "generalisation"  # an optional raw split (same two files), processed like test
 RAW_FILES = {"noisy": "graphene_img_noise.h5", "clean": "graphene_img_clean.h5"}
 RAW_DATASET = "images"
 MANIFEST = "MANIFEST.json"
@@ -57,6 +67,8 @@ CARD = "dataset_card.json"
 #   data_range_definition  a sentence saying so
 #   has_dose        whether the splits carry a "dose" dataset
 #   source          the raw MANIFEST's source (or null)
+#   pixel_size_angstrom  the median pixel size (A/px) of the train split, or null when the raw data do not say
+#   has_atoms       whether the splits carry the true atom columns (atom_offsets, atom_yx, atom_vacant, atom_z)
 DATASET_CARD_KEYS = (
     "format",
     "image_shape",
@@ -67,6 +79,8 @@ DATASET_CARD_KEYS = (
     "data_range_definition",
     "has_dose",
     "source",
+    "pixel_size_angstrom",
+    "has_atoms",
 )
 CARD_FORMAT = "emdenoise-data/1"
 

@@ -328,6 +328,8 @@ def write_data_dir(root: Path, splits: dict[str, tuple], normalisation: dict, da
         "data_range_definition": "max - min of the clean test set",
         "has_dose": all(doses),
         "source": None,
+        "pixel_size_angstrom": None,
+        "has_atoms": False,
     }
     assert set(card) == set(DATASET_CARD_KEYS)
     write_json_atomic(root / CARD, card)

@@ -6,14 +6,18 @@ and writes to ``data_dir``:
 - ``train.h5`` and ``val.h5``: the raw training pairs split at random (``preprocess.val_fraction``,
   ``preprocess.seed``); rows in the shuffled order, so the first rows of a split are a random sample.
 - ``test.h5``: the raw test pairs, in their own order.
+- ``generalisation.h5``: the raw ``generalisation/`` pairs (another material or other optics), in their own
+  order, only when that raw folder is there (a stale one from an earlier run is removed).
 - ``inference.h5``: the TIFF pairs, sorted by file name (only when the folders are present).
 - ``dataset_card.json``: counts, value ranges, the normalisation (mean/std over the train split) and the
   fixed PSNR data range R = max - min of the clean test images.
 
 Each split file holds ``noisy`` and ``clean`` float32 (N, H, W) chunked one image per chunk, ``index`` int64
 (N,) (the row in the raw file), and ``dose`` float32 (N,) when the raw noisy datasets carry a ``dose``
-attribute. The raw files are read in blocks, so the 5 GB real set never has to fit in memory. The split files
-are sealed with their sha256 (:mod:`emdenoise.io.h5safe`).
+attribute, ``pixel_size`` float32 (N,) A/px when they carry ``pixel_size``, and the true atom columns
+``atom_offsets``, ``atom_yx``, ``atom_vacant``, ``atom_z`` re-based to the split's rows when the raw clean files
+have them (each only when every raw split has it). The raw files are read in blocks, so the 5 GB real set
+never has to fit in memory. The split files are sealed with their sha256 (:mod:`emdenoise.io.h5safe`).
 
 All outputs are one :class:`~emdenoise.outputs.Transaction`: staged while they are written, then committed in
 this order: the old card removed, the splits moved into place, a stale ``inference.h5`` removed, the new card
@@ -36,10 +40,18 @@ import numpy as np
 
 from emdenoise import __version__
 from emdenoise.data.manifest import recorded_source
-from emdenoise.data.raw import RawImages, find_inference_pairs, one_line, open_raw_split, read_tiff
+from emdenoise.data.raw import RawAtoms, RawImages, find_inference_pairs, one_line, open_raw_split, read_tiff
 from emdenoise.errors import InputError, RuntimeFailure
 from emdenoise.io import h5safe
-from emdenoise.layout import CARD, CARD_FORMAT, RAW_DATASET, RAW_FILES, RAW_SPLITS, SPLIT_FILE, SPLITS
+from emdenoise.layout import (
+    CARD,
+    CARD_FORMAT,
+    GENERALISATION_SPLIT,
+    RAW_DATASET,
+    RAW_FILES,
+    RAW_SPLITS,
+    SPLIT_FILE,
+)
 from emdenoise.log import progress
 from emdenoise.outputs import Transaction
 from emdenoise.params import PreprocessParams
@@ -57,17 +69,19 @@ def preprocess(raw_dir: Path, data_dir: Path, params: PreprocessParams, log) -> 
     """Write the processed layout of ``raw_dir`` into ``data_dir`` (both folders exist); return the card."""
     with contextlib.ExitStack() as inputs:
         files: dict[str, RawImages] = {}
-        for split in RAW_SPLITS:
+        # The optional generalisation/ split (both files there) goes through like test/.
+        raw_splits = RAW_SPLITS + ((GENERALISATION_SPLIT,) if _has_raw_split(raw_dir, GENERALISATION_SPLIT) else ())
+        for split in raw_splits:
             files[f"{split}_noisy"], files[f"{split}_clean"] = open_raw_split(raw_dir, split, inputs, log)
         shape = files["train_noisy"].shape
-        test_shape = files["test_noisy"].shape
-        if test_shape != shape:
-            raise InputError.at(
-                files["test_noisy"].path,
-                RAW_DATASET,
-                f"expected {shape[0]}x{shape[1]} pixel "
-                f"images like the train split, got {test_shape[0]}x{test_shape[1]}",
-            )
+        for split in raw_splits[1:]:
+            other = files[f"{split}_noisy"].shape
+            if other != shape:
+                raise InputError.at(
+                    files[f"{split}_noisy"].path,
+                    RAW_DATASET,
+                    f"expected {shape[0]}x{shape[1]} pixel images like the train split, got {other[0]}x{other[1]}",
+                )
         n_train = files["train_noisy"].n
         if n_train < 2:
             raise InputError.at(
@@ -75,10 +89,14 @@ def preprocess(raw_dir: Path, data_dir: Path, params: PreprocessParams, log) -> 
                 RAW_DATASET,
                 "expected at least 2 training pairs, to hold out one for validation, got 1",
             )
-        doses = [files[f"{split}_noisy"].dose is not None for split in RAW_SPLITS]
+        doses = [files[f"{split}_noisy"].dose is not None for split in raw_splits]
         has_dose = all(doses)
         if any(doses) and not has_dose:
             log.warning("only some raw splits carry a 'dose' attribute; no split will carry a dose")
+        extras = Extras(
+            pixel_size=_all_or_none(files, raw_splits, "noisy", "pixel_size", log),
+            atoms=_all_or_none(files, raw_splits, "clean", "atoms", log),
+        )
         inference = find_inference_pairs(raw_dir, log)
 
         train_rows, val_rows = split_rows(n_train, params.val_fraction, params.seed)
@@ -101,17 +119,26 @@ def preprocess(raw_dir: Path, data_dir: Path, params: PreprocessParams, log) -> 
             "val": ("train", val_rows),
             "test": ("test", np.arange(files["test_noisy"].n, dtype=np.int64)),
         }
+        if GENERALISATION_SPLIT in raw_splits:
+            n_gen = files[f"{GENERALISATION_SPLIT}_noisy"].n
+            plan[GENERALISATION_SPLIT] = (GENERALISATION_SPLIT, np.arange(n_gen, dtype=np.int64))
 
         results: dict[str, SplitResult] = {}
         with Transaction() as tx:
             # The old card no longer describes what is about to be moved into place: it goes first.
             tx.remove(data_dir / CARD)
-            for name in SPLITS:
+            for name in plan:
                 raw_split, rows = plan[name]
                 with tx.writing(data_dir / SPLIT_FILE.format(split=name)) as tmp:
                     results[name] = write_split(
-                        tmp, name, files[f"{raw_split}_noisy"], files[f"{raw_split}_clean"], rows, has_dose
+                        tmp, name, files[f"{raw_split}_noisy"], files[f"{raw_split}_clean"], rows, has_dose, extras
                     )
+            generalisation_file = data_dir / SPLIT_FILE.format(split=GENERALISATION_SPLIT)
+            if GENERALISATION_SPLIT not in plan and generalisation_file.exists():
+                tx.remove(generalisation_file)
+                log.info(
+                    "removing %s from an earlier run: the raw data have no generalisation folder", generalisation_file
+                )
             inference_file = data_dir / SPLIT_FILE.format(split="inference")
             if inference:
                 with tx.writing(inference_file) as tmp:
@@ -128,12 +155,32 @@ def preprocess(raw_dir: Path, data_dir: Path, params: PreprocessParams, log) -> 
                     "shape": list(files[f"{split}_noisy"].ds.shape),
                     "dtype": str(files[f"{split}_noisy"].ds.dtype),
                 }
-                for split in RAW_SPLITS
+                for split in raw_splits
             }
-            card = build_card(results, shape, has_dose, recorded_source(raw_dir, log), raw, params, raw_dir)
+            card = build_card(results, shape, has_dose, recorded_source(raw_dir, log), raw, params, raw_dir, extras)
             tx.write_json(data_dir / CARD, card)  # last: the card marks the outputs complete
     _log_table(log, results)
     return card
+
+
+def _has_raw_split(raw_dir: Path, split: str) -> bool:
+    return all((raw_dir / split / name).is_file() for name in RAW_FILES.values())
+
+
+def _all_or_none(files: dict[str, RawImages], splits: tuple[str, ...], kind: str, what: str, log) -> bool:
+    """Whether every raw split's ``kind`` file carries ``what`` (pixel_size, atoms): carried only if all do."""
+    have = [getattr(files[f"{split}_{kind}"], what) is not None for split in splits]
+    if any(have) and not all(have):
+        log.warning("only some raw splits carry %s; no split will carry them", what.replace("_", " "))
+    return all(have)
+
+
+@dataclass(frozen=True)
+class Extras:
+    """The optional per-image data carried into the split files when every raw split has them."""
+
+    pixel_size: bool = False  # the noisy files' "pixel_size" attribute -> dataset "pixel_size" (N,)
+    atoms: bool = False  # the clean files' atom datasets -> the same four datasets, re-based to the split's rows
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -180,6 +227,7 @@ class SplitResult:
 
     n: int
     stats: dict[str, Stats] = field(default_factory=lambda: {"noisy": Stats(), "clean": Stats()})
+    pixel_size: np.ndarray | None = None  # float32 (n,) A/px when carried
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -217,14 +265,29 @@ def _new_split_file(path: Path, split: str, n: int, shape: tuple[int, int], with
 
 
 def write_split(
-    dest: Path, split: str, noisy: RawImages, clean: RawImages, rows: np.ndarray, with_dose: bool
+    dest: Path,
+    split: str,
+    noisy: RawImages,
+    clean: RawImages,
+    rows: np.ndarray,
+    with_dose: bool,
+    extras: Extras = Extras(),
 ) -> SplitResult:
-    """Copy the raw pairs at ``rows`` (in that order) into a new split file ``dest``, block by block."""
+    """Copy the raw pairs at ``rows`` (in that order) into a new split file ``dest``, block by block, with the
+    ``extras`` (pixel sizes, atom columns re-based to the split's rows)."""
     result = SplitResult(len(rows))
     with (
         _new_split_file(dest, split, len(rows), noisy.shape, with_dose) as fh,
         progress(total=len(rows), desc=f"preprocess {split}", unit="img") as bar,
     ):
+        try:
+            if extras.pixel_size and noisy.pixel_size is not None:
+                result.pixel_size = noisy.pixel_size[rows]
+                fh.create_dataset("pixel_size", data=result.pixel_size)
+            if extras.atoms and clean.atoms is not None:
+                _write_atoms(fh, clean.atoms.take(rows))
+        except OSError as exc:
+            raise RuntimeFailure(f"{dest}: cannot write the {split} split ({one_line(exc)})") from None
         block_images = max(1, BLOCK_PIXELS // math.prod(noisy.shape))
         for start in range(0, len(rows), block_images):
             block_rows = rows[start : start + block_images]
@@ -241,6 +304,12 @@ def write_split(
                 raise RuntimeFailure(f"{dest}: cannot write the {split} split ({one_line(exc)})") from None
             bar.update(len(block_rows))
     return result
+
+
+def _write_atoms(fh: h5py.File, atoms: RawAtoms) -> None:
+    fh.create_dataset("atom_offsets", data=atoms.offsets)
+    for name, data in (("atom_yx", atoms.yx), ("atom_vacant", atoms.vacant), ("atom_z", atoms.z)):
+        fh.create_dataset(name, data=data, chunks=True if len(data) else None)
 
 
 def write_inference(dest: Path, pairs: list[tuple[str, Path, Path]], shape: tuple[int, int]) -> SplitResult:
@@ -273,9 +342,11 @@ def build_card(
     raw: dict,
     section: PreprocessParams,
     raw_dir: Path,
+    extras: Extras = Extras(),
 ) -> dict:
     """The dataset card: the keys of layout.DATASET_CARD_KEYS first, then provenance."""
     train = results["train"].stats
+    pixel = results["train"].pixel_size
     return {
         "format": CARD_FORMAT,
         "image_shape": list(shape),
@@ -286,6 +357,8 @@ def build_card(
         "data_range_definition": DATA_RANGE_DEFINITION,
         "has_dose": has_dose,
         "source": source,
+        "pixel_size_angstrom": float(np.median(pixel)) if pixel is not None and len(pixel) else None,
+        "has_atoms": extras.atoms,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "emdenoise_version": __version__,
         "preprocess": {

@@ -3,7 +3,8 @@
 - :func:`find_layout_root` / :func:`check_raw_layout`: where the layout sits among a download's paths, and
   whether ``raw_data_dir`` holds it;
 - :func:`open_raw_split`: the noisy and clean ``images`` of one raw split, open and cross-checked
-  (:class:`RawImages` reads them in blocks, refusing NaN or infinite pixels);
+  (:class:`RawImages` reads them in blocks, refusing NaN or infinite pixels), with the optional per-image
+  ``dose`` and ``pixel_size`` attributes and the true atom columns of a clean file (:class:`RawAtoms`);
 - :func:`find_inference_pairs` / :func:`read_tiff`: the optional ``inference/raw`` + ``inference/truth`` TIFFs.
 
 Every problem is a one-line :class:`~emdenoise.errors.InputError` naming the file, the dataset and what was
@@ -90,6 +91,8 @@ class RawImages:
     n: int
     shape: tuple[int, int]
     dose: np.ndarray | None  # float32 (n,), from the dataset's "dose" attribute, when valid
+    pixel_size: np.ndarray | None = None  # float32 (n,) A/px, from the "pixel_size" attribute, when valid
+    atoms: RawAtoms | None = None  # the true atom columns (clean files of the synthetic generator), when valid
 
     def read(self, rows: np.ndarray) -> np.ndarray:
         """Images at the raw ``rows`` (any order, no repeats) as float32 (len(rows), H, W), in ``rows`` order."""
@@ -122,6 +125,51 @@ class RawImages:
                 f"expected finite pixel values (as float32), got {count} NaN or infinite pixel(s)",
             )
         return block
+
+
+@dataclass
+class RawAtoms:
+    """The true atom columns of a raw clean file (layout contract: ``atom_offsets`` (N+1,), ``atom_yx`` (M, 2),
+    ``atom_vacant`` and ``atom_z`` (M,)), read whole."""
+
+    offsets: np.ndarray  # int64 (N+1,)
+    yx: np.ndarray  # float32 (M, 2)
+    vacant: np.ndarray  # uint8 (M,)
+    z: np.ndarray  # uint8 (M,)
+
+    def take(self, rows: np.ndarray) -> RawAtoms:
+        """The columns of images ``rows`` (in that order), re-based: image j of the result is raw image rows[j]."""
+        counts = self.offsets[rows + 1] - self.offsets[rows]
+        offsets = np.zeros(len(rows) + 1, np.int64)
+        offsets[1:] = np.cumsum(counts)
+        index = np.repeat(self.offsets[rows] - offsets[:-1], counts) + np.arange(offsets[-1])
+        return RawAtoms(offsets, self.yx[index], self.vacant[index], self.z[index])
+
+
+ATOM_DATASETS = ("atom_offsets", "atom_yx", "atom_vacant", "atom_z")
+
+
+def read_atoms(fh: h5py.File, path: Path, n: int, log) -> RawAtoms | None:
+    """The atom datasets of a clean file when all four are there and consistent with ``n`` images; else None."""
+    if not all(name in fh for name in ATOM_DATASETS):
+        return None
+    try:
+        offsets, yx, vacant, z = (np.asarray(fh[name][()]) for name in ATOM_DATASETS)
+    except (OSError, RuntimeError, TypeError, ValueError, KeyError) as exc:
+        log.warning("%s: ignoring the unreadable atom datasets (%s)", path, one_line(exc))
+        return None
+    m = int(offsets[-1]) if offsets.ndim == 1 and len(offsets) else -1
+    problem = None
+    if offsets.dtype.kind not in "iu" or offsets.shape != (n + 1,) or offsets[0] != 0 or (np.diff(offsets) < 0).any():
+        problem = f"atom_offsets: expected {n + 1} non-decreasing integers from 0, got {offsets.dtype} {offsets.shape}"
+    elif yx.dtype.kind != "f" or yx.shape != (m, 2) or not np.isfinite(yx).all():
+        problem = f"atom_yx: expected {m} finite (row, col) pairs, got {yx.dtype} {yx.shape}"
+    elif vacant.shape != (m,) or z.shape != (m,) or vacant.dtype.kind not in "iub" or z.dtype.kind not in "iu":
+        problem = f"atom_vacant, atom_z: expected {m} integers each, got {vacant.shape} and {z.shape}"
+    if problem:
+        log.warning("%s: ignoring the atom datasets: %s", path, problem)
+        return None
+    return RawAtoms(offsets.astype(np.int64), yx.astype(np.float32), vacant.astype(np.uint8), z.astype(np.uint8))
 
 
 def open_raw_images(path: Path, stack: contextlib.ExitStack, log) -> RawImages:
@@ -160,29 +208,50 @@ def open_raw_images(path: Path, stack: contextlib.ExitStack, log) -> RawImages:
     if shape[1] == 0 or shape[2] == 0:
         raise InputError.at(path, RAW_DATASET, f"expected images at least 1x1 pixels, got shape {shape}")
     check_frame_pixels(path, RAW_DATASET, shape[1], shape[2])
-    return RawImages(path, obj, shape[0], (shape[1], shape[2]), read_dose(obj, path, shape[0], log))
+    return RawImages(
+        path,
+        obj,
+        shape[0],
+        (shape[1], shape[2]),
+        read_dose(obj, path, shape[0], log),
+        pixel_size=read_per_image(obj, "pixel_size", path, shape[0], log, positive=True),
+        atoms=read_atoms(fh, path, shape[0], log),
+    )
+
+
+def read_per_image(ds: h5py.Dataset, name: str, path: Path, n: int, log, positive: bool = False) -> np.ndarray | None:
+    """The per-image attribute ``name`` when it is a finite numeric array of length n (``positive``: and > 0),
+    as float32; otherwise None (with a warning when it is there but unusable)."""
+    try:
+        if name not in ds.attrs:
+            return None
+        values = np.asarray(ds.attrs[name])
+    except (OSError, RuntimeError, TypeError, ValueError) as exc:
+        log.warning("%s: %s: ignoring the unreadable %r attribute (%s)", path, RAW_DATASET, name, one_line(exc))
+        return None
+    if (
+        values.dtype.kind not in "fiu"
+        or values.shape != (n,)
+        or not np.isfinite(values).all()
+        or (positive and not (values > 0).all())
+    ):
+        log.warning(
+            "%s: %s: ignoring the %r attribute: expected %d finite%s numbers, got %s of shape %s",
+            path,
+            RAW_DATASET,
+            name,
+            n,
+            " positive" if positive else "",
+            values.dtype,
+            values.shape,
+        )
+        return None
+    return values.astype(np.float32)
 
 
 def read_dose(ds: h5py.Dataset, path: Path, n: int, log) -> np.ndarray | None:
     """The per-image ``dose`` attribute when it is a finite numeric array of length n; otherwise None."""
-    try:
-        if "dose" not in ds.attrs:
-            return None
-        dose = np.asarray(ds.attrs["dose"])
-    except (OSError, RuntimeError, TypeError, ValueError) as exc:
-        log.warning("%s: %s: ignoring the unreadable 'dose' attribute (%s)", path, RAW_DATASET, one_line(exc))
-        return None
-    if dose.dtype.kind not in "fiu" or dose.shape != (n,) or not np.isfinite(dose).all():
-        log.warning(
-            "%s: %s: ignoring the 'dose' attribute: expected %d finite numbers, got %s of shape %s",
-            path,
-            RAW_DATASET,
-            n,
-            dose.dtype,
-            dose.shape,
-        )
-        return None
-    return dose.astype(np.float32)
+    return read_per_image(ds, "dose", path, n, log)
 
 
 def open_raw_split(raw_dir: Path, split: str, stack: contextlib.ExitStack, log) -> tuple[RawImages, RawImages]:

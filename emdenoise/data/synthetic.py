@@ -41,6 +41,7 @@ Run ``python -m emdenoise.data.synthetic [N] [WORKERS]`` to measure pairs/s.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import math
@@ -62,13 +63,12 @@ except ImportError:  # optional: without it BLAS may start threads (much slower 
     ThreadpoolController = None
 
 from emdenoise.data import physics, scenes
-from emdenoise.layout import RAW_DATASET, RAW_FILES
+from emdenoise.layout import GENERALISATION_SPLIT, RAW_DATASET, RAW_FILES
 from emdenoise.log import progress
 from emdenoise.outputs import Transaction, atomic_path
 
 GENERATOR_VERSION = "2"  # 1: the plane-wave cartoon (removed); 2: atoms, projected potential, lens, detector
 
-GENERALISATION_SPLIT = "generalisation"
 RENDERERS = ("fast", "abtem")  # clean_image's image formation: physics.py, or abTEM's multislice
 SPLIT_KEYS = {"train": 0, "test": 1, GENERALISATION_SPLIT: 2}
 SCENES = ("random", "lattice", "vacuum", "amorphous")
@@ -274,15 +274,10 @@ def clean_image(
     inside = np.all((yx >= -0.5) & (yx < image_size - 0.5), axis=1)
     info = {k: v for k, v in specimen.info.items() if k not in ("material", "kind", "heights_A")}
     info["vacancies"] = int(specimen.columns_vacant[inside].sum())  # in the image, not the margin
+    info.update(dataclasses.asdict(optics))  # voltage_kv, defocus_angstrom, cs_mm, focal_spread_angstrom, ...
     info.update(
         material=material,
         pixel_size=pixel,
-        voltage_kv=optics.voltage_kv,
-        defocus_angstrom=optics.defocus_angstrom,
-        cs_mm=optics.cs_mm,
-        focal_spread_angstrom=optics.focal_spread_angstrom,
-        convergence_mrad=optics.convergence_mrad,
-        aperture_mrad=optics.aperture_mrad,
         detector_blur_px=blur,
         margin_px=margin,
         atoms={
@@ -302,43 +297,22 @@ def make_pair(
     dose_min: float = 5.0,
     dose_max: float = 100.0,
     dead_pixel_fraction: float = 0.001,
-    material: str = "graphene",
-    optics_regime: str = "mixed",
-    pixel_size_min: float = 0.12,
-    pixel_size_max: float = 0.3,
-    scene: str = "random",
     dose: float | None = None,
     beam_center_yx=None,
     beam_sigma: float | None = None,
-    optics: physics.Optics | None = None,
-    pixel_size: float | None = None,
-    renderer: str = "fast",
-    structure: str = "none",
-    oversampling: int = 2,
+    **image: Any,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """One (noisy, clean, info) pair, float32 (image_size, image_size).
 
-    ``rng``: a Generator, SeedSequence or int. ``dose``, ``beam_center_yx``, ``beam_sigma``, ``optics`` and
-    ``pixel_size`` fix those values instead of drawing them (the draws still happen, so the rest of the pair
-    does not change). ``info`` holds what :func:`clean_image` describes plus ``dose``, ``beam_center_yx``,
-    ``beam_sigma`` and ``dead_pixels`` (their count). ``renderer``, ``structure``, ``oversampling``: see
-    :func:`clean_image`.
+    ``rng``: a Generator, SeedSequence or int. ``image``: the keywords of :func:`clean_image` (``material``,
+    ``optics_regime``, ``pixel_size_min``, ``pixel_size_max``, ``scene``, ``optics``, ``pixel_size``,
+    ``renderer``, ``structure``, ``oversampling``).
+    ``dose``, ``beam_center_yx`` and ``beam_sigma`` fix those values instead of drawing them (the draws still
+    happen, so the rest of the pair does not change). ``info`` holds what :func:`clean_image` describes plus
+    ``dose``, ``beam_center_yx``, ``beam_sigma`` and ``dead_pixels`` (their count).
     """
     rng = as_rng(rng)
-    clean, info = clean_image(
-        rng,
-        image_size,
-        material=material,
-        optics_regime=optics_regime,
-        pixel_size_min=pixel_size_min,
-        pixel_size_max=pixel_size_max,
-        scene=scene,
-        optics=optics,
-        pixel_size=pixel_size,
-        renderer=renderer,
-        structure=structure,
-        oversampling=oversampling,
-    )
+    clean, info = clean_image(rng, image_size, **image)
     drawn_dose = draw_dose(rng, dose_min, dose_max)
     drawn_center, drawn_sigma = draw_beam(rng, image_size)
     dose = drawn_dose if dose is None else float(dose)

@@ -433,6 +433,61 @@ def test_synthetic_dataset(env):
     )
 
 
+def test_synthetic_atoms_pixel_size_and_generalisation_split_are_carried(env):
+    synthetic = pytest.importorskip("emdenoise.data.synthetic")
+    synthetic.write_dataset(
+        env["raw"], seed=2, train_images=6, test_images=2, image_size=48, generalisation_count=3, workers=1
+    )
+    assert run_preprocess(env) == 0
+    card = load_card(env["data"])
+    assert card["has_atoms"] is True
+    assert card["splits"]["generalisation"] == {"file": "generalisation.h5", "n": 3}
+    raw = {}
+    for split in ("train", "generalisation"):
+        with (
+            h5py.File(env["raw"] / split / RAW_FILES["noisy"], "r") as fn,
+            h5py.File(env["raw"] / split / RAW_FILES["clean"], "r") as fc,
+        ):
+            raw[split] = {
+                "pixel_size": fn["images"].attrs["pixel_size"],
+                **{name: fc[name][()] for name in ("atom_offsets", "atom_yx", "atom_vacant", "atom_z")},
+            }
+    assert card["pixel_size_angstrom"] == pytest.approx(
+        float(np.median(raw["train"]["pixel_size"][load_split_index(env["data"], "train")])), rel=1e-6
+    )
+    for name, split in (("train", "train"), ("val", "train"), ("generalisation", "generalisation")):
+        with h5py.File(env["data"] / f"{name}.h5", "r") as fh:
+            index = fh["index"][()]
+            np.testing.assert_array_equal(fh["pixel_size"][()], raw[split]["pixel_size"][index])
+            offsets = fh["atom_offsets"][()]
+            assert offsets[0] == 0 and len(offsets) == len(index) + 1
+            r = raw[split]
+            for j, i in enumerate(index):  # image j of the split is raw image i: the same columns
+                mine, theirs = slice(offsets[j], offsets[j + 1]), slice(r["atom_offsets"][i], r["atom_offsets"][i + 1])
+                for key in ("atom_yx", "atom_vacant", "atom_z"):
+                    np.testing.assert_array_equal(fh[key][mine], r[key][theirs])
+    # Without the raw generalisation folder, the processed one from before is stale and goes.
+    for name in RAW_FILES.values():
+        (env["raw"] / "generalisation" / name).unlink()
+    assert run_preprocess(env) == 0
+    assert "generalisation" not in load_card(env["data"])["splits"]
+    assert not (env["data"] / "generalisation.h5").exists()
+
+
+def load_split_index(data_dir: Path, split: str) -> np.ndarray:
+    with h5py.File(data_dir / f"{split}.h5", "r") as fh:
+        return fh["index"][()]
+
+
+def test_splits_without_atoms_or_pixel_size_say_so(env):
+    make_raw(env["raw"], n_train=6, n_test=3)
+    assert run_preprocess(env) == 0
+    card = load_card(env["data"])
+    assert card["has_atoms"] is False and card["pixel_size_angstrom"] is None
+    with h5py.File(env["data"] / "train.h5", "r") as fh:
+        assert "pixel_size" not in fh and "atom_offsets" not in fh
+
+
 def test_the_old_card_goes_first_and_the_new_card_is_moved_into_place_last(env, capsys, monkeypatch):
     make_raw(env["raw"], n_train=6, n_test=3)
     assert run_preprocess(env) == 0
