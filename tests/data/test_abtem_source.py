@@ -233,3 +233,11 @@ def test_download_without_abtem_names_the_extra(tmp_path, capsys, monkeypatch):
     paths = task_paths(tmp_path, "download")
     code, err = run_here(capsys, "download", paths, *SMALL)
     one_error(code, err, 2, "download.source", "pip install 'emdenoise[abtem]'")
+
+
+@pytest.mark.slow
+def test_abtem_files_are_the_same_bytes_whatever_the_worker_count(tmp_path):
+    settings = dict(seed=3, train_images=2, test_images=1, image_size=32, renderer="abtem", oversampling=1)
+    written = [synthetic.write_dataset(tmp_path / f"w{w}", **settings, workers=w) for w in (1, 2)]
+    for one, two in zip(*written):
+        assert one.read_bytes() == two.read_bytes(), one
