@@ -261,6 +261,11 @@ class DownloadParams(Section):
     def check(self) -> None:
         if self.dose_min > self.dose_max:
             raise self.error("dose_min", f"expected <= download.dose_max ({self.dose_max}), got {self.dose_min}")
+        if self.structure != "none" and self.source != "abtem":
+            raise self.error(
+                "structure",
+                f"expected none unless download.source is abtem (it is {self.source!r}), got {self.structure!r}",
+            )
         if self.pixel_size_min > self.pixel_size_max:
             raise self.error(
                 "pixel_size_min",

@@ -227,6 +227,12 @@ def test_bad_abtem_settings_stop_before_anything_is_written(tmp_path, capsys, se
     assert not any(p.is_file() for p in paths["raw_data_dir"].rglob("*"))
 
 
+def test_a_structure_needs_the_abtem_source(tmp_path, capsys):
+    paths = task_paths(tmp_path, "download")
+    code, err = run_here(capsys, "download", paths, "download.source=synthetic", "download.structure=g.cif")
+    one_error(code, err, 2, "download.structure", "unless download.source is abtem")
+
+
 def test_download_without_abtem_names_the_extra(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(abtem_source, "_ABTEM", None)
     monkeypatch.setitem(sys.modules, "abtem", None)
