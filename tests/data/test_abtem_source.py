@@ -67,11 +67,13 @@ def test_missing_abtem_is_one_line_naming_the_install(monkeypatch):
 
 # -- the cross-check ------------------------------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("optics", [CORRECTED, UNCORRECTED], ids=["80kV-corrected", "300kV-uncorrected"])
-def test_abtem_and_the_fast_generator_agree_on_a_graphene_lattice(optics):
+@pytest.mark.parametrize(
+    "optics,size", [(CORRECTED, 128), (UNCORRECTED, 96)], ids=["80kV-corrected-128px", "300kV-uncorrected-96px"]
+)
+def test_abtem_and_the_fast_generator_agree_on_a_graphene_lattice(optics, size):
     """Same atoms, same optics: mean and standard deviation of the clean image, and the ratio of first- to
-    second-order lattice peaks, within the stated tolerances."""
-    scene = scenes.draw_scene(np.random.default_rng(3), 128, 0.15, "graphene", kind="lattice")
+    second-order lattice peaks, within the stated tolerances (96 px: a size where fftfreq(n) * n is inexact)."""
+    scene = scenes.draw_scene(np.random.default_rng(3), size, 0.15, "graphene", kind="lattice")
     multislice, fast = both(scene, optics)
     assert abs(multislice.mean() - fast.mean()) <= MEAN_ATOL
     assert fast.std() > 0.01  # weak-phase contrast of a few per cent: there is something to compare
