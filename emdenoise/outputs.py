@@ -44,6 +44,8 @@ TEMPORARY_NAMES = {
     "keep finished files)",
     "<file>.part": "download: resumed by the next download (emdenoise.data.fetch)",
     ".extract-XXXXXXXX/": "download: a zip being extracted (in raw_data_dir); removed by the next download",
+    ".abtem-chunks/": "download (abtem): finished chunks of an interrupted run, reused by the next one with the "
+    "same settings, removed once a run succeeds",
 }
 
 # mkstemp creates files readable by their owner only; give finished files the usual mode instead.

@@ -199,9 +199,9 @@ class DownloadParams(Section):
     source: str = param(
         "str",
         "synthetic",
-        "where the data come from: synthetic, stfc, osn, minibatch, an "
-        "http(s):// or s3:// URL, a local folder or .zip in the em_graphene_sim layout, or micrographs:PATH "
-        "(a folder or .zip of your own noisy micrographs in any format denoise reads)",
+        "where the data come from: synthetic, abtem (multislice, pip install 'emdenoise[abtem]'), stfc, osn, "
+        "minibatch, an http(s):// or s3:// URL, a local folder or .zip in the em_graphene_sim layout, or "
+        "micrographs:PATH (a folder or .zip of your own noisy micrographs in any format denoise reads)",
         check=_source_check,
     )
     seed: int = param("int", 0, "synthetic: random seed (same seed, same bytes)", min=0, max=MAX_SEED)
@@ -233,6 +233,19 @@ class DownloadParams(Section):
     generalisation_optics: str = param(
         "str", "mixed", "synthetic: the microscope of the generalisation/ split", choices=_optics_regimes
     )
+    structure: str = param(
+        "str",
+        "none",
+        "abtem: a structure file ASE reads (CIF, extxyz, POSCAR ...), seen along z and repeated over the field, "
+        "instead of the scenes of download.material (none: the scenes)",
+    )
+    abtem_oversampling: int = param(
+        "int",
+        2,
+        "abtem: abTEM's grid is this many times finer than the image (1: 10-15x faster, less exact)",
+        min=1,
+        max=4,
+    )
     workers: int = param(
         "int", 0, "synthetic: worker processes (0: one per core); never changes the output", min=0, max=256
     )
@@ -251,6 +264,11 @@ class DownloadParams(Section):
     def check(self) -> None:
         if self.dose_min > self.dose_max:
             raise self.error("dose_min", f"expected <= download.dose_max ({self.dose_max}), got {self.dose_min}")
+        if self.structure != "none" and self.source != "abtem":
+            raise self.error(
+                "structure",
+                f"expected none unless download.source is abtem (it is {self.source!r}), got {self.structure!r}",
+            )
         if self.pixel_size_min > self.pixel_size_max:
             raise self.error(
                 "pixel_size_min",

@@ -165,7 +165,7 @@ def temporaries(folder: Path) -> list[Path]:
         and (
             (p.name.startswith(".") and p.name.endswith(".tmp"))
             or p.name.endswith(".part")
-            or any(part.startswith(".extract-") for part in p.relative_to(folder).parts)
+            or any(part.startswith(".extract-") or part == ".abtem-chunks" for part in p.relative_to(folder).parts)
         )
     )
 

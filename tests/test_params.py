@@ -161,7 +161,7 @@ def test_overrides_are_typed_and_validated(tmp_path):
         ("train.epochs=0", "--set: train.epochs: expected an integer in [1, 100000], got 0"),
         (
             "download.source=stcf",
-            ("--set: download.source: expected one of synthetic, stfc, osn, minibatch (did you mean 'stfc'?), "),
+            ("--set: download.source: expected one of synthetic, abtem, stfc, osn, minibatch (did you mean 'stfc'?), "),
         ),
     ],
 )

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -63,6 +64,7 @@ GENERATOR_KEYS = (
     "generalisation_optics",
 )
 EXTRACT_PREFIX = ".extract-"
+ABTEM_CHUNKS = ".abtem-chunks"  # the finished chunks of an interrupted abtem run (removed once it succeeds)
 
 
 def download(source: Source, params: DownloadParams, raw_dir: Path, log) -> None:
@@ -78,6 +80,7 @@ def download(source: Source, params: DownloadParams, raw_dir: Path, log) -> None
     job = DownloadJob(source, params, raw_dir, log, mf.read_manifest(raw_dir, log))
     handler = {
         "synthetic": job.from_synthetic,
+        "abtem": job.from_abtem,
         "s3": job.from_s3,
         "zip_url": job.from_zip,
         "zip_file": job.from_zip,
@@ -125,6 +128,7 @@ def reserved(rel: str) -> bool:
         rel in (MANIFEST, LOCK_NAME)
         or rel.endswith(".part")
         or parts[0].startswith(EXTRACT_PREFIX)
+        or parts[0] == ABTEM_CHUNKS
         or STAGING_DIR in parts
     )
 
@@ -265,10 +269,34 @@ class DownloadJob:
         except ImportError as exc:
             raise RuntimeFailure(f"the synthetic generator cannot be loaded ({exc})") from None
         settings = {k: getattr(self.params, k) for k in GENERATOR_KEYS}
-        generator = {**settings, "generator_version": synthetic.GENERATOR_VERSION}
+        self.generate(settings, {**settings, "generator_version": synthetic.GENERATOR_VERSION}, {})
+
+    def from_abtem(self) -> None:
+        """abTEM's multislice images of the generator's specimens (:mod:`emdenoise.data.abtem_source`): the
+        settings are checked before anything is made; finished chunks are kept in ``.abtem-chunks/`` until the
+        run's files are committed, so an interrupted run resumes."""
+        from emdenoise.data import abtem_source, synthetic
+
+        settings = {k: getattr(self.params, k) for k in GENERATOR_KEYS}
+        extra = abtem_source.settings(self.params, "parameters")
+        generator = {**settings, **extra, "generator_version": synthetic.GENERATOR_VERSION}
+        key = hashlib.sha256(json.dumps(generator, sort_keys=True).encode()).hexdigest()[:16]
+        resume_dir = self.raw_dir / ABTEM_CHUNKS / key
+        for other in (self.raw_dir / ABTEM_CHUNKS).glob("*"):  # chunks of other settings are of no use
+            if other.name != key and other.is_dir() and not other.is_symlink():
+                shutil.rmtree(other, ignore_errors=True)
+        write = {"renderer": "abtem", "structure": extra["structure"], "oversampling": extra["abtem_oversampling"]}
+        self.generate(settings, generator, {**write, "resume_dir": resume_dir})
+        shutil.rmtree(self.raw_dir / ABTEM_CHUNKS, ignore_errors=True)
+
+    def generate(self, settings: dict, generator: dict, extra: dict) -> None:
+        """Write the generator's files (``synthetic.write_dataset(**settings, **extra)``) and the manifest that
+        records ``generator``; nothing to do when the manifest already records it and the files match."""
+        from emdenoise.data import synthetic
+
         if (
             self.old is not None
-            and self.old.get("kind") == "synthetic"
+            and self.old.get("kind") == self.source.kind
             and self.old.get("generator") == generator
             and self.verified(self.old["files"])
         ):
@@ -276,7 +304,7 @@ class DownloadJob:
             return
         with self.transaction() as tx:
             written = synthetic.write_dataset(
-                self.raw_dir, **settings, workers=self.params.workers, log=self.log, tx=tx
+                self.raw_dir, **settings, **extra, workers=self.params.workers, log=self.log, tx=tx
             )
             files = []
             for path in written:

@@ -289,8 +289,10 @@ def _transfer(shape: tuple[int, int], pixel_size: float, optics: Optics) -> np.n
     qy = np.arange(ny // 2 + 1) / (ny * pixel_size)
     qx = np.arange(nx // 2 + 1) / (nx * pixel_size)
     quadrant = ctf(np.sqrt(qy[:, None] ** 2 + qx[None, :] ** 2), optics).astype(np.complex64)
-    iy = np.abs(np.fft.fftfreq(ny) * ny).astype(np.int64)  # row of |ky| in the quadrant
-    ix = np.abs(np.fft.fftfreq(nx) * nx).astype(np.int64)
+    # row / column of |ky|, |kx| in the quadrant, in integers (np.abs(fftfreq(n) * n).astype(int) truncates
+    # 46.99999 to 46 for n = 96, 288, 375, 384 ...: the CTF of a wrong frequency)
+    iy = np.minimum(np.arange(ny), ny - np.arange(ny))
+    ix = np.minimum(np.arange(nx), nx - np.arange(nx))
     return quadrant[iy[:, None], ix[None, :]]
 
 

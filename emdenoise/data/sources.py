@@ -3,6 +3,8 @@
 ``download.source`` may be
 
 - ``synthetic``: the embedded generator (:mod:`emdenoise.data.synthetic`), no network;
+- ``abtem``: the same specimens (or ``download.structure``) imaged by abTEM's multislice
+  (:mod:`emdenoise.data.abtem_source`, the optional extra ``emdenoise[abtem]``), no network;
 - ``stfc`` / ``osn``: the public S3-compatible stores (bucket ``sciml-datasets``, prefix ``ms/em_graphene_sim/``);
 - ``minibatch``: the small zip of the old MLCube example;
 - ``https://host/bucket/prefix`` (path-style S3), ``s3://bucket/prefix`` (with ``download.endpoint``), or any
@@ -29,12 +31,12 @@ S3_SOURCES = {
 }
 # the small zip of the old MLCube example
 MINIBATCH_URL = "https://github.com/vibhatha/data_repo/raw/main/em_denoise/emdenoise_minibatch_v1.zip"
-# every name download.source accepts ("synthetic": the embedded generator, no network)
-NAMED_SOURCES = ("synthetic", *S3_SOURCES, "minibatch")
+# every name download.source accepts ("synthetic": the embedded generator; "abtem": multislice; no network)
+NAMED_SOURCES = ("synthetic", "abtem", *S3_SOURCES, "minibatch")
 # download.source = MICROGRAPHS_PREFIX + path: a folder or .zip of the user's own noisy micrographs
 MICROGRAPHS_PREFIX = "micrographs:"
 # the kinds of Source
-KINDS = ("synthetic", "s3", "zip_url", "zip_file", "folder")
+KINDS = ("synthetic", "abtem", "s3", "zip_url", "zip_file", "folder")
 
 
 @dataclass(frozen=True)
@@ -83,8 +85,8 @@ def parse_source(value: str, endpoint: str, where: Any = "parameters") -> Source
     def bad(expected: str) -> InputError:
         return InputError.at(where, "download.source", f"expected {expected}, got {value!r}")
 
-    if value == "synthetic":
-        return Source("synthetic", value)
+    if value in ("synthetic", "abtem"):
+        return Source(value, value)
     if value in S3_SOURCES:
         ep, bucket, prefix = S3_SOURCES[value]
         return Source("s3", value, endpoint=ep, bucket=bucket, prefix=prefix)

@@ -1,27 +1,25 @@
-"""Synthetic em_graphene_sim-like image pairs: graphene HRTEM contrast, a beam profile, shot noise, dead pixels.
+"""Synthetic em_graphene_sim-like image pairs from the physics of HRTEM: atoms, lens, detector, beam, shot noise.
 
 The real benchmark data were simulated with MULTEM from molecular-dynamics coordinates; that pipeline is not
-public. This module draws images that share the features the benchmark describes (see
-``shared/reference/dataset.md``) cheaply enough to make thousands of pairs in seconds, written in exactly the
-raw em_graphene_sim layout (:mod:`emdenoise.layout`) so that real and synthetic data go through the same code.
+public. This module simulates images the same way in spirit, cheaply enough to make thousands of pairs in a
+few minutes, written in exactly the raw em_graphene_sim layout (:mod:`emdenoise.layout`) so that real and
+synthetic data go through the same code. Generator version 2; version 1 (plane-wave fringes as amplitude
+contrast) is gone.
 
-Clean image (flat illumination, vacuum = 1.0, values of order 1, never negative)::
+Clean image (:func:`clean_image`; flat illumination, mean about 1, vacuum exactly 1)::
 
-    clean = 1 - m * T * (a0 + c(r) * s * L(r))        [ - bilayer term of the same form ]
+    atoms (scenes.draw_scene) -> V_z (physics.projected_potential) -> exp(i sigma V_z) -> lens (physics.ctf)
+        -> |psi|^2 -> detector MTF (physics.detector_mtf)
 
-- ``L``: graphene lattice contrast, the honeycomb written as plane waves: minus the sum of the three
-  first-order cosines (the 2.13 A {100} fringes, peaks on the atoms) plus a weaker sum of the three
-  second-order cosines (the 1.23 A {110} fringes), each damped by a Gaussian blur envelope, normalised to
-  |L| <= 1. Graphene: a = 2.46 A, so the {100} fringe spacing is a * sqrt(3) / 2 = 2.13 A.
-  ``PIXEL_SIZE_ANGSTROM`` = 0.19 A/px puts that fringe at 11.2 px (the published figures show about 10-12 px);
-  a per-image magnification of +-3 % keeps it within 10.9-11.6 px.
-- Several grains (soft Voronoi cells with wavy boundaries) each carry their own rotation and translation.
-- ``m``: material mask: holes (thresholded smooth random field), a vacuum edge (a rough half plane),
-  vacancies and small multi-vacancies snapped to atom sites; ``T`` a smooth thickness variation; ``c(r)`` a
-  smoothly varying contrast; ``s`` = -1 for contrast reversal (bright atoms); ``a0`` a mean absorption.
-- Some fields are empty (pure vacuum), some carry a second rotated layer (a moire patch).
+with per image a log-uniform pixel size in [pixel_size_min, pixel_size_max] A/px, optics drawn by
+:func:`emdenoise.data.physics.draw_optics` (``optics_regime``), a counting detector (pixel MTF only,
+``COUNTING_DETECTOR_FRACTION`` of the images) or a scintillator (an extra Gaussian spread of
+``SCINTILLATOR_BLUR_PX``), and a specimen of ``material`` (:data:`emdenoise.data.scenes.MATERIALS`). The field
+is simulated with a margin of :func:`delocalisation_px` (at most a quarter of the side) around the image and
+cropped, so the FFT's periodic wrap-around stays out of the image. The lattice columns inside the image are
+recorded (pixel coordinates of the image, vacancies flagged).
 
-Noisy image::
+Noisy image (:func:`add_noise`)::
 
     noisy = Poisson(dose * beam * clean) / dose,  then dead pixels set to 0
 
@@ -33,9 +31,9 @@ Determinism: image ``i`` of split ``split`` is drawn from its own generator,
 ``SeedSequence(seed, spawn_key=(SPLIT_KEYS[split], i))``, so the files are the same bytes whatever the number
 of worker processes or the chunking.
 
-Speed: everything is vectorised. A lattice, a smooth random field or a set of Gaussian spots is built as a
-product of small matrices of 1-D complex exponentials / Gaussians (separable in x and y), never per atom.
-Run ``python -m emdenoise.data.synthetic [N] [WORKERS]`` to measure pairs/s.
+Speed: FFTs on fields of about 320 x 320 (scipy.fft, one thread per worker), scenes built with vectorised
+numpy; about 17 ms of one core per 256 x 256 pair. Run ``python -m emdenoise.data.synthetic [N] [WORKERS]`` to
+measure pairs/s.
 """
 
 from __future__ import annotations
@@ -65,10 +63,11 @@ except ImportError:  # optional: without it BLAS may start threads (much slower 
 from emdenoise.data import physics, scenes
 from emdenoise.layout import GENERALISATION_SPLIT, RAW_DATASET, RAW_FILES
 from emdenoise.log import progress
-from emdenoise.outputs import Transaction
+from emdenoise.outputs import Transaction, atomic_path
 
 GENERATOR_VERSION = "2"  # 1: the plane-wave cartoon (removed); 2: atoms, projected potential, lens, detector
 
+RENDERERS = ("fast", "abtem")  # clean_image's image formation: physics.py, or abTEM's multislice
 SPLIT_KEYS = {"train": 0, "test": 1, GENERALISATION_SPLIT: 2}
 SCENES = ("random", "lattice", "vacuum", "amorphous")
 COUNTING_DETECTOR_FRACTION = 0.6  # the others: a scintillator with a Gaussian spread of SCINTILLATOR_BLUR_PX
@@ -224,6 +223,9 @@ def clean_image(
     scene: str = "random",
     optics: physics.Optics | None = None,
     pixel_size: float | None = None,
+    renderer: str = "fast",
+    structure: str = "none",
+    oversampling: int = 2,
 ) -> tuple[np.ndarray, dict]:
     """A clean image (float32, image_size x image_size, mean about 1, vacuum 1) and a dict describing it.
 
@@ -231,7 +233,10 @@ def clean_image(
     (:func:`emdenoise.data.scenes.draw_scene`, ``scene`` its kind) over the image plus a margin of
     :func:`delocalisation_px` (at most a quarter of the side) on each side, so that what the lens spreads in
     from outside the field is there; the FFT's wrap-around only reaches the margin, which is cut off. ``optics``
-    and ``pixel_size`` fix those instead of drawing them (the draws still happen).
+    and ``pixel_size`` fix those instead of drawing them (the draws still happen). ``renderer``: ``fast``
+    (:mod:`emdenoise.data.physics`) or ``abtem`` (:mod:`emdenoise.data.abtem_source`, abTEM's multislice on a grid
+    ``oversampling`` times finer); ``structure``: a structure file (:func:`~emdenoise.data.abtem_source.
+    structure_scene`) instead of the scenes of ``material`` (``none``).
 
     ``info``: ``pixel_size``, ``voltage_kv``, ``defocus_angstrom``, ``cs_mm``, ``focal_spread_angstrom``,
     ``convergence_mrad``, ``aperture_mrad``, ``detector_blur_px``, the scene's description, and ``atoms``: the
@@ -247,15 +252,25 @@ def clean_image(
     margin = min(max(delocalisation_px(optics, pixel), 4), image_size // 4)
     padded = int(sfft.next_fast_len(image_size + 2 * margin, real=True))
     margin = (padded - image_size) // 2
-    specimen = scenes.draw_scene(rng, padded, pixel, material, kind=scene)
-    potential = physics.projected_potential(specimen.atoms_yx_A, specimen.z, (padded, padded), pixel)
-    full = physics.image(potential, optics, pixel, detector_blur_px=blur)
+    if structure != "none":
+        from emdenoise.data import abtem_source
+
+        specimen = abtem_source.structure_scene(abtem_source.cached_structure(structure), padded, pixel, rng)
+    else:
+        specimen = scenes.draw_scene(rng, padded, pixel, material, kind=scene)
+    if renderer == "abtem":
+        from emdenoise.data import abtem_source
+
+        full = abtem_source.render_scene(specimen, optics, detector_blur_px=blur, oversampling=oversampling)
+    else:
+        potential = physics.projected_potential(specimen.atoms_yx_A, specimen.z, (padded, padded), pixel)
+        full = physics.image(potential, optics, pixel, detector_blur_px=blur)
     clean = np.ascontiguousarray(full[margin : margin + image_size, margin : margin + image_size])
     np.maximum(clean, 0, out=clean)
 
     yx = specimen.columns_yx_A / pixel - margin
     inside = np.all((yx >= -0.5) & (yx < image_size - 0.5), axis=1)
-    info = {k: v for k, v in specimen.info.items() if k not in ("material", "kind")}
+    info = {k: v for k, v in specimen.info.items() if k not in ("material", "kind", "heights_A")}
     info["vacancies"] = int(specimen.columns_vacant[inside].sum())  # in the image, not the margin
     info.update(dataclasses.asdict(optics))  # voltage_kv, defocus_angstrom, cs_mm, focal_spread_angstrom, ...
     info.update(
@@ -288,7 +303,8 @@ def make_pair(
     """One (noisy, clean, info) pair, float32 (image_size, image_size).
 
     ``rng``: a Generator, SeedSequence or int. ``image``: the keywords of :func:`clean_image` (``material``,
-    ``optics_regime``, ``pixel_size_min``, ``pixel_size_max``, ``scene``, ``optics``, ``pixel_size``).
+    ``optics_regime``, ``pixel_size_min``, ``pixel_size_max``, ``scene``, ``optics``, ``pixel_size``,
+    ``renderer``, ``structure``, ``oversampling``).
     ``dose``, ``beam_center_yx`` and ``beam_sigma`` fix those values instead of drawing them (the draws still
     happen, so the rest of the pair does not change). ``info`` holds what :func:`clean_image` describes plus
     ``dose``, ``beam_center_yx``, ``beam_sigma`` and ``dead_pixels`` (their count).
@@ -342,8 +358,16 @@ ATOM_UNITS = (
 
 @_one_blas_thread
 def _make_chunk(job: tuple) -> tuple[np.ndarray, np.ndarray, dict, dict]:
-    """Worker: pairs ``start .. stop-1`` of one split, stacked, plus their per-image attributes and atoms."""
-    seed, split, start, stop, kwargs = job
+    """Worker: pairs ``start .. stop-1`` of one split, stacked, plus their per-image attributes and atoms.
+
+    ``cache`` (the job's sixth item, or None): the chunk's file of a resumable run (:func:`_save_chunk`): read
+    when a finished one is there, written once the chunk is made.
+    """
+    seed, split, start, stop, kwargs, cache = job
+    if cache is not None:
+        found = _load_chunk(Path(cache))
+        if found is not None:
+            return found
     size = kwargs["image_size"]
     noisy = np.empty((stop - start, size, size), F32)
     clean = np.empty_like(noisy)
@@ -355,7 +379,38 @@ def _make_chunk(job: tuple) -> tuple[np.ndarray, np.ndarray, dict, dict]:
             attrs[name].append(info[key])
         for name, key in _ATOM_KEYS.items():
             atoms[name].append(info["atoms"][key])
+    if cache is not None:
+        _save_chunk(Path(cache), (noisy, clean, attrs, atoms))
     return noisy, clean, attrs, atoms
+
+
+def _save_chunk(path: Path, chunk: tuple) -> None:
+    """One finished chunk as a .npz of plain arrays (no pickles), written atomically: images, per-image
+    attributes (``attr:<name>``) and atom columns (``atom:<name>``, concatenated, with ``atom_counts``)."""
+    noisy, clean, attrs, atoms = chunk
+    arrays = {"noisy": noisy, "clean": clean, "atom_counts": np.array([len(z) for z in atoms["atom_z"]], np.int64)}
+    arrays.update({f"attr:{name}": np.asarray(values) for name, values in attrs.items()})
+    arrays.update({f"atom:{name}": np.concatenate(values) for name, values in atoms.items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def _load_chunk(path: Path) -> tuple | None:
+    """The chunk :func:`_save_chunk` wrote, or None when there is none (or it cannot be read: made again)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            counts = data["atom_counts"]
+            bounds = np.concatenate([[0], np.cumsum(counts)])
+            attrs = {name: data[f"attr:{name}"].tolist() for name, *_ in _PER_IMAGE_ATTRS}
+            atoms = {
+                name: [data[f"atom:{name}"][a:b] for a, b in zip(bounds[:-1], bounds[1:])] for name in ATOM_DATASETS
+            }
+            return data["noisy"], data["clean"], attrs, atoms
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _worker_count(workers: int) -> int:
@@ -393,6 +448,10 @@ def write_dataset(
     generalisation_count: int = 0,
     generalisation_material: str = "mos2",
     generalisation_optics: str = "mixed",
+    renderer: str = "fast",
+    structure: str = "none",
+    oversampling: int = 2,
+    resume_dir: Path | None = None,
     workers: int = 0,
     log=None,
     tx: Transaction | None = None,
@@ -417,6 +476,10 @@ def write_dataset(
     ``tx``: a :class:`~emdenoise.outputs.Transaction` of the caller's (download's, which commits MANIFEST.json
     after the files): the files are written into its staging and committed with it, by the caller.
     Without one the function commits its own.
+
+    ``renderer``, ``structure`` (train and test only; the generalisation split keeps its material's scenes),
+    ``oversampling``: see :func:`clean_image`. ``resume_dir``: a folder for the finished chunks of a slow
+    (abTEM) run: a rerun with the same settings makes only the chunks missing there; the caller removes it.
     """
     out_dir = Path(out_dir)
     counts = {"train": int(train_images), "test": int(test_images)}
@@ -441,7 +504,7 @@ def write_dataset(
     for name, value in (("optics", optics), ("generalisation_optics", generalisation_optics)):
         if value not in physics.REGIMES:
             raise ValueError(f"{name} must be one of {', '.join(physics.REGIMES)}, got {value!r}")
-    common = dict(
+    common: dict[str, Any] = dict(
         image_size=int(image_size),
         dose_min=float(dose_min),
         dose_max=float(dose_max),
@@ -449,6 +512,10 @@ def write_dataset(
         pixel_size_min=float(pixel_size_min),
         pixel_size_max=float(pixel_size_max),
     )
+    if renderer not in RENDERERS:
+        raise ValueError(f"renderer must be one of {', '.join(RENDERERS)}, got {renderer!r}")
+    if renderer != "fast":  # the fast generator's files stay as they were
+        common.update(renderer=renderer, oversampling=int(oversampling))
     split_kwargs = {
         split: dict(
             common,
@@ -457,17 +524,28 @@ def write_dataset(
         )
         for split in counts
     }
+    if structure != "none":
+        for split in ("train", "test"):
+            split_kwargs[split]["structure"] = str(structure)
     workers = _worker_count(workers)
     total = sum(counts.values())
     chunk = max(1, min(32, math.ceil(total / (4 * workers))))
+    bounds = [(split, start, min(start + chunk, n)) for split, n in counts.items() for start in range(0, n, chunk)]
     jobs = [
-        (int(seed), split, start, min(start + chunk, n), split_kwargs[split])
-        for split, n in counts.items()
-        for start in range(0, n, chunk)
+        (
+            int(seed),
+            split,
+            start,
+            stop,
+            split_kwargs[split],
+            None if resume_dir is None else str(Path(resume_dir) / f"{split}-{start:07d}-{stop:07d}.npz"),
+        )
+        for split, start, stop in bounds
     ]
     if log is not None:
         log.info(
-            "synthetic: %s pairs of %d x %d px of %s, seed %d, dose %g-%g e/px, %g-%g A/px, %s optics, %d worker(s)",
+            "%s: %s pairs of %d x %d px of %s, seed %d, dose %g-%g e/px, %g-%g A/px, %s optics, %d worker(s)",
+            "abtem" if renderer == "abtem" else "synthetic",
             " + ".join(f"{n} {split}" for split, n in counts.items()),
             image_size,
             image_size,
@@ -494,7 +572,7 @@ def write_dataset(
         pool = _pool_context().Pool(workers) if workers > 1 and len(jobs) > 1 else None
         try:
             results = pool.imap(_make_chunk, jobs) if pool is not None else map(_make_chunk, jobs)
-            with progress(total=total, desc="synthetic", unit="pair") as bar:
+            with progress(total=total, desc="abtem" if renderer == "abtem" else "synthetic", unit="pair") as bar:
                 for split in counts:
                     n_split_jobs = sum(1 for job in jobs if job[1] == split)
                     _write_split(
@@ -513,7 +591,7 @@ def write_dataset(
                 pool.join()
     written = list(paths.values())
     if log is not None:
-        log.info("synthetic: wrote %s", ", ".join(str(p) for p in written))
+        log.info("%s: wrote %s", "abtem" if renderer == "abtem" else "synthetic", ", ".join(str(p) for p in written))
     return written
 
 
@@ -521,13 +599,17 @@ def _write_split(noisy_path: Path, clean_path: Path, split: str, n: int, seed: i
     """Write one split's two HDF5 files from an iterator of chunks (see :func:`_make_chunk`)."""
     size = kwargs["image_size"]
     file_attrs = {
-        "generator": "emdenoise.data.synthetic",
+        "generator": "emdenoise.data.abtem_source" if kwargs.get("renderer") == "abtem" else "emdenoise.data.synthetic",
         "generator_version": GENERATOR_VERSION,
         "seed": int(seed),
         "split": split,
-        "material": kwargs["material"],
+        "material": f"structure:{Path(kwargs['structure']).name}" if "structure" in kwargs else kwargs["material"],
         "parameters": json.dumps(dict(kwargs, seed=int(seed)), sort_keys=True),
     }
+    if kwargs.get("renderer") == "abtem":
+        from emdenoise.data import abtem_source
+
+        file_attrs["abtem_version"] = abtem_source.abtem_version()
     with h5py.File(noisy_path, "w", libver="v108") as f_noisy, h5py.File(clean_path, "w", libver="v108") as f_clean:
         # libver v108: attribute arrays larger than 64 KiB (many images) go to dense attribute storage.
         files = {"noisy": f_noisy, "clean": f_clean}

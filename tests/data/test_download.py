@@ -17,6 +17,7 @@ import time
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
+import h5py
 import pytest
 import requests
 from download_servers import (
@@ -37,6 +38,7 @@ from emdenoise.data import fetch
 from emdenoise.data.download import key_to_relpath
 from emdenoise.data.fetch import RETRY_BASE_ENV
 from emdenoise.errors import EXIT_BAD_INPUT, EXIT_RUNTIME, InputError, RuntimeFailure
+from emdenoise.layout import RAW_FILES
 
 
 # -- S3 ----------------------------------------------------------------------------------------------------------
@@ -538,6 +540,24 @@ def test_synthetic_writes_the_layout_and_a_manifest_then_does_nothing(tmp_path, 
     (raw / "MANIFEST.json").write_text('{"format": "emdenoise-raw-manifest/1", "files": [{"path": "../x"}]}')
     run_download(raw, logs, **{**settings, "seed": 1})  # a manifest that makes no sense is not trusted
     assert "not an emdenoise manifest" in logs.text() and manifest(raw)["file_count"] == len(LAYOUT)
+
+
+def test_synthetic_material_optics_and_generalisation_split_reach_the_files(tmp_path, logs):
+    raw = tmp_path / "raw"
+    settings = dict(source="synthetic", train_images=2, test_images=1, image_size=32, workers=1)
+    extra = dict(material="mos2", optics="uncorrected", generalisation_count=2, generalisation_material="srtio3")
+    run_download(raw, logs, **settings, **extra)
+    m = manifest(raw)
+    assert {k: m["generator"][k] for k in extra} == extra
+    gen = [f"generalisation/{name}" for name in sorted(RAW_FILES.values())]
+    assert sorted(e["path"] for e in m["files"]) == sorted([*LAYOUT, *gen])
+    with h5py.File(raw / "train" / RAW_FILES["noisy"], "r") as fh:
+        assert fh.attrs["material"] == "mos2" and (fh["images"].attrs["voltage_kv"] >= 200).all()
+    with h5py.File(raw / "generalisation" / RAW_FILES["clean"], "r") as fh:
+        assert fh.attrs["material"] == "srtio3"
+    run_download(raw, logs, **settings)  # no generalisation split asked: the old one goes
+    assert not any((raw / rel).exists() for rel in gen)
+    assert sorted(e["path"] for e in manifest(raw)["files"]) == sorted(LAYOUT)
 
 
 def test_switching_source_removes_the_files_only_the_old_manifest_listed(s3, tmp_path, logs):

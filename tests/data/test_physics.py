@@ -213,3 +213,14 @@ def test_detector_mtf():
     assert mtf[0, 32] == pytest.approx(2 / math.pi)  # a pixel aperture at Nyquist
     blurred = physics.detector_mtf((64, 64), 1.0)
     assert blurred[0, 16] == pytest.approx(mtf[0, 16] * math.exp(-2 * math.pi**2 / 16))
+
+
+@pytest.mark.parametrize("size", [96, 128, 288, 375])
+def test_the_image_transfer_is_the_ctf_at_every_frequency(size):
+    """physics.image's mirrored quadrant equals ctf evaluated on the whole fft2 grid, also for sizes where
+    fftfreq(n) * n is not exact in floating point (96, 288 and 375 are padded sizes the generator uses)."""
+    optics = Optics(300, -722.5, 1.27, 40, 0.3, 12)
+    ky, kx = physics.frequencies((size, size), 0.2)
+    np.testing.assert_allclose(
+        physics._transfer((size, size), 0.2, optics), physics.ctf(np.hypot(ky, kx), optics), atol=1e-6
+    )
