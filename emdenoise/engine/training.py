@@ -27,7 +27,7 @@ from torch import nn
 
 from emdenoise import __version__, models
 from emdenoise.data.splits import Split, load_split
-from emdenoise.engine import distributed, runtime, supervision
+from emdenoise.engine import consistency, distributed, runtime, supervision
 from emdenoise.engine.distributed import World
 from emdenoise.engine.inference import Denoiser
 from emdenoise.engine.metrics import psnr_per_image, ssim_per_image
@@ -65,6 +65,7 @@ OPTIONAL_FINGERPRINT_KEYS = {
 STEP_MILESTONES = (0.5, 0.75)  # lr_schedule "step": x0.1 after half and after three quarters of all steps
 SGD_MOMENTUM = 0.9
 GPU_RESIDENT_FRACTION = 0.5  # training pairs go into GPU memory when they take at most this much of what is free
+DEVIANCE_VAL_IMAGES = 32  # noisy-only val data: images checked by the Poisson-deviance consistency check per epoch
 
 EpochHook = Callable[[int], None]
 
@@ -505,6 +506,23 @@ def validation_loss(denoiser: Denoiser, pairs: TrainData | None, batch_size: int
     return float(total / weight.clamp(min=1.0))
 
 
+def validation_deviation(denoiser: Denoiser, val: Split, batch_size: int) -> float:
+    """Noisy-only val data: the mean Poisson-deviance deviation (:func:`emdenoise.engine.consistency.check`,
+    the relative structure error the deviance excess implies) of the denoised first
+    :data:`DEVIANCE_VAL_IMAGES` val images against their own counts; NaN with clean val images or none."""
+    n = min(len(val), DEVIANCE_VAL_IMAGES)
+    if n == 0 or val.clean is not None:
+        return math.nan
+    values = []
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        pred = denoiser.denoise(torch.from_numpy(val.noisy[start:stop])[:, None]).cpu().numpy()[:, 0]
+        for i, estimate in zip(range(start, stop), pred):
+            dose = float(val.dose[i]) if val.dose is not None else None
+            values.append(consistency.check(val.noisy[i], estimate, dose).deviation)
+    return float(np.mean(values))
+
+
 def data_fingerprint(card: dict) -> str:
     """Fingerprint of the data a model trains on: the dataset card's contract keys (image shape, split sizes,
     value ranges, normalisation, data range, source), not its creation time or folder, so re-running
@@ -689,11 +707,13 @@ def train_model(
         denoiser = Denoiser(step.model, meta, device, precision)
         val_psnr, val_ssim = validate(denoiser, data.val, data_range, train.batch_size, world)
         val_loss = validation_loss(denoiser, data.val_pairs, train.batch_size)
+        val_deviation = validation_deviation(denoiser, data.val, train.batch_size) if world.is_main else math.nan
         step.model.train()
         row.update(
             val_psnr=_finite(val_psnr),
             val_ssim=_finite(val_ssim),
             val_loss=_finite(val_loss),
+            val_deviation=_finite(val_deviation),
             seconds=row["seconds"] + time.perf_counter() - t_val,
         )
         record["epochs"].append(row)
@@ -705,7 +725,8 @@ def train_model(
             row["train_loss"],
             val_psnr,
             val_ssim,
-            "" if row["val_loss"] is None else f", val loss ({data.supervisor.mode}) {val_loss:.5f}",
+            ("" if row["val_loss"] is None else f", val loss ({data.supervisor.mode}) {val_loss:.5f}")
+            + ("" if row["val_deviation"] is None else f", val deviance deviation {val_deviation:.4f}"),
             row["images_per_s"],
             row["seconds"],
             row["lr"],

@@ -155,6 +155,7 @@ def test_each_mode_trains_resumes_and_is_recorded(tmp_path, counted_dir, train_c
     rows = metrics["epochs"]
     assert all(r["val_loss"] is not None and np.isfinite(r["val_loss"]) for r in rows)
     assert all(r["val_psnr"] is not None for r in rows)  # clean val images present: PSNR as well
+    assert all(r["val_deviation"] is None for r in rows)  # (the deviance check is for noisy-only val data)
 
 
 def test_supervised_model_files_say_clean(tmp_path, counted_dir, train_cli):
@@ -200,6 +201,8 @@ def test_clean_mode_on_noisy_only_data_is_refused(tmp_path, counted_dir, train_c
     assert code == 0  # no clean images: validation by the self-supervised loss, the best epoch by it
     record = json.loads((out / "train_metrics.json").read_text())
     assert all(r["val_psnr"] is None and r["val_loss"] is not None for r in record["epochs"])
+    # and by the Poisson-deviance consistency of the outputs with their own counts (engine/consistency.py)
+    assert all(r["val_deviation"] is not None and r["val_deviation"] >= 0 for r in record["epochs"])
     best = min(record["epochs"], key=lambda r: r["val_loss"])
     assert record["best_epoch"] == best["epoch"] and record["best_val_loss"] == best["val_loss"]
 
