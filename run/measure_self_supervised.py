@@ -1,7 +1,7 @@
 """Measure training without clean images against supervised training (README "Training without clean images").
 
     nice -n 5 .venv/bin/python run/measure_self_supervised.py WORK_DIR [--train 320] [--test 64] [--size 64]
-        [--epochs 30] [--model sciml_ae]
+        [--epochs 30] [--model sciml_ae] [--dose MIN,MAX]
 
 Everything goes through the tasks (download, preprocess, train, test) and the engines, on the synthetic
 graphene generator:
@@ -141,10 +141,13 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--model", default="sciml_ae")
     ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--dose", default="", help="MIN,MAX e/px at the beam centre (default: the generator's)")
     args = ap.parse_args()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     dl = {"source": "synthetic", "train_images": args.train, "test_images": args.test, "image_size": args.size}
+    if args.dose:
+        dl["dose_min"], dl["dose_max"] = (float(v) for v in args.dose.split(","))
     if not (work / "data" / "dataset_card.json").exists():
         task("download", work, {"download": dl}, raw_data_dir=work / "raw")
         task("preprocess", work, {}, raw_data_dir=work / "raw", data_dir=work / "data")

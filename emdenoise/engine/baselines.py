@@ -9,8 +9,8 @@ the same honest treatment:
    ``b`` the least-squares fit of the filtered validation images to their clean images, refitted for every
    grid value. The noisy images are ``clean x beam profile + shot noise (+ dead pixels)`` while the target
    is the clean image with flat illumination; a pure filter cannot remove the beam profile, and a global
-   gain/offset only corrects the overall brightness. The deep models learn the beam removal from the
-   training pairs: the classical rows measure what filtering alone achieves.
+   gain/offset only corrects the overall brightness: the plain rows measure what filtering alone achieves.
+   The beam-aware baselines below estimate the beam from each frame and flat-field first.
 
 The baselines, their tuned parameter and grid:
 

@@ -20,8 +20,9 @@ from emdenoise.report.tables import is_number, num, ranked, settings, table
 BASELINE_NOTE = (
     "Classical baselines: filter, then a global gain/offset fitted on the validation split (the "
     "filter's parameter is tuned on the same validation images). The noisy images are the clean "
-    "image times a beam profile plus shot noise; a filter cannot remove the beam profile, the deep "
-    "models learn to."
+    "image times a beam profile plus shot noise: the plain filters (gaussian, median, tv, nlm) cannot "
+    "remove the beam profile; the beam-aware ones (flat_gaussian, bragg, wiener, pnlm, flat_anscombe_bm3d) "
+    "fit the beam to each frame's own counts and flat-field first."
 )
 
 HEADER = ["method", "kind", "PSNR (dB)", "SSIM", "MSE", "images/s", "ms/image"]
@@ -178,8 +179,9 @@ def comparison_figure(
     """A grid, returned: one row per image (``noisy``/``clean`` (K, H, W)), columns noisy, each method, clean.
 
     ``outputs`` maps method -> (K, H, W) images in column order; ``psnr`` maps ``noisy`` and each method to
-    K PSNR values shown in the titles. Every panel of a row shares one grey scale: the clean image's 0.5 to
-    99.5 percentiles, so brightness errors (the beam profile) stay visible.
+    K PSNR values shown in the titles. Every panel of a row but the noisy one shares one grey scale: the clean
+    image's 0.5 to 99.5 percentiles, so brightness errors (the beam profile) stay visible. The noisy panel has its
+    own 0.5 to 99.5 percentiles (on the clean image's few per cent of weak-phase contrast it would be saturated).
     """
     columns = ["noisy", *outputs, "clean"]
     k = len(noisy)
@@ -189,13 +191,16 @@ def comparison_figure(
         vmin, vmax = np.percentile(clean[r], [0.5, 99.5])
         if vmax <= vmin:
             vmin, vmax = vmin - 0.5, vmax + 0.5
+        own = np.percentile(noisy[r], [0.5, 99.5])
         for c, name in enumerate(columns):
             image = noisy[r] if name == "noisy" else clean[r] if name == "clean" else outputs[name][r]
             ax = fig.add_subplot(k, len(columns), r * len(columns) + c + 1)
-            ax.imshow(image, cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
+            lo, hi = (own[0], max(own[1], own[0] + 1e-6)) if name == "noisy" else (vmin, vmax)
+            ax.imshow(image, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             title = name if name == "clean" else f"{name}\n{num(float(psnr[name][r]), '.2f')} dB"
+            title += " (own scale)" if name == "noisy" else ""
             ax.set_title(title, fontsize=8)
             if c == 0:
                 ax.set_ylabel(labels[r], fontsize=8)
