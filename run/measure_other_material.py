@@ -2,7 +2,7 @@
 graphene-trained model (README "Training without clean images").
 
     nice -n 5 .venv/bin/python run/measure_other_material.py WORK_DIR --graphene MODEL_FILE [--material srtio3]
-        [--train 192] [--test 48] [--size 64] [--epochs 10] [--modes poisson_split,noise2void]
+        [--train 192] [--test 48] [--size 64] [--epochs 10] [--modes poisson_split,noise2void] [--dose MIN,MAX]
 
 1. ``download`` (synthetic, ``download.material``) and ``preprocess``: ``WORK/data`` (with clean truth).
 2. ``WORK/noisy``: the same train and val splits without their ``clean`` images (contract 3), so nothing clean
@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from measure_self_supervised import signal_variant, task
+from measure_self_supervised import dose_range, signal_variant, task
 
 from emdenoise.data.splits import load_card, load_split
 from emdenoise.engine.baselines import fit_gain_offset
@@ -30,7 +30,7 @@ from emdenoise.engine.inference import Denoiser
 from emdenoise.engine.metrics import psnr_per_image, ssim_per_image
 from emdenoise.io import h5safe
 
-BASELINES = ["gaussian", "median", "tv", "nlm"]
+BASELINES = ["gaussian", "median", "tv", "nlm", "flat_gaussian", "bragg", "wiener", "pnlm"]
 
 
 def noisy_only(data: Path, out: Path) -> None:
@@ -76,6 +76,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--modes", default="poisson_split,noise2void")
+    ap.add_argument("--dose", default="", help="MIN,MAX e/px at the beam centre (default: the generator's)")
     args = ap.parse_args()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -85,6 +86,7 @@ def main() -> None:
         "train_images": args.train,
         "test_images": args.test,
         "image_size": args.size,
+        **dose_range(args.dose),
     }
     if not (work / "data" / "dataset_card.json").exists():
         task("download", work, {"download": dl}, raw_data_dir=work / "raw")

@@ -50,6 +50,14 @@ def task(name: str, work: Path, params: dict, **paths: Path) -> None:
         sys.exit(f"{name} failed ({code}): {' '.join(argv)}")
 
 
+def dose_range(arg: str) -> dict[str, float]:
+    """``--dose MIN,MAX`` as download parameters ({} for the generator's default)."""
+    if not arg:
+        return {}
+    low, high = (float(v) for v in arg.split(","))
+    return {"dose_min": low, "dose_max": high}
+
+
 def _signal(raw_dir: Path, split: str, index: np.ndarray, clean: np.ndarray) -> np.ndarray:
     """clean x the beam profile each image was recorded with (the raw noisy file's per-image attributes)."""
     raw_split = "test" if split == "test" else "train"
@@ -146,8 +154,7 @@ def main() -> None:
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     dl = {"source": "synthetic", "train_images": args.train, "test_images": args.test, "image_size": args.size}
-    if args.dose:
-        dl["dose_min"], dl["dose_max"] = (float(v) for v in args.dose.split(","))
+    dl.update(dose_range(args.dose))
     if not (work / "data" / "dataset_card.json").exists():
         task("download", work, {"download": dl}, raw_data_dir=work / "raw")
         task("preprocess", work, {}, raw_data_dir=work / "raw", data_dir=work / "data")
