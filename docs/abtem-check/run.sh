@@ -6,8 +6,8 @@ D=docs/abtem-check; W=abtem-check-work; E=.venv/bin/emdenoise
 export EMDENOISE_PROGRESS=0
 $E download --workspace $W --parameters_file $D/abtem.parameters.yaml --raw_data_dir $W/ab/raw
 $E preprocess --workspace $W --parameters_file $D/abtem.parameters.yaml --raw_data_dir $W/ab/raw --data_dir $W/ab/processed
-for task in download preprocess train test; do
-  $E $task --workspace $W --parameters_file $D/train.parameters.yaml
+for task in download preprocess train test; do  # the training side: the quickstart
+  $E $task --workspace $W --parameters_file workspace/parameters/quickstart.parameters.yaml
 done
 $E test --workspace $W --parameters_file $D/abtem.parameters.yaml --data_dir $W/ab/processed --model_dir $W/models \
   --output_dir $W/ab/output
