@@ -84,7 +84,10 @@ def aligned(frames: list[np.ndarray], where: str) -> list[np.ndarray]:
     dys, dxs = [s[0] for s in shifts], [s[1] for s in shifts]
     if max(map(abs, dys)) > MAX_DRIFT_FRACTION * h or max(map(abs, dxs)) > MAX_DRIFT_FRACTION * w:
         raise InputError.at(
-            where, "frames", f"expected a drift within a quarter of the frame between frames, found {max(shifts)}"
+            where,
+            "frames",
+            "expected a drift within a quarter of the frame between frames, found "
+            f"{max(shifts, key=lambda s: max(abs(s[0]) / h, abs(s[1]) / w))}",
         )
     y0, y1 = max(0, -min(dys)), min(h, h - max(dys))
     x0, x1 = max(0, -min(dxs)), min(w, w - max(dxs))

@@ -27,6 +27,16 @@ def test_phase_correlation_finds_the_drift():
     assert a.shape == (62, 61)
 
 
+def test_a_drift_beyond_a_quarter_of_the_frame_is_refused_naming_it():
+    rng = np.random.default_rng(1)
+    big = rng.poisson(smooth_images(rng, 1, 120)[0] * 50).astype(np.float32)
+    ref, small, large = big[30:94, 30:94], big[29:93, 31:95], big[50:114, 30:94]  # drifts (1, -1), (-20, 0)
+    with pytest.raises(InputError) as err:
+        noisy_only.aligned([ref, small, large], "stack.tif")
+    assert "stack.tif: frames: expected a drift within a quarter of the frame" in str(err.value)
+    assert str(err.value).endswith("found (-20, 0)")  # the offending frame's drift, not the largest tuple
+
+
 def test_split_keeps_every_stack_together():
     stack = np.array([0, 1, 2, 3, 0, 1, 2, 3, 4])
     train, val = noisy_only.split_stacks(stack, 0.4, seed=1)
