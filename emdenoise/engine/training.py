@@ -91,16 +91,20 @@ class TrainData:
     def __len__(self) -> int:
         return len(self.noisy)
 
+    def mapped(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> TrainData:
+        """The same data with ``fn`` applied to every per-pair tensor (noisy, clean, valid, scale)."""
+        return replace(
+            self,
+            noisy=fn(self.noisy),
+            clean=fn(self.clean),
+            valid=None if self.valid is None else fn(self.valid),
+            scale=None if self.scale is None else fn(self.scale),
+        )
+
     def first(self, n: int) -> TrainData:
         """The first ``n`` training pairs (all when ``n`` is 0), without a copy."""
         cut = slice(None, n or None)
-        return replace(
-            self,
-            noisy=self.noisy[cut],
-            clean=self.clean[cut],
-            valid=None if self.valid is None else self.valid[cut],
-            scale=None if self.scale is None else self.scale[cut],
-        )
+        return self.mapped(lambda t: t[cut])
 
 
 def publish(records: dict[str, dict], model_dir: Path, metrics_path: Path) -> None:
@@ -202,13 +206,7 @@ def resident(data: TrainData, device: torch.device) -> TrainData:
     free, _ = torch.cuda.mem_get_info(device)
     if 3 * data.noisy.nbytes > GPU_RESIDENT_FRACTION * free:
         return data
-    return replace(
-        data,
-        noisy=data.noisy.to(device),
-        clean=data.clean.to(device),
-        valid=None if data.valid is None else data.valid.to(device),
-        scale=None if data.scale is None else data.scale.to(device),
-    )
+    return data.mapped(lambda t: t.to(device))
 
 
 # ---------------------------------------------------------------------------------------------- pieces
