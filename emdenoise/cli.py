@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emdenoise import __version__, lock
-from emdenoise import params as params_mod
+from emdenoise.config import params as params_mod
 from emdenoise.errors import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
@@ -182,11 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     if (sys.argv[1:] if argv is None else argv)[:1] == ["bench"]:  # a utility with options of its own
-        from emdenoise.engine import bench
+        from emdenoise.bench import run as bench
 
         return bench.main((sys.argv[1:] if argv is None else argv)[1:])
     if (sys.argv[1:] if argv is None else argv)[:1] == ["export"]:  # another one
-        from emdenoise.engine import export
+        from emdenoise.inference import export
 
         return export.main((sys.argv[1:] if argv is None else argv)[1:])
     parser = build_parser()

@@ -42,7 +42,7 @@ TEMPORARY_NAMES = {
     ".<name>.XXXXXXXX<suffix>.tmp": "atomic_path: removed by the sweeper when a run takes the folder's lock",
     STAGING_DIR + "/": "Transaction: committed or removed by the next run of the same task (resumable ones "
     "keep finished files)",
-    "<file>.part": "download: resumed by the next download (emdenoise.data.fetch)",
+    "<file>.part": "download: resumed by the next download (emdenoise.data.acquire.fetch)",
     ".extract-XXXXXXXX/": "download: a zip being extracted (in raw_data_dir); removed by the next download",
     ".abtem-chunks/": "download (abtem): finished chunks of an interrupted run, reused by the next one with the "
     "same settings, removed once a run succeeds",

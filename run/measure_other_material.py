@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 from measure_self_supervised import dose_range, signal_variant, task
 
+from emdenoise.classical.filters import fit_gain_offset
 from emdenoise.data.splits import load_card, load_split
-from emdenoise.engine.baselines import fit_gain_offset
-from emdenoise.engine.inference import Denoiser
-from emdenoise.engine.metrics import psnr_per_image, ssim_per_image
+from emdenoise.evaluation.metrics import psnr_per_image, ssim_per_image
+from emdenoise.inference.denoiser import Denoiser
 from emdenoise.io import h5safe
 
 BASELINES = ["gaussian", "median", "tv", "nlm", "flat_gaussian", "bragg", "wiener", "pnlm"]

@@ -2,16 +2,22 @@
 deterministic property-based tests, small raw and processed data folders (the helpers behind them are in
 support.py, the local HTTP(S) server in local_http.py)."""
 
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from hypothesis import settings
 from support import argv, params_file, write_raw
+from training_data import make_data_dir
 
 from emdenoise import cli
-from emdenoise.data.fetch import RETRY_BASE_ENV
+from emdenoise.data.acquire.fetch import RETRY_BASE_ENV
+from emdenoise.tasks import train as train_task
+from emdenoise.training import loop as training
 
 os.environ.setdefault("EMDENOISE_PROGRESS", "0")
 
@@ -61,3 +67,101 @@ def processed(tmp_path_factory) -> Path:
 def big_raw(tmp_path_factory) -> Path:
     """A raw set large enough that preprocess writes for a second or more (1500 + 100 pairs of 64x64)."""
     return write_raw(tmp_path_factory.mktemp("big") / "raw", 1500, 100, size=64, seed=1)
+
+
+# Training and engine fixtures: a tiny processed data folder to train on, the train command run in-process, and
+# the hook that interrupts a training run after an epoch (a callback injected into the engine, not a global).
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return make_data_dir(tmp_path_factory.mktemp("data"))
+
+
+TrainCli = Callable[..., tuple[int, Path, Path]]
+
+
+@pytest.fixture
+def train_cli() -> TrainCli:
+    """``train_cli(tmp, data_dir, model_dir=None, **train)``: run ``emdenoise train`` in-process with a train:
+    section (defaults for a quick CPU run); returns (exit code, model_dir, output_dir)."""
+
+    def run(tmp: Path, data_dir: Path, model_dir: Path | None = None, **train) -> tuple[int, Path, Path]:
+        section = {
+            "model": "sciml_ae",
+            "epochs": 2,
+            "batch_size": 4,
+            "lr": 3e-3,
+            "device": "cpu",
+            "precision": "fp32",
+            "lr_schedule": "cosine",
+            **train,
+        }
+        tmp.mkdir(parents=True, exist_ok=True)
+        params = tmp / "params.yaml"
+        params.write_text(yaml.safe_dump({"train": section}))
+        model_dir = model_dir or tmp / "models"
+        out = tmp / "output"
+        code = cli.main(
+            [
+                "train",
+                f"--data_dir={data_dir}",
+                f"--parameters_file={params}",
+                f"--model_dir={model_dir}",
+                f"--output_dir={out}",
+                f"--log_dir={tmp / 'logs'}",
+            ]
+        )
+        return code, model_dir, out
+
+    return run
+
+
+@pytest.fixture
+def stop_after_epoch(monkeypatch) -> Callable[[int | None], None]:
+    """``stop_after_epoch(n)``: the train task's runs raise KeyboardInterrupt right after epoch ``n``'s
+    checkpoint is written (a crash); ``stop_after_epoch(None)``: run normally again."""
+
+    def stop(epoch: int | None) -> None:
+        def hook(done: int) -> None:
+            if done == epoch:
+                raise KeyboardInterrupt(f"test: stop after epoch {done}")
+
+        monkeypatch.setattr(train_task, "train_model", functools.partial(training.train_model, on_epoch_end=hook))
+
+    return stop
+
+
+@pytest.fixture
+def test_metrics() -> dict:
+    """A ``test_metrics.json`` structure: the input, one tuned filter, one model, two dose bins."""
+
+    def row(kind, psnr, params=None):
+        return {
+            "kind": kind,
+            "psnr_mean": psnr,
+            "psnr_std": 1.0,
+            "ssim_mean": 0.5,
+            "ssim_std": 0.1,
+            "mse_mean": 1e-3,
+            "images_per_s": None if kind == "input" else 50.0,
+            "seconds_per_image": 0.0 if kind == "input" else 0.02,
+            "params": params or {},
+        }
+
+    return {
+        "n_images": 4,
+        "data_range": 2.5,
+        "data_range_definition": "max - min of the clean test set",
+        "device": "cpu",
+        "precision": "fp32",
+        "methods": {
+            "noisy": row("input", 10.0),
+            "gaussian": row("classical", 20.0, {"sigma": 1.5, "gain": 0.9, "offset": 0.1}),
+            "unet": row("deep", 25.0, {"model": "unet", "parameters": 1234}),
+        },
+        "psnr_by_dose": {
+            "bins": [{"dose_min": 5.0, "dose_max": 20.0, "n": 2}, {"dose_min": 50.0, "dose_max": 200.0, "n": 2}],
+            "methods": {"noisy": [8.0, 12.0], "gaussian": [19.0, 21.0], "unet": [24.0, None]},
+        },
+    }

@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from emdenoise import cli, models
-from emdenoise.data.fetch import RETRY_BASE_ENV
+from emdenoise.data.acquire.fetch import RETRY_BASE_ENV
 from emdenoise.io import h5safe, modelfile
 from emdenoise.layout import CARD, CARD_FORMAT, DATASET_CARD_KEYS, RAW_FILES, SPLIT_FILE
 from emdenoise.outputs import write_json_atomic

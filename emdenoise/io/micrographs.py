@@ -38,7 +38,7 @@ it is opened (:func:`emdenoise.io.h5safe.open_foreign`): a file that would crash
 
 Beside each output the denoise task writes its sidecar, ``<output name>.json`` (:func:`sidecar_of`): the
 provenance and the fingerprint that decides whether a rerun may keep the output
-(:class:`emdenoise.engine.inference.FileDenoiser`). :func:`find_inputs` selects the input files of a folder and
+(:class:`emdenoise.inference.denoiser.FileDenoiser`). :func:`find_inputs` selects the input files of a folder and
 :func:`read_headers` opens each one's header, so that a bad file fails a run before any work.
 """
 

@@ -9,7 +9,7 @@ Every model maps a (B, 1, H, W) float tensor to a (B, 1, H, W) tensor for any H 
 normalised images (the train task normalises inputs and targets, see the dataset card). A model whose
 layers need H and W to be multiples of some k (pooling, pixel-unshuffle) pads its input to them and crops
 the output back, and says so in a class attribute ``size_multiple = k`` (1 when absent), which the export
-(:mod:`emdenoise.engine.export`) uses to do that padding itself, outside the traced network.
+(:mod:`emdenoise.inference.export`) uses to do that padding itself, outside the traced network.
 Each model declares its own ``train:`` options when it registers (``options={"base": ("unet_base",
 Field(...))}``: constructor option -> parameter key and its schema field); :func:`option_fields` hands them
 to the parameters schema and ``options_from_train(name, train)`` picks a model's options from a validated
@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from emdenoise.params import Field
+from emdenoise.config.params import Field
 
 if TYPE_CHECKING:
-    from emdenoise.params import TrainParams
+    from emdenoise.config.params import TrainParams
 
 MODULES = ("cafcn", "dncnn", "ffdnet", "unet", "rednet", "mscnn", "msdnet", "sciml_ae")
 

@@ -41,9 +41,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from emdenoise.config.params import Field
 from emdenoise.models import register
 from emdenoise.models._common import border_pad
-from emdenoise.params import Field
 
 DILATION_CYCLE = 10  # layer i is dilated by 1 + (i mod 10)
 

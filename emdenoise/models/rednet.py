@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from emdenoise.config.params import Field
 from emdenoise.models import register
 from emdenoise.models._common import conv3x3
-from emdenoise.params import Field
 
 SKIP_EVERY = 2  # layers spanned by each symmetric skip
 

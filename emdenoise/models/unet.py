@@ -19,9 +19,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from emdenoise.config.params import Field
 from emdenoise.models import register
 from emdenoise.models._common import contract, conv_relu, padded_apply
-from emdenoise.params import Field
 
 LEVELS = 4  # down steps
 

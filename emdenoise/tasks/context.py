@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from emdenoise.params import Params
+from emdenoise.config.params import Params
 
 
 @dataclass(frozen=True)

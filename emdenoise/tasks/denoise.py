@@ -7,7 +7,7 @@ each with a sidecar ``<output>.json`` holding the provenance (model name and fil
 input file, settings, time) and the speed; the provenance also goes inside the file where the format has room.
 
 How: every input's header is read first, so a bad file fails the run before any work; then each file streams
-frame by frame through :class:`emdenoise.engine.inference.FileDenoiser` (tiles, batches, the model's own
+frame by frame through :class:`emdenoise.inference.denoiser.FileDenoiser` (tiles, batches, the model's own
 normalisation) straight into its output. Speed is logged per file and overall in frames/s, after one warm-up.
 
 All or nothing, through one resumable :class:`emdenoise.outputs.Transaction`: new outputs and their sidecars
@@ -27,12 +27,13 @@ from pathlib import Path
 
 import torch
 
-from emdenoise.engine import distributed, runtime
-from emdenoise.engine.inference import Denoised, FileDenoiser
+from emdenoise.inference.denoiser import Denoised, FileDenoiser
 from emdenoise.io import micrographs
 from emdenoise.layout import select_model
 from emdenoise.log import progress
 from emdenoise.outputs import STAGING_DIR, remove_staging, write_json_atomic
+from emdenoise.runtime import device as runtime
+from emdenoise.runtime import distributed
 from emdenoise.tasks.context import TaskContext
 
 

@@ -1,7 +1,8 @@
 """The ``download`` task: fill ``raw_data_dir`` with em_graphene_sim (or the synthetic stand-in) and a MANIFEST.
 
-``download.source`` is parsed by :func:`emdenoise.data.sources.parse_source` (synthetic, stfc, osn, minibatch, an
-S3 or zip URL, a local folder or zip); the work is :func:`emdenoise.data.download.download`. The CLI holds the
+``download.source`` is parsed by :func:`emdenoise.data.acquire.sources.parse_source` (synthetic, stfc, osn,
+minibatch, an
+S3 or zip URL, a local folder or zip); the work is :func:`emdenoise.data.acquire.run.download`. The CLI holds the
 folder lock of ``raw_data_dir`` (:func:`emdenoise.lock.hold`) for the whole run, so a second download into the
 same folder stops at once (exit code 3).
 """
@@ -10,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from emdenoise.data.download import download
-from emdenoise.data.sources import parse_source
+from emdenoise.data.acquire.run import download
+from emdenoise.data.acquire.sources import parse_source
 from emdenoise.errors import RuntimeFailure
 from emdenoise.tasks.context import TaskContext
 

@@ -1,15 +1,15 @@
 """The ``preprocess`` task: validate the raw em_graphene_sim layout in ``raw_data_dir``, split it, and write the
 training layout (``train.h5``, ``val.h5``, ``test.h5``, optional ``inference.h5``, ``dataset_card.json``) into
-``data_dir``. The work is :func:`emdenoise.data.preprocess.preprocess`; the raw files are read and checked by
-:mod:`emdenoise.data.raw`.
+``data_dir``. The work is :func:`emdenoise.data.prepare.run.preprocess`; the raw files are read and checked by
+:mod:`emdenoise.data.prepare.raw`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from emdenoise.data.preprocess import preprocess
-from emdenoise.data.raw import one_line
+from emdenoise.data.prepare.raw import one_line
+from emdenoise.data.prepare.run import preprocess
 from emdenoise.errors import InputError
 from emdenoise.tasks.context import TaskContext
 

@@ -2,7 +2,7 @@
 
 The original benchmark study judged every denoiser on three things (fidelity of the denoised image, speed,
 and how much training data it needs) and published none of its numbers. This task reruns that study in one
-command (the engine: :mod:`emdenoise.engine.study`). A *cell* is one model trained on one number of training
+command (the engine: :mod:`emdenoise.study.run`). A *cell* is one model trained on one number of training
 pairs; for every cell of ``study.models`` x ``study.train_sizes`` it:
 
 1. trains the model with the training engine on the first N pairs of the train split (read once, for the
@@ -33,7 +33,7 @@ be followed while it runs):
   test metrics, speed, dose bins), per model the PSNR at each size and the smallest size that beats the best
   baseline. Per-image values are in each cell's ``result.json``;
 - ``report.md``: the tables (fidelity per model at each size and per baseline, training data needed to beat
-  the best classical baseline, speed, PSNR by dose) and the figures (:mod:`emdenoise.report.study`);
+  the best classical baseline, speed, PSNR by dose) and the figures (:mod:`emdenoise.study.report`);
 - ``psnr_vs_train_size.png``, ``psnr_vs_dose.png`` (when the data record the dose), ``fidelity_vs_speed.png``.
 """
 
@@ -44,13 +44,15 @@ from pathlib import Path
 from typing import Any
 
 from emdenoise.data.splits import load_card, load_split
-from emdenoise.engine import distributed, evaluation, runtime
-from emdenoise.engine import study as engine
-from emdenoise.engine.evaluation import Structure
 from emdenoise.errors import InputError, RuntimeFailure
+from emdenoise.evaluation import run as evaluation
+from emdenoise.evaluation.run import Structure
 from emdenoise.layout import SPLIT_FILE
 from emdenoise.outputs import write_json_atomic, write_text_atomic
-from emdenoise.report import study as report
+from emdenoise.runtime import device as runtime
+from emdenoise.runtime import distributed
+from emdenoise.study import report
+from emdenoise.study import run as engine
 from emdenoise.tasks.context import TaskContext
 
 SUMMARY_FILE = "study.json"

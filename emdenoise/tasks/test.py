@@ -3,20 +3,20 @@
 Rows of the table, all scored on the same test images against the CLEAN test images:
 
 - ``noisy``: the input itself (what doing nothing scores);
-- each classical baseline of ``test.baselines`` (:mod:`emdenoise.engine.baselines`), its parameter and a global
+- each classical baseline of ``test.baselines`` (:mod:`emdenoise.classical.filters`), its parameter and a global
   gain/offset tuned on ``test.tune_images`` validation pairs;
 - each trained model of ``test.models`` (``all``: every ``model_dir/<name>/em_denoise_model.h5``), run in
   batches of ``test.batch_size`` on ``test.device`` with ``test.precision``; a warm-up batch is run first
   and left out of the timing.
 
-Metrics (:mod:`emdenoise.engine.evaluation`), per image then averaged over images (mean and population std):
+Metrics (:mod:`emdenoise.evaluation.run`), per image then averaged over images (mean and population std):
 PSNR with the fixed data range R from the dataset card (never from the prediction, never 255), SSIM (11x11
 Gaussian window, sigma 1.5, same R), MSE; speed as images/s and seconds per image. When the test split
 carries the dose, the mean PSNR per dose bin too.
 
 Outputs in ``output_dir``: ``test_metrics.json``, ``per_image.csv``, ``results.md``, ``comparison.png`` (noisy /
 each method / clean for ``test.figure_images`` test images) and ``psnr_bar.png``
-(:mod:`emdenoise.report.evaluation`). All or nothing: every model file is loaded before any work, every
+(:mod:`emdenoise.evaluation.report`). All or nothing: every model file is loaded before any work, every
 output is computed and drawn before any is written, then all are staged and committed together by one
 :class:`~emdenoise.outputs.Transaction` (``test_metrics.json`` last; an old ``comparison.png`` is removed when
 ``test.figure_images`` is 0), so a failed run leaves the outputs of an earlier one as they were (never a new
@@ -33,8 +33,9 @@ import numpy as np
 import torch
 
 from emdenoise.data.splits import load_card, load_split
-from emdenoise.engine import runtime
-from emdenoise.engine.evaluation import (
+from emdenoise.errors import InputError
+from emdenoise.evaluation import report
+from emdenoise.evaluation.run import (
     Scorer,
     Structure,
     dose_bins,
@@ -47,11 +48,10 @@ from emdenoise.engine.evaluation import (
     select_baselines,
     strongest_classical,
 )
-from emdenoise.errors import InputError
 from emdenoise.layout import MODEL_FILE, SPLIT_FILE
 from emdenoise.outputs import Transaction
-from emdenoise.report import evaluation as report
 from emdenoise.report.figures import write_png
+from emdenoise.runtime import device as runtime
 from emdenoise.tasks.context import TaskContext
 
 COMPARISON = "comparison.png"

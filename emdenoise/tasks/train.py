@@ -34,9 +34,9 @@ it. A checkpoint of another configuration is refused; ``resume: never`` starts a
 replaces the checkpoint). A finished run is not redone; its staged files, if any are left, are moved into
 place.
 
-The training itself is :mod:`emdenoise.engine.training` (the same train step ``emdenoise bench`` times).
+The training itself is :mod:`emdenoise.training.loop` (the same train step ``emdenoise bench`` times).
 
-Several processes (``torchrun --nproc_per_node=K -m emdenoise train ...``, see :mod:`emdenoise.engine.distributed`):
+Several processes (``torchrun --nproc_per_node=K -m emdenoise train ...``, see :mod:`emdenoise.runtime.distributed`):
 every process draws the same seeded batch plan, takes its share of each global batch of ``batch_size``
 images (which must divide evenly by K) and DistributedDataParallel averages the gradients, each process's
 loss weighted by its share so that a step is the step one process would take on the whole batch. Validation
@@ -47,9 +47,10 @@ every process reads the checkpoint when resuming. Records gain ``processes`` (K;
 from __future__ import annotations
 
 from emdenoise.data.splits import load_card
-from emdenoise.engine import distributed, runtime
-from emdenoise.engine.training import METRICS_FILE, load_data, publish, train_model
+from emdenoise.runtime import device as runtime
+from emdenoise.runtime import distributed
 from emdenoise.tasks.context import TaskContext
+from emdenoise.training.loop import METRICS_FILE, load_data, publish, train_model
 
 
 def run(ctx: TaskContext) -> None:

@@ -25,7 +25,7 @@ from download_servers import (
 from local_http import LocalServer
 from moto.server import ThreadedMotoServer
 
-from emdenoise.data.fetch import RETRY_BASE_ENV
+from emdenoise.data.acquire.fetch import RETRY_BASE_ENV
 
 
 @pytest.fixture(scope="module")

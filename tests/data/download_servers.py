@@ -20,7 +20,7 @@ import numpy as np
 import tifffile
 from local_http import LocalServer
 
-from emdenoise import params as params_mod
+from emdenoise.config import params as params_mod
 from emdenoise.lock import LOCK_NAME
 from emdenoise.tasks import download as download_task
 from emdenoise.tasks.context import TaskContext

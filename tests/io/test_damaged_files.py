@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from support import NORM
 
 from emdenoise import models
-from emdenoise.data import raw as raw_layout
 from emdenoise.data import splits as data_mod
+from emdenoise.data.prepare import raw as raw_layout
 from emdenoise.errors import InputError
 from emdenoise.io import h5safe, micrographs, modelfile
 

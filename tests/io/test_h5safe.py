@@ -17,7 +17,7 @@ import torch
 from support import write_split
 
 from emdenoise import models
-from emdenoise.data import raw as raw_layout
+from emdenoise.data.prepare import raw as raw_layout
 from emdenoise.data.splits import load_split
 from emdenoise.errors import InputError
 from emdenoise.io import h5safe, micrographs, modelfile

@@ -15,9 +15,9 @@ import tifffile
 import torch
 from PIL import Image
 
-from emdenoise.engine.inference import denoise_file
-from emdenoise.engine.tiling import Tiler
 from emdenoise.errors import InputError
+from emdenoise.inference.denoiser import denoise_file
+from emdenoise.inference.tiling import Tiler
 from emdenoise.io import micrographs
 
 mrcfile = pytest.importorskip("mrcfile")

@@ -16,9 +16,9 @@ import torch
 from microscope_files import write_berkeley, write_dm, write_ser, write_velox
 from support import one_error, run_here, save_model
 
-from emdenoise.engine.inference import denoise_file
-from emdenoise.engine.tiling import Tiler
 from emdenoise.errors import EXIT_BAD_INPUT, InputError
+from emdenoise.inference.denoiser import denoise_file
+from emdenoise.inference.tiling import Tiler
 from emdenoise.io import micrographs
 
 pytest.importorskip("rsciio")

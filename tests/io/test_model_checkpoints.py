@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from emdenoise import models
-from emdenoise.engine import runtime, training
-from emdenoise.engine.inference import Denoiser
 from emdenoise.errors import InputError
+from emdenoise.inference.denoiser import Denoiser
 from emdenoise.io import h5safe, modelfile
+from emdenoise.runtime import device as runtime
+from emdenoise.training import loop as training
 
 H, W = 32, 40
 NORM = {"noisy": {"mean": 0.4, "std": 0.3}, "clean": {"mean": 0.5, "std": 0.25}}

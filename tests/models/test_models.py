@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from emdenoise import models, params
+from emdenoise import models
+from emdenoise.config import params
 from emdenoise.models._common import border_pad, box_filter, conv_macs, pad_to_multiple, padded_apply
 from emdenoise.models.ffdnet import noise_level_map
 

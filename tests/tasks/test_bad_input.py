@@ -25,7 +25,7 @@ from support import (
 )
 
 from emdenoise import cli
-from emdenoise import params as params_mod
+from emdenoise.config import params as params_mod
 from emdenoise.errors import EXIT_BAD_INPUT, InputError
 from emdenoise.io import micrographs
 from emdenoise.layout import CARD, MAX_FRAME_PIXELS, RAW_FILES

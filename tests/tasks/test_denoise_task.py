@@ -17,9 +17,9 @@ from noisy_images import atom_image, lattice_sites
 from PIL import Image
 
 from emdenoise import models
-from emdenoise.engine.inference import Denoiser
-from emdenoise.engine.tiling import Tiler
 from emdenoise.errors import EXIT_BAD_INPUT, InputError
+from emdenoise.inference.denoiser import Denoiser
+from emdenoise.inference.tiling import Tiler
 from emdenoise.io import micrographs, modelfile
 from emdenoise.layout import MODEL_FILE
 from emdenoise.outputs import sha256_file

@@ -14,8 +14,8 @@ import pytest
 import tifffile
 from support import ROOT, argv, final_files, read_frames, run_cmd, save_model, task_paths, temporaries, torchrun
 
-from emdenoise.engine import distributed
 from emdenoise.layout import MODEL_FILE
+from emdenoise.runtime import distributed
 
 # where the provenance differs between two runs of the same command: when, where to, and how fast
 SETS = ("denoise.device=cpu", "denoise.pattern=**/*")

@@ -1,5 +1,5 @@
 """The study task: the ``ints`` parameter kind of its train sizes, and a tiny study run end to end (the
-analysis helpers and the plan are tested in tests/engine/test_study_engine.py).
+analysis helpers and the plan are tested in tests/study/test_study_run.py).
 
 The data are made by the synthetic generator (24 train and 8 test pairs of 32x32, with dose) and the real
 preprocess task; the study runs sciml_ae and a 3-layer DnCNN on 6 and 12 training pairs for one epoch, with
@@ -22,12 +22,13 @@ from matplotlib import image as mpimg
 from noisy_images import lattice_split
 from support import write_split
 
-from emdenoise import cli, params
-from emdenoise.data import synthetic
-from emdenoise.engine import evaluation
-from emdenoise.engine import study as engine
+from emdenoise import cli
+from emdenoise.config import params
+from emdenoise.data.simulate import synthetic
 from emdenoise.errors import EXIT_BAD_INPUT, InputError, RuntimeFailure
-from emdenoise.report import study as report
+from emdenoise.evaluation import run as evaluation
+from emdenoise.study import report
+from emdenoise.study import run as engine
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SIZES = [6, 12]

@@ -14,9 +14,9 @@ from noisy_images import make_data_dir, make_lattice_data_dir
 from support import save_model, write_split
 
 from emdenoise import cli
-from emdenoise.engine import baselines
-from emdenoise.engine.metrics import psnr_per_image, ssim_per_image
+from emdenoise.classical import filters as baselines
 from emdenoise.errors import EXIT_BAD_INPUT
+from emdenoise.evaluation.metrics import psnr_per_image, ssim_per_image
 from emdenoise.layout import CARD
 
 HAVE_BM3D = importlib.util.find_spec("bm3d") is not None

@@ -1,0 +1,2 @@
+"""``emdenoise bench``: training and inference speed against the original benchmark's loop
+(:mod:`~emdenoise.bench.run`)."""

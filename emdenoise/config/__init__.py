@@ -1,0 +1,1 @@
+"""Configuration: the one validated parameters schema (:mod:`~emdenoise.config.params`)."""

@@ -1,0 +1,745 @@
+"""The one parameters schema: a YAML file with one section per task, validated before any work starts.
+
+Each section is a frozen dataclass below; each of its fields is one parameter declared with :func:`param`:
+a type, a default, a range or a set of choices, and a line of help. That table is the single source: the
+validation, the typed objects every task receives and the README's parameters reference (``python -m
+emdenoise params``) all come from it. Names that belong to a registry come from that registry: the models
+(:mod:`emdenoise.models`, which also declares each model's own ``train:`` options), the classical baselines
+(:mod:`emdenoise.classical.filters`) and the named download sources (:mod:`emdenoise.data.acquire.sources`).
+
+Unknown keys are errors with a did-you-mean hint; ``--set section.key=value`` overrides a value from the
+command line; checks that involve two fields (``dose_min <= dose_max``, ``tile_overlap <= tile_size / 2``) are
+the section's :meth:`Section.check`.
+
+    p = params.load("workspace/parameters/default.parameters.yaml", ["train.epochs=5"])
+    p.train.epochs            # 5, an int
+    p.train.model_options     # {"unet_base": 32, "dncnn_depth": 17, ...}: the models' own options
+    p.train.where             # the file the values came from, for error messages
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+from emdenoise.errors import InputError
+
+# The largest seed: NumPy's legacy seeding and many tools take 32-bit seeds, and torch.manual_seed fails on
+# values of 2**64 and above (training derives per-epoch generator seeds from it, which must stay below 2**63).
+MAX_SEED = 2**32 - 1
+
+Names = str | list[str]  # a ``names`` value: "all", or a list of names
+Choices = tuple[str, ...] | Callable[[], tuple[str, ...]] | None
+
+
+@dataclass(frozen=True)
+class Field:
+    """One parameter. ``kind`` is one of: int, float, str, bool, names (a name, a list of names, or 'all'),
+    ints (a non-empty list of distinct integers, each within ``min`` and ``max``). ``choices`` may be a
+    function returning them (the names of a registry, read when first needed)."""
+
+    kind: str
+    default: Any
+    help: str
+    min: float | None = None
+    max: float | None = None
+    choices: Choices = dataclasses.field(default=None, compare=False)
+    check: Callable[[Any], str | None] | None = dataclasses.field(default=None, compare=False)
+
+    @property
+    def allowed(self) -> tuple[str, ...] | None:
+        return self.choices() if callable(self.choices) else self.choices
+
+    def describe(self) -> str:
+        """What a valid value looks like, for error messages."""
+        allowed = self.allowed
+        if self.kind == "names":
+            return f"'all', one of {', '.join(allowed or ())}, or a list of them"
+        if allowed:
+            return "one of " + ", ".join(repr(c) for c in allowed)
+        what = {
+            "int": "an integer",
+            "float": "a number",
+            "str": "a string",
+            "bool": "true or false",
+            "ints": "a list of distinct integers",
+        }[self.kind]
+        if self.min is not None and self.max is not None:
+            what += f" in [{self.min}, {self.max}]"
+        elif self.min is not None:
+            what += f" >= {self.min}"
+        elif self.max is not None:
+            what += f" <= {self.max}"
+        return what
+
+
+def param(kind: str, default: Any, help: str, **spec: Any) -> Any:
+    """A section field: the dataclass default plus its :class:`Field` (in the field's metadata)."""
+    fld = Field(kind, default, help, **spec)
+    if kind == "names" and default != "all":  # validated form: "all" or a list (checked by the tests)
+        names = [default] if isinstance(default, str) else list(default)
+        return dataclasses.field(default_factory=lambda: list(names), metadata={"param": fld})
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata={"param": fld})
+    return dataclasses.field(default=default, metadata={"param": fld})
+
+
+# -- the registries' names (imported when first needed: the registries import torch, scipy, ...) --------------
+def _model_names() -> tuple[str, ...]:
+    from emdenoise import models
+
+    return models.names()
+
+
+def _models_or_none() -> tuple[str, ...]:
+    return _model_names() + ("none",)
+
+
+def _baselines_or_none() -> tuple[str, ...]:
+    from emdenoise.classical import filters as baselines
+
+    return baselines.names() + ("none",)
+
+
+def _materials() -> tuple[str, ...]:
+    from emdenoise.data.simulate.scenes import MATERIALS
+
+    return tuple(MATERIALS)
+
+
+def _optics_regimes() -> tuple[str, ...]:
+    from emdenoise.data.simulate.physics import REGIMES
+
+    return REGIMES
+
+
+def _hint(word: str, options: Any) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _source_check(value: str) -> str | None:
+    from emdenoise.data.acquire.sources import NAMED_SOURCES
+
+    if value in NAMED_SOURCES or value.startswith(
+        ("http://", "https://", "s3://", "file://", "/", "./", "../", "~", "micrographs:")
+    ):
+        return None
+    if Path(value).suffix == ".zip" or "/" in value:
+        return None
+    return (
+        f"one of {', '.join(NAMED_SOURCES)}{_hint(value.lower(), NAMED_SOURCES)}, an http(s):// or s3:// "
+        f"URL, a local folder or .zip, or micrographs:PATH"
+    )
+
+
+def _device_check(value: str) -> str | None:
+    """The one rule for every ``device`` key."""
+    if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+        return None
+    return "auto, cpu, cuda or cuda:N"
+
+
+def _tile_check(value: int) -> str | None:
+    return None if value == 0 or value >= 16 else "0 or an integer >= 16"
+
+
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+
+
+# -- the sections --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Section:
+    """One validated section of the parameters. ``where`` is the file (or ``--set``) the values came from."""
+
+    NAME: ClassVar[str] = ""
+    where: str = dataclasses.field(default="parameters", compare=False, repr=False)
+
+    @classmethod
+    def fields(cls) -> dict[str, Field]:
+        """Every parameter of the section, in declaration order."""
+        return {f.name: f.metadata["param"] for f in dataclasses.fields(cls) if "param" in f.metadata}
+
+    @classmethod
+    def build(cls, values: dict[str, Any], where: str) -> Section:
+        """The section from validated ``values`` (every key of :meth:`fields`), cross-checked."""
+        section = cls(where=where, **values)
+        section.check()
+        return section
+
+    def check(self) -> None:
+        """Checks that involve more than one field; raise a one-line InputError."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """The section as the parameters file spells it (``{key: value}``)."""
+        return {key: getattr(self, key) for key in self.fields()}
+
+    def replace(self, **changes: Any) -> Any:
+        """A copy with ``changes`` (validated like a parameters file: a bad value is an InputError)."""
+        values = self.as_dict()
+        for key, value in changes.items():
+            values[key] = _validate_key(self.where, self.NAME, key, value)
+        return type(self).build(values, self.where)
+
+    def error(self, key: str, expected: str) -> InputError:
+        """A one-line InputError about ``key`` of this section, naming the file it came from."""
+        return InputError.at(self.where, f"{self.NAME}.{key}", expected)
+
+
+@dataclass(frozen=True)
+class DownloadParams(Section):
+    NAME: ClassVar[str] = "download"
+    source: str = param(
+        "str",
+        "synthetic",
+        "where the data come from: synthetic, abtem (multislice, pip install 'emdenoise[abtem]'), stfc, osn, "
+        "minibatch, an http(s):// or s3:// URL, a local folder or .zip in the em_graphene_sim layout, or "
+        "micrographs:PATH (a folder or .zip of your own noisy micrographs in any format denoise reads)",
+        check=_source_check,
+    )
+    seed: int = param("int", 0, "synthetic: random seed (same seed, same bytes)", min=0, max=MAX_SEED)
+    train_images: int = param("int", 512, "synthetic: number of training pairs", min=1, max=1_000_000)
+    test_images: int = param("int", 128, "synthetic: number of test pairs", min=1, max=1_000_000)
+    image_size: int = param("int", 256, "synthetic: image side in pixels", min=32, max=4096)
+    dose_min: float = param(
+        "float", 5.0, "synthetic: lowest dose, electrons per pixel at the beam centre", min=0.01, max=1e6
+    )
+    dose_max: float = param(
+        "float", 100.0, "synthetic: highest dose, electrons per pixel at the beam centre", min=0.01, max=1e6
+    )
+    dead_pixel_fraction: float = param("float", 0.001, "synthetic: fraction of dead (zero) pixels", min=0.0, max=0.5)
+    material: str = param("str", "graphene", "synthetic: the specimen (see README, Synthetic data)", choices=_materials)
+    optics: str = param(
+        "str",
+        "mixed",
+        "synthetic: microscope: corrected (60-80 kV), uncorrected (200-300 kV) or mixed (3 in 4 corrected)",
+        choices=_optics_regimes,
+    )
+    pixel_size_min: float = param("float", 0.12, "synthetic: smallest pixel size, A/px", min=0.02, max=5.0)
+    pixel_size_max: float = param("float", 0.3, "synthetic: largest pixel size, A/px (log-uniform)", min=0.02, max=5.0)
+    generalisation_count: int = param(
+        "int", 0, "synthetic: pairs of an extra generalisation/ split (0: none)", min=0, max=1_000_000
+    )
+    generalisation_material: str = param(
+        "str", "mos2", "synthetic: the specimen of the generalisation/ split", choices=_materials
+    )
+    generalisation_optics: str = param(
+        "str", "mixed", "synthetic: the microscope of the generalisation/ split", choices=_optics_regimes
+    )
+    structure: str = param(
+        "str",
+        "none",
+        "abtem: a structure file ASE reads (CIF, extxyz, POSCAR ...), seen along z and repeated over the field, "
+        "instead of the scenes of download.material (none: the scenes)",
+    )
+    abtem_oversampling: int = param(
+        "int",
+        2,
+        "abtem: abTEM's grid is this many times finer than the image (1: 10-15x faster, less exact)",
+        min=1,
+        max=4,
+    )
+    workers: int = param(
+        "int", 0, "synthetic: worker processes (0: one per core); never changes the output", min=0, max=256
+    )
+    endpoint: str = param("str", "https://s3.echo.stfc.ac.uk", "S3 endpoint used for s3://bucket/prefix sources")
+    page_size: int = param("int", 1000, "objects per S3 ListObjectsV2 page", min=1, max=1000)
+    retries: int = param("int", 5, "attempts per request on timeouts and 5xx answers", min=1, max=100)
+    timeout: float = param(
+        "float",
+        60.0,
+        "seconds of silence from a server before retrying (connecting: at most 10 s)",
+        min=0.1,
+        max=86_400.0,
+    )
+    max_archive_bytes: int = param("int", 64 * 2**30, "largest total uncompressed size accepted from a zip", min=1)
+
+    def check(self) -> None:
+        if self.dose_min > self.dose_max:
+            raise self.error("dose_min", f"expected <= download.dose_max ({self.dose_max}), got {self.dose_min}")
+        if self.structure != "none" and self.source != "abtem":
+            raise self.error(
+                "structure",
+                f"expected none unless download.source is abtem (it is {self.source!r}), got {self.structure!r}",
+            )
+        if self.pixel_size_min > self.pixel_size_max:
+            raise self.error(
+                "pixel_size_min",
+                f"expected <= download.pixel_size_max ({self.pixel_size_max}), got {self.pixel_size_min}",
+            )
+
+
+@dataclass(frozen=True)
+class PreprocessParams(Section):
+    NAME: ClassVar[str] = "preprocess"
+    val_fraction: float = param(
+        "float",
+        0.1,
+        "fraction of the training pairs held out for validation (rounded; "
+        "at least one pair, at least one left for training)",
+        min=0.0,
+        max=0.9,
+    )
+    seed: int = param("int", 0, "random seed of the train/val split", min=0, max=MAX_SEED)
+    tile_size: int = param(
+        "int", 128, "micrographs: side of the square tiles the frames are cut into", min=16, max=4096
+    )
+
+
+@dataclass(frozen=True)
+class TrainParams(Section):
+    """The ``train:`` section. Besides the fields below it holds the options every model declares for itself
+    (``unet_base``, ``dncnn_depth``, ...: :func:`emdenoise.models.option_fields`), in ``model_options``."""
+
+    NAME: ClassVar[str] = "train"
+    model: Names = param("names", "sciml_ae", "model(s) to train: a name, a list, or all", choices=_model_names)
+    epochs: int = param("int", 2, "passes over the training split", min=1, max=100_000)
+    batch_size: int = param("int", 16, "images per optimiser step (global, across processes)", min=1, max=65_536)
+    lr: float = param("float", 1e-3, "learning rate", min=0.0, max=10.0)
+    optimizer: str = param("str", "adam", "optimiser", choices=("adam", "adamw", "sgd"))
+    lr_schedule: str = param(
+        "str", "cosine", "learning-rate schedule over the whole run", choices=("constant", "cosine", "step")
+    )
+    loss: str = param("str", "mse", "training loss on normalised images", choices=("mse", "l1"))
+    seed: int = param("int", 0, "random seed (initialisation, shuffling, crops)", min=0, max=MAX_SEED)
+    device: str = param("str", "auto", "auto (cuda if present, else cpu), cpu, cuda or cuda:N", check=_device_check)
+    precision: str = param(
+        "str", "auto", "auto (bf16 autocast where it helps), fp32, bf16 or fp16", choices=PRECISION_CHOICES
+    )
+    num_workers: int = param(
+        "int", 0, "data-loader worker processes (data are in memory: 0 is usually best)", min=0, max=64
+    )
+    max_train_images: int = param("int", 0, "use only the first N training pairs (0: all)", min=0)
+    patch_size: int = param("int", 0, "train on random square crops of this side (0: whole images)", min=0, max=4096)
+    resume: str = param(
+        "str",
+        "auto",
+        "auto: continue from the last checkpoint of the same configuration; never: start afresh",
+        choices=("auto", "never"),
+    )
+    compile: bool = param(
+        "bool",
+        False,
+        "torch.compile the model for training (opt-in; when compiling fails: a one-line warning and eager training)",
+    )
+    supervision: str = param(
+        "str",
+        "clean",
+        "training targets: clean (pairs with clean images), noise2void (blind spots on single noisy frames), "
+        "poisson_split (each counted frame thinned into two independent halves), frame_pairs (consecutive "
+        "frames of a stack, drift aligned by preprocess)",
+        choices=("clean", "noise2void", "poisson_split", "frame_pairs"),
+    )
+    blind_spot_fraction: float = param(
+        "float", 0.02, "noise2void: fraction of pixels masked (on a random pattern) per image", min=0.0001, max=0.5
+    )
+    counts_per_unit: float = param(
+        "float",
+        0.0,
+        "poisson_split: electron counts per unit of the stored values (0: from the data: the recorded dose, "
+        "else the dataset card's count_scale, else 1 for whole-number data)",
+        min=0.0,
+        max=1e9,
+    )
+    init_from: str = param(
+        "str", "none", "a model file to start from and fine-tune (same architecture and options; none: random start)"
+    )
+    model_options: dict[str, Any] = dataclasses.field(default_factory=lambda: model_option_defaults())
+
+    @classmethod
+    def fields(cls) -> dict[str, Field]:
+        from emdenoise import models
+
+        return {**super().fields(), **models.option_fields()}
+
+    @classmethod
+    def build(cls, values: dict[str, Any], where: str) -> Section:
+        from emdenoise import models
+
+        options = {key: values.pop(key) for key in models.option_fields()}
+        section = cls(where=where, model_options=options, **values)
+        section.check()
+        return section
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**{key: getattr(self, key) for key in super().fields()}, **self.model_options}
+
+    def model_names(self) -> list[str]:
+        """The models to train, ``all`` resolved to every registered model."""
+        return list(_model_names()) if self.model == "all" else list(self.model)
+
+
+def model_option_defaults() -> dict[str, Any]:
+    from emdenoise import models
+
+    return {key: validate_value("defaults", key, fld, fld.default) for key, fld in models.option_fields().items()}
+
+
+@dataclass(frozen=True)
+class TestParams(Section):
+    __test__: ClassVar[bool] = False  # not a pytest test class
+    NAME: ClassVar[str] = "test"
+    models: Names = param(
+        "names",
+        "all",
+        "models to evaluate (all: every model found in model_dir; none: baselines only)",
+        choices=_models_or_none,
+    )
+    baselines: Names = param(
+        "names",
+        ["gaussian", "median", "tv", "nlm", "flat_gaussian", "bragg", "wiener", "pnlm"],
+        "classical baselines, tuned on the val split (all: every one installed; none: models "
+        "only; bm3d and anscombe_bm3d need the optional non-commercial bm3d package)",
+        choices=_baselines_or_none,
+    )
+    batch_size: int = param("int", 16, "images per inference batch", min=1, max=65_536)
+    device: str = param("str", "auto", "auto, cpu, cuda or cuda:N", check=_device_check)
+    precision: str = param("str", "auto", "auto, fp32, bf16 or fp16", choices=PRECISION_CHOICES)
+    max_test_images: int = param("int", 0, "evaluate only the first N test pairs (0: all)", min=0)
+    tune_images: int = param("int", 16, "validation pairs used to tune the baselines' parameters", min=1)
+    figure_images: int = param("int", 4, "test images shown in the comparison figure", min=0, max=32)
+    band_min_angstrom: float = param(
+        "float", 1.0, "lattice band of the band-limited PSNR: shortest d-spacing kept, A", min=0.01, max=1000.0
+    )
+    band_max_angstrom: float = param(
+        "float", 3.5, "lattice band of the band-limited PSNR: longest d-spacing kept, A", min=0.01, max=1000.0
+    )
+    atom_tolerance_angstrom: float = param(
+        "float", 0.5, "atom-column detection: a peak this close to a true column matches it, A", min=0.001, max=100.0
+    )
+    max_deviation: float = param(
+        "float",
+        0.07,
+        "consistency check: flag an output whose Poisson deviance implies a relative error above this",
+        min=0.0,
+        max=10.0,
+    )
+
+    def check(self) -> None:
+        if self.band_min_angstrom >= self.band_max_angstrom:
+            raise self.error(
+                "band_min_angstrom",
+                f"expected < test.band_max_angstrom ({self.band_max_angstrom}), got {self.band_min_angstrom}",
+            )
+
+
+@dataclass(frozen=True)
+class DenoiseParams(Section):
+    NAME: ClassVar[str] = "denoise"
+    model: str = param(
+        "str",
+        "auto",
+        "model to apply: a folder name in model_dir, or auto (the only model "
+        "there; an error lists the choices when there are several)",
+    )
+    tile_size: int = param(
+        "int",
+        256,
+        "side of the square tiles a frame is cut into (0: whole frames; "
+        "multiples of 8 keep the models' pooling grid aligned)",
+        min=0,
+        max=65_536,
+        check=_tile_check,
+    )
+    tile_overlap: int = param(
+        "int", 32, "pixels shared by neighbouring tiles, cross-faded (at most tile_size / 2)", min=0, max=32_768
+    )
+    batch_size: int = param(
+        "int", 8, "tiles per inference batch (tiles of consecutive frames are batched together)", min=1, max=65_536
+    )
+    device: str = param("str", "auto", "auto, cpu, cuda or cuda:N", check=_device_check)
+    precision: str = param("str", "auto", "auto, fp32, bf16 or fp16", choices=PRECISION_CHOICES)
+    pattern: str = param(
+        "str", "*", "glob selecting the input files in input_dir (e.g. *.tif, or **/* to include subfolders)"
+    )
+    pixel_size: float = param(
+        "float",
+        0.0,
+        "pixel size of the input frames in A/px, overriding the files' calibration (0: read each file's "
+        "calibration: TIFF resolution, ImageJ/OME, MRC voxel size, DM/EMD/SER axes, HDF5 pixel_size attribute)",
+        min=0.0,
+        max=1e6,
+    )
+    rescale: str = param(
+        "str",
+        "auto",
+        "auto: resample frames whose pixel size differs from the model's by more than scale_tolerance to the "
+        "model's sampling, denoise, resample back to the input grid; never: refuse such files in one line",
+        choices=("auto", "never"),
+    )
+    scale_tolerance: float = param(
+        "float",
+        0.05,
+        "relative difference between the input's and the model's pixel sizes within which frames are denoised "
+        "as they are",
+        min=0.0,
+        max=1.0,
+    )
+    max_deviation: float = param(
+        "float",
+        0.07,
+        "consistency check: warn when an output's Poisson deviance against its input implies a relative error "
+        "above this (the model may be inventing or erasing structure; 0: no check)",
+        min=0.0,
+        max=10.0,
+    )
+
+    def check(self) -> None:
+        if self.tile_size and self.tile_overlap > self.tile_size // 2:
+            raise self.error(
+                "tile_overlap", f"expected at most tile_size / 2 ({self.tile_size // 2}), got {self.tile_overlap}"
+            )
+
+
+@dataclass(frozen=True)
+class StudyParams(Section):
+    NAME: ClassVar[str] = "study"
+    models: Names = param("names", "all", "models in the study: a name, a list, or all", choices=_model_names)
+    train_sizes: list[int] = param(
+        "ints",
+        [125, 250, 500, 1000, 2000, 4000, 7200],
+        "numbers of training pairs each model is trained on (the first N of the train split; at most its size)",
+        min=1,
+    )
+    epochs: int = param("int", 20, "passes over its training pairs for every cell", min=1, max=100_000)
+    min_steps: int = param(
+        "int",
+        0,
+        "train every cell for at least this many optimiser steps (more epochs for "
+        "the small sizes, so they are not judged on a handful of updates; 0: epochs only)",
+        min=0,
+        max=10_000_000,
+    )
+    batch_size: int = param("int", 16, "images per optimiser step, and per inference batch", min=1, max=65_536)
+    lr: float = param("float", 1e-3, "learning rate", min=0.0, max=10.0)
+    patch_size: int = param("int", 0, "train on random square crops of this side (0: whole images)", min=0, max=4096)
+    device: str = param("str", "auto", "auto (cuda if present, else cpu), cpu, cuda or cuda:N", check=_device_check)
+    seed: int = param("int", 0, "random seed of every cell's training", min=0, max=MAX_SEED)
+    baselines: Names = param(
+        "names",
+        ["gaussian", "median", "tv", "nlm", "flat_gaussian", "bragg", "wiener", "pnlm"],
+        "classical baselines, tuned on the val split once (all: every one installed; none: no baseline)",
+        choices=_baselines_or_none,
+    )
+    max_test_images: int = param("int", 0, "evaluate on the first N test pairs only (0: all)", min=0)
+    dose_bins: int = param(
+        "int", 4, "dose bins of about equal size for PSNR vs dose (when the data have dose)", min=1, max=100
+    )
+
+    def model_names(self) -> list[str]:
+        """The models of the study, ``all`` resolved to every registered model."""
+        return list(_model_names()) if self.models == "all" else list(self.models)
+
+
+SECTIONS: dict[str, type[Section]] = {
+    cls.NAME: cls for cls in (DownloadParams, PreprocessParams, TrainParams, TestParams, DenoiseParams, StudyParams)
+}
+
+
+@dataclass(frozen=True)
+class Params:
+    """Every section, validated. ``where``: the parameters file (or ``parameters`` for the defaults)."""
+
+    download: DownloadParams
+    preprocess: PreprocessParams
+    train: TrainParams
+    test: TestParams
+    denoise: DenoiseParams
+    study: StudyParams
+    where: str = dataclasses.field(default="parameters", compare=False)
+
+    def section(self, name: str) -> Section:
+        section: Section = getattr(self, name)
+        return section
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: self.section(name).as_dict() for name in SECTIONS}
+
+
+def schema() -> dict[str, dict[str, Field]]:
+    """``{section: {key: Field}}``: the whole table (the models' options included)."""
+    return {name: cls.fields() for name, cls in SECTIONS.items()}
+
+
+# -- validation ----------------------------------------------------------------------------------------------------
+def _fmt_value(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def validate_value(where: str, name: str, fld: Field, value: Any) -> Any:
+    """Return ``value`` converted to the field's type, or raise a one-line :class:`InputError`."""
+
+    def bad() -> InputError:
+        return InputError.at(where, name, f"expected {fld.describe()}, got {_fmt_value(value)}")
+
+    if fld.kind == "bool":
+        if not isinstance(value, bool):
+            raise bad()
+        return value
+    if fld.kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                raise bad()
+    elif fld.kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad()
+        value = float(value)
+    elif fld.kind == "str":
+        if not isinstance(value, str) or not value:
+            raise bad()
+        allowed = fld.allowed
+        if allowed and value not in allowed:
+            raise InputError.at(where, name, f"expected {fld.describe()}, got {value!r}{_hint(value, allowed)}")
+    elif fld.kind == "ints":
+        items = value if isinstance(value, list) else None
+        if not items or not all(
+            isinstance(v, int) and not isinstance(v, bool) or isinstance(v, float) and v.is_integer() for v in items
+        ):
+            raise bad()
+        items = [int(v) for v in items]
+        if any(fld.min is not None and v < fld.min or fld.max is not None and v > fld.max for v in items):
+            raise bad()
+        if len(set(items)) != len(items):
+            raise InputError.at(where, name, f"expected {fld.describe()}, got repeated values in {items}")
+        return items
+    elif fld.kind == "names":
+        names = [value] if isinstance(value, str) else value
+        if not isinstance(names, list) or not names or not all(isinstance(v, str) for v in names):
+            raise bad()
+        if names == ["all"]:
+            return "all"
+        allowed = fld.allowed or ()
+        for item in names:
+            if item not in allowed:
+                raise InputError.at(
+                    where, name, f"unknown name {item!r}{_hint(item, allowed)}; expected {fld.describe()}"
+                )
+        if len(set(names)) != len(names):
+            raise InputError.at(where, name, f"names repeat in {names}")
+        return list(names)
+    if fld.min is not None and value < fld.min or fld.max is not None and value > fld.max:
+        raise bad()
+    if fld.check:
+        problem = fld.check(value)
+        if problem:
+            raise InputError.at(where, name, f"expected {problem}, got {_fmt_value(value)}")
+    return value
+
+
+def _section(where: str, section: Any) -> type[Section]:
+    """The class of ``section``, or a one-line error with a did-you-mean hint."""
+    if section not in SECTIONS:
+        raise InputError.at(
+            where,
+            str(section),
+            f"unknown section{_hint(str(section), SECTIONS)}; expected one of {', '.join(SECTIONS)}",
+        )
+    return SECTIONS[section]
+
+
+def _validate_key(where: str, section: Any, key: Any, value: Any) -> Any:
+    """One value: the section and key must be in the schema and the value valid for the key."""
+    fields = _section(where, section).fields()
+    if key not in fields:
+        raise InputError.at(
+            where, f"{section}.{key}", f"unknown key{_hint(str(key), fields)}; valid keys: {', '.join(fields)}"
+        )
+    return validate_value(where, f"{section}.{key}", fields[key], value)
+
+
+def defaults() -> Params:
+    """Every parameter at its default."""
+    return validate({})
+
+
+def validate(raw: Any, where: str = "parameters") -> Params:
+    """Merge ``raw`` (a parsed YAML mapping) over the defaults, check every value, build the typed sections."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise InputError.at(
+            where, None, f"expected a mapping of sections ({', '.join(SECTIONS)}), got {type(raw).__name__}"
+        )
+    values = {
+        name: {key: validate_value("defaults", f"{name}.{key}", fld, fld.default) for key, fld in cls.fields().items()}
+        for name, cls in SECTIONS.items()
+    }
+    for section, given in raw.items():
+        _section(where, section)
+        if given is None:
+            continue
+        if not isinstance(given, dict):
+            raise InputError.at(where, section, f"expected a mapping of keys, got {_fmt_value(given)}")
+        for key, value in given.items():
+            values[section][key] = _validate_key(where, section, key, value)
+    built = {name: cls.build(values[name], where) for name, cls in SECTIONS.items()}
+    return Params(where=where, **built)  # type: ignore[arg-type]
+
+
+def load(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Params:
+    """Read, merge and validate a parameters file (``None``: defaults only) plus ``section.key=value`` overrides."""
+    raw: dict = {}
+    where = "parameters"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise InputError.at(path, None, "parameters file not found") from None
+        except IsADirectoryError:
+            raise InputError.at(path, None, "expected a YAML file, found a folder") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError.at(
+                path,
+                None,
+                f"cannot read parameters file ({exc.__class__.__name__}: {getattr(exc, 'strerror', None) or exc})",
+            ) from None
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise InputError.at(path, line, f"invalid YAML: {problem}") from None
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise InputError.at(
+                path, None, f"expected a mapping of sections ({', '.join(SECTIONS)}), got {type(raw).__name__}"
+            )
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise InputError.at("--set", item, "expected section.key=value, e.g. train.epochs=5")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        _validate_key("--set", section, name, value)  # on its own first: its mistakes name --set, not the file
+        if not isinstance(raw.get(section), dict):
+            raw[section] = {}
+        raw[section][name] = value
+    return validate(raw, where)
+
+
+def reference_markdown() -> str:
+    """The parameters reference table for the README."""
+    lines = []
+    for section, fields in schema().items():
+        lines += [f"#### `{section}:`", "", "| key | default | valid | meaning |", "|---|---|---|---|"]
+        for key, fld in fields.items():
+            lines.append(f"| `{key}` | `{fld.default}` | {fld.describe()} | {fld.help} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Simulate raw data: image formation, specimens, the fast generator and the abTEM source."""

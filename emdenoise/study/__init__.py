@@ -1,0 +1,1 @@
+"""The study: plan, cells and analysis (:mod:`~emdenoise.study.run`) and its report (:mod:`~emdenoise.study.report`)."""
