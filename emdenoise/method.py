@@ -1,0 +1,52 @@
+"""One interface for every way of turning noisy frames into estimates: the identity, each tuned classical filter,
+each trained network, an external restorer. ``test``, the study and ``denoise`` all run a :class:`Method`.
+
+Dependency-free (numpy only), so any layer may import it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+Kind = Literal["input", "classical", "deep", "external"]
+KINDS: tuple[Kind, ...] = ("input", "classical", "deep", "external")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a method may know about the frames besides their values.
+
+    ``pixel_size``: A/px (None: unknown). ``count_scale``: detected electrons per unit of the frames' values
+    (None: not counts, or unknown). ``dose``: electrons per pixel of each frame, shape (B,) (None: unknown).
+    """
+
+    pixel_size: float | None = None
+    count_scale: float | None = None
+    dose: np.ndarray | None = None
+
+
+@runtime_checkable
+class Method(Protocol):
+    """``method(frames, context) -> estimates``: frames (B, H, W) float32 in, estimates of the same shape out."""
+
+    name: str
+    kind: Kind
+    settings: Mapping[str, Any]
+
+    def __call__(self, frames: np.ndarray, context: Context) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The noisy input itself: the row every other row must beat."""
+
+    name: str = "noisy"
+    kind: Kind = "input"
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    def __call__(self, frames: np.ndarray, context: Context) -> np.ndarray:
+        return np.asarray(frames, dtype=np.float32)
