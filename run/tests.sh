@@ -2,7 +2,7 @@
 # Install everything the tests need and run the whole suite (this is what .ci/run calls):
 #   run/tests.sh [PYTEST ARGS...]
 # It installs the package and test tools into ./.venv, mlcube 0.0.9, checks lint, format and types (ruff,
-# mypy), and the container tools the
+# mypy), builds the docs site (mkdocs --strict), and the container tools the
 # `container` tests use (podman, runc, debootstrap, the Docker engine; a local base image in both; a wheels/
 # folder), all cached. A Docker daemon that run/container-deps.sh starts here (none answered before) is
 # stopped when the tests end, pass or fail.
@@ -13,6 +13,8 @@ bash run/install.sh --test
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
+# the documentation site: a dead link, a missing page or a stale anchor fails CI like a failing test
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-dir "$(mktemp -d)"
 if ! { command -v docker >/dev/null 2>&1 && docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }; then
     trap 'bash run/container-deps.sh --stop-docker' EXIT
 fi

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Train on the synthetic generator, test on an abTEM set (README, "abTEM multislice"): run from the repository
+# Train on the synthetic generator, test on an abTEM set (docs/results/abtem-check.md): run from the repository
 # root with the [abtem] extra installed; everything goes to ./abtem-check-work.
 set -euo pipefail
-D=docs/abtem-check; W=abtem-check-work; E=.venv/bin/emdenoise
+D=docs/results/abtem-check; W=abtem-check-work; E=.venv/bin/emdenoise
 export EMDENOISE_PROGRESS=0
 $E download --workspace $W --parameters_file $D/abtem.parameters.yaml --raw_data_dir $W/ab/raw
 $E preprocess --workspace $W --parameters_file $D/abtem.parameters.yaml --raw_data_dir $W/ab/raw --data_dir $W/ab/processed
