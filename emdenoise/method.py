@@ -33,9 +33,14 @@ class Context:
 class Method(Protocol):
     """``method(frames, context) -> estimates``: frames (B, H, W) float32 in, estimates of the same shape out."""
 
-    name: str
-    kind: Kind
-    settings: Mapping[str, Any]
+    @property
+    def name(self) -> str: ...  # the row's name
+
+    @property
+    def kind(self) -> Kind: ...
+
+    @property
+    def settings(self) -> Mapping[str, Any]: ...  # what reproduces the row, as reported
 
     def __call__(self, frames: np.ndarray, context: Context) -> np.ndarray: ...
 

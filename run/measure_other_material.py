@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from measure_self_supervised import dose_range, signal_variant, task
 
-from emdenoise.classical.filters import fit_gain_offset
+from emdenoise.classical.tuning import fit_gain_offset
 from emdenoise.data.splits import load_card, load_split
 from emdenoise.evaluation.metrics import psnr_per_image, ssim_per_image
 from emdenoise.inference.denoiser import Denoiser

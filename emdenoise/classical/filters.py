@@ -1,81 +1,43 @@
-"""Classical denoisers a microscopist would compare the deep models against.
+"""Classical denoisers as plain functions: ``filter(image, value, scale=None) -> filtered`` on one 2-D float64
+image, ``value`` the filter's one tunable parameter, ``scale`` the count scale (counts per unit of the image)
+when known, else estimated from the image where a filter needs it. The table of them, their defaults and the
+:class:`~emdenoise.method.Method` they become is :mod:`emdenoise.classical.methods`; their tuning on
+validation pairs :mod:`emdenoise.classical.tuning`.
 
-Each baseline filters one 2-D float image on its own (no training). The test task then gives every baseline
-the same honest treatment:
+The plain filters: ``gaussian`` (``scipy.ndimage.gaussian_filter``), ``median``, ``tv``
+(``denoise_tv_chambolle``, weight = value x the image's noise sigma), ``nlm`` (``denoise_nl_means``, fast mode,
+5x5 patches, search distance 6, h = value x sigma), ``bm3d`` (the optional ``bm3d`` package, sigma = value x
+the noise sigma) and ``anscombe_bm3d`` (Anscombe transform of the counts, BM3D, the closed-form exact unbiased
+inverse of Makitalo & Foi, IEEE TIP 20(1), 2011).
 
-1. **Tune** one parameter over a small grid on a few validation pairs, keeping the value with the best mean
-   per-image PSNR (fixed data range R from the dataset card).
-2. **Filter, then a global gain/offset fitted on the validation split**: ``a * filtered + b``, with ``a`` and
-   ``b`` the least-squares fit of the filtered validation images to their clean images, refitted for every
-   grid value. The noisy images are ``clean x beam profile + shot noise (+ dead pixels)`` while the target
-   is the clean image with flat illumination; a pure filter cannot remove the beam profile, and a global
-   gain/offset only corrects the overall brightness: the plain rows measure what filtering alone achieves.
-   The beam-aware baselines below estimate the beam from each frame and flat-field first.
-
-The baselines, their tuned parameter and grid:
-
-``gaussian``  ``scipy.ndimage.gaussian_filter``, ``sigma`` in pixels.
-``median``    ``scipy.ndimage.median_filter``, window ``size`` in pixels (also removes dead pixels).
-``tv``        ``skimage.restoration.denoise_tv_chambolle``, weight = ``weight_per_sigma`` x the image's noise
-              sigma (so one setting suits every dose).
-``nlm``       ``skimage.restoration.denoise_nl_means``, fast mode, 5x5 patches, search distance 6, the image's
-              noise sigma given as ``sigma``, filter strength h = ``h_per_sigma`` x sigma.
-``bm3d``      BM3D (Dabov et al. 2007, the optional ``bm3d`` package) on the image as it is, noise sigma =
-              ``sigma_per_noise_sigma`` x the image's noise sigma.
-``anscombe_bm3d``  Poisson-aware BM3D: Anscombe transform ``2 sqrt(x s + 3/8)`` with the count scale ``s``
-              estimated from the image (see :func:`estimate_count_scale`), BM3D with sigma 1, then the
-              closed-form approximation of the exact unbiased inverse (Makitalo & Foi, IEEE TIP 20(1), 2011),
-              divided by ``s``. Nothing tuned but the gain/offset.
-
-The beam-aware baselines estimate the illumination from the frame itself (never from clean data):
+The beam-aware filters estimate the illumination from the frame itself (never from clean data):
 :class:`~emdenoise.classical.flatfield.FlatField` fits a 2-D Gaussian beam ``b`` to the frame's smoothed counts and
 finds the lattice's peaks in its power spectrum. Their low frequencies are the normalised convolution
 ``G*y / G*b`` with a Gaussian of sigma = ``LOW_PASS_PERIODS`` x the lattice period (8 px without a lattice);
-the filters below act on the rest of the flat-fielded frame ``y / b - low``. Each layer is a Poisson posterior
-mean that falls back to the coarser one where the beam is too weak for the counts to support it
-(:class:`Layers`).
-
-``flat_gaussian``  the normalised convolution alone, ``sigma`` in pixels (heavy-smoothing flat field).
-``bragg``     Bragg (Fourier) lattice filter: Gaussian windows of ``radius`` frequency px around every lattice
-              peak found in the frame (and its Friedel mate), plus the low frequencies. Erases what is not
-              periodic (defects) by design: the classic HRTEM filter.
-``wiener``    Wiener-type average background subtraction (Kilaas, J. Microsc. 190, 45, 1998): the spectrum's
-              smoothed power ``P`` against its ring median ``B`` (the background, robust to the peaks), gain
-              ``max(0, 1 - floor * B / P)`` per frequency, ``floor`` tuned.
-``pnlm``      Poisson non-local means with lattice-periodic block matching (after Mevenkamp et al., Adv.
-              Struct. Chem. Imaging 1, 3, 2015): candidate patches at the lattice translations
-              ``n1 a1 + n2 a2`` (|n| <= 2, each +-1 px; every offset within 3 px for a frame without a lattice),
-              similarity = the Poisson generalised likelihood ratio that two 7x7 patches of 3x3-binned counts
-              share one signal under the fitted beam (about 1 per pixel when they do), weight
-              ``exp(-max(d - 1, 0) / h)``, estimate = the weighted Poisson posterior mean
-              ``(sum w k + m) / (sum w s b + 1)`` (one prior count at the smooth level ``m``).
-``flat_anscombe_bm3d``  Anscombe + BM3D on the counts, exact unbiased inverse, then divided by ``s b`` (the
-              fitted beam): BM3D where the Poisson noise is stabilised, flat-fielded after (optional package).
+the filters act on the rest of the flat-fielded frame ``y / b - low``, each layer a Poisson posterior mean that
+falls back to the coarser one where the beam is too weak (:class:`Layers`): ``flat_gaussian`` (the normalised
+convolution alone), ``bragg`` (Gaussian windows of ``radius`` frequency px around every lattice peak and its
+Friedel mate), ``wiener`` (Kilaas, J. Microsc. 190, 45, 1998: gain ``max(0, 1 - floor * B / P)`` against the
+spectrum's ring median ``B``), ``pnlm`` (Poisson non-local means with lattice-periodic block matching, after
+Mevenkamp et al., Adv. Struct. Chem. Imaging 1, 3, 2015) and ``flat_anscombe_bm3d``.
 
 The image's noise sigma is Donoho's robust estimate: the median absolute finest-scale diagonal Haar
-coefficient / 0.6745 (the estimator ``skimage.restoration.estimate_sigma`` implements with Daubechies
-wavelets, written here so that PyWavelets is not needed).
-
-The ``bm3d`` package is licensed for non-commercial use only: it is an optional extra
-(``pip install emdenoise[bm3d]``), never a default dependency, never in the container image.
+coefficient / 0.6745 (written here so that PyWavelets is not needed). The ``bm3d`` package is licensed for
+non-commercial use only: an optional extra (``pip install emdenoise[bm3d]``), never a default dependency.
 """
 
 from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
 
 from emdenoise.classical import flatfield
 from emdenoise.classical.flatfield import FlatField
-from emdenoise.evaluation.metrics import psnr_per_image
 
 BM3D_PACKAGE = "bm3d"
-BM3D_INSTALL = "pip install emdenoise[bm3d] (the bm3d package is licensed for non-commercial use only)"
 # Haar detail coefficient -> Gaussian sigma: 1 / Phi^-1(3/4).
 _MAD_TO_SIGMA = 1.0 / 0.6744897501960817
 _ANSCOMBE_ZERO = 2.0 * math.sqrt(3.0 / 8.0)  # the Anscombe transform of a zero count
@@ -151,15 +113,15 @@ def inverse_anscombe_unbiased(d: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _gaussian(image: np.ndarray, sigma: float) -> np.ndarray:
+def gaussian(image: np.ndarray, sigma: float, scale: float | None = None) -> np.ndarray:
     return ndimage.gaussian_filter(image, sigma=sigma, mode="reflect")
 
 
-def _median(image: np.ndarray, size: float) -> np.ndarray:
+def median(image: np.ndarray, size: float, scale: float | None = None) -> np.ndarray:
     return ndimage.median_filter(image, size=int(size), mode="reflect")
 
 
-def _tv(image: np.ndarray, weight_per_sigma: float) -> np.ndarray:
+def tv(image: np.ndarray, weight_per_sigma: float, scale: float | None = None) -> np.ndarray:
     from skimage.restoration import denoise_tv_chambolle
 
     weight = weight_per_sigma * noise_sigma(image)
@@ -168,7 +130,7 @@ def _tv(image: np.ndarray, weight_per_sigma: float) -> np.ndarray:
     return denoise_tv_chambolle(image, weight=weight)
 
 
-def _nlm(image: np.ndarray, h_per_sigma: float) -> np.ndarray:
+def nlm(image: np.ndarray, h_per_sigma: float, scale: float | None = None) -> np.ndarray:
     from skimage.restoration import denoise_nl_means
 
     sigma = noise_sigma(image)
@@ -206,8 +168,8 @@ class Layers:
     ``k`` is expressed in the frame's own units (counts / (s x the kernel's effective area ``4 pi sigma^2``)).
     """
 
-    def __init__(self, image: np.ndarray, sigma: float | None = None):
-        self.ff = ff = FlatField.of(image)
+    def __init__(self, image: np.ndarray, sigma: float | None = None, scale: float | None = None):
+        self.ff = ff = FlatField.of(image, scale)
         self.sigma = LOW_PASS_PERIODS * ff.period if sigma is None else sigma
         w = ff.valid.astype(np.float64)
         y, b = ff.image, ff.beam
@@ -234,8 +196,8 @@ class Layers:
         return self.low if transfer is None else self.low + self.detail(transfer)
 
 
-def _flat_gaussian(image: np.ndarray, sigma: float) -> np.ndarray:
-    return Layers(image, sigma).compose()
+def flat_gaussian(image: np.ndarray, sigma: float, scale: float | None = None) -> np.ndarray:
+    return Layers(image, sigma, scale).compose()
 
 
 def bragg_mask(shape: tuple[int, int], peaks: np.ndarray, radius: float) -> np.ndarray:
@@ -250,13 +212,13 @@ def bragg_mask(shape: tuple[int, int], peaks: np.ndarray, radius: float) -> np.n
     return mask
 
 
-def _bragg(image: np.ndarray, radius: float) -> np.ndarray:
-    layers = Layers(image)
+def bragg(image: np.ndarray, radius: float, scale: float | None = None) -> np.ndarray:
+    layers = Layers(image, scale=scale)
     return layers.compose(bragg_mask(image.shape, layers.ff.peaks, radius))
 
 
-def _wiener(image: np.ndarray, floor: float) -> np.ndarray:
-    layers = Layers(image)
+def wiener(image: np.ndarray, floor: float, scale: float | None = None) -> np.ndarray:
+    layers = Layers(image, scale=scale)
     power = ndimage.gaussian_filter(np.abs(layers.spectrum) ** 2, 1.0, mode="wrap")
     _, _, radius = flatfield.frequency_radius(image.shape)
     background = flatfield.ring_median(power, radius, 1.0 / max(image.shape))
@@ -288,10 +250,10 @@ def _xlogx(x: np.ndarray) -> np.ndarray:
     return np.where(x > 0, x * np.log(np.maximum(x, 1e-300)), 0.0)
 
 
-def _poisson_nlm(image: np.ndarray, h: float) -> np.ndarray:
+def poisson_nlm(image: np.ndarray, h: float, scale: float | None = None) -> np.ndarray:
     """Non-local means of the counts with a Poisson likelihood-ratio patch similarity under the fitted beam
     and lattice-periodic block matching; the weighted Poisson ML estimate ``sum w k / sum w s b``."""
-    ff = FlatField.of(image)
+    ff = FlatField.of(image, scale)
     counts = np.where(ff.valid, ff.image, ff.flat * ff.beam) * ff.scale
     expose = ff.beam * ff.scale * ff.valid + 1e-9
     area = float(NLM_BIN * NLM_BIN)
@@ -326,239 +288,22 @@ def _bm3d_module():
     return importlib.import_module(BM3D_PACKAGE)
 
 
-def _bm3d(image: np.ndarray, sigma_per_noise_sigma: float) -> np.ndarray:
+def bm3d(image: np.ndarray, sigma_per_noise_sigma: float, scale: float | None = None) -> np.ndarray:
     sigma = sigma_per_noise_sigma * noise_sigma(image)
     if sigma <= 0.0:
         return image.copy()
     return np.asarray(_bm3d_module().bm3d(image, sigma_psd=sigma), dtype=np.float64)
 
 
-def _anscombe_bm3d(image: np.ndarray, sigma: float) -> np.ndarray:
-    scale = estimate_count_scale(image)
+def anscombe_bm3d(image: np.ndarray, sigma: float, scale: float | None = None) -> np.ndarray:
+    scale = scale or estimate_count_scale(image)
     stabilised = anscombe(image * scale)
     denoised = np.asarray(_bm3d_module().bm3d(stabilised, sigma_psd=sigma), dtype=np.float64)
     return inverse_anscombe_unbiased(denoised) / scale
 
 
-def _flat_anscombe_bm3d(image: np.ndarray, sigma: float) -> np.ndarray:
-    ff = FlatField.of(image)
+def flat_anscombe_bm3d(image: np.ndarray, sigma: float, scale: float | None = None) -> np.ndarray:
+    ff = FlatField.of(image, scale)
     counts = np.where(ff.valid, ff.image, ff.flat * ff.beam) * ff.scale
     denoised = np.asarray(_bm3d_module().bm3d(anscombe(counts), sigma_psd=sigma), dtype=np.float64)
     return inverse_anscombe_unbiased(denoised) / (ff.scale * np.maximum(ff.beam, 1e-3))
-
-
-# --------------------------------------------------------------------------------------------------------------
-# The table of baselines
-# --------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Baseline:
-    """One classical denoiser: ``param`` is the name of its tuned parameter, ``grid`` the values tried."""
-
-    name: str
-    param: str
-    grid: tuple[float, ...]
-    filter: Callable[[np.ndarray, float], np.ndarray] = field(repr=False)
-    fixed: dict = field(default_factory=dict)  # settings that are not tuned, recorded in the report
-    package: str | None = None  # optional package it needs
-    max_tune_images: int = 0  # cap on tuning images for slow methods (0: no cap)
-
-    def apply(self, image: np.ndarray, value: float) -> np.ndarray:
-        """Filter one 2-D image with the parameter set to ``value``; float64 out."""
-        return self.filter(np.asarray(image, dtype=np.float64), value)
-
-
-BASELINES: dict[str, Baseline] = {
-    b.name: b
-    for b in (
-        Baseline("gaussian", "sigma", (0.5, 0.75, 1.0, 1.5, 2.0, 3.0), _gaussian),
-        Baseline("median", "size", (3, 5, 7), _median),
-        Baseline("tv", "weight_per_sigma", (0.25, 0.5, 1.0, 2.0, 4.0), _tv),
-        Baseline(
-            "nlm",
-            "h_per_sigma",
-            (0.4, 0.6, 0.8, 1.0, 1.3),
-            _nlm,
-            fixed={"patch_size": 5, "patch_distance": 6, "fast_mode": True},
-        ),
-        Baseline("bm3d", "sigma_per_noise_sigma", (0.75, 1.0, 1.5), _bm3d, package=BM3D_PACKAGE, max_tune_images=4),
-        Baseline(
-            "anscombe_bm3d",
-            "sigma",
-            (1.0,),
-            _anscombe_bm3d,
-            package=BM3D_PACKAGE,
-            max_tune_images=4,
-            fixed={"count_scale": "estimated per image", "inverse": "exact unbiased (closed form)"},
-        ),
-        Baseline("flat_gaussian", "sigma", (1.0, 1.5, 2.0, 3.0, 4.0), _flat_gaussian, fixed={"beam": "fitted"}),
-        Baseline(
-            "bragg",
-            "radius",
-            (1.0, 1.5, 2.0, 3.0, 4.0, 6.0),
-            _bragg,
-            fixed={"beam": "fitted", "low_pass_periods": LOW_PASS_PERIODS, "peak_ratio": flatfield.PEAK_RATIO},
-        ),
-        Baseline(
-            "wiener",
-            "floor",
-            (1.0, 1.5, 2.0, 3.0, 4.0),
-            _wiener,
-            fixed={"beam": "fitted", "low_pass_periods": LOW_PASS_PERIODS, "background": "ring median"},
-        ),
-        Baseline(
-            "pnlm",
-            "h",
-            (0.2, 0.4, 0.8, 1.6, 3.2),
-            _poisson_nlm,
-            fixed={
-                "beam": "fitted",
-                "bin": NLM_BIN,
-                "patch": NLM_PATCH,
-                "similarity": "Poisson GLR",
-                "matching": "lattice",
-            },
-            max_tune_images=8,
-        ),
-        Baseline(
-            "flat_anscombe_bm3d",
-            "sigma",
-            (0.75, 1.0, 1.25),
-            _flat_anscombe_bm3d,
-            package=BM3D_PACKAGE,
-            max_tune_images=4,
-            fixed={"beam": "fitted", "inverse": "exact unbiased (closed form)"},
-        ),
-    )
-}
-
-DEFAULT_BASELINES = ("gaussian", "median", "tv", "nlm", "flat_gaussian", "bragg", "wiener", "pnlm")
-
-
-def names() -> tuple[str, ...]:
-    """Every registered baseline, installed or not."""
-    return tuple(BASELINES)
-
-
-def get(name: str) -> Baseline:
-    try:
-        return BASELINES[name]
-    except KeyError:
-        raise KeyError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}") from None
-
-
-def missing_package(name: str) -> str | None:
-    """The optional package baseline ``name`` needs and cannot import, or None when it can run."""
-    package = get(name).package
-    if package is None:
-        return None
-    try:
-        importlib.import_module(package)
-    except ImportError:
-        return package
-    return None
-
-
-def available() -> tuple[str, ...]:
-    """The baselines that can run here (the BM3D ones only when the optional package is installed)."""
-    return tuple(name for name in BASELINES if missing_package(name) is None)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Tuning: grid search + global gain/offset on validation pairs
-# --------------------------------------------------------------------------------------------------------------
-
-
-def fit_gain_offset(filtered: np.ndarray, clean: np.ndarray) -> tuple[float, float]:
-    """Least-squares ``a, b`` minimising ``sum (a * filtered + b - clean)^2`` over every pixel given."""
-    f = np.asarray(filtered, dtype=np.float64).ravel()
-    c = np.asarray(clean, dtype=np.float64).ravel()
-    f_mean, c_mean = f.mean(), c.mean()
-    var = float(np.mean((f - f_mean) ** 2))
-    if var <= 0.0:
-        return 0.0, float(c_mean)
-    gain = float(np.mean((f - f_mean) * (c - c_mean)) / var)
-    return gain, float(c_mean - gain * f_mean)
-
-
-@dataclass
-class TunedBaseline:
-    """A baseline with its parameter chosen and its gain/offset fitted: call it on a 2-D image."""
-
-    baseline: Baseline
-    value: float
-    gain: float
-    offset: float
-    tune_psnr: float  # mean per-image validation PSNR at the chosen value
-    n_tune: int  # validation images used
-    grid_psnr: dict[float, float]  # mean validation PSNR for every grid value
-    record: dict | None = None  # the parameters as reported (params() plus the tuning time), once scored
-
-    @property
-    def name(self) -> str:
-        return self.baseline.name
-
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        """Denoise one 2-D image; float32 out, same shape."""
-        out = self.gain * self.baseline.apply(image, self.value) + self.offset
-        return out.astype(np.float32)
-
-    def params(self) -> dict:
-        """Everything needed to reproduce this row, for test_metrics.json."""
-        value = int(self.value) if float(self.value).is_integer() else float(self.value)
-        return {
-            self.baseline.param: value,
-            **self.baseline.fixed,
-            "gain": self.gain,
-            "offset": self.offset,
-            "tuned_on_val_images": self.n_tune,
-            "val_psnr": self.tune_psnr,
-            "grid": {str(k): v for k, v in self.grid_psnr.items()},
-        }
-
-
-def tune(
-    baseline: Baseline | str,
-    noisy: np.ndarray,
-    clean: np.ndarray,
-    data_range: float,
-    on_step: Callable[[], None] | None = None,
-) -> TunedBaseline:
-    """Pick ``baseline``'s parameter from its grid on validation pairs ``noisy``/``clean`` (N, H, W).
-
-    For every grid value: filter each image, fit one global gain/offset over all the images, score the mean
-    per-image PSNR with the fixed ``data_range``. The best value wins (the first one on ties).
-    ``on_step`` is called after each filtered image (for a progress bar).
-    """
-    if isinstance(baseline, str):
-        baseline = get(baseline)
-    n = len(noisy)
-    if baseline.max_tune_images:
-        n = min(n, baseline.max_tune_images)
-    if n == 0:
-        raise ValueError("tuning needs at least one validation pair")
-    noisy, clean = noisy[:n], clean[:n]
-    best: TunedBaseline | None = None
-    grid_psnr: dict[float, float] = {}
-    for value in baseline.grid:
-        filtered = np.empty(noisy.shape, dtype=np.float64)
-        for i, image in enumerate(noisy):
-            filtered[i] = baseline.apply(image, value)
-            if on_step:
-                on_step()
-        gain, offset = fit_gain_offset(filtered, clean)
-        score = float(psnr_per_image(gain * filtered + offset, clean, data_range).mean())
-        grid_psnr[value] = score
-        if best is None or score > best.tune_psnr:
-            best = TunedBaseline(baseline, value, gain, offset, score, n, grid_psnr)
-    assert best is not None  # the grid is never empty
-    return best
-
-
-def tuning_steps(baseline: Baseline | str, n_val: int) -> int:
-    """How many filter calls :func:`tune` makes on ``n_val`` validation images (for a progress bar total)."""
-    if isinstance(baseline, str):
-        baseline = get(baseline)
-    n = min(n_val, baseline.max_tune_images) if baseline.max_tune_images else n_val
-    return n * len(baseline.grid)

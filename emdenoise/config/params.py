@@ -5,7 +5,7 @@ a type, a default, a range or a set of choices, and a line of help. That table i
 validation, the typed objects every task receives and the README's parameters reference (``python -m
 emdenoise params``) all come from it. Names that belong to a registry come from that registry: the models
 (:mod:`emdenoise.models`, which also declares each model's own ``train:`` options), the classical baselines
-(:mod:`emdenoise.classical.filters`) and the named download sources (:mod:`emdenoise.data.acquire.sources`).
+(:mod:`emdenoise.classical.names`) and the named download sources (:mod:`emdenoise.data.acquire.sources`).
 
 Unknown keys are errors with a did-you-mean hint; ``--set section.key=value`` overrides a value from the
 command line; checks that involve two fields (``dose_min <= dose_max``, ``tile_overlap <= tile_size / 2``) are
@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 
 import yaml
 
+from emdenoise.classical import names as classical_names
 from emdenoise.errors import InputError
 
 # The largest seed: NumPy's legacy seeding and many tools take 32-bit seeds, and torch.manual_seed fails on
@@ -103,9 +104,7 @@ def _models_or_none() -> tuple[str, ...]:
 
 
 def _baselines_or_none() -> tuple[str, ...]:
-    from emdenoise.classical import filters as baselines
-
-    return baselines.names() + ("none",)
+    return classical_names.ALL + ("none",)
 
 
 def _materials() -> tuple[str, ...]:
@@ -394,7 +393,7 @@ class TestParams(Section):
     )
     baselines: Names = param(
         "names",
-        ["gaussian", "median", "tv", "nlm", "flat_gaussian", "bragg", "wiener", "pnlm"],
+        list(classical_names.DEFAULT),
         "classical baselines, tuned on the val split (all: every one installed; none: models "
         "only; bm3d and anscombe_bm3d need the optional non-commercial bm3d package)",
         choices=_baselines_or_none,
@@ -524,7 +523,7 @@ class StudyParams(Section):
     seed: int = param("int", 0, "random seed of every cell's training", min=0, max=MAX_SEED)
     baselines: Names = param(
         "names",
-        ["gaussian", "median", "tv", "nlm", "flat_gaussian", "bragg", "wiener", "pnlm"],
+        list(classical_names.DEFAULT),
         "classical baselines, tuned on the val split once (all: every one installed; none: no baseline)",
         choices=_baselines_or_none,
     )

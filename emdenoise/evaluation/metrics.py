@@ -12,7 +12,8 @@ Beyond PSNR/SSIM (numpy, per image; the README's "Evaluation" section has the de
 - :func:`frc_resolution_px`: Fourier ring correlation against the clean image, resolution where it first drops
   below 1/7 (van Heel & Schatz 2005);
 - :func:`atom_scores`: atom columns found as peaks in the estimate, matched one-to-one to the true columns
-  within a tolerance: precision, recall, F1, RMS position error and vacancy recall (:class:`AtomCounts`).
+  within a tolerance: precision, recall, F1, RMS position error, vacancy recall and precision
+  (:class:`AtomCounts`; a vacancy is called only where the lattice around it was found).
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ NYQUIST_PX = 2.0
 BAND_PX_UNKNOWN = (5.0, 18.0)  # the lattice band's periods in px when the pixel size is unknown
 TOLERANCE_NN_UNKNOWN = 0.35  # atom matching tolerance as a fraction of the nearest-neighbour spacing (no px size)
 ATOM_THRESHOLD = 0.5  # a peak counts when its response is above this fraction of the clean atoms' median
+NEIGHBOUR_NN = 1.5  # a site's neighbours for the vacancy calls: the sites within this x the spacing
 
 
 def band_periods_px(band_angstrom: tuple[float, float], pixel_size: float | None) -> tuple[float, float]:
@@ -150,7 +152,8 @@ class AtomCounts:
     matched: int = 0  # peaks matched to a present atom within the tolerance
     squared_error_px2: float = 0.0  # sum of the matched pairs' squared distances
     vacancies: int = 0  # vacant sites
-    vacancies_found: int = 0  # vacant sites without a peak within the tolerance
+    vacancies_found: int = 0  # vacant sites called vacant (see vacancy_calls)
+    vacancies_called: int = 0  # sites called vacant, vacant or not
 
     def __iadd__(self, other: AtomCounts) -> AtomCounts:
         for f in fields(self):
@@ -158,7 +161,8 @@ class AtomCounts:
         return self
 
     def summary(self, pixel_size: float | None) -> dict[str, float | int | None]:
-        """Precision, recall, F1, RMS position error (px, and pm when the pixel size is known), vacancy recall."""
+        """Precision, recall, F1, RMS position error (px, and pm when the pixel size is known), vacancy recall
+        and precision."""
         precision = self.matched / self.detected if self.detected else None
         recall = self.matched / self.true if self.true else None
         f1 = 2 * self.matched / (self.detected + self.true) if self.detected + self.true else None
@@ -170,6 +174,7 @@ class AtomCounts:
             "rms_error_px": rms_px,
             "rms_error_pm": rms_px * pixel_size * 100.0 if rms_px is not None and pixel_size else None,
             "vacancy_recall": self.vacancies_found / self.vacancies if self.vacancies else None,
+            "vacancy_precision": self.vacancies_found / self.vacancies_called if self.vacancies_called else None,
             "atoms": self.true,
             "detected": self.detected,
             "vacancies": self.vacancies,
@@ -264,14 +269,30 @@ class AtomTruth:
         return cls(present, sites[vacant], nn_px, sign, ATOM_THRESHOLD * max(level, 0.0))
 
 
+def vacancy_calls(detected: np.ndarray, sites: np.ndarray, present: np.ndarray, nn_px: float, tol: float) -> np.ndarray:
+    """Which ``sites`` (every lattice site, (S, 2) px; ``present``: the atoms' flags) the ``detected`` peaks
+    call vacant: no peak within ``tol`` of the site, while at least half of its present neighbours (the present
+    sites within :data:`NEIGHBOUR_NN` x the spacing) have one. A missing atom is a vacancy only where the
+    lattice around it was found: an image that finds nothing calls no vacancy."""
+    if len(detected) == 0 or len(sites) == 0:
+        return np.zeros(len(sites), dtype=bool)
+    nearest, _ = cKDTree(detected).query(sites, k=1)
+    has_peak = nearest <= tol
+    called = np.zeros(len(sites), dtype=bool)
+    for i, around in enumerate(cKDTree(sites).query_ball_point(sites, NEIGHBOUR_NN * nn_px)):
+        neighbours = [j for j in around if j != i and present[j]]
+        called[i] = not has_peak[i] and bool(neighbours) and float(np.mean(has_peak[neighbours])) >= 0.5
+    return called
+
+
 def atom_scores(estimate: np.ndarray, truth: AtomTruth, tolerance_px: float | None) -> AtomCounts:
     """Detect atoms in ``estimate`` and score them against ``truth``.
 
     Spacing: the median nearest-neighbour distance of the true sites. Polarity (dark or bright atoms): the
     sign of the CLEAN image's local contrast at the true atoms, the same for every method. A peak counts when
     its local contrast exceeds :data:`ATOM_THRESHOLD` x the clean image's median at the atoms. Tolerance:
-    ``tolerance_px``, or :data:`TOLERANCE_NN_UNKNOWN` x the spacing when None. A vacancy is found when no
-    peak lies within the tolerance of it.
+    ``tolerance_px``, or :data:`TOLERANCE_NN_UNKNOWN` x the spacing when None. Vacancies: :func:`vacancy_calls`
+    over every site; recall = vacant sites called / vacant sites, precision = vacant sites called / sites called.
     """
     counts = AtomCounts(true=len(truth.present), vacancies=len(truth.vacant))
     if not math.isfinite(truth.nn_px):
@@ -280,10 +301,8 @@ def atom_scores(estimate: np.ndarray, truth: AtomTruth, tolerance_px: float | No
     detected = detect_atoms(estimate, truth.nn_px, truth.sign, truth.threshold)
     d = match_atoms(detected, truth.present, tol)
     counts.detected, counts.matched, counts.squared_error_px2 = len(detected), len(d), float(np.sum(d * d))
-    if len(truth.vacant):
-        if len(detected):
-            nearest, _ = cKDTree(detected).query(truth.vacant, k=1)
-            counts.vacancies_found = int(np.sum(nearest > tol))
-        else:
-            counts.vacancies_found = len(truth.vacant)
+    sites = np.concatenate([truth.present, truth.vacant])
+    present = np.arange(len(sites)) < len(truth.present)
+    called = vacancy_calls(detected, sites, present, truth.nn_px, tol)
+    counts.vacancies_called, counts.vacancies_found = int(called.sum()), int(called[~present].sum())
     return counts

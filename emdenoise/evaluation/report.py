@@ -1,7 +1,7 @@
 """The test report: ``results.md`` and the table in the log, ``comparison.png`` and ``psnr_bar.png``.
 
-Inputs are the ``test_metrics.json`` structure built by :mod:`emdenoise.tasks.test` (the ``methods`` mapping
-of row name -> ``psnr_mean``, ``psnr_std``, ``ssim_mean``, ...). Figures are returned for the caller to write
+Inputs are the :class:`~emdenoise.evaluation.records.TestMetrics` record built by :mod:`emdenoise.tasks.test`
+(or its ``test_metrics.json`` mapping, read into the record). Figures are returned for the caller to write
 (:func:`emdenoise.report.figures.write_png`).
 """
 
@@ -14,8 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from emdenoise.evaluation.records import MethodSummary, SplitMetrics, TestMetrics
+from emdenoise.report import tables
 from emdenoise.report.figures import KIND_COLOURS, figure, legend_patch, save
-from emdenoise.report.tables import is_number, num, ranked, settings, table
+from emdenoise.report.tables import is_number, num, settings, table
 
 BASELINE_NOTE = (
     "Classical baselines: filter, then a global gain/offset fitted on the validation split (the "
@@ -26,17 +28,23 @@ BASELINE_NOTE = (
 )
 
 HEADER = ["method", "kind", "PSNR (dB)", "SSIM", "MSE", "images/s", "ms/image"]
+TRUTH = "truth (clean image)"
 
 
-def _columns(name: str, row: Mapping[str, Any]) -> list[str]:
-    ms = None if row.get("seconds_per_image") is None else 1000.0 * row["seconds_per_image"]
+def ranked(methods: Mapping[str, MethodSummary]) -> list[str]:
+    """Row names sorted by mean PSNR, best first (rows without a finite PSNR last)."""
+    return tables.ranked({name: {"psnr_mean": row.psnr_mean} for name, row in methods.items()})
+
+
+def _columns(name: str, row: MethodSummary) -> list[str]:
+    ms = None if row.seconds_per_image is None else 1000.0 * row.seconds_per_image
     return [
         name,
-        row.get("kind", ""),
-        f"{num(row.get('psnr_mean'), '.2f')} ± {num(row.get('psnr_std'), '.2f')}",
-        f"{num(row.get('ssim_mean'), '.3f')} ± {num(row.get('ssim_std'), '.3f')}",
-        num(row.get("mse_mean"), ".3e"),
-        num(row.get("images_per_s"), ".1f"),
+        row.kind,
+        f"{num(row.psnr_mean, '.2f')} ± {num(row.psnr_std, '.2f')}",
+        f"{num(row.ssim_mean, '.3f')} ± {num(row.ssim_std, '.3f')}",
+        num(row.mse_mean, ".3e"),
+        num(row.images_per_s, ".1f"),
         num(ms, ".2f"),
     ]
 
@@ -45,9 +53,12 @@ STRUCTURE_NOTE = (
     "Band PSNR: PSNR of the lattice band only (d-spacings {band} A; periods {band_px} px when the pixel size "
     "is unknown), blind to the brightness level. FRC: the period where the Fourier ring correlation with the "
     "clean image first drops below 1/7 (median over images; 2 px = resolved to Nyquist). Atoms: peaks of each "
-    "output matched one-to-one to the true columns within {tol} A. Deviation: the relative error of the output "
-    "implied by the Poisson deviance of the noisy counts given it (0 for an output consistent with its input); "
-    "flagged: share of images above {maxdev} (the model may be inventing or erasing structure)."
+    "output matched one-to-one to the true columns within {tol} A; a vacancy counts as found only where no peak "
+    "lies on the site and the lattice around it was detected (vacancy R: share of the vacancies found, vacancy "
+    "P: share of the sites called vacant that are); the truth row is the clean image through the same "
+    "detector: the ceiling. Deviation: the relative error of the output implied by the Poisson deviance of the "
+    "noisy counts given it (0 for an output consistent with its input); flagged: share of images above "
+    "{maxdev} (the model may be inventing or erasing structure)."
 )
 
 
@@ -55,24 +66,35 @@ def _pct(value: Any) -> str:
     return num(None if value is None else 100.0 * value, ".0f") + ("%" if is_number(value) else "")
 
 
-def structure_lines(methods: Mapping[str, Any], has_atoms: bool, pixel_size: float | None) -> list[str]:
-    """The structure-and-consistency table: lattice-band PSNR, FRC resolution, atom columns, deviance check."""
+def _atom_cells(atoms: Mapping[str, Any] | None, pixel_size: float | None) -> list[str]:
+    atoms = atoms or {}
+    rms = atoms.get("rms_error_pm") if pixel_size else atoms.get("rms_error_px")
+    cells = [num(atoms.get(k), ".3f") for k in ("precision", "recall", "f1")]
+    return cells + [
+        num(rms, ".1f"),
+        num(atoms.get("vacancy_recall"), ".3f"),
+        num(atoms.get("vacancy_precision"), ".3f"),
+    ]
+
+
+def structure_lines(part: SplitMetrics) -> list[str]:
+    """The structure-and-consistency table: lattice-band PSNR, FRC resolution, atom columns (with the truth
+    row), deviance check."""
+    pixel_size, has_atoms = part.pixel_size_angstrom, part.has_atoms
     header = ["method", "kind", "band PSNR (dB)", "FRC res. (" + ("A" if pixel_size else "px") + ")"]
     if has_atoms:
-        header += ["atom P", "atom R", "atom F1", "RMS err (" + ("pm" if pixel_size else "px") + ")", "vacancy R"]
+        header += ["atom P", "atom R", "atom F1", "RMS err (" + ("pm" if pixel_size else "px") + ")"]
+        header += ["vacancy R", "vacancy P"]
     header += ["deviation", "flagged"]
     rows = []
-    for name in ranked(methods):
-        row = methods[name]
-        frc = row.get("frc_resolution_angstrom") if pixel_size else row.get("frc_resolution_px")
-        cells = [name, row.get("kind", ""), num(row.get("band_psnr_mean"), ".2f"), num(frc, ".2f")]
-        if has_atoms:
-            atoms = row.get("atoms") or {}
-            rms = atoms.get("rms_error_pm") if pixel_size else atoms.get("rms_error_px")
-            cells += [num(atoms.get(k), ".3f") for k in ("precision", "recall", "f1")]
-            cells += [num(rms, ".1f"), num(atoms.get("vacancy_recall"), ".3f")]
-        cells += [num(row.get("deviation_mean"), ".3f"), _pct(row.get("inconsistent_fraction"))]
-        rows.append(cells)
+    for name in ranked(part.methods):
+        row = part.methods[name]
+        frc = row.frc_resolution_angstrom if pixel_size else row.frc_resolution_px
+        cells = [name, row.kind, num(row.band_psnr_mean, ".2f"), num(frc, ".2f")]
+        cells += _atom_cells(row.atoms, pixel_size) if has_atoms else []
+        rows.append(cells + [num(row.deviation_mean, ".3f"), _pct(row.inconsistent_fraction)])
+    if has_atoms and part.truth is not None:
+        rows.append([TRUTH, "truth", "-", "-", *_atom_cells(part.truth, pixel_size), "-", "-"])
     return table(header, "ll" + "r" * (len(header) - 2), rows)
 
 
@@ -96,7 +118,7 @@ def margin_lines(strongest: Mapping[str, Any] | None) -> list[str]:
     return lines + table(["model", "PSNR (dB)", "band PSNR (dB)", "atom F1"], "lrrr", rows)
 
 
-def structure_section(title: str, part: Mapping[str, Any], settings_: Mapping[str, Any] | None) -> list[str]:
+def structure_section(title: str, part: SplitMetrics, settings_: Mapping[str, Any] | None) -> list[str]:
     """A titled section: the margins against the strongest classical row, then the structure table."""
     lines = ["", f"## {title}", ""]
     if settings_:
@@ -109,8 +131,7 @@ def structure_section(title: str, part: Mapping[str, Any], settings_: Mapping[st
             ),
             "",
         ]
-    lines += margin_lines(part.get("strongest_classical")) + [""]
-    return lines + structure_lines(part["methods"], bool(part.get("has_atoms")), part.get("pixel_size_angstrom"))
+    return lines + margin_lines(part.strongest_classical) + [""] + structure_lines(part)
 
 
 def dose_header(bins: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -118,50 +139,61 @@ def dose_header(bins: Sequence[Mapping[str, Any]]) -> list[str]:
     return [f"{b['dose_min']:.3g}-{b['dose_max']:.3g} (n={b['n']})" for b in bins]
 
 
-def markdown(metrics: Mapping[str, Any]) -> str:
-    """The whole ``results.md``: a header saying R, n, device, then the table sorted by PSNR."""
-    methods = metrics["methods"]
-    lines = [
+def _header(metrics: TestMetrics) -> list[str]:
+    return [
         "# em_denoise test results",
         "",
-        f"{metrics['n_images']} test images. PSNR = 10 log10(R^2 / MSE) per image with the fixed data range "
-        f"R = {metrics['data_range']:.6g} ({metrics.get('data_range_definition', 'from the dataset card')}), "
+        f"{metrics.n_images} test images. PSNR = 10 log10(R^2 / MSE) per image with the fixed data range "
+        f"R = {metrics.data_range:.6g} ({metrics.data_range_definition}), "
         "then the mean ± std over images; SSIM with an 11x11 Gaussian window (sigma 1.5) and the same R. "
-        f"Device {metrics.get('device', '?')}, precision {metrics.get('precision', '?')}; deep-model speed "
+        f"Device {metrics.device}, precision {metrics.precision}; deep-model speed "
         "excludes a warm-up batch; classical filters run one image at a time on the CPU.",
         "",
         BASELINE_NOTE,
         "",
     ]
+
+
+def _generalisation_lines(gen: SplitMetrics) -> list[str]:
+    lines = structure_section(f"Generalisation ({gen.n_images} images of another distribution)", gen, None)
+    rows = [[name, *_columns(name, gen.methods[name])[1:]] for name in ranked(gen.methods)]
+    return lines + ["", "PSNR and SSIM on the generalisation split:", ""] + table(HEADER, "llrrrrr", rows)
+
+
+def _dose_lines(by_dose: Mapping[str, Any], methods: Mapping[str, MethodSummary]) -> list[str]:
+    bins = by_dose["bins"]
+    lines = [
+        "",
+        "## Mean PSNR (dB) by dose",
+        "",
+        "Dose bins of about equal size (electrons per pixel at the beam centre).",
+        "",
+    ]
+    rows = [[name, *(num(v, ".2f") for v in by_dose["methods"].get(name, []))] for name in ranked(methods)]
+    return lines + table(["method", *dose_header(bins)], "l" + "r" * len(bins), rows)
+
+
+def markdown(metrics: TestMetrics | Mapping[str, Any]) -> str:
+    """The whole ``results.md``: a header saying R, n, device, then the table sorted by PSNR, the structure
+    table, the generalisation split, PSNR by dose."""
+    metrics = TestMetrics.coerce(metrics)
+    methods = metrics.methods
     rows = [
-        [str(rank), *_columns(name, methods[name]), settings(methods[name])]
+        [str(rank), *_columns(name, methods[name]), settings(methods[name].to_json())]
         for rank, name in enumerate(ranked(methods), 1)
     ]
-    lines += table(["rank", *HEADER, "settings"], "rllrrrrrl", rows)
-    lines += structure_section("Structure, atoms and consistency", metrics, metrics.get("structure_settings"))
-    gen = metrics.get("generalisation")
-    if gen:
-        lines += structure_section(f"Generalisation ({gen['n_images']} images of another distribution)", gen, None)
-        gen_rows = [[name, *_columns(name, gen["methods"][name])[1:]] for name in ranked(gen["methods"])]
-        lines += ["", "PSNR and SSIM on the generalisation split:", ""] + table(HEADER, "llrrrrr", gen_rows)
-    by_dose = metrics.get("psnr_by_dose")
-    if by_dose and by_dose.get("bins"):
-        bins = by_dose["bins"]
-        lines += [
-            "",
-            "## Mean PSNR (dB) by dose",
-            "",
-            "Dose bins of about equal size (electrons per pixel at the beam centre).",
-            "",
-        ]
-        rows = [[name, *(num(v, ".2f") for v in by_dose["methods"].get(name, []))] for name in ranked(methods)]
-        lines += table(["method", *dose_header(bins)], "l" + "r" * len(bins), rows)
+    lines = _header(metrics) + table(["rank", *HEADER, "settings"], "rllrrrrrl", rows)
+    lines += structure_section("Structure, atoms and consistency", metrics.split, metrics.structure_settings)
+    if metrics.generalisation:
+        lines += _generalisation_lines(metrics.generalisation)
+    if metrics.psnr_by_dose and metrics.psnr_by_dose.get("bins"):
+        lines += _dose_lines(metrics.psnr_by_dose, methods)
     return "\n".join(lines) + "\n"
 
 
-def text_table(metrics: Mapping[str, Any]) -> list[str]:
+def text_table(metrics: TestMetrics | Mapping[str, Any]) -> list[str]:
     """The table as aligned plain-text lines, for the log."""
-    methods = metrics["methods"]
+    methods = TestMetrics.coerce(metrics).methods
     rows = [HEADER] + [_columns(name, methods[name]) for name in ranked(methods)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
     return [
@@ -208,21 +240,22 @@ def comparison_figure(
     return fig
 
 
-def psnr_bar_figure(metrics: Mapping[str, Any]) -> Any:
+def psnr_bar_figure(metrics: TestMetrics | Mapping[str, Any]) -> Any:
     """Mean PSNR ± std per method (best first), coloured by kind: input, classical, deep (a figure to save)."""
-    methods = metrics["methods"]
-    names = [n for n in ranked(methods) if is_number(methods[n].get("psnr_mean"))]
+    metrics = TestMetrics.coerce(metrics)
+    methods = metrics.methods
+    names = [n for n in ranked(methods) if is_number(methods[n].psnr_mean)]
     fig = figure(max(4.0, 0.6 * len(names) + 1.5), 4.0)
     ax = fig.add_subplot(1, 1, 1)
-    means = [methods[n]["psnr_mean"] for n in names]
-    stds = [methods[n].get("psnr_std") or 0.0 for n in names]
-    colours = [KIND_COLOURS.get(methods[n].get("kind"), "#555555") for n in names]
+    means = [methods[n].psnr_mean for n in names]
+    stds = [methods[n].psnr_std or 0.0 for n in names]
+    colours = [KIND_COLOURS.get(methods[n].kind, "#555555") for n in names]
     ax.bar(range(len(names)), means, yerr=stds, color=colours, capsize=3)
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("PSNR (dB), mean ± std over images")
-    ax.set_title(f"{metrics['n_images']} test images, R = {metrics['data_range']:.4g}", fontsize=9)
-    kinds = [kind for kind in KIND_COLOURS if any(methods[n].get("kind") == kind for n in names)]
+    ax.set_title(f"{metrics.n_images} test images, R = {metrics.data_range:.4g}", fontsize=9)
+    kinds = [kind for kind in KIND_COLOURS if any(methods[n].kind == kind for n in names)]
     if kinds:
         ax.legend(
             handles=[legend_patch(color=KIND_COLOURS[kind], label=kind) for kind in kinds],
@@ -233,6 +266,6 @@ def psnr_bar_figure(metrics: Mapping[str, Any]) -> Any:
     return fig
 
 
-def psnr_bar_chart(dest: str | os.PathLike[str], metrics: Mapping[str, Any]) -> None:
+def psnr_bar_chart(dest: str | os.PathLike[str], metrics: TestMetrics | Mapping[str, Any]) -> None:
     """:func:`psnr_bar_figure` saved as PNG into ``dest``, atomically."""
     save(psnr_bar_figure(metrics), dest)

@@ -2,7 +2,8 @@
 
 The original benchmark study judged every denoiser on three things (fidelity of the denoised image, speed,
 and how much training data it needs) and published none of its numbers. This task reruns that study in one
-command (the engine: :mod:`emdenoise.study.run`). A *cell* is one model trained on one number of training
+command (the engine: :mod:`emdenoise.study.plan`, :mod:`emdenoise.study.run`,
+:mod:`emdenoise.study.summary`). A *cell* is one model trained on one number of training
 pairs; for every cell of ``study.models`` x ``study.train_sizes`` it:
 
 1. trains the model with the training engine on the first N pairs of the train split (read once, for the
@@ -46,22 +47,24 @@ from typing import Any
 from emdenoise.data.splits import load_card, load_split
 from emdenoise.errors import InputError, RuntimeFailure
 from emdenoise.evaluation import run as evaluation
-from emdenoise.evaluation.run import Structure
+from emdenoise.evaluation.scorer import Structure
 from emdenoise.layout import SPLIT_FILE
 from emdenoise.outputs import write_json_atomic, write_text_atomic
 from emdenoise.runtime import device as runtime
 from emdenoise.runtime import distributed
+from emdenoise.study import plan as study_plan
 from emdenoise.study import report
 from emdenoise.study import run as engine
+from emdenoise.study.summary import StudySummary, summarise
 from emdenoise.tasks.context import TaskContext
 
 SUMMARY_FILE = "study.json"
 REPORT_FILE = "report.md"
 
 
-def publish(out_dir: Path, summary: dict[str, Any]) -> dict[str, str]:
+def publish(out_dir: Path, summary: StudySummary) -> dict[str, str]:
     """(Re)write study.json, the figures and report.md (each atomically); returns figure key -> file name."""
-    write_json_atomic(out_dir / SUMMARY_FILE, summary)
+    write_json_atomic(out_dir / SUMMARY_FILE, summary.to_json())
     figures = report.write_figures(out_dir, summary)
     write_text_atomic(out_dir / REPORT_FILE, report.markdown(summary, figures))
     return figures
@@ -81,7 +84,7 @@ def run(ctx: TaskContext) -> None:
 
     baseline_names = evaluation.select_baselines(study.baselines, where, log, field="study.baselines")
     card = load_card(data_dir)  # checked: data_range > 0, normalisation std > 0
-    engine.check_inputs(study, card, data_dir, where)
+    study_plan.check_inputs(study, card, data_dir, where)
     device = runtime.resolve_device(study.device, "study.device", where)
     precision = runtime.resolve_precision(ctx.params.train.precision, device, "train.precision", where)
     test = load_split(data_dir, "test", study.max_test_images)
@@ -91,7 +94,7 @@ def run(ctx: TaskContext) -> None:
     gen_file = data_dir / SPLIT_FILE.format(split="generalisation")
     gen = load_split(data_dir, "generalisation", study.max_test_images) if gen_file.is_file() else None
     pixel_size = card.get("pixel_size_angstrom")
-    setting = engine.Setting(
+    setting = study_plan.Setting(
         study,
         ctx.params.train,
         ctx.params.test.tune_images,
@@ -106,7 +109,7 @@ def run(ctx: TaskContext) -> None:
         Structure.of(ctx.params.test),
         float(pixel_size) if isinstance(pixel_size, (int, float)) and pixel_size > 0 else None,
     )
-    cells = engine.plan_cells(study)
+    cells = study_plan.plan_cells(study)
     log.info(
         "study: %d cells (%s x sizes %s), %d baseline(s); %d test images of %dx%d, R = %.6g; device %s, %s",
         len(cells),
@@ -123,16 +126,16 @@ def run(ctx: TaskContext) -> None:
 
     baselines = engine.run_baselines(baseline_names, setting, out_dir)
 
-    def summary(results: list[dict[str, Any]], failed: list[dict[str, Any]]) -> dict[str, Any]:
-        return engine.summarise(setting, cells, baselines, results, failed, time.perf_counter() - started)
+    def summary(results: list[dict[str, Any]], failed: list[dict[str, Any]]) -> StudySummary:
+        return summarise(setting, cells, baselines, results, failed, time.perf_counter() - started)
 
     results, failed = engine.run_cells(
         cells, setting, out_dir, after_cell=lambda results, failed: publish(out_dir, summary(results, failed))
     )
     final = summary(results, failed)
     figures = publish(out_dir, final)
-    best = final["best_baseline"]
-    for name, info in final["models"].items() if best else ():
+    best = final.best_baseline or {}
+    for name, info in final.models.items() if best else ():
         win = info["smallest_winning_size"]
         log.info(
             "%s beats the best baseline (%s, %.2f dB): %s",

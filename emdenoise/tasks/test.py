@@ -3,16 +3,19 @@
 Rows of the table, all scored on the same test images against the CLEAN test images:
 
 - ``noisy``: the input itself (what doing nothing scores);
-- each classical baseline of ``test.baselines`` (:mod:`emdenoise.classical.filters`), its parameter and a global
+- each classical baseline of ``test.baselines`` (:mod:`emdenoise.classical.methods`), its parameter and a global
   gain/offset tuned on ``test.tune_images`` validation pairs;
 - each trained model of ``test.models`` (``all``: every ``model_dir/<name>/em_denoise_model.h5``), run in
   batches of ``test.batch_size`` on ``test.device`` with ``test.precision``; a warm-up batch is run first
   and left out of the timing.
 
-Metrics (:mod:`emdenoise.evaluation.run`), per image then averaged over images (mean and population std):
-PSNR with the fixed data range R from the dataset card (never from the prediction, never 255), SSIM (11x11
-Gaussian window, sigma 1.5, same R), MSE; speed as images/s and seconds per image. When the test split
-carries the dose, the mean PSNR per dose bin too.
+Every row is a :class:`~emdenoise.method.Method` (:class:`~emdenoise.method.Identity`, a tuned
+:class:`~emdenoise.classical.methods.Classical`, a :class:`~emdenoise.evaluation.run.Network`) run by the one
+timed loop :func:`emdenoise.evaluation.run.run_method`. Metrics (:mod:`emdenoise.evaluation.scorer`), per image
+then averaged over images (mean and population std): PSNR with the fixed data range R from the dataset card
+(never from the prediction, never 255), SSIM (11x11 Gaussian window, sigma 1.5, same R), MSE; speed as
+images/s and seconds per image. When the test split carries the dose, the mean PSNR per dose bin too. Where it
+carries true atoms, the ``truth`` row: the clean images through the same atom detector, the ceiling.
 
 Outputs in ``output_dir``: ``test_metrics.json``, ``per_image.csv``, ``results.md``, ``comparison.png`` (noisy /
 each method / clean for ``test.figure_images`` test images) and ``psnr_bar.png``
@@ -27,28 +30,30 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from emdenoise.data.splits import load_card, load_split
+from emdenoise.data.splits import Split, load_card, load_split
 from emdenoise.errors import InputError
 from emdenoise.evaluation import report
+from emdenoise.evaluation.records import TestMetrics
 from emdenoise.evaluation.run import (
-    Scorer,
-    Structure,
-    dose_bins,
     find_models,
     load_model,
-    run_baseline,
-    run_model,
-    score_baseline,
-    score_input,
+    network,
+    run_method,
     select_baselines,
-    strongest_classical,
+    tune_baseline,
 )
+from emdenoise.evaluation.scorer import Scorer, Structure, dose_bins
+from emdenoise.inference.denoiser import Denoiser
 from emdenoise.layout import MODEL_FILE, SPLIT_FILE
+from emdenoise.method import Identity, Method
 from emdenoise.outputs import Transaction
 from emdenoise.report.figures import write_png
 from emdenoise.runtime import device as runtime
@@ -89,7 +94,7 @@ def figure_indices(n: int, k: int) -> list[int]:
     return sorted({int(round(v)) for v in np.linspace(0, n - 1, min(k, n))})
 
 
-def figures(scorer: Scorer, metrics: dict[str, Any], indices: list[int]) -> dict[str, Any]:
+def figures(scorer: Scorer, metrics: TestMetrics, indices: list[int]) -> dict[str, Any]:
     """File name -> drawn figure: ``psnr_bar.png``, and ``comparison.png`` when ``indices`` is not empty."""
     drawn = {"psnr_bar.png": report.psnr_bar_figure(metrics)}
     if indices:
@@ -106,10 +111,53 @@ def figures(scorer: Scorer, metrics: dict[str, Any], indices: list[int]) -> dict
     return drawn
 
 
-def run(ctx: TaskContext) -> None:
-    sec, log, where = ctx.params.test, ctx.log, ctx.where
-    data_dir, model_dir, out_dir = ctx.paths["data_dir"], ctx.paths["model_dir"], ctx.paths["output_dir"]
+@dataclass
+class Plan:
+    """What a test run evaluates, read and checked before any work."""
 
+    baselines: list[str]
+    models: dict[str, Path]
+    card: dict[str, Any]
+    test: Split
+    val: Split | None
+    generalisation: Split | None
+    device: torch.device
+    precision: str
+    denoisers: dict[str, Denoiser]
+
+    @property
+    def data_range(self) -> float:
+        return float(self.card["data_range"])  # checked by load_card: a number > 0
+
+    @property
+    def pixel_size(self) -> float | None:
+        value = self.card.get("pixel_size_angstrom")
+        return float(value) if isinstance(value, (int, float)) and value > 0 else None
+
+
+def _val_split(data_dir: Path, tune_images: int, test: Split, log: logging.Logger) -> Split:
+    val = load_split(data_dir, "val", tune_images)
+    if len(val) == 0:
+        raise InputError.at(
+            data_dir / "val.h5",
+            "test.baselines",
+            "expected validation pairs to tune "
+            "the baselines on, found none; set preprocess.val_fraction > 0 and preprocess "
+            "again, or set test.baselines: none",
+        )
+    if val.noisy.shape[1:] != test.noisy.shape[1:]:
+        log.info(
+            "val images are %s, test images %s: tuning on the val images as they are",
+            val.noisy.shape[1:],
+            test.noisy.shape[1:],
+        )
+    return val
+
+
+def plan(ctx: TaskContext) -> Plan:
+    """The baselines, models (every file loaded now: a damaged one fails the run before any work) and splits."""
+    sec, log, where = ctx.params.test, ctx.log, ctx.where
+    data_dir, model_dir = ctx.paths["data_dir"], ctx.paths["model_dir"]
     baseline_names = select_baselines(sec.baselines, where, log)
     model_files = find_models(sec.models, model_dir, where)
     if not model_files and not baseline_names:
@@ -121,99 +169,64 @@ def run(ctx: TaskContext) -> None:
         )
     if not model_files:
         log.info("no trained model in %s: evaluating the noisy input and the classical baselines only", model_dir)
-
     card = load_card(data_dir)
-    data_range = float(card["data_range"])  # checked by load_card: a number > 0
     test = load_split(data_dir, "test", sec.max_test_images)
     if len(test) == 0:
         raise InputError.at(data_dir / "test.h5", "noisy", "expected at least one test pair, found none")
-    val = None
-    if baseline_names:
-        val = load_split(data_dir, "val", sec.tune_images)
-        if len(val) == 0:
-            raise InputError.at(
-                data_dir / "val.h5",
-                "test.baselines",
-                "expected validation pairs to tune "
-                "the baselines on, found none; set preprocess.val_fraction > 0 and preprocess "
-                "again, or set test.baselines: none",
-            )
-        if val.noisy.shape[1:] != test.noisy.shape[1:]:
-            log.info(
-                "val images are %s, test images %s: tuning on the val images as they are",
-                val.noisy.shape[1:],
-                test.noisy.shape[1:],
-            )
-
-    device, precision = torch.device("cpu"), "fp32"
-    denoisers = {}
+    val = _val_split(data_dir, sec.tune_images, test, log) if baseline_names else None
+    device, precision, denoisers = torch.device("cpu"), "fp32", {}
     if model_files:
         device = runtime.resolve_device(sec.device, "test.device", where)
         precision = runtime.resolve_precision(sec.precision, device, "test.precision", where)
-        # every model file now: a damaged one fails the run before any work
         denoisers = {name: load_model(path, device, precision) for name, path in model_files.items()}
-    log.info(
-        "%d test images of %dx%d, data range R = %.6g; %d baseline(s), %d model(s); device %s, precision %s",
-        len(test),
-        test.noisy.shape[1],
-        test.noisy.shape[2],
-        data_range,
-        len(baseline_names),
-        len(model_files),
-        device,
-        precision,
-    )
-
-    structure, pixel_size = Structure.of(sec), card.get("pixel_size_angstrom")
-    pixel_size = float(pixel_size) if isinstance(pixel_size, (int, float)) and pixel_size > 0 else None
     gen_path = data_dir / SPLIT_FILE.format(split=GENERALISATION)
     gen = load_split(data_dir, GENERALISATION, sec.max_test_images) if gen_path.is_file() else None
-    indices = figure_indices(len(test), sec.figure_images)
-    scorer = Scorer(test, data_range, indices, structure, pixel_size)
-    scorers = {"test": scorer}
     if gen is not None and len(gen):
-        scorers[GENERALISATION] = Scorer(gen, data_range, [], structure, pixel_size)
         log.info("%s: %d images, scored beside the test split", gen_path, len(gen))
-    for each in scorers.values():
-        score_input(each, sec.batch_size)
-    for name in baseline_names:
-        assert val is not None
-        tuned = run_baseline(name, val, scorer, data_range, sec.batch_size, log)
-        for split, each in scorers.items():
-            if split != "test":
-                score_baseline(tuned, each, sec.batch_size)
-    for name, path in model_files.items():
-        for each in scorers.values():
-            run_model(name, path, each, device, precision, sec.batch_size, log, denoisers[name])
+    gen = gen if gen is not None and len(gen) else None
+    return Plan(baseline_names, model_files, card, test, val, gen, device, precision, denoisers)
 
-    metrics = {
-        "data_range": data_range,
-        "data_range_definition": card.get("data_range_definition", "the dataset card's data_range"),
-        "n_images": len(test),
-        "image_shape": list(test.noisy.shape[1:]),
-        "device": str(device),
-        "precision": str(precision),
-        "baseline_treatment": report.BASELINE_NOTE,
-        "structure_settings": structure.settings(),
-        "pixel_size_angstrom": scorer.median_pixel_size(),
-        "has_atoms": test.has_atoms,
-        "methods": scorer.summaries(),
-    }
-    metrics["strongest_classical"] = strongest_classical(metrics["methods"])
-    if GENERALISATION in scorers:
-        other = scorers[GENERALISATION]
-        gen_methods = other.summaries()
-        metrics[GENERALISATION] = {
-            "n_images": len(other.split),
-            "pixel_size_angstrom": other.median_pixel_size(),
-            "has_atoms": other.split.has_atoms,
-            "methods": gen_methods,
-            "strongest_classical": strongest_classical(gen_methods),
-        }
-    if test.dose is not None:
-        metrics["psnr_by_dose"] = dose_bins(test.dose, scorer.rows)
-    drawn = figures(scorer, metrics, indices)
 
+def methods(p: Plan, batch_size: int, log: logging.Logger) -> list[Method]:
+    """Every row as a method: the identity, each baseline tuned on the val split, each network."""
+    rows: list[Method] = [Identity()]
+    for name in p.baselines:
+        assert p.val is not None
+        rows.append(tune_baseline(name, p.val, p.data_range, log))
+    for name, path in p.models.items():
+        rows.append(network(name, path, p.denoisers[name], batch_size, p.data_range, log))
+    return rows
+
+
+def metrics_record(p: Plan, scorers: dict[str, Scorer], structure: Structure) -> TestMetrics:
+    """The ``test_metrics.json`` record of the scored rows."""
+    scorer = scorers["test"]
+    test = scorer.split_metrics()
+    gen = (
+        scorers[GENERALISATION].split_metrics(len(scorers[GENERALISATION].split)) if GENERALISATION in scorers else None
+    )
+    return TestMetrics(
+        n_images=len(p.test),
+        data_range=p.data_range,
+        data_range_definition=p.card.get("data_range_definition", "the dataset card's data_range"),
+        image_shape=list(p.test.noisy.shape[1:]),
+        device=str(p.device),
+        precision=str(p.precision),
+        baseline_treatment=report.BASELINE_NOTE,
+        structure_settings=structure.settings(),
+        pixel_size_angstrom=test.pixel_size_angstrom,
+        has_atoms=test.has_atoms,
+        methods=test.methods,
+        truth=test.truth,
+        strongest_classical=test.strongest_classical,
+        generalisation=gen,
+        psnr_by_dose=dose_bins(p.test.dose, scorer.rows) if p.test.dose is not None else None,
+    )
+
+
+def write(out_dir: Path, scorers: dict[str, Scorer], metrics: TestMetrics, drawn: dict[str, Any]) -> Path | None:
+    """Every output, staged then committed together (``test_metrics.json`` last); returns the stale comparison
+    figure removed, if any."""
     stale = out_dir / COMPARISON if COMPARISON not in drawn and (out_dir / COMPARISON).exists() else None
     with Transaction() as tx:
         tx.write_text(out_dir / "per_image.csv", per_image_csv(scorers))
@@ -223,7 +236,35 @@ def run(ctx: TaskContext) -> None:
                 write_png(fig, tmp)
         if stale:  # test.figure_images: 0; an old comparison would mislead
             tx.remove(stale)
-        tx.write_json(out_dir / "test_metrics.json", metrics)  # the completion marker, last
+        tx.write_json(out_dir / "test_metrics.json", metrics.to_json())  # the completion marker, last
+    return stale
+
+
+def run(ctx: TaskContext) -> None:
+    sec, log, out_dir = ctx.params.test, ctx.log, ctx.paths["output_dir"]
+    p = plan(ctx)
+    log.info(
+        "%d test images of %dx%d, data range R = %.6g; %d baseline(s), %d model(s); device %s, precision %s",
+        len(p.test),
+        p.test.noisy.shape[1],
+        p.test.noisy.shape[2],
+        p.data_range,
+        len(p.baselines),
+        len(p.models),
+        p.device,
+        p.precision,
+    )
+    structure = Structure.of(sec)
+    indices = figure_indices(len(p.test), sec.figure_images)
+    scorers = {"test": Scorer(p.test, p.data_range, indices, structure, p.pixel_size)}
+    if p.generalisation is not None:
+        scorers[GENERALISATION] = Scorer(p.generalisation, p.data_range, [], structure, p.pixel_size)
+    for method in methods(p, sec.batch_size, log):
+        for each in scorers.values():
+            run_method(method, each, sec.batch_size, log)
+    metrics = metrics_record(p, scorers, structure)
+    drawn = figures(scorers["test"], metrics, indices)
+    stale = write(out_dir, scorers, metrics, drawn)
     if stale:
         log.info("removed %s from an earlier run (test.figure_images is 0)", stale)
     for line in report.text_table(metrics):

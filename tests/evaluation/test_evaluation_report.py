@@ -20,3 +20,18 @@ def test_the_log_table_is_aligned(test_metrics):
     lines = evaluation.text_table(test_metrics)
     assert len(lines) == 4 and lines[1].startswith("unet ") and lines[3].startswith("noisy")
     assert len({len(line) for line in lines}) == 1
+
+
+def test_the_atom_table_has_the_ceiling_and_the_vacancy_precision(test_metrics):
+    atoms = {"precision": 0.5, "recall": 0.4, "f1": 0.444, "vacancy_recall": 0.0, "vacancy_precision": None}
+    metrics = {
+        **test_metrics,
+        "has_atoms": True,
+        "methods": {name: {**row, "atoms": atoms} for name, row in test_metrics["methods"].items()},
+        "truth": {"precision": 0.86, "recall": 0.7, "f1": 0.771, "vacancy_recall": 1.0, "vacancy_precision": 0.5},
+    }
+    lines = evaluation.markdown(metrics).splitlines()
+    header = next(line for line in lines if line.startswith("| method | kind | band PSNR"))
+    assert "| atom F1 |" in header and header.endswith("| vacancy R | vacancy P | deviation | flagged |")
+    truth = [line for line in lines if line.startswith("| truth (clean image) |")]
+    assert truth == ["| truth (clean image) | truth | - | - | 0.860 | 0.700 | 0.771 | - | 1.000 | 0.500 | - | - |"]

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 from noisy_images import poisson_noise, smooth_images
 
-from emdenoise.classical import filters as baselines
+from emdenoise.classical import methods as baselines
 from emdenoise.data.splits import Split
 from emdenoise.errors import InputError
 from emdenoise.evaluation import run as evaluation
+from emdenoise.evaluation import scorer as scoring
+from emdenoise.method import Context, Identity
 
 HAVE_BM3D = importlib.util.find_spec("bm3d") is not None
 
@@ -28,7 +30,7 @@ def one_split(noisy, clean, dose=None) -> Split:
 
 def test_psnr_of_a_constant_offset_is_the_hand_computed_value():
     clean = smooth_images(np.random.default_rng(1), 2, 32)
-    scorer = evaluation.Scorer(one_split(clean, clean), data_range=2.0, figure_indices=[])
+    scorer = scoring.Scorer(one_split(clean, clean), data_range=2.0, figure_indices=[])
     row = scorer.add_row("offset", "classical")
     scorer.score(row, 0, clean + 0.1)
     np.testing.assert_allclose(row.mse, 0.01, rtol=1e-4)
@@ -43,10 +45,10 @@ def test_psnr_of_a_constant_offset_is_the_hand_computed_value():
 def test_psnr_is_averaged_per_image_not_pooled():
     clean = np.zeros((2, 16, 16), np.float32)
     pred = clean + np.array([0.1, 0.01], np.float32)[:, None, None]  # MSE 1e-2 and 1e-4: 20 dB and 40 dB
-    scorer = evaluation.Scorer(one_split(pred, clean), data_range=1.0, figure_indices=[])
+    scorer = scoring.Scorer(one_split(pred, clean), data_range=1.0, figure_indices=[])
     row = scorer.add_row("p", "classical")
     scorer.score(row, 0, pred)
-    summary = evaluation.summarise(row)
+    summary = scoring.summarise(row)
     pooled = 10 * math.log10(1.0 / np.mean((pred - clean) ** 2))  # 22.97 dB
     assert summary["psnr_mean"] == pytest.approx(30.0, abs=1e-3)
     assert summary["psnr_std"] == pytest.approx(10.0, abs=1e-3)
@@ -55,10 +57,10 @@ def test_psnr_is_averaged_per_image_not_pooled():
 
 def test_a_perfect_prediction_is_reported_as_null_not_infinity():
     clean = smooth_images(np.random.default_rng(2), 1, 16)
-    scorer = evaluation.Scorer(one_split(clean, clean), data_range=1.0, figure_indices=[])
+    scorer = scoring.Scorer(one_split(clean, clean), data_range=1.0, figure_indices=[])
     row = scorer.add_row("exact", "classical")
     scorer.score(row, 0, clean)
-    summary = evaluation.summarise(row)
+    summary = scoring.summarise(row)
     assert summary["psnr_mean"] is None and summary["mse_mean"] == 0.0
     json.dumps(summary, allow_nan=False)
 
@@ -68,10 +70,10 @@ def test_dose_bins_cover_every_image_once():
     clean = smooth_images(rng, 7, 16)
     dose = np.array([50, 5, 20, 100, 10, 70, 30], np.float32)
     split = one_split(poisson_noise(rng, clean, dose), clean, dose)
-    scorer = evaluation.Scorer(split, 1.0, [])
+    scorer = scoring.Scorer(split, 1.0, [])
     row = scorer.add_row("noisy", "input")
     scorer.score(row, 0, split.noisy)
-    bins = evaluation.dose_bins(dose, scorer.rows)
+    bins = scoring.dose_bins(dose, scorer.rows)
     assert sum(b["n"] for b in bins["bins"]) == 7
     assert [b["dose_min"] for b in bins["bins"]] == sorted(b["dose_min"] for b in bins["bins"])
     assert all(a["dose_max"] <= b["dose_min"] for a, b in zip(bins["bins"], bins["bins"][1:]))
@@ -86,3 +88,64 @@ def test_bm3d_baselines_need_the_optional_package():
         assert baselines.missing_package("anscombe_bm3d") == "bm3d"
         with pytest.raises(InputError, match=r"test\.baselines.*pip install emdenoise\[bm3d\].*non-commercial"):
             evaluation.select_baselines(["gaussian", "bm3d"], "p.yaml", None)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The one timed loop
+# --------------------------------------------------------------------------------------------------------------
+
+
+class Halving:
+    """A method that halves its frames, recording every context and warm-up it gets."""
+
+    name, kind, settings = "half", "classical", {"factor": 0.5}
+
+    def __init__(self):
+        self.contexts: list[Context] = []
+        self.warm_ups = 0
+
+    def __call__(self, frames, context):
+        self.contexts.append(context)
+        return 0.5 * np.asarray(frames, np.float32)
+
+    def warm_up(self, frames, context):
+        self.warm_ups += 1
+
+
+def test_one_loop_runs_any_method_in_batches_with_its_context():
+    rng = np.random.default_rng(4)
+    clean = smooth_images(rng, 5, 16)
+    dose = np.array([10, 20, 30, 40, 50], np.float32)
+    split = one_split(poisson_noise(rng, clean, dose), clean, dose)
+    scorer = scoring.Scorer(split, 1.0, [], pixel_size=0.2)
+    method = Halving()
+    row = evaluation.run_method(method, scorer, batch_size=2)
+    assert method.warm_ups == 1 and len(method.contexts) == 3  # batches of 2, 2, 1
+    assert [c.pixel_size for c in method.contexts] == [0.2, 0.2, 0.2]
+    np.testing.assert_array_equal(method.contexts[2].dose, [50.0])
+    expected = scoring.psnr_per_image(0.5 * split.noisy, clean, 1.0).double().numpy()
+    np.testing.assert_allclose(row.psnr, expected, rtol=1e-6)
+    assert row.params == {"factor": 0.5} and row.kind == "classical" and row.seconds > 0
+
+
+def test_the_identity_row_is_the_input_scored_and_costs_nothing():
+    rng = np.random.default_rng(5)
+    clean = smooth_images(rng, 3, 16)
+    split = one_split(poisson_noise(rng, clean, 20), clean)
+    scorer = scoring.Scorer(split, 1.0, [])
+    evaluation.run_method(Identity(), scorer, batch_size=2)
+    summary = scorer.summary("noisy")
+    expected = scoring.psnr_per_image(split.noisy, clean, 1.0).double().numpy()
+    assert summary.kind == "input" and summary.psnr_mean == pytest.approx(float(expected.mean()))
+    assert summary.seconds_per_image == 0.0 and summary.images_per_s is None
+
+
+def test_a_classical_method_runs_in_the_loop_as_it_runs_alone():
+    rng = np.random.default_rng(6)
+    clean = smooth_images(rng, 3, 16)
+    split = one_split(poisson_noise(rng, clean, 20), clean)
+    scorer = scoring.Scorer(split, 1.0, [0])
+    median = baselines.build("median", Context())
+    evaluation.run_method(median, scorer, batch_size=2)
+    np.testing.assert_array_equal(scorer.rows["median"].figure[0], median.apply(split.noisy[0]))
+    assert scorer.rows["median"].params["size"] == 3

@@ -62,6 +62,7 @@ def test_a_perfect_estimate_finds_every_atom_and_every_vacancy(contrast):
     assert truth.nn_px == pytest.approx(7.0, rel=0.01)
     score = metrics.atom_scores(clean, truth, 2.0).summary(0.19)
     assert score["precision"] == score["recall"] == score["f1"] == 1.0
+    assert score["vacancy_precision"] == 1.0  # every site called vacant is
     assert score["vacancy_recall"] == 1.0 and score["vacancies"] == 2 and score["atoms"] == int((~vacant).sum())
     assert score["rms_error_px"] < 0.1
 
@@ -95,3 +96,43 @@ def test_counts_add_up_over_images():
     total += metrics.atom_scores(np.ones_like(clean), truth, None)  # a flat estimate finds nothing
     summary = total.summary(None)
     assert summary["recall"] == pytest.approx(0.5) and summary["precision"] == 1.0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Vacancies need the lattice around them; the truth row is the ceiling
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_a_flat_image_finds_no_vacancy():
+    """Nothing detected: no site has its lattice found, so no vacancy is called (recall 0 of 2, not 1)."""
+    _, _, _, truth = _truth()
+    flat = metrics.atom_scores(np.ones((SIDE, SIDE)), truth, 2.0)
+    assert (flat.detected, flat.vacancies, flat.vacancies_found, flat.vacancies_called) == (0, 2, 0, 0)
+    score = flat.summary(None)
+    assert score["vacancy_recall"] == 0.0 and score["vacancy_precision"] is None
+
+
+def test_a_missed_atom_inside_a_found_lattice_is_a_false_vacancy():
+    """One atom erased, its neighbours found: three sites called vacant, two of them truly: precision 2/3."""
+    clean, sites, vacant, truth = _truth()
+    present = sites[~vacant]
+    erased = atom_image(SIDE, np.delete(present, len(present) // 3, axis=0))
+    score = metrics.atom_scores(erased, truth, 2.0)
+    assert (score.vacancies_found, score.vacancies_called) == (2, 3)
+    assert score.summary(None)["vacancy_recall"] == 1.0
+    assert score.summary(None)["vacancy_precision"] == pytest.approx(2 / 3)
+
+
+def test_vacancy_calls_by_hand():
+    """Three sites on a line, 7 px apart; the middle one without a peak is called vacant only while a
+    neighbour has one."""
+    sites = np.array([[10.0, 3.0], [10.0, 10.0], [10.0, 17.0]])
+    present = np.array([True, False, True])
+    both = metrics.vacancy_calls(np.array([[10.0, 3.0], [10.0, 17.0]]), sites, present, 7.0, 2.0)
+    assert both.tolist() == [False, True, False]
+    none = metrics.vacancy_calls(np.zeros((0, 2)), sites, present, 7.0, 2.0)
+    assert none.tolist() == [False, False, False]
+    # one of the two present neighbours found is half of them: enough; the far end has no present neighbour
+    # within 1.5 x 7 px (the middle site is vacant), so it is never called
+    one = metrics.vacancy_calls(np.array([[10.0, 3.0]]), sites, present, 7.0, 2.0)
+    assert one.tolist() == [False, True, False]

@@ -12,7 +12,8 @@ from support import write_data_dir
 from emdenoise import models
 from emdenoise.config import params
 from emdenoise.data.splits import load_split
-from emdenoise.study import run as engine
+from emdenoise.study import plan as engine
+from emdenoise.study import summary as analysis
 from emdenoise.training import loop as training
 
 # --------------------------------------------------------------------------------------------------------------
@@ -28,20 +29,20 @@ def test_best_baseline_is_the_best_classical_row():
         "tv": {"kind": "classical", "psnr_mean": None},  # no finite PSNR: ignored
         "unet": {"kind": "deep", "psnr_mean": 30.0},
     }
-    assert engine.best_baseline(methods) == ("nlm", 24.25)
-    assert engine.best_baseline({"noisy": {"kind": "input", "psnr_mean": 12.0}}) is None
+    assert analysis.best_baseline(methods) == ("nlm", 24.25)
+    assert analysis.best_baseline({"noisy": {"kind": "input", "psnr_mean": 12.0}}) is None
 
 
 def test_smallest_winning_size():
     psnr = {125: 20.0, 250: 24.0, 500: 24.5, 1000: 26.0}
-    assert engine.smallest_winning_size(psnr, 24.1) == 500
-    assert engine.smallest_winning_size(psnr, 19.0) == 125
-    assert engine.smallest_winning_size(psnr, 24.0) == 500  # equal is not beating
-    assert engine.smallest_winning_size(psnr, 26.0) is None  # never within the sizes run
-    assert engine.smallest_winning_size(psnr, None) is None  # no baseline to beat
+    assert analysis.smallest_winning_size(psnr, 24.1) == 500
+    assert analysis.smallest_winning_size(psnr, 19.0) == 125
+    assert analysis.smallest_winning_size(psnr, 24.0) == 500  # equal is not beating
+    assert analysis.smallest_winning_size(psnr, 26.0) is None  # never within the sizes run
+    assert analysis.smallest_winning_size(psnr, None) is None  # no baseline to beat
     # non-monotonic learning curve and a failed (None) cell: the smallest size that beats it, in any order
-    assert engine.smallest_winning_size({1000: 25.0, 125: None, 500: 23.0, 250: 24.5}, 24.0) == 250
-    assert engine.smallest_winning_size({125: math.nan, 250: math.inf}, 1.0) is None
+    assert analysis.smallest_winning_size({1000: 25.0, 125: None, 500: 23.0, 250: 24.5}, 24.0) == 250
+    assert analysis.smallest_winning_size({125: math.nan, 250: math.inf}, 1.0) is None
 
 
 def test_cell_epochs_and_plan():

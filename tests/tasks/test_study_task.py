@@ -29,6 +29,7 @@ from emdenoise.errors import EXIT_BAD_INPUT, InputError, RuntimeFailure
 from emdenoise.evaluation import run as evaluation
 from emdenoise.study import report
 from emdenoise.study import run as engine
+from emdenoise.study import summary as analysis
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SIZES = [6, 12]
@@ -148,7 +149,7 @@ def finished(tmp_path_factory, data_dir) -> tuple[Path, Path, str]:
 def test_study_writes_every_output(finished):
     _, out, log = finished
     summary = json.loads((out / "study.json").read_text())
-    assert summary["format"] == engine.STUDY_FORMAT
+    assert summary["format"] == analysis.STUDY_FORMAT
     assert summary["train_sizes"] == SIZES and list(summary["models"]) == MODELS
     assert {c["cell"] for c in summary["cells"]} == {f"{m}-{s}" for m in MODELS for s in SIZES}
     assert set(summary["baselines"]) == {"noisy", "gaussian", "median"}
@@ -174,7 +175,9 @@ def test_study_writes_every_output(finished):
     best = summary["best_baseline"]
     assert best["psnr_mean"] == max(summary["baselines"][n]["psnr_mean"] for n in ("gaussian", "median"))
     for info in summary["models"].values():
-        expected = engine.smallest_winning_size({int(s): v for s, v in info["psnr_by_size"].items()}, best["psnr_mean"])
+        expected = analysis.smallest_winning_size(
+            {int(s): v for s, v in info["psnr_by_size"].items()}, best["psnr_mean"]
+        )
         assert info["smallest_winning_size"] == expected
     assert "cell 1/4 sciml_ae-6: training" in log and "cell 4/4 dncnn-12" in log
 
@@ -283,17 +286,17 @@ def test_bad_study_parameters_exit_2_with_one_line(tmp_path, data_dir, capsys, s
 
 
 def test_a_failed_cell_is_reported_and_retried(tmp_path, data_dir, capsys, monkeypatch):
-    """A cell that fails at run time (here: the out-of-memory failure of the test task's run_model, raised for
-    one cell) does not stop the others; the run ends with exit 1 naming it, the report lists it, and a rerun
+    """A cell that fails at run time (here: the out-of-memory failure of the network method in the timed loop,
+    raised for one cell) does not stop the others; the run ends with exit 1 naming it, the report lists it, and a rerun
     retries it and keeps the rest."""
-    real_run_model = evaluation.run_model
+    real_run_method = evaluation.run_method
 
-    def run_model(name, *args, **kwargs):
-        if name == "dncnn-6":
+    def run_method(method, *args, **kwargs):
+        if method.name == "dncnn-6":
             raise RuntimeFailure("dncnn-6: out of GPU memory at test.batch_size=4; lower test.batch_size")
-        return real_run_model(name, *args, **kwargs)
+        return real_run_method(method, *args, **kwargs)
 
-    monkeypatch.setattr(evaluation, "run_model", run_model)
+    monkeypatch.setattr(evaluation, "run_method", run_method)
     study = {**STUDY, "train_sizes": [6]}
     code, log = run_study(tmp_path, data_dir, tmp_path / "out", study)
     err = capsys.readouterr().err.strip().splitlines()
@@ -306,7 +309,7 @@ def test_a_failed_cell_is_reported_and_retried(tmp_path, data_dir, capsys, monke
     result = json.loads((tmp_path / "out" / "cells" / "dncnn-6" / "result.json").read_text())
     assert result["status"] == "failed" and "out of GPU memory" in result["error"]
 
-    monkeypatch.setattr(evaluation, "run_model", real_run_model)
+    monkeypatch.setattr(evaluation, "run_method", real_run_method)
     code, log = run_study(tmp_path, data_dir, tmp_path / "out", study)
     assert code == 0
     assert "cell 1/2 sciml_ae-6: kept from a previous run" in log
@@ -405,3 +408,7 @@ def test_the_generalisation_split_and_the_structure_metrics_enter_the_study(tmp_
     assert "band_psnr_mean" in summary["cells"][0]["test"] and "generalisation" in summary["cells"][0]
     text = (tmp_path / "study" / "report.md").read_text()
     assert f"Strongest classical row: **{strongest['name']}**" in text and "## Generalisation (2 images" in text
+    # the truth row of each split: the clean images through the same detector, the ceiling, in both tables
+    for part in (summary["at_largest_size"], gen):
+        assert part["truth"]["atoms"] == part["methods"]["dncnn"]["atoms"]["atoms"] and part["truth"]["f1"] > 0
+    assert text.count("| truth (clean image) | truth |") == 2

@@ -14,7 +14,7 @@ from noisy_images import make_data_dir, make_lattice_data_dir
 from support import save_model, write_split
 
 from emdenoise import cli
-from emdenoise.classical import filters as baselines
+from emdenoise.classical import methods as baselines
 from emdenoise.errors import EXIT_BAD_INPUT
 from emdenoise.evaluation.metrics import psnr_per_image, ssim_per_image
 from emdenoise.layout import CARD
@@ -237,7 +237,12 @@ def test_structure_metrics_atoms_margins_and_the_generalisation_split(tmp_path):
             if row["frc_resolution_px"] is not None:  # None: not even the first ring resolved
                 assert row["frc_resolution_angstrom"] == pytest.approx(row["frc_resolution_px"] * 0.2)
             assert 0 <= row["atoms"]["recall"] <= 1 and row["atoms"]["vacancies"] > 0
+            assert "vacancy_precision" in row["atoms"]
             assert row["deviation_mean"] >= 0 and 0 <= row["inconsistent_fraction"] <= 1
+        # the truth row: the clean images through the same detector, the ceiling of the atom scores
+        truth = part["truth"]
+        assert truth["atoms"] == rows["noisy"]["atoms"]["atoms"] and truth["recall"] > 0.5
+        assert truth["f1"] >= max(row["atoms"]["f1"] for row in rows.values())
         strongest = part["strongest_classical"]
         assert strongest["name"] == max(["gaussian", "bragg"], key=lambda n: rows[n]["psnr_mean"])
         margin = strongest["margins"]["sciml_ae"]
@@ -251,3 +256,5 @@ def test_structure_metrics_atoms_margins_and_the_generalisation_split(tmp_path):
     report = (out / "results.md").read_text()
     assert f"Strongest classical row: **{metrics['strongest_classical']['name']}**" in report
     assert "## Generalisation (2 images" in report and "atom F1" in report
+    assert report.count("| truth (clean image) | truth |") == 2  # the test split's table and the generalisation's
+    assert metrics["format"] == "emdenoise-test/1"
