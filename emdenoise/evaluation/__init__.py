@@ -1,3 +1,4 @@
 """Evaluation: metrics (:mod:`~emdenoise.evaluation.metrics`), the consistency check
-(:mod:`~emdenoise.evaluation.consistency`), scoring every row (:mod:`~emdenoise.evaluation.run`) and the test report
-(:mod:`~emdenoise.evaluation.report`)."""
+(:mod:`~emdenoise.evaluation.consistency`), the per-image scorer (:mod:`~emdenoise.evaluation.scorer`), the one
+timed loop over any method (:mod:`~emdenoise.evaluation.run`), the typed records
+(:mod:`~emdenoise.evaluation.records`) and the test report (:mod:`~emdenoise.evaluation.report`)."""

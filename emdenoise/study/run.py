@@ -185,6 +185,27 @@ def run_baselines(names: list[str], setting: Setting, out_dir: Path) -> dict[str
     return result
 
 
+def _compute_cell(job: CellJob, setting: Setting, cell_dir: Path) -> dict[str, Any]:
+    """:func:`run_cell`, its result written atomically; a cell that fails at run time (diverged, out of memory)
+    gives a failed result, so that the others go on."""
+    cell = job.cell
+    try:
+        result = run_cell(job, setting, cell_dir)
+    except RuntimeFailure as exc:
+        setting.log.error("cell %s failed: %s", cell.name, exc.message)
+        result = {
+            "cell": cell.name,
+            "model": cell.model,
+            "train_size": cell.size,
+            "epochs": cell.epochs,
+            "fingerprint": job.fingerprint,
+            "status": "failed",
+            "error": exc.message,
+        }
+    write_json_atomic(cell_dir / RESULT_FILE, result)
+    return result
+
+
 def run_cells(
     cells: list[Cell],
     setting: Setting,
@@ -220,20 +241,7 @@ def run_cells(
             cell.size,
             cell.epochs,
         )
-        try:
-            result = run_cell(job, setting, cell_dir)
-        except RuntimeFailure as exc:  # a diverged or out-of-memory cell: note it, go on with the others
-            log.error("cell %s failed: %s", cell.name, exc.message)
-            result = {
-                "cell": cell.name,
-                "model": cell.model,
-                "train_size": cell.size,
-                "epochs": cell.epochs,
-                "fingerprint": job.fingerprint,
-                "status": "failed",
-                "error": exc.message,
-            }
-        write_json_atomic(cell_dir / RESULT_FILE, result)
+        result = _compute_cell(job, setting, cell_dir)
         if result["status"] == "done":
             log.info(
                 "cell %d/%d %s: PSNR %.2f dB, SSIM %.4f, %.1f images/s",

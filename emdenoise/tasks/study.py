@@ -70,19 +70,9 @@ def publish(out_dir: Path, summary: StudySummary) -> dict[str, str]:
     return figures
 
 
-def run(ctx: TaskContext) -> None:
+def make_setting(ctx: TaskContext, data_dir: Path) -> study_plan.Setting:
+    """What every cell shares: the card and splits read and checked, the device and precision resolved."""
     study, log, where = ctx.params.study, ctx.log, ctx.where
-    data_dir, out_dir = Path(ctx.paths["data_dir"]), Path(ctx.paths["output_dir"])
-    started = time.perf_counter()
-    if distributed.from_env().enabled:
-        raise InputError.at(
-            "WORLD_SIZE",
-            None,
-            "expected a single process: the study trains its cells one after "
-            "another in one process; run it without torchrun",
-        )
-
-    baseline_names = evaluation.select_baselines(study.baselines, where, log, field="study.baselines")
     card = load_card(data_dir)  # checked: data_range > 0, normalisation std > 0
     study_plan.check_inputs(study, card, data_dir, where)
     device = runtime.resolve_device(study.device, "study.device", where)
@@ -90,11 +80,10 @@ def run(ctx: TaskContext) -> None:
     test = load_split(data_dir, "test", study.max_test_images)
     if len(test) == 0:
         raise InputError.at(data_dir / "test.h5", "noisy", "expected at least one test pair, found none")
-
     gen_file = data_dir / SPLIT_FILE.format(split="generalisation")
     gen = load_split(data_dir, "generalisation", study.max_test_images) if gen_file.is_file() else None
     pixel_size = card.get("pixel_size_angstrom")
-    setting = study_plan.Setting(
+    return study_plan.Setting(
         study,
         ctx.params.train,
         ctx.params.test.tune_images,
@@ -109,6 +98,37 @@ def run(ctx: TaskContext) -> None:
         Structure.of(ctx.params.test),
         float(pixel_size) if isinstance(pixel_size, (int, float)) and pixel_size > 0 else None,
     )
+
+
+def log_outcome(final: StudySummary, log: Any) -> None:
+    """One line per model: from which training size it beats the best baseline."""
+    best = final.best_baseline or {}
+    for name, info in final.models.items() if best else ():
+        win = info["smallest_winning_size"]
+        log.info(
+            "%s beats the best baseline (%s, %.2f dB): %s",
+            name,
+            best["name"],
+            best["psnr_mean"],
+            f"from {win} training pairs" if win is not None else report.NEVER,
+        )
+
+
+def run(ctx: TaskContext) -> None:
+    study, log, where = ctx.params.study, ctx.log, ctx.where
+    data_dir, out_dir = Path(ctx.paths["data_dir"]), Path(ctx.paths["output_dir"])
+    started = time.perf_counter()
+    if distributed.from_env().enabled:
+        raise InputError.at(
+            "WORLD_SIZE",
+            None,
+            "expected a single process: the study trains its cells one after "
+            "another in one process; run it without torchrun",
+        )
+
+    baseline_names = evaluation.select_baselines(study.baselines, where, log, field="study.baselines")
+    setting = make_setting(ctx, data_dir)
+    test, device, precision = setting.test, setting.device, setting.precision
     cells = study_plan.plan_cells(study)
     log.info(
         "study: %d cells (%s x sizes %s), %d baseline(s); %d test images of %dx%d, R = %.6g; device %s, %s",
@@ -134,16 +154,7 @@ def run(ctx: TaskContext) -> None:
     )
     final = summary(results, failed)
     figures = publish(out_dir, final)
-    best = final.best_baseline or {}
-    for name, info in final.models.items() if best else ():
-        win = info["smallest_winning_size"]
-        log.info(
-            "%s beats the best baseline (%s, %.2f dB): %s",
-            name,
-            best["name"],
-            best["psnr_mean"],
-            f"from {win} training pairs" if win is not None else report.NEVER,
-        )
+    log_outcome(final, log)
     log.info("wrote %s, %s, %s to %s", SUMMARY_FILE, REPORT_FILE, ", ".join(figures.values()), out_dir)
     if failed:
         raise RuntimeFailure(
