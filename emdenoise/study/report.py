@@ -150,15 +150,18 @@ def _training_data(summary: StudySummary) -> list[str]:
     target = summary.best_baseline["psnr_mean"] if summary.best_baseline else None
     rows = []
     for name, info in summary.models.items():
-        win = info["smallest_winning_size"]
-        at_largest = info["psnr_by_size"].get(str(info["largest_size"]))
+        win, at_win, at_largest = (
+            info.smallest_winning_size,
+            info.psnr_at_smallest_winning_size,
+            info.psnr_at_largest_size,
+        )
         rows.append(
             [
                 name,
                 str(win) if win is not None else NEVER,
-                num(info["psnr_at_smallest_winning_size"], ".2f"),
-                num(info["psnr_at_smallest_winning_size"] - target, "+.2f") if win is not None else "-",
-                f"{num(at_largest, '.2f')} ({info['largest_size']})" if info["largest_size"] else "-",
+                num(at_win, ".2f"),
+                num(at_win - target, "+.2f") if at_win is not None and target is not None else "-",
+                f"{num(at_largest, '.2f')} ({info.largest_size})" if info.largest_size else "-",
             ]
         )
     header = ["model", "smallest N", "PSNR at N (dB)", "margin (dB)", "PSNR at the largest N"]
@@ -180,10 +183,10 @@ def _speed(summary: StudySummary) -> list[str]:
         [
             name,
             "deep",
-            num(info["parameters"], ","),
-            num(info["images_per_s"], ".1f"),
-            num(1000.0 / info["images_per_s"] if is_number(info["images_per_s"]) else None, ".2f"),
-            num(info["train_images_per_s"], ".1f"),
+            num(info.parameters, ","),
+            num(info.images_per_s, ".1f"),
+            num(1000.0 / info.images_per_s if info.images_per_s else None, ".2f"),
+            num(info.train_images_per_s, ".1f"),
         ]
         for name, info in summary.models.items()
     ]
@@ -214,9 +217,9 @@ def _dose(summary: StudySummary) -> list[str]:
         "",
     ]
     rows = [
-        [f"{name} ({info['largest_size']})"] + [num(v, ".2f") for v in info["psnr_by_dose_at_largest_size"]]
+        [f"{name} ({info.largest_size})"] + [num(v, ".2f") for v in info.psnr_by_dose_at_largest_size]
         for name, info in summary.models.items()
-        if info["psnr_by_dose_at_largest_size"]
+        if info.psnr_by_dose_at_largest_size
     ]
     methods = summary.baselines
     rows += [[name] + [num(v, ".2f") for v in methods[name].psnr_by_dose or []] for name in _baseline_order(methods)]
@@ -309,7 +312,7 @@ def plot_psnr_vs_train_size(dest: Path, summary: StudySummary) -> None:
     ax = fig.add_subplot(1, 1, 1)
     shown = []
     for name, info in models_out.items():
-        points = sorted((int(s), v) for s, v in info["psnr_by_size"].items() if is_number(v))
+        points = sorted((int(s), v) for s, v in info.psnr_by_size.items() if is_number(v))
         if points:
             ax.plot(*zip(*points), marker="o", color=colours[name], label=name)
             shown += [v for _, v in points]
@@ -360,10 +363,10 @@ def plot_psnr_vs_dose(dest: Path, summary: StudySummary) -> None:
             shown.extend(v for _, v in points)
 
     for name, info in models_out.items():
-        if info["psnr_by_dose_at_largest_size"]:
+        if info.psnr_by_dose_at_largest_size:
             line(
-                info["psnr_by_dose_at_largest_size"],
-                f"{name} ({info['largest_size']} pairs)",
+                info.psnr_by_dose_at_largest_size,
+                f"{name} ({info.largest_size} pairs)",
                 marker="o",
                 color=colours[name],
             )
@@ -396,16 +399,13 @@ def plot_psnr_vs_dose(dest: Path, summary: StudySummary) -> None:
 def plot_fidelity_vs_speed(dest: Path, summary: StudySummary) -> None:
     """Mean test PSNR against inference images/s (log x): models at their largest size, the baselines."""
     models_out, methods = summary.models, summary.baselines
-    points = [
-        (info["images_per_s"], info["psnr_by_size"].get(str(info["largest_size"])), name, "deep")
-        for name, info in models_out.items()
-    ]
+    points = [(info.images_per_s, info.psnr_at_largest_size, name, "deep") for name, info in models_out.items()]
     points += [
         (methods[n].images_per_s, methods[n].psnr_mean, n, "classical")
         for n in _baseline_order(methods)
         if methods[n].kind == "classical"
     ]
-    points = [p for p in points if is_number(p[0]) and p[0] > 0 and is_number(p[1])]
+    points = [p for p in points if p[0] is not None and is_number(p[0]) and p[0] > 0 and is_number(p[1])]
     fig = figure(7.5, 4.8)
     ax = fig.add_subplot(1, 1, 1)
     for speed, psnr, name, kind in points:

@@ -24,14 +24,35 @@ STUDY_FORMAT = "emdenoise-study/1"
 
 
 @dataclass(frozen=True)
+class ModelSummary(Record):
+    """One model's numbers over its finished cells: PSNR and SSIM by training size (keys: the sizes as text),
+    median speeds, the PSNR by dose at its largest size, the smallest size that beats the best baseline."""
+
+    parameters: int | None
+    psnr_by_size: Mapping[str, float | None]
+    ssim_by_size: Mapping[str, float | None]
+    images_per_s: float | None
+    train_images_per_s: float | None
+    largest_size: int | None
+    psnr_by_dose_at_largest_size: list[float | None] | None
+    smallest_winning_size: int | None
+    psnr_at_smallest_winning_size: float | None
+
+    @property
+    def psnr_at_largest_size(self) -> float | None:
+        return self.psnr_by_size.get(str(self.largest_size)) if self.largest_size else None
+
+
+@dataclass(frozen=True)
 class StudySummary(Record):
-    """Everything ``study.json`` holds (per-image values stay in the cells' result files). ``cells`` and
-    ``models`` stay plain mappings (each cell's ``test`` row is a :class:`MethodSummary` mapping)."""
+    """Everything ``study.json`` holds (per-image values stay in the cells' result files). ``cells`` stay the
+    plain mappings of the cells' result files (each cell's ``test`` row a :class:`MethodSummary` mapping)."""
 
     NESTED: ClassVar[Mapping[str, tuple[type[Record], str]]] = {
         "baselines": (MethodSummary, "map"),
         "at_largest_size": (SplitMetrics, "one"),
         "generalisation": (SplitMetrics, "one"),
+        "models": (ModelSummary, "map"),
     }
     FORMAT: ClassVar[str | None] = STUDY_FORMAT
 
@@ -48,7 +69,7 @@ class StudySummary(Record):
     structure_settings: Mapping[str, Any]
     at_largest_size: SplitMetrics
     generalisation: SplitMetrics | None
-    models: Mapping[str, Mapping[str, Any]]
+    models: dict[str, ModelSummary]
     cells: Sequence[Mapping[str, Any]]
     failed_cells: Sequence[Mapping[str, Any]]
     pending_cells: list[str]
@@ -103,24 +124,24 @@ def hardware(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def _model_summary(by_size: dict[int, dict[str, Any]], sizes: list[int], target: float | None) -> dict[str, Any]:
+def _model_summary(by_size: dict[int, dict[str, Any]], sizes: list[int], target: float | None) -> ModelSummary:
     """One model's numbers over its finished cells (``by_size``: training size -> cell row)."""
     psnr = {size: by_size[size]["test"]["psnr_mean"] for size in sizes if size in by_size}
     speeds = [r["test"]["images_per_s"] for r in by_size.values() if is_number(r["test"]["images_per_s"])]
     train_speeds = [r["train"]["images_per_s"] for r in by_size.values() if is_number(r["train"]["images_per_s"])]
     win = smallest_winning_size(psnr, target)
     largest = max(by_size) if by_size else None
-    return {
-        "parameters": next((r["train"]["parameters"] for r in by_size.values()), None),
-        "psnr_by_size": {str(s): v for s, v in psnr.items()},
-        "ssim_by_size": {str(s): by_size[s]["test"]["ssim_mean"] for s in sizes if s in by_size},
-        "images_per_s": statistics.median(speeds) if speeds else None,
-        "train_images_per_s": statistics.median(train_speeds) if train_speeds else None,
-        "largest_size": largest,
-        "psnr_by_dose_at_largest_size": by_size[largest]["test"].get("psnr_by_dose") if largest else None,
-        "smallest_winning_size": win,
-        "psnr_at_smallest_winning_size": psnr.get(win) if win is not None else None,
-    }
+    return ModelSummary(
+        parameters=next((r["train"]["parameters"] for r in by_size.values()), None),
+        psnr_by_size={str(s): v for s, v in psnr.items()},
+        ssim_by_size={str(s): by_size[s]["test"]["ssim_mean"] for s in sizes if s in by_size},
+        images_per_s=statistics.median(speeds) if speeds else None,
+        train_images_per_s=statistics.median(train_speeds) if train_speeds else None,
+        largest_size=largest,
+        psnr_by_dose_at_largest_size=by_size[largest]["test"].get("psnr_by_dose") if largest else None,
+        smallest_winning_size=win,
+        psnr_at_smallest_winning_size=psnr.get(win) if win is not None else None,
+    )
 
 
 def _cell_row(result: Mapping[str, Any]) -> dict[str, Any]:

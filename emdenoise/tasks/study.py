@@ -104,7 +104,7 @@ def log_outcome(final: StudySummary, log: Any) -> None:
     """One line per model: from which training size it beats the best baseline."""
     best = final.best_baseline or {}
     for name, info in final.models.items() if best else ():
-        win = info["smallest_winning_size"]
+        win = info.smallest_winning_size
         log.info(
             "%s beats the best baseline (%s, %.2f dB): %s",
             name,

@@ -150,6 +150,8 @@ def test_study_writes_every_output(finished):
     _, out, log = finished
     summary = json.loads((out / "study.json").read_text())
     assert summary["format"] == analysis.STUDY_FORMAT
+    record = analysis.StudySummary.from_json(summary)  # the typed record reads it back whole
+    assert record.to_json() == summary and record.models["dncnn"].largest_size == max(SIZES)
     assert summary["train_sizes"] == SIZES and list(summary["models"]) == MODELS
     assert {c["cell"] for c in summary["cells"]} == {f"{m}-{s}" for m in MODELS for s in SIZES}
     assert set(summary["baselines"]) == {"noisy", "gaussian", "median"}
