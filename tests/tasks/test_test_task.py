@@ -17,6 +17,7 @@ from emdenoise import cli
 from emdenoise.classical import methods as baselines
 from emdenoise.errors import EXIT_BAD_INPUT
 from emdenoise.evaluation.metrics import psnr_per_image, ssim_per_image
+from emdenoise.evaluation.records import TestMetrics
 from emdenoise.layout import CARD
 
 HAVE_BM3D = importlib.util.find_spec("bm3d") is not None
@@ -73,6 +74,7 @@ def test_test_task_with_baselines_only_writes_every_output(tmp_path):
     card = json.loads((data_dir / CARD).read_text())
     assert metrics["data_range"] == card["data_range"] and metrics["n_images"] == 6
     assert metrics["data_range_definition"] and metrics["device"] == "cpu"
+    assert TestMetrics.from_json(metrics).to_json() == metrics  # the typed record reads the file back whole
     assert list(metrics["methods"]) == ["noisy", "gaussian", "median"]
     for name, row in metrics["methods"].items():
         assert REQUIRED_ROW_KEYS <= set(row), name
