@@ -28,7 +28,8 @@ import numpy as np
 
 from emdenoise.errors import InputError
 from emdenoise.io import h5safe
-from emdenoise.io.micrographs import ImageArray, InputFile, Writer, check_array
+from emdenoise.io.images import ImageArray, InputFile, check_array
+from emdenoise.io.writers import Writer
 
 INSTALL_HINT = "pip install emdenoise[formats]"
 # the lengths rsciio's readers (and the TIFF, ImageJ, OME, HDF5 metadata) name, in Angstrom
