@@ -31,7 +31,9 @@ from emdenoise.errors import (
     InputError,
     RuntimeFailure,
 )
+from emdenoise.io import budget
 from emdenoise.log import setup as setup_logging
+from emdenoise.outputs import check_output
 from emdenoise.tasks.context import TaskContext
 
 
@@ -220,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     restore_hook = _unraisable_to_log(log)
     try:
         params = params_mod.load(paths.get("parameters_file"), args.overrides)
+        for name in spec.outputs:  # every output folder usable before any work (nothing created here)
+            check_output(paths[name], name)
+        limit_gb = getattr(getattr(params, args.task, None), "memory_limit_gb", None)
+        if limit_gb is not None:  # the readers' memory budget (emdenoise.io.budget)
+            budget.configure(limit_gb, f"{args.task}.memory_limit_gb")
         # one run at a time per output folder (log_dir aside: appending to a log is harmless)
         with lock.hold({name: paths[name] for name in spec.outputs if name != "log_dir" and rank_zero}, args.task, log):
             log.info("emdenoise %s: %s (parameters: %s)", __version__, args.task, paths.get("parameters_file"))
@@ -248,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         restore_sigterm()
         restore_hook()
+        budget.reset()
     log.info("%s: done", args.task)
     return 0
 

@@ -7,6 +7,8 @@
   only when the run has succeeded: a failed run leaves the files at the final names as they were. A
   resumable transaction (train, denoise) keeps its finished staged files when it fails, where the same
   command finds them again and goes on.
+- :func:`check_output`: an output file or folder checked before any work (the parent can be created, no file
+  stands in the way, the nearest existing folder is writable): one line naming the path, exit 2, nothing written.
 - :data:`TEMPORARY_NAMES`: every temporary name these write; the lock's sweeper (:mod:`emdenoise.lock`)
   removes what a killed run left under them.
 """
@@ -24,6 +26,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from emdenoise.errors import InputError
 
 STAGING_DIR = ".staging"
 # The names of temporary files: atomic_path's "." + name + "." + mkstemp's 8 characters + suffix + ".tmp"
@@ -51,6 +55,25 @@ TEMPORARY_NAMES = {
 # mkstemp creates files readable by their owner only; give finished files the usual mode instead.
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
+
+
+def check_output(path: str | os.PathLike, field: str, kind: str = "folder") -> None:
+    """Raise a one-line :class:`InputError` naming ``path`` and ``field`` (``output_dir``, ``--output``) unless
+    the output ``path`` (``kind``: ``folder`` or ``file``) can be written: no file where a folder is expected
+    (there or above it), no folder where a file is expected, and the nearest existing folder is writable.
+    Nothing is created."""
+    path = Path(path)
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise InputError.at(path, field, "expected a folder, found a file of that name")
+    if kind == "file" and path.is_dir():
+        raise InputError.at(path, field, "expected a file name, found a folder")
+    existing = path if kind == "folder" and path.is_dir() else path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError.at(path, field, f"cannot be created: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError.at(path, field, f"cannot be written: expected a writable folder, {existing} is not")
 
 
 @contextlib.contextmanager

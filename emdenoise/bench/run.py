@@ -81,7 +81,7 @@ from emdenoise.errors import EXIT_OK, InputError, reported
 from emdenoise.inference.denoiser import Denoiser
 from emdenoise.inference.tiling import Tiler
 from emdenoise.log import setup as setup_logging
-from emdenoise.outputs import write_json_atomic
+from emdenoise.outputs import check_output, write_json_atomic
 from emdenoise.runtime import device as runtime
 from emdenoise.training.loop import TrainData, TrainStep, resident, train_epoch
 
@@ -753,6 +753,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _bench(args: argparse.Namespace, log: logging.Logger) -> int:
     settings = settings_from_args(args)
+    if args.output:
+        check_output(args.output, "--output", "file")  # before minutes of measuring
     log.info(
         "emdenoise %s: bench %s on %s (%s), batch %d at %dx%d, best of %d x %d steps after %d warm-up",
         __version__,

@@ -259,6 +259,15 @@ class DownloadParams(Section):
         max=86_400.0,
     )
     max_archive_bytes: int = param("int", 64 * 2**30, "largest total uncompressed size accepted from a zip", min=1)
+    memory_limit_gb: float = param(
+        "float",
+        0.0,
+        "memory budget in GB for what a file's header may make a reader allocate at once (a frame, a chunk, a "
+        "whole image); larger claims are refused in one line (0: the environment variable "
+        "EMDENOISE_MEMORY_LIMIT_GB, else half the memory available)",
+        min=0.0,
+        max=1e6,
+    )
 
     def check(self) -> None:
         if self.dose_min > self.dose_max:
@@ -289,6 +298,15 @@ class PreprocessParams(Section):
     seed: int = param("int", 0, "random seed of the train/val split", min=0, max=MAX_SEED)
     tile_size: int = param(
         "int", 128, "micrographs: side of the square tiles the frames are cut into", min=16, max=4096
+    )
+    memory_limit_gb: float = param(
+        "float",
+        0.0,
+        "memory budget in GB for what a file's header may make a reader allocate at once (a frame, a chunk, a "
+        "whole image); larger claims are refused in one line (0: the environment variable "
+        "EMDENOISE_MEMORY_LIMIT_GB, else half the memory available)",
+        min=0.0,
+        max=1e6,
     )
 
 
@@ -488,6 +506,15 @@ class DenoiseParams(Section):
         "above this (the model may be inventing or erasing structure; 0: no check)",
         min=0.0,
         max=10.0,
+    )
+    memory_limit_gb: float = param(
+        "float",
+        0.0,
+        "memory budget in GB for what a file's header may make a reader allocate at once (a frame, a chunk, a "
+        "whole image); larger claims are refused in one line (0: the environment variable "
+        "EMDENOISE_MEMORY_LIMIT_GB, else half the memory available)",
+        min=0.0,
+        max=1e6,
     )
 
     def check(self) -> None:

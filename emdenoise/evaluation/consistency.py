@@ -20,6 +20,8 @@ summing over the Poisson distribution (:func:`deviance_moments`). Per image:
 - ``deviation`` = sqrt(max(sum D - sum E[D], 0) / sum lam): the RMS relative error of the estimate that the
   excess implies (an estimate off by a relative ``e`` everywhere adds about ``lam e^2`` per pixel), which,
   unlike ``ratio`` and ``z``, does not grow with the dose;
+- a frame without counts (all zero or negative: a blanked beam) has no ratio, z or deviation: NaN here, null
+  in the JSON summary with the reason in ``undefined``, never ``inconsistent``;
 - the local map: the same deviation in blocks of :data:`BLOCK` px; ``max_local_deviation`` and
   ``flagged_fraction`` (blocks above the threshold with a local z above :data:`LOCAL_Z`).
 
@@ -127,22 +129,35 @@ class Consistency:
         return bool(self.deviation > self.max_deviation and self.z > MIN_Z)
 
     def summary(self) -> dict[str, Any]:
-        """JSON-ready numbers (test_metrics.json, the denoise sidecar)."""
+        """JSON-ready numbers (test_metrics.json, the denoise sidecar). A number the check cannot give (a frame
+        without counts: no signal to compare with) is null, and ``undefined`` says why."""
         ok = np.isfinite(self.local_deviation)
         finite = self.local_deviation[ok]
         flagged = (finite > self.max_deviation) & (self.local_z[ok] > LOCAL_Z)
-        return {
-            "deviance_ratio": round(self.ratio, 5),
-            "z": round(self.z, 3),
-            "deviation": round(self.deviation, 5),
-            "deviance_per_pixel": round(self.deviance_per_pixel, 5),
-            "expected_per_pixel": round(self.expected_per_pixel, 5),
-            "mean_counts": round(self.mean_counts, 4),
+        out: dict[str, Any] = {
+            "deviance_ratio": _rounded(self.ratio, 5),
+            "z": _rounded(self.z, 3),
+            "deviation": _rounded(self.deviation, 5),
+            "deviance_per_pixel": _rounded(self.deviance_per_pixel, 5),
+            "expected_per_pixel": _rounded(self.expected_per_pixel, 5),
+            "mean_counts": _rounded(self.mean_counts, 4),
             "max_local_deviation": round(float(finite.max()), 5) if finite.size else None,
             "flagged_fraction": round(float(np.mean(flagged)), 5) if finite.size else None,
             "max_deviation": self.max_deviation,
             "inconsistent": self.inconsistent,
         }
+        undefined = [key for key in ("deviance_ratio", "z", "deviation") if out[key] is None]
+        if undefined:
+            out["undefined"] = (
+                f"{', '.join(undefined)}: not defined for this frame (mean counts {self.mean_counts:g}: no signal "
+                "to check the estimate against), written as null"
+            )
+        return out
+
+
+def _rounded(value: float, digits: int) -> float | None:
+    """``value`` rounded, None when it is not finite (JSON holds no NaN or infinity)."""
+    return round(float(value), digits) if math.isfinite(value) else None
 
 
 def check(
@@ -168,10 +183,11 @@ def check(
     local = _deviation(block_excess, _block_sums(lam, BLOCK))
     with np.errstate(divide="ignore", invalid="ignore"):
         local_z = block_excess / np.sqrt(_block_sums(var, BLOCK))
+    signal = bool(counts[valid].any())  # no counts (a blanked beam, an all-zero frame): nothing to check
     return Consistency(
-        ratio=total / expected if expected > 0 else math.inf,
-        z=(total - expected) / math.sqrt(variance) if variance > 0 else 0.0,
-        deviation=float(_deviation(total - expected, float(lam.sum()))),
+        ratio=(total / expected if expected > 0 else math.inf) if signal else math.nan,
+        z=((total - expected) / math.sqrt(variance) if variance > 0 else 0.0) if signal else math.nan,
+        deviation=float(_deviation(total - expected, float(lam.sum()))) if signal else math.nan,
         deviance_per_pixel=total / n,
         expected_per_pixel=expected / n,
         mean_counts=float(counts[valid].mean()) if valid.any() else 0.0,

@@ -142,7 +142,7 @@ def consistency_record(checks: list[dict[str, Any]], max_deviation: float) -> di
         "max_deviation": max_deviation,
         "inconsistent": bool(flagged),
         "inconsistent_frames": flagged,
-        "worst_deviation": max((c["deviation"] for c in checks), default=None),
+        "worst_deviation": max((c["deviation"] for c in checks if c["deviation"] is not None), default=None),
         "frames": checks,
     }
 

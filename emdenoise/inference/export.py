@@ -42,7 +42,7 @@ from emdenoise.inference.denoiser import Denoiser
 from emdenoise.io import modelfile
 from emdenoise.layout import select_model
 from emdenoise.log import setup as setup_logging
-from emdenoise.outputs import sha256_file, write_bytes_atomic
+from emdenoise.outputs import check_output, sha256_file, write_bytes_atomic
 
 FORMATS = ("onnx", "torchscript")
 EXPORT_FORMAT = "emdenoise-export/1"
@@ -272,8 +272,7 @@ def _export_command(args: argparse.Namespace, log: logging.Logger) -> int:
     output = Path(args.output)
     if args.format not in FORMATS:
         raise InputError.at(output, "--format", f"expected one of {', '.join(FORMATS)}, got {args.format!r}")
-    if output.is_dir():
-        raise InputError.at(output, "--output", "expected a file name, found a folder")
+    check_output(output, "--output", "file")
     _, model_file = select_model(Path(args.model_dir), args.model, "--model")
     export(model_file, args.format, output, log)
     return EXIT_OK

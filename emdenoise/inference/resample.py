@@ -13,7 +13,12 @@ file's calibration) with the model's:
 - when either pixel size is unknown, the frames go as they are, with a warning naming the file and the
   statement ``unknown`` in the provenance.
 
-The resampled frame must stay within the frame limits (16 pixels a side, ``layout.MAX_FRAME_PIXELS``).
+The resampled frame must stay within the frame limits (16 pixels a side, ``layout.MAX_FRAME_PIXELS``), the
+rescale within :data:`MAX_FACTOR` either way (a pixel size further from the model's is a wrong calibration or a
+``denoise.pixel_size`` typo far more often than real data), and the resampled frame (float64, with its spline
+coefficients: :data:`RESAMPLE_BYTES_PER_PIXEL`) within the memory budget (:mod:`emdenoise.io.budget`,
+``denoise.memory_limit_gb``); otherwise the file is refused in one line naming both pixel sizes and the size,
+before any pixel is read.
 """
 
 from __future__ import annotations
@@ -27,9 +32,12 @@ from typing import Any
 import numpy as np
 
 from emdenoise.errors import InputError
+from emdenoise.io import budget
 from emdenoise.layout import check_frame_pixels
 
 MIN_SIDE = 16
+MAX_FACTOR = 8.0  # the largest rescale, either way: a calibration further from the model's is most likely wrong
+RESAMPLE_BYTES_PER_PIXEL = 16  # of the larger grid: the frame in float64 and its filtered or spline copy
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,42 @@ def resample(frame: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(out, np.float32)
 
 
+def _check_bounds(
+    where: str | Path,
+    frame_shape: tuple[int, int],
+    shape: tuple[int, int],
+    pixel: float,
+    source: str,
+    model_pixel_size: float,
+) -> None:
+    """Refuse a rescale by more than :data:`MAX_FACTOR` either way, to a frame beyond the frame limit, or to a
+    frame (float64, as it is resampled) over the memory budget: one line naming both pixel sizes and the size."""
+    ratio = pixel / model_pixel_size
+    what = (
+        f"{pixel:g} A/px ({source}) to the model's {model_pixel_size:g} A/px turns {frame_shape[0]}x"
+        f"{frame_shape[1]} into {shape[0]}x{shape[1]}"
+    )
+    if max(ratio, 1 / ratio) > MAX_FACTOR:
+        raise InputError.at(
+            where,
+            "denoise.pixel_size",
+            f"expected a rescale by at most {MAX_FACTOR:g}x either way, got {ratio:.4g}x: {what}; a calibration "
+            "this far from the model's is most likely wrong: set denoise.pixel_size to the frames' true A/px "
+            "(or use a model trained at this sampling)",
+        )
+    check_frame_pixels(where, "denoise.pixel_size", *shape)
+    nbytes = max(shape[0] * shape[1], frame_shape[0] * frame_shape[1]) * RESAMPLE_BYTES_PER_PIXEL
+    limit, budget_source = budget.limit()
+    if nbytes > limit:
+        raise InputError.at(
+            where,
+            "denoise.pixel_size",
+            f"expected a resampled frame within the memory budget of {budget.human(limit)} ({budget_source}), "
+            f"got {budget.human(nbytes)}: {what}; set denoise.pixel_size if the calibration is wrong, else raise "
+            f"denoise.memory_limit_gb",
+        )
+
+
 def plan(
     where: str | Path,
     frame_shape: tuple[int, int],
@@ -134,7 +178,7 @@ def plan(
             f"expected a frame of at least {MIN_SIDE}x{MIN_SIDE} pixels at the model's sampling "
             f"({model_pixel_size:g} A/px), got {shape[0]}x{shape[1]} from {pixel:g} A/px ({source})",
         )
-    check_frame_pixels(where, "denoise.pixel_size", *shape)
+    _check_bounds(where, frame_shape, shape, pixel, source, model_pixel_size)
     statement = (
         f"input {pixel:g} A/px ({source}) resampled by {ratio:.4g} to the model's {model_pixel_size:g} A/px "
         f"({frame_shape[0]}x{frame_shape[1]} -> {shape[0]}x{shape[1]}), denoised, resampled back"

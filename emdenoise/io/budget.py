@@ -33,7 +33,7 @@ FRACTION = 0.5  # of the available memory, when neither the parameter nor the en
 GB = 10**9
 
 _configured: tuple[float, str] | None = None  # (GB, the parameter's name) from configure()
-_parameter = "memory_limit_gb"  # how the refusal names the parameter that raises the budget
+_parameter = "<task>.memory_limit_gb"  # how the refusal names the parameter that raises the budget
 
 
 def configure(gb: float, parameter: str) -> None:
@@ -42,6 +42,12 @@ def configure(gb: float, parameter: str) -> None:
     global _configured, _parameter
     _parameter = parameter
     _configured = (float(gb), parameter) if gb > 0 else None
+
+
+def reset() -> None:
+    """Back to the environment variable or the machine (the end of a task run in this process)."""
+    global _configured, _parameter
+    _configured, _parameter = None, "<task>.memory_limit_gb"
 
 
 def available_bytes() -> int:

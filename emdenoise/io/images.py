@@ -14,6 +14,7 @@ from typing import Any, Self
 import numpy as np
 
 from emdenoise.errors import InputError
+from emdenoise.io import budget
 from emdenoise.layout import check_frame_pixels
 
 MIN_SIDE = 16  # a frame must be at least this many pixels high and wide
@@ -106,6 +107,18 @@ def check_array(path: Path, name: str, shape: tuple[int, ...], dtype: np.dtype, 
     if 0 in shape:
         raise InputError.at(where, None, f"expected at least one frame, got shape {tuple(shape)}")
     check_frame_pixels(where, None, *shape[-2:])
+    check_frame_budget(where, "shape", shape, dtype)
+
+
+def frame_bytes(height: int, width: int, dtype: np.dtype) -> int:
+    """The memory one frame takes while it is read and denoised: its pixels at least as float32."""
+    return height * width * max(np.dtype(dtype).itemsize, 4)
+
+
+def check_frame_budget(where: str | Path, field: str | None, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Refuse frames of ``shape`` (the last two axes) larger than the memory budget (:mod:`emdenoise.io.budget`)."""
+    h, w = shape[-2:]
+    budget.check(where, field, frame_bytes(h, w, dtype), f"frames of {h}x{w} {np.dtype(dtype)} (shape {tuple(shape)})")
 
 
 def describe(src: InputFile) -> str:

@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 
 from emdenoise.errors import InputError
-from emdenoise.io import h5safe
+from emdenoise.io import budget, h5safe
 from emdenoise.io.images import ImageArray, InputFile, check_array
 from emdenoise.io.writers import Writer
 
@@ -92,8 +92,8 @@ def read(path: Path, fmt: str, stack: ExitStack) -> InputFile:
     """Open a DM3/DM4, EMD or SER file (headers and lazy arrays: pixel data are read frame by frame)."""
     module = _rsciio(path, fmt)
     if fmt == "emd":
-        with h5safe.open_foreign(path):  # the child-process probe, before libhdf5 parses the file here
-            pass
+        with h5safe.open_foreign(path) as h5:  # the child-process probe, before libhdf5 parses the file here
+            _check_emd_sizes(path, h5)
     # lazy arrays: DM and SER frames are read one at a time; rsciio's lazy EMD arrays keep an HDF5 handle
     # open that nothing closes, so an EMD file is read whole (and closed) here
     signals = module.file_reader(str(path), lazy=fmt != "emd")
@@ -119,6 +119,18 @@ def read(path: Path, fmt: str, stack: ExitStack) -> InputFile:
     if fmt != "emd" and 0 < per_cm < 2**32 - 1:
         info["resolution"], info["resolutionunit"] = (per_cm, per_cm), "CENTIMETER"
     return InputFile(path, fmt, images, info)
+
+
+def _check_emd_sizes(path: Path, h5: h5py.File) -> None:
+    """rosettasciio reads an EMD file's arrays whole: every numeric dataset of two or more axes must fit the
+    memory budget, checked from the header before any of it is read."""
+
+    def visit(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset) and obj.ndim >= 2 and obj.dtype.kind in "uifc":
+            claim = f"shape {tuple(obj.shape)} {obj.dtype}"
+            budget.check(f"{path}:{name}", "shape", obj.size * obj.dtype.itemsize, claim)
+
+    h5.visititems(visit)
 
 
 def _frames_of(data: Any) -> Any:

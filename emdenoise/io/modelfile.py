@@ -46,7 +46,7 @@ from torch import nn
 from emdenoise import __version__, models
 from emdenoise.data.splits import check_normalisation
 from emdenoise.errors import InputError
-from emdenoise.io import h5safe
+from emdenoise.io import budget, h5safe
 from emdenoise.outputs import atomic_path
 
 MODEL_FORMAT = "emdenoise-model/1"
@@ -279,6 +279,7 @@ def _unflatten(obj: Any, arrays: h5py.Group, path: Path) -> Any:
         ds = arrays.get(key)
         if not isinstance(ds, h5py.Dataset) or ds.dtype.kind not in _NUMERIC_KINDS:
             raise InputError.at(path, f"tensors/{key}", "expected a numeric dataset")
+        budget.check(path, f"tensors/{key}", ds.size * ds.dtype.itemsize, f"shape {tuple(ds.shape)} {ds.dtype}")
         value = np.asarray(ds[()])
         if "__ndarray__" in obj:
             return value

@@ -16,8 +16,8 @@ import h5py
 import numpy as np
 
 from emdenoise.errors import InputError
-from emdenoise.io import h5safe
-from emdenoise.io.images import MIN_SIDE, ImageArray, InputFile, check_array
+from emdenoise.io import budget, h5safe
+from emdenoise.io.images import MIN_SIDE, ImageArray, InputFile, check_array, check_frame_budget
 from emdenoise.layout import check_frame_pixels
 
 
@@ -112,6 +112,9 @@ def _read_png(path: Path, stack: ExitStack) -> InputFile:
         if im.mode not in PNG_MODES:
             raise InputError.at(path, None, f"expected an 8- or 16-bit grayscale PNG, got mode {im.mode}")
         check_frame_pixels(path, None, im.height, im.width)  # from the header, before decoding
+        check_frame_budget(
+            path, "IHDR", (im.height, im.width), np.dtype(np.uint16 if PNG_MODES[im.mode] == 16 else np.uint8)
+        )
         pixels = np.asarray(im)
         info = {"bits": PNG_MODES[im.mode], "dpi": im.info.get("dpi")}
     if im.mode == "I" and (pixels.min() < 0 or pixels.max() > 65535):
@@ -121,10 +124,26 @@ def _read_png(path: Path, stack: ExitStack) -> InputFile:
 
 
 def _read_npy(path: Path, stack: ExitStack) -> InputFile:
+    shape, dtype, offset = _npy_header(path)
+    check_array(path, "", shape, dtype, (2, 3))
+    nbytes = math.prod(shape) * dtype.itemsize
+    budget.check_file_size(path, "header", path, offset, nbytes, f"shape {shape} {dtype}")
     array = np.load(path, mmap_mode="r", allow_pickle=False)
-    check_array(path, "", array.shape, array.dtype, (2, 3))
     read = (lambda i: array) if array.ndim == 2 else array.__getitem__
     return InputFile(path, "npy", [ImageArray("", array.shape, array.dtype, read)])
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """The shape, dtype and data offset an NPY header claims (nothing else read)."""
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+        if np.dtype(dtype).hasobject:
+            raise InputError.at(path, "header", "not a readable NPY file (Python objects: pickles are never loaded)")
+        return tuple(int(n) for n in shape), np.dtype(dtype), fh.tell()
 
 
 def _is_image_dataset(obj: Any) -> bool:
@@ -153,6 +172,7 @@ def _read_hdf5(path: Path, stack: ExitStack) -> InputFile:
     h5.visititems(visit)
     for image in images:
         check_frame_pixels(image.label(path), None, *image.frame_shape)
+        check_dataset(path, h5[image.name])
         image.pixel_size, image.calibration = _hdf5_pixel_size(h5, image.name)
     if not images:
         raise InputError.at(
@@ -161,6 +181,20 @@ def _read_hdf5(path: Path, stack: ExitStack) -> InputFile:
             f"expected a 2-D or 3-D numeric dataset with frames of at least {MIN_SIDE}x{MIN_SIDE}, found none",
         )
     return InputFile(path, "hdf5", images, {"h5": h5, "groups": groups, "others": others})
+
+
+def check_dataset(path: Path, dset: h5py.Dataset) -> None:
+    """What reading one frame of ``dset`` allocates, within the memory budget: the frame, or the whole chunk it
+    lies in (libhdf5 inflates whole chunks), and, for uncompressed contiguous data, no more bytes than the file
+    holds."""
+    where = f"{path}:{dset.name.lstrip('/')}"
+    check_frame_budget(where, "shape", dset.shape, dset.dtype)
+    claim = f"shape {tuple(dset.shape)} {dset.dtype}"
+    if dset.chunks is not None:
+        chunk = math.prod(dset.chunks) * dset.dtype.itemsize
+        budget.check(where, "chunks", chunk, f"chunks of {tuple(dset.chunks)} {dset.dtype} ({claim})")
+    elif dset.id.get_offset() is not None:  # contiguous and allocated
+        budget.check_file_size(where, "shape", path, dset.id.get_offset(), dset.id.get_storage_size(), claim)
 
 
 def _hdf5_pixel_size(h5: h5py.File, name: str) -> tuple[float | None, str]:
@@ -189,6 +223,8 @@ def _read_mrc(path: Path, stack: ExitStack) -> InputFile:
     # corrupt header claims); problems mrcfile only warns about are passed on to the log
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        with mrcfile.open(path, mode="r", header_only=True, permissive=False) as head:
+            _check_mrc_header(path, head.header)
         mrc = stack.enter_context(mrcfile.mmap(path, mode="r", permissive=False))
     problems = [str(w.message) for w in caught]
     data = mrc.data
@@ -208,6 +244,20 @@ def _read_mrc(path: Path, stack: ExitStack) -> InputFile:
     pixel = voxel if math.isfinite(voxel) and voxel > 0 else None
     source = f"MRC voxel size ({voxel:g} A)" if pixel else "MRC voxel size of zero (not calibrated)"
     return InputFile(path, "mrc", [ImageArray("", data.shape, data.dtype, read, pixel, source)], info)
+
+
+def _check_mrc_header(path: Path, header: Any) -> None:
+    """The shape and mode the header claims, within the frame limits and the memory budget, and no more bytes
+    than the file holds (before the data are mapped)."""
+    from mrcfile.utils import data_dtype_from_header, data_shape_from_header
+
+    dtype = np.dtype(data_dtype_from_header(header))
+    shape = tuple(int(n) for n in data_shape_from_header(header))
+    shape = shape[1:] if len(shape) == 3 and shape[0] == 1 and not int(header.ispg) else shape
+    check_array(path, "", shape, dtype, (2, 3))
+    offset = header.nbytes + int(header.nsymbt)
+    nbytes = math.prod(shape) * dtype.itemsize
+    budget.check_file_size(path, "header nx, ny, nz", path, offset, nbytes, f"shape {shape} {dtype}")
 
 
 READERS: dict[str, Callable[[Path, ExitStack], InputFile]] = {

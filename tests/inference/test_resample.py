@@ -119,3 +119,34 @@ def test_denoise_task_resamples_refuses_and_warns(tmp_path, capsys):
     assert code == 0 and "fine.tif" in err and "pixel size unknown" in err
     record = json.loads((tmp_path / "out/fine.tif.json").read_text())
     assert record["sampling"][0]["status"] == "unknown"
+
+
+def test_a_rescale_beyond_the_factor_bound_or_the_budget_is_refused_naming_both_sizes(monkeypatch):
+    plan = lambda shape, px: resample.plan("x.tif", shape, px, "test", MODEL_PX, 0.0, "auto", 0.05)  # noqa: E731
+    assert plan((64, 64), MODEL_PX * resample.MAX_FACTOR).shape == (512, 512)  # at the bound: resampled
+    with pytest.raises(InputError) as err:
+        plan((4096, 4096), 20.0)  # a calibration in nm read as A: 100x
+    message = err.value.message
+    assert message.startswith("x.tif: denoise.pixel_size: expected a rescale by at most 8x either way, got 100x")
+    assert "20 A/px (test) to the model's 0.2 A/px turns 4096x4096 into 409600x409600" in message
+    monkeypatch.setenv("EMDENOISE_MEMORY_LIMIT_GB", "0.5")
+    with pytest.raises(InputError) as err:
+        plan((2048, 2048), MODEL_PX * 4)  # 8192x8192 at the model's sampling: 1.07 GB to resample
+    message = err.value.message
+    assert "expected a resampled frame within the memory budget of 500.0 MB" in message
+    assert "got 1.1 GB: 0.8 A/px (test) to the model's 0.2 A/px turns 2048x2048 into 8192x8192" in message
+    assert "denoise.memory_limit_gb" in message
+    monkeypatch.setenv("EMDENOISE_MEMORY_LIMIT_GB", "2")
+    assert plan((2048, 2048), MODEL_PX * 4).shape == (8192, 8192)  # the budget raised: planned
+
+
+def test_denoise_pixel_size_typo_is_refused_before_any_work(tmp_path, capsys):
+    inputs, models_dir = tmp_path / "in", tmp_path / "models"
+    inputs.mkdir()
+    save_model(models_dir, extra_meta={"pixel_size": MODEL_PX})
+    tifffile.imwrite(inputs / "a.tif", lattice((64, 64), MODEL_PX) / 200)
+    paths = {"input_dir": inputs, "model_dir": models_dir, "output_dir": tmp_path / "out"}
+    code, err = run_here(capsys, "denoise", paths, "denoise.device=cpu", "denoise.pixel_size=20")  # meant 0.20
+    line = one_error(code, err, EXIT_BAD_INPUT, "a.tif", "denoise.pixel_size", "20 A/px", "64x64 into 6400x6400")
+    assert "at most 8x" in line
+    assert not any(p.is_file() for p in (tmp_path / "out").rglob("*"))
