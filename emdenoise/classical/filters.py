@@ -69,6 +69,20 @@ def noise_sigma(image: np.ndarray) -> float:
     return float(np.median(np.abs(detail)) * _MAD_TO_SIGMA)
 
 
+class NotCounts(ValueError):
+    """Values that cannot be counts (negative, NaN or infinite) given where counts are expected."""
+
+
+def counts_problem(values: np.ndarray) -> str | None:
+    """Why ``values`` cannot be counts of electrons (one line naming the smallest value), None when they can."""
+    values = np.asarray(values)
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        return "expected counts (finite values >= 0), found NaN or infinity"
+    if values.size and values.dtype.kind in "if" and values.min() < 0:
+        return f"expected counts (values >= 0), got a smallest value of {float(values.min()):g}"
+    return None
+
+
 def estimate_count_scale(image: np.ndarray) -> float:
     """Counts per data unit ``s`` of a Poisson image ``x = counts / s``, estimated from the image alone.
 
@@ -78,8 +92,12 @@ def estimate_count_scale(image: np.ndarray) -> float:
     based estimate this stays unbiased at a few counts per pixel (where the noise is far from Gaussian);
     sharp image detail and dead pixels add to the details and bias ``s`` low by a few per cent.
     The dose is deliberately not used: the deep models do not get it either, and real data lack it.
+    Values that cannot be counts (negative, not finite) raise :class:`NotCounts` (no silent clipping).
     """
-    detail, mean = _haar_blocks(np.clip(image, 0.0, None))
+    problem = counts_problem(image)
+    if problem:
+        raise NotCounts(problem)
+    detail, mean = _haar_blocks(image)
     energy = float(np.sum(detail**2))
     total = float(np.sum(mean))
     if energy <= 0.0 or total <= 0.0:

@@ -20,8 +20,9 @@ summing over the Poisson distribution (:func:`deviance_moments`). Per image:
 - ``deviation`` = sqrt(max(sum D - sum E[D], 0) / sum lam): the RMS relative error of the estimate that the
   excess implies (an estimate off by a relative ``e`` everywhere adds about ``lam e^2`` per pixel), which,
   unlike ``ratio`` and ``z``, does not grow with the dose;
-- a frame without counts (all zero or negative: a blanked beam) has no ratio, z or deviation: NaN here, null
-  in the JSON summary with the reason in ``undefined``, never ``inconsistent``;
+- a frame without counts (all zero: a blanked beam) has no ratio, z or deviation, and a frame that cannot be
+  counts (negative or non-finite values) no numbers at all: NaN here, null in the JSON summary with the reason
+  in ``undefined``, never ``inconsistent``;
 - the local map: the same deviation in blocks of :data:`BLOCK` px; ``max_local_deviation`` and
   ``flagged_fraction`` (blocks above the threshold with a local z above :data:`LOCAL_Z`).
 
@@ -123,6 +124,7 @@ class Consistency:
     local_deviation: np.ndarray = field(repr=False)  # (blocks_h, blocks_w)
     local_z: np.ndarray = field(repr=False)  # the same blocks' z
     max_deviation: float = MAX_DEVIATION
+    note: str = ""  # why the check is undefined (values that are not counts), else empty
 
     @property
     def inconsistent(self) -> bool:
@@ -146,12 +148,11 @@ class Consistency:
             "max_deviation": self.max_deviation,
             "inconsistent": self.inconsistent,
         }
-        undefined = [key for key in ("deviance_ratio", "z", "deviation") if out[key] is None]
+        computed = ("deviance_ratio", "z", "deviation", "deviance_per_pixel", "expected_per_pixel", "mean_counts")
+        undefined = [key for key in computed if out[key] is None]
         if undefined:
-            out["undefined"] = (
-                f"{', '.join(undefined)}: not defined for this frame (mean counts {self.mean_counts:g}: no signal "
-                "to check the estimate against), written as null"
-            )
+            why = self.note or f"mean counts {self.mean_counts:g}: no signal to check the estimate against"
+            out["undefined"] = f"{', '.join(undefined)}: not defined for this frame ({why}), written as null"
         return out
 
 
@@ -164,10 +165,15 @@ def check(
     noisy: np.ndarray, estimate: np.ndarray, dose: float | None = None, max_deviation: float = MAX_DEVIATION
 ) -> Consistency:
     """The deviance check of one 2-D ``estimate`` of the 2-D frame ``noisy`` (see the module notes)."""
-    from emdenoise.classical.filters import estimate_count_scale
+    from emdenoise.classical.filters import counts_problem, estimate_count_scale
 
     noisy = np.asarray(noisy, dtype=np.float64)
     estimate = np.asarray(estimate, dtype=np.float64)
+    problem = counts_problem(noisy)
+    if problem:  # not counts: no deviance to compute (and no silent clipping to make some)
+        nan, empty = math.nan, np.zeros((0, 0))
+        note = f"the input is not counts: {problem}"
+        return Consistency(nan, nan, nan, nan, nan, nan, empty, empty, max_deviation, note)
     scale = float(dose) if dose else estimate_count_scale(noisy)
     counts = np.rint(np.clip(noisy, 0.0, None) * scale)
     ff = flatfield.FlatField.of(noisy, scale)

@@ -122,7 +122,11 @@ def _run(ctx: TaskContext, world: distributed.World, device: torch.device) -> No
                 continue
             staged_sidecar.unlink(missing_ok=True)  # never a new staged image beside an older staged sidecar
             result = engine.denoise(path, staged, out, bar, max_deviation=sec.max_deviation or None)
-            write_json_atomic(staged_sidecar, result.record)
+            try:
+                write_json_atomic(staged_sidecar, result.record)
+            except BaseException:  # no staged image without its sidecar: a rerun computes it again anyway
+                staged.unlink(missing_ok=True)
+                raise
             warn_inconsistent(log, path, result.record.get("consistency"))
             log.info(
                 "%s: %s in %.2f s (%.2f frames/s) -> %s",

@@ -128,7 +128,8 @@ def dead_pixels(raw: np.ndarray, scale: np.ndarray) -> np.ndarray:
 
 
 def whole_numbers(values: np.ndarray) -> bool:
-    return bool(np.all(values == np.round(values)))
+    """Whether every value is a whole number of counts (>= 0: a negative one is no count)."""
+    return bool(np.all(values == np.round(values)) and (values.size == 0 or values.min() >= 0))
 
 
 def count_scales(
@@ -137,7 +138,12 @@ def count_scales(
     """Counts per stored unit of every image (N,) and where that came from: ``train.counts_per_unit`` when set,
     else the recorded dose, else the dataset card's ``count_scale``, else 1 for whole-number data. When none
     applies: an InputError if ``required`` (poisson_split), else the scale estimated from each image."""
+    from emdenoise.classical.filters import NotCounts, counts_problem, estimate_count_scale
+
     n = len(noisy)
+    problem = counts_problem(noisy) if required else None
+    if problem:  # whatever the scale, negative or non-finite values are no counts to split
+        raise InputError.at(path, "noisy", f"{problem}, for train.supervision: poisson_split")
     if counts_per_unit > 0:
         return np.full(n, counts_per_unit, np.float32), "train.counts_per_unit"
     if dose is not None and len(dose) == n and np.all(dose > 0):
@@ -159,9 +165,10 @@ def count_scales(
                 else ""
             ),
         )
-    from emdenoise.classical.filters import estimate_count_scale
-
-    return np.array([estimate_count_scale(im) for im in noisy], np.float32), "estimated from each image"
+    try:
+        return np.array([estimate_count_scale(im) for im in noisy], np.float32), "estimated from each image"
+    except NotCounts as exc:  # not counts: no scale (it only tunes the dead-pixel test of the other modes)
+        return np.ones(n, np.float32), f"none: the data are not counts ({exc})"
 
 
 def frame_pair_rows(

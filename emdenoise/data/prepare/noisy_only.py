@@ -106,6 +106,18 @@ def _pixel_size(src: micrographs.InputFile) -> float:
     return size if math.isfinite(size) and size > 0 else math.nan
 
 
+def _check_counts(where: str, frames: list[np.ndarray]) -> None:
+    """Noisy-only data are counts (the self-supervised modes and the count scale need them): a frame with a
+    negative value is refused, naming the file, the frame and the smallest value (non-finite ones are refused
+    by the reader)."""
+    from emdenoise.classical.filters import counts_problem
+
+    for i, frame in enumerate(frames):
+        problem = counts_problem(frame)
+        if problem:
+            raise InputError.at(where, f"frame {i}" if len(frames) > 1 else None, problem)
+
+
 def read_tiles(raw_dir: Path, tile: int, log) -> Tiles:
     """Every frame of every file under ``raw_dir/micrographs/``, aligned per stack and cut into tiles."""
     from emdenoise.classical.filters import estimate_count_scale
@@ -129,6 +141,7 @@ def read_tiles(raw_dir: Path, tile: int, log) -> Tiles:
                         f"expected frames of at least {tile}x{tile} pixels (the tile size), got {h}x{w}",
                     )
                 frames = [np.asarray(f, dtype=np.float32) for f in src.iter_frames(image)]
+                _check_counts(where, frames)
                 out.whole &= all(np.array_equal(f, np.round(f)) for f in frames)
                 out.scales += [estimate_count_scale(f) for f in frames]
                 frames = aligned(frames, where)
