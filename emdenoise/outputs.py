@@ -73,7 +73,8 @@ def check_output(path: str | os.PathLike, field: str, kind: str = "folder") -> N
     if not existing.is_dir():
         raise InputError.at(path, field, f"cannot be created: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError.at(path, field, f"cannot be written: expected a writable folder, {existing} is not")
+        why = "on a read-only file system" if os.statvfs(existing).f_flag & os.ST_RDONLY else "not writable"
+        raise InputError.at(path, field, f"cannot be written: expected a writable folder, {existing} is {why}")
 
 
 @contextlib.contextmanager

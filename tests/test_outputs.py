@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from emdenoise.outputs import STAGING_DIR, Transaction, atomic_path, is_temporary, sha256_file
+from emdenoise.errors import InputError
+from emdenoise.outputs import STAGING_DIR, Transaction, atomic_path, check_output, is_temporary, sha256_file
 
 
 def test_a_transaction_commits_in_the_declared_order(tmp_path):
@@ -109,3 +110,26 @@ def test_sha256_file(tmp_path):
     path = tmp_path / "x"
     path.write_bytes(b"abc")
     assert sha256_file(path) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_check_output_refuses_what_cannot_be_written_and_creates_nothing(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    under = f"{blocker / 'a' / 'b'}: output_dir: cannot be created: {blocker} is a file, not a folder"
+    cases = [
+        (blocker / "a" / "b", "folder", under),
+        (blocker, "folder", f"{blocker}: output_dir: expected a folder, found a file of that name"),
+        (tmp_path, "file", f"{tmp_path}: output_dir: expected a file name, found a folder"),
+    ]
+    for path, kind, message in cases:
+        with pytest.raises(InputError) as err:
+            check_output(path, "output_dir", kind)
+        assert err.value.message == message
+    check_output(tmp_path / "new" / "deeper", "output_dir")  # creatable: fine, and not created
+    check_output(tmp_path / "new" / "model.onnx", "--output", "file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+    if os.geteuid() != 0:  # root writes through permissions
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        with pytest.raises(InputError, match="cannot be written: expected a writable folder, .* is not writable"):
+            check_output(locked / "out", "output_dir")

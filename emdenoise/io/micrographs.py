@@ -31,8 +31,13 @@ attribute (A/px, or in the unit of ``pixel_size_unit``) on the dataset or a grou
 :func:`output_path` names the output (``.tif`` appended where the output format differs from the input's).
 
 Each readable array is an :class:`ImageArray` whose frames (the last two axes) are read one at a time, so a
-long stack never sits in memory; a frame larger than :data:`emdenoise.layout.MAX_FRAME_PIXELS` is refused from
-the header, before any pixel is read. Writers consume an iterator of float32 frames and write them straight into
+long stack never sits in memory; a frame larger than :data:`emdenoise.layout.MAX_FRAME_PIXELS`, or anything a
+header claims beyond the memory budget (:mod:`emdenoise.io.budget`: a frame, an HDF5 chunk, an image read whole)
+or beyond the file's own size, is refused from the header, before any pixel is read. The readers live in
+:mod:`emdenoise.io.readers` (DM/EMD/SER: :mod:`emdenoise.io.microscope`), the writers in
+:mod:`emdenoise.io.writers`, the image types in :mod:`emdenoise.io.images`.
+
+Writers consume an iterator of float32 frames and write them straight into
 the output (a temporary file the caller renames into place). An HDF5 input is probed in a child process before
 it is opened (:func:`emdenoise.io.h5safe.open_foreign`): a file that would crash libhdf5 is one InputError.
 

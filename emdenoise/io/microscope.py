@@ -95,7 +95,8 @@ def read(path: Path, fmt: str, stack: ExitStack) -> InputFile:
         with h5safe.open_foreign(path) as h5:  # the child-process probe, before libhdf5 parses the file here
             _check_emd_sizes(path, h5)
     # lazy arrays: DM and SER frames are read one at a time; rsciio's lazy EMD arrays keep an HDF5 handle
-    # open that nothing closes, so an EMD file is read whole (and closed) here
+    # open that nothing closes, so an EMD file is read whole (and closed) here, once _check_emd_sizes has found
+    # every array within the memory budget
     signals = module.file_reader(str(path), lazy=fmt != "emd")
     images, skipped, metadata = [], [], []
     for k, signal in enumerate(signals):
