@@ -64,7 +64,7 @@ def check_output(path: str | os.PathLike, field: str, kind: str = "folder") -> N
     Nothing is created."""
     path = Path(path)
     if kind == "folder" and path.exists() and not path.is_dir():
-        raise InputError.at(path, field, "expected a folder, found a file of that name")
+        raise InputError.at(path, field, "expected an output folder, found a file of that name")
     if kind == "file" and path.is_dir():
         raise InputError.at(path, field, "expected a file name, found a folder")
     existing = path if kind == "folder" and path.is_dir() else path.parent
@@ -74,7 +74,7 @@ def check_output(path: str | os.PathLike, field: str, kind: str = "folder") -> N
         raise InputError.at(path, field, f"cannot be created: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         why = "on a read-only file system" if os.statvfs(existing).f_flag & os.ST_RDONLY else "not writable"
-        raise InputError.at(path, field, f"cannot be written: expected a writable folder, {existing} is {why}")
+        raise InputError.at(path, field, f"cannot be written: expected a writable output folder, {existing} is {why}")
 
 
 @contextlib.contextmanager

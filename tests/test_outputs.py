@@ -118,7 +118,7 @@ def test_check_output_refuses_what_cannot_be_written_and_creates_nothing(tmp_pat
     under = f"{blocker / 'a' / 'b'}: output_dir: cannot be created: {blocker} is a file, not a folder"
     cases = [
         (blocker / "a" / "b", "folder", under),
-        (blocker, "folder", f"{blocker}: output_dir: expected a folder, found a file of that name"),
+        (blocker, "folder", f"{blocker}: output_dir: expected an output folder, found a file of that name"),
         (tmp_path, "file", f"{tmp_path}: output_dir: expected a file name, found a folder"),
     ]
     for path, kind, message in cases:
@@ -131,5 +131,7 @@ def test_check_output_refuses_what_cannot_be_written_and_creates_nothing(tmp_pat
     if os.geteuid() != 0:  # root writes through permissions
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o555)
-        with pytest.raises(InputError, match="cannot be written: expected a writable folder, .* is not writable"):
+        with pytest.raises(
+            InputError, match="expected a writable output folder, .* is not writable"
+        ):
             check_output(locked / "out", "output_dir")

@@ -61,7 +61,9 @@ def test_an_output_folder_under_a_file_is_one_line_and_nothing_is_written(tmp_pa
 def test_an_output_folder_that_is_a_file_is_one_line(denoise_paths, capsys):
     denoise_paths["output_dir"].write_text("not a folder")
     code, err = run_here(capsys, "denoise", denoise_paths, *CPU)
-    one_error(code, err, EXIT_BAD_INPUT, f"{denoise_paths['output_dir']}: output_dir: expected a folder, found a file")
+    one_error(
+        code, err, EXIT_BAD_INPUT, f"{denoise_paths['output_dir']}: output_dir: expected an output folder, found a file"
+    )
 
 
 def test_export_under_a_file_is_one_line_exit_2_and_nothing_written(denoise_paths, tmp_path):
