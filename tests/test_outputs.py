@@ -131,7 +131,5 @@ def test_check_output_refuses_what_cannot_be_written_and_creates_nothing(tmp_pat
     if os.geteuid() != 0:  # root writes through permissions
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o555)
-        with pytest.raises(
-            InputError, match="expected a writable output folder, .* is not writable"
-        ):
+        with pytest.raises(InputError, match="expected a writable output folder, .* is not writable"):
             check_output(locked / "out", "output_dir")
