@@ -19,4 +19,6 @@ if ! { command -v docker >/dev/null 2>&1 && docker version --format '{{.Server.V
     trap 'bash run/container-deps.sh --stop-docker' EXIT
 fi
 bash run/container-deps.sh
-.venv/bin/python -m pytest "$@"
+# pytest-xdist, one worker per core; --dist loadfile keeps each file on one worker, so the container tests (all in
+# tests/test_container.py) run one after the other and share their module-scoped images. `-n 0` after it: serial.
+.venv/bin/python -m pytest -n auto --dist loadfile "$@"

@@ -1,6 +1,7 @@
 """Shared test settings and fixtures: no progress bars, torch on one thread and fast retries for every test,
 deterministic property-based tests, small raw and processed data folders (the helpers behind them are in
-support.py, the local HTTP(S) server in local_http.py)."""
+support.py, the local HTTP(S) server in local_http.py, the guard that fails an unmarked slow test and the
+``extra`` marker in fast_subset.py)."""
 
 import functools
 import os
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from fast_subset import pytest_runtest_call, pytest_runtest_setup  # noqa: F401  (hooks: see fast_subset.py)
 from hypothesis import settings
 from support import argv, params_file, write_raw
 from training_data import make_data_dir

@@ -48,6 +48,7 @@ def _check_model(m: dict, size: str) -> None:
     assert all("infer_gain" in row and row["infer_gain"] > 0 for row in measured[1:])
 
 
+@pytest.mark.slow
 def test_quick_bench_from_the_command_line(tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run(

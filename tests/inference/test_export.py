@@ -11,8 +11,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnxruntime
 import pytest
 import torch
 from support import ENV, NORM, ROOT, one_error, save_model, temporaries
@@ -72,6 +70,9 @@ def _run_torch_only(files: list[Path]) -> None:
 
 def _export_and_compare(tmp_path: Path, names) -> None:
     """Export every model in both formats, run them outside the package and compare with the Denoiser."""
+    import onnx  # the export extra: the tests that come here are marked extra("export")
+    import onnxruntime
+
     scripts, expected = [], {}
     for name, model_file in _models(tmp_path, names).items():
         den = Denoiser.from_file(model_file)
@@ -98,11 +99,14 @@ def _export_and_compare(tmp_path: Path, names) -> None:
         _check_metadata(json.loads(Path(f"{one}.meta.json").read_text()), name, options, "torchscript")
 
 
+@pytest.mark.slow
+@pytest.mark.extra("export")
 def test_export_matches_the_package_outside_it(tmp_path):
     _export_and_compare(tmp_path, ["sciml_ae", "msdnet"])
 
 
 @pytest.mark.slow
+@pytest.mark.extra("export")
 def test_export_matches_the_package_for_every_architecture(tmp_path):
     _export_and_compare(tmp_path, [name for name in models.names() if name not in ("sciml_ae", "msdnet")])
 
@@ -119,7 +123,10 @@ def test_folded_is_the_denoiser_arithmetic():
     _close(Denoiser(net, meta).denoise(x).numpy(), wrapped)
 
 
+@pytest.mark.extra("export")
 def test_cli_writes_the_file_atomically_and_says_what_it_did(tmp_path, capsys):
+    import onnx
+
     save_model(tmp_path / "models", "sciml_ae")
     out = tmp_path / "out" / "sciml_ae.onnx"
     code = cli.main(["export", f"--model_dir={tmp_path / 'models'}", "--format=onnx", f"--output={out}"])

@@ -97,6 +97,7 @@ def _expect_input_error(reader: Callable[[Path], object], path: Path) -> None:
         assert "\n" not in outcome[1] and str(path) in outcome[1], outcome[1]
 
 
+@pytest.mark.slow
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(suffix=st.sampled_from(sorted(MAGIC)), magic=st.booleans(), body=st.binary(max_size=3000))
 def test_random_bytes_given_to_the_image_readers(fuzz_dir, suffix, magic, body):
@@ -161,15 +162,16 @@ def intact_files(fuzz_dir) -> dict[str, tuple[Path, Callable[[Path], object]]]:
     return files
 
 
+# the two HDF5 readers probe each damaged file in a child interpreter: over 5 s of CPU, so slow
 READERS = [
-    "raw images",
+    pytest.param("raw images", marks=pytest.mark.slow),
     "processed split",
     "model file",
     "checkpoint",
     "tiff for denoise",
     "tiff for preprocess",
     "npy for denoise",
-    "hdf5 for denoise",
+    pytest.param("hdf5 for denoise", marks=pytest.mark.slow),
 ]
 
 

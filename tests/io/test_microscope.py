@@ -21,7 +21,6 @@ from emdenoise.inference.denoiser import denoise_file
 from emdenoise.inference.tiling import Tiler
 from emdenoise.io import micrographs
 
-pytest.importorskip("rsciio")
 PROVENANCE = {"emdenoise_version": "test", "model": {"name": "identity", "sha256": "0" * 64}, "settings": {}}
 A_PER_PX = 0.25  # every file below: 0.25 A/px, each in its format's own unit
 
@@ -43,6 +42,7 @@ def _frames(path):
         return src, np.stack([f for im in src.images for f in src.iter_frames(im)])
 
 
+@pytest.mark.extra("formats")
 @pytest.mark.parametrize("shape", [(40, 48), (3, 40, 48)])
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_microscope_file_round_trips_with_its_calibration(tmp_path, name, shape):
@@ -71,6 +71,7 @@ def test_microscope_file_round_trips_with_its_calibration(tmp_path, name, shape)
             assert tif.pages[0].resolutionunit == tifffile.RESUNIT.CENTIMETER
 
 
+@pytest.mark.extra("formats")
 @pytest.mark.parametrize("name", list(BUILDERS))
 @pytest.mark.parametrize("damage", ["truncated", "garbled"])
 def test_damaged_microscope_file_is_one_line_input_error(tmp_path, name, damage):
@@ -115,6 +116,7 @@ def test_calibration_of_tiff_imagej_ome_mrc_and_hdf5(tmp_path):
             assert got == (pytest.approx(size, rel=1e-5) if size else None), (name, src.images[0].calibration)
 
 
+@pytest.mark.extra("formats")
 @pytest.mark.parametrize("name", ["a.dm3", "b.dm4", "c.ser", "d.emd", "e.emd"])
 def test_denoise_task_exits_2_on_a_damaged_microscope_file(tmp_path, capsys, name):
     inputs = tmp_path / "in"

@@ -100,6 +100,7 @@ def workspace(tmp_path):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_cli_denoises_each_format_like_the_model_in_process(workspace):
     rng = np.random.default_rng(3)
     stack = (rng.poisson(100, (3, 96, 80))).astype(np.uint16)
@@ -150,6 +151,7 @@ def test_cli_corrupt_file_exits_2_with_one_line_naming_it(workspace):
     assert not (workspace / "out" / "good.npy").exists()  # headers are all checked before any work
 
 
+@pytest.mark.slow
 def test_cli_several_models_with_auto_exits_2_listing_them(workspace):
     np.save(workspace / "in" / "good.npy", np.zeros((32, 32)))
     _save_model(workspace / "models", "dncnn")

@@ -42,6 +42,7 @@ def peak_ratio(img: np.ndarray, pixel: float, material: scenes.Material) -> floa
 
 
 # -- conventions ----------------------------------------------------------------------------------------------
+@pytest.mark.extra("abtem")
 @pytest.mark.parametrize("optics", [CORRECTED, UNCORRECTED, Optics(200, 300.0, -0.5, 10, 0.5, 0)])
 def test_abtem_ctf_is_the_physics_ctf(optics):
     """abtem_source.ctf maps physics.Optics onto abTEM's conventions (defocus sign, focal spread 1/e vs sigma,
@@ -66,6 +67,7 @@ def test_missing_abtem_is_one_line_naming_the_install(monkeypatch):
 
 
 # -- the cross-check ------------------------------------------------------------------------------------------
+@pytest.mark.extra("abtem")
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "optics,size", [(CORRECTED, 128), (UNCORRECTED, 96)], ids=["80kV-corrected-128px", "300kV-uncorrected-96px"]
@@ -83,6 +85,7 @@ def test_abtem_and_the_fast_generator_agree_on_a_graphene_lattice(optics, size):
     assert np.corrcoef(multislice.ravel(), fast.ravel())[0, 1] > 0.99
 
 
+@pytest.mark.extra("abtem")
 @pytest.mark.slow
 def test_abtem_and_the_fast_generator_put_the_ctf_zeros_in_the_same_place():
     """Amorphous carbon through an uncorrected 200 kV lens: the first Thon-ring minima of both images' power
@@ -122,6 +125,7 @@ def graphene_file(tmp_path):
     return write
 
 
+@pytest.mark.extra("abtem")
 @pytest.mark.parametrize("fmt,name", [("extxyz", "g.extxyz"), ("cif", "g.cif"), ("vasp", "POSCAR")])
 def test_a_structure_file_is_read_and_repeated_over_the_field(graphene_file, fmt, name):
     structure = abtem_source.read_structure(graphene_file(fmt, name))
@@ -139,6 +143,7 @@ def test_a_structure_file_is_read_and_repeated_over_the_field(graphene_file, fmt
     assert not np.allclose(other.columns_yx_A[:5], scene.columns_yx_A[:5])  # a new view per image
 
 
+@pytest.mark.extra("abtem")
 def test_bad_structure_files_are_one_line_errors(tmp_path, graphene_file):
     from ase import Atoms
 
@@ -193,6 +198,7 @@ def test_a_rerun_reuses_the_finished_chunks(tmp_path):
 SMALL = ("download.source=abtem", "download.train_images=2", "download.test_images=1", "download.image_size=64")
 
 
+@pytest.mark.extra("abtem")
 @pytest.mark.slow
 def test_download_from_abtem_of_a_structure_file(tmp_path, capsys, graphene_file):
     paths = task_paths(tmp_path, "download")
@@ -215,6 +221,7 @@ def test_download_from_abtem_of_a_structure_file(tmp_path, capsys, graphene_file
     assert (raw / "MANIFEST.json").read_bytes() == before
 
 
+@pytest.mark.extra("abtem")
 @pytest.mark.parametrize(
     "sets,words",
     [
@@ -243,6 +250,7 @@ def test_download_without_abtem_names_the_extra(tmp_path, capsys, monkeypatch):
     one_error(code, err, 2, "download.source", "pip install 'emdenoise[abtem]'")
 
 
+@pytest.mark.extra("abtem")
 @pytest.mark.slow
 def test_abtem_files_are_the_same_bytes_whatever_the_worker_count(tmp_path):
     settings = dict(seed=3, train_images=2, test_images=1, image_size=32, renderer="abtem", oversampling=1)
