@@ -13,17 +13,17 @@ def spin(seconds):
         pass
 
 def test_busy():
-    spin(0.6)
+    spin(0.4)
 
 @pytest.mark.slow
 def test_busy_but_marked():
-    spin(0.6)
+    spin(0.4)
 
 def test_quick():
     assert True
 
 def test_busy_child():
-    code = "import time\\nend = time.process_time() + 0.6\\nwhile time.process_time() < end: pass"
+    code = "import time\\nend = time.process_time() + 0.4\\nwhile time.process_time() < end: pass"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 @pytest.mark.extra("formats")
@@ -33,7 +33,7 @@ def test_needs_a_missing_extra():
 
 
 def test_the_guard_and_the_extra_marker(pytester, monkeypatch):
-    monkeypatch.setenv("EMDENOISE_SLOW_TEST_S", "0.3")
+    monkeypatch.setenv("EMDENOISE_SLOW_TEST_S", "0.2")
     monkeypatch.setitem(__import__("sys").modules, "rsciio", None)  # the formats extra is missing
     pytester.makeconftest("from fast_subset import pytest_runtest_call, pytest_runtest_setup  # noqa: F401\n")
     pytester.makeini("[pytest]\nmarkers =\n    slow: slow\n    extra(name): extra\n")
@@ -43,7 +43,7 @@ def test_the_guard_and_the_extra_marker(pytester, monkeypatch):
     result.stdout.fnmatch_lines(
         [
             "*_ test_busy _*",
-            "an unmarked test must be fast: this one took 0.* s of CPU *(at most 0.3 s of CPU*",
+            "an unmarked test must be fast: this one took 0.* s of CPU *(at most 0.2 s of CPU*",
             "*_ test_busy_child _*",  # the CPU of the subprocesses it waited for counts
             "an unmarked test must be fast*",
             "*needs the optional extra: pip install 'emdenoise?formats?'*",  # fnmatch: [] is a class
