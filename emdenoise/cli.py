@@ -34,6 +34,7 @@ from emdenoise.errors import (
 from emdenoise.io import budget
 from emdenoise.log import setup as setup_logging
 from emdenoise.outputs import check_output
+from emdenoise.tasks import denoise_flags
 from emdenoise.tasks.context import TaskContext
 
 
@@ -168,7 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
             help="override one parameter, e.g. --set train.epochs=5 (repeatable)",
         )
         p.add_argument("--debug", action="store_true", help="show tracebacks and debug messages")
+        if name == "denoise":
+            denoise_flags.add_arguments(p)
     sub.add_parser("params", help="print the parameters reference (markdown)")
+    sub.add_parser("zoo", add_help=False, help="list the pretrained models (emdenoise denoise --model zoo:NAME)")
     sub.add_parser(
         "bench",
         add_help=False,
@@ -191,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         from emdenoise.inference import export
 
         return export.main((sys.argv[1:] if argv is None else argv)[1:])
+    if (sys.argv[1:] if argv is None else argv)[:1] == ["zoo"]:  # and the list of pretrained models
+        from emdenoise import zoo
+
+        return zoo.main((sys.argv[1:] if argv is None else argv)[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.task is None:
@@ -204,6 +212,14 @@ def main(argv: list[str] | None = None) -> int:
     paths = {
         name: Path(getattr(args, name) or workspace / spec.default_path(name)) for name in spec.inputs + spec.outputs
     }
+    if args.parameters_file is None and not paths["parameters_file"].is_file():
+        del paths["parameters_file"]  # no parameters file given and none in the workspace: the built-in defaults
+    if args.log_dir is None and not workspace.is_dir():
+        del paths["log_dir"]  # run outside a workspace: the log goes to the terminal only, no folder is created
+    overrides = list(args.overrides)
+    if args.task == "denoise":
+        overrides = denoise_flags.overrides(args) + overrides
+        denoise_flags.beside_inputs(args, paths)
     try:
         log = setup_logging(args.task, paths.get("log_dir"), verbose=args.debug)
     except OSError as exc:
@@ -221,15 +237,21 @@ def main(argv: list[str] | None = None) -> int:
     restore_sigterm = _sigterm_interrupts()
     restore_hook = _unraisable_to_log(log)
     try:
-        params = params_mod.load(paths.get("parameters_file"), args.overrides)
+        params = params_mod.load(paths.get("parameters_file"), overrides)
         for name in spec.outputs:  # every output folder usable before any work (nothing created here)
-            check_output(paths[name], name)
+            if name in paths:  # (no log_dir outside a workspace)
+                check_output(paths[name], name)
         limit_gb = getattr(getattr(params, args.task, None), "memory_limit_gb", None)
         if limit_gb is not None:  # the readers' memory budget (emdenoise.io.budget)
             budget.configure(limit_gb, f"{args.task}.memory_limit_gb")
         # one run at a time per output folder (log_dir aside: appending to a log is harmless)
         with lock.hold({name: paths[name] for name in spec.outputs if name != "log_dir" and rank_zero}, args.task, log):
-            log.info("emdenoise %s: %s (parameters: %s)", __version__, args.task, paths.get("parameters_file"))
+            log.info(
+                "emdenoise %s: %s (parameters: %s)",
+                __version__,
+                args.task,
+                paths.get("parameters_file", "built-in defaults"),
+            )
             spec.run(TaskContext(args.task, params, paths, log, args.debug))
     except EmdError as exc:
         if args.debug:

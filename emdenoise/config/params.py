@@ -151,6 +151,7 @@ def _tile_check(value: int) -> str | None:
 
 
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+FALLBACK_TILE = 256  # denoise: the tiles of frames too large to go through whole (emdenoise.inference.tiling)
 
 
 # -- the sections --------------------------------------------------------------------------------------------------
@@ -453,17 +454,32 @@ class DenoiseParams(Section):
     model: str = param(
         "str",
         "auto",
-        "model to apply: a folder name in model_dir, or auto (the only model "
-        "there; an error lists the choices when there are several)",
+        "model to apply: a folder name in model_dir, auto (the only model there; an error lists the choices "
+        "when there are several), zoo:NAME (a pretrained model: emdenoise zoo), a model file, a model's folder or "
+        "a folder of models",
+    )
+    method: str = param(
+        "str",
+        "model",
+        "model (the trained model denoise.model names), zoo:NAME, or a classical filter by name (gaussian, "
+        "median, tv, nlm, flat_gaussian, bragg, wiener, pnlm; bm3d ones with the extra), default settings",
     )
     tile_size: int = param(
         "int",
-        256,
-        "side of the square tiles a frame is cut into (0: whole frames; "
-        "multiples of 8 keep the models' pooling grid aligned)",
+        0,
+        "side of the square tiles a frame is cut into (0: whole frames where the model's activations fit "
+        "denoise.memory_mb, tiles of 256 beyond; multiples of 8 keep the models' pooling grid aligned)",
         min=0,
         max=65_536,
         check=_tile_check,
+    )
+    memory_mb: int = param(
+        "int",
+        2048,
+        "memory a model call may use with tile_size 0 (estimated from the model's widest layer): frames that fit go "
+        "through whole, several at a time; larger frames are tiled",
+        min=16,
+        max=1_048_576,
     )
     tile_overlap: int = param(
         "int", 32, "pixels shared by neighbouring tiles, cross-faded (at most tile_size / 2)", min=0, max=32_768
@@ -499,6 +515,12 @@ class DenoiseParams(Section):
         min=0.0,
         max=1.0,
     )
+    suffix: str = param(
+        "str",
+        "none",
+        "appended to each output's name before its extension (none: the input's own name, in output_dir; the "
+        "command line sets _denoised when no output is given and the outputs go beside the inputs)",
+    )
     max_deviation: float = param(
         "float",
         0.07,
@@ -518,10 +540,9 @@ class DenoiseParams(Section):
     )
 
     def check(self) -> None:
-        if self.tile_size and self.tile_overlap > self.tile_size // 2:
-            raise self.error(
-                "tile_overlap", f"expected at most tile_size / 2 ({self.tile_size // 2}), got {self.tile_overlap}"
-            )
+        tile = self.tile_size or FALLBACK_TILE  # tile_size 0 still tiles frames too large for memory_mb
+        if self.tile_overlap > tile // 2:
+            raise self.error("tile_overlap", f"expected at most tile_size / 2 ({tile // 2}), got {self.tile_overlap}")
 
 
 @dataclass(frozen=True)

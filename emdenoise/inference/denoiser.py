@@ -14,11 +14,13 @@ large frames is :mod:`emdenoise.inference.tiling`, the formats :mod:`emdenoise.i
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import logging
+import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,6 +34,7 @@ from emdenoise.evaluation import consistency
 from emdenoise.inference import resample
 from emdenoise.inference.tiling import Tiler
 from emdenoise.io import micrographs, modelfile
+from emdenoise.method import Context, Kind, Method
 from emdenoise.outputs import atomic_path, sha256_file
 from emdenoise.runtime import device as runtime
 
@@ -63,6 +66,15 @@ class Denoiser:
     def name(self) -> str:
         return str(self.meta["model"])
 
+    def max_pixels(self, budget_bytes: int) -> int:
+        """How many input pixels one model call may hold within ``budget_bytes``: about four float32 maps of the
+        model's widest convolution live at once under inference mode (an estimate, on the safe side)."""
+        widest = max(
+            (m.out_channels for m in self.model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))),
+            default=64,
+        )
+        return max(1, budget_bytes // (4 * 4 * widest))
+
     @classmethod
     def from_file(cls, path: str | Path, device: str | torch.device = "cpu", precision: str = "fp32") -> Denoiser:
         model, meta = modelfile.load_model(path, device)
@@ -80,6 +92,92 @@ class Denoiser:
             return y.contiguous().to(noisy.device)
 
 
+DEFAULT_MEMORY_MB = 2048  # denoise.memory_mb's default: frames whose model activations fit go through whole
+
+
+class DeepMethod:
+    """A trained model as a :class:`emdenoise.method.Method`: frames through the :class:`Tiler` (whole frames
+    where ``memory_mb`` allows with ``tile_size=0``), the model's own normalisation. ``stream`` is the same for an
+    iterable of frames, batched across frames (what :class:`FileDenoiser` uses)."""
+
+    kind: Kind = "deep"
+
+    def __init__(self, denoiser: Denoiser, tiling: Tiling, file: Path | None = None):
+        self.denoiser = denoiser
+        self.name = denoiser.name
+        self.file = file
+        self.sha256 = sha256_file(file) if file is not None else ""
+        budget = denoiser.max_pixels(tiling.memory_mb * 2**20) if not tiling.tile_size and tiling.memory_mb else 0
+        self.tiler = Tiler(
+            denoiser.denoise,
+            tiling.tile_size,
+            tiling.overlap,
+            tiling.batch_size,
+            pin_memory=denoiser.device.type == "cuda",
+            max_pixels=budget,
+        )
+        self.settings: Mapping[str, Any] = {"file": str(file) if file else None, **tiling.record()}
+
+    @classmethod
+    def from_file(cls, path: str | Path, device: str | torch.device, precision: str, tiling: Tiling) -> DeepMethod:
+        return cls(Denoiser.from_file(path, device, precision), tiling, Path(path))
+
+    @property
+    def pixel_size(self) -> float | None:
+        """A/px of the model's training data (meta ``pixel_size``; None in older files or without calibration)."""
+        value = self.denoiser.meta.get("pixel_size")
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else None
+
+    def stream(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        return self.tiler.stream(frames)
+
+    def __call__(self, frames: np.ndarray, context: Context) -> np.ndarray:
+        frames = np.asarray(frames, np.float32)
+        return np.stack(list(self.stream(frames))) if len(frames) else frames.copy()
+
+    def info(self) -> dict[str, Any]:
+        """The provenance's ``model``."""
+        meta = self.denoiser.meta
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "file": str(self.file),
+            "sha256": self.sha256,
+            "options": meta.get("options"),
+            "normalisation": meta.get("normalisation"),
+            "trained_with": meta.get("emdenoise_version"),
+            "pixel_size": self.pixel_size,
+        }
+
+    def warm_up(self, frame_shape: tuple[int, int]) -> None:
+        plan = self.tiler.plan(*frame_shape)
+        self.denoiser.denoise(torch.zeros(1, 1, plan.tile_h, plan.tile_w))
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How a trained model is applied to frames (the ``denoise`` section's tile_size, tile_overlap, batch_size
+    and memory_mb)."""
+
+    tile_size: int = 0
+    overlap: int = 32
+    batch_size: int = 8
+    memory_mb: int = DEFAULT_MEMORY_MB
+
+    def record(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"tile_size": self.tile_size, "tile_overlap": self.overlap, "batch_size": self.batch_size}
+        if not self.tile_size:
+            out["memory_mb"] = self.memory_mb  # decides whole frames or tiles only when tile_size is 0
+        return out
+
+
+class Streams(Protocol):
+    """What :func:`denoise_file` sends frames through (a :class:`Tiler`, a :class:`DeepMethod`, a
+    :class:`PerFrame`)."""
+
+    def stream(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]: ...
+
+
 class Progress(Protocol):
     """What :func:`denoise_file` reports each finished frame to (a tqdm bar fits)."""
 
@@ -89,7 +187,7 @@ class Progress(Protocol):
 def denoise_file(
     src: micrographs.InputFile,
     dest: Path,
-    tiler: Tiler,
+    tiler: Streams,
     provenance: dict[str, Any],
     bar: Progress | None = None,
     samplings: list[resample.Sampling] | None = None,
@@ -168,62 +266,100 @@ class Denoised:
         return float(self.record["seconds"])
 
 
+class PerFrame:
+    """Any :class:`Method` as a frame stream: each frame through ``method(frame[None], context)``."""
+
+    def __init__(self, method: Method):
+        self.method = method
+        self.context = Context()
+        self.tiles_run = 0
+
+    def stream(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        for frame in frames:
+            out = self.method(np.asarray(frame, np.float32)[None], self.context)[0]
+            self.tiles_run += 1
+            yield np.asarray(out, np.float32)
+
+
 class FileDenoiser:
-    """One model file applied to whole micrograph files: each file's frames stream through a :class:`Tiler`
-    (``tile_size`` tiles overlapping by ``overlap`` pixels, ``batch_size`` tiles per model call) straight into
-    the output file. The first call warms the model up (one batch, outside the timing)."""
+    """One :class:`Method` applied to whole micrograph files: each file's frames stream through it straight into
+    the output file. A model file (or a :class:`DeepMethod`) goes through a :class:`Tiler` (whole frames within
+    ``memory_mb`` when ``tile_size`` is 0, else ``tile_size`` tiles overlapping by ``overlap`` pixels;
+    ``batch_size`` tiles per model call), resampled to the model's pixel size; any other method (a classical
+    filter) takes each frame whole, at its own sampling. The first call warms a model up (outside the timing)."""
 
     def __init__(
         self,
-        model_file: Path,
+        method: str | Path | Method,
         device: torch.device,
         precision: str,
-        tile_size: int,
-        overlap: int,
-        batch_size: int,
+        tile_size: int = 0,
+        overlap: int = 32,
+        batch_size: int = 8,
         *,
         pixel_size: float = 0.0,
         rescale: str = "auto",
         scale_tolerance: float = 0.05,
         log: logging.Logger | None = None,
+        memory_mb: int = DEFAULT_MEMORY_MB,
     ):
-        self.denoiser = Denoiser.from_file(model_file, device, precision)
+        if isinstance(method, (str, Path)):
+            method = DeepMethod.from_file(method, device, precision, Tiling(tile_size, overlap, batch_size, memory_mb))
+        assert isinstance(method, Method)
+        self.method = method
         self.log = log
         self.scale = (pixel_size, rescale, scale_tolerance)  # see emdenoise.inference.resample.plan
-        self.model_file = Path(model_file)
-        self.model_sha256 = sha256_file(model_file)
-        self.settings = {
-            "tile_size": tile_size,
-            "tile_overlap": overlap,
-            "batch_size": batch_size,
-            "device": str(device),
-            "precision": precision,
-            "pixel_size": pixel_size,
-            "rescale": rescale,
-            "scale_tolerance": scale_tolerance,
-        }
-        self.tiler = Tiler(self.denoiser.denoise, tile_size, overlap, batch_size, pin_memory=device.type == "cuda")
-        meta = self.denoiser.meta
-        self.model_info = {
-            "name": self.denoiser.name,
-            "file": str(model_file),
-            "sha256": self.model_sha256,
-            "options": meta.get("options"),
-            "normalisation": meta.get("normalisation"),
-            "trained_with": meta.get("emdenoise_version"),
-            "pixel_size": self.model_pixel_size,
-        }
+        scale = {"pixel_size": pixel_size, "rescale": rescale, "scale_tolerance": scale_tolerance}
+        if isinstance(method, DeepMethod):
+            self.engine: DeepMethod | PerFrame = method
+            self.model_info = method.info()
+            run = {k: v for k, v in method.settings.items() if k != "file"}
+            self.settings = {**run, "device": str(device), "precision": precision, **scale}
+        else:
+            self.engine = PerFrame(method)
+            settings = dict(method.settings)
+            digest = hashlib.sha256(json.dumps([method.name, settings], sort_keys=True, default=str).encode())
+            self.model_info = {"name": method.name, "kind": method.kind, "settings": settings}
+            self.model_info["sha256"] = digest.hexdigest()
+            self.settings = {"pixel_size": pixel_size}
+        self.model_sha256 = str(self.model_info["sha256"])
         self._warm = False
 
     @property
+    def denoiser(self) -> Denoiser | None:
+        return self.method.denoiser if isinstance(self.method, DeepMethod) else None
+
+    @property
+    def tiler(self) -> Tiler | None:
+        return self.method.tiler if isinstance(self.method, DeepMethod) else None
+
+    @property
+    def tiles_run(self) -> int:
+        """Tiles (or whole frames) sent through the method so far."""
+        return self.engine.tiler.tiles_run if isinstance(self.engine, DeepMethod) else self.engine.tiles_run
+
+    @property
     def model_pixel_size(self) -> float | None:
-        """A/px of the model's training data (meta ``pixel_size``; None in older files or without calibration)."""
-        value = self.denoiser.meta.get("pixel_size")
-        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else None
+        """A/px of the model's training data (None: unknown, or not a trained model)."""
+        return self.method.pixel_size if isinstance(self.method, DeepMethod) else None
 
     def samplings(self, src: micrographs.InputFile) -> list[resample.Sampling]:
-        """How each image of ``src`` is brought to the model's sampling (see :mod:`emdenoise.inference.resample`)."""
+        """How each image of ``src`` is brought to the model's sampling (see :mod:`emdenoise.inference.resample`);
+        a classical filter takes every frame at its own sampling."""
         given, rescale, tolerance = self.scale
+        if not isinstance(self.method, DeepMethod):
+            return [
+                resample.Sampling(
+                    "native",
+                    given or image.pixel_size,
+                    "denoise.pixel_size" if given else image.calibration,
+                    None,
+                    image.frame_shape,
+                    image.frame_shape,
+                    "a classical filter: frames at their own sampling",
+                )
+                for image in src.images
+            ]
         return [
             resample.plan(
                 image.label(src.path),
@@ -246,10 +382,7 @@ class FileDenoiser:
             "input_bytes": stat.st_size,
             "input_mtime_ns": stat.st_mtime_ns,
             "model_sha256": self.model_sha256,
-            **{
-                key: self.settings[key]
-                for key in ("tile_size", "tile_overlap", "precision", "pixel_size", "rescale", "scale_tolerance")
-            },
+            **{key: value for key, value in self.settings.items() if key not in ("batch_size", "device")},
         }
 
     @staticmethod
@@ -265,10 +398,9 @@ class FileDenoiser:
 
     def _warm_up(self, frame_shape: tuple[int, int]) -> None:
         """One-off costs (allocations, kernel choice) stay out of the timing."""
-        if not self._warm:
-            plan = self.tiler.plan(*frame_shape)
-            self.denoiser.denoise(torch.zeros(1, 1, plan.tile_h, plan.tile_w))
-            self._warm = True
+        if not self._warm and isinstance(self.method, DeepMethod):
+            self.method.warm_up(frame_shape)
+        self._warm = True
 
     def denoise(
         self,
@@ -288,11 +420,15 @@ class FileDenoiser:
 
         def check_frame(frame: np.ndarray, output: np.ndarray) -> None:
             assert max_deviation is not None
-            checks.append(consistency.check(frame, output, None, max_deviation).summary())
+            summary = consistency.check(frame, output, None, max_deviation).summary()
+            # an empty frame (no counts) has no measurable deviation: null in the JSON, not NaN
+            checks.append({k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in summary.items()})
 
         with micrographs.open_input(path) as src:
             samplings = self.samplings(src)
             self._warm_up(samplings[0].shape)
+            if isinstance(self.engine, PerFrame):
+                self.engine.context = Context(pixel_size=samplings[0].input_pixel_size)
             provenance = {
                 "emdenoise_version": __version__,
                 "created": _now(),
@@ -313,7 +449,7 @@ class FileDenoiser:
             frames = denoise_file(
                 src,
                 dest,
-                self.tiler,
+                self.engine,
                 provenance,
                 bar,
                 samplings,

@@ -17,17 +17,23 @@ How a frame is cut (per axis; the two axes are independent):
   pixels see the tile's artificial border), and the middle half is a raised-cosine cross-fade
   (w(t) = sin^2(pi/2 * (t + 1/2) / ramp)), so the two weights sum to 1. The last pair, whose overlap is larger,
   cross-fades over a ramp of the same width centred in its overlap. Frame borders keep weight 1.
-- The blended sum is accumulated in float64 and divided by the summed weights (separable, so computed per axis),
-  then rounded once to float32: an identity model gives back its input bit for bit.
+- Each pixel keeps the running weighted mean of the tiles that cover it and their summed weight, in float32
+  (no float64 pass over the frame): where the tiles agree the mean does not move, so an identity model gives
+  back its input bit for bit.
 
 Consequence: for a translation-equivariant network (convolutions, no resampling) whose receptive-field radius
 is at most ``overlap // 4``, tiled and untiled outputs agree to float rounding; for other networks the seams are
 cross-faded. Keep ``tile_size`` and ``overlap`` multiples of 8 so that tiles stay aligned with the 2x2 pooling
 grid of the U-Net-like models.
 
-Memory: the batch buffer, the tile outputs of one batch, and per frame in flight a float32 output plus a float64
-band of the rows not yet final (about ``tile_size + batch_size * stride`` rows at most); frames are finished and
-handed out in order, so a stack of any length holds at most the frames that one batch of tiles touches.
+Whole frames where memory allows: with ``tile_size=0`` and ``max_pixels`` (what the model may hold in one call,
+from the memory budget: :meth:`emdenoise.inference.denoiser.Denoiser.max_pixels`) a frame goes through the
+model whole, several frames a call as the budget allows; a larger frame is cut into tiles of ``fallback_tile``.
+
+Memory: the batch buffer, the tile outputs of one batch, and per frame in flight a float32 output plus two
+float32 bands (mean and weight) of the rows not yet final (about ``tile_size + batch_size * stride`` rows at
+most); frames are finished and handed out in order, so a stack of any length holds at most the frames that one
+batch of tiles touches.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ import numpy as np
 import torch
 
 ModelFn = Callable[[torch.Tensor], torch.Tensor]
+DEFAULT_TILE = 256  # the tile side used when a whole frame does not fit the memory budget
 
 
 def axis_tiles(length: int, tile: int, overlap: int) -> list[int]:
@@ -77,13 +84,6 @@ def axis_windows(starts: list[int], tile: int, overlap: int) -> list[np.ndarray]
     return windows
 
 
-def _weight_sum(length: int, starts: list[int], windows: list[np.ndarray]) -> np.ndarray:
-    total = np.zeros(length)
-    for start, window in zip(starts, windows):
-        total[start : start + len(window)] += window
-    return total
-
-
 @dataclass(frozen=True)
 class TilePlan:
     """How one frame shape is cut: tile starts and blending weights per axis."""
@@ -96,8 +96,6 @@ class TilePlan:
     xs: tuple[int, ...]
     wy: tuple[np.ndarray, ...]
     wx: tuple[np.ndarray, ...]
-    sum_y: np.ndarray  # summed weight per row (about 1)
-    sum_x: np.ndarray  # summed weight per column
 
     @classmethod
     def make(cls, height: int, width: int, tile_size: int, overlap: int) -> TilePlan:
@@ -116,8 +114,6 @@ class TilePlan:
             tuple(xs),
             tuple(wy),
             tuple(wx),
-            _weight_sum(height, ys, wy),
-            _weight_sum(width, xs, wx),
         )
 
     @property
@@ -126,31 +122,43 @@ class TilePlan:
 
 
 class _Stitcher:
-    """Accumulates the weighted tile outputs of one frame; rows are normalised and moved to ``out`` once final.
+    """Blends the weighted tile outputs of one frame; rows move to ``out`` once no later tile touches them.
 
-    Only a band of rows is kept in float64: from the first row not yet final to the bottom of the lowest tile
-    added so far.
+    Each pixel holds the running weighted mean of the tiles added so far and their summed weight, both float32:
+    adding a tile of weight ``w`` moves the mean by ``w / (summed weight) * (tile - mean)``. Where the tiles
+    agree the mean does not move at all, so an identity model gives back its input bit for bit without float64.
+    Only a band of rows is kept: from the first row not yet final to the bottom of the lowest tile added so far.
+    A frame that is one tile is copied straight to ``out``.
     """
 
     def __init__(self, plan: TilePlan):
         self.plan = plan
         self.out = np.empty((plan.height, plan.width), np.float32)
-        self.band = np.zeros((0, plan.width))
-        self.top = 0  # frame row of band[0]
+        self.mean = np.zeros((0, plan.width), np.float32)
+        self.weight = np.zeros((0, plan.width), np.float32)
+        self.top = 0  # frame row of mean[0]
         self.added = 0  # tiles added so far (row-major order)
 
     def add(self, tile_out: np.ndarray) -> None:
         p = self.plan
+        if p.count == 1:
+            self.out[:] = tile_out
+            self.added = 1
+            return
         r, c = divmod(self.added, len(p.xs))
         y, x = p.ys[r], p.xs[c]
         need = y + p.tile_h - self.top
-        if need > len(self.band):
-            grown = np.zeros((need, p.width))
-            grown[: len(self.band)] = self.band
-            self.band = grown
-        weighted = tile_out.astype(np.float64) * p.wy[r][:, None]
-        weighted *= p.wx[c][None, :]
-        self.band[y - self.top : y - self.top + p.tile_h, x : x + p.tile_w] += weighted
+        if need > len(self.mean):
+            self.mean = _grown(self.mean, need)
+            self.weight = _grown(self.weight, need)
+        rows = slice(y - self.top, y - self.top + p.tile_h)
+        cols = slice(x, x + p.tile_w)
+        w = np.outer(p.wy[r], p.wx[c]).astype(np.float32)
+        total = self.weight[rows, cols]
+        total += w
+        step = np.divide(w, total, out=np.zeros_like(w), where=total > 0)
+        mean = self.mean[rows, cols]
+        mean += step * (tile_out - mean)
         self.added += 1
         self._flush()
 
@@ -161,29 +169,42 @@ class _Stitcher:
     def _flush(self) -> None:
         """Move rows no later tile touches (tiles come row-major, so rows above the next tile row) to ``out``."""
         p = self.plan
-        if self.done:
-            final = p.height
-        else:
-            row_of_next = self.added // len(p.xs)
-            final = p.ys[row_of_next]
+        final = p.height if self.done else p.ys[self.added // len(p.xs)]
         k = final - self.top
         if k <= 0:
             return
-        rows = self.band[:k] / p.sum_y[self.top : final, None]
-        rows /= p.sum_x[None, :]
-        self.out[self.top : final] = rows
-        self.band = self.band[k:]
+        self.out[self.top : final] = self.mean[:k]
+        self.mean, self.weight = self.mean[k:], self.weight[k:]
         self.top = final
 
 
+def _grown(band: np.ndarray, rows: int) -> np.ndarray:
+    grown = np.zeros((rows, band.shape[1]), band.dtype)
+    grown[: len(band)] = band
+    return grown
+
+
 class Tiler:
-    """Applies ``model_fn`` to whole frames through batched, blended tiles (see the module docstring)."""
+    """Applies ``model_fn`` to whole frames through batched, blended tiles (see the module docstring).
+
+    ``tile_size=0`` with ``max_pixels``: whole frames where a frame has at most ``max_pixels`` pixels (batched
+    so that a model call holds at most that many), tiles of ``fallback_tile`` beyond; ``max_pixels=0``: whole
+    frames always. A ``tile_size`` above 0 always tiles.
+    """
 
     def __init__(
-        self, model_fn: ModelFn, tile_size: int = 256, overlap: int = 32, batch_size: int = 8, pin_memory: bool = False
+        self,
+        model_fn: ModelFn,
+        tile_size: int = 256,
+        overlap: int = 32,
+        batch_size: int = 8,
+        pin_memory: bool = False,
+        *,
+        max_pixels: int = 0,
+        fallback_tile: int = DEFAULT_TILE,
     ):
-        if tile_size < 0 or overlap < 0 or batch_size < 1:
-            raise ValueError("tile_size and overlap must be >= 0 and batch_size >= 1")
+        if tile_size < 0 or overlap < 0 or batch_size < 1 or max_pixels < 0:
+            raise ValueError("tile_size, overlap and max_pixels must be >= 0 and batch_size >= 1")
         if tile_size and 2 * overlap > tile_size:
             raise ValueError(f"overlap ({overlap}) must be at most half the tile size ({tile_size})")
         self.model_fn = model_fn
@@ -191,6 +212,8 @@ class Tiler:
         self.overlap = overlap
         self.batch_size = batch_size
         self.pin_memory = pin_memory
+        self.max_pixels = max_pixels
+        self.fallback_tile = fallback_tile
         self._plans: dict[tuple[int, int], TilePlan] = {}
         self._buffers: dict[tuple[int, int], torch.Tensor] = {}
         self.tiles_run = 0  # tiles sent through the model, for reporting
@@ -198,15 +221,25 @@ class Tiler:
     def plan(self, height: int, width: int) -> TilePlan:
         key = (height, width)
         if key not in self._plans:
-            self._plans[key] = TilePlan.make(height, width, self.tile_size, self.overlap)
+            tile = self.tile_size
+            if not tile and self.max_pixels and height * width > self.max_pixels:
+                tile = self.fallback_tile  # too large to go through whole: tiles, bounded memory
+            overlap = min(self.overlap, tile // 2) if tile else self.overlap
+            self._plans[key] = TilePlan.make(height, width, tile, overlap)
         return self._plans[key]
+
+    def batch_for(self, th: int, tw: int) -> int:
+        """Tiles of ``th`` x ``tw`` per model call: ``batch_size``, fewer where ``max_pixels`` says so."""
+        if self.tile_size or not self.max_pixels:
+            return self.batch_size
+        return max(1, min(self.batch_size, self.max_pixels // (th * tw)))
 
     def _buffer(self, th: int, tw: int) -> torch.Tensor:
         key = (th, tw)
         if key not in self._buffers:
             self._buffers.clear()  # one tile shape at a time: do not keep buffers of earlier shapes alive
             self._buffers[key] = torch.empty(
-                (self.batch_size, 1, th, tw), dtype=torch.float32, pin_memory=self.pin_memory
+                (self.batch_for(th, tw), 1, th, tw), dtype=torch.float32, pin_memory=self.pin_memory
             )
         return self._buffers[key]
 
@@ -252,7 +285,7 @@ class Tiler:
                 for x in plan.xs:
                     buf[len(owners), 0] = frame[y : y + plan.tile_h, x : x + plan.tile_w]
                     owners.append(stitcher)
-                    if len(owners) == self.batch_size:
+                    if len(owners) == len(tensor):
                         yield from run_batch()
             del frame  # tiles are copied: the input frame may go before its output is done
         if owners:

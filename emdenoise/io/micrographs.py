@@ -61,7 +61,7 @@ import h5py
 from emdenoise.errors import InputError
 from emdenoise.io.images import MIN_SIDE, ImageArray, InputFile, check_array, describe, reason
 from emdenoise.io.readers import READERS
-from emdenoise.io.writers import PROVENANCE_KEY, WRITERS, Writer
+from emdenoise.io.writers import PROVENANCE_KEY, PROVENANCE_TAG, WRITERS, Writer
 
 # the names other modules know this module by (the readers and writers live in their own modules)
 __all__ = ["MIN_SIDE", "ImageArray", "InputFile", "Writer", "check_array", "describe"]
@@ -125,6 +125,8 @@ def find_inputs(input_dir: Path, pattern: str, output_dir: Path, log: logging.Lo
         if any(part.startswith(".") for part in rel.parts) or out_resolved in path.resolve().parents:
             continue
         if path.suffix.lower() in COMPANIONS:  # read with the files they describe
+            continue
+        if path.suffix == SIDECAR_SUFFIX and format_of(path.with_suffix("")):  # an earlier output's sidecar
             continue
         (files if format_of(path) else skipped).append(path)
     supported = " ".join(sorted(FORMATS))
@@ -209,7 +211,10 @@ def read_provenance(path: Path) -> dict[str, Any] | None:
         import tifffile
 
         with tifffile.TiffFile(path) as tif:
-            meta = tif.shaped_metadata
+            tag = tif.pages.first.tags.get(PROVENANCE_TAG)
+            if tag is not None:
+                return json.loads(tag.value).get(PROVENANCE_KEY)
+            meta = tif.shaped_metadata  # written by emdenoise 0.1 before the ImageJ layout
             return meta[0].get(PROVENANCE_KEY) if meta else None
     if fmt == "png":
         from PIL import Image

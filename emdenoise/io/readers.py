@@ -53,6 +53,8 @@ def _read_tiff(path: Path, stack: ExitStack) -> InputFile:
     if "XResolution" in keyframe.tags and "YResolution" in keyframe.tags:
         info["resolution"] = tuple(keyframe.resolution)
         info["resolutionunit"] = keyframe.resolutionunit
+        if tif.is_imagej and (tif.imagej_metadata or {}).get("unit"):
+            info["unit"] = (tif.imagej_metadata or {})["unit"]
     pixel, source = _tiff_pixel_size(tif, keyframe)
     for image in images:
         image.pixel_size, image.calibration = pixel, source

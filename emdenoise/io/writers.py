@@ -44,24 +44,65 @@ class Writer(Closing):
         self._stack.close()
 
 
+PROVENANCE_TAG = 65321  # a private TIFF tag (ASCII JSON): the provenance, beside ImageJ's own description
+_IMAGEJ_UNITS = {"CENTIMETER": "cm", "MILLIMETER": "mm", "MICROMETER": "micron"}
+_IMAGEJ_AXES = {2: "YX", 3: "TYX", 4: "TZYX", 5: "TZCYX"}
+
+
+def imagej_calibration(source: InputFile, image: ImageArray) -> dict[str, Any]:
+    """The ImageJ calibration of ``image``'s output: ``{"resolution", "unit"}`` in the input's own unit where it
+    had one (ImageJ's unit, or resolution tags in cm/mm/um), else from the pixel size in nm (DM/SER/OME inputs);
+    ``{"resolution", "resolutionunit"}`` for uncalibrated tags (a print resolution in inches, kept as it was);
+    ``{}`` when there is nothing."""
+    info = source.info
+    if "resolution" in info and info.get("unit"):
+        return {"resolution": info["resolution"], "unit": info["unit"]}
+    unit = _IMAGEJ_UNITS.get(getattr(info.get("resolutionunit"), "name", str(info.get("resolutionunit"))))
+    if "resolution" in info and unit and source.fmt == "tiff":
+        return {"resolution": info["resolution"], "unit": unit}
+    if image.pixel_size:
+        per_nm = 10.0 / image.pixel_size
+        return {"resolution": (per_nm, per_nm), "unit": "nm"}
+    if "resolution" in info:
+        return {"resolution": info["resolution"], "resolutionunit": info["resolutionunit"]}
+    return {}
+
+
 class TiffWriter(Writer):
+    """Float32 TIFF as ImageJ/Fiji write it, for an input of one image of up to 5 axes: the calibration
+    (:func:`imagej_calibration`: unit and spacing in ImageJ's description, resolution tags), a movie as a ``TYX``
+    hyperstack. Other inputs (several series, or beyond 4 GB): one plain series each with the resolution tags.
+    The provenance goes into the private tag :data:`PROVENANCE_TAG`, never in place of ImageJ's description."""
+
     def open(self) -> None:
         import tifffile
 
         nbytes = 4 * sum(math.prod(image.shape) for image in self.source.images)
-        self.tw = self._stack.enter_context(tifffile.TiffWriter(self.dest, bigtiff=nbytes > 2**32 - 2**26))
+        big = nbytes > 2**32 - 2**26
+        self.imagej = len(self.source.images) == 1 and len(self.source.images[0].shape) in _IMAGEJ_AXES and not big
+        self.tw = self._stack.enter_context(tifffile.TiffWriter(self.dest, bigtiff=big, imagej=self.imagej))
 
     def write(self, image: ImageArray, frames: Iterable[np.ndarray]) -> None:
-        extra = {}
-        if "resolution" in self.source.info:
-            extra = {"resolution": self.source.info["resolution"], "resolutionunit": self.source.info["resolutionunit"]}
+        info = self.source.info
+        metadata: dict[str, Any] = {}  # a plain series: tifffile's shape description
+        extra: dict[str, Any] = {}
+        if self.imagej:
+            calibration = imagej_calibration(self.source, image)
+            metadata = {"axes": _IMAGEJ_AXES[len(image.shape)]}
+            if "unit" in calibration:
+                metadata["unit"] = calibration.pop("unit")
+            extra = calibration
+        elif "resolution" in info:
+            extra = {"resolution": info["resolution"], "resolutionunit": info["resolutionunit"]}
+        text = json.dumps({PROVENANCE_KEY: self.provenance})
         # an iterator of pages: tifffile writes each one as it comes
         self.tw.write(
             (np.ascontiguousarray(f, np.float32) for f in frames),
             shape=image.shape,
             dtype=np.float32,
             photometric="minisblack",
-            metadata={PROVENANCE_KEY: self.provenance},
+            metadata=metadata,
+            extratags=[(PROVENANCE_TAG, "s", 0, text, True)],
             **extra,
         )
 

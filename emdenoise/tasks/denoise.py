@@ -1,9 +1,16 @@
-"""The ``denoise`` task: apply a trained model to real micrographs.
+"""The ``denoise`` task: apply a method to real micrographs: a trained model, a pretrained one, a classical filter.
 
-Inputs: ``input_dir`` (files selected by ``denoise.pattern``), ``model_dir`` (``<name>/em_denoise_model.h5``
-as the train task writes them; ``denoise.model`` picks one, ``auto`` the only one there) and the parameters.
+Method (:func:`build_engine`, everything an :class:`emdenoise.method.Method`): ``denoise.method: model`` applies
+the trained model ``denoise.model`` names (``auto``: the only one in ``model_dir``; a name there; ``zoo:NAME``; a
+model file, a model's folder or a folder of models: :func:`emdenoise.inference.methods.find_model`);
+``denoise.method: zoo:NAME`` a pretrained model; any other name a classical filter with default settings
+(:func:`emdenoise.inference.methods.classical_method`).
+
+Inputs: ``input_dir``, one micrograph file or a folder (files selected by ``denoise.pattern``), and the parameters.
 Outputs: ``output_dir/<same relative path>`` in the input's format and size (see :mod:`emdenoise.io.micrographs`),
-each with a sidecar ``<output>.json`` holding the provenance (model name and file SHA-256, emdenoise version,
+or ``<stem><denoise.suffix>.<ext>`` when a suffix is set (the command line sets ``_denoised`` and writes beside
+the inputs when no output is given: :mod:`emdenoise.tasks.denoise_flags`);
+each with a sidecar ``<output>.json`` holding the provenance (method, model file SHA-256, emdenoise version,
 input file, settings, time) and the speed; the provenance also goes inside the file where the format has room.
 
 How: every input's header is read first, so a bad file fails the run before any work; then each file streams
@@ -23,14 +30,18 @@ an output beside another output's provenance.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
+from emdenoise.errors import InputError
+from emdenoise.inference import methods
 from emdenoise.inference.denoiser import Denoised, FileDenoiser
 from emdenoise.io import micrographs
-from emdenoise.layout import select_model
+from emdenoise.layout import select_model  # noqa: F401  (tests and callers reach it here)
 from emdenoise.log import progress
+from emdenoise.method import Context
 from emdenoise.outputs import STAGING_DIR, remove_staging, write_json_atomic
 from emdenoise.runtime import device as runtime
 from emdenoise.runtime import distributed
@@ -60,14 +71,17 @@ def run(ctx: TaskContext) -> None:
         _run(ctx, world, device)
 
 
-def _run(ctx: TaskContext, world: distributed.World, device: torch.device) -> None:
+def build_engine(ctx: TaskContext, device: torch.device) -> FileDenoiser:
+    """The method ``denoise.method`` names (a trained model: ``denoise.model``, or ``zoo:NAME``; or a classical
+    filter), ready to apply to files."""
     sec, log = ctx.params.denoise, ctx.log
-    input_dir, model_dir, output_dir = ctx.paths["input_dir"], ctx.paths["model_dir"], ctx.paths["output_dir"]
-    files = micrographs.find_inputs(input_dir, sec.pattern, output_dir, log)
-    _, model_path = select_model(model_dir, sec.model)
-    frame_counts = micrographs.read_headers(files, log)
-    log.info("denoise: %d file(s), %d frame(s) from %s", len(files), sum(frame_counts.values()), input_dir)
-
+    if not methods.is_model(sec.method):
+        method = methods.classical_method(sec.method, Context(pixel_size=sec.pixel_size or None))
+        log.info("method %s (classical, %s)", method.name, dict(method.settings))
+        return FileDenoiser(method, device, "fp32", pixel_size=sec.pixel_size, log=log)
+    spec = sec.method if sec.method != methods.MODEL else sec.model
+    field = "denoise.method" if sec.method != methods.MODEL else "denoise.model"
+    name, model_path = methods.find_model(spec, ctx.paths.get("model_dir"), field)
     precision = runtime.resolve_precision(sec.precision, device, "denoise.precision", ctx.where)
     engine = FileDenoiser(
         model_path,
@@ -80,21 +94,78 @@ def _run(ctx: TaskContext, world: distributed.World, device: torch.device) -> No
         rescale=sec.rescale,
         scale_tolerance=sec.scale_tolerance,
         log=log,
+        memory_mb=sec.memory_mb,
+    )
+    tiles = (
+        f"{sec.tile_size}, overlap {sec.tile_overlap}" if sec.tile_size else f"whole frames within {sec.memory_mb} MB"
     )
     log.info(
-        "model %s (%s, sha256 %s) on %s, %s; tiles %s, overlap %d, batch %d",
-        engine.denoiser.name,
+        "model %s (%s, sha256 %s) on %s, %s; tiles %s, batch %d",
+        name,
         model_path,
         engine.model_sha256[:12],
         device,
         precision,
-        sec.tile_size or "off (whole frames)",
-        sec.tile_overlap,
+        tiles,
         sec.batch_size,
     )
+    return engine
+
+
+def output_name(relative: Path, suffix: str) -> Path:
+    """The output's path relative to the output folder: the input's (see :func:`micrographs.output_path`), or
+    with ``suffix``: ``<stem><suffix>.<ext>`` (``.tif`` for the formats written as TIFF)."""
+    if not suffix:
+        return micrographs.output_path(Path(), relative)
+    fmt = micrographs.format_of(relative)
+    ext = relative.suffix if fmt is None or micrographs.output_format(fmt) == fmt else ".tif"
+    return relative.with_name(relative.stem + suffix + ext)
+
+
+def _an_output(path: Path) -> bool:
+    """Whether ``path`` is an earlier output of denoise (its sidecar beside it names it as the output)."""
+    try:
+        record = json.loads(micrographs.sidecar_of(path).read_text(encoding="utf-8"))
+        return bool(Path(record["output"]["file"]).name == path.name)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def plan_outputs(ctx: TaskContext) -> tuple[dict[Path, Path], Path]:
+    """``({input file: output file}, the input folder)``: ``input_dir`` may be one file or a folder (files chosen
+    by ``denoise.pattern``; earlier outputs of denoise, known by their sidecars, are not inputs)."""
+    sec, log = ctx.params.denoise, ctx.log
+    suffix = "" if sec.suffix == "none" else sec.suffix
+    given, output_dir = ctx.paths["input_dir"], ctx.paths["output_dir"]
+    if given.is_file():
+        if micrographs.format_of(given) is None:
+            micrographs.open_input(given)  # the one-line error naming the extensions read
+        folder, files = given.parent, [given]
+    else:
+        folder = given
+        beside = given.resolve() == output_dir.resolve() and suffix
+        found = micrographs.find_inputs(given, sec.pattern, given / STAGING_DIR if beside else output_dir, log)
+        files = [p for p in found if not _an_output(p)]
+        if not files:
+            raise InputError.at(given, "input_dir", "expected images besides the earlier outputs of denoise")
+    outs = {path: output_dir / output_name(path.relative_to(folder), suffix) for path in files}
+    for path, out in outs.items():
+        if out.resolve() == path.resolve():
+            raise InputError.at(
+                out, "output_dir", "expected a folder other than the input's (the output would overwrite its input)"
+            )
+    return outs, folder
+
+
+def _run(ctx: TaskContext, world: distributed.World, device: torch.device) -> None:
+    sec, log = ctx.params.denoise, ctx.log
+    outs, input_dir = plan_outputs(ctx)
+    files = list(outs)
+    frame_counts = micrographs.read_headers(files, log)
+    log.info("denoise: %d file(s), %d frame(s) from %s", len(files), sum(frame_counts.values()), ctx.paths["input_dir"])
+    engine = build_engine(ctx, device)
 
     done: list[Denoised] = []
-    outs = {path: micrographs.output_path(output_dir, path.relative_to(input_dir)) for path in files}
     owner = dict(zip(files, distributed.assign([frame_counts[path] for path in files], world)))
     with (
         distributed.SharedTransaction(world, resumable=True) as tx,
@@ -140,14 +211,12 @@ def _run(ctx: TaskContext, world: distributed.World, device: torch.device) -> No
     for folder in sorted({out.parent for out in outs.values()} if world.is_main else ()):  # and abandoned runs'
         remove_staging(folder / STAGING_DIR)
 
-    frames, computed, tiles = distributed.totals(
-        [sum(r.frames for r in done), len(done), engine.tiler.tiles_run], world
-    )
+    frames, computed, tiles = distributed.totals([sum(r.frames for r in done), len(done), engine.tiles_run], world)
     (seconds,) = distributed.totals([sum(r.seconds for r in done)], world, maximum=True)  # side by side
     reused = len(files) - int(computed)
     if computed:
         log.info(
-            "denoised %d frame(s) in %.2f s: %.2f frames/s (%d tiles through the model)%s",
+            "denoised %d frame(s) in %.2f s: %.2f frames/s (%d tiles or whole frames through the method)%s",
             frames,
             seconds,
             frames / max(seconds, 1e-9),

@@ -136,3 +136,43 @@ def test_stream_holds_only_the_frames_one_batch_touches():
 def test_tiler_rejects_an_overlap_above_half_the_tile():
     with pytest.raises(ValueError):
         Tiler(identity, 64, 40, 1)
+
+
+def test_whole_frames_within_the_budget_tiles_beyond_it():
+    calls = []
+
+    def doubler(batch):
+        calls.append(tuple(batch.shape))
+        return batch * 2
+
+    small, large = rng_image((96, 80)), rng_image((300, 260), seed=1)
+    tiler = Tiler(doubler, 0, 32, 4, max_pixels=2 * 96 * 80)  # two small frames a call; the large one is tiled
+    outs = list(tiler.stream([small, small, small, large]))
+    assert calls[0] == (2, 1, 96, 80) and calls[1] == (1, 1, 96, 80)  # whole frames, batched within the budget
+    assert all(shape[2:] == (256, 256) for shape in calls[2:])  # the large frame: tiles of the fallback side
+    assert tiler.tiles_run == 3 + TilePlan.make(300, 260, 256, 32).count
+    for frame, out in zip([small, small, small, large], outs):
+        assert out.dtype == np.float32 and np.array_equal(out, frame * 2)
+    # no budget: whole frames always, as before
+    assert Tiler(doubler, 0, 32, 4).plan(300, 260).count == 1
+
+
+def test_float32_blending_stays_within_float_rounding_of_float64():
+    def wobble(batch):  # an offset from each tile's own mean: tiles disagree with their neighbours at the seams
+        return batch * 1.5 + batch.mean(dim=(2, 3), keepdim=True)
+
+    image = rng_image((200, 170)) * 1000
+    out = Tiler(wobble, 64, 16, 3).denoise(image)
+    plan = TilePlan.make(200, 170, 64, 16)
+    total, weight = np.zeros(image.shape), np.zeros(image.shape)
+    tiles = wobble(
+        torch.from_numpy(np.stack([image[y : y + 64, x : x + 64] for y in plan.ys for x in plan.xs])[:, None])
+    )
+    k = 0
+    for r, y in enumerate(plan.ys):
+        for c, x in enumerate(plan.xs):
+            w = np.outer(plan.wy[r], plan.wx[c])
+            total[y : y + 64, x : x + 64] += w * tiles[k, 0].double().numpy()
+            weight[y : y + 64, x : x + 64] += w
+            k += 1
+    assert np.abs(out - total / weight).max() <= 1e-6 * np.abs(image).max() * 1.5

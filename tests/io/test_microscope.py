@@ -68,7 +68,9 @@ def test_microscope_file_round_trips_with_its_calibration(tmp_path, name, shape)
     else:
         assert out.name == name + ".tif" and back.fmt == "tiff"
         with tifffile.TiffFile(out) as tif:
-            assert tif.pages[0].resolutionunit == tifffile.RESUNIT.CENTIMETER
+            # an ImageJ TIFF in nm (Fiji reads the spacing), never a print resolution in centimetres
+            assert tif.is_imagej and tif.imagej_metadata["unit"] == "nm"
+            assert tif.pages[0].resolution[0] == pytest.approx(10 / A_PER_PX, rel=1e-6)
 
 
 @pytest.mark.extra("formats")

@@ -179,3 +179,126 @@ def test_each_output_is_checked_against_its_input_and_an_inconsistent_one_is_nam
     res = _cli(workspace, "--set", "denoise.max_deviation=0", "--set", "denoise.tile_overlap=8")
     assert res.returncode == 0 and "inconsistent" not in res.stderr
     assert "consistency" not in json.loads((workspace / "out" / "lattice.tif.json").read_text())
+
+
+# ------------------------------------------------------------------------------------ any method, from anywhere
+
+
+def _anywhere(cwd: Path, *args, env: dict | None = None):
+    """``python -m emdenoise ARGS`` run in ``cwd``, a folder with no workspace and no parameters file."""
+    return subprocess.run(
+        [sys.executable, "-m", "emdenoise", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "EMDENOISE_PROGRESS": "0",
+            "OMP_NUM_THREADS": "1",
+            **(env or {}),
+        },
+    )
+
+
+def _movie(path: Path, frames: int = 2, nm_per_px: float = 0.02) -> np.ndarray:
+    rng = np.random.default_rng(5)
+    clean = atom_image(96, lattice_sites(96, 8.0), contrast=0.4)
+    stack = rng.poisson(50 * clean, (frames, 96, 96)).astype(np.uint16)
+    tifffile.imwrite(
+        path, stack, imagej=True, resolution=(1 / nm_per_px, 1 / nm_per_px), metadata={"unit": "nm", "axes": "TYX"}
+    )
+    return stack
+
+
+def test_a_classical_method_runs_from_any_folder_on_a_file_or_a_folder(tmp_path):
+    from emdenoise.classical import methods as classical
+
+    (tmp_path / "in").mkdir()
+    stack = _movie(tmp_path / "in" / "movie.tif")
+    np.save(tmp_path / "in" / "frame.npy", stack[0].astype(np.float32))
+    res = _anywhere(tmp_path, "denoise", "--input", "in/movie.tif", "--method", "wiener")
+    assert res.returncode == 0, res.stderr
+    assert "built-in defaults" in res.stderr
+    assert not (tmp_path / "workspace").exists()  # nothing written outside the given paths
+    out = tifffile.imread(tmp_path / "in" / "movie_denoised.tif")
+    expected = np.stack([classical.get("wiener").apply(f, 2.0).astype(np.float32) for f in stack])
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-4)
+    sidecar = json.loads((tmp_path / "in" / "movie_denoised.tif.json").read_text())
+    assert sidecar["model"]["name"] == "wiener" and sidecar["model"]["kind"] == "classical"
+    assert sidecar["model"]["settings"]["floor"] == 2.0
+
+    # a folder: every input beside itself, earlier outputs are not inputs, the rerun keeps what is up to date
+    res = _anywhere(tmp_path, "denoise", "--input", "in", "--method", "wiener")
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == [
+        "frame.npy",
+        "frame_denoised.npy",
+        "frame_denoised.npy.json",
+        "movie.tif",
+        "movie_denoised.tif",
+        "movie_denoised.tif.json",
+    ]
+    assert "movie_denoised.tif: up to date" in res.stderr and "skipping" not in res.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "in" / "frame_denoised.npy"), expected[0], rtol=1e-5, atol=1e-4)
+
+    # --output: a folder, the inputs' own names
+    res = _anywhere(tmp_path, "denoise", "--input", "in", "--method", "gaussian", "--output", "out")
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.*[!n]")) == ["frame.npy", "movie.tif"]
+    res = _anywhere(tmp_path, "denoise", "--input", "in", "--method", "sharpen")
+    assert res.returncode == EXIT_BAD_INPUT and "denoise.method" in res.stderr and "wiener" in res.stderr
+
+
+def test_help_lists_the_flags_and_the_formats(tmp_path):
+    res = _anywhere(tmp_path, "denoise", "--help")
+    assert res.returncode == 0
+    for flag in ("--input", "--output", "--model", "--method", "--pixel-size", "--tile-size", "--device", "--set"):
+        assert flag in res.stdout
+    assert "formats read" in res.stdout and "formats written" in res.stdout and "DM3/DM4" in res.stdout
+
+
+def test_a_model_by_its_file_its_folder_its_parent_or_from_the_zoo(tmp_path):
+    from emdenoise.inference import methods
+
+    path = _save_model(tmp_path / "models")
+    assert methods.find_model(str(path), None) == ("sciml_ae", path)
+    assert methods.find_model(str(path.parent), None) == ("sciml_ae", path)
+    assert methods.find_model(str(tmp_path / "models"), None) == ("sciml_ae", path)
+    assert methods.find_model("sciml_ae", tmp_path / "models") == ("sciml_ae", path)
+    with pytest.raises(InputError, match="not found"):
+        methods.find_model(str(tmp_path / "nowhere" / "m.h5"), None)
+
+    (tmp_path / "in").mkdir()
+    stack = _movie(tmp_path / "in" / "movie.tif", frames=1)
+    zoo_dir = tmp_path / "zoo"
+    _save_model(zoo_dir)  # zoo_dir/sciml_ae/em_denoise_model.h5, found as zoo:sciml_ae
+    env = {"EMDENOISE_ZOO": str(zoo_dir)}
+    common = ("--device", "cpu", "--set", "denoise.precision=fp32")
+    res = _anywhere(tmp_path, "denoise", "--input", "in", "--model", "zoo:sciml_ae", "--output", "z", *common, env=env)
+    assert res.returncode == 0, res.stderr
+    res = _anywhere(tmp_path, "denoise", "--input", "in", "--model", str(path.parent), "--output", "f", *common)
+    assert res.returncode == 0, res.stderr
+    by_zoo, by_folder = tifffile.imread(tmp_path / "z" / "movie.tif"), tifffile.imread(tmp_path / "f" / "movie.tif")
+    np.testing.assert_array_equal(by_zoo, by_folder)
+    assert np.abs(by_zoo - stack[0]).mean() > 1  # the model did something
+    res = _anywhere(tmp_path, "denoise", "--input", "in", "--model", "zoo:nothing", *common, env=env)
+    assert res.returncode == EXIT_BAD_INPUT and "zoo:nothing" in res.stderr and "sciml_ae" in res.stderr
+    res = _anywhere(tmp_path, "denoise", "--input", "in", *common)  # no model anywhere: say what to give
+    assert res.returncode == EXIT_BAD_INPUT and "--model" in res.stderr and "--method" in res.stderr
+
+
+def test_outputs_are_imagej_hyperstacks_with_the_inputs_calibration(tmp_path):
+    (tmp_path / "in").mkdir()
+    _movie(tmp_path / "in" / "movie.tif", frames=3, nm_per_px=0.025)
+    res = _anywhere(tmp_path, "denoise", "--input", "in/movie.tif", "--method", "gaussian")
+    assert res.returncode == 0, res.stderr
+    out = tmp_path / "in" / "movie_denoised.tif"
+    with tifffile.TiffFile(out) as tif:
+        assert tif.is_imagej and tif.imagej_metadata["unit"] == "nm" and tif.imagej_metadata["frames"] == 3
+        assert tif.series[0].axes == "TYX" and tif.series[0].shape == (3, 96, 96)
+        assert tif.pages[0].resolution == pytest.approx((40.0, 40.0))  # pixels per nm: 0.025 nm/px
+        assert not tif.pages[0].description.startswith("{")  # ImageJ's header, not a JSON description
+    with micrographs.open_input(out) as back:
+        assert back.images[0].pixel_size == pytest.approx(0.25)  # A/px, read back as any input is
+    assert micrographs.read_provenance(out)["model"]["name"] == "gaussian"  # in a private tag
