@@ -1,0 +1,159 @@
+"""The Python API: denoise an array or a file in a notebook, the way ``emdenoise denoise`` does on the command line.
+
+    import emdenoise
+    movie = emdenoise.load("movie.dm4")                      # frames + pixel size (A/px) from the file
+    result = emdenoise.denoise(movie, method="wiener")       # or "zoo:NAME", or a trained model's file/folder
+    result.image, result.pixel_size, result.flagged          # float32 frames, A/px, frames the check flags
+
+``denoise`` takes a 2-D frame or a stack of frames (any leading axes), a path, or what ``load`` returned; the
+method is anything ``denoise --method/--model`` takes (:mod:`emdenoise.inference.methods`). As in the command
+line, a trained model sees whole frames where ``memory_mb`` allows (tiles beyond it, or ``tile_size`` tiles),
+frames at another pixel size than the model's are resampled to its sampling and back, and every output frame is
+checked against its input (:mod:`emdenoise.evaluation.consistency`, ``max_deviation``; 0: no check).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emdenoise.errors import InputError
+
+log = logging.getLogger("emdenoise.api")
+
+
+@dataclass(frozen=True)
+class Micrograph:
+    """Frames with their calibration: ``image`` as read (its own dtype and shape), ``pixel_size`` in A/px or None,
+    ``calibration`` where it came from."""
+
+    image: np.ndarray
+    pixel_size: float | None = None
+    calibration: str = "none found"
+    source: str = "array"
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return np.asarray(self.image, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class Denoised:
+    """What :func:`denoise` returns: ``image`` float32 in the input's shape, its ``pixel_size`` (A/px, the
+    input's), the frames the consistency check ``flagged`` (indices into the flattened frames), the ``method``'s
+    name and ``settings``, and each frame's check."""
+
+    image: np.ndarray
+    pixel_size: float | None
+    flagged: list[int]
+    method: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return np.asarray(self.image, dtype=dtype)
+
+
+def load(path: str | Path, image: int = 0) -> Micrograph:
+    """The ``image``-th image of a micrograph file (any format ``denoise`` reads), all its frames, and its pixel
+    size."""
+    from emdenoise.io import micrographs
+
+    path = Path(path)
+    with micrographs.open_input(path) as src:
+        if not 0 <= image < len(src.images):
+            raise InputError.at(path, "image", f"expected an index below {len(src.images)}, got {image}")
+        chosen = src.images[image]
+        frames = np.stack([np.asarray(chosen.read(i)) for i in range(chosen.frames)])
+        return Micrograph(frames.reshape(chosen.shape), chosen.pixel_size, chosen.calibration, chosen.label(path))
+
+
+def _frames(data: Any) -> tuple[Micrograph, np.ndarray]:
+    """``(micrograph, float32 (N, H, W) frames)`` of an array, a path or a :class:`Micrograph`."""
+    micrograph = data if isinstance(data, Micrograph) else load(data) if isinstance(data, (str, Path)) else None
+    if micrograph is None:
+        micrograph = Micrograph(np.asarray(data))
+    image = np.asarray(micrograph.image)
+    if image.ndim < 2 or min(image.shape[-2:]) < 16 or not np.issubdtype(image.dtype, np.number):
+        raise InputError.at(
+            micrograph.source, None, f"expected numeric frames of at least 16x16, got {image.dtype} {image.shape}"
+        )
+    return micrograph, image.reshape(-1, *image.shape[-2:]).astype(np.float32, copy=False)
+
+
+def _method(
+    method: str, pixel_size: float | None, device: str, precision: str, tiling: dict[str, int], model_dir: Any
+) -> Any:
+    """The :class:`emdenoise.method.Method` ``method`` names (a trained model: a :class:`DeepMethod`)."""
+    from emdenoise.inference import methods
+    from emdenoise.method import Context
+
+    looks_like_model = methods.is_model(method) or method not in methods.classical_names()
+    if not looks_like_model:
+        return methods.classical_method(method, Context(pixel_size=pixel_size), field="method")
+    from emdenoise.inference.denoiser import DeepMethod, Tiling
+    from emdenoise.runtime import device as runtime
+
+    spec = "auto" if method == methods.MODEL else method
+    _, path = methods.find_model(spec, Path(model_dir) if model_dir else None, field="method")
+    torch_device = runtime.resolve_device(device, "device", "emdenoise.denoise")
+    resolved = runtime.resolve_precision(precision, torch_device, "precision", "emdenoise.denoise")
+    return DeepMethod.from_file(path, torch_device, resolved, Tiling(**tiling))
+
+
+def denoise(
+    data: Any,
+    method: str = "wiener",
+    pixel_size: float | None = None,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    tile_size: int = 0,
+    tile_overlap: int = 32,
+    batch_size: int = 8,
+    memory_mb: int = 2048,
+    rescale: str = "auto",
+    scale_tolerance: float = 0.05,
+    max_deviation: float = 0.07,
+    model_dir: str | Path | None = None,
+) -> Denoised:
+    """Denoise ``data`` (an array of frames, a file path, or a :class:`Micrograph`) with ``method``: a classical
+    filter by name, ``zoo:NAME``, a model file or folder (or ``model`` with ``model_dir``). ``pixel_size`` (A/px)
+    overrides the file's calibration. The keywords are the ``denoise:`` parameters of the same names."""
+    from emdenoise.evaluation import consistency
+    from emdenoise.inference import resample
+    from emdenoise.inference.denoiser import DeepMethod, PerFrame
+
+    micrograph, frames = _frames(data)
+    pixel = pixel_size or micrograph.pixel_size
+    tiling = {"tile_size": tile_size, "overlap": tile_overlap, "batch_size": batch_size, "memory_mb": memory_mb}
+    chosen = _method(method, pixel, device, precision, tiling, model_dir)
+    engine = chosen if isinstance(chosen, DeepMethod) else PerFrame(chosen)
+    if isinstance(engine, PerFrame):
+        engine.context = engine.context.__class__(pixel_size=pixel)
+        outputs = list(engine.stream(frames))
+    else:
+        sampling = resample.plan(
+            micrograph.source,
+            (frames.shape[1], frames.shape[2]),
+            micrograph.pixel_size,
+            micrograph.calibration,
+            engine.pixel_size,
+            pixel_size or 0.0,
+            rescale,
+            scale_tolerance,
+            log,
+        )
+        outputs = list(sampling.up(engine.stream(sampling.down(iter(frames)))))
+    checks = []
+    if max_deviation:
+        for frame, out in zip(frames, outputs):
+            checks.append(consistency.check(frame, out, None, max_deviation).summary())
+    flagged = [i for i, check in enumerate(checks) if check["inconsistent"]]
+    for i in flagged:
+        log.warning("%s: frame %d inconsistent with its input (see Denoised.checks)", micrograph.source, i)
+    image = np.stack(outputs).reshape(np.shape(micrograph.image))
+    return Denoised(image, pixel, flagged, chosen.name, dict(chosen.settings), checks)

@@ -1,0 +1,72 @@
+"""The model zoo (emdenoise.zoo): models found by name in the package and in EMDENOISE_ZOO folders, the
+``emdenoise zoo`` table, and every shipped model loadable, carded and installed as package data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from fnmatch import fnmatch
+from pathlib import Path
+
+import pytest
+from support import save_model
+
+from emdenoise import zoo
+from emdenoise.errors import InputError
+from emdenoise.io import modelfile
+
+ROOT = Path(__file__).resolve().parents[1]
+CARD = {
+    "architecture": "dncnn",
+    "imaging_mode": "HRTEM",
+    "pixel_size_angstrom": [0.12, 0.3],
+    "dose_e_per_px": [50, 2000],
+    "command": "run/train-zoo.sh",
+    "scores": {"test": {"psnr": 31.31, "strongest_classical": {"name": "bragg", "psnr": 29.68}}},
+}
+
+
+def test_extra_folders_are_searched_and_listed_in_a_table(tmp_path, monkeypatch):
+    save_model(tmp_path / "lab", "dncnn", depth=3, channels=8)
+    (tmp_path / "lab" / "dncnn" / "card.json").write_text(json.dumps(CARD))
+    monkeypatch.setenv(zoo.ENV, str(tmp_path / "lab"))
+    found = zoo.models()
+    assert found["dncnn"].model_file == tmp_path / "lab" / "dncnn" / "em_denoise_model.h5"
+    assert zoo.get("zoo:dncnn") == found["dncnn"] == zoo.get("dncnn")
+    row = next(line for line in zoo.table().splitlines() if line.startswith("| zoo:dncnn |"))
+    assert "| dncnn | HRTEM | 0.12-0.3 | 50-2000 | +1.63 dB vs bragg |" in row
+    with pytest.raises(InputError, match="expected one of .*dncnn.*emdenoise zoo"):
+        zoo.get("zoo:missing")
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), zoo.ENV: str(tmp_path / "lab")}
+    res = subprocess.run(
+        [sys.executable, "-m", "emdenoise", "zoo"], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert res.returncode == 0 and "| zoo:dncnn | dncnn | HRTEM |" in res.stdout
+
+
+def test_a_damaged_card_is_one_line_naming_it(tmp_path, monkeypatch):
+    save_model(tmp_path / "lab", "dncnn", depth=3, channels=8)
+    (tmp_path / "lab" / "dncnn" / "card.json").write_text("{not json")
+    monkeypatch.setenv(zoo.ENV, str(tmp_path / "lab"))
+    with pytest.raises(InputError, match="card.json"):
+        zoo.table()
+
+
+@pytest.mark.parametrize("name", sorted(p.parent.name for p in zoo.ZOO_DIR.glob(f"*/{zoo.MODEL_FILE}")) or ["-"])
+def test_each_shipped_model_loads_has_its_card_and_is_package_data(name):
+    if name == "-":
+        pytest.skip("no model shipped yet")
+    model = zoo.ZooModel(name, zoo.ZOO_DIR / name)
+    net, meta = modelfile.load_model(model.model_file)
+    card = model.card()
+    assert set(zoo.CARD_FIELDS) <= set(card), f"{name}: card.json lacks {set(zoo.CARD_FIELDS) - set(card)}"
+    assert card["architecture"] == meta["model"]
+    assert model.card_file.is_file() and model.model_file.stat().st_size < 20 * 2**20  # small enough for git
+    line = next(x for x in (ROOT / "pyproject.toml").read_text().splitlines() if x.startswith('"emdenoise.zoo" ='))
+    patterns = json.loads(line.split("=", 1)[1])  # the package-data list: a TOML array of strings is JSON
+    for path in (model.model_file, model.card_file, model.folder / zoo.CARD_JSON):
+        relative = path.relative_to(zoo.ZOO_DIR).as_posix()
+        assert any(fnmatch(relative, p) for p in patterns), relative
