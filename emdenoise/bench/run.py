@@ -15,8 +15,8 @@ the peak memory, for:
   :func:`~emdenoise.training.loop.train_epoch` over in-memory pairs (the train task's defaults: adam,
   cosine schedule, mse; whole images, shuffled), one timed round being one epoch of ``--steps`` batches, its
   images/s the figure the train task logs. Inference: :class:`emdenoise.inference.denoiser.Denoiser` through
-  :class:`emdenoise.inference.tiling.Tiler` with the denoise task's default tiles (256, overlap 32), frames in
-  and denoised frames out in host memory.
+  :class:`emdenoise.inference.tiling.Tiler` with the denoise task's defaults (whole frames where they fit
+  ``denoise.memory_mb``, tiles of 256 overlapping by 32 beyond), frames in and denoised frames out in host memory.
 
 The rows of ``ablation`` (at the first size) are settings a user can choose: ``fp32``; the precision
 ``--precision`` resolves to (``auto``: bf16 where the hardware computes it natively, see
@@ -78,7 +78,7 @@ from emdenoise import __version__, models
 from emdenoise.config import params
 from emdenoise.data.splits import Split
 from emdenoise.errors import EXIT_OK, InputError, reported
-from emdenoise.inference.denoiser import Denoiser
+from emdenoise.inference.denoiser import DEFAULT_MEMORY_MB, Denoiser
 from emdenoise.inference.tiling import Tiler
 from emdenoise.log import setup as setup_logging
 from emdenoise.outputs import check_output, write_json_atomic
@@ -477,6 +477,7 @@ def engine_infer(
         settings.tile_overlap,
         settings.batch_size,
         pin_memory=device.type == "cuda",
+        max_pixels=denoiser.max_pixels(DEFAULT_MEMORY_MB * 2**20),  # as the denoise task: whole frames that fit
     )
 
     def stream(n: int) -> float:
