@@ -55,9 +55,9 @@ def find_model(spec: str, model_dir: Path | None, field: str = "denoise.model") 
         if model_dir is None or (spec == "auto" and not model_dir.is_dir()):
             raise InputError.at(
                 model_dir or spec,
-                field,
-                "expected a trained model: give --model (a model file, its folder, zoo:NAME: see emdenoise zoo) or "
-                "--method with a classical filter (e.g. wiener)",
+                "model_dir" if model_dir else field,
+                "expected a folder of trained models, not found; run the train task, or give --model (a model "
+                "file, its folder, zoo:NAME: see emdenoise zoo) or --method with a classical filter (e.g. wiener)",
             )
         return select_model(model_dir, spec, field)
     if path.is_file():
