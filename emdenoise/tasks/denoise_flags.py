@@ -8,7 +8,7 @@ Each flag is a parameter of the ``denoise:`` section set on the command line (th
 denoise.KEY=VALUE``, which stays for everything else). Without a parameters file the built-in defaults apply.
 ``--input`` (or ``--input_dir``) takes a file or a folder; without ``--output`` (or ``--output_dir``) the
 outputs go beside the inputs as ``<name>_denoised.<ext>`` (``denoise.suffix``), in the input's format (DM3/DM4
-and SER: ``.tif``); with one, into that folder under the inputs' own names, or into that file for one input.
+and SER: ``.tif``); with one, into that folder under the inputs' own names.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ formats written: the input's format, float32 (PNG: its bit depth); DM3/DM4 and S
   Berkeley EMD; TIFF outputs carry ImageJ calibration (unit, spacing, TYX axes for movies); every output has
   a sidecar <output>.json with the provenance
 inputs: --input FILE or FOLDER (denoise.pattern selects files in a folder)
-outputs: beside the inputs as <name>_denoised.<ext> unless --output FOLDER (or FILE for one input) is given
+outputs: beside the inputs as <name>_denoised.<ext> unless --output FOLDER is given
 no parameters file: the built-in defaults (emdenoise params lists every key; --set denoise.KEY=VALUE)
 """
 
@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--input", dest="input_dir", metavar="PATH", help="a micrograph file or a folder of them")
     parser.add_argument(
-        "--output", dest="output_dir", metavar="PATH", help="output folder (or file, for one input file)"
+        "--output", dest="output_dir", metavar="PATH", help="output folder (outputs keep the inputs' names)"
     )
     for flag, (key, metavar, text) in FLAGS.items():
         parser.add_argument(flag, dest=f"denoise_{key}", default=None, metavar=metavar, help=text)
