@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 from emdenoise.config.params import DownloadParams
@@ -55,22 +55,9 @@ from emdenoise.lock import LOCK_NAME
 from emdenoise.log import progress
 from emdenoise.outputs import STAGING_DIR, Transaction, sha256_file
 
-GENERATOR_KEYS = (
-    "seed",
-    "train_images",
-    "test_images",
-    "image_size",
-    "dose_min",
-    "dose_max",
-    "dead_pixel_fraction",
-    "material",
-    "optics",
-    "pixel_size_min",
-    "pixel_size_max",
-    "generalisation_count",
-    "generalisation_material",
-    "generalisation_optics",
-)
+if TYPE_CHECKING:  # the generator (numpy, scipy, h5py) is imported only when it runs
+    from emdenoise.data.simulate.writer import GeneratorSettings
+
 EXTRACT_PREFIX = ".extract-"
 ABTEM_CHUNKS = ".abtem-chunks"  # the finished chunks of an interrupted abtem run (removed once it succeeds)
 
@@ -273,34 +260,35 @@ class DownloadJob:
     # -- the sources ---------------------------------------------------------------------------------------------
     def from_synthetic(self) -> None:
         try:
-            from emdenoise.data.simulate import synthetic
+            from emdenoise.data.simulate import writer
         except ImportError as exc:
             raise RuntimeFailure(f"the synthetic generator cannot be loaded ({exc})") from None
-        settings = {k: getattr(self.params, k) for k in GENERATOR_KEYS}
-        self.generate(settings, {**settings, "generator_version": synthetic.GENERATOR_VERSION}, {})
+        settings = writer.GeneratorSettings.from_section(self.params)
+        self.generate(settings, {**settings.record(), "generator_version": writer.GENERATOR_VERSION})
 
     def from_abtem(self) -> None:
         """abTEM's multislice images of the generator's specimens (:mod:`emdenoise.data.simulate.abtem_source`): the
         settings are checked before anything is made; finished chunks are kept in ``.abtem-chunks/`` until the
         run's files are committed, so an interrupted run resumes."""
-        from emdenoise.data.simulate import abtem_source, synthetic
+        from emdenoise.data.simulate import abtem_source, writer
 
-        settings = {k: getattr(self.params, k) for k in GENERATOR_KEYS}
         extra = abtem_source.settings(self.params, "parameters")
-        generator = {**settings, **extra, "generator_version": synthetic.GENERATOR_VERSION}
+        settings = writer.GeneratorSettings.from_section(
+            self.params, renderer="abtem", structure=extra["structure"], oversampling=extra["abtem_oversampling"]
+        )
+        generator = {**settings.record(), **extra, "generator_version": writer.GENERATOR_VERSION}
         key = hashlib.sha256(json.dumps(generator, sort_keys=True).encode()).hexdigest()[:16]
         resume_dir = self.raw_dir / ABTEM_CHUNKS / key
         for other in (self.raw_dir / ABTEM_CHUNKS).glob("*"):  # chunks of other settings are of no use
             if other.name != key and other.is_dir() and not other.is_symlink():
                 shutil.rmtree(other, ignore_errors=True)
-        write = {"renderer": "abtem", "structure": extra["structure"], "oversampling": extra["abtem_oversampling"]}
-        self.generate(settings, generator, {**write, "resume_dir": resume_dir})
+        self.generate(settings, generator, resume_dir)
         shutil.rmtree(self.raw_dir / ABTEM_CHUNKS, ignore_errors=True)
 
-    def generate(self, settings: dict, generator: dict, extra: dict) -> None:
-        """Write the generator's files (``synthetic.write_dataset(**settings, **extra)``) and the manifest that
-        records ``generator``; nothing to do when the manifest already records it and the files match."""
-        from emdenoise.data.simulate import synthetic
+    def generate(self, settings: GeneratorSettings, generator: dict, resume_dir: Path | None = None) -> None:
+        """Write the generator's files (:func:`emdenoise.data.simulate.writer.write_dataset`) and the manifest
+        that records ``generator``; nothing to do when the manifest already records it and the files match."""
+        from emdenoise.data.simulate import writer
 
         if (
             self.old is not None
@@ -311,8 +299,9 @@ class DownloadJob:
             self.nothing_to_do("generate")
             return
         with self.transaction() as tx:
-            written = synthetic.write_dataset(
-                self.raw_dir, **settings, **extra, workers=self.params.workers, log=self.log, tx=tx
+            workers = self.params.workers
+            written = writer.write_dataset(
+                self.raw_dir, settings, resume_dir=resume_dir, workers=workers, log=self.log, tx=tx
             )
             files = []
             for path in written:

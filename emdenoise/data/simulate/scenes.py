@@ -1,6 +1,6 @@
 """Specimens as atoms at real positions: 2-D crystals with grains, defects, holes, edges, bilayers, contamination.
 
-Stable API (used by :mod:`emdenoise.data.simulate.synthetic` and the abTEM source):
+Stable API (used by :mod:`emdenoise.data.simulate.pairs` and the abTEM source):
 
 - :data:`MATERIALS`: name -> :class:`Material` (``graphene``, the default; ``mos2``; ``srtio3``).
 - :class:`Scene` (frozen): the atoms that scatter (``atoms_yx_A``, ``z``) and the lattice columns, present or
