@@ -259,6 +259,20 @@ def clean_image(
     clean = np.ascontiguousarray(full[margin : margin + image_size, margin : margin + image_size])
     np.maximum(clean, 0, out=clean)
 
+    info = _image_info(specimen, optics, material, pixel, blur, margin, image_size)
+    return clean, info
+
+
+def _image_info(
+    specimen: scenes.Scene,
+    optics: physics.Optics,
+    material: str,
+    pixel: float,
+    blur: float,
+    margin: int,
+    image_size: int,
+) -> dict:
+    """:func:`clean_image`'s ``info``: the scene's description, the optics and the columns inside the image."""
     yx = specimen.columns_yx_A / pixel - margin
     inside = np.all((yx >= -0.5) & (yx < image_size - 0.5), axis=1)
     info = {k: v for k, v in specimen.info.items() if k not in ("material", "kind", "heights_A")}
@@ -275,7 +289,7 @@ def clean_image(
             "z": specimen.columns_z[inside].astype(np.uint8),
         },
     )
-    return clean, info
+    return info
 
 
 @_one_blas_thread
