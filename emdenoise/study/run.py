@@ -32,8 +32,8 @@ from emdenoise.layout import MODEL_FILE
 from emdenoise.log import progress
 from emdenoise.method import Identity, Method
 from emdenoise.outputs import write_json_atomic
-from emdenoise.study.plan import Cell, CellJob, Setting
 from emdenoise.runtime.context import Runtime
+from emdenoise.study.plan import Cell, CellJob, Setting
 from emdenoise.training import loop as training
 
 RESULT_FILE = "result.json"
