@@ -13,8 +13,11 @@ and ``output_dir/train_metrics.json``::
 
     {"model": ..., "device": ..., "precision": ..., "parameters": ..., "epochs": [...], ...,   # the last model
      "models": {M: {"model", "device", "precision", "parameters", "options", "fingerprint", "n_train", "n_val",
-                    "epochs": [{"epoch", "train_loss", "val_psnr", "val_ssim", "images_per_s", "seconds", "lr"}],
-                    "best_epoch", "best_val_psnr", "complete"}}}
+                    "epochs": [{"epoch", "train_loss", "val_psnr", "val_ssim", "val_loss", "val_deviation",
+                                "images_per_s", "seconds", "lr"}],
+                    "best_epoch", "best_val_psnr", "complete", "processes", "best_val_loss", "format"}}}
+
+each model's entry a :class:`~emdenoise.training.record.TrainRecord` (``format``: ``emdenoise-train-record/1``).
 
 ``train_loss`` is the mean loss over the epoch's training images (on normalised images); ``val_psnr`` and
 ``val_ssim`` are means over the val images of per-image PSNR/SSIM in raw units with the dataset card's fixed
