@@ -19,7 +19,7 @@ Raw (what ``download`` writes and ``preprocess`` reads; the public dataset's own
 
     The synthetic generator also stores per-image attributes (float32 arrays of length N) on the noisy
     "images" dataset: "dose" (electrons per pixel at the beam centre), "pixel_size" (A/px), "voltage_kv",
-    "defocus_angstrom", "cs_mm" (and more optics, see emdenoise.data.simulate.synthetic), the file attribute
+    "defocus_angstrom", "cs_mm" (and more optics, see emdenoise.data.simulate.pairs), the file attribute
     "material" on both files, and the true atom columns as four datasets of the clean file:
     "atom_offsets" int64 (N+1,) (image i's columns are rows atom_offsets[i]:atom_offsets[i+1]),
     "atom_yx" float32 (M, 2) (row, col) pixels, pixel centres at integer coordinates, "atom_vacant" uint8

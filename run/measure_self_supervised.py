@@ -33,7 +33,7 @@ import numpy as np
 import yaml
 
 from emdenoise import cli
-from emdenoise.data.simulate import synthetic
+from emdenoise.data.simulate import pairs as synthetic
 from emdenoise.io import h5safe
 from emdenoise.outputs import write_json_atomic
 

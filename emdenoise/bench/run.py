@@ -83,6 +83,7 @@ from emdenoise.inference.tiling import Tiler
 from emdenoise.log import setup as setup_logging
 from emdenoise.outputs import check_output, write_json_atomic
 from emdenoise.runtime import device as runtime
+from emdenoise.runtime.context import Runtime
 from emdenoise.training.loop import TrainData, TrainStep, resident, train_epoch
 
 FORMAT = "emdenoise-bench/2"
@@ -451,7 +452,9 @@ def engine_train(
     data = resident(TrainData(noisy[: batch * settings.steps], clean[: batch * settings.steps], empty, 0), device)
     runtime.seed_everything(train.seed)
     torch.backends.cudnn.benchmark = True
-    step = TrainStep(models.build(name), train, settings.steps * settings.repeats, device, cfg.precision, log=log)
+    step = TrainStep(
+        models.build(name), train, settings.steps * settings.repeats, Runtime(device, cfg.precision, log=log)
+    )
     measure = _best_of(
         device,
         lambda: settings.warmup and train_epoch(step, data.first(batch * settings.warmup), train, 0, "warm-up"),

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import h5py
 import numpy as np
 
+from emdenoise.data.card import check_normalisation as check_normalisation  # re-exported
+from emdenoise.data.card import read_card
 from emdenoise.errors import InputError
 from emdenoise.io import h5safe
-from emdenoise.layout import CARD, CARD_FORMAT, SPLIT_FILE
+from emdenoise.layout import SPLIT_FILE
 
 ATOM_DATASETS = ("atom_offsets", "atom_yx", "atom_vacant")
 
@@ -81,49 +80,10 @@ def _read_atoms(fh, path: Path, n_images: int) -> dict[str, np.ndarray]:
     return {"atom_offsets": offsets, "atom_yx": yx, "atom_vacant": vacant}
 
 
-def check_normalisation(path: str | Path, norm: Any) -> dict:
-    """Check a {"noisy": {"mean", "std"}, "clean": {...}} mapping (std > 0, finite) or raise InputError."""
-    for side in ("noisy", "clean"):
-        stats = norm.get(side) if isinstance(norm, dict) else None
-        ok = isinstance(stats, dict) and all(
-            isinstance(stats.get(k), (int, float)) and not isinstance(stats[k], bool) and math.isfinite(stats[k])
-            for k in ("mean", "std")
-        )
-        if not ok or not isinstance(stats, dict) or stats["std"] <= 0:
-            raise InputError.at(path, f"normalisation.{side}", f'expected {{"mean": m, "std": s > 0}}, got {stats!r}')
-    return norm
-
-
 def load_card(data_dir: str | Path) -> dict:
-    """The dataset card of ``data_dir``, checked where train, test and study rely on it: its ``format``, a
-    ``data_range`` > 0 and a ``normalisation`` with std > 0. Anything else is a one-line InputError naming the
-    card and the field."""
-    data_dir = Path(data_dir)
-    path = data_dir / CARD
-    if not data_dir.is_dir():
-        raise InputError.at(
-            data_dir, "data_dir", "expected a folder of processed data, not found; run the preprocess task first"
-        )
-    try:
-        card = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError.at(path, None, "dataset card not found; run the preprocess task first") from None
-    except (OSError, ValueError) as exc:
-        raise InputError.at(
-            path,
-            None,
-            f"expected a JSON dataset card ({exc.__class__.__name__}: "
-            f"{' '.join(str(exc).split())}); run the preprocess task again",
-        ) from None
-    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
-        raise InputError.at(
-            path, "format", f"expected {CARD_FORMAT!r}, got {card.get('format') if isinstance(card, dict) else card!r}"
-        )
-    value = card.get("data_range")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise InputError.at(path, "data_range", f"expected a number > 0, got {value!r}; run the preprocess task again")
-    check_normalisation(path, card.get("normalisation"))
-    return card
+    """The dataset card of ``data_dir`` as JSON, checked (:func:`emdenoise.data.card.read_card`; new code reads
+    the typed :class:`~emdenoise.data.card.DatasetCard` itself)."""
+    return read_card(data_dir).to_json()
 
 
 def load_split(data_dir: str | Path, split: str, max_images: int = 0) -> Split:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from emdenoise import __version__
+from emdenoise.data.card import pixel_size_or_none
 from emdenoise.evaluation import consistency
 from emdenoise.inference import resample
 from emdenoise.inference.tiling import Tiler
@@ -126,7 +127,7 @@ class DeepMethod:
     def pixel_size(self) -> float | None:
         """A/px of the model's training data (meta ``pixel_size``; None in older files or without calibration)."""
         value = self.denoiser.meta.get("pixel_size")
-        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else None
+        return pixel_size_or_none(value)
 
     def stream(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         return self.tiler.stream(frames)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,7 @@ import torch
 from torch import nn
 
 from emdenoise import __version__, models
-from emdenoise.data.splits import check_normalisation
+from emdenoise.data.card import check_normalisation, pixel_size_or_none
 from emdenoise.errors import InputError
 from emdenoise.io import budget, h5safe
 from emdenoise.outputs import atomic_path
@@ -201,9 +200,10 @@ def _pixel_size(path: Path, value: Any) -> float | None:
     """The ``pixel_size`` attribute: None when absent, else a positive finite number (A/px)."""
     if value is None:
         return None
-    if np.ndim(value) != 0 or np.asarray(value).dtype.kind not in "uif" or not 0 < float(value) < math.inf:
+    size = pixel_size_or_none(value)
+    if size is None:
         raise InputError.at(path, "pixel_size", f"expected a positive number of A/px, got {value!r}")
-    return float(value)
+    return size
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:

@@ -3,7 +3,6 @@ the checks of the inputs and what every cell shares (:class:`Setting`)."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -167,8 +166,7 @@ class Setting:
 
     def cell_data(self, size: int) -> training.TrainData:
         """The first ``size`` training pairs (views of :attr:`train_data`, no copy) and the val split."""
-        data = self.train_data
-        return dataclasses.replace(data, noisy=data.noisy[:size], clean=data.clean[:size])
+        return self.train_data.first(size)
 
     def job(self, cell: Cell) -> CellJob:
         train = cell_train_section(self.train, self.study, cell)

@@ -32,6 +32,7 @@ from emdenoise.layout import MODEL_FILE
 from emdenoise.log import progress
 from emdenoise.method import Identity, Method
 from emdenoise.outputs import write_json_atomic
+from emdenoise.runtime.context import Runtime
 from emdenoise.study.plan import Cell, CellJob, Setting
 from emdenoise.training import loop as training
 
@@ -106,19 +107,12 @@ def run_cell(job: CellJob, setting: Setting, cell_dir: Path) -> dict[str, Any]:
         "config": job.config,
     }
     t0 = time.perf_counter()
-    record = training.train_model(
-        cell.model,
-        job.train,
-        setting.cell_data(cell.size),
-        setting.card,
-        setting.data_range,
-        setting.device,
-        setting.precision,
-        cell_dir / cell.model,
-        log,
+    rt = Runtime(setting.device, setting.precision, log=log)
+    trained = training.train_model(
+        cell.model, job.train, setting.cell_data(cell.size), setting.card, rt, cell_dir / cell.model
     )
-    training.publish({cell.model: record}, cell_dir, cell_dir / training.METRICS_FILE)
-    result["train"] = _train_summary(record, time.perf_counter() - t0)
+    training.publish({cell.model: trained}, cell_dir, cell_dir / training.METRICS_FILE)
+    result["train"] = _train_summary(trained.to_json(), time.perf_counter() - t0)
 
     scorer = setting.scorer(setting.test)
     other = setting.scorer(setting.generalisation) if setting.generalisation is not None else None

@@ -24,13 +24,13 @@ def run(ctx: TaskContext) -> None:
     except OSError as exc:
         raise InputError.at(data_dir, None, f"cannot create the output folder ({one_line(exc)})") from None
     card = preprocess(raw_dir, data_dir, ctx.params.preprocess, ctx.log)
-    norm = card["normalisation"]
+    norm = card.normalisation
     ctx.log.info(
         "normalisation (train): noisy mean %.4g std %.4g, clean mean %.4g std %.4g; PSNR data range R = %.4g",
         norm["noisy"]["mean"],
         norm["noisy"]["std"],
         norm["clean"]["mean"],
         norm["clean"]["std"],
-        card["data_range"],
+        card.data_range,
     )
     ctx.log.info("wrote %s", data_dir)

@@ -13,8 +13,11 @@ and ``output_dir/train_metrics.json``::
 
     {"model": ..., "device": ..., "precision": ..., "parameters": ..., "epochs": [...], ...,   # the last model
      "models": {M: {"model", "device", "precision", "parameters", "options", "fingerprint", "n_train", "n_val",
-                    "epochs": [{"epoch", "train_loss", "val_psnr", "val_ssim", "images_per_s", "seconds", "lr"}],
-                    "best_epoch", "best_val_psnr", "complete"}}}
+                    "epochs": [{"epoch", "train_loss", "val_psnr", "val_ssim", "val_loss", "val_deviation",
+                                "images_per_s", "seconds", "lr"}],
+                    "best_epoch", "best_val_psnr", "complete", "processes", "best_val_loss", "format"}}}
+
+each model's entry a :class:`~emdenoise.training.record.TrainRecord` (``format``: ``emdenoise-train-record/1``).
 
 ``train_loss`` is the mean loss over the epoch's training images (on normalised images); ``val_psnr`` and
 ``val_ssim`` are means over the val images of per-image PSNR/SSIM in raw units with the dataset card's fixed
@@ -46,9 +49,9 @@ every process reads the checkpoint when resuming. Records gain ``processes`` (K;
 
 from __future__ import annotations
 
-from emdenoise.data.splits import load_card
-from emdenoise.runtime import device as runtime
+from emdenoise.data.card import read_card
 from emdenoise.runtime import distributed
+from emdenoise.runtime.context import Runtime
 from emdenoise.tasks.context import TaskContext
 from emdenoise.training.loop import METRICS_FILE, load_data, publish, train_model
 
@@ -56,7 +59,7 @@ from emdenoise.training.loop import METRICS_FILE, load_data, publish, train_mode
 def run(ctx: TaskContext) -> None:
     train = ctx.params.train
     data_dir = ctx.paths["data_dir"]
-    card = load_card(data_dir)  # checked: data_range > 0, normalisation std > 0
+    card = read_card(data_dir)  # checked: data_range > 0, normalisation std > 0
     names = train.model_names()
     world = distributed.from_env()
     if train.batch_size % world.size:
@@ -65,16 +68,16 @@ def run(ctx: TaskContext) -> None:
             f"expected a multiple of the {world.size} training processes (the global "
             f"batch is split evenly among them), got {train.batch_size}",
         )
-    device = runtime.resolve_device(train.device, "train.device", ctx.where)
-    precision = runtime.resolve_precision(train.precision, device, "train.precision", ctx.where)
-    data = load_data(data_dir, train, card["normalisation"], ctx.where, card)
-    device, created = distributed.start(world, device)
+    rt = Runtime.resolve(train.device, train.precision, "train", ctx.where, ctx.log, world)
+    data = load_data(data_dir, train, card.normalisation, ctx.where, card)
+    device, created = distributed.start(world, rt.device)
+    rt = rt.on(device)
     try:
         ctx.log.info(
             "training %s on %s (%s%s): %d train and %d val images of %dx%d, %d epochs, batch %d%s; targets: %s",
             ", ".join(names),
             device,
-            precision,
+            rt.precision,
             ", torch.compile" if train.compile else "",
             len(data),
             len(data.val),
@@ -85,21 +88,7 @@ def run(ctx: TaskContext) -> None:
             ", ".join(f"{k} {v}" for k, v in data.supervision.items()),
         )
         metrics_path = ctx.paths["output_dir"] / METRICS_FILE
-        records = {
-            name: train_model(
-                name,
-                train,
-                data,
-                card,
-                float(card["data_range"]),
-                device,
-                precision,
-                ctx.paths["model_dir"] / name,
-                ctx.log,
-                world,
-            )
-            for name in names
-        }
+        records = {name: train_model(name, train, data, card, rt, ctx.paths["model_dir"] / name) for name in names}
         if world.is_main:
             publish(records, ctx.paths["model_dir"], metrics_path)
         ctx.log.info("metrics: %s", metrics_path)

@@ -24,7 +24,7 @@ from support import write_split
 
 from emdenoise import cli
 from emdenoise.config import params
-from emdenoise.data.simulate import synthetic
+from emdenoise.data.simulate import writer
 from emdenoise.errors import EXIT_BAD_INPUT, InputError, RuntimeFailure
 from emdenoise.evaluation import run as evaluation
 from emdenoise.study import report
@@ -117,9 +117,10 @@ def run_study(tmp: Path, data_dir: Path, out: Path, study: dict) -> tuple[int, s
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("study-data")
-    synthetic.write_dataset(
-        root / "raw", seed=0, train_images=24, test_images=8, image_size=32, dose_min=2.0, dose_max=200.0, workers=1
+    settings = writer.GeneratorSettings.of(
+        seed=0, train_images=24, test_images=8, image_size=32, dose_min=2.0, dose_max=200.0
     )
+    writer.write_dataset(root / "raw", settings, workers=1)
     p = root / "pre.yaml"
     p.write_text(yaml.safe_dump({"preprocess": {"val_fraction": 0.25}}))
     assert (

@@ -26,14 +26,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import ipaddress
 import logging
 import os
 import re
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote, urljoin, urlsplit
@@ -42,96 +40,27 @@ import requests
 import urllib3
 
 from emdenoise import __version__
+from emdenoise.data.acquire.remote import CHUNK_BYTES as CHUNK_BYTES
+from emdenoise.data.acquire.remote import HTTPS_REQUIRED as HTTPS_REQUIRED
+from emdenoise.data.acquire.remote import (
+    Fetched,
+    RemoteObject,
+    child_text,
+    clean_etag,
+    https_required,
+    is_md5_etag,
+    parse_listing,
+)
 from emdenoise.errors import InputError, RuntimeFailure
 
 RETRY_BASE_ENV = "EMDENOISE_RETRY_BASE_S"
 DEFAULT_RETRY_BASE_S = 1.0
 MAX_BACKOFF_S = 60.0
 CONNECT_TIMEOUT_S = 10.0
-CHUNK_BYTES = 1 << 20
 OFFLINE_HINT = "to work without a network set `download.source: synthetic`"
-HTTPS_REQUIRED = "https:// is required (plain http:// only to this machine: 127.0.0.1, ::1 or localhost)"
 
-_MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
 _ERRNO_TEXT = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
 _T = TypeVar("_T")
-
-
-@dataclass(frozen=True)
-class RemoteObject:
-    """One entry of a bucket listing."""
-
-    key: str
-    size: int
-    etag: str | None
-
-
-@dataclass(frozen=True)
-class Fetched:
-    """A complete, verified ``.part`` file."""
-
-    part: Path
-    size: int
-    md5: str
-    sha256: str
-    etag: str | None
-
-
-def clean_etag(value: str | None) -> str | None:
-    """``W/"abc"`` or ``"abc"`` -> ``abc`` (lower case); None stays None."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.startswith("W/"):
-        value = value[2:]
-    return value.strip('"').lower() or None
-
-
-def is_md5_etag(etag: str | None) -> bool:
-    """True when ``etag`` is a single-part S3 ETag, i.e. the object's MD5 (a multipart ETag has a ``-N`` tail)."""
-    return etag is not None and _MD5_ETAG.match(etag) is not None
-
-
-def is_loopback_host(host: str | None) -> bool:
-    """True for ``localhost`` and the loopback addresses (127.0.0.0/8, ::1): a connection that never leaves the
-    machine."""
-    if not host:
-        return False
-    if host.lower().rstrip(".") == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name other than localhost
-        return False
-
-
-def https_required(url: str) -> bool:
-    """True when ``url`` may not be requested: it is neither ``https://`` nor ``http://`` to a loopback host."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    return not (scheme == "https" or scheme == "http" and is_loopback_host(parts.hostname))
-
-
-def part_path(dest: Path) -> Path:
-    """Where the download of ``dest`` is staged until it is complete and verified."""
-    return dest.with_name(dest.name + ".part")
-
-
-def file_digests(path: Path, bar=None, md5: bool = True) -> tuple[str | None, str]:
-    """(md5, sha256) of a file's bytes, read once (md5 None when not asked for: it is the slower of the two).
-
-    ``bar`` (a tqdm bar in bytes) advances as it reads.
-    """
-    md5_hash = hashlib.md5(usedforsecurity=False) if md5 else None
-    sha = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK_BYTES):
-            if md5_hash is not None:
-                md5_hash.update(chunk)
-            sha.update(chunk)
-            if bar is not None:
-                bar.update(len(chunk))
-    return (md5_hash.hexdigest() if md5_hash is not None else None), sha.hexdigest()
 
 
 def retry_base_s() -> float:
@@ -160,18 +89,6 @@ def _short_reason(exc: BaseException) -> str:
         if found:
             return found.group(1).strip()
     return exc.__class__.__name__
-
-
-def _local(tag: str) -> str:
-    """An XML tag without its namespace."""
-    return tag.rsplit("}", 1)[-1]
-
-
-def _child_text(elem: ET.Element, name: str) -> str | None:
-    for child in elem:
-        if _local(child.tag) == name:
-            return child.text or ""
-    return None
 
 
 class Unreachable(RuntimeFailure):
@@ -365,25 +282,10 @@ class HttpClient:
                 params["continuation-token"] = token
             root = self._with_retries(url, functools.partial(self._get_xml, url, params))
             pages += 1
-            if _local(root.tag) != "ListBucketResult":
-                raise InputError(
-                    f"{url}: the answer is not an S3 bucket listing (root element "
-                    f"<{_local(root.tag)}>); check download.source"
-                )
-            for elem in root:
-                if _local(elem.tag) != "Contents":
-                    continue
-                key, size = _child_text(elem, "Key"), _child_text(elem, "Size")
-                if key is None or size is None or not size.strip().isdigit():
-                    raise RuntimeFailure(f"{url}: malformed listing entry (Key {key!r}, Size {size!r})")
-                objects.append(RemoteObject(key, int(size), clean_etag(_child_text(elem, "ETag"))))
-            if (_child_text(root, "IsTruncated") or "").strip().lower() != "true":
+            page, token = parse_listing(root, url, pages, seen_tokens)
+            objects += page
+            if token is None:
                 return objects, pages
-            token = _child_text(root, "NextContinuationToken")
-            if not token or token in seen_tokens:
-                raise RuntimeFailure(
-                    f"{url}: the listing says it is truncated but gives no new continuation token (page {pages})"
-                )
             seen_tokens.add(token)
 
     def _get_xml(self, url: str, params: dict) -> ET.Element:
@@ -532,7 +434,7 @@ def _s3_error_code(resp: requests.Response) -> str | None:
     """The <Code> of an S3 error answer (NoSuchBucket, AccessDenied ...), if the body is one."""
     try:
         body = resp.content[:65536]
-        return _child_text(ET.fromstring(body), "Code") or None
+        return child_text(ET.fromstring(body), "Code") or None
     except Exception:  # not XML, truncated, not an S3 error: the status line says enough
         return None
 

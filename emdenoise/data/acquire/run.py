@@ -22,57 +22,37 @@ old manifest, which no longer matches: the next run checks the files again and f
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 from emdenoise.config.params import DownloadParams
 from emdenoise.data.acquire import manifest as mf
 from emdenoise.data.acquire.archive import extract_zip
-from emdenoise.data.acquire.fetch import (
-    HttpClient,
-    NotFound,
-    RemoteObject,
-    Unreachable,
-    file_digests,
-    is_md5_etag,
-    part_path,
+from emdenoise.data.acquire.fetch import NotFound, Unreachable
+from emdenoise.data.acquire.job import (
+    ABTEM_CHUNKS,
+    EXTRACT_PREFIX,
+    DownloadJob,
+    bar_bytes,
+    key_to_relpath,
+    mib,
+    reserved,
 )
+from emdenoise.data.acquire.remote import RemoteObject, file_digests, is_md5_etag, part_path
 from emdenoise.data.acquire.sources import Source
-from emdenoise.data.prepare.raw import check_raw_layout, find_layout_root, micrograph_plan
+from emdenoise.data.prepare.raw import check_raw_layout, find_layout_root
 from emdenoise.errors import InputError, RuntimeFailure
 from emdenoise.layout import MANIFEST
-from emdenoise.lock import LOCK_NAME
-from emdenoise.log import progress
-from emdenoise.outputs import STAGING_DIR, Transaction, sha256_file
+from emdenoise.outputs import sha256_file
 
-GENERATOR_KEYS = (
-    "seed",
-    "train_images",
-    "test_images",
-    "image_size",
-    "dose_min",
-    "dose_max",
-    "dead_pixel_fraction",
-    "material",
-    "optics",
-    "pixel_size_min",
-    "pixel_size_max",
-    "generalisation_count",
-    "generalisation_material",
-    "generalisation_optics",
-)
-EXTRACT_PREFIX = ".extract-"
-ABTEM_CHUNKS = ".abtem-chunks"  # the finished chunks of an interrupted abtem run (removed once it succeeds)
+if TYPE_CHECKING:  # the generator (numpy, scipy, h5py) is imported only when it runs
+    from emdenoise.data.simulate.writer import GeneratorSettings
 
 
 def download(source: Source, params: DownloadParams, raw_dir: Path, log) -> None:
@@ -85,7 +65,7 @@ def download(source: Source, params: DownloadParams, raw_dir: Path, log) -> None
         if stale.is_dir() and not stale.is_symlink():
             shutil.rmtree(stale, ignore_errors=True)
             log.info("removed %s, left by an interrupted extraction", stale)
-    job = DownloadJob(source, params, raw_dir, log, mf.read_manifest(raw_dir, log))
+    job = Download(source, params, raw_dir, log, mf.read_manifest(raw_dir, log))
     handler = {
         "synthetic": job.from_synthetic,
         "abtem": job.from_abtem,
@@ -109,198 +89,41 @@ def download(source: Source, params: DownloadParams, raw_dir: Path, log) -> None
     check_raw_layout(raw_dir, micrographs=source.micrographs)
 
 
-def key_to_relpath(prefix: str, key: str, where: str) -> str | None:
-    """The local path (posix, relative to raw_data_dir) of an object; None for a folder marker.
-
-    A key that would land outside raw_data_dir (absolute, ``..``, empty parts, backslashes) is refused.
-    """
-    if not key.startswith(prefix):
-        raise RuntimeFailure(f"{where}: the listing returned key {key!r}, which is not under the prefix {prefix!r}")
-    rel = key[len(prefix) :]
-    if rel == "":
-        return None
-    marker = rel.endswith("/")
-    parts = rel[:-1].split("/") if marker else rel.split("/")
-    if rel.startswith("/") or "\\" in rel or "\x00" in rel or any(p in ("", ".", "..") for p in parts):
-        raise InputError(
-            f"{where}: key {key!r}: refused: its local path would land outside raw_data_dir "
-            f"(absolute, empty or '..' parts)"
-        )
-    return None if marker else rel
-
-
-def reserved(rel: str) -> bool:
-    """Names the download itself uses inside raw_data_dir (never mirrored, copied or extracted onto)."""
-    parts = rel.split("/")
-    return (
-        rel in (MANIFEST, LOCK_NAME)
-        or rel.endswith(".part")
-        or parts[0].startswith(EXTRACT_PREFIX)
-        or parts[0] == ABTEM_CHUNKS
-        or STAGING_DIR in parts
-    )
-
-
-@dataclass
-class DownloadJob:
-    """One run: the source, the parameters, the folder, and the manifest found there."""
-
-    source: Source
-    params: DownloadParams
-    raw_dir: Path
-    log: Any
-    old: dict | None
-    started: float = field(default_factory=time.monotonic)
-    stale: list[Path] = field(default_factory=list)  # what the run's transaction removes ...
-    written: dict | None = None  # ... and the manifest it writes
-
-    # -- helpers shared by the sources ---------------------------------------------------------------------------
-    def client(self) -> HttpClient:
-        return HttpClient(self.params.retries, self.params.timeout, self.log)
-
-    def verified(self, entries: Iterable[dict]) -> bool:
-        """True when every entry's file is in raw_data_dir with its recorded size and sha256."""
-        entries = list(entries)
-        if not entries:
-            return False
-        for entry in entries:
-            path = self.raw_dir / entry["path"]
-            if not path.is_file() or path.stat().st_size != entry.get("size"):
-                return False
-        with _bar(sum(e["size"] for e in entries), "verify") as bar:
-            return all(file_digests(self.raw_dir / e["path"], bar, md5=False)[1] == e["sha256"] for e in entries)
-
-    def old_copy_is_complete(self) -> bool:
-        """The manifest describes this very source and its files are all there, intact."""
-        return mf.describes(self.old, self.source) and self.verified((self.old or {})["files"])
-
-    def nothing_to_do(self, what: str, new: dict | None = None) -> None:
-        files = (new or self.old or {})["files"]
-        self.log.info(
-            "nothing to %s: all %d files (%s) in %s are present and match %s",
-            what,
-            len(files),
-            _mib(sum(e["size"] for e in files)),
-            self.raw_dir,
-            MANIFEST,
-        )
-        if new is not None and not mf.same(self.old, new):
-            with self.transaction() as tx:
-                self.finish(tx, new)
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[Transaction]:
-        """A :class:`Transaction` committed when the block succeeds (aborted otherwise: what it staged is
-        removed). After the commit, the folders the removed stale files leave empty go too."""
-        tx = Transaction()
-        self.stale, self.written = [], None
-        with tx:
-            yield tx
-        for path in self.stale:
-            for folder in path.parents:
-                if folder == self.raw_dir:
-                    break
-                try:
-                    folder.rmdir()  # only when empty
-                except OSError:
-                    break
-        if self.written is not None:
-            self.log.info(
-                "wrote %s (%d files, %s)",
-                self.raw_dir / MANIFEST,
-                self.written["file_count"],
-                _mib(self.written["total_bytes"]),
-            )
-        if self.stale:
-            self.log.info(
-                "removed %d file%s of the previous download (%s) that the new one does not have",
-                len(self.stale),
-                "s" if len(self.stale) != 1 else "",
-                (self.old or {}).get("source"),
-            )
-
-    def place(self, tx: Transaction, src: Path, rel: str) -> None:
-        """Stage the complete, verified file ``src`` (on raw_data_dir's file system) for ``raw_data_dir/rel``."""
-        try:
-            os.replace(src, tx.put(self.raw_dir / rel))
-        except OSError as exc:
-            raise RuntimeFailure(
-                f"{self.raw_dir / rel}: cannot move the new file into place ({exc.strerror or exc})"
-            ) from None
-
-    def finish(self, tx: Transaction, manifest: dict) -> None:
-        """Declare the end of a successful run in ``tx`` (one of :meth:`transaction`): the removal of the files
-        the previous manifest listed and ``manifest`` does not, then ``manifest`` as MANIFEST.json, last."""
-        self.stale = self.stale_files(manifest)
-        for path in self.stale:
-            tx.remove(path)
-        tx.write_json(self.raw_dir / MANIFEST, manifest)
-        self.written = manifest
-
-    def stale_files(self, manifest: dict) -> list[Path]:
-        """The files the previous manifest listed and ``manifest`` does not, that are really inside raw_data_dir:
-        after a switch of source nothing of the old one (an ``inference/`` folder, say) is left for preprocess
-        to pick up. Files no manifest listed are never touched."""
-        keep = set(mf.entries(manifest))
-        raw = self.raw_dir.resolve()
-        found = []
-        for rel in sorted(set(mf.entries(self.old)) - keep):
-            path = self.raw_dir / rel
-            # read_manifest admits only relative paths without '..'; a symlinked folder could still lead out
-            if not path.is_symlink() and path.is_file() and raw in path.resolve().parents:
-                found.append(path)
-        return found
-
-    def done(self, verb: str, count: int, nbytes: int) -> None:
-        seconds = max(time.monotonic() - self.started, 1e-6)
-        self.log.info(
-            "%s %d files (%s) in %.1f s (%.1f MiB/s)", verb, count, _mib(nbytes), seconds, nbytes / 2**20 / seconds
-        )
-
-    def disk_check(self, need: int) -> None:
-        free = shutil.disk_usage(self.raw_dir).free
-        if need > free:
-            raise RuntimeFailure(f"{self.raw_dir}: not enough disk space: {_mib(need)} to write, {_mib(free)} free")
-
-    def plan_paths(self, found: Iterable[str], where: Any) -> dict[str, str]:
-        """{path in raw_data_dir: path in the source} of what to take from a folder or an archive: the layout
-        under its root, or (a micrographs: source) every micrograph file, under ``micrographs/``."""
-        if self.source.micrographs:
-            return micrograph_plan(found, where)
-        root = find_layout_root(found, where)
-        return {rel[len(root) :]: rel for rel in found if rel.startswith(root)}
+class Download(DownloadJob):
+    """One run, with a method per kind of source."""
 
     # -- the sources ---------------------------------------------------------------------------------------------
     def from_synthetic(self) -> None:
         try:
-            from emdenoise.data.simulate import synthetic
+            from emdenoise.data.simulate import writer
         except ImportError as exc:
             raise RuntimeFailure(f"the synthetic generator cannot be loaded ({exc})") from None
-        settings = {k: getattr(self.params, k) for k in GENERATOR_KEYS}
-        self.generate(settings, {**settings, "generator_version": synthetic.GENERATOR_VERSION}, {})
+        settings = writer.GeneratorSettings.from_section(self.params)
+        self.generate(settings, {**settings.record(), "generator_version": writer.GENERATOR_VERSION})
 
     def from_abtem(self) -> None:
         """abTEM's multislice images of the generator's specimens (:mod:`emdenoise.data.simulate.abtem_source`): the
         settings are checked before anything is made; finished chunks are kept in ``.abtem-chunks/`` until the
         run's files are committed, so an interrupted run resumes."""
-        from emdenoise.data.simulate import abtem_source, synthetic
+        from emdenoise.data.simulate import abtem_source, writer
 
-        settings = {k: getattr(self.params, k) for k in GENERATOR_KEYS}
         extra = abtem_source.settings(self.params, "parameters")
-        generator = {**settings, **extra, "generator_version": synthetic.GENERATOR_VERSION}
+        settings = writer.GeneratorSettings.from_section(
+            self.params, renderer="abtem", structure=extra["structure"], oversampling=extra["abtem_oversampling"]
+        )
+        generator = {**settings.record(), **extra, "generator_version": writer.GENERATOR_VERSION}
         key = hashlib.sha256(json.dumps(generator, sort_keys=True).encode()).hexdigest()[:16]
         resume_dir = self.raw_dir / ABTEM_CHUNKS / key
         for other in (self.raw_dir / ABTEM_CHUNKS).glob("*"):  # chunks of other settings are of no use
             if other.name != key and other.is_dir() and not other.is_symlink():
                 shutil.rmtree(other, ignore_errors=True)
-        write = {"renderer": "abtem", "structure": extra["structure"], "oversampling": extra["abtem_oversampling"]}
-        self.generate(settings, generator, {**write, "resume_dir": resume_dir})
+        self.generate(settings, generator, resume_dir)
         shutil.rmtree(self.raw_dir / ABTEM_CHUNKS, ignore_errors=True)
 
-    def generate(self, settings: dict, generator: dict, extra: dict) -> None:
-        """Write the generator's files (``synthetic.write_dataset(**settings, **extra)``) and the manifest that
-        records ``generator``; nothing to do when the manifest already records it and the files match."""
-        from emdenoise.data.simulate import synthetic
+    def generate(self, settings: GeneratorSettings, generator: dict, resume_dir: Path | None = None) -> None:
+        """Write the generator's files (:func:`emdenoise.data.simulate.writer.write_dataset`) and the manifest
+        that records ``generator``; nothing to do when the manifest already records it and the files match."""
+        from emdenoise.data.simulate import writer
 
         if (
             self.old is not None
@@ -311,8 +134,9 @@ class DownloadJob:
             self.nothing_to_do("generate")
             return
         with self.transaction() as tx:
-            written = synthetic.write_dataset(
-                self.raw_dir, **settings, **extra, workers=self.params.workers, log=self.log, tx=tx
+            workers = self.params.workers
+            written = writer.write_dataset(
+                self.raw_dir, settings, resume_dir=resume_dir, workers=workers, log=self.log, tx=tx
             )
             files = []
             for path in written:
@@ -357,11 +181,11 @@ class DownloadJob:
                 "downloading %d of %d files (%s)%s",
                 len(todo),
                 len(plan),
-                _mib(need),
-                f", resuming {_mib(have)} already in .part files" if have else "",
+                mib(need),
+                f", resuming {mib(have)} already in .part files" if have else "",
             )
             fetched = []
-            with _bar(need, "download") as bar:
+            with bar_bytes(need, "download") as bar:
                 for rel, obj in todo:
                     url = f"{src.endpoint}/{quote(src.bucket, safe='')}/{quote(obj.key, safe='/~')}"
                     try:
@@ -437,7 +261,7 @@ class DownloadJob:
             and (known(rel, obj) or is_md5_etag(obj.etag))
         }
         todo, files = [], []
-        with _bar(sum(plan[r].size for r in candidates), "verify", disable=not candidates) as bar:
+        with bar_bytes(sum(plan[r].size for r in candidates), "verify", disable=not candidates) as bar:
             for rel, obj in plan.items():
                 if rel in candidates:
                     entry = known(rel, obj)
@@ -463,7 +287,7 @@ class DownloadJob:
                     return
                 name = Path(urlsplit(src.url).path).name or "archive.zip"
                 part = part_path(self.raw_dir / "".join(c if c.isalnum() or c in "._-" else "_" for c in name))
-                with _bar(size, "download") as bar:
+                with bar_bytes(size, "download") as bar:
                     got = client.download(src.url, part, size, etag, bar)
             archive = {"size": got.size, "etag": got.etag, "sha256": got.sha256}
             self._extract(part, src.url, archive)
@@ -471,7 +295,7 @@ class DownloadJob:
         else:
             path = src.local_path
             size = path.stat().st_size
-            with _bar(size, "verify") as bar:
+            with bar_bytes(size, "verify") as bar:
                 archive = {"size": size, "sha256": file_digests(path, bar, md5=False)[1]}
             if self._old_archive_matches(archive):
                 self.nothing_to_do("extract")
@@ -523,7 +347,7 @@ class DownloadJob:
         todo: list[tuple[str, Path, dict[str, Any]]] = []
         files: list[dict[str, Any]] = []
         total = sum(p.stat().st_size for p in plan.values())
-        with _bar(total, "verify") as bar:
+        with bar_bytes(total, "verify") as bar:
             for rel, path in sorted(plan.items()):
                 size = path.stat().st_size
                 sha = file_digests(path, bar, md5=False)[1]
@@ -542,7 +366,7 @@ class DownloadJob:
         self.disk_check(need)
         copied = []
         try:
-            with _bar(need, "copy") as bar:
+            with bar_bytes(need, "copy") as bar:
                 for rel, path, entry in todo:
                     part = part_path(self.raw_dir / rel)
                     _copy_verified(path, part, entry["sha256"], bar)
@@ -575,12 +399,3 @@ def _copy_verified(src: Path, part: Path, sha256: str, bar) -> None:
     if digest.hexdigest() != sha256:
         part.unlink(missing_ok=True)
         raise RuntimeFailure(f"{src}: changed while it was being copied; run download again")
-
-
-def _bar(total: int | None, desc: str, disable: bool = False):
-    """A progress bar in bytes."""
-    return progress(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, disable=disable)
-
-
-def _mib(nbytes: int) -> str:
-    return f"{nbytes / 2**20:.1f} MiB"

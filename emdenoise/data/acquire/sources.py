@@ -2,7 +2,7 @@
 
 ``download.source`` may be
 
-- ``synthetic``: the embedded generator (:mod:`emdenoise.data.simulate.synthetic`), no network;
+- ``synthetic``: the embedded generator (:mod:`emdenoise.data.simulate.pairs`), no network;
 - ``abtem``: the same specimens (or ``download.structure``) imaged by abTEM's multislice
   (:mod:`emdenoise.data.simulate.abtem_source`, the optional extra ``emdenoise[abtem]``), no network;
 - ``stfc`` / ``osn``: the public S3-compatible stores (bucket ``sciml-datasets``, prefix ``ms/em_graphene_sim/``);

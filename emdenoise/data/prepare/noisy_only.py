@@ -37,6 +37,7 @@ import numpy as np
 from emdenoise import __version__
 from emdenoise.config.params import PreprocessParams
 from emdenoise.data.acquire.manifest import recorded_source
+from emdenoise.data.card import pixel_size_or_none
 from emdenoise.errors import InputError
 from emdenoise.io import h5safe, micrographs
 from emdenoise.layout import CARD, CARD_FORMAT, MICROGRAPHS_DIR, SPLIT_FILE, SPLITS
@@ -99,11 +100,8 @@ def _pixel_size(src: micrographs.InputFile) -> float:
     value = src.info.get("pixel_size")
     if value is None and src.info.get("voxel_size") is not None:
         value = float(src.info["voxel_size"]["x"])
-    try:
-        size = float(value) if value is not None else math.nan
-    except (TypeError, ValueError):
-        return math.nan
-    return size if math.isfinite(size) and size > 0 else math.nan
+    size = pixel_size_or_none(value)
+    return math.nan if size is None else size
 
 
 def _check_counts(where: str, frames: list[np.ndarray]) -> None:

@@ -41,6 +41,7 @@ import numpy as np
 from emdenoise import __version__
 from emdenoise.config.params import PreprocessParams
 from emdenoise.data.acquire.manifest import recorded_source
+from emdenoise.data.card import DatasetCard
 from emdenoise.data.prepare import noisy_only
 from emdenoise.data.prepare.raw import RawAtoms, RawImages, find_inference_pairs, one_line, open_raw_split, read_tiff
 from emdenoise.errors import InputError, RuntimeFailure
@@ -66,105 +67,135 @@ DATA_RANGE_DEFINITION = (
 )
 
 
-def preprocess(raw_dir: Path, data_dir: Path, params: PreprocessParams, log) -> dict[str, Any]:
+@dataclass
+class RawInputs:
+    """The raw splits opened for reading: their files (``<split>_noisy``, ``<split>_clean``), the image shape,
+    whether every split carries doses, and the extras every split carries."""
+
+    files: dict[str, RawImages]
+    splits: tuple[str, ...]
+    shape: tuple[int, int]
+    has_dose: bool
+    extras: Extras
+
+    def raw_record(self) -> dict[str, Any]:
+        """The card's ``raw``: where each split came from."""
+        return {
+            split: {
+                "noisy": f"{split}/{RAW_FILES['noisy']}",
+                "clean": f"{split}/{RAW_FILES['clean']}",
+                "n": self.files[f"{split}_noisy"].n,
+                "shape": list(self.files[f"{split}_noisy"].ds.shape),
+                "dtype": str(self.files[f"{split}_noisy"].ds.dtype),
+            }
+            for split in self.splits
+        }
+
+
+def preprocess(raw_dir: Path, data_dir: Path, params: PreprocessParams, log) -> DatasetCard:
     """Write the processed layout of ``raw_dir`` into ``data_dir`` (both folders exist); return the card. A
     micrographs: download (noisy only) goes to :func:`emdenoise.data.prepare.noisy_only.preprocess_micrographs`."""
     if noisy_only.is_micrographs(raw_dir):
-        return noisy_only.preprocess_micrographs(raw_dir, data_dir, params, log)
-    with contextlib.ExitStack() as inputs:
-        files: dict[str, RawImages] = {}
-        # The optional generalisation/ split (both files there) goes through like test/.
-        raw_splits = RAW_SPLITS + ((GENERALISATION_SPLIT,) if _has_raw_split(raw_dir, GENERALISATION_SPLIT) else ())
-        for split in raw_splits:
-            files[f"{split}_noisy"], files[f"{split}_clean"] = open_raw_split(raw_dir, split, inputs, log)
-        shape = files["train_noisy"].shape
-        for split in raw_splits[1:]:
-            other = files[f"{split}_noisy"].shape
-            if other != shape:
-                raise InputError.at(
-                    files[f"{split}_noisy"].path,
-                    RAW_DATASET,
-                    f"expected {shape[0]}x{shape[1]} pixel images like the train split, got {other[0]}x{other[1]}",
-                )
-        n_train = files["train_noisy"].n
-        if n_train < 2:
-            raise InputError.at(
-                files["train_noisy"].path,
-                RAW_DATASET,
-                "expected at least 2 training pairs, to hold out one for validation, got 1",
-            )
-        doses = [files[f"{split}_noisy"].dose is not None for split in raw_splits]
-        has_dose = all(doses)
-        if any(doses) and not has_dose:
-            log.warning("only some raw splits carry a 'dose' attribute; no split will carry a dose")
-        extras = Extras(
-            pixel_size=_all_or_none(files, raw_splits, "noisy", "pixel_size", log),
-            atoms=_all_or_none(files, raw_splits, "clean", "atoms", log),
-        )
+        return DatasetCard.from_json(noisy_only.preprocess_micrographs(raw_dir, data_dir, params, log))
+    with contextlib.ExitStack() as stack:
+        raw = open_inputs(raw_dir, stack, log)
         inference = find_inference_pairs(raw_dir, log)
-
-        train_rows, val_rows = split_rows(n_train, params.val_fraction, params.seed)
-        if params.val_fraction == 0:
-            log.warning(
-                "preprocess.val_fraction is 0: one pair is still held out, the validation split cannot be empty"
-            )
+        plan = split_plan(raw, params, log)
         log.info(
             "raw data: %s (%d train + %d test pairs of %dx%d pixels%s%s)",
             raw_dir,
-            n_train,
-            files["test_noisy"].n,
-            shape[0],
-            shape[1],
-            ", with dose" if has_dose else "",
+            raw.files["train_noisy"].n,
+            raw.files["test_noisy"].n,
+            *raw.shape,
+            ", with dose" if raw.has_dose else "",
             f", {len(inference)} inference pairs" if inference else "",
         )
-        plan = {
-            "train": ("train", train_rows),
-            "val": ("train", val_rows),
-            "test": ("test", np.arange(files["test_noisy"].n, dtype=np.int64)),
-        }
-        if GENERALISATION_SPLIT in raw_splits:
-            n_gen = files[f"{GENERALISATION_SPLIT}_noisy"].n
-            plan[GENERALISATION_SPLIT] = (GENERALISATION_SPLIT, np.arange(n_gen, dtype=np.int64))
-
-        results: dict[str, SplitResult] = {}
         with Transaction() as tx:
             # The old card no longer describes what is about to be moved into place: it goes first.
             tx.remove(data_dir / CARD)
-            for name in plan:
-                raw_split, rows = plan[name]
-                with tx.writing(data_dir / SPLIT_FILE.format(split=name)) as tmp:
-                    results[name] = write_split(
-                        tmp, name, files[f"{raw_split}_noisy"], files[f"{raw_split}_clean"], rows, has_dose, extras
-                    )
-            generalisation_file = data_dir / SPLIT_FILE.format(split=GENERALISATION_SPLIT)
-            if GENERALISATION_SPLIT not in plan and generalisation_file.exists():
-                tx.remove(generalisation_file)
-                log.info(
-                    "removing %s from an earlier run: the raw data have no generalisation folder", generalisation_file
-                )
-            inference_file = data_dir / SPLIT_FILE.format(split="inference")
-            if inference:
-                with tx.writing(inference_file) as tmp:
-                    results["inference"] = write_inference(tmp, inference, shape)
-            elif inference_file.exists():
-                tx.remove(inference_file)
-                log.info("removing %s from an earlier run: the raw data have no inference folder", inference_file)
-            _check_card_numbers(results, files)
-            raw = {
-                split: {
-                    "noisy": f"{split}/{RAW_FILES['noisy']}",
-                    "clean": f"{split}/{RAW_FILES['clean']}",
-                    "n": files[f"{split}_noisy"].n,
-                    "shape": list(files[f"{split}_noisy"].ds.shape),
-                    "dtype": str(files[f"{split}_noisy"].ds.dtype),
-                }
-                for split in raw_splits
-            }
-            card = build_card(results, shape, has_dose, recorded_source(raw_dir, log), raw, params, raw_dir, extras)
-            tx.write_json(data_dir / CARD, card)  # last: the card marks the outputs complete
+            results = _write_splits(tx, data_dir, raw, plan, inference, log)
+            _check_card_numbers(results, raw.files)
+            source = recorded_source(raw_dir, log)
+            card = build_card(results, raw.shape, raw.has_dose, source, raw.raw_record(), params, raw_dir, raw.extras)
+            tx.write_json(data_dir / CARD, card.to_json())  # last: the card marks the outputs complete
     _log_table(log, results)
     return card
+
+
+def open_inputs(raw_dir: Path, stack: contextlib.ExitStack, log) -> RawInputs:
+    """Open every raw split (the optional generalisation/ split when both its files are there) and check
+    that they agree: one image shape, at least 2 training pairs; doses and extras kept only if all carry them."""
+    files: dict[str, RawImages] = {}
+    raw_splits = RAW_SPLITS + ((GENERALISATION_SPLIT,) if _has_raw_split(raw_dir, GENERALISATION_SPLIT) else ())
+    for split in raw_splits:
+        files[f"{split}_noisy"], files[f"{split}_clean"] = open_raw_split(raw_dir, split, stack, log)
+    shape = files["train_noisy"].shape
+    for split in raw_splits[1:]:
+        other = files[f"{split}_noisy"].shape
+        if other != shape:
+            raise InputError.at(
+                files[f"{split}_noisy"].path,
+                RAW_DATASET,
+                f"expected {shape[0]}x{shape[1]} pixel images like the train split, got {other[0]}x{other[1]}",
+            )
+    if files["train_noisy"].n < 2:
+        raise InputError.at(
+            files["train_noisy"].path,
+            RAW_DATASET,
+            "expected at least 2 training pairs, to hold out one for validation, got 1",
+        )
+    doses = [files[f"{split}_noisy"].dose is not None for split in raw_splits]
+    if any(doses) and not all(doses):
+        log.warning("only some raw splits carry a 'dose' attribute; no split will carry a dose")
+    extras = Extras(
+        pixel_size=_all_or_none(files, raw_splits, "noisy", "pixel_size", log),
+        atoms=_all_or_none(files, raw_splits, "clean", "atoms", log),
+    )
+    return RawInputs(files, raw_splits, shape, all(doses), extras)
+
+
+def split_plan(raw: RawInputs, params: PreprocessParams, log) -> dict[str, tuple[str, np.ndarray]]:
+    """Each processed split: (the raw split it is taken from, its rows there, in order)."""
+    train_rows, val_rows = split_rows(raw.files["train_noisy"].n, params.val_fraction, params.seed)
+    if params.val_fraction == 0:
+        log.warning("preprocess.val_fraction is 0: one pair is still held out, the validation split cannot be empty")
+    plan = {
+        "train": ("train", train_rows),
+        "val": ("train", val_rows),
+        "test": ("test", np.arange(raw.files["test_noisy"].n, dtype=np.int64)),
+    }
+    if GENERALISATION_SPLIT in raw.splits:
+        n_gen = raw.files[f"{GENERALISATION_SPLIT}_noisy"].n
+        plan[GENERALISATION_SPLIT] = (GENERALISATION_SPLIT, np.arange(n_gen, dtype=np.int64))
+    return plan
+
+
+def _write_splits(
+    tx: Transaction,
+    data_dir: Path,
+    raw: RawInputs,
+    plan: dict[str, tuple[str, np.ndarray]],
+    inference: list[tuple[str, Path, Path]] | None,
+    log,
+) -> dict[str, SplitResult]:
+    """Stage every split file in ``tx`` (and the removal of stale generalisation / inference files)."""
+    results: dict[str, SplitResult] = {}
+    for name, (raw_split, rows) in plan.items():
+        with tx.writing(data_dir / SPLIT_FILE.format(split=name)) as tmp:
+            noisy, clean = raw.files[f"{raw_split}_noisy"], raw.files[f"{raw_split}_clean"]
+            results[name] = write_split(tmp, name, noisy, clean, rows, raw.has_dose, raw.extras)
+    generalisation_file = data_dir / SPLIT_FILE.format(split=GENERALISATION_SPLIT)
+    if GENERALISATION_SPLIT not in plan and generalisation_file.exists():
+        tx.remove(generalisation_file)
+        log.info("removing %s from an earlier run: the raw data have no generalisation folder", generalisation_file)
+    inference_file = data_dir / SPLIT_FILE.format(split="inference")
+    if inference:
+        with tx.writing(inference_file) as tmp:
+            results["inference"] = write_inference(tmp, inference, raw.shape)
+    elif inference_file.exists():
+        tx.remove(inference_file)
+        log.info("removing %s from an earlier run: the raw data have no inference folder", inference_file)
+    return results
 
 
 def _has_raw_split(raw_dir: Path, split: str) -> bool:
@@ -347,31 +378,33 @@ def build_card(
     section: PreprocessParams,
     raw_dir: Path,
     extras: Extras = Extras(),
-) -> dict:
-    """The dataset card: the keys of layout.DATASET_CARD_KEYS first, then provenance."""
+) -> DatasetCard:
+    """The dataset card: the contract (layout.DATASET_CARD_KEYS), then provenance."""
     train = results["train"].stats
     pixel = results["train"].pixel_size
-    return {
-        "format": CARD_FORMAT,
-        "image_shape": list(shape),
-        "splits": {name: {"file": SPLIT_FILE.format(split=name), "n": r.n} for name, r in results.items()},
-        "value_range": {name: {key: r.stats[key].range for key in ("noisy", "clean")} for name, r in results.items()},
-        "normalisation": {key: {"mean": train[key].mean, "std": train[key].std} for key in ("noisy", "clean")},
-        "data_range": results["test"].stats["clean"].hi - results["test"].stats["clean"].lo,
-        "data_range_definition": DATA_RANGE_DEFINITION,
-        "has_dose": has_dose,
-        "source": source,
-        "pixel_size_angstrom": float(np.median(pixel)) if pixel is not None and len(pixel) else None,
-        "has_atoms": extras.atoms,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "emdenoise_version": __version__,
-        "preprocess": {
-            "val_fraction": section.val_fraction,
-            "seed": section.seed,
-            "raw_data_dir": str(raw_dir.resolve()),
+    test_clean = results["test"].stats["clean"]
+    return DatasetCard(
+        image_shape=list(shape),
+        splits={name: {"file": SPLIT_FILE.format(split=name), "n": r.n} for name, r in results.items()},
+        value_range={name: {key: r.stats[key].range for key in ("noisy", "clean")} for name, r in results.items()},
+        normalisation={key: {"mean": train[key].mean, "std": train[key].std} for key in ("noisy", "clean")},
+        data_range=test_clean.hi - test_clean.lo,
+        data_range_definition=DATA_RANGE_DEFINITION,
+        has_dose=has_dose,
+        source=source,
+        pixel_size_angstrom=float(np.median(pixel)) if pixel is not None and len(pixel) else None,
+        has_atoms=extras.atoms,
+        extra={
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "emdenoise_version": __version__,
+            "preprocess": {
+                "val_fraction": section.val_fraction,
+                "seed": section.seed,
+                "raw_data_dir": str(raw_dir.resolve()),
+            },
+            "raw": raw,
         },
-        "raw": raw,
-    }
+    )
 
 
 def _check_card_numbers(results: dict[str, SplitResult], files: dict[str, RawImages]) -> None:

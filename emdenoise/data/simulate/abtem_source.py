@@ -1,6 +1,6 @@
 """``download.source: abtem``: multislice images from abTEM (optional extra ``emdenoise[abtem]``, GPL-3.0).
 
-The fast generator (:mod:`emdenoise.data.simulate.synthetic`) images a phase object through the lens formulas of
+The fast generator (:mod:`emdenoise.data.simulate.pairs`) images a phase object through the lens formulas of
 :mod:`emdenoise.data.simulate.physics`. This source takes the same specimens (the scenes of
 :mod:`emdenoise.data.simulate.scenes`,
 drawn from the same per-image seeds, or the atoms of a structure file the user gives, ``download.structure``)

@@ -1,6 +1,6 @@
 """Image formation for HRTEM of thin specimens: projected potential, phase-object exit wave, lens, detector.
 
-Stable API (the fast generator :mod:`emdenoise.data.simulate.synthetic` and the abTEM source use it; keep it small):
+Stable API (the fast generator :mod:`emdenoise.data.simulate.pairs` and the abTEM source use it; keep it small):
 
 - :func:`wavelength_angstrom`, :func:`interaction_constant`: relativistic electron wavelength (A) and
   interaction constant sigma (rad / (V A)) at an accelerating voltage in kV.

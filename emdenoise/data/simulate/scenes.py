@@ -1,6 +1,6 @@
 """Specimens as atoms at real positions: 2-D crystals with grains, defects, holes, edges, bilayers, contamination.
 
-Stable API (used by :mod:`emdenoise.data.simulate.synthetic` and the abTEM source):
+Stable API (used by :mod:`emdenoise.data.simulate.pairs` and the abTEM source):
 
 - :data:`MATERIALS`: name -> :class:`Material` (``graphene``, the default; ``mos2``; ``srtio3``).
 - :class:`Scene` (frozen): the atoms that scatter (``atoms_yx_A``, ``z``) and the lattice columns, present or
@@ -210,6 +210,53 @@ def _expand(columns_yx: np.ndarray, kinds: np.ndarray, material: Material) -> tu
     return np.concatenate(atoms), np.concatenate(zs)
 
 
+@dataclass
+class _Field:
+    """The field a scene is drawn in, and the scene made of the columns and atoms drawn there."""
+
+    material: str
+    kind: str
+    size_px: int
+    pixel_size: float
+    info: dict
+
+    @property
+    def mat(self) -> Material:
+        return MATERIALS[self.material]
+
+    @property
+    def extent(self) -> float:
+        return self.size_px * self.pixel_size
+
+    @property
+    def shift(self) -> np.ndarray:
+        return np.array([0.5, 0.5]) * self.pixel_size  # the field starts half a pixel before pixel 0's centre
+
+    def scene(self, cols, col_kinds, vacant, extra_atoms=None, extra_z=None) -> Scene:
+        """The scene of the columns ``cols`` (A, their basis kinds and vacancy flags) and ``extra_atoms``."""
+        mat, extent, pixel_size, info = self.mat, self.extent, self.pixel_size, self.info
+        extra_atoms = np.zeros((0, 2)) if extra_atoms is None else extra_atoms
+        extra_z = np.zeros(0, np.uint8) if extra_z is None else extra_z
+        # Only the columns inside the field scatter: the potential's grid is periodic.
+        inside = np.all((cols >= -0.5 * pixel_size) & (cols < extent - 0.5 * pixel_size), axis=1)
+        present = inside & ~vacant
+        atoms, z = _expand(cols[present], col_kinds[present], mat)
+        heaviest = np.array([max(zs) for _, _, zs in mat.basis], np.uint8)
+        expected_columns = len(mat.basis) * extent * extent / abs(np.linalg.det(mat.cell))
+        info["material_fraction"] = round(float(min(1.0, present.sum() / max(1.0, expected_columns))), 4)
+        return Scene(
+            atoms_yx_A=np.concatenate([atoms, extra_atoms - self.shift]),
+            z=np.concatenate([z, extra_z]).astype(np.uint8),
+            columns_yx_A=cols[inside],
+            columns_z=heaviest[col_kinds[inside]],
+            columns_vacant=vacant[inside],
+            size_px=int(self.size_px),
+            pixel_size=float(pixel_size),
+            material=self.material,
+            info=info,
+        )
+
+
 def draw_scene(
     rng: np.random.Generator,
     size_px: int,
@@ -230,48 +277,28 @@ def draw_scene(
         raise ValueError(f"material must be one of {', '.join(MATERIALS)}, got {material!r}")
     if kind not in ("random", "lattice", "vacuum", "amorphous"):
         raise ValueError(f"kind must be random, lattice, vacuum or amorphous, got {kind!r}")
-    mat = MATERIALS[material]
-    extent = size_px * pixel_size
-    shift = np.array([0.5, 0.5]) * pixel_size  # the field starts half a pixel before pixel 0's centre
     info: dict = {"material": material, "kind": kind, "n_grains": 0, "vacancies": 0, "holes": False}
     info.update(vacuum_edge=False, bilayer=False, contamination_atoms=0)
-    empty = np.zeros((0, 2))
-
-    def scene(cols, col_kinds, vacant, extra_atoms=empty, extra_z=np.zeros(0, np.uint8)) -> Scene:
-        # Only the columns inside the field scatter: the potential's grid is periodic.
-        inside = np.all((cols >= -0.5 * pixel_size) & (cols < extent - 0.5 * pixel_size), axis=1)
-        present = inside & ~vacant
-        atoms, z = _expand(cols[present], col_kinds[present], mat)
-        heaviest = np.array([max(zs) for _, _, zs in mat.basis], np.uint8)
-        info["material_fraction"] = round(float(min(1.0, present.sum() / max(1.0, expected_columns))), 4)
-        return Scene(
-            atoms_yx_A=np.concatenate([atoms, extra_atoms - shift]),
-            z=np.concatenate([z, extra_z]).astype(np.uint8),
-            columns_yx_A=cols[inside],
-            columns_z=heaviest[col_kinds[inside]],
-            columns_vacant=vacant[inside],
-            size_px=int(size_px),
-            pixel_size=float(pixel_size),
-            material=material,
-            info=info,
-        )
-
-    cell_area = abs(np.linalg.det(mat.cell))
-    expected_columns = len(mat.basis) * extent * extent / cell_area
+    field = _Field(material, kind, size_px, pixel_size, info)
+    mat, extent, none = field.mat, field.extent, (np.zeros((0, 2)), np.zeros(0, np.int64), np.zeros(0, bool))
     if kind == "vacuum" or (kind == "random" and rng.random() < SCENE_RANGES.empty):
         info["empty"] = True
-        return scene(empty, np.zeros(0, np.int64), np.zeros(0, bool))
+        return field.scene(*none)
     if kind == "amorphous":
         atoms, z = random_atoms(rng, extent, 0.3)
         info["contamination_atoms"] = len(z)
-        return scene(empty, np.zeros(0, np.int64), np.zeros(0, bool), atoms, z)
-
+        return field.scene(*none, atoms, z)
     if kind == "lattice":
         cols, kinds = crystal(mat, extent, rotation=rng.uniform(0, 2 * np.pi), origin_yx=rng.uniform(0, mat.a, 2))
-        cols = cols - shift
         info["n_grains"] = 1
-        return scene(cols, kinds, np.zeros(len(cols), bool))
+        return field.scene(cols - field.shift, kinds, np.zeros(len(cols), bool))
+    return _random_scene(rng, field)
 
+
+def _random_scene(rng: np.random.Generator, field: _Field) -> Scene:
+    """A ``random`` scene that is not empty: grains, then holes and a vacuum edge, vacancies, a second layer,
+    contamination (the random draws in this order: the same seed, the same scene)."""
+    mat, pixel_size = field.mat, field.pixel_size
     n_grains = int(rng.choice(SCENE_RANGES.grain_counts, p=SCENE_RANGES.grain_probabilities))
     holes = rng.random() < SCENE_RANGES.holes
     edge = rng.random() < SCENE_RANGES.vacuum_edge
@@ -280,48 +307,94 @@ def draw_scene(
     corr = [rng.uniform(10, 30), rng.uniform(15, 40), rng.uniform(20, 50), rng.uniform(15, 40)]
     corr += [rng.uniform(20, 40)] * n_grains
     # The fields are smooth (correlation >= 10 px): drawn on a grid FIELD_COARSENING times coarser.
-    fields = smooth_fields(rng, size_px // FIELD_COARSENING + 1, [c / FIELD_COARSENING for c in corr])
+    fields = smooth_fields(rng, field.size_px // FIELD_COARSENING + 1, [c / FIELD_COARSENING for c in corr])
     field_px = pixel_size * FIELD_COARSENING
     hole_f, edge_f, bilayer_f, contamination_f = fields[:4]
 
-    # Grains: each column belongs to the grain whose seed is nearest, with distances warped by a smooth field.
+    cols, kinds, grain = _grains(rng, field, n_grains, fields[4:], field_px)
+    keep = _material_kept(rng, field, cols, hole_f if holes else None, edge_f if edge else None, field_px)
+    cols, kinds, grain = cols[keep], kinds[keep], grain[keep]
+    vacant = _vacancies(rng, field, cols)
+    field.info.update(n_grains=n_grains, vacancies=int(vacant.sum()), holes=bool(holes), vacuum_edge=bool(edge))
+
+    # A rotated second layer in a patch (moire), inside the material of the first.
+    if bilayer:
+        cols2, kinds2 = crystal(
+            mat, field.extent, rotation=rng.uniform(0, 2 * np.pi), origin_yx=rng.uniform(0, field.extent, 2)
+        )
+        level = rng.uniform(0.3, 1.5)
+        inside2 = _sample(bilayer_f, cols2, field_px) > level
+        if holes:
+            inside2 &= _sample(hole_f, cols2, field_px) < level + 1
+        cols = np.concatenate([cols, cols2[inside2]])
+        kinds = np.concatenate([kinds, kinds2[inside2]])
+        vacant = np.concatenate([vacant, np.zeros(int(inside2.sum()), bool)])
+        field.info["bilayer"] = True
+
+    extra, extra_z = np.zeros((0, 2)), np.zeros(0, np.uint8)
+    if contamination:
+        extra, extra_z = random_atoms(rng, field.extent, rng.uniform(*SCENE_RANGES.contamination_density))
+        patch = _sample(contamination_f, extra, field_px) > rng.uniform(0.5, 1.5)
+        extra, extra_z = extra[patch], extra_z[patch]
+        field.info["contamination_atoms"] = len(extra_z)
+    return field.scene(cols - field.shift, kinds, vacant, extra, extra_z)
+
+
+def _grains(
+    rng: np.random.Generator, field: _Field, n_grains: int, warps: np.ndarray, field_px: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The columns of ``n_grains`` grains (positions, basis kinds, grain index): each column belongs to the
+    grain whose seed is nearest, with distances warped by a smooth field; columns closer than 0.6 nearest-
+    neighbour distances across a boundary are removed."""
+    mat, extent = field.mat, field.extent
     seeds = rng.uniform(-0.1 * extent, 1.1 * extent, (n_grains, 2))
-    warp_amp = rng.uniform(3, 12) * pixel_size
+    warp_amp = rng.uniform(3, 12) * field.pixel_size
     all_cols, all_kinds, all_grain = [], [], []
     for g in range(n_grains):
         cols, kinds = crystal(mat, extent, rotation=rng.uniform(0, 2 * np.pi), origin_yx=rng.uniform(0, extent, 2))
         if n_grains > 1:
             dist = np.linalg.norm(cols[:, None, :] - seeds[None], axis=-1)
             for h in range(n_grains):
-                dist[:, h] += warp_amp * _sample(fields[4 + h], cols, field_px)
+                dist[:, h] += warp_amp * _sample(warps[h], cols, field_px)
             mine = np.argmin(dist, axis=1) == g
             cols, kinds = cols[mine], kinds[mine]
         all_cols.append(cols)
         all_kinds.append(kinds)
         all_grain.append(np.full(len(cols), g))
-    cols = np.concatenate(all_cols)
-    kinds = np.concatenate(all_kinds)
-    grain = np.concatenate(all_grain)
-    nn = mat.nearest_neighbour
+    cols, kinds, grain = np.concatenate(all_cols), np.concatenate(all_kinds), np.concatenate(all_grain)
     if n_grains > 1 and len(cols):
-        pairs = cKDTree(cols).query_pairs(0.6 * nn, output_type="ndarray")
+        pairs = cKDTree(cols).query_pairs(0.6 * mat.nearest_neighbour, output_type="ndarray")
         across = pairs[grain[pairs[:, 0]] != grain[pairs[:, 1]]]
         keep = np.ones(len(cols), bool)
         keep[np.where(grain[across[:, 0]] > grain[across[:, 1]], across[:, 0], across[:, 1])] = False
         cols, kinds, grain = cols[keep], kinds[keep], grain[keep]
+    return cols, kinds, grain
 
-    # Material: holes and a vacuum edge remove columns entirely.
+
+def _material_kept(
+    rng: np.random.Generator,
+    field: _Field,
+    cols: np.ndarray,
+    hole_f: np.ndarray | None,
+    edge_f: np.ndarray | None,
+    field_px: float,
+) -> np.ndarray:
+    """Which columns stay: holes (``hole_f``) and a vacuum edge (``edge_f``) remove columns entirely."""
+    extent = field.extent
     keep = np.ones(len(cols), bool)
-    if holes:
+    if hole_f is not None:
         keep &= _sample(hole_f, cols, field_px) < rng.uniform(0.8, 2.5)  # higher level: fewer, smaller holes
-    if edge:
+    if edge_f is not None:
         phi = rng.uniform(0, 2 * np.pi)
         across_edge = (cols - extent / 2) @ np.array([math.sin(phi), math.cos(phi)])
-        across_edge += rng.uniform(2, 8) * pixel_size * _sample(edge_f, cols, field_px)
+        across_edge += rng.uniform(2, 8) * field.pixel_size * _sample(edge_f, cols, field_px)
         keep &= across_edge < rng.uniform(-0.1, 0.4) * extent
-    cols, kinds, grain = cols[keep], kinds[keep], grain[keep]
+    return keep
 
-    # Vacancies, some grown into multi-vacancies with neighbouring columns.
+
+def _vacancies(rng: np.random.Generator, field: _Field, cols: np.ndarray) -> np.ndarray:
+    """Vacant columns: point vacancies, some grown into multi-vacancies with neighbouring columns."""
+    extent, nn = field.extent, field.mat.nearest_neighbour
     vacant = np.zeros(len(cols), bool)
     n_vac = int(rng.poisson(rng.uniform(*SCENE_RANGES.vacancies_per_100nm2) * extent * extent / 1e4))
     n_vac = min(n_vac, len(cols))
@@ -334,24 +407,4 @@ def draw_scene(
             for site, extra in zip(grow, rng.integers(1, 4, len(grow))):
                 near = [i for i in tree.query_ball_point(cols[site], 1.2 * nn) if i != site]
                 vacant[rng.permutation(np.asarray(near, np.int64))[:extra]] = True
-    info.update(n_grains=n_grains, vacancies=int(vacant.sum()), holes=bool(holes), vacuum_edge=bool(edge))
-
-    # A rotated second layer in a patch (moire), inside the material of the first.
-    if bilayer:
-        cols2, kinds2 = crystal(mat, extent, rotation=rng.uniform(0, 2 * np.pi), origin_yx=rng.uniform(0, extent, 2))
-        level = rng.uniform(0.3, 1.5)
-        inside2 = _sample(bilayer_f, cols2, field_px) > level
-        if holes:
-            inside2 &= _sample(hole_f, cols2, field_px) < level + 1
-        cols = np.concatenate([cols, cols2[inside2]])
-        kinds = np.concatenate([kinds, kinds2[inside2]])
-        vacant = np.concatenate([vacant, np.zeros(int(inside2.sum()), bool)])
-        info["bilayer"] = True
-
-    extra, extra_z = empty, np.zeros(0, np.uint8)
-    if contamination:
-        extra, extra_z = random_atoms(rng, extent, rng.uniform(*SCENE_RANGES.contamination_density))
-        patch = _sample(contamination_f, extra, field_px) > rng.uniform(0.5, 1.5)
-        extra, extra_z = extra[patch], extra_z[patch]
-        info["contamination_atoms"] = len(extra_z)
-    return scene(cols - shift, kinds, vacant, extra, extra_z)
+    return vacant

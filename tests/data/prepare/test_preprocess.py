@@ -419,8 +419,9 @@ def test_bad_inference_pairs(env, capsys, case):
 
 
 def test_synthetic_dataset(env):
-    synthetic = pytest.importorskip("emdenoise.data.simulate.synthetic")
-    synthetic.write_dataset(env["raw"], seed=0, train_images=8, test_images=4, image_size=64)
+    writer = pytest.importorskip("emdenoise.data.simulate.writer")
+    settings = writer.GeneratorSettings.of(seed=0, train_images=8, test_images=4, image_size=64)
+    writer.write_dataset(env["raw"], settings)
     assert run_preprocess(env) == 0
     card = load_card(env["data"])
     assert card["image_shape"] == [64, 64]
@@ -434,10 +435,9 @@ def test_synthetic_dataset(env):
 
 
 def test_synthetic_atoms_pixel_size_and_generalisation_split_are_carried(env):
-    synthetic = pytest.importorskip("emdenoise.data.simulate.synthetic")
-    synthetic.write_dataset(
-        env["raw"], seed=2, train_images=6, test_images=2, image_size=48, generalisation_count=3, workers=1
-    )
+    writer = pytest.importorskip("emdenoise.data.simulate.writer")
+    settings = writer.GeneratorSettings.of(seed=2, train_images=6, test_images=2, image_size=48, generalisation_count=3)
+    writer.write_dataset(env["raw"], settings, workers=1)
     assert run_preprocess(env) == 0
     card = load_card(env["data"])
     assert card["has_atoms"] is True

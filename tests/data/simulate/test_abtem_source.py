@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from support import one_error, power_spectrum, radial_mean, run_here, task_paths
 
-from emdenoise.data.simulate import abtem_source, physics, scenes, synthetic
+from emdenoise.data.simulate import abtem_source, physics, scenes, writer
 from emdenoise.data.simulate.physics import Optics
 from emdenoise.errors import InputError
 
@@ -175,15 +175,15 @@ def test_a_rerun_reuses_the_finished_chunks(tmp_path):
     """write_dataset keeps each finished chunk in resume_dir and a rerun takes it instead of making it again
     (shown with the fast renderer and a chunk whose images were replaced)."""
     chunks = tmp_path / "chunks"
-    settings = dict(seed=0, train_images=3, test_images=2, image_size=32, workers=1, resume_dir=chunks)
-    synthetic.write_dataset(tmp_path / "a", **settings)
+    settings = writer.GeneratorSettings.of(seed=0, train_images=3, test_images=2, image_size=32)
+    writer.write_dataset(tmp_path / "a", settings, workers=1, resume_dir=chunks)
     names = sorted(p.name for p in chunks.iterdir())
     assert names == ["test-0000000-0000002.npz", "train-0000000-0000002.npz", "train-0000002-0000003.npz"]
-    first = synthetic._load_chunk(chunks / names[1])
+    first = writer._load_chunk(chunks / names[1])
     assert first is not None
     noisy, clean, attrs, atoms = first
-    synthetic._save_chunk(chunks / names[1], (noisy, np.full_like(clean, 7.0), attrs, atoms))
-    synthetic.write_dataset(tmp_path / "b", **settings)
+    writer._save_chunk(chunks / names[1], (noisy, np.full_like(clean, 7.0), attrs, atoms))
+    writer.write_dataset(tmp_path / "b", settings, workers=1, resume_dir=chunks)
     with (
         h5py.File(tmp_path / "a/train/graphene_img_clean.h5") as a,
         h5py.File(tmp_path / "b/train/graphene_img_clean.h5") as b,
@@ -209,7 +209,7 @@ def test_download_from_abtem_of_a_structure_file(tmp_path, capsys, graphene_file
     raw = paths["raw_data_dir"]
     assert not (raw / ".abtem-chunks").exists()
     with h5py.File(raw / "train/graphene_img_clean.h5") as f:
-        assert f.attrs["generator"] == "emdenoise.data.simulate.abtem_source"
+        assert f.attrs["generator"] == "emdenoise.data.abtem_source"  # a stable identifier: the name before the layout
         assert f.attrs["material"] == "structure:graphene.cif"
         assert f.attrs["abtem_version"] == abtem_source.abtem_version()
         clean = f["images"][..., 0]
@@ -253,7 +253,9 @@ def test_download_without_abtem_names_the_extra(tmp_path, capsys, monkeypatch):
 @pytest.mark.extra("abtem")
 @pytest.mark.slow
 def test_abtem_files_are_the_same_bytes_whatever_the_worker_count(tmp_path):
-    settings = dict(seed=3, train_images=2, test_images=1, image_size=32, renderer="abtem", oversampling=1)
-    written = [synthetic.write_dataset(tmp_path / f"w{w}", **settings, workers=w) for w in (1, 2)]
+    settings = writer.GeneratorSettings.of(
+        seed=3, train_images=2, test_images=1, image_size=32, renderer="abtem", oversampling=1
+    )
+    written = [writer.write_dataset(tmp_path / f"w{w}", settings, workers=w) for w in (1, 2)]
     for one, two in zip(*written):
         assert one.read_bytes() == two.read_bytes(), one

@@ -14,9 +14,8 @@ from scipy.ndimage import gaussian_filter
 from scipy.spatial import cKDTree
 from support import power_spectrum
 
-from emdenoise.data.simulate import synthetic
-from emdenoise.data.simulate.physics import Optics
-from emdenoise.data.simulate.synthetic import (
+from emdenoise.data.simulate import pairs, writer
+from emdenoise.data.simulate.pairs import (
     add_noise,
     beam_profile,
     clean_image,
@@ -27,8 +26,10 @@ from emdenoise.data.simulate.synthetic import (
     draw_pixel_size,
     image_seed,
     make_pair,
-    write_dataset,
 )
+from emdenoise.data.simulate.physics import Optics
+from emdenoise.data.simulate.writer import GeneratorSettings, write_dataset
+from emdenoise.errors import InputError
 from emdenoise.outputs import Transaction
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -152,7 +153,7 @@ def test_pixel_size_and_detector_draws():
     assert sizes.min() >= np.float32(0.1) and sizes.max() <= np.float32(0.4)
     assert abs(np.median(np.log(sizes)) - 0.5 * (math.log(0.1) + math.log(0.4))) < 0.05  # log-uniform
     blurs = np.array([draw_detector_blur(rng) for _ in range(2000)])
-    assert abs((blurs == 0).mean() - synthetic.COUNTING_DETECTOR_FRACTION) < 0.05
+    assert abs((blurs == 0).mean() - pairs.COUNTING_DETECTOR_FRACTION) < 0.05
     assert blurs[blurs > 0].min() >= 0.3 and blurs.max() <= 1.0
 
 
@@ -282,16 +283,10 @@ def test_dose_and_beam_draws_cover_their_ranges():
 
 def test_write_dataset_layout(tmp_path):
     n = {"train": 5, "test": 3}
-    files = write_dataset(
-        tmp_path,
-        seed=7,
-        train_images=n["train"],
-        test_images=n["test"],
-        image_size=64,
-        dose_min=10.0,
-        dose_max=50.0,
-        workers=1,
+    settings = GeneratorSettings.of(
+        seed=7, train_images=n["train"], test_images=n["test"], image_size=64, dose_min=10.0, dose_max=50.0
     )
+    files = write_dataset(tmp_path, settings, workers=1)
     expected = [
         tmp_path / split / name
         for split in ("train", "test")
@@ -313,7 +308,7 @@ def test_write_dataset_layout(tmp_path):
             assert (dose >= np.float32(10.0)).all() and (dose <= np.float32(50.0)).all()
             assert noisy.attrs["beam_center_yx"].shape == (n[split], 2)
             assert noisy.attrs["dead_pixel_fraction"] == pytest.approx(0.001)
-            assert fn.attrs["generator_version"] == synthetic.GENERATOR_VERSION and fn.attrs["split"] == split
+            assert fn.attrs["generator_version"] == pairs.GENERATOR_VERSION and fn.attrs["split"] == split
             assert fn.attrs["seed"] == 7
             assert fn.attrs["material"] == fc.attrs["material"] == "graphene"
             offsets = fc["atom_offsets"][()]
@@ -346,9 +341,9 @@ def test_write_dataset_layout(tmp_path):
 
 def test_same_seed_same_bytes_whatever_the_workers(tmp_path):
     kwargs = dict(train_images=6, test_images=3, image_size=48)
-    write_dataset(tmp_path / "one", seed=1, workers=1, **kwargs)
-    write_dataset(tmp_path / "two", seed=1, workers=2, **kwargs)
-    write_dataset(tmp_path / "other", seed=2, workers=1, **kwargs)
+    write_dataset(tmp_path / "one", GeneratorSettings.of(seed=1, **kwargs), workers=1)
+    write_dataset(tmp_path / "two", GeneratorSettings.of(seed=1, **kwargs), workers=2)
+    write_dataset(tmp_path / "other", GeneratorSettings.of(seed=2, **kwargs), workers=1)
     one, two, other = (file_digests(tmp_path / d) for d in ("one", "two", "other"))
     assert len(one) == 4
     assert one == two
@@ -356,33 +351,36 @@ def test_same_seed_same_bytes_whatever_the_workers(tmp_path):
 
 
 def test_failed_write_leaves_existing_files_untouched(tmp_path, monkeypatch):
-    kwargs = dict(seed=0, train_images=3, test_images=2, image_size=32, workers=1)
-    write_dataset(tmp_path, **kwargs)
+    kwargs = dict(seed=0, train_images=3, test_images=2, image_size=32)
+    write_dataset(tmp_path, GeneratorSettings.of(**kwargs), workers=1)
     before = file_digests(tmp_path)
-    real = synthetic.make_pair
+    real = writer.make_pair
 
     def failing(rng, **kw):
-        if rng.spawn_key == (synthetic.SPLIT_KEYS["test"], 1):
+        if rng.spawn_key == (pairs.SPLIT_KEYS["test"], 1):
             raise RuntimeError("disk on fire")
         return real(rng, **kw)
 
-    monkeypatch.setattr(synthetic, "make_pair", failing)
+    monkeypatch.setattr(writer, "make_pair", failing)
     with pytest.raises(RuntimeError, match="disk on fire"):
-        write_dataset(tmp_path, **dict(kwargs, seed=5))
+        write_dataset(tmp_path, GeneratorSettings.of(**dict(kwargs, seed=5)), workers=1)
     assert file_digests(tmp_path) == before
 
 
 def test_write_dataset_rejects_bad_arguments(tmp_path):
-    with pytest.raises(ValueError, match="train_images"):
-        write_dataset(tmp_path, seed=0, train_images=0, test_images=1)
-    with pytest.raises(ValueError, match="dose_min"):
-        write_dataset(tmp_path, seed=0, train_images=1, test_images=1, dose_min=50.0, dose_max=5.0)
-    with pytest.raises(ValueError, match="pixel_size_min"):
-        write_dataset(tmp_path, seed=0, train_images=1, test_images=1, pixel_size_min=0.5, pixel_size_max=0.2)
-    with pytest.raises(ValueError, match="generalisation_material"):
-        write_dataset(tmp_path, seed=0, train_images=1, test_images=1, generalisation_material="cheese")
-    with pytest.raises(ValueError, match="optics"):
-        write_dataset(tmp_path, seed=0, train_images=1, test_images=1, optics="cryo")
+    # the settings are the download section's, checked once, by the schema (one line naming the key)
+    with pytest.raises(InputError, match="train_images"):
+        GeneratorSettings.of(seed=0, train_images=0, test_images=1)
+    with pytest.raises(InputError, match="dose_min"):
+        GeneratorSettings.of(seed=0, train_images=1, test_images=1, dose_min=50.0, dose_max=5.0)
+    with pytest.raises(InputError, match="pixel_size_min"):
+        GeneratorSettings.of(seed=0, train_images=1, test_images=1, pixel_size_min=0.5, pixel_size_max=0.2)
+    with pytest.raises(InputError, match="generalisation_material"):
+        GeneratorSettings.of(seed=0, train_images=1, test_images=1, generalisation_material="cheese")
+    with pytest.raises(InputError, match="optics"):
+        GeneratorSettings.of(seed=0, train_images=1, test_images=1, optics="cryo")
+    with pytest.raises(ValueError, match="renderer"):
+        GeneratorSettings.of(seed=0, train_images=1, test_images=1, renderer="crayon")
     with pytest.raises(ValueError, match="kind"):
         clean_image(0, 32, scene="moon")
     assert not any(tmp_path.iterdir())
@@ -390,15 +388,17 @@ def test_write_dataset_rejects_bad_arguments(tmp_path):
 
 def test_write_dataset_into_a_callers_transaction_commits_with_it(tmp_path):
     tx = Transaction()
-    written = write_dataset(tmp_path, seed=0, train_images=2, test_images=1, image_size=32, workers=1, tx=tx)
+    settings = GeneratorSettings.of(seed=0, train_images=2, test_images=1, image_size=32)
+    written = write_dataset(tmp_path, settings, workers=1, tx=tx)
     assert not any(p.exists() for p in written) and all(tx.is_staged(p) for p in written)  # staged, not placed
     tx.commit()
     assert all(p.is_file() for p in written) and not list(tmp_path.rglob(".staging"))
 
 
 def test_generalisation_split_is_written_when_asked_and_removed_when_not(tmp_path):
-    kwargs = dict(seed=3, train_images=2, test_images=1, image_size=32, workers=1)
-    files = write_dataset(tmp_path, **kwargs, generalisation_count=2, generalisation_material="srtio3")
+    kwargs = dict(seed=3, train_images=2, test_images=1, image_size=32)
+    gen_settings = GeneratorSettings.of(**kwargs, generalisation_count=2, generalisation_material="srtio3")
+    files = write_dataset(tmp_path, gen_settings, workers=1)
     gen = [tmp_path / "generalisation" / name for name in ("graphene_img_noise.h5", "graphene_img_clean.h5")]
     assert files[-2:] == gen and all(p.is_file() for p in gen)
     with h5py.File(gen[0], "r") as fn, h5py.File(gen[1], "r") as fc:
@@ -409,5 +409,7 @@ def test_generalisation_split_is_written_when_asked_and_removed_when_not(tmp_pat
         np.testing.assert_array_equal(fn["images"][1, :, :, 0], want)
     with h5py.File(tmp_path / "train" / "graphene_img_noise.h5", "r") as fn:
         assert fn.attrs["material"] == "graphene"
-    write_dataset(tmp_path, **kwargs)  # without one, an old generalisation split would be stale: it goes
+    write_dataset(
+        tmp_path, GeneratorSettings.of(**kwargs), workers=1
+    )  # without one, an old generalisation split would be stale: it goes
     assert not any(p.exists() for p in gen)
