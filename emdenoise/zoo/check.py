@@ -23,14 +23,14 @@ DOSE = (100.0, 2000.0)
 
 def check_set(pixel_size: float) -> tuple[np.ndarray, np.ndarray]:
     """(noisy, clean), each (PAIRS, SIZE, SIZE) float32, graphene at ``pixel_size`` A/px, mixed optics."""
-    from emdenoise.data.simulate import synthetic
+    from emdenoise.data.simulate import pairs as generator
 
     rng = np.random.default_rng(SEED)
-    pairs = [
-        synthetic.make_pair(rng, image_size=SIZE, dose_min=DOSE[0], dose_max=DOSE[1], pixel_size=pixel_size)
+    drawn = [
+        generator.make_pair(rng, image_size=SIZE, dose_min=DOSE[0], dose_max=DOSE[1], pixel_size=pixel_size)
         for _ in range(PAIRS)
     ]
-    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+    return np.stack([p[0] for p in drawn]), np.stack([p[1] for p in drawn])
 
 
 def check_psnr(name: str) -> float:
