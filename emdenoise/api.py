@@ -146,6 +146,7 @@ def denoise(
             rescale,
             scale_tolerance,
             log,
+            engine.pixel_range,
         )
         outputs = list(sampling.up(engine.stream(sampling.down(iter(frames)))))
     checks = []

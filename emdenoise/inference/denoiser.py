@@ -129,6 +129,11 @@ class DeepMethod:
         value = self.denoiser.meta.get("pixel_size")
         return pixel_size_or_none(value)
 
+    @property
+    def pixel_range(self) -> list[float] | None:
+        """[min, max] A/px of the model's training data (meta ``pixel_size_range``; None in older files)."""
+        return self.denoiser.meta.get("pixel_size_range")
+
     def stream(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         return self.tiler.stream(frames)
 
@@ -372,6 +377,7 @@ class FileDenoiser:
                 rescale,
                 tolerance,
                 self.log,
+                self.method.pixel_range,
             )
             for image in src.images
         ]

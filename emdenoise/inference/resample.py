@@ -24,7 +24,7 @@ before any pixel is read.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,16 +139,24 @@ def plan(
     rescale: str,
     tolerance: float,
     log: logging.Logger | None = None,
+    model_range: Sequence[float] | None = None,
 ) -> Sampling:
     """The :class:`Sampling` of one image (``where`` names it in messages); ``given`` is ``denoise.pixel_size``
-    (0: the file's calibration). Raises InputError for ``rescale: never`` with scales apart, or a resampled frame
-    outside the frame limits."""
+    (0: the file's calibration). A model trained over a range of pixel sizes (``model_range``, [min, max] A/px)
+    takes a frame inside it (within ``tolerance``) as it is, and one outside it resampled to the nearer end.
+    Raises InputError for ``rescale: never`` with scales apart, or a resampled frame outside the frame limits."""
     pixel = given if given > 0 else file_pixel_size
     source = "denoise.pixel_size" if given > 0 else calibration
     if given > 0 and file_pixel_size and abs(file_pixel_size / given - 1) > tolerance:
         source = f"denoise.pixel_size; the file's {calibration}: {file_pixel_size:g} A/px"
         if log:
             log.info("%s: denoise.pixel_size %g A/px overrides the file's %g A/px", where, given, file_pixel_size)
+    if model_range is not None and pixel is not None:
+        low, high = model_range
+        if low * (1 - tolerance) <= pixel <= high * (1 + tolerance):
+            statement = f"input {pixel:g} A/px ({source}) inside the model's trained range {low:g}-{high:g} A/px"
+            return Sampling("matched", pixel, source, pixel, frame_shape, frame_shape, statement)
+        model_pixel_size = low if pixel < low else high
     if pixel is None or model_pixel_size is None:
         missing = "the input's" if pixel is None else "the model's"
         detail = f"input: {source}" if pixel is None else "the model file records none (its training data had none)"

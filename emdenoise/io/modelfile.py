@@ -10,6 +10,7 @@ Model file (``format = "emdenoise-model/1"``)::
     attrs   format, model, options (JSON), normalisation (JSON: {"noisy": {"mean", "std"}, "clean": {...}}),
             train_config (JSON), metrics (JSON), data_range (float, may be absent), parameters (int),
             emdenoise_version, pixel_size (float: A/px of the training data; absent when unknown, read as None),
+            pixel_size_range (2 floats: [min, max] A/px of the training data; absent when unknown or older),
             supervision (JSON, may be absent = clean: {"mode": train.supervision, and for
             poisson_split "count_scale_source", "count_scale_median"})
     state/  one dataset per ``state_dict`` entry, named by its key (e.g. "encoders.0.0.weight"),
@@ -50,7 +51,17 @@ from emdenoise.outputs import atomic_path
 
 MODEL_FORMAT = "emdenoise-model/1"
 CHECKPOINT_FORMAT = "emdenoise-checkpoint/1"
-META_KEYS = ("model", "options", "normalisation", "train_config", "metrics", "data_range", "pixel_size", "supervision")
+META_KEYS = (
+    "model",
+    "options",
+    "normalisation",
+    "train_config",
+    "metrics",
+    "data_range",
+    "pixel_size",
+    "pixel_size_range",
+    "supervision",
+)
 _JSON_ATTRS = ("options", "normalisation", "train_config", "metrics")
 _NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float: nothing else is ever read as a tensor
 
@@ -86,6 +97,8 @@ def save_model(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None
             fh.attrs["data_range"] = float(meta["data_range"])
         if meta.get("pixel_size") is not None:
             fh.attrs["pixel_size"] = float(meta["pixel_size"])
+        if meta.get("pixel_size_range") is not None:
+            fh.attrs["pixel_size_range"] = np.asarray(meta["pixel_size_range"], dtype=np.float64)
         if meta.get("supervision") is not None:
             fh.attrs["supervision"] = _dumps(meta["supervision"])
         fh.attrs["parameters"] = models.count_parameters(model)
@@ -206,6 +219,16 @@ def _pixel_size(path: Path, value: Any) -> float | None:
     return size
 
 
+def _pixel_range(path: Path, value: Any) -> list[float] | None:
+    """The ``pixel_size_range`` attribute ([min, max] A/px the model was trained over): None when absent."""
+    if value is None:
+        return None
+    sizes = [pixel_size_or_none(v) for v in np.ravel(value)] if np.ndim(value) == 1 else []
+    if len(sizes) != 2 or None in sizes or sizes[0] > sizes[1]:  # type: ignore[operator]
+        raise InputError.at(path, "pixel_size_range", f"expected [min, max] A/px with 0 < min <= max, got {value!r}")
+    return [float(s) for s in sizes]  # type: ignore[arg-type]
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Read a model file: ``(model on device in eval mode, meta)``; meta has META_KEYS plus format,
     parameters, emdenoise_version and path. Any problem is a one-line InputError naming file and field."""
@@ -220,6 +243,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         data_range = fh.attrs.get("data_range")
         meta["data_range"] = None if data_range is None else float(data_range)
         meta["pixel_size"] = _pixel_size(path, fh.attrs.get("pixel_size"))
+        meta["pixel_size_range"] = _pixel_range(path, fh.attrs.get("pixel_size_range"))
         # how it was trained (train.supervision and its count scale); files written before it: clean targets
         meta["supervision"] = _attr_json(path, fh, "supervision") if "supervision" in fh.attrs else {"mode": "clean"}
         version = fh.attrs.get("emdenoise_version")

@@ -102,6 +102,16 @@ def training_pixel_size(card: Card) -> float | None:
     return pixel_size_or_none(_card_json(card).get("pixel_size_angstrom"))
 
 
+def training_pixel_range(card: Card) -> list[float] | None:
+    """The model file's ``pixel_size_range`` ([min, max] A/px of the training data): the dataset card's
+    ``pixel_size_range_angstrom``, None when the card has none (data of one pixel size, or older cards)."""
+    value = _card_json(card).get("pixel_size_range_angstrom")
+    if not isinstance(value, list) or len(value) != 2:
+        return None
+    low, high = (pixel_size_or_none(v) for v in value)
+    return [low, high] if low is not None and high is not None and low <= high else None
+
+
 def _optional_keys(train: TrainParams) -> list[str]:
     """The OPTIONAL_FINGERPRINT_KEYS that matter for this run (those off their defaults; the blind-spot
     fraction only for noise2void)."""
@@ -199,6 +209,7 @@ class _Run:
                 side: {k: self.card["normalisation"][target][k] for k in ("mean", "std")} for side, target in targets
             },
             "pixel_size": training_pixel_size(self.card),
+            "pixel_size_range": training_pixel_range(self.card),
             "supervision": self.data.supervision,
             "train_config": {
                 **self.config,

@@ -150,3 +150,21 @@ def test_denoise_pixel_size_typo_is_refused_before_any_work(tmp_path, capsys):
     line = one_error(code, err, EXIT_BAD_INPUT, "a.tif", "denoise.pixel_size", "20 A/px", "64x64 into 6400x6400")
     assert "at most 8x" in line
     assert not any(p.is_file() for p in (tmp_path / "out").rglob("*"))
+
+
+def test_a_model_trained_over_a_range_takes_frames_inside_it_as_they_are():
+    """A model trained on 0.07-0.35 A/px denoises a 0.25 A/px frame at its own sampling; a frame outside the
+    range is resampled to the nearer end of it (not to the training data's median)."""
+    plan = lambda px: resample.plan(  # noqa: E731
+        "x.tif", (100, 100), px, "test", 0.156, 0.0, "auto", 0.05, None, model_range=(0.07, 0.35)
+    )
+    inside = plan(0.25)
+    assert inside.status == "matched" and inside.shape == (100, 100) and inside.factor == 1.0
+    assert "trained range 0.07-0.35" in inside.statement
+    assert plan(0.36).status == "matched"  # within the 5 % tolerance of the range's end
+    finer, coarser = plan(0.035), plan(0.7)
+    assert finer.status == coarser.status == "resampled"
+    assert finer.model_pixel_size == 0.07 and finer.shape == (50, 50)
+    assert coarser.model_pixel_size == 0.35 and coarser.shape == (200, 200)
+    without = resample.plan("x.tif", (100, 100), 0.25, "test", 0.156, 0.0, "auto", 0.05)
+    assert without.status == "resampled"  # older model files record no range: the median, as before

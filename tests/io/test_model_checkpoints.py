@@ -138,6 +138,8 @@ def _edit(path: Path, fn) -> Path:
         ),
         (lambda fh: fh.attrs.__setitem__("pixel_size", -0.2), "pixel_size"),
         (lambda fh: fh.attrs.__setitem__("pixel_size", "0.2 A"), "pixel_size"),
+        (lambda fh: fh.attrs.__setitem__("pixel_size_range", [0.3, 0.1]), "pixel_size_range"),
+        (lambda fh: fh.attrs.__setitem__("pixel_size_range", [0.1, 0.2, 0.3]), "pixel_size_range"),
     ],
 )
 def test_malformed_model_file_is_one_line_input_error(saved_model, edit, field):
@@ -158,6 +160,13 @@ def test_pixel_size_of_the_training_data_round_trips(saved_model, tmp_path):
     assert training.training_pixel_size({"pixel_size_angstrom": 0.19}) == 0.19
     for card in ({}, {"pixel_size_angstrom": None}, {"pixel_size_angstrom": 0}, {"pixel_size_angstrom": "x"}):
         assert training.training_pixel_size(card) is None
+    # and the range of the training data's pixel sizes, [min, max]
+    assert modelfile.load_model(path)[1]["pixel_size_range"] is None
+    modelfile.save_model(tmp_path / "rg.h5", model, {**_meta(), "pixel_size_range": [0.07, 0.35]})
+    assert modelfile.load_model(tmp_path / "rg.h5")[1]["pixel_size_range"] == pytest.approx([0.07, 0.35])
+    assert training.training_pixel_range({"pixel_size_range_angstrom": [0.07, 0.35]}) == [0.07, 0.35]
+    for card in ({}, {"pixel_size_range_angstrom": [0.3, 0.1]}, {"pixel_size_range_angstrom": 0.2}):
+        assert training.training_pixel_range(card) is None
 
 
 def test_other_architecture_is_refused(saved_model):

@@ -382,6 +382,10 @@ def build_card(
     """The dataset card: the contract (layout.DATASET_CARD_KEYS), then provenance."""
     train = results["train"].stats
     pixel = results["train"].pixel_size
+    if pixel is not None and len(pixel):  # a model trained over a range of pixel sizes takes any inside it as is
+        ranges: dict[str, Any] = {"pixel_size_range_angstrom": [float(pixel.min()), float(pixel.max())]}
+    else:
+        ranges = {}
     test_clean = results["test"].stats["clean"]
     return DatasetCard(
         image_shape=list(shape),
@@ -395,6 +399,7 @@ def build_card(
         pixel_size_angstrom=float(np.median(pixel)) if pixel is not None and len(pixel) else None,
         has_atoms=extras.atoms,
         extra={
+            **ranges,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "emdenoise_version": __version__,
             "preprocess": {

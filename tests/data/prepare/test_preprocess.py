@@ -452,9 +452,9 @@ def test_synthetic_atoms_pixel_size_and_generalisation_split_are_carried(env):
                 "pixel_size": fn["images"].attrs["pixel_size"],
                 **{name: fc[name][()] for name in ("atom_offsets", "atom_yx", "atom_vacant", "atom_z")},
             }
-    assert card["pixel_size_angstrom"] == pytest.approx(
-        float(np.median(raw["train"]["pixel_size"][load_split_index(env["data"], "train")])), rel=1e-6
-    )
+    train_pixels = raw["train"]["pixel_size"][load_split_index(env["data"], "train")]
+    assert card["pixel_size_angstrom"] == pytest.approx(float(np.median(train_pixels)), rel=1e-6)
+    assert card["pixel_size_range_angstrom"] == pytest.approx([float(train_pixels.min()), float(train_pixels.max())])
     for name, split in (("train", "train"), ("val", "train"), ("generalisation", "generalisation")):
         with h5py.File(env["data"] / f"{name}.h5", "r") as fh:
             index = fh["index"][()]
