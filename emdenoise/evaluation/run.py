@@ -18,6 +18,7 @@ import torch
 
 from emdenoise.classical import methods as classical
 from emdenoise.classical import tuning
+from emdenoise.classical.filters import NotCounts
 from emdenoise.config.params import Names
 from emdenoise.data.splits import Split
 from emdenoise.errors import InputError, RuntimeFailure
@@ -208,7 +209,14 @@ def tune_baseline(name: str, val: Split, data_range: float, log: logging.Logger)
     """Baseline ``name`` tuned on the validation pairs (a progress bar, one log line)."""
     baseline = classical.get(name)
     with progress(total=tuning.tuning_steps(baseline, len(val)), desc=f"tune {name}", unit="img") as bar:
-        tuned = tuning.tune(baseline, val.noisy, val.truth, data_range, on_step=lambda: bar.update(1))
+        try:
+            tuned = tuning.tune(baseline, val.noisy, val.truth, data_range, on_step=lambda: bar.update(1))
+        except NotCounts as exc:  # a beam-aware filter on data that cannot be counts
+            raise InputError.at(
+                f"{val.name}.h5",
+                "test.baselines",
+                f"{name} needs images of counts: {exc}; leave the beam-aware filters out of test.baselines",
+            ) from None
     assert tuned.tuning is not None
     log.info(
         "%s: %s = %s (val PSNR %.2f dB on %d images), gain %.4g, offset %.4g",

@@ -30,7 +30,9 @@ import torch
 from torch import nn
 
 from emdenoise import __version__
+from emdenoise.classical.filters import NotCounts
 from emdenoise.data.card import pixel_size_or_none
+from emdenoise.errors import InputError
 from emdenoise.evaluation import consistency
 from emdenoise.inference import resample
 from emdenoise.inference.tiling import Tiler
@@ -278,11 +280,20 @@ class PerFrame:
     def __init__(self, method: Method):
         self.method = method
         self.context = Context()
+        self.where: str | Path = "frames"  # the file being denoised, for messages
         self.tiles_run = 0
 
     def stream(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         for frame in frames:
-            out = self.method(np.asarray(frame, np.float32)[None], self.context)[0]
+            try:
+                out = self.method(np.asarray(frame, np.float32)[None], self.context)[0]
+            except NotCounts as exc:  # a beam-aware filter given values that cannot be counts
+                raise InputError.at(
+                    self.where,
+                    "denoise.method",
+                    f"{self.method.name} needs frames of counts: {exc}; use a filter that takes any values "
+                    "(gaussian, median, tv, nlm) or a trained model",
+                ) from None
             self.tiles_run += 1
             yield np.asarray(out, np.float32)
 
@@ -436,6 +447,7 @@ class FileDenoiser:
             self._warm_up(samplings[0].shape)
             if isinstance(self.engine, PerFrame):
                 self.engine.context = Context(pixel_size=samplings[0].input_pixel_size)
+                self.engine.where = path
             provenance = {
                 "emdenoise_version": __version__,
                 "created": _now(),

@@ -149,3 +149,22 @@ def test_a_classical_method_runs_in_the_loop_as_it_runs_alone():
     evaluation.run_method(median, scorer, batch_size=2)
     np.testing.assert_array_equal(scorer.rows["median"].figure[0], median.apply(split.noisy[0]))
     assert scorer.rows["median"].params["size"] == 3
+
+
+def test_a_beam_aware_baseline_on_values_that_cannot_be_counts_is_one_line():
+    """test.baselines with bragg on a split holding negative values: one InputError naming the split file, the
+    parameter and the smallest value (it was an 'unexpected ValueError')."""
+    import logging
+
+    from emdenoise.data.splits import Split
+    from emdenoise.errors import InputError
+    from emdenoise.evaluation.run import tune_baseline
+
+    rng = np.random.default_rng(0)
+    clean = np.ones((2, 32, 32), np.float32)
+    val = Split("val", (clean + rng.normal(0, 0.5, clean.shape)).astype(np.float32) - 1, clean)
+    with pytest.raises(InputError) as err:
+        tune_baseline("bragg", val, 1.0, logging.getLogger("t"))
+    assert err.value.message.startswith("val.h5: test.baselines: bragg needs images of counts")
+    assert "smallest value of -" in err.value.message and "\n" not in err.value.message
+    assert tune_baseline("gaussian", val, 1.0, logging.getLogger("t")).name == "gaussian"  # any values

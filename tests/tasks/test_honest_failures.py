@@ -154,3 +154,17 @@ def test_the_count_scale_estimate_refuses_what_cannot_be_counts():
     assert (
         "the input is not counts: expected counts (finite values >= 0), found NaN or infinity" in summary["undefined"]
     )
+
+
+def test_a_beam_aware_filter_given_negative_frames_is_one_line_naming_file_and_method(denoise_paths, capsys):
+    """denoise --method wiener on frames that cannot be counts: exit 2, one line naming the file, the parameter and
+    the smallest value, and nothing written; a filter that takes any values denoises the same file."""
+    frames = np.random.default_rng(0).normal(0.0, 1.0, (2, 48, 48)).astype(np.float32)
+    tifffile.imwrite(denoise_paths["input_dir"] / "offset.tif", frames)
+    paths = {k: v for k, v in denoise_paths.items() if k != "model_dir"}
+    code, err = run_here(capsys, "denoise", paths, "denoise.method=wiener")
+    one_error(code, err, EXIT_BAD_INPUT, "offset.tif: denoise.method: wiener needs frames of counts", "value of -")
+    assert not (denoise_paths["output_dir"] / "offset.tif").exists()
+    code, err = run_here(capsys, "denoise", paths, "denoise.method=gaussian")
+    assert code == 0, err
+    assert tifffile.imread(denoise_paths["output_dir"] / "offset.tif").shape == (2, 48, 48)
