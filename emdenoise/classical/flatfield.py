@@ -3,7 +3,7 @@
 Nothing here looks at a clean image: the beam-aware baselines (:mod:`emdenoise.classical.filters`) and the
 hallucination check (:mod:`emdenoise.evaluation.consistency`) call it on the noisy frame alone.
 
-- **Count scale** ``s`` (counts per stored unit): :func:`emdenoise.classical.filters.estimate_count_scale` (the
+- **Count scale** ``s`` (counts per stored unit): :func:`emdenoise.classical.noise.estimate_count_scale` (the
   Haar-detail Poisson estimate), or the recorded dose when the caller has it.
 - **Dead pixels**: zero counts where the local mean is above :data:`DEAD_MIN_COUNTS` counts (a Poisson zero is
   then less likely than ``exp(-8)``); they get weight 0 below.
@@ -28,6 +28,8 @@ from functools import cached_property
 
 import numpy as np
 from scipy import ndimage
+
+from emdenoise.classical.noise import estimate_count_scale
 
 SMOOTH_DIVISOR = 24.0  # beam-fit smoothing sigma = side / 24
 DEAD_MIN_COUNTS = 8.0
@@ -108,8 +110,6 @@ class FlatField:
     @classmethod
     def of(cls, image: np.ndarray, scale: float | None = None) -> FlatField:
         """Estimate the illumination of ``image``; ``scale`` from the image when not given."""
-        from emdenoise.classical.filters import estimate_count_scale
-
         image = np.asarray(image, dtype=np.float64)
         s = float(scale) if scale else estimate_count_scale(image)
         valid = ~dead_pixels(image, s)

@@ -1,6 +1,7 @@
 """The one parameters schema: a YAML file with one section per task, validated before any work starts.
 
-Each section is a frozen dataclass below; each of its fields is one parameter declared with :func:`param`:
+Each section is a frozen dataclass below; each of its fields is one parameter declared with
+:func:`~emdenoise.config.schema.param` (the machinery, with no dependencies, is :mod:`emdenoise.config.schema`):
 a type, a default, a range or a set of choices, and a line of help. That table is the single source: the
 validation, the typed objects every task receives and the README's parameters reference (``python -m
 emdenoise params``) all come from it. Names that belong to a registry come from that registry: the models
@@ -9,7 +10,8 @@ emdenoise params``) all come from it. Names that belong to a registry come from 
 
 Unknown keys are errors with a did-you-mean hint; ``--set section.key=value`` overrides a value from the
 command line; checks that involve two fields (``dose_min <= dose_max``, ``tile_overlap <= tile_size / 2``) are
-the section's :meth:`Section.check`.
+the section's :meth:`~emdenoise.config.schema.Section.check`. Fixed choices come from the modules that implement
+them (:mod:`emdenoise.training.choices`, :data:`emdenoise.runtime.PRECISIONS`).
 
     p = params.load("workspace/parameters/default.parameters.yaml", ["train.epochs=5"])
     p.train.epochs            # 5, an int
@@ -20,79 +22,32 @@ the section's :meth:`Section.check`.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import yaml
-
 from emdenoise.classical import names as classical_names
-from emdenoise.errors import InputError
+from emdenoise.config.schema import (
+    Field,
+    Names,
+    Section,
+    apply_overrides,
+    hint,
+    param,
+    read_yaml,
+    validate_sections,
+    validate_value,
+)
+from emdenoise.config.schema import reference_markdown as _markdown
+from emdenoise.runtime import PRECISIONS
+from emdenoise.training.choices import LOSSES, LR_SCHEDULES, OPTIMIZERS, SUPERVISIONS
 
 # The largest seed: NumPy's legacy seeding and many tools take 32-bit seeds, and torch.manual_seed fails on
 # values of 2**64 and above (training derives per-epoch generator seeds from it, which must stay below 2**63).
 MAX_SEED = 2**32 - 1
 
-Names = str | list[str]  # a ``names`` value: "all", or a list of names
-Choices = tuple[str, ...] | Callable[[], tuple[str, ...]] | None
 
-
-@dataclass(frozen=True)
-class Field:
-    """One parameter. ``kind`` is one of: int, float, str, bool, names (a name, a list of names, or 'all'),
-    ints (a non-empty list of distinct integers, each within ``min`` and ``max``). ``choices`` may be a
-    function returning them (the names of a registry, read when first needed)."""
-
-    kind: str
-    default: Any
-    help: str
-    min: float | None = None
-    max: float | None = None
-    choices: Choices = dataclasses.field(default=None, compare=False)
-    check: Callable[[Any], str | None] | None = dataclasses.field(default=None, compare=False)
-
-    @property
-    def allowed(self) -> tuple[str, ...] | None:
-        return self.choices() if callable(self.choices) else self.choices
-
-    def describe(self) -> str:
-        """What a valid value looks like, for error messages."""
-        allowed = self.allowed
-        if self.kind == "names":
-            return f"'all', one of {', '.join(allowed or ())}, or a list of them"
-        if allowed:
-            return "one of " + ", ".join(repr(c) for c in allowed)
-        what = {
-            "int": "an integer",
-            "float": "a number",
-            "str": "a string",
-            "bool": "true or false",
-            "ints": "a list of distinct integers",
-        }[self.kind]
-        if self.min is not None and self.max is not None:
-            what += f" in [{self.min}, {self.max}]"
-        elif self.min is not None:
-            what += f" >= {self.min}"
-        elif self.max is not None:
-            what += f" <= {self.max}"
-        return what
-
-
-def param(kind: str, default: Any, help: str, **spec: Any) -> Any:
-    """A section field: the dataclass default plus its :class:`Field` (in the field's metadata)."""
-    fld = Field(kind, default, help, **spec)
-    if kind == "names" and default != "all":  # validated form: "all" or a list (checked by the tests)
-        names = [default] if isinstance(default, str) else list(default)
-        return dataclasses.field(default_factory=lambda: list(names), metadata={"param": fld})
-    if isinstance(default, list):
-        return dataclasses.field(default_factory=lambda: list(default), metadata={"param": fld})
-    return dataclasses.field(default=default, metadata={"param": fld})
-
-
-# -- the registries' names (imported when first needed: the registries import torch, scipy, ...) --------------
+# -- the registries' names (imported when first needed: the registries import NumPy, SciPy, ...) ---------------
 def _model_names() -> tuple[str, ...]:
     from emdenoise import models
 
@@ -119,11 +74,6 @@ def _optics_regimes() -> tuple[str, ...]:
     return REGIMES
 
 
-def _hint(word: str, options: Any) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _source_check(value: str) -> str | None:
     from emdenoise.data.acquire.sources import NAMED_SOURCES
 
@@ -134,7 +84,7 @@ def _source_check(value: str) -> str | None:
     if Path(value).suffix == ".zip" or "/" in value:
         return None
     return (
-        f"one of {', '.join(NAMED_SOURCES)}{_hint(value.lower(), NAMED_SOURCES)}, an http(s):// or s3:// "
+        f"one of {', '.join(NAMED_SOURCES)}{hint(value.lower(), NAMED_SOURCES)}, an http(s):// or s3:// "
         f"URL, a local folder or .zip, or micrographs:PATH"
     )
 
@@ -150,49 +100,11 @@ def _tile_check(value: int) -> str | None:
     return None if value == 0 or value >= 16 else "0 or an integer >= 16"
 
 
-PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+PRECISION_CHOICES = ("auto",) + PRECISIONS
 FALLBACK_TILE = 256  # denoise: the tiles of frames too large to go through whole (emdenoise.inference.tiling)
 
 
 # -- the sections --------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Section:
-    """One validated section of the parameters. ``where`` is the file (or ``--set``) the values came from."""
-
-    NAME: ClassVar[str] = ""
-    where: str = dataclasses.field(default="parameters", compare=False, repr=False)
-
-    @classmethod
-    def fields(cls) -> dict[str, Field]:
-        """Every parameter of the section, in declaration order."""
-        return {f.name: f.metadata["param"] for f in dataclasses.fields(cls) if "param" in f.metadata}
-
-    @classmethod
-    def build(cls, values: dict[str, Any], where: str) -> Section:
-        """The section from validated ``values`` (every key of :meth:`fields`), cross-checked."""
-        section = cls(where=where, **values)
-        section.check()
-        return section
-
-    def check(self) -> None:
-        """Checks that involve more than one field; raise a one-line InputError."""
-
-    def as_dict(self) -> dict[str, Any]:
-        """The section as the parameters file spells it (``{key: value}``)."""
-        return {key: getattr(self, key) for key in self.fields()}
-
-    def replace(self, **changes: Any) -> Any:
-        """A copy with ``changes`` (validated like a parameters file: a bad value is an InputError)."""
-        values = self.as_dict()
-        for key, value in changes.items():
-            values[key] = _validate_key(self.where, self.NAME, key, value)
-        return type(self).build(values, self.where)
-
-    def error(self, key: str, expected: str) -> InputError:
-        """A one-line InputError about ``key`` of this section, naming the file it came from."""
-        return InputError.at(self.where, f"{self.NAME}.{key}", expected)
-
-
 @dataclass(frozen=True)
 class DownloadParams(Section):
     NAME: ClassVar[str] = "download"
@@ -321,11 +233,9 @@ class TrainParams(Section):
     epochs: int = param("int", 2, "passes over the training split", min=1, max=100_000)
     batch_size: int = param("int", 16, "images per optimiser step (global, across processes)", min=1, max=65_536)
     lr: float = param("float", 1e-3, "learning rate", min=0.0, max=10.0)
-    optimizer: str = param("str", "adam", "optimiser", choices=("adam", "adamw", "sgd"))
-    lr_schedule: str = param(
-        "str", "cosine", "learning-rate schedule over the whole run", choices=("constant", "cosine", "step")
-    )
-    loss: str = param("str", "mse", "training loss on normalised images", choices=("mse", "l1"))
+    optimizer: str = param("str", "adam", "optimiser", choices=OPTIMIZERS)
+    lr_schedule: str = param("str", "cosine", "learning-rate schedule over the whole run", choices=LR_SCHEDULES)
+    loss: str = param("str", "mse", "training loss on normalised images", choices=LOSSES)
     seed: int = param("int", 0, "random seed (initialisation, shuffling, crops)", min=0, max=MAX_SEED)
     device: str = param("str", "auto", "auto (cuda if present, else cpu), cpu, cuda or cuda:N", check=_device_check)
     precision: str = param(
@@ -353,7 +263,7 @@ class TrainParams(Section):
         "training targets: clean (pairs with clean images), noise2void (blind spots on single noisy frames), "
         "poisson_split (each counted frame thinned into two independent halves), frame_pairs (consecutive "
         "frames of a stack, drift aligned by preprocess)",
-        choices=("clean", "noise2void", "poisson_split", "frame_pairs"),
+        choices=SUPERVISIONS,
     )
     blind_spot_fraction: float = param(
         "float", 0.02, "noise2void: fraction of pixels masked (on a random pattern) per image", min=0.0001, max=0.5
@@ -615,94 +525,6 @@ def schema() -> dict[str, dict[str, Field]]:
     return {name: cls.fields() for name, cls in SECTIONS.items()}
 
 
-# -- validation ----------------------------------------------------------------------------------------------------
-def _fmt_value(value: Any) -> str:
-    return repr(value) if isinstance(value, str) else str(value)
-
-
-def validate_value(where: str, name: str, fld: Field, value: Any) -> Any:
-    """Return ``value`` converted to the field's type, or raise a one-line :class:`InputError`."""
-
-    def bad() -> InputError:
-        return InputError.at(where, name, f"expected {fld.describe()}, got {_fmt_value(value)}")
-
-    if fld.kind == "bool":
-        if not isinstance(value, bool):
-            raise bad()
-        return value
-    if fld.kind == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                value = int(value)
-            else:
-                raise bad()
-    elif fld.kind == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise bad()
-        value = float(value)
-    elif fld.kind == "str":
-        if not isinstance(value, str) or not value:
-            raise bad()
-        allowed = fld.allowed
-        if allowed and value not in allowed:
-            raise InputError.at(where, name, f"expected {fld.describe()}, got {value!r}{_hint(value, allowed)}")
-    elif fld.kind == "ints":
-        items = value if isinstance(value, list) else None
-        if not items or not all(
-            isinstance(v, int) and not isinstance(v, bool) or isinstance(v, float) and v.is_integer() for v in items
-        ):
-            raise bad()
-        items = [int(v) for v in items]
-        if any(fld.min is not None and v < fld.min or fld.max is not None and v > fld.max for v in items):
-            raise bad()
-        if len(set(items)) != len(items):
-            raise InputError.at(where, name, f"expected {fld.describe()}, got repeated values in {items}")
-        return items
-    elif fld.kind == "names":
-        names = [value] if isinstance(value, str) else value
-        if not isinstance(names, list) or not names or not all(isinstance(v, str) for v in names):
-            raise bad()
-        if names == ["all"]:
-            return "all"
-        allowed = fld.allowed or ()
-        for item in names:
-            if item not in allowed:
-                raise InputError.at(
-                    where, name, f"unknown name {item!r}{_hint(item, allowed)}; expected {fld.describe()}"
-                )
-        if len(set(names)) != len(names):
-            raise InputError.at(where, name, f"names repeat in {names}")
-        return list(names)
-    if fld.min is not None and value < fld.min or fld.max is not None and value > fld.max:
-        raise bad()
-    if fld.check:
-        problem = fld.check(value)
-        if problem:
-            raise InputError.at(where, name, f"expected {problem}, got {_fmt_value(value)}")
-    return value
-
-
-def _section(where: str, section: Any) -> type[Section]:
-    """The class of ``section``, or a one-line error with a did-you-mean hint."""
-    if section not in SECTIONS:
-        raise InputError.at(
-            where,
-            str(section),
-            f"unknown section{_hint(str(section), SECTIONS)}; expected one of {', '.join(SECTIONS)}",
-        )
-    return SECTIONS[section]
-
-
-def _validate_key(where: str, section: Any, key: Any, value: Any) -> Any:
-    """One value: the section and key must be in the schema and the value valid for the key."""
-    fields = _section(where, section).fields()
-    if key not in fields:
-        raise InputError.at(
-            where, f"{section}.{key}", f"unknown key{_hint(str(key), fields)}; valid keys: {', '.join(fields)}"
-        )
-    return validate_value(where, f"{section}.{key}", fields[key], value)
-
-
 def defaults() -> Params:
     """Every parameter at its default."""
     return validate({})
@@ -710,83 +532,16 @@ def defaults() -> Params:
 
 def validate(raw: Any, where: str = "parameters") -> Params:
     """Merge ``raw`` (a parsed YAML mapping) over the defaults, check every value, build the typed sections."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise InputError.at(
-            where, None, f"expected a mapping of sections ({', '.join(SECTIONS)}), got {type(raw).__name__}"
-        )
-    values = {
-        name: {key: validate_value("defaults", f"{name}.{key}", fld, fld.default) for key, fld in cls.fields().items()}
-        for name, cls in SECTIONS.items()
-    }
-    for section, given in raw.items():
-        _section(where, section)
-        if given is None:
-            continue
-        if not isinstance(given, dict):
-            raise InputError.at(where, section, f"expected a mapping of keys, got {_fmt_value(given)}")
-        for key, value in given.items():
-            values[section][key] = _validate_key(where, section, key, value)
-    built = {name: cls.build(values[name], where) for name, cls in SECTIONS.items()}
+    built = validate_sections(SECTIONS, raw, where)
     return Params(where=where, **built)  # type: ignore[arg-type]
 
 
 def load(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Params:
     """Read, merge and validate a parameters file (``None``: defaults only) plus ``section.key=value`` overrides."""
-    raw: dict = {}
-    where = "parameters"
-    if path is not None:
-        path = Path(path)
-        where = str(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise InputError.at(path, None, "parameters file not found") from None
-        except IsADirectoryError:
-            raise InputError.at(path, None, "expected a YAML file, found a folder") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError.at(
-                path,
-                None,
-                f"cannot read parameters file ({exc.__class__.__name__}: {getattr(exc, 'strerror', None) or exc})",
-            ) from None
-        try:
-            raw = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise InputError.at(path, line, f"invalid YAML: {problem}") from None
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, dict):
-            raise InputError.at(
-                path, None, f"expected a mapping of sections ({', '.join(SECTIONS)}), got {type(raw).__name__}"
-            )
-    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        section, dot, name = key.strip().partition(".")
-        if not sep or not dot or not name:
-            raise InputError.at("--set", item, "expected section.key=value, e.g. train.epochs=5")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            value = text
-        _validate_key("--set", section, name, value)  # on its own first: its mistakes name --set, not the file
-        if not isinstance(raw.get(section), dict):
-            raw[section] = {}
-        raw[section][name] = value
-    return validate(raw, where)
+    raw = {} if path is None else read_yaml(Path(path), ", ".join(SECTIONS))
+    return validate(apply_overrides(SECTIONS, raw, overrides), "parameters" if path is None else str(path))
 
 
 def reference_markdown() -> str:
     """The parameters reference table for the README."""
-    lines = []
-    for section, fields in schema().items():
-        lines += [f"#### `{section}:`", "", "| key | default | valid | meaning |", "|---|---|---|---|"]
-        for key, fld in fields.items():
-            lines.append(f"| `{key}` | `{fld.default}` | {fld.describe()} | {fld.help} |")
-        lines.append("")
-    return "\n".join(lines)
+    return _markdown(schema())

@@ -165,7 +165,7 @@ def check(
     noisy: np.ndarray, estimate: np.ndarray, dose: float | None = None, max_deviation: float = MAX_DEVIATION
 ) -> Consistency:
     """The deviance check of one 2-D ``estimate`` of the 2-D frame ``noisy`` (see the module notes)."""
-    from emdenoise.classical.filters import counts_problem, estimate_count_scale
+    from emdenoise.classical.noise import counts_problem, estimate_count_scale
 
     noisy = np.asarray(noisy, dtype=np.float64)
     estimate = np.asarray(estimate, dtype=np.float64)

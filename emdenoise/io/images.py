@@ -1,11 +1,12 @@
 """The image arrays every reader returns (:class:`ImageArray`, in an open :class:`InputFile`) and the checks of
-their shape and type (:func:`check_array`), shared by :mod:`emdenoise.io.readers`, :mod:`emdenoise.io.microscope`
-and the writers (:mod:`emdenoise.io.writers`). See :mod:`emdenoise.io.micrographs` for the formats."""
+their shape and type (:func:`check_array`), and the base of every writer (:class:`Writer`), shared by
+:mod:`emdenoise.io.readers`, :mod:`emdenoise.io.microscope` and the writers (:mod:`emdenoise.io.writers`). See
+:mod:`emdenoise.io.micrographs` for the formats."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,3 +127,27 @@ def describe(src: InputFile) -> str:
     shapes = {image.frame_shape for image in src.images}
     size = ", ".join(f"{h}x{w}" for h, w in sorted(shapes))
     return f"{src.frames} frame{'s' if src.frames != 1 else ''} of {size}"
+
+
+class Writer(Closing):
+    """Writes the denoised images of one input file into ``dest`` (a temporary path), in the input's format.
+
+    Use as a context manager; call :meth:`write` once per image of ``source.images``, in order.
+    ``provenance`` is a JSON-able dict stored inside the file where the format has room for it.
+    """
+
+    def __init__(self, dest: Path, source: InputFile, provenance: dict[str, Any]):
+        self.dest = dest
+        self.source = source
+        self.provenance = provenance
+        self._stack = ExitStack()
+        self.open()
+
+    def open(self) -> None:
+        """Create the output file (formats that write everything in :meth:`write` need nothing here)."""
+
+    def write(self, image: ImageArray, frames: Iterable[np.ndarray]) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._stack.close()

@@ -17,6 +17,7 @@ import numpy as np
 
 from emdenoise.errors import InputError
 from emdenoise.io import budget, h5safe
+from emdenoise.io.calibration import angstrom
 from emdenoise.io.images import MIN_SIDE, ImageArray, InputFile, check_array, check_frame_budget
 from emdenoise.layout import check_frame_pixels
 
@@ -67,8 +68,6 @@ _TIFF_UNITS = {3: "cm", 4: "mm", 5: "um"}  # ResolutionUnit: 1 none, 2 inch (pri
 def _tiff_pixel_size(tif: Any, keyframe: Any) -> tuple[float | None, str]:
     """A/px from the OME-XML PhysicalSizeX, else ImageJ's unit with the resolution tags, else resolution tags in
     centimetres, millimetres or micrometres (inches are a print resolution, not a calibration)."""
-    from emdenoise.io.microscope import angstrom
-
     if tif.is_ome and tif.ome_metadata:
         import xml.etree.ElementTree as ET
 
@@ -202,8 +201,6 @@ def check_dataset(path: Path, dset: h5py.Dataset) -> None:
 def _hdf5_pixel_size(h5: h5py.File, name: str) -> tuple[float | None, str]:
     """The attribute ``pixel_size`` (A/px, or in the unit of a ``pixel_size_unit`` attribute beside it) of the
     dataset ``name``, else of the nearest group above it."""
-    from emdenoise.io.microscope import angstrom
-
     parts = name.split("/")
     for depth in range(len(parts), -1, -1):
         where = "/".join(parts[:depth]) or "/"

@@ -8,40 +8,15 @@ import json
 import math
 import os
 from collections.abc import Callable, Iterable
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-from emdenoise.io.images import Closing, ImageArray, InputFile
+from emdenoise.io.images import ImageArray, InputFile, Writer
 
 PROVENANCE_KEY = "emdenoise"
-
-
-class Writer(Closing):
-    """Writes the denoised images of one input file into ``dest`` (a temporary path), in the input's format.
-
-    Use as a context manager; call :meth:`write` once per image of ``source.images``, in order.
-    ``provenance`` is a JSON-able dict stored inside the file where the format has room for it.
-    """
-
-    def __init__(self, dest: Path, source: InputFile, provenance: dict[str, Any]):
-        self.dest = dest
-        self.source = source
-        self.provenance = provenance
-        self._stack = ExitStack()
-        self.open()
-
-    def open(self) -> None:
-        """Create the output file (formats that write everything in :meth:`write` need nothing here)."""
-
-    def write(self, image: ImageArray, frames: Iterable[np.ndarray]) -> None:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        self._stack.close()
 
 
 PROVENANCE_TAG = 65321  # a private TIFF tag (ASCII JSON): the provenance, beside ImageJ's own description
@@ -225,6 +200,6 @@ WRITERS: dict[str, Callable[[Path, InputFile, dict[str, Any]], Writer]] = {
 
 
 def _emd_writer(dest: Path, source: InputFile, provenance: dict[str, Any]) -> Writer:
-    from emdenoise.io.microscope import EmdWriter  # imports this module: loaded when first needed
+    from emdenoise.io.microscope import EmdWriter  # with the microscope formats: loaded when first needed
 
     return EmdWriter(dest, source, provenance)

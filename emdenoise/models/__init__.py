@@ -1,4 +1,4 @@
-"""The model registry: one file per model, each registering itself by name.
+"""The model registry: one file per model, one row per model in :data:`CATALOGUE`.
 
     from emdenoise import models
     net = models.build("unet", base=32)          # options as the model's constructor names them
@@ -10,77 +10,126 @@ normalised images (the train task normalises inputs and targets, see the dataset
 layers need H and W to be multiples of some k (pooling, pixel-unshuffle) pads its input to them and crops
 the output back, and says so in a class attribute ``size_multiple = k`` (1 when absent), which the export
 (:mod:`emdenoise.inference.export`) uses to do that padding itself, outside the traced network.
-Each model declares its own ``train:`` options when it registers (``options={"base": ("unet_base",
-Field(...))}``: constructor option -> parameter key and its schema field); :func:`option_fields` hands them
-to the parameters schema and ``options_from_train(name, train)`` picks a model's options from a validated
-``train:`` section.
+
+The catalogue names each model's file and class, the parameter count its docstring states, and its own
+``train:`` options (``{"base": ("unet_base", Field(...))}``: constructor option -> parameter key and its
+schema field). It imports neither torch nor the model files (a model file is imported when its model is
+built), so the parameters schema reads the names and options without torch: :func:`option_fields` hands them
+to the schema and :func:`options_from_train` picks a model's options from a validated ``train:`` section.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from torch import nn
-
-from emdenoise.config.params import Field
+from emdenoise.config.schema import Field
 
 if TYPE_CHECKING:
-    from emdenoise.config.params import TrainParams
-
-MODULES = ("cafcn", "dncnn", "ffdnet", "unet", "rednet", "mscnn", "msdnet", "sciml_ae")
+    from torch import nn
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    name: str
-    factory: Callable[..., nn.Module]
+    name: str  # also the name of its file in this package
+    class_name: str
     documented_params: int  # parameter count with default options, as stated in the module docstring
     # a constructor option -> (the train: parameter that sets it, its schema field), e.g.
     # {"base": ("unet_base", Field("int", 32, "unet: channels of the first level", min=1, max=256))}
     options: dict[str, tuple[str, Field]] = field(default_factory=dict)
 
-
-_REGISTRY: dict[str, ModelSpec] = {}
-
-
-def register(name: str, documented_params: int, options: dict[str, tuple[str, Field]] | None = None):
-    """Class decorator: ``@register("unet", documented_params=7_759_521, options={"base": ("unet_base",
-    Field(...))})``."""
-
-    def deco(cls):
-        _REGISTRY[name] = ModelSpec(name, cls, documented_params, dict(options or {}))
-        return cls
-
-    return deco
+    @property
+    def factory(self) -> Callable[..., nn.Module]:
+        """The model's class (its file imported now)."""
+        factory: Callable[..., nn.Module] = getattr(
+            importlib.import_module(f"emdenoise.models.{self.name}"), self.class_name
+        )
+        return factory
 
 
-def _load_all() -> None:
-    for module in MODULES:
-        importlib.import_module(f"emdenoise.models.{module}")
+def _even(value: int) -> str | None:
+    return None if value % 2 == 0 else "an even number"
+
+
+_ROWS = (
+    ModelSpec("cafcn", "CAFCN", 655_544),
+    ModelSpec(
+        "dncnn",
+        "DnCNN",
+        556_097,
+        {
+            "depth": (
+                "dncnn_depth",
+                Field("int", 17, "dncnn: number of conv layers (17 known noise, 20 blind)", min=3, max=100),
+            )
+        },
+    ),
+    ModelSpec("ffdnet", "FFDNet", 486_148),
+    ModelSpec(
+        "unet",
+        "UNet",
+        7_759_521,
+        {
+            "base": (
+                "unet_base",
+                Field(
+                    "int", 32, "unet: channels of the first level (32 practical, 64 as in the paper)", min=1, max=256
+                ),
+            )
+        },
+    ),
+    ModelSpec(
+        "rednet",
+        "REDNet",
+        1_035_201,
+        {
+            "depth": (
+                "rednet_depth",
+                Field("int", 30, "rednet: total conv + deconv layers (even; 30 is RED30)", min=2, max=100, check=_even),
+            )
+        },
+    ),
+    ModelSpec("mscnn", "MSCNN", 335_585),
+    ModelSpec(
+        "msdnet",
+        "MSDNet",
+        45_652,
+        {
+            "depth": ("msdnet_depth", Field("int", 100, "msdnet: number of layers", min=1, max=1000)),
+            "width": ("msdnet_width", Field("int", 1, "msdnet: feature maps per layer", min=1, max=64)),
+        },
+    ),
+    ModelSpec("sciml_ae", "SciMLAutoencoder", 122_737),
+)
+CATALOGUE: dict[str, ModelSpec] = {spec.name: spec for spec in _ROWS}
+
+
+class _TrainSection(Protocol):
+    """What :func:`options_from_train` needs of a ``train:`` section (:class:`emdenoise.config.params.TrainParams`)."""
+
+    @property
+    def model_options(self) -> Mapping[str, Any]: ...
 
 
 def names() -> tuple[str, ...]:
-    _load_all()
-    return tuple(n for n in MODULES if n in _REGISTRY)
+    return tuple(CATALOGUE)
 
 
 def get(name: str) -> ModelSpec:
-    _load_all()
     try:
-        return _REGISTRY[name]
+        return CATALOGUE[name]
     except KeyError:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(names())}") from None
 
 
 def option_fields() -> dict[str, Field]:
     """Every model's own ``train:`` parameters, ``{key: Field}``, in registry order."""
-    return {key: fld for name in names() for key, fld in get(name).options.values()}
+    return {key: fld for spec in CATALOGUE.values() for key, fld in spec.options.values()}
 
 
-def options_from_train(name: str, train: TrainParams) -> dict[str, Any]:
+def options_from_train(name: str, train: _TrainSection) -> dict[str, Any]:
     """The constructor options of model ``name`` taken from a validated ``train:`` section."""
     return {opt: train.model_options[key] for opt, (key, _) in get(name).options.items()}
 

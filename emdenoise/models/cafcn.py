@@ -20,13 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emdenoise.models import register
 from emdenoise.models._common import conv3x3
 
 RESIDUAL_SCALE = 10.0  # output = input + (sum of the per-layer residual estimates) / 10
 
 
-@register("cafcn", documented_params=655_544)
 class CAFCN(nn.Module):
     """Remez et al.'s fully convolutional Poisson denoiser: 1 -> 1 channel, any H x W."""
 

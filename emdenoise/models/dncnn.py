@@ -19,14 +19,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from emdenoise.config.params import Field
-from emdenoise.models import register
 from emdenoise.models._common import conv3x3, conv_relu
 
-DEPTH = Field("int", 17, "dncnn: number of conv layers (17 known noise, 20 blind)", min=3, max=100)
 
-
-@register("dncnn", documented_params=556_097, options={"depth": ("dncnn_depth", DEPTH)})
 class DnCNN(nn.Module):
     """Zhang et al.'s DnCNN: 1 -> 1 channel, any H x W."""
 

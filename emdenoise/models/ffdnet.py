@@ -32,7 +32,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emdenoise.models import register
 from emdenoise.models._common import box_filter, conv3x3, conv_relu, padded_apply
 
 SCALE = 2  # pixel-unshuffle factor
@@ -51,7 +50,6 @@ def noise_level_map(x: torch.Tensor) -> torch.Tensor:
         return variance.clamp_min(0).sqrt()
 
 
-@register("ffdnet", documented_params=486_148)
 class FFDNet(nn.Module):
     """Zhang et al.'s FFDNet with an in-model per-pixel noise map: 1 -> 1 channel, any H x W."""
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from emdenoise.models import register
 from emdenoise.models._common import conv3x3
 
 HEAD = ((7, 12), (5, 20), (3, 32))  # (kernel size, channels) of the parallel first convolutions
@@ -52,7 +51,6 @@ class _HybridDilatedBlock(nn.Module):
         return x + self.body(x)
 
 
-@register("mscnn", documented_params=335_585)
 class MSCNN(nn.Module):
     """Liu, Shang and Qin's multiscale dilated residual denoiser: 1 -> 1 channel, any H x W."""
 

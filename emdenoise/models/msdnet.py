@@ -41,8 +41,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from emdenoise.config.params import Field
-from emdenoise.models import register
 from emdenoise.models._common import border_pad
 
 DILATION_CYCLE = 10  # layer i is dilated by 1 + (i mod 10)
@@ -161,13 +159,6 @@ class _MixedScaleDense(torch.autograd.Function):
         return (grad_x, None, grad_out_weight, grad_out_bias, *layer_grads)
 
 
-DEPTH = Field("int", 100, "msdnet: number of layers", min=1, max=1000)
-WIDTH = Field("int", 1, "msdnet: feature maps per layer", min=1, max=64)
-
-
-@register(
-    "msdnet", documented_params=45_652, options={"depth": ("msdnet_depth", DEPTH), "width": ("msdnet_width", WIDTH)}
-)
 class MSDNet(nn.Module):
     """Pelt and Sethian's mixed-scale dense network: 1 -> 1 channel, any H x W."""
 

@@ -23,21 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emdenoise.config.params import Field
-from emdenoise.models import register
 from emdenoise.models._common import conv3x3
 
 SKIP_EVERY = 2  # layers spanned by each symmetric skip
 
 
-def _even(value: int) -> str | None:
-    return None if value % 2 == 0 else "an even number"
-
-
-DEPTH = Field("int", 30, "rednet: total conv + deconv layers (even; 30 is RED30)", min=2, max=100, check=_even)
-
-
-@register("rednet", documented_params=1_035_201, options={"depth": ("rednet_depth", DEPTH)})
 class REDNet(nn.Module):
     """Mao et al.'s RED-Net (RED30 by default): 1 -> 1 channel, any H x W."""
 

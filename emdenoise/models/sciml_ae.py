@@ -27,7 +27,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emdenoise.models import register
 from emdenoise.models._common import contract, conv3x3, padded_apply
 
 ENCODER_CHANNELS = (8, 16, 32)
@@ -46,7 +45,6 @@ def _double_conv(in_ch: int, out_ch: int) -> nn.Sequential:
     )
 
 
-@register("sciml_ae", documented_params=122_737)
 class SciMLAutoencoder(nn.Module):
     """The SciML-Bench em_denoise autoencoder: 1 -> 1 channel, any H x W."""
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from emdenoise.config.params import Field
-from emdenoise.models import register
 from emdenoise.models._common import contract, conv_relu, padded_apply
 
 LEVELS = 4  # down steps
@@ -30,10 +28,6 @@ def _double_conv(in_ch: int, out_ch: int) -> nn.Sequential:
     return nn.Sequential(conv_relu(in_ch, out_ch), conv_relu(out_ch, out_ch))
 
 
-BASE = Field("int", 32, "unet: channels of the first level (32 practical, 64 as in the paper)", min=1, max=256)
-
-
-@register("unet", documented_params=7_759_521, options={"base": ("unet_base", BASE)})
 class UNet(nn.Module):
     """Ronneberger et al.'s U-Net for 1 -> 1 channel denoising, any H x W."""
 

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from emdenoise.errors import InputError
+from emdenoise.runtime import PRECISIONS
 
-PRECISIONS = ("fp32", "bf16", "fp16")
 _AUTOCAST_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 

@@ -34,8 +34,9 @@ import torch
 import torch.nn.functional as F
 
 from emdenoise.errors import InputError
+from emdenoise.training.choices import SUPERVISIONS
 
-MODES = ("clean", "noise2void", "poisson_split", "frame_pairs")
+MODES = SUPERVISIONS  # the schema offers these (train.supervision); Supervisor implements each
 SELF_SUPERVISED = MODES[1:]
 DEAD_MIN_COUNTS = 6.0  # expected counts above which a 0 reading is taken as a dead pixel (P(0) = e^-6)
 BLIND_SPOT_RADIUS = 2  # the replacement's neighbourhood: (2r+1)^2 pixels minus the centre
@@ -138,7 +139,7 @@ def count_scales(
     """Counts per stored unit of every image (N,) and where that came from: ``train.counts_per_unit`` when set,
     else the recorded dose, else the dataset card's ``count_scale``, else 1 for whole-number data. When none
     applies: an InputError if ``required`` (poisson_split), else the scale estimated from each image."""
-    from emdenoise.classical.filters import NotCounts, counts_problem, estimate_count_scale
+    from emdenoise.classical.noise import NotCounts, counts_problem, estimate_count_scale
 
     n = len(noisy)
     problem = counts_problem(noisy) if required else None

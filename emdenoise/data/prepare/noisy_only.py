@@ -108,7 +108,7 @@ def _check_counts(where: str, frames: list[np.ndarray]) -> None:
     """Noisy-only data are counts (the self-supervised modes and the count scale need them): a frame with a
     negative value is refused, naming the file, the frame and the smallest value (non-finite ones are refused
     by the reader)."""
-    from emdenoise.classical.filters import counts_problem
+    from emdenoise.classical.noise import counts_problem
 
     for i, frame in enumerate(frames):
         problem = counts_problem(frame)

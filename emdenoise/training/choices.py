@@ -1,0 +1,10 @@
+"""The names of the training choices, in a module that imports nothing: the parameters schema
+(:mod:`emdenoise.config.params`) offers exactly these, and the training code implements each of them
+(:func:`emdenoise.training.loop.make_optimizer`, :func:`~emdenoise.training.loop.lr_factor`,
+:func:`~emdenoise.training.loop.make_loss`, :class:`emdenoise.training.supervision.Supervisor`; a test checks
+that every name here is implemented there)."""
+
+SUPERVISIONS = ("clean", "noise2void", "poisson_split", "frame_pairs")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCHEDULES = ("constant", "cosine", "step")
+LOSSES = ("mse", "l1")
