@@ -1,4 +1,8 @@
-"""The task command line: ``emdenoise TASK --name=value ...`` (also ``python -m emdenoise``).
+"""The command line: ``emdenoise COMMAND --name=value ...`` (also ``python -m emdenoise``).
+
+One table, :data:`COMMANDS`, holds every command: the MLCube's tasks (:data:`TASKS`) and the utilities
+(``params``, ``bench``, ``export``); each gets the same ``--help``, ``--debug`` and one-line errors with an exit
+code (:mod:`emdenoise.errors`). Nothing heavy is imported before a command runs.
 
 The MLCube calls exactly this, passing each input and output of ``mlcube.yaml`` as ``--name=/mlcube_ioN/...``.
 Folder and file arguments default to the layout under ``--workspace`` (default ``./workspace``), the same
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import logging
 import os
 import re
@@ -19,17 +24,22 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from emdenoise import __version__, lock
+from emdenoise.bench.options import add_options as bench_options
 from emdenoise.config import params as params_mod
 from emdenoise.errors import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_PIPE,
     EXIT_RUNTIME,
     EmdError,
     InputError,
+    OutputClosed,
     RuntimeFailure,
+    write_stdout,
 )
 from emdenoise.io import budget
 from emdenoise.log import setup as setup_logging
@@ -38,96 +48,235 @@ from emdenoise.tasks import denoise_flags
 from emdenoise.tasks.context import TaskContext
 
 
-# Each task's module is imported only when that task runs (together they import torch, scipy, matplotlib ...).
-def _download(ctx: TaskContext) -> None:
-    from emdenoise.tasks import download
+def _task(name: str) -> Callable[[TaskContext], None]:
+    """The entry point of task ``name``: ``emdenoise.tasks.<name>.run``, imported when the task runs."""
 
-    download.run(ctx)
+    def run(ctx: TaskContext) -> None:
+        importlib.import_module(f"emdenoise.tasks.{name}").run(ctx)
 
-
-def _preprocess(ctx: TaskContext) -> None:
-    from emdenoise.tasks import preprocess
-
-    preprocess.run(ctx)
+    run.__qualname__ = run.__name__ = f"run_{name}"
+    return run
 
 
-def _train(ctx: TaskContext) -> None:
-    from emdenoise.tasks import train
+class _Flags(Protocol):
+    """A task's own options (:mod:`emdenoise.tasks.denoise_flags`): added to its parser, turned into ``--set``
+    overrides, and the paths they change."""
 
-    train.run(ctx)
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
 
+    def overrides(self, args: argparse.Namespace) -> list[str]: ...
 
-def _test(ctx: TaskContext) -> None:
-    from emdenoise.tasks import test
-
-    test.run(ctx)
-
-
-def _denoise(ctx: TaskContext) -> None:
-    from emdenoise.tasks import denoise
-
-    denoise.run(ctx)
-
-
-def _study(ctx: TaskContext) -> None:
-    from emdenoise.tasks import study
-
-    study.run(ctx)
+    def beside_inputs(self, args: argparse.Namespace, paths: dict) -> None: ...
 
 
 @dataclass(frozen=True)
 class TaskSpec:
+    """A task of the MLCube: its entry point and its path arguments."""
+
     run: Callable[[TaskContext], None]
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     help: str
     # this task's own default for a path, where it differs from DEFAULT_PATHS (e.g. denoise's output_dir)
     defaults: dict[str, str] = field(default_factory=dict)
+    # options of its own beyond the paths (denoise's --input, --model, ...: emdenoise.tasks.denoise_flags)
+    flags: _Flags | None = None
 
     def default_path(self, arg: str) -> str:
         """Where ``arg`` lives under the workspace when not given on the command line."""
         return self.defaults.get(arg, DEFAULT_PATHS[arg])
 
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        for arg in self.inputs + self.outputs:
+            flags = [f"--{arg}"] + ([f"--{arg.replace('_', '-')}"] if "_" in arg else [])
+            parser.add_argument(
+                *flags, dest=arg, default=None, metavar="PATH", help=f"default: WORKSPACE/{self.default_path(arg)}"
+            )
+        parser.add_argument(
+            "--workspace",
+            default="workspace",
+            metavar="DIR",
+            help="folder holding the default paths (default: ./workspace)",
+        )
+        parser.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="SECTION.KEY=VALUE",
+            help="override one parameter, e.g. --set train.epochs=5 (repeatable)",
+        )
+        if self.flags is not None:
+            self.flags.add_arguments(parser)
 
-# The dispatch table: each task's entry point and path arguments, in the order mlcube.yaml declares them
-# (inputs, then outputs).
-TASKS: dict[str, TaskSpec] = {
+    def paths(self, args: argparse.Namespace) -> dict[str, Path]:
+        """Every path of the task: given, or under the workspace (a parameters file or log folder that is not
+        there and was not given: none, see below), as the task's own flags may change them."""
+        workspace = Path(args.workspace)
+        paths = {
+            name: Path(getattr(args, name) or workspace / self.default_path(name))
+            for name in self.inputs + self.outputs
+        }
+        if args.parameters_file is None and not paths["parameters_file"].is_file():
+            del paths["parameters_file"]  # no parameters file given and none in the workspace: the built-in defaults
+        if args.log_dir is None and not workspace.is_dir():
+            del paths["log_dir"]  # run outside a workspace: the log goes to the terminal only, no folder is created
+        if self.flags is not None:
+            self.flags.beside_inputs(args, paths)
+        return paths
+
+    def overrides(self, args: argparse.Namespace) -> list[str]:
+        """The ``--set`` overrides: those the task's flags stand for first, the user's own after (they win)."""
+        return (self.flags.overrides(args) if self.flags is not None else []) + list(args.overrides)
+
+    def logger(self, name: str, args: argparse.Namespace) -> tuple[logging.Logger, EmdError | None]:
+        """The log on stderr and in ``log_dir/<task>.log`` (a log_dir that cannot be written: the problem)."""
+        log_dir = self.paths(args).get("log_dir")
+        try:
+            log = setup_logging(name, log_dir, verbose=args.debug)
+        except OSError as exc:
+            problem = InputError.at(
+                log_dir, "log_dir", f"expected a folder the log can be written into ({exc.strerror or exc})"
+            )
+            return setup_logging(name, None, verbose=args.debug), problem
+        if not _rank_zero():  # under torchrun (train with several processes) only rank 0 logs
+            log.setLevel(logging.WARNING)
+        return log, None
+
+    def execute(self, name: str, args: argparse.Namespace, log: logging.Logger) -> int:
+        """Read the parameters, take the output folders' locks (rank 0), run the task."""
+        paths = self.paths(args)
+        params = params_mod.load(paths.get("parameters_file"), self.overrides(args))
+        outputs = [out for out in self.outputs if out in paths]  # (no log_dir outside a workspace)
+        for out in outputs:  # every output folder usable before any work (nothing created here)
+            check_output(paths[out], out)
+        limit_gb = getattr(getattr(params, name, None), "memory_limit_gb", None)
+        if limit_gb is not None:  # the readers' memory budget (emdenoise.io.budget)
+            budget.configure(limit_gb, f"{name}.memory_limit_gb")
+        # one run at a time per output folder (log_dir aside: appending to a log is harmless)
+        locked = {out: paths[out] for out in outputs if out != "log_dir" and _rank_zero()}
+        with lock.hold(locked, name, log):
+            parameters = paths.get("parameters_file", "built-in defaults")
+            log.info("emdenoise %s: %s (parameters: %s)", __version__, name, parameters)
+            self.run(TaskContext(name, params, paths, log, args.debug))
+        log.info("%s: done", name)
+        return EXIT_OK
+
+
+@dataclass(frozen=True)
+class Utility:
+    """A command with options of its own that is no MLCube task (``params``, ``bench``, ``export``)."""
+
+    run: Callable[[argparse.Namespace, logging.Logger], int]
+    add_options: Callable[[argparse.ArgumentParser], None]
+    help: str
+
+    def logger(self, name: str, args: argparse.Namespace) -> tuple[logging.Logger, EmdError | None]:
+        return setup_logging(name, None, verbose=args.debug), None
+
+    def execute(self, name: str, args: argparse.Namespace, log: logging.Logger) -> int:
+        return self.run(args, log)
+
+
+def _rank_zero() -> bool:
+    return os.environ.get("RANK", "0").strip() in ("", "0")
+
+
+# -- the utilities: options here (no torch), the work imported when it runs ---------------------------------------
+def _params(args: argparse.Namespace, log: logging.Logger) -> int:
+    write_stdout(params_mod.reference_markdown())
+    return EXIT_OK
+
+
+def _zoo(args: argparse.Namespace, log: logging.Logger) -> int:
+    from emdenoise import zoo
+
+    cards = [f"zoo:{name}: card {model.card_file}" for name, model in zoo.models().items()]
+    write_stdout("\n".join([zoo.table(), *cards]))
+    return EXIT_OK
+
+
+def _bench(args: argparse.Namespace, log: logging.Logger) -> int:
+    from emdenoise.bench import run
+
+    return run.command(args, log)
+
+
+def _export(args: argparse.Namespace, log: logging.Logger) -> int:
+    from emdenoise.inference import export
+
+    return export.command(args, log)
+
+
+def _no_options(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _export_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model_dir",
+        "--model-dir",
+        default="workspace/models",
+        metavar="DIR",
+        help="folder of trained models, as the train task writes it (default: workspace/models)",
+    )
+    parser.add_argument(
+        "--model", default="auto", metavar="NAME", help="which model in model_dir (default: auto, the only one there)"
+    )
+    parser.add_argument("--format", required=True, metavar="FORMAT", help="onnx or torchscript")
+    parser.add_argument("--output", required=True, metavar="FILE", help="the file to write")
+
+
+# The one command table: the tasks, in the order mlcube.yaml declares them (each with its path arguments:
+# inputs, then outputs), then the utilities. Each task's module is imported only when that task runs
+# (together they import torch, scipy, matplotlib ...).
+COMMANDS: dict[str, TaskSpec | Utility] = {
     "download": TaskSpec(
-        _download,
+        _task("download"),
         ("parameters_file",),
         ("raw_data_dir", "log_dir"),
         "fetch em_graphene_sim, or generate the synthetic set",
     ),
     "preprocess": TaskSpec(
-        _preprocess,
+        _task("preprocess"),
         ("raw_data_dir", "parameters_file"),
         ("data_dir", "log_dir"),
         "validate the raw data and split it into train/val/test",
     ),
     "train": TaskSpec(
-        _train, ("data_dir", "parameters_file"), ("model_dir", "output_dir", "log_dir"), "train one or more denoisers"
+        _task("train"),
+        ("data_dir", "parameters_file"),
+        ("model_dir", "output_dir", "log_dir"),
+        "train one or more denoisers",
     ),
     "test": TaskSpec(
-        _test,
+        _task("test"),
         ("data_dir", "model_dir", "parameters_file"),
         ("output_dir", "log_dir"),
         "evaluate the trained denoisers against the noisy input and classical filters",
     ),
     "denoise": TaskSpec(
-        _denoise,
+        _task("denoise"),
         ("input_dir", "model_dir", "parameters_file"),
         ("output_dir", "log_dir"),
         "apply a trained model to micrographs",
         defaults={"output_dir": "denoise/output"},
+        flags=denoise_flags,
     ),
     "study": TaskSpec(
-        _study,
+        _task("study"),
         ("data_dir", "parameters_file"),
         ("output_dir", "log_dir"),
         "fidelity, speed and training-data needs of every model vs the classical baselines",
         defaults={"output_dir": "study"},
     ),
+    "params": Utility(_params, _no_options, "print the parameters reference (markdown)"),
+    "zoo": Utility(_zoo, _no_options, "list the pretrained models (emdenoise denoise --model zoo:NAME)"),
+    "bench": Utility(_bench, bench_options, "training and inference speed vs the original loop"),
+    "export": Utility(_export, _export_options, "a trained model as an ONNX or TorchScript file"),
 }
+# The MLCube's tasks: the rows with path arguments.
+TASKS: dict[str, TaskSpec] = {name: row for name, row in COMMANDS.items() if isinstance(row, TaskSpec)}
 
 # Where each path lives under the workspace when not given on the command line.
 DEFAULT_PATHS = {
@@ -146,113 +295,40 @@ def build_parser() -> argparse.ArgumentParser:
         prog="emdenoise", description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"emdenoise {__version__}")
-    sub = parser.add_subparsers(dest="task", metavar="TASK")
-    for name, spec in TASKS.items():
-        p = sub.add_parser(name, help=spec.help, description=spec.help)
-        for arg in spec.inputs + spec.outputs:
-            flags = [f"--{arg}"] + ([f"--{arg.replace('_', '-')}"] if "_" in arg else [])
-            p.add_argument(
-                *flags, dest=arg, default=None, metavar="PATH", help=f"default: WORKSPACE/{spec.default_path(arg)}"
-            )
-        p.add_argument(
-            "--workspace",
-            default="workspace",
-            metavar="DIR",
-            help="folder holding the default paths (default: ./workspace)",
-        )
-        p.add_argument(
-            "--set",
-            dest="overrides",
-            action="append",
-            default=[],
-            metavar="SECTION.KEY=VALUE",
-            help="override one parameter, e.g. --set train.epochs=5 (repeatable)",
-        )
+    sub = parser.add_subparsers(dest="task", metavar="COMMAND")
+    for name, row in COMMANDS.items():
+        p = sub.add_parser(name, help=row.help, description=row.help)
+        row.add_options(p)
         p.add_argument("--debug", action="store_true", help="show tracebacks and debug messages")
-        if name == "denoise":
-            denoise_flags.add_arguments(p)
-    sub.add_parser("params", help="print the parameters reference (markdown)")
-    sub.add_parser("zoo", add_help=False, help="list the pretrained models (emdenoise denoise --model zoo:NAME)")
-    sub.add_parser(
-        "bench",
-        add_help=False,
-        help="training and inference speed vs the original loop (options: emdenoise bench --help)",
-    )
-    sub.add_parser(
-        "export",
-        add_help=False,
-        help="a trained model as an ONNX or TorchScript file (options: emdenoise export --help)",
-    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    if (sys.argv[1:] if argv is None else argv)[:1] == ["bench"]:  # a utility with options of its own
-        from emdenoise.bench import run as bench
+    """``emdenoise COMMAND ...``: the command's exit code (0 done, 1 runtime failure, 2 bad input, 3 busy,
+    130 interrupted, 141 the reader of the output went away)."""
+    try:
+        return _main(argv)
+    except (BrokenPipeError, OutputClosed):  # argparse's help, or a command's output, cut short
+        return _stdout_gone()
 
-        return bench.main((sys.argv[1:] if argv is None else argv)[1:])
-    if (sys.argv[1:] if argv is None else argv)[:1] == ["export"]:  # another one
-        from emdenoise.inference import export
 
-        return export.main((sys.argv[1:] if argv is None else argv)[1:])
-    if (sys.argv[1:] if argv is None else argv)[:1] == ["zoo"]:  # and the list of pretrained models
-        from emdenoise import zoo
-
-        return zoo.main((sys.argv[1:] if argv is None else argv)[1:])
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.task is None:
         parser.print_help(sys.stderr)
         return EXIT_BAD_INPUT
-    if args.task == "params":
-        print(params_mod.reference_markdown())
-        return 0
-    spec = TASKS[args.task]
-    workspace = Path(args.workspace)
-    paths = {
-        name: Path(getattr(args, name) or workspace / spec.default_path(name)) for name in spec.inputs + spec.outputs
-    }
-    if args.parameters_file is None and not paths["parameters_file"].is_file():
-        del paths["parameters_file"]  # no parameters file given and none in the workspace: the built-in defaults
-    if args.log_dir is None and not workspace.is_dir():
-        del paths["log_dir"]  # run outside a workspace: the log goes to the terminal only, no folder is created
-    overrides = list(args.overrides)
-    if args.task == "denoise":
-        overrides = denoise_flags.overrides(args) + overrides
-        denoise_flags.beside_inputs(args, paths)
-    try:
-        log = setup_logging(args.task, paths.get("log_dir"), verbose=args.debug)
-    except OSError as exc:
-        log = setup_logging(args.task, None, verbose=args.debug)
-        log.error(
-            "error: %s: log_dir: expected a folder the log can be written into (%s)",
-            paths.get("log_dir"),
-            exc.strerror or exc,
-        )
-        return EXIT_BAD_INPUT
-    # under torchrun (train with several processes) only rank 0 logs, takes the output locks and writes files
-    rank_zero = os.environ.get("RANK", "0").strip() in ("", "0")
-    if not rank_zero:
-        log.setLevel(logging.WARNING)
+    row = COMMANDS[args.task]
+    log, problem = row.logger(args.task, args)
+    if problem is not None:
+        log.error("error: %s", problem.message)
+        return problem.exit_code
     restore_sigterm = _sigterm_interrupts()
     restore_hook = _unraisable_to_log(log)
     try:
-        params = params_mod.load(paths.get("parameters_file"), overrides)
-        for name in spec.outputs:  # every output folder usable before any work (nothing created here)
-            if name in paths:  # (no log_dir outside a workspace)
-                check_output(paths[name], name)
-        limit_gb = getattr(getattr(params, args.task, None), "memory_limit_gb", None)
-        if limit_gb is not None:  # the readers' memory budget (emdenoise.io.budget)
-            budget.configure(limit_gb, f"{args.task}.memory_limit_gb")
-        # one run at a time per output folder (log_dir aside: appending to a log is harmless)
-        with lock.hold({name: paths[name] for name in spec.outputs if name != "log_dir" and rank_zero}, args.task, log):
-            log.info(
-                "emdenoise %s: %s (parameters: %s)",
-                __version__,
-                args.task,
-                paths.get("parameters_file", "built-in defaults"),
-            )
-            spec.run(TaskContext(args.task, params, paths, log, args.debug))
+        return row.execute(args.task, args, log)
+    except OutputClosed:
+        raise
     except EmdError as exc:
         if args.debug:
             log.error("%s", traceback.format_exc().rstrip())
@@ -262,24 +338,40 @@ def main(argv: list[str] | None = None) -> int:
         log.error("error: interrupted%s", " (SIGTERM)" if isinstance(exc, _Terminated) else "")
         return _leave(EXIT_INTERRUPTED, argv)
     except Exception as exc:  # a bug, or a failure we did not foresee: still one line unless --debug
-        if args.debug:
-            log.error("%s", traceback.format_exc().rstrip())
-        known = file_system_error(exc)
-        if known is not None:
-            log.error("error: %s", known.message)
-            return _leave(known.exit_code, argv)
-        log.error(
-            "error: unexpected %s: %s (run again with --debug for the traceback)",
-            exc.__class__.__name__,
-            " ".join(str(exc).split()),
-        )
-        return _leave(EXIT_RUNTIME, argv)
+        return _leave(_unexpected(exc, log, args.debug), argv)
     finally:
         restore_sigterm()
         restore_hook()
         budget.reset()
-    log.info("%s: done", args.task)
-    return 0
+
+
+def _unexpected(exc: Exception, log: logging.Logger, debug: bool) -> int:
+    """Log an exception nobody raised on purpose in one line (the traceback too with ``--debug``): its exit code."""
+    if debug:
+        log.error("%s", traceback.format_exc().rstrip())
+    known = file_system_error(exc)
+    if known is not None:
+        log.error("error: %s", known.message)
+        return known.exit_code
+    log.error(
+        "error: unexpected %s: %s (run again with --debug for the traceback)",
+        exc.__class__.__name__,
+        " ".join(str(exc).split()),
+    )
+    return EXIT_RUNTIME
+
+
+# -- a reader that went away (emdenoise params | head) -------------------------------------------------------------
+def _stdout_gone() -> int:
+    """End quietly, as a program killed by SIGPIPE would: stdout pointed at /dev/null so that Python's own
+    flush at exit does not print a second BrokenPipeError."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # a stdout without a file descriptor (an in-process caller): nothing to flush
+        pass
+    return EXIT_PIPE
 
 
 # -- failures of the machine rather than of the input -------------------------------------------------------------

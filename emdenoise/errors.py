@@ -6,18 +6,17 @@ Exit codes (also in the README):
   2  bad input (parameters file, command line, data or model files that are missing or malformed)
   3  busy (another run holds the lock on the same output folder)
   130 interrupted (Ctrl-C)
+  141 the reader of the output went away (``emdenoise params | head``), as for a program ended by SIGPIPE
 """
 
 from __future__ import annotations
-
-import logging
-from collections.abc import Callable
 
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_BAD_INPUT = 2
 EXIT_BUSY = 3
 EXIT_INTERRUPTED = 130
+EXIT_PIPE = 141  # 128 + SIGPIPE
 
 
 class EmdError(Exception):
@@ -57,14 +56,15 @@ class BusyError(EmdError):
     exit_code = EXIT_BUSY
 
 
-def reported(log: logging.Logger, work: Callable[[], int]) -> int:
-    """``work()``'s exit code, or, when it fails on purpose or is interrupted, the one error line logged and
-    the exit code of the failure: the utilities with options of their own (``bench``, ``export``) end so."""
+class OutputClosed(EmdError):
+    """The reader of stdout went away (``emdenoise params | head``): the command ends quietly."""
+
+    exit_code = EXIT_PIPE
+
+
+def write_stdout(text: str) -> None:
+    """Print ``text`` on stdout; a reader that went away raises :class:`OutputClosed` (not a traceback)."""
     try:
-        return work()
-    except EmdError as exc:
-        log.error("error: %s", exc.message)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        log.error("error: interrupted")
-        return EXIT_INTERRUPTED
+        print(text, flush=True)
+    except BrokenPipeError:
+        raise OutputClosed("stdout closed by its reader") from None

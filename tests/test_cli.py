@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from emdenoise import cli
-from emdenoise.errors import EXIT_BAD_INPUT
+from emdenoise.errors import EXIT_BAD_INPUT, EXIT_PIPE
 
 
 def run(*args, cwd=None):
@@ -90,3 +90,54 @@ def test_console_script_is_installed(repo_root):
     exe = repo_root / ".venv" / "bin" / "emdenoise"
     res = subprocess.run([str(exe) if exe.exists() else "emdenoise", "--version"], capture_output=True, text=True)
     assert res.returncode == 0 and res.stdout.startswith("emdenoise ")
+
+
+def test_one_table_holds_the_tasks_and_the_utilities():
+    assert list(cli.COMMANDS)[: len(cli.TASKS)] == list(cli.TASKS)
+    assert set(cli.COMMANDS) - set(cli.TASKS) == {"params", "zoo", "bench", "export"}
+    res = run("--help")
+    assert res.returncode == 0
+    for name, row in cli.COMMANDS.items():
+        assert name in res.stdout and row.help.split()[0] in res.stdout
+
+
+@pytest.mark.parametrize(
+    "command, options",
+    [
+        ("params", ["--debug"]),
+        ("zoo", ["--debug"]),
+        ("bench", ["--models", "--sizes", "--precision", "--compile", "--quick", "--output", "--debug"]),
+        ("export", ["--model_dir", "--model", "--format", "--output", "--debug"]),
+    ],
+)
+def test_help_of_each_utility_lists_its_options(command, options):
+    res = run(command, "--help")
+    assert res.returncode == 0 and res.stdout.startswith(f"usage: emdenoise {command}")
+    assert all(option in res.stdout for option in options), res.stdout
+
+
+def test_export_help_names_every_format():
+    from emdenoise.inference import export
+
+    res = run("export", "--help")
+    assert all(fmt in res.stdout for fmt in export.FORMATS)
+
+
+def test_utilities_fail_in_one_line_like_the_tasks(tmp_path):
+    res = run("export", f"--model_dir={tmp_path}", "--format=gif", f"--output={tmp_path / 'm.gif'}")
+    errors = [line for line in res.stderr.splitlines() if "error:" in line]
+    assert res.returncode == EXIT_BAD_INPUT and len(errors) == 1 and "--format" in errors[0], res.stderr
+    assert "Traceback" not in res.stderr
+    res = run("export", f"--model_dir={tmp_path}", "--format=gif", f"--output={tmp_path / 'm.gif'}", "--debug")
+    assert res.returncode == EXIT_BAD_INPUT and "Traceback" in res.stderr
+
+
+def test_a_closed_output_ends_quietly():
+    """``emdenoise params | head``: the reader goes away before the table is written."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emdenoise", "params"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    proc.stdout.close()  # before the program has written anything: its first write fails
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == EXIT_PIPE
+    assert "Traceback" not in err and "BrokenPipe" not in err and "error" not in err, err

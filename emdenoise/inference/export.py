@@ -37,11 +37,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from emdenoise import __version__
-from emdenoise.errors import EXIT_OK, InputError, RuntimeFailure, reported
+from emdenoise.errors import EXIT_OK, InputError, RuntimeFailure
 from emdenoise.inference.denoiser import Denoiser
 from emdenoise.io import modelfile
 from emdenoise.layout import select_model
-from emdenoise.log import setup as setup_logging
 from emdenoise.outputs import check_output, sha256_file, write_bytes_atomic
 
 FORMATS = ("onnx", "torchscript")
@@ -239,36 +238,8 @@ def export(model_file: Path, fmt: str, output: Path, log: logging.Logger | None 
     return {**info, "check_difference": worst}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="emdenoise export",
-        description="Write a trained model as an ONNX or TorchScript file that runs without emdenoise "
-        "(normalisation folded in, recorded in the file's metadata).",
-    )
-    parser.add_argument(
-        "--model_dir",
-        "--model-dir",
-        default="workspace/models",
-        metavar="DIR",
-        help="folder of trained models, as the train task writes it (default: workspace/models)",
-    )
-    parser.add_argument(
-        "--model", default="auto", metavar="NAME", help="which model in model_dir (default: auto, the only one there)"
-    )
-    parser.add_argument("--format", required=True, metavar="FORMAT", help=f"one of {', '.join(FORMATS)}")
-    parser.add_argument("--output", required=True, metavar="FILE", help="the file to write")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug messages")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``emdenoise export ...``; exit codes as the tasks'."""
-    args = build_parser().parse_args(argv)
-    log = setup_logging("export", None, verbose=args.debug)
-    return reported(log, lambda: _export_command(args, log))
-
-
-def _export_command(args: argparse.Namespace, log: logging.Logger) -> int:
+def command(args: argparse.Namespace, log: logging.Logger) -> int:
+    """``emdenoise export``: the options (:mod:`emdenoise.cli`) checked, the model exported; exit code 0."""
     output = Path(args.output)
     if args.format not in FORMATS:
         raise InputError.at(output, "--format", f"expected one of {', '.join(FORMATS)}, got {args.format!r}")

@@ -118,14 +118,3 @@ def table() -> str:
     if len(rows) == 2:
         rows.append("| (none installed) | | | | | | |")
     return "\n".join(rows)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``emdenoise zoo``: the table, then where each card is."""
-    if argv:
-        print("usage: emdenoise zoo   (lists the pretrained models; no options)", file=sys.stderr)
-        return 0 if argv[0] in ("-h", "--help") else 2
-    print(table())
-    for name, model in models().items():
-        print(f"zoo:{name}: card {model.card_file}")
-    return 0

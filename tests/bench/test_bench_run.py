@@ -12,6 +12,7 @@ import torch
 
 from emdenoise import cli
 from emdenoise.bench import run as bench
+from emdenoise.bench.settings import settings_from_args
 
 REQUIRED = (
     "train_speedup_vs_plain",
@@ -113,7 +114,7 @@ def test_bad_options_are_one_line_errors(args, field, tmp_path, capsys):
 
 
 def test_batch_scales_with_frame_area():
-    args = bench.build_parser().parse_args(["--device=cpu", "--batch-size=32", "--sizes=256,1024,4096"])
-    settings = bench.settings_from_args(args)
+    args = cli.build_parser().parse_args(["bench", "--device=cpu", "--batch-size=32", "--sizes=256,1024,4096"])
+    settings = settings_from_args(args)
     assert [settings.batch_for(s) for s in settings.sizes] == [32, 2, 1]
     assert settings.train_sizes == (256,) and settings.precision in ("fp32", "bf16")
