@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import importlib
 import logging
 import os
 import re
@@ -48,14 +47,42 @@ from emdenoise.tasks import denoise_flags
 from emdenoise.tasks.context import TaskContext
 
 
-def _task(name: str) -> Callable[[TaskContext], None]:
-    """The entry point of task ``name``: ``emdenoise.tasks.<name>.run``, imported when the task runs."""
+# Each task's module is imported only when that task runs (together they import torch, scipy, matplotlib ...):
+# explicit imports, so that tests/test_layout.py sees them.
+def _download(ctx: TaskContext) -> None:
+    from emdenoise.tasks import download
 
-    def run(ctx: TaskContext) -> None:
-        importlib.import_module(f"emdenoise.tasks.{name}").run(ctx)
+    download.run(ctx)
 
-    run.__qualname__ = run.__name__ = f"run_{name}"
-    return run
+
+def _preprocess(ctx: TaskContext) -> None:
+    from emdenoise.tasks import preprocess
+
+    preprocess.run(ctx)
+
+
+def _train(ctx: TaskContext) -> None:
+    from emdenoise.tasks import train
+
+    train.run(ctx)
+
+
+def _test(ctx: TaskContext) -> None:
+    from emdenoise.tasks import test
+
+    test.run(ctx)
+
+
+def _denoise(ctx: TaskContext) -> None:
+    from emdenoise.tasks import denoise
+
+    denoise.run(ctx)
+
+
+def _study(ctx: TaskContext) -> None:
+    from emdenoise.tasks import study
+
+    study.run(ctx)
 
 
 class _Flags(Protocol):
@@ -228,35 +255,34 @@ def _export_options(parser: argparse.ArgumentParser) -> None:
 
 
 # The one command table: the tasks, in the order mlcube.yaml declares them (each with its path arguments:
-# inputs, then outputs), then the utilities. Each task's module is imported only when that task runs
-# (together they import torch, scipy, matplotlib ...).
+# inputs, then outputs), then the utilities.
 COMMANDS: dict[str, TaskSpec | Utility] = {
     "download": TaskSpec(
-        _task("download"),
+        _download,
         ("parameters_file",),
         ("raw_data_dir", "log_dir"),
         "fetch em_graphene_sim, or generate the synthetic set",
     ),
     "preprocess": TaskSpec(
-        _task("preprocess"),
+        _preprocess,
         ("raw_data_dir", "parameters_file"),
         ("data_dir", "log_dir"),
         "validate the raw data and split it into train/val/test",
     ),
     "train": TaskSpec(
-        _task("train"),
+        _train,
         ("data_dir", "parameters_file"),
         ("model_dir", "output_dir", "log_dir"),
         "train one or more denoisers",
     ),
     "test": TaskSpec(
-        _task("test"),
+        _test,
         ("data_dir", "model_dir", "parameters_file"),
         ("output_dir", "log_dir"),
         "evaluate the trained denoisers against the noisy input and classical filters",
     ),
     "denoise": TaskSpec(
-        _task("denoise"),
+        _denoise,
         ("input_dir", "model_dir", "parameters_file"),
         ("output_dir", "log_dir"),
         "apply a trained model to micrographs",
@@ -264,7 +290,7 @@ COMMANDS: dict[str, TaskSpec | Utility] = {
         flags=denoise_flags,
     ),
     "study": TaskSpec(
-        _task("study"),
+        _study,
         ("data_dir", "parameters_file"),
         ("output_dir", "log_dir"),
         "fidelity, speed and training-data needs of every model vs the classical baselines",
