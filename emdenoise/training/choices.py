@@ -1,7 +1,7 @@
 """The names of the training choices, in a module that imports nothing: the parameters schema
 (:mod:`emdenoise.config.params`) offers exactly these, and the training code implements each of them
-(:func:`emdenoise.training.loop.make_optimizer`, :func:`~emdenoise.training.loop.lr_factor`,
-:func:`~emdenoise.training.loop.make_loss`, :class:`emdenoise.training.supervision.Supervisor`; a test checks
+(:func:`emdenoise.training.optim.make_optimizer`, :func:`~emdenoise.training.optim.lr_factor`,
+:func:`~emdenoise.training.optim.make_loss`, :class:`emdenoise.training.supervision.Supervisor`; a test checks
 that every name here is implemented there)."""
 
 SUPERVISIONS = ("clean", "noise2void", "poisson_split", "frame_pairs")

@@ -7,7 +7,7 @@ import torch
 
 from emdenoise import runtime
 from emdenoise.config import params
-from emdenoise.training import choices, loop, supervision
+from emdenoise.training import choices, optim, supervision
 
 
 def test_the_schema_offers_exactly_the_implemented_choices():
@@ -16,6 +16,9 @@ def test_the_schema_offers_exactly_the_implemented_choices():
     assert train["lr_schedule"].allowed == choices.LR_SCHEDULES
     assert train["loss"].allowed == choices.LOSSES
     assert train["supervision"].allowed == choices.SUPERVISIONS == supervision.MODES
+    # the implementing tables hold exactly these names, in the same order
+    assert tuple(optim.OPTIMIZERS) == choices.OPTIMIZERS and tuple(optim.SCHEDULES) == choices.LR_SCHEDULES
+    assert tuple(optim.LOSSES) == choices.LOSSES
     for section in (params.TrainParams, params.TestParams, params.DenoiseParams):
         assert section.fields()["precision"].allowed == ("auto",) + runtime.PRECISIONS
 
@@ -23,7 +26,7 @@ def test_the_schema_offers_exactly_the_implemented_choices():
 @pytest.mark.parametrize("name", choices.OPTIMIZERS)
 def test_every_optimizer_is_implemented(name):
     weight = torch.nn.Parameter(torch.ones(3))
-    opt = loop.make_optimizer(name, [weight], lr=0.1)
+    opt = optim.make_optimizer(name, [weight], lr=0.1)
     weight.sum().backward()
     opt.step()
     assert (weight < 1).all()
@@ -31,13 +34,13 @@ def test_every_optimizer_is_implemented(name):
 
 @pytest.mark.parametrize("name", choices.LR_SCHEDULES)
 def test_every_schedule_is_implemented(name):
-    factor = loop.lr_factor(name, 100)
+    factor = optim.lr_factor(name, 100)
     assert factor(0) == 1.0 and 0.0 <= factor(99) <= 1.0
 
 
 @pytest.mark.parametrize("name", choices.LOSSES)
 def test_every_loss_is_implemented(name):
-    assert loop.make_loss(name)(torch.zeros(2), torch.full((2,), 2.0)).item() > 0
+    assert optim.make_loss(name)(torch.zeros(2), torch.full((2,), 2.0)).item() > 0
 
 
 @pytest.mark.parametrize("mode", choices.SUPERVISIONS)
@@ -49,8 +52,8 @@ def test_every_supervision_is_implemented(mode):
 
 def test_an_unknown_choice_is_refused_by_the_implementation():
     with pytest.raises(ValueError):
-        loop.make_optimizer("adagrad", [torch.nn.Parameter(torch.ones(1))], lr=0.1)
+        optim.make_optimizer("adagrad", [torch.nn.Parameter(torch.ones(1))], lr=0.1)
     with pytest.raises(ValueError):
-        loop.lr_factor("linear", 10)
+        optim.lr_factor("linear", 10)
     with pytest.raises(ValueError):
         supervision.Supervisor("noise2self").batch(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8), None, None, key=0)
