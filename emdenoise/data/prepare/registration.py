@@ -1,0 +1,156 @@
+"""Drift registration of the frames of a movie, made for low-dose frames (a few electrons per pixel).
+
+:func:`register` measures the drift of every frame to the first one, :func:`align` undoes it::
+
+    shifts = register(frames)            # (N, 2) float: frames[k][y + dy, x + dx] ~ frames[0][y, x]
+    common = align(frames, shifts)       # the frames cut to the area they all share, the drift undone
+
+How: every frame is windowed (a cosine taper, so the image edges do not correlate) and low-pass filtered with a
+Gaussian of ``sigma`` pixels (the lattice scale: the shot noise is white, the signal sits at the low and lattice
+frequencies). Frame k is registered against a running reference, the sum of the frames aligned so far, so the
+reference grows in signal as the stack goes; then every frame is registered again against the sum of all the
+others (the reference of the second pass holds every frame's signal but its own noise). Each measurement takes
+the whole-pixel peak of the plain cross-correlation (not whitened: the whitened phase correlation weighs
+every frequency alike and drowns in the shot noise below about 1,000 e/px), with a mild preference for drifts
+near the expected one (a crystal correlates at every lattice vector), and refines it to ``1 / upsample`` px
+with scikit-image's :func:`~skimage.registration.phase_cross_correlation` (``normalization=None``).
+
+A drift is *unmeasurable* when no half of the frames confirms it: the drift of every frame is measured again
+on the left, right, top and bottom halves of the frames against the same halves of the reference; when for
+some frame none of them lands within :data:`AGREEMENT_PX` of the drift of the whole frame, the signal is too
+weak (or absent: vacuum, a featureless film) and :func:`register` raises :class:`Unmeasurable`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.signal import windows
+from skimage.registration import phase_cross_correlation
+
+TAPER = 1.0  # the part of each side in the cosine taper of the frames (Tukey window; 1: a Hann window)
+AGREEMENT_PX = 1.5  # a half-frame measurement confirms a frame's drift when within this (pixels)
+DEFAULT_SIGMA = 1.5  # low-pass Gaussian of the correlation (pixels): about a quarter of an atomic spacing
+DEFAULT_UPSAMPLE = 20  # sub-pixel refinement: 1/20 px
+PRIOR_FRACTION = 0.125  # the preference for drifts near the expected one: a Gaussian of this part of the side,
+PRIOR_PX = 32.0  # or of this many pixels when that is wider
+
+
+class Unmeasurable(ValueError):
+    """The drift of a stack cannot be measured (its frames hold too little signal)."""
+
+
+def _spectra(frames: list[np.ndarray], sigma: float) -> list[np.ndarray]:
+    """The low-passed spectra of the Hann-windowed, mean-subtracted frames."""
+    h, w = frames[0].shape
+    window = np.outer(windows.tukey(h, TAPER), windows.tukey(w, TAPER))
+    fy, fx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]
+    lowpass = np.exp(-2.0 * (np.pi * sigma) ** 2 * (fy**2 + fx**2))
+    return [np.fft.fft2(window * (f - f.mean(dtype=np.float64))) * lowpass for f in frames]
+
+
+def _shifted(spectrum: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """The spectrum of ``g(y) = f(y + d)`` from that of ``f``."""
+    h, w = spectrum.shape
+    fy, fx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]
+    return spectrum * np.exp(2j * np.pi * (fy * d[0] + fx * d[1]))
+
+
+def _measure(ref: np.ndarray, moving: np.ndarray, upsample: int, expected: np.ndarray) -> np.ndarray:
+    """The (dy, dx) with ``moving[y + dy, x + dx] ~ ref[y, x]``, both given as spectra.
+
+    The whole-pixel peak of the cross-correlation is searched with a mild preference for drifts near
+    ``expected`` (a Gaussian weight :data:`PRIOR_FRACTION` of the frame side wide, at least :data:`PRIOR_PX`):
+    the correlation of a crystal has a peak at every lattice vector, nearly as high as the true one.
+    scikit-image then refines the rest to ``1 / upsample`` px (the whole-pixel answer is kept where its
+    refinement jumps to another peak)."""
+    h, w = ref.shape
+    corr = np.fft.ifft2(moving * np.conj(ref)).real
+    dy = (np.arange(h) + h // 2) % h - h // 2  # signed lags
+    dx = (np.arange(w) + w // 2) % w - w // 2
+    ry, rx = max(PRIOR_PX, PRIOR_FRACTION * h), max(PRIOR_PX, PRIOR_FRACTION * w)
+    weight = np.exp(-0.5 * (((dy[:, None] - expected[0]) / ry) ** 2 + ((dx[None, :] - expected[1]) / rx) ** 2))
+    iy, ix = np.unravel_index(int(np.argmax((corr - corr.min()) * weight)), corr.shape)
+    whole = np.array([dy[iy], dx[ix]], dtype=np.float64)
+    rest, _, _ = phase_cross_correlation(
+        ref, _shifted(moving, whole), space="fourier", upsample_factor=upsample, normalization=None
+    )
+    rest = -np.asarray(rest, dtype=np.float64)
+    return whole + rest if np.all(np.abs(rest) <= 1.0) else whole
+
+
+def _against_others(frames: list[np.ndarray], shifts: np.ndarray, sigma: float, upsample: int) -> np.ndarray:
+    """The drifts measured again, each frame against the sum of all the others. The frames are first cut to
+    their common area with their drift undone in whole pixels, so that what is measured is a residual below a
+    pixel: the taper's own correlation, peaked at zero, would otherwise pull a broad correlation peak towards
+    zero drift."""
+    whole = np.rint(shifts).astype(int)
+    spectra = _spectra(align(frames, whole), sigma)
+    rest = shifts - whole
+    aligned = [_shifted(s, d) for s, d in zip(spectra, rest)]
+    total = np.sum(aligned, axis=0)
+    return whole + np.array([_measure(total - aligned[k], spectra[k], upsample, rest[k]) for k in range(len(frames))])
+
+
+def _halves_disagree(frames: list[np.ndarray], shifts: np.ndarray, sigma: float, upsample: int) -> float:
+    """How far (pixels) the drift measured on the half of the frame that agrees best with ``shifts`` is from
+    it, for the frame where that is largest (the left, right, top and bottom halves: the signal may sit in one)."""
+    h, w = frames[0].shape
+    halves = [np.s_[:, : w // 2], np.s_[:, w // 2 :], np.s_[: h // 2, :], np.s_[h // 2 :, :]]
+    best = np.full(len(frames), np.inf)
+    for part in halves:
+        found = _against_others([f[part] for f in frames], shifts, sigma, upsample)
+        best = np.minimum(best, np.abs(found - found[0] - shifts).max(axis=1))
+    return float(best.max())
+
+
+def register(
+    frames: list[np.ndarray] | np.ndarray,
+    *,
+    sigma: float = DEFAULT_SIGMA,
+    upsample: int = DEFAULT_UPSAMPLE,
+    check: bool = True,
+) -> np.ndarray:
+    """The drift of every frame to the first, (N, 2) float64 (dy, dx) with ``frames[k][y + dy, x + dx] ~
+    frames[0][y, x]`` (row 0 is zero). ``sigma``: the low-pass Gaussian (pixels). ``check``: raise
+    :class:`Unmeasurable` when no half of the frames confirms the drift (frames at least 32 pixels a side)."""
+    frames = [np.asarray(f, dtype=np.float64) for f in frames]
+    n = len(frames)
+    shifts = np.zeros((n, 2))
+    if n < 2:
+        return shifts
+    spectra = _spectra(frames, sigma)
+    running = spectra[0].copy()
+    for k in range(1, n):  # pass 1: against the sum of the frames aligned so far
+        shifts[k] = _measure(running, spectra[k], upsample, shifts[k - 1])
+        running += _shifted(spectra[k], shifts[k])
+    for _ in range(2):  # pass 2: each frame against the sum of all the others
+        shifts = _against_others(frames, shifts, sigma, upsample)
+        shifts -= shifts[0]
+    if check and min(frames[0].shape) >= 32:
+        worst = _halves_disagree(frames, shifts, sigma, upsample)
+        if worst > AGREEMENT_PX:
+            raise Unmeasurable(
+                f"no half of the frames confirms the drift within {AGREEMENT_PX} px (off by {worst:.1f} px): "
+                "too little signal per frame to measure it"
+            )
+    return shifts
+
+
+def common_area(shape: tuple[int, int], shifts: np.ndarray) -> tuple[slice, slice]:
+    """The area of frame 0 (rows, columns) that every frame covers after the (rounded) drift is undone."""
+    d = np.rint(np.asarray(shifts)).astype(int)
+    h, w = shape
+    rows = slice(max(0, -int(d[:, 0].min())), min(h, h - int(d[:, 0].max())))
+    cols = slice(max(0, -int(d[:, 1].min())), min(w, w - int(d[:, 1].max())))
+    return rows, cols
+
+
+def align(frames: list[np.ndarray], shifts: np.ndarray) -> list[np.ndarray]:
+    """The frames cut to the area they all share, each shifted by its drift rounded to whole pixels.
+
+    Whole pixels on purpose: a sub-pixel shift interpolates, which correlates the noise of neighbouring
+    pixels (blind-spot training assumes independent pixels) and makes counts non-integer (``poisson_split``
+    needs whole counts); the sub-pixel drift is what :func:`register` reports."""
+    rows, cols = common_area(frames[0].shape, shifts)
+    d = np.rint(np.asarray(shifts)).astype(int)
+    return [f[rows.start + dy : rows.stop + dy, cols.start + dx : cols.stop + dx] for f, (dy, dx) in zip(frames, d)]
