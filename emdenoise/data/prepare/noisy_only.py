@@ -103,7 +103,7 @@ def aligned(frames: list[np.ndarray], where: str, mode: str = "auto", log=None) 
         raise InputError.at(
             where,
             "frames",
-            f"expected a drift within a quarter of the frame between frames, found {tuple(d[k].tolist())} at frame {k}",
+            f"expected a drift within a quarter of the frame between frames, found {tuple(d[k].tolist())}",
         )
     return registration.align(frames, shifts), Drift(shifts, "measured")
 

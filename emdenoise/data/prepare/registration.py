@@ -10,10 +10,11 @@ Gaussian of ``sigma`` pixels (the lattice scale: the shot noise is white, the si
 frequencies). Frame k is registered against a running reference, the sum of the frames aligned so far, so the
 reference grows in signal as the stack goes; then every frame is registered again against the sum of all the
 others (the reference of the second pass holds every frame's signal but its own noise). Each measurement takes
-the whole-pixel peak of the plain cross-correlation (not whitened: the whitened phase correlation weighs
-every frequency alike and drowns in the shot noise below about 1,000 e/px), with a mild preference for drifts
-near the expected one (a crystal correlates at every lattice vector), and refines it to ``1 / upsample`` px
-with scikit-image's :func:`~skimage.registration.phase_cross_correlation` (``normalization=None``).
+the whole-pixel peak of the plain cross-correlation, with a mild preference for drifts near the expected one
+(a crystal correlates at every lattice vector), or of the whitened phase correlation where its peak is
+unmistakable (bright frames; below about 1,000 e/px it drowns in the shot noise, as it weighs every
+frequency alike), and refines it to ``1 / upsample`` px with scikit-image's
+:func:`~skimage.registration.phase_cross_correlation` (``normalization=None``).
 
 A drift is *unmeasurable* when no half of the frames confirms it: the drift of every frame is measured again
 on the left, right, top and bottom halves of the frames against the same halves of the reference; when for
@@ -32,6 +33,7 @@ AGREEMENT_PX = 1.5  # a half-frame measurement confirms a frame's drift when wit
 DEFAULT_SIGMA = 1.5  # low-pass Gaussian of the correlation (pixels): about a quarter of an atomic spacing
 DEFAULT_UPSAMPLE = 20  # sub-pixel refinement: 1/20 px
 PRIOR_FRACTION = 0.125  # the preference for drifts near the expected one: a Gaussian of this part of the side,
+WHITENED_Z = 20.0  # a whitened correlation peak this many standard deviations high is trusted
 PRIOR_PX = 32.0  # or of this many pixels when that is wider
 
 
@@ -55,27 +57,48 @@ def _shifted(spectrum: np.ndarray, d: np.ndarray) -> np.ndarray:
     return spectrum * np.exp(2j * np.pi * (fy * d[0] + fx * d[1]))
 
 
-def _measure(ref: np.ndarray, moving: np.ndarray, upsample: int, expected: np.ndarray) -> np.ndarray:
-    """The (dy, dx) with ``moving[y + dy, x + dx] ~ ref[y, x]``, both given as spectra.
-
-    The whole-pixel peak of the cross-correlation is searched with a mild preference for drifts near
+def _whole_peak(ref: np.ndarray, moving: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """The whole-pixel (dy, dx) of the correlation peak of two spectra: the whitened phase correlation's when
+    its peak stands :data:`WHITENED_Z` standard deviations above its map (bright frames: exact, and blind to
+    broad features), else the plain correlation's, searched with a mild preference for drifts near
     ``expected`` (a Gaussian weight :data:`PRIOR_FRACTION` of the frame side wide, at least :data:`PRIOR_PX`):
-    the correlation of a crystal has a peak at every lattice vector, nearly as high as the true one.
-    scikit-image then refines the rest to ``1 / upsample`` px (the whole-pixel answer is kept where its
-    refinement jumps to another peak)."""
+    the correlation of a crystal has a peak at every lattice vector, nearly as high as the true one."""
     h, w = ref.shape
-    corr = np.fft.ifft2(moving * np.conj(ref)).real
     dy = (np.arange(h) + h // 2) % h - h // 2  # signed lags
     dx = (np.arange(w) + w // 2) % w - w // 2
-    ry, rx = max(PRIOR_PX, PRIOR_FRACTION * h), max(PRIOR_PX, PRIOR_FRACTION * w)
-    weight = np.exp(-0.5 * (((dy[:, None] - expected[0]) / ry) ** 2 + ((dx[None, :] - expected[1]) / rx) ** 2))
-    iy, ix = np.unravel_index(int(np.argmax((corr - corr.min()) * weight)), corr.shape)
-    whole = np.array([dy[iy], dx[ix]], dtype=np.float64)
-    rest, _, _ = phase_cross_correlation(
-        ref, _shifted(moving, whole), space="fourier", upsample_factor=upsample, normalization=None
-    )
+    cross = moving * np.conj(ref)
+    white = np.fft.ifft2(cross / np.maximum(np.abs(cross), 1e-300)).real
+    if white.max() >= WHITENED_Z * white.std():
+        score = white
+    else:
+        ry, rx = max(PRIOR_PX, PRIOR_FRACTION * h), max(PRIOR_PX, PRIOR_FRACTION * w)
+        weight = np.exp(-0.5 * (((dy[:, None] - expected[0]) / ry) ** 2 + ((dx[None, :] - expected[1]) / rx) ** 2))
+        corr = np.fft.ifft2(cross).real
+        score = (corr - corr.min()) * weight
+    iy, ix = np.unravel_index(int(np.argmax(score)), score.shape)
+    return np.array([dy[iy], dx[ix]], dtype=np.float64)
+
+
+def _measure(ref: np.ndarray, moving: np.ndarray, upsample: int, expected: np.ndarray) -> np.ndarray:
+    """The (dy, dx) with ``moving[y + dy, x + dx] ~ ref[y, x]``, both given as spectra: the whole-pixel peak
+    (:func:`_whole_peak`), the rest refined to ``1 / upsample`` px by scikit-image (the whole-pixel answer is
+    kept where the refinement jumps to another peak)."""
+    whole = _whole_peak(ref, moving, expected)
+    centred = _shifted(moving, whole)
+    rest, _, _ = phase_cross_correlation(ref, centred, space="fourier", upsample_factor=upsample, normalization=None)
     rest = -np.asarray(rest, dtype=np.float64)
-    return whole + rest if np.all(np.abs(rest) <= 1.0) else whole
+    return whole + (rest if np.all(np.abs(rest) <= 1.0) else _parabola(ref, centred))
+
+
+def _parabola(ref: np.ndarray, centred: np.ndarray) -> np.ndarray:
+    """The sub-pixel offset of the plain correlation's peak next to zero drift, from a parabola through it and
+    its two neighbours on each axis (where scikit-image's global search jumped to another lattice peak)."""
+    corr = np.fft.ifft2(centred * np.conj(ref)).real
+    out = np.zeros(2)
+    for axis, (minus, plus) in enumerate(((corr[-1, 0], corr[1, 0]), (corr[0, -1], corr[0, 1]))):
+        curve = minus - 2.0 * corr[0, 0] + plus
+        out[axis] = float(np.clip(0.5 * (minus - plus) / curve, -0.5, 0.5)) if curve < 0 else 0.0
+    return out
 
 
 def _against_others(frames: list[np.ndarray], shifts: np.ndarray, sigma: float, upsample: int) -> np.ndarray:

@@ -4,7 +4,6 @@ by stack, and the dataset card of contract 3."""
 from __future__ import annotations
 
 import json
-import re
 import zipfile
 
 import h5py
@@ -39,10 +38,7 @@ def test_a_drift_beyond_a_quarter_of_the_frame_is_refused_naming_it():
     with pytest.raises(InputError) as err:
         noisy_only.aligned([ref, small, large], "stack.tif")
     assert "stack.tif: frames: expected a drift within a quarter of the frame" in str(err.value)
-    # the offending frame's drift, not the largest tuple (the low-dose registration measures it to a pixel
-    # at this 31 % of the frame, where the whitened correlation of the old code found it exactly)
-    found = re.search(r"found \((-?\d+), (-?\d+)\) at frame 2$", str(err.value))
-    assert found and abs(int(found[1]) + 20) <= 1 and abs(int(found[2])) <= 1
+    assert str(err.value).endswith("found (-20, 0)")  # the offending frame's drift, not the largest tuple
 
 
 def test_split_keeps_every_stack_together():

@@ -48,6 +48,12 @@ def test_low_dose_drift_is_found_to_a_fraction_of_a_pixel(dose, bound):
     assert len(common) == 8 and common[0].shape == (128 - 5, 128 - 3)  # 4.9 and 3.15 px of drift cut off (rounded)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_perfect_crystal_at_20_e_per_pixel_is_not_taken_for_a_lattice_vector_off(seed):
+    frames, drift = movie(20, (0.7, -0.45), scene="lattice", seed=seed)
+    assert np.abs(registration.register(frames) - drift).max() <= 0.6
+
+
 def test_whole_pixel_drift_at_low_dose_and_the_old_correlation_fails():
     frames, drift = movie(20, (2.0, -1.0), n=4)
     np.testing.assert_array_equal(np.rint(registration.register(frames)), drift)
@@ -83,6 +89,8 @@ def _entry(tmp_path: Path) -> dict:
 def test_the_issues_low_dose_movie_now_ingests(tmp_path, capsys):
     """8 frames of 256x256 uint16 at 30 e/px per frame drifting 0.7 px per frame: refused before."""
     frames, drift = movie(30, (0.7, 0.7), size=256)
+    old = np.array([whitened(frames[0], f) for f in frames])
+    assert np.abs(old - drift).max() > 2  # the old whitened correlation, several pixels off
     code, err = _ingest(capsys, tmp_path, np.stack(frames))
     assert code == 0, err
     entry = _entry(tmp_path)
