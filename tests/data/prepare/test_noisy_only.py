@@ -144,3 +144,13 @@ def test_the_pixel_size_of_an_imagej_tiff_reaches_the_card_and_the_model_meta(tm
     assert training_pixel_size(card) == pytest.approx(0.25, rel=1e-5)  # the model file's meta pixel_size
     with h5py.File(tmp_path / "data" / "train.h5", "r") as fh:
         np.testing.assert_allclose(fh["pixel_size"][:], 0.25, rtol=1e-5)
+
+
+def test_a_plain_folder_of_micrographs_as_the_source_hints_at_micrographs(tmp_path, capsys):
+    folder = write_micrographs(tmp_path / "in")
+    p = params_file(tmp_path / "p.yaml", download={"source": str(folder)})
+    code, err = run_here(
+        capsys, "download", {"raw_data_dir": tmp_path / "raw", "parameters_file": p, "log_dir": tmp_path}
+    )
+    assert code == 2 and "em_graphene_sim layout" in err
+    assert 'for your own micrographs (no clean images) give download.source: "micrographs:PATH"' in err
