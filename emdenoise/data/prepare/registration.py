@@ -35,6 +35,7 @@ DEFAULT_UPSAMPLE = 20  # sub-pixel refinement: 1/20 px
 PRIOR_FRACTION = 0.125  # the preference for drifts near the expected one: a Gaussian of this part of the side,
 WHITENED_Z = 20.0  # a whitened correlation peak this many standard deviations high is trusted
 PRIOR_PX = 32.0  # or of this many pixels when that is wider
+MAX_SIDE = 1024  # larger frames are registered in bins (see register)
 
 
 class Unmeasurable(ValueError):
@@ -132,11 +133,20 @@ def register(
     sigma: float = DEFAULT_SIGMA,
     upsample: int = DEFAULT_UPSAMPLE,
     check: bool = True,
+    max_side: int = MAX_SIDE,
 ) -> np.ndarray:
     """The drift of every frame to the first, (N, 2) float64 (dy, dx) with ``frames[k][y + dy, x + dx] ~
     frames[0][y, x]`` (row 0 is zero). ``sigma``: the low-pass Gaussian (pixels). ``check``: raise
-    :class:`Unmeasurable` when no half of the frames confirms the drift (frames at least 32 pixels a side)."""
-    frames = [np.asarray(f, dtype=np.float64) for f in frames]
+    :class:`Unmeasurable` when no half of the frames confirms the drift (frames at least 32 pixels a side).
+    Frames wider or higher than ``max_side`` are registered summed in b x b bins (b the smallest factor that
+    brings them within it; the counts add up, the time and memory drop by b squared), the drift scaled back."""
+    arrays = [np.asarray(f) for f in frames]
+    b = -(-max(arrays[0].shape) // max_side) if arrays else 1
+    if b > 1:
+        h, w = (side // b * b for side in arrays[0].shape)
+        binned = [f[:h, :w].reshape(h // b, b, w // b, b).sum(axis=(1, 3), dtype=np.float64) for f in arrays]
+        return b * register(binned, sigma=sigma, upsample=upsample, check=check, max_side=max_side)
+    frames = [f.astype(np.float64) for f in arrays]
     n = len(frames)
     shifts = np.zeros((n, 2))
     if n < 2:

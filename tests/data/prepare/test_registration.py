@@ -54,6 +54,12 @@ def test_a_perfect_crystal_at_20_e_per_pixel_is_not_taken_for_a_lattice_vector_o
     assert np.abs(registration.register(frames) - drift).max() <= 0.6
 
 
+def test_large_frames_are_registered_in_bins():
+    frames, drift = movie(20, (0.7, -0.45), n=4, size=256)
+    found = registration.register(frames, max_side=128)  # 2 x 2 bins: 128 x 128 frames registered
+    assert np.abs(found - drift).max() <= 0.5
+
+
 def test_whole_pixel_drift_at_low_dose_and_the_old_correlation_fails():
     frames, drift = movie(20, (2.0, -1.0), n=4)
     np.testing.assert_array_equal(np.rint(registration.register(frames)), drift)
