@@ -95,7 +95,7 @@ def test_frame_pairs_need_a_stack_and_poisson_split_needs_counts(tmp_path, capsy
 
 def test_the_own_data_parameters_train_ffdnet_on_a_low_dose_movie(tmp_path, capsys):
     """run/own-data.sh's settings (workspace/parameters/own-data.parameters.yaml, made tiny with --set) on a
-    drifting low-dose movie: aligned, ffdnet trained self-supervised, the card's drift in the log's data."""
+    drifting, calibrated low-dose movie: aligned, ffdnet trained self-supervised, the pixel size carried."""
     import tifffile
 
     params = Path(__file__).resolve().parents[2] / "workspace" / "parameters" / "own-data.parameters.yaml"
@@ -104,7 +104,8 @@ def test_the_own_data_parameters_train_ffdnet_on_a_low_dose_movie(tmp_path, caps
     folder = tmp_path / "in"
     folder.mkdir()
     movie = np.stack([rng.poisson(field[k : k + 96, 2 * k : 2 * k + 96] * 100) for k in range(4)]).astype(np.uint16)
-    tifffile.imwrite(folder / "movie.tif", movie, photometric="minisblack")
+    # an ImageJ hyperstack calibrated at 40 pixels per nm (0.25 A/px): the pixel size reaches the model file
+    tifffile.imwrite(folder / "movie.tif", movie, imagej=True, resolution=(40.0, 40.0), metadata={"unit": "nm"})
     sets = (f"download.source=micrographs:{folder}", "preprocess.tile_size=32", "train.epochs=1")
     sets += ("train.patch_size=16", "train.max_train_images=8", "train.device=cpu", "train.precision=fp32")
     paths = {"parameters_file": params, "log_dir": tmp_path / "logs", "raw_data_dir": tmp_path / "raw"}
@@ -119,3 +120,5 @@ def test_the_own_data_parameters_train_ffdnet_on_a_low_dose_movie(tmp_path, caps
     assert code == 0, err
     _, meta = modelfile.load_model(tmp_path / "models" / "ffdnet" / "em_denoise_model.h5")
     assert meta["model"] == "ffdnet" and meta["supervision"]["mode"] == "noise2void"
+    assert card["pixel_size_angstrom"] == pytest.approx(0.25, rel=1e-5)
+    assert meta["pixel_size"] == pytest.approx(0.25, rel=1e-5)
