@@ -20,6 +20,8 @@ A drift is *unmeasurable* when no half of the frames confirms it: the drift of e
 on the left, right, top and bottom halves of the frames against the same halves of the reference; when for
 some frame none of them lands within :data:`AGREEMENT_PX` of the drift of the whole frame, the signal is too
 weak (or absent: vacuum, a featureless film) and :func:`register` raises :class:`Unmeasurable`.
+
+Frames larger than :data:`MAX_SIDE` are registered summed in bins. :func:`align` shifts by whole pixels.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ AGREEMENT_PX = 1.5  # a half-frame measurement confirms a frame's drift when wit
 DEFAULT_SIGMA = 1.5  # low-pass Gaussian of the correlation (pixels): about a quarter of an atomic spacing
 DEFAULT_UPSAMPLE = 20  # sub-pixel refinement: 1/20 px
 PRIOR_FRACTION = 0.125  # the preference for drifts near the expected one: a Gaussian of this part of the side,
-WHITENED_Z = 20.0  # a whitened correlation peak this many standard deviations high is trusted
 PRIOR_PX = 32.0  # or of this many pixels when that is wider
+WHITENED_Z = 20.0  # a whitened correlation peak this many standard deviations high is trusted
 MAX_SIDE = 1024  # larger frames are registered in bins (see register)
 
 
@@ -43,7 +45,7 @@ class Unmeasurable(ValueError):
 
 
 def _spectra(frames: list[np.ndarray], sigma: float) -> list[np.ndarray]:
-    """The low-passed spectra of the Hann-windowed, mean-subtracted frames."""
+    """The low-passed spectra of the tapered, mean-subtracted frames."""
     h, w = frames[0].shape
     window = np.outer(windows.tukey(h, TAPER), windows.tukey(w, TAPER))
     fy, fx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]
