@@ -13,7 +13,7 @@ from skimage.registration import phase_cross_correlation
 from support import params_file, run_here
 
 from emdenoise.data.prepare import registration
-from emdenoise.data.simulate.synthetic import clean_image
+from emdenoise.data.simulate.pairs import clean_image
 from emdenoise.errors import InputError
 
 ABF_MOVIE = Path(__file__).resolve().parents[3] / ".." / "shared" / "realdata" / "srtio3_abf_movie"
