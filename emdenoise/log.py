@@ -16,6 +16,19 @@ def get_logger() -> logging.Logger:
     return logging.getLogger(LOGGER_NAME)
 
 
+class BarSafeHandler(logging.StreamHandler):
+    """A stream handler that writes through :meth:`tqdm.write`: while a progress bar is drawn on the same
+    stream the bar is cleared, the message printed on its own line and the bar redrawn below it (a plain
+    write would land in the middle of the bar's line)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+            self.flush()
+        except Exception:  # as logging.StreamHandler does: never let a log line end the run
+            self.handleError(record)
+
+
 def setup(task: str, log_dir: Path | None, verbose: bool = False) -> logging.Logger:
     """Send the package's log records to stderr and, when ``log_dir`` is given, append them to its task log."""
     logger = get_logger()
@@ -24,7 +37,7 @@ def setup(task: str, log_dir: Path | None, verbose: bool = False) -> logging.Log
         handler.close()
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
-    console = logging.StreamHandler(sys.stderr)
+    console = BarSafeHandler(sys.stderr)
     console.setFormatter(logging.Formatter(f"[{task}] %(message)s"))
     logger.addHandler(console)
     if log_dir is not None:

@@ -2,13 +2,15 @@
 # Train a denoiser on your own micrographs alone (no clean images) and denoise them:
 #   run/own-data.sh INPUT_DIR [OUTPUT_DIR]
 # INPUT_DIR: a folder (or .zip) of micrographs in any format `emdenoise denoise` reads (TIFF stacks, MRC, HDF5,
-# NPY, PNG, ...). OUTPUT_DIR (default ./own-data): the workspace: data/raw (a copy of the inputs),
-# data/processed (noisy-only tiles), models/, output/ (train_metrics.json), denoised/ (the denoised inputs,
-# same names and formats) and before_after.png.
-# Supervision: poisson_split when every pixel is a whole number (counted frames), else noise2void; set
-# EMDENOISE_SUPERVISION (noise2void, poisson_split, frame_pairs) or EMDENOISE_PARAMETERS (a parameters file
-# whose sections are used as they are) to choose; EMDENOISE_EPOCHS (default 20), EMDENOISE_TILE (the tile side,
-# default 128; frames must be at least that large).
+# NPY, PNG, DM3/DM4, EMD, SER ...). OUTPUT_DIR (default ./own-data): the workspace: data/raw (a copy of the
+# inputs), data/processed (noisy-only tiles, the stacks' frames drift-aligned), models/, output/
+# (train_metrics.json), denoised/ (the denoised inputs, same names and formats) and before_after.png.
+# Installs the package (run/install.sh) and, when an input is a DM3/DM4, EMD, SER or HSPY file, the formats
+# extra (rosettasciio, GPL-3.0). The settings come from workspace/parameters/own-data.parameters.yaml (ffdnet,
+# a few minutes on 2 CPU cores), or from the file EMDENOISE_PARAMETERS names; download.source is INPUT_DIR.
+# Supervision: poisson_split when every pixel is a whole number (counted frames), else noise2void (with
+# EMDENOISE_PARAMETERS: the file's train.supervision); set EMDENOISE_SUPERVISION (noise2void, poisson_split, frame_pairs) to choose; EMDENOISE_EPOCHS and EMDENOISE_TILE
+# (the tile side; frames must be at least that large) override the file's train.epochs and preprocess.tile_size.
 set -euo pipefail
 if [ $# -lt 1 ] || [ $# -gt 2 ]; then
     echo "usage: run/own-data.sh INPUT_DIR [OUTPUT_DIR]" >&2
@@ -20,32 +22,42 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "$0")/.."
 bash run/install.sh
-EM=.venv/bin/emdenoise
-PARAMS=${EMDENOISE_PARAMETERS:-$OUT/own-data.parameters.yaml}
-if [ -z "${EMDENOISE_PARAMETERS:-}" ]; then
-    cat > "$PARAMS" <<YAML
-download: {source: "micrographs:$INPUT"}
-preprocess: {tile_size: ${EMDENOISE_TILE:-128}, val_fraction: 0.1}
-train: {model: sciml_ae, epochs: ${EMDENOISE_EPOCHS:-20}, batch_size: 16}
-YAML
+PY=.venv/bin/python
+NEEDS_FORMATS=$($PY - "$INPUT" <<'PY'
+import pathlib, sys, zipfile
+
+src = pathlib.Path(sys.argv[1])
+names = zipfile.ZipFile(src).namelist() if zipfile.is_zipfile(src) else [str(p) for p in src.rglob("*")]
+print("yes" if any(pathlib.PurePath(n).suffix.lower() in {".dm3", ".dm4", ".emd", ".ser", ".hspy"} for n in names) else "")
+PY
+)
+if [ -n "$NEEDS_FORMATS" ] && ! $PY -c "import rsciio" 2>/dev/null; then
+    echo "DM/EMD/SER input: installing the formats extra (rosettasciio, GPL-3.0)"
+    $PY -m pip install --quiet --disable-pip-version-check -e ".[formats]"
 fi
-$EM download --workspace="$OUT" --parameters_file="$PARAMS"
-$EM preprocess --workspace="$OUT" --parameters_file="$PARAMS"
+EM=.venv/bin/emdenoise
+PARAMS=${EMDENOISE_PARAMETERS:-workspace/parameters/own-data.parameters.yaml}
+SETS=(--set "download.source=micrographs:$INPUT")
+if [ -n "${EMDENOISE_EPOCHS:-}" ]; then SETS+=(--set "train.epochs=$EMDENOISE_EPOCHS"); fi
+if [ -n "${EMDENOISE_TILE:-}" ]; then SETS+=(--set "preprocess.tile_size=$EMDENOISE_TILE"); fi
+$EM download --workspace="$OUT" --parameters_file="$PARAMS" "${SETS[@]}"
+$EM preprocess --workspace="$OUT" --parameters_file="$PARAMS" "${SETS[@]}"
 MODE=${EMDENOISE_SUPERVISION:-}
 if [ -z "$MODE" ] && [ -z "${EMDENOISE_PARAMETERS:-}" ]; then  # counted frames: poisson_split, else noise2void
-    MODE=$(.venv/bin/python -c "import json, sys; c = json.load(open(sys.argv[1])); \
+    MODE=$($PY -c "import json, sys; c = json.load(open(sys.argv[1])); \
 print('poisson_split' if c.get('count_scale') else 'noise2void')" "$OUT/data/processed/dataset_card.json")
 fi
-SETS=()
+TRAIN_SETS=()
 if [ -n "$MODE" ]; then
     echo "training with train.supervision: $MODE"
-    SETS=(--set "train.supervision=$MODE")
+    TRAIN_SETS=(--set "train.supervision=$MODE")
 fi
-$EM train --workspace="$OUT" --parameters_file="$PARAMS" "${SETS[@]}"
+$EM train --workspace="$OUT" --parameters_file="$PARAMS" "${SETS[@]}" "${TRAIN_SETS[@]}"
 INPUT_FILES=$INPUT
 if [ -f "$INPUT" ]; then INPUT_FILES=$OUT/data/raw/micrographs; fi  # a zip: its copy in data/raw
-$EM denoise --workspace="$OUT" --parameters_file="$PARAMS" --input_dir="$INPUT_FILES" --output_dir="$OUT/denoised"
-.venv/bin/python -m emdenoise.report.before_after "$INPUT_FILES" "$OUT/denoised" "$OUT/before_after.png"
+$EM denoise --workspace="$OUT" --parameters_file="$PARAMS" "${SETS[@]}" --input_dir="$INPUT_FILES" \
+    --output_dir="$OUT/denoised"
+$PY -m emdenoise.report.before_after "$INPUT_FILES" "$OUT/denoised" "$OUT/before_after.png"
 echo "denoised frames: $OUT/denoised"
 echo "training metrics: $OUT/output/train_metrics.json; model: $OUT/models/"
 echo "before/after figure: $OUT/before_after.png"

@@ -221,6 +221,13 @@ class PreprocessParams(Section):
         min=0.0,
         max=1e6,
     )
+    align: str = param(
+        "str",
+        "auto",
+        "micrographs: drift alignment of the frames of a stack: auto (aligned; frames with too little signal to "
+        "measure the drift stay as recorded, with a warning), on (an unmeasurable drift is an error), off",
+        choices=("auto", "on", "off"),
+    )
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 SER, read through rosettasciio (``rsciio``, the HyperSpy IO library); the Berkeley EMD writer; pixel sizes in
 Angstrom per pixel from every format's own units.
 
-rosettasciio is GPL-3.0-or-later, so it is an optional extra (``pip install emdenoise[formats]``), imported only
-when such a file is opened; without it, opening one is a one-line error naming the file and that command.
+rosettasciio is GPL-3.0-or-later, so it is an optional extra (``pip install -e ".[formats]"`` in the emdenoise
+clone), imported only when such a file is opened; without it, opening one is a one-line error naming the file
+and that command.
 
 Each reader returns the images of a file as :class:`emdenoise.io.micrographs.ImageArray` with the pixel size
 (A/px) and where it came from, frames read one at a time (rsciio's lazy arrays). Signals that are not images
@@ -31,7 +32,7 @@ from emdenoise.io import budget, h5safe
 from emdenoise.io.calibration import angstrom
 from emdenoise.io.images import ImageArray, InputFile, Writer, check_array
 
-INSTALL_HINT = "pip install emdenoise[formats]"
+INSTALL_HINT = 'pip install -e ".[formats]" in the emdenoise clone (the formats extra: rosettasciio)'
 OUTPUT_FORMATS = {"dm": "tiff", "ser": "tiff", "emd": "emd"}  # formats we read but do not write
 OUTPUT_SUFFIX = {"tiff": ".tif", "emd": ".emd"}
 

@@ -150,6 +150,11 @@ def _finite(x: float | None) -> float | None:
     return float(x) if x is not None and math.isfinite(x) else None
 
 
+def _more_epochs(old: dict, new: dict) -> bool:
+    """Whether the training configuration ``new`` is ``old`` with more epochs (its checkpoint may go on)."""
+    return {**old, "epochs": None} == {**new, "epochs": None} and new["epochs"] > old.get("epochs", new["epochs"])
+
+
 def _config_diff(old: dict, new: dict) -> str:
     keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys) or "unknown difference"
@@ -229,7 +234,8 @@ class _Run:
         name, log, rt, path = self.name, self.rt.log, self.rt, self.ckpt_path
         if self.train.resume == "auto" and path.exists():
             info = modelfile.checkpoint_info(path)
-            if info["fingerprint"] != self.fingerprint:
+            extended = info["fingerprint"] != self.fingerprint and _more_epochs(info["config"], self.config)
+            if info["fingerprint"] != self.fingerprint and not extended:
                 raise InputError.at(
                     path,
                     "fingerprint",
@@ -245,6 +251,12 @@ class _Run:
                     *(name, self.train.epochs, path),
                 )
                 return TrainRecord.from_json(state["record"], path), info["epoch"] + 1
+            if extended:
+                log.info(
+                    "%s: extending the run from %d to %d epochs (train.epochs; the learning-rate schedule goes "
+                    "on along its %d-epoch curve)",
+                    *(name, info["config"]["epochs"], self.train.epochs, self.train.epochs),
+                )
             return self._resume()
         if rt.is_main:
             remove_staging(self.stage)  # what an earlier, unfinished run staged
@@ -298,12 +310,13 @@ class _Run:
         return record
 
     def _log_epoch(self, row: dict, val_psnr: float, val_ssim: float, val_loss: float, deviation: float) -> None:
+        psnr = "" if row["val_psnr"] is None else f", val PSNR {val_psnr:.2f} dB, SSIM {val_ssim:.4f}"
         extra = ("" if row["val_loss"] is None else f", val loss ({self.data.supervisor.mode}) {val_loss:.5f}") + (
             "" if row["val_deviation"] is None else f", val deviance deviation {deviation:.4f}"
         )
         self.rt.log.info(
-            "%s epoch %d/%d: train_loss %.5f, val PSNR %.2f dB, SSIM %.4f%s, %.1f images/s, %.1f s, lr %.3g",
-            *(self.name, row["epoch"], self.train.epochs, row["train_loss"], val_psnr, val_ssim, extra),
+            "%s epoch %d/%d: train_loss %.5f%s%s, %.1f images/s, %.1f s, lr %.3g",
+            *(self.name, row["epoch"], self.train.epochs, row["train_loss"], psnr, extra),
             *(row["images_per_s"], row["seconds"], row["lr"]),
         )
 

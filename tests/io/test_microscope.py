@@ -139,4 +139,7 @@ def test_without_rosettasciio_a_microscope_file_is_one_line_naming_the_extra(tmp
     monkeypatch.setitem(sys.modules, "rsciio", None)  # import rsciio now raises ImportError
     with pytest.raises(InputError) as err:
         micrographs.open_input(tmp_path / "a.dm3")
-    assert str(tmp_path / "a.dm3") in err.value.message and "pip install emdenoise[formats]" in err.value.message
+    assert (
+        str(tmp_path / "a.dm3") in err.value.message
+        and 'pip install -e ".[formats]" in the emdenoise clone' in err.value.message
+    )

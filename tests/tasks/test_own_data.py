@@ -47,6 +47,7 @@ def test_own_micrographs_train_self_supervised_and_denoise(own, capsys, mode):
     paths = _prepare(capsys, work, folder)
     code, err = _train(capsys, work, paths, mode, "run")
     assert code == 0, err
+    assert "val PSNR" not in err and f"val loss ({mode})" in err  # no clean images: no PSNR to log, a loss
     metrics = json.loads((work / "run" / "out" / "train_metrics.json").read_text())
     assert all(r["val_psnr"] is None for r in metrics["epochs"])  # no clean images: the val loss decides
     model_file = work / "run" / "models" / "sciml_ae" / "em_denoise_model.h5"
@@ -90,3 +91,34 @@ def test_frame_pairs_need_a_stack_and_poisson_split_needs_counts(tmp_path, capsy
     assert meta["supervision"]["count_scale_source"] == "train.counts_per_unit"
     code, err = _train(capsys, tmp_path, paths, "clean", "cl")
     one_error(code, err, 2, "train.h5", "clean", "noisy-only")
+
+
+def test_the_own_data_parameters_train_ffdnet_on_a_low_dose_movie(tmp_path, capsys):
+    """run/own-data.sh's settings (workspace/parameters/own-data.parameters.yaml, made tiny with --set) on a
+    drifting, calibrated low-dose movie: aligned, ffdnet trained self-supervised, the pixel size carried."""
+    import tifffile
+
+    params = Path(__file__).resolve().parents[2] / "workspace" / "parameters" / "own-data.parameters.yaml"
+    rng = np.random.default_rng(5)
+    field = smooth_images(rng, 1, 104)[0]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    movie = np.stack([rng.poisson(field[k : k + 96, 2 * k : 2 * k + 96] * 100) for k in range(4)]).astype(np.uint16)
+    # an ImageJ hyperstack calibrated at 40 pixels per nm (0.25 A/px): the pixel size reaches the model file
+    tifffile.imwrite(folder / "movie.tif", movie, imagej=True, resolution=(40.0, 40.0), metadata={"unit": "nm"})
+    sets = (f"download.source=micrographs:{folder}", "preprocess.tile_size=32", "train.epochs=1")
+    sets += ("train.patch_size=16", "train.max_train_images=8", "train.device=cpu", "train.precision=fp32")
+    paths = {"parameters_file": params, "log_dir": tmp_path / "logs", "raw_data_dir": tmp_path / "raw"}
+    assert run_here(capsys, "download", paths, *sets)[0] == 0
+    code, err = run_here(capsys, "preprocess", {**paths, "data_dir": tmp_path / "data"}, *sets)
+    assert code == 0, err
+    card = json.loads((tmp_path / "data" / "dataset_card.json").read_text())
+    assert card["micrographs"][0]["align"] == "measured"
+    assert np.allclose(card["micrographs"][0]["drift_px"], [[-k, -2 * k] for k in range(4)], atol=0.5)
+    out = {"data_dir": tmp_path / "data", "model_dir": tmp_path / "models", "output_dir": tmp_path / "out"}
+    code, err = run_here(capsys, "train", {"parameters_file": params, "log_dir": tmp_path / "logs", **out}, *sets)
+    assert code == 0, err
+    _, meta = modelfile.load_model(tmp_path / "models" / "ffdnet" / "em_denoise_model.h5")
+    assert meta["model"] == "ffdnet" and meta["supervision"]["mode"] == "noise2void"
+    assert card["pixel_size_angstrom"] == pytest.approx(0.25, rel=1e-5)
+    assert meta["pixel_size"] == pytest.approx(0.25, rel=1e-5)

@@ -144,6 +144,27 @@ def test_checkpoint_of_another_configuration_is_refused(tmp_path, data_dir, trai
     assert info["config"]["lr"] == 1e-2
 
 
+def test_a_finished_run_is_extended_by_more_epochs(tmp_path, data_dir, train_cli, capsys):
+    """epochs 1 -> 2 with everything else the same goes on from the checkpoint: with a constant learning
+    rate the same weights as 2 epochs in one go; fewer epochs or another setting are still refused."""
+    settings = {"lr_schedule": "constant", "patch_size": 16}
+    code, full_dir, _ = train_cli(tmp_path / "full", data_dir, epochs=2, **settings)
+    assert code == 0
+    code, part_dir, _ = train_cli(tmp_path / "part", data_dir, epochs=1, **settings)
+    assert code == 0
+    code, _, out = train_cli(tmp_path / "part", data_dir, epochs=2, **settings)
+    assert code == 0 and "extending the run from 1 to 2 epochs" in capsys.readouterr().err
+    assert [r["epoch"] for r in json.loads((out / "train_metrics.json").read_text())["epochs"]] == [1, 2]
+    a = _weights(full_dir / "sciml_ae" / "em_denoise_model_last.h5")
+    b = _weights(part_dir / "sciml_ae" / "em_denoise_model_last.h5")
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    code, _, _ = train_cli(tmp_path / "part", data_dir, epochs=1, **settings)  # fewer: another configuration
+    assert code == 2 and "epochs: 2 -> 1" in capsys.readouterr().err
+    code, _, _ = train_cli(tmp_path / "part", data_dir, epochs=3, lr=1e-2, **settings)
+    assert code == 2 and "lr" in capsys.readouterr().err
+
+
 def test_loss_decreases_on_learnable_data(tmp_path, data_dir, train_cli):
     code, _, out = train_cli(tmp_path, data_dir, epochs=6, batch_size=4, lr=3e-3, lr_schedule="constant")
     assert code == 0

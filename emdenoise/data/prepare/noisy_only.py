@@ -7,8 +7,9 @@ readers ``denoise`` uses, so every format it reads) and writes to ``data_dir``:
   cut into non-overlapping square tiles of side T = ``preprocess.tile_size`` (the remainder at the right and
   bottom edges is left out), plus ``stack`` int64 (N,) (tiles at the same place of the frames of one image
   stack share a stack number), ``frame`` int64 (N,) (the frame's number in its stack) and ``pixel_size``
-  float32 (N,) when the file records it. The frames of a stack are drift-aligned to its first frame first (an
-  integer shift found by phase correlation; the tiles cover the part every frame shares), so tiles with the
+  float32 (N,) when the file records it. The frames of a stack are drift-aligned to its first frame first
+  (:mod:`emdenoise.data.prepare.registration`: a sub-pixel drift measured against a running reference, undone
+  in whole pixels; the tiles cover the part every frame shares; ``preprocess.align``), so tiles with the
   same stack number and consecutive frames are Noise2Noise pairs (``train.supervision: frame_pairs``).
 - The split is by stack number (``preprocess.val_fraction``, ``preprocess.seed``): every frame of a tile
   position goes into the same split. ``test.h5`` holds the val tiles again: there is no clean truth to test
@@ -18,7 +19,8 @@ readers ``denoise`` uses, so every format it reads) and writes to ``data_dir``:
   max - min of the noisy val tiles, ``count_scale`` (counts per stored unit: 1 when every pixel is a whole
   number, else null) with ``count_scale_source``, ``count_scale_estimate`` (the median over frames of
   :func:`emdenoise.classical.filters.estimate_count_scale`, to set ``train.counts_per_unit`` from),
-  ``pixel_size_angstrom`` (median, or null) and ``has_atoms: false``, and ``micrographs``: each file's frames.
+  ``pixel_size_angstrom`` (median, or null) and ``has_atoms: false``, and ``micrographs``: each file's frames,
+  with ``align`` (measured, off, one frame, unmeasurable) and ``drift_px`` (each frame's drift to the first).
 
 Bad input is a one-line InputError naming the file: a file that cannot be read, NaN or infinite pixels,
 frames smaller than the tile size, no frame at all.
@@ -38,6 +40,7 @@ from emdenoise import __version__
 from emdenoise.config.params import PreprocessParams
 from emdenoise.data.acquire.manifest import recorded_source
 from emdenoise.data.card import pixel_size_or_none
+from emdenoise.data.prepare import registration
 from emdenoise.errors import InputError
 from emdenoise.io import h5safe, micrographs
 from emdenoise.layout import CARD, CARD_FORMAT, MICROGRAPHS_DIR, SPLIT_FILE, SPLITS
@@ -65,42 +68,49 @@ def is_micrographs(raw_dir: Path) -> bool:
     return (raw_dir / MICROGRAPHS_DIR).is_dir() and not (raw_dir / "train").exists()
 
 
-def phase_shift(ref: np.ndarray, moving: np.ndarray) -> tuple[int, int]:
-    """The integer (dy, dx) with ``moving[y + dy, x + dx] ~ ref[y, x]``, from the peak of the phase correlation."""
-    a = np.fft.rfft2(ref - ref.mean())
-    b = np.fft.rfft2(moving - moving.mean())
-    cross = b * np.conj(a)
-    corr = np.fft.irfft2(cross / np.maximum(np.abs(cross), 1e-12), s=ref.shape)
-    dy, dx = np.unravel_index(int(np.argmax(corr)), corr.shape)
-    h, w = ref.shape
-    return int(dy - h if dy > h // 2 else dy), int(dx - w if dx > w // 2 else dx)
+@dataclass
+class Drift:
+    """How a stack was aligned: ``shifts`` (N, 2) the measured drift of each frame to the first (pixels, sub-pixel;
+    None when not measured) and ``how``: measured, off (``preprocess.align: off``), one frame, or unmeasurable."""
+
+    shifts: np.ndarray | None
+    how: str
+
+    def record(self) -> dict[str, Any]:
+        shifts = None if self.shifts is None else np.round(self.shifts, 2).tolist()
+        return {"align": self.how, "drift_px": shifts}
 
 
-def aligned(frames: list[np.ndarray], where: str) -> list[np.ndarray]:
-    """The frames of one stack cut to the area they all share after the drift to the first frame is undone."""
-    if len(frames) < 2:
-        return frames
-    shifts = [(0, 0)] + [phase_shift(frames[0], f) for f in frames[1:]]
+def aligned(frames: list[np.ndarray], where: str, mode: str = "auto", log=None) -> tuple[list[np.ndarray], Drift]:
+    """The frames of one stack cut to the area they all share after the drift to the first frame is undone
+    (:mod:`emdenoise.data.prepare.registration`; whole-pixel shifts), and the drift. ``mode`` is
+    ``preprocess.align``: off (frames as they are), on (an unmeasurable drift is an error), auto (an
+    unmeasurable drift leaves the frames as they are, with a warning)."""
+    if len(frames) < 2 or mode == "off":
+        return frames, Drift(None, "off" if mode == "off" else "one frame")
+    try:
+        shifts = registration.register(frames)
+    except registration.Unmeasurable as exc:
+        if mode == "on":
+            raise InputError.at(where, "frames", f"expected a measurable drift, {exc} (preprocess.align: on)") from None
+        if log is not None:
+            log.warning("%s: frames left unaligned (preprocess.align: auto): %s", where, exc)
+        return frames, Drift(None, "unmeasurable")
     h, w = frames[0].shape
-    dys, dxs = [s[0] for s in shifts], [s[1] for s in shifts]
-    if max(map(abs, dys)) > MAX_DRIFT_FRACTION * h or max(map(abs, dxs)) > MAX_DRIFT_FRACTION * w:
+    d = np.rint(shifts).astype(int)
+    if np.any(np.abs(d[:, 0]) > MAX_DRIFT_FRACTION * h) or np.any(np.abs(d[:, 1]) > MAX_DRIFT_FRACTION * w):
+        k = max(range(len(d)), key=lambda i: max(abs(d[i, 0]) / h, abs(d[i, 1]) / w))
         raise InputError.at(
             where,
             "frames",
-            "expected a drift within a quarter of the frame between frames, found "
-            f"{max(shifts, key=lambda s: max(abs(s[0]) / h, abs(s[1]) / w))}",
+            f"expected a drift within a quarter of the frame between frames, found {tuple(d[k].tolist())}",
         )
-    y0, y1 = max(0, -min(dys)), min(h, h - max(dys))
-    x0, x1 = max(0, -min(dxs)), min(w, w - max(dxs))
-    return [f[y0 + dy : y1 + dy, x0 + dx : x1 + dx] for f, (dy, dx) in zip(frames, shifts)]
+    return registration.align(frames, shifts), Drift(shifts, "measured")
 
 
-def _pixel_size(src: micrographs.InputFile) -> float:
-    """Å per pixel when the file records it (an MRC voxel size, a reader's ``pixel_size``), else NaN."""
-    value = src.info.get("pixel_size")
-    if value is None and src.info.get("voxel_size") is not None:
-        value = float(src.info["voxel_size"]["x"])
-    size = pixel_size_or_none(value)
+def _pixel_size(image: micrographs.ImageArray) -> float:
+    """Å per pixel when the file records it (the reader's calibration of the image), else NaN."""
+    size = pixel_size_or_none(image.pixel_size)
     return math.nan if size is None else size
 
 
@@ -116,7 +126,7 @@ def _check_counts(where: str, frames: list[np.ndarray]) -> None:
             raise InputError.at(where, f"frame {i}" if len(frames) > 1 else None, problem)
 
 
-def read_tiles(raw_dir: Path, tile: int, log) -> Tiles:
+def read_tiles(raw_dir: Path, tile: int, log, align: str = "auto") -> Tiles:
     """Every frame of every file under ``raw_dir/micrographs/``, aligned per stack and cut into tiles."""
     from emdenoise.classical.filters import estimate_count_scale
 
@@ -128,8 +138,8 @@ def read_tiles(raw_dir: Path, tile: int, log) -> Tiles:
     next_stack = 0
     for path in progress(paths, desc="preprocess micrographs", unit="file"):
         with micrographs.open_input(path) as src:
-            pixel = _pixel_size(src)
             for image in src.images:
+                pixel = _pixel_size(image)
                 where = image.label(path)
                 h, w = image.frame_shape
                 if h < tile or w < tile:
@@ -142,7 +152,7 @@ def read_tiles(raw_dir: Path, tile: int, log) -> Tiles:
                 _check_counts(where, frames)
                 out.whole &= all(np.array_equal(f, np.round(f)) for f in frames)
                 out.scales += [estimate_count_scale(f) for f in frames]
-                frames = aligned(frames, where)
+                frames, drift = aligned(frames, where, align, log)
                 fh, fw = frames[0].shape
                 if fh < tile or fw < tile:
                     raise InputError.at(
@@ -166,6 +176,7 @@ def read_tiles(raw_dir: Path, tile: int, log) -> Tiles:
                         "frame_shape": [h, w],
                         "aligned_shape": [fh, fw],
                         "tiles_per_frame": len(positions),
+                        **drift.record(),
                     }
                 )
     if not out.images:
@@ -220,7 +231,7 @@ def _stats(values: np.ndarray) -> dict[str, float]:
 
 def preprocess_micrographs(raw_dir: Path, data_dir: Path, params: PreprocessParams, log) -> dict[str, Any]:
     """Write the noisy-only splits and their card (one Transaction, the card last); return the card."""
-    tiles = read_tiles(raw_dir, params.tile_size, log)
+    tiles = read_tiles(raw_dir, params.tile_size, log, params.align)
     stack = np.asarray(tiles.stack)
     train_rows, val_rows = split_stacks(stack, params.val_fraction, params.seed)
     plan = {"train": train_rows, "val": val_rows, "test": val_rows}
@@ -254,6 +265,7 @@ def preprocess_micrographs(raw_dir: Path, data_dir: Path, params: PreprocessPara
             "val_fraction": params.val_fraction,
             "seed": params.seed,
             "tile_size": params.tile_size,
+            "align": params.align,
             "raw_data_dir": str(raw_dir.resolve()),
         },
         "micrographs": tiles.files,

@@ -33,6 +33,7 @@ LAYOUT_TEXT = "the em_graphene_sim layout: train/ and test/, each holding " + " 
 LAYOUT_HINT = (
     "expected the em_graphene_sim layout: train/ and test/, each with graphene_img_noise.h5 and graphene_img_clean.h5"
 )
+MICROGRAPHS_HINT = '"micrographs:PATH"'
 TIFF_SUFFIXES = (".tif", ".tiff")
 
 
@@ -68,7 +69,8 @@ def find_layout_root(paths: Iterable[str], where: Any) -> str:
     best = max(counts, key=lambda r: (counts[r], -r.count("/")), default="")
     missing = [req for req in REQUIRED if best + req not in paths]
     under = f" under {best!r}" if best else ""
-    raise InputError(f"{where}: no {', '.join(missing)}{under}: expected {LAYOUT_TEXT}")
+    hint = "" if counts else f"; for your own micrographs (no clean images) give download.source: {MICROGRAPHS_HINT}"
+    raise InputError(f"{where}: no {', '.join(missing)}{under}: expected {LAYOUT_TEXT}{hint}")
 
 
 def micrograph_plan(paths: Iterable[str], where: Any) -> dict[str, str]:

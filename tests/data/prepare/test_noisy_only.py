@@ -22,10 +22,13 @@ def test_phase_correlation_finds_the_drift():
     big = rng.poisson(smooth_images(rng, 1, 80)[0] * 50).astype(np.float32)
     ref = big[4:68, 4:68]
     moving = big[6:70, 1:65]  # moving[y, x] = ref[y + 2, x - 3]: moving[y - 2, x + 3] = ref[y, x]
-    assert noisy_only.phase_shift(ref, moving) == (-2, 3)
-    a, b = noisy_only.aligned([ref, moving], "here")
+    (a, b), drift = noisy_only.aligned([ref, moving], "here")
+    assert drift.how == "measured" and tuple(np.rint(drift.shifts[1]).astype(int)) == (-2, 3)
     np.testing.assert_array_equal(a, b)  # the shared area, the drift undone
     assert a.shape == (62, 61)
+    assert drift.record() == {"align": "measured", "drift_px": np.round(drift.shifts, 2).tolist()}
+    (a, b), drift = noisy_only.aligned([ref, moving], "here", "off")  # preprocess.align: off
+    assert a is ref and b is moving and drift.record() == {"align": "off", "drift_px": None}
 
 
 def test_a_drift_beyond_a_quarter_of_the_frame_is_refused_naming_it():
@@ -83,7 +86,10 @@ def test_a_folder_or_zip_of_micrographs_becomes_noisy_only_splits(tmp_path, caps
     assert card["count_scale_source"] and card["count_scale_estimate"] > 0 and card["pixel_size_angstrom"] is None
     assert card["normalisation"]["clean"] == card["normalisation"]["noisy"]
     stack_entry = next(e for e in card["micrographs"] if e["file"].endswith("stack.tif"))
-    assert stack_entry["frames"] == 3 and stack_entry["aligned_shape"] == [93, 92]  # 3 frames drifting (1, 2)
+    assert stack_entry["frames"] == 3 and stack_entry["aligned_shape"] == [94, 92]  # 3 frames drifting (1, 2)
+    assert stack_entry["align"] == "measured" and np.allclose(
+        stack_entry["drift_px"], [[0, 0], [-1, -2], [-2, -4]], atol=0.5
+    )
     total = 0
     for split in ("train", "val"):
         with h5py.File(tmp_path / "data" / f"{split}.h5", "r") as fh:
@@ -118,3 +124,33 @@ def test_bad_micrographs_are_one_line_and_write_nothing(tmp_path, capsys):
     code, err = run_here(capsys, "download", paths)
     assert code == 2 and "download.source: expected micrograph files" in err
     assert not (tmp_path / "raw" / "MANIFEST.json").exists()
+
+
+def test_the_pixel_size_of_an_imagej_tiff_reaches_the_card_and_the_model_meta(tmp_path, capsys):
+    import tifffile
+
+    from emdenoise.training.loop import training_pixel_size
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    frame = rng.poisson(smooth_images(rng, 1, 96)[0] * 30).astype(np.uint16)
+    # ImageJ calibration: 0.25 A/px = 0.025 nm/px, i.e. 40 pixels per nm
+    tifffile.imwrite(folder / "cal.tif", frame, imagej=True, resolution=(40.0, 40.0), metadata={"unit": "nm"})
+    code, err = _download_preprocess(capsys, tmp_path, f"micrographs:{folder}")
+    assert code == 0, err
+    card = json.loads((tmp_path / "data" / "dataset_card.json").read_text())
+    assert card["pixel_size_angstrom"] == pytest.approx(0.25, rel=1e-5)
+    assert training_pixel_size(card) == pytest.approx(0.25, rel=1e-5)  # the model file's meta pixel_size
+    with h5py.File(tmp_path / "data" / "train.h5", "r") as fh:
+        np.testing.assert_allclose(fh["pixel_size"][:], 0.25, rtol=1e-5)
+
+
+def test_a_plain_folder_of_micrographs_as_the_source_hints_at_micrographs(tmp_path, capsys):
+    folder = write_micrographs(tmp_path / "in")
+    p = params_file(tmp_path / "p.yaml", download={"source": str(folder)})
+    code, err = run_here(
+        capsys, "download", {"raw_data_dir": tmp_path / "raw", "parameters_file": p, "log_dir": tmp_path}
+    )
+    assert code == 2 and "em_graphene_sim layout" in err
+    assert 'for your own micrographs (no clean images) give download.source: "micrographs:PATH"' in err
