@@ -26,7 +26,7 @@ FLAGS: dict[str, tuple[str, str, str]] = {
 SUFFIX = "_denoised"  # what denoise.suffix becomes when the outputs go beside the inputs
 
 EPILOG = """formats read: TIFF (incl. ImageJ hyperstacks, OME), PNG (8/16-bit), NPY, HDF5, MRC/MRCS, and with
-  pip install 'emdenoise[formats]': DM3/DM4, EMD (Velox, Berkeley), SER
+  pip install -e ".[formats]" in the emdenoise clone: DM3/DM4, EMD (Velox, Berkeley), SER
 formats written: the input's format, float32 (PNG: its bit depth); DM3/DM4 and SER as ImageJ TIFF, EMD as
   Berkeley EMD; TIFF outputs carry ImageJ calibration (unit, spacing, TYX axes for movies); every output has
   a sidecar <output>.json with the provenance
