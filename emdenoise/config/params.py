@@ -104,6 +104,19 @@ PRECISION_CHOICES = ("auto",) + PRECISIONS
 FALLBACK_TILE = 256  # denoise: the tiles of frames too large to go through whole (emdenoise.inference.tiling)
 
 
+def memory_limit_param() -> Any:
+    """``memory_limit_gb``, the same field in every section whose task reads files (download, preprocess, denoise)."""
+    return param(
+        "float",
+        0.0,
+        "memory budget in GB for what a file's header may make a reader allocate at once (a frame, a chunk, a "
+        "whole image); larger claims are refused in one line (0: the environment variable "
+        "EMDENOISE_MEMORY_LIMIT_GB, else half the memory available)",
+        min=0.0,
+        max=1e6,
+    )
+
+
 # -- the sections --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DownloadParams(Section):
@@ -172,15 +185,7 @@ class DownloadParams(Section):
         max=86_400.0,
     )
     max_archive_bytes: int = param("int", 64 * 2**30, "largest total uncompressed size accepted from a zip", min=1)
-    memory_limit_gb: float = param(
-        "float",
-        0.0,
-        "memory budget in GB for what a file's header may make a reader allocate at once (a frame, a chunk, a "
-        "whole image); larger claims are refused in one line (0: the environment variable "
-        "EMDENOISE_MEMORY_LIMIT_GB, else half the memory available)",
-        min=0.0,
-        max=1e6,
-    )
+    memory_limit_gb: float = memory_limit_param()
 
     def check(self) -> None:
         if self.dose_min > self.dose_max:
@@ -212,15 +217,7 @@ class PreprocessParams(Section):
     tile_size: int = param(
         "int", 128, "micrographs: side of the square tiles the frames are cut into", min=16, max=4096
     )
-    memory_limit_gb: float = param(
-        "float",
-        0.0,
-        "memory budget in GB for what a file's header may make a reader allocate at once (a frame, a chunk, a "
-        "whole image); larger claims are refused in one line (0: the environment variable "
-        "EMDENOISE_MEMORY_LIMIT_GB, else half the memory available)",
-        min=0.0,
-        max=1e6,
-    )
+    memory_limit_gb: float = memory_limit_param()
     align: str = param(
         "str",
         "auto",
@@ -446,15 +443,7 @@ class DenoiseParams(Section):
         min=0.0,
         max=10.0,
     )
-    memory_limit_gb: float = param(
-        "float",
-        0.0,
-        "memory budget in GB for what a file's header may make a reader allocate at once (a frame, a chunk, a "
-        "whole image); larger claims are refused in one line (0: the environment variable "
-        "EMDENOISE_MEMORY_LIMIT_GB, else half the memory available)",
-        min=0.0,
-        max=1e6,
-    )
+    memory_limit_gb: float = memory_limit_param()
 
     def check(self) -> None:
         tile = self.tile_size or FALLBACK_TILE  # tile_size 0 still tiles frames too large for memory_mb
