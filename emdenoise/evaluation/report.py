@@ -7,10 +7,12 @@ Inputs are the :class:`~emdenoise.evaluation.records.TestMetrics` record built b
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,6 +20,9 @@ from emdenoise.evaluation.records import MethodSummary, SplitMetrics, TestMetric
 from emdenoise.report import tables
 from emdenoise.report.figures import KIND_COLOURS, figure, legend_patch, save
 from emdenoise.report.tables import is_number, num, settings, table
+
+if TYPE_CHECKING:  # the scorer computes with torch; the report only reads its rows
+    from emdenoise.evaluation.scorer import Scorer
 
 BASELINE_NOTE = (
     "Classical baselines: filter, then a global gain/offset fitted on the validation split (the "
@@ -269,3 +274,56 @@ def psnr_bar_figure(metrics: TestMetrics | Mapping[str, Any]) -> Any:
 def psnr_bar_chart(dest: str | os.PathLike[str], metrics: TestMetrics | Mapping[str, Any]) -> None:
     """:func:`psnr_bar_figure` saved as PNG into ``dest``, atomically."""
     save(psnr_bar_figure(metrics), dest)
+
+
+# -------------------------------------------------------------------- what the test task writes
+
+COMPARISON = "comparison.png"
+
+
+def per_image_csv(scorers: dict[str, Scorer]) -> str:
+    """One line per split, image and method (the generalisation split's after the test split's)."""
+    dose = any(scorer.split.dose is not None for scorer in scorers.values())
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(
+        ["index"]
+        + (["dose"] if dose else [])
+        + ["method", "psnr", "ssim", "mse", "band_psnr", "frc_px", "deviation", "inconsistent", "split"]
+    )
+    for split, scorer in scorers.items():
+        doses = scorer.split.dose
+        for name, row in scorer.rows.items():
+            for i in range(row.n):
+                writer.writerow(
+                    [i]
+                    + ([f"{doses[i]:.6g}" if doses is not None else ""] if dose else [])
+                    + [name, f"{row.psnr[i]:.6f}", f"{row.ssim[i]:.6f}", f"{row.mse[i]:.6e}"]
+                    + [f"{row.band_psnr[i]:.6f}", f"{row.frc_px[i]:.4f}", f"{row.deviation[i]:.5f}"]
+                    + [int(row.inconsistent[i]), split]
+                )
+    return buf.getvalue()
+
+
+def figure_indices(n: int, k: int) -> list[int]:
+    """``k`` test image indices spread evenly over the split (first and last included)."""
+    if k <= 0 or n <= 0:
+        return []
+    return sorted({int(round(v)) for v in np.linspace(0, n - 1, min(k, n))})
+
+
+def figures(scorer: Scorer, metrics: TestMetrics, indices: list[int]) -> dict[str, Any]:
+    """File name -> drawn figure: ``psnr_bar.png``, and ``comparison.png`` when ``indices`` is not empty."""
+    drawn = {"psnr_bar.png": psnr_bar_figure(metrics)}
+    if indices:
+        split = scorer.split
+        methods = [name for name in scorer.rows if name != "noisy"]
+        labels = [f"test #{i}" + (f", dose {split.dose[i]:.3g}" if split.dose is not None else "") for i in indices]
+        drawn[COMPARISON] = comparison_figure(
+            split.noisy[indices],
+            split.truth[indices],
+            {name: np.stack([scorer.rows[name].figure[i] for i in indices]) for name in methods},
+            {name: [row.psnr[i] for i in indices] for name, row in scorer.rows.items()},
+            labels,
+        )
+    return drawn

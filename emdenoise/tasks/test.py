@@ -28,20 +28,18 @@ output is computed and drawn before any is written, then all are staged and comm
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from emdenoise.data.splits import Split, load_card, load_split
 from emdenoise.errors import InputError
 from emdenoise.evaluation import report
 from emdenoise.evaluation.records import TestMetrics
+from emdenoise.evaluation.report import COMPARISON, figure_indices, figures, per_image_csv
 from emdenoise.evaluation.run import (
     find_models,
     load_model,
@@ -59,56 +57,7 @@ from emdenoise.report.figures import write_png
 from emdenoise.runtime import device as runtime
 from emdenoise.tasks.context import TaskContext
 
-COMPARISON = "comparison.png"
 GENERALISATION = "generalisation"
-
-
-def per_image_csv(scorers: dict[str, Scorer]) -> str:
-    """One line per split, image and method (the generalisation split's after the test split's)."""
-    dose = any(scorer.split.dose is not None for scorer in scorers.values())
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(
-        ["index"]
-        + (["dose"] if dose else [])
-        + ["method", "psnr", "ssim", "mse", "band_psnr", "frc_px", "deviation", "inconsistent", "split"]
-    )
-    for split, scorer in scorers.items():
-        doses = scorer.split.dose
-        for name, row in scorer.rows.items():
-            for i in range(row.n):
-                writer.writerow(
-                    [i]
-                    + ([f"{doses[i]:.6g}" if doses is not None else ""] if dose else [])
-                    + [name, f"{row.psnr[i]:.6f}", f"{row.ssim[i]:.6f}", f"{row.mse[i]:.6e}"]
-                    + [f"{row.band_psnr[i]:.6f}", f"{row.frc_px[i]:.4f}", f"{row.deviation[i]:.5f}"]
-                    + [int(row.inconsistent[i]), split]
-                )
-    return buf.getvalue()
-
-
-def figure_indices(n: int, k: int) -> list[int]:
-    """``k`` test image indices spread evenly over the split (first and last included)."""
-    if k <= 0 or n <= 0:
-        return []
-    return sorted({int(round(v)) for v in np.linspace(0, n - 1, min(k, n))})
-
-
-def figures(scorer: Scorer, metrics: TestMetrics, indices: list[int]) -> dict[str, Any]:
-    """File name -> drawn figure: ``psnr_bar.png``, and ``comparison.png`` when ``indices`` is not empty."""
-    drawn = {"psnr_bar.png": report.psnr_bar_figure(metrics)}
-    if indices:
-        split = scorer.split
-        methods = [name for name in scorer.rows if name != "noisy"]
-        labels = [f"test #{i}" + (f", dose {split.dose[i]:.3g}" if split.dose is not None else "") for i in indices]
-        drawn[COMPARISON] = report.comparison_figure(
-            split.noisy[indices],
-            split.truth[indices],
-            {name: np.stack([scorer.rows[name].figure[i] for i in indices]) for name in methods},
-            {name: [row.psnr[i] for i in indices] for name, row in scorer.rows.items()},
-            labels,
-        )
-    return drawn
 
 
 @dataclass
