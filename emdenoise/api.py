@@ -134,6 +134,7 @@ def denoise(
     engine = chosen if isinstance(chosen, DeepMethod) else PerFrame(chosen)
     if isinstance(engine, PerFrame):
         engine.context = engine.context.__class__(pixel_size=pixel)
+        engine.where = micrograph.source
         outputs = list(engine.stream(frames))
     else:
         sampling = resample.plan(

@@ -29,6 +29,15 @@ def pixel_size_or_none(value: Any) -> float | None:
     return size if math.isfinite(size) and size > 0 else None
 
 
+def pixel_range_or_none(value: Any) -> list[float] | None:
+    """``value`` as a range of pixel sizes: two of them, [min, max] with min <= max (a list, tuple or 1-D
+    array), else None."""
+    if not isinstance(value, (list, tuple, np.ndarray)) or np.ndim(value) != 1 or len(value) != 2:
+        return None
+    low, high = (pixel_size_or_none(v) for v in value)
+    return [low, high] if low is not None and high is not None and low <= high else None
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from emdenoise import __version__, models
-from emdenoise.data.card import check_normalisation, pixel_size_or_none
+from emdenoise.data.card import check_normalisation, pixel_range_or_none, pixel_size_or_none
 from emdenoise.errors import InputError
 from emdenoise.io import budget, h5safe
 from emdenoise.outputs import atomic_path
@@ -223,10 +223,10 @@ def _pixel_range(path: Path, value: Any) -> list[float] | None:
     """The ``pixel_size_range`` attribute ([min, max] A/px the model was trained over): None when absent."""
     if value is None:
         return None
-    sizes = [pixel_size_or_none(v) for v in np.ravel(value)] if np.ndim(value) == 1 else []
-    if len(sizes) != 2 or None in sizes or sizes[0] > sizes[1]:  # type: ignore[operator]
+    sizes = pixel_range_or_none(value)
+    if sizes is None:
         raise InputError.at(path, "pixel_size_range", f"expected [min, max] A/px with 0 < min <= max, got {value!r}")
-    return [float(s) for s in sizes]  # type: ignore[arg-type]
+    return sizes
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:

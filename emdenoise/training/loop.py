@@ -19,7 +19,7 @@ from torch import nn
 
 from emdenoise import __version__, models
 from emdenoise.config.params import TrainParams
-from emdenoise.data.card import DatasetCard, pixel_size_or_none
+from emdenoise.data.card import DatasetCard, pixel_range_or_none, pixel_size_or_none
 from emdenoise.data.splits import load_split as load_split  # re-exported: tests patch and call it here
 from emdenoise.errors import InputError
 from emdenoise.inference.denoiser import Denoiser
@@ -105,11 +105,7 @@ def training_pixel_size(card: Card) -> float | None:
 def training_pixel_range(card: Card) -> list[float] | None:
     """The model file's ``pixel_size_range`` ([min, max] A/px of the training data): the dataset card's
     ``pixel_size_range_angstrom``, None when the card has none (data of one pixel size, or older cards)."""
-    value = _card_json(card).get("pixel_size_range_angstrom")
-    if not isinstance(value, list) or len(value) != 2:
-        return None
-    low, high = (pixel_size_or_none(v) for v in value)
-    return [low, high] if low is not None and high is not None and low <= high else None
+    return pixel_range_or_none(_card_json(card).get("pixel_size_range_angstrom"))
 
 
 def _optional_keys(train: TrainParams) -> list[str]:
