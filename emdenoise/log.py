@@ -23,7 +23,8 @@ class BarSafeHandler(logging.StreamHandler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            tqdm.write(self.format(record), file=self.stream)
+            # the line and its newline in one write: processes sharing stderr (torchrun) cannot splice their lines
+            tqdm.write(self.format(record) + "\n", file=self.stream, end="")
             self.flush()
         except Exception:  # as logging.StreamHandler does: never let a log line end the run
             self.handleError(record)
