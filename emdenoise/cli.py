@@ -349,7 +349,7 @@ def _main(argv: list[str] | None) -> int:
     if problem is not None:
         log.error("error: %s", problem.message)
         return problem.exit_code
-    restore_sigterm = _sigterm_interrupts()
+    signals = _Signals()
     restore_hook = _unraisable_to_log(log)
     try:
         return row.execute(args.task, args, log)
@@ -364,9 +364,13 @@ def _main(argv: list[str] | None) -> int:
         log.error("error: interrupted%s", " (SIGTERM)" if isinstance(exc, _Terminated) else "")
         return _leave(EXIT_INTERRUPTED, argv)
     except Exception as exc:  # a bug, or a failure we did not foresee: still one line unless --debug
+        if signals.received is not None:  # the interrupt was raised inside a library that turned it into another error
+            log.debug("interrupt surfaced as %s: %s", exc.__class__.__name__, exc)
+            log.error("error: interrupted%s", " (SIGTERM)" if signals.received == signal.SIGTERM else "")
+            return _leave(EXIT_INTERRUPTED, argv)
         return _leave(_unexpected(exc, log, args.debug), argv)
     finally:
-        restore_sigterm()
+        signals.restore()
         restore_hook()
         budget.reset()
 
@@ -434,16 +438,28 @@ class _Terminated(KeyboardInterrupt):
     """SIGTERM (a batch scheduler stopping the job): unwound like Ctrl-C, so temporary files are removed."""
 
 
-def _sigterm_interrupts():
-    """Turn SIGTERM into :class:`_Terminated` until the returned function is called."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
+class _Signals:
+    """Turn SIGTERM into :class:`_Terminated` and Ctrl-C into KeyboardInterrupt until :meth:`restore`, and
+    remember which arrived: a library that catches the exception inside its own code (h5py converting a
+    datatype) re-raises it as some other error, which must still end the run as interrupted."""
 
-    def handler(signum, frame):
-        raise _Terminated()
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            if signum == signal.SIGINT and signal.getsignal(signum) is not signal.default_int_handler:
+                continue  # Ctrl-C ignored or handled by the caller: leave it so
+            self._previous[signum] = signal.signal(signum, self._handle)
 
-    previous = signal.signal(signal.SIGTERM, handler)
-    return lambda: signal.signal(signal.SIGTERM, previous)
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received = signum
+        raise _Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    def restore(self) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)  # type: ignore[arg-type]
 
 
 def _unraisable_to_log(log: logging.Logger):

@@ -1,12 +1,15 @@
 """The task command line: names and spellings, one-line errors, exit codes, log files."""
 
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 from emdenoise import cli
-from emdenoise.errors import EXIT_BAD_INPUT, EXIT_PIPE
+from emdenoise.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_PIPE
 
 
 def run(*args, cwd=None):
@@ -141,3 +144,24 @@ def test_a_closed_output_ends_quietly():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == EXIT_PIPE
     assert "Traceback" not in err and "BrokenPipe" not in err and "error" not in err, err
+
+
+@pytest.mark.parametrize("signum,words", [(signal.SIGTERM, "interrupted (SIGTERM)"), (signal.SIGINT, "interrupted")])
+def test_an_interrupt_a_library_turned_into_another_error_still_ends_as_interrupted(monkeypatch, capsys, signum, words):
+    """h5py catches an exception raised in its datatype conversion and raises TypeError instead: the run
+    still ends with exit 130 and says it was interrupted, and the signal handlers are given back."""
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+
+    def swallowed(args, log):
+        try:
+            os.kill(os.getpid(), signum)
+            time.sleep(5)  # the handler raises during the sleep
+        except BaseException:
+            raise TypeError("Operation not defined for data type class") from None
+        return 0
+
+    monkeypatch.setitem(cli.COMMANDS, "params", cli.Utility(swallowed, lambda parser: None, "test"))
+    assert cli.main(["params"]) == EXIT_INTERRUPTED
+    err = capsys.readouterr().err
+    assert [line.split("error: ")[1] for line in err.splitlines() if "error:" in line] == [words], err
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
