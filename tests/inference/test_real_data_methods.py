@@ -1,7 +1,7 @@
 """Every way ``denoise`` names (the zoo model and every classical filter) on crops of the real micrographs of
 ``../shared/realdata`` (skipped where absent): finite frames of the input's shape, the calibration kept, and the
 consistency check's answer for each frame. The numbers themselves are on the docs page "Real data"
-(``python -m emdenoise.study.realdata``)."""
+(``bash run/realdata.sh``)."""
 
 from __future__ import annotations
 
