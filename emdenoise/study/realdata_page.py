@@ -305,17 +305,16 @@ def _failures(samples: list[Sample]) -> list[str]:
         "on the HAADF frame it makes round columns where the recorded (scan-distorted) columns and every filter "
         "keep them elongated, and on the Au particle it draws elongated blobs where the Bragg filter shows the "
         "lattice. That is the graphene prior, not the specimen; the consistency check does not see it "
-        "(it passes on the three single frames).",
+        f"(it passes it on {_passing(samples, ZOO_RESCALED)}).",
     ]
     if movie is not None:
-        lines.append(_movie_verdict(movie))
+        lines += [_movie_verdict(movie), _worse_than_noisy(movie)]
     lines += [
-        "- **The beam-aware filters on detector values.** `bragg` and `wiener` (and `flat_gaussian`, `pnlm` "
-        "on the movie) erase the lattice of the MoS2 frame and of the ABF movie (figures; on the movie their "
-        "estimates correlate with the other frames worse than the noisy frame does). They estimate the beam "
-        "and the count scale from the frame as if the values were counts from zero; on a large offset the "
-        "lattice is a per-cent modulation and is taken for noise. Likely fixed by subtracting the detector "
-        "offset first (pending below): recheck then.",
+        "- **The beam-aware filters on detector values.** `bragg` and `wiener` erase the lattice of the MoS2 "
+        "frame (its figure: a smooth background is left). They estimate the beam and the count scale from the "
+        "frame as if the values were counts from zero; on a large offset the lattice is a per-cent modulation "
+        "and is taken for noise. Likely fixed by subtracting the detector offset first (pending below): "
+        "recheck then.",
         "- **The consistency check on these files.** It takes the recorded values for counts and estimates a "
         "count scale from the frame, with no offset. Detector values sit on an offset (the HAADF frame: about "
         "33,000 with a spread of 157), so the scale it finds is far from electrons per pixel (its `mean_counts` "
@@ -329,6 +328,28 @@ def _failures(samples: list[Sample]) -> list[str]:
         "",
     ]
     return lines
+
+
+def _passing(samples: list[Sample], method: str) -> str:
+    """The files (by title) on which the check passes ``method``."""
+    names = [
+        s.spec.title
+        for s in samples
+        if any(o.method == method and o.check and not o.check.get("inconsistent") for o in s.outcomes)
+    ]
+    return "; ".join(names) or "no file"
+
+
+def _worse_than_noisy(movie: Sample) -> str:
+    """The methods whose estimate of the movie's first frame agrees with the other frames less than the noisy
+    frame itself does: they removed signal, not only noise."""
+    noisy = _noisy_correlation(movie)
+    worse = [o for o in movie.outcomes if o.frame_correlation is not None and o.frame_correlation < noisy]
+    listed = ", ".join(f"`{o.method}` ({o.frame_correlation:.3f})" for o in worse) or "none"
+    return (
+        f"- **Estimates that lost signal on the ABF movie**: correlating with frames 1-4 below the noisy frame's "
+        f"{noisy:.3f}: {listed}."
+    )
 
 
 def _movie_verdict(movie: Sample) -> str:
