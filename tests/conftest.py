@@ -30,6 +30,9 @@ settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 ROOT = Path(__file__).resolve().parents[1]
+# Real micrographs recorded by microscopes (never copied into the repository): the shared folder beside the
+# repository, on the development machines and in CI; tests that use it skip where it is absent.
+REALDATA = ROOT.parent / "shared" / "realdata"
 
 
 @pytest.fixture
@@ -43,6 +46,28 @@ def _environment(monkeypatch):
     monkeypatch.setenv(RETRY_BASE_ENV, "0.01")
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(name, raising=False)  # the test servers are on 127.0.0.1
+
+
+@pytest.fixture(scope="session")
+def realdata() -> Path:
+    """The folder of real micrographs (``<repo>/../shared/realdata``, see its README); skips where absent."""
+    if not (REALDATA / "README.md").is_file():
+        pytest.skip(f"{REALDATA} not here: real micrographs are read from it, never copied into the repository")
+    return REALDATA
+
+
+@pytest.fixture(scope="session")
+def example_files() -> dict[str, Path]:
+    """The real DM3 and Velox EMD files of the temul-toolkit 0.1.9 wheel, fetched once into the cache
+    (:func:`emdenoise.data.acquire.examples.example_files`, ``$EMDENOISE_CACHE`` or ``~/.cache/emdenoise``);
+    skips, naming why, where the package index cannot be reached. A wrong checksum fails."""
+    from emdenoise.data.acquire import examples
+    from emdenoise.errors import RuntimeFailure
+
+    try:
+        return examples.example_files()
+    except RuntimeFailure as exc:
+        pytest.skip(f"the real microscope files could not be fetched: {exc}")
 
 
 @pytest.fixture(scope="session")

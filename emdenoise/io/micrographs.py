@@ -27,7 +27,8 @@ EMD, SER  :mod:`emdenoise.io.microscope`                             resolution 
 Every image carries its pixel size in A/px (:attr:`ImageArray.pixel_size`, None when the file has none) and
 where it came from: TIFF OME ``PhysicalSizeX``, ImageJ ``unit`` with the resolution tags, or resolution tags in
 cm/mm/um (inches are a print resolution, not a calibration); the MRC voxel size; an HDF5 ``pixel_size``
-attribute (A/px, or in the unit of ``pixel_size_unit``) on the dataset or a group above it; the DM/EMD/SER axes.
+attribute (A/px, or in the unit of ``pixel_size_unit``) on the dataset or a group above it, or HyperSpy's axes
+(``.hspy``: the ``axis-N`` groups' ``scale`` and ``units``); the DM/EMD/SER axes.
 :func:`output_path` names the output (``.tif`` appended where the output format differs from the input's).
 
 Each readable array is an :class:`ImageArray` whose frames (the last two axes) are read one at a time, so a
@@ -74,6 +75,7 @@ FORMATS: dict[str, str] = {
     ".h5": "hdf5",
     ".hdf5": "hdf5",
     ".hdf": "hdf5",
+    ".hspy": "hdf5",  # HyperSpy's HDF5 files: read (and written) as HDF5, the axes' calibration kept
     ".mrc": "mrc",
     ".mrcs": "mrc",
     ".dm3": "dm",

@@ -212,7 +212,31 @@ def _hdf5_pixel_size(h5: h5py.File, name: str) -> tuple[float | None, str]:
             size = angstrom(value[0], unit) if value.size and value.dtype.kind in "uif" else None
             label = f"HDF5 attribute {where}:pixel_size"
             return (size, f"{label} ({value[0]} {unit})") if size else (None, f"{label} unreadable")
-    return None, "HDF5 without a pixel_size attribute"
+    return _hyperspy_pixel_size(h5, name) or (None, "HDF5 without a pixel_size attribute")
+
+
+def _hyperspy_pixel_size(h5: h5py.File, name: str) -> tuple[float | None, str] | None:
+    """A/px from HyperSpy's own HDF5 layout (``.hspy``): the groups ``axis-0`` .. ``axis-<n-1>`` beside the
+    dataset ``<signal>/data`` hold each axis's ``scale`` and ``units``; the last two are the image's. None when
+    the dataset is not laid out so."""
+    parent, _, base = name.rpartition("/")
+    ndim = h5[name].ndim
+    axes = [h5.get(f"{parent}/axis-{k}") for k in (ndim - 2, ndim - 1)] if parent and base == "data" else []
+    if len(axes) != 2 or not all(isinstance(a, h5py.Group) and "scale" in a.attrs for a in axes):
+        return None
+    y, x = ({key: _text(a.attrs.get(key)) for key in ("scale", "units")} for a in axes)
+    py, px = angstrom(y["scale"], y["units"]), angstrom(x["scale"], x["units"])
+    label = f"HyperSpy axes {parent}/axis-{ndim - 1} ({x['scale']:g} {x['units']})"
+    if px is None or py is None or not math.isclose(px, py, rel_tol=1e-3):
+        return None, f"{label}: no square pixels of a length unit"
+    return px, label
+
+
+def _text(value: Any) -> Any:
+    """An HDF5 attribute as Python: bytes decoded, NumPy scalars as numbers."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _read_mrc(path: Path, stack: ExitStack) -> InputFile:

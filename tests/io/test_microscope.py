@@ -99,7 +99,7 @@ def test_emi_companions_are_not_inputs(tmp_path, caplog):
     assert found == [tmp_path / "s_1.ser"] and "skipping" not in caplog.text
 
 
-def test_calibration_of_tiff_imagej_ome_mrc_and_hdf5(tmp_path):
+def test_calibration_of_tiff_imagej_ome_mrc_hdf5_and_hyperspy(tmp_path):
     frame = np.zeros((32, 32), np.float32)
     tifffile.imwrite(tmp_path / "cm.tif", frame, resolution=(1e7, 1e7), resolutionunit="CENTIMETER")  # 10 A/px
     tifffile.imwrite(tmp_path / "ij.tif", frame, imagej=True, resolution=(2.0, 2.0), metadata={"unit": "nm"})
@@ -111,7 +111,13 @@ def test_calibration_of_tiff_imagej_ome_mrc_and_hdf5(tmp_path):
     with h5py.File(tmp_path / "h.h5", "w") as fh:
         fh["g/image"] = frame
         fh["g"].attrs["pixel_size"], fh["g"].attrs["pixel_size_unit"] = 0.02, "nm"
+    for name, (sy, sx) in {"hs.hspy": (0.03, 0.03), "skew.hspy": (0.03, 0.05)}.items():  # HyperSpy's layout
+        with h5py.File(tmp_path / name, "w") as fh:
+            fh["Experiments/s/data"] = np.zeros((2, 32, 32), np.uint16)
+            for k, (scale, units) in enumerate([(1.0, ""), (sy, "nm"), (sx, "nm")]):
+                fh.create_group(f"Experiments/s/axis-{k}").attrs.update({"scale": scale, "units": units})
     expected = {"cm.tif": 10.0, "ij.tif": 5.0, "ome.ome.tif": 1.25, "dpi.tif": None, "m.mrc": 0.19, "h.h5": 0.2}
+    expected |= {"hs.hspy": 0.3, "skew.hspy": None}  # non-square pixels: no pixel size
     for name, size in expected.items():
         with micrographs.open_input(tmp_path / name) as src:
             got = src.images[0].pixel_size

@@ -1,0 +1,60 @@
+"""The "Real data" page's machinery (emdenoise.study.realdata, realdata_page) on synthetic frames: the brute-force
+drift, one method run, timed and checked, and the page, figure and results.json it writes (the real files go
+through it in run/realdata.sh; tests/io and tests/inference cover them)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from emdenoise.study import realdata, realdata_page
+
+
+def lattice(size: int = 96, shift=(0, 0), seed: int = 0) -> np.ndarray:
+    """Poisson counts of a square lattice of Gaussian columns, the field moved by ``shift`` (dy, dx)."""
+    y, x = np.mgrid[:size, :size].astype(float)
+    y, x = y + shift[0], x + shift[1]
+    clean = 5 + 20 * (np.cos(np.pi * y / 11) * np.cos(np.pi * x / 13)) ** 2 + 0.03 * x
+    return np.random.default_rng(seed).poisson(clean).astype(np.float32)
+
+
+def test_the_brute_force_drift_finds_a_whole_pixel_shift():
+    first, moved = lattice(), lattice(shift=(-3, 5), seed=1)  # moved[y + dy, x + dx] shows first[y, x]
+    assert realdata.best_whole_drift(first, moved, reach=6) == (3, -5)
+
+
+@pytest.fixture
+def sample() -> realdata.Sample:
+    spec = realdata.Spec("synthetic", "Synthetic lattice", "realdata", "synthetic/lattice.tif", "96x96", "this test")
+    frame = lattice()
+    # at 0.3 A/px the gaussian filter's default is 1 px, well below the lattice's period
+    return realdata.Sample(spec, Path(spec.name), (96, 96), "float32", 0.3, "test", frame, reference=lattice(seed=2))
+
+
+def test_a_method_on_a_sample_is_timed_checked_and_compared_with_the_reference(sample):
+    outcome = realdata.run_method(sample, "gaussian")
+    assert outcome.image.shape == (96, 96) and outcome.seconds > 0
+    assert outcome.check["deviance_ratio"] is not None and "inconsistent" in outcome.check
+    # smoothing brings the estimate nearer the reference's signal than the noisy frame is
+    assert outcome.frame_correlation > realdata.correlation(sample.region, sample.reference)
+
+
+def test_the_page_names_every_method_with_pending_columns_and_writes_a_gray_figure(sample, tmp_path):
+    sample.outcomes = [realdata.run_method(sample, m) for m in ("gaussian", "median")]
+    sample.outcomes.append(realdata.Outcome("bm3d", note="not run here: pip install emdenoise[bm3d]"))
+    page = tmp_path / "docs" / "real-data.md"
+    realdata_page.write([sample], tmp_path / "docs" / "real-data", page, "bash run/realdata.sh")
+    text = page.read_text()
+    for method in ("gaussian", "median", "bm3d"):
+        assert f"| `{method}` |" in text
+    assert "| pending | pending |" in text and "HOOK(lead)" in text and "not run here" in text
+    assert "](real-data/synthetic.png)" in text and "`bash run/realdata.sh`" in text
+    with Image.open(tmp_path / "docs" / "real-data" / "synthetic.png") as png:
+        assert png.mode == "L"
+    numbers = json.loads((tmp_path / "docs" / "real-data" / "results.json").read_text())
+    gaussian = numbers["files"]["synthetic"]["methods"]["gaussian"]
+    assert gaussian["check"] == sample.outcomes[0].check and gaussian["seconds"] > 0
