@@ -131,6 +131,10 @@ def test_utilities_fail_in_one_line_like_the_tasks(tmp_path):
     errors = [line for line in res.stderr.splitlines() if "error:" in line]
     assert res.returncode == EXIT_BAD_INPUT and len(errors) == 1 and "--format" in errors[0], res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_utilities_show_the_traceback_with_debug(tmp_path):
+    """A test of its own: two runs of the command in one test cost more than the fast subset's CPU guard."""
     res = run("export", f"--model_dir={tmp_path}", "--format=gif", f"--output={tmp_path / 'm.gif'}", "--debug")
     assert res.returncode == EXIT_BAD_INPUT and "Traceback" in res.stderr
 

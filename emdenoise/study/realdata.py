@@ -43,7 +43,8 @@ PENDING = ("counts (detector offset/gain)", "score without truth")
 @dataclass(frozen=True)
 class Spec:
     """One real file: where it is (``realdata`` folder or the temul ``examples``), what it shows, and the region
-    denoised (top, left; None: the centre)."""
+    denoised (top, left; None: the centre). ``publish``: whether the file's licence lets the documentation show
+    pictures of it (MIT: yes; no licence, or GPL-3 package data in an Apache-2.0 project: no, numbers only)."""
 
     key: str
     title: str
@@ -52,6 +53,7 @@ class Spec:
     what: str
     source: str
     region: tuple[int, int] | None = None
+    publish: bool = False
 
 
 SPECS = (
@@ -62,6 +64,7 @@ SPECS = (
         "srtio3_haadf_osiris/Tecnai_Osiris_SrTiO3.tif",
         "FEI Tecnai Osiris, 200 kV; one raw frame, 512x512 uint16 TIFF",
         "lukmuk/r_em_workflows (MIT)",
+        publish=True,
     ),
     Spec(
         "abf",

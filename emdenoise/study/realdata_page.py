@@ -27,6 +27,7 @@ from emdenoise.study import realdata
 from emdenoise.study.realdata import PENDING, ZOO, ZOO_RESCALED, Outcome, Sample
 
 VIEW = 160  # the side of the crop each figure shows (pixels of the region's centre)
+LOCAL = "local"  # the folder, under the figures' folder, of figures that are not published
 FIGURE_FILTERS = ("median", "nlm", "bragg", "wiener")  # HOOK(lead): rank by a score without truth instead
 
 
@@ -81,6 +82,7 @@ def save_gray(fig: Any, dest: Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     buffer.seek(0)
+    dest.parent.mkdir(parents=True, exist_ok=True)
     with Image.open(buffer) as rendered, atomic_path(dest) as tmp:
         rendered.convert("L").save(tmp, format="PNG", optimize=True)
 
@@ -158,8 +160,8 @@ def write(samples: list[Sample], out: Path, page: Path, command: str) -> None:
     info = hardware(torch.device("cpu"))
     info["omp_num_threads"] = os.environ.get("OMP_NUM_THREADS")
     info["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    for sample in samples:
-        draw(sample, out / f"{sample.spec.key}.png")
+    for sample in samples:  # figures of files whose licence forbids publishing them go to the git-ignored local/
+        draw(sample, out / ("" if sample.spec.publish else LOCAL) / f"{sample.spec.key}.png")
     numbers = results(samples, info)
     with atomic_path(out / "results.json") as tmp:
         tmp.write_text(json.dumps(numbers, indent=1) + "\n", encoding="utf-8")
@@ -267,7 +269,7 @@ def _file_section(sample: Sample, figures: str) -> list[str]:
         f"{region.mean():,.0f}, standard deviation {region.std():,.0f}, min {region.min():,.0f}, max "
         f"{region.max():,.0f}.",
         "",
-        f"![{sample.spec.title}: noisy, the zoo model, classical filters]({figures}/{sample.spec.key}.png)",
+        _figure(sample, figures),
         "",
         *method_table(sample),
         "",
@@ -280,6 +282,16 @@ def _file_section(sample: Sample, figures: str) -> list[str]:
         )
     lines += [f"Flagged by the check: {', '.join(flagged) or 'none'}.", ""]
     return lines
+
+
+def _figure(sample: Sample, figures: str) -> str:
+    if sample.spec.publish:
+        return f"![{sample.spec.title}: noisy, the zoo model, classical filters]({figures}/{sample.spec.key}.png)"
+    return (
+        f"No figure here: the file's source ({sample.spec.source}) does not let us publish pictures of it. "
+        f"`bash run/realdata.sh` draws it on your machine into `docs/results/real-data/{LOCAL}/{sample.spec.key}.png` "
+        "(git-ignored)."
+    )
 
 
 def _failures(samples: list[Sample]) -> list[str]:

@@ -4,6 +4,7 @@ through it in run/realdata.sh; tests/io and tests/inference cover them)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -29,7 +30,9 @@ def test_the_brute_force_drift_finds_a_whole_pixel_shift():
 
 @pytest.fixture
 def sample() -> realdata.Sample:
-    spec = realdata.Spec("synthetic", "Synthetic lattice", "realdata", "synthetic/lattice.tif", "96x96", "this test")
+    spec = realdata.Spec(
+        "synthetic", "Synthetic lattice", "realdata", "synthetic/lattice.tif", "96x96", "this test", publish=True
+    )
     frame = lattice()
     # at 0.3 A/px the gaussian filter's default is 1 px, well below the lattice's period
     return realdata.Sample(spec, Path(spec.name), (96, 96), "float32", 0.3, "test", frame, reference=lattice(seed=2))
@@ -58,3 +61,14 @@ def test_the_page_names_every_method_with_pending_columns_and_writes_a_gray_figu
     numbers = json.loads((tmp_path / "docs" / "real-data" / "results.json").read_text())
     gaussian = numbers["files"]["synthetic"]["methods"]["gaussian"]
     assert gaussian["check"] == sample.outcomes[0].check and gaussian["seconds"] > 0
+
+
+def test_a_file_we_may_not_publish_gets_no_figure_on_the_page(sample, tmp_path):
+    sample.spec = dataclasses.replace(sample.spec, publish=False)
+    sample.outcomes = [realdata.run_method(sample, "gaussian")]
+    page = tmp_path / "docs" / "real-data.md"
+    realdata_page.write([sample], tmp_path / "docs" / "real-data", page, "bash run/realdata.sh")
+    text = page.read_text()
+    assert "synthetic.png)" not in text and "does not let us publish pictures of it" in text
+    assert not (tmp_path / "docs" / "real-data" / "synthetic.png").exists()
+    assert (tmp_path / "docs" / "real-data" / realdata_page.LOCAL / "synthetic.png").is_file()
