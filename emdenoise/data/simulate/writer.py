@@ -51,6 +51,33 @@ _PER_IMAGE_ATTRS = (
     ("contamination_atoms", np.int32, "contamination_atoms", "clean"),
     ("material_fraction", np.float32, "material_fraction", "clean"),
 )
+# What STEM runs (download.imaging not hrtem) record besides: NaN where a value means nothing for an image's mode.
+_STEM_ATTRS = (
+    ("imaging_mode", np.int8, "imaging_mode", "noisy"),
+    ("source_size_angstrom", np.float32, "source_size_angstrom", "noisy"),
+    ("probe_fwhm_angstrom", np.float32, "probe_fwhm_angstrom", "noisy"),
+    ("detector_offset", np.float32, "detector_offset", "noisy"),
+    ("detector_gain", np.float32, "detector_gain", "noisy"),
+    ("read_noise", np.float32, "read_noise", "noisy"),
+    ("scan_jitter_px", np.float32, "scan_jitter_px", "noisy"),
+    ("scan_drift_yx_px", np.float32, "scan_drift_yx_px", "noisy"),
+    ("scan_flyback_px", np.float32, "scan_flyback_px", "noisy"),
+)
+STEM_UNITS = (
+    "; imaging_mode: 0 hrtem, 1 haadf, 2 abf; STEM images: values in detector units (stem_units: detector) or "
+    "(reading - detector_offset) / (detector_gain x dose) (electrons), clean the noise-free expectation in the "
+    "same units; dose: electrons per probe position; convergence_mrad = aperture_mrad: the probe's convergence "
+    "semi-angle; probe_fwhm_angstrom, source_size_angstrom (sigma): angstrom; detector_offset, read_noise: "
+    "detector units; detector_gain: detector units per electron; scan_jitter_px (RMS), scan_drift_yx_px (over "
+    "the frame), scan_flyback_px: pixels; NaN: not defined for the image's mode"
+)
+
+
+def _attr_specs(kwargs: dict) -> tuple:
+    """The per-image attributes of a run of ``make_pair(**kwargs)``."""
+    return _PER_IMAGE_ATTRS + (_STEM_ATTRS if "imaging" in kwargs else ())
+
+
 # The true lattice columns, as datasets of the clean file (rows atom_offsets[i]:atom_offsets[i+1] are image i's).
 ATOM_DATASETS = {"atom_yx": np.float32, "atom_vacant": np.uint8, "atom_z": np.uint8}
 _ATOM_KEYS = {"atom_yx": "yx", "atom_vacant": "vacant", "atom_z": "z"}
@@ -76,11 +103,11 @@ def _make_chunk(job: tuple) -> tuple[np.ndarray, np.ndarray, dict, dict]:
     size = kwargs["image_size"]
     noisy = np.empty((stop - start, size, size), F32)
     clean = np.empty_like(noisy)
-    attrs: dict[str, list] = {name: [] for name, *_ in _PER_IMAGE_ATTRS}
+    attrs: dict[str, list] = {name: [] for name, *_ in _attr_specs(kwargs)}
     atoms: dict[str, list] = {name: [] for name in ATOM_DATASETS}
     for j, index in enumerate(range(start, stop)):
         noisy[j], clean[j], info = make_pair(image_seed(seed, split, index), **kwargs)
-        for name, _, key, _ in _PER_IMAGE_ATTRS:
+        for name, _, key, _ in _attr_specs(kwargs):
             attrs[name].append(info[key])
         for name, key in _ATOM_KEYS.items():
             atoms[name].append(info["atoms"][key])
@@ -109,7 +136,7 @@ def _load_chunk(path: Path) -> tuple | None:
         with np.load(path, allow_pickle=False) as data:
             counts = data["atom_counts"]
             bounds = np.concatenate([[0], np.cumsum(counts)])
-            attrs = {name: data[f"attr:{name}"].tolist() for name, *_ in _PER_IMAGE_ATTRS}
+            attrs = {key[5:]: data[key].tolist() for key in data.files if key.startswith("attr:")}
             atoms = {
                 name: [data[f"atom:{name}"][a:b] for a, b in zip(bounds[:-1], bounds[1:])] for name in ATOM_DATASETS
             }
@@ -153,6 +180,17 @@ GENERATOR_KEYS = (
     "generalisation_material",
     "generalisation_optics",
 )
+# The STEM parameters: recorded (in the manifest and the files' parameters) only when download.imaging is not
+# hrtem, so that HRTEM sets stay as they were; (download key, StemSettings field).
+STEM_KEYS = (
+    ("stem_units", "units"),
+    ("stem_jitter_px", "jitter_px"),
+    ("stem_drift_px", "drift_px"),
+    ("stem_flyback_px", "flyback_px"),
+    ("stem_detector_offset", "offset"),
+    ("stem_detector_gain", "gain"),
+    ("stem_read_noise", "read_noise"),
+)
 
 
 @dataclass(frozen=True)
@@ -176,6 +214,14 @@ class GeneratorSettings:
     generalisation_count: int
     generalisation_material: str
     generalisation_optics: str
+    imaging: str = "hrtem"
+    stem_units: str = "detector"
+    stem_jitter_px: float = 0.3
+    stem_drift_px: float = 2.0
+    stem_flyback_px: float = 1.0
+    stem_detector_offset: float = 33000.0
+    stem_detector_gain: float = 4.0
+    stem_read_noise: float = 3.0
     renderer: str = "fast"
     structure: str = "none"
     oversampling: int = 2
@@ -188,7 +234,8 @@ class GeneratorSettings:
     def from_section(cls, section: DownloadParams, **render: Any) -> GeneratorSettings:
         """The settings of the (validated) download section, with ``render`` (renderer, structure,
         oversampling)."""
-        return cls(**{key: getattr(section, key) for key in GENERATOR_KEYS}, **render)
+        keys = GENERATOR_KEYS + ("imaging",) + tuple(key for key, _ in STEM_KEYS)
+        return cls(**{key: getattr(section, key) for key in keys}, **render)
 
     @classmethod
     def of(cls, where: str = "parameters", **values: Any) -> GeneratorSettings:
@@ -198,8 +245,12 @@ class GeneratorSettings:
         return cls.from_section(validate({"download": values}, where).download, **render)
 
     def record(self) -> dict[str, Any]:
-        """The settings the manifest records (:data:`GENERATOR_KEYS`)."""
-        return {key: getattr(self, key) for key in GENERATOR_KEYS}
+        """The settings the manifest records (:data:`GENERATOR_KEYS`, and for STEM ``imaging`` and
+        :data:`STEM_KEYS`)."""
+        record = {key: getattr(self, key) for key in GENERATOR_KEYS}
+        if self.imaging != "hrtem":
+            record.update(imaging=self.imaging, **{key: getattr(self, key) for key, _ in STEM_KEYS})
+        return record
 
     def counts(self) -> dict[str, int]:
         counts = {"train": int(self.train_images), "test": int(self.test_images)}
@@ -225,6 +276,9 @@ class GeneratorSettings:
         kwargs["optics_regime"] = self.generalisation_optics if other else self.optics
         if self.structure != "none" and split in ("train", "test"):
             kwargs["structure"] = str(self.structure)
+        if self.imaging != "hrtem":  # the HRTEM generator's files stay as they were
+            kwargs["imaging"] = self.imaging
+            kwargs["stem_settings"] = {field: getattr(self, key) for key, field in STEM_KEYS}
         return kwargs
 
     @property
@@ -338,6 +392,8 @@ def _write_split(noisy_path: Path, clean_path: Path, split: str, n: int, seed: i
         "material": f"structure:{Path(kwargs['structure']).name}" if "structure" in kwargs else kwargs["material"],
         "parameters": json.dumps(dict(kwargs, seed=int(seed)), sort_keys=True),
     }
+    if "imaging" in kwargs:
+        file_attrs["imaging"] = kwargs["imaging"]
     if kwargs.get("renderer") == "abtem":
         from emdenoise.data.simulate import abtem_source
 
@@ -352,7 +408,7 @@ def _write_split(noisy_path: Path, clean_path: Path, split: str, n: int, seed: i
             dsets[kind] = fh.create_dataset(
                 RAW_DATASET, shape=(n, size, size, 1), dtype=F32, chunks=(1, size, size, 1), track_times=False
             )
-        attrs: dict[str, list] = {name: [] for name, *_ in _PER_IMAGE_ATTRS}
+        attrs: dict[str, list] = {name: [] for name, *_ in _attr_specs(kwargs)}
         atoms: dict[str, list] = {name: [] for name in ATOM_DATASETS}
         row = 0
         for noisy, clean, chunk_attrs, chunk_atoms in chunks:
@@ -365,14 +421,14 @@ def _write_split(noisy_path: Path, clean_path: Path, split: str, n: int, seed: i
             row += len(noisy)
             bar.update(len(noisy))
         assert row == n, (row, n)
-        for name, dtype, _, kind in _PER_IMAGE_ATTRS:
+        for name, dtype, _, kind in _attr_specs(kwargs):
             dsets[kind].attrs[name] = np.asarray(attrs[name], dtype=dtype)
         dsets["noisy"].attrs["dead_pixel_fraction"] = F32(kwargs["dead_pixel_fraction"])
         dsets["noisy"].attrs["units"] = (
             "values: electron counts / dose; dose: electrons per pixel at the beam centre; beam_center_yx, "
             "beam_sigma, detector_blur_px: pixels; pixel_size: angstrom per pixel; defocus_angstrom (negative: "
             "underfocus), focal_spread_angstrom: angstrom; cs_mm: mm; convergence_mrad, aperture_mrad: mrad"
-        )
+        ) + (STEM_UNITS if "imaging" in kwargs else "")
         offsets = np.zeros(n + 1, np.int64)
         offsets[1:] = np.cumsum([len(z) for z in atoms["atom_z"]])
         f_clean.create_dataset("atom_offsets", data=offsets, track_times=False)
