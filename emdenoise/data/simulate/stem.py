@@ -54,9 +54,9 @@ MIXED_MODES = ("hrtem", "haadf", "abf")  # drawn with equal probabilities
 MODE_CODES = {"hrtem": 0, "haadf": 1, "abf": 2}  # the per-image "imaging_mode" attribute of the files
 UNITS = ("detector", "electrons")  # download.stem_units
 HAADF_EXPONENT = 1.7
-HAADF_SIGMA_C = 0.002  # A^2: a carbon atom sends 0.002 A^2 / (probe area) of the electrons onto the HAADF annulus
+HAADF_SIGMA_C = 0.0002  # A^2 per carbon atom: screened Rutherford over a 60-200 mrad annulus, in order of magnitude
 ABF_EXPONENT = 0.6
-ABF_SIGMA_C = 0.06  # A^2: the dip of one carbon atom (about 9 % of the background under a 0.8 A probe)
+ABF_SIGMA_C = 0.02  # A^2: the dip of one carbon atom (about 7 % of the background under a 0.5 A probe)
 ABF_BACKGROUND = 0.75  # the fraction of the bright-field disc an annulus from alpha/2 to alpha collects
 ABF_BLUR_FWHM = 0.5  # the ABF response: the probe blurred by a Gaussian of this many probe FWHMs (FWHM)
 FWHM_PER_SIGMA = 2 * math.sqrt(2 * math.log(2))
@@ -359,3 +359,43 @@ def reach_px(optics: StemOptics, pixel_size: float) -> int:
     lam, k = optics.wavelength, optics.convergence_mrad * 1e-3 / optics.wavelength
     reach = lam * abs(optics.defocus_angstrom) * k + abs(optics.cs_mm) * 1e7 * lam**3 * k**3 + 2 / k
     return int(math.ceil(reach / pixel_size))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The numbers of the docs: python -m emdenoise.data.simulate.stem
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _column_ratio(mode: str, z_pair: tuple[int, int], pixel: float = 0.1) -> float:
+    """Signal ratio of two isolated atoms (HAADF: peak values; ABF: dips below the background)."""
+    yx = np.array([[32, 32], [32, 96]], np.float64) * pixel
+    probe = make_probe(StemOptics(200.0, 25.0), 128, pixel)
+    values = yield_image(yx, np.array(z_pair, np.uint8), probe, pixel, mode)[32, [32, 96]].astype(np.float64)
+    if mode == "abf":
+        values = ABF_BACKGROUND - values
+    return float(values[0] / values[1])
+
+
+def summary() -> list[str]:
+    """Measured against hand-computed values: probe FWHM vs Airy, column ratios vs Z laws, the detector's
+    mean-variance line, the drawn probes' FWHM."""
+    lines = []
+    for kv, alpha, pixel in ((200.0, 25.0, 0.08), (80.0, 30.0, 0.1), (300.0, 10.0, 0.2)):
+        fwhm = make_probe(StemOptics(kv, alpha), 256, pixel).fwhm_angstrom
+        airy = 2 * 1.6163 / (2 * math.pi) * physics.wavelength_angstrom(kv) / (alpha * 1e-3)
+        lines.append(f"probe {kv:g} kV {alpha:g} mrad: FWHM {fwhm:.4f} A, Airy 0.5145 lambda/alpha {airy:.4f} A")
+    lines.append(f"HAADF Mo/S: {_column_ratio('haadf', (42, 16)):.4f}, (42/16)^1.7 = {(42 / 16) ** HAADF_EXPONENT:.4f}")
+    lines.append(f"ABF Mo/C dips: {_column_ratio('abf', (42, 6)):.4f}, (42/6)^0.6 = {(42 / 6) ** ABF_EXPONENT:.4f}")
+    detector, rng = Detector(33000.0, 4.0, 3.0), np.random.default_rng(1)
+    readings = [detect(rng, np.full(200_000, lam, np.float32), detector) for lam in (0.0, 1.0, 3.0, 10.0)]
+    means, variances = [float(r.mean()) for r in readings], [float(r.var()) for r in readings]
+    slope, intercept = np.polyfit(np.array(means) - detector.offset, variances, 1)
+    lines.append(f"detector gain 4, read noise 3: slope {slope:.3f}, variance at the offset {intercept:.2f} (9.08)")
+    for regime in ("corrected", "uncorrected"):
+        fwhm = [make_probe(draw_stem_optics(rng, regime), 128, 0.15).fwhm_angstrom for _ in range(30)]
+        lines.append(f"{regime} probes: FWHM {np.percentile(fwhm, 10):.2f}-{np.percentile(fwhm, 90):.2f} A (10-90 %)")
+    return lines
+
+
+if __name__ == "__main__":
+    print("\n".join(summary()))

@@ -2,7 +2,8 @@
 raw em_graphene_sim layout (:mod:`emdenoise.layout`), made in chunks by worker processes (the same bytes
 whatever their number), staged and committed together; :class:`GeneratorSettings`, what it makes.
 
-Speed: run ``python -m emdenoise.data.simulate.writer [N] [WORKERS]`` to measure pairs/s (:func:`benchmark`).
+Speed: run ``python -m emdenoise.data.simulate.writer [N] [WORKERS] [IMAGING]`` to measure pairs/s
+(:func:`benchmark`).
 """
 
 from __future__ import annotations
@@ -443,14 +444,19 @@ def _write_split(noisy_path: Path, clean_path: Path, split: str, n: int, seed: i
 # --------------------------------------------------------------------------------------------------------------
 
 
-def benchmark(n: int = 512, workers: int = 1, image_size: int = 256) -> float:
+def benchmark(n: int = 512, workers: int = 1, image_size: int = 256, imaging: str = "hrtem") -> float:
     """Pairs per second of :func:`write_dataset` (HDF5 writing included) for ``n`` pairs (80 % train, 20 % test)
-    into a temporary folder that is removed afterwards."""
+    of ``imaging`` (mixed: in electrons) into a temporary folder that is removed afterwards."""
     n_test = max(1, n // 5)
     with tempfile.TemporaryDirectory(prefix="emdenoise-synth-bench-") as tmp:
         start = time.perf_counter()
         settings = GeneratorSettings.of(
-            seed=0, train_images=max(1, n - n_test), test_images=n_test, image_size=image_size
+            seed=0,
+            train_images=max(1, n - n_test),
+            test_images=n_test,
+            image_size=image_size,
+            imaging=imaging,
+            stem_units="electrons" if imaging == "mixed" else "detector",
         )
         write_dataset(Path(tmp), settings, workers=workers)
         elapsed = time.perf_counter() - start
@@ -460,4 +466,6 @@ def benchmark(n: int = 512, workers: int = 1, image_size: int = 256) -> float:
 if __name__ == "__main__":
     _n = int(sys.argv[1]) if len(sys.argv) > 1 else 512
     _workers = int(sys.argv[2]) if len(sys.argv) > 2 else 1
-    print(f"{benchmark(_n, _workers):.1f} pairs/s ({_n} pairs of 256 x 256, workers={_workers})")
+    _imaging = sys.argv[3] if len(sys.argv) > 3 else "hrtem"
+    _rate = benchmark(_n, _workers, imaging=_imaging)
+    print(f"{_rate:.1f} pairs/s ({_n} {_imaging} pairs of 256 x 256, workers={_workers})")
