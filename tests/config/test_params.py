@@ -268,7 +268,9 @@ def test_stem_imaging_values_are_checked(tmp_path):
         params.load(write(tmp_path, "download:\n  imaging: mixed\n  stem_units: electrons\n")).download.imaging
         == "mixed"
     )
-    with pytest.raises(InputError, match="download.imaging: expected one of 'hrtem', 'haadf', 'abf', 'mixed', got 'bf'"):
+    with pytest.raises(
+        InputError, match="download.imaging: expected one of 'hrtem', 'haadf', 'abf', 'mixed', got 'bf'"
+    ):
         params.load(write(tmp_path, "download:\n  imaging: bf\n"))
     with pytest.raises(InputError, match="download.stem_detector_gain"):
         params.load(write(tmp_path, "download:\n  stem_detector_gain: 0\n"))

@@ -392,8 +392,9 @@ def summary() -> list[str]:
     slope, intercept = np.polyfit(np.array(means) - detector.offset, variances, 1)
     lines.append(f"detector gain 4, read noise 3: slope {slope:.3f}, variance at the offset {intercept:.2f} (9.08)")
     for regime in ("corrected", "uncorrected"):
-        fwhm = [make_probe(draw_stem_optics(rng, regime), 128, 0.15).fwhm_angstrom for _ in range(30)]
-        lines.append(f"{regime} probes: FWHM {np.percentile(fwhm, 10):.2f}-{np.percentile(fwhm, 90):.2f} A (10-90 %)")
+        widths = [make_probe(draw_stem_optics(rng, regime), 128, 0.15).fwhm_angstrom for _ in range(30)]
+        low, high = np.percentile(widths, [10, 90])
+        lines.append(f"{regime} probes: FWHM {low:.2f}-{high:.2f} A (10-90 %)")
     return lines
 
 

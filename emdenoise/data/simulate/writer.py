@@ -9,6 +9,7 @@ Speed: run ``python -m emdenoise.data.simulate.writer [N] [WORKERS] [IMAGING]`` 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import multiprocessing
@@ -16,7 +17,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ import numpy as np
 
 from emdenoise.config.params import DownloadParams, validate
 from emdenoise.data.simulate.pairs import F32, GENERATOR_VERSION, RENDERERS, _one_blas_thread, image_seed, make_pair
+from emdenoise.data.simulate.stem import StemSettings
 from emdenoise.layout import GENERALISATION_SPLIT, RAW_DATASET, RAW_FILES
 from emdenoise.log import progress
 from emdenoise.outputs import Transaction, atomic_path
@@ -181,8 +183,8 @@ GENERATOR_KEYS = (
     "generalisation_material",
     "generalisation_optics",
 )
-# The STEM parameters: recorded (in the manifest and the files' parameters) only when download.imaging is not
-# hrtem, so that HRTEM sets stay as they were; (download key, StemSettings field).
+# The STEM parameters (download key, StemSettings field): recorded (in the manifest and the files' parameters)
+# only when download.imaging is not hrtem, so that HRTEM sets stay as they were.
 STEM_KEYS = (
     ("stem_units", "units"),
     ("stem_jitter_px", "jitter_px"),
@@ -197,7 +199,8 @@ STEM_KEYS = (
 @dataclass(frozen=True)
 class GeneratorSettings:
     """What :func:`write_dataset` makes: the download section's :data:`GENERATOR_KEYS` (their ranges checked
-    by the schema, :class:`~emdenoise.config.params.DownloadParams`), and how the clean images are formed:
+    by the schema, :class:`~emdenoise.config.params.DownloadParams`), ``imaging`` and the STEM parameters
+    (``stem``, from :data:`STEM_KEYS`), and how the clean images are formed:
     ``renderer`` (``fast`` or ``abtem``), ``structure`` (train and test only; the generalisation split keeps
     its material's scenes) and ``oversampling``, see :func:`~emdenoise.data.simulate.pairs.clean_image`."""
 
@@ -216,13 +219,7 @@ class GeneratorSettings:
     generalisation_material: str
     generalisation_optics: str
     imaging: str = "hrtem"
-    stem_units: str = "detector"
-    stem_jitter_px: float = 0.3
-    stem_drift_px: float = 2.0
-    stem_flyback_px: float = 1.0
-    stem_detector_offset: float = 33000.0
-    stem_detector_gain: float = 4.0
-    stem_read_noise: float = 3.0
+    stem: StemSettings = field(default_factory=StemSettings)
     renderer: str = "fast"
     structure: str = "none"
     oversampling: int = 2
@@ -235,8 +232,10 @@ class GeneratorSettings:
     def from_section(cls, section: DownloadParams, **render: Any) -> GeneratorSettings:
         """The settings of the (validated) download section, with ``render`` (renderer, structure,
         oversampling)."""
-        keys = GENERATOR_KEYS + ("imaging",) + tuple(key for key, _ in STEM_KEYS)
-        return cls(**{key: getattr(section, key) for key in keys}, **render)
+        stem = StemSettings(**{name: getattr(section, key) for key, name in STEM_KEYS})
+        return cls(
+            **{key: getattr(section, key) for key in GENERATOR_KEYS}, imaging=section.imaging, stem=stem, **render
+        )
 
     @classmethod
     def of(cls, where: str = "parameters", **values: Any) -> GeneratorSettings:
@@ -250,7 +249,7 @@ class GeneratorSettings:
         :data:`STEM_KEYS`)."""
         record = {key: getattr(self, key) for key in GENERATOR_KEYS}
         if self.imaging != "hrtem":
-            record.update(imaging=self.imaging, **{key: getattr(self, key) for key, _ in STEM_KEYS})
+            record.update(imaging=self.imaging, **{key: getattr(self.stem, name) for key, name in STEM_KEYS})
         return record
 
     def counts(self) -> dict[str, int]:
@@ -279,7 +278,7 @@ class GeneratorSettings:
             kwargs["structure"] = str(self.structure)
         if self.imaging != "hrtem":  # the HRTEM generator's files stay as they were
             kwargs["imaging"] = self.imaging
-            kwargs["stem_settings"] = {field: getattr(self, key) for key, field in STEM_KEYS}
+            kwargs["stem_settings"] = dataclasses.asdict(self.stem)
         return kwargs
 
     @property
