@@ -401,11 +401,13 @@ def stem_pair(
     expected = np.maximum(stem.sample(field, y + margin, x + margin), 0)
     dose = draw_dose(rng, dose_min, dose_max)
     reading = stem.detect(rng, expected * F32(dose), settings.detector)
-    if settings.units == "detector":
-        noisy, clean = reading, settings.detector.expected(expected * F32(dose))
-    else:
-        noisy = ((reading - F32(settings.offset)) / F32(settings.gain * dose)).astype(F32)
-        clean = expected
+    noisy, clean = reading, settings.detector.expected(expected * F32(dose))
+    if settings.units == "electrons":
+        # the same less the offset, per electron of the dose; clean from the yield (float32 offset + a small
+        # signal would lose its digits)
+        scale = settings.gain * dose
+        noisy = ((reading - F32(settings.offset)) / F32(scale)).astype(F32)
+        clean = np.minimum(expected, F32((65535 - settings.offset) / scale)).astype(F32)
     record = dataclasses.asdict(optics) | {"aperture_mrad": optics.convergence_mrad}
     info = _image_info(specimen, record, material, pixel, math.nan, margin, image_size, scan)
     info.update(dict.fromkeys(HRTEM_ONLY_KEYS, math.nan), imaging_mode=stem.MODE_CODES[mode], dose=dose)

@@ -308,8 +308,9 @@ class Detector:
     read_noise: float = 3.0
 
     def expected(self, electrons: np.ndarray) -> np.ndarray:
-        """The noise-free detector value for an expected number of electrons (float32)."""
-        return (np.float32(self.offset) + np.float32(self.gain) * electrons).astype(np.float32)
+        """The noise-free detector value for an expected number of electrons (float32), saturating at 65535
+        like the readings (at 4 DU per electron and an offset of 33,000: above 8,134 electrons)."""
+        return np.minimum(np.float32(self.offset) + np.float32(self.gain) * electrons, 65535).astype(np.float32)
 
 
 def detect(rng: np.random.Generator, electrons: np.ndarray, detector: Detector) -> np.ndarray:

@@ -278,3 +278,10 @@ def test_haadf_download_preprocess_train_test(tmp_path, capsys):
     assert card["normalisation"]["noisy"]["mean"] > 32000  # detector units went through unchanged
     metrics = json.loads(next(folders["output_dir"].rglob("test_metrics.json")).read_text())
     assert "dncnn" in json.dumps(metrics) and "gaussian" in json.dumps(metrics)
+
+
+def test_a_saturated_detector_reads_and_expects_65535():
+    detector = stem.Detector(33000.0, 4.0, 3.0)
+    electrons = np.array([8000.0, 9000.0, 1e5], np.float32)
+    assert detector.expected(electrons).tolist() == [65000.0, 65535.0, 65535.0]
+    assert stem.detect(np.random.default_rng(0), electrons[1:], detector).tolist() == [65535.0, 65535.0]
