@@ -186,6 +186,16 @@ class DownloadParams(Section):
         "same units",
         choices=_stem_units,
     )
+    stem_dose_min: float = param(
+        "float",
+        1e4,
+        "synthetic STEM: lowest dose, electrons per probe position (download.dose_* are HRTEM's)",
+        min=0.01,
+        max=1e9,
+    )
+    stem_dose_max: float = param(
+        "float", 1e5, "synthetic STEM: highest dose, electrons per probe position (log-uniform)", min=0.01, max=1e9
+    )
     stem_jitter_px: float = param(
         "float",
         0.3,
@@ -246,8 +256,10 @@ class DownloadParams(Section):
     memory_limit_gb: float = memory_limit_param()
 
     def check(self) -> None:
-        if self.dose_min > self.dose_max:
-            raise self.error("dose_min", f"expected <= download.dose_max ({self.dose_max}), got {self.dose_min}")
+        ranges = (("dose_min", "dose_max"), ("pixel_size_min", "pixel_size_max"), ("stem_dose_min", "stem_dose_max"))
+        for low, high in ranges:
+            if getattr(self, low) > getattr(self, high):
+                raise self.error(low, f"expected <= download.{high} ({getattr(self, high)}), got {getattr(self, low)}")
         if self.structure != "none" and self.source != "abtem":
             raise self.error(
                 "structure",
@@ -261,11 +273,6 @@ class DownloadParams(Section):
             )
         if self.imaging != "hrtem" and self.source == "abtem":
             raise self.error("imaging", f"expected hrtem when download.source is abtem, got {self.imaging!r}")
-        if self.pixel_size_min > self.pixel_size_max:
-            raise self.error(
-                "pixel_size_min",
-                f"expected <= download.pixel_size_max ({self.pixel_size_max}), got {self.pixel_size_min}",
-            )
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,10 @@ def test_sections_are_frozen_typed_objects_that_name_their_file(tmp_path):
             "denoise.tile_overlap: expected at most tile_size / 2 (32), got 40",
         ),
         (
+            "download:\n  stem_dose_min: 5000\n  stem_dose_max: 100\n",
+            "download.stem_dose_min: expected <= download.stem_dose_max (100.0), got 5000.0",
+        ),
+        (
             "download:\n  imaging: mixed\n",
             "download.stem_units: expected electrons when download.imaging is mixed (HRTEM images are in electrons "
             "per incident electron; detector units would put two scales into one split), got 'detector'",

@@ -328,7 +328,7 @@ def make_pair(
     mode = stem.draw_mode(rng, imaging)  # draws only for mixed: hrtem pairs stay as they were
     if mode != "hrtem":
         settings = stem.StemSettings(**(stem_settings or {}))
-        return stem_pair(rng, mode, settings, image_size=image_size, dose_min=dose_min, dose_max=dose_max, **image)
+        return stem_pair(rng, mode, settings, image_size=image_size, **image)
     clean, info = clean_image(rng, image_size, **image)
     drawn_dose = draw_dose(rng, dose_min, dose_max)
     drawn_center, drawn_sigma = draw_beam(rng, image_size)
@@ -340,7 +340,7 @@ def make_pair(
     )
     info.update(dose=dose, beam_center_yx=[float(c) for c in center], beam_sigma=sigma, dead_pixels=n_dead)
     if imaging != "hrtem":
-        info.update(dict.fromkeys(STEM_KEYS, math.nan), imaging_mode=stem.MODE_CODES["hrtem"])
+        info.update(dict.fromkeys(STEM_INFO_KEYS, math.nan), imaging_mode=stem.MODE_CODES["hrtem"])
         info.update(scan_drift_yx_px=[math.nan, math.nan])
     return noisy, clean, info
 
@@ -351,7 +351,7 @@ def make_pair(
 
 # What a STEM image records beyond HRTEM's keys (NaN in the HRTEM images of a mixed set), and the HRTEM keys
 # that mean nothing for STEM (NaN there).
-STEM_KEYS = (
+STEM_INFO_KEYS = (
     "source_size_angstrom",
     "probe_fwhm_angstrom",
     "detector_offset",
@@ -369,8 +369,6 @@ def stem_pair(
     settings: stem.StemSettings,
     *,
     image_size: int = 256,
-    dose_min: float = 5.0,
-    dose_max: float = 100.0,
     material: str = "graphene",
     optics_regime: str = "mixed",
     pixel_size_min: float = 0.12,
@@ -382,10 +380,11 @@ def stem_pair(
     The probe optics (:func:`~emdenoise.data.simulate.stem.draw_stem_optics`), the scan distortions and the
     specimen are drawn over the image plus a margin; the yield image (:func:`~emdenoise.data.simulate.stem.
     yield_image`) is sampled where the distorted scan puts the probe; ``dose`` (electrons per probe position,
-    log-uniform in [dose_min, dose_max]) electrons per position go through the detector. ``clean`` is the
-    noise-free expectation of ``noisy`` in the same units (``settings.units``). The recorded columns are where
-    the distorted scan shows them.
-    """
+    log-uniform in [settings.dose_min, settings.dose_max]) electrons per position go through the detector,
+    its gain turned down where the brightest pixel would pass 80 % of the range
+    (:func:`~emdenoise.data.simulate.stem.fitted_detector`). ``clean`` is the noise-free expectation of
+    ``noisy`` in the same units (``settings.units``). The recorded columns are where the distorted scan shows
+    them."""
     pixel = draw_pixel_size(rng, pixel_size_min, pixel_size_max)
     optics = stem.draw_stem_optics(rng, optics_regime)
     scan = stem.draw_scan(rng, image_size, settings.jitter_px, settings.drift_px, settings.flyback_px)
@@ -399,15 +398,16 @@ def stem_pair(
     field = stem.yield_image(specimen.atoms_yx_A, specimen.z, probe, pixel, mode)
     y, x = stem.scan_positions(scan, image_size)
     expected = np.maximum(stem.sample(field, y + margin, x + margin), 0)
-    dose = draw_dose(rng, dose_min, dose_max)
-    reading = stem.detect(rng, expected * F32(dose), settings.detector)
-    noisy, clean = reading, settings.detector.expected(expected * F32(dose))
+    dose = draw_dose(rng, settings.dose_min, settings.dose_max)
+    detector = stem.fitted_detector(settings.detector, float(expected.max()) * dose)
+    reading = stem.detect(rng, expected * F32(dose), detector)
+    noisy, clean = reading, detector.expected(expected * F32(dose))
     if settings.units == "electrons":
         # the same less the offset, per electron of the dose; clean from the yield (float32 offset + a small
         # signal would lose its digits)
-        scale = settings.gain * dose
-        noisy = ((reading - F32(settings.offset)) / F32(scale)).astype(F32)
-        clean = np.minimum(expected, F32((65535 - settings.offset) / scale)).astype(F32)
+        scale = detector.gain * dose
+        noisy = ((reading - F32(detector.offset)) / F32(scale)).astype(F32)
+        clean = np.minimum(expected, F32((65535 - detector.offset) / scale)).astype(F32)
     record = dataclasses.asdict(optics) | {"aperture_mrad": optics.convergence_mrad}
     info = _image_info(specimen, record, material, pixel, math.nan, margin, image_size, scan)
     info.update(dict.fromkeys(HRTEM_ONLY_KEYS, math.nan), imaging_mode=stem.MODE_CODES[mode], dose=dose)
@@ -415,9 +415,9 @@ def stem_pair(
         beam_center_yx=[math.nan, math.nan],
         dead_pixels=0,
         probe_fwhm_angstrom=probe.fwhm_angstrom,
-        detector_offset=settings.offset,
-        detector_gain=settings.gain,
-        read_noise=settings.read_noise,
+        detector_offset=detector.offset,
+        detector_gain=detector.gain,
+        read_noise=detector.read_noise,
         scan_jitter_px=scan.jitter_rms,
         scan_drift_yx_px=list(scan.drift_yx_px),
         scan_flyback_px=scan.flyback_px,

@@ -313,6 +313,18 @@ class Detector:
         return np.minimum(np.float32(self.offset) + np.float32(self.gain) * electrons, 65535).astype(np.float32)
 
 
+HEADROOM = 0.8  # fitted_detector keeps the brightest expected reading below this fraction of the range
+
+
+def fitted_detector(detector: Detector, brightest_electrons: float) -> Detector:
+    """``detector`` with its gain lowered (as an operator turns down a photomultiplier) where the brightest
+    expected pixel would read above ``HEADROOM`` of the range above the offset; otherwise unchanged."""
+    room = HEADROOM * (65535 - detector.offset)
+    if brightest_electrons * detector.gain <= room:
+        return detector
+    return Detector(detector.offset, float(np.float32(room / brightest_electrons)), detector.read_noise)
+
+
 def detect(rng: np.random.Generator, electrons: np.ndarray, detector: Detector) -> np.ndarray:
     """A detector reading (float32, whole numbers in [0, 65535]) of Poisson(``electrons``) electrons:
     ``offset + gain N + read noise``; its mean is :meth:`Detector.expected`, its variance ``gain (mean - offset)
@@ -326,10 +338,13 @@ def detect(rng: np.random.Generator, electrons: np.ndarray, detector: Detector) 
 class StemSettings:
     """The generator's STEM parameters (``download.stem_*``): ``units`` of the stored images (``detector``:
     detector units, clean = the expected detector value; ``electrons``: ``(reading - offset) / (gain dose)``,
-    clean = the expected yield, HRTEM's units), the largest jitter RMS, drift and flyback (px; each image draws
-    its own in [0, the largest]) and the detector."""
+    clean = the expected yield, HRTEM's units), the dose range (electrons per probe position, log-uniform), the
+    largest jitter RMS, drift and flyback (px; each image draws its own in [0, the largest]) and the
+    detector."""
 
     units: str = "detector"
+    dose_min: float = 1e4
+    dose_max: float = 1e5
     jitter_px: float = 0.3
     drift_px: float = 2.0
     flyback_px: float = 1.0

@@ -187,6 +187,8 @@ GENERATOR_KEYS = (
 # only when download.imaging is not hrtem, so that HRTEM sets stay as they were.
 STEM_KEYS = (
     ("stem_units", "units"),
+    ("stem_dose_min", "dose_min"),
+    ("stem_dose_max", "dose_max"),
     ("stem_jitter_px", "jitter_px"),
     ("stem_drift_px", "drift_px"),
     ("stem_flyback_px", "flyback_px"),

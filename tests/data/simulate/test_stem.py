@@ -188,10 +188,10 @@ def test_image_positions_invert_the_scan():
 def test_haadf_pair_records_the_columns_where_the_image_shows_them():
     """A MoS2 lattice under HAADF with scan distortions: the brightest spot near every recorded Mo column is
     on it (the recorded positions went through the scan's distortions)."""
-    settings = {"jitter_px": 0.5, "drift_px": 3.0, "flyback_px": 2.0}
+    settings = {"jitter_px": 0.5, "drift_px": 3.0, "flyback_px": 2.0, "dose_min": 1e4, "dose_max": 1e4}
     noisy, clean, info = pairs.make_pair(
         7, image_size=96, imaging="haadf", stem_settings=settings, material="mos2", scene="lattice",
-        optics_regime="corrected", pixel_size_min=0.2, pixel_size_max=0.2, dose_min=1e4, dose_max=1e4,
+        optics_regime="corrected", pixel_size_min=0.2, pixel_size_max=0.2,
     )  # fmt: skip
     assert info["imaging_mode"] == stem.MODE_CODES["haadf"] and info["scan_flyback_px"] > 0
     yx, z = info["atoms"]["yx"], info["atoms"]["z"]
@@ -207,10 +207,8 @@ def test_haadf_pair_records_the_columns_where_the_image_shows_them():
 
 @pytest.mark.parametrize("units", stem.UNITS)
 def test_clean_is_the_expectation_of_noisy_in_its_units(units):
-    settings = {"units": units, "offset": 1000.0, "gain": 5.0, "read_noise": 2.0}
-    noisy, clean, info = pairs.make_pair(
-        2, image_size=128, imaging="abf", stem_settings=settings, dose_min=200.0, dose_max=200.0
-    )
+    settings = {"units": units, "offset": 1000.0, "gain": 5.0, "read_noise": 2.0, "dose_min": 200.0, "dose_max": 200.0}
+    noisy, clean, info = pairs.make_pair(2, image_size=128, imaging="abf", stem_settings=settings)
     dose = info["dose"]
     if units == "electrons":  # back to the detector's whole units
         reading = noisy.astype(np.float64) * 5.0 * dose + 1000.0
@@ -247,7 +245,8 @@ def test_mixed_set_is_written_with_every_mode_and_its_records(tmp_path):
         assert np.all(attrs["probe_fwhm_angstrom"][stem_rows] > 0)
         assert np.all(np.isnan(attrs["beam_sigma"][stem_rows])) and np.all(attrs["beam_sigma"][~stem_rows] > 0)
         assert attrs["scan_drift_yx_px"].shape == (9, 2)
-        assert np.all(attrs["detector_gain"][stem_rows] == 4.0) and "imaging_mode: 0 hrtem" in attrs["units"]
+        gains = attrs["detector_gain"][stem_rows]
+        assert np.all((gains > 0) & (gains <= 4.0)) and "imaging_mode: 0 hrtem" in attrs["units"]
 
 
 @pytest.mark.slow
@@ -264,7 +263,8 @@ def test_haadf_download_preprocess_train_test(tmp_path, capsys):
     params = params_file(
         tmp_path / "p.yaml",
         download={"source": "synthetic", "imaging": "haadf", "train_images": 10, "test_images": 4,
-                  "image_size": 32, "dose_min": 2000.0, "dose_max": 8000.0, "material": "mos2", "workers": 1},
+                  "image_size": 32, "stem_dose_min": 2000.0, "stem_dose_max": 8000.0, "material": "mos2",
+                  "workers": 1},
         train={"model": "dncnn", "epochs": 1, "batch_size": 4, "device": "cpu", "precision": "fp32",
                "patch_size": 16},
         test={"baselines": ["gaussian"], "device": "cpu", "precision": "fp32", "figure_images": 0},
@@ -285,3 +285,14 @@ def test_a_saturated_detector_reads_and_expects_65535():
     electrons = np.array([8000.0, 9000.0, 1e5], np.float32)
     assert detector.expected(electrons).tolist() == [65000.0, 65535.0, 65535.0]
     assert stem.detect(np.random.default_rng(0), electrons[1:], detector).tolist() == [65535.0, 65535.0]
+
+
+def test_the_detector_gain_is_turned_down_before_saturation():
+    """ABF at 10^6 electrons per position: the gain falls so the brightest expected pixel reads at 80 % of the
+    range; the recorded gain is the one used, and clean is still the expectation of noisy."""
+    settings = {"offset": 33000.0, "gain": 4.0, "dose_min": 1e6, "dose_max": 1e6}
+    noisy, clean, info = pairs.make_pair(1, image_size=64, imaging="abf", stem_settings=settings)
+    assert info["detector_gain"] < 4.0 and clean.max() == pytest.approx(33000 + 0.8 * 32535, rel=1e-4)
+    assert noisy.max() < 65535
+    low = stem.fitted_detector(stem.Detector(33000.0, 4.0, 3.0), 1000.0)
+    assert low == stem.Detector(33000.0, 4.0, 3.0)  # nothing to fit: unchanged
