@@ -399,15 +399,7 @@ def stem_pair(
     y, x = stem.scan_positions(scan, image_size)
     expected = np.maximum(stem.sample(field, y + margin, x + margin), 0)
     dose = draw_dose(rng, settings.dose_min, settings.dose_max)
-    detector = stem.fitted_detector(settings.detector, float(expected.max()) * dose)
-    reading = stem.detect(rng, expected * F32(dose), detector)
-    noisy, clean = reading, detector.expected(expected * F32(dose))
-    if settings.units == "electrons":
-        # the same less the offset, per electron of the dose; clean from the yield (float32 offset + a small
-        # signal would lose its digits)
-        scale = detector.gain * dose
-        noisy = ((reading - F32(detector.offset)) / F32(scale)).astype(F32)
-        clean = np.minimum(expected, F32((65535 - detector.offset) / scale)).astype(F32)
+    noisy, clean, detector = _stem_detect(rng, expected, dose, settings)
     record = dataclasses.asdict(optics) | {"aperture_mrad": optics.convergence_mrad}
     info = _image_info(specimen, record, material, pixel, math.nan, margin, image_size, scan)
     info.update(dict.fromkeys(HRTEM_ONLY_KEYS, math.nan), imaging_mode=stem.MODE_CODES[mode], dose=dose)
@@ -423,3 +415,19 @@ def stem_pair(
         scan_flyback_px=scan.flyback_px,
     )
     return noisy, clean, info
+
+
+def _stem_detect(
+    rng: np.random.Generator, expected: np.ndarray, dose: float, settings: stem.StemSettings
+) -> tuple[np.ndarray, np.ndarray, stem.Detector]:
+    """The detector's (noisy, clean) of the yield image ``expected`` at ``dose``, in ``settings.units``, and
+    the detector used (its gain fitted below saturation)."""
+    detector = stem.fitted_detector(settings.detector, float(expected.max()) * dose)
+    reading = stem.detect(rng, expected * F32(dose), detector)
+    if settings.units == "detector":
+        return reading, detector.expected(expected * F32(dose)), detector
+    # the same less the offset, per electron of the dose; clean from the yield (float32 offset + a small signal
+    # would lose its digits)
+    scale = detector.gain * dose
+    noisy = ((reading - F32(detector.offset)) / F32(scale)).astype(F32)
+    return noisy, np.minimum(expected, F32((65535 - detector.offset) / scale)).astype(F32), detector
