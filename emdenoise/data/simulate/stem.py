@@ -10,7 +10,10 @@ Stable API (used by :mod:`emdenoise.data.simulate.pairs`; the guide is docs/expl
 - :func:`cross_section`: each atom's signal, ``HAADF_SIGMA_C (Z/6)^1.7`` or ``ABF_SIGMA_C (Z/6)^0.6`` (A^2).
 - :func:`yield_image`: the expected detected electrons per incident electron at every probe position.
 - :class:`Scan`, :func:`draw_scan`, :func:`scan_positions`, :func:`image_positions`: scan distortions.
-- :class:`Detector`, :func:`detect`: ``offset + gain Poisson(dose * yield) + N(0, read_noise^2)``, rounded.
+- :class:`Detector`, :func:`detect`: ``offset + gain Poisson(dose * yield) + N(0, read_noise^2)``, rounded;
+  :func:`fitted_detector` lowers the gain of an image that would saturate.
+- :class:`StemSettings` (the ``download.stem_*`` parameters), :func:`draw_mode`, :func:`reach_px`;
+  ``python -m emdenoise.data.simulate.stem`` prints the numbers the docs quote (:func:`summary`).
 
 The model (the incoherent imaging approximation, e.g. Kirkland, *Advanced Computing in Electron Microscopy*,
 2010, ch. 5; Findlay et al., Ultramicroscopy 110 (2010) 903 for ABF):
