@@ -380,6 +380,12 @@ def _log_start(log, settings: GeneratorSettings, counts: dict[str, int], workers
         settings.optics,
         workers,
     )
+    if settings.imaging != "hrtem":
+        stem = settings.stem
+        log.info(
+            "%s: %s imaging, STEM dose %g-%g e/probe position, values in %s units",
+            *(settings.name, settings.imaging, stem.dose_min, stem.dose_max, stem.units),
+        )
 
 
 def _write_split(noisy_path: Path, clean_path: Path, split: str, n: int, seed: int, kwargs: dict, chunks, bar) -> None:
