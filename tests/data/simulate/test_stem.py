@@ -235,8 +235,9 @@ def test_hrtem_pairs_are_unchanged_by_the_imaging_keyword():
 
 def test_mixed_set_is_written_with_every_mode_and_its_records(tmp_path):
     settings = GeneratorSettings.of(
-        seed=3, train_images=9, test_images=2, image_size=32, imaging="mixed", stem_units="electrons"
-    )
+        seed=3, train_images=9, test_images=2, image_size=32, imaging="mixed", stem_units="electrons",
+        generalisation_count=2,
+    )  # fmt: skip
     assert settings.record()["imaging"] == "mixed" and settings.record()["stem_units"] == "electrons"
     write_dataset(tmp_path, settings, workers=1)
     with h5py.File(tmp_path / "train" / "graphene_img_noise.h5") as fh:
@@ -249,6 +250,8 @@ def test_mixed_set_is_written_with_every_mode_and_its_records(tmp_path):
         assert np.all(np.isnan(attrs["beam_sigma"][stem_rows])) and np.all(attrs["beam_sigma"][~stem_rows] > 0)
         assert attrs["scan_drift_yx_px"].shape == (9, 2)
         gains = attrs["detector_gain"][stem_rows]
+        with h5py.File(tmp_path / "generalisation" / "graphene_img_noise.h5") as other:
+            assert other.attrs["material"] == "mos2" and len(other["images"].attrs["imaging_mode"]) == 2
         assert np.all((gains > 0) & (gains <= 4.0)) and "imaging_mode: 0 hrtem" in attrs["units"]
 
 
