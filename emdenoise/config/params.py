@@ -74,6 +74,18 @@ def _optics_regimes() -> tuple[str, ...]:
     return REGIMES
 
 
+def _imaging_modes() -> tuple[str, ...]:
+    from emdenoise.data.simulate.stem import IMAGING
+
+    return IMAGING
+
+
+def _stem_units() -> tuple[str, ...]:
+    from emdenoise.data.simulate.stem import UNITS
+
+    return UNITS
+
+
 def _source_check(value: str) -> str | None:
     from emdenoise.data.acquire.sources import NAMED_SOURCES
 
@@ -158,6 +170,62 @@ class DownloadParams(Section):
     generalisation_optics: str = param(
         "str", "mixed", "synthetic: the microscope of the generalisation/ split", choices=_optics_regimes
     )
+    imaging: str = param(
+        "str",
+        "hrtem",
+        "synthetic: hrtem (phase contrast), haadf (STEM Z-contrast), abf (STEM annular bright field, an "
+        "approximation) or mixed (one of the three per image; needs stem_units: electrons); see "
+        "docs/guides/generator.md",
+        choices=_imaging_modes,
+    )
+    stem_units: str = param(
+        "str",
+        "detector",
+        "synthetic STEM: the stored values: detector (detector units, offset + gain x counts + read noise) or "
+        "electrons ((reading - offset) / (gain x dose), HRTEM's units); clean is the noise-free expectation in the "
+        "same units",
+        choices=_stem_units,
+    )
+    stem_dose_min: float = param(
+        "float",
+        1e4,
+        "synthetic STEM: lowest dose, electrons per probe position (download.dose_* are HRTEM's)",
+        min=0.01,
+        max=1e9,
+    )
+    stem_dose_max: float = param(
+        "float", 1e5, "synthetic STEM: highest dose, electrons per probe position (log-uniform)", min=0.01, max=1e9
+    )
+    stem_jitter_px: float = param(
+        "float",
+        0.3,
+        "synthetic STEM: largest RMS of the per-scan-line x jitter, px (each image: uniform in [0, this])",
+        min=0.0,
+        max=10.0,
+    )
+    stem_drift_px: float = param(
+        "float",
+        2.0,
+        "synthetic STEM: largest specimen drift over a frame, px (each image: uniform length, any direction)",
+        min=0.0,
+        max=64.0,
+    )
+    stem_flyback_px: float = param(
+        "float",
+        1.0,
+        "synthetic STEM: largest flyback lag at the start of each line, px (decays over 5 % of the line)",
+        min=0.0,
+        max=64.0,
+    )
+    stem_detector_offset: float = param(
+        "float", 33000.0, "synthetic STEM: detector reading with no electrons, detector units", min=0.0, max=60000.0
+    )
+    stem_detector_gain: float = param(
+        "float", 4.0, "synthetic STEM: detector units per detected electron", min=0.01, max=1000.0
+    )
+    stem_read_noise: float = param(
+        "float", 3.0, "synthetic STEM: Gaussian read noise of the detector, detector units (sigma)", min=0.0, max=1000.0
+    )
     structure: str = param(
         "str",
         "none",
@@ -188,18 +256,23 @@ class DownloadParams(Section):
     memory_limit_gb: float = memory_limit_param()
 
     def check(self) -> None:
-        if self.dose_min > self.dose_max:
-            raise self.error("dose_min", f"expected <= download.dose_max ({self.dose_max}), got {self.dose_min}")
+        ranges = (("dose_min", "dose_max"), ("pixel_size_min", "pixel_size_max"), ("stem_dose_min", "stem_dose_max"))
+        for low, high in ranges:
+            if getattr(self, low) > getattr(self, high):
+                raise self.error(low, f"expected <= download.{high} ({getattr(self, high)}), got {getattr(self, low)}")
         if self.structure != "none" and self.source != "abtem":
             raise self.error(
                 "structure",
                 f"expected none unless download.source is abtem (it is {self.source!r}), got {self.structure!r}",
             )
-        if self.pixel_size_min > self.pixel_size_max:
+        if self.imaging == "mixed" and self.stem_units == "detector":
             raise self.error(
-                "pixel_size_min",
-                f"expected <= download.pixel_size_max ({self.pixel_size_max}), got {self.pixel_size_min}",
+                "stem_units",
+                "expected electrons when download.imaging is mixed (HRTEM images are in electrons per incident "
+                "electron; detector units would put two scales into one split), got 'detector'",
             )
+        if self.imaging != "hrtem" and self.source == "abtem":
+            raise self.error("imaging", f"expected hrtem when download.source is abtem, got {self.imaging!r}")
 
 
 @dataclass(frozen=True)

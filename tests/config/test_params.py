@@ -56,6 +56,19 @@ def test_sections_are_frozen_typed_objects_that_name_their_file(tmp_path):
             "denoise:\n  tile_size: 64\n  tile_overlap: 40\n",
             "denoise.tile_overlap: expected at most tile_size / 2 (32), got 40",
         ),
+        (
+            "download:\n  stem_dose_min: 5000\n  stem_dose_max: 100\n",
+            "download.stem_dose_min: expected <= download.stem_dose_max (100.0), got 5000.0",
+        ),
+        (
+            "download:\n  imaging: mixed\n",
+            "download.stem_units: expected electrons when download.imaging is mixed (HRTEM images are in electrons "
+            "per incident electron; detector units would put two scales into one split), got 'detector'",
+        ),
+        (
+            "download:\n  source: abtem\n  imaging: haadf\n",
+            "download.imaging: expected hrtem when download.source is abtem, got 'haadf'",
+        ),
     ],
 )
 def test_cross_field_checks_are_in_the_schema(tmp_path, text, expect):
@@ -252,3 +265,16 @@ def test_reference_table_lists_every_key():
 def test_yaml_round_trip_of_defaults(tmp_path):
     path = write(tmp_path, yaml.safe_dump(params.defaults().as_dict()))
     assert params.load(path) == params.defaults()
+
+
+def test_stem_imaging_values_are_checked(tmp_path):
+    assert (
+        params.load(write(tmp_path, "download:\n  imaging: mixed\n  stem_units: electrons\n")).download.imaging
+        == "mixed"
+    )
+    with pytest.raises(
+        InputError, match="download.imaging: expected one of 'hrtem', 'haadf', 'abf', 'mixed', got 'bf'"
+    ):
+        params.load(write(tmp_path, "download:\n  imaging: bf\n"))
+    with pytest.raises(InputError, match="download.stem_detector_gain"):
+        params.load(write(tmp_path, "download:\n  stem_detector_gain: 0\n"))

@@ -51,7 +51,7 @@ try:
 except ImportError:  # optional: without it BLAS may start threads (much slower on a busy machine, same results)
     ThreadpoolController = None
 
-from emdenoise.data.simulate import physics, scenes
+from emdenoise.data.simulate import physics, scenes, stem
 from emdenoise.layout import GENERALISATION_SPLIT
 
 GENERATOR_VERSION = "2"  # 1: the plane-wave cartoon (removed); 2: atoms, projected potential, lens, detector
@@ -259,25 +259,29 @@ def clean_image(
     clean = np.ascontiguousarray(full[margin : margin + image_size, margin : margin + image_size])
     np.maximum(clean, 0, out=clean)
 
-    info = _image_info(specimen, optics, material, pixel, blur, margin, image_size)
+    info = _image_info(specimen, dataclasses.asdict(optics), material, pixel, blur, margin, image_size)
     return clean, info
 
 
 def _image_info(
     specimen: scenes.Scene,
-    optics: physics.Optics,
+    optics: dict,
     material: str,
     pixel: float,
     blur: float,
     margin: int,
     image_size: int,
+    scan: stem.Scan | None = None,
 ) -> dict:
-    """:func:`clean_image`'s ``info``: the scene's description, the optics and the columns inside the image."""
+    """:func:`clean_image`'s ``info``: the scene's description, the optics and the columns inside the image
+    (where a distorted ``scan`` shows them, for STEM)."""
     yx = specimen.columns_yx_A / pixel - margin
+    if scan is not None:
+        yx = stem.image_positions(scan, image_size, yx)
     inside = np.all((yx >= -0.5) & (yx < image_size - 0.5), axis=1)
     info = {k: v for k, v in specimen.info.items() if k not in ("material", "kind", "heights_A")}
     info["vacancies"] = int(specimen.columns_vacant[inside].sum())  # in the image, not the margin
-    info.update(dataclasses.asdict(optics))  # voltage_kv, defocus_angstrom, cs_mm, focal_spread_angstrom, ...
+    info.update(optics)  # voltage_kv, defocus_angstrom, cs_mm, focal_spread_angstrom, ...
     info.update(
         material=material,
         pixel_size=pixel,
@@ -303,6 +307,8 @@ def make_pair(
     dose: float | None = None,
     beam_center_yx=None,
     beam_sigma: float | None = None,
+    imaging: str = "hrtem",
+    stem_settings: dict | None = None,
     **image: Any,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """One (noisy, clean, info) pair, float32 (image_size, image_size).
@@ -313,8 +319,16 @@ def make_pair(
     ``dose``, ``beam_center_yx`` and ``beam_sigma`` fix those values instead of drawing them (the draws still
     happen, so the rest of the pair does not change). ``info`` holds what :func:`clean_image` describes plus
     ``dose``, ``beam_center_yx``, ``beam_sigma`` and ``dead_pixels`` (their count).
+
+    ``imaging``: ``hrtem`` (this function's pairs), ``haadf`` or ``abf`` (:func:`stem_pair`, with
+    ``stem_settings`` the keywords of :class:`~emdenoise.data.simulate.stem.StemSettings`), or ``mixed`` (one of
+    the three per image). Every ``info`` of a non-``hrtem`` run carries ``imaging_mode`` and the keys of both.
     """
     rng = as_rng(rng)
+    mode = stem.draw_mode(rng, imaging)  # draws only for mixed: hrtem pairs stay as they were
+    if mode != "hrtem":
+        settings = stem.StemSettings(**(stem_settings or {}))
+        return stem_pair(rng, mode, settings, image_size=image_size, **image)
     clean, info = clean_image(rng, image_size, **image)
     drawn_dose = draw_dose(rng, dose_min, dose_max)
     drawn_center, drawn_sigma = draw_beam(rng, image_size)
@@ -325,4 +339,95 @@ def make_pair(
         rng, clean, dose=dose, beam_center_yx=center, beam_sigma=sigma, dead_pixel_fraction=dead_pixel_fraction
     )
     info.update(dose=dose, beam_center_yx=[float(c) for c in center], beam_sigma=sigma, dead_pixels=n_dead)
+    if imaging != "hrtem":
+        info.update(dict.fromkeys(STEM_INFO_KEYS, math.nan), imaging_mode=stem.MODE_CODES["hrtem"])
+        info.update(scan_drift_yx_px=[math.nan, math.nan])
     return noisy, clean, info
+
+
+# --------------------------------------------------------------------------------------------------------------
+# STEM pairs: atoms -> probe-convolved yield (stem.py) -> scan distortions -> detector
+# --------------------------------------------------------------------------------------------------------------
+
+# What a STEM image records beyond HRTEM's keys (NaN in the HRTEM images of a mixed set), and the HRTEM keys
+# that mean nothing for STEM (NaN there).
+STEM_INFO_KEYS = (
+    "source_size_angstrom",
+    "probe_fwhm_angstrom",
+    "detector_offset",
+    "detector_gain",
+    "read_noise",
+    "scan_jitter_px",
+    "scan_flyback_px",
+)
+HRTEM_ONLY_KEYS = ("focal_spread_angstrom", "beam_sigma", "detector_blur_px")
+
+
+def stem_pair(
+    rng: np.random.Generator,
+    mode: str,
+    settings: stem.StemSettings,
+    *,
+    image_size: int = 256,
+    material: str = "graphene",
+    optics_regime: str = "mixed",
+    pixel_size_min: float = 0.12,
+    pixel_size_max: float = 0.3,
+    scene: str = "random",
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """One STEM (noisy, clean, info) pair of ``mode`` (``haadf`` or ``abf``), float32 (image_size, image_size).
+
+    The probe optics (:func:`~emdenoise.data.simulate.stem.draw_stem_optics`), the scan distortions and the
+    specimen are drawn over the image plus a margin; the yield image (:func:`~emdenoise.data.simulate.stem.
+    yield_image`) is sampled where the distorted scan puts the probe; ``dose`` (electrons per probe position,
+    log-uniform in [settings.dose_min, settings.dose_max]) electrons per position go through the detector,
+    its gain turned down where the brightest pixel would pass 80 % of the range
+    (:func:`~emdenoise.data.simulate.stem.fitted_detector`). ``clean`` is the noise-free expectation of
+    ``noisy`` in the same units (``settings.units``). The recorded columns are where the distorted scan shows
+    them."""
+    pixel = draw_pixel_size(rng, pixel_size_min, pixel_size_max)
+    optics = stem.draw_stem_optics(rng, optics_regime)
+    scan = stem.draw_scan(rng, image_size, settings.jitter_px, settings.drift_px, settings.flyback_px)
+    reach = stem.reach_px(optics, pixel) + int(
+        math.ceil(settings.drift_px + settings.flyback_px + 4 * settings.jitter_px)
+    )
+    padded = int(sfft.next_fast_len(image_size + 2 * min(max(reach, 4), image_size // 4), real=True))
+    margin = (padded - image_size) // 2
+    specimen = scenes.draw_scene(rng, padded, pixel, material, kind=scene)
+    probe = stem.make_probe(optics, padded, pixel)
+    field = stem.yield_image(specimen.atoms_yx_A, specimen.z, probe, pixel, mode)
+    y, x = stem.scan_positions(scan, image_size)
+    expected = np.maximum(stem.sample(field, y + margin, x + margin), 0)
+    dose = draw_dose(rng, settings.dose_min, settings.dose_max)
+    noisy, clean, detector = _stem_detect(rng, expected, dose, settings)
+    record = dataclasses.asdict(optics) | {"aperture_mrad": optics.convergence_mrad}
+    info = _image_info(specimen, record, material, pixel, math.nan, margin, image_size, scan)
+    info.update(dict.fromkeys(HRTEM_ONLY_KEYS, math.nan), imaging_mode=stem.MODE_CODES[mode], dose=dose)
+    info.update(
+        beam_center_yx=[math.nan, math.nan],
+        dead_pixels=0,
+        probe_fwhm_angstrom=probe.fwhm_angstrom,
+        detector_offset=detector.offset,
+        detector_gain=detector.gain,
+        read_noise=detector.read_noise,
+        scan_jitter_px=scan.jitter_rms,
+        scan_drift_yx_px=list(scan.drift_yx_px),
+        scan_flyback_px=scan.flyback_px,
+    )
+    return noisy, clean, info
+
+
+def _stem_detect(
+    rng: np.random.Generator, expected: np.ndarray, dose: float, settings: stem.StemSettings
+) -> tuple[np.ndarray, np.ndarray, stem.Detector]:
+    """The detector's (noisy, clean) of the yield image ``expected`` at ``dose``, in ``settings.units``, and
+    the detector used (its gain fitted below saturation)."""
+    detector = stem.fitted_detector(settings.detector, float(expected.max()) * dose)
+    reading = stem.detect(rng, expected * F32(dose), detector)
+    if settings.units == "detector":
+        return reading, detector.expected(expected * F32(dose)), detector
+    # the same less the offset, per electron of the dose; clean from the yield (float32 offset + a small signal
+    # would lose its digits)
+    scale = detector.gain * dose
+    noisy = ((reading - F32(detector.offset)) / F32(scale)).astype(F32)
+    return noisy, np.minimum(expected, F32((65535 - detector.offset) / scale)).astype(F32), detector

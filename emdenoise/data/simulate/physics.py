@@ -43,6 +43,7 @@ Conventions. Spatial frequencies ``k`` are in cycles per angstrom (no 2 pi), arr
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -249,6 +250,27 @@ def projected_potential(
     The grid is periodic (see the module docstring); ``band_limit`` is the fraction of the Nyquist frequency
     kept (a circle).
     """
+
+    def form(element: int, k: np.ndarray) -> np.ndarray:
+        return POTENTIAL_PER_SCATTERING_FACTOR * scattering_factor(element, k)
+
+    return atom_field(atoms_yx_angstrom, z, shape, pixel_size, form, band_limit=band_limit)
+
+
+def atom_field(
+    atoms_yx_angstrom,
+    z,
+    shape: tuple[int, int],
+    pixel_size: float,
+    form: Callable[[int, np.ndarray], np.ndarray],
+    *,
+    band_limit: float = 2 / 3,
+) -> np.ndarray:
+    """The sum over atoms of a kernel per element, ``sum_j f_Zj(r - r_j)`` (float32, ``shape``), on a periodic
+    grid: ``form(Z, k)`` is the kernel's continuous Fourier transform (value x A^2) at the frequencies ``k``
+    (1/A, the rfft2 grid's magnitudes). The atoms are spread with interlaced bilinear weights (module
+    docstring); ``band_limit`` is the fraction of the Nyquist frequency kept (a circle). The projected potential
+    and the STEM images (:mod:`emdenoise.data.simulate.stem`) are both made by it."""
     yx = np.asarray(atoms_yx_angstrom, dtype=np.float64).reshape(-1, 2) / pixel_size
     z = np.broadcast_to(np.asarray(z, dtype=np.int64), (len(yx),))
     ky, kx = frequencies(shape, pixel_size, real=True)
@@ -258,13 +280,13 @@ def projected_potential(
     half_pixel = np.exp(-1j * np.pi * (ky + kx) * pixel_size).astype(np.complex64)
     kernel = np.sinc(ky * pixel_size) ** 2 * np.sinc(kx * pixel_size) ** 2  # the bilinear kernel's transform
     keep = k <= band_limit * 0.5 / pixel_size
-    scale = np.where(keep, 0.5 * POTENTIAL_PER_SCATTERING_FACTOR / pixel_size**2 / kernel, 0.0)
+    scale = np.where(keep, 0.5 / pixel_size**2 / kernel, 0.0)
     for element in np.unique(z):
         mine = yx[z == element]
         ones = np.ones(len(mine))
         grid = sfft.rfft2(_splat(mine, ones, shape).astype(np.float32), workers=1)
         grid += sfft.rfft2(_splat(mine - 0.5, ones, shape).astype(np.float32), workers=1) * half_pixel
-        spectrum += grid * (scale * scattering_factor(int(element), k)).astype(np.float32)
+        spectrum += grid * (scale * form(int(element), k)).astype(np.complex64)
     return sfft.irfft2(spectrum, s=shape, workers=1).astype(np.float32)
 
 

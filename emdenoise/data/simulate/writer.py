@@ -2,12 +2,14 @@
 raw em_graphene_sim layout (:mod:`emdenoise.layout`), made in chunks by worker processes (the same bytes
 whatever their number), staged and committed together; :class:`GeneratorSettings`, what it makes.
 
-Speed: run ``python -m emdenoise.data.simulate.writer [N] [WORKERS]`` to measure pairs/s (:func:`benchmark`).
+Speed: run ``python -m emdenoise.data.simulate.writer [N] [WORKERS] [IMAGING]`` to measure pairs/s
+(:func:`benchmark`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import multiprocessing
@@ -15,7 +17,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ import numpy as np
 
 from emdenoise.config.params import DownloadParams, validate
 from emdenoise.data.simulate.pairs import F32, GENERATOR_VERSION, RENDERERS, _one_blas_thread, image_seed, make_pair
+from emdenoise.data.simulate.stem import StemSettings
 from emdenoise.layout import GENERALISATION_SPLIT, RAW_DATASET, RAW_FILES
 from emdenoise.log import progress
 from emdenoise.outputs import Transaction, atomic_path
@@ -51,6 +54,33 @@ _PER_IMAGE_ATTRS = (
     ("contamination_atoms", np.int32, "contamination_atoms", "clean"),
     ("material_fraction", np.float32, "material_fraction", "clean"),
 )
+# What STEM runs (download.imaging not hrtem) record besides: NaN where a value means nothing for an image's mode.
+_STEM_ATTRS = (
+    ("imaging_mode", np.int8, "imaging_mode", "noisy"),
+    ("source_size_angstrom", np.float32, "source_size_angstrom", "noisy"),
+    ("probe_fwhm_angstrom", np.float32, "probe_fwhm_angstrom", "noisy"),
+    ("detector_offset", np.float32, "detector_offset", "noisy"),
+    ("detector_gain", np.float32, "detector_gain", "noisy"),
+    ("read_noise", np.float32, "read_noise", "noisy"),
+    ("scan_jitter_px", np.float32, "scan_jitter_px", "noisy"),
+    ("scan_drift_yx_px", np.float32, "scan_drift_yx_px", "noisy"),
+    ("scan_flyback_px", np.float32, "scan_flyback_px", "noisy"),
+)
+STEM_UNITS = (
+    "; imaging_mode: 0 hrtem, 1 haadf, 2 abf; STEM images: values in detector units (stem_units: detector) or "
+    "(reading - detector_offset) / (detector_gain x dose) (electrons), clean the noise-free expectation in the "
+    "same units; dose: electrons per probe position; convergence_mrad = aperture_mrad: the probe's convergence "
+    "semi-angle; probe_fwhm_angstrom, source_size_angstrom (sigma): angstrom; detector_offset, read_noise: "
+    "detector units; detector_gain: detector units per electron; scan_jitter_px (RMS), scan_drift_yx_px (over "
+    "the frame), scan_flyback_px: pixels; NaN: not defined for the image's mode"
+)
+
+
+def _attr_specs(kwargs: dict) -> tuple:
+    """The per-image attributes of a run of ``make_pair(**kwargs)``."""
+    return _PER_IMAGE_ATTRS + (_STEM_ATTRS if "imaging" in kwargs else ())
+
+
 # The true lattice columns, as datasets of the clean file (rows atom_offsets[i]:atom_offsets[i+1] are image i's).
 ATOM_DATASETS = {"atom_yx": np.float32, "atom_vacant": np.uint8, "atom_z": np.uint8}
 _ATOM_KEYS = {"atom_yx": "yx", "atom_vacant": "vacant", "atom_z": "z"}
@@ -76,11 +106,11 @@ def _make_chunk(job: tuple) -> tuple[np.ndarray, np.ndarray, dict, dict]:
     size = kwargs["image_size"]
     noisy = np.empty((stop - start, size, size), F32)
     clean = np.empty_like(noisy)
-    attrs: dict[str, list] = {name: [] for name, *_ in _PER_IMAGE_ATTRS}
+    attrs: dict[str, list] = {name: [] for name, *_ in _attr_specs(kwargs)}
     atoms: dict[str, list] = {name: [] for name in ATOM_DATASETS}
     for j, index in enumerate(range(start, stop)):
         noisy[j], clean[j], info = make_pair(image_seed(seed, split, index), **kwargs)
-        for name, _, key, _ in _PER_IMAGE_ATTRS:
+        for name, _, key, _ in _attr_specs(kwargs):
             attrs[name].append(info[key])
         for name, key in _ATOM_KEYS.items():
             atoms[name].append(info["atoms"][key])
@@ -109,7 +139,7 @@ def _load_chunk(path: Path) -> tuple | None:
         with np.load(path, allow_pickle=False) as data:
             counts = data["atom_counts"]
             bounds = np.concatenate([[0], np.cumsum(counts)])
-            attrs = {name: data[f"attr:{name}"].tolist() for name, *_ in _PER_IMAGE_ATTRS}
+            attrs = {key[5:]: data[key].tolist() for key in data.files if key.startswith("attr:")}
             atoms = {
                 name: [data[f"atom:{name}"][a:b] for a, b in zip(bounds[:-1], bounds[1:])] for name in ATOM_DATASETS
             }
@@ -153,12 +183,26 @@ GENERATOR_KEYS = (
     "generalisation_material",
     "generalisation_optics",
 )
+# The STEM parameters (download key, StemSettings field): recorded (in the manifest and the files' parameters)
+# only when download.imaging is not hrtem, so that HRTEM sets stay as they were.
+STEM_KEYS = (
+    ("stem_units", "units"),
+    ("stem_dose_min", "dose_min"),
+    ("stem_dose_max", "dose_max"),
+    ("stem_jitter_px", "jitter_px"),
+    ("stem_drift_px", "drift_px"),
+    ("stem_flyback_px", "flyback_px"),
+    ("stem_detector_offset", "offset"),
+    ("stem_detector_gain", "gain"),
+    ("stem_read_noise", "read_noise"),
+)
 
 
 @dataclass(frozen=True)
 class GeneratorSettings:
     """What :func:`write_dataset` makes: the download section's :data:`GENERATOR_KEYS` (their ranges checked
-    by the schema, :class:`~emdenoise.config.params.DownloadParams`), and how the clean images are formed:
+    by the schema, :class:`~emdenoise.config.params.DownloadParams`), ``imaging`` and the STEM parameters
+    (``stem``, from :data:`STEM_KEYS`), and how the clean images are formed:
     ``renderer`` (``fast`` or ``abtem``), ``structure`` (train and test only; the generalisation split keeps
     its material's scenes) and ``oversampling``, see :func:`~emdenoise.data.simulate.pairs.clean_image`."""
 
@@ -176,6 +220,8 @@ class GeneratorSettings:
     generalisation_count: int
     generalisation_material: str
     generalisation_optics: str
+    imaging: str = "hrtem"
+    stem: StemSettings = field(default_factory=StemSettings)
     renderer: str = "fast"
     structure: str = "none"
     oversampling: int = 2
@@ -188,7 +234,10 @@ class GeneratorSettings:
     def from_section(cls, section: DownloadParams, **render: Any) -> GeneratorSettings:
         """The settings of the (validated) download section, with ``render`` (renderer, structure,
         oversampling)."""
-        return cls(**{key: getattr(section, key) for key in GENERATOR_KEYS}, **render)
+        stem = StemSettings(**{name: getattr(section, key) for key, name in STEM_KEYS})
+        return cls(
+            **{key: getattr(section, key) for key in GENERATOR_KEYS}, imaging=section.imaging, stem=stem, **render
+        )
 
     @classmethod
     def of(cls, where: str = "parameters", **values: Any) -> GeneratorSettings:
@@ -198,8 +247,12 @@ class GeneratorSettings:
         return cls.from_section(validate({"download": values}, where).download, **render)
 
     def record(self) -> dict[str, Any]:
-        """The settings the manifest records (:data:`GENERATOR_KEYS`)."""
-        return {key: getattr(self, key) for key in GENERATOR_KEYS}
+        """The settings the manifest records (:data:`GENERATOR_KEYS`, and for STEM ``imaging`` and
+        :data:`STEM_KEYS`)."""
+        record = {key: getattr(self, key) for key in GENERATOR_KEYS}
+        if self.imaging != "hrtem":
+            record.update(imaging=self.imaging, **{key: getattr(self.stem, name) for key, name in STEM_KEYS})
+        return record
 
     def counts(self) -> dict[str, int]:
         counts = {"train": int(self.train_images), "test": int(self.test_images)}
@@ -225,6 +278,9 @@ class GeneratorSettings:
         kwargs["optics_regime"] = self.generalisation_optics if other else self.optics
         if self.structure != "none" and split in ("train", "test"):
             kwargs["structure"] = str(self.structure)
+        if self.imaging != "hrtem":  # the HRTEM generator's files stay as they were
+            kwargs["imaging"] = self.imaging
+            kwargs["stem_settings"] = dataclasses.asdict(self.stem)
         return kwargs
 
     @property
@@ -324,6 +380,12 @@ def _log_start(log, settings: GeneratorSettings, counts: dict[str, int], workers
         settings.optics,
         workers,
     )
+    if settings.imaging != "hrtem":
+        stem = settings.stem
+        log.info(
+            "%s: %s imaging, STEM dose %g-%g e/probe position, values in %s units",
+            *(settings.name, settings.imaging, stem.dose_min, stem.dose_max, stem.units),
+        )
 
 
 def _write_split(noisy_path: Path, clean_path: Path, split: str, n: int, seed: int, kwargs: dict, chunks, bar) -> None:
@@ -338,6 +400,8 @@ def _write_split(noisy_path: Path, clean_path: Path, split: str, n: int, seed: i
         "material": f"structure:{Path(kwargs['structure']).name}" if "structure" in kwargs else kwargs["material"],
         "parameters": json.dumps(dict(kwargs, seed=int(seed)), sort_keys=True),
     }
+    if "imaging" in kwargs:
+        file_attrs["imaging"] = kwargs["imaging"]
     if kwargs.get("renderer") == "abtem":
         from emdenoise.data.simulate import abtem_source
 
@@ -352,7 +416,7 @@ def _write_split(noisy_path: Path, clean_path: Path, split: str, n: int, seed: i
             dsets[kind] = fh.create_dataset(
                 RAW_DATASET, shape=(n, size, size, 1), dtype=F32, chunks=(1, size, size, 1), track_times=False
             )
-        attrs: dict[str, list] = {name: [] for name, *_ in _PER_IMAGE_ATTRS}
+        attrs: dict[str, list] = {name: [] for name, *_ in _attr_specs(kwargs)}
         atoms: dict[str, list] = {name: [] for name in ATOM_DATASETS}
         row = 0
         for noisy, clean, chunk_attrs, chunk_atoms in chunks:
@@ -365,14 +429,14 @@ def _write_split(noisy_path: Path, clean_path: Path, split: str, n: int, seed: i
             row += len(noisy)
             bar.update(len(noisy))
         assert row == n, (row, n)
-        for name, dtype, _, kind in _PER_IMAGE_ATTRS:
+        for name, dtype, _, kind in _attr_specs(kwargs):
             dsets[kind].attrs[name] = np.asarray(attrs[name], dtype=dtype)
         dsets["noisy"].attrs["dead_pixel_fraction"] = F32(kwargs["dead_pixel_fraction"])
         dsets["noisy"].attrs["units"] = (
             "values: electron counts / dose; dose: electrons per pixel at the beam centre; beam_center_yx, "
             "beam_sigma, detector_blur_px: pixels; pixel_size: angstrom per pixel; defocus_angstrom (negative: "
             "underfocus), focal_spread_angstrom: angstrom; cs_mm: mm; convergence_mrad, aperture_mrad: mrad"
-        )
+        ) + (STEM_UNITS if "imaging" in kwargs else "")
         offsets = np.zeros(n + 1, np.int64)
         offsets[1:] = np.cumsum([len(z) for z in atoms["atom_z"]])
         f_clean.create_dataset("atom_offsets", data=offsets, track_times=False)
@@ -387,14 +451,19 @@ def _write_split(noisy_path: Path, clean_path: Path, split: str, n: int, seed: i
 # --------------------------------------------------------------------------------------------------------------
 
 
-def benchmark(n: int = 512, workers: int = 1, image_size: int = 256) -> float:
+def benchmark(n: int = 512, workers: int = 1, image_size: int = 256, imaging: str = "hrtem") -> float:
     """Pairs per second of :func:`write_dataset` (HDF5 writing included) for ``n`` pairs (80 % train, 20 % test)
-    into a temporary folder that is removed afterwards."""
+    of ``imaging`` (mixed: in electrons) into a temporary folder that is removed afterwards."""
     n_test = max(1, n // 5)
     with tempfile.TemporaryDirectory(prefix="emdenoise-synth-bench-") as tmp:
         start = time.perf_counter()
         settings = GeneratorSettings.of(
-            seed=0, train_images=max(1, n - n_test), test_images=n_test, image_size=image_size
+            seed=0,
+            train_images=max(1, n - n_test),
+            test_images=n_test,
+            image_size=image_size,
+            imaging=imaging,
+            stem_units="electrons" if imaging == "mixed" else "detector",
         )
         write_dataset(Path(tmp), settings, workers=workers)
         elapsed = time.perf_counter() - start
@@ -404,4 +473,6 @@ def benchmark(n: int = 512, workers: int = 1, image_size: int = 256) -> float:
 if __name__ == "__main__":
     _n = int(sys.argv[1]) if len(sys.argv) > 1 else 512
     _workers = int(sys.argv[2]) if len(sys.argv) > 2 else 1
-    print(f"{benchmark(_n, _workers):.1f} pairs/s ({_n} pairs of 256 x 256, workers={_workers})")
+    _imaging = sys.argv[3] if len(sys.argv) > 3 else "hrtem"
+    _rate = benchmark(_n, _workers, imaging=_imaging)
+    print(f"{_rate:.1f} pairs/s ({_n} {_imaging} pairs of 256 x 256, workers={_workers})")
