@@ -253,6 +253,20 @@ def consistency_record(checks: list[dict[str, Any]], max_deviation: float) -> di
     }
 
 
+def detector_records(src: micrographs.InputFile) -> list[dict[str, Any]]:
+    """The provenance's ``detector``: for each image of ``src``, the photon-transfer model of its first frame
+    (offset, gain ... in the input's units: :func:`emdenoise.classical.detector.describe`), or why none fits.
+    It says how the input's values relate to electron counts; the denoising itself does not use it."""
+    from emdenoise.classical.detector import describe
+
+    records = []
+    for image in src.images:
+        first = next(iter(src.iter_frames(image)), None)
+        record = {"refused": "no frame"} if first is None else describe(first)
+        records.append({"image": image.name, "frame": 0, **record})
+    return records
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
@@ -461,6 +475,7 @@ class FileDenoiser:
                     "metadata": src.info.get("metadata"),
                 },
                 "sampling": [sampling.record() for sampling in samplings],
+                "detector": detector_records(src),
                 "model": self.model_info,
                 "settings": self.settings,
             }
