@@ -1,4 +1,4 @@
-"""Counts from detector values: the photon-transfer estimate of a frame's offset and gain (NumPy only).
+"""Counts from detector values: the photon-transfer estimate of a frame's offset and gain (NumPy, SciPy).
 
 A STEM or CCD frame stores detector values, not electrons: ``value = offset + gain x counts + read noise``,
 ``counts ~ Poisson(lambda)``, read noise Gaussian with standard deviation ``r`` (all in detector units; ``gain``
@@ -11,15 +11,17 @@ the photon-transfer relation. :func:`estimate_detector` measures it on the frame
 - **Noise, blind to structure**: the finest diagonal Haar detail ``d = (p00 - p01 - p10 + p11) / 2`` of every
   whole 2x2 block cancels any locally linear signal; for independent pixels ``E[d^2]`` is the mean of the four
   pixels' variances, i.e. ``a x (block's true mean) + b`` exactly (no Gaussian assumption: unbiased at a few
-  counts per pixel too). Signal curvature that the detail does not cancel adds to it (see *where it fails*).
+  counts per pixel too). Signal curvature that the detail does not cancel (a lattice) is removed by
+  subtracting the detail the 8 neighbouring blocks predict (exact for a quadratic field of details); the
+  residual's noise is :data:`NOISE_FACTOR` times the detail's, which the fit divides out (:func:`_blocks`).
 - **Levels, without regression dilution**: the blocks are binned (equal-count bins, :data:`BINS`) by the mean
-  of their 8 neighbouring blocks, whose noise is independent of the block's own; in each bin the mean block
-  value estimates the true level and the mean ``d^2`` the variance at it. Binning by a block's own mean would
-  correlate the two with the read noise.
-- **Fit**: weighted least squares of the bins' mean ``d^2`` on their mean level (weights from each bin's own
-  scatter of ``d^2``), the parameters' covariance scaled up by the reduced chi-square when that exceeds 1.
-  Outlying blocks (|d| above :data:`CLIP_SIGMAS` x the bin's RMS detail: dead, hot, saturated pixels) are
-  dropped first.
+  of their 8 neighbouring blocks, whose noise is independent of the block's own; in each bin the mean level
+  estimates the true level and the mean squared residual the variance at it. Binning by a block's own mean
+  would correlate the two through the read noise.
+- **Fit**: weighted least squares of the bins' mean squared residual on their mean level (weights from each
+  bin's own scatter, times :data:`CORRELATED_SE`), the parameters' covariance scaled up by the reduced
+  chi-square when that exceeds 1. Outlying blocks (residual above :data:`CLIP_SIGMAS` x the bin's RMS: dead,
+  hot pixels) and blocks next to a saturated pixel are dropped first.
 
 **Offset and read noise are one unknown here.** From mean and variance alone only ``b = r^2 - gain x offset``
 is identifiable. The model therefore reports the **effective offset** ``offset = -b / a``: the level at which
@@ -98,11 +100,6 @@ class DetectorModel:
         doc = self.to_json()
         return {f"detector_{key}": doc[key] for key in CARD_KEYS}
 
-    @classmethod
-    def identity(cls, source: str = "counts as stored") -> DetectorModel:
-        """Values that already are counts: offset 0, gain 1."""
-        return cls(0.0, 1.0, None, source)
-
 
 CARD_KEYS = ("offset", "gain", "read_noise", "source", "offset_error", "gain_error", "r2", "counts_median")
 
@@ -165,7 +162,7 @@ _RING = (_CROSS + _DIAGONAL) / 8.0  # the mean of the 8 neighbours
 
 
 def _blocks(frame: np.ndarray, saturated: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(residual detail, its level, the outer ring's level) of the 2x2 blocks of one frame, flattened.
+    """(residual detail, its level, the 8 neighbours' mean level) of the 2x2 blocks of one frame, flattened.
 
     ``residual = d_k - sum_j w_j d_j``: the block's diagonal Haar detail minus the one its 8 neighbouring blocks
     predict (weight :data:`CROSS_WEIGHT` on each of the 4 side neighbours, :data:`DIAGONAL_WEIGHT` on each
