@@ -342,6 +342,16 @@ def counts_of(frame: np.ndarray, model: DetectorModel | None = None) -> tuple[np
     return to_counts(frame, model), model
 
 
+def counts_pair(
+    noisy: np.ndarray, estimate: np.ndarray, model: DetectorModel | None = None
+) -> tuple[np.ndarray, np.ndarray, DetectorModel]:
+    """(counts of ``noisy`` rounded, ``estimate`` in counts (not rounded), the model) for a Poisson check of an
+    estimate against the frame it came from: both through one model (:func:`counts_of`: given, else fitted to
+    ``noisy``, else its count scale), so the offset leaves the estimate as it leaves the counts."""
+    counts, model = counts_of(noisy, model)
+    return np.rint(counts), to_counts(estimate, model), model
+
+
 def describe(frames: Any, dark: float | None = None) -> dict[str, Any]:
     """The model of ``frames`` as a provenance record: :meth:`DetectorModel.to_json`, or ``{"refused": reason}``
     when the frames follow no such model (never raises for that)."""

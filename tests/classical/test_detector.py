@@ -16,6 +16,7 @@ from emdenoise.classical.detector import (
     NotDetector,
     combine,
     counts_of,
+    counts_pair,
     describe,
     estimate_detector,
     from_card,
@@ -145,6 +146,18 @@ def test_counts_of_falls_back_to_the_count_scale_for_counts_and_refuses_negative
 
     with pytest.raises(NotCounts):
         counts_of(flat - 100.0)
+
+
+def test_counts_pair_puts_the_frame_and_its_estimate_on_one_scale():
+    rng = np.random.default_rng(9)
+    truth = 40.0 * scene(256, 0.5)
+    frame = OFFSET + GAIN * rng.poisson(truth) + rng.normal(0, READ, truth.shape)
+    counts, estimate, model = counts_pair(frame, OFFSET + GAIN * truth)
+    assert np.array_equal(counts, np.rint(counts)) and counts.min() >= 0
+    assert float(np.mean(counts - estimate)) == pytest.approx(0.0, abs=0.01 * float(truth.mean()))  # one scale
+    ratio = float(np.median(estimate / truth))  # the offset left the estimate too: only the model's errors are left
+    error = model.gain_error / model.gain + model.offset_error / (model.gain * float(np.median(truth)))
+    assert abs(ratio - 1.0) < 4 * error and error < 0.25  # with the offset in it, the ratio would be about 4
 
 
 def _real(path: Path) -> np.ndarray:
