@@ -24,9 +24,8 @@ from emdenoise.classical.detector import (
     to_counts,
 )
 
-REALDATA = Path(__file__).resolve().parents[3] / "shared" / "realdata"
-HAADF = REALDATA / "srtio3_haadf_osiris" / "Tecnai_Osiris_SrTiO3.tif"
-ABF = REALDATA / "srtio3_abf_movie" / "abf_movie_5x512x512.tif"
+HAADF = "srtio3_haadf_osiris/Tecnai_Osiris_SrTiO3.tif"  # under ../shared/realdata (the realdata fixture)
+ABF = "srtio3_abf_movie/abf_movie_5x512x512.tif"
 OFFSET, GAIN, READ = 1000.0, 7.5, 5.0  # detector units, detector units per electron, detector units
 EFFECTIVE_OFFSET = OFFSET - READ**2 / GAIN  # where the variance extrapolates to zero
 
@@ -160,16 +159,14 @@ def test_counts_pair_puts_the_frame_and_its_estimate_on_one_scale():
     assert abs(ratio - 1.0) < 4 * error and error < 0.25  # with the offset in it, the ratio would be about 4
 
 
-def _real(path: Path) -> np.ndarray:
-    if not path.is_file():
-        pytest.skip(f"{path} absent (the real micrographs are not in this checkout)")
+def _real(folder: Path, name: str) -> np.ndarray:
     import tifffile
 
-    return tifffile.imread(path)
+    return tifffile.imread(folder / name)
 
 
-def test_the_real_haadf_frame_gives_a_positive_gain_and_poisson_counts():
-    frame = _real(HAADF)
+def test_the_real_haadf_frame_gives_a_positive_gain_and_poisson_counts(realdata):
+    frame = _real(realdata, HAADF)
     model = estimate_detector(frame)
     assert math.isfinite(model.gain) and model.gain > 0 and model.gain_error < 0.2 * model.gain
     assert model.offset < frame.min()  # every pixel holds counts
@@ -180,7 +177,27 @@ def test_the_real_haadf_frame_gives_a_positive_gain_and_poisson_counts():
     assert np.mean(detail**2) == pytest.approx(c.mean(), rel=0.15)
 
 
-def test_the_real_abf_movie_is_refused_its_noise_falls_with_the_signal():
-    frames = _real(ABF)
+def test_the_real_abf_movie_is_refused_its_noise_falls_with_the_signal(realdata):
+    frames = _real(realdata, ABF)
     with pytest.raises(NotDetector, match="rise with the signal"):
         estimate_detector(frames)
+
+
+@pytest.mark.extra("formats")
+@pytest.mark.parametrize(  # the EMD file's 2048x2048 frame: about 1.3 s of fitting
+    ("name", "counts"),
+    [
+        ("example_Se_implanted_MoS2.dm3", (5.0, 20.0)),
+        pytest.param("example_Au_nanoparticle.emd", (100.0, 250.0), marks=pytest.mark.slow),
+    ],
+)
+def test_the_real_microscope_files_give_an_offset_below_the_data_and_counts(example_files, name, counts):
+    from emdenoise.io import micrographs
+
+    with micrographs.open_input(example_files[name]) as src:
+        (image,) = src.images
+        frame = np.asarray(image.read(0))
+    model = estimate_detector(frame)
+    assert model.gain > 0 and model.gain_error < 0.1 * model.gain and model.r2 > 0.9
+    assert model.offset < np.percentile(frame, 1)  # the darkest pixels still hold counts
+    assert counts[0] < model.counts_median < counts[1]
