@@ -115,6 +115,7 @@ def test_the_sidecar_records_the_detector_model_of_each_image(tmp_path):
     record = engine.denoise(tmp_path / "in.npy", tmp_path / "out.npy").record
     (found,) = record["detector"]
     assert found["frame"] == 0 and found["image"] == "" and found["read_noise"] is None
+    assert found["region"] == [0, 0, 256, 256]  # the whole frame (larger ones: the central 1024 px)
     assert abs(found["gain"] - 7.5) < 3.5 * found["gain_error"] and found["gain_error"] < 1.0
     assert abs(found["offset"] - 1000.0) < 3.5 * found["offset_error"]
     json.dumps(record, allow_nan=False)  # plain JSON numbers
