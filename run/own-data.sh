@@ -8,7 +8,8 @@
 # Installs the package (run/install.sh) and, when an input is a DM3/DM4, EMD, SER or HSPY file, the formats
 # extra (rosettasciio, GPL-3.0). The settings come from workspace/parameters/own-data.parameters.yaml (ffdnet,
 # a few minutes on 2 CPU cores), or from the file EMDENOISE_PARAMETERS names; download.source is INPUT_DIR.
-# Supervision: poisson_split when every pixel is a whole number (counted frames), else noise2void (with
+# Supervision: poisson_split when the frames are counts (whole numbers) or detector values with a fitted offset
+# and gain (the card's detector_gain), else noise2void (with
 # EMDENOISE_PARAMETERS: the file's train.supervision); set EMDENOISE_SUPERVISION (noise2void, poisson_split, frame_pairs) to choose; EMDENOISE_EPOCHS and EMDENOISE_TILE
 # (the tile side; frames must be at least that large) override the file's train.epochs and preprocess.tile_size.
 set -euo pipefail
@@ -45,7 +46,8 @@ $EM preprocess --workspace="$OUT" --parameters_file="$PARAMS" "${SETS[@]}"
 MODE=${EMDENOISE_SUPERVISION:-}
 if [ -z "$MODE" ] && [ -z "${EMDENOISE_PARAMETERS:-}" ]; then  # counted frames: poisson_split, else noise2void
     MODE=$($PY -c "import json, sys; c = json.load(open(sys.argv[1])); \
-print('poisson_split' if c.get('count_scale') else 'noise2void')" "$OUT/data/processed/dataset_card.json")
+print('poisson_split' if c.get('count_scale') or c.get('detector_gain') else 'noise2void')" \
+"$OUT/data/processed/dataset_card.json")
 fi
 TRAIN_SETS=()
 if [ -n "$MODE" ]; then

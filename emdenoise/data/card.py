@@ -102,6 +102,14 @@ class DatasetCard:
         """A/px of the train split, None when the raw data did not say (or the card holds no positive number)."""
         return pixel_size_or_none(self.pixel_size_angstrom)
 
+    @property
+    def detector(self) -> Any:
+        """The detector model the card records (:class:`emdenoise.classical.detector.DetectorModel`: offset and
+        gain of detector values), None for cards without one (counts, or written before these fields)."""
+        from emdenoise.classical.detector import from_card
+
+        return from_card(self.extra)
+
     def contract(self) -> dict[str, Any]:
         """The contract keys alone (what a model's data fingerprint is taken over: not the date or folder)."""
         return {key: getattr(self, key) for key in DATASET_CARD_KEYS}

@@ -253,6 +253,29 @@ def consistency_record(checks: list[dict[str, Any]], max_deviation: float) -> di
     }
 
 
+DETECTOR_SIDE = 1024  # the detector model of a larger frame is fitted to its central square of this side
+
+
+def detector_records(src: micrographs.InputFile) -> list[dict[str, Any]]:
+    """The provenance's ``detector``: for each image of ``src``, the photon-transfer model of its first frame
+    (offset, gain ... in the input's units: :func:`emdenoise.classical.detector.describe`; the central
+    :data:`DETECTOR_SIDE` px square of larger frames, a quarter of a second), or why none fits. It says how the
+    input's values relate to electron counts; the denoising itself does not use it."""
+    from emdenoise.classical.detector import describe
+
+    records = []
+    for image in src.images:
+        first = next(iter(src.iter_frames(image)), None)
+        if first is None:
+            records.append({"image": image.name, "frame": 0, "refused": "no frame"})
+            continue
+        top, left = (max((n - DETECTOR_SIDE) // 2, 0) for n in first.shape[-2:])
+        region = first[..., top : top + DETECTOR_SIDE, left : left + DETECTOR_SIDE]
+        where = {"region": [top, left, *region.shape[-2:]]}
+        records.append({"image": image.name, "frame": 0, **where, **describe(region)})
+    return records
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
@@ -461,6 +484,7 @@ class FileDenoiser:
                     "metadata": src.info.get("metadata"),
                 },
                 "sampling": [sampling.record() for sampling in samplings],
+                "detector": detector_records(src),
                 "model": self.model_info,
                 "settings": self.settings,
             }

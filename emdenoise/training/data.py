@@ -111,10 +111,11 @@ def _self_supervised(
 ) -> TrainData:
     """One split as self-supervised training data: count scales and dead pixels found on the raw values, the
     frame pairs built (frame_pairs), everything normalised with the noisy statistics (the targets are noisy)."""
-    scales, source = supervision.count_scales(
+    scales, offset, source = supervision.count_model(
         split.noisy, split.dose, card, train.counts_per_unit, path, required=sup.mode == "poisson_split"
     )
     assert scales is not None
+    sup = replace(sup, offset=offset)
     valid = ~supervision.dead_pixels(split.noisy, scales)
     # the train split is normalised in place (memory); the val split's raw images stay for PSNR/SSIM
     noisy = split.noisy if required else split.noisy.copy()
@@ -132,7 +133,7 @@ def _self_supervised(
         supervisor=sup,
         valid=torch.from_numpy(np.ascontiguousarray(valid))[:, None],
         scale=torch.from_numpy(scales),
-        supervision=supervision.record(sup.mode, source, scales, sup.blind_spot_fraction),
+        supervision=supervision.record(sup.mode, source, scales, sup.blind_spot_fraction, offset),
     )
 
 

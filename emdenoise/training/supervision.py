@@ -10,9 +10,11 @@ changing the network).
   is replaced in the input by the median of its 5x5 neighbourhood *without* the centre (N2V2, Hoeck et al.
   2022: a replacement that can never be the pixel itself, and no grid, avoids the checkerboard artefacts of
   the original); the loss is taken only at those pixels, against their original noisy values.
-- ``poisson_split``: binomial thinning. With ``c`` the counts of a frame (stored values times the count scale,
-  rounded), ``a ~ Binomial(c, 1/2)`` and ``b = c - a`` are independent Poisson halves of the same signal: input
-  ``2a``, target ``2b`` (back in stored units), a Noise2Noise pair from one frame, drawn afresh each epoch.
+- ``poisson_split``: binomial thinning. With ``c`` the counts of a frame (stored values less the detector
+  offset, times the count scale, rounded), ``a ~ Binomial(c, 1/2)`` and ``b = c - a`` are independent Poisson
+  halves of the same signal: input ``2a``, target ``2b`` (back in stored units, the offset added again), a
+  Noise2Noise pair from one frame, drawn afresh each epoch. The offset is 0 unless the dataset card records a
+  detector model (:mod:`emdenoise.classical.detector`).
 - ``frame_pairs``: consecutive frames of a stack (aligned by preprocess) as Noise2Noise pairs, both ways round;
   :func:`frame_pair_rows` builds them, the batch is then input frame, target frame.
 
@@ -55,6 +57,7 @@ class Supervisor:
     blind_spot_fraction: float = 0.02
     mean: float = 0.0  # the noisy normalisation (poisson_split works on counts)
     std: float = 1.0
+    offset: float = 0.0  # the detector value of zero counts (poisson_split)
 
     @property
     def self_supervised(self) -> bool:
@@ -81,10 +84,10 @@ class Supervisor:
             if scale is None:
                 raise ValueError("poisson_split needs the count scale of every image")
             s = scale.to(noisy.device, torch.float32).view(-1, 1, 1, 1)
-            counts = torch.round(torch.clamp(noisy * self.std + self.mean, min=0.0) * s)
+            counts = torch.round(torch.clamp(noisy * self.std + self.mean - self.offset, min=0.0) * s)
             half = torch.binomial(counts, torch.full_like(counts, 0.5), generator=gen)
-            inp = (2.0 * half / s - self.mean) / self.std
-            target = (2.0 * (counts - half) / s - self.mean) / self.std
+            inp = (self.offset + 2.0 * half / s - self.mean) / self.std
+            target = (self.offset + 2.0 * (counts - half) / s - self.mean) / self.std
             return inp, target, valid
         raise ValueError(f"unknown supervision {self.mode!r}")
 
@@ -136,19 +139,45 @@ def whole_numbers(values: np.ndarray) -> bool:
 def count_scales(
     noisy: np.ndarray, dose: np.ndarray | None, card: dict, counts_per_unit: float, path: Path, required: bool
 ) -> tuple[np.ndarray | None, str]:
-    """Counts per stored unit of every image (N,) and where that came from: ``train.counts_per_unit`` when set,
-    else the recorded dose, else the dataset card's ``count_scale``, else 1 for whole-number data. When none
-    applies: an InputError if ``required`` (poisson_split), else the scale estimated from each image."""
-    from emdenoise.classical.noise import NotCounts, counts_problem, estimate_count_scale
+    """Counts per stored unit of every image (N,) and where that came from (:func:`count_model` without the
+    offset)."""
+    scales, _, source = count_model(noisy, dose, card, counts_per_unit, path, required)
+    return scales, source
+
+
+def count_model(
+    noisy: np.ndarray, dose: np.ndarray | None, card: dict, counts_per_unit: float, path: Path, required: bool
+) -> tuple[np.ndarray | None, float, str]:
+    """Counts per stored unit of every image (N,), the detector offset (stored value of zero counts) and where
+    they came from: ``train.counts_per_unit`` when set, else the recorded dose, else the dataset card's detector
+    model (``detector_offset``, ``detector_gain``: scale 1 / gain), else its ``count_scale``, else 1 for
+    whole-number data; the offset is 0 except with the card's detector model. When none applies: an
+    InputError if ``required`` (poisson_split), else the scale estimated from each image."""
+    from emdenoise.classical.detector import from_card
+    from emdenoise.classical.noise import counts_problem
 
     n = len(noisy)
     problem = counts_problem(noisy) if required else None
     if problem:  # whatever the scale, negative or non-finite values are no counts to split
         raise InputError.at(path, "noisy", f"{problem}, for train.supervision: poisson_split")
     if counts_per_unit > 0:
-        return np.full(n, counts_per_unit, np.float32), "train.counts_per_unit"
+        return np.full(n, counts_per_unit, np.float32), 0.0, "train.counts_per_unit"
     if dose is not None and len(dose) == n and np.all(dose > 0):
-        return np.asarray(dose, np.float32), "dose"
+        return np.asarray(dose, np.float32), 0.0, "dose"
+    model = from_card(card)
+    if model is not None:
+        where = f"dataset card detector model (offset {model.offset:.6g}, gain {model.gain:.4g}; {model.source})"
+        return np.full(n, model.count_scale, np.float32), model.offset, where
+    scales, source = _card_or_estimate(noisy, card, path, required)
+    return scales, 0.0, source
+
+
+def _card_or_estimate(noisy: np.ndarray, card: dict, path: Path, required: bool) -> tuple[np.ndarray, str]:
+    """The count scale without a dose or a detector model: the card's ``count_scale``, 1 for whole numbers,
+    else an InputError (``required``) or each image's own estimate."""
+    from emdenoise.classical.noise import NotCounts, estimate_count_scale
+
+    n = len(noisy)
     card_scale = card.get("count_scale")
     if isinstance(card_scale, (int, float)) and not isinstance(card_scale, bool) and card_scale > 0:
         return np.full(n, card_scale, np.float32), f"dataset card count_scale ({card.get('count_scale_source')})"
@@ -159,12 +188,14 @@ def count_scales(
             path,
             "noisy",
             "expected whole-number counts for train.supervision: poisson_split, got non-integer values and no "
-            "count scale (no dose recorded, no count_scale in the dataset card); set train.counts_per_unit"
+            "count scale (no dose recorded, no count_scale or detector model in the dataset card); set "
+            "train.counts_per_unit"
             + (
                 f" (estimated from the frames: {card['count_scale_estimate']:.4g}, the card's count_scale_estimate)"
                 if isinstance(card.get("count_scale_estimate"), (int, float))
                 else ""
-            ),
+            )
+            + (f"; no detector model either: {card['detector_source']}" if card.get("detector_source") else ""),
         )
     try:
         return np.array([estimate_count_scale(im) for im in noisy], np.float32), "estimated from each image"
@@ -200,11 +231,15 @@ def frame_pair_rows(
     return np.concatenate([a, b]), np.concatenate([b, a])
 
 
-def record(mode: str, source: str | None, scales: np.ndarray | None, fraction: float) -> dict[str, Any]:
+def record(
+    mode: str, source: str | None, scales: np.ndarray | None, fraction: float, offset: float = 0.0
+) -> dict[str, Any]:
     """The model file's ``supervision`` meta entry (contract 4)."""
     entry: dict[str, Any] = {"mode": mode}
     if mode == "noise2void":
         entry["blind_spot_fraction"] = fraction
     if mode == "poisson_split" and scales is not None:
         entry.update(count_scale_source=source, count_scale_median=float(np.median(scales)))
+        if offset:
+            entry["count_offset"] = float(offset)
     return entry

@@ -67,6 +67,7 @@ def test_file_denoiser_writes_the_tiled_model_output_and_returns_its_record(tmp_
     assert record["model"]["name"] == "dncnn" and record["model"]["normalisation"] == NORM
     assert record["input"]["images"] == [{"name": "", "shape": [3, 80, 96], "dtype": "float32", "pixel_size": None}]
     assert record["sampling"][0]["status"] == "unknown"  # an NPY file and a model without a pixel size
+    assert record["detector"][0]["refused"]  # Gaussian noise of one level: no detector response to fit
     assert record["settings"] == {
         "tile_size": 64,
         "tile_overlap": 16,
@@ -99,3 +100,22 @@ def test_up_to_date_needs_the_output_its_sidecar_and_the_same_fingerprint(tmp_pa
     assert not engine.up_to_date(out, engine.fingerprint(src))  # a touched input
     micrographs.sidecar_of(out).write_text("{not json")
     assert not engine.up_to_date(out, fingerprint)  # a damaged sidecar: computed again
+
+
+def test_the_sidecar_records_the_detector_model_of_each_image(tmp_path):
+    from noisy_images import atom_image, beam, lattice_sites
+
+    from emdenoise.classical import methods as classical
+    from emdenoise.method import Context
+
+    scene = (2.0 - atom_image(256, lattice_sites(256, 12.0), contrast=0.5, width=2.5)) * (0.3 + beam(256))
+    frame = np.round(1000.0 + 7.5 * np.random.default_rng(2).poisson(40.0 * scene)).astype(np.uint16)
+    np.save(tmp_path / "in.npy", frame)
+    engine = FileDenoiser(classical.build("gaussian", Context(), 1.0), torch.device("cpu"), "fp32")
+    record = engine.denoise(tmp_path / "in.npy", tmp_path / "out.npy").record
+    (found,) = record["detector"]
+    assert found["frame"] == 0 and found["image"] == "" and found["read_noise"] is None
+    assert found["region"] == [0, 0, 256, 256]  # the whole frame (larger ones: the central 1024 px)
+    assert abs(found["gain"] - 7.5) < 3.5 * found["gain_error"] and found["gain_error"] < 1.0
+    assert abs(found["offset"] - 1000.0) < 3.5 * found["offset_error"]
+    json.dumps(record, allow_nan=False)  # plain JSON numbers

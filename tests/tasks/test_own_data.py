@@ -122,3 +122,27 @@ def test_the_own_data_parameters_train_ffdnet_on_a_low_dose_movie(tmp_path, caps
     assert meta["model"] == "ffdnet" and meta["supervision"]["mode"] == "noise2void"
     assert card["pixel_size_angstrom"] == pytest.approx(0.25, rel=1e-5)
     assert meta["pixel_size"] == pytest.approx(0.25, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_poisson_split_trains_on_detector_values_through_the_card_model(tmp_path, capsys):
+    """Frames of detector values (offset 33,000, 7.5 units per electron): preprocess fits the detector, the
+    card carries it, poisson_split splits the counts above the offset and records it in the model file."""
+    import tifffile
+    from noisy_images import atom_image, beam, lattice_sites
+
+    rng = np.random.default_rng(8)
+    scene = (2.0 - atom_image(128, lattice_sites(128, 10.0), contrast=0.5, width=2.0)) * (0.3 + beam(128))
+    frames = np.round(3.3e4 + 7.5 * rng.poisson(40.0 * scene, (4, 128, 128))).astype(np.uint16)
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "haadf.tif", frames, imagej=True, metadata={"axes": "TYX"})
+    paths = _prepare(capsys, tmp_path, tmp_path / "in")
+    card = json.loads((tmp_path / "data" / "dataset_card.json").read_text())
+    assert card["count_scale"] is None and card["detector_gain"] > 0
+    code, err = _train(capsys, tmp_path, paths, "poisson_split", "ps", epochs=1)
+    assert code == 0, err
+    _, meta = modelfile.load_model(tmp_path / "ps" / "models" / "sciml_ae" / "em_denoise_model.h5")
+    entry = meta["supervision"]
+    assert entry["count_scale_source"].startswith("dataset card detector model")
+    assert entry["count_offset"] == pytest.approx(card["detector_offset"], rel=1e-6)
+    assert entry["count_scale_median"] == pytest.approx(1.0 / card["detector_gain"], rel=1e-5)

@@ -87,6 +87,33 @@ def test_count_scale_sources(tmp_path):
     assert source == "estimated from each image" and np.all(np.abs(estimated / 4.1 - 1) < 0.3)
 
 
+def test_poisson_split_of_detector_values_splits_the_counts_above_the_offset():
+    rng = np.random.default_rng(1)
+    offset, gain, lam = 1000.0, 7.5, 8.0
+    counts = torch.from_numpy(rng.poisson(lam, (4, 1, 64, 64)).astype(np.float32))
+    sup = Supervisor("poisson_split", mean=1060.0, std=20.0, offset=offset)
+    noisy = (offset + gain * counts - sup.mean) / sup.std
+    inp, target, _ = sup.batch(noisy, noisy, None, torch.full((4,), 1.0 / gain), key=3)
+    a = ((inp * sup.std + sup.mean) - offset) / gain / 2
+    b = ((target * sup.std + sup.mean) - offset) / gain / 2
+    torch.testing.assert_close(a + b, counts, atol=1e-3, rtol=0)
+    assert torch.allclose(a, a.round(), atol=1e-3) and float(a.min()) >= -1e-3
+    assert float(a.mean()) == pytest.approx(lam / 2, rel=0.05)  # Poisson halves of the counts, not of the values
+    assert float((inp * sup.std + sup.mean).mean()) == pytest.approx(offset + gain * lam, rel=0.01)  # same units
+
+
+def test_the_card_detector_model_gives_the_scale_and_the_offset(tmp_path):
+    values = np.full((3, 16, 16), 1003.5, np.float32)
+    card = {"detector_offset": 1000.0, "detector_gain": 7.5, "detector_source": "photon transfer", "count_scale": None}
+    scales, offset, source = supervision.count_model(values, None, card, 0.0, tmp_path / "train.h5", True)
+    assert offset == 1000.0 and np.allclose(scales, 1 / 7.5) and source.startswith("dataset card detector model")
+    assert supervision.count_model(values, None, card, 2.0, tmp_path / "train.h5", True)[1] == 0.0  # set by hand
+    refused = {"detector_offset": None, "detector_gain": None, "detector_source": "no detector model fits: flat"}
+    with pytest.raises(InputError, match="no detector model either: no detector model fits: flat"):
+        supervision.count_model(values, None, refused, 0.0, tmp_path / "train.h5", True)
+    assert supervision.record("poisson_split", source, scales, 0.02, offset)["count_offset"] == 1000.0
+
+
 def test_dead_pixels_are_zeros_where_counts_were_expected():
     raw = np.full((1, 8, 8), 10.0, np.float32)
     raw[0, 2, 3] = 0.0

@@ -18,9 +18,15 @@ readers ``denoise`` uses, so every format it reads) and writes to ``data_dir``:
   ``clean`` normalisation equal to the noisy one (self-supervised targets are noisy frames), ``data_range``
   max - min of the noisy val tiles, ``count_scale`` (counts per stored unit: 1 when every pixel is a whole
   number, else null) with ``count_scale_source``, ``count_scale_estimate`` (the median over frames of
-  :func:`emdenoise.classical.filters.estimate_count_scale`, to set ``train.counts_per_unit`` from),
+  :func:`emdenoise.classical.filters.estimate_count_scale`, to set ``train.counts_per_unit`` from), the
+  detector model when the frames are detector values rather than counts (``detector_offset``,
+  ``detector_gain``, ``detector_read_noise``, ``detector_source``, ``detector_offset_error``,
+  ``detector_gain_error``, ``detector_r2``, ``detector_counts_median``: the photon-transfer estimate of
+  :mod:`emdenoise.classical.detector`, the files' models combined; null with the reason in
+  ``detector_source`` when the frames are whole-number counts already or no model fits),
   ``pixel_size_angstrom`` (median, or null) and ``has_atoms: false``, and ``micrographs``: each file's frames,
-  with ``align`` (measured, off, one frame, unmeasurable) and ``drift_px`` (each frame's drift to the first).
+  with ``align`` (measured, off, one frame, unmeasurable), ``drift_px`` (each frame's drift to the first) and
+  ``detector`` (the model fitted to that image's frames, or ``{"refused": reason}``).
 
 Bad input is a one-line InputError naming the file: a file that cannot be read, NaN or infinite pixels,
 frames smaller than the tile size, no frame at all.
@@ -60,6 +66,7 @@ class Tiles:
     pixel_size: list[float] = field(default_factory=list)
     whole: bool = True  # every pixel a whole number
     scales: list[float] = field(default_factory=list)  # estimate_count_scale of each frame
+    detectors: list[Any] = field(default_factory=list)  # each image's DetectorModel, or the reason it has none
     files: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -148,8 +155,10 @@ def read_tiles(raw_dir: Path, tile: int, log, align: str = "auto") -> Tiles:
                         "preprocess.tile_size",
                         f"expected frames of at least {tile}x{tile} pixels (the tile size), got {h}x{w}",
                     )
-                frames = [np.asarray(f, dtype=np.float32) for f in src.iter_frames(image)]
+                stored = [np.asarray(f) for f in src.iter_frames(image)]
+                frames = [f.astype(np.float32) for f in stored]
                 _check_counts(where, frames)
+                out.detectors.append(_detector(stored, where))
                 out.whole &= all(np.array_equal(f, np.round(f)) for f in frames)
                 out.scales += [estimate_count_scale(f) for f in frames]
                 frames, drift = aligned(frames, where, align, log)
@@ -177,6 +186,7 @@ def read_tiles(raw_dir: Path, tile: int, log, align: str = "auto") -> Tiles:
                         "aligned_shape": [fh, fw],
                         "tiles_per_frame": len(positions),
                         **drift.record(),
+                        "detector": _detector_record(out.detectors[-1]),
                     }
                 )
     if not out.images:
@@ -191,6 +201,42 @@ def read_tiles(raw_dir: Path, tile: int, log, align: str = "auto") -> Tiles:
         next_stack,
     )
     return out
+
+
+def _detector(frames: list[np.ndarray], where: str) -> Any:
+    """The photon-transfer model of one image's frames (their stored type kept: saturation is known by it),
+    or the one-line reason none fits, naming the image."""
+    from emdenoise.classical.detector import NotDetector, estimate_detector
+
+    try:
+        return estimate_detector(np.stack(frames))
+    except NotDetector as exc:
+        return f"{where}: {exc}"
+
+
+def _detector_record(found: Any) -> dict[str, Any]:
+    return {"refused": found} if isinstance(found, str) else found.to_json()
+
+
+def detector_fields(tiles: Tiles) -> dict[str, Any]:
+    """The card's ``detector_*`` fields: the files' models combined (:func:`emdenoise.classical.detector.combine`)
+    when the frames are detector values; all null but ``detector_source`` (why) for whole-number frames whose
+    model says they are counts already (or that no model fits: count_scale 1, as before), or when no model fits."""
+    from emdenoise.classical.detector import CARD_KEYS, NotDetector, combine, looks_like_counts
+
+    empty: dict[str, Any] = {f"detector_{key}": None for key in CARD_KEYS}
+    refused = [d for d in tiles.detectors if isinstance(d, str)]
+    try:
+        if refused:
+            raise NotDetector(refused[0])
+        model = combine(tiles.detectors)
+    except NotDetector as exc:
+        why = "whole-number counts (no detector model fits: " if tiles.whole else "no detector model fits: "
+        return {**empty, "detector_source": f"{why}{exc}{')' if tiles.whole else ''}"}
+    if tiles.whole and looks_like_counts(model):
+        why = f"whole-number counts (fitted gain {model.gain:.3g}, offset {model.offset:.3g}: counts already)"
+        return {**empty, "detector_source": why}
+    return model.card_fields()
 
 
 def _write(path: Path, split: str, tiles: Tiles, rows: np.ndarray) -> None:
@@ -229,6 +275,15 @@ def _stats(values: np.ndarray) -> dict[str, float]:
     return {"mean": float(values.mean(dtype=np.float64)), "std": float(values.std(dtype=np.float64))}
 
 
+def _scale_note(counts: bool, detector: dict[str, Any]) -> str:
+    if counts:
+        return "1 (whole-number data)"
+    if detector["detector_gain"] is not None:
+        offset, gain = detector["detector_offset"], detector["detector_gain"]
+        return f"from the detector model (offset {offset:.6g}, gain {gain:.4g} units per electron)"
+    return f"unknown (set train.counts_per_unit for poisson_split; {detector['detector_source']})"
+
+
 def preprocess_micrographs(raw_dir: Path, data_dir: Path, params: PreprocessParams, log) -> dict[str, Any]:
     """Write the noisy-only splits and their card (one Transaction, the card last); return the card."""
     tiles = read_tiles(raw_dir, params.tile_size, log, params.align)
@@ -242,6 +297,8 @@ def preprocess_micrographs(raw_dir: Path, data_dir: Path, params: PreprocessPara
     sizes = np.asarray(tiles.pixel_size, np.float64)[train_rows]
     pixel_size = float(np.median(sizes)) if np.all(np.isfinite(sizes)) else None
     estimate = float(np.median(tiles.scales))
+    detector = detector_fields(tiles)
+    counts = tiles.whole and detector["detector_gain"] is None
     card = {
         "format": CARD_FORMAT,
         "image_shape": [params.tile_size, params.tile_size],
@@ -253,9 +310,10 @@ def preprocess_micrographs(raw_dir: Path, data_dir: Path, params: PreprocessPara
         "has_dose": False,
         "source": recorded_source(raw_dir, log),
         "has_clean": False,
-        "count_scale": 1.0 if tiles.whole else None,
-        "count_scale_source": "whole-number pixel values" if tiles.whole else None,
+        "count_scale": 1.0 if counts else None,
+        "count_scale_source": "whole-number pixel values" if counts else None,
         "count_scale_estimate": estimate,
+        **detector,
         "pixel_size_angstrom": pixel_size,
         "has_atoms": False,
         "test_split": "the val tiles again (no clean truth to test against)",
@@ -283,7 +341,7 @@ def preprocess_micrographs(raw_dir: Path, data_dir: Path, params: PreprocessPara
         "noisy-only splits: %d train, %d val tiles; count scale %s (estimate from the frames: %.4g counts per unit)",
         len(train_rows),
         len(val_rows),
-        "1 (whole-number data)" if tiles.whole else "unknown (set train.counts_per_unit for poisson_split)",
+        _scale_note(counts, detector),
         estimate,
     )
     return card

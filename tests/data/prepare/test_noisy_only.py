@@ -85,6 +85,7 @@ def test_a_folder_or_zip_of_micrographs_becomes_noisy_only_splits(tmp_path, caps
     assert card["has_clean"] is False and card["count_scale"] == 1.0  # whole-number counts
     assert card["count_scale_source"] and card["count_scale_estimate"] > 0 and card["pixel_size_angstrom"] is None
     assert card["normalisation"]["clean"] == card["normalisation"]["noisy"]
+    assert card["detector_gain"] is None and card["detector_source"].startswith("whole-number counts")
     stack_entry = next(e for e in card["micrographs"] if e["file"].endswith("stack.tif"))
     assert stack_entry["frames"] == 3 and stack_entry["aligned_shape"] == [94, 92]  # 3 frames drifting (1, 2)
     assert stack_entry["align"] == "measured" and np.allclose(
@@ -99,6 +100,25 @@ def test_a_folder_or_zip_of_micrographs_becomes_noisy_only_splits(tmp_path, caps
     assert total == 9 + 3 * 4  # single.npy: 3x3 tiles; the stack: 2x2 tiles of each aligned frame
     assert card["splits"]["train"]["n"] + card["splits"]["val"]["n"] == total
     assert frames.min() >= 0
+
+
+def test_detector_values_get_their_offset_and_gain_in_the_card(tmp_path, capsys):
+    import tifffile
+    from noisy_images import atom_image, beam, lattice_sites
+
+    rng = np.random.default_rng(3)
+    scene = (2.0 - atom_image(256, lattice_sites(256, 12.0), contrast=0.5, width=2.5)) * (0.3 + beam(256))
+    frames = np.round(3.3e4 + 7.5 * rng.poisson(40.0 * scene, (2, 256, 256)) + rng.normal(0, 5, (2, 256, 256)))
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "haadf.tif", frames.astype(np.uint16))
+    code, err = _download_preprocess(capsys, tmp_path, f"micrographs:{tmp_path / 'in'}", align="off")
+    assert code == 0, err
+    card = json.loads((tmp_path / "data" / "dataset_card.json").read_text())
+    assert card["count_scale"] is None  # whole numbers, but no counts: the detector model says how to get them
+    assert abs(card["detector_gain"] - 7.5) < 3.5 * card["detector_gain_error"] and card["detector_gain_error"] < 1.0
+    assert abs(card["detector_offset"] - (3.3e4 - 25 / 7.5)) < 3.5 * card["detector_offset_error"]
+    assert card["micrographs"][0]["detector"]["gain"] == card["detector_gain"]  # one file: its own model
+    assert "detector model (offset" in err
 
 
 def test_bad_micrographs_are_one_line_and_write_nothing(tmp_path, capsys):
