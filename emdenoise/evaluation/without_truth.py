@@ -1,0 +1,341 @@
+"""Scores without clean truth: an unbiased estimate of a method's MSE and PSNR from noisy data alone.
+
+Idea (the "unbiased MSE" of noisy-target evaluation): denoise one noisy realisation ``x1`` of a signal ``s`` and
+compare the output with a second realisation ``y2`` whose noise is independent of ``x1``'s and has mean zero.
+Then, per pixel, ``E(f(x1) - y2)^2 = E(f(x1) - s)^2 + Var(y2)``: the measured MSE against the noisy target is
+the true MSE plus the target's noise variance. With ``v`` an unbiased per-pixel estimate of ``Var(y2)`` from the
+data themselves::
+
+    uMSE = mean over pixels of [(f(x1) - y2)^2 - v]        (unbiased for the true MSE of f(x1))
+    uPSNR = 10 log10(R^2 / uMSE)                            (R the data range, as in emdenoise.evaluation.metrics)
+
+Two ways of getting the pair (:class:`Pair`):
+
+- ``movie`` (:func:`movie_pair`): registered frames of one area, cut into two interleaved halves (frames 0, 2,
+  4, ... and 1, 3, 5, ...). ``x1`` is the mean of the first half, ``y2`` the mean of the second; ``v`` is the
+  sample variance across the second half's frames divided by their number (unbiased when its frames are
+  independent realisations of the same signal; needs two frames or more), or with ``variance="poisson"`` the
+  Poisson variance of the counts, ``y2 / (n2 s)`` for ``s`` counts per unit. The score is the method's on the
+  mean of ``n1`` frames: half the stack's dose.
+- ``split`` (:func:`split_pair`): one counted frame ``c`` (integer counts, Poisson) is thinned: ``a ~
+  Binomial(c, p)``, ``b = c - a``; ``a`` and ``b`` are independent Poisson counts of means ``p lam`` and
+  ``(1 - p) lam`` (``lam = s x`` the expected counts, ``x`` the signal in the frame's units). ``x1 = a / (p s)``
+  and ``y2 = b / ((1 - p) s)`` both have mean ``x``; ``Var y2 = x / ((1 - p) s)``, whose unbiased estimate is
+  ``v = b / ((1 - p)^2 s^2)``. The score is the method's on ``x1``, i.e. at ``p`` times the frame's dose
+  (``p = 0.5``: half the dose): lower doses score lower, so it is a conservative figure for the full frame.
+  With a detector offset (values = offset + counts / s), ``x1`` and ``y2`` get the offset back.
+
+The counts come from an injectable function ``to_counts(values) -> counts`` (e.g. a detector model's), else
+from ``values x scale`` with the scale given (the dataset card's ``count_scale``) or estimated from the frame
+(:func:`emdenoise.classical.noise.estimate_count_scale`). The map back to values is fitted as the straight line
+through (counts, values), so an offset and a gain are both honoured.
+
+Uncertainty: the per-pixel terms are averaged in blocks of :data:`BLOCK` px; the standard error of one image's
+uMSE is the spread of its block means over sqrt(blocks) (blocks much larger than a filter's reach are nearly
+independent; the spread also holds the true MSE's variation over the image, so the error bar errs on the wide
+side). uPSNR's standard error follows by the delta method, ``10 / ln 10 x SE(uMSE) / uMSE``. Over several
+images, as in the project's metrics, the PSNR is per image then averaged; the errors add in quadrature / n.
+A uMSE at or below zero (a method within the noise of perfect, or too few pixels) has no uPSNR (None).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+BLOCK = 32  # the blocks of the standard error, px (the consistency check's local maps use the same)
+DEFAULT_P = 0.5
+DB = 10.0 / math.log(10.0)
+
+Kind = Literal["movie", "split"]
+CountsFn = Callable[[np.ndarray], np.ndarray]
+DenoiseFn = Callable[[np.ndarray], np.ndarray]  # (B, H, W) float32 frames -> estimates of the same shape
+
+
+class CannotScore(ValueError):
+    """The data cannot give a score without truth (one frame of a movie, values that are not counts, ...)."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One input ``x1`` to denoise, the independent noisy ``target`` y2 of the same signal, and ``variance``:
+    an unbiased per-pixel estimate of the target's noise variance (all (H, W) float64, the frames' units).
+    ``dose_note`` says which dose a score of ``x1`` refers to."""
+
+    input: np.ndarray
+    target: np.ndarray
+    variance: np.ndarray
+    kind: Kind
+    dose_note: str
+
+
+@dataclass(frozen=True)
+class ImageScore:
+    """One image's estimate: ``umse`` and its standard error, the raw MSE against the noisy target and the
+    mean subtracted target variance, the number of blocks."""
+
+    umse: float
+    umse_se: float
+    measured_mse: float
+    target_variance: float
+    blocks: int
+
+    def upsnr(self, data_range: float) -> tuple[float | None, float | None]:
+        """(uPSNR, its standard error) in dB; (None, None) when uMSE <= 0."""
+        if not self.umse > 0:
+            return None, None
+        return 10.0 * math.log10(data_range**2 / self.umse), DB * self.umse_se / self.umse
+
+
+@dataclass(frozen=True)
+class Score:
+    """A method's score without truth over ``n`` images: uMSE and uPSNR (dB, per image then averaged, as the
+    project's PSNR) with standard errors, the raw MSE against the noisy targets, the subtracted variance."""
+
+    method: str
+    kind: Kind
+    umse: float
+    umse_se: float
+    upsnr: float | None
+    upsnr_se: float | None
+    n: int
+    blocks: int
+    measured_mse: float
+    target_variance: float
+    data_range: float
+    dose_note: str
+    undefined: int = 0  # images whose uMSE was <= 0 (no uPSNR): then upsnr is None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (round(v, 7) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The pairs
+# --------------------------------------------------------------------------------------------------------------
+
+
+def halves(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Frame indices of the two interleaved halves (even, odd) of an n-frame stack: slow changes (drift, beam
+    current, damage) fall on both alike."""
+    idx = np.arange(n)
+    return idx[0::2], idx[1::2]
+
+
+def movie_pair(frames: np.ndarray, variance: str = "auto", scale: float | None = None) -> Pair:
+    """The pair of a registered stack (T, H, W): mean of the even frames to denoise, mean of the odd frames as
+    the target. ``variance``: ``frames`` (sample variance over the target's frames / their number; needs 2),
+    ``poisson`` (``target / (n2 scale)``; needs ``scale``, counts per unit), ``auto`` (frames when the target
+    half has 2 frames or more, else poisson)."""
+    frames = np.asarray(frames, dtype=np.float64)
+    if frames.ndim != 3 or len(frames) < 2:
+        raise CannotScore(f"a movie score needs 2 frames or more, got shape {frames.shape}")
+    first, second = halves(len(frames))
+    x1, part = frames[first].mean(axis=0), frames[second]
+    y2 = part.mean(axis=0)
+    n2 = len(part)
+    how = variance if variance != "auto" else ("frames" if n2 >= 2 else "poisson")
+    if how == "frames":
+        if n2 < 2:
+            raise CannotScore(f"variance from the frames needs 2 target frames or more, got {n2} (use 4 frames)")
+        v = part.var(axis=0, ddof=1) / n2
+    elif how == "poisson":
+        if not scale or scale <= 0:
+            raise CannotScore("a Poisson target variance needs the count scale (counts per unit)")
+        v = np.clip(y2, 0.0, None) / (n2 * scale)
+    else:
+        raise ValueError(f"variance: expected auto, frames or poisson, got {variance!r}")
+    note = f"the mean of {len(first)} of {len(frames)} frames (dose {len(first)}/{len(frames)} of the stack's)"
+    return Pair(x1, y2, v, "movie", note)
+
+
+def default_counts(values: np.ndarray, scale: float | None = None) -> np.ndarray:
+    """``values x scale`` rounded (``scale`` estimated from the frame when None): the counts of a frame stored
+    in units of ``1 / scale`` electrons."""
+    from emdenoise.classical.noise import NotCounts, estimate_count_scale
+
+    try:
+        s = float(scale) if scale else estimate_count_scale(values)
+    except NotCounts as exc:
+        raise CannotScore(str(exc)) from None
+    return np.rint(np.clip(values, 0.0, None) * s)
+
+
+def _linear_map(values: np.ndarray, counts: np.ndarray) -> tuple[float, float]:
+    """``(offset, units per count)`` of values = offset + gain counts (least squares over the pixels)."""
+    c, v = counts.ravel(), values.ravel()
+    if np.ptp(c) <= 0:
+        raise CannotScore("the frame's counts are all the same: nothing to split")
+    gain, offset = np.polyfit(c, v, 1)
+    if not gain > 0:
+        raise CannotScore(f"the counts do not grow with the values (gain {gain:g})")
+    return float(offset), float(gain)
+
+
+def split_pair(
+    values: np.ndarray,
+    rng: np.random.Generator,
+    p: float = DEFAULT_P,
+    scale: float | None = None,
+    to_counts: CountsFn | None = None,
+) -> Pair:
+    """The binomial split of one counted frame (see the module notes): ``x1 = offset + gain a / p``, target
+    ``offset + gain b / (1 - p)``, variance ``gain^2 b / (1 - p)^2``. ``to_counts`` maps the frame's values to
+    counts (default: :func:`default_counts` with ``scale``)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p: expected 0 < p < 1, got {p}")
+    values = np.asarray(values, dtype=np.float64)
+    counts = np.asarray(to_counts(values) if to_counts else default_counts(values, scale), dtype=np.float64)
+    if counts.shape != values.shape or not np.all(np.isfinite(counts)) or counts.min(initial=0.0) < 0:
+        raise CannotScore("the counts function must give finite counts >= 0 of the frame's shape")
+    counts = np.rint(counts)
+    offset, gain = _linear_map(values, counts)
+    a = rng.binomial(counts.astype(np.int64), p).astype(np.float64)
+    b = counts - a
+    x1 = offset + gain * a / p
+    y2 = offset + gain * b / (1.0 - p)
+    v = gain * gain * b / (1.0 - p) ** 2
+    note = f"the frame thinned to p = {p:g} of its counts (dose {p:g} x the frame's)"
+    return Pair(x1, y2, v, "split", note)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The estimate
+# --------------------------------------------------------------------------------------------------------------
+
+
+def block_means(values: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """Means and pixel counts of ``values`` (H, W) in ``block`` px blocks (partial ones at the edges)."""
+    h, w = values.shape
+    bh, bw = max(1, -(-h // block)), max(1, -(-w // block))
+    sums, counts = np.zeros((bh * block, bw * block)), np.zeros((bh * block, bw * block))
+    sums[:h, :w], counts[:h, :w] = values, 1.0
+    s = sums.reshape(bh, block, bw, block).sum(axis=(1, 3)).ravel()
+    n = counts.reshape(bh, block, bw, block).sum(axis=(1, 3)).ravel()
+    return s / n, n
+
+
+def image_score(output: np.ndarray, pair: Pair, block: int = BLOCK) -> ImageScore:
+    """uMSE of one ``output`` (the method's estimate from ``pair.input``) and its standard error over blocks."""
+    output = np.asarray(output, dtype=np.float64)
+    if output.shape != pair.target.shape:
+        raise ValueError(f"output {output.shape} and target {pair.target.shape} differ in shape")
+    squared = (output - pair.target) ** 2
+    terms = squared - pair.variance
+    means, weights = block_means(terms, block)
+    umse = float(terms.mean())
+    nb = len(means)
+    if nb > 1:
+        w = weights / weights.sum()
+        se = math.sqrt(float(np.sum(w * w * (means - umse) ** 2)) * nb / (nb - 1))
+    else:
+        se = math.inf
+    return ImageScore(umse, se, float(squared.mean()), float(pair.variance.mean()), nb)
+
+
+def combine(method: str, scores: Sequence[ImageScore], data_range: float, kind: Kind, dose_note: str) -> Score:
+    """One method's :class:`Score` over images: means, errors in quadrature / n; uPSNR per image then averaged
+    (None when any image's uMSE is <= 0, counted in ``undefined``)."""
+    if not scores:
+        raise CannotScore("no image to score")
+    n = len(scores)
+    umse = float(np.mean([s.umse for s in scores]))
+    umse_se = math.sqrt(sum(s.umse_se**2 for s in scores)) / n
+    psnrs = [s.upsnr(data_range) for s in scores]
+    undefined = sum(1 for value, _ in psnrs if value is None)
+    upsnr = upsnr_se = None
+    if not undefined:
+        upsnr = float(np.mean([value for value, _ in psnrs if value is not None]))
+        upsnr_se = math.sqrt(sum(se**2 for _, se in psnrs if se is not None)) / n
+    return Score(
+        method,
+        kind,
+        umse,
+        umse_se,
+        upsnr,
+        upsnr_se,
+        n,
+        sum(s.blocks for s in scores),
+        float(np.mean([s.measured_mse for s in scores])),
+        float(np.mean([s.target_variance for s in scores])),
+        float(data_range),
+        dose_note,
+        undefined,
+    )
+
+
+def score_method(
+    name: str, denoise: DenoiseFn, pairs: Sequence[Pair], data_range: float, batch: int = 8
+) -> tuple[Score, list[np.ndarray]]:
+    """Denoise every pair's input with ``denoise`` (in batches of same-shaped inputs) and score it; returns
+    the score and the outputs."""
+    if not pairs:
+        raise CannotScore("no image to score")
+    outputs: list[np.ndarray] = []
+    for start in range(0, len(pairs), batch):
+        chunk = pairs[start : start + batch]
+        if len({p.input.shape for p in chunk}) == 1:
+            outputs += list(np.asarray(denoise(np.stack([p.input for p in chunk]).astype(np.float32))))
+        else:
+            outputs += [np.asarray(denoise(p.input[None].astype(np.float32)))[0] for p in chunk]
+    scores = [image_score(out, pair) for out, pair in zip(outputs, pairs)]
+    kinds = {p.kind for p in pairs}
+    kind: Kind = "movie" if kinds == {"movie"} else "split"
+    notes = sorted({p.dose_note for p in pairs})
+    note = notes[0] if len(notes) == 1 else f"{len(notes)} kinds of pairs: " + "; ".join(notes[:3])
+    return combine(name, scores, data_range, kind, note), outputs
+
+
+def ranked(scores: Iterable[Score]) -> list[Score]:
+    """Best first: by uPSNR (scores without one last, by uMSE)."""
+    return sorted(scores, key=lambda s: (s.upsnr is None, -(s.upsnr or 0.0), s.umse))
+
+
+def table_rows(scores: Iterable[Score]) -> list[list[str]]:
+    """Markdown table cells of ranked scores (rank, method, kind, uPSNR +- SE, uMSE +- SE, measured MSE,
+    subtracted variance, n, dose): :data:`TABLE_HEADER`."""
+    rows = []
+    for rank, s in enumerate(ranked(scores), 1):
+        psnr = "-" if s.upsnr is None else f"{s.upsnr:.2f} ± {s.upsnr_se:.2f}"
+        rows.append(
+            [
+                str(rank),
+                s.method,
+                s.kind,
+                psnr,
+                f"{s.umse:.3e} ± {s.umse_se:.1e}",
+                f"{s.measured_mse:.3e}",
+                f"{s.target_variance:.3e}",
+                str(s.n),
+                s.dose_note,
+            ]
+        )
+    return rows
+
+
+TABLE_HEADER = ["rank", "method", "pair", "uPSNR (dB)", "uMSE", "MSE vs noisy target", "target variance", "n", "dose"]
+TABLE_ALIGN = "rlllrrrrl"
+
+
+def summary(scores: Iterable[Score]) -> dict[str, Any]:
+    """JSON of ranked scores with the definitions (the ``without_truth`` section of the metrics files)."""
+    ordered = ranked(scores)
+    return {
+        "definition": (
+            "uMSE = mean[(f(x1) - y2)^2 - v]: x1, y2 independent noisy halves of the same signal (movie: "
+            "interleaved frame halves; split: binomial thinning of the counts), v an unbiased estimate of y2's "
+            "noise variance; uPSNR = 10 log10(R^2 / uMSE) per image, then averaged; se: standard error over "
+            f"{BLOCK} px blocks"
+        ),
+        "ranking": [s.method for s in ordered],
+        "methods": {s.method: s.to_json() for s in ordered},
+    }
+
+
+def from_summary(data: Mapping[str, Any]) -> list[Score]:
+    """The scores of a :func:`summary` mapping, ranked."""
+    return [Score(**row) for row in data.get("methods", {}).values()]
