@@ -203,6 +203,46 @@ def split_pair(
     return Pair(x1, y2, v, "split", note)
 
 
+def registered(frames: np.ndarray, log: Any = None, where: str = "frames") -> np.ndarray:
+    """The frames with their drift undone (:mod:`emdenoise.data.prepare.registration`, whole pixels, cut to the
+    common area); as they are, with a warning, when the drift cannot be measured."""
+    from emdenoise.data.prepare import registration
+
+    try:
+        shifts = registration.register(list(frames))
+    except registration.Unmeasurable as exc:
+        if log is not None:
+            log.warning("%s: frames scored unaligned: %s", where, exc)
+        return frames
+    return np.stack(registration.align(list(frames), shifts))
+
+
+def pairs_of(
+    frames: np.ndarray,
+    kind: str = "auto",
+    *,
+    p: float = DEFAULT_P,
+    scale: float | None = None,
+    to_counts: CountsFn | None = None,
+    variance: str = "auto",
+    seed: int = 0,
+    align: bool = True,
+    log: Any = None,
+    where: str = "frames",
+) -> list[Pair]:
+    """The pairs of ``frames`` (N, H, W): ``movie`` (one pair of the whole stack, registered first when
+    ``align``), ``split`` (one binomial split per frame, seeded), ``auto`` (movie for 2 frames or more)."""
+    frames = np.asarray(frames, dtype=np.float64)
+    chosen = kind if kind != "auto" else ("movie" if len(frames) >= 2 else "split")
+    if chosen == "movie":
+        stack = registered(frames, log, where) if align else frames
+        return [movie_pair(stack, variance, scale)]
+    if chosen != "split":
+        raise ValueError(f"kind: expected auto, movie or split, got {kind!r}")
+    rng = np.random.default_rng(seed)
+    return [split_pair(frame, rng, p, scale, to_counts) for frame in frames]
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The estimate
 # --------------------------------------------------------------------------------------------------------------
