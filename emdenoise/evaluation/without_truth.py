@@ -31,11 +31,14 @@ from ``values x scale`` with the scale given (the dataset card's ``count_scale``
 through (counts, values), so an offset and a gain are both honoured.
 
 Uncertainty: the per-pixel terms are averaged in blocks of :data:`BLOCK` px; the standard error of one image's
-uMSE is the spread of its block means over sqrt(blocks) (blocks much larger than a filter's reach are nearly
+uMSE is the spread of its block means over sqrt(blocks) (images under 4 blocks a side get smaller blocks, down to
+:data:`MIN_BLOCK` px; blocks much larger than a filter's reach are nearly
 independent; the spread also holds the true MSE's variation over the image, so the error bar errs on the wide
 side). uPSNR's standard error follows by the delta method, ``10 / ln 10 x SE(uMSE) / uMSE``. Over several
-images, as in the project's metrics, the PSNR is per image then averaged; the errors add in quadrature / n.
-A uMSE at or below zero (a method within the noise of perfect, or too few pixels) has no uPSNR (None).
+images, as in the project's metrics, the PSNR is per image then averaged (``upsnr``); the errors add in
+quadrature / n. A uMSE at or below zero (a method within the noise of perfect, or too few pixels) has no
+uPSNR (None); and where one image's uMSE is uncertain to tens of per cent, its uPSNR is too, so the PSNR of the
+mean uMSE (``upsnr_pooled``, the same for one image) is given beside it, and methods are ranked by uMSE.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from typing import Any, Literal
 import numpy as np
 
 BLOCK = 32  # the blocks of the standard error, px (the consistency check's local maps use the same)
+MIN_BLOCK = 8  # smaller images get smaller blocks, down to this, for at least 4 x 4 of them
 DEFAULT_P = 0.5
 DB = 10.0 / math.log(10.0)
 
@@ -93,8 +97,11 @@ class ImageScore:
 
 @dataclass(frozen=True)
 class Score:
-    """A method's score without truth over ``n`` images: uMSE and uPSNR (dB, per image then averaged, as the
-    project's PSNR) with standard errors, the raw MSE against the noisy targets, the subtracted variance."""
+    """A method's score without truth over ``n`` images: uMSE (mean over images) with its standard error;
+    ``upsnr``: uPSNR per image then averaged, the project's PSNR (None when any image's uMSE is <= 0, counted in
+    ``undefined``); ``upsnr_pooled``: ``10 log10(R^2 / uMSE)`` of the mean uMSE (steadier over many small
+    images; equal to ``upsnr`` for one image); the raw MSE against the noisy targets and the subtracted
+    variance; ``dose_note``: which dose the score refers to."""
 
     method: str
     kind: Kind
@@ -108,10 +115,16 @@ class Score:
     target_variance: float
     data_range: float
     dose_note: str
-    undefined: int = 0  # images whose uMSE was <= 0 (no uPSNR): then upsnr is None
+    undefined: int = 0
+    upsnr_pooled: float | None = None
+    upsnr_pooled_se: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {k: (round(v, 7) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        """JSON-ready: floats rounded, a non-finite one (no error bar from a single block) None."""
+        return {
+            k: ((round(v, 7) if math.isfinite(v) else None) if isinstance(v, float) else v)
+            for k, v in asdict(self).items()
+        }
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -259,9 +272,17 @@ def block_means(values: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.
     return s / n, n
 
 
-def image_score(output: np.ndarray, pair: Pair, block: int = BLOCK) -> ImageScore:
-    """uMSE of one ``output`` (the method's estimate from ``pair.input``) and its standard error over blocks."""
+def block_for(shape: tuple[int, ...]) -> int:
+    """The block side of the standard error: :data:`BLOCK`, smaller for images under 4 blocks a side (down to
+    :data:`MIN_BLOCK`)."""
+    return int(max(MIN_BLOCK, min(BLOCK, min(shape[-2:]) // 4)))
+
+
+def image_score(output: np.ndarray, pair: Pair, block: int | None = None) -> ImageScore:
+    """uMSE of one ``output`` (the method's estimate from ``pair.input``) and its standard error over blocks
+    (``block`` px; default :func:`block_for` the image)."""
     output = np.asarray(output, dtype=np.float64)
+    block = block or block_for(output.shape)
     if output.shape != pair.target.shape:
         raise ValueError(f"output {output.shape} and target {pair.target.shape} differ in shape")
     squared = (output - pair.target) ** 2
@@ -279,7 +300,7 @@ def image_score(output: np.ndarray, pair: Pair, block: int = BLOCK) -> ImageScor
 
 def combine(method: str, scores: Sequence[ImageScore], data_range: float, kind: Kind, dose_note: str) -> Score:
     """One method's :class:`Score` over images: means, errors in quadrature / n; uPSNR per image then averaged
-    (None when any image's uMSE is <= 0, counted in ``undefined``)."""
+    and of the mean uMSE."""
     if not scores:
         raise CannotScore("no image to score")
     n = len(scores)
@@ -291,6 +312,7 @@ def combine(method: str, scores: Sequence[ImageScore], data_range: float, kind: 
     if not undefined:
         upsnr = float(np.mean([value for value, _ in psnrs if value is not None]))
         upsnr_se = math.sqrt(sum(se**2 for _, se in psnrs if se is not None)) / n
+    pooled, pooled_se = ImageScore(umse, umse_se, 0.0, 0.0, 0).upsnr(data_range)
     return Score(
         method,
         kind,
@@ -305,6 +327,8 @@ def combine(method: str, scores: Sequence[ImageScore], data_range: float, kind: 
         float(data_range),
         dose_note,
         undefined,
+        pooled,
+        pooled_se,
     )
 
 
@@ -331,22 +355,24 @@ def score_method(
 
 
 def ranked(scores: Iterable[Score]) -> list[Score]:
-    """Best first: by uPSNR (scores without one last, by uMSE)."""
-    return sorted(scores, key=lambda s: (s.upsnr is None, -(s.upsnr or 0.0), s.umse))
+    """Best first: by uMSE, the steadiest of the estimates (the order of ``upsnr_pooled``)."""
+    return sorted(scores, key=lambda s: s.umse)
 
 
 def table_rows(scores: Iterable[Score]) -> list[list[str]]:
-    """Markdown table cells of ranked scores (rank, method, kind, uPSNR +- SE, uMSE +- SE, measured MSE,
-    subtracted variance, n, dose): :data:`TABLE_HEADER`."""
+    """Markdown table cells of ranked scores (rank, method, kind, uPSNR +- SE per image then averaged and of the
+    mean uMSE, uMSE +- SE, measured MSE, subtracted variance, n, dose): :data:`TABLE_HEADER`."""
     rows = []
     for rank, s in enumerate(ranked(scores), 1):
         psnr = "-" if s.upsnr is None else f"{s.upsnr:.2f} ± {s.upsnr_se:.2f}"
+        pooled = "-" if s.upsnr_pooled is None else f"{s.upsnr_pooled:.2f} ± {s.upsnr_pooled_se:.2f}"
         rows.append(
             [
                 str(rank),
                 s.method,
                 s.kind,
                 psnr,
+                pooled,
                 f"{s.umse:.3e} ± {s.umse_se:.1e}",
                 f"{s.measured_mse:.3e}",
                 f"{s.target_variance:.3e}",
@@ -357,8 +383,19 @@ def table_rows(scores: Iterable[Score]) -> list[list[str]]:
     return rows
 
 
-TABLE_HEADER = ["rank", "method", "pair", "uPSNR (dB)", "uMSE", "MSE vs noisy target", "target variance", "n", "dose"]
-TABLE_ALIGN = "rlllrrrrl"
+TABLE_HEADER = [
+    "rank",
+    "method",
+    "pair",
+    "uPSNR (dB)",
+    "uPSNR of mean uMSE (dB)",
+    "uMSE",
+    "MSE vs noisy target",
+    "target variance",
+    "n",
+    "dose",
+]
+TABLE_ALIGN = "rllrrrrrrl"
 
 
 def summary(scores: Iterable[Score]) -> dict[str, Any]:
@@ -368,14 +405,17 @@ def summary(scores: Iterable[Score]) -> dict[str, Any]:
         "definition": (
             "uMSE = mean[(f(x1) - y2)^2 - v]: x1, y2 independent noisy halves of the same signal (movie: "
             "interleaved frame halves; split: binomial thinning of the counts), v an unbiased estimate of y2's "
-            "noise variance; uPSNR = 10 log10(R^2 / uMSE) per image, then averaged; se: standard error over "
-            f"{BLOCK} px blocks"
+            "noise variance; upsnr = 10 log10(R^2 / uMSE) per image, then averaged; upsnr_pooled: of the mean "
+            f"uMSE; se: standard error over {BLOCK} px blocks (smaller in small images); ranked by uMSE"
         ),
         "ranking": [s.method for s in ordered],
         "methods": {s.method: s.to_json() for s in ordered},
     }
 
 
-def from_summary(data: Mapping[str, Any]) -> list[Score]:
+def from_summary(data: Mapping[str, Any]) -> list[Score]:  # a None SE: a single block (no error bar)
     """The scores of a :func:`summary` mapping, ranked."""
-    return [Score(**row) for row in data.get("methods", {}).values()]
+    return [
+        Score(**{k: (math.inf if v is None and k == "umse_se" else v) for k, v in row.items()})
+        for row in data.get("methods", {}).values()
+    ]
