@@ -38,9 +38,8 @@ def local_maps_figure(
             ax2 = fig.add_subplot(rows, cols, r * cols + c)
             local = np.asarray(maps[name][r], dtype=np.float64)
             if local.size:
-                image = ax2.imshow(
-                    local, cmap="magma", vmin=0.0, vmax=2.0 * max_deviation, extent=(0, w, h, 0), interpolation="nearest"
-                )
+                scale = {"vmin": 0.0, "vmax": 2.0 * max_deviation, "extent": (0, w, h, 0)}
+                image = ax2.imshow(local, cmap="magma", interpolation="nearest", **scale)
             if r == 0:
                 extra = (titles or {}).get(name)
                 ax2.set_title(name + (f"\n{extra}" if extra else ""), fontsize=8)

@@ -35,9 +35,10 @@ from typing import Any
 
 import torch
 
+from emdenoise.classical import methods as classical
 from emdenoise.data.splits import Split, load_card, load_split
 from emdenoise.errors import InputError
-from emdenoise.evaluation import report
+from emdenoise.evaluation import noisy_test, report
 from emdenoise.evaluation.records import MethodSummary, TestMetrics
 from emdenoise.evaluation.report import COMPARISON, figure_indices, figures, per_image_csv
 from emdenoise.evaluation.run import (
@@ -51,8 +52,6 @@ from emdenoise.evaluation.run import (
 from emdenoise.evaluation.scorer import Scorer, Structure, dose_bins
 from emdenoise.inference.denoiser import Denoiser
 from emdenoise.layout import MODEL_FILE, SPLIT_FILE
-from emdenoise.classical import methods as classical
-from emdenoise.evaluation import noisy_test
 from emdenoise.method import Context, Identity, Method
 from emdenoise.outputs import Transaction
 from emdenoise.report.figures import write_png

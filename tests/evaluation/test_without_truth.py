@@ -126,8 +126,8 @@ def test_what_cannot_be_scored_says_why():
         wt.movie_pair(np.ones((1, 32, 32)))
     with pytest.raises(wt.CannotScore, match="2 target frames"):
         wt.movie_pair(np.ones((2, 32, 32)), "frames")
-    with pytest.raises(wt.CannotScore, match="count scale"):
-        wt.movie_pair(np.ones((2, 32, 32)), "poisson")
+    with pytest.raises(wt.CannotScore, match="needs counts"):
+        wt.movie_pair(-np.ones((2, 32, 32)), "poisson")
     with pytest.raises(wt.CannotScore, match="counts"):
         wt.split_pair(-np.ones((32, 32)), rng)
     with pytest.raises(wt.CannotScore, match="all the same"):
