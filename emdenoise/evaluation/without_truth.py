@@ -175,19 +175,12 @@ def estimated_scale(frames: np.ndarray) -> float:
     try:
         return float(np.median([estimate_count_scale(frame) for frame in frames]))
     except NotCounts as exc:
-        raise CannotScore(f"a Poisson target variance needs counts: {exc}") from None
+        raise CannotScore(f"a Poisson variance needs counts: {exc}") from None
 
 
-def default_counts(values: np.ndarray, scale: float | None = None) -> np.ndarray:
-    """``values x scale`` rounded (``scale`` estimated from the frame when None): the counts of a frame stored
-    in units of ``1 / scale`` electrons."""
-    from emdenoise.classical.noise import NotCounts, estimate_count_scale
-
-    try:
-        s = float(scale) if scale else estimate_count_scale(values)
-    except NotCounts as exc:
-        raise CannotScore(str(exc)) from None
-    return np.rint(np.clip(values, 0.0, None) * s)
+def default_counts(values: np.ndarray, scale: float) -> np.ndarray:
+    """``values x scale`` rounded: the counts of a frame stored in units of ``1 / scale`` electrons."""
+    return np.rint(np.clip(values, 0.0, None) * scale)
 
 
 def _linear_map(values: np.ndarray, counts: np.ndarray) -> tuple[float, float]:
@@ -198,6 +191,8 @@ def _linear_map(values: np.ndarray, counts: np.ndarray) -> tuple[float, float]:
     gain, offset = np.polyfit(c, v, 1)
     if not gain > 0:
         raise CannotScore(f"the counts do not grow with the values (gain {gain:g})")
+    if abs(offset) < 1e-9 * gain:  # round-off of a map through zero: keep zero counts at exactly zero
+        offset = 0.0
     return float(offset), float(gain)
 
 
@@ -210,15 +205,21 @@ def split_pair(
 ) -> Pair:
     """The binomial split of one counted frame (see the module notes): ``x1 = offset + gain a / p``, target
     ``offset + gain b / (1 - p)``, variance ``gain^2 b / (1 - p)^2``. ``to_counts`` maps the frame's values to
-    counts (default: :func:`default_counts` with ``scale``)."""
+    counts (default: :func:`default_counts` with ``scale``, estimated from the frame when None)."""
     if not 0.0 < p < 1.0:
         raise ValueError(f"p: expected 0 < p < 1, got {p}")
     values = np.asarray(values, dtype=np.float64)
-    counts = np.asarray(to_counts(values) if to_counts else default_counts(values, scale), dtype=np.float64)
-    if counts.shape != values.shape or not np.all(np.isfinite(counts)) or counts.min(initial=0.0) < 0:
-        raise CannotScore("the counts function must give finite counts >= 0 of the frame's shape")
-    counts = np.rint(counts)
-    offset, gain = _linear_map(values, counts)
+    if to_counts is None:
+        s = float(scale) if scale else estimated_scale(values[None])
+        counts, offset, gain = default_counts(values, s), 0.0, 1.0 / s
+    else:
+        counts = np.asarray(to_counts(values), dtype=np.float64)
+        if counts.shape != values.shape or not np.all(np.isfinite(counts)) or counts.min(initial=0.0) < 0:
+            raise CannotScore("the counts function must give finite counts >= 0 of the frame's shape")
+        counts = np.rint(counts)
+        offset, gain = _linear_map(values, counts)
+    if np.ptp(counts) <= 0:
+        raise CannotScore("the frame's counts are all the same: nothing to split")
     a = rng.binomial(counts.astype(np.int64), p).astype(np.float64)
     b = counts - a
     x1 = offset + gain * a / p
