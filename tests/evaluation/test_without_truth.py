@@ -132,3 +132,48 @@ def test_what_cannot_be_scored_says_why():
         wt.split_pair(-np.ones((32, 32)), rng)
     with pytest.raises(wt.CannotScore, match="all the same"):
         wt.split_pair(np.full((32, 32), 3.0), rng, scale=1.0)
+
+
+@pytest.mark.parametrize("kind", ["split", "movie"])
+def test_the_zoo_model_is_scored_without_truth_as_with_it(kind):
+    import emdenoise
+    from emdenoise.data.simulate import pairs as simulate
+
+    rng = np.random.default_rng(11)
+    clean = np.stack([simulate.clean_image(rng, 128, material="graphene", pixel_size=0.2)[0] for _ in range(4)])
+    clean = clean.astype(np.float64)
+    data_range, dose = float(np.ptp(clean)), 200.0
+    if kind == "split":
+        pairs = [wt.split_pair(rng.poisson(c * dose) / dose, rng, 0.5, scale=dose) for c in clean]
+    else:
+        pairs = [wt.movie_pair(rng.poisson(c * dose, size=(8, *c.shape)) / dose) for c in clean]
+
+    def zoo(frames):
+        return emdenoise.denoise(frames, "zoo:hrtem-ffdnet", 0.2, max_deviation=0.0).image
+
+    score, outputs = wt.score_method("zoo", zoo, pairs, data_range)
+    noisy, _ = wt.score_method("noisy", lambda f: f, pairs, data_range)
+    true_mse = float(np.mean((np.stack(outputs) - clean) ** 2))
+    assert abs(score.umse - true_mse) < 4 * score.umse_se
+    true_pooled = 10 * math.log10(data_range**2 / true_mse)
+    assert score.upsnr_pooled is not None and abs(score.upsnr_pooled - true_pooled) < 4 * score.upsnr_pooled_se
+    assert score.umse + 3 * score.umse_se < noisy.umse  # ranked above the noisy input, as the truth says
+    assert true_mse < float(np.mean((np.stack([p.input for p in pairs]) - clean) ** 2))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["split", "movie"])
+def test_the_stated_error_is_calibrated_over_many_draws(kind):
+    rng = np.random.default_rng(12)
+    clean, dose = _clean(), 30.0
+
+    def pair():
+        if kind == "split":
+            return wt.split_pair(rng.poisson(clean * dose) / dose, rng, 0.5, scale=dose)
+        return wt.movie_pair(rng.poisson(clean * dose, size=(4, SIDE, SIDE)) / dose)
+
+    for sigma in (0.0, 1.0, 2.0):
+        z = _z_scores(pair, _gaussian(sigma), clean, 300)
+        assert abs(z.mean()) < 0.2  # unbiased to a fifth of its error
+        assert 0.8 < z.std() < 1.2  # the error bar is the spread of the error (blocks of 24 px here)
+        assert np.mean(np.abs(z) > 2.0) < 0.15  # 16 blocks: the tails of a t with 15 degrees (6 % beyond 2)
