@@ -55,9 +55,11 @@ SCORE_REFERENCES = ("noisy", "gaussian", "wiener")  # --score: scored beside the
 def scored_method(ctx: TaskContext) -> str:
     """The method as :func:`emdenoise.api.score` takes it: a classical name, or the model file."""
     sec = ctx.params.denoise
-    if not methods.is_model(sec.method):
-        return sec.method
-    spec = sec.method if sec.method != methods.MODEL else sec.model
+    if not methods.is_model(sec.method) or sec.method != methods.MODEL:
+        return sec.method  # a classical name or zoo:NAME, as the API takes them
+    spec = sec.model
+    if spec.startswith("zoo:"):
+        return spec
     return str(methods.find_model(spec, ctx.paths.get("model_dir"), "denoise.model")[1])
 
 
