@@ -40,6 +40,8 @@ def local_maps_figure(
             if local.size:
                 scale = {"vmin": 0.0, "vmax": 2.0 * max_deviation, "extent": (0, w, h, 0)}
                 image = ax2.imshow(local, cmap="magma", interpolation="nearest", **scale)
+            else:  # the check is undefined (values that are not counts)
+                ax2.text(0.5, 0.5, "no map:\nnot counts", ha="center", va="center", fontsize=7, transform=ax2.transAxes)
             if r == 0:
                 extra = (titles or {}).get(name)
                 ax2.set_title(name + (f"\n{extra}" if extra else ""), fontsize=8)
