@@ -195,6 +195,8 @@ def write(out_dir: Path, scorers: dict[str, Scorer], metrics: TestMetrics, drawn
                 write_png(fig, tmp)
         if stale:  # test.figure_images: 0; an old comparison would mislead
             tx.remove(stale)
+        if (out_dir / noisy_test.LOCAL_MAPS).exists():  # an earlier run on noisy-only data
+            tx.remove(out_dir / noisy_test.LOCAL_MAPS)
         tx.write_json(out_dir / "test_metrics.json", metrics.to_json())  # the completion marker, last
     return stale
 
@@ -264,6 +266,9 @@ def run_without_truth(ctx: TaskContext, p: Plan) -> None:
         for name, fig in drawn.items():
             with tx.writing(out_dir / name) as tmp:
                 write_png(fig, tmp)
+        for name in ("per_image.csv", COMPARISON, "psnr_bar.png"):  # an earlier run's, against clean images
+            if (out_dir / name).exists():
+                tx.remove(out_dir / name)
         tx.write_json(out_dir / "test_metrics.json", metrics.to_json())
     for line in report.text_table(metrics):
         log.info("%s", line)

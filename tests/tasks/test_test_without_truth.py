@@ -24,6 +24,8 @@ def test_the_test_task_scores_noisy_only_data_without_truth(tmp_path, capsys):
     assert run_here(capsys, "download", paths)[0] == 0
     assert run_here(capsys, "preprocess", {**paths, "data_dir": tmp_path / "data"})[0] == 0
     out = tmp_path / "out"
+    out.mkdir()
+    (out / "psnr_bar.png").write_bytes(b"an earlier run's, against clean images")
     test_paths = {"parameters_file": p, "log_dir": tmp_path / "logs", "data_dir": tmp_path / "data"}
     code, err = run_here(capsys, "test", {**test_paths, "model_dir": tmp_path / "m", "output_dir": out})
     assert code == 0, err
@@ -43,4 +45,5 @@ def test_the_test_task_scores_noisy_only_data_without_truth(tmp_path, capsys):
     text = (out / "results.md").read_text()
     assert "Scores without truth" in text and "uPSNR" in text
     assert (out / "local_maps.png").stat().st_size > 1000
+    assert not (out / "psnr_bar.png").exists()  # no stale figure beside the new metrics
     assert "uPSNR" in err
