@@ -39,9 +39,12 @@ def card_scale(card: Mapping[str, Any]) -> float | None:
     return None
 
 
-def pairs(split: Split, scale: float | None, seed: int = SEED) -> dict[str, list[wt.Pair]]:
+def pairs(
+    split: Split, scale: float | None, seed: int = SEED, to_counts: wt.CountsFn | None = None
+) -> dict[str, list[wt.Pair]]:
     """``{"movie": [...], "split": [...]}``: one movie pair per stack of two frames or more (frames in order),
-    one binomial split per single frame (kinds without a pair are left out)."""
+    one binomial split per single frame (kinds without a pair are left out). ``to_counts``: the counts of a
+    frame's values (a detector model's; default values x ``scale``)."""
     stack = split.stack if split.stack is not None else np.arange(len(split))
     frame = split.frame if split.frame is not None else np.zeros(len(split), np.int64)
     out: dict[str, list[wt.Pair]] = {"movie": [], "split": []}
@@ -52,7 +55,7 @@ def pairs(split: Split, scale: float | None, seed: int = SEED) -> dict[str, list
         if len(rows) >= 2:
             out["movie"].append(wt.movie_pair(split.noisy[rows], "auto", scale))
         else:
-            out["split"].append(wt.split_pair(split.noisy[rows[0]], rng, P, scale))
+            out["split"].append(wt.split_pair(split.noisy[rows[0]], rng, P, scale, to_counts))
     return {kind: found for kind, found in out.items() if found}
 
 
