@@ -28,18 +28,20 @@ Two ways of getting the pair (:class:`Pair`):
 
 The counts come from an injectable function ``to_counts(values) -> counts`` (e.g. a detector model's), else
 from ``values x scale`` with the scale given (the dataset card's ``count_scale``) or estimated from the frame
-(:func:`emdenoise.classical.noise.estimate_count_scale`). The map back to values is fitted as the straight line
-through (counts, values), so an offset and a gain are both honoured.
+(:func:`emdenoise.classical.noise.estimate_count_scale`; the map back is then exactly ``1 / scale``). With an
+injected function the map back to values is fitted as the straight line through (counts, values), so an offset
+and a gain are both honoured.
 
-Uncertainty: the per-pixel terms are averaged in blocks of :data:`BLOCK` px; the standard error of one image's
-uMSE is the spread of its block means over sqrt(blocks) (images under 4 blocks a side get smaller blocks, down to
-:data:`MIN_BLOCK` px; blocks much larger than a filter's reach are nearly
-independent; the spread also holds the true MSE's variation over the image, so the error bar errs on the wide
-side). uPSNR's standard error follows by the delta method, ``10 / ln 10 x SE(uMSE) / uMSE``. Over several
-images, as in the project's metrics, the PSNR is per image then averaged (``upsnr``); the errors add in
-quadrature / n. A uMSE at or below zero (a method within the noise of perfect, or too few pixels) has no
-uPSNR (None); and where one image's uMSE is uncertain to tens of per cent, its uPSNR is too, so the PSNR of the
-mean uMSE (``upsnr_pooled``, the same for one image) is given beside it, and methods are ranked by uMSE.
+Uncertainty: the per-pixel terms are averaged in blocks of :data:`BLOCK` px (images under 4 blocks a side get
+smaller blocks, down to :data:`MIN_BLOCK` px); the standard error of one image's uMSE is the spread of its block
+means over sqrt(blocks). Blocks much larger than a filter's reach are nearly independent; the spread also holds
+the true MSE's variation over the image, which can only widen the error bar (measured, the errors over their
+stated bars have a spread of 0.9-1.1: see the tests). uPSNR's standard error follows by the delta method,
+``10 / ln 10 x SE(uMSE) / uMSE``. Over several images, as in the project's metrics, the PSNR is per image then
+averaged (``upsnr``); the errors add in quadrature / n. A uMSE at or below zero (a method within the noise of
+perfect, or too few pixels) has no uPSNR (None); and where one image's uMSE is uncertain to tens of per cent,
+its uPSNR is too, so the PSNR of the mean uMSE (``upsnr_pooled``, the same for one image) is given beside it,
+and methods are ranked by uMSE.
 """
 
 from __future__ import annotations
