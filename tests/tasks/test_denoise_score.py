@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from noisy_images import write_micrographs
 
 import emdenoise
 from emdenoise import cli
+from emdenoise.errors import InputError
 from emdenoise.evaluation import without_truth as wt
 
 
@@ -40,3 +42,10 @@ def test_the_api_scores_a_movie_and_single_frames(tmp_path):
     split = emdenoise.score(np.load(folder / "single.npy"), "gaussian", kind="split", data_range=2.0)
     assert split.kind == "split" and split.data_range == 2.0 and split.scores[0].upsnr_pooled is not None
     assert "| gaussian | split |" in split.markdown() and split.to_json()["ranking"] == ["gaussian"]
+
+
+def test_frames_that_cannot_be_scored_are_a_one_line_error():
+    with pytest.raises(InputError, match="array: kind: .*counts"):
+        emdenoise.score(-np.ones((32, 32)), "gaussian")
+    with pytest.raises(InputError, match="2 target frames"):
+        emdenoise.score(np.ones((2, 32, 32)), "gaussian", kind="movie", variance="frames", align=False)
