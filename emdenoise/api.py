@@ -175,18 +175,20 @@ class Scores:
     kind: str
     input: np.ndarray = field(repr=False)
     local_maps: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    margins: dict[str, Any] = field(default_factory=dict)  # uMSE above the best method's, paired
 
     def markdown(self) -> str:
         """The ranked table, markdown."""
         from emdenoise.evaluation import without_truth as wt
         from emdenoise.report.tables import table
 
-        return "\n".join(table(wt.TABLE_HEADER, wt.TABLE_ALIGN, wt.table_rows(self.scores))) + "\n"
+        rows = wt.table_rows(self.scores, self.margins)
+        return "\n".join(table(wt.TABLE_HEADER, wt.TABLE_ALIGN, rows)) + "\n"
 
     def to_json(self) -> dict[str, Any]:
         from emdenoise.evaluation import without_truth as wt
 
-        return {"data_range": self.data_range, "kind": self.kind, **wt.summary(self.scores)}
+        return {"data_range": self.data_range, "kind": self.kind, **wt.summary(self.scores, self.margins)}
 
 
 def _local_map(frame: np.ndarray, output: np.ndarray) -> np.ndarray:
@@ -239,7 +241,7 @@ def score(
         raise InputError.at(micrograph.source, "kind", str(exc)) from None
     R = float(data_range) if data_range else float(np.ptp(frames)) or 1.0
     inputs = np.stack([pair.input for pair in pairs]).astype(np.float32)
-    results, maps = [], {}
+    results, maps, outputs_of = [], {}, {}
     for name in names:
 
         def run(batch: np.ndarray, name: str = name) -> np.ndarray:
@@ -248,7 +250,8 @@ def score(
             options = {"max_deviation": 0.0, **denoise_options}
             return denoise(batch, name, pixel_size or micrograph.pixel_size, **options).image
 
-        result, outputs = wt.score_method(name, run, pairs, R, batch=len(pairs))
+        result, outputs_of[name] = wt.score_method(name, run, pairs, R, batch=len(pairs))
         results.append(result)
-        maps[name] = _local_map(pairs[0].input, outputs[0])
-    return Scores(wt.ranked(results), R, pairs[0].kind, inputs[0], maps)
+        maps[name] = _local_map(pairs[0].input, outputs_of[name][0])
+    margins = wt.margins(outputs_of, pairs, results)
+    return Scores(wt.ranked(results), R, pairs[0].kind, inputs[0], maps, margins)

@@ -64,13 +64,14 @@ class Scored:
     """Every method's scores per kind of pair, and the figure's frames and local maps."""
 
     scores: dict[str, list[wt.Score]] = field(default_factory=dict)
+    margins: dict[str, dict[str, Any]] = field(default_factory=dict)  # per kind: uMSE above the best, paired
     inputs: list[np.ndarray] = field(default_factory=list)
     maps: dict[str, list[np.ndarray]] = field(default_factory=dict)
     titles: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """The ``without_truth`` section of ``test_metrics.json``: per kind of pair, the ranked scores."""
-        return {kind: wt.summary(found) for kind, found in self.scores.items()}
+        return {kind: wt.summary(found, self.margins.get(kind)) for kind, found in self.scores.items()}
 
 
 def score_all(
@@ -83,6 +84,7 @@ def score_all(
 ) -> Scored:
     """Run every method on every pair's input and score it; the local maps of the first pairs."""
     out = Scored()
+    outputs_of: dict[str, dict[str, list[np.ndarray]]] = {kind: {} for kind in found}
     context = Context(pixel_size=pixel_size)
     shown = [pair for kind_pairs in found.values() for pair in kind_pairs][:FIGURE_FRAMES]
     out.inputs = [pair.input for pair in shown]
@@ -95,12 +97,14 @@ def score_all(
         for kind, kind_pairs in found.items():
             score, outputs = wt.score_method(method.name, run, kind_pairs, data_range, batch_size)
             out.scores.setdefault(kind, []).append(score)
+            outputs_of[kind][method.name] = outputs
             for pair, output in zip(kind_pairs, outputs):
                 if len(maps) < len(shown):
                     maps.append(consistency.check(pair.input, output, None, max_deviation).local_deviation)
         out.maps[method.name] = maps
         first = out.scores[next(iter(found))][-1]
         out.titles[method.name] = "uPSNR -" if first.upsnr is None else f"uPSNR {first.upsnr:.2f} dB"
+    out.margins = {kind: wt.margins(outputs_of[kind], found[kind], out.scores[kind]) for kind in found}
     return out
 
 

@@ -181,12 +181,14 @@ def _dose_lines(by_dose: Mapping[str, Any], methods: Mapping[str, MethodSummary]
 WITHOUT_TRUTH_NOTE = (
     "No clean images (dataset card has_clean: false): every method is scored without truth. Each input x1 is "
     "denoised and compared with an independent noisy target y2 of the same signal; uMSE = mean[(f(x1) - y2)^2 - v] "
-    "with v an unbiased estimate of the target's noise variance, so it estimates the MSE against the clean signal; "
-    "uPSNR = 10 log10(R^2 / uMSE) per image, then averaged; ± one standard error (32 px blocks). Movie: x1, y2 the "
-    "means of the interleaved frame halves of a stack, v their sample variance over frames; split: the counts of "
-    "one frame split binomially, v the Poisson variance of the target's counts. The score is at the dose of x1 "
-    "(half the stack's, or p x the frame's). Baselines with their default settings (nothing to tune them on). "
-    "local_maps.png: the consistency check's local deviation of each output against its input, in 32 px blocks."
+    "with v an unbiased estimate of the target's noise variance, so it estimates the MSE against the signal; "
+    "uPSNR = 10 log10(R^2 / uMSE) per image, then averaged; ± one standard error (32 px blocks). uMSE above "
+    "the best: the difference on the same pairs, whose error is smaller (the target noise cancels). "
+    "Movie: x1, y2 the means of the interleaved frame halves of a stack, v their sample variance over frames "
+    "(the Poisson variance with fewer than 2 target frames); split: the counts of one frame split binomially, "
+    "v the Poisson variance of the target's counts. The score is at the dose of x1 (half the stack's, or p x "
+    "the frame's). Baselines with their default settings (nothing to tune them on). local_maps.png: the "
+    "consistency check's local deviation of each output against its input, in 32 px blocks."
 )
 
 
@@ -205,7 +207,8 @@ def without_truth_lines(metrics: TestMetrics) -> list[str]:
     for kind, section in (metrics.without_truth or {}).items():
         pairs = "movie halves" if kind == "movie" else "binomial splits of single frames"
         lines += ["", f"## Scores without truth: {pairs}", ""]
-        lines += table(wt.TABLE_HEADER, wt.TABLE_ALIGN, wt.table_rows(wt.from_summary(section)))
+        rows = wt.table_rows(wt.from_summary(section), section.get("margins"))
+        lines += table(wt.TABLE_HEADER, wt.TABLE_ALIGN, rows)
     return lines
 
 

@@ -301,16 +301,49 @@ def image_score(output: np.ndarray, pair: Pair, block: int | None = None) -> Ima
     if output.shape != pair.target.shape:
         raise ValueError(f"output {output.shape} and target {pair.target.shape} differ in shape")
     squared = (output - pair.target) ** 2
-    terms = squared - pair.variance
-    means, weights = block_means(terms, block)
-    umse = float(terms.mean())
-    nb = len(means)
-    if nb > 1:
-        w = weights / weights.sum()
-        se = math.sqrt(float(np.sum(w * w * (means - umse) ** 2)) * nb / (nb - 1))
-    else:
-        se = math.inf
+    umse, se, nb = mean_and_error(squared - pair.variance, block)
     return ImageScore(umse, se, float(squared.mean()), float(pair.variance.mean()), nb)
+
+
+def mean_and_error(terms: np.ndarray, block: int) -> tuple[float, float, int]:
+    """The mean of per-pixel ``terms`` (H, W), its standard error over ``block`` px blocks (inf for one block),
+    and the number of blocks."""
+    means, weights = block_means(terms, block)
+    mean = float(terms.mean())
+    nb = len(means)
+    if nb < 2:
+        return mean, math.inf, nb
+    w = weights / weights.sum()
+    return mean, math.sqrt(float(np.sum(w * w * (means - mean) ** 2)) * nb / (nb - 1)), nb
+
+
+def paired_difference(
+    outputs_a: Sequence[np.ndarray], outputs_b: Sequence[np.ndarray], pairs: Sequence[Pair]
+) -> tuple[float, float]:
+    """uMSE(a) - uMSE(b) on the same pairs and its standard error. Per pixel it is ``(a - y2)^2 - (b - y2)^2``:
+    the target's variance cancels, and so does much of its noise, so the difference of two methods is known better than
+    either score (whether one method beats another: compare the difference with its error)."""
+    found = []
+    for a, b, pair in zip(outputs_a, outputs_b, pairs):
+        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        found.append(mean_and_error((a - pair.target) ** 2 - (b - pair.target) ** 2, block_for(a.shape))[:2])
+    n = len(found)
+    return float(np.mean([m for m, _ in found])), math.sqrt(sum(se * se for _, se in found)) / n
+
+
+def margins(outputs: Mapping[str, Sequence[np.ndarray]], pairs: Sequence[Pair], scores: Iterable[Score]) -> dict:
+    """Every method's uMSE above the best one's (:func:`paired_difference`), ``{method: {"vs", "delta_umse",
+    "se"}}``; the best method itself is left out."""
+    ordered = ranked(scores)
+    if not ordered:
+        return {}
+    best = ordered[0].method
+    out = {}
+    for score in ordered[1:]:
+        delta, se = paired_difference(outputs[score.method], outputs[best], pairs)
+        error = round(se, 9) if math.isfinite(se) else None
+        out[score.method] = {"vs": best, "delta_umse": round(delta, 9), "se": error}
+    return out
 
 
 def combine(method: str, scores: Sequence[ImageScore], data_range: float, kind: Kind, dose_note: str) -> Score:
@@ -374,9 +407,17 @@ def ranked(scores: Iterable[Score]) -> list[Score]:
     return sorted(scores, key=lambda s: s.umse)
 
 
-def table_rows(scores: Iterable[Score]) -> list[list[str]]:
+def _margin(margin: Mapping[str, Any] | None) -> str:
+    if not margin:
+        return "-"
+    se = margin.get("se")
+    return f"{margin['delta_umse']:+.2e}" + (f" ± {se:.1e}" if se is not None else "")
+
+
+def table_rows(scores: Iterable[Score], margins_: Mapping[str, Any] | None = None) -> list[list[str]]:
     """Markdown table cells of ranked scores (rank, method, kind, uPSNR +- SE per image then averaged and of the
-    mean uMSE, uMSE +- SE, measured MSE, subtracted variance, n, dose): :data:`TABLE_HEADER`."""
+    mean uMSE, uMSE +- SE, uMSE above the best one's (:func:`margins`), measured MSE, subtracted variance, n,
+    dose): :data:`TABLE_HEADER`."""
     rows = []
     for rank, s in enumerate(ranked(scores), 1):
         psnr = "-" if s.upsnr is None else f"{s.upsnr:.2f} ± {s.upsnr_se:.2f}"
@@ -389,6 +430,7 @@ def table_rows(scores: Iterable[Score]) -> list[list[str]]:
                 psnr,
                 pooled,
                 f"{s.umse:.3e} ± {s.umse_se:.1e}",
+                _margin((margins_ or {}).get(s.method)),
                 f"{s.measured_mse:.3e}",
                 f"{s.target_variance:.3e}",
                 str(s.n),
@@ -405,15 +447,16 @@ TABLE_HEADER = [
     "uPSNR (dB)",
     "uPSNR of mean uMSE (dB)",
     "uMSE",
+    "uMSE above the best (paired)",
     "MSE vs noisy target",
     "target variance",
     "n",
     "dose",
 ]
-TABLE_ALIGN = "rllrrrrrrl"
+TABLE_ALIGN = "rllrrrrrrrl"
 
 
-def summary(scores: Iterable[Score]) -> dict[str, Any]:
+def summary(scores: Iterable[Score], margins_: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """JSON of ranked scores with the definitions (the ``without_truth`` section of the metrics files)."""
     ordered = ranked(scores)
     return {
@@ -421,10 +464,12 @@ def summary(scores: Iterable[Score]) -> dict[str, Any]:
             "uMSE = mean[(f(x1) - y2)^2 - v]: x1, y2 independent noisy halves of the same signal (movie: "
             "interleaved frame halves; split: binomial thinning of the counts), v an unbiased estimate of y2's "
             "noise variance; upsnr = 10 log10(R^2 / uMSE) per image, then averaged; upsnr_pooled: of the mean "
-            f"uMSE; se: standard error over {BLOCK} px blocks (smaller in small images); ranked by uMSE"
+            f"uMSE; se: standard error over {BLOCK} px blocks (smaller in small images); ranked by uMSE; margins: "
+            "each method's uMSE above the best one's on the same pairs, paired (the target noise cancels)"
         ),
         "ranking": [s.method for s in ordered],
         "methods": {s.method: s.to_json() for s in ordered},
+        "margins": dict(margins_ or {}),
     }
 
 

@@ -177,3 +177,28 @@ def test_the_stated_error_is_calibrated_over_many_draws(kind):
         assert abs(z.mean()) < 0.2  # unbiased to a fifth of its error
         assert 0.8 < z.std() < 1.2  # the error bar is the spread of the error (blocks of 24 px here)
         assert np.mean(np.abs(z) > 2.0) < 0.15  # 16 blocks: the tails of a t with 15 degrees (6 % beyond 2)
+
+
+def test_the_paired_difference_of_two_methods_is_right_and_far_tighter_than_either_score():
+    rng = np.random.default_rng(8)
+    clean, dose = _clean(), 30.0
+    z, ratios = [], []
+    for _ in range(12):
+        pairs = [wt.split_pair(rng.poisson(clean * dose) / dose, rng, 0.5, scale=dose) for _ in range(2)]
+        a, b = _gaussian(1.0)(np.stack([p.input for p in pairs])), _gaussian(2.0)(np.stack([p.input for p in pairs]))
+        delta, se = wt.paired_difference(a, b, pairs)
+        true = float(np.mean((a - clean) ** 2) - np.mean((b - clean) ** 2))
+        z.append((delta - true) / se)
+        score_a = wt.combine("a", [wt.image_score(o, p) for o, p in zip(a, pairs)], 1.0, "split", "")
+        ratios.append(se / score_a.umse_se)
+    z = np.array(z)
+    assert abs(z.mean()) < 1.2 and np.sum(np.abs(z) > 3.0) <= 1
+    assert max(ratios) < 0.8  # the shared target noise cancels in the difference
+    scores = [
+        wt.combine(n, [wt.image_score(o, p) for o, p in zip(out, pairs)], 1.0, "split", "")
+        for n, out in (("a", a), ("b", b))
+    ]
+    found = wt.margins({"a": list(a), "b": list(b)}, pairs, scores)
+    worse = max(scores, key=lambda s: s.umse).method
+    assert list(found) == [worse] and found[worse]["delta_umse"] > 0
+    assert "±" in wt.table_rows(scores, found)[1][6]

@@ -28,6 +28,7 @@ def test_denoise_score_writes_the_scores_and_the_local_maps(tmp_path, capsys):
         assert section["kind"] == kind and set(section["methods"]) == {"gaussian", "noisy", "wiener"}
         scores = {s.method: s for s in wt.from_summary(section)}
         assert scores["gaussian"].umse < scores["noisy"].umse  # 40 counts per pixel of a smooth scene
+        assert section["margins"]["noisy"]["delta_umse"] > 0
         assert (folder / (out.name + ".local_maps.png")).stat().st_size > 1000
     assert "scores without truth" in err and "uPSNR" in err
     # a second run beside the inputs takes neither the outputs nor the figures for inputs
