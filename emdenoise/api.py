@@ -176,19 +176,21 @@ class Scores:
     input: np.ndarray = field(repr=False)
     local_maps: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     margins: dict[str, Any] = field(default_factory=dict)  # uMSE above the best method's, paired
+    check: dict[str, Any] | None = None  # the identity's uMSE against the input's noise (the assumptions)
 
     def markdown(self) -> str:
-        """The ranked table, markdown."""
+        """The ranked table and the assumptions' check, markdown."""
         from emdenoise.evaluation import without_truth as wt
         from emdenoise.report.tables import table
 
         rows = wt.table_rows(self.scores, self.margins)
-        return "\n".join(table(wt.TABLE_HEADER, wt.TABLE_ALIGN, rows)) + "\n"
+        return "\n".join([*table(wt.TABLE_HEADER, wt.TABLE_ALIGN, rows), *wt.check_lines(self.check)]) + "\n"
 
     def to_json(self) -> dict[str, Any]:
         from emdenoise.evaluation import without_truth as wt
 
-        return {"data_range": self.data_range, "kind": self.kind, **wt.summary(self.scores, self.margins)}
+        summary = wt.summary(self.scores, self.margins, self.check)
+        return {"data_range": self.data_range, "kind": self.kind, **summary}
 
 
 def _local_map(frame: np.ndarray, output: np.ndarray) -> np.ndarray:
@@ -254,4 +256,5 @@ def score(
         results.append(result)
         maps[name] = _local_map(pairs[0].input, outputs_of[name][0])
     margins = wt.margins(outputs_of, pairs, results)
-    return Scores(wt.ranked(results), R, pairs[0].kind, inputs[0], maps, margins)
+    check = wt.identity_check(pairs, results)
+    return Scores(wt.ranked(results), R, pairs[0].kind, inputs[0], maps, margins, check)

@@ -65,13 +65,14 @@ class Scored:
 
     scores: dict[str, list[wt.Score]] = field(default_factory=dict)
     margins: dict[str, dict[str, Any]] = field(default_factory=dict)  # per kind: uMSE above the best, paired
+    checks: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # per kind: wt.identity_check
     inputs: list[np.ndarray] = field(default_factory=list)
     maps: dict[str, list[np.ndarray]] = field(default_factory=dict)
     titles: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """The ``without_truth`` section of ``test_metrics.json``: per kind of pair, the ranked scores."""
-        return {kind: wt.summary(found, self.margins.get(kind)) for kind, found in self.scores.items()}
+        return {kind: wt.summary(v, self.margins.get(kind), self.checks.get(kind)) for kind, v in self.scores.items()}
 
 
 def score_all(
@@ -105,6 +106,7 @@ def score_all(
         first = out.scores[next(iter(found))][-1]
         out.titles[method.name] = "uPSNR -" if first.upsnr is None else f"uPSNR {first.upsnr:.2f} dB"
     out.margins = {kind: wt.margins(outputs_of[kind], found[kind], out.scores[kind]) for kind in found}
+    out.checks = {kind: wt.identity_check(found[kind], out.scores[kind]) for kind in found}
     return out
 
 

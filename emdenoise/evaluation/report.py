@@ -208,7 +208,7 @@ def without_truth_lines(metrics: TestMetrics) -> list[str]:
         pairs = "movie halves" if kind == "movie" else "binomial splits of single frames"
         lines += ["", f"## Scores without truth: {pairs}", ""]
         rows = wt.table_rows(wt.from_summary(section), section.get("margins"))
-        lines += table(wt.TABLE_HEADER, wt.TABLE_ALIGN, rows)
+        lines += table(wt.TABLE_HEADER, wt.TABLE_ALIGN, rows) + wt.check_lines(section.get("identity_check"))
     return lines
 
 
@@ -236,7 +236,8 @@ def text_table(metrics: TestMetrics | Mapping[str, Any]) -> list[str]:
     """The table as aligned plain-text lines, for the log."""
     metrics = TestMetrics.coerce(metrics)
     if metrics.without_truth is not None:
-        return [line for line in without_truth_lines(metrics) if line.startswith("|") or line.startswith("## ")]
+        keep = ("|", "## ", "Check: ")
+        return [line for line in without_truth_lines(metrics) if line.startswith(keep)]
     methods = metrics.methods
     rows = [HEADER] + [_columns(name, methods[name]) for name in ranked(methods)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]

@@ -71,13 +71,15 @@ class CannotScore(ValueError):
 class Pair:
     """One input ``x1`` to denoise, the independent noisy ``target`` y2 of the same signal, and ``variance``:
     an unbiased per-pixel estimate of the target's noise variance (all (H, W) float64, the frames' units).
-    ``dose_note`` says which dose a score of ``x1`` refers to."""
+    ``dose_note`` says which dose a score of ``x1`` refers to. ``input_variance``: the same estimate for the
+    input's noise, which the identity's uMSE must match when the assumptions hold (:func:`identity_check`)."""
 
     input: np.ndarray
     target: np.ndarray
     variance: np.ndarray
     kind: Kind
     dose_note: str
+    input_variance: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -146,27 +148,30 @@ def movie_pair(frames: np.ndarray, variance: str = "auto", scale: float | None =
     """The pair of a registered stack (T, H, W): mean of the even frames to denoise, mean of the odd frames as
     the target. ``variance``: ``frames`` (sample variance over the target's frames / their number; needs 2),
     ``poisson`` (``target / (n2 scale)``; ``scale`` counts per unit, estimated from the frames when None),
-    ``auto`` (frames when the target
-    half has 2 frames or more, else poisson)."""
+    ``auto`` (frames when the target half has 2 frames or more, else poisson)."""
     frames = np.asarray(frames, dtype=np.float64)
     if frames.ndim != 3 or len(frames) < 2:
         raise CannotScore(f"a movie score needs 2 frames or more, got shape {frames.shape}")
-    first, second = halves(len(frames))
-    x1, part = frames[first].mean(axis=0), frames[second]
-    y2 = part.mean(axis=0)
-    n2 = len(part)
-    how = variance if variance != "auto" else ("frames" if n2 >= 2 else "poisson")
-    if how == "frames":
-        if n2 < 2:
-            raise CannotScore(f"variance from the frames needs 2 target frames or more, got {n2} (use 4 frames)")
-        v = part.var(axis=0, ddof=1) / n2
-    elif how == "poisson":
-        s = float(scale) if scale and scale > 0 else estimated_scale(part)
-        v = np.clip(y2, 0.0, None) / (n2 * s)
-    else:
+    if variance not in ("auto", "frames", "poisson"):
         raise ValueError(f"variance: expected auto, frames or poisson, got {variance!r}")
+    first, second = halves(len(frames))
+    how = variance if variance != "auto" else ("frames" if len(second) >= 2 else "poisson")
+    if how == "frames" and len(second) < 2:
+        raise CannotScore(f"variance from the frames needs 2 target frames or more, got {len(second)} (use 4 frames)")
+    v = _mean_variance(frames[second], how, scale)
+    v1 = _mean_variance(frames[first], how if len(first) >= 2 else "poisson", scale)
     note = f"the mean of {len(first)} of {len(frames)} frames (dose {len(first)}/{len(frames)} of the stack's)"
-    return Pair(x1, y2, v, "movie", note)
+    return Pair(frames[first].mean(axis=0), frames[second].mean(axis=0), v, "movie", note, v1)
+
+
+def _mean_variance(part: np.ndarray, how: str, scale: float | None) -> np.ndarray:
+    """Unbiased per-pixel variance of the mean of the frames ``part`` (n, H, W): their sample variance / n
+    (``frames``) or the Poisson variance ``mean / (n scale)`` (``poisson``)."""
+    n = len(part)
+    if how == "frames":
+        return part.var(axis=0, ddof=1) / n
+    s = float(scale) if scale and scale > 0 else estimated_scale(part)
+    return np.clip(part.mean(axis=0), 0.0, None) / (n * s)
 
 
 def estimated_scale(frames: np.ndarray) -> float:
@@ -228,7 +233,7 @@ def split_pair(
     y2 = offset + gain * b / (1.0 - p)
     v = gain * gain * b / (1.0 - p) ** 2
     note = f"the frame thinned to p = {p:g} of its counts (dose {p:g} x the frame's)"
-    return Pair(x1, y2, v, "split", note)
+    return Pair(x1, y2, v, "split", note, gain * gain * a / p**2)
 
 
 def registered(frames: np.ndarray, log: Any = None, where: str = "frames") -> np.ndarray:
@@ -456,7 +461,44 @@ TABLE_HEADER = [
 TABLE_ALIGN = "rllrrrrrrrl"
 
 
-def summary(scores: Iterable[Score], margins_: Mapping[str, Any] | None = None) -> dict[str, Any]:
+IDENTITY = "noisy"  # the identity's row name in test and emdenoise.score
+
+
+def identity_check(pairs: Sequence[Pair], scores: Iterable[Score]) -> dict[str, Any] | None:
+    """A check of the assumptions: the identity's uMSE (row :data:`IDENTITY`) against the input's own noise
+    variance estimated the same way (``input_variance``). They agree (z within about 3) when the halves hold the
+    same signal with independent noise; a uMSE well below it means the target's variance was overestimated
+    (frames that differ in signal: residual drift, damage), well above it that it was underestimated
+    (correlated noise); either biases every score. None without the identity row or the variances."""
+    found = [s for s in scores if s.method == IDENTITY]
+    if not found or any(p.input_variance is None for p in pairs):
+        return None
+    expected = float(np.mean([np.mean(p.input_variance) for p in pairs if p.input_variance is not None]))
+    score = found[0]
+    z = (score.umse - expected) / score.umse_se if score.umse_se > 0 else math.nan
+    return {
+        "identity_umse": round(score.umse, 9),
+        "expected": round(expected, 9),
+        "ratio": round(score.umse / expected, 4) if expected > 0 else None,
+        "z": round(z, 2) if math.isfinite(z) else None,
+    }
+
+
+def check_lines(check: Mapping[str, Any] | None) -> list[str]:
+    """One markdown line on :func:`identity_check` (none without it)."""
+    if not check or check.get("z") is None:
+        return []
+    verdict = "the assumptions hold" if abs(check["z"]) <= 3 else "the assumptions FAIL: every score is biased"
+    return [
+        "",
+        f"Check: the noisy input's uMSE {check['identity_umse']:.4g} against its own noise variance "
+        f"{check['expected']:.4g} (ratio {check['ratio']}, z {check['z']:+.1f}): {verdict}.",
+    ]
+
+
+def summary(
+    scores: Iterable[Score], margins_: Mapping[str, Any] | None = None, check: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """JSON of ranked scores with the definitions (the ``without_truth`` section of the metrics files)."""
     ordered = ranked(scores)
     return {
@@ -470,6 +512,7 @@ def summary(scores: Iterable[Score], margins_: Mapping[str, Any] | None = None) 
         "ranking": [s.method for s in ordered],
         "methods": {s.method: s.to_json() for s in ordered},
         "margins": dict(margins_ or {}),
+        "identity_check": dict(check) if check else None,
     }
 
 

@@ -41,6 +41,8 @@ def test_the_test_task_scores_noisy_only_data_without_truth(tmp_path, capsys):
         assert noisy.umse - gauss.umse > 3 * (gauss.umse_se + noisy.umse_se)
         assert gauss.upsnr_pooled > noisy.upsnr_pooled
         assert part["ranking"][-1] == "noisy"
+        check = part["identity_check"]  # smooth scene, whole counts, drift undone: the assumptions hold
+        assert check is not None and abs(check["z"]) < 4
         best = part["ranking"][0]
         assert set(part["margins"]) == set(scores) - {best} and part["margins"]["noisy"]["vs"] == best
         assert part["margins"]["noisy"]["delta_umse"] > 3 * part["margins"]["noisy"]["se"]
