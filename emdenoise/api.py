@@ -221,7 +221,9 @@ def score(
     ``kind``: ``movie`` (registered frame halves; ``align`` registers them first), ``split`` (each frame's counts
     split binomially with ``p``; the counts from ``to_counts(values)`` or ``values x scale``, the scale estimated
     when None), ``auto`` (movie for 2 frames or more). ``data_range``: R of the PSNR (default max - min of the
-    frames, as the noisy-only dataset card defines it). Other keywords go to :func:`denoise`."""
+    frames, as the noisy-only dataset card defines it). Other keywords go to :func:`denoise`. The result holds the
+    ranked scores, each method's paired margin to the best (``margins``) and, with ``noisy`` among the methods,
+    the check of the assumptions (``check``: :func:`emdenoise.evaluation.without_truth.identity_check`)."""
     from emdenoise.evaluation import without_truth as wt
 
     micrograph, frames = _frames(data)
