@@ -14,6 +14,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {"denoise": "emdenoise.api", "load": "emdenoise.api", "Denoised": "emdenoise.api", "Micrograph": "emdenoise.api"}
+_API.update({"score": "emdenoise.api", "Scores": "emdenoise.api"})
 _API["Denoiser"] = "emdenoise.inference.denoiser"
 __all__ = ["__version__", *_API]
 

@@ -159,3 +159,104 @@ def denoise(
         log.warning("%s: frame %d inconsistent with its input (see Denoised.checks)", micrograph.source, i)
     image = np.stack(outputs).reshape(np.shape(micrograph.image))
     return Denoised(image, pixel, flagged, chosen.name, dict(chosen.settings), checks)
+
+
+DEFAULT_SCORED = ("noisy", "gaussian", "wiener")
+
+
+@dataclass(frozen=True)
+class Scores:
+    """What :func:`score` returns: every method's :class:`~emdenoise.evaluation.without_truth.Score`, best
+    first; the data range R of the PSNR; the first pair's input and each method's consistency map of it (the
+    local deviation in 32 px blocks, :mod:`emdenoise.evaluation.consistency`) for figures."""
+
+    scores: list[Any]
+    data_range: float
+    kind: str
+    input: np.ndarray = field(repr=False)
+    local_maps: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    margins: dict[str, Any] = field(default_factory=dict)  # uMSE above the best method's, paired
+    check: dict[str, Any] | None = None  # the identity's uMSE against the input's noise (the assumptions)
+
+    def markdown(self) -> str:
+        """The ranked table and the assumptions' check, markdown."""
+        from emdenoise.evaluation import without_truth as wt
+        from emdenoise.report.tables import table
+
+        rows = wt.table_rows(self.scores, self.margins)
+        return "\n".join([*table(wt.TABLE_HEADER, wt.TABLE_ALIGN, rows), *wt.check_lines(self.check)]) + "\n"
+
+    def to_json(self) -> dict[str, Any]:
+        from emdenoise.evaluation import without_truth as wt
+
+        summary = wt.summary(self.scores, self.margins, self.check)
+        return {"data_range": self.data_range, "kind": self.kind, **summary}
+
+
+def _local_map(frame: np.ndarray, output: np.ndarray) -> np.ndarray:
+    """The consistency check's local deviation map of ``output`` against ``frame`` (empty when undefined)."""
+    from emdenoise.evaluation import consistency
+
+    return consistency.check(frame, output).local_deviation
+
+
+def score(
+    data: Any,
+    methods: Any = DEFAULT_SCORED,
+    *,
+    kind: str = "auto",
+    data_range: float | None = None,
+    p: float = 0.5,
+    scale: float | None = None,
+    to_counts: Any = None,
+    variance: str = "auto",
+    seed: int = 0,
+    align: bool = True,
+    pixel_size: float | None = None,
+    **denoise_options: Any,
+) -> Scores:
+    """Scores without clean truth (:mod:`emdenoise.evaluation.without_truth`) of ``methods`` (names as
+    :func:`denoise` takes them; ``noisy`` the input itself) on ``data`` (frames, a path or a :class:`Micrograph`).
+
+    ``kind``: ``movie`` (registered frame halves; ``align`` registers them first), ``split`` (each frame's counts
+    split binomially with ``p``; the counts from ``to_counts(values)`` or ``values x scale``, the scale estimated
+    when None), ``auto`` (movie for 2 frames or more). ``data_range``: R of the PSNR (default max - min of the
+    frames, as the noisy-only dataset card defines it). Other keywords go to :func:`denoise`. The result holds the
+    ranked scores, each method's paired margin to the best (``margins``) and, with ``noisy`` among the methods,
+    the check of the assumptions (``check``: :func:`emdenoise.evaluation.without_truth.identity_check`)."""
+    from emdenoise.evaluation import without_truth as wt
+
+    micrograph, frames = _frames(data)
+    names = [methods] if isinstance(methods, str) else list(methods)
+    try:
+        pairs = wt.pairs_of(
+            frames,
+            kind,
+            p=p,
+            scale=scale,
+            to_counts=to_counts,
+            variance=variance,
+            seed=seed,
+            align=align,
+            log=log,
+            where=micrograph.source,
+        )
+    except wt.CannotScore as exc:
+        raise InputError.at(micrograph.source, "kind", str(exc)) from None
+    R = float(data_range) if data_range else float(np.ptp(frames)) or 1.0
+    inputs = np.stack([pair.input for pair in pairs]).astype(np.float32)
+    results, maps, outputs_of = [], {}, {}
+    for name in names:
+
+        def run(batch: np.ndarray, name: str = name) -> np.ndarray:
+            if name == "noisy":
+                return batch
+            options = {"max_deviation": 0.0, **denoise_options}
+            return denoise(batch, name, pixel_size or micrograph.pixel_size, **options).image
+
+        result, outputs_of[name] = wt.score_method(name, run, pairs, R, batch=len(pairs))
+        results.append(result)
+        maps[name] = _local_map(pairs[0].input, outputs_of[name][0])
+    margins = wt.margins(outputs_of, pairs, results)
+    check = wt.identity_check(pairs, results)
+    return Scores(wt.ranked(results), R, pairs[0].kind, inputs[0], maps, margins, check)

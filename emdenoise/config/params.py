@@ -516,6 +516,15 @@ class DenoiseParams(Section):
         min=0.0,
         max=10.0,
     )
+    score: str = param(
+        "str",
+        "off",
+        "scores without clean truth of the method, the noisy input, gaussian and wiener for each input "
+        "(its first image): movie (interleaved frame halves, registered), split (binomial split of each frame's "
+        "counts), auto (movie for 2 frames or more), off; written beside each output as <output>.scores.json, "
+        ".scores.md and .local_maps.png",
+        choices=("off", "auto", "movie", "split"),
+    )
     memory_limit_gb: float = memory_limit_param()
 
     def check(self) -> None:

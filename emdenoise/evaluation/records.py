@@ -116,14 +116,16 @@ class SplitMetrics(Record):
 
 @dataclass(frozen=True)
 class TestMetrics(Record):
-    """``test_metrics.json``: the test split's rows and settings, the generalisation split's rows, PSNR by dose."""
+    """``test_metrics.json``: the test split's rows and settings, the generalisation split's rows, PSNR by dose;
+    on noisy-only data the scores without truth instead of PSNR
+    (:func:`emdenoise.evaluation.without_truth.summary` per kind of pair)."""
 
     __test__: ClassVar[bool] = False  # not a pytest test class
     NESTED: ClassVar[Mapping[str, tuple[type[Record], str]]] = {
         "methods": (MethodSummary, "map"),
         "generalisation": (SplitMetrics, "one"),
     }
-    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"truth", "generalisation", "psnr_by_dose"})
+    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"truth", "generalisation", "psnr_by_dose", "without_truth"})
     FORMAT: ClassVar[str | None] = TEST_FORMAT
 
     n_images: int
@@ -142,6 +144,7 @@ class TestMetrics(Record):
     strongest_classical: Mapping[str, Any] | None = None
     generalisation: SplitMetrics | None = None
     psnr_by_dose: Mapping[str, Any] | None = None
+    without_truth: Mapping[str, Any] | None = None  # noisy-only data: per kind of pair, the ranked scores
 
     @property
     def split(self) -> SplitMetrics:

@@ -178,10 +178,46 @@ def _dose_lines(by_dose: Mapping[str, Any], methods: Mapping[str, MethodSummary]
     return lines + table(["method", *dose_header(bins)], "l" + "r" * len(bins), rows)
 
 
+WITHOUT_TRUTH_NOTE = (
+    "No clean images (dataset card has_clean: false): every method is scored without truth. Each input x1 is "
+    "denoised and compared with an independent noisy target y2 of the same signal; uMSE = mean[(f(x1) - y2)^2 - v] "
+    "with v an unbiased estimate of the target's noise variance, so it estimates the MSE against the signal; "
+    "uPSNR = 10 log10(R^2 / uMSE) per image, then averaged; ± one standard error (32 px blocks). uMSE above "
+    "the best: the difference on the same pairs, whose error is smaller (the target noise cancels). "
+    "Movie: x1, y2 the means of the interleaved frame halves of a stack, v their sample variance over frames "
+    "(the Poisson variance with fewer than 2 target frames); split: the counts of one frame split binomially, "
+    "v the Poisson variance of the target's counts. The score is at the dose of x1 (half the stack's, or p x "
+    "the frame's). Baselines with their default settings (nothing to tune them on). local_maps.png: the "
+    "consistency check's local deviation of each output against its input, in 32 px blocks."
+)
+
+
+def without_truth_lines(metrics: TestMetrics) -> list[str]:
+    """The scores-without-truth tables of noisy-only data, one per kind of pair, best first."""
+    from emdenoise.evaluation import without_truth as wt
+
+    lines = [
+        "# em_denoise test results (no clean truth)",
+        "",
+        f"{metrics.n_images} test tiles, data range R = {metrics.data_range:.6g} "
+        f"({metrics.data_range_definition}). Device {metrics.device}, precision {metrics.precision}.",
+        "",
+        WITHOUT_TRUTH_NOTE,
+    ]
+    for kind, section in (metrics.without_truth or {}).items():
+        pairs = "movie halves" if kind == "movie" else "binomial splits of single frames"
+        lines += ["", f"## Scores without truth: {pairs}", ""]
+        rows = wt.table_rows(wt.from_summary(section), section.get("margins"))
+        lines += table(wt.TABLE_HEADER, wt.TABLE_ALIGN, rows) + wt.check_lines(section.get("identity_check"))
+    return lines
+
+
 def markdown(metrics: TestMetrics | Mapping[str, Any]) -> str:
     """The whole ``results.md``: a header saying R, n, device, then the table sorted by PSNR, the structure
-    table, the generalisation split, PSNR by dose."""
+    table, the generalisation split, PSNR by dose (noisy-only data: the scores without truth)."""
     metrics = TestMetrics.coerce(metrics)
+    if metrics.without_truth is not None:
+        return "\n".join(without_truth_lines(metrics)) + "\n"
     methods = metrics.methods
     rows = [
         [str(rank), *_columns(name, methods[name]), settings(methods[name].to_json())]
@@ -198,7 +234,11 @@ def markdown(metrics: TestMetrics | Mapping[str, Any]) -> str:
 
 def text_table(metrics: TestMetrics | Mapping[str, Any]) -> list[str]:
     """The table as aligned plain-text lines, for the log."""
-    methods = TestMetrics.coerce(metrics).methods
+    metrics = TestMetrics.coerce(metrics)
+    if metrics.without_truth is not None:
+        keep = ("|", "## ", "Check: ")
+        return [line for line in without_truth_lines(metrics) if line.startswith(keep)]
+    methods = metrics.methods
     rows = [HEADER] + [_columns(name, methods[name]) for name in ranked(methods)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
     return [

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -46,6 +47,55 @@ from emdenoise.outputs import STAGING_DIR, remove_staging, write_json_atomic
 from emdenoise.runtime import device as runtime
 from emdenoise.runtime import distributed
 from emdenoise.tasks.context import TaskContext
+
+SCORE_FIGURE = ".local_maps.png"  # --score: the consistency maps beside each output (never an input)
+SCORE_REFERENCES = ("noisy", "gaussian", "wiener")  # --score: scored beside the method
+
+
+def scored_method(ctx: TaskContext) -> str:
+    """The method as :func:`emdenoise.api.score` takes it: a classical name, or the model file."""
+    sec = ctx.params.denoise
+    if not methods.is_model(sec.method) or sec.method != methods.MODEL:
+        return sec.method  # a classical name or zoo:NAME, as the API takes them
+    spec = sec.model
+    if spec.startswith("zoo:"):
+        return spec
+    return str(methods.find_model(spec, ctx.paths.get("model_dir"), "denoise.model")[1])
+
+
+def write_scores(ctx: TaskContext, outs: dict[Path, Path], device: torch.device) -> None:
+    """``denoise.score``: every input scored without truth (:func:`emdenoise.api.score`: the method, the noisy
+    input, gaussian, wiener), the table logged, the scores added to the output's sidecar under
+    ``scores_without_truth`` and the consistency maps drawn beside it (``<output>.local_maps.png``). An input
+    that cannot be scored (one frame that is not counts, ...) is a warning: its output stands."""
+    from emdenoise import api
+    from emdenoise.outputs import atomic_path
+    from emdenoise.report.figures import write_png
+    from emdenoise.report.local_maps import local_maps_figure
+
+    sec, log = ctx.params.denoise, ctx.log
+    method = scored_method(ctx)
+    names = list(dict.fromkeys([method, *SCORE_REFERENCES]))
+    options: dict[str, Any] = {"device": str(device), "precision": sec.precision, "tile_size": sec.tile_size}
+    options |= {"tile_overlap": sec.tile_overlap, "batch_size": sec.batch_size, "memory_mb": sec.memory_mb}
+    options |= {"rescale": sec.rescale, "scale_tolerance": sec.scale_tolerance}
+    for path, out in outs.items():
+        try:
+            scores = api.score(path, names, kind=sec.score, pixel_size=sec.pixel_size or None, **options)
+        except InputError as exc:
+            log.warning("%s: not scored: %s", path, exc)
+            continue
+        log.info("%s: scores without truth (R = %.6g):", path, scores.data_range)
+        for line in scores.markdown().splitlines():
+            log.info("%s", line)
+        sidecar = micrographs.sidecar_of(out)
+        record = json.loads(sidecar.read_text(encoding="utf-8"))
+        record["scores_without_truth"] = scores.to_json()
+        write_json_atomic(sidecar, record)
+        maps = {name: [local] for name, local in scores.local_maps.items()}
+        fig = local_maps_figure([scores.input], maps, sec.max_deviation or 0.07, [out.name])
+        with atomic_path(out.with_name(out.name + SCORE_FIGURE)) as tmp:
+            write_png(fig, tmp)
 
 
 def warn_inconsistent(log, path: Path, check: dict | None) -> None:
@@ -145,7 +195,7 @@ def plan_outputs(ctx: TaskContext) -> tuple[dict[Path, Path], Path]:
         folder = given
         beside = given.resolve() == output_dir.resolve() and suffix
         found = micrographs.find_inputs(given, sec.pattern, given / STAGING_DIR if beside else output_dir, log)
-        files = [p for p in found if not _an_output(p)]
+        files = [p for p in found if not _an_output(p) and not p.name.endswith(SCORE_FIGURE)]
         if not files:
             raise InputError.at(given, "input_dir", "expected images besides the earlier outputs of denoise")
     outs = {path: output_dir / output_name(path.relative_to(folder), suffix) for path in files}
@@ -211,6 +261,8 @@ def _run(ctx: TaskContext, world: distributed.World, device: torch.device) -> No
     for folder in sorted({out.parent for out in outs.values()} if world.is_main else ()):  # and abandoned runs'
         remove_staging(folder / STAGING_DIR)
 
+    if ctx.params.denoise.score != "off" and world.is_main:
+        write_scores(ctx, outs, device)
     frames, computed, tiles = distributed.totals([sum(r.frames for r in done), len(done), engine.tiles_run], world)
     (seconds,) = distributed.totals([sum(r.seconds for r in done)], world, maximum=True)  # side by side
     reused = len(files) - int(computed)

@@ -3,6 +3,7 @@
     emdenoise denoise --input movie.dm4                       # -> movie_denoised.tif beside it
     emdenoise denoise --input frames/ --method wiener --output denoised/
     emdenoise denoise --input frame.tif --model zoo:hrtem-ffdnet --pixel-size 0.12 --tile-size 512
+    emdenoise denoise --input movie.tif --method wiener --score     # + movie_denoised.tif.scores.md
 
 Each flag is a parameter of the ``denoise:`` section set on the command line (the same as ``--set
 denoise.KEY=VALUE``, which stays for everything else). Without a parameters file the built-in defaults apply.
@@ -46,11 +47,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     for flag, (key, metavar, text) in FLAGS.items():
         parser.add_argument(flag, dest=f"denoise_{key}", default=None, metavar=metavar, help=text)
+    parser.add_argument(
+        "--score",
+        dest="denoise_score",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="KIND",
+        help="also score the method without clean truth (auto, movie or split; denoise.score)",
+    )
 
 
 def overrides(args: argparse.Namespace) -> list[str]:
     """The ``--set`` overrides the flags stand for (before the user's own ``--set``, which win)."""
-    sets = [f"denoise.{key}={value}" for key, *_ in FLAGS.values() if (value := getattr(args, f"denoise_{key}", None))]
+    keys = [key for key, *_ in FLAGS.values()] + ["score"]
+    sets = [f"denoise.{key}={value}" for key in keys if (value := getattr(args, f"denoise_{key}", None))]
     if getattr(args, "input_dir", None) and not getattr(args, "output_dir", None):
         sets.append(f"denoise.suffix={SUFFIX}")
     return sets

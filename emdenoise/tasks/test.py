@@ -35,10 +35,11 @@ from typing import Any
 
 import torch
 
+from emdenoise.classical import methods as classical
 from emdenoise.data.splits import Split, load_card, load_split
 from emdenoise.errors import InputError
-from emdenoise.evaluation import report
-from emdenoise.evaluation.records import TestMetrics
+from emdenoise.evaluation import noisy_test, report
+from emdenoise.evaluation.records import MethodSummary, TestMetrics
 from emdenoise.evaluation.report import COMPARISON, figure_indices, figures, per_image_csv
 from emdenoise.evaluation.run import (
     find_models,
@@ -51,7 +52,7 @@ from emdenoise.evaluation.run import (
 from emdenoise.evaluation.scorer import Scorer, Structure, dose_bins
 from emdenoise.inference.denoiser import Denoiser
 from emdenoise.layout import MODEL_FILE, SPLIT_FILE
-from emdenoise.method import Identity, Method
+from emdenoise.method import Context, Identity, Method
 from emdenoise.outputs import Transaction
 from emdenoise.report.figures import write_png
 from emdenoise.runtime import device as runtime
@@ -77,6 +78,11 @@ class Plan:
     @property
     def data_range(self) -> float:
         return float(self.card["data_range"])  # checked by load_card: a number > 0
+
+    @property
+    def has_clean(self) -> bool:
+        """Whether the test split holds clean images (noisy-only data: ``has_clean: false``, scored without truth)."""
+        return self.card.get("has_clean", True) is not False
 
     @property
     def pixel_size(self) -> float | None:
@@ -122,14 +128,15 @@ def plan(ctx: TaskContext) -> Plan:
     test = load_split(data_dir, "test", sec.max_test_images)
     if len(test) == 0:
         raise InputError.at(data_dir / "test.h5", "noisy", "expected at least one test pair, found none")
-    val = _val_split(data_dir, sec.tune_images, test, log) if baseline_names else None
+    has_clean = card.get("has_clean", True) is not False
+    val = _val_split(data_dir, sec.tune_images, test, log) if baseline_names and has_clean else None
     device, precision, denoisers = torch.device("cpu"), "fp32", {}
     if model_files:
         device = runtime.resolve_device(sec.device, "test.device", where)
         precision = runtime.resolve_precision(sec.precision, device, "test.precision", where)
         denoisers = {name: load_model(path, device, precision) for name, path in model_files.items()}
     gen_path = data_dir / SPLIT_FILE.format(split=GENERALISATION)
-    gen = load_split(data_dir, GENERALISATION, sec.max_test_images) if gen_path.is_file() else None
+    gen = load_split(data_dir, GENERALISATION, sec.max_test_images) if gen_path.is_file() and has_clean else None
     if gen is not None and len(gen):
         log.info("%s: %d images, scored beside the test split", gen_path, len(gen))
     gen = gen if gen is not None and len(gen) else None
@@ -137,10 +144,13 @@ def plan(ctx: TaskContext) -> Plan:
 
 
 def methods(p: Plan, batch_size: int, log: logging.Logger) -> list[Method]:
-    """Every row as a method: the identity, each baseline tuned on the val split, each network."""
+    """Every row as a method: the identity, each baseline tuned on the val split (noisy-only data: with its
+    default settings), each network."""
     rows: list[Method] = [Identity()]
     for name in p.baselines:
-        assert p.val is not None
+        if p.val is None:  # no clean pairs to tune on
+            rows.append(classical.build(name, Context(pixel_size=p.pixel_size)))
+            continue
         rows.append(tune_baseline(name, p.val, p.data_range, log))
     for name, path in p.models.items():
         rows.append(network(name, path, p.denoisers[name], batch_size, p.data_range, log))
@@ -185,6 +195,8 @@ def write(out_dir: Path, scorers: dict[str, Scorer], metrics: TestMetrics, drawn
                 write_png(fig, tmp)
         if stale:  # test.figure_images: 0; an old comparison would mislead
             tx.remove(stale)
+        if (out_dir / noisy_test.LOCAL_MAPS).exists():  # an earlier run on noisy-only data
+            tx.remove(out_dir / noisy_test.LOCAL_MAPS)
         tx.write_json(out_dir / "test_metrics.json", metrics.to_json())  # the completion marker, last
     return stale
 
@@ -203,6 +215,9 @@ def run(ctx: TaskContext) -> None:
         p.device,
         p.precision,
     )
+    if not p.has_clean:
+        run_without_truth(ctx, p)
+        return
     structure = Structure.of(sec)
     indices = figure_indices(len(p.test), sec.figure_images)
     scorers = {"test": Scorer(p.test, p.data_range, indices, structure, p.pixel_size)}
@@ -219,3 +234,42 @@ def run(ctx: TaskContext) -> None:
     for line in report.text_table(metrics):
         log.info("%s", line)
     log.info("wrote %s to %s", ", ".join(["test_metrics.json", "per_image.csv", "results.md", *drawn]), out_dir)
+
+
+def run_without_truth(ctx: TaskContext, p: Plan) -> None:
+    """Noisy-only data: every method scored without truth (:mod:`emdenoise.evaluation.noisy_test`); writes
+    ``test_metrics.json`` (the ``without_truth`` section), ``results.md`` and ``local_maps.png`` together."""
+    sec, log, out_dir = ctx.params.test, ctx.log, ctx.paths["output_dir"]
+    found = noisy_test.pairs(p.test, noisy_test.card_scale(p.card))
+    log.info(
+        "no clean images: scoring without truth on %s",
+        ", ".join(f"{len(v)} {k} pair(s)" for k, v in found.items()),
+    )
+    rows = methods(p, sec.batch_size, log)
+    scored = noisy_test.score_all(rows, found, p.data_range, p.pixel_size, sec.batch_size, sec.max_deviation)
+    summaries = {m.name: MethodSummary(kind=m.kind, params=dict(m.settings)) for m in rows}
+    metrics = TestMetrics(
+        n_images=len(p.test),
+        data_range=p.data_range,
+        methods=summaries,
+        data_range_definition=p.card.get("data_range_definition", "the dataset card's data_range"),
+        image_shape=list(p.test.noisy.shape[1:]),
+        device=str(p.device),
+        precision=str(p.precision),
+        baseline_treatment="default settings: no clean pairs to tune on",
+        pixel_size_angstrom=p.pixel_size,
+        without_truth=scored.summary(),
+    )
+    drawn = {noisy_test.LOCAL_MAPS: noisy_test.figure(scored, sec.max_deviation)}
+    with Transaction() as tx:
+        tx.write_text(out_dir / "results.md", report.markdown(metrics))
+        for name, fig in drawn.items():
+            with tx.writing(out_dir / name) as tmp:
+                write_png(fig, tmp)
+        for name in ("per_image.csv", COMPARISON, "psnr_bar.png"):  # an earlier run's, against clean images
+            if (out_dir / name).exists():
+                tx.remove(out_dir / name)
+        tx.write_json(out_dir / "test_metrics.json", metrics.to_json())
+    for line in report.text_table(metrics):
+        log.info("%s", line)
+    log.info("wrote test_metrics.json, results.md, %s to %s", noisy_test.LOCAL_MAPS, out_dir)
