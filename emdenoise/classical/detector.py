@@ -45,6 +45,7 @@ and a level-dependent variance give a trustworthy gain.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -400,3 +401,16 @@ def looks_like_counts(model: DetectorModel) -> bool:
     (or 10 % and half a count)."""
     gain_ok = abs(model.gain - 1.0) <= max(3.0 * model.gain_error, 0.1)
     return gain_ok and abs(model.offset) <= max(3.0 * model.offset_error, 0.5)
+
+
+def offset_counts(frame: np.ndarray) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The map values -> counts of a frame of detector values (its own fitted model), or None when the frame
+    follows no such model or its values already are counts (:func:`looks_like_counts`): then a plain count
+    scale serves, and is the better estimate on small frames."""
+    try:
+        model = estimate_detector(frame)
+    except NotDetector:
+        return None
+    if looks_like_counts(model) or model.offset <= 3.0 * model.offset_error:
+        return None
+    return lambda values: to_counts(values, model)

@@ -26,11 +26,12 @@ Two ways of getting the pair (:class:`Pair`):
   (``p = 0.5``: half the dose): lower doses score lower, so it is a conservative figure for the full frame.
   With a detector offset (values = offset + counts / s), ``x1`` and ``y2`` get the offset back.
 
-The counts come from an injectable function ``to_counts(values) -> counts`` (e.g. a detector model's), else
-from ``values x scale`` with the scale given (the dataset card's ``count_scale``) or estimated from the frame
-(:func:`emdenoise.classical.noise.estimate_count_scale`; the map back is then exactly ``1 / scale``). With an
-injected function the map back to values is fitted as the straight line through (counts, values), so an offset
-and a gain are both honoured.
+The counts come from an injectable function ``to_counts(values) -> counts`` (e.g. a detector model's), else,
+for a frame of detector values on an offset, from its own photon-transfer fit
+(:func:`emdenoise.classical.detector.offset_counts`), else from ``values x scale`` with the scale given (the
+dataset card's ``count_scale``) or estimated from the frame (:func:`emdenoise.classical.noise.estimate_count_scale`;
+the map back is then exactly ``1 / scale``). With an injected function or a fitted model the map back to values
+is the straight line through (counts, values), so an offset and a gain are both honoured.
 
 Uncertainty: the per-pixel terms are averaged in blocks of :data:`BLOCK` px (images under 4 blocks a side get
 smaller blocks, down to :data:`MIN_BLOCK` px); the standard error of one image's uMSE is the spread of its block
@@ -212,10 +213,16 @@ def split_pair(
 ) -> Pair:
     """The binomial split of one counted frame (see the module notes): ``x1 = offset + gain a / p``, target
     ``offset + gain b / (1 - p)``, variance ``gain^2 b / (1 - p)^2``. ``to_counts`` maps the frame's values to
-    counts (default: :func:`default_counts` with ``scale``, estimated from the frame when None)."""
+    counts (default: the frame's own detector model when it sits on an offset,
+    :func:`emdenoise.classical.detector.offset_counts`; else :func:`default_counts` with ``scale``, estimated
+    from the frame when None)."""
+    from emdenoise.classical.detector import offset_counts
+
     if not 0.0 < p < 1.0:
         raise ValueError(f"p: expected 0 < p < 1, got {p}")
     values = np.asarray(values, dtype=np.float64)
+    if to_counts is None and not scale:
+        to_counts = offset_counts(values)
     if to_counts is None:
         s = float(scale) if scale else estimated_scale(values[None])
         counts, offset, gain = default_counts(values, s), 0.0, 1.0 / s

@@ -248,3 +248,24 @@ def test_a_real_movie_is_ranked_and_its_assumptions_checked():
     noisy = scores.margins["noisy"]
     assert noisy["delta_umse"] > 10 * noisy["se"]
     assert scores.check is not None and scores.check["ratio"] < 0.9 and scores.check["z"] < -3
+
+
+def test_a_split_of_detector_values_on_an_offset_scores_like_the_counts_under_them():
+    """A frame of readings ``offset + gain x counts``: the split finds the offset itself, and the score of the
+    noisy input in detector units is the score of the counts times gain^2 (the same uPSNR against the same range)."""
+    rng = np.random.default_rng(3)
+    y, x = np.mgrid[:128, :128].astype(float)
+    lam = 40 + 30 * (np.cos(2 * np.pi * y / 9) * np.cos(2 * np.pi * x / 11)) ** 2
+    counts = rng.poisson(lam).astype(float)
+    readings = 30000 + 8.0 * counts
+    on_counts = wt.split_pair(counts, np.random.default_rng(0), scale=1.0)
+    on_readings = wt.split_pair(readings, np.random.default_rng(0))
+    signal = on_readings.target.mean() - 30000
+    assert signal == pytest.approx(8.0 * on_counts.target.mean(), rel=0.05)  # the offset found, not counted
+    # the fitted offset is known to a few counts (its error), which moves the variance by some per cent
+    assert on_readings.variance.mean() == pytest.approx(64 * on_counts.variance.mean(), rel=0.2)
+    # a score treating the readings as counts (no offset) would take the variance for about 8 x 30000 / 40 x larger
+    assert (
+        wt.split_pair(readings, np.random.default_rng(0), scale=1 / 8.0).variance.mean()
+        > 10 * on_readings.variance.mean()
+    )
