@@ -14,9 +14,10 @@ and checked against its input (:func:`emdenoise.evaluation.consistency.check`). 
 other four frames, aligned: their noise is independent of the first frame's, so the estimate nearer the signal
 correlates better with it.
 
-Hooks left for the lead (see :data:`PENDING`): the detector offset and gain (``emdenoise.classical.detector``)
-and the scores without clean truth (``emdenoise.evaluation.without_truth``) each get a column per method, filled
-by :func:`pending_scores` once those modules are merged.
+Two measurements need no clean image: each file's detector offset and gain, fitted to its own noise
+(:func:`emdenoise.classical.detector.describe`), and each method's score without clean truth
+(:func:`emdenoise.score`: the movie's registered frame halves, a single frame's binomial split of its counts),
+with the check of that score's assumptions (:func:`score_sample`).
 """
 
 from __future__ import annotations
@@ -36,8 +37,6 @@ ZOO = "zoo:hrtem-ffdnet"
 ZOO_RESCALED = "zoo:hrtem-ffdnet, rescaled input"
 REGION = 512  # the side of the region denoised (and timed) in each file
 ROOT = Path(__file__).resolve().parents[2]
-# HOOK(lead): the columns the detector and without-truth helpers fill (pending_scores); shown as "pending"
-PENDING = ("counts (detector offset/gain)", "score without truth")
 
 
 @dataclass(frozen=True)
@@ -104,7 +103,7 @@ class Outcome:
     seconds: float | None = None
     check: dict[str, Any] = field(default_factory=dict)
     frame_correlation: float | None = None
-    pending: dict[str, Any] = field(default_factory=dict)
+    score: dict[str, Any] = field(default_factory=dict)  # without clean truth: upsnr, its se, the paired margin
     note: str = ""
 
 
@@ -123,6 +122,10 @@ class Sample:
     reference: np.ndarray | None = field(default=None, repr=False)
     registration: dict[str, Any] = field(default_factory=dict)
     outcomes: list[Outcome] = field(default_factory=list)
+    movie: np.ndarray | None = field(default=None, repr=False)  # the registered frames' regions (a movie)
+    detector: dict[str, Any] = field(default_factory=dict)  # the fitted offset and gain, or why refused
+    score_check: dict[str, Any] | None = None  # the check of the scores' assumptions (the noisy input's uMSE)
+    score_kind: str = ""
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -176,6 +179,7 @@ def register_movie(sample: Sample, frames: np.ndarray) -> None:
     }
     sample.region = _region(aligned[0].astype(frames.dtype), None)
     sample.reference = _region(np.mean(aligned[1:], axis=0), None)
+    sample.movie = np.stack([_region(frame, None) for frame in aligned])
 
 
 def best_whole_drift(first: np.ndarray, other: np.ndarray, reach: int = 12) -> tuple[int, int]:
@@ -234,15 +238,34 @@ def run_method(sample: Sample, method: str) -> Outcome:
     outcome = Outcome(method, image, seconds, check)
     if sample.reference is not None:
         outcome.frame_correlation = correlation(image, sample.reference)
-    outcome.pending = pending_scores(sample, image)
     return outcome
 
 
-def pending_scores(sample: Sample, estimate: np.ndarray) -> dict[str, Any]:
-    """HOOK(lead): fill :data:`PENDING` once merged: the frame's counts from
-    ``emdenoise.classical.detector`` (offset, gain: then the consistency check on counts, not detector values)
-    and ``emdenoise.evaluation.without_truth``'s scores of ``estimate`` against ``sample.region``."""
-    return {}
+def score_sample(sample: Sample) -> None:
+    """The detector model of the region and every method's score without clean truth (the methods that ran,
+    except the rescaled zoo model, which is no method ``denoise`` names): a movie by its registered frame
+    halves, a single frame by a binomial split of its counts (through its own detector model where it sits
+    on an offset). Scores are at half the file's dose (a half of the frames, or of the counts)."""
+    from emdenoise.classical import detector
+
+    sample.detector = detector.describe(sample.region)
+    ran = [o.method for o in sample.outcomes if o.image is not None and o.method != ZOO_RESCALED]
+    data = sample.movie if sample.movie is not None else sample.region
+    kind = "movie" if sample.movie is not None else "split"
+    try:
+        scores = emdenoise.score(data, ["noisy", *ran], kind=kind, align=False, pixel_size=sample.pixel_size)
+    except EmdError as exc:
+        sample.score_check = {"refused": str(exc)}
+        return
+    sample.score_kind, sample.score_check = kind, scores.check
+    by = {s.method: s for s in scores.scores}
+    for outcome in sample.outcomes:
+        found = by.get(outcome.method)
+        if found is not None:
+            upsnr, se = found.upsnr_pooled, found.upsnr_pooled_se
+            outcome.score = {"upsnr": upsnr, "upsnr_se": se, "margin": scores.margins.get(outcome.method)}
+    noisy = by["noisy"]
+    sample.registration.setdefault("noisy_upsnr", [noisy.upsnr_pooled, noisy.upsnr_pooled_se])
 
 
 def warm_up() -> None:
@@ -269,6 +292,7 @@ def measure(realdata: Path, cache: Path | None = None) -> list[Sample]:
             continue
         sample = read_sample(spec, path)
         sample.outcomes = [run_method(sample, method) for method in methods()]
+        score_sample(sample)
         samples.append(sample)
         print(f"{spec.key}: {len(sample.outcomes)} methods", file=sys.stderr)
     return samples

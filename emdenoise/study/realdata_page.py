@@ -24,24 +24,22 @@ from emdenoise.outputs import atomic_path
 from emdenoise.report.figures import figure
 from emdenoise.report.tables import num, table
 from emdenoise.study import realdata
-from emdenoise.study.realdata import PENDING, ZOO, ZOO_RESCALED, Outcome, Sample
+from emdenoise.study.realdata import ZOO, ZOO_RESCALED, Outcome, Sample
 
 VIEW = 160  # the side of the crop each figure shows (pixels of the region's centre)
 LOCAL = "local"  # the folder, under the figures' folder, of figures that are not published
-FIGURE_FILTERS = ("median", "nlm", "bragg", "wiener")  # HOOK(lead): rank by a score without truth instead
+SCORE = "uPSNR without truth (dB)"
 
 
 def _shown(sample: Sample) -> list[Outcome]:
-    """The panels after the noisy crop: the zoo model twice, then four classical filters: those whose estimate
-    correlates best with the movie's other frames where there is a movie, else :data:`FIGURE_FILTERS`."""
+    """The panels after the noisy crop: the zoo model twice, then the four classical filters with the best
+    scores without clean truth (without scores: the best correlation with the movie's other frames)."""
     done = [o for o in sample.outcomes if o.image is not None]
     classical = [o for o in done if o.method not in (ZOO, ZOO_RESCALED)]
-    if sample.reference is not None:
+    classical.sort(key=lambda o: -(o.score.get("upsnr") or -1e9))
+    if not any(o.score.get("upsnr") is not None for o in classical):
         classical.sort(key=lambda o: -(o.frame_correlation or -1.0))
-        chosen = classical[:4]
-    else:
-        chosen = [o for o in classical if o.method in FIGURE_FILTERS]
-    return [o for o in done if o.method in (ZOO, ZOO_RESCALED)] + chosen
+    return [o for o in done if o.method in (ZOO, ZOO_RESCALED)] + classical[:4]
 
 
 def _view(image: np.ndarray) -> np.ndarray:
@@ -90,9 +88,10 @@ def save_gray(fig: Any, dest: Path) -> None:
 def _row(sample: Sample, outcome: Outcome) -> list[str]:
     check = outcome.check
     if outcome.image is None:
-        return [f"`{outcome.method}`", "-", "-", "-", "-", outcome.note, "-", *["-"] * len(PENDING)]
+        return [f"`{outcome.method}`", "-", "-", "-", "-", outcome.note, "-", "-"]
     flagged = "**flagged**" if check.get("inconsistent") else "passes"
-    pending = [str(outcome.pending.get(name, "pending")) for name in PENDING]
+    upsnr, se = outcome.score.get("upsnr"), outcome.score.get("upsnr_se")
+    score = "-" if upsnr is None else f"{upsnr:.2f} ± {num(se, '.2f')}"
     return [
         f"`{outcome.method}`",
         num(outcome.seconds, ".2f"),
@@ -101,7 +100,7 @@ def _row(sample: Sample, outcome: Outcome) -> list[str]:
         num(check.get("deviation"), ".3g"),
         flagged,
         num(outcome.frame_correlation, ".3f"),
-        *pending,
+        score,
     ]
 
 
@@ -109,9 +108,12 @@ def method_table(sample: Sample) -> list[str]:
     header = ["method", "s per region", "deviance ratio", "z", "deviation", "check", "corr. with frames 1-4"]
     rows = [_row(sample, o) for o in sample.outcomes]
     if sample.reference is not None:
-        noisy = ["noisy input", "-", "-", "-", "-", "-", num(_noisy_correlation(sample), ".3f"), *["-"] * len(PENDING)]
+        noisy = ["noisy input", "-", "-", "-", "-", "-", num(_noisy_correlation(sample), ".3f"), "-"]
         rows.insert(0, noisy)
-    return table([*header, *PENDING], "lrrrrlr" + "l" * len(PENDING), rows)
+    noisy_score = sample.registration.get("noisy_upsnr")
+    if noisy_score and noisy_score[0] is not None:
+        rows.insert(0, ["noisy input (score)", *["-"] * 6, f"{noisy_score[0]:.2f} ± {num(noisy_score[1], '.2f')}"])
+    return table([*header, SCORE], "lrrrrlrr", rows)
 
 
 def _noisy_correlation(sample: Sample) -> float:
@@ -133,6 +135,9 @@ def results(samples: list[Sample], hardware: dict[str, Any]) -> dict[str, Any]:
                 "calibration": s.calibration,
                 "region": list(s.region.shape),
                 "registration": s.registration,
+                "detector": s.detector,
+                "score_kind": s.score_kind,
+                "score_check": s.score_check,
                 "methods": {
                     o.method: {
                         "seconds": None if o.seconds is None else round(o.seconds, 4),
@@ -140,6 +145,7 @@ def results(samples: list[Sample], hardware: dict[str, Any]) -> dict[str, Any]:
                         "frame_correlation": None if o.frame_correlation is None else round(o.frame_correlation, 4),
                         "output_mean": None if o.image is None else round(float(o.image.mean()), 3),
                         "output_std": None if o.image is None else round(float(o.image.std()), 3),
+                        "score_without_truth": o.score,
                         "note": o.note,
                     }
                     for o in s.outcomes
@@ -199,7 +205,7 @@ def markdown(samples: list[Sample], numbers: dict[str, Any], command: str, figur
     for sample in samples:
         lines += _file_section(sample, figures)
     lines += _failures(samples)
-    lines += _pending()
+    lines += _scores_note()
     return lines
 
 
@@ -256,6 +262,35 @@ def _registration(movie: Sample) -> list[str]:
     ]
 
 
+def _detector_line(sample: Sample) -> str:
+    d = sample.detector
+    if not d:
+        return "Detector model: not measured."
+    if "refused" in d:
+        return f"Detector model: none fits ({d['refused']}); the split score cannot use counts here."
+    return (
+        f"Detector model ([fitted to the frame's own noise](../explanation/detector.md)): offset "
+        f"{d['offset']:,.0f} ± {d['offset_error']:,.0f}, gain {d['gain']:.4g} ± {d['gain_error']:.2g} values per "
+        f"electron (R² {d['r2']:.2f}), median {d['counts_median']:.3g} electrons per pixel."
+    )
+
+
+def _check_line(sample: Sample) -> str:
+    check = sample.score_check
+    if not check:
+        return "Scores without truth: not measured."
+    if "refused" in check:
+        return f"Scores without truth: none ({check['refused']})."
+    z = check.get("z")
+    verdict = (
+        "holds" if z is not None and abs(z) <= 3 else "**fails** (the scores are biased; the ranking may still hold)"
+    )
+    return (
+        f"Scores' assumptions ({sample.score_kind}): the noisy input's uMSE over its own noise estimate is "
+        f"{num(check.get('ratio'), '.2f')} (z {num(check.get('z'), '.1f')}): the check {verdict}."
+    )
+
+
 def _file_section(sample: Sample, figures: str) -> list[str]:
     by = {o.method: o for o in sample.outcomes}
     flagged = [f"`{o.method}`" for o in sample.outcomes if o.check.get("inconsistent")]
@@ -272,6 +307,10 @@ def _file_section(sample: Sample, figures: str) -> list[str]:
         _figure(sample, figures),
         "",
         *method_table(sample),
+        "",
+        _detector_line(sample),
+        "",
+        _check_line(sample),
         "",
     ]
     if zoo is not None and zoo.image is not None:
@@ -377,18 +416,17 @@ def _movie_verdict(movie: Sample) -> str:
     )
 
 
-def _pending() -> list[str]:
+def _scores_note() -> list[str]:
     return [
-        "## Pending: counts and scores without clean truth",
+        "## How the scores without truth are made",
         "",
-        "<!-- HOOK(lead): fill these columns through emdenoise.study.realdata.pending_scores once "
-        "emdenoise.classical.detector and emdenoise.evaluation.without_truth are merged, then rerun "
-        "run/realdata.sh. -->",
-        "",
-        f"The columns {', '.join(f'*{p}*' for p in PENDING)} of the tables above are left for two measurements "
-        "being added: the detector offset and gain of each frame (`emdenoise.classical.detector`: the frames in "
-        "counts, so that the consistency check speaks of electrons) and scores that need no clean image "
-        "(`emdenoise.evaluation.without_truth`). Until then they read *pending*.",
+        f"*{SCORE}*: [scores without clean truth](../explanation/metrics.md) (`emdenoise.score`): the ABF movie by "
+        "its registered frame halves, each single frame by a binomial split of its counts (the counts through "
+        "the frame's own detector offset and gain, [fitted to its noise](../explanation/detector.md)), with the "
+        "data range of the frames; at half the file's dose (half of the frames, or of the counts), so lower "
+        "than the whole file would give. The *assumptions* line under each table is the check of these scores: "
+        "the noisy input's score against its own noise estimate (ratio 1 when the halves are independent with "
+        "the noise the model says); where it fails, the ranking may hold but the numbers are biased.",
         "",
     ]
 
