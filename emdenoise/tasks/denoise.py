@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from emdenoise.errors import InputError
+from emdenoise.evaluation import advice, consistency
 from emdenoise.inference import methods
 from emdenoise.inference.denoiser import Denoised, FileDenoiser
 from emdenoise.io import micrographs
@@ -52,12 +53,11 @@ def warn_inconsistent(log, path: Path, check: dict | None) -> None:
     """One warning line naming the input when an output disagrees with its counts (the consistency check)."""
     if check and check["inconsistent"]:
         log.warning(
-            "%s: output inconsistent with its input in frame(s) %s (Poisson deviance implies a relative error "
-            "of %.3g > denoise.max_deviation %.3g): the model may be inventing or erasing structure",
+            "%s: output inconsistent with its input in frame(s) %s (%s): the model may be inventing or erasing "
+            "structure",
             path,
             ", ".join(map(str, check["inconsistent_frames"][:8])),
-            check["worst_deviation"],
-            check["max_deviation"],
+            consistency.why_flagged(check),
         )
 
 
@@ -225,3 +225,6 @@ def _run(ctx: TaskContext, world: distributed.World, device: torch.device) -> No
         )
     else:
         log.info("all %d output(s) up to date, nothing to do", reused)
+    if done:  # which denoiser to trust on these frames (this process's share under torchrun)
+        spec = sec.method if sec.method != methods.MODEL else sec.model
+        log.info("%s", advice.for_run([r.record for r in done], advice.model_dose_range(spec)).line())

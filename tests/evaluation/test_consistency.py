@@ -81,3 +81,88 @@ def test_a_model_of_one_lattice_is_consistent_on_it_and_flagged_on_another():
     assert on_other.inconsistent, on_other.summary()
     assert on_other.deviation > 2 * on_own.deviation
     assert on_other.summary()["flagged_fraction"] > 0.5 > on_own.summary()["flagged_fraction"]
+
+
+def _faint() -> np.ndarray:
+    """A square lattice of a few % contrast (about graphene's in HRTEM): what a flat output may erase unseen."""
+    return atom_image(SIDE, lattice_sites(SIDE, 6.0, kind="square", angle=1.0), contrast=0.05, width=1.5)
+
+
+def _wrong_lattices() -> dict[str, np.ndarray]:
+    """Estimates that paint another lattice than the faint square one: hexagonal, or the same one shifted."""
+    return {
+        "hexagonal": atom_image(SIDE, lattice_sites(SIDE, 5.0, angle=0.3), contrast=0.05, width=1.2),
+        "shifted": atom_image(SIDE, lattice_sites(SIDE, 6.0, kind="square", angle=1.0) + 3.0, contrast=0.05, width=1.5),
+    }
+
+
+@pytest.mark.parametrize("dose", [2.0, 20.0, 200.0, 2000.0])
+def test_erased_and_blurred_lattices_are_flagged_where_the_counts_show_them(dose):
+    from scipy import ndimage
+
+    clean = _faint()
+    noisy = _noisy(np.random.default_rng(3), clean, dose)
+    truth = consistency.check(noisy, clean)
+    assert not truth.inconsistent, truth.summary()
+    for erased in (np.full_like(clean, clean.mean()), ndimage.gaussian_filter(clean, 3.0)):
+        result = consistency.check(noisy, erased)
+        summary = result.summary()
+        if result.counts_show_structure:
+            assert result.verdict == "inconsistent" and summary["tests"]["lattice"]["fired"], summary
+            assert "erased" in summary["tests"]["lattice"]["why"], summary
+        else:  # the counts cannot show the lattice: not confirmed either
+            assert result.verdict == "cannot tell", summary
+    if dose >= 200:  # where the counts show the lattice (the test above is not vacuous)
+        assert truth.verdict == "consistent" and truth.counts_show_structure
+    if dose <= 2:  # a lattice of 5 % at 2 e/px: the counts cannot tell a correct estimate from a flat one
+        assert truth.verdict == "cannot tell" and not truth.counts_show_structure
+
+
+@pytest.mark.parametrize("dose", [200.0, 2000.0])
+def test_a_foreign_or_shifted_lattice_painted_over_the_counts_is_flagged(dose):
+    noisy = _noisy(np.random.default_rng(4), _faint(), dose)
+    for name, estimate in _wrong_lattices().items():
+        summary = consistency.check(noisy, estimate).summary()
+        assert summary["verdict"] == "inconsistent" and summary["tests"]["lattice"]["fired"], (name, summary)
+        kinds = {peak["kind"] for peak in summary["lattice_peaks"]}
+        assert kinds & ({"erased", "invented"} if name == "hexagonal" else {"wrong"}), (name, summary)
+    # the deviance alone misses them (an error of 5 % of the signal is under its limit): why the lattice test
+    assert not consistency.check(noisy, _wrong_lattices()["hexagonal"]).tests[0].fired
+
+
+def test_correct_estimates_are_not_flagged_at_any_dose():
+    """The false-alarm rate: the truth of strong and faint, square and hexagonal lattices, 2 to 2000 e/px, count
+    scale from the frame: none flagged (the lattice test allows 1e-3 per image, the others far less)."""
+    rng = np.random.default_rng(5)
+    flagged = []
+    for clean in (_faint(), _hex(0.7), _square()):
+        for dose in (2.0, 7.0, 20.0, 70.0, 200.0, 700.0, 2000.0):
+            result = consistency.check(_noisy(rng, clean, dose), clean)
+            if result.inconsistent:
+                flagged.append((dose, result.summary()))
+    assert not flagged, flagged
+
+
+def test_the_count_scale_of_stored_counts_is_exact_and_of_other_values_estimated():
+    rng = np.random.default_rng(6)
+    clean = _faint()
+    for dose in (3.0, 2345.6):
+        assert consistency.count_scale(_noisy(rng, clean, dose), None) == (pytest.approx(dose, rel=1e-5), True)
+    gain = _noisy(rng, clean, 50.0) * rng.normal(1.0, 0.02, clean.shape)  # gain-corrected: not whole counts
+    scale, exact = consistency.count_scale(np.abs(gain), None)
+    assert not exact and scale == pytest.approx(50.0, rel=0.2)
+    assert consistency.count_scale(gain, 12.0) == (12.0, True)
+
+
+def test_the_summary_is_versioned_json_that_says_which_test_fired_and_why():
+    import json
+
+    noisy = _noisy(np.random.default_rng(7), _faint(), 2000.0)
+    summary = json.loads(json.dumps(consistency.check(noisy, np.ones((SIDE, SIDE))).summary(), allow_nan=False))
+    assert summary["version"] == consistency.SUMMARY_VERSION == 2
+    assert set(summary["tests"]) == {"deviance", "structure", "lattice"}
+    assert summary["inconsistent"] and summary["verdict"] == "inconsistent"
+    assert all(set(t) == {"fired", "value", "limit", "why"} for t in summary["tests"].values())
+    assert [name for name, t in summary["tests"].items() if t["fired"]] == ["structure", "lattice"]
+    for key in ("deviance_ratio", "z", "deviation", "flagged_fraction", "max_deviation"):  # version 1's keys
+        assert key in summary
