@@ -59,8 +59,9 @@ def advise(
     pixels: int,
     scores_prefer: str | None = None,
 ) -> Advice:
-    """The advice (module notes) for a run of a ``kind`` (``deep``, ``external``: a model; ``classical``) method whose frames' checks
-    are ``checks``, inside the model's trained range or not (``in_range``; None: unknown), ``pixels`` in all."""
+    """The advice (module notes) for a run of a ``kind`` of method (``deep``, ``external``: a model;
+    ``classical``) whose frames' checks are ``checks``, inside the model's trained range or not (``in_range``;
+    None: unknown), ``pixels`` in all."""
     tally = _tally(checks)
     n, flagged, confirmed = len(checks), tally["inconsistent"], tally["consistent"]
     seen = f"{flagged} of {n} frame(s) flagged, {confirmed} confirmed, {tally['cannot tell']} cannot tell"

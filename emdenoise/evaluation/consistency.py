@@ -42,10 +42,11 @@ is ``inconsistent`` when any fires:
   (:mod:`emdenoise.evaluation.spectral`): erased, invented or misplaced lattice peaks, calibrated to a false-alarm
   probability of :data:`emdenoise.evaluation.spectral.ALPHA` per image.
 
-``verdict``: ``inconsistent`` (a test fired), ``consistent`` (none fired and the counts show structure, beyond
-the beam or in lattice peaks, that the estimate was checked against) or ``cannot tell`` (none fired, but the
-counts show no structure above their noise: at a few counts per pixel an estimate's lattice is neither confirmed
-nor contradicted); ``undefined`` where the frame has no counts. The JSON summary's ``version`` is
+``verdict``: ``inconsistent`` (a test fired), ``consistent`` (none fired and the counts confirm the estimate: it
+explains at least half the structure they show beyond the beam, or the lattice peaks they show match its within
+:data:`emdenoise.evaluation.spectral.MAX_FRACTION`) or ``cannot tell`` (none fired, nothing confirmed: at a few
+counts per pixel an estimate's lattice is neither confirmed nor contradicted); ``undefined`` where the frame has
+no counts. ``counts_show_structure`` says whether the counts show any structure above their noise. The JSON summary's ``version`` is
 :data:`SUMMARY_VERSION` (2 added ``verdict``, ``tests``, ``structure_z``, ``unexplained_fraction``,
 ``counts_show_structure`` and ``lattice_peaks``; the version-1 keys are unchanged).
 """
@@ -68,6 +69,7 @@ BLOCK = 32
 MAX_DEVIATION = 0.07
 MIN_Z = 5.0
 MAX_UNEXPLAINED = 0.5
+QUANTUM_AGREES = (0.75, 1.4)  # step scale / estimated scale within which the values' step is one count
 DISPERSION = 0.05  # share of the expected deviance a count scale estimated from the frame may add (see below)
 SUMMARY_VERSION = 2
 LOCAL_Z = 3.0
@@ -204,13 +206,20 @@ class Consistency:
         return bool(self.structure_z > MIN_Z or lattice)
 
     @property
+    def confirmed(self) -> bool:
+        """Whether the counts confirm the estimate: it explains most of the structure they show beyond the beam,
+        or its lattice peaks match theirs (:attr:`emdenoise.evaluation.spectral.LatticeTest.confirms`)."""
+        lattice = self.lattice is not None and self.lattice.confirms
+        return bool((self.structure_z > MIN_Z and self.unexplained <= MAX_UNEXPLAINED) or lattice)
+
+    @property
     def verdict(self) -> str:
         """``inconsistent``, ``consistent``, ``cannot tell`` or ``undefined`` (see the module notes)."""
         if not self.tests:
             return "undefined"
         if self.inconsistent:
             return "inconsistent"
-        return "consistent" if self.counts_show_structure else "cannot tell"
+        return "consistent" if self.confirmed else "cannot tell"
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready numbers (test_metrics.json, the denoise sidecar). A number the check cannot give (a frame
@@ -286,8 +295,9 @@ def _structure(
 
 def count_scale(noisy: np.ndarray, dose: float | None) -> tuple[float, bool]:
     """``(counts per stored unit, whether exact)``: the ``dose`` when given; else the step of the values when they
-    are whole multiples of one (a stored ``counts / dose``, a counting detector's integers) within a factor 2 of
-    the scale estimated from the noise; else that estimate (a few % off, so not exact)."""
+    are whole multiples of one (a stored ``counts / dose``, a counting detector's integers) and the scale
+    estimated from the noise agrees (:data:`QUANTUM_AGREES`: integers of a detector with 1.5 or more units per
+    electron are not counts); else that estimate (a few % off, and low at high dose: not exact)."""
     from emdenoise.classical.noise import estimate_count_scale
 
     if dose:
@@ -298,7 +308,7 @@ def count_scale(noisy: np.ndarray, dose: float | None) -> tuple[float, bool]:
         steps = np.diff(values)
         step = float(np.mean(steps[steps < 1.5 * steps.min()]))  # neighbouring counts; float32 rounding averages
         k = np.rint(values / step)
-        if 0.5 < 1.0 / (step * estimate) < 2.0 and np.max(np.abs(values / step - k)) < 0.02:
+        if QUANTUM_AGREES[0] < 1.0 / (step * estimate) < QUANTUM_AGREES[1] and np.max(np.abs(values / step - k)) < 0.02:
             return float(np.sum(k * k) / np.sum(values * k)), True
     return estimate, False
 

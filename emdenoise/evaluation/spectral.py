@@ -2,28 +2,34 @@
 and only that? Part of :mod:`emdenoise.evaluation.consistency`, which calls :func:`lattice_test`.
 
 A lattice's signal sits in a few Fourier peaks, so a test there sees what the whole-image deviance drowns: a
-graphene lattice of 2 % contrast erased at 200 e/px moves the deviance by less than its noise, but its six peaks
-stand far above the noise floor. With the counts ``k`` (one thinned half of them, see below), the estimate's expected counts ``lam`` and the smooth
-beam-only expectation ``lam0`` (the same exposure with a structureless estimate), three spectra on the valid
-pixels, each divided by ``sum lam`` (the variance of any Fourier coefficient of Poisson noise of mean ``lam``):
+square lattice of 4 % contrast erased at 200 e/px leaves the deviance within its noise (z below 1), while its
+peaks stand far above the noise floor. The counts are split into two independent Poisson halves (``a ~
+Binomial(k, 1/2)`` and ``k - a``, :func:`thinned_halves`): the frequencies are chosen on one and tested on the
+other, so that a noise peak chosen for its height does not test as structure. With the test half ``k'``, the
+estimate's expected counts ``lam`` and the beam-only expectation ``lam0`` (the same exposure with a structureless
+estimate), three spectra on the valid pixels, each weighted by ``w = 1 / sqrt(lam0 / 2)`` and divided by
+``sum w^2 lam / 2`` (the variance of any Fourier coefficient of the weighted noise):
 
-- the counts' structure ``|F(k - lam0)|^2``: what the counts show beyond the beam;
-- the estimate's structure ``|F(lam - lam0)|^2``: what the estimate puts there;
-- the residual ``|F(k - lam)|^2``: for a correct estimate pure noise, each coefficient ``Exp(1)`` (the Fourier
-  coefficients of independent noise over many pixels are complex Gaussian, at any dose).
+- the counts' structure ``|F(w (k' - lam0 / 2))|^2``: what the counts show beyond the beam;
+- the estimate's structure ``|F(w (lam / 2 - lam0 / 2))|^2``: what the estimate puts there;
+- the residual ``|F(w (k' - lam / 2))|^2``: for a correct estimate pure noise, each coefficient ``Exp(1)`` (the
+  Fourier coefficients of independent noise over many pixels are complex Gaussian, at any dose). The weight
+  makes the noise's variance about 1 at every pixel: noise whose variance follows the beam has correlated
+  neighbouring Fourier coefficients (by the beam's own spectrum), and their sums a heavier tail.
 
 Powers are summed over the 3 x 3 bins around each tested frequency (a peak off the grid spreads over them), so a
 correct estimate's residual there is ``Gamma(9, 1)``. Tested frequencies: the lattice peaks
-(:func:`emdenoise.classical.flatfield.lattice_peaks`) of the other thinned half of the counts, flat-fielded (the
-counts split ``a ~ Binomial(k, 1/2)``, ``k - a``: two independent Poisson frames, so that the choice of a
-frequency, noise peaks included, does not bias its test) and of the estimate, one of each
-``+-f`` pair, merged within 2 bins. A peak **fires** when its residual power exceeds the ``Gamma(9)`` quantile
-of false-alarm probability :data:`ALPHA` / (peaks tested) (Bonferroni: at most :data:`ALPHA` per image for a
-correct estimate) and the residual's power above noise is more than :data:`MAX_FRACTION` of the peak's (the
-larger of the counts' above noise and the estimate's): the estimate got at least half the peak's amplitude wrong.
-What the peak is then: ``erased`` (the counts show it, the estimate lacks most of it), ``invented`` (the estimate
-has it, the counts do not show it) or ``wrong`` (both have it, in another phase or strength: a shifted lattice).
-The counts **show a lattice** when one of their peaks' power exceeds the same quantile.
+(:func:`emdenoise.classical.flatfield.lattice_peaks`) of the choosing half, flat-fielded, and of the estimate, one
+of each ``+-f`` pair, merged within 2 bins. A peak **fires** when its residual power exceeds the ``Gamma(9)``
+quantile of false-alarm probability :data:`ALPHA` / (peaks tested) (Bonferroni) and the residual's power above
+noise is more than :data:`MAX_FRACTION` of the peak's (the larger of the counts' above noise and the
+estimate's): the estimate got at least half the peak's amplitude wrong. All peaks together are tested the same
+way (their summed residual against the ``Gamma(9 n)`` quantile of probability :data:`ALPHA`), which sees a
+lattice of many weak peaks; so a correct estimate is flagged with probability at most ``2 ALPHA``. What a fired
+peak is: ``erased`` (the counts show it, the estimate has under a quarter of its power), ``invented`` (the
+estimate has it, the counts do not show it) or ``wrong`` (another phase or strength: a shifted lattice). The
+counts **show a lattice** when the counts' power at a peak, or at all together, exceeds the same quantiles, and
+**confirm** the estimate's where, besides, the residual there is at most :data:`MAX_FRACTION` of it.
 """
 
 from __future__ import annotations
@@ -95,12 +101,21 @@ class LatticeTest:
         """Whether the counts show power above noise at one peak, or at all of them together."""
         return any(p.counts > self.threshold for p in self.peaks) or self._sums()[1] > self.combined_threshold
 
-    def combined_fraction(self) -> float:
-        """Residual power above noise over the peaks' power, all peaks together (0 when not significant)."""
+    def combined_fraction(self, significant: bool = True) -> float:
+        """Residual power above noise over the peaks' power, all peaks together (with ``significant``: 0 when
+        the summed residual is within noise)."""
         residual, _, peak = self._sums()
-        if residual <= self.combined_threshold:
+        if significant and residual <= self.combined_threshold:
             return 0.0
-        return (residual - BOX * BOX * len(self.peaks)) / max(peak, 1e-9)
+        return max(residual - BOX * BOX * len(self.peaks), 0.0) / max(peak, 1e-9)
+
+    @property
+    def confirms(self) -> bool:
+        """Whether the counts confirm the estimate's lattice: they show power at a peak (or at all together) and
+        the residual there is at most :data:`MAX_FRACTION` of it."""
+        single = any(p.counts > self.threshold and p.fraction() <= MAX_FRACTION for p in self.peaks)
+        together = self._sums()[1] > self.combined_threshold and self.combined_fraction(False) <= MAX_FRACTION
+        return single or together
 
     @property
     def fired(self) -> list[Peak]:
@@ -139,7 +154,9 @@ class LatticeTest:
             return "no lattice peaks in the counts or the estimate"
         if not self.counts_show_lattice:
             return f"the counts show none of the {n} lattice peak(s) above noise; none contradicted"
-        return f"the estimate matches the {n} lattice peak(s) within noise"
+        if not self.confirms:
+            return f"the counts show {n} lattice peak(s) too faintly to confirm or contradict the estimate's"
+        return f"the estimate matches the {n} lattice peak(s) the counts show, within noise"
 
 
 def _box_power(values: np.ndarray, noise: float) -> np.ndarray:
@@ -177,8 +194,9 @@ def lattice_test(
     choose, test = thinned_halves(counts)
     flat = np.where(valid, choose / np.maximum(beam, 1e-3), 0.0)
     flat = np.where(valid, flat, flat[valid].mean() if valid.any() else 0.0)
-    w = valid.astype(np.float64)
-    noise = max(0.5 * float(np.sum(w * lam)), 1e-9)
+    half0 = np.maximum(0.5 * lam0, 1e-3 * max(float(lam0[valid].mean()) if valid.any() else 1.0, 1e-9))
+    w = valid / np.sqrt(half0)  # whitening: Poisson noise of variance lam / 2 becomes about 1 at every pixel
+    noise = max(float(np.sum(w * w * 0.5 * lam)), 1e-9)
     pairs = ((test, 0.5 * lam0), (0.5 * lam, 0.5 * lam0), (test, 0.5 * lam))
     spectra = [_box_power(w * (a - b), noise) for a, b in pairs]
     shape = counts.shape
