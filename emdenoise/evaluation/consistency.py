@@ -46,9 +46,9 @@ is ``inconsistent`` when any fires:
 explains at least half the structure they show beyond the beam, or the lattice peaks they show match its within
 :data:`emdenoise.evaluation.spectral.MAX_FRACTION`) or ``cannot tell`` (none fired, nothing confirmed: at a few
 counts per pixel an estimate's lattice is neither confirmed nor contradicted); ``undefined`` where the frame has
-no counts. ``counts_show_structure`` says whether the counts show any structure above their noise. The JSON summary's ``version`` is
-:data:`SUMMARY_VERSION` (2 added ``verdict``, ``tests``, ``structure_z``, ``unexplained_fraction``,
-``counts_show_structure`` and ``lattice_peaks``; the version-1 keys are unchanged).
+no counts. ``counts_show_structure`` says whether the counts show any structure above their noise. The JSON
+summary's ``version`` is :data:`SUMMARY_VERSION` (2 added ``verdict``, ``tests``, ``structure_z``,
+``unexplained_fraction``, ``counts_show_structure`` and ``lattice_peaks``; the version-1 keys are unchanged).
 """
 
 from __future__ import annotations
