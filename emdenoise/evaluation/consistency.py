@@ -59,6 +59,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 from scipy.stats import poisson
 
 from emdenoise.classical import flatfield
@@ -116,11 +117,17 @@ def deviance_moments(lam) -> tuple[np.ndarray, np.ndarray]:
     return mean, var
 
 
-def estimate_exposure(counts: np.ndarray, estimate: np.ndarray, valid: np.ndarray, beam: np.ndarray) -> np.ndarray:
-    """Counts per unit of the estimate at each pixel: ``b G*(w k) / G*(w b x_hat)`` (see the module notes)."""
+def estimate_exposure(
+    counts: np.ndarray, estimate: np.ndarray, valid: np.ndarray, beam: np.ndarray, smoothed: np.ndarray | None = None
+) -> np.ndarray:
+    """Counts per unit of the estimate at each pixel: ``b G*(w k) / G*(w b x_hat)`` (see the module notes);
+    ``smoothed``: ``G*(w k)`` when already computed (the slow part, at sigma = side / 12)."""
     sigma = max(counts.shape) / EXPOSURE_DIVISOR
-    shaded = beam * np.maximum(estimate, 0.0)
-    return beam * flatfield.normalised_convolution(counts, shaded, valid.astype(np.float64), sigma)
+    w = valid.astype(np.float64)
+    if smoothed is None:
+        smoothed = ndimage.gaussian_filter(w * counts, sigma, mode="reflect")
+    den = ndimage.gaussian_filter(w * beam * np.maximum(estimate, 0.0), sigma, mode="reflect")
+    return beam * smoothed / np.maximum(den, 1e-12)
 
 
 def _deviation(excess, lam):
@@ -280,12 +287,12 @@ def _deviance_terms(counts: np.ndarray, lam: np.ndarray, valid: np.ndarray) -> t
 
 
 def _structure(
-    counts: np.ndarray, ff: flatfield.FlatField, excess: float, dispersion: float
+    counts: np.ndarray, ff: flatfield.FlatField, excess: float, dispersion: float, smoothed: np.ndarray
 ) -> tuple[float, float, np.ndarray]:
     """The beam-only expectation ``lam0`` (a flat estimate), its excess beyond ``dispersion`` x its expected
     deviance in standard deviations (the structure the counts show beyond the beam) and the estimate's
     ``excess`` as a share of ``lam0``'s."""
-    lam0 = estimate_exposure(counts, np.ones_like(counts), ff.valid, ff.beam)
+    lam0 = estimate_exposure(counts, np.ones_like(counts), ff.valid, ff.beam, smoothed)
     deviance, mean, var = _deviance_terms(counts, lam0, ff.valid)
     expected0, spread = float(mean.sum()), math.sqrt(max(float(var.sum()), 1e-300))
     excess0 = float(deviance.sum()) - expected0
@@ -330,7 +337,9 @@ def check(
     counts = np.rint(np.clip(noisy, 0.0, None) * scale)
     ff = flatfield.FlatField.of(noisy, scale)
     valid = ff.valid
-    lam = np.where(valid, estimate_exposure(counts, estimate, valid, ff.beam) * np.maximum(estimate, 0.0), 0.0)
+    smoothed = ndimage.gaussian_filter(valid * counts, max(counts.shape) / EXPOSURE_DIVISOR, mode="reflect")
+    exposure = estimate_exposure(counts, estimate, valid, ff.beam, smoothed)
+    lam = np.where(valid, exposure * np.maximum(estimate, 0.0), 0.0)
     deviance, mean, var = _deviance_terms(counts, lam, valid)
     total, expected, variance = float(deviance.sum()), float(mean.sum()), float(var.sum())
     n = max(int(valid.sum()), 1)
@@ -343,7 +352,7 @@ def check(
         nan = math.nan
         return Consistency(nan, nan, nan, total / n, expected / n, 0.0, local, local_z, max_deviation)
     dispersion = 0.0 if exact else DISPERSION
-    structure_z, unexplained, lam0 = _structure(counts, ff, total - expected, dispersion)
+    structure_z, unexplained, lam0 = _structure(counts, ff, total - expected, dispersion, smoothed)
     return Consistency(
         ratio=total / expected if expected > 0 else math.inf,
         z=(total - expected) / math.sqrt(variance) if variance > 0 else 0.0,
