@@ -19,8 +19,9 @@ estimate), three spectra on the valid pixels, each weighted by ``w = 1 / sqrt(la
 
 Powers are summed over the 3 x 3 bins around each tested frequency (a peak off the grid spreads over them), so a
 correct estimate's residual there is ``Gamma(9, 1)``. Tested frequencies: the lattice peaks
-(:func:`emdenoise.classical.flatfield.lattice_peaks`) of the choosing half, flat-fielded, and of the estimate, one
-of each ``+-f`` pair, merged within 2 bins. A peak **fires** when its residual power exceeds the ``Gamma(9)``
+(:func:`emdenoise.classical.flatfield.lattice_peaks`) of the choosing half, flat-fielded, and of the estimate where
+its power there is above the noise of a box (a trace of noise the estimate kept peaks where the noise is high),
+one of each ``+-f`` pair, merged within 2 bins. A peak **fires** when its residual power exceeds the ``Gamma(9)``
 quantile of false-alarm probability :data:`ALPHA` / (peaks tested) (Bonferroni) and the residual's power above
 noise is more than :data:`MAX_FRACTION` of the peak's (the larger of the counts' above noise and the
 estimate's): the estimate got at least half the peak's amplitude wrong. All peaks together are tested the same
@@ -165,11 +166,14 @@ def _box_power(values: np.ndarray, noise: float) -> np.ndarray:
     return ndimage.uniform_filter(power, BOX, mode="wrap") * (BOX * BOX)
 
 
-def _candidates(shape: tuple[int, int], flat_counts: np.ndarray, estimate: np.ndarray) -> list[tuple[int, int]]:
-    """The lattice peaks of the counts and of the estimate, one of each +-f pair, merged within MERGE_BINS."""
-    found = np.concatenate([lattice_peaks(flat_counts), lattice_peaks(estimate)]).reshape(-1, 2)
+def _candidates(flat_counts: np.ndarray, estimate: np.ndarray, estimate_power: np.ndarray) -> list[tuple[int, int]]:
+    """The lattice peaks of the (choosing half of the) counts and those of the estimate where its power is above
+    the noise of a box (:data:`BOX` squared: a fainter peak of an estimate that kept a trace of the noise sits
+    where the noise is high, and would test as structure), one of each +-f pair, merged within MERGE_BINS."""
+    h, w = estimate.shape
+    own = [(r, c) for r, c in lattice_peaks(estimate).tolist() if estimate_power[r % h, c % w] > BOX * BOX]
     out: list[tuple[int, int]] = []
-    for r, c in found.tolist():
+    for r, c in [*lattice_peaks(flat_counts).tolist(), *own]:
         if r < 0 or (r == 0 and c < 0):  # one of each conjugate pair
             r, c = -r, -c
         if all(max(abs(r - a), abs(c - b)) > MERGE_BINS for a, b in out):
@@ -201,7 +205,7 @@ def lattice_test(
     spectra = [_box_power(w * (a - b), noise) for a, b in pairs]
     shape = counts.shape
     peaks = []
-    for r, c in _candidates(shape, flat, estimate):
+    for r, c in _candidates(flat, estimate, spectra[1]):
         period = 1.0 / max(float(np.hypot(r / shape[0], c / shape[1])), 1e-9)
         k_power, e_power, r_power = (float(s[r % shape[0], c % shape[1]]) for s in spectra)
         peaks.append(Peak((r, c), period, k_power, e_power, r_power))
