@@ -159,7 +159,8 @@ class Test:
 
 @dataclass
 class Consistency:
-    """The deviance check of one estimate against its noisy frame."""
+    """The check of one estimate against its noisy frame: the deviance numbers, the beam-only comparison and the
+    lattice test, and what they conclude (:attr:`tests`, :attr:`verdict`)."""
 
     ratio: float
     z: float
