@@ -66,10 +66,9 @@ class Peak:
 
     def kind(self, threshold: float) -> str:
         """``erased``, ``invented`` or ``wrong`` (see the module notes)."""
-        shown = self.counts > threshold
-        if shown and self.estimate < MAX_FRACTION * (self.counts - BOX * BOX):
-            return "erased"
-        return "invented" if self.estimate > threshold and not shown else "wrong"
+        if self.counts <= threshold:
+            return "invented"
+        return "erased" if self.estimate < MAX_FRACTION * (self.counts - BOX * BOX) else "wrong"
 
     def record(self, threshold: float) -> dict[str, object]:
         return {

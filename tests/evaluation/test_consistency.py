@@ -196,3 +196,12 @@ def test_the_graphene_zoo_model_on_srtio3_is_flagged_where_it_is_far_from_the_tr
             far += 1
             flagged += model.checks[0]["inconsistent"]
     assert far >= 2 and flagged >= far / 2, (far, flagged)
+
+
+def test_a_lattice_painted_on_a_structureless_frame_is_invented():
+    rng = np.random.default_rng(8)
+    noisy = _noisy(rng, np.ones((SIDE, SIDE)), 200.0)  # vacuum, or an amorphous film below the noise
+    summary = consistency.check(noisy, _hex()).summary()
+    assert summary["verdict"] == "inconsistent" and not summary["counts_show_structure"], summary
+    assert {peak["kind"] for peak in summary["lattice_peaks"]} == {"invented"}, summary
+    assert consistency.check(noisy, np.ones((SIDE, SIDE))).verdict == "cannot tell"  # nothing to confirm
