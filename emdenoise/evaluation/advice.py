@@ -114,14 +114,17 @@ def _in_range(records: Sequence[Mapping[str, Any]], dose_range: Sequence[float] 
     return bool(dose_range[0] <= median <= dose_range[1])
 
 
-def for_run(records: Sequence[Mapping[str, Any]], dose_range: Sequence[float] | None = None) -> Advice:
+def for_run(
+    records: Sequence[Mapping[str, Any]], dose_range: Sequence[float] | None = None, scores_prefer: str | None = None
+) -> Advice:
     """:func:`advise` from the sidecar records of one ``denoise`` run (its ``model.kind``, ``consistency.frames``,
-    ``sampling`` and ``input.images`` shapes times ``frames``) and the model's ``dose_range`` (e/px)."""
+    ``sampling`` and ``input.images`` shapes times ``frames``), the model's ``dose_range`` (e/px) and what scores
+    without clean truth prefer (``scores_prefer``, passed on)."""
     checked = [r for r in records if r.get("consistency")]
     checks = [c for r in checked for c in r["consistency"]["frames"]]
     kind = str(records[0]["model"].get("kind", "deep")) if records else "deep"
     pixels = sum(_frame_pixels(r) * int(r.get("frames", 0)) for r in records)
-    return advise(kind, checks, _in_range(checked, dose_range), pixels)
+    return advise(kind, checks, _in_range(checked, dose_range), pixels, scores_prefer)
 
 
 def _frame_pixels(record: Mapping[str, Any]) -> int:

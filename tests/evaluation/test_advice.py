@@ -57,6 +57,7 @@ def test_advice_from_sidecar_records_and_the_zoo_models_dose_range():
     inside = [dict(OK, mean_counts=(dose[0] + dose[1]) / 2)] * 2
     below = [dict(OK, mean_counts=dose[0] / 4)] * 2
     assert advice.for_run([_record(inside)], dose).choice == "use as is"
+    assert advice.for_run([_record(inside)], dose, scores_prefer="classical").choice == "classical"
     assert advice.for_run([_record(below)], dose).choice == "classical"  # 0.5 Mpx: too few to fine-tune
     assert advice.for_run([_record(below * 4, shape=(1024, 1024))], dose).choice == "fine-tune"
     assert "range unknown" in advice.for_run([_record(inside, status="unknown")], dose).reason
