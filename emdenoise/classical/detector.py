@@ -403,14 +403,20 @@ def looks_like_counts(model: DetectorModel) -> bool:
     return gain_ok and abs(model.offset) <= max(3.0 * model.offset_error, 0.5)
 
 
-def offset_counts(frame: np.ndarray) -> Callable[[np.ndarray], np.ndarray] | None:
-    """The map values -> counts of a frame of detector values (its own fitted model), or None when the frame
-    follows no such model or its values already are counts (:func:`looks_like_counts`): then a plain count
-    scale serves, and is the better estimate on small frames."""
+def offset_model(frame: np.ndarray) -> DetectorModel | None:
+    """The fitted model of a frame of detector values on an offset, or None when the frame follows no such
+    model or its values already are counts (:func:`looks_like_counts`, or no offset beyond 3 standard errors):
+    then a plain count scale serves, and is the better estimate on small frames."""
     try:
         model = estimate_detector(frame)
     except NotDetector:
         return None
     if looks_like_counts(model) or model.offset <= 3.0 * model.offset_error:
         return None
-    return lambda values: to_counts(values, model)
+    return model
+
+
+def offset_counts(frame: np.ndarray) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The map values -> counts of :func:`offset_model` (None where it gives no model)."""
+    model = offset_model(frame)
+    return None if model is None else lambda values: to_counts(values, model)

@@ -422,7 +422,8 @@ class TestParams(Section):
     max_deviation: float = param(
         "float",
         0.07,
-        "consistency check: flag an output whose Poisson deviance implies a relative error above this",
+        "consistency check: flag an output whose Poisson deviance implies a relative error above this (the "
+        "structure and lattice tests flag besides)",
         min=0.0,
         max=10.0,
     )
@@ -512,7 +513,8 @@ class DenoiseParams(Section):
         "float",
         0.07,
         "consistency check: warn when an output's Poisson deviance against its input implies a relative error "
-        "above this (the model may be inventing or erasing structure; 0: no check)",
+        "above this, or its structure or lattice test fires (the model may be inventing or erasing structure; 0: "
+        "no check)",
         min=0.0,
         max=10.0,
     )

@@ -243,8 +243,8 @@ def consistency_record(checks: list[dict[str, Any]], max_deviation: float) -> di
     """The sidecar's ``consistency``: each frame's deviance check and the frames flagged."""
     flagged = [i for i, c in enumerate(checks) if c["inconsistent"]]
     return {
-        "definition": "Poisson deviance of the input counts given the output (emdenoise.evaluation.consistency); "
-        "count scale estimated from each input frame",
+        "definition": "the input counts given the output (emdenoise.evaluation.consistency, summary version "
+        f"{consistency.SUMMARY_VERSION}: deviance, structure and lattice tests); count scale from each input frame",
         "max_deviation": max_deviation,
         "inconsistent": bool(flagged),
         "inconsistent_frames": flagged,

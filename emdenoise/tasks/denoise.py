@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from emdenoise.errors import InputError
+from emdenoise.evaluation import advice, consistency
 from emdenoise.inference import methods
 from emdenoise.inference.denoiser import Denoised, FileDenoiser
 from emdenoise.io import micrographs
@@ -63,11 +64,12 @@ def scored_method(ctx: TaskContext) -> str:
     return str(methods.find_model(spec, ctx.paths.get("model_dir"), "denoise.model")[1])
 
 
-def write_scores(ctx: TaskContext, outs: dict[Path, Path], device: torch.device) -> None:
+def write_scores(ctx: TaskContext, outs: dict[Path, Path], device: torch.device) -> list[str | None]:
     """``denoise.score``: every input scored without truth (:func:`emdenoise.api.score`: the method, the noisy
     input, gaussian, wiener), the table logged, the scores added to the output's sidecar under
     ``scores_without_truth`` and the consistency maps drawn beside it (``<output>.local_maps.png``). An input
-    that cannot be scored (one frame that is not counts, ...) is a warning: its output stands."""
+    that cannot be scored (one frame that is not counts, ...) is a warning: its output stands. Returns what the
+    scores of each input say of the method against the filters (:func:`advice.scores_prefer`)."""
     from emdenoise import api
     from emdenoise.outputs import atomic_path
     from emdenoise.report.figures import write_png
@@ -76,6 +78,7 @@ def write_scores(ctx: TaskContext, outs: dict[Path, Path], device: torch.device)
     sec, log = ctx.params.denoise, ctx.log
     method = scored_method(ctx)
     names = list(dict.fromkeys([method, *SCORE_REFERENCES]))
+    prefer: list[str | None] = []
     options: dict[str, Any] = {"device": str(device), "precision": sec.precision, "tile_size": sec.tile_size}
     options |= {"tile_overlap": sec.tile_overlap, "batch_size": sec.batch_size, "memory_mb": sec.memory_mb}
     options |= {"rescale": sec.rescale, "scale_tolerance": sec.scale_tolerance}
@@ -85,6 +88,7 @@ def write_scores(ctx: TaskContext, outs: dict[Path, Path], device: torch.device)
         except InputError as exc:
             log.warning("%s: not scored: %s", path, exc)
             continue
+        prefer.append(advice.scores_prefer(method, [s.method for s in scores.scores], scores.margins))
         log.info("%s: scores without truth (R = %.6g):", path, scores.data_range)
         for line in scores.markdown().splitlines():
             log.info("%s", line)
@@ -96,18 +100,18 @@ def write_scores(ctx: TaskContext, outs: dict[Path, Path], device: torch.device)
         fig = local_maps_figure([scores.input], maps, sec.max_deviation or 0.07, [out.name])
         with atomic_path(out.with_name(out.name + SCORE_FIGURE)) as tmp:
             write_png(fig, tmp)
+    return prefer
 
 
 def warn_inconsistent(log, path: Path, check: dict | None) -> None:
     """One warning line naming the input when an output disagrees with its counts (the consistency check)."""
     if check and check["inconsistent"]:
         log.warning(
-            "%s: output inconsistent with its input in frame(s) %s (Poisson deviance implies a relative error "
-            "of %.3g > denoise.max_deviation %.3g): the model may be inventing or erasing structure",
+            "%s: output inconsistent with its input in frame(s) %s (%s): the model may be inventing or erasing "
+            "structure",
             path,
             ", ".join(map(str, check["inconsistent_frames"][:8])),
-            check["worst_deviation"],
-            check["max_deviation"],
+            consistency.why_flagged(check),
         )
 
 
@@ -261,8 +265,7 @@ def _run(ctx: TaskContext, world: distributed.World, device: torch.device) -> No
     for folder in sorted({out.parent for out in outs.values()} if world.is_main else ()):  # and abandoned runs'
         remove_staging(folder / STAGING_DIR)
 
-    if ctx.params.denoise.score != "off" and world.is_main:
-        write_scores(ctx, outs, device)
+    prefer = write_scores(ctx, outs, device) if ctx.params.denoise.score != "off" and world.is_main else []
     frames, computed, tiles = distributed.totals([sum(r.frames for r in done), len(done), engine.tiles_run], world)
     (seconds,) = distributed.totals([sum(r.seconds for r in done)], world, maximum=True)  # side by side
     reused = len(files) - int(computed)
@@ -277,3 +280,8 @@ def _run(ctx: TaskContext, world: distributed.World, device: torch.device) -> No
         )
     else:
         log.info("all %d output(s) up to date, nothing to do", reused)
+    if done:  # which denoiser to trust on these frames (this process's share under torchrun)
+        spec = sec.method if sec.method != methods.MODEL else sec.model
+        verdicts = set(prefer) - {None}  # what the scores say, when every scored input says the same
+        said = verdicts.pop() if len(verdicts) == 1 and None not in prefer else None
+        log.info("%s", advice.for_run([r.record for r in done], advice.model_dose_range(spec), said).line())

@@ -48,11 +48,18 @@ def test_every_method_denoises_the_real_crops_with_a_consistency_answer(crops, m
         assert result.flagged == ([0] if check["inconsistent"] else []), key
 
 
-def test_the_check_flags_the_zoo_model_on_stem_detector_values_but_not_every_filter(crops):
+def test_the_check_flags_the_zoo_model_on_stem_detector_values_but_not_every_estimate(crops):
     """The zoo model (HRTEM graphene phase contrast, normalised counts) maps these detector values (offsets of
-    tens of thousands) to something near zero: the check must flag it; a smoothing filter that keeps the values
-    must pass on each file, or the check flags everything and says nothing."""
+    tens of thousands) to something near zero: the check must flag it; a light smoothing that keeps the lattice
+    must pass on each file, or the check flags everything and says nothing. (The classical filters at their
+    default strength erase most of the ABF crop's finest lattice peak, period 4.1 px, and the check's lattice
+    test flags them all there.)"""
+    from scipy import ndimage
+
+    from emdenoise.evaluation import consistency
+
     for key, micrograph in crops.items():
         assert emdenoise.denoise(micrograph, ZOO, device="cpu").flagged == [0], key
-        passed = [m for m in ("tv", "nlm", "median") if not emdenoise.denoise(micrograph, m).flagged]
-        assert passed, key
+        frame = np.asarray(micrograph.image, dtype=np.float64)
+        light, heavy = (consistency.check(frame, ndimage.gaussian_filter(frame, s)) for s in (0.5, 3.0))
+        assert light.verdict == "consistent" and heavy.inconsistent, (key, light.summary(), heavy.summary())

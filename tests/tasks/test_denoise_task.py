@@ -176,8 +176,10 @@ def test_each_output_is_checked_against_its_input_and_an_inconsistent_one_is_nam
     assert check["inconsistent"] and check["inconsistent_frames"] == [0, 1]
     warnings = [line for line in res.stderr.splitlines() if "inconsistent with its input" in line]
     assert len(warnings) == 1 and str(workspace / "in" / "lattice.tif") in warnings[0]
+    advice = [line for line in res.stderr.splitlines() if "advice: " in line]  # flagged, 2 small frames
+    assert len(advice) == 1 and "advice: classical: 2 of 2 frame(s) flagged" in advice[0], advice
     res = _cli(workspace, "--set", "denoise.max_deviation=0", "--set", "denoise.tile_overlap=8")
-    assert res.returncode == 0 and "inconsistent" not in res.stderr
+    assert res.returncode == 0 and "inconsistent" not in res.stderr and "advice: no advice" in res.stderr
     assert "consistency" not in json.loads((workspace / "out" / "lattice.tif.json").read_text())
 
 
