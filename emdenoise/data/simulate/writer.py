@@ -69,7 +69,8 @@ _STEM_ATTRS = (
 STEM_UNITS = (
     "; imaging_mode: 0 hrtem, 1 haadf, 2 abf; STEM images: values in detector units (stem_units: detector) or "
     "(reading - detector_offset) / (detector_gain x dose) (electrons), clean the noise-free expectation in the "
-    "same units; dose: electrons per probe position; convergence_mrad = aperture_mrad: the probe's convergence "
+    "same units; dose (probe_dose in detector units, where values x dose are no counts): electrons per probe "
+    "position; convergence_mrad = aperture_mrad: the probe's convergence "
     "semi-angle; probe_fwhm_angstrom, source_size_angstrom (sigma): angstrom; detector_offset, read_noise: "
     "detector units; detector_gain: detector units per electron; scan_jitter_px (RMS), scan_drift_yx_px (over "
     "the frame), scan_flyback_px: pixels; NaN: not defined for the image's mode"
@@ -77,8 +78,15 @@ STEM_UNITS = (
 
 
 def _attr_specs(kwargs: dict) -> tuple:
-    """The per-image attributes of a run of ``make_pair(**kwargs)``."""
-    return _PER_IMAGE_ATTRS + (_STEM_ATTRS if "imaging" in kwargs else ())
+    """The per-image attributes of a run of ``make_pair(**kwargs)``. In STEM detector units the electron dose is
+    stored as ``probe_dose``: the pipeline reads ``dose`` as counts per stored unit (noisy x dose = counts), which
+    detector values on an offset are not; their count-based checks fit the offset and gain from the frames."""
+    if "imaging" not in kwargs:
+        return _PER_IMAGE_ATTRS
+    specs = _PER_IMAGE_ATTRS + _STEM_ATTRS
+    if kwargs["stem_settings"]["units"] == "detector":
+        specs = tuple(("probe_dose", *rest) if name == "dose" else (name, *rest) for name, *rest in specs)
+    return specs
 
 
 # The true lattice columns, as datasets of the clean file (rows atom_offsets[i]:atom_offsets[i+1] are image i's).
