@@ -83,7 +83,7 @@ def _attr_specs(kwargs: dict) -> tuple:
     detector values on an offset are not; their count-based checks fit the offset and gain from the frames."""
     if "imaging" not in kwargs:
         return _PER_IMAGE_ATTRS
-    specs = _PER_IMAGE_ATTRS + _STEM_ATTRS
+    specs: tuple = _PER_IMAGE_ATTRS + _STEM_ATTRS
     if kwargs["stem_settings"]["units"] == "detector":
         specs = tuple(("probe_dose", *rest) if name == "dose" else (name, *rest) for name, *rest in specs)
     return specs
