@@ -151,7 +151,7 @@ def test_poisson_split_trains_on_detector_values_through_the_card_model(tmp_path
 OWN_DATA_PARAMETERS = Path(__file__).resolve().parents[2] / "workspace" / "parameters" / "own-data.parameters.yaml"
 
 
-def test_the_own_data_parameters_fine_tune_the_zoo_model_at_a_lower_rate():
+def test_the_own_data_parameters_fine_tune_the_zoo_model():
     from emdenoise import zoo
     from emdenoise.config import params
 
@@ -159,7 +159,13 @@ def test_the_own_data_parameters_fine_tune_the_zoo_model_at_a_lower_rate():
     assert train.init_from == "zoo:hrtem-ffdnet" and train.model_names() == ["ffdnet"]
     _, meta = modelfile.load_model(zoo.get(train.init_from).model_file)
     assert meta["model"] == "ffdnet"  # the zoo model is of the architecture the file trains
-    assert train.lr < params.defaults().train.lr  # fine-tuning: below the rate of training from scratch
+    check = params.load(OWN_DATA_PARAMETERS.with_name("own-data-check.parameters.yaml")).train
+    assert check.init_from == "none"  # the from-scratch control differs from the default in its start alone
+    assert {**check.as_dict(), "init_from": None, "supervision": None} == {
+        **train.as_dict(),
+        "init_from": None,
+        "supervision": None,
+    }
 
 
 @pytest.mark.slow
