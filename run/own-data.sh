@@ -17,7 +17,7 @@
 # EMDENOISE_PARAMETERS: the file's train.supervision); set EMDENOISE_SUPERVISION (noise2void, poisson_split, frame_pairs) to choose; EMDENOISE_EPOCHS and EMDENOISE_TILE
 # (the tile side; frames must be at least that large) override the file's train.epochs and preprocess.tile_size.
 # EMDENOISE_TRUTH: a folder of clean frames named like the inputs (simulated data): the comparison is then scored
-# (PSNR after the best affine fit; the filters at their best setting). EMDENOISE_PYTHON: an interpreter with
+# against it (PSNR after the best affine fit; the filters at their best setting); else by scores without truth. EMDENOISE_PYTHON: an interpreter with
 # emdenoise installed, used instead of installing ./.venv. EMDENOISE_BASELINES: the filters compared (comma
 # separated; default gaussian,flat_gaussian,bragg,wiener,pnlm).
 set -euo pipefail

@@ -9,18 +9,18 @@ on the same frames (``run/own-data.sh`` prints it; ``run/own-data-check.sh`` mea
 score is taken after the best affine fit). With truth every row is scored by :func:`affine_psnr`, and each
 classical filter's parameter is the one of its grid with the best mean score on these frames (the filter's
 best case: an oracle choice no user without truth can make, so a model that beats it beats the filter).
-Without truth the filters run at their defaults and the scores come from the hook
-:data:`WITHOUT_TRUTH` (``score(noisy, estimate) -> {name: value}``), when that module is installed.
+Without truth the filters run at their defaults and every row is scored without truth
+(:func:`scores_without_truth`: :mod:`emdenoise.evaluation.without_truth` through :func:`emdenoise.score`).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import dataclasses
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -38,7 +38,6 @@ GRIDS = {
     "gaussian": (0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0),
     "flat_gaussian": (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0),
 }
-WITHOUT_TRUTH = "emdenoise.evaluation.without_truth"  # scores without clean truth (issue 26), written separately
 
 Frames = dict[str, np.ndarray]  # file name -> (N, H, W) float32
 PixelSizes = Mapping[str, float | None]  # file name -> A/px
@@ -127,9 +126,7 @@ def classical_row(name: str, frames: Frames, truth: Frames | None, sizes: PixelS
     start = time.perf_counter()
     if truth is None:
         value = float(baseline.default(Context(pixel_size=next(iter(sizes.values()), None))))
-        outputs = _filtered(baseline, value, frames)
-        return Row(name, f"{baseline.param}={value:g} (default)", None, [], time.perf_counter() - start,
-                   _without_truth(frames, outputs))  # fmt: skip
+        return Row(name, f"{baseline.param}={value:g} (default)", None, [], 0.0)  # run by scores_without_truth
     best: tuple[float, float, list[float]] | None = None
     for value in GRIDS.get(name, baseline.grid):
         scores = _scores(_filtered(baseline, value, frames), truth)
@@ -147,19 +144,29 @@ def model_row(label: str, spec: str, frames: Frames, truth: Frames | None, sizes
     outputs = {name: api.denoise(stack, spec, sizes.get(name), max_deviation=0).image for name, stack in frames.items()}
     seconds = time.perf_counter() - start
     scores = _scores(outputs, truth)
-    return Row(label, spec, _mean(scores), scores, seconds, {} if truth else _without_truth(frames, outputs))
+    return Row(label, spec, _mean(scores), scores, seconds)
 
 
-def _without_truth(frames: Frames, outputs: Frames) -> dict[str, float]:
-    """The hook for scores without clean truth: ``WITHOUT_TRUTH.score(noisy, estimate)`` averaged over the
-    frames, when that module is installed; else nothing (the table says so)."""
-    try:
-        module = importlib.import_module(WITHOUT_TRUTH)
-    except ImportError:
-        return {}
-    score: Callable[[np.ndarray, np.ndarray], Mapping[str, float]] = module.score
-    per_frame = [score(f, o) for name in frames for f, o in zip(frames[name], outputs[name])]
-    return {key: float(np.mean([s[key] for s in per_frame])) for key in per_frame[0]} if per_frame else {}
+def scores_without_truth(frames: Frames, methods: Sequence[str], sizes: PixelSizes) -> dict[str, dict[str, float]]:
+    """Each method's scores without clean truth (:func:`emdenoise.score`: a binomial split of each frame's counts,
+    or a movie's frame halves), averaged over the files: ``uPSNR_dB`` (pooled per file) and ``uMSE``; files that
+    cannot be scored (values that are not counts, too few) are left out, named in a warning."""
+    from emdenoise import api
+    from emdenoise.log import get_logger
+
+    found: dict[str, dict[str, list[float]]] = {}
+    for name, stack in frames.items():
+        try:
+            result = api.score(stack, list(methods), pixel_size=sizes.get(name))
+        except InputError as exc:
+            get_logger().warning("%s: no scores without truth (%s)", name, exc)
+            continue
+        for score in result.scores:
+            entry = found.setdefault(score.method, {"uPSNR_dB": [], "uMSE": []})
+            if score.upsnr_pooled is not None:
+                entry["uPSNR_dB"].append(score.upsnr_pooled)
+            entry["uMSE"].append(score.umse)
+    return {m: {k: round(float(np.mean(v)), 4) for k, v in e.items() if v} for m, e in found.items()}
 
 
 def compare(
@@ -179,6 +186,11 @@ def compare(
     sizes = sizes or {}
     rows = [model_row(label, spec, frames, truth, sizes) for label, spec in models.items()]
     rows += [classical_row(name, frames, truth, sizes) for name in baselines]
+    if truth is None:
+        specs = [*models.values(), *baselines]
+        found = scores_without_truth(frames, specs, sizes)
+        keys = [*models.values(), *baselines]
+        rows = [dataclasses.replace(row, without_truth=found.get(key, {})) for row, key in zip(rows, keys)]
     if truth is not None:
         rows.sort(key=lambda row: -(row.psnr or -math.inf))
     return rows
@@ -195,7 +207,7 @@ def table(rows: Sequence[Row]) -> str:
             f"| {row.method} | {row.setting} | {psnr} |" + "".join(f" {row.without_truth.get(k, '')} |" for k in extra)
         )
     if not any(row.psnr is not None or row.without_truth for row in rows):
-        lines.append(f"\nNo clean truth and no scores without it ({WITHOUT_TRUTH} is not installed): compare by eye.")
+        lines.append("\nNo clean truth, and the frames could not be scored without it: compare by eye.")
     return "\n".join(lines)
 
 
