@@ -354,7 +354,10 @@ class TrainParams(Section):
         max=1e9,
     )
     init_from: str = param(
-        "str", "none", "a model file to start from and fine-tune (same architecture and options; none: random start)"
+        "str",
+        "none",
+        "a model file or zoo:NAME (emdenoise zoo) to start from and fine-tune (same architecture; its architecture "
+        "options replace the section's; none: random start)",
     )
     model_options: dict[str, Any] = dataclasses.field(default_factory=lambda: model_option_defaults())
 

@@ -119,12 +119,23 @@ def _optional_keys(train: TrainParams) -> list[str]:
     return keys
 
 
-def init_weights(model: nn.Module, name: str, options: dict, path_text: str, where: Any, log: Any) -> None:
-    """Load the weights of the model file ``path_text`` (``train.init_from``) into ``model``: refused in one
-    line when the file is missing or holds another architecture or other options."""
+def init_source(path_text: str, where: Any) -> Path:
+    """The model file ``train.init_from`` names: ``zoo:NAME`` (a pretrained model of :mod:`emdenoise.zoo`) or a
+    path; a missing one is refused in one line."""
+    from emdenoise import zoo
+
+    if path_text.startswith(zoo.PREFIX):
+        return zoo.get(path_text, "train.init_from").model_file
     path = Path(path_text).expanduser()
     if not path.is_file():
-        raise InputError.at(where, "train.init_from", f"expected an existing model file, {path} not found")
+        raise InputError.at(where, "train.init_from", f"expected an existing model file or zoo:NAME, {path} not found")
+    return path
+
+
+def load_init(name: str, path_text: str, where: Any) -> tuple[nn.Module, dict[str, Any], Path]:
+    """The model ``train.init_from`` names, its meta data and its file: refused in one line when it holds
+    another architecture than ``train.model``."""
+    path = init_source(path_text, where)
     loaded, meta = modelfile.load_model(path)
     if meta["model"] != name:
         raise InputError.at(
@@ -132,14 +143,20 @@ def init_weights(model: nn.Module, name: str, options: dict, path_text: str, whe
             "model",
             f"expected a {name} model file for train.init_from (train.model is {name}), got {meta['model']}",
         )
+    return loaded, meta, path
+
+
+def init_options(name: str, train: TrainParams, meta: dict[str, Any] | None, log: Any) -> dict[str, Any]:
+    """The architecture options of the run: those of the ``train.init_from`` model file when fine-tuning (its
+    weights only fit them; the ``train:`` section's differing ones are named in a warning), else the section's."""
+    options = models.options_from_train(name, train)
+    if meta is None:
+        return options
     if meta["options"] != options:
-        raise InputError.at(
-            path,
-            "options",
-            f"expected the options of this run for train.init_from ({_config_diff(meta['options'], options)})",
+        log.warning(
+            "%s: train.init_from sets the architecture options (%s)", name, _config_diff(options, meta["options"])
         )
-    model.load_state_dict(loaded.state_dict())
-    log.info("%s: starting from the weights of %s (train.init_from)", name, path)
+    return dict(meta["options"])
 
 
 def _finite(x: float | None) -> float | None:
@@ -165,7 +182,8 @@ class _Run:
     def __init__(self, name: str, train: TrainParams, data: TrainData, card: Card, rt: Runtime, out_dir: Path):
         self.name, self.train, self.data, self.rt, self.out_dir = name, train, data, rt, out_dir
         self.card = _card_json(card)
-        self.options = models.options_from_train(name, train)
+        init = load_init(name, train.init_from, train.where) if train.init_from != "none" else None
+        self.options = init_options(name, train, init[1] if init else None, rt.log)
         self.config = {
             "model": name,
             "options": self.options,
@@ -178,8 +196,9 @@ class _Run:
         self.data_range = float(self.card["data_range"])
         devices.seed_everything(train.seed)
         built = models.build(name, **self.options)
-        if train.init_from != "none":
-            init_weights(built, name, self.options, train.init_from, train.where, rt.log)
+        if init is not None:
+            built.load_state_dict(init[0].state_dict())
+            rt.log.info("%s: starting from the weights of %s (train.init_from)", name, init[2])
         model = distributed.prepare(built, rt.world, rt.device)
         self.step = TrainStep(model, train, math.ceil(len(data) / train.batch_size) * train.epochs, rt)
         self.meta = self._meta()

@@ -216,6 +216,52 @@ def test_init_from_fine_tunes_and_refuses_another_architecture(tmp_path, counted
     assert code == 2 and "train.init_from: expected an existing model file" in capsys.readouterr().err
 
 
+def test_init_from_a_zoo_name_starts_from_the_zoo_weights(tmp_path, counted_dir, train_cli, capsys):
+    from emdenoise import zoo
+
+    code, model_dir, _ = train_cli(
+        tmp_path / "zoo", counted_dir, model="ffdnet", epochs=1, lr=0.0, init_from="zoo:hrtem-ffdnet"
+    )
+    assert code == 0, capsys.readouterr().err
+    tuned, meta = modelfile.load_model(model_dir / "ffdnet" / "em_denoise_model.h5")
+    start = _weights(zoo.get("hrtem-ffdnet").model_file)
+    weights = {k: v for k, v in tuned.state_dict().items() if "running_" not in k and "num_batches" not in k}
+    assert len(weights) > 20  # (the BN statistics follow the new data)
+    for key, value in weights.items():  # lr 0: the zoo model's weights, fine-tuned by nothing
+        np.testing.assert_allclose(start[key], value.numpy(), err_msg=key)
+    assert meta["train_config"]["init_from"] == "zoo:hrtem-ffdnet"
+
+
+def test_init_from_takes_the_architecture_options_from_the_model_file(tmp_path, counted_dir, train_cli, capsys):
+    code, base_dir, _ = train_cli(tmp_path / "base", counted_dir, model="dncnn", dncnn_depth=3, epochs=1)
+    assert code == 0
+    base = base_dir / "dncnn" / "em_denoise_model.h5"
+    code, tuned_dir, _ = train_cli(tmp_path / "tuned", counted_dir, model="dncnn", epochs=1, init_from=str(base))
+    assert code == 0, capsys.readouterr().err  # the section's default depth gives way to the file's
+    _, meta = modelfile.load_model(tuned_dir / "dncnn" / "em_denoise_model.h5")
+    assert meta["options"] == {"depth": 3}
+    assert "train.init_from sets the architecture options (depth: 17 -> 3)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("init_from", "expected"),
+    [
+        ("zoo:no-such-model", "zoo:no-such-model: train.init_from: expected one of hrtem-ffdnet"),
+        ("zoo:hrtem-ffdnet", "em_denoise_model.h5: model: expected a sciml_ae model file"),
+        ("not-a-model.h5", "not-a-model.h5"),
+    ],
+)
+def test_init_from_refuses_an_unknown_zoo_name_or_an_incompatible_file(
+    tmp_path, counted_dir, train_cli, capsys, init_from, expected
+):
+    (tmp_path / "not-a-model.h5").write_text("not HDF5")
+    spec = str(tmp_path / init_from) if init_from.endswith(".h5") else init_from
+    code, _, _ = train_cli(tmp_path / "run", counted_dir, epochs=1, init_from=spec)
+    err = capsys.readouterr().err
+    assert code == 2 and expected in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if "error" in line.lower()]) == 1
+
+
 def test_clean_mode_on_noisy_only_data_is_refused(tmp_path, counted_dir, train_cli, capsys):
     data = tmp_path / "noisy_only"
     shutil.copytree(counted_dir, data)
