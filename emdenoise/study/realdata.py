@@ -126,6 +126,7 @@ class Sample:
     detector: dict[str, Any] = field(default_factory=dict)  # the fitted offset and gain, or why refused
     score_check: dict[str, Any] | None = None  # the check of the scores' assumptions (the noisy input's uMSE)
     score_kind: str = ""
+    noisy_score: list[float | None] = field(default_factory=list)  # the noisy input's uPSNR and its se
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -264,8 +265,7 @@ def score_sample(sample: Sample) -> None:
         if found is not None:
             upsnr, se = found.upsnr_pooled, found.upsnr_pooled_se
             outcome.score = {"upsnr": upsnr, "upsnr_se": se, "margin": scores.margins.get(outcome.method)}
-    noisy = by["noisy"]
-    sample.registration.setdefault("noisy_upsnr", [noisy.upsnr_pooled, noisy.upsnr_pooled_se])
+    sample.noisy_score = [by["noisy"].upsnr_pooled, by["noisy"].upsnr_pooled_se]
 
 
 def warm_up() -> None:

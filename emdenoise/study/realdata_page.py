@@ -110,7 +110,7 @@ def method_table(sample: Sample) -> list[str]:
     if sample.reference is not None:
         noisy = ["noisy input", "-", "-", "-", "-", "-", num(_noisy_correlation(sample), ".3f"), "-"]
         rows.insert(0, noisy)
-    noisy_score = sample.registration.get("noisy_upsnr")
+    noisy_score = sample.noisy_score
     if noisy_score and noisy_score[0] is not None:
         rows.insert(0, ["noisy input (score)", *["-"] * 6, f"{noisy_score[0]:.2f} ± {num(noisy_score[1], '.2f')}"])
     return table([*header, SCORE], "lrrrrlrr", rows)
@@ -137,6 +137,7 @@ def results(samples: list[Sample], hardware: dict[str, Any]) -> dict[str, Any]:
                 "registration": s.registration,
                 "detector": s.detector,
                 "score_kind": s.score_kind,
+                "noisy_score": s.noisy_score,
                 "score_check": s.score_check,
                 "methods": {
                     o.method: {

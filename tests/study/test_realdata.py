@@ -81,7 +81,7 @@ def test_a_single_frame_is_scored_without_truth_by_a_split_of_its_counts(sample)
     assert sample.score_kind == "split" and sample.score_check["ratio"] is not None
     # the lattice's counts are Poisson: the fitted gain is 1 within its error, and smoothing beats the noisy frame
     assert abs(sample.detector["gain"] - 1.0) < 4 * sample.detector["gain_error"] + 0.1
-    assert gaussian.score["upsnr"] > sample.registration["noisy_upsnr"][0]
+    assert gaussian.score["upsnr"] > sample.noisy_score[0]
     assert rescaled.score == {}  # no method denoise names: not scored
     text = "\n".join(realdata_page.method_table(sample))
     assert f"{gaussian.score['upsnr']:.2f} ±" in text
