@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from emdenoise.classical import filters, flatfield
+from emdenoise.classical import detector, filters, flatfield
 from emdenoise.classical import names as baseline_names
 from emdenoise.method import Context, Kind
 
@@ -69,10 +69,19 @@ class Baseline:
     fixed: dict = field(default_factory=dict)  # settings that are not tuned, recorded in the report
     package: str | None = None  # optional package it needs
     max_tune_images: int = 0  # cap on tuning images for slow methods (0: no cap)
+    counts: bool = False  # models Poisson counts from zero (the beam-aware filters, the Anscombe transform)
 
     def apply(self, image: np.ndarray, value: float, scale: float | None = None) -> np.ndarray:
-        """Filter one 2-D image with the parameter set to ``value``; float64 out."""
-        return self.filter(np.asarray(image, dtype=np.float64), value, scale)
+        """Filter one 2-D image with the parameter set to ``value``; float64 out. A filter of counts given
+        detector values on an offset (STEM, CCD) and no count scale filters the counts above the offset that
+        the frame's own noise gives (:func:`emdenoise.classical.detector.offset_model`) and maps the result
+        back: on the values themselves the offset would pass for signal and the lattice for noise."""
+        image = np.asarray(image, dtype=np.float64)
+        if self.counts and not scale:
+            model = detector.offset_model(image)
+            if model is not None:
+                return model.offset + model.gain * self.filter(detector.to_counts(image, model), value, 1.0)
+        return self.filter(image, value, scale)
 
     def shown(self, value: float) -> int | float:
         """``value`` as reported: an int when whole."""
@@ -113,6 +122,7 @@ BASELINES: dict[str, Baseline] = {
             package=filters.BM3D_PACKAGE,
             max_tune_images=4,
             fixed={"count_scale": "estimated per image", "inverse": "exact unbiased (closed form)"},
+            counts=True,
         ),
         Baseline(
             "flat_gaussian",
@@ -121,6 +131,7 @@ BASELINES: dict[str, Baseline] = {
             filters.flat_gaussian,
             lambda context: 2.0 * _gaussian_sigma(context),
             fixed={"beam": "fitted"},
+            counts=True,
         ),
         Baseline(
             "bragg",
@@ -129,6 +140,7 @@ BASELINES: dict[str, Baseline] = {
             filters.bragg,
             _fixed(2.0),
             fixed={**_BEAM, "peak_ratio": flatfield.PEAK_RATIO},
+            counts=True,
         ),
         Baseline(
             "wiener",
@@ -137,6 +149,7 @@ BASELINES: dict[str, Baseline] = {
             filters.wiener,
             _fixed(2.0),
             fixed={**_BEAM, "background": "ring median"},
+            counts=True,
         ),
         Baseline(
             "pnlm",
@@ -152,6 +165,7 @@ BASELINES: dict[str, Baseline] = {
                 "matching": "lattice",
             },
             max_tune_images=8,
+            counts=True,
         ),
         Baseline(
             "flat_anscombe_bm3d",
@@ -162,6 +176,7 @@ BASELINES: dict[str, Baseline] = {
             package=filters.BM3D_PACKAGE,
             max_tune_images=4,
             fixed={"beam": "fitted", "inverse": "exact unbiased (closed form)"},
+            counts=True,
         ),
     )
 }
