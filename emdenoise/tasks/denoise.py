@@ -266,9 +266,18 @@ def _run(ctx: TaskContext, world: distributed.World, device: torch.device) -> No
         remove_staging(folder / STAGING_DIR)
 
     prefer = write_scores(ctx, outs, device) if ctx.params.denoise.score != "off" and world.is_main else []
-    frames, computed, tiles = distributed.totals([sum(r.frames for r in done), len(done), engine.tiles_run], world)
+    _summary(ctx, world, done, len(files), engine.tiles_run, prefer)
+
+
+def _summary(
+    ctx: TaskContext, world: distributed.World, done: list[Denoised], n_files: int, tiles_run: int, prefer: list
+) -> None:
+    """The run's totals (every process's) and the advice on these frames (this process's share under torchrun;
+    ``prefer``: what the scores without truth said of each scored input)."""
+    sec, log = ctx.params.denoise, ctx.log
+    frames, computed, tiles = distributed.totals([sum(r.frames for r in done), len(done), tiles_run], world)
     (seconds,) = distributed.totals([sum(r.seconds for r in done)], world, maximum=True)  # side by side
-    reused = len(files) - int(computed)
+    reused = n_files - int(computed)
     if computed:
         log.info(
             "denoised %d frame(s) in %.2f s: %.2f frames/s (%d tiles or whole frames through the method)%s",
@@ -280,7 +289,7 @@ def _run(ctx: TaskContext, world: distributed.World, device: torch.device) -> No
         )
     else:
         log.info("all %d output(s) up to date, nothing to do", reused)
-    if done:  # which denoiser to trust on these frames (this process's share under torchrun)
+    if done:
         spec = sec.method if sec.method != methods.MODEL else sec.model
         verdicts = set(prefer) - {None}  # what the scores say, when every scored input says the same
         said = verdicts.pop() if len(verdicts) == 1 and None not in prefer else None
