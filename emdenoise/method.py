@@ -12,8 +12,9 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-Kind = Literal["input", "classical", "deep", "external"]
-KINDS: tuple[Kind, ...] = ("input", "classical", "deep", "external")
+# pretrained: a network of the model zoo (emdenoise.zoo), trained before the run that scores it, not by it
+Kind = Literal["input", "classical", "deep", "pretrained", "external"]
+KINDS: tuple[Kind, ...] = ("input", "classical", "deep", "pretrained", "external")
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,12 @@ def _baselines_or_none() -> tuple[str, ...]:
     return classical_names.ALL + ("none",)
 
 
+def _zoo_or_none() -> tuple[str, ...]:
+    from emdenoise import zoo
+
+    return (*zoo.models(), "none")
+
+
 def _materials() -> tuple[str, ...]:
     from emdenoise.data.simulate.scenes import MATERIALS
 
@@ -406,6 +412,13 @@ class TestParams(Section):
         "classical baselines, tuned on the val split (all: every one installed; none: models "
         "only; bm3d and anscombe_bm3d need the optional non-commercial bm3d package)",
         choices=_baselines_or_none,
+    )
+    zoo: Names = param(
+        "names",
+        "none",
+        "pretrained models of the model zoo (emdenoise zoo) scored as rows of their own, kind pretrained: trained "
+        "before this run, not by it (all: every one installed; none: no zoo rows)",
+        choices=_zoo_or_none,
     )
     batch_size: int = param("int", 16, "images per inference batch", min=1, max=65_536)
     device: str = param("str", "auto", "auto, cpu, cuda or cuda:N", check=_device_check)

@@ -18,7 +18,7 @@ import numpy as np
 
 from emdenoise.evaluation.records import MethodSummary, SplitMetrics, TestMetrics
 from emdenoise.report import tables
-from emdenoise.report.figures import KIND_COLOURS, figure, legend_patch, save
+from emdenoise.report.figures import KIND_COLOURS, figure, kind_label, legend_patch, save
 from emdenoise.report.tables import is_number, num, settings, table
 
 if TYPE_CHECKING:  # the scorer computes with torch; the report only reads its rows
@@ -45,7 +45,7 @@ def _columns(name: str, row: MethodSummary) -> list[str]:
     ms = None if row.seconds_per_image is None else 1000.0 * row.seconds_per_image
     return [
         name,
-        row.kind,
+        kind_label(row.kind),
         f"{num(row.psnr_mean, '.2f')} ± {num(row.psnr_std, '.2f')}",
         f"{num(row.ssim_mean, '.3f')} ± {num(row.ssim_std, '.3f')}",
         num(row.mse_mean, ".3e"),
@@ -95,7 +95,7 @@ def structure_lines(part: SplitMetrics) -> list[str]:
     for name in ranked(part.methods):
         row = part.methods[name]
         frc = row.frc_resolution_angstrom if pixel_size else row.frc_resolution_px
-        cells = [name, row.kind, num(row.band_psnr_mean, ".2f"), num(frc, ".2f")]
+        cells = [name, kind_label(row.kind), num(row.band_psnr_mean, ".2f"), num(frc, ".2f")]
         cells += _atom_cells(row.atoms, pixel_size) if has_atoms else []
         rows.append(cells + [num(row.deviation_mean, ".3f"), _pct(row.inconsistent_fraction)])
     if has_atoms and part.truth is not None:
@@ -110,7 +110,7 @@ def margin_lines(strongest: Mapping[str, Any] | None) -> list[str]:
     lines = [
         f"Strongest classical row: **{strongest['name']}** (PSNR {num(strongest.get('psnr'), '.2f')} dB, band "
         f"PSNR {num(strongest.get('band_psnr'), '.2f')} dB, atom F1 {num(strongest.get('atom_f1'), '.3f')}). "
-        "Every deep model's margin against it (positive: the model is better):",
+        "Every deep model's margin against it, trained or pretrained (positive: the model is better):",
         "",
     ]
     margins = strongest.get("margins") or {}
@@ -144,7 +144,15 @@ def dose_header(bins: Sequence[Mapping[str, Any]]) -> list[str]:
     return [f"{b['dose_min']:.3g}-{b['dose_max']:.3g} (n={b['n']})" for b in bins]
 
 
+PRETRAINED_NOTE = (
+    "Rows of kind pretrained (zoo), named zoo:NAME, are models of the model zoo (emdenoise zoo): trained before "
+    "this run on data of their own (their model cards give the pixel sizes and doses), not by it, and run with "
+    "their own normalisation; the rows of kind deep were trained by this run."
+)
+
+
 def _header(metrics: TestMetrics) -> list[str]:
+    pretrained = any(row.kind == "pretrained" for row in metrics.methods.values())
     return [
         "# em_denoise test results",
         "",
@@ -156,6 +164,7 @@ def _header(metrics: TestMetrics) -> list[str]:
         "",
         BASELINE_NOTE,
         "",
+        *([PRETRAINED_NOTE, ""] if pretrained else []),
     ]
 
 
@@ -286,7 +295,8 @@ def comparison_figure(
 
 
 def psnr_bar_figure(metrics: TestMetrics | Mapping[str, Any]) -> Any:
-    """Mean PSNR ± std per method (best first), coloured by kind: input, classical, deep (a figure to save)."""
+    """Mean PSNR ± std per method (best first), coloured by kind: input, classical, deep, pretrained (a figure to
+    save)."""
     metrics = TestMetrics.coerce(metrics)
     methods = metrics.methods
     names = [n for n in ranked(methods) if is_number(methods[n].psnr_mean)]
@@ -303,7 +313,7 @@ def psnr_bar_figure(metrics: TestMetrics | Mapping[str, Any]) -> Any:
     kinds = [kind for kind in KIND_COLOURS if any(methods[n].kind == kind for n in names)]
     if kinds:
         ax.legend(
-            handles=[legend_patch(color=KIND_COLOURS[kind], label=kind) for kind in kinds],
+            handles=[legend_patch(color=KIND_COLOURS[kind], label=kind_label(kind)) for kind in kinds],
             fontsize=8,
             loc="upper right",
         )
@@ -329,7 +339,7 @@ def per_image_csv(scorers: dict[str, Scorer]) -> str:
     writer.writerow(
         ["index"]
         + (["dose"] if dose else [])
-        + ["method", "psnr", "ssim", "mse", "band_psnr", "frc_px", "deviation", "inconsistent", "split"]
+        + ["method", "kind", "psnr", "ssim", "mse", "band_psnr", "frc_px", "deviation", "inconsistent", "split"]
     )
     for split, scorer in scorers.items():
         doses = scorer.split.dose
@@ -338,7 +348,7 @@ def per_image_csv(scorers: dict[str, Scorer]) -> str:
                 writer.writerow(
                     [i]
                     + ([f"{doses[i]:.6g}" if doses is not None else ""] if dose else [])
-                    + [name, f"{row.psnr[i]:.6f}", f"{row.ssim[i]:.6f}", f"{row.mse[i]:.6e}"]
+                    + [name, kind_label(row.kind), f"{row.psnr[i]:.6f}", f"{row.ssim[i]:.6f}", f"{row.mse[i]:.6e}"]
                     + [f"{row.band_psnr[i]:.6f}", f"{row.frc_px[i]:.4f}", f"{row.deviation[i]:.5f}"]
                     + [int(row.inconsistent[i]), split]
                 )

@@ -1,6 +1,7 @@
 """Running the methods: which models and baselines to score, the one timed loop that runs any
 :class:`~emdenoise.method.Method` over a split (:func:`run_method`; the test task and the study share it), a
-trained network as a method (:class:`Network`) and a baseline tuned then run (:func:`tune_baseline`).
+trained network as a method (:class:`Network`), a pretrained one of the model zoo (:class:`Pretrained`) and a
+baseline tuned then run (:func:`tune_baseline`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from emdenoise import zoo
 from emdenoise.classical import methods as classical
 from emdenoise.classical import tuning
 from emdenoise.classical.filters import NotCounts
@@ -23,6 +25,7 @@ from emdenoise.config.params import Names
 from emdenoise.data.splits import Split
 from emdenoise.errors import InputError, RuntimeFailure
 from emdenoise.evaluation.scorer import Row, Scorer
+from emdenoise.inference import resample
 from emdenoise.inference.denoiser import Denoiser
 from emdenoise.layout import MODEL_FILE, trained_models
 from emdenoise.log import progress
@@ -98,6 +101,14 @@ def find_models(value: Names, model_dir: Path, where: str | Path) -> dict[str, P
     return found
 
 
+def find_zoo(value: Names, where: str | Path) -> dict[str, Path]:
+    """Row name (``zoo:NAME``) -> model file of each pretrained model of ``test.zoo`` (``all``: every one
+    installed, :func:`emdenoise.zoo.models`)."""
+    names = _names(value, "test.zoo", where)
+    found = zoo.models() if isinstance(names, str) else {name: zoo.get(name, "test.zoo") for name in names}
+    return {f"{zoo.PREFIX}{name}": model.model_file for name, model in found.items()}
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Trained networks as methods
 # --------------------------------------------------------------------------------------------------------------
@@ -161,6 +172,75 @@ def network(
             data_range,
         )
     return Network(name, denoiser, path, batch_size)
+
+
+SCALE_TOLERANCE = 0.05  # as denoise.scale_tolerance's default: pixel sizes this close count as the same
+
+
+@dataclass(frozen=True)
+class Pretrained(Network):
+    """A model of the zoo as a method: trained before this run, on data of its own (its file records the
+    normalisation, applied by its :class:`~emdenoise.inference.denoiser.Denoiser`, and the pixel sizes it was
+    trained on). As ``denoise`` does (:func:`emdenoise.inference.resample.plan`), a batch whose pixel size (the
+    batch's median, :func:`context_of`) lies inside the trained range goes as it is, one outside it is resampled
+    to the nearer end, denoised and resampled back; an unknown pixel size goes as it is."""
+
+    kind: Kind = "pretrained"
+
+    @property
+    def settings(self) -> Mapping[str, Any]:
+        meta = self.denoiser.meta
+        return {
+            **super().settings,
+            "source": "model zoo: pretrained, not trained by this run",
+            "pixel_size_range": meta.get("pixel_size_range"),
+            "trained_data_range": meta.get("data_range"),
+        }
+
+    def sampling(self, shape: tuple[int, int], pixel_size: float | None) -> resample.Sampling:
+        meta = self.denoiser.meta
+        return resample.plan(
+            self.path,
+            shape,
+            pixel_size,
+            "the test split's pixel_size",
+            meta.get("pixel_size"),
+            0.0,
+            "auto",
+            SCALE_TOLERANCE,
+            model_range=meta.get("pixel_size_range"),
+        )
+
+    def __call__(self, frames: np.ndarray, context: Context) -> np.ndarray:
+        sampling = self.sampling((int(frames.shape[1]), int(frames.shape[2])), context.pixel_size)
+        if sampling.status != "resampled":
+            return super().__call__(frames, context)
+        outputs = super().__call__(np.stack(list(sampling.down(iter(frames)))), context)
+        return np.stack(list(sampling.up(iter(outputs))))
+
+
+def pretrained(
+    name: str, path: Path, denoiser: Denoiser, batch_size: int, split: Split, log: logging.Logger
+) -> Pretrained:
+    """The zoo model of file ``path`` as a method, logging how ``split``'s pixel sizes sit in its trained range."""
+    sizes = None if split.pixel_size is None else np.asarray(split.pixel_size, dtype=np.float64)
+    span = denoiser.meta.get("pixel_size_range")
+    if sizes is None or not span or not (np.isfinite(sizes) & (sizes > 0)).all():
+        log.info("%s: pretrained (model zoo); pixel size unknown: the images go to it as they are", name)
+    else:
+        low, high = float(span[0]) * (1 - SCALE_TOLERANCE), float(span[1]) * (1 + SCALE_TOLERANCE)
+        log.info(
+            "%s: pretrained (model zoo) on %.3g-%.3g A/px; test images %.3g-%.3g A/px, %d of %d outside that "
+            "range (a batch whose median lies outside is resampled to the nearer end and back, as denoise does)",
+            name,
+            span[0],
+            span[1],
+            sizes.min(),
+            sizes.max(),
+            int(((sizes < low) | (sizes > high)).sum()),
+            len(sizes),
+        )
+    return Pretrained(name, denoiser, path, batch_size)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ DOSE_BINS = 4
 class Row:
     """Per-image scores of one method, filled batch by batch, plus its timing and settings."""
 
-    kind: str  # input, classical, deep
+    kind: str  # input, classical, deep, pretrained
     n: int
     params: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0  # time spent denoising all n images (warm-up excluded)
@@ -288,7 +288,7 @@ def strongest_classical(methods: dict[str, MethodSummary]) -> dict[str, Any] | N
     reference = methods[best]
     margins: dict[str, dict[str, float | None]] = {}
     for name, row in methods.items():
-        if row.kind != "deep":
+        if row.kind not in ("deep", "pretrained"):
             continue
         margins[name] = {}
         for measure, get in MARGIN_MEASURES.items():

@@ -16,7 +16,13 @@ from typing import Any
 
 from emdenoise.outputs import atomic_path
 
-KIND_COLOURS = {"input": "#9e9e9e", "classical": "#4c72b0", "deep": "#dd8452"}
+KIND_COLOURS = {"input": "#9e9e9e", "classical": "#4c72b0", "deep": "#dd8452", "pretrained": "#55a868"}
+KIND_LABELS = {"pretrained": "pretrained (zoo)"}  # how a kind reads in tables and legends (else the kind itself)
+
+
+def kind_label(kind: str) -> str:
+    """A row kind as the reports show it: ``pretrained (zoo)`` for the zoo's models, else the kind."""
+    return KIND_LABELS.get(kind, kind)
 
 
 def _config_dir_writable() -> bool:

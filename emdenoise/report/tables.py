@@ -49,8 +49,9 @@ def settings(row: Mapping[str, Any]) -> str:
         if gain is not None and offset is not None:
             tuned.append(f"gain {gain:.3g}, offset {offset:.3g}")
         return "; ".join(tuned)
-    if row.get("kind") == "deep":
-        return ", ".join(f"{k}={v}" for k, v in params.items() if k in ("model", "parameters", "epochs"))
+    if row.get("kind") in ("deep", "pretrained"):
+        shown = ", ".join(f"{k}={v}" for k, v in params.items() if k in ("model", "parameters", "epochs"))
+        return shown + ("; pretrained (model zoo), not trained by this run" if row.get("kind") == "pretrained" else "")
     return ""
 
 

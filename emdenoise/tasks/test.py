@@ -7,7 +7,10 @@ Rows of the table, all scored on the same test images against the CLEAN test ima
   gain/offset tuned on ``test.tune_images`` validation pairs;
 - each trained model of ``test.models`` (``all``: every ``model_dir/<name>/em_denoise_model.h5``), run in
   batches of ``test.batch_size`` on ``test.device`` with ``test.precision``; a warm-up batch is run first
-  and left out of the timing.
+  and left out of the timing;
+- each pretrained model of ``test.zoo`` (:mod:`emdenoise.zoo`), the row ``zoo:NAME`` of kind ``pretrained``:
+  trained before this run, not by it, run the same way with its own normalisation, a batch outside the pixel
+  sizes it was trained on resampled as ``denoise`` does (:class:`~emdenoise.evaluation.run.Pretrained`).
 
 Every row is a :class:`~emdenoise.method.Method` (:class:`~emdenoise.method.Identity`, a tuned
 :class:`~emdenoise.classical.methods.Classical`, a :class:`~emdenoise.evaluation.run.Network`) run by the one
@@ -43,8 +46,10 @@ from emdenoise.evaluation.records import MethodSummary, TestMetrics
 from emdenoise.evaluation.report import COMPARISON, figure_indices, figures, per_image_csv
 from emdenoise.evaluation.run import (
     find_models,
+    find_zoo,
     load_model,
     network,
+    pretrained,
     run_method,
     select_baselines,
     tune_baseline,
@@ -67,6 +72,7 @@ class Plan:
 
     baselines: list[str]
     models: dict[str, Path]
+    zoo: dict[str, Path]  # row name zoo:NAME -> the pretrained model's file
     card: dict[str, Any]
     test: Split
     val: Split | None
@@ -115,12 +121,13 @@ def plan(ctx: TaskContext) -> Plan:
     data_dir, model_dir = ctx.paths["data_dir"], ctx.paths["model_dir"]
     baseline_names = select_baselines(sec.baselines, where, log)
     model_files = find_models(sec.models, model_dir, where)
-    if not model_files and not baseline_names:
+    zoo_files = find_zoo(sec.zoo, where)
+    if not model_files and not baseline_names and not zoo_files:
         raise InputError.at(
             model_dir,
             "test.models",
             f"expected trained models (<name>/{MODEL_FILE}), found none, "
-            "and test.baselines is none: nothing to evaluate; run the train task first",
+            "and test.baselines and test.zoo are none: nothing to evaluate; run the train task first",
         )
     if not model_files:
         log.info("no trained model in %s: evaluating the noisy input and the classical baselines only", model_dir)
@@ -131,21 +138,21 @@ def plan(ctx: TaskContext) -> Plan:
     has_clean = card.get("has_clean", True) is not False
     val = _val_split(data_dir, sec.tune_images, test, log) if baseline_names and has_clean else None
     device, precision, denoisers = torch.device("cpu"), "fp32", {}
-    if model_files:
+    if model_files or zoo_files:
         device = runtime.resolve_device(sec.device, "test.device", where)
         precision = runtime.resolve_precision(sec.precision, device, "test.precision", where)
-        denoisers = {name: load_model(path, device, precision) for name, path in model_files.items()}
+        denoisers = {name: load_model(path, device, precision) for name, path in {**model_files, **zoo_files}.items()}
     gen_path = data_dir / SPLIT_FILE.format(split=GENERALISATION)
     gen = load_split(data_dir, GENERALISATION, sec.max_test_images) if gen_path.is_file() and has_clean else None
     if gen is not None and len(gen):
         log.info("%s: %d images, scored beside the test split", gen_path, len(gen))
     gen = gen if gen is not None and len(gen) else None
-    return Plan(baseline_names, model_files, card, test, val, gen, device, precision, denoisers)
+    return Plan(baseline_names, model_files, zoo_files, card, test, val, gen, device, precision, denoisers)
 
 
 def methods(p: Plan, batch_size: int, log: logging.Logger) -> list[Method]:
     """Every row as a method: the identity, each baseline tuned on the val split (noisy-only data: with its
-    default settings), each network."""
+    default settings), each trained network, each pretrained one of the zoo."""
     rows: list[Method] = [Identity()]
     for name in p.baselines:
         if p.val is None:  # no clean pairs to tune on
@@ -154,6 +161,8 @@ def methods(p: Plan, batch_size: int, log: logging.Logger) -> list[Method]:
         rows.append(tune_baseline(name, p.val, p.data_range, log))
     for name, path in p.models.items():
         rows.append(network(name, path, p.denoisers[name], batch_size, p.data_range, log))
+    for name, path in p.zoo.items():
+        rows.append(pretrained(name, path, p.denoisers[name], batch_size, p.test, log))
     return rows
 
 
@@ -205,13 +214,15 @@ def run(ctx: TaskContext) -> None:
     sec, log, out_dir = ctx.params.test, ctx.log, ctx.paths["output_dir"]
     p = plan(ctx)
     log.info(
-        "%d test images of %dx%d, data range R = %.6g; %d baseline(s), %d model(s); device %s, precision %s",
+        "%d test images of %dx%d, data range R = %.6g; %d baseline(s), %d model(s), %d pretrained; device %s, "
+        "precision %s",
         len(p.test),
         p.test.noisy.shape[1],
         p.test.noisy.shape[2],
         p.data_range,
         len(p.baselines),
         len(p.models),
+        len(p.zoo),
         p.device,
         p.precision,
     )

@@ -9,8 +9,10 @@ working folder)::
       card.json             the card's machine-readable fields (CARD_FIELDS), for ``emdenoise zoo``
 
 ``emdenoise zoo`` lists them; ``emdenoise denoise --model zoo:NAME`` and ``emdenoise.denoise(..., method="zoo:NAME")``
-apply one. Folders named in the environment variable ``EMDENOISE_ZOO`` (separated by ``os.pathsep``) are searched
-first, laid out the same way: a lab's own pretrained models, found by name like the shipped ones.
+apply one; ``emdenoise test`` scores those of ``test.zoo`` beside the trained models (kind ``pretrained``,
+:class:`emdenoise.evaluation.run.Pretrained`). Folders named in the environment variable ``EMDENOISE_ZOO``
+(separated by ``os.pathsep``) are searched first, laid out the same way: a lab's own pretrained models, found by
+name like the shipped ones.
 """
 
 from __future__ import annotations

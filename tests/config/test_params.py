@@ -103,6 +103,13 @@ def test_quickstart_is_synthetic():
     assert params.load(ROOT / "workspace/parameters/quickstart.parameters.yaml").download.source == "synthetic"
 
 
+def test_test_zoo_names_the_zoo_models(tmp_path):
+    assert params.load(write(tmp_path, "test:\n  models: all\n")).test.zoo == ["none"]  # no zoo rows by default
+    assert params.load(write(tmp_path, "test:\n  zoo: all\n")).test.zoo == "all"
+    assert params.load(write(tmp_path, "test:\n  zoo: hrtem-ffdnet\n")).test.zoo == ["hrtem-ffdnet"]
+    assert params.load(ROOT / "workspace/parameters/quickstart.parameters.yaml").test.zoo == "all"
+
+
 def test_unknown_key_gets_did_you_mean(tmp_path):
     path = write(tmp_path, "train:\n  epoch: 3\n")
     with pytest.raises(InputError) as err:
@@ -125,6 +132,7 @@ def test_unknown_section_gets_did_you_mean(tmp_path):
         ("train:\n  model: unett\n", "train.model", "did you mean 'unet'"),
         ("train:\n  model: [unet, unet]\n", "train.model", "repeat"),
         ("test:\n  baselines: [gausian]\n", "test.baselines", "did you mean 'gaussian'"),
+        ("test:\n  zoo: [hrtem-ffdnt]\n", "test.zoo", "did you mean 'hrtem-ffdnet'"),
         ("train:\n  device: gpu\n", "train.device", "auto, cpu, cuda or cuda:N"),
         ("test:\n  device: cuda:x\n", "test.device", "auto, cpu, cuda or cuda:N"),
         ("train:\n  rednet_depth: 15\n", "train.rednet_depth", "an even number, got 15"),

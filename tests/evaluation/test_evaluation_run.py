@@ -168,3 +168,35 @@ def test_a_beam_aware_baseline_on_values_that_cannot_be_counts_is_one_line():
     assert err.value.message.startswith("val.h5: test.baselines: bragg needs images of counts")
     assert "smallest value of -" in err.value.message and "\n" not in err.value.message
     assert tune_baseline("gaussian", val, 1.0, logging.getLogger("t")).name == "gaussian"  # any values
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A pretrained model of the zoo as a method
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_pretrained_resamples_a_batch_outside_its_pixel_sizes_as_denoise_does():
+    from emdenoise import zoo
+
+    path = zoo.get("hrtem-ffdnet").model_file
+    model = evaluation.Pretrained("zoo:hrtem-ffdnet", evaluation.load_model(path, "cpu", "fp32"), path, 2)
+    low, high = model.denoiser.meta["pixel_size_range"]
+    frames = poisson_noise(np.random.default_rng(0), smooth_images(np.random.default_rng(1), 2, 32), 500.0)
+    plain = evaluation.Network("plain", model.denoiser, path, 2)(frames, Context())
+    assert model.kind == "pretrained" and "not trained by this run" in model.settings["source"]
+    assert model.sampling((32, 32), (low + high) / 2).status == "matched"
+    assert model.sampling((32, 32), None).status == "unknown"
+    far = model.sampling((32, 32), 2 * high)
+    assert far.status == "resampled" and far.shape == (64, 64) and far.model_pixel_size == pytest.approx(high)
+    np.testing.assert_array_equal(model(frames, Context(pixel_size=(low + high) / 2)), plain)  # inside: as it is
+    np.testing.assert_array_equal(model(frames, Context()), plain)  # unknown pixel size: as it is
+    resampled = model(frames, Context(pixel_size=2 * high))
+    assert resampled.shape == frames.shape and np.isfinite(resampled).all()
+    assert np.abs(resampled - plain).max() > 1e-3  # the model saw the frames at its own sampling
+
+
+def test_find_zoo_names_rows_by_prefix_and_refuses_unknown_names():
+    assert set(evaluation.find_zoo("all", "p.yaml")) >= {"zoo:hrtem-ffdnet"}
+    assert evaluation.find_zoo(["none"], "p.yaml") == {}
+    with pytest.raises(InputError, match="test.zoo"):
+        evaluation.find_zoo(["no-such-model"], "p.yaml")

@@ -101,7 +101,7 @@ def test_test_task_with_baselines_only_writes_every_output(tmp_path):
 
     with open(out / "per_image.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["index", "dose", "method", "psnr", "ssim", "mse"] + [
+    assert list(rows[0]) == ["index", "dose", "method", "kind", "psnr", "ssim", "mse"] + [
         "band_psnr",
         "frc_px",
         "deviation",
@@ -260,3 +260,35 @@ def test_structure_metrics_atoms_margins_and_the_generalisation_split(tmp_path):
     assert "## Generalisation (2 images" in report and "atom F1" in report
     assert report.count("| truth (clean image) | truth |") == 2  # the test split's table and the generalisation's
     assert metrics["format"] == "emdenoise-test/1"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Pretrained models of the zoo (test.zoo)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_zoo_model_is_scored_as_a_pretrained_row(tmp_path, processed):
+    code, out, log = run_test_task(
+        tmp_path, processed, baselines=["gaussian"], zoo=["hrtem-ffdnet"], tune_images=3, figure_images=2, batch_size=4
+    )
+    assert code == 0, log.read_text()
+    metrics = json.loads((out / "test_metrics.json").read_text())
+    assert list(metrics["methods"]) == ["noisy", "gaussian", "zoo:hrtem-ffdnet"]
+    row = metrics["methods"]["zoo:hrtem-ffdnet"]
+    assert row["kind"] == "pretrained" and REQUIRED_ROW_KEYS <= set(row)
+    assert all(math.isfinite(row[k]) for k in ("psnr_mean", "ssim_mean", "mse_mean")) and row["images_per_s"] > 0
+    assert row["params"]["model"] == "ffdnet" and "not trained by this run" in row["params"]["source"]
+    assert row["params"]["file"].endswith("zoo/hrtem-ffdnet/em_denoise_model.h5")
+    assert set(metrics["strongest_classical"]["margins"]) == {"zoo:hrtem-ffdnet"}  # the margin, like a trained row
+    results = (out / "results.md").read_text()
+    assert "| zoo:hrtem-ffdnet | pretrained (zoo) |" in results and "not by it" in results
+    with open(out / "per_image.csv", newline="") as fh:
+        kinds = {r["method"]: r["kind"] for r in csv.DictReader(fh)}
+    assert kinds == {"noisy": "input", "gaussian": "classical", "zoo:hrtem-ffdnet": "pretrained (zoo)"}
+    assert {"psnr_bar.png", "comparison.png"} <= {p.name for p in out.iterdir()}
+
+
+def test_zoo_none_with_a_name_is_one_line(tmp_path, processed):
+    code, out, log = run_test_task(tmp_path, processed, baselines="none", zoo=["none", "hrtem-ffdnet"])
+    assert code == EXIT_BAD_INPUT and not (out / "test_metrics.json").exists()
+    assert "test.zoo" in log.read_text() and "'none' alone" in log.read_text()
