@@ -44,7 +44,9 @@ and a level-dependent variance give a trustworthy gain.
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -403,16 +405,30 @@ def looks_like_counts(model: DetectorModel) -> bool:
     return gain_ok and abs(model.offset) <= max(3.0 * model.offset_error, 0.5)
 
 
+_OFFSET_MODELS: OrderedDict[tuple, DetectorModel | None] = OrderedDict()  # the last frames' answers, by content
+_OFFSET_MODELS_KEPT = 32
+
+
 def offset_model(frame: np.ndarray) -> DetectorModel | None:
     """The fitted model of a frame of detector values on an offset, or None when the frame follows no such
     model or its values already are counts (:func:`looks_like_counts`, or no offset beyond 3 standard errors):
-    then a plain count scale serves, and is the better estimate on small frames."""
+    then a plain count scale serves, and is the better estimate on small frames. Remembered for the last
+    :data:`_OFFSET_MODELS_KEPT` frames by their bytes: a filter's tuning grid, the check and the scores ask
+    again of one frame, and hashing it costs a few per cent of the fit."""
+    values = np.ascontiguousarray(frame)
+    key = (values.shape, values.dtype.str, hashlib.blake2b(values.data, digest_size=16).digest())
+    if key in _OFFSET_MODELS:
+        _OFFSET_MODELS.move_to_end(key)
+        return _OFFSET_MODELS[key]
     try:
-        model = estimate_detector(frame)
+        model: DetectorModel | None = estimate_detector(values)
     except NotDetector:
-        return None
-    if looks_like_counts(model) or model.offset <= 3.0 * model.offset_error:
-        return None
+        model = None
+    if model is not None and (looks_like_counts(model) or model.offset <= 3.0 * model.offset_error):
+        model = None
+    _OFFSET_MODELS[key] = model
+    if len(_OFFSET_MODELS) > _OFFSET_MODELS_KEPT:
+        _OFFSET_MODELS.popitem(last=False)
     return model
 
 

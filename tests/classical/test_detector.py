@@ -21,6 +21,7 @@ from emdenoise.classical.detector import (
     estimate_detector,
     from_card,
     looks_like_counts,
+    offset_model,
     to_counts,
 )
 
@@ -201,3 +202,18 @@ def test_the_real_microscope_files_give_an_offset_below_the_data_and_counts(exam
     assert model.gain > 0 and model.gain_error < 0.1 * model.gain and model.r2 > 0.9
     assert model.offset < np.percentile(frame, 1)  # the darkest pixels still hold counts
     assert counts[0] < model.counts_median < counts[1]
+
+
+def test_the_offset_model_of_a_frame_is_remembered_by_its_content():
+    """Asked again of the same values (another array), the same answer without a second fit; changed values
+    are fitted anew."""
+    rng = np.random.default_rng(5)
+    y, x = np.mgrid[:256, :256]
+    expected = 40.0 + 30.0 * np.cos(2 * np.pi * x / 9) ** 2 + 0.2 * y
+    frame = 30000.0 + 8.0 * rng.poisson(expected)
+    first = offset_model(frame)
+    assert first is not None and first.gain == pytest.approx(8.0, rel=0.15)
+    assert offset_model(frame.copy()) is first
+    changed = frame.copy()
+    changed[0, 0] += 8.0
+    assert offset_model(changed) is not first
