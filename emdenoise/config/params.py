@@ -40,7 +40,7 @@ from emdenoise.config.schema import (
 )
 from emdenoise.config.schema import reference_markdown as _markdown
 from emdenoise.runtime import PRECISIONS
-from emdenoise.training.choices import LOSSES, LR_SCHEDULES, OPTIMIZERS, SUPERVISIONS
+from emdenoise.training.choices import AUGMENTS, LOSSES, LR_SCHEDULES, OPTIMIZERS, SELECT_BY, SUPERVISIONS
 
 # The largest seed: NumPy's legacy seeding and many tools take 32-bit seeds, and torch.manual_seed fails on
 # values of 2**64 and above (training derives per-epoch generator seeds from it, which must stay below 2**63).
@@ -319,6 +319,35 @@ class TrainParams(Section):
     optimizer: str = param("str", "adam", "optimiser", choices=OPTIMIZERS)
     lr_schedule: str = param("str", "cosine", "learning-rate schedule over the whole run", choices=LR_SCHEDULES)
     loss: str = param("str", "mse", "training loss on normalised images", choices=LOSSES)
+    warmup_steps: int = param(
+        "int",
+        0,
+        "linear learning-rate warm-up over the first N optimiser steps, then the schedule (0: none)",
+        min=0,
+        max=10_000_000,
+    )
+    ema: float = param(
+        "float",
+        0.0,
+        "exponential moving average of the weights, this decay per optimiser step (e.g. 0.999; 0: off): validation "
+        "and the model files use the averaged weights",
+        min=0.0,
+        max=0.99999,
+    )
+    select_by: str = param(
+        "str",
+        "psnr",
+        "the val measure that picks the best epoch (the model file): psnr, or band_psnr (the lattice band, blind "
+        "to the brightness level that dominates PSNR); noisy-only val data: the val loss",
+        choices=SELECT_BY,
+    )
+    augment: str = param(
+        "str",
+        "none",
+        "training crops: none, or dihedral (each crop turned by a random multiple of 90 degrees and flipped at "
+        "random; rotations only for square crops; not for STEM scans, whose scan direction is not symmetric)",
+        choices=AUGMENTS,
+    )
     seed: int = param("int", 0, "random seed (initialisation, shuffling, crops)", min=0, max=MAX_SEED)
     device: str = param("str", "auto", "auto (cuda if present, else cpu), cpu, cuda or cuda:N", check=_device_check)
     precision: str = param(

@@ -73,6 +73,9 @@ ATOM_THRESHOLD = 0.5  # a peak counts when its response is above this fraction o
 NEIGHBOUR_NN = 1.5  # a site's neighbours for the vacancy calls: the sites within this x the spacing
 
 
+LATTICE_BAND_ANGSTROM = (1.0, 3.5)  # d-spacings (A) of the lattice band: the columns of graphene, MoS2 and oxides
+
+
 def band_periods_px(band_angstrom: tuple[float, float], pixel_size: float | None) -> tuple[float, float]:
     """The lattice band as periods in px: ``band_angstrom`` (d-spacings, A) / the pixel size, or
     :data:`BAND_PX_UNKNOWN` when the pixel size is not known."""

@@ -55,7 +55,7 @@ class Row:
 class Structure:
     """The settings of the structure metrics and of the consistency check (``test.*``)."""
 
-    band_angstrom: tuple[float, float] = (1.0, 3.5)
+    band_angstrom: tuple[float, float] = metrics_mod.LATTICE_BAND_ANGSTROM
     atom_tolerance_angstrom: float = 0.5
     max_deviation: float = consistency.MAX_DEVIATION
 

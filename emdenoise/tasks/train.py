@@ -2,7 +2,8 @@
 
 For each model M of ``train.model`` (``all``: every registered model) it writes, under ``model_dir/M/``:
 
-- ``em_denoise_model.h5``: the BEST weights by mean validation PSNR (the last epoch's when val is empty),
+- ``em_denoise_model.h5``: the BEST weights by mean validation PSNR (``train.select_by``: or band PSNR; the
+  last epoch's when val is empty; the averaged weights with ``train.ema``),
   a real HDF5 model file (:mod:`emdenoise.io.modelfile`) whose attributes hold the model name and options, the
   dataset normalisation, the training configuration, the package version and the metrics of those weights;
 - ``em_denoise_model_last.h5``: the weights after the last epoch, same format;
@@ -13,16 +14,19 @@ and ``output_dir/train_metrics.json``::
 
     {"model": ..., "device": ..., "precision": ..., "parameters": ..., "epochs": [...], ...,   # the last model
      "models": {M: {"model", "device", "precision", "parameters", "options", "fingerprint", "n_train", "n_val",
-                    "epochs": [{"epoch", "train_loss", "val_psnr", "val_ssim", "val_loss", "val_deviation",
-                                "images_per_s", "seconds", "lr"}],
-                    "best_epoch", "best_val_psnr", "complete", "processes", "best_val_loss", "format"}}}
+                    "epochs": [{"epoch", "train_loss", "val_psnr", "val_ssim", "val_band_psnr", "val_loss",
+                                "val_deviation", "steps", "images_per_s", "seconds", "lr"}],
+                    "best_epoch", "best_val_psnr", "complete", "processes", "best_val_loss", "select_by",
+                    "best_val_band_psnr", "format"}}}
 
 each model's entry a :class:`~emdenoise.training.record.TrainRecord` (``format``: ``emdenoise-train-record/1``).
 
 ``train_loss`` is the mean loss over the epoch's training images (on normalised images); ``val_psnr`` and
 ``val_ssim`` are means over the val images of per-image PSNR/SSIM in raw units with the dataset card's fixed
-``data_range``; ``images_per_s`` counts training images over the training part of the epoch only; ``seconds``
-is the whole epoch, validation included; ``lr`` is the learning rate of the epoch's first step.
+``data_range``, ``val_band_psnr`` the same for the lattice-band PSNR (the test's band); ``steps`` counts the
+optimiser steps since the start of the run (learning curves); ``images_per_s`` counts training images over the
+training part of the epoch only; ``seconds`` is the whole epoch, validation included; ``lr`` is the learning rate
+of the epoch's first step.
 
 Only the checkpoint is written while training. The two model files are written into the hidden staging
 folder ``model_dir/M/.staging/`` as training goes (the best weights whenever validation improves) and moved

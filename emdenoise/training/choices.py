@@ -8,3 +8,5 @@ SUPERVISIONS = ("clean", "noise2void", "poisson_split", "frame_pairs")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine", "step")
 LOSSES = ("mse", "l1")
+SELECT_BY = ("psnr", "band_psnr")  # the val measure that picks the best epoch
+AUGMENTS = ("none", "dihedral")  # random symmetries of the square applied to each training crop

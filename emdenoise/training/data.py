@@ -39,6 +39,7 @@ class TrainData:
     scale: torch.Tensor | None = None
     val_pairs: TrainData | None = None
     supervision: dict[str, Any] = field(default_factory=lambda: {"mode": "clean"})
+    augment: bool = False  # train.augment: dihedral (each crop under a random symmetry of the square)
 
     def __len__(self) -> int:
         return len(self.noisy)
@@ -97,10 +98,11 @@ def load_data(
             array -= normalisation[side]["mean"]
             array /= normalisation[side]["std"]
         # (N, H, W) -> (N, 1, H, W): a channel axis added, no axis ever swapped
-        return TrainData(torch.from_numpy(tr.noisy)[:, None], torch.from_numpy(tr.clean)[:, None], val, patch)
+        noisy, clean = torch.from_numpy(tr.noisy)[:, None], torch.from_numpy(tr.clean)[:, None]
+        return TrainData(noisy, clean, val, patch, augment=train.augment == "dihedral")
     sup = Supervisor(mode, train.blind_spot_fraction, normalisation["noisy"]["mean"], normalisation["noisy"]["std"])
     data = _self_supervised(tr, sup, train, doc, path, patch)
-    data.val = val
+    data.val, data.augment = val, train.augment == "dihedral"
     if len(val):
         data.val_pairs = _self_supervised(val, sup, train, doc, Path(data_dir) / "val.h5", 0, required=False)
     return data
@@ -191,11 +193,36 @@ def gather(data: TrainData, index: torch.Tensor, corners: torch.Tensor, key: int
         images = index[:, None, None]
         pick = lambda t: t[images, 0, rows, cols][:, None]  # noqa: E731
     noisy, clean = pick(data.noisy), pick(data.clean)
+    valid = None if data.valid is None or not data.supervisor.self_supervised else pick(data.valid)
+    if data.augment:
+        noisy, clean, valid = dihedral((noisy, clean, valid), key)
     if not data.supervisor.self_supervised:
         return noisy, clean, None
-    valid = None if data.valid is None else pick(data.valid)
     scale = None if data.scale is None else data.scale[index]
     return data.supervisor.batch(noisy, clean, valid, scale, key)
+
+
+AUGMENT_KEY = 7_919  # added to the batch's key: the symmetries are drawn apart from the supervisor's draws
+
+
+def dihedral(tensors: tuple[Any, ...], key: int) -> tuple[Any, ...]:
+    """The (B, C, h, w) tensors (None passes through) with each sample ``i`` of every tensor under the same
+    random symmetry, drawn from ``key``: a turn by a multiple of 90 degrees and a flip (the eight symmetries of
+    the square), or for non-square crops a flip of either axis (the four that keep the shape)."""
+    first = next(t for t in tensors if t is not None)
+    square = first.shape[-1] == first.shape[-2]
+    codes = torch.randint(
+        0, 8 if square else 4, (len(first),), generator=torch.Generator().manual_seed(key + AUGMENT_KEY)
+    )
+    out = [None if t is None else t.clone() for t in tensors]
+    for code in codes.unique().tolist():
+        turns, flip = (code % 4, code // 4) if square else (2 * (code % 2), code // 2)
+        rows = (codes == code).nonzero()[:, 0].to(first.device)
+        for t in out:
+            if t is not None:
+                turned = torch.rot90(t[rows], turns, dims=(-2, -1))
+                t[rows] = turned.flip(-1) if flip else turned
+    return tuple(out)
 
 
 class _Batches(torch.utils.data.Dataset):

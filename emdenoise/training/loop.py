@@ -63,6 +63,10 @@ OPTIONAL_FINGERPRINT_KEYS = {
     "blind_spot_fraction": None,
     "counts_per_unit": 0.0,
     "init_from": "none",
+    "warmup_steps": 0,
+    "ema": 0.0,
+    "select_by": "psnr",
+    "augment": "none",
 }
 EpochHook = Callable[[int], None]
 Card = DatasetCard | Mapping[str, Any]
@@ -214,6 +218,7 @@ class _Run:
             n_train=len(self.data),
             n_val=len(self.data.val),
             processes=self.rt.world.size,
+            select_by=self.train.select_by,
         )
 
     def _meta(self) -> dict[str, Any]:
@@ -289,6 +294,7 @@ class _Run:
         devices.set_rng_state(state["rng"])
         if state.get("scaler"):
             step.scaler.load_state_dict(state["scaler"])
+        step.averaged.load(state.get("ema"), step.model)
         record = TrainRecord.from_json(
             {**state["record"], "device": str(rt.device), "precision": rt.precision, "processes": rt.world.size},
             self.ckpt_path,
@@ -304,14 +310,17 @@ class _Run:
         row = train_epoch(step, pairs, train, epoch, f"{self.name} {epoch}/{train.epochs}")
         t_val = time.perf_counter()
         distributed.sync_buffers(step.model, rt.world)
-        denoiser = Denoiser(step.model, self.meta, rt.device, rt.precision)
-        val_psnr, val_ssim = validate(denoiser, data.val, self.data_range, train.batch_size, rt.world)
+        denoiser = Denoiser(step.averaged.model, self.meta, rt.device, rt.precision)
+        val_psnr, val_ssim, val_band = validate(
+            denoiser, data.val, self.data_range, train.batch_size, rt.world, training_pixel_size(self.card)
+        )
         val_loss = validation_loss(denoiser, data.val_pairs, train.batch_size)
         val_deviation = validation_deviation(denoiser, data.val, train.batch_size) if rt.is_main else math.nan
         step.model.train()
         row.update(
             val_psnr=_finite(val_psnr),
             val_ssim=_finite(val_ssim),
+            val_band_psnr=_finite(val_band),
             val_loss=_finite(val_loss),
             val_deviation=_finite(val_deviation),
             seconds=row["seconds"] + time.perf_counter() - t_val,
@@ -326,6 +335,8 @@ class _Run:
 
     def _log_epoch(self, row: dict, val_psnr: float, val_ssim: float, val_loss: float, deviation: float) -> None:
         psnr = "" if row["val_psnr"] is None else f", val PSNR {val_psnr:.2f} dB, SSIM {val_ssim:.4f}"
+        if row.get("val_band_psnr") is not None:
+            psnr += f", band PSNR {row['val_band_psnr']:.2f} dB"
         extra = ("" if row["val_loss"] is None else f", val loss ({self.data.supervisor.mode}) {val_loss:.5f}") + (
             "" if row["val_deviation"] is None else f", val deviance deviation {deviation:.4f}"
         )
@@ -338,14 +349,14 @@ class _Run:
     def _save(self, record: TrainRecord, row: dict, improved: bool, last: bool) -> None:
         """Rank 0: the best and last model files staged, then the checkpoint (last: it marks the epoch as
         done, so a crash before it just redoes the epoch)."""
-        step, epoch = self.step, row["epoch"]
+        step, epoch, weights = self.step, row["epoch"], self.step.averaged.model
         if improved:
             modelfile.save_model(
-                self.stage / MODEL_FILE, step.model, {**self.meta, "metrics": {**row, "best_epoch": epoch}}
+                self.stage / MODEL_FILE, weights, {**self.meta, "metrics": {**row, "best_epoch": epoch}}
             )
         if last:
             metrics = {**row, "best_epoch": record.best_epoch}
-            modelfile.save_model(self.stage / LAST_MODEL_FILE, step.model, {**self.meta, "metrics": metrics})
+            modelfile.save_model(self.stage / LAST_MODEL_FILE, weights, {**self.meta, "metrics": metrics})
         state = {
             "model": self.name,
             "options": self.options,
@@ -355,6 +366,7 @@ class _Run:
             "record": record.to_json(),
             "rng": devices.rng_state(),
             "scaler": step.scaler.state_dict() if step.scaler.is_enabled() else None,
+            "ema": step.averaged.state(),
         }
         modelfile.save_checkpoint(self.ckpt_path, step.model, step.optimizer, step.scheduler, state)
 

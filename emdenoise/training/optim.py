@@ -1,10 +1,12 @@
 """The optimisers, learning-rate schedules and losses a run may name (``train.optimizer``, ``train.lr_schedule``,
-``train.loss``), each a table from the name to what implements it."""
+``train.loss``), each a table from the name to what implements it; the weight average (``train.ema``)."""
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,11 +48,15 @@ def make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float) -> torc
     return OPTIMIZERS[name](params, lr)
 
 
-def lr_factor(schedule: str, total_steps: int) -> Schedule:
-    """The learning-rate multiplier of optimiser step ``s`` (0-based) over a run of ``total_steps``."""
+def lr_factor(schedule: str, total_steps: int, warmup_steps: int = 0) -> Schedule:
+    """The learning-rate multiplier of optimiser step ``s`` (0-based) over a run of ``total_steps``: the
+    schedule's, times a linear ramp from ``1 / warmup_steps`` to 1 over the first ``warmup_steps`` steps."""
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown lr_schedule {schedule!r}")
-    return SCHEDULES[schedule](total_steps)
+    base = SCHEDULES[schedule](total_steps)
+    if warmup_steps <= 0:
+        return base
+    return lambda s: min(1.0, (s + 1) / warmup_steps) * base(s)
 
 
 def make_loss(name: str) -> nn.Module:
@@ -63,3 +69,49 @@ def masked_loss(name: str, out: torch.Tensor, target: torch.Tensor, mask: torch.
     err = err.square() if name == "mse" else err.abs()
     weight = mask.to(err.dtype)
     return (err * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+class Averager:
+    """The exponential moving average of a model's weights (``train.ema``: the decay per optimiser step; 0: no
+    average, :attr:`model` is the trained model itself). Every floating-point tensor of the state is averaged
+    (weights and batch-norm statistics), integer ones are copied. The first steps
+    average with a smaller decay, ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so the early,
+    random weights fade out quickly."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay, self.updates = float(decay), 0
+        self.model = copy.deepcopy(model).eval().requires_grad_(False) if decay > 0 else model
+
+    @property
+    def enabled(self) -> bool:
+        return self.decay > 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """One step of the average towards ``model``'s current weights."""
+        if not self.enabled:
+            return
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        mine, theirs = self.model.state_dict(), model.state_dict()
+        floats = [k for k, v in mine.items() if v.is_floating_point()]
+        torch._foreach_lerp_([mine[k] for k in floats], [theirs[k].detach() for k in floats], 1.0 - d)
+        for k, v in mine.items():
+            if not v.is_floating_point():
+                v.copy_(theirs[k])
+
+    def state(self) -> dict[str, Any] | None:
+        """What a checkpoint keeps of the average (None when there is none)."""
+        if not self.enabled:
+            return None
+        return {"updates": self.updates, "weights": {k: v.clone() for k, v in self.model.state_dict().items()}}
+
+    def load(self, state: dict[str, Any] | None, model: nn.Module) -> None:
+        """Restore :meth:`state`; a checkpoint without one (written with no average) starts it from ``model``."""
+        if not self.enabled:
+            return
+        if state is None:
+            self.model.load_state_dict(model.state_dict())
+            return
+        self.updates = int(state["updates"])
+        self.model.load_state_dict(state["weights"])

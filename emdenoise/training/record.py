@@ -18,7 +18,8 @@ TRAIN_RECORD_FORMAT = "emdenoise-train-record/1"
 class TrainRecord:
     """One model's training. ``epochs``: one row per finished epoch (``epoch``, ``train_loss``, ``val_psnr``,
     ``val_ssim``, ``val_loss``, ``val_deviation``, ``images_per_s``, ``seconds``, ``lr``); the best epoch is
-    the one with the highest val PSNR (the lowest val loss on noisy-only data, the last one without val)."""
+    the one with the highest val PSNR, or val band PSNR with ``select_by: band_psnr`` (the lowest val loss on
+    noisy-only data, the last one without val)."""
 
     model: str
     device: str
@@ -34,6 +35,8 @@ class TrainRecord:
     complete: bool = False
     processes: int = 1
     best_val_loss: float | None = None
+    select_by: str = "psnr"
+    best_val_band_psnr: float | None = None
     format: str = TRAIN_RECORD_FORMAT
 
     def to_json(self) -> dict[str, Any]:
@@ -64,20 +67,32 @@ class TrainRecord:
         improved = self.improved(row, has_clean_val) or not has_val
         best: dict[str, Any] = {}
         if improved:
-            best = {"best_epoch": row["epoch"], "best_val_psnr": row["val_psnr"], "best_val_loss": row["val_loss"]}
+            best = {
+                "best_epoch": row["epoch"],
+                "best_val_psnr": row["val_psnr"],
+                "best_val_band_psnr": row.get("val_band_psnr"),
+                "best_val_loss": row["val_loss"],
+            }
         return replace(self, epochs=(*self.epochs, row), complete=last, **best)
 
     def improved(self, row: Mapping[str, Any], has_clean_val: bool) -> bool:
-        """Whether ``row`` beats the best epoch so far: a higher val PSNR, or (noisy-only val data, no clean
-        images) a lower val loss; the first epoch always does."""
+        """Whether ``row`` beats the best epoch so far: a higher val PSNR (val band PSNR with ``select_by:
+        band_psnr``), or (noisy-only val data, no clean images) a lower val loss; the first epoch always does."""
         if self.best_epoch is None:
             return True
         if not has_clean_val:
             return row["val_loss"] is not None and row["val_loss"] < (self.best_val_loss or math.inf)
-        return row["val_psnr"] is not None and row["val_psnr"] > (self.best_val_psnr or -math.inf)
+        band = self.select_by == "band_psnr"
+        value, best = (
+            row.get("val_band_psnr" if band else "val_psnr"),
+            self.best_val_band_psnr if band else self.best_val_psnr,
+        )
+        return value is not None and value > (-math.inf if best is None else best)
 
     @property
     def best_text(self) -> str:
+        if self.select_by == "band_psnr" and self.best_val_band_psnr is not None:
+            return f"val band PSNR {self.best_val_band_psnr:.2f} dB"
         if self.best_val_psnr is not None:
             return f"val PSNR {self.best_val_psnr:.2f} dB"
         return f"val loss {self.best_val_loss}"

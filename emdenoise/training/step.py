@@ -20,7 +20,13 @@ from emdenoise.config.params import TrainParams
 from emdenoise.data.splits import Split
 from emdenoise.errors import RuntimeFailure
 from emdenoise.evaluation import consistency
-from emdenoise.evaluation.metrics import psnr_per_image, ssim_per_image
+from emdenoise.evaluation.metrics import (
+    LATTICE_BAND_ANGSTROM,
+    band_periods_px,
+    band_psnr,
+    psnr_per_image,
+    ssim_per_image,
+)
 from emdenoise.inference.denoiser import Denoiser
 from emdenoise.log import progress
 from emdenoise.runtime import device as devices
@@ -35,9 +41,10 @@ DEVIANCE_VAL_IMAGES = 32  # noisy-only val data: images checked by the Poisson-d
 
 class TrainStep:
     """One optimiser step of one model: the object ``emdenoise train``, the study and ``emdenoise bench`` all
-    run. ``model`` is the bare model (saved, validated, checkpointed); the step runs it wrapped for several
+    run. ``model`` is the bare model (trained, checkpointed); the step runs it wrapped for several
     processes when ``world`` has them, and compiled when ``compile`` is set (``compile_error`` then says why
-    it fell back to eager, if it did)."""
+    it fell back to eager, if it did). ``averaged.model``: what is validated and saved, the exponential moving
+    average of the weights with ``train.ema``, else ``model`` itself."""
 
     def __init__(self, model: nn.Module, train: TrainParams, total_steps: int, rt: Runtime):
         device = rt.device
@@ -46,8 +53,9 @@ class TrainStep:
         self.device, self.precision, self.world = device, rt.precision, rt.world
         self.optimizer = optim.make_optimizer(train.optimizer, self.model.parameters(), train.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, optim.lr_factor(train.lr_schedule, total_steps)
+            self.optimizer, optim.lr_factor(train.lr_schedule, total_steps, train.warmup_steps)
         )
+        self.averaged = optim.Averager(self.model, train.ema)
         self.scaler = torch.amp.GradScaler(device.type, enabled=rt.precision == "fp16")
         self.loss_fn = optim.make_loss(train.loss)
         self.loss_name = train.loss
@@ -123,6 +131,7 @@ class TrainStep:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        self.averaged.update(self.model)
         return loss
 
 
@@ -168,6 +177,7 @@ def train_epoch(step: TrainStep, data: TrainData, train: TrainParams, epoch: int
         "val_psnr": None,
         "val_ssim": None,
         "val_loss": None,
+        "steps": int(step.scheduler.last_epoch),  # optimiser steps since the start of the run
         "images_per_s": len(data) / seconds,
         "seconds": seconds,
         "lr": lr,
@@ -175,14 +185,21 @@ def train_epoch(step: TrainStep, data: TrainData, train: TrainParams, epoch: int
 
 
 def validate(
-    denoiser: Denoiser, val: Split, data_range: float, batch_size: int, world: World = distributed.SINGLE
-) -> tuple[float, float]:
-    """Mean per-image PSNR and SSIM of the denoised val split in raw units (NaN, NaN if val is empty).
-    With several processes each denoises its share of the images and the sums are added up."""
+    denoiser: Denoiser,
+    val: Split,
+    data_range: float,
+    batch_size: int,
+    world: World = distributed.SINGLE,
+    pixel_size: float | None = None,
+) -> tuple[float, float, float]:
+    """Mean per-image PSNR, SSIM and lattice-band PSNR of the denoised val split in raw units (NaNs if val is
+    empty). The band (:data:`~emdenoise.evaluation.metrics.LATTICE_BAND_ANGSTROM`) is placed by each image's
+    pixel size, else ``pixel_size`` (the dataset card's). With several processes each denoises its share of the
+    images and the sums are added up."""
     if len(val) == 0 or val.clean is None:
-        return math.nan, math.nan
+        return math.nan, math.nan, math.nan
     device = denoiser.device
-    sums = torch.zeros(2, dtype=torch.float64, device=device)  # PSNR, SSIM
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # PSNR, SSIM, band PSNR
     part = distributed.shard(len(val), world)
     for start in range(part.start, part.stop, batch_size):
         stop = min(start + batch_size, part.stop)
@@ -191,8 +208,13 @@ def validate(
         pred = denoiser.denoise(noisy)
         sums[0] += psnr_per_image(pred, clean, data_range).double().sum()
         sums[1] += ssim_per_image(pred, clean, data_range).double().sum()
-    psnr, ssim = (distributed.sum_(sums, world) / len(val)).tolist()
-    return psnr, ssim
+        out = pred.float().cpu().numpy()[:, 0]
+        for i, image in zip(range(start, stop), out):
+            size = float(val.pixel_size[i]) if val.pixel_size is not None else pixel_size
+            band = band_periods_px(LATTICE_BAND_ANGSTROM, size)
+            sums[2] += float(band_psnr(image[None], val.clean[i][None], data_range, band)[0])
+    psnr, ssim, band_value = (distributed.sum_(sums, world) / len(val)).tolist()
+    return psnr, ssim, band_value
 
 
 def validation_loss(denoiser: Denoiser, pairs: TrainData | None, batch_size: int) -> float:

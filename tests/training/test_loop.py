@@ -94,8 +94,12 @@ def test_train_writes_model_and_metrics(tmp_path, data_dir, train_cli):
     assert psnr == pytest.approx(metrics["best_val_psnr"], abs=1e-3)  # same number as validation reported
 
 
-def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path, data_dir, train_cli, stop_after_epoch):
-    settings = dict(epochs=3, patch_size=16, max_train_images=12)
+RECIPE = dict(warmup_steps=2, ema=0.9, select_by="band_psnr", augment="dihedral")
+
+
+@pytest.mark.parametrize("recipe", [{}, RECIPE], ids=["plain", "recipe"])
+def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path, data_dir, train_cli, stop_after_epoch, recipe):
+    settings = dict(epochs=3, patch_size=16, max_train_images=12, **recipe)
     code, full_dir, full_out = train_cli(tmp_path / "full", data_dir, **settings)
     assert code == 0
 
@@ -239,3 +243,29 @@ def test_compile_failure_trains_eager(tmp_path, data_dir, train_cli, monkeypatch
     )
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_the_recipe_saves_the_averaged_weights_and_records_the_band(tmp_path, data_dir, train_cli):
+    code, model_dir, out = train_cli(tmp_path, data_dir, epochs=2, patch_size=16, **RECIPE)
+    assert code == 0
+    record = json.loads((out / "train_metrics.json").read_text())["models"]["sciml_ae"]
+    assert record["select_by"] == "band_psnr" and [row["steps"] for row in record["epochs"]] == [4, 8]
+    best = max(record["epochs"], key=lambda row: row["val_band_psnr"])
+    assert record["best_epoch"] == best["epoch"] and record["best_val_band_psnr"] == best["val_band_psnr"]
+    assert all(math.isfinite(row["val_band_psnr"]) for row in record["epochs"])
+    folder = model_dir / "sciml_ae"
+    state = modelfile.load_checkpoint(folder / "checkpoint_last.h5", _sciml_ae())
+    averaged, last = state["ema"]["weights"], _weights(folder / "em_denoise_model_last.h5")
+    raw = _weights(folder / "checkpoint_last.h5")
+    assert state["ema"]["updates"] == 8
+    for key, value in averaged.items():
+        np.testing.assert_allclose(last[key], value.numpy(), err_msg=key)  # the model file holds the average
+    assert any(not np.allclose(raw[key], last[key]) for key in last)  # which is not the trained weights
+    info = modelfile.load_model(folder / "em_denoise_model.h5")[1]
+    assert {k: info["train_config"][k] for k in RECIPE} == RECIPE
+
+
+def _sciml_ae() -> torch.nn.Module:
+    from emdenoise import models
+
+    return models.build("sciml_ae")

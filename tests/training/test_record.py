@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from emdenoise.errors import InputError
@@ -45,3 +47,13 @@ def test_a_record_written_before_the_format_version_reads_as_version_1():
         TrainRecord.from_json({**doc, "format": "emdenoise-train-record/9"}, "ckpt.h5")
     with pytest.raises(InputError, match="ckpt.h5: record.fingerprint"):
         TrainRecord.from_json({k: v for k, v in doc.items() if k != "fingerprint"}, "ckpt.h5")
+
+
+def test_select_by_band_psnr_picks_the_epoch_with_the_best_lattice_band():
+    record = replace(_record(), select_by="band_psnr")
+    for epoch, psnr, band in ((1, 20.0, 18.0), (2, 25.0, 17.0), (3, 22.0, 19.0)):
+        row = {**_row(epoch, psnr), "val_band_psnr": band}
+        record = record.with_epoch(row, last=epoch == 3, has_clean_val=True, has_val=True)
+    assert (record.best_epoch, record.best_val_band_psnr, record.best_val_psnr) == (3, 19.0, 22.0)
+    assert "band PSNR 19.00" in record.best_text
+    assert TrainRecord.from_json(record.to_json()) == record
