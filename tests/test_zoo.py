@@ -82,3 +82,53 @@ def test_each_shipped_model_scores_its_card_on_the_check_set(name):
     recorded = zoo.ZooModel(name, zoo.ZOO_DIR / name).card()["check"]
     assert recorded["seed"] == check.SEED and recorded["pairs"] == check.PAIRS and recorded["size"] == check.SIZE
     assert check.check_psnr(name) == pytest.approx(recorded["psnr"], abs=0.1)
+
+
+@pytest.mark.parametrize("name", sorted(p.parent.name for p in zoo.ZOO_DIR.glob(f"*/{zoo.MODEL_FILE}")) or ["-"])
+def test_each_shipped_card_names_the_weights_it_describes(name):
+    if name == "-":
+        pytest.skip("no model shipped yet")
+    from emdenoise.outputs import sha256_file
+
+    model = zoo.ZooModel(name, zoo.ZOO_DIR / name)
+    assert model.card()["sha256"] == sha256_file(model.model_file)
+
+
+def _split(row: str, psnr: float, truth: float | None) -> dict:
+    def scores(p: float, f1: float) -> dict:
+        return {"psnr_mean": p, "band_psnr_mean": p + 1, "seconds_per_image": 0.05, "atoms": {"f1": f1}}
+
+    methods = {row: scores(psnr, 0.5), "bragg": scores(29.0, 0.55), "noisy": scores(5.0, 0.1)}
+    return {"n_images": 3, "methods": methods, "strongest_classical": {"name": "bragg"}, "truth": {"f1": truth}}
+
+
+def test_the_card_is_rewritten_from_the_test_runs_that_scored_the_zoo(tmp_path, monkeypatch, capsys):
+    from emdenoise.outputs import sha256_file
+    from emdenoise.zoo import check
+
+    shipped = zoo.models()["hrtem-ffdnet"]
+    lab = tmp_path / "lab" / "mine"
+    lab.mkdir(parents=True)
+    (lab / zoo.MODEL_FILE).write_bytes(shipped.model_file.read_bytes())
+    (lab / zoo.CARD_JSON).write_text(json.dumps({**CARD, "architecture": "ffdnet", "check": {"psnr": 0.0}}))
+    monkeypatch.setenv(zoo.ENV, str(tmp_path / "lab"))
+    run = tmp_path / "test_metrics.json"
+    run.write_text(json.dumps({**_split("zoo:mine", 31.25, 0.7), "generalisation": _split("zoo:mine", 23.0, None)}))
+    assert check.main(["mine", "--card", f"test={run}"]) == 0
+    card = json.loads((lab / zoo.CARD_JSON).read_text())
+    test = card["scores"]["test"]
+    assert (test["psnr"], test["band_psnr"], test["atom_f1"], test["ms_per_image"]) == (31.25, 32.25, 0.5, 50.0)
+    assert test["strongest_classical"] == {
+        "name": "bragg",
+        "psnr": 29.0,
+        "band_psnr": 30.0,
+        "atom_f1": 0.55,
+        "ms_per_image": 50.0,
+    }
+    assert test["truth_atom_f1"] == 0.7 and card["scores"]["test_generalisation"]["psnr"] == 23.0
+    assert card["check"]["psnr"] == pytest.approx(shipped.card()["check"]["psnr"], abs=0.1)  # the same weights
+    assert card["sha256"] == sha256_file(lab / zoo.MODEL_FILE) and card["command"] == CARD["command"]
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(_split("zoo:someone-else", 30.0, 0.7)))
+    assert check.main(["mine", "--card", f"test={other}"]) == 2
+    assert "other.json: methods: expected a row zoo:mine" in capsys.readouterr().err

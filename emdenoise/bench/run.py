@@ -77,6 +77,7 @@ from emdenoise.bench.settings import REFERENCE_SIDE, Config, Measure, Settings, 
 from emdenoise.bench.training import LR
 from emdenoise.errors import EXIT_OK, write_stdout
 from emdenoise.outputs import check_output, write_json_atomic
+from emdenoise.runtime.device import cpu_name
 
 FORMAT = "emdenoise-bench/2"
 PLAIN_FILE_BYTES = 256 << 20  # cap on the temporary HDF5 file; items beyond it wrap around (page-cached)
@@ -271,14 +272,7 @@ def bench_model(name: str, settings: Settings, tmp: Path, log: logging.Logger) -
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_name()
 
 
 def run_bench(settings: Settings, log: logging.Logger) -> dict[str, Any]:

@@ -10,6 +10,7 @@ images/s; bfloat16 there is emulated and 10-25 times slower, so ``auto`` means f
 from __future__ import annotations
 
 import contextlib
+import platform
 import random
 from contextlib import AbstractContextManager
 from typing import Any
@@ -114,3 +115,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
     if "cuda" in state and torch.cuda.is_available():
         cuda = [torch.as_tensor(s, dtype=torch.uint8).cpu() for s in state["cuda"]]
         torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -9,7 +9,6 @@ import platform
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -18,6 +17,7 @@ from emdenoise import __version__
 from emdenoise.evaluation.records import MethodSummary, Record, SplitMetrics
 from emdenoise.evaluation.scorer import dose_bins, strongest_classical
 from emdenoise.report.tables import is_number
+from emdenoise.runtime.device import cpu_name
 from emdenoise.study.plan import Cell, Setting
 
 STUDY_FORMAT = "emdenoise-study/1"
@@ -102,17 +102,9 @@ def smallest_winning_size(psnr_by_size: Mapping[int, float | None], target: floa
 
 def hardware(device: torch.device) -> dict[str, Any]:
     """Where the numbers were measured."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     info = {
         "device": str(device),
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -1,7 +1,11 @@
 """The zoo's check set: a fixed small set of physics-generator pairs on which every shipped model is scored, so
-that a test can tell that a model still loads and restores what its card says (``card.json`` ``check``).
+that a test can tell that a model still loads and restores what its card says (``card.json`` ``check``); and
+the card's scores, taken from ``emdenoise test`` runs that scored the zoo (``test.zoo``).
 
     python -m emdenoise.zoo.check NAME     # prints the check set's PSNR of zoo:NAME (what card.json records)
+    python -m emdenoise.zoo.check NAME --card SET=test_metrics.json ...
+        # writes card.json's ``check`` and ``scores``: for each SET (test, abtem, ...) the row zoo:NAME against
+        # the run's strongest classical row and the truth row; a run's generalisation split becomes its own set
 
 The pairs are drawn at the model's own pixel size (its model file's ``pixel_size``), so no resampling enters the
 number; the model runs in fp32 on the CPU, whole frames. PSNR is against the clean images, with R the clean set's
@@ -10,8 +14,13 @@ max - min, as in ``test``.
 
 from __future__ import annotations
 
+import argparse
+import datetime
+import json
 import math
 import sys
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -47,13 +56,93 @@ def check_psnr(name: str) -> float:
     return float(np.mean(10 * np.log10(data_range**2 / mse)))
 
 
+def _round(value: Any, digits: int) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def _row_scores(split: dict[str, Any], row: str) -> dict[str, Any]:
+    """PSNR, band PSNR and atom F1 of ``row`` in one split of ``test_metrics.json``."""
+    m = split["methods"][row]
+    return {
+        "psnr": _round(m.get("psnr_mean"), 2),
+        "band_psnr": _round(m.get("band_psnr_mean"), 2),
+        "atom_f1": _round((m.get("atoms") or {}).get("f1"), 3),
+        "ms_per_image": _round(1000 * m["seconds_per_image"], 1) if m.get("seconds_per_image") else None,
+    }
+
+
+def split_scores(split: dict[str, Any], row: str, label: str) -> dict[str, Any]:
+    """What a card records of ``row`` in one split: its scores, the strongest classical row's, the truth row's
+    atom F1 (the ceiling)."""
+    strongest = split["strongest_classical"]["name"]
+    return {
+        "set": label,
+        "images": split.get("n_images"),
+        **_row_scores(split, row),
+        "strongest_classical": {"name": strongest, **_row_scores(split, strongest)},
+        "truth_atom_f1": _round((split.get("truth") or {}).get("f1"), 3),
+    }
+
+
+def card_scores(name: str, runs: dict[str, Path]) -> dict[str, Any]:
+    """The card's ``scores`` of ``zoo:NAME`` from ``emdenoise test`` runs (set name -> test_metrics.json)."""
+    import torch
+
+    from emdenoise import __version__
+    from emdenoise.errors import InputError
+    from emdenoise.runtime.device import cpu_has_native_bf16, cpu_name
+
+    row = f"zoo:{name}"
+    bf16 = "with" if cpu_has_native_bf16() else "without"
+    scores: dict[str, Any] = {
+        "measured": f"{datetime.date.today()}, {cpu_name()} ({bf16} native bf16, {torch.get_num_threads()} "
+        f"threads), torch {torch.__version__}, emdenoise {__version__}",
+    }
+    for set_name, path in runs.items():
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if row not in doc.get("methods", {}):
+            raise InputError.at(path, "methods", f"expected a row {row} (run test with test.zoo: all)")
+        scores[set_name] = split_scores(doc, row, f"{set_name}: {doc.get('n_images')} images ({path})")
+        general = doc.get("generalisation")
+        if general and row in general.get("methods", {}):
+            scores[f"{set_name}_generalisation"] = split_scores(general, row, f"{set_name} generalisation split")
+    return scores
+
+
+def update_card(name: str, runs: dict[str, Path]) -> dict[str, Any]:
+    """Rewrite ``card.json`` of ``zoo:NAME`` with its check-set PSNR and the scores of ``runs``."""
+    from emdenoise import zoo
+    from emdenoise.outputs import sha256_file, write_text_atomic
+
+    model = zoo.get(name)
+    card = model.card()
+    card["check"] = {**card.get("check", {}), "psnr": round(check_psnr(name), 3), "seed": SEED, "pairs": PAIRS}
+    card["check"].update(size=SIZE, dose_e_per_px=list(DOSE), command=f"python -m emdenoise.zoo.check {name}")
+    card["sha256"] = sha256_file(model.model_file)
+    if runs:
+        card["scores"] = card_scores(name, runs)
+    write_text_atomic(model.folder / zoo.CARD_JSON, json.dumps(card, indent=2) + "\n")
+    return card
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m emdenoise.zoo.check NAME", file=sys.stderr)
+    from emdenoise.errors import InputError
+
+    ap = argparse.ArgumentParser(prog="python -m emdenoise.zoo.check", description=__doc__.splitlines()[0])
+    ap.add_argument("name")
+    ap.add_argument("--card", nargs="*", metavar="SET=test_metrics.json", help="rewrite card.json from these runs")
+    args = ap.parse_args(argv)
+    try:
+        if args.card is None:
+            value = check_psnr(args.name)
+            print(f"{value:.3f}" if math.isfinite(value) else "nan")
+            return 0
+        runs = {item.partition("=")[0]: Path(item.partition("=")[2]) for item in args.card}
+        card = update_card(args.name, runs)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    value = check_psnr(args[0])
-    print(f"{value:.3f}" if math.isfinite(value) else "nan")
+    print(json.dumps({"check": card["check"], "scores": card.get("scores")}, indent=2))
     return 0
 
 
