@@ -132,3 +132,5 @@ def test_the_card_is_rewritten_from_the_test_runs_that_scored_the_zoo(tmp_path, 
     other.write_text(json.dumps(_split("zoo:someone-else", 30.0, 0.7)))
     assert check.main(["mine", "--card", f"test={other}"]) == 2
     assert "other.json: methods: expected a row zoo:mine" in capsys.readouterr().err
+    assert check.main(["mine", "--card", f"test={other}", "--row", "zoo:someone-else"]) == 0  # a candidate's row
+    assert json.loads((lab / zoo.CARD_JSON).read_text())["scores"]["test"]["psnr"] == 30.0

@@ -5,7 +5,8 @@ the card's scores, taken from ``emdenoise test`` runs that scored the zoo (``tes
     python -m emdenoise.zoo.check NAME     # prints the check set's PSNR of zoo:NAME (what card.json records)
     python -m emdenoise.zoo.check NAME --card SET=test_metrics.json ...
         # writes card.json's ``check`` and ``scores``: for each SET (test, abtem, ...) the row zoo:NAME against
-        # the run's strongest classical row and the truth row; a run's generalisation split becomes its own set
+        # the run's strongest classical row and the truth row; a run's generalisation split becomes its own set;
+        # --row zoo:OTHER takes the scores of the same weights scored under another name
 
 The pairs are drawn at the model's own pixel size (its model file's ``pixel_size``), so no resampling enters the
 number; the model runs in fp32 on the CPU, whole frames. PSNR is against the clean images, with R the clean set's
@@ -84,15 +85,16 @@ def split_scores(split: dict[str, Any], row: str, label: str) -> dict[str, Any]:
     }
 
 
-def card_scores(name: str, runs: dict[str, Path]) -> dict[str, Any]:
-    """The card's ``scores`` of ``zoo:NAME`` from ``emdenoise test`` runs (set name -> test_metrics.json)."""
+def card_scores(name: str, runs: dict[str, Path], row: str | None = None) -> dict[str, Any]:
+    """The card's ``scores`` of ``zoo:NAME`` from ``emdenoise test`` runs (set name -> test_metrics.json): its
+    row there, or ``row`` (the same weights scored under another name, a candidate before it was installed)."""
     import torch
 
     from emdenoise import __version__
     from emdenoise.errors import InputError
     from emdenoise.runtime.device import cpu_has_native_bf16, cpu_name
 
-    row = f"zoo:{name}"
+    row = row or f"zoo:{name}"
     bf16 = "with" if cpu_has_native_bf16() else "without"
     scores: dict[str, Any] = {
         "measured": f"{datetime.date.today()}, {cpu_name()} ({bf16} native bf16, {torch.get_num_threads()} "
@@ -109,8 +111,9 @@ def card_scores(name: str, runs: dict[str, Path]) -> dict[str, Any]:
     return scores
 
 
-def update_card(name: str, runs: dict[str, Path]) -> dict[str, Any]:
-    """Rewrite ``card.json`` of ``zoo:NAME`` with its check-set PSNR and the scores of ``runs``."""
+def update_card(name: str, runs: dict[str, Path], row: str | None = None) -> dict[str, Any]:
+    """Rewrite ``card.json`` of ``zoo:NAME`` with its check-set PSNR and the scores of ``runs`` (its row, or
+    ``row``)."""
     from emdenoise import zoo
     from emdenoise.outputs import sha256_file, write_text_atomic
 
@@ -120,7 +123,7 @@ def update_card(name: str, runs: dict[str, Path]) -> dict[str, Any]:
     card["check"].update(size=SIZE, dose_e_per_px=list(DOSE), command=f"python -m emdenoise.zoo.check {name}")
     card["sha256"] = sha256_file(model.model_file)
     if runs:
-        card["scores"] = card_scores(name, runs)
+        card["scores"] = card_scores(name, runs, row)
     write_text_atomic(model.folder / zoo.CARD_JSON, json.dumps(card, indent=2) + "\n")
     return card
 
@@ -131,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m emdenoise.zoo.check", description=__doc__.splitlines()[0])
     ap.add_argument("name")
     ap.add_argument("--card", nargs="*", metavar="SET=test_metrics.json", help="rewrite card.json from these runs")
+    ap.add_argument("--row", help="the row of the runs to take (default zoo:NAME)")
     args = ap.parse_args(argv)
     try:
         if args.card is None:
@@ -138,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{value:.3f}" if math.isfinite(value) else "nan")
             return 0
         runs = {item.partition("=")[0]: Path(item.partition("=")[2]) for item in args.card}
-        card = update_card(args.name, runs)
+        card = update_card(args.name, runs, args.row)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
