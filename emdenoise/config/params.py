@@ -625,6 +625,13 @@ class StudyParams(Section):
         "classical baselines, tuned on the val split once (all: every one installed; none: no baseline)",
         choices=_baselines_or_none,
     )
+    peers: Names = param(
+        "names",
+        "none",
+        "the peer restorer's networks (tk_r_em_NETWORK, as test.peers) scored once beside the baselines, gain/offset "
+        "tuned on the val split (all: every one installed; none: no peer rows); pip install 'emdenoise[peer]'",
+        choices=_peers_or_none,
+    )
     max_test_images: int = param("int", 0, "evaluate on the first N test pairs only (0: all)", min=0)
     dose_bins: int = param(
         "int", 4, "dose bins of about equal size for PSNR vs dose (when the data have dose)", min=1, max=100

@@ -109,20 +109,20 @@ def find_zoo(value: Names, where: str | Path) -> dict[str, Path]:
     return {f"{zoo.PREFIX}{name}": model.model_file for name, model in found.items()}
 
 
-def find_peers(value: Names, where: str | Path) -> list[str]:
+def find_peers(value: Names, where: str | Path, field: str = "test.peers") -> list[str]:
     """The peer rows of ``test.peers`` (:mod:`emdenoise.inference.peer`; ``all``: every network installed), each
     network loaded now; a name asked for without the optional extra is an input error naming it."""
     from emdenoise.inference import peer
 
-    names = _names(value, "test.peers", where)
+    names = _names(value, field, where)
     names = list(peer.installed()) if isinstance(names, str) else names
     if value == "all" and not names:
-        raise InputError.at(where, "test.peers", f"all: no peer network is installed: {peer.INSTALL}")
+        raise InputError.at(where, field, f"all: no peer network is installed: {peer.INSTALL}")
     for name in names:
         try:
             peer.build(name)
         except peer.PeerMissing as exc:
-            raise InputError.at(where, "test.peers", f"{exc}; or set test.peers: none") from None
+            raise InputError.at(where, field, f"{exc}; or set {field}: none") from None
     return names
 
 
