@@ -110,7 +110,7 @@ def margin_lines(strongest: Mapping[str, Any] | None) -> list[str]:
     lines = [
         f"Strongest classical row: **{strongest['name']}** (PSNR {num(strongest.get('psnr'), '.2f')} dB, band "
         f"PSNR {num(strongest.get('band_psnr'), '.2f')} dB, atom F1 {num(strongest.get('atom_f1'), '.3f')}). "
-        "Every deep model's margin against it, trained or pretrained (positive: the model is better):",
+        "Every network's margin against it, trained, pretrained or external (positive: the network is better):",
         "",
     ]
     margins = strongest.get("margins") or {}
