@@ -70,6 +70,8 @@ def test_without_tk_r_em_every_way_in_says_how_to_install_it(monkeypatch):
     with pytest.raises(InputError, match="no peer network is installed"):
         evaluation.find_peers("all", "p.yaml")
     assert evaluation.find_peers(["none"], "p.yaml") == []
+    with pytest.raises(InputError, match=r"study\.peers.*emdenoise\[peer\].*or set study\.peers: none"):
+        evaluation.find_peers(["tk_r_em_sfr_hrtem"], "p.yaml", field="study.peers")
     with pytest.raises(InputError) as bad:  # denoise --method tk_r_em_sfr_lrtem
         methods.classical_method("tk_r_em_sfr_lrtem", Context())
     assert "denoise.method" in bad.value.message and "emdenoise[peer]" in bad.value.message
