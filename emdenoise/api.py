@@ -91,7 +91,9 @@ def _method(
     from emdenoise.inference import methods
     from emdenoise.method import Context
 
-    looks_like_model = methods.is_model(method) or method not in methods.classical_names()
+    looks_like_model = methods.is_model(method) or (
+        method not in methods.classical_names() and not methods.is_peer(method)
+    )
     if not looks_like_model:
         return methods.classical_method(method, Context(pixel_size=pixel_size), field="method")
     from emdenoise.inference.denoiser import DeepMethod, Tiling

@@ -18,7 +18,13 @@ import time
 import pytest
 
 # The optional extras of pyproject.toml and the modules each one installs.
-EXTRAS = {"abtem": ("abtem", "ase"), "formats": ("rsciio",), "export": ("onnx", "onnxruntime"), "bm3d": ("bm3d",)}
+EXTRAS = {
+    "abtem": ("abtem", "ase"),
+    "formats": ("rsciio",),
+    "export": ("onnx", "onnxruntime"),
+    "bm3d": ("bm3d",),
+    "peer": ("tk_r_em", "tensorflow"),
+}
 SLOW_TEST_ENV = "EMDENOISE_SLOW_TEST_S"
 SLOW_TEST_S = 5.0
 SLOW_WALL_FACTOR = 20  # a test that waits; generous: on a loaded machine a 3 s CPU test took 29 s

@@ -59,7 +59,7 @@ def test_zero_turns_the_guard_off(pytester, monkeypatch):
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=4)
 
 
-@pytest.mark.parametrize("extra", ["abtem", "formats", "export", "bm3d"])
+@pytest.mark.parametrize("extra", ["abtem", "formats", "export", "bm3d", "peer"])
 def test_every_extra_of_the_table_is_an_extra_of_the_package(extra, repo_root):
     import tomllib
     from fast_subset import EXTRAS

@@ -68,6 +68,12 @@ def _zoo_or_none() -> tuple[str, ...]:
     return (*zoo.models(), "none")
 
 
+def _peers_or_none() -> tuple[str, ...]:
+    from emdenoise.inference import peer
+
+    return (*peer.NAMES, "none")
+
+
 def _materials() -> tuple[str, ...]:
     from emdenoise.data.simulate.scenes import MATERIALS
 
@@ -449,6 +455,14 @@ class TestParams(Section):
         "before this run, not by it (all: every one installed; none: no zoo rows)",
         choices=_zoo_or_none,
     )
+    peers: Names = param(
+        "names",
+        "none",
+        "the peer restorer's pretrained networks (tk_r_em_NETWORK: tk_r_em's sfr_hrtem, sfr_lrtem, ...) scored as "
+        "rows of kind external, beam flat-fielded, gain/offset tuned on the val split (all: every one installed; "
+        "none: no peer rows); needs the optional GPL-3 extra: pip install 'emdenoise[peer]'",
+        choices=_peers_or_none,
+    )
     batch_size: int = param("int", 16, "images per inference batch", min=1, max=65_536)
     device: str = param("str", "auto", "auto, cpu, cuda or cuda:N", check=_device_check)
     precision: str = param("str", "auto", "auto, fp32, bf16 or fp16", choices=PRECISION_CHOICES)
@@ -495,7 +509,8 @@ class DenoiseParams(Section):
         "str",
         "model",
         "model (the trained model denoise.model names), zoo:NAME, or a classical filter by name (gaussian, "
-        "median, tv, nlm, flat_gaussian, bragg, wiener, pnlm; bm3d ones with the extra), default settings",
+        "median, tv, nlm, flat_gaussian, bragg, wiener, pnlm; bm3d ones with the extra), default settings, or the "
+        "peer restorer tk_r_em_NETWORK (e.g. tk_r_em_sfr_hrtem; pip install 'emdenoise[peer]')",
     )
     tile_size: int = param(
         "int",
@@ -609,6 +624,13 @@ class StudyParams(Section):
         list(classical_names.DEFAULT),
         "classical baselines, tuned on the val split once (all: every one installed; none: no baseline)",
         choices=_baselines_or_none,
+    )
+    peers: Names = param(
+        "names",
+        "none",
+        "the peer restorer's networks (tk_r_em_NETWORK, as test.peers) scored once beside the baselines, gain/offset "
+        "tuned on the val split (all: every one installed; none: no peer rows); pip install 'emdenoise[peer]'",
+        choices=_peers_or_none,
     )
     max_test_images: int = param("int", 0, "evaluate on the first N test pairs only (0: all)", min=0)
     dose_bins: int = param(

@@ -110,7 +110,7 @@ def margin_lines(strongest: Mapping[str, Any] | None) -> list[str]:
     lines = [
         f"Strongest classical row: **{strongest['name']}** (PSNR {num(strongest.get('psnr'), '.2f')} dB, band "
         f"PSNR {num(strongest.get('band_psnr'), '.2f')} dB, atom F1 {num(strongest.get('atom_f1'), '.3f')}). "
-        "Every deep model's margin against it, trained or pretrained (positive: the model is better):",
+        "Every network's margin against it, trained, pretrained or external (positive: the network is better):",
         "",
     ]
     margins = strongest.get("margins") or {}
@@ -150,9 +150,16 @@ PRETRAINED_NOTE = (
     "their own normalisation; the rows of kind deep were trained by this run."
 )
 
+EXTERNAL_NOTE = (
+    "Rows of kind external (peer), named tk_r_em_NETWORK, are the peer restorer's pretrained networks (tk_r_em "
+    "1.0.4, Lobato et al., npj Comput. Mater. 2024; GPL-3, TensorFlow on the CPU): the beam fitted and divided "
+    "out as the beam-aware filters do, then the gain/offset of the classical rows, tuned on the val split."
+)
+
 
 def _header(metrics: TestMetrics) -> list[str]:
     pretrained = any(row.kind == "pretrained" for row in metrics.methods.values())
+    external = any(row.kind == "external" for row in metrics.methods.values())
     return [
         "# em_denoise test results",
         "",
@@ -165,6 +172,7 @@ def _header(metrics: TestMetrics) -> list[str]:
         BASELINE_NOTE,
         "",
         *([PRETRAINED_NOTE, ""] if pretrained else []),
+        *([EXTERNAL_NOTE, ""] if external else []),
     ]
 
 

@@ -109,6 +109,44 @@ def find_zoo(value: Names, where: str | Path) -> dict[str, Path]:
     return {f"{zoo.PREFIX}{name}": model.model_file for name, model in found.items()}
 
 
+def find_peers(value: Names, where: str | Path, field: str = "test.peers") -> list[str]:
+    """The peer rows of ``test.peers`` (:mod:`emdenoise.inference.peer`; ``all``: every network installed), each
+    network loaded now; a name asked for without the optional extra is an input error naming it."""
+    from emdenoise.inference import peer
+
+    names = _names(value, field, where)
+    names = list(peer.installed()) if isinstance(names, str) else names
+    if value == "all" and not names:
+        raise InputError.at(where, field, f"all: no peer network is installed: {peer.INSTALL}")
+    for name in names:
+        try:
+            peer.build(name)
+        except peer.PeerMissing as exc:
+            raise InputError.at(where, field, f"{exc}; or set {field}: none") from None
+    return names
+
+
+def tune_peer(name: str, val: Split | None, data_range: float, log: logging.Logger) -> Method:
+    """Peer row ``name``, its gain/offset fitted on the validation pairs (``val`` None: 1 and 0)."""
+    from emdenoise.inference import peer
+
+    method = peer.build(name)
+    if val is None:
+        return method
+    method = peer.tuned(method, val.noisy, val.truth, data_range)
+    log.info(
+        "%s: external peer (%s %s), gain %.4g, offset %.4g (val PSNR %.2f dB on %d images)",
+        name,
+        peer.PACKAGE,
+        peer.VERSION,
+        method.gain,
+        method.offset,
+        method.val_psnr,
+        method.tuned_on,
+    )
+    return method
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Trained networks as methods
 # --------------------------------------------------------------------------------------------------------------

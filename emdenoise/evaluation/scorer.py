@@ -277,8 +277,9 @@ MARGIN_MEASURES = {
 
 
 def strongest_classical(methods: dict[str, MethodSummary]) -> dict[str, Any] | None:
-    """The classical row with the highest mean PSNR, and every deep row's margin against it on PSNR, the
-    lattice-band PSNR and the atom F1 (positive: the model is better); None without a classical row."""
+    """The classical row with the highest mean PSNR, and every network row's (deep, pretrained, the external
+    peer) margin against it on PSNR, the lattice-band PSNR and the atom F1 (positive: the network is better);
+    None without a classical row."""
     classical = [
         (row.psnr_mean, name) for name, row in methods.items() if row.kind == "classical" and row.psnr_mean is not None
     ]
@@ -288,7 +289,7 @@ def strongest_classical(methods: dict[str, MethodSummary]) -> dict[str, Any] | N
     reference = methods[best]
     margins: dict[str, dict[str, float | None]] = {}
     for name, row in methods.items():
-        if row.kind not in ("deep", "pretrained"):
+        if row.kind not in ("deep", "pretrained", "external"):
             continue
         margins[name] = {}
         for measure, get in MARGIN_MEASURES.items():

@@ -5,6 +5,8 @@
   (``<name>/em_denoise_model.h5``) or a folder of models (the only one there).
 - A classical filter by name (:func:`classical_method`): one of :mod:`emdenoise.classical.methods`, with its
   default settings for the frames' pixel size and count scale (no clean data to tune on).
+- The peer restorer by row name (``tk_r_em_NETWORK``, :mod:`emdenoise.inference.peer`, the optional ``peer``
+  extra): tk_r_em's pretrained network on the flat-fielded frames, no gain/offset.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 from emdenoise import zoo
 from emdenoise.errors import InputError
+from emdenoise.inference import peer
 from emdenoise.layout import MODEL_FILE, select_model
 from emdenoise.method import Context, Method
 
@@ -30,6 +33,8 @@ def classical_method(name: str, context: Context, field: str = "denoise.method")
     count scale): :func:`emdenoise.classical.methods.build`, its errors as one-line InputErrors naming ``field``."""
     from emdenoise.classical import methods as classical
 
+    if is_peer(name):
+        return peer_method(name, field)
     if name not in classical.names():
         raise InputError.at(
             "parameters",
@@ -39,6 +44,22 @@ def classical_method(name: str, context: Context, field: str = "denoise.method")
     try:
         return classical.build(name, context)
     except ImportError as exc:
+        raise InputError.at("parameters", field, str(exc)) from None
+
+
+def is_peer(method: str) -> bool:
+    """Whether ``method`` names the peer restorer (``tk_r_em_NETWORK``)."""
+    return method.startswith(peer.PREFIX)
+
+
+def peer_method(name: str, field: str = "denoise.method") -> Method:
+    """The peer restorer's network ``name`` (no gain/offset); unknown names and a missing extra are one-line
+    InputErrors naming ``field``."""
+    try:
+        return peer.build(name)
+    except KeyError as exc:
+        raise InputError.at("parameters", field, str(exc.args[0])) from None
+    except peer.PeerMissing as exc:
         raise InputError.at("parameters", field, str(exc)) from None
 
 

@@ -16,12 +16,20 @@ from typing import Any
 
 from emdenoise.outputs import atomic_path
 
-KIND_COLOURS = {"input": "#9e9e9e", "classical": "#4c72b0", "deep": "#dd8452", "pretrained": "#55a868"}
-KIND_LABELS = {"pretrained": "pretrained (zoo)"}  # how a kind reads in tables and legends (else the kind itself)
+KIND_COLOURS = {
+    "input": "#9e9e9e",
+    "classical": "#4c72b0",
+    "deep": "#dd8452",
+    "pretrained": "#55a868",
+    "external": "#8172b3",
+}
+# how a kind reads in tables and legends (else the kind itself)
+KIND_LABELS = {"pretrained": "pretrained (zoo)", "external": "external (peer)"}
 
 
 def kind_label(kind: str) -> str:
-    """A row kind as the reports show it: ``pretrained (zoo)`` for the zoo's models, else the kind."""
+    """A row kind as the reports show it: ``pretrained (zoo)`` for the zoo's models, ``external (peer)`` for the
+    peer restorer (:mod:`emdenoise.inference.peer`), else the kind."""
     return KIND_LABELS.get(kind, kind)
 
 

@@ -52,6 +52,10 @@ def settings(row: Mapping[str, Any]) -> str:
     if row.get("kind") in ("deep", "pretrained"):
         shown = ", ".join(f"{k}={v}" for k, v in params.items() if k in ("model", "parameters", "epochs"))
         return shown + ("; pretrained (model zoo), not trained by this run" if row.get("kind") == "pretrained" else "")
+    if row.get("kind") == "external" and "network" in params:
+        gain, offset = params.get("gain"), params.get("offset")
+        level = f"; gain {gain:.3g}, offset {offset:.3g}" if gain is not None and offset is not None else ""
+        return f"network={params['network']}; beam=fitted, divided out{level}; external peer, not trained by us"
     return ""
 
 

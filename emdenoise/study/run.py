@@ -132,11 +132,13 @@ def run_cell(job: CellJob, setting: Setting, cell_dir: Path) -> dict[str, Any]:
     return result
 
 
-def run_baselines(names: list[str], setting: Setting, out_dir: Path) -> dict[str, Any]:
-    """Score the noisy input and each classical baseline (tuned on val) on the test images, once; kept in
-    ``out_dir/baselines/result.json`` by fingerprint."""
+def run_baselines(names: list[str], setting: Setting, out_dir: Path, peers: list[str] | None = None) -> dict[str, Any]:
+    """Score the noisy input, each classical baseline and each peer network of ``study.peers`` (tuned on val)
+    on the test images, once; kept in ``out_dir/baselines/result.json`` by fingerprint."""
+    peers = peers or []
     config = {
         "baselines": names,
+        **({"peers": peers} if peers else {}),  # absent without peers: earlier results keep their fingerprint
         "tune_images": setting.tune_images,
         "evaluation": setting.evaluation,
         "data_card": setting.data_fingerprint,
@@ -152,7 +154,7 @@ def run_baselines(names: list[str], setting: Setting, out_dir: Path) -> dict[str
     scorer = setting.scorer(setting.test)
     other = setting.scorer(setting.generalisation) if setting.generalisation is not None else None
     methods: list[Method] = [Identity()]
-    if names:
+    if names or peers:
         val = load_split(setting.data_dir, "val", setting.tune_images)
         if len(val) == 0:
             raise InputError.at(
@@ -163,6 +165,7 @@ def run_baselines(names: list[str], setting: Setting, out_dir: Path) -> dict[str
                 "again, or set study.baselines: none",
             )
         methods += [evaluation.tune_baseline(name, val, setting.data_range, setting.log) for name in names]
+        methods += [evaluation.tune_peer(name, val, setting.data_range, setting.log) for name in peers]
     _score(methods, setting, [scorer] + ([other] if other is not None else []))
     result = {
         "fingerprint": fingerprint,

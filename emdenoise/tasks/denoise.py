@@ -131,7 +131,7 @@ def build_engine(ctx: TaskContext, device: torch.device) -> FileDenoiser:
     sec, log = ctx.params.denoise, ctx.log
     if not methods.is_model(sec.method):
         method = methods.classical_method(sec.method, Context(pixel_size=sec.pixel_size or None))
-        log.info("method %s (classical, %s)", method.name, dict(method.settings))
+        log.info("method %s (%s, %s)", method.name, method.kind, dict(method.settings))
         return FileDenoiser(method, device, "fp32", pixel_size=sec.pixel_size, log=log)
     spec = sec.method if sec.method != methods.MODEL else sec.model
     field = "denoise.method" if sec.method != methods.MODEL else "denoise.model"

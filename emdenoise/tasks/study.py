@@ -16,8 +16,9 @@ pairs; for every cell of ``study.models`` x ``study.train_sizes`` it:
    computed with the same configuration (one fingerprint per cell) and skips it; a cell whose result is
    missing (or stale, or failed) is recomputed.
 
-The classical baselines (``study.baselines``) and the noisy input are scored once, on the same test images,
-tuned on ``test.tune_images`` validation pairs, and kept in ``output_dir/baselines/result.json`` the same way.
+The classical baselines (``study.baselines``), the peer restorer's networks (``study.peers``, kind external:
+:mod:`emdenoise.inference.peer`) and the noisy input are scored once, on the same test images, tuned on
+``test.tune_images`` validation pairs, and kept in ``output_dir/baselines/result.json`` the same way.
 
 Training settings: ``study.epochs``, ``batch_size``, ``lr``, ``patch_size``, ``seed`` and ``device`` override
 the ``train:`` section, which supplies everything else (optimiser, schedule, loss, precision, model options,
@@ -127,6 +128,7 @@ def run(ctx: TaskContext) -> None:
         )
 
     baseline_names = evaluation.select_baselines(study.baselines, where, log, field="study.baselines")
+    peers = evaluation.find_peers(study.peers, where, field="study.peers")
     setting = make_setting(ctx, data_dir)
     test, device, precision = setting.test, setting.device, setting.precision
     cells = study_plan.plan_cells(study)
@@ -144,7 +146,7 @@ def run(ctx: TaskContext) -> None:
     )
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    baselines = engine.run_baselines(baseline_names, setting, out_dir)
+    baselines = engine.run_baselines(baseline_names, setting, out_dir, peers)
 
     def summary(results: list[dict[str, Any]], failed: list[dict[str, Any]]) -> StudySummary:
         return summarise(setting, cells, baselines, results, failed, time.perf_counter() - started)

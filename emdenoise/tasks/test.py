@@ -8,6 +8,9 @@ Rows of the table, all scored on the same test images against the CLEAN test ima
 - each trained model of ``test.models`` (``all``: every ``model_dir/<name>/em_denoise_model.h5``), run in
   batches of ``test.batch_size`` on ``test.device`` with ``test.precision``; a warm-up batch is run first
   and left out of the timing;
+- each network of ``test.peers`` (:mod:`emdenoise.inference.peer`, the optional ``peer`` extra), the row
+  ``tk_r_em_NETWORK`` of kind ``external``: tk_r_em's pretrained restorer on the flat-fielded frames, its
+  gain/offset fitted on the validation pairs as the baselines' are;
 - each pretrained model of ``test.zoo`` (:mod:`emdenoise.zoo`), the row ``zoo:NAME`` of kind ``pretrained``:
   trained before this run, not by it, run the same way with its own normalisation, a batch outside the pixel
   sizes it was trained on resampled as ``denoise`` does (:class:`~emdenoise.evaluation.run.Pretrained`).
@@ -46,6 +49,7 @@ from emdenoise.evaluation.records import MethodSummary, TestMetrics
 from emdenoise.evaluation.report import COMPARISON, figure_indices, figures, per_image_csv
 from emdenoise.evaluation.run import (
     find_models,
+    find_peers,
     find_zoo,
     load_model,
     network,
@@ -53,6 +57,7 @@ from emdenoise.evaluation.run import (
     run_method,
     select_baselines,
     tune_baseline,
+    tune_peer,
 )
 from emdenoise.evaluation.scorer import Scorer, Structure, dose_bins
 from emdenoise.inference.denoiser import Denoiser
@@ -80,6 +85,7 @@ class Plan:
     device: torch.device
     precision: str
     denoisers: dict[str, Denoiser]
+    peers: list[str]
 
     @property
     def data_range(self) -> float:
@@ -122,12 +128,13 @@ def plan(ctx: TaskContext) -> Plan:
     baseline_names = select_baselines(sec.baselines, where, log)
     model_files = find_models(sec.models, model_dir, where)
     zoo_files = find_zoo(sec.zoo, where)
-    if not model_files and not baseline_names and not zoo_files:
+    peers = find_peers(sec.peers, where)
+    if not model_files and not baseline_names and not zoo_files and not peers:
         raise InputError.at(
             model_dir,
             "test.models",
             f"expected trained models (<name>/{MODEL_FILE}), found none, "
-            "and test.baselines and test.zoo are none: nothing to evaluate; run the train task first",
+            "and test.baselines, test.zoo and test.peers are none: nothing to evaluate; run the train task first",
         )
     if not model_files:
         log.info("no trained model in %s: evaluating the noisy input and the classical baselines only", model_dir)
@@ -136,7 +143,7 @@ def plan(ctx: TaskContext) -> Plan:
     if len(test) == 0:
         raise InputError.at(data_dir / "test.h5", "noisy", "expected at least one test pair, found none")
     has_clean = card.get("has_clean", True) is not False
-    val = _val_split(data_dir, sec.tune_images, test, log) if baseline_names and has_clean else None
+    val = _val_split(data_dir, sec.tune_images, test, log) if (baseline_names or peers) and has_clean else None
     device, precision, denoisers = torch.device("cpu"), "fp32", {}
     if model_files or zoo_files:
         device = runtime.resolve_device(sec.device, "test.device", where)
@@ -147,7 +154,7 @@ def plan(ctx: TaskContext) -> Plan:
     if gen is not None and len(gen):
         log.info("%s: %d images, scored beside the test split", gen_path, len(gen))
     gen = gen if gen is not None and len(gen) else None
-    return Plan(baseline_names, model_files, zoo_files, card, test, val, gen, device, precision, denoisers)
+    return Plan(baseline_names, model_files, zoo_files, card, test, val, gen, device, precision, denoisers, peers)
 
 
 def methods(p: Plan, batch_size: int, log: logging.Logger) -> list[Method]:
@@ -163,6 +170,8 @@ def methods(p: Plan, batch_size: int, log: logging.Logger) -> list[Method]:
         rows.append(network(name, path, p.denoisers[name], batch_size, p.data_range, log))
     for name, path in p.zoo.items():
         rows.append(pretrained(name, path, p.denoisers[name], batch_size, p.test, log))
+    for name in p.peers:
+        rows.append(tune_peer(name, p.val, p.data_range, log))
     return rows
 
 

@@ -110,6 +110,16 @@ def test_test_zoo_names_the_zoo_models(tmp_path):
     assert params.load(ROOT / "workspace/parameters/quickstart.parameters.yaml").test.zoo == "all"
 
 
+def test_test_peers_names_tk_r_em_networks_and_defaults_to_none(tmp_path):
+    assert params.load(write(tmp_path, "test:\n  models: all\n")).test.peers == ["none"]  # no peer rows by default
+    assert params.load(write(tmp_path, "test:\n  peers: all\n")).test.peers == "all"
+    chosen = params.load(write(tmp_path, "test:\n  peers: [tk_r_em_sfr_lrtem, tk_r_em_sfr_hrtem]\n")).test.peers
+    assert chosen == ["tk_r_em_sfr_lrtem", "tk_r_em_sfr_hrtem"]
+    with pytest.raises(InputError) as err:
+        params.load(write(tmp_path, "test:\n  peers: tk_r_em_sfr_hrtme\n"))
+    assert "test.peers" in err.value.message and "did you mean 'tk_r_em_sfr_hrtem'" in err.value.message
+
+
 def test_unknown_key_gets_did_you_mean(tmp_path):
     path = write(tmp_path, "train:\n  epoch: 3\n")
     with pytest.raises(InputError) as err:

@@ -5,6 +5,7 @@ import csv
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import h5py
@@ -286,6 +287,34 @@ def test_zoo_model_is_scored_as_a_pretrained_row(tmp_path, processed):
         kinds = {r["method"]: r["kind"] for r in csv.DictReader(fh)}
     assert kinds == {"noisy": "input", "gaussian": "classical", "zoo:hrtem-ffdnet": "pretrained (zoo)"}
     assert {"psnr_bar.png", "comparison.png"} <= {p.name for p in out.iterdir()}
+
+
+@pytest.mark.slow
+@pytest.mark.extra("peer")
+def test_the_peer_is_scored_as_an_external_row(tmp_path):
+    data_dir = make_lattice_data_dir(tmp_path / "data")
+    code, out, log = run_test_task(
+        tmp_path, data_dir, baselines=["bragg"], peers=["tk_r_em_sfr_lrtem"], tune_images=3, figure_images=1
+    )
+    assert code == 0, log.read_text()
+    metrics = json.loads((out / "test_metrics.json").read_text())
+    assert list(metrics["methods"]) == ["noisy", "bragg", "tk_r_em_sfr_lrtem"]
+    row = metrics["methods"]["tk_r_em_sfr_lrtem"]
+    assert row["kind"] == "external" and REQUIRED_ROW_KEYS <= set(row) and row["images_per_s"] > 0
+    assert row["params"]["network"] == "sfr_lrtem" and row["params"]["tuned_on_val_images"] == 3
+    assert set(metrics["strongest_classical"]["margins"]) == {"tk_r_em_sfr_lrtem"}
+    assert "tk_r_em_sfr_lrtem" in metrics["generalisation"]["methods"]
+    assert "| tk_r_em_sfr_lrtem | external (peer) |" in (out / "results.md").read_text()
+
+
+def test_a_peer_without_the_extra_exits_2_with_one_line(tmp_path, processed, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tk_r_em", None)  # as where the optional peer extra is not installed
+    code, out, _ = run_test_task(tmp_path, processed, baselines="none", peers=["tk_r_em_sfr_hrtem"])
+    assert code == EXIT_BAD_INPUT and not out.exists()
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "Traceback" not in stderr
+    assert "test.peers" in errors[0] and "emdenoise[peer]" in errors[0]
 
 
 def test_zoo_none_with_a_name_is_one_line(tmp_path, processed):
