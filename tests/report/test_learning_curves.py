@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from emdenoise.report import learning_curves
 
 
+@pytest.mark.slow  # a short training and matplotlib: near the fast subset's 5 s of CPU
 def test_curves_follow_the_train_record_and_draw(tmp_path, data_dir, train_cli, capsys):
     code, _, out = train_cli(tmp_path, data_dir, epochs=2, patch_size=16)
     assert code == 0
