@@ -76,7 +76,7 @@ def draw(all_curves: list[Curve], dest: Path) -> None:
             ax.set_xlabel(axis)
             ax.set_ylabel(title)
             ax.grid(alpha=0.3)
-    fig.axes[0].legend(fontsize=8)
+    fig.axes[1].legend(fontsize=8)  # the wall-time panel: every record has its seconds, not all their steps
     fig.tight_layout()
     save(fig, dest)
 
