@@ -40,7 +40,7 @@ from emdenoise.config.schema import (
 )
 from emdenoise.config.schema import reference_markdown as _markdown
 from emdenoise.runtime import PRECISIONS
-from emdenoise.training.choices import AUGMENTS, LOSSES, LR_SCHEDULES, OPTIMIZERS, SELECT_BY, SUPERVISIONS
+from emdenoise.training.choices import AUGMENTS, CONDITIONS, LOSSES, LR_SCHEDULES, OPTIMIZERS, SELECT_BY, SUPERVISIONS
 
 # The largest seed: NumPy's legacy seeding and many tools take 32-bit seeds, and torch.manual_seed fails on
 # values of 2**64 and above (training derives per-epoch generator seeds from it, which must stay below 2**63).
@@ -400,6 +400,14 @@ class TrainParams(Section):
         "a model file or zoo:NAME (emdenoise zoo) to start from and fine-tune (same architecture; its architecture "
         "options replace the section's; none: random start)",
     )
+    condition: str = param(
+        "str",
+        "none",
+        "what the model sees of the noisy frame: none, flatfield (divided by its own smooth beam estimate; clean "
+        "supervision only), anscombe (variance-stabilised counts), noise_level (plus the local Poisson noise "
+        "level), flatfield+noise_level; recorded in the model file, applied again at inference",
+        choices=CONDITIONS,
+    )
     model_options: dict[str, Any] = dataclasses.field(default_factory=lambda: model_option_defaults())
 
     @classmethod
@@ -419,6 +427,14 @@ class TrainParams(Section):
 
     def as_dict(self) -> dict[str, Any]:
         return {**{key: getattr(self, key) for key in super().fields()}, **self.model_options}
+
+    def check(self) -> None:
+        if self.condition.startswith("flatfield") and self.supervision != "clean":
+            raise self.error(
+                "condition",
+                f"expected none, anscombe or noise_level with supervision {self.supervision} (a flat-fielded input "
+                "cannot give back the beam its noisy targets keep), got " + self.condition,
+            )
 
     def model_names(self) -> list[str]:
         """The models to train, ``all`` resolved to every registered model."""

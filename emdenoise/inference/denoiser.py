@@ -48,7 +48,9 @@ class Denoiser:
         den = Denoiser.from_file("workspace/models/unet/em_denoise_model.h5", device="cpu", precision="fp32")
         clean = den.denoise(noisy)        # (B, 1, H, W) raw units -> (B, 1, H, W) raw units, float32
 
-    The output is float32 on the input's device. The model is put in eval mode and channels_last layout.
+    The output is float32 on the input's device. The model is put in eval mode and channels_last layout. A model
+    trained with ``train.condition`` comes from its file wrapped (:mod:`emdenoise.models.conditioning`): the
+    conditioning runs inside the model, as in training.
     """
 
     def __init__(
@@ -153,6 +155,7 @@ class DeepMethod:
             "sha256": self.sha256,
             "options": meta.get("options"),
             "normalisation": meta.get("normalisation"),
+            "condition": meta.get("condition", "none"),
             "trained_with": meta.get("emdenoise_version"),
             "pixel_size": self.pixel_size,
         }

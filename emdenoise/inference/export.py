@@ -101,6 +101,7 @@ def metadata(meta: dict[str, Any], model_file: Path, fmt: str) -> dict[str, Any]
         "options": meta.get("options") or {},
         "normalisation": meta["normalisation"],
         "normalisation_folded": True,
+        "condition": meta.get("condition", "none"),  # train.condition: inside the network when not none
         "arithmetic": "(x - normalisation.noisy.mean) / normalisation.noisy.std -> network -> "
         "* normalisation.clean.std + normalisation.clean.mean",
         "input": f"{INPUT_NAME}: float32 (N, 1, H, W) in raw units (as the training data), H and W >= {MIN_SIDE}",

@@ -12,7 +12,9 @@ Model file (``format = "emdenoise-model/1"``)::
             emdenoise_version, pixel_size (float: A/px of the training data; absent when unknown, read as None),
             pixel_size_range (2 floats: [min, max] A/px of the training data; absent when unknown or older),
             supervision (JSON, may be absent = clean: {"mode": train.supervision, and for
-            poisson_split "count_scale_source", "count_scale_median"})
+            poisson_split "count_scale_source", "count_scale_median"}),
+            condition (train.condition, :mod:`emdenoise.models.conditioning`; absent = none: the state
+            then holds the bare model's tensors, else the wrapper's: "net.<key>" and "mix.<key>")
     state/  one dataset per ``state_dict`` entry, named by its key (e.g. "encoders.0.0.weight"),
             float32 / int64 as in the model
 
@@ -47,7 +49,9 @@ from emdenoise import __version__, models
 from emdenoise.data.card import check_normalisation, pixel_range_or_none, pixel_size_or_none
 from emdenoise.errors import InputError
 from emdenoise.io import budget, h5safe
+from emdenoise.models import conditioning
 from emdenoise.outputs import atomic_path
+from emdenoise.training.choices import CONDITIONS
 
 MODEL_FORMAT = "emdenoise-model/1"
 CHECKPOINT_FORMAT = "emdenoise-checkpoint/1"
@@ -61,6 +65,7 @@ META_KEYS = (
     "pixel_size",
     "pixel_size_range",
     "supervision",
+    "condition",
 )
 _JSON_ATTRS = ("options", "normalisation", "train_config", "metrics")
 _NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float: nothing else is ever read as a tensor
@@ -101,6 +106,8 @@ def save_model(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None
             fh.attrs["pixel_size_range"] = np.asarray(meta["pixel_size_range"], dtype=np.float64)
         if meta.get("supervision") is not None:
             fh.attrs["supervision"] = _dumps(meta["supervision"])
+        if meta.get("condition", "none") != "none":
+            fh.attrs["condition"] = str(meta["condition"])
         fh.attrs["parameters"] = models.count_parameters(model)
         fh.attrs["emdenoise_version"] = __version__
         _write_state(fh.create_group("state"), model)
@@ -229,6 +236,16 @@ def _pixel_range(path: Path, value: Any) -> list[float] | None:
     return sizes
 
 
+def _condition(path: Path, fh: h5py.File) -> str:
+    """The ``condition`` attribute (train.condition): none when absent (files written before it)."""
+    if "condition" not in fh.attrs:
+        return "none"
+    value = _attr_str(path, fh, "condition")
+    if value not in CONDITIONS:
+        raise InputError.at(path, "condition", f"expected one of {', '.join(CONDITIONS)}, got {value!r}")
+    return value
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Read a model file: ``(model on device in eval mode, meta)``; meta has META_KEYS plus format,
     parameters, emdenoise_version and path. Any problem is a one-line InputError naming file and field."""
@@ -248,7 +265,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         meta["supervision"] = _attr_json(path, fh, "supervision") if "supervision" in fh.attrs else {"mode": "clean"}
         version = fh.attrs.get("emdenoise_version")
         meta["emdenoise_version"] = version if isinstance(version, str) else None
-        model = _build(path, name, meta["options"])
+        meta["condition"] = _condition(path, fh)
+        model = conditioning.wrap(_build(path, name, meta["options"]), meta["condition"], meta["normalisation"])
         _read_state(path, fh, model)
     meta["parameters"] = models.count_parameters(model)
     meta["path"] = str(path)

@@ -16,6 +16,7 @@ The catalogue names each model's file and class, the parameter count its docstri
 schema field). It imports neither torch nor the model files (a model file is imported when its model is
 built), so the parameters schema reads the names and options without torch: :func:`option_fields` hands them
 to the schema and :func:`options_from_train` picks a model's options from a validated ``train:`` section.
+:mod:`emdenoise.models.conditioning` (``train.condition``) wraps any of them to see a conditioned input.
 """
 
 from __future__ import annotations

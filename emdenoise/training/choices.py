@@ -10,3 +10,5 @@ LR_SCHEDULES = ("constant", "cosine", "step")
 LOSSES = ("mse", "l1")
 SELECT_BY = ("psnr", "band_psnr")  # the val measure that picks the best epoch
 AUGMENTS = ("none", "dihedral")  # random symmetries of the square applied to each training crop
+# train.condition: what the model sees of the noisy frame (emdenoise.models.conditioning)
+CONDITIONS = ("none", "flatfield", "anscombe", "noise_level", "flatfield+noise_level")

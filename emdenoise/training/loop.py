@@ -25,6 +25,7 @@ from emdenoise.errors import InputError
 from emdenoise.inference.denoiser import Denoiser
 from emdenoise.io import modelfile
 from emdenoise.layout import CHECKPOINT_FILE, DATASET_CARD_KEYS, LAST_MODEL_FILE, MODEL_FILE
+from emdenoise.models import conditioning
 from emdenoise.outputs import STAGING_DIR, Transaction, remove_staging
 from emdenoise.runtime import device as devices
 from emdenoise.runtime import distributed
@@ -67,6 +68,7 @@ OPTIONAL_FINGERPRINT_KEYS = {
     "ema": 0.0,
     "select_by": "psnr",
     "augment": "none",
+    "condition": "none",
 }
 EpochHook = Callable[[int], None]
 Card = DatasetCard | Mapping[str, Any]
@@ -198,14 +200,14 @@ class _Run:
         self.fingerprint = modelfile.fingerprint(self.config)
         self.ckpt_path, self.stage = out_dir / CHECKPOINT_FILE, out_dir / STAGING_DIR
         self.data_range = float(self.card["data_range"])
+        self.meta = self._meta()
         devices.seed_everything(train.seed)
-        built = models.build(name, **self.options)
+        built = conditioning.wrap(models.build(name, **self.options), train.condition, self.meta["normalisation"])
         if init is not None:
-            built.load_state_dict(init[0].state_dict())
+            conditioning.load_weights(built, init[0])
             rt.log.info("%s: starting from the weights of %s (train.init_from)", name, init[2])
         model = distributed.prepare(built, rt.world, rt.device)
         self.step = TrainStep(model, train, math.ceil(len(data) / train.batch_size) * train.epochs, rt)
-        self.meta = self._meta()
 
     def fresh_record(self) -> TrainRecord:
         return TrainRecord(
@@ -236,6 +238,7 @@ class _Run:
             "pixel_size": training_pixel_size(self.card),
             "pixel_size_range": training_pixel_range(self.card),
             "supervision": self.data.supervision,
+            "condition": train.condition,
             "train_config": {
                 **self.config,
                 "fingerprint": self.fingerprint,

@@ -18,6 +18,8 @@ from support import ENV, NORM, ROOT, one_error, save_model, temporaries
 from emdenoise import __version__, cli, models
 from emdenoise.inference import export
 from emdenoise.inference.denoiser import Denoiser
+from emdenoise.io import modelfile
+from emdenoise.models import conditioning
 
 SHAPES = ((64, 64), (96, 80), (50, 70))
 # small options: the export does not depend on the width, only on the kinds of layers
@@ -185,3 +187,26 @@ def test_an_export_that_differs_is_never_written(tmp_path, monkeypatch):
     with pytest.raises(export.RuntimeFailure, match="differs from emdenoise's own output"):
         export.export(model_file, "torchscript", out)
     assert not out.exists() and temporaries(tmp_path) == []
+
+
+@pytest.mark.extra("export")
+@pytest.mark.parametrize("condition", ["anscombe", "flatfield+noise_level"])
+def test_a_conditioned_model_exports_with_its_conditioning_inside(tmp_path, condition):
+    """train.condition runs inside the network: both formats compute what the Denoiser computes from the file
+    (export.export checks it on an odd-sized frame before writing) and record the choice."""
+    torch.manual_seed(0)
+    net = conditioning.wrap(models.build("ffdnet", depth=3, channels=8), condition, NORM)
+    for p in net.parameters():  # the noise mixing starts at zero: make it count
+        torch.nn.init.normal_(p, std=0.2)
+    model_file = tmp_path / "ffdnet" / "em_denoise_model.h5"
+    options = {"depth": 3, "channels": 8}
+    modelfile.save_model(
+        model_file, net, {"model": "ffdnet", "options": options, "normalisation": NORM, "condition": condition}
+    )
+    for fmt in export.FORMATS:
+        info = export.export(model_file, fmt, tmp_path / f"m.{fmt}")
+        assert info["condition"] == condition and info["check_difference"] <= export.TOLERANCE
+    scripted = torch.jit.load(str(tmp_path / "m.torchscript"))
+    frames = torch.from_numpy(_frames((50, 70), 5))
+    with torch.no_grad():
+        _close(Denoiser.from_file(model_file).denoise(frames).numpy(), scripted(frames).numpy())
