@@ -16,6 +16,8 @@ import numpy as np
 from emdenoise.classical.methods import Baseline, Classical, Tuning, get
 from emdenoise.evaluation.metrics import psnr_per_image
 
+EXACT_PSNR = 200.0  # dB a tuning image counts for when the filter restores it exactly (a flat clean image): not inf
+
 
 def fit_gain_offset(filtered: np.ndarray, clean: np.ndarray) -> tuple[float, float]:
     """Least-squares ``a, b`` minimising ``sum (a * filtered + b - clean)^2`` over every pixel given."""
@@ -58,7 +60,8 @@ def tune(
             if on_step:
                 on_step()
         gain, offset = fit_gain_offset(filtered, clean)
-        score = float(psnr_per_image(gain * filtered + offset, clean, data_range).mean())
+        psnr = psnr_per_image(gain * filtered + offset, clean, data_range).clamp(max=EXACT_PSNR)
+        score = float(psnr.mean())
         grid_psnr[value] = score
         if best is None or score > best[0]:
             best = (score, value, gain, offset)

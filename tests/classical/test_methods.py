@@ -83,3 +83,16 @@ def test_a_filter_of_counts_gives_the_same_estimate_on_detector_values(name, val
     on_counts = baseline.apply(counts, value)
     on_values = baseline.apply(30000 + 8 * counts, value)
     assert np.sqrt(np.mean(((on_values - 30000) / 8 - on_counts) ** 2)) < 0.35 * on_counts.std()
+
+
+def test_tuning_on_a_flat_clean_image_is_finite_and_writes_as_json():
+    """A val image that a filter restores exactly (a flat clean image: the fitted gain/offset hits it) counts as
+    tuning.EXACT_PSNR, not inf, which the JSON report could not hold."""
+    import json
+
+    clean = np.ones((2, 32, 32))
+    noisy = poisson_noise(np.random.default_rng(0), clean, 50)
+    tuned = tuning.tune("gaussian", noisy, clean, 1.0)
+    grid = tuned.tuning.grid_psnr
+    assert all(np.isfinite(v) for v in grid.values()) and max(grid.values()) == tuning.EXACT_PSNR
+    json.dumps(tuned.settings, allow_nan=False)
