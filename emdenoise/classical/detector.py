@@ -443,6 +443,32 @@ def offset_model(frame: np.ndarray) -> DetectorModel | None:
     return model
 
 
+@dataclass(frozen=True)
+class Counts:
+    """A frame as a filter of counts takes it (:func:`as_counts`): ``values`` with their count ``scale``, and the
+    affine map ``offset + gain x result`` back to the frame's units (the identity for a frame that is counts)."""
+
+    values: np.ndarray
+    scale: float | None
+    offset: float = 0.0
+    gain: float = 1.0
+
+    def back(self, result: np.ndarray) -> np.ndarray:
+        """A result computed on :attr:`values`, in the frame's units."""
+        return result if (self.offset, self.gain) == (0.0, 1.0) else self.offset + self.gain * result
+
+
+def as_counts(frame: np.ndarray, scale: float | None) -> Counts:
+    """``frame`` (float64) for a filter of counts: with no count ``scale`` and detector values on a significant
+    offset (:func:`offset_model`), the counts above it (scale 1) and the map back; else the frame and ``scale``
+    as they are."""
+    frame = np.asarray(frame, dtype=np.float64)
+    model = None if scale else offset_model(frame)
+    if model is None:
+        return Counts(frame, scale)
+    return Counts(to_counts(frame, model), 1.0, model.offset, model.gain)
+
+
 def offset_counts(frame: np.ndarray) -> Callable[[np.ndarray], np.ndarray] | None:
     """The map values -> counts of :func:`offset_model` (None where it gives no model)."""
     model = offset_model(frame)

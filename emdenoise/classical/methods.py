@@ -76,12 +76,10 @@ class Baseline:
         detector values on an offset (STEM, CCD) and no count scale filters the counts above the offset that
         the frame's own noise gives (:func:`emdenoise.classical.detector.offset_model`) and maps the result
         back: on the values themselves the offset would pass for signal and the lattice for noise."""
-        image = np.asarray(image, dtype=np.float64)
-        if self.counts and not scale:
-            model = detector.offset_model(image)
-            if model is not None:
-                return model.offset + model.gain * self.filter(detector.to_counts(image, model), value, 1.0)
-        return self.filter(image, value, scale)
+        if not self.counts:
+            return self.filter(np.asarray(image, dtype=np.float64), value, scale)
+        counts = detector.as_counts(image, scale)
+        return counts.back(self.filter(counts.values, value, counts.scale))
 
     def shown(self, value: float) -> int | float:
         """``value`` as reported: an int when whole."""

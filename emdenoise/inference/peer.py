@@ -36,11 +36,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from emdenoise.method import Context, Kind
+
+if TYPE_CHECKING:
+    from emdenoise.classical.detector import Counts
 
 PACKAGE = "tk_r_em"
 VERSION = "1.0.4"
@@ -125,8 +128,10 @@ class Prepared:
     flat: np.ndarray  # flat-fielded, standardised
     mean: float
     spread: float
-    offset: float = 0.0  # detector values: value = offset + gain x counts
-    gain: float = 1.0
+    counts: Counts  # the frame as counts: its map back to detector values
+
+    def back(self, restored: np.ndarray) -> np.ndarray:
+        return self.counts.back(restored * self.spread + self.mean)
 
 
 def prepare(image: np.ndarray, scale: float | None) -> Prepared:
@@ -134,16 +139,11 @@ def prepare(image: np.ndarray, scale: float | None) -> Prepared:
     from emdenoise.classical import detector
     from emdenoise.classical.flatfield import FlatField
 
-    image = np.asarray(image, dtype=np.float64)
-    offset, gain = 0.0, 1.0
-    if not scale:
-        model = detector.offset_model(image)
-        if model is not None:
-            image, scale, offset, gain = detector.to_counts(image, model), 1.0, model.offset, model.gain
-    flat = FlatField.of(image, scale).flat
+    counts = detector.as_counts(image, scale)
+    flat = FlatField.of(counts.values, counts.scale).flat
     mean, spread = float(flat.mean()), float(flat.std())
     spread = spread if spread > 0 else 1.0
-    return Prepared((flat - mean) / spread, mean, spread, offset, gain)
+    return Prepared((flat - mean) / spread, mean, spread, counts)
 
 
 @dataclass(frozen=True)
@@ -183,9 +183,7 @@ class Peer:
         if not prepared:
             return np.zeros(frames.shape, dtype=np.float64)
         restored = run_network(self.network, np.stack([p.flat for p in prepared]))
-        return np.stack([p.offset + p.gain * (r * p.spread + p.mean) for p, r in zip(prepared, restored)]).reshape(
-            frames.shape
-        )
+        return np.stack([p.back(r) for p, r in zip(prepared, restored)]).reshape(frames.shape)
 
     def __call__(self, frames: np.ndarray, context: Context) -> np.ndarray:
         out = self.gain * self.restore(frames, context.count_scale) + self.offset
