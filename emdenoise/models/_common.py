@@ -65,6 +65,17 @@ def box_filter(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.avg_pool2d(border_pad(x, r, r, r, r), size, stride=1)
 
 
+HIGHPASS_SIZE = 3  # box filter whose residual is taken as noise
+# For white noise, var(x - box3(x)) = (1 - 1/9)^2 + 8/81 = 8/9 of the noise variance
+HIGHPASS_GAIN = 1.0 - 1.0 / HIGHPASS_SIZE**2
+
+
+def highpass(x: torch.Tensor) -> torch.Tensor:
+    """``x`` minus its :data:`HIGHPASS_SIZE` local mean: mostly noise, of :data:`HIGHPASS_GAIN` x the noise
+    variance for white noise (the noise estimate of ffdnet's map and of the input conditioning)."""
+    return x - box_filter(x, HIGHPASS_SIZE)
+
+
 def padded_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Run ``fn`` on ``x`` padded to a multiple of ``multiple`` and crop the result back to x's H x W."""
     h, w = x.shape[-2:]

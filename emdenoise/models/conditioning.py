@@ -36,13 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emdenoise.models._common import box_filter, padded_apply
+from emdenoise.models._common import HIGHPASS_GAIN, highpass, padded_apply
 from emdenoise.training.choices import CONDITIONS
 
 PRESMOOTH_SIGMA = 3.0  # px: the blur before the beam fit's logarithm
 MIX_WIDTH = 16  # hidden channels of the noise_level mixing
 EPS = 1e-6  # smallest beam / gain, relative to the frame's mean, before dividing by it
-HIGHPASS_GAIN = 8.0 / 9.0  # var(x - box3(x)) / var(x) for white noise (as in ffdnet's noise map)
 
 
 def gaussian_kernel(sigma: float) -> torch.Tensor:
@@ -94,7 +93,7 @@ def frame_gain(raw: torch.Tensor) -> torch.Tensor:
     residual's variance over the mean level (Poisson: variance = gain x mean), pooled over the frame. Signal in
     the residual (fine lattices) raises it a little; an offset in the data would bias it."""
     level = raw.clamp_min(0)
-    residual = raw - box_filter(raw, 3)
+    residual = highpass(raw)
     variance = (residual * residual).mean(dim=(-2, -1), keepdim=True) / HIGHPASS_GAIN
     mean = level.mean(dim=(-2, -1), keepdim=True)
     return variance / mean.clamp_min(EPS)

@@ -32,20 +32,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emdenoise.models._common import box_filter, conv3x3, conv_relu, padded_apply
+from emdenoise.models._common import HIGHPASS_GAIN, box_filter, conv3x3, conv_relu, highpass, padded_apply
 
 SCALE = 2  # pixel-unshuffle factor
-HIGHPASS_SIZE = 3  # box filter whose residual is taken as noise
 VARIANCE_SIZE = 7  # box filter smoothing the squared residual
-# For white noise, var(x - box3(x)) = (1 - 1/9)^2 + 8/81 = 8/9 of the noise variance
-HIGHPASS_GAIN = 1.0 - 1.0 / HIGHPASS_SIZE**2
 
 
 def noise_level_map(x: torch.Tensor) -> torch.Tensor:
     """Per-pixel noise standard deviation estimated from a noisy (B, 1, H, W) image, same shape as x."""
     with torch.no_grad():
         x = x.float()
-        residual = x - box_filter(x, HIGHPASS_SIZE)
+        residual = highpass(x)
         variance = box_filter(residual * residual, VARIANCE_SIZE) / HIGHPASS_GAIN
         return variance.clamp_min(0).sqrt()
 
