@@ -11,6 +11,9 @@ Exit codes (also in the README):
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_BAD_INPUT = 2
@@ -60,6 +63,18 @@ class OutputClosed(EmdError):
     """The reader of stdout went away (``emdenoise params | head``): the command ends quietly."""
 
     exit_code = EXIT_PIPE
+
+
+def script(work: Callable[[], str]) -> int:
+    """The end of a ``python -m emdenoise...`` script: ``work()`` run and its summary printed, exit 0; an
+    :class:`EmdError` printed as one line (``error: ...``) on stderr, exit with its code."""
+    try:
+        summary = work()
+    except EmdError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(summary)
+    return EXIT_OK
 
 
 def write_stdout(text: str) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,7 +27,7 @@ import numpy as np
 
 from emdenoise.classical import methods as classical
 from emdenoise.classical.tuning import fit_gain_offset
-from emdenoise.errors import InputError
+from emdenoise.errors import InputError, script
 from emdenoise.method import Context
 
 # the plain filter a microscopist reaches for, then the project's beam-aware ones (emdenoise.classical)
@@ -228,20 +227,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--pixel-size", type=float, default=None, help="A/px (default: each file's calibration)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
-    try:
+
+    def work() -> str:
         models = with_starting_points(dict(_labelled(spec) for spec in args.model))
         frames, sizes = read_frames(args.input)
         truth = read_frames(args.truth)[0] if args.truth else None
         if args.pixel_size:
             sizes = dict.fromkeys(frames, args.pixel_size)
         rows = compare(frames, models, truth, [b for b in args.baselines.split(",") if b], sizes)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(table(rows))
-    if args.out:
-        write_json_atomic(args.out, {"truth": bool(truth), "rows": [asdict(row) for row in rows]})
-    return 0
+        if args.out:
+            write_json_atomic(args.out, {"truth": bool(truth), "rows": [asdict(row) for row in rows]})
+        return table(rows)
+
+    return script(work)
 
 
 if __name__ == "__main__":

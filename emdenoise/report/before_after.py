@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emdenoise.errors import InputError
+from emdenoise.errors import InputError, script
 from emdenoise.io import micrographs
 from emdenoise.report.figures import figure, save
 
@@ -57,13 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("figure", type=Path)
     ap.add_argument("--files", type=int, default=4)
     args = ap.parse_args(argv)
-    try:
+
+    def work() -> str:
         n = before_after(args.input_dir, args.denoised_dir, args.figure, args.files)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"before/after figure ({n} files): {args.figure}")
-    return 0
+        return f"before/after figure ({n} files): {args.figure}"
+
+    return script(work)
 
 
 if __name__ == "__main__":

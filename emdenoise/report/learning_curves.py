@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from emdenoise.errors import InputError
+from emdenoise.errors import InputError, script
 from emdenoise.report.figures import figure, save
 
 PANELS = (("val_psnr", "val PSNR (dB)"), ("val_band_psnr", "val band PSNR (dB)"))
@@ -86,17 +86,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("figure", type=Path)
     ap.add_argument("metrics", nargs="+", help="[LABEL=]train_metrics.json")
     args = ap.parse_args(argv)
-    try:
+
+    def work() -> str:
         found = []
         for item in args.metrics:
             label, _, path = item.rpartition("=")
             found += curves(Path(path), label)
         draw(found, args.figure)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"learning curves ({len(found)} models): {args.figure}")
-    return 0
+        return f"learning curves ({len(found)} models): {args.figure}"
+
+    return script(work)
 
 
 if __name__ == "__main__":

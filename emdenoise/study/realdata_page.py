@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from emdenoise.errors import EmdError
+from emdenoise.errors import script
 from emdenoise.outputs import atomic_path
 from emdenoise.report.figures import figure
 from emdenoise.report.tables import num, table
@@ -475,14 +475,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--page", type=Path, default=realdata.ROOT / "docs" / "results" / "real-data.md")
     ap.add_argument("--command", default="bash run/realdata.sh", help="the command named on the page")
     args = ap.parse_args(argv)
-    try:
-        samples = realdata.measure(args.realdata)
-        write(samples, args.out, args.page, args.command)
-    except EmdError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    print(f"wrote {args.page} and the figures in {args.out}")
-    return 0
+
+    def work() -> str:
+        write(realdata.measure(args.realdata), args.out, args.page, args.command)
+        return f"wrote {args.page} and the figures in {args.out}"
+
+    return script(work)
 
 
 if __name__ == "__main__":

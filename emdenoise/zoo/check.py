@@ -129,25 +129,23 @@ def update_card(name: str, runs: dict[str, Path], row: str | None = None) -> dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    from emdenoise.errors import InputError
+    from emdenoise.errors import script
 
     ap = argparse.ArgumentParser(prog="python -m emdenoise.zoo.check", description=__doc__.splitlines()[0])
     ap.add_argument("name")
     ap.add_argument("--card", nargs="*", metavar="SET=test_metrics.json", help="rewrite card.json from these runs")
     ap.add_argument("--row", help="the row of the runs to take (default zoo:NAME)")
     args = ap.parse_args(argv)
-    try:
+
+    def work() -> str:
         if args.card is None:
             value = check_psnr(args.name)
-            print(f"{value:.3f}" if math.isfinite(value) else "nan")
-            return 0
+            return f"{value:.3f}" if math.isfinite(value) else "nan"
         runs = {item.partition("=")[0]: Path(item.partition("=")[2]) for item in args.card}
         card = update_card(args.name, runs, args.row)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps({"check": card["check"], "scores": card.get("scores")}, indent=2))
-    return 0
+        return json.dumps({"check": card["check"], "scores": card.get("scores")}, indent=2)
+
+    return script(work)
 
 
 if __name__ == "__main__":
