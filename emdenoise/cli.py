@@ -43,8 +43,8 @@ from emdenoise.errors import (
 from emdenoise.io import budget
 from emdenoise.log import setup as setup_logging
 from emdenoise.outputs import check_output
+from emdenoise.runtime.task import TaskContext
 from emdenoise.tasks import denoise_flags
-from emdenoise.tasks.context import TaskContext
 
 
 # Each task's module is imported only when that task runs (together they import torch, scipy, matplotlib ...):

@@ -1,2 +1,2 @@
-"""One thin module per MLCube task; each has ``run(ctx: TaskContext)`` (:mod:`emdenoise.tasks.context`): it
+"""One thin module per MLCube task; each has ``run(ctx: TaskContext)`` (:mod:`emdenoise.runtime.task`): it
 reads its inputs, calls the engines and commits its outputs."""

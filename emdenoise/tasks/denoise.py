@@ -47,7 +47,7 @@ from emdenoise.method import Context
 from emdenoise.outputs import STAGING_DIR, remove_staging, write_json_atomic
 from emdenoise.runtime import device as runtime
 from emdenoise.runtime import distributed
-from emdenoise.tasks.context import TaskContext
+from emdenoise.runtime.task import TaskContext
 
 SCORE_FIGURE = ".local_maps.png"  # --score: the consistency maps beside each output (never an input)
 SCORE_REFERENCES = ("noisy", "gaussian", "wiener")  # --score: scored beside the method

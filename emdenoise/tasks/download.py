@@ -14,7 +14,7 @@ from pathlib import Path
 from emdenoise.data.acquire.run import download
 from emdenoise.data.acquire.sources import parse_source
 from emdenoise.errors import RuntimeFailure
-from emdenoise.tasks.context import TaskContext
+from emdenoise.runtime.task import TaskContext
 
 
 def run(ctx: TaskContext) -> None:

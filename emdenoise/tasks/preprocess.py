@@ -11,7 +11,7 @@ from pathlib import Path
 from emdenoise.data.prepare.raw import one_line
 from emdenoise.data.prepare.run import preprocess
 from emdenoise.errors import InputError
-from emdenoise.tasks.context import TaskContext
+from emdenoise.runtime.task import TaskContext
 
 
 def run(ctx: TaskContext) -> None:

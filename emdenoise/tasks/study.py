@@ -53,11 +53,11 @@ from emdenoise.layout import SPLIT_FILE
 from emdenoise.outputs import write_json_atomic, write_text_atomic
 from emdenoise.runtime import device as runtime
 from emdenoise.runtime import distributed
+from emdenoise.runtime.task import TaskContext
 from emdenoise.study import plan as study_plan
 from emdenoise.study import report
 from emdenoise.study import run as engine
 from emdenoise.study.summary import StudySummary, summarise
-from emdenoise.tasks.context import TaskContext
 
 SUMMARY_FILE = "study.json"
 REPORT_FILE = "report.md"

@@ -66,7 +66,7 @@ from emdenoise.method import Context, Identity, Method
 from emdenoise.outputs import Transaction
 from emdenoise.report.figures import write_png
 from emdenoise.runtime import device as runtime
-from emdenoise.tasks.context import TaskContext
+from emdenoise.runtime.task import TaskContext
 
 GENERALISATION = "generalisation"
 

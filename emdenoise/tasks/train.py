@@ -56,7 +56,7 @@ from __future__ import annotations
 from emdenoise.data.card import read_card
 from emdenoise.runtime import distributed
 from emdenoise.runtime.context import Runtime
-from emdenoise.tasks.context import TaskContext
+from emdenoise.runtime.task import TaskContext
 from emdenoise.training.loop import METRICS_FILE, load_data, publish, train_model
 
 

@@ -22,8 +22,8 @@ from local_http import LocalServer
 
 from emdenoise.config import params as params_mod
 from emdenoise.lock import LOCK_NAME
+from emdenoise.runtime.task import TaskContext
 from emdenoise.tasks import download as download_task
-from emdenoise.tasks.context import TaskContext
 
 BUCKET = "sciml-datasets"
 PREFIX = "ms/em_graphene_sim/"
