@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The fidelity run with the zoo's training recipe (docs/results/fidelity.md):
+#   bash docs/results/fidelity-recipe/run.sh train [NAME ...]   train the named architectures (default: all six), one
+#                                                               after the other; two calls at once use both cores
+#   bash docs/results/fidelity-recipe/run.sh test               score them beside the zoo and the classical rows
+# Each architecture gets about 25 minutes of one core: the crop side, epochs and warm-up below are sized to its speed
+# (bf16 on a 2-core AMD EPYC with AVX512-BF16); everything else is fidelity-recipe.parameters.yaml. Each trains into
+# its own folder under W/runs (so that two can train at once); `test` gathers them in W/models and scores them on the
+# fidelity run's test set and MoS2 split (zoo-check.parameters.yaml), outputs in workspace-zoo-check/output-recipe.
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+E=.venv/bin/emdenoise W=workspace-zoo/fidelity P=workspace/parameters/fidelity-recipe.parameters.yaml
+# name: crop side, epochs, warm-up steps, training pairs used (0: all 3,840; 240 steps an epoch at batch 16)
+declare -A PLAN=(
+    [sciml_ae]="128 12 300 0"
+    [mscnn]="64 4 240 0"
+    [dncnn]="64 4 240 0"
+    [cafcn]="64 4 240 0"
+    [msdnet]="64 3 180 0"
+    [rednet]="64 2 100 3200"
+)
+task=${1:?"usage: run.sh train [NAME ...] | run.sh test"}
+shift
+case $task in
+train)
+    NAMES=("$@")
+    [ ${#NAMES[@]} -gt 0 ] || NAMES=(sciml_ae mscnn dncnn cafcn msdnet rednet)
+    for t in download preprocess; do OMP_NUM_THREADS=1 $E "$t" --workspace=$W --parameters_file=$P; done
+    for NAME in "${NAMES[@]}"; do
+        read -r crop epochs warmup pairs <<<"${PLAN[$NAME]:?"unknown architecture $NAME (known: ${!PLAN[*]})"}"
+        OMP_NUM_THREADS=1 $E train --workspace=$W --parameters_file=$P --model_dir="$W/runs/$NAME" \
+            --output_dir="$W/runs/$NAME/output" --log_dir="$W/runs/$NAME/logs" --set train.model="$NAME" \
+            --set train.patch_size="$crop" --set train.epochs="$epochs" --set train.warmup_steps="$warmup" \
+            --set train.max_train_images="$pairs"
+    done
+    ;;
+test)
+    mkdir -p "$W/models"
+    for NAME in "${!PLAN[@]}"; do cp -r "$W/runs/$NAME/$NAME" "$W/models/"; done
+    C=workspace/parameters/zoo-check.parameters.yaml Z=workspace-zoo-check
+    for t in download preprocess; do OMP_NUM_THREADS=1 $E "$t" --workspace=$Z --parameters_file=$C; done
+    OMP_NUM_THREADS=1 $E test --workspace=$Z --parameters_file=$C --model_dir=$W/models --output_dir=$Z/output-recipe \
+        --set test.models=all
+    ;;
+*) echo "run.sh: unknown step $task (expected train or test)" >&2; exit 2 ;;
+esac
