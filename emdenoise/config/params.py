@@ -75,9 +75,9 @@ def _peers_or_none() -> tuple[str, ...]:
 
 
 def _materials() -> tuple[str, ...]:
-    from emdenoise.data.simulate.scenes import MATERIALS
+    from emdenoise.data.simulate.scenes import material_choices
 
-    return tuple(MATERIALS)
+    return material_choices()
 
 
 def _optics_regimes() -> tuple[str, ...]:
@@ -164,7 +164,13 @@ class DownloadParams(Section):
         "float", 100.0, "synthetic: highest dose, electrons per pixel at the beam centre", min=0.01, max=1e6
     )
     dead_pixel_fraction: float = param("float", 0.001, "synthetic: fraction of dead (zero) pixels", min=0.0, max=0.5)
-    material: str = param("str", "graphene", "synthetic: the specimen (see README, Synthetic data)", choices=_materials)
+    material: str = param(
+        "str",
+        "graphene",
+        "synthetic: the specimen: graphene, mos2, srtio3, or mixed (one of the three per image, drawn uniformly, "
+        "recorded per image as material_code); see docs/guides/generator.md",
+        choices=_materials,
+    )
     optics: str = param(
         "str",
         "mixed",

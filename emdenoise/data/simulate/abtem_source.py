@@ -43,7 +43,7 @@ import numpy as np
 from scipy import fft as sfft
 
 from emdenoise.data.simulate import physics
-from emdenoise.data.simulate.scenes import MATERIALS, Scene
+from emdenoise.data.simulate.scenes import MATERIALS, MIXED, Scene
 from emdenoise.errors import InputError
 from emdenoise.outputs import sha256_file
 
@@ -377,9 +377,9 @@ def check_sampling(pixel_size: float, nearest_column: float, what: str, where: A
 
 
 def check_material(material: str, max_pixel_size: float, where: Any, field: str) -> None:
-    """The largest pixel size the generator may draw must resolve ``material``."""
-    mat = MATERIALS[material]
-    check_sampling(max_pixel_size, mat.nearest_neighbour, material, where, field)
+    """The largest pixel size the generator may draw must resolve ``material`` (each of them, for ``mixed``)."""
+    for name in MATERIALS if material == MIXED else (material,):
+        check_sampling(max_pixel_size, MATERIALS[name].nearest_neighbour, name, where, field)
 
 
 def settings(params: Any, where: Any = "parameters") -> dict:

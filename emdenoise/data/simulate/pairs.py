@@ -280,6 +280,9 @@ def _image_info(
         yx = stem.image_positions(scan, image_size, yx)
     inside = np.all((yx >= -0.5) & (yx < image_size - 0.5), axis=1)
     info = {k: v for k, v in specimen.info.items() if k not in ("material", "kind", "heights_A")}
+    if material == scenes.MIXED:  # the material drawn for this image, by its code (a per-image attribute)
+        material = specimen.material
+        info["material_code"] = scenes.MATERIAL_CODES[material]
     info["vacancies"] = int(specimen.columns_vacant[inside].sum())  # in the image, not the margin
     info.update(optics)  # voltage_kv, defocus_angstrom, cs_mm, focal_spread_angstrom, ...
     info.update(

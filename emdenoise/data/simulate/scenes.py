@@ -2,7 +2,8 @@
 
 Stable API (used by :mod:`emdenoise.data.simulate.pairs` and the abTEM source):
 
-- :data:`MATERIALS`: name -> :class:`Material` (``graphene``, the default; ``mos2``; ``srtio3``).
+- :data:`MATERIALS`: name -> :class:`Material` (``graphene``, the default; ``mos2``; ``srtio3``), and
+  :data:`MIXED` (``mixed``: one of them per field, drawn uniformly; :data:`MATERIAL_CODES` numbers them).
 - :class:`Scene` (frozen): the atoms that scatter (``atoms_yx_A``, ``z``) and the lattice columns, present or
   vacant (``columns_yx_A``, ``columns_z``, ``columns_vacant``), of a square field of ``size_px`` pixels of
   ``pixel_size`` angstrom, plus ``info`` (what was drawn).
@@ -83,6 +84,22 @@ MATERIALS: dict[str, Material] = {
         layered=False,
     ),
 }
+
+MIXED = "mixed"
+MATERIAL_CODES = {name: code for code, name in enumerate(MATERIALS)}  # the per-image material_code of mixed runs
+
+
+def material_choices() -> tuple[str, ...]:
+    """What ``material`` may be: a name of :data:`MATERIALS` or :data:`MIXED`."""
+    return (*MATERIALS, MIXED)
+
+
+def pick_material(rng: np.random.Generator, material: str) -> str:
+    """``material`` itself, or for :data:`MIXED` one of :data:`MATERIALS` drawn uniformly (one draw of ``rng``,
+    made only then: a named material's scenes stay the same for the same seed)."""
+    if material != MIXED:
+        return material
+    return list(MATERIALS)[int(rng.integers(len(MATERIALS)))]
 
 
 @dataclass(frozen=True)
@@ -271,10 +288,12 @@ def draw_scene(
     boundary are removed), holes (a thresholded smooth field, probability 0.5), a rough vacuum edge (0.25),
     point vacancies (Poisson, mean uniform in 0-60 per 100 nm^2) of which 30 % grow into multi-vacancies of 2-4
     sites, a rotated second layer in a patch (moire; layered materials, 0.15) and amorphous carbon contamination
-    patches (0.25, 0.1-0.4 atoms/A^2).
+    patches (0.25, 0.1-0.4 atoms/A^2). ``mixed``: the material is drawn first (:func:`pick_material`); the
+    scene's ``material`` says which.
     """
-    if material not in MATERIALS:
-        raise ValueError(f"material must be one of {', '.join(MATERIALS)}, got {material!r}")
+    if material not in material_choices():
+        raise ValueError(f"material must be one of {', '.join(material_choices())}, got {material!r}")
+    material = pick_material(rng, material)
     if kind not in ("random", "lattice", "vacuum", "amorphous"):
         raise ValueError(f"kind must be random, lattice, vacuum or amorphous, got {kind!r}")
     info: dict = {"material": material, "kind": kind, "n_grains": 0, "vacancies": 0, "holes": False}

@@ -25,6 +25,7 @@ import h5py
 import numpy as np
 
 from emdenoise.config.params import DownloadParams, validate
+from emdenoise.data.simulate import scenes
 from emdenoise.data.simulate.pairs import F32, GENERATOR_VERSION, RENDERERS, _one_blas_thread, image_seed, make_pair
 from emdenoise.data.simulate.stem import StemSettings
 from emdenoise.layout import GENERALISATION_SPLIT, RAW_DATASET, RAW_FILES
@@ -66,6 +67,9 @@ _STEM_ATTRS = (
     ("scan_drift_yx_px", np.float32, "scan_drift_yx_px", "noisy"),
     ("scan_flyback_px", np.float32, "scan_flyback_px", "noisy"),
 )
+# What runs of download.material mixed record besides: which material each image shows.
+_MIXED_ATTRS = (("material_code", np.int8, "material_code", "clean"),)
+MIXED_UNITS = "; material_code: " + ", ".join(f"{code} {name}" for name, code in scenes.MATERIAL_CODES.items())
 STEM_UNITS = (
     "; imaging_mode: 0 hrtem, 1 haadf, 2 abf; STEM images: values in detector units (stem_units: detector) or "
     "(reading - detector_offset) / (detector_gain x dose) (electrons), clean the noise-free expectation in the "
@@ -81,9 +85,10 @@ def _attr_specs(kwargs: dict) -> tuple:
     """The per-image attributes of a run of ``make_pair(**kwargs)``. In STEM detector units the electron dose is
     stored as ``probe_dose``: the pipeline reads ``dose`` as counts per stored unit (noisy x dose = counts), which
     detector values on an offset are not; their count-based checks fit the offset and gain from the frames."""
+    specs: tuple = _PER_IMAGE_ATTRS + (_MIXED_ATTRS if kwargs.get("material") == scenes.MIXED else ())
     if "imaging" not in kwargs:
-        return _PER_IMAGE_ATTRS
-    specs: tuple = _PER_IMAGE_ATTRS + _STEM_ATTRS
+        return specs
+    specs += _STEM_ATTRS
     if kwargs["stem_settings"]["units"] == "detector":
         specs = tuple(("probe_dose", *rest) if name == "dose" else (name, *rest) for name, *rest in specs)
     return specs
@@ -441,10 +446,14 @@ def _write_split(noisy_path: Path, clean_path: Path, split: str, n: int, seed: i
             dsets[kind].attrs[name] = np.asarray(attrs[name], dtype=dtype)
         dsets["noisy"].attrs["dead_pixel_fraction"] = F32(kwargs["dead_pixel_fraction"])
         dsets["noisy"].attrs["units"] = (
-            "values: electron counts / dose; dose: electrons per pixel at the beam centre; beam_center_yx, "
-            "beam_sigma, detector_blur_px: pixels; pixel_size: angstrom per pixel; defocus_angstrom (negative: "
-            "underfocus), focal_spread_angstrom: angstrom; cs_mm: mm; convergence_mrad, aperture_mrad: mrad"
-        ) + (STEM_UNITS if "imaging" in kwargs else "")
+            (
+                "values: electron counts / dose; dose: electrons per pixel at the beam centre; beam_center_yx, "
+                "beam_sigma, detector_blur_px: pixels; pixel_size: angstrom per pixel; defocus_angstrom (negative: "
+                "underfocus), focal_spread_angstrom: angstrom; cs_mm: mm; convergence_mrad, aperture_mrad: mrad"
+            )
+            + (STEM_UNITS if "imaging" in kwargs else "")
+            + (MIXED_UNITS if kwargs.get("material") == scenes.MIXED else "")
+        )
         offsets = np.zeros(n + 1, np.int64)
         offsets[1:] = np.cumsum([len(z) for z in atoms["atom_z"]])
         f_clean.create_dataset("atom_offsets", data=offsets, track_times=False)

@@ -168,6 +168,10 @@ def test_a_pixel_that_aliases_the_lattice_is_refused():
         abtem_source.check_material("graphene", 0.8, "p.yaml", "download.pixel_size_max")
     with pytest.raises(InputError, match="aliases srtio3"):
         abtem_source.check_material("srtio3", 1.0, "p.yaml", "download.pixel_size_max")
+    # mixed: every material must be resolved; graphene, the finest, is the one named
+    with pytest.raises(InputError, match="aliases graphene"):
+        abtem_source.check_material("mixed", 0.8, "p.yaml", "download.pixel_size_max")
+    abtem_source.check_material("mixed", 0.7, "p.yaml", "download.pixel_size_max")
 
 
 # -- resumable chunks -----------------------------------------------------------------------------------------

@@ -106,6 +106,20 @@ def test_same_generator_same_scene():
     assert a.info == b.info
 
 
+def test_mixed_draws_every_material_and_a_named_one_draws_nothing_extra():
+    drawn = [draw_scene(np.random.default_rng(s), 48, PIXEL, scenes.MIXED, kind="lattice") for s in range(30)]
+    counts = {name: sum(d.material == name for d in drawn) for name in MATERIALS}
+    assert all(n >= 4 for n in counts.values()), counts  # 30 uniform draws of 3: each at least 4 times
+    for d in drawn:  # each scene is the material it names
+        assert set(np.unique(d.columns_z)) <= {z for *_, stack in MATERIALS[d.material].basis for z in stack}
+    # a named material takes no draw for the choice: its scene is the one the same seed gave before
+    rng = np.random.default_rng(4)
+    assert scenes.pick_material(rng, "mos2") == "mos2"
+    assert rng.random() == np.random.default_rng(4).random()
+    with pytest.raises(ValueError, match="mixed"):
+        draw_scene(np.random.default_rng(0), 32, PIXEL, "cheese")
+
+
 def test_smooth_fields_have_unit_variance_and_the_asked_correlation_length():
     corr = 16.0
     fields = scenes.smooth_fields(np.random.default_rng(2), 128, [corr] * 40)

@@ -14,7 +14,7 @@ from scipy.ndimage import gaussian_filter
 from scipy.spatial import cKDTree
 from support import power_spectrum
 
-from emdenoise.data.simulate import pairs, writer
+from emdenoise.data.simulate import pairs, scenes, writer
 from emdenoise.data.simulate.pairs import (
     add_noise,
     beam_profile,
@@ -145,6 +145,21 @@ def test_other_materials_and_optics_regimes():
     assert 0.5 < clean.mean() < 1.05
     with pytest.raises(ValueError, match="material"):
         clean_image(0, 32, material="unobtainium")
+
+
+def test_a_mixed_split_records_each_images_material(tmp_path):
+    settings = GeneratorSettings.of(seed=3, train_images=9, test_images=1, image_size=48, material="mixed")
+    write_dataset(tmp_path, settings, workers=1)
+    with h5py.File(tmp_path / "train" / "graphene_img_clean.h5", "r") as f:
+        codes, z, offsets = f["images"].attrs["material_code"], f["atom_z"][:], f["atom_offsets"][:]
+        assert f.attrs["material"] == "mixed"
+    with h5py.File(tmp_path / "train" / "graphene_img_noise.h5", "r") as f:
+        assert "material_code: 0 graphene, 1 mos2, 2 srtio3" in f["images"].attrs["units"]
+    names = {code: name for name, code in scenes.MATERIAL_CODES.items()}
+    assert len(set(codes.tolist())) >= 2
+    for i, code in enumerate(codes):  # the columns of image i are of the material its code names
+        allowed = {z for *_, stack in scenes.MATERIALS[names[int(code)]].basis for z in stack}
+        assert set(np.unique(z[offsets[i] : offsets[i + 1]]).tolist()) <= allowed
 
 
 def test_pixel_size_and_detector_draws():
