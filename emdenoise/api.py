@@ -8,8 +8,10 @@
 ``denoise`` takes a 2-D frame or a stack of frames (any leading axes), a path, or what ``load`` returned; the
 method is anything ``denoise --method/--model`` takes (:mod:`emdenoise.inference.methods`). As in the command
 line, a trained model sees whole frames where ``memory_mb`` allows (tiles beyond it, or ``tile_size`` tiles),
-frames at another pixel size than the model's are resampled to its sampling and back, and every output frame is
-checked against its input (:mod:`emdenoise.evaluation.consistency`, ``max_deviation``; 0: no check).
+frames at another pixel size than the model's are resampled to its sampling and back, a model trained on counts /
+dose (the zoo's) sees each frame at that level and returns it in the frame's units (``frame_level``,
+:mod:`emdenoise.inference.levels`), and every output frame is checked against its input
+(:mod:`emdenoise.evaluation.consistency`, ``max_deviation``; 0: no check).
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def _frames(data: Any) -> tuple[Micrograph, np.ndarray]:
 
 
 def _method(
-    method: str, pixel_size: float | None, device: str, precision: str, tiling: dict[str, int], model_dir: Any
+    method: str, pixel_size: float | None, device: str, precision: str, tiling: dict[str, Any], model_dir: Any
 ) -> Any:
     """The :class:`emdenoise.method.Method` ``method`` names (a trained model: a :class:`DeepMethod`)."""
     from emdenoise.inference import methods
@@ -119,6 +121,7 @@ def denoise(
     memory_mb: int = 2048,
     rescale: str = "auto",
     scale_tolerance: float = 0.05,
+    frame_level: str = "auto",
     max_deviation: float = 0.07,
     model_dir: str | Path | None = None,
 ) -> Denoised:
@@ -131,7 +134,8 @@ def denoise(
 
     micrograph, frames = _frames(data)
     pixel = pixel_size or micrograph.pixel_size
-    tiling = {"tile_size": tile_size, "overlap": tile_overlap, "batch_size": batch_size, "memory_mb": memory_mb}
+    tiling: dict[str, Any] = {"tile_size": tile_size, "overlap": tile_overlap, "batch_size": batch_size}
+    tiling |= {"memory_mb": memory_mb, "frame_level": frame_level}
     chosen = _method(method, pixel, device, precision, tiling, model_dir)
     engine = chosen if isinstance(chosen, DeepMethod) else PerFrame(chosen)
     if isinstance(engine, PerFrame):

@@ -32,12 +32,12 @@ from emdenoise.errors import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
     EXIT_OK,
-    EXIT_PIPE,
     EXIT_RUNTIME,
     EmdError,
     InputError,
     OutputClosed,
     RuntimeFailure,
+    stdout_gone,
     write_stdout,
 )
 from emdenoise.io import budget
@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
     except (BrokenPipeError, OutputClosed):  # argparse's help, or a command's output, cut short
-        return _stdout_gone()
+        return stdout_gone()
 
 
 def _main(argv: list[str] | None) -> int:
@@ -389,19 +389,6 @@ def _unexpected(exc: Exception, log: logging.Logger, debug: bool) -> int:
         " ".join(str(exc).split()),
     )
     return EXIT_RUNTIME
-
-
-# -- a reader that went away (emdenoise params | head) -------------------------------------------------------------
-def _stdout_gone() -> int:
-    """End quietly, as a program killed by SIGPIPE would: stdout pointed at /dev/null so that Python's own
-    flush at exit does not print a second BrokenPipeError."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError):  # a stdout without a file descriptor (an in-process caller): nothing to flush
-        pass
-    return EXIT_PIPE
 
 
 # -- failures of the machine rather than of the input -------------------------------------------------------------

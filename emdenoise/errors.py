@@ -11,6 +11,7 @@ Exit codes (also in the README):
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 
@@ -73,8 +74,23 @@ def script(work: Callable[[], str]) -> int:
     except EmdError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    print(summary)
+    try:
+        write_stdout(summary)
+    except OutputClosed:
+        return stdout_gone()
     return EXIT_OK
+
+
+def stdout_gone() -> int:
+    """End quietly, as a program killed by SIGPIPE would (``emdenoise params | head``): stdout pointed at
+    /dev/null so that Python's own flush at exit does not print a second BrokenPipeError; exit code EXIT_PIPE."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # a stdout without a file descriptor (an in-process caller): nothing to flush
+        pass
+    return EXIT_PIPE
 
 
 def write_stdout(text: str) -> None:

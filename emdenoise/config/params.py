@@ -585,6 +585,14 @@ class DenoiseParams(Section):
         min=0.0,
         max=1.0,
     )
+    frame_level: str = param(
+        "str",
+        "auto",
+        "auto: a model trained on frames of counts / dose (its file's input_units; the zoo's) sees each frame at "
+        "that level (the counts above any detector offset over their beam-centre level) and its output comes back "
+        "in the frame's units; as_is: frames go in as they are (files already in counts / dose)",
+        choices=("auto", "as_is"),
+    )
     suffix: str = param(
         "str",
         "none",

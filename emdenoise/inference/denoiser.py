@@ -34,7 +34,7 @@ from emdenoise.classical.filters import NotCounts
 from emdenoise.data.card import pixel_size_or_none
 from emdenoise.errors import InputError
 from emdenoise.evaluation import consistency
-from emdenoise.inference import resample
+from emdenoise.inference import levels, resample
 from emdenoise.inference.tiling import Tiler
 from emdenoise.io import micrographs, modelfile
 from emdenoise.method import Context, Kind, Method
@@ -122,6 +122,8 @@ class DeepMethod:
             max_pixels=budget,
         )
         self.settings: Mapping[str, Any] = {"file": str(file) if file else None, **tiling.record()}
+        # a model trained on counts / dose sees each frame at that level, its output brought back
+        self.levels = levels.wanted(denoiser.meta, tiling.frame_level)
 
     @classmethod
     def from_file(cls, path: str | Path, device: str | torch.device, precision: str, tiling: Tiling) -> DeepMethod:
@@ -139,7 +141,7 @@ class DeepMethod:
         return self.denoiser.meta.get("pixel_size_range")
 
     def stream(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        return self.tiler.stream(frames)
+        return levels.stream(frames, self.tiler.stream) if self.levels else self.tiler.stream(frames)
 
     def __call__(self, frames: np.ndarray, context: Context) -> np.ndarray:
         frames = np.asarray(frames, np.float32)
@@ -158,6 +160,7 @@ class DeepMethod:
             "condition": meta.get("condition", "none"),
             "trained_with": meta.get("emdenoise_version"),
             "pixel_size": self.pixel_size,
+            "input_units": meta.get("input_units"),
         }
 
     def warm_up(self, frame_shape: tuple[int, int]) -> None:
@@ -167,18 +170,20 @@ class DeepMethod:
 
 @dataclass(frozen=True)
 class Tiling:
-    """How a trained model is applied to frames (the ``denoise`` section's tile_size, tile_overlap, batch_size
-    and memory_mb)."""
+    """How a trained model is applied to frames (the ``denoise`` section's tile_size, tile_overlap, batch_size,
+    memory_mb and frame_level)."""
 
     tile_size: int = 0
     overlap: int = 32
     batch_size: int = 8
     memory_mb: int = DEFAULT_MEMORY_MB
+    frame_level: str = "auto"  # denoise.frame_level (emdenoise.inference.levels)
 
     def record(self) -> dict[str, Any]:
         out: dict[str, Any] = {"tile_size": self.tile_size, "tile_overlap": self.overlap, "batch_size": self.batch_size}
         if not self.tile_size:
             out["memory_mb"] = self.memory_mb  # decides whole frames or tiles only when tile_size is 0
+        out["frame_level"] = self.frame_level
         return out
 
 
@@ -345,9 +350,11 @@ class FileDenoiser:
         scale_tolerance: float = 0.05,
         log: logging.Logger | None = None,
         memory_mb: int = DEFAULT_MEMORY_MB,
+        frame_level: str = "auto",
     ):
         if isinstance(method, (str, Path)):
-            method = DeepMethod.from_file(method, device, precision, Tiling(tile_size, overlap, batch_size, memory_mb))
+            tiling = Tiling(tile_size, overlap, batch_size, memory_mb, frame_level)
+            method = DeepMethod.from_file(method, device, precision, tiling)
         assert isinstance(method, Method)
         self.method = method
         self.log = log

@@ -15,6 +15,9 @@ Model file (``format = "emdenoise-model/1"``)::
             poisson_split "count_scale_source", "count_scale_median"}),
             condition (train.condition, :mod:`emdenoise.models.conditioning`; absent = none: the state
             then holds the bare model's tensors, else the wrapper's: "net.<key>" and "mix.<key>")
+            input_units (absent: the frames it was trained on, whatever they were; "counts / dose": training
+            frames of counts divided by their dose, which denoise brings a user's frames to,
+            :mod:`emdenoise.inference.levels`)
     state/  one dataset per ``state_dict`` entry, named by its key (e.g. "encoders.0.0.weight"),
             float32 / int64 as in the model
 
@@ -66,6 +69,7 @@ META_KEYS = (
     "pixel_size_range",
     "supervision",
     "condition",
+    "input_units",
 )
 _JSON_ATTRS = ("options", "normalisation", "train_config", "metrics")
 _NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float: nothing else is ever read as a tensor
@@ -108,6 +112,8 @@ def save_model(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None
             fh.attrs["supervision"] = _dumps(meta["supervision"])
         if meta.get("condition", "none") != "none":
             fh.attrs["condition"] = str(meta["condition"])
+        if meta.get("input_units"):
+            fh.attrs["input_units"] = str(meta["input_units"])
         fh.attrs["parameters"] = models.count_parameters(model)
         fh.attrs["emdenoise_version"] = __version__
         _write_state(fh.create_group("state"), model)
@@ -266,6 +272,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         version = fh.attrs.get("emdenoise_version")
         meta["emdenoise_version"] = version if isinstance(version, str) else None
         meta["condition"] = _condition(path, fh)
+        meta["input_units"] = _attr_str(path, fh, "input_units") if "input_units" in fh.attrs else None
         model = conditioning.wrap(_build(path, name, meta["options"]), meta["condition"], meta["normalisation"])
         _read_state(path, fh, model)
     meta["parameters"] = models.count_parameters(model)

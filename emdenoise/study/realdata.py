@@ -7,9 +7,11 @@ draws and writes.) The files: the STEM micrographs of ``../shared/realdata``
 (an HAADF frame of SrTiO3, a five-frame ABF movie of SrTiO3; read in place, never copied) and the DM3 and Velox
 EMD files of the temul-toolkit wheel (:mod:`emdenoise.data.acquire.examples`, fetched into the cache). Each is
 read with the readers ``denoise`` uses (:func:`emdenoise.load`: the pixel size from the file), a region of at
-most :data:`REGION` px is denoised by the zoo model, by the zoo model on input rescaled to its training range
-(:func:`zoo_rescaled`), and by every classical filter with its defaults (:func:`emdenoise.denoise`), each timed,
-and checked against its input (:func:`emdenoise.evaluation.consistency.check`). The ABF movie is registered
+most :data:`REGION` px is denoised by the zoo model (as ``denoise`` applies it: each frame brought to the
+model's counts / dose level and back, :mod:`emdenoise.inference.levels`), by the zoo model on input rescaled to
+its training range and fed as it is (:func:`zoo_rescaled`), and by every classical filter with its defaults
+(:func:`emdenoise.denoise`), each timed, and checked against its input
+(:func:`emdenoise.evaluation.consistency.check`). The ABF movie is registered
 (:mod:`emdenoise.data.prepare.registration`) and every estimate of its first frame compared with the mean of the
 other four frames, aligned: their noise is independent of the first frame's, so the estimate nearer the signal
 correlates better with it.
@@ -208,7 +210,7 @@ def methods() -> list[str]:
 def zoo_rescaled(frame: np.ndarray, pixel_size: float | None) -> np.ndarray:
     """What a user could try with detector values: the frame mapped linearly onto the zoo model's training range
     (mean and standard deviation of its noisy inputs), denoised, and the output mapped back by the least-squares
-    gain and offset that fit it to the frame."""
+    gain and offset that fit it to the frame (``frame_level: as_is``: the rescaling instead of the model's level)."""
     from emdenoise import zoo
     from emdenoise.io import modelfile
 
@@ -216,7 +218,8 @@ def zoo_rescaled(frame: np.ndarray, pixel_size: float | None) -> np.ndarray:
     mean, std = meta["normalisation"]["noisy"]["mean"], meta["normalisation"]["noisy"]["std"]
     x = np.asarray(frame, np.float64)
     scaled = (x - x.mean()) / (x.std() or 1.0) * std + mean
-    out = emdenoise.denoise(emdenoise.Micrograph(scaled.astype(np.float32), pixel_size), ZOO, max_deviation=0)
+    micrograph = emdenoise.Micrograph(scaled.astype(np.float32), pixel_size)
+    out = emdenoise.denoise(micrograph, ZOO, frame_level="as_is", max_deviation=0)
     gain, offset = np.polyfit(out.image.ravel().astype(np.float64), x.ravel(), 1)
     return (gain * out.image + offset).astype(np.float32)
 

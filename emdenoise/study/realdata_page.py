@@ -315,10 +315,11 @@ def _file_section(sample: Sample, figures: str) -> list[str]:
         "",
     ]
     if zoo is not None and zoo.image is not None:
+        ratio = float(zoo.image.mean() / region.mean()) if region.mean() else float("nan")
+        units = "in the input's units" if 0.8 < ratio < 1.25 else "not in the input's units"
         lines.append(
-            f"The zoo model as it is returns values of mean {zoo.image.mean():,.1f} and standard deviation "
-            f"{zoo.image.std():,.1f} for this input of mean {region.mean():,.0f}: its output is not in the "
-            "input's units."
+            f"The zoo model returns values of mean {zoo.image.mean():,.1f} and standard deviation "
+            f"{zoo.image.std():,.1f} for this input of mean {region.mean():,.0f}: its output is {units}."
         )
     lines += [f"Flagged by the check: {', '.join(flagged) or 'none'}.", ""]
     return lines

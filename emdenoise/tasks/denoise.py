@@ -81,7 +81,7 @@ def write_scores(ctx: TaskContext, outs: dict[Path, Path], device: torch.device)
     prefer: list[str | None] = []
     options: dict[str, Any] = {"device": str(device), "precision": sec.precision, "tile_size": sec.tile_size}
     options |= {"tile_overlap": sec.tile_overlap, "batch_size": sec.batch_size, "memory_mb": sec.memory_mb}
-    options |= {"rescale": sec.rescale, "scale_tolerance": sec.scale_tolerance}
+    options |= {"rescale": sec.rescale, "scale_tolerance": sec.scale_tolerance, "frame_level": sec.frame_level}
     for path, out in outs.items():
         try:
             scores = api.score(path, names, kind=sec.score, pixel_size=sec.pixel_size or None, **options)
@@ -149,6 +149,7 @@ def build_engine(ctx: TaskContext, device: torch.device) -> FileDenoiser:
         scale_tolerance=sec.scale_tolerance,
         log=log,
         memory_mb=sec.memory_mb,
+        frame_level=sec.frame_level,
     )
     tiles = (
         f"{sec.tile_size}, overlap {sec.tile_overlap}" if sec.tile_size else f"whole frames within {sec.memory_mb} MB"

@@ -22,6 +22,7 @@ from emdenoise.config.params import TrainParams
 from emdenoise.data.card import DatasetCard, pixel_range_or_none, pixel_size_or_none
 from emdenoise.data.splits import load_split as load_split  # re-exported: tests patch and call it here
 from emdenoise.errors import InputError
+from emdenoise.inference import levels
 from emdenoise.inference.denoiser import Denoiser
 from emdenoise.io import modelfile
 from emdenoise.layout import CHECKPOINT_FILE, DATASET_CARD_KEYS, LAST_MODEL_FILE, MODEL_FILE
@@ -239,6 +240,8 @@ class _Run:
             "pixel_size_range": training_pixel_range(self.card),
             "supervision": self.data.supervision,
             "condition": train.condition,
+            # frames of counts / dose (a dose per image recorded): denoise brings a user's frames to that level
+            "input_units": levels.COUNTS_PER_DOSE if self.card.get("has_dose") else None,
             "train_config": {
                 **self.config,
                 "fingerprint": self.fingerprint,

@@ -51,7 +51,9 @@ def check_psnr(name: str) -> float:
     model = zoo.get(name)
     pixel = float(modelfile.load_model(model.model_file)[1]["pixel_size"])
     noisy, clean = check_set(pixel)
-    out = api.denoise(noisy, f"zoo:{model.name}", pixel, device="cpu", precision="fp32", max_deviation=0).image
+    out = api.denoise(
+        noisy, f"zoo:{model.name}", pixel, device="cpu", precision="fp32", frame_level="as_is", max_deviation=0
+    ).image
     data_range = float(clean.max() - clean.min())
     mse = ((out.astype(np.float64) - clean) ** 2).mean(axis=(1, 2))
     return float(np.mean(10 * np.log10(data_range**2 / mse)))

@@ -72,6 +72,7 @@ def test_file_denoiser_writes_the_tiled_model_output_and_returns_its_record(tmp_
         "tile_size": 64,
         "tile_overlap": 16,
         "batch_size": 4,
+        "frame_level": "auto",
         "device": "cpu",
         "precision": "fp32",
         "pixel_size": 0.0,

@@ -85,6 +85,7 @@ def test_train_writes_model_and_metrics(tmp_path, data_dir, train_cli):
     assert denoiser.meta["train_config"]["epochs"] == 2 and denoiser.meta["emdenoise_version"]
     card = json.loads((data_dir / "dataset_card.json").read_text())
     assert denoiser.meta["pixel_size"] == training.training_pixel_size(card)  # the card's, None without one
+    assert denoiser.meta["input_units"] is None  # no dose recorded: frames go in as they are
     with h5py.File(data_dir / "val.h5", "r") as fh:
         noisy, clean = fh["noisy"][:], fh["clean"][:]
     from emdenoise.evaluation.metrics import psnr_per_image

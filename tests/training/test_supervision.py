@@ -192,6 +192,7 @@ def test_supervised_model_files_say_clean(tmp_path, counted_dir, train_cli):
     assert code == 0
     _, meta = modelfile.load_model(model_dir / "sciml_ae" / "em_denoise_model.h5")
     assert meta["supervision"] == {"mode": "clean"} and "supervision" not in meta["train_config"]
+    assert meta["input_units"] == "counts / dose"  # a dose per frame: denoise brings frames to that level
     assert json.loads((out / "train_metrics.json").read_text())["epochs"][0]["val_loss"] is None
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The fidelity run with the zoo's training recipe (docs/results/fidelity.md):
 #   bash docs/results/fidelity-recipe/run.sh train [NAME ...]   train the named architectures (default: all six), one
-#                                                               after the other; two calls at once use both cores
+#                                                               after the other; a second call, started once the
+#                                                               first has made the data, uses the other core
 #   bash docs/results/fidelity-recipe/run.sh test               score them beside the zoo and the classical rows
 # Each architecture gets about 25 minutes of one core: the crop side, epochs and warm-up below are sized to its speed
 # (bf16 on a 2-core AMD EPYC with AVX512-BF16); everything else is fidelity-recipe.parameters.yaml. Each trains into
@@ -25,7 +26,9 @@ case $task in
 train)
     NAMES=("$@")
     [ ${#NAMES[@]} -gt 0 ] || NAMES=(sciml_ae mscnn dncnn cafcn msdnet rednet)
-    for t in download preprocess; do OMP_NUM_THREADS=1 $E "$t" --workspace=$W --parameters_file=$P; done
+    # the data once: a second call while the first trains must not write the folder it reads
+    [ -e "$W/data/processed/dataset_card.json" ] ||
+        for t in download preprocess; do OMP_NUM_THREADS=1 $E "$t" --workspace=$W --parameters_file=$P; done
     for NAME in "${NAMES[@]}"; do
         read -r crop epochs warmup pairs <<<"${PLAN[$NAME]:?"unknown architecture $NAME (known: ${!PLAN[*]})"}"
         OMP_NUM_THREADS=1 $E train --workspace=$W --parameters_file=$P --model_dir="$W/runs/$NAME" \
