@@ -344,21 +344,21 @@ def _failures(samples: list[Sample]) -> list[str]:
         "",
         "Said plainly, from the tables and the figures above (what the figures show was looked at for this run):",
         "",
-        f"- **`{ZOO}` as it is.** It was trained on HRTEM phase-contrast images of graphene from the physics "
-        "generator, 20-5,000 e/px, in normalised intensity (its training inputs had mean 0.47 and standard "
-        "deviation 0.30). These are STEM images (HAADF: bright columns, ABF: dark columns) in detector values: "
-        "offsets of thousands to millions, spreads of hundreds to tens of thousands. Its fixed normalisation "
-        "puts them far outside anything it saw; its output is not in the input's units (means near zero for "
-        f"inputs of 16,000 to 3 million), and the consistency check flags it on {on_every}. Some structure "
-        "survives (on the ABF movie it correlates with the other frames nearly as well as the best filter), "
-        "but on the HAADF frame it turns the scan-line noise into stripes. Do not run it on raw STEM detector "
-        "values.",
-        f"- **`{ZOO}` on rescaled input** (the frame mapped onto the training range, the output fitted back by "
-        "one gain and offset: what a user could try). It gives the cleanest-looking images, which is the danger: "
-        "on the HAADF frame it makes round columns where the recorded (scan-distorted) columns and every filter "
-        "keep them elongated, and on the Au particle it draws elongated blobs where the Bragg filter shows the "
-        "lattice. That is the graphene prior, not the specimen; the consistency check does not see it "
-        f"(it passes it on {_passing(samples, ZOO_RESCALED)}).",
+        f"- **`{ZOO}`**, as `denoise` applies it (each frame brought to the model's counts / dose level and "
+        "back: [the model's level](../guides/denoise.md#counts-detector-values-and-the-models-level)). It was "
+        "trained on HRTEM phase-contrast images of graphene from the physics generator, 20-5,000 e/px; these are "
+        "STEM images (HAADF: bright columns, ABF: dark columns) in detector values, offsets of thousands to "
+        f"millions. Its output is in the input's units ({_level_range(samples)}), so the scores without truth "
+        f"grade it: {_zoo_against_noisy(samples)}. The consistency check flags it on {on_every}. What it draws is "
+        "its prior: on the HAADF frame round columns where the recorded (scan-distorted) columns and every filter "
+        "keep them elongated; on the Au particle elongated blobs where the Bragg filter shows the lattice. It "
+        "also removes what it takes for the beam, as the beam-aware filters do: the Au particle's bright "
+        "envelope is flattened, which is why it scores far below the noisy input there. Do not use it on STEM "
+        "images; a STEM model is not in the zoo yet.",
+        f"- **`{ZOO}` on rescaled input** (the frame mapped onto the training range and fed as it is, the "
+        "output fitted back by one gain and offset: what a user had to try before the model's level). It draws "
+        "the same images: the clean look is the danger. Round columns and blobs are the graphene prior, not "
+        f"the specimen; the consistency check does not see it (it passes it on {_passing(samples, ZOO_RESCALED)}).",
     ]
     if movie is not None:
         lines += [_movie_verdict(movie), _worse_than_noisy(movie)]
@@ -403,6 +403,31 @@ def _score_lines(samples: list[Sample]) -> list[str]:
             f"input: {', '.join(worse) or 'none'}."
         )
     return lines
+
+
+def _level_range(samples: list[Sample]) -> str:
+    """The zoo model's output mean over the input's, across the files."""
+    ratios = [
+        float(o.image.mean() / s.region.mean())
+        for s in samples
+        for o in s.outcomes
+        if o.method == ZOO and o.image is not None and s.region.mean()
+    ]
+    return f"output mean {min(ratios):.3f}-{max(ratios):.3f} of the input's" if ratios else "not run"
+
+
+def _zoo_against_noisy(samples: list[Sample]) -> str:
+    """Where the zoo model's score without truth is above and below the noisy input's, and the best filter's."""
+    parts = []
+    for sample in samples:
+        by: dict[str, float] = {o.method: o.score["upsnr"] for o in sample.outcomes if o.score.get("upsnr") is not None}
+        noisy = sample.noisy_score[0] if sample.noisy_score else None
+        if ZOO not in by or noisy is None:
+            continue
+        best = max((m for m in by if m != ZOO), key=lambda m: by[m], default=None)
+        against = f", best filter `{best}` {by[best]:.2f}" if best else ""
+        parts.append(f"{sample.spec.key} {by[ZOO]:.2f} dB (noisy {noisy:.2f}{against})")
+    return "; ".join(parts) or "no file was scored"
 
 
 def _below_gaussian(samples: list[Sample]) -> str:

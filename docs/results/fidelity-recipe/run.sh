@@ -3,11 +3,13 @@
 #   bash docs/results/fidelity-recipe/run.sh train [NAME ...]   train the named architectures (default: all six), one
 #                                                               after the other; a second call, started once the
 #                                                               first has made the data, uses the other core
-#   bash docs/results/fidelity-recipe/run.sh test               score them beside the zoo and the classical rows
+#   bash docs/results/fidelity-recipe/run.sh test [SET ...]     score them beside the zoo and the classical rows
+#   bash docs/results/fidelity-recipe/run.sh report             copy the reports and draw the learning curves here
 # Each architecture gets about 25 minutes of one core: the crop side, epochs and warm-up below are sized to its speed
 # (bf16 on a 2-core AMD EPYC with AVX512-BF16); everything else is fidelity-recipe.parameters.yaml. Each trains into
 # its own folder under W/runs (so that two can train at once); `test` gathers them in W/models and scores them on the
-# fidelity run's test set and MoS2 split (zoo-check.parameters.yaml), outputs in workspace-zoo-check/output-recipe.
+# fidelity run's test set and MoS2 split (zoo-check.parameters.yaml) and on the abTEM set (zoo-abtem.parameters.yaml),
+# outputs in workspace-zoo-check/output-recipe and workspace-zoo-abtem/output-recipe.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 E=.venv/bin/emdenoise W=workspace-zoo/fidelity P=workspace/parameters/fidelity-recipe.parameters.yaml
@@ -20,7 +22,7 @@ declare -A PLAN=(
     [msdnet]="64 3 180 0"
     [rednet]="64 2 100 3200"
 )
-task=${1:?"usage: run.sh train [NAME ...] | run.sh test"}
+task=${1:?"usage: run.sh train [NAME ...] | run.sh test [SET ...] | run.sh report"}
 shift
 case $task in
 train)
@@ -38,12 +40,33 @@ train)
     done
     ;;
 test)
+    # SET: zoo-check (the fidelity test set and its MoS2 split) or zoo-abtem (the abTEM set: the [abtem] extra);
+    # both by default, one after the other; two calls, one SET each, use both cores
+    SETS=("$@")
+    [ ${#SETS[@]} -gt 0 ] || SETS=(zoo-check zoo-abtem)
     mkdir -p "$W/models"
     for NAME in "${!PLAN[@]}"; do cp -r "$W/runs/$NAME/$NAME" "$W/models/"; done
-    C=workspace/parameters/zoo-check.parameters.yaml Z=workspace-zoo-check
-    for t in download preprocess; do OMP_NUM_THREADS=1 $E "$t" --workspace=$Z --parameters_file=$C; done
-    OMP_NUM_THREADS=1 $E test --workspace=$Z --parameters_file=$C --model_dir=$W/models --output_dir=$Z/output-recipe \
-        --set test.models=all
+    for S in "${SETS[@]}"; do
+        C=workspace/parameters/$S.parameters.yaml Z=workspace-$S
+        [ -e "$Z/data/processed/dataset_card.json" ] ||
+            for t in download preprocess; do OMP_NUM_THREADS=1 $E "$t" --workspace="$Z" --parameters_file="$C"; done
+        OMP_NUM_THREADS=1 $E test --workspace="$Z" --parameters_file="$C" --model_dir=$W/models \
+            --output_dir="$Z/output-recipe" --set test.models=all
+    done
     ;;
-*) echo "run.sh: unknown step $task (expected train or test)" >&2; exit 2 ;;
+report)
+    # the reports, train records and learning curves of all eight (the zoo's two from docs/results/zoo-check/train)
+    D=docs/results/fidelity-recipe
+    mkdir -p $D/train
+    for S in zoo-check zoo-abtem; do
+        cp workspace-$S/output-recipe/results.md $D/$S-results.md
+        cp workspace-$S/output-recipe/test_metrics.json $D/$S-test_metrics.json
+    done
+    cp workspace-zoo-check/output-recipe/comparison.png $D/comparison.png
+    for NAME in "${!PLAN[@]}"; do cp "$W/runs/$NAME/output/train_metrics.json" "$D/train/$NAME-train_metrics.json"; done
+    .venv/bin/python -m emdenoise.report.learning_curves $D/learning-curves.png $D/train/*.json \
+        zoo=docs/results/zoo-check/train/hrtem-unet-train_metrics.json \
+        zoo=docs/results/zoo-check/train/hrtem-ffdnet-v2-train_metrics.json
+    ;;
+*) echo "run.sh: unknown step $task (expected train, test or report)" >&2; exit 2 ;;
 esac
