@@ -45,7 +45,8 @@ test)
     SETS=("$@")
     [ ${#SETS[@]} -gt 0 ] || SETS=(zoo-check zoo-abtem)
     mkdir -p "$W/models"
-    for NAME in "${!PLAN[@]}"; do cp -r "$W/runs/$NAME/$NAME" "$W/models/"; done
+    # -u: a second call (the other SET) does not rewrite the files the first one is reading
+    for NAME in "${!PLAN[@]}"; do cp -ru "$W/runs/$NAME/$NAME" "$W/models/"; done
     for S in "${SETS[@]}"; do
         C=workspace/parameters/$S.parameters.yaml Z=workspace-$S
         [ -e "$Z/data/processed/dataset_card.json" ] ||
