@@ -315,8 +315,8 @@ def _file_section(sample: Sample, figures: str) -> list[str]:
         "",
     ]
     if zoo is not None and zoo.image is not None:
-        ratio = float(zoo.image.mean() / region.mean()) if region.mean() else float("nan")
-        units = "in the input's units" if 0.8 < ratio < 1.25 else "not in the input's units"
+        ratio = _output_level(sample)
+        units = "in the input's units" if ratio is not None and 0.8 < ratio < 1.25 else "not in the input's units"
         lines.append(
             f"The zoo model returns values of mean {zoo.image.mean():,.1f} and standard deviation "
             f"{zoo.image.std():,.1f} for this input of mean {region.mean():,.0f}: its output is {units}."
@@ -405,14 +405,16 @@ def _score_lines(samples: list[Sample]) -> list[str]:
     return lines
 
 
+def _output_level(sample: Sample) -> float | None:
+    """The zoo model's output mean over the input's (None where it did not run or the input's mean is 0)."""
+    zoo = next((o for o in sample.outcomes if o.method == ZOO and o.image is not None), None)
+    mean = float(sample.region.mean())
+    return float(zoo.image.mean()) / mean if zoo is not None and zoo.image is not None and mean else None
+
+
 def _level_range(samples: list[Sample]) -> str:
     """The zoo model's output mean over the input's, across the files."""
-    ratios = [
-        float(o.image.mean() / s.region.mean())
-        for s in samples
-        for o in s.outcomes
-        if o.method == ZOO and o.image is not None and s.region.mean()
-    ]
+    ratios = [r for r in map(_output_level, samples) if r is not None]
     return f"output mean {min(ratios):.3f}-{max(ratios):.3f} of the input's" if ratios else "not run"
 
 
