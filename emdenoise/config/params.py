@@ -39,6 +39,7 @@ from emdenoise.config.schema import (
     validate_value,
 )
 from emdenoise.config.schema import reference_markdown as _markdown
+from emdenoise.inference.levels import FRAME_LEVELS
 from emdenoise.runtime import PRECISIONS
 from emdenoise.training.choices import AUGMENTS, CONDITIONS, LOSSES, LR_SCHEDULES, OPTIMIZERS, SELECT_BY, SUPERVISIONS
 
@@ -591,7 +592,7 @@ class DenoiseParams(Section):
         "auto: a model trained on frames of counts / dose (its file's input_units; the zoo's) sees each frame at "
         "that level (the counts above any detector offset over their beam-centre level) and its output comes back "
         "in the frame's units; as_is: frames go in as they are (files already in counts / dose)",
-        choices=("auto", "as_is"),
+        choices=FRAME_LEVELS,
     )
     suffix: str = param(
         "str",

@@ -36,12 +36,17 @@ from typing import Any
 
 import numpy as np
 
+from emdenoise.errors import InputError
+
 COUNTS_PER_DOSE = "counts / dose"  # a model file's input_units when its training frames were counts / dose
 FRAME_LEVELS = ("auto", "as_is")  # denoise.frame_level
 
 
 def wanted(meta: Mapping[str, Any], frame_level: str) -> bool:
-    """Whether frames go through :class:`Level` for a model of ``meta`` under ``denoise.frame_level``."""
+    """Whether frames go through :class:`Level` for a model of ``meta`` under ``denoise.frame_level`` (one of
+    :data:`FRAME_LEVELS`, else an :class:`InputError`)."""
+    if frame_level not in FRAME_LEVELS:
+        raise InputError.at("denoise", "frame_level", f"expected one of {', '.join(FRAME_LEVELS)}, got {frame_level!r}")
     return frame_level == "auto" and meta.get("input_units") == COUNTS_PER_DOSE
 
 

@@ -9,6 +9,7 @@ from support import save_model
 
 from emdenoise import api
 from emdenoise.data.simulate import pairs as generator
+from emdenoise.errors import InputError
 from emdenoise.inference import levels
 from emdenoise.inference.denoiser import DeepMethod, Tiling
 
@@ -80,6 +81,12 @@ def test_the_engine_levels_frames_only_for_counts_per_dose_models(tmp_path, unit
     method = DeepMethod.from_file(path, "cpu", "fp32", Tiling(frame_level=frame_level))
     assert method.levels is on and method.info()["input_units"] == units
     assert method.settings["frame_level"] == frame_level
+
+
+def test_an_unknown_frame_level_is_one_line_naming_the_field(tmp_path):
+    path = save_model(tmp_path, "dncnn", depth=3, channels=8)
+    with pytest.raises(InputError, match=r"frame_level: expected one of auto, as_is, got 'asis'"):
+        DeepMethod.from_file(path, "cpu", "fp32", Tiling(frame_level="asis"))
 
 
 def test_a_zoo_model_restores_a_counts_frame_as_it_restores_its_counts_per_dose():
