@@ -11,11 +11,13 @@ cd "$(dirname "$0")/.."
 declare -A PARAMS=(
     [hrtem-ffdnet]=workspace/parameters/zoo-hrtem-ffdnet-v2.parameters.yaml
     [hrtem-unet]=workspace/parameters/zoo-hrtem-unet.parameters.yaml
+    [haadf-unet]=workspace/parameters/zoo-haadf-unet.parameters.yaml
+    [abf-unet]=workspace/parameters/zoo-abf-unet.parameters.yaml
 )
 W=${1:-workspace-zoo}
 shift || true
 NAMES=("$@")
-[ ${#NAMES[@]} -gt 0 ] || NAMES=(hrtem-ffdnet hrtem-unet)
+[ ${#NAMES[@]} -gt 0 ] || NAMES=(hrtem-ffdnet hrtem-unet haadf-unet abf-unet)
 bash run/install.sh >/dev/null
 for NAME in "${NAMES[@]}"; do
     P=${PARAMS[$NAME]:?"unknown zoo model $NAME (known: ${!PARAMS[*]})"}

@@ -201,8 +201,9 @@ class DownloadParams(Section):
         "str",
         "detector",
         "synthetic STEM: the stored values: detector (detector units, offset + gain x counts + read noise) or "
-        "electrons ((reading - offset) / (gain x dose), HRTEM's units); clean is the noise-free expectation in the "
-        "same units",
+        "electrons ((reading - offset) / (gain x dose), HRTEM's units) or mean ((reading - offset) / (gain x the "
+        "image's mean expected counts): mean 1, the level of the zoo's STEM models; dose then that mean); clean is "
+        "the noise-free expectation in the same units",
         choices=_stem_units,
     )
     stem_dose_min: float = param(
@@ -287,7 +288,7 @@ class DownloadParams(Section):
         if self.imaging == "mixed" and self.stem_units == "detector":
             raise self.error(
                 "stem_units",
-                "expected electrons when download.imaging is mixed (HRTEM images are in electrons per incident "
+                "expected electrons or mean when download.imaging is mixed (HRTEM images are in electrons per incident "
                 "electron; detector units would put two scales into one split), got 'detector'",
             )
         if self.imaging != "hrtem" and self.source == "abtem":

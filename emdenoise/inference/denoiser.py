@@ -122,7 +122,7 @@ class DeepMethod:
             max_pixels=budget,
         )
         self.settings: Mapping[str, Any] = {"file": str(file) if file else None, **tiling.record()}
-        # a model trained on counts / dose sees each frame at that level, its output brought back
+        # a model trained on counts / dose (or / mean) sees each frame at that level, its output brought back
         self.levels = levels.wanted(denoiser.meta, tiling.frame_level)
 
     @classmethod
@@ -141,7 +141,7 @@ class DeepMethod:
         return self.denoiser.meta.get("pixel_size_range")
 
     def stream(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        return levels.stream(frames, self.tiler.stream) if self.levels else self.tiler.stream(frames)
+        return levels.stream(frames, self.tiler.stream, self.levels) if self.levels else self.tiler.stream(frames)
 
     def __call__(self, frames: np.ndarray, context: Context) -> np.ndarray:
         frames = np.asarray(frames, np.float32)

@@ -21,6 +21,11 @@ returns nonsense. Its model file says ``input_units: counts / dose`` (:data:`COU
   fed, so the level must come from the counts), through the detector's gain and offset: the restored image in the
   input's units, flat-illuminated at the beam-centre level (the beam profile is part of what the model removes).
 
+A STEM model (the zoo's HAADF and ABF models) was trained on flat-illuminated frames of **counts / mean**: each
+frame's counts over its mean counts per pixel (``download.stem_units: mean``), a level of exactly 1; its file says
+``input_units: counts / mean`` (:data:`COUNTS_PER_MEAN`) and :class:`Level` fits no beam (``flat``): the dose is
+the frame's mean counts, and back the output times the dose that gives it the frame's total counts.
+
 The level is scale-free: a frame and the same frame times any factor go in as the same numbers. A frame that is
 already counts / dose (the generator's files) comes out within about 1 % of what it gave as it was, but the
 test task scores such files as they are (``frame_level: as_is``): its clean truth is at level 1, and a 1 % level
@@ -39,15 +44,18 @@ import numpy as np
 from emdenoise.errors import InputError
 
 COUNTS_PER_DOSE = "counts / dose"  # a model file's input_units when its training frames were counts / dose
+COUNTS_PER_MEAN = "counts / mean"  # ... when they were flat-illuminated counts / the frame's mean counts (STEM)
+INPUT_UNITS = (COUNTS_PER_DOSE, COUNTS_PER_MEAN)
 FRAME_LEVELS = ("auto", "as_is")  # denoise.frame_level
 
 
-def wanted(meta: Mapping[str, Any], frame_level: str) -> bool:
-    """Whether frames go through :class:`Level` for a model of ``meta`` under ``denoise.frame_level`` (one of
-    :data:`FRAME_LEVELS`, else an :class:`InputError`)."""
+def wanted(meta: Mapping[str, Any], frame_level: str) -> str | None:
+    """The units (one of :data:`INPUT_UNITS`) that frames are brought to by :class:`Level` for a model of ``meta``
+    under ``denoise.frame_level`` (one of :data:`FRAME_LEVELS`, else an :class:`InputError`); None: as they are."""
     if frame_level not in FRAME_LEVELS:
         raise InputError.at("denoise", "frame_level", f"expected one of {', '.join(FRAME_LEVELS)}, got {frame_level!r}")
-    return frame_level == "auto" and meta.get("input_units") == COUNTS_PER_DOSE
+    units = meta.get("input_units")
+    return units if frame_level == "auto" and units in INPUT_UNITS else None
 
 
 @dataclass(frozen=True)
@@ -61,7 +69,8 @@ class Level:
     beam: np.ndarray | None = field(default=None, repr=False)  # the fitted beam, peak 1
 
     @classmethod
-    def of(cls, frame: np.ndarray) -> Level:
+    def of(cls, frame: np.ndarray, units: str = COUNTS_PER_DOSE) -> Level:
+        """``frame``'s map for a model of ``units``: counts / dose (a beam fitted), counts / mean (flat)."""
         from emdenoise.classical import detector, flatfield
 
         counts = detector.as_counts(frame, None)
@@ -70,7 +79,10 @@ class Level:
         if not finite.any():
             return cls(1.0)
         values = np.where(finite, values, 0.0)
-        beam = flatfield.fit_beam(values, finite & (values > 0))
+        if units == COUNTS_PER_MEAN:
+            beam = np.ones_like(values)
+        else:
+            beam = flatfield.fit_beam(values, finite & (values > 0))
         level = float(np.mean((values / np.maximum(beam, 1e-3))[finite]))
         if not level > 0:
             return cls(1.0, counts.offset, counts.gain)
@@ -90,14 +102,16 @@ class Level:
         return (self.offset + self.gain * dose * output).astype(np.float32)
 
 
-def stream(frames: Iterable[np.ndarray], run: Callable[[Iterable[np.ndarray]], Iterator[np.ndarray]]) -> Iterator:
+def stream(
+    frames: Iterable[np.ndarray], run: Callable[[Iterable[np.ndarray]], Iterator[np.ndarray]], units: str
+) -> Iterator:
     """``run`` (a stream of frames to outputs, in order, reading ahead as it likes) on each frame brought to the
-    model's level, each output brought back by its own frame's :class:`Level`."""
+    level of a model of ``units``, each output brought back by its own frame's :class:`Level`."""
     pending: deque[Level] = deque()
 
     def leveled() -> Iterator[np.ndarray]:
         for frame in frames:
-            level = Level.of(frame)
+            level = Level.of(frame, units)
             pending.append(level)
             yield level.into(frame)
 

@@ -37,6 +37,7 @@ from emdenoise.errors import EmdError
 
 ZOO = "zoo:hrtem-ffdnet"
 ZOO_RESCALED = "zoo:hrtem-ffdnet, rescaled input"
+STEM_ZOO = {"haadf": "zoo:haadf-unet", "abf": "zoo:abf-unet"}  # the zoo's model for each file's imaging mode
 REGION = 512  # the side of the region denoised (and timed) in each file
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,7 +45,8 @@ ROOT = Path(__file__).resolve().parents[2]
 @dataclass(frozen=True)
 class Spec:
     """One real file: where it is (``realdata`` folder or the temul ``examples``), what it shows, and the region
-    denoised (top, left; None: the centre). ``publish``: whether the file's licence lets the documentation show
+    denoised (top, left; None: the centre), its imaging mode (``haadf`` or ``abf``: which STEM zoo model runs on
+    it, :data:`STEM_ZOO`). ``publish``: whether the file's licence lets the documentation show
     pictures of it (MIT: yes; no licence, or GPL-3 package data in an Apache-2.0 project: no, numbers only)."""
 
     key: str
@@ -55,6 +57,7 @@ class Spec:
     source: str
     region: tuple[int, int] | None = None
     publish: bool = False
+    imaging: str = "haadf"
 
 
 SPECS = (
@@ -74,6 +77,7 @@ SPECS = (
         "srtio3_abf_movie/stem_abf_data_imagestack.hspy",
         "five frames of one area, 5x512x512 uint16, HyperSpy .hspy",
         "hyperspy/hyperspy-demos (no licence file: read, never copied)",
+        imaging="abf",
     ),
     Spec(
         "mos2",
@@ -200,11 +204,13 @@ def best_whole_drift(first: np.ndarray, other: np.ndarray, reach: int = 12) -> t
     return where
 
 
-def methods() -> list[str]:
-    """The zoo model (as it is, and on rescaled input) and every classical filter, in the schema's order."""
+def methods(spec: Spec | None = None) -> list[str]:
+    """The STEM zoo model of ``spec``'s imaging mode (None: both), the HRTEM zoo model (as it is, and on rescaled
+    input) and every classical filter, in the schema's order."""
     from emdenoise.classical import names
 
-    return [ZOO, ZOO_RESCALED, *names.ALL]
+    stem = [STEM_ZOO[spec.imaging]] if spec is not None else list(STEM_ZOO.values())
+    return [*stem, ZOO, ZOO_RESCALED, *names.ALL]
 
 
 def zoo_rescaled(frame: np.ndarray, pixel_size: float | None) -> np.ndarray:
@@ -294,7 +300,7 @@ def measure(realdata: Path, cache: Path | None = None) -> list[Sample]:
             print(f"skipped {spec.key}: {path} not here", file=sys.stderr)
             continue
         sample = read_sample(spec, path)
-        sample.outcomes = [run_method(sample, method) for method in methods()]
+        sample.outcomes = [run_method(sample, method) for method in methods(spec)]
         score_sample(sample)
         samples.append(sample)
         print(f"{spec.key}: {len(sample.outcomes)} methods", file=sys.stderr)

@@ -240,8 +240,9 @@ class _Run:
             "pixel_size_range": training_pixel_range(self.card),
             "supervision": self.data.supervision,
             "condition": train.condition,
-            # frames of counts / dose (a dose per image recorded): denoise brings a user's frames to that level
-            "input_units": levels.COUNTS_PER_DOSE if self.card.get("has_dose") else None,
+            # frames of counts / dose (a dose per image recorded; counts / mean where the card says so: the
+            # generator's STEM frames): denoise brings a user's frames to that level
+            "input_units": self.card.get("input_units", levels.COUNTS_PER_DOSE) if self.card.get("has_dose") else None,
             "train_config": {
                 **self.config,
                 "fingerprint": self.fingerprint,

@@ -9,8 +9,10 @@ the card's scores, taken from ``emdenoise test`` runs that scored the zoo (``tes
         # --row zoo:OTHER takes the scores of the same weights scored under another name
 
 The pairs are drawn at the model's own pixel size (its model file's ``pixel_size``), so no resampling enters the
-number; the model runs in fp32 on the CPU, whole frames. PSNR is against the clean images, with R the clean set's
-max - min, as in ``test``.
+number, in the model's imaging mode (``card.json`` ``imaging``: graphene in HRTEM at 100-2,000 e/px; graphene,
+MoS2 and SrTiO3 in HAADF or ABF STEM at 10^4-10^5 electrons per probe position, in the generator's mean units);
+the model runs in fp32 on the CPU, whole frames. PSNR is against the clean images, with R the clean set's max -
+min, as in ``test``.
 """
 
 from __future__ import annotations
@@ -28,18 +30,23 @@ import numpy as np
 SEED = 2026
 PAIRS = 6
 SIZE = 128
-DOSE = (100.0, 2000.0)
+DOSE = (100.0, 2000.0)  # HRTEM, e/px at the beam centre
+STEM_DOSE = (1e4, 1e5)  # STEM, electrons per probe position
 
 
-def check_set(pixel_size: float) -> tuple[np.ndarray, np.ndarray]:
-    """(noisy, clean), each (PAIRS, SIZE, SIZE) float32, graphene at ``pixel_size`` A/px, mixed optics."""
+def check_set(pixel_size: float, imaging: str = "hrtem") -> tuple[np.ndarray, np.ndarray]:
+    """(noisy, clean), each (PAIRS, SIZE, SIZE) float32 at ``pixel_size`` A/px, mixed optics: graphene in HRTEM,
+    or graphene, MoS2 and SrTiO3 in ``imaging`` haadf or abf (values per the image's mean counts)."""
     from emdenoise.data.simulate import pairs as generator
 
     rng = np.random.default_rng(SEED)
-    drawn = [
-        generator.make_pair(rng, image_size=SIZE, dose_min=DOSE[0], dose_max=DOSE[1], pixel_size=pixel_size)
-        for _ in range(PAIRS)
-    ]
+    if imaging == "hrtem":
+        kwargs: dict[str, Any] = {"dose_min": DOSE[0], "dose_max": DOSE[1], "pixel_size": pixel_size}
+    else:
+        stem = {"units": "mean", "dose_min": STEM_DOSE[0], "dose_max": STEM_DOSE[1]}
+        kwargs = {"imaging": imaging, "material": "mixed", "stem_settings": stem}
+        kwargs.update(pixel_size_min=pixel_size, pixel_size_max=pixel_size)
+    drawn = [generator.make_pair(rng, image_size=SIZE, **kwargs) for _ in range(PAIRS)]
     return np.stack([p[0] for p in drawn]), np.stack([p[1] for p in drawn])
 
 
@@ -50,7 +57,7 @@ def check_psnr(name: str) -> float:
 
     model = zoo.get(name)
     pixel = float(modelfile.load_model(model.model_file)[1]["pixel_size"])
-    noisy, clean = check_set(pixel)
+    noisy, clean = check_set(pixel, model.card().get("imaging", "hrtem"))
     out = api.denoise(
         noisy, f"zoo:{model.name}", pixel, device="cpu", precision="fp32", frame_level="as_is", max_deviation=0
     ).image
@@ -122,7 +129,9 @@ def update_card(name: str, runs: dict[str, Path], row: str | None = None) -> dic
     model = zoo.get(name)
     card = model.card()
     card["check"] = {**card.get("check", {}), "psnr": round(check_psnr(name), 3), "seed": SEED, "pairs": PAIRS}
-    card["check"].update(size=SIZE, dose_e_per_px=list(DOSE), command=f"python -m emdenoise.zoo.check {name}")
+    imaging = card.get("imaging", "hrtem")
+    dose = {"dose_e_per_px": list(DOSE)} if imaging == "hrtem" else {"dose_e_per_probe_position": list(STEM_DOSE)}
+    card["check"].update(size=SIZE, imaging=imaging, **dose, command=f"python -m emdenoise.zoo.check {name}")
     card["sha256"] = sha256_file(model.model_file)
     if runs:
         card["scores"] = card_scores(name, runs, row)

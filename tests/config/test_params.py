@@ -62,8 +62,8 @@ def test_sections_are_frozen_typed_objects_that_name_their_file(tmp_path):
         ),
         (
             "download:\n  imaging: mixed\n",
-            "download.stem_units: expected electrons when download.imaging is mixed (HRTEM images are in electrons "
-            "per incident electron; detector units would put two scales into one split), got 'detector'",
+            "download.stem_units: expected electrons or mean when download.imaging is mixed (HRTEM images are in "
+            "electrons per incident electron; detector units would put two scales into one split), got 'detector'",
         ),
         (
             "download:\n  source: abtem\n  imaging: haadf\n",

@@ -1,5 +1,5 @@
-"""Frames brought to a counts / dose model's level and back (emdenoise.inference.levels), and the engine that does
-it only for models trained on counts / dose under ``frame_level: auto``."""
+"""Frames brought to a counts / dose or counts / mean model's level and back (emdenoise.inference.levels), and the
+engine that does it only for models of those units under ``frame_level: auto``."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def test_back_gives_the_restored_image_at_the_frames_dose():
 
 def test_stream_returns_each_output_by_its_own_frames_level():
     frames = [_pair(5, 200.0)[0] * 200.0, _pair(6, 3000.0)[0] * 3000.0]
-    flat = list(levels.stream(iter(frames), lambda xs: (np.ones_like(x) for x in xs)))  # a model of flat output
+    flat = list(levels.stream(iter(frames), lambda xs: (np.ones_like(x) for x in xs), levels.COUNTS_PER_DOSE))
     for frame, out in zip(frames, flat, strict=True):
         level = levels.Level.of(frame)
         assert level.beam is not None
@@ -72,14 +72,49 @@ def test_stream_returns_each_output_by_its_own_frames_level():
     assert flat[1].mean() / flat[0].mean() == pytest.approx(15.0, rel=0.2)
 
 
+def _stem_pair(units: str, **detector) -> tuple[np.ndarray, np.ndarray, dict]:
+    """A HAADF SrTiO3 pair at 5e4 electrons per probe position, 0.15 A/px, in ``units``."""
+    settings = {"units": units, "dose_min": 5e4, "dose_max": 5e4, **detector}
+    return generator.make_pair(
+        4,
+        image_size=128,
+        imaging="haadf",
+        material="srtio3",
+        pixel_size_min=0.15,
+        pixel_size_max=0.15,
+        stem_settings=settings,
+    )
+
+
+def test_a_flat_level_takes_stem_readings_to_the_generators_mean_units():
+    """The same HAADF frame as detector readings (offset 33,000, gain 4) and in the generator's mean units: the
+    flat level (no beam fitted) takes the readings to the mean-unit frame, and back holds the frame's counts."""
+    readings, _, _ = _stem_pair("detector")
+    noisy, clean, info = _stem_pair("mean")
+    level = levels.Level.of(readings, levels.COUNTS_PER_MEAN)
+    assert level.offset == pytest.approx(33000.0, abs=30) and level.gain == pytest.approx(4.0, rel=0.1)
+    # the fitted offset is a few units off (2.5 % of this frame's mean signal); into() does not depend on the gain
+    assert level.dose * level.gain == pytest.approx(info["dose"] * 4.0, rel=0.05) and np.all(level.beam == 1.0)
+    into = level.into(readings)
+    assert float(into.mean()) == pytest.approx(1.0, abs=0.01)
+    np.testing.assert_allclose(into, noisy, atol=0.05 * float(noisy.std()) + 0.02 * float(np.abs(noisy).max()))
+    back = level.back(clean)  # the clean image brought back: the readings' expectation
+    assert float(back.mean()) == pytest.approx(float(readings.mean()), rel=1e-3)
+
+
 @pytest.mark.parametrize(
     ("units", "frame_level", "on"),
-    [("counts / dose", "auto", True), ("counts / dose", "as_is", False), (None, "auto", False)],
+    [
+        ("counts / dose", "auto", "counts / dose"),
+        ("counts / mean", "auto", "counts / mean"),
+        ("counts / dose", "as_is", None),
+        (None, "auto", None),
+    ],
 )
-def test_the_engine_levels_frames_only_for_counts_per_dose_models(tmp_path, units, frame_level, on):
+def test_the_engine_levels_frames_only_for_models_of_known_units(tmp_path, units, frame_level, on):
     path = save_model(tmp_path, "dncnn", extra_meta={"input_units": units}, depth=3, channels=8)
     method = DeepMethod.from_file(path, "cpu", "fp32", Tiling(frame_level=frame_level))
-    assert method.levels is on and method.info()["input_units"] == units
+    assert method.levels == on and method.info()["input_units"] == units
     assert method.settings["frame_level"] == frame_level
 
 

@@ -15,6 +15,7 @@ child process first), so a damaged file is one line, never a crash.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -387,3 +388,19 @@ def find_inference_pairs(raw_dir: Path, log) -> list[tuple[str, Path, Path]] | N
             folders["truth"], None, "expected the same file names as inference/raw; " + "; ".join(problems)
         )
     return [(name, names["raw"][name], names["truth"][name]) for name in sorted(names["raw"])]
+
+
+def generator_units(images: RawImages) -> str | None:
+    """The level the physics generator says its noisy frames are at, where it is not the dose's: ``counts / mean``
+    for STEM frames stored with ``stem_units: mean`` (the file attribute ``parameters``); None otherwise (any other
+    file, em_graphene_sim's included: the card's ``has_dose`` decides)."""
+    from emdenoise.inference.levels import COUNTS_PER_MEAN
+
+    try:
+        params = json.loads(str(images.ds.file.attrs.get("parameters", "{}")))
+    except (ValueError, TypeError):
+        return None
+    stem = params.get("stem_settings") if isinstance(params, dict) else None
+    if params.get("imaging") in ("haadf", "abf") and isinstance(stem, dict) and stem.get("units") == "mean":
+        return COUNTS_PER_MEAN
+    return None

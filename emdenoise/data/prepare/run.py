@@ -43,7 +43,15 @@ from emdenoise.config.params import PreprocessParams
 from emdenoise.data.acquire.manifest import recorded_source
 from emdenoise.data.card import DatasetCard
 from emdenoise.data.prepare import noisy_only
-from emdenoise.data.prepare.raw import RawAtoms, RawImages, find_inference_pairs, one_line, open_raw_split, read_tiff
+from emdenoise.data.prepare.raw import (
+    RawAtoms,
+    RawImages,
+    find_inference_pairs,
+    generator_units,
+    one_line,
+    open_raw_split,
+    read_tiff,
+)
 from emdenoise.errors import InputError, RuntimeFailure
 from emdenoise.io import h5safe
 from emdenoise.layout import (
@@ -77,6 +85,7 @@ class RawInputs:
     shape: tuple[int, int]
     has_dose: bool
     extras: Extras
+    input_units: str | None = None  # the generator's level of the frames where not the dose's (raw.generator_units)
 
     def raw_record(self) -> dict[str, Any]:
         """The card's ``raw``: where each split came from."""
@@ -116,7 +125,9 @@ def preprocess(raw_dir: Path, data_dir: Path, params: PreprocessParams, log) -> 
             results = _write_splits(tx, data_dir, raw, plan, inference, log)
             _check_card_numbers(results, raw.files)
             source = recorded_source(raw_dir, log)
-            card = build_card(results, raw.shape, raw.has_dose, source, raw.raw_record(), params, raw_dir, raw.extras)
+            card = build_card(
+                results, raw.shape, raw.has_dose, source, raw.raw_record(), params, raw_dir, raw.extras, raw.input_units
+            )
             tx.write_json(data_dir / CARD, card.to_json())  # last: the card marks the outputs complete
     _log_table(log, results)
     return card
@@ -151,7 +162,8 @@ def open_inputs(raw_dir: Path, stack: contextlib.ExitStack, log) -> RawInputs:
         pixel_size=_all_or_none(files, raw_splits, "noisy", "pixel_size", log),
         atoms=_all_or_none(files, raw_splits, "clean", "atoms", log),
     )
-    return RawInputs(files, raw_splits, shape, all(doses), extras)
+    units = {generator_units(files[f"{split}_noisy"]) for split in raw_splits}
+    return RawInputs(files, raw_splits, shape, all(doses), extras, units.pop() if len(units) == 1 else None)
 
 
 def split_plan(raw: RawInputs, params: PreprocessParams, log) -> dict[str, tuple[str, np.ndarray]]:
@@ -378,14 +390,18 @@ def build_card(
     section: PreprocessParams,
     raw_dir: Path,
     extras: Extras = Extras(),
+    input_units: str | None = None,
 ) -> DatasetCard:
-    """The dataset card: the contract (layout.DATASET_CARD_KEYS), then provenance."""
+    """The dataset card: the contract (layout.DATASET_CARD_KEYS), then provenance (and ``input_units``, the
+    frames' level where the generator says it is not the dose's)."""
     train = results["train"].stats
     pixel = results["train"].pixel_size
     if pixel is not None and len(pixel):  # a model trained over a range of pixel sizes takes any inside it as is
         ranges: dict[str, Any] = {"pixel_size_range_angstrom": [float(pixel.min()), float(pixel.max())]}
     else:
         ranges = {}
+    if input_units and has_dose:
+        ranges["input_units"] = input_units
     test_clean = results["test"].stats["clean"]
     return DatasetCard(
         image_shape=list(shape),

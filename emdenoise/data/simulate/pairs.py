@@ -402,10 +402,10 @@ def stem_pair(
     y, x = stem.scan_positions(scan, image_size)
     expected = np.maximum(stem.sample(field, y + margin, x + margin), 0)
     dose = draw_dose(rng, settings.dose_min, settings.dose_max)
-    noisy, clean, detector = _stem_detect(rng, expected, dose, settings)
+    noisy, clean, detector, per_unit = _stem_detect(rng, expected, dose, settings)
     record = dataclasses.asdict(optics) | {"aperture_mrad": optics.convergence_mrad}
     info = _image_info(specimen, record, material, pixel, math.nan, margin, image_size, scan)
-    info.update(dict.fromkeys(HRTEM_ONLY_KEYS, math.nan), imaging_mode=stem.MODE_CODES[mode], dose=dose)
+    info.update(dict.fromkeys(HRTEM_ONLY_KEYS, math.nan), imaging_mode=stem.MODE_CODES[mode], dose=per_unit)
     info.update(
         beam_center_yx=[math.nan, math.nan],
         dead_pixels=0,
@@ -422,15 +422,19 @@ def stem_pair(
 
 def _stem_detect(
     rng: np.random.Generator, expected: np.ndarray, dose: float, settings: stem.StemSettings
-) -> tuple[np.ndarray, np.ndarray, stem.Detector]:
-    """The detector's (noisy, clean) of the yield image ``expected`` at ``dose``, in ``settings.units``, and
-    the detector used (its gain fitted below saturation)."""
+) -> tuple[np.ndarray, np.ndarray, stem.Detector, float]:
+    """The detector's (noisy, clean) of the yield image ``expected`` at ``dose``, in ``settings.units``, the
+    detector used (its gain fitted below saturation) and the dose to record: counts per stored unit
+    (``settings.units`` electrons: ``dose``; mean: the image's mean expected counts per pixel, see
+    :data:`~emdenoise.data.simulate.stem.UNITS`; detector: ``dose``, recorded as ``probe_dose``)."""
     detector = stem.fitted_detector(settings.detector, float(expected.max()) * dose)
     reading = stem.detect(rng, expected * F32(dose), detector)
     if settings.units == "detector":
-        return reading, detector.expected(expected * F32(dose)), detector
-    # the same less the offset, per electron of the dose; clean from the yield (float32 offset + a small signal
-    # would lose its digits)
-    scale = detector.gain * dose
+        return reading, detector.expected(expected * F32(dose)), detector, dose
+    # the same less the offset, per electron of the dose (or per the image's mean expected counts); clean from the
+    # yield (float32 offset + a small signal would lose its digits)
+    per_unit = dose if settings.units == "electrons" else stem.mean_level(expected, dose)
+    scale = detector.gain * per_unit
     noisy = ((reading - F32(detector.offset)) / F32(scale)).astype(F32)
-    return noisy, np.minimum(expected, F32((65535 - detector.offset) / scale)).astype(F32), detector
+    clean = np.minimum(expected * F32(dose / per_unit), F32((65535 - detector.offset) / scale)).astype(F32)
+    return noisy, clean, detector, per_unit

@@ -55,7 +55,20 @@ MODES = ("haadf", "abf")
 IMAGING = ("hrtem", "haadf", "abf", "mixed")  # download.imaging; mixed: one of hrtem, haadf, abf per image
 MIXED_MODES = ("hrtem", "haadf", "abf")  # drawn with equal probabilities
 MODE_CODES = {"hrtem": 0, "haadf": 1, "abf": 2}  # the per-image "imaging_mode" attribute of the files
-UNITS = ("detector", "electrons")  # download.stem_units
+# download.stem_units: detector (the readings), electrons ((reading - offset) / (gain x dose): yield, HRTEM's
+# units) or mean ((reading - offset) / (gain x the image's mean expected counts): mean 1 whatever the mode, the
+# level at which emdenoise.inference.levels brings a microscope's frames to a counts / dose model)
+UNITS = ("detector", "electrons", "mean")
+VACUUM_COUNTS = 0.01  # mean expected counts per pixel below which an image counts as vacuum: mean level 1 count
+
+
+def mean_level(expected: np.ndarray, dose: float) -> float:
+    """Counts per stored unit under ``stem_units: mean``: the image's mean expected counts per pixel (``dose`` x
+    the mean yield), 1 for an image with less than :data:`VACUUM_COUNTS` (vacuum in HAADF: no level to divide by)."""
+    level = float(np.mean(expected, dtype=np.float64)) * dose
+    return level if level >= VACUUM_COUNTS else 1.0
+
+
 HAADF_EXPONENT = 1.7
 HAADF_SIGMA_C = 0.0002  # A^2 per carbon atom: screened Rutherford over a 60-200 mrad annulus, in order of magnitude
 ABF_EXPONENT = 0.6
@@ -341,9 +354,10 @@ def detect(rng: np.random.Generator, electrons: np.ndarray, detector: Detector) 
 class StemSettings:
     """The generator's STEM parameters (``download.stem_*``): ``units`` of the stored images (``detector``:
     detector units, clean = the expected detector value; ``electrons``: ``(reading - offset) / (gain dose)``,
-    clean = the expected yield, HRTEM's units), the dose range (electrons per probe position, log-uniform), the
-    largest jitter RMS, drift and flyback (px; each image draws its own in [0, the largest]) and the
-    detector."""
+    clean = the expected yield, HRTEM's units; ``mean``: ``(reading - offset) / (gain level)``, ``level`` the
+    image's mean expected counts per pixel, clean of mean 1), the dose range (electrons per probe position,
+    log-uniform), the largest jitter RMS, drift and flyback (px; each image draws its own in [0, the largest]) and
+    the detector."""
 
     units: str = "detector"
     dose_min: float = 1e4

@@ -72,12 +72,12 @@ _MIXED_ATTRS = (("material_code", np.int8, "material_code", "clean"),)
 MIXED_UNITS = "; material_code: " + ", ".join(f"{code} {name}" for name, code in scenes.MATERIAL_CODES.items())
 STEM_UNITS = (
     "; imaging_mode: 0 hrtem, 1 haadf, 2 abf; STEM images: values in detector units (stem_units: detector) or "
-    "(reading - detector_offset) / (detector_gain x dose) (electrons), clean the noise-free expectation in the "
-    "same units; dose (probe_dose in detector units, where values x dose are no counts): electrons per probe "
-    "position; convergence_mrad = aperture_mrad: the probe's convergence "
-    "semi-angle; probe_fwhm_angstrom, source_size_angstrom (sigma): angstrom; detector_offset, read_noise: "
-    "detector units; detector_gain: detector units per electron; scan_jitter_px (RMS), scan_drift_yx_px (over "
-    "the frame), scan_flyback_px: pixels; NaN: not defined for the image's mode"
+    "(reading - detector_offset) / (detector_gain x dose) (electrons, mean), clean the noise-free expectation in "
+    "the same units; dose (probe_dose in detector units, where values x dose are no counts): electrons per probe "
+    "position (mean: the image's mean expected counts per pixel, 1 for vacuum); convergence_mrad = "
+    "aperture_mrad: the probe's convergence semi-angle; probe_fwhm_angstrom, source_size_angstrom (sigma): "
+    "angstrom; detector_offset, read_noise: detector units; detector_gain: detector units per electron; "
+    "scan_jitter_px (RMS), scan_drift_yx_px (over the frame), scan_flyback_px: pixels; NaN: not defined for the image's mode"
 )
 
 

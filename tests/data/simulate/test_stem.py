@@ -212,8 +212,11 @@ def test_pairs_record_the_columns_where_the_image_shows_them(mode):
 def test_clean_is_the_expectation_of_noisy_in_its_units(units):
     settings = {"units": units, "offset": 1000.0, "gain": 5.0, "read_noise": 2.0, "dose_min": 200.0, "dose_max": 200.0}
     noisy, clean, info = pairs.make_pair(2, image_size=128, imaging="abf", stem_settings=settings)
-    dose = info["dose"]
-    if units == "electrons":  # back to the detector's whole units
+    dose = info["dose"]  # counts per stored unit (electrons: the dose; mean: the image's mean expected counts)
+    if units == "mean":
+        assert float(clean.mean(dtype=np.float64)) == pytest.approx(1.0, rel=1e-5)
+        assert 0.3 * 200.0 < dose < 200.0  # ABF collects part of the probe's 200 electrons per position
+    if units != "detector":  # back to the detector's whole units
         reading = noisy.astype(np.float64) * 5.0 * dose + 1000.0
         assert np.abs(reading - np.rint(reading)).max() < 0.05
         noisy, clean = reading, 1000.0 + 5.0 * dose * clean.astype(np.float64)
@@ -255,22 +258,32 @@ def test_mixed_set_is_written_with_every_mode_and_its_records(tmp_path):
         assert np.all((gains > 0) & (gains <= 4.0)) and "imaging_mode: 0 hrtem" in attrs["units"]
 
 
+def test_a_vacuum_image_in_mean_units_keeps_its_counts():
+    """No atoms, no HAADF signal: no mean to divide by, so the stored values are counts (dose 1)."""
+    settings = {"units": "mean", "dose_min": 1e4, "dose_max": 1e4}
+    noisy, clean, info = pairs.make_pair(2, image_size=64, imaging="haadf", stem_settings=settings, scene="vacuum")
+    assert info["dose"] == 1.0 and float(np.abs(clean).max()) == 0.0 and float(noisy.std()) < 2.0
+
+
 @pytest.mark.slow
-def test_haadf_download_preprocess_train_test(tmp_path, capsys):
+@pytest.mark.parametrize("units", ["detector", "mean"])
+def test_haadf_download_preprocess_train_test(tmp_path, capsys, units):
     """download with imaging: haadf writes a raw set preprocess accepts; a tiny model trains and is tested on it
-    (the PSNR range and normalisation in detector units)."""
+    (the PSNR range and normalisation in detector units; in mean units the card and the model file say the frames
+    are counts / mean, the level denoise brings a microscope's STEM frames to)."""
     import json
 
     from support import params_file, run_here
 
     from emdenoise import cli
+    from emdenoise.io import modelfile
 
     folders = {name: tmp_path / name for spec in cli.TASKS.values() for name in spec.inputs + spec.outputs}
     params = params_file(
         tmp_path / "p.yaml",
         download={"source": "synthetic", "imaging": "haadf", "train_images": 10, "test_images": 4,
                   "image_size": 32, "stem_dose_min": 2000.0, "stem_dose_max": 8000.0, "material": "mos2",
-                  "workers": 1},
+                  "workers": 1, "stem_units": units},
         train={"model": "dncnn", "epochs": 1, "batch_size": 4, "device": "cpu", "precision": "fp32",
                "patch_size": 16},
         test={"baselines": ["gaussian"], "device": "cpu", "precision": "fp32", "figure_images": 0},
@@ -281,7 +294,14 @@ def test_haadf_download_preprocess_train_test(tmp_path, capsys):
         code, err = run_here(capsys, task, paths)
         assert code == 0, (task, err)
     card = json.loads((folders["data_dir"] / "dataset_card.json").read_text())
-    assert card["normalisation"]["noisy"]["mean"] > 32000  # detector units went through unchanged
+    if units == "detector":
+        assert card["normalisation"]["noisy"]["mean"] > 32000  # detector units went through unchanged
+        assert not card["has_dose"] and "input_units" not in card
+    else:
+        assert card["normalisation"]["clean"]["mean"] == pytest.approx(1.0, rel=1e-4)
+        assert card["has_dose"] and card["input_units"] == "counts / mean"
+    _, model = modelfile.load_model(next(folders["model_dir"].rglob("*.h5")))
+    assert model["input_units"] == (None if units == "detector" else "counts / mean")
     metrics = json.loads(next(folders["output_dir"].rglob("test_metrics.json")).read_text())
     assert "dncnn" in json.dumps(metrics) and "gaussian" in json.dumps(metrics)
 
