@@ -77,7 +77,8 @@ STEM_UNITS = (
     "position (mean: the image's mean expected counts per pixel, 1 for vacuum); convergence_mrad = "
     "aperture_mrad: the probe's convergence semi-angle; probe_fwhm_angstrom, source_size_angstrom (sigma): "
     "angstrom; detector_offset, read_noise: detector units; detector_gain: detector units per electron; "
-    "scan_jitter_px (RMS), scan_drift_yx_px (over the frame), scan_flyback_px: pixels; NaN: not defined for the image's mode"
+    "scan_jitter_px (RMS), scan_drift_yx_px (over the frame), scan_flyback_px: pixels; NaN: not defined for the "
+    "image's mode"
 )
 
 
