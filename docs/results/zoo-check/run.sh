@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Score every zoo model (test.zoo: all) beside the tuned classical rows on the fidelity run's test set (and its MoS2
+# Score the zoo models beside the tuned classical rows on the fidelity run's test set (and its MoS2
 # generalisation split), on the abTEM set and on the HAADF and ABF STEM sets, then rewrite each model's card scores
 # (docs/results/zoo.md): each HRTEM model's from the HRTEM sets, each STEM model's from its own mode's set.
 #   bash docs/results/zoo-check/run.sh [SET ...]   (from the repository root; SET: hrtem, abtem, haadf, abf;
