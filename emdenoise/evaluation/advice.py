@@ -106,13 +106,15 @@ def scores_prefer(method: str, ranked: Sequence[str], margins: Mapping[str, Mapp
 
 
 def model_dose_range(spec: str) -> list[float] | None:
-    """[min, max] e/px of a zoo model's training frames (its card's ``dose_e_per_px``), None for other methods
-    (model files do not record their training dose)."""
+    """[min, max] mean counts per pixel of a zoo model's training frames (its card's ``mean_counts_per_px``; else
+    ``dose_e_per_px``, an HRTEM model's beam-centre dose, about the same), None for other methods (model files do
+    not record their training dose)."""
     from emdenoise import zoo
 
     if not spec.startswith(zoo.PREFIX):
         return None
-    value = zoo.get(spec).card().get("dose_e_per_px")
+    card = zoo.get(spec).card()
+    value = card.get("mean_counts_per_px", card.get("dose_e_per_px"))
     return [float(v) for v in value] if isinstance(value, list) and len(value) == 2 else None
 
 

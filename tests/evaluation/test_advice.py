@@ -1,6 +1,8 @@
 """The decision rule: a pretrained model as is, fine-tuned, or a classical filter, from the consistency check of
 the frames, the model's range and how many frames there are (docs/guides/decide.md)."""
 
+import json
+
 import pytest
 
 from emdenoise.evaluation import advice
@@ -77,3 +79,17 @@ def test_advice_from_sidecar_records_and_the_zoo_models_dose_range():
 def test_the_scores_prefer_a_method_only_beyond_two_standard_errors(ranked, margins, expected):
     as_json = {name: {"vs": ranked[0], "delta_umse": d, "se": se} for name, (d, se) in margins.items()}
     assert advice.scores_prefer("m", ranked, as_json) == expected
+
+
+def test_a_stem_models_range_is_its_frames_mean_counts_not_its_probe_dose(tmp_path, monkeypatch):
+    """A STEM card gives electrons per probe position (10^3-10^5) and the mean counts per pixel its frames had
+    (HAADF: a small part of them): the advice compares the frames' mean counts with the latter."""
+    from support import save_model
+
+    from emdenoise import zoo
+
+    save_model(tmp_path / "lab", "dncnn", depth=3, channels=8)
+    card = {"dose_e_per_px": [3000, 300000], "mean_counts_per_px": [0.3, 150.0]}
+    (tmp_path / "lab" / "dncnn" / zoo.CARD_JSON).write_text(json.dumps(card))
+    monkeypatch.setenv(zoo.ENV, str(tmp_path / "lab"))
+    assert advice.model_dose_range("zoo:dncnn") == [0.3, 150.0]
