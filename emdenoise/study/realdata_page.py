@@ -45,7 +45,8 @@ def _shown(sample: Sample) -> list[Outcome]:
     classical.sort(key=lambda o: -(o.score.get("upsnr") or -1e9))
     if not any(o.score.get("upsnr") is not None for o in classical):
         classical.sort(key=lambda o: -(o.frame_correlation or -1.0))
-    return [o for o in done if o.method in (_stem(sample), ZOO)] + classical[:4]
+    models = [o for name in (_stem(sample), ZOO) for o in done if o.method == name]
+    return models + classical[:4]
 
 
 def _view(image: np.ndarray) -> np.ndarray:

@@ -32,7 +32,9 @@ CARD = "card.md"
 CARD_JSON = "card.json"
 ENV = "EMDENOISE_ZOO"
 # card.json: what the table shows. scores: {"test": {"psnr", "band_psnr", "atom_f1", "strongest_classical":
-# {"name", "psnr", "band_psnr", "atom_f1"}}, ...}; ranges as [low, high]
+# {"name", "psnr", "band_psnr", "atom_f1"}}, ...}; ranges as [low, high]. Optional: imaging (hrtem, haadf, abf:
+# the check set's mode, emdenoise.zoo.check; default hrtem), mean_counts_per_px (the training frames' range, which
+# the denoise advice compares with a user's frames; default dose_e_per_px)
 CARD_FIELDS = ("architecture", "imaging_mode", "pixel_size_angstrom", "dose_e_per_px", "command", "scores")
 
 

@@ -85,3 +85,14 @@ def test_a_single_frame_is_scored_without_truth_by_a_split_of_its_counts(sample)
     assert rescaled.score == {}  # no method denoise names: not scored
     text = "\n".join(realdata_page.method_table(sample))
     assert f"{gaussian.score['upsnr']:.2f} ±" in text
+
+
+def test_each_file_gets_the_stem_model_of_its_imaging_mode_first_in_the_figure(sample):
+    abf = dataclasses.replace(sample.spec, imaging="abf")
+    assert realdata.methods(abf)[:2] == [realdata.STEM_ZOO["abf"], realdata.ZOO]
+    assert realdata.STEM_ZOO["haadf"] not in realdata.methods(abf)
+    assert set(realdata.STEM_ZOO.values()) <= set(realdata.methods())  # warm-up: every model
+    sample.outcomes = [realdata.run_method(sample, m) for m in ("gaussian", realdata.ZOO, realdata.STEM_ZOO["haadf"])]
+    assert [o.method for o in realdata_page._shown(sample)] == [realdata.STEM_ZOO["haadf"], realdata.ZOO, "gaussian"]
+    stem = sample.outcomes[2]  # as denoise applies it: back in the counts' units, at their level
+    assert float(stem.image.mean()) == pytest.approx(float(sample.region.mean()), rel=0.05)
