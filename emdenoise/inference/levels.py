@@ -23,7 +23,7 @@ returns nonsense. Its model file says ``input_units: counts / dose`` (:data:`COU
 
 A STEM model (the zoo's HAADF and ABF models) was trained on flat-illuminated frames of **counts / mean**: each
 frame's counts over its mean counts per pixel (``download.stem_units: mean``), a level of exactly 1; its file says
-``input_units: counts / mean`` (:data:`COUNTS_PER_MEAN`) and :class:`Level` fits no beam (``flat``): the dose is
+``input_units: counts / mean`` (:data:`COUNTS_PER_MEAN`) and :class:`Level` fits no beam (a flat one): the dose is
 the frame's mean counts, and back the output times the dose that gives it the frame's total counts.
 
 The level is scale-free: a frame and the same frame times any factor go in as the same numbers. A frame that is

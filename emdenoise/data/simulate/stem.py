@@ -57,7 +57,7 @@ MIXED_MODES = ("hrtem", "haadf", "abf")  # drawn with equal probabilities
 MODE_CODES = {"hrtem": 0, "haadf": 1, "abf": 2}  # the per-image "imaging_mode" attribute of the files
 # download.stem_units: detector (the readings), electrons ((reading - offset) / (gain x dose): yield, HRTEM's
 # units) or mean ((reading - offset) / (gain x the image's mean expected counts): mean 1 whatever the mode, the
-# level at which emdenoise.inference.levels brings a microscope's frames to a counts / dose model)
+# level at which emdenoise.inference.levels brings a microscope's frames to a counts / mean model)
 UNITS = ("detector", "electrons", "mean")
 VACUUM_COUNTS = 0.01  # mean expected counts per pixel below which an image counts as vacuum: mean level 1 count
 
