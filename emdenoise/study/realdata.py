@@ -273,7 +273,8 @@ def score_sample(sample: Sample) -> None:
         found = by.get(outcome.method)
         if found is not None:
             upsnr, se = found.upsnr_pooled, found.upsnr_pooled_se
-            outcome.score = {"upsnr": upsnr, "upsnr_se": se, "margin": scores.margins.get(outcome.method)}
+            margin = scores.margins.get(outcome.method)
+            outcome.score = {"upsnr": upsnr, "upsnr_se": se, "umse": found.umse, "margin": margin}
     sample.noisy_score = [by["noisy"].upsnr_pooled, by["noisy"].upsnr_pooled_se]
 
 

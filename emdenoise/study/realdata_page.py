@@ -99,6 +99,8 @@ def _row(sample: Sample, outcome: Outcome) -> list[str]:
     flagged = "**flagged**" if check.get("inconsistent") else "passes"
     upsnr, se = outcome.score.get("upsnr"), outcome.score.get("upsnr_se")
     score = "-" if upsnr is None else f"{upsnr:.2f} ± {num(se, '.2f')}"
+    if upsnr is None and outcome.score.get("umse") is not None:  # scored, but below the noise estimate's reach
+        score = "uMSE ≤ 0" + (": the lowest" if outcome.method == _lowest_umse(sample) else "")
     return [
         f"`{outcome.method}`",
         num(outcome.seconds, ".2f"),
@@ -361,8 +363,8 @@ def _failures(samples: list[Sample]) -> list[str]:
         "They were trained on the physics generator's STEM frames of graphene, MoS2 and SrTiO3 (3,000-300,000 "
         "electrons per probe position, 0.07-0.35 A/px, scan jitter, drift and flyback; [the zoo](zoo.md)); these "
         "files are held out: no frame of them, nor of any real microscope, was seen in training. Scores without "
-        f"truth: {_zoo_against_noisy(samples, None)}. The consistency check flags them on "
-        f"{_count(stem_flagged, samples)}.",
+        f"truth: {_zoo_against_noisy(samples, None)}. {_stem_verdict(samples)} The consistency check flags them "
+        f"on {_count(stem_flagged, samples)}, as it flags most filters on these files (below).",
         f"- **`{ZOO}`**, as `denoise` applies it (each frame brought to the model's counts / dose level and "
         "back: [the model's level](../guides/denoise.md#counts-detector-values-and-the-models-level)). It was "
         "trained on HRTEM phase-contrast images of graphene from the physics generator, 20-5,000 e/px; these are "
@@ -406,20 +408,37 @@ def _failures(samples: list[Sample]) -> list[str]:
     return lines
 
 
+def _lowest_umse(sample: Sample) -> str | None:
+    """The method of the lowest uMSE (the one every margin is taken against), None when nothing was scored."""
+    return next((o.score["margin"]["vs"] for o in sample.outcomes if (o.score.get("margin") or {}).get("vs")), None)
+
+
 def _score_lines(samples: list[Sample]) -> list[str]:
-    """One bullet per file: the best method by its score without truth, and those that scored below the input."""
+    """One bullet per file: the best method by its score without truth (the lowest uMSE, which may be below the
+    noise estimate's reach and so have no uPSNR), and those that scored below the input."""
     lines = []
     for sample in samples:
         scored = [o for o in sample.outcomes if o.score.get("upsnr") is not None]
-        if not scored or not sample.noisy_score:
+        best = _lowest_umse(sample)
+        if not scored or not sample.noisy_score or best is None:
             continue
-        best = max(scored, key=lambda o: o.score["upsnr"])
+        by = {o.method: o.score for o in sample.outcomes}
         noisy = sample.noisy_score[0]
         worse = [f"`{o.method}`" for o in scored if noisy is not None and o.score["upsnr"] < noisy]
+        if by[best].get("upsnr") is not None:
+            top = f"best `{best}` {by[best]['upsnr']:.2f} dB"
+        else:
+            second = min(
+                (o for o in sample.outcomes if o.score.get("margin")), key=lambda o: o.score["margin"]["delta_umse"]
+            )
+            margin = second.score["margin"]
+            top = (
+                f"best `{best}` (its uMSE ≤ 0: below what the noise estimate resolves, so no uPSNR; the next, "
+                f"`{second.method}`, {margin['delta_umse']:,.0f} ± {num(margin['se'], ',.0f')} higher)"
+            )
         lines.append(
-            f"- **{sample.spec.title}, by the scores without truth** ({sample.score_kind}): best `{best.method}` "
-            f"{best.score['upsnr']:.2f} dB against the noisy input's {num(noisy, '.2f')} dB; below the noisy "
-            f"input: {', '.join(worse) or 'none'}."
+            f"- **{sample.spec.title}, by the scores without truth** ({sample.score_kind}): {top} against the noisy "
+            f"input's {num(noisy, '.2f')} dB; below the noisy input: {', '.join(worse) or 'none'}."
         )
     return lines
 
@@ -437,6 +456,23 @@ def _level_range(samples: list[Sample]) -> str:
     return f"output mean {min(ratios):.3f}-{max(ratios):.3f} of the input's" if ratios else "not run"
 
 
+def _stem_verdict(samples: list[Sample]) -> str:
+    """Where each file's STEM model stands against the best filter by the scores without truth: ahead (the lowest
+    uMSE of every row), or behind it by how many dB."""
+    ahead, behind = [], []
+    for sample in samples:
+        row = _stem(sample)
+        by: dict[str, float] = {o.method: o.score["upsnr"] for o in sample.outcomes if o.score.get("upsnr") is not None}
+        filters = {m: v for m, v in by.items() if not m.startswith("zoo:")}
+        if _lowest_umse(sample) == row:
+            ahead.append(sample.spec.key)
+        elif row in by and filters:
+            best = max(filters, key=lambda m: filters[m])
+            behind.append(f"{sample.spec.key} by {filters[best] - by[row]:.2f} dB (`{best}`)")
+    said = f"Ahead of every filter on {', '.join(ahead) or 'no file'}"
+    return said + (f"; behind the best filter on {'; '.join(behind)}." if behind else ".")
+
+
 def _count(keys: list[str], samples: list[Sample]) -> str:
     """``every file``, or ``K of N files``."""
     return "every file" if len(keys) == len(samples) else f"{len(keys)} of {len(samples)} files"
@@ -450,6 +486,9 @@ def _zoo_against_noisy(samples: list[Sample], model: str | None) -> str:
         by: dict[str, float] = {o.method: o.score["upsnr"] for o in sample.outcomes if o.score.get("upsnr") is not None}
         noisy = sample.noisy_score[0] if sample.noisy_score else None
         row = model or _stem(sample)
+        if row == _lowest_umse(sample) and row not in by and noisy is not None:
+            parts.append(f"{sample.spec.key} the lowest uMSE of every row (≤ 0: no uPSNR; noisy {noisy:.2f})")
+            continue
         if row not in by or noisy is None:
             continue
         best = max((m for m in by if not m.startswith("zoo:")), key=lambda m: by[m], default=None)

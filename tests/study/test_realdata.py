@@ -96,3 +96,16 @@ def test_each_file_gets_the_stem_model_of_its_imaging_mode_first_in_the_figure(s
     assert [o.method for o in realdata_page._shown(sample)] == [realdata.STEM_ZOO["haadf"], realdata.ZOO, "gaussian"]
     stem = sample.outcomes[2]  # as denoise applies it: back in the counts' units, at their level
     assert float(stem.image.mean()) == pytest.approx(float(sample.region.mean()), rel=0.05)
+
+
+def test_a_row_below_the_noise_estimates_reach_is_named_the_best_not_left_out(sample):
+    """A uMSE <= 0 has no uPSNR; when it is the lowest of all (every margin is taken against it) the page says it
+    is the best rather than showing a dash and naming the best of the rest."""
+    image = sample.region
+    best = realdata.Outcome("zoo:abf-unet", image, 0.1, score={"upsnr": None, "umse": -5.0, "margin": None})
+    margin = {"vs": "zoo:abf-unet", "delta_umse": 900.0, "se": 50.0}
+    other = realdata.Outcome("tv", image, 0.1, score={"upsnr": 30.0, "upsnr_se": 0.1, "umse": 895.0, "margin": margin})
+    sample.outcomes, sample.noisy_score, sample.score_kind = [best, other], [20.0, 0.1], "movie"
+    assert "| uMSE ≤ 0: the lowest |" in "\n".join(realdata_page.method_table(sample))
+    (line,) = realdata_page._score_lines([sample])
+    assert "best `zoo:abf-unet` (its uMSE ≤ 0" in line and "`tv`, 900 ± 50 higher" in line
