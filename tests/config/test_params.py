@@ -107,7 +107,10 @@ def test_test_zoo_names_the_zoo_models(tmp_path):
     assert params.load(write(tmp_path, "test:\n  models: all\n")).test.zoo == ["none"]  # no zoo rows by default
     assert params.load(write(tmp_path, "test:\n  zoo: all\n")).test.zoo == "all"
     assert params.load(write(tmp_path, "test:\n  zoo: hrtem-ffdnet\n")).test.zoo == ["hrtem-ffdnet"]
-    assert params.load(ROOT / "workspace/parameters/quickstart.parameters.yaml").test.zoo == "all"
+    assert params.load(ROOT / "workspace/parameters/quickstart.parameters.yaml").test.zoo == [
+        "hrtem-unet",
+        "hrtem-ffdnet",
+    ]
 
 
 def test_test_peers_names_tk_r_em_networks_and_defaults_to_none(tmp_path):
