@@ -247,7 +247,7 @@ def test_init_from_takes_the_architecture_options_from_the_model_file(tmp_path, 
 @pytest.mark.parametrize(
     ("init_from", "expected"),
     [
-        ("zoo:no-such-model", "zoo:no-such-model: train.init_from: expected one of hrtem-ffdnet"),
+        ("zoo:no-such-model", "zoo:no-such-model: train.init_from: expected one of abf-unet, haadf-unet, hrtem-ffdnet"),
         ("zoo:hrtem-ffdnet", "em_denoise_model.h5: model: expected a sciml_ae model file"),
         ("not-a-model.h5", "not-a-model.h5"),
     ],
