@@ -13,6 +13,7 @@ declare -A PARAMS=(
     [hrtem-unet]=workspace/parameters/zoo-hrtem-unet.parameters.yaml
     [haadf-unet]=workspace/parameters/zoo-haadf-unet.parameters.yaml
     [abf-unet]=workspace/parameters/zoo-abf-unet.parameters.yaml
+    [hrtem-mixed-unet]=workspace/parameters/zoo-hrtem-mixed-unet.parameters.yaml
 )
 W=${1:-workspace-zoo}
 shift || true
