@@ -134,3 +134,11 @@ def test_the_card_is_rewritten_from_the_test_runs_that_scored_the_zoo(tmp_path, 
     assert "other.json: methods: expected a row zoo:mine" in capsys.readouterr().err
     assert check.main(["mine", "--card", f"test={other}", "--row", "zoo:someone-else"]) == 0  # a candidate's row
     assert json.loads((lab / zoo.CARD_JSON).read_text())["scores"]["test"]["psnr"] == 30.0
+
+
+def test_a_missing_test_run_is_one_line_naming_it(tmp_path, capsys):
+    from emdenoise.zoo import check
+
+    assert check.main(["hrtem-unet", "--card", f"test={tmp_path / 'none.json'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "none.json" in err and "expected a test_metrics.json" in err

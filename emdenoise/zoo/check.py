@@ -110,7 +110,10 @@ def card_scores(name: str, runs: dict[str, Path], row: str | None = None) -> dic
         f"threads), torch {torch.__version__}, emdenoise {__version__}",
     }
     for set_name, path in runs.items():
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InputError.at(path, None, f"expected a test_metrics.json of emdenoise test ({exc})") from None
         if row not in doc.get("methods", {}):
             raise InputError.at(path, "methods", f"expected a row {row} (run test with test.zoo: all)")
         scores[set_name] = split_scores(doc, row, f"{set_name}: {doc.get('n_images')} images ({path})")
