@@ -394,6 +394,7 @@ def generator_units(images: RawImages) -> str | None:
     """The level the physics generator says its noisy frames are at, where it is not the dose's: ``counts / mean``
     for STEM frames stored with ``stem_units: mean`` (the file attribute ``parameters``); None otherwise (any other
     file, em_graphene_sim's included: the card's ``has_dose`` decides)."""
+    from emdenoise.data.simulate.stem import MODES
     from emdenoise.inference.levels import COUNTS_PER_MEAN
 
     try:
@@ -401,6 +402,6 @@ def generator_units(images: RawImages) -> str | None:
     except (ValueError, TypeError):
         return None
     stem = params.get("stem_settings") if isinstance(params, dict) else None
-    if params.get("imaging") in ("haadf", "abf") and isinstance(stem, dict) and stem.get("units") == "mean":
+    if params.get("imaging") in MODES and isinstance(stem, dict) and stem.get("units") == "mean":
         return COUNTS_PER_MEAN
     return None
