@@ -41,7 +41,16 @@ from emdenoise.config.schema import (
 from emdenoise.config.schema import reference_markdown as _markdown
 from emdenoise.inference.levels import FRAME_LEVELS
 from emdenoise.runtime import PRECISIONS
-from emdenoise.training.choices import AUGMENTS, CONDITIONS, LOSSES, LR_SCHEDULES, OPTIMIZERS, SELECT_BY, SUPERVISIONS
+from emdenoise.training.choices import (
+    AUGMENTS,
+    CONDITION_CHANNELS,
+    CONDITIONS,
+    LOSSES,
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    SELECT_BY,
+    SUPERVISIONS,
+)
 
 # The largest seed: NumPy's legacy seeding and many tools take 32-bit seeds, and torch.manual_seed fails on
 # values of 2**64 and above (training derives per-epoch generator seeds from it, which must stay below 2**63).
@@ -413,7 +422,8 @@ class TrainParams(Section):
         "none",
         "what the model sees of the noisy frame: none, flatfield (divided by its own smooth beam estimate; clean "
         "supervision only), anscombe (variance-stabilised counts), noise_level (plus the local Poisson noise "
-        "level), flatfield+noise_level; recorded in the model file, applied again at inference",
+        "level), flatfield+noise_level, wiener_prior (plus a spectral Wiener estimate of the frame as a second "
+        "channel: unet only); recorded in the model file, applied again at inference",
         choices=CONDITIONS,
     )
     model_options: dict[str, Any] = dataclasses.field(default_factory=lambda: model_option_defaults())
@@ -437,12 +447,22 @@ class TrainParams(Section):
         return {**{key: getattr(self, key) for key in super().fields()}, **self.model_options}
 
     def check(self) -> None:
-        if self.condition.startswith("flatfield") and self.supervision != "clean":
+        if self.condition.startswith(("flatfield", "wiener_prior")) and self.supervision != "clean":
             raise self.error(
                 "condition",
                 f"expected none, anscombe or noise_level with supervision {self.supervision} (a flat-fielded input "
                 "cannot give back the beam its noisy targets keep), got " + self.condition,
             )
+        from emdenoise import models
+
+        if CONDITION_CHANNELS.get(self.condition, 1) > 1:
+            single = [name for name in self.model_names() if name not in models.multichannel()]
+            if single:
+                raise self.error(
+                    "condition",
+                    f"expected a model that takes a second input channel ({', '.join(models.multichannel())}) with "
+                    f"{self.condition}, got {', '.join(single)}",
+                )
 
     def model_names(self) -> list[str]:
         """The models to train, ``all`` resolved to every registered model."""

@@ -54,6 +54,7 @@ CHECK_SHAPE = (2, 1, 37, 53)  # the frame the export is checked on before it is 
 # in a different order of operations: measured below 1e-5 on every architecture, 7.6e-6 for the default unet)
 TOLERANCE = 1e-4
 ONNX_OPSET = 18
+NO_ONNX = ("wiener_prior",)  # conditions whose FFTs torch cannot export to ONNX (TorchScript holds them)
 
 
 class Folded(nn.Module):
@@ -204,6 +205,13 @@ def export(model_file: Path, fmt: str, output: Path, log: logging.Logger | None 
     if fmt not in FORMATS:
         raise InputError.at(output, "--format", f"expected one of {', '.join(FORMATS)}, got {fmt!r}")
     net, meta = modelfile.load_model(model_file, "cpu")
+    if fmt == "onnx" and meta["condition"] in NO_ONNX:
+        raise InputError.at(
+            model_file,
+            "condition",
+            f"expected a condition ONNX can hold; {meta['condition']} takes FFTs, which ONNX {ONNX_OPSET} cannot "
+            "export: use --format=torchscript",
+        )
     info = metadata(meta, Path(model_file), fmt)
     module = folded(net, meta)
     frames = torch.from_numpy(np.random.default_rng(0).random(CHECK_SHAPE, dtype=np.float32))

@@ -180,13 +180,15 @@ def _attr_json(path: Path, fh: h5py.File, name: str) -> Any:
         raise InputError.at(path, name, f"expected a JSON attribute ({exc})") from None
 
 
-def _build(path: Path, name: str, options: Any) -> nn.Module:
+def _build(path: Path, meta: dict[str, Any]) -> nn.Module:
+    """The file's network, conditioned as it was trained (weights not yet loaded)."""
+    name, options = meta["model"], meta["options"]
     if name not in models.names():
         raise InputError.at(path, "model", f"expected one of {', '.join(models.names())}, got {name!r}")
     if not isinstance(options, dict):
         raise InputError.at(path, "options", f"expected a JSON object, got {options!r}")
     try:
-        return models.build(name, **options)
+        return conditioning.build(name, options, meta["condition"], meta["normalisation"])
     except (TypeError, ValueError) as exc:
         raise InputError.at(path, "options", f"expected options of model {name!r}, got {options!r} ({exc})") from None
 
@@ -273,7 +275,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         meta["emdenoise_version"] = version if isinstance(version, str) else None
         meta["condition"] = _condition(path, fh)
         meta["input_units"] = _attr_str(path, fh, "input_units") if "input_units" in fh.attrs else None
-        model = conditioning.wrap(_build(path, name, meta["options"]), meta["condition"], meta["normalisation"])
+        model = _build(path, meta)
         _read_state(path, fh, model)
     meta["parameters"] = models.count_parameters(model)
     meta["path"] = str(path)

@@ -40,6 +40,8 @@ class ModelSpec:
     # a constructor option -> (the train: parameter that sets it, its schema field), e.g.
     # {"base": ("unet_base", Field("int", 32, "unet: channels of the first level", min=1, max=256))}
     options: dict[str, tuple[str, Field]] = field(default_factory=dict)
+    # the constructor takes in_channels (a conditioning that adds input channels needs it)
+    multichannel: bool = False
 
     @property
     def factory(self) -> Callable[..., nn.Module]:
@@ -80,6 +82,7 @@ _ROWS = (
                 ),
             )
         },
+        multichannel=True,
     ),
     ModelSpec(
         "rednet",
@@ -135,8 +138,19 @@ def options_from_train(name: str, train: _TrainSection) -> dict[str, Any]:
     return {opt: train.model_options[key] for opt, (key, _) in get(name).options.items()}
 
 
-def build(name: str, **options) -> nn.Module:
-    return get(name).factory(**options)
+def build(name: str, in_channels: int = 1, **options) -> nn.Module:
+    """Model ``name`` with its constructor ``options``; ``in_channels`` other than 1 only for a multichannel one."""
+    spec = get(name)
+    if in_channels == 1:
+        return spec.factory(**options)
+    if not spec.multichannel:
+        raise ValueError(f"{name} takes one input channel; {in_channels} need one of {', '.join(multichannel())}")
+    return spec.factory(in_channels=in_channels, **options)
+
+
+def multichannel() -> tuple[str, ...]:
+    """The models whose constructor takes ``in_channels``."""
+    return tuple(spec.name for spec in CATALOGUE.values() if spec.multichannel)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -8,7 +8,9 @@ valid convolutions, so the output keeps the input size), followed on the way dow
 channels double per level from ``base`` (base, 2 base, ..., 16 base at the bottom). The up path uses 2x2
 up-convolutions (transposed, stride 2) halving the channels, concatenates the skip of the same level, then
 2 x [3x3 conv + ReLU]; a 1x1 conv gives the single output channel (linear). No batch norm, as in the paper.
-Any H x W works: the input is padded (reflect) to a multiple of 16 and the output cropped back.
+Any H x W works: the input is padded (reflect) to a multiple of 16 and the output cropped back. ``in_channels``
+is 1 (the noisy frame) unless an input conditioning adds a channel (``train.condition: wiener_prior``, see
+:mod:`emdenoise.models.conditioning`).
 
 Parameters: 7,759,521 at ``base=32`` (the practical denoising default, ``train.unet_base``) and 31,030,593
 at ``base=64`` (the paper's width).
@@ -29,17 +31,17 @@ def _double_conv(in_ch: int, out_ch: int) -> nn.Sequential:
 
 
 class UNet(nn.Module):
-    """Ronneberger et al.'s U-Net for 1 -> 1 channel denoising, any H x W."""
+    """Ronneberger et al.'s U-Net for ``in_channels`` -> 1 channel denoising, any H x W."""
 
     size_multiple = 2**LEVELS  # the sizes _forward takes; forward pads to them (see models/__init__.py)
 
-    def __init__(self, base: int = 32):
+    def __init__(self, base: int = 32, in_channels: int = 1):
         super().__init__()
-        if base < 1:
-            raise ValueError(f"unet base must be at least 1, got {base}")
+        if base < 1 or in_channels < 1:
+            raise ValueError(f"unet base and in_channels must be at least 1, got {base} and {in_channels}")
         widths = [base * 2**level for level in range(LEVELS + 1)]
         self.down = nn.ModuleList()
-        in_ch = 1
+        in_ch = in_channels
         for ch in widths[:-1]:
             self.down.append(_double_conv(in_ch, ch))
             in_ch = ch

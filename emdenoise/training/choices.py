@@ -11,4 +11,6 @@ LOSSES = ("mse", "l1")
 SELECT_BY = ("psnr", "band_psnr")  # the val measure that picks the best epoch
 AUGMENTS = ("none", "dihedral")  # random symmetries of the square applied to each training crop
 # train.condition: what the model sees of the noisy frame (emdenoise.models.conditioning)
-CONDITIONS = ("none", "flatfield", "anscombe", "noise_level", "flatfield+noise_level")
+CONDITIONS = ("none", "flatfield", "anscombe", "noise_level", "flatfield+noise_level", "wiener_prior")
+# input channels a condition gives the model (1 when not named): a model that takes them (emdenoise.models.multichannel)
+CONDITION_CHANNELS = {"wiener_prior": 2}

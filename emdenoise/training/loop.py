@@ -203,7 +203,7 @@ class _Run:
         self.data_range = float(self.card["data_range"])
         self.meta = self._meta()
         devices.seed_everything(train.seed)
-        built = conditioning.wrap(models.build(name, **self.options), train.condition, self.meta["normalisation"])
+        built = conditioning.build(name, self.options, train.condition, self.meta["normalisation"])
         if init is not None:
             conditioning.load_weights(built, init[0])
             rt.log.info("%s: starting from the weights of %s (train.init_from)", name, init[2])

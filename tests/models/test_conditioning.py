@@ -1,6 +1,7 @@
 """Input conditioning (emdenoise.models.conditioning): the wrapper's input and output shapes, where it is the
 bare model (noise_level at its start, flatfield on a frame without a beam), that flat-fielding takes the beam
-out, the gain estimate on Poisson frames of known dose, and the weights of train.init_from across conditions."""
+out, the gain estimate on Poisson frames of known dose, the Wiener prior's estimate of a lattice and of a frame
+without one, and the weights of train.init_from across conditions (a one-channel model into a two-channel one)."""
 
 from __future__ import annotations
 
@@ -44,10 +45,13 @@ def _normalised(raw: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("condition", CONDITIONS)
 def test_one_channel_in_and_out_for_any_size(condition):
-    wrapped = conditioning.wrap(_net(), condition, NORM)
-    assert isinstance(wrapped, Conditioned) and wrapped.size_multiple == 2
+    channels = conditioning.input_channels(condition)
+    torch.manual_seed(0)
+    name, options = ("unet", {"base": 4}) if channels > 1 else ("ffdnet", {"depth": 3, "channels": 8})
+    wrapped = conditioning.build(name, options, condition, NORM)
+    assert isinstance(wrapped, Conditioned) and wrapped.size_multiple == (16 if channels > 1 else 2)
     x = torch.randn(3, 1, 37, 50)
-    assert wrapped.inputs(x).shape == (3, 1, 37, 50)
+    assert wrapped.inputs(x).shape == (3, channels, 37, 50)
     out = wrapped(x)
     assert out.shape == (3, 1, 37, 50) and torch.isfinite(out).all()
     out.mean().backward()  # trainable end to end
@@ -129,3 +133,32 @@ def test_init_weights_cross_conditions():
     conditioning.load_weights(other, wrapped)  # the same condition: every tensor, the mixing too
     for key, value in wrapped.state_dict().items():
         torch.testing.assert_close(other.state_dict()[key], value)
+
+
+def test_wiener_prior_recovers_a_lattice_under_a_beam():
+    """The second channel is the clean flat lattice within a small fraction of the noise a flat-fielded frame
+    keeps; on a frame without a lattice it is nearly flat (the noise's power is what it removes)."""
+    h = w = 96
+    beam, clean = _beam(h, w), _lattice(h, w)
+    wrapped = conditioning.build("unet", {"base": 4}, "wiener_prior", NORM)
+    for image, most in ((clean, 0.05), (torch.ones(h, w), 0.05)):
+        noisy = _poisson(0.5 * beam * image, 200.0)
+        prior = wrapped.inputs(_normalised(noisy))[0, 1] * NORM["clean"]["std"] + NORM["clean"]["mean"]
+        noise = noisy / (0.5 * beam) - image  # what flat-fielding with the true beam leaves
+        inner = (slice(16, -16), slice(16, -16))  # away from the dim corners of the beam
+        ratio = ((prior - image)[inner].pow(2).mean() / noise[inner].pow(2).mean()).item()
+        assert ratio < most, ratio
+
+
+def test_wiener_prior_needs_a_two_channel_model_and_starts_as_the_one_channel_one():
+    with pytest.raises(ValueError, match="ffdnet takes one input channel.*unet"):
+        conditioning.build("ffdnet", {"depth": 3, "channels": 8}, "wiener_prior", NORM)
+    torch.manual_seed(0)
+    bare = models.build("unet", base=4)
+    prior = conditioning.build("unet", {"base": 4}, "wiener_prior", NORM)
+    conditioning.load_weights(prior, bare)  # the prior channel's weights zero: the same output at the start
+    x = _normalised(_poisson(0.5 * _beam(48, 48) * _lattice(48, 48), 100.0))
+    with torch.no_grad():
+        torch.testing.assert_close(prior(x), bare(x))
+    first = prior.state_dict()["net.down.0.0.0.weight"]
+    assert first.shape[1] == 2 and first[:, 1].abs().sum() == 0 and first[:, 0].abs().sum() > 0

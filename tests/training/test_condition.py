@@ -28,6 +28,19 @@ def test_condition_parameter_and_its_checks():
     with pytest.raises(InputError, match=r"train\.condition.*supervision noise2void"):
         train.replace(supervision="noise2void", condition="flatfield")
     assert train.replace(supervision="noise2void", condition="anscombe").condition == "anscombe"
+    with pytest.raises(InputError, match=r"train\.condition.*second input channel \(unet\).*got dncnn, ffdnet"):
+        train.replace(model=["dncnn", "unet", "ffdnet"], condition="wiener_prior")
+    with pytest.raises(InputError, match=r"train\.condition.*supervision poisson_split"):
+        train.replace(model=["unet"], supervision="poisson_split", condition="wiener_prior")
+    assert train.replace(model=["unet"], condition="wiener_prior").condition == "wiener_prior"
+
+
+def test_a_wiener_prior_run_writes_a_two_channel_unet_the_file_loads(tmp_path, data_dir, train_cli):
+    code, model_dir, _ = train_cli(tmp_path, data_dir, epochs=1, model="unet", unet_base=4, condition="wiener_prior")
+    assert code == 0
+    den = Denoiser.from_file(model_dir / "unet" / "em_denoise_model.h5")
+    assert den.meta["condition"] == "wiener_prior" and isinstance(den.model, Conditioned)
+    assert den.model.net.down[0][0][0].in_channels == 2
 
 
 def test_a_conditioned_run_writes_it_and_denoises_from_the_file_as_in_training(tmp_path, data_dir, train_cli):
