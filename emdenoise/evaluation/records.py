@@ -12,9 +12,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
+from emdenoise.inference.levels import COUNTS_PER_MEAN
+
 R = TypeVar("R", bound="Record")
 
 TEST_FORMAT = "emdenoise-test/1"
+
+BEAM_CENTRE_DOSE = "electrons per pixel at the beam centre"  # the recorded dose of HRTEM data
+# the recorded dose of data stored per some other level (the dataset card's input_units)
+DOSE_UNITS = {COUNTS_PER_MEAN: "mean counts per pixel: the STEM frames are stored per their mean"}
 
 
 class Record:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from emdenoise.evaluation.records import MethodSummary, SplitMetrics, TestMetrics
+from emdenoise.evaluation.records import BEAM_CENTRE_DOSE, MethodSummary, SplitMetrics, TestMetrics
 from emdenoise.report import tables
 from emdenoise.report.figures import KIND_COLOURS, figure, kind_label, legend_patch, save
 from emdenoise.report.tables import is_number, num, settings, table
@@ -188,7 +188,7 @@ def _dose_lines(by_dose: Mapping[str, Any], methods: Mapping[str, MethodSummary]
         "",
         "## Mean PSNR (dB) by dose",
         "",
-        "Dose bins of about equal size (electrons per pixel at the beam centre).",
+        f"Dose bins of about equal size ({by_dose.get('unit', BEAM_CENTRE_DOSE)}).",
         "",
     ]
     rows = [[name, *(num(v, ".2f") for v in by_dose["methods"].get(name, []))] for name in ranked(methods)]

@@ -17,7 +17,7 @@ from emdenoise.data.splits import Split
 from emdenoise.evaluation import consistency
 from emdenoise.evaluation import metrics as metrics_mod
 from emdenoise.evaluation.metrics import mse_per_image, psnr_per_image, ssim_per_image
-from emdenoise.evaluation.records import MethodSummary, SplitMetrics
+from emdenoise.evaluation.records import BEAM_CENTRE_DOSE, DOSE_UNITS, MethodSummary, SplitMetrics
 
 DOSE_BINS = 4
 
@@ -247,12 +247,16 @@ def summarise(row: Row) -> dict[str, Any]:
     }
 
 
-def dose_bins(dose: np.ndarray, rows: dict[str, Row], n_bins: int = DOSE_BINS) -> dict[str, Any]:
-    """Mean PSNR per dose bin: up to ``n_bins`` bins holding about the same number of images."""
+def dose_bins(
+    dose: np.ndarray, rows: dict[str, Row], n_bins: int = DOSE_BINS, units: str | None = None
+) -> dict[str, Any]:
+    """Mean PSNR per dose bin: up to ``n_bins`` bins holding about the same number of images; ``units``: the
+    dataset card's input_units (what the recorded dose is: :data:`DOSE_UNITS`, else per pixel at the beam centre)."""
     order = np.argsort(dose, kind="stable")
     groups = [g for g in np.array_split(order, min(n_bins, len(dose))) if len(g)]
     return {
         "definition": "test images sorted by dose and cut into bins of about equal size",
+        "unit": DOSE_UNITS.get(units or "", BEAM_CENTRE_DOSE),
         "bins": [
             {"dose_min": float(dose[g].min()), "dose_max": float(dose[g].max()), "n": int(len(g))} for g in groups
         ],

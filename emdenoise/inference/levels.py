@@ -66,7 +66,8 @@ class Level:
     offset: float = 0.0  # detector values = offset + gain x counts
     gain: float = 1.0
     counts: float = 0.0  # the frame's total counts (0: unknown, back uses dose)
-    beam: np.ndarray | None = field(default=None, repr=False)  # the fitted beam, peak 1
+    # the fitted beam (peak 1; 0 at non-finite pixels), or for a flat level the finite pixels (True)
+    beam: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
     def of(cls, frame: np.ndarray, units: str = COUNTS_PER_DOSE) -> Level:
@@ -79,14 +80,12 @@ class Level:
         if not finite.any():
             return cls(1.0)
         values = np.where(finite, values, 0.0)
-        if units == COUNTS_PER_MEAN:
-            beam = np.ones_like(values)
-        else:
-            beam = flatfield.fit_beam(values, finite & (values > 0))
-        level = float(np.mean((values / np.maximum(beam, 1e-3))[finite]))
+        beam = None if units == COUNTS_PER_MEAN else flatfield.fit_beam(values, finite & (values > 0))
+        level = float(np.mean((values if beam is None else values / np.maximum(beam, 1e-3))[finite]))
         if not level > 0:
             return cls(1.0, counts.offset, counts.gain)
-        return cls(level, counts.offset, counts.gain, float(values[finite].sum()), np.where(finite, beam, 0.0))
+        seen = finite if beam is None else np.where(finite, beam, 0.0)
+        return cls(level, counts.offset, counts.gain, float(values[finite].sum()), seen)
 
     def into(self, frame: np.ndarray) -> np.ndarray:
         """``frame`` in the model's units: (frame - offset) / gain / dose, float32."""

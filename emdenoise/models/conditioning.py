@@ -26,8 +26,9 @@ model file's clean statistics. ``raw = x * noisy.std + noisy.mean`` brings the i
 - ``flatfield+noise_level``: both (the flat-fielded input and the noise channel of the raw frame, scaled to it).
 - ``wiener_prior``: the frame and, as a second input channel, a classical estimate of it the network can lean on
   and repair: the spectral Wiener filter of the flat-fielded frame (:func:`wiener_estimate`; after Kilaas,
-  J. Microsc. 190, 45, 1998: gain ``max(0, 1 - 3 N / P)`` with ``P`` the frame's power spectrum smoothed over 3x3
-  frequencies and ``N`` the white Poisson noise power its own counts give), normalised as the clean targets
+  J. Microsc. 190, 45, 1998: gain ``max(0, 1 - 2 N / P)`` with ``P`` the frame's power spectrum smoothed over 3x3
+  frequencies and ``N`` the white Poisson noise power its own counts give; the flat-fielded frame shrunk towards
+  its mean where the counts are few, the estimate kept within [0, 3]), normalised as the clean targets
   are (clean supervision only, as flatfield). Where a lattice stands out of the noise the estimate keeps it; the
   network sees both, so it can keep the lattice prior and mend what the filter smears (vacancies, edges). Needs a
   model that takes two input channels (:func:`emdenoise.models.multichannel`). Computed on what the network is given (a
@@ -51,8 +52,9 @@ from emdenoise.training.choices import CONDITION_CHANNELS, CONDITIONS
 PRESMOOTH_SIGMA = 3.0  # px: the blur before the beam fit's logarithm
 LEVEL_FLOOR = 0.05  # wiener_prior: the local level's floor, as a fraction of its mean, in the noise estimate
 # wiener_prior: the noise power over-subtracted this many times (the Wiener gain max(0, 1 - OVERSUBTRACT N / P)),
-# chosen on the 152 non-vacuum val images of the zoo's graphene data (seed 11): 28.9 dB against 28.4 at 2 and 28.6 at 6
-WIENER_OVERSUBTRACT = 3.0
+# chosen on the 152 non-vacuum val images of the zoo's graphene data (seed 11): 30.9 dB against 30.4 at 3, 29.4 at 6
+WIENER_OVERSUBTRACT = 2.0
+PRIOR_MAX = 3.0  # wiener_prior: the estimate's bound, in units of the flat frame's mean (1)
 MIX_WIDTH = 16  # hidden channels of the noise_level mixing
 EPS = 1e-6  # smallest beam / gain, relative to the frame's mean, before dividing by it
 
@@ -180,9 +182,13 @@ class Conditioned(nn.Module):
         """wiener_prior's second channel: ``1 +`` the Wiener estimate of the flat-fielded frame ``raw / level -
         1`` (noise variance ``gain / level`` per pixel, averaged over the frame), normalised as the clean targets
         are: an estimate of the output itself, which the network may pass on where it holds."""
+        gain = frame_gain(raw)
         floor = LEVEL_FLOOR * level.mean(dim=(-2, -1), keepdim=True)
-        variance = (frame_gain(raw) / torch.maximum(level, floor.clamp_min(EPS))).mean(dim=(-2, -1), keepdim=True)
-        estimate = 1.0 + wiener_estimate(raw / level - 1.0, variance)
+        variance = (gain / torch.maximum(level, floor.clamp_min(EPS))).mean(dim=(-2, -1), keepdim=True)
+        # shrunk towards the mean where the counts are few (c = level / gain counts per pixel: weight c / (c + 1)),
+        # else a crop outside the beam, flat-fielded by a level near 0, gives values of 1e4 and more
+        flat = (raw / level - 1.0) * level / (level + gain + EPS * EPS)
+        estimate = (1.0 + wiener_estimate(flat, variance)).clamp(0.0, PRIOR_MAX)
         return (estimate - self.out_mean) / self.out_std
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -456,19 +456,25 @@ def _level_range(samples: list[Sample]) -> str:
     return f"output mean {min(ratios):.3f}-{max(ratios):.3f} of the input's" if ratios else "not run"
 
 
+def _upsnr(sample: Sample) -> tuple[dict[str, float], str | None]:
+    """Each method's uPSNR on ``sample`` (the rows that have one) and the best filter among them (no zoo row; None
+    when no filter was scored)."""
+    by = {o.method: float(o.score["upsnr"]) for o in sample.outcomes if o.score.get("upsnr") is not None}
+    best = max((m for m in by if not m.startswith("zoo:")), key=lambda m: by[m], default=None)
+    return by, best
+
+
 def _stem_verdict(samples: list[Sample]) -> str:
     """Where each file's STEM model stands against the best filter by the scores without truth: ahead (the lowest
     uMSE of every row), or behind it by how many dB."""
     ahead, behind = [], []
     for sample in samples:
         row = _stem(sample)
-        by: dict[str, float] = {o.method: o.score["upsnr"] for o in sample.outcomes if o.score.get("upsnr") is not None}
-        filters = {m: v for m, v in by.items() if not m.startswith("zoo:")}
+        by, best = _upsnr(sample)
         if _lowest_umse(sample) == row:
             ahead.append(sample.spec.key)
-        elif row in by and filters:
-            best = max(filters, key=lambda m: filters[m])
-            behind.append(f"{sample.spec.key} by {filters[best] - by[row]:.2f} dB (`{best}`)")
+        elif row in by and best is not None:
+            behind.append(f"{sample.spec.key} by {by[best] - by[row]:.2f} dB (`{best}`)")
     said = f"Ahead of every filter on {', '.join(ahead) or 'no file'}"
     return said + (f"; behind the best filter on {'; '.join(behind)}." if behind else ".")
 
@@ -483,7 +489,7 @@ def _zoo_against_noisy(samples: list[Sample], model: str | None) -> str:
     input's, and the best filter's."""
     parts = []
     for sample in samples:
-        by: dict[str, float] = {o.method: o.score["upsnr"] for o in sample.outcomes if o.score.get("upsnr") is not None}
+        by, best = _upsnr(sample)
         noisy = sample.noisy_score[0] if sample.noisy_score else None
         row = model or _stem(sample)
         if row == _lowest_umse(sample) and row not in by and noisy is not None:
@@ -491,7 +497,6 @@ def _zoo_against_noisy(samples: list[Sample], model: str | None) -> str:
             continue
         if row not in by or noisy is None:
             continue
-        best = max((m for m in by if not m.startswith("zoo:")), key=lambda m: by[m], default=None)
         against = f", best filter `{best}` {by[best]:.2f}" if best else ""
         parts.append(f"{sample.spec.key} {by[row]:.2f} dB (noisy {noisy:.2f}{against})")
     return "; ".join(parts) or "no file was scored"

@@ -197,7 +197,9 @@ def metrics_record(p: Plan, scorers: dict[str, Scorer], structure: Structure) ->
         truth=test.truth,
         strongest_classical=test.strongest_classical,
         generalisation=gen,
-        psnr_by_dose=dose_bins(p.test.dose, scorer.rows) if p.test.dose is not None else None,
+        psnr_by_dose=(
+            dose_bins(p.test.dose, scorer.rows, units=p.card.get("input_units")) if p.test.dose is not None else None
+        ),
     )
 
 

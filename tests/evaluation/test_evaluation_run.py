@@ -12,6 +12,7 @@ from noisy_images import poisson_noise, smooth_images
 from emdenoise.classical import methods as baselines
 from emdenoise.data.splits import Split
 from emdenoise.errors import InputError
+from emdenoise.evaluation import report
 from emdenoise.evaluation import run as evaluation
 from emdenoise.evaluation import scorer as scoring
 from emdenoise.method import Context, Identity
@@ -79,6 +80,11 @@ def test_dose_bins_cover_every_image_once():
     assert all(a["dose_max"] <= b["dose_min"] for a, b in zip(bins["bins"], bins["bins"][1:]))
     # more dose, less noise: the input's PSNR rises from the lowest to the highest dose bin
     assert bins["methods"]["noisy"][-1] > bins["methods"]["noisy"][0]
+    # what the dose is: per pixel at the beam centre (HRTEM), the mean counts of STEM frames stored per their mean
+    assert bins["unit"] == "electrons per pixel at the beam centre"
+    stem = scoring.dose_bins(dose, scorer.rows, units="counts / mean")
+    assert stem["unit"].startswith("mean counts per pixel") and stem["bins"] == bins["bins"]
+    assert f"({stem['unit']})" in "\n".join(report._dose_lines(stem, {}))
 
 
 def test_bm3d_baselines_need_the_optional_package():

@@ -109,3 +109,29 @@ def test_a_row_below_the_noise_estimates_reach_is_named_the_best_not_left_out(sa
     assert "| uMSE ≤ 0: the lowest |" in "\n".join(realdata_page.method_table(sample))
     (line,) = realdata_page._score_lines([sample])
     assert "best `zoo:abf-unet` (its uMSE ≤ 0" in line and "`tv`, 900 ± 50 higher" in line
+
+
+def _scored(sample: realdata.Sample, upsnr: dict[str, float | None], lowest: str) -> realdata.Sample:
+    """``sample`` with outcomes of these uPSNRs (None: uMSE <= 0), each margin taken against ``lowest``."""
+    outcomes = [
+        realdata.Outcome(m, score={"upsnr": v, "margin": None if m == lowest else {"vs": lowest, "delta_umse": 1.0}})
+        for m, v in upsnr.items()
+    ]
+    return dataclasses.replace(sample, outcomes=outcomes, noisy_score=(20.0, 0.1))
+
+
+def test_the_stem_verdict_names_the_best_filter_and_the_margin(sample):
+    """Behind: the dB to the best filter (the HRTEM zoo row is no filter); ahead: the lowest uMSE of every row."""
+    behind = _scored(sample, {"zoo:haadf-unet": 25.0, "zoo:hrtem-unet": 30.0, "tv": 26.5, "gaussian": 26.0}, "tv")
+    ahead = _scored(
+        dataclasses.replace(sample, spec=dataclasses.replace(sample.spec, key="other")),
+        {"zoo:haadf-unet": None, "tv": 24.0},
+        "zoo:haadf-unet",
+    )
+    verdict = realdata_page._stem_verdict([behind, ahead])
+    assert verdict == "Ahead of every filter on other; behind the best filter on synthetic by 1.50 dB (`tv`)."
+    said = realdata_page._zoo_against_noisy([behind, ahead], None)
+    assert said == (
+        "synthetic 25.00 dB (noisy 20.00, best filter `tv` 26.50); "
+        "other the lowest uMSE of every row (≤ 0: no uPSNR; noisy 20.00)"
+    )
