@@ -132,6 +132,20 @@ def denoise(
     from emdenoise.inference import resample
     from emdenoise.inference.denoiser import DeepMethod, PerFrame
 
+    from emdenoise.config import params
+
+    # the keywords checked as the denoise: section checks them (a bad value: one InputError naming it)
+    params.defaults().denoise.replace(
+        tile_size=tile_size,
+        tile_overlap=tile_overlap,
+        batch_size=batch_size,
+        memory_mb=memory_mb,
+        rescale=rescale,
+        scale_tolerance=scale_tolerance,
+        frame_level=frame_level,
+        max_deviation=max_deviation,
+        pixel_size=pixel_size or 0.0,
+    )
     micrograph, frames = _frames(data)
     pixel = pixel_size or micrograph.pixel_size
     tiling: dict[str, Any] = {"tile_size": tile_size, "overlap": tile_overlap, "batch_size": batch_size}

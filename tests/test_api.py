@@ -71,3 +71,10 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
         emdenoise.denoise(np.zeros((32, 32)), method=str(tmp_path / "none.h5"))
     with pytest.raises(InputError, match="zoo:nothing"):
         emdenoise.denoise(np.zeros((32, 32)), method="zoo:nothing")
+    # the keywords are the denoise: parameters and are checked as they are
+    with pytest.raises(InputError, match=r"denoise\.rescale: expected one of 'auto', 'never', got 'sometimes'"):
+        emdenoise.denoise(np.zeros((32, 32)), rescale="sometimes")
+    with pytest.raises(InputError, match=r"denoise\.frame_level"):
+        emdenoise.denoise(np.zeros((32, 32)), frame_level="raw")
+    with pytest.raises(InputError, match=r"denoise\.tile_overlap"):
+        emdenoise.denoise(np.zeros((32, 32)), tile_overlap=-1)
