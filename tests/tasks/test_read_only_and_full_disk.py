@@ -184,7 +184,7 @@ def _full_disk_case(tmp_path: Path, task: str, capsys) -> tuple[Path, dict[str, 
         "preprocess",
         pytest.param("train", marks=pytest.mark.slow),
         pytest.param("denoise", marks=pytest.mark.slow),
-        "test",
+        pytest.param("test", marks=pytest.mark.slow),  # 4-5 s of CPU: at the fast limit
         pytest.param("study", marks=pytest.mark.slow),
     ],
 )
