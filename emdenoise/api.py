@@ -128,11 +128,10 @@ def denoise(
     """Denoise ``data`` (an array of frames, a file path, or a :class:`Micrograph`) with ``method``: a classical
     filter by name, ``zoo:NAME``, a model file or folder (or ``model`` with ``model_dir``). ``pixel_size`` (A/px)
     overrides the file's calibration. The keywords are the ``denoise:`` parameters of the same names."""
+    from emdenoise.config import params
     from emdenoise.evaluation import consistency
     from emdenoise.inference import resample
     from emdenoise.inference.denoiser import DeepMethod, PerFrame
-
-    from emdenoise.config import params
 
     # the keywords checked as the denoise: section checks them (a bad value: one InputError naming it)
     params.defaults().denoise.replace(
