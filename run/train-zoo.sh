@@ -15,7 +15,6 @@ declare -A PARAMS=(
     [abf-unet]=workspace/parameters/zoo-abf-unet.parameters.yaml
     [hrtem-mixed-unet]=workspace/parameters/zoo-hrtem-mixed-unet.parameters.yaml
     [hrtem-prior-unet]=workspace/parameters/zoo-hrtem-prior-unet.parameters.yaml
-    [haadf-prior-unet]=workspace/parameters/zoo-haadf-prior-unet.parameters.yaml
 )
 W=${1:-workspace-zoo}
 shift || true

@@ -108,6 +108,7 @@ def test_test_zoo_names_the_zoo_models(tmp_path):
     assert params.load(write(tmp_path, "test:\n  zoo: all\n")).test.zoo == "all"
     assert params.load(write(tmp_path, "test:\n  zoo: hrtem-ffdnet\n")).test.zoo == ["hrtem-ffdnet"]
     assert params.load(ROOT / "workspace/parameters/quickstart.parameters.yaml").test.zoo == [
+        "hrtem-prior-unet",
         "hrtem-unet",
         "hrtem-ffdnet",
     ]

@@ -3,12 +3,10 @@
 # generalisation split), on the abTEM set and on the HAADF and ABF STEM sets, then rewrite each model's card scores
 # (docs/results/zoo.md): each HRTEM model's from the HRTEM sets, each STEM model's from its own mode's set.
 #   bash docs/results/zoo-check/run.sh [SET ...]   (from the repository root; SET: hrtem, abtem, haadf, abf, mixed,
-#                                                   prior, haadf-prior; default all; abtem needs the [abtem] extra,
-#                                                   haadf and abf the [peer] extra for the peer's STEM rows; mixed
-#                                                   and prior score zoo:hrtem-mixed-unet and zoo:hrtem-prior-unet
-#                                                   beside zoo:hrtem-unet on the hrtem and abtem sets, haadf-prior
-#                                                   zoo:haadf-prior-unet beside zoo:haadf-unet on the haadf set,
-#                                                   after those sets)
+#                                                   prior; default all; abtem needs the [abtem] extra, haadf and
+#                                                   abf the [peer] extra for the peer's STEM rows; mixed and prior
+#                                                   score zoo:hrtem-mixed-unet and zoo:hrtem-prior-unet beside
+#                                                   zoo:hrtem-unet on the hrtem and abtem sets, after those sets)
 # Outputs go to workspace-zoo-check/, workspace-zoo-abtem/, workspace-zoo-haadf/, workspace-zoo-abf/; the reports
 # are copied here. A set not named keeps its last run's test_metrics.json for the cards; a model whose runs are
 # not there keeps its card's scores.
@@ -16,7 +14,7 @@ set -euo pipefail
 D=docs/results/zoo-check; E=.venv/bin/emdenoise; PY=.venv/bin/python
 declare -A RUN=([hrtem]=zoo-check:workspace-zoo-check [abtem]=zoo-abtem:workspace-zoo-abtem
                 [haadf]=zoo-check-haadf:workspace-zoo-haadf [abf]=zoo-check-abf:workspace-zoo-abf)
-SETS=("$@"); [ ${#SETS[@]} -gt 0 ] || SETS=(hrtem abtem haadf abf mixed prior haadf-prior)
+SETS=("$@"); [ ${#SETS[@]} -gt 0 ] || SETS=(hrtem abtem haadf abf mixed prior)
 beside() {  # beside NAME BASELINES SET:WORKSPACE:REPORT ...: zoo:NAME beside its base model and the strongest filters
     local NAME=$1 BASE=$2 BASELINES=$3 S P W R; shift 3
     for S in "$@"; do
@@ -33,8 +31,6 @@ for SET in "${SETS[@]}"; do
                    zoo-abtem:workspace-zoo-abtem:mixed-abtem-results; continue ;;
         prior) beside hrtem-prior-unet hrtem-unet "bragg, wiener" zoo-check:workspace-zoo-check:prior-results \
                    zoo-abtem:workspace-zoo-abtem:prior-abtem-results; continue ;;
-        haadf-prior) beside haadf-prior-unet haadf-unet "gaussian, tv, bragg, wiener" \
-                         zoo-check-haadf:workspace-zoo-haadf:haadf-prior-results; continue ;;
     esac
     S=${RUN[$SET]:?"unknown set $SET (known: ${!RUN[*]})"}
     P=workspace/parameters/${S%%:*}.parameters.yaml W=${S##*:}
@@ -49,7 +45,6 @@ for SET in "${SETS[@]}"; do
 done
 for NAME in $($PY -c "from emdenoise import zoo; print(*zoo.models())"); do
     case $NAME in
-        haadf-prior-*) RUNS=(test=workspace-zoo-haadf/output-haadf-prior/test_metrics.json) ;;
         haadf-*|abf-*) RUNS=("test=workspace-zoo-${NAME%%-*}/output/test_metrics.json") ;;
         hrtem-mixed-*|hrtem-prior-*) O=output-$(cut -d- -f2 <<< "$NAME")
             RUNS=("test=workspace-zoo-check/$O/test_metrics.json" "abtem=workspace-zoo-abtem/$O/test_metrics.json") ;;
@@ -57,5 +52,5 @@ for NAME in $($PY -c "from emdenoise import zoo; print(*zoo.models())"); do
     esac
     MISSING=0; for R in "${RUNS[@]}"; do [ -f "${R#*=}" ] || MISSING=1; done
     if [ $MISSING = 1 ]; then echo "zoo:$NAME: keeps its card's scores (a run of ${RUNS[*]} is not here)"; continue; fi
-    $PY -m emdenoise.zoo.check "$NAME" --card "${RUNS[@]}"
+    OMP_NUM_THREADS=1 $PY -m emdenoise.zoo.check "$NAME" --card "${RUNS[@]}"
 done
