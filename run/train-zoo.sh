@@ -19,7 +19,7 @@ declare -A PARAMS=(
 W=${1:-workspace-zoo}
 shift || true
 NAMES=("$@")
-[ ${#NAMES[@]} -gt 0 ] || NAMES=(hrtem-ffdnet hrtem-unet haadf-unet abf-unet)
+[ ${#NAMES[@]} -gt 0 ] || NAMES=(hrtem-ffdnet hrtem-unet haadf-unet abf-unet hrtem-mixed-unet hrtem-prior-unet)
 bash run/install.sh >/dev/null
 for NAME in "${NAMES[@]}"; do
     P=${PARAMS[$NAME]:?"unknown zoo model $NAME (known: ${!PARAMS[*]})"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from fnmatch import fnmatch
@@ -142,3 +143,13 @@ def test_a_missing_test_run_is_one_line_naming_it(tmp_path, capsys):
     assert check.main(["hrtem-unet", "--card", f"test={tmp_path / 'none.json'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "none.json" in err and "expected a test_metrics.json" in err
+
+
+def test_train_zoo_reproduces_every_shipped_model_by_default():
+    """run/train-zoo.sh has a parameters file for each shipped model, and its default list names them all."""
+    script = (ROOT / "run" / "train-zoo.sh").read_text()
+    shipped = {p.parent.name for p in zoo.ZOO_DIR.glob(f"*/{zoo.MODEL_FILE}")}
+    entries = dict(re.findall(r"^\s+\[([\w-]+)\]=(\S+)$", script, flags=re.M))
+    default = re.search(r"\|\| NAMES=\(([^)]*)\)", script)
+    assert default is not None and set(default.group(1).split()) == shipped == set(entries)
+    assert all((ROOT / path).is_file() for path in entries.values())
