@@ -43,6 +43,7 @@ from emdenoise.inference.levels import FRAME_LEVELS
 from emdenoise.runtime import PRECISIONS
 from emdenoise.training.choices import (
     AUGMENTS,
+    CLEAN_ONLY_CONDITIONS,
     CONDITION_CHANNELS,
     CONDITIONS,
     LOSSES,
@@ -447,11 +448,11 @@ class TrainParams(Section):
         return {**{key: getattr(self, key) for key in super().fields()}, **self.model_options}
 
     def check(self) -> None:
-        if self.condition.startswith(("flatfield", "wiener_prior")) and self.supervision != "clean":
+        if self.condition in CLEAN_ONLY_CONDITIONS and self.supervision != "clean":
             raise self.error(
                 "condition",
                 f"expected none, anscombe or noise_level with supervision {self.supervision} (a flat-fielded input "
-                "cannot give back the beam its noisy targets keep), got " + self.condition,
+                "or estimate cannot give back the beam its noisy targets keep), got " + self.condition,
             )
         from emdenoise import models
 

@@ -14,3 +14,5 @@ AUGMENTS = ("none", "dihedral")  # random symmetries of the square applied to ea
 CONDITIONS = ("none", "flatfield", "anscombe", "noise_level", "flatfield+noise_level", "wiener_prior")
 # input channels a condition gives the model (1 when not named): a model that takes them (emdenoise.models.multichannel)
 CONDITION_CHANNELS = {"wiener_prior": 2}
+# conditions whose input estimates the flat-illuminated clean image: clean targets only (noisy ones keep the beam)
+CLEAN_ONLY_CONDITIONS = ("flatfield", "flatfield+noise_level", "wiener_prior")
