@@ -153,3 +153,31 @@ def test_train_zoo_reproduces_every_shipped_model_by_default():
     default = re.search(r"\|\| NAMES=\(([^)]*)\)", script)
     assert default is not None and set(default.group(1).split()) == shipped == set(entries)
     assert all((ROOT / path).is_file() for path in entries.values())
+
+
+def test_same_weights_tells_a_reproduction_from_a_model_one_ulp_away(tmp_path, capsys):
+    """python -m emdenoise.zoo.check NAME --same-weights FILE (what run/train-zoo.sh ends with): 0 for the shipped
+    weights in another file with other attributes, 1 naming the tensor for one weight changed by one ulp."""
+    import numpy as np
+    import torch
+
+    from emdenoise.zoo import check
+
+    model, meta = modelfile.load_model(zoo.get("hrtem-ffdnet").model_file)
+    same = tmp_path / "same.h5"
+    modelfile.save_model(same, model, {k: v for k, v in meta.items() if k in modelfile.META_KEYS and k != "metrics"})
+    assert check.main(["hrtem-ffdnet", "--same-weights", str(same)]) == 0
+    assert "bit for bit" in capsys.readouterr().out
+
+    key, tensor = next((k, v) for k, v in model.state_dict().items() if v.is_floating_point())
+    flat = tensor.view(-1)
+    flat[0] = torch.from_numpy(np.nextafter(flat[:1].numpy(), np.float32(np.inf)))
+    other = tmp_path / "other.h5"
+    modelfile.save_model(other, model, {k: v for k, v in meta.items() if k in modelfile.META_KEYS})
+    assert check.main(["hrtem-ffdnet", "--same-weights", str(other)]) == 1
+    out = capsys.readouterr().out.strip()
+    assert out.count("\n") == 0 and f"state/{key} differs" in out and "not the weights of zoo:hrtem-ffdnet" in out
+
+    assert check.main(["hrtem-ffdnet", "--same-weights", str(tmp_path / "none.h5")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "none.h5" in err

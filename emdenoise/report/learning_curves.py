@@ -1,10 +1,12 @@
 """Learning curves: validation PSNR and lattice-band PSNR against optimiser steps and against wall time, one line
 per model, from the ``train_metrics.json`` files ``emdenoise train`` writes.
 
-    python -m emdenoise.report.learning_curves FIGURE.png [LABEL=]train_metrics.json ...
+    python -m emdenoise.report.learning_curves FIGURE.png [LABEL=]train_metrics.json[+train_metrics.json ...] ...
 
 Every model of every file is a line (labelled ``LABEL: model`` when a label is given). Wall time is the sum of
-the epochs' ``seconds`` (validation included). Records written before ``steps`` and ``val_band_psnr`` existed
+the epochs' ``seconds`` (validation included). Files joined by ``+`` are the legs of one training (a run
+continued from the model of the one before, ``train.init_from``): each model's later legs go on from where its
+earlier ones ended, in steps and in wall time. Records written before ``steps`` and ``val_band_psnr`` existed
 show what they have. The figure is written atomically.
 """
 
@@ -62,6 +64,25 @@ def curves(path: Path, label: str = "") -> list[Curve]:
     return out
 
 
+def joined(legs: list[list[Curve]]) -> list[Curve]:
+    """The curves of trainings run in legs (each leg's curves as :func:`curves` reads them): every model of the
+    first leg with the epochs of the same model in the later legs appended, their steps and hours counted on
+    from the end of the leg before."""
+    out = []
+    for first in legs[0]:
+        steps, hours, values = list(first.steps), list(first.hours), {k: list(v) for k, v in first.values.items()}
+        for leg in legs[1:]:
+            for curve in (c for c in leg if c.label == first.label):
+                step0 = next((s for s in reversed(steps) if s is not None), None)
+                hour0 = hours[-1] if hours else 0.0
+                steps += [None if s is None or step0 is None else step0 + s for s in curve.steps]
+                hours += [hour0 + h for h in curve.hours]
+                for key in values:
+                    values[key] += curve.values[key]
+        out.append(Curve(first.label, steps, hours, values))
+    return out
+
+
 def draw(all_curves: list[Curve], dest: Path) -> None:
     """Two rows (the measures of :data:`PANELS`) by two columns (steps, wall time) into ``dest``."""
     fig = figure(10, 7)
@@ -84,14 +105,14 @@ def draw(all_curves: list[Curve], dest: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m emdenoise.report.learning_curves", description=__doc__.splitlines()[0])
     ap.add_argument("figure", type=Path)
-    ap.add_argument("metrics", nargs="+", help="[LABEL=]train_metrics.json")
+    ap.add_argument("metrics", nargs="+", help="[LABEL=]train_metrics.json[+train_metrics.json ...]")
     args = ap.parse_args(argv)
 
     def work() -> str:
         found = []
         for item in args.metrics:
-            label, _, path = item.rpartition("=")
-            found += curves(Path(path), label)
+            label, _, paths = item.rpartition("=")
+            found += joined([curves(Path(path), label) for path in paths.split("+")])
         draw(found, args.figure)
         return f"learning curves ({len(found)} models): {args.figure}"
 

@@ -7,6 +7,9 @@ the card's scores, taken from ``emdenoise test`` runs that scored the zoo (``tes
         # writes card.json's ``check`` and ``scores``: for each SET (test, abtem, ...) the row zoo:NAME against
         # the run's strongest classical row and the truth row; a run's generalisation split becomes its own set;
         # --row zoo:OTHER takes the scores of the same weights scored under another name
+    python -m emdenoise.zoo.check NAME --same-weights FILE
+        # exit 0 when the model file FILE holds zoo:NAME's weights bit for bit (a reproduction by run/train-zoo.sh),
+        # else 1, naming the first tensor that differs
 
 The pairs are drawn at the model's own pixel size (its model file's ``pixel_size``), so no resampling enters the
 number, in the model's imaging mode (``card.json`` ``imaging``: graphene in HRTEM at 100-2,000 e/px; graphene,
@@ -64,6 +67,24 @@ def check_psnr(name: str) -> float:
     data_range = float(clean.max() - clean.min())
     mse = ((out.astype(np.float64) - clean) ** 2).mean(axis=(1, 2))
     return float(np.mean(10 * np.log10(data_range**2 / mse)))
+
+
+def weights_differ(name: str, path: Path) -> str | None:
+    """None when the model file at ``path`` holds the weights of ``zoo:NAME`` bit for bit (the same tensors,
+    shapes, dtypes and bytes), else what differs first. Both files are read as model files (checked and sealed);
+    their attributes (the package version, the path of the data) may differ."""
+    from emdenoise import zoo
+    from emdenoise.io import modelfile
+
+    shipped = modelfile.load_model(zoo.get(name).model_file)[0].state_dict()
+    other = modelfile.load_model(path)[0].state_dict()
+    if shipped.keys() != other.keys():
+        return f"other tensors: {sorted(set(shipped) ^ set(other))[0]}"
+    for key, tensor in shipped.items():
+        if tensor.dtype != other[key].dtype or tensor.shape != other[key].shape or not tensor.equal(other[key]):
+            diff = (tensor.double() - other[key].double()).abs().max() if tensor.shape == other[key].shape else None
+            return f"state/{key} differs" + ("" if diff is None else f" (largest difference {float(diff):.3g})")
+    return None
 
 
 def _round(value: Any, digits: int) -> float | None:
@@ -149,7 +170,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("name")
     ap.add_argument("--card", nargs="*", metavar="SET=test_metrics.json", help="rewrite card.json from these runs")
     ap.add_argument("--row", help="the row of the runs to take (default zoo:NAME)")
+    ap.add_argument("--same-weights", type=Path, metavar="FILE", help="compare FILE's weights with zoo:NAME's")
     args = ap.parse_args(argv)
+
+    if args.same_weights is not None:  # as cmp: the verdict on stdout, 1 when they differ
+        differs: list[str | None] = []
+
+        def compare() -> str:
+            differs.append(weights_differ(args.name, args.same_weights))
+            verdict = f"not the weights of zoo:{args.name}: {differs[0]}" if differs[0] else "the same weights"
+            return f"{args.same_weights}: {verdict}" + ("" if differs[0] else f" as zoo:{args.name}, bit for bit")
+
+        code = script(compare)
+        return 1 if code == 0 and differs[0] else code
 
     def work() -> str:
         if args.card is None:

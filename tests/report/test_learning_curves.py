@@ -32,3 +32,23 @@ def test_a_file_that_is_not_train_metrics_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "test_metrics.json: models: expected" in err
     assert not (tmp_path / "x.png").exists()
+
+
+def _record(path, epochs):
+    path.write_text(json.dumps({"models": {"dncnn": {"epochs": epochs}}}))
+    return path
+
+
+def test_a_continued_run_goes_on_from_where_its_first_leg_ended(tmp_path, capsys):
+    first = _record(
+        tmp_path / "first.json",
+        [{"steps": 240, "seconds": 360.0, "val_psnr": 27.0}, {"steps": 480, "seconds": 360.0, "val_psnr": 28.0}],
+    )
+    more = _record(tmp_path / "more.json", [{"steps": 240, "seconds": 720.0, "val_psnr": 28.5, "val_band_psnr": 29.5}])
+    (curve,) = learning_curves.joined([learning_curves.curves(first, "x"), learning_curves.curves(more, "x")])
+    assert curve.label == "x: dncnn" and curve.steps == [240, 480, 720]
+    assert curve.hours == pytest.approx([0.1, 0.2, 0.4])
+    assert curve.values == {"val_psnr": [27.0, 28.0, 28.5], "val_band_psnr": [None, None, 29.5]}
+    figure = tmp_path / "curves.png"
+    assert learning_curves.main([str(figure), f"x={first}+{more}", str(first)]) == 0
+    assert figure.read_bytes()[:4] == b"\x89PNG" and "2 models" in capsys.readouterr().out

@@ -3,26 +3,32 @@
 #   bash docs/results/fidelity-recipe/run.sh train [NAME ...]   train the named architectures (default: all six), one
 #                                                               after the other; a second call, started once the
 #                                                               first has made the data, uses the other core
+#   bash docs/results/fidelity-recipe/run.sh more [NAME ...]    the second leg: continue each from its first leg's
+#                                                               model, so that it has had about an hour of one core
 #   bash docs/results/fidelity-recipe/run.sh test [SET ...]     score them beside the zoo and the classical rows
 #   bash docs/results/fidelity-recipe/run.sh report             copy the reports and draw the learning curves here
-# Each architecture gets about 25 minutes of one core: the crop side, epochs and warm-up below are sized to its speed
-# (bf16 on a 2-core AMD EPYC with AVX512-BF16); everything else is fidelity-recipe.parameters.yaml. Each trains into
-# its own folder under W/runs (so that two can train at once); `test` gathers them in W/models and scores them on the
-# fidelity run's test set and MoS2 split (zoo-check.parameters.yaml) and on the abTEM set (zoo-abtem.parameters.yaml),
-# outputs in workspace-zoo-check/output-recipe and workspace-zoo-abtem/output-recipe.
+# Each architecture gets about an hour of one core in two legs (`train`: about 25 minutes, the first fidelity run
+# with the recipe; `more`: the rest): the crop side, epochs and warm-up below are sized to its speed (bf16 on a
+# 2-core AMD EPYC with AVX512-BF16); everything else is fidelity-recipe.parameters.yaml. Each leg trains into its
+# own folder under W/runs or W/more (so that two can train at once); `test` gathers them in W/models and scores
+# them with the zoo's HRTEM models on the fidelity run's test set and MoS2 split (zoo-check.parameters.yaml) and on
+# the abTEM set (zoo-abtem.parameters.yaml), outputs in workspace-zoo-check/output-recipe and
+# workspace-zoo-abtem/output-recipe.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 E=.venv/bin/emdenoise W=workspace-zoo/fidelity P=workspace/parameters/fidelity-recipe.parameters.yaml
-# name: crop side, epochs, warm-up steps, training pairs used (0: all 3,840; 240 steps an epoch at batch 16)
+# name: crop side, epochs, warm-up steps, training pairs used (0: all 3,840; 240 steps an epoch at batch 16); then
+# the second leg (`more`): the epochs and warm-up steps of a second warm-up + cosine schedule started from the first
+# leg's model (train.init_from), same crops, so that the two legs together come to about an hour of one core
 declare -A PLAN=(
-    [sciml_ae]="128 12 300 0"
-    [mscnn]="64 4 240 0"
-    [dncnn]="64 4 240 0"
-    [cafcn]="64 4 240 0"
-    [msdnet]="64 3 180 0"
-    [rednet]="64 2 100 3200"
+    [sciml_ae]="128 12 300 0 18 100"
+    [mscnn]="64 4 240 0 5 100"
+    [dncnn]="64 4 240 0 4 100"
+    [cafcn]="64 4 240 0 2 100"
+    [msdnet]="64 3 180 0 4 100"
+    [rednet]="64 2 100 3200 3 100"
 )
-task=${1:?"usage: run.sh train [NAME ...] | run.sh test [SET ...] | run.sh report"}
+task=${1:?"usage: run.sh train [NAME ...] | run.sh more [NAME ...] | run.sh test [SET ...] | run.sh report"}
 shift
 case $task in
 train)
@@ -32,11 +38,22 @@ train)
     [ -e "$W/data/processed/dataset_card.json" ] ||
         for t in download preprocess; do OMP_NUM_THREADS=1 $E "$t" --workspace=$W --parameters_file=$P; done
     for NAME in "${NAMES[@]}"; do
-        read -r crop epochs warmup pairs <<<"${PLAN[$NAME]:?"unknown architecture $NAME (known: ${!PLAN[*]})"}"
+        read -r crop epochs warmup pairs _ <<<"${PLAN[$NAME]:?"unknown architecture $NAME (known: ${!PLAN[*]})"}"
         OMP_NUM_THREADS=1 $E train --workspace=$W --parameters_file=$P --model_dir="$W/runs/$NAME" \
             --output_dir="$W/runs/$NAME/output" --log_dir="$W/runs/$NAME/logs" --set train.model="$NAME" \
             --set train.patch_size="$crop" --set train.epochs="$epochs" --set train.warmup_steps="$warmup" \
             --set train.max_train_images="$pairs"
+    done
+    ;;
+more)
+    NAMES=("$@")
+    [ ${#NAMES[@]} -gt 0 ] || NAMES=(sciml_ae mscnn dncnn cafcn msdnet rednet)
+    for NAME in "${NAMES[@]}"; do
+        read -r crop _ _ pairs epochs warmup <<<"${PLAN[$NAME]:?"unknown architecture $NAME (known: ${!PLAN[*]})"}"
+        OMP_NUM_THREADS=1 $E train --workspace=$W --parameters_file=$P --model_dir="$W/more/$NAME" \
+            --output_dir="$W/more/$NAME/output" --log_dir="$W/more/$NAME/logs" --set train.model="$NAME" \
+            --set train.patch_size="$crop" --set train.epochs="$epochs" --set train.warmup_steps="$warmup" \
+            --set train.max_train_images="$pairs" --set train.init_from="$W/runs/$NAME/$NAME/em_denoise_model.h5"
     done
     ;;
 test)
@@ -45,18 +62,25 @@ test)
     SETS=("$@")
     [ ${#SETS[@]} -gt 0 ] || SETS=(zoo-check zoo-abtem)
     mkdir -p "$W/models"
-    # -u: a second call (the other SET) does not rewrite the files the first one is reading
-    for NAME in "${!PLAN[@]}"; do cp -ru "$W/runs/$NAME/$NAME" "$W/models/"; done
+    # each architecture's second leg where it has one, else its first; -u: a second call (the other SET) does not
+    # rewrite the files the first one is reading
+    for NAME in "${!PLAN[@]}"; do
+        R=$W/more/$NAME/$NAME
+        [ -e "$R/em_denoise_model.h5" ] || R=$W/runs/$NAME/$NAME
+        cp -ru "$R" "$W/models/"
+    done
     for S in "${SETS[@]}"; do
         C=workspace/parameters/$S.parameters.yaml Z=workspace-$S
         [ -e "$Z/data/processed/dataset_card.json" ] ||
             for t in download preprocess; do OMP_NUM_THREADS=1 $E "$t" --workspace="$Z" --parameters_file="$C"; done
         OMP_NUM_THREADS=1 $E test --workspace="$Z" --parameters_file="$C" --model_dir=$W/models \
-            --output_dir="$Z/output-recipe" --set test.models=all
+            --output_dir="$Z/output-recipe" --set test.models=all \
+            --set "test.zoo=[hrtem-prior-unet, hrtem-unet, hrtem-ffdnet]"
     done
     ;;
 report)
-    # the reports, train records and learning curves of all eight (the zoo's two from docs/results/zoo-check/train)
+    # the reports, train records (both legs) and learning curves of all nine (the zoo's three from
+    # docs/results/zoo-check/train)
     D=docs/results/fidelity-recipe
     mkdir -p $D/train
     for S in zoo-check zoo-abtem; do
@@ -64,10 +88,16 @@ report)
         cp workspace-$S/output-recipe/test_metrics.json $D/$S-test_metrics.json
     done
     cp workspace-zoo-check/output-recipe/comparison.png $D/comparison.png
-    for NAME in "${!PLAN[@]}"; do cp "$W/runs/$NAME/output/train_metrics.json" "$D/train/$NAME-train_metrics.json"; done
-    .venv/bin/python -m emdenoise.report.learning_curves $D/learning-curves.png $D/train/*.json \
+    CURVES=()
+    for NAME in "${!PLAN[@]}"; do
+        cp "$W/runs/$NAME/output/train_metrics.json" "$D/train/$NAME-train_metrics.json"
+        cp "$W/more/$NAME/output/train_metrics.json" "$D/train/$NAME-more-train_metrics.json"
+        CURVES+=("$D/train/$NAME-train_metrics.json+$D/train/$NAME-more-train_metrics.json")
+    done
+    .venv/bin/python -m emdenoise.report.learning_curves $D/learning-curves.png "${CURVES[@]}" \
         zoo=docs/results/zoo-check/train/hrtem-unet-train_metrics.json \
-        zoo=docs/results/zoo-check/train/hrtem-ffdnet-v2-train_metrics.json
+        zoo=docs/results/zoo-check/train/hrtem-ffdnet-v2-train_metrics.json \
+        zoo=docs/results/zoo-check/train/hrtem-prior-unet-train_metrics.json
     ;;
 *) echo "run.sh: unknown step $task (expected train, test or report)" >&2; exit 2 ;;
 esac
