@@ -69,14 +69,13 @@ def check_psnr(name: str) -> float:
     return float(np.mean(10 * np.log10(data_range**2 / mse)))
 
 
-def weights_differ(name: str, path: Path) -> str | None:
-    """None when the model file at ``path`` holds the weights of ``zoo:NAME`` bit for bit (the same tensors,
-    shapes, dtypes and bytes), else what differs first. Both files are read as model files (checked and sealed);
-    their attributes (the package version, the path of the data) may differ."""
-    from emdenoise import zoo
+def weights_differ(reference: Path, path: Path) -> str | None:
+    """None when the model file at ``path`` holds the weights of the one at ``reference`` bit for bit (the same
+    tensors, shapes, dtypes and bytes), else what differs first. Both files are read as model files (checked and
+    sealed); their attributes (the package version, the path of the data) may differ."""
     from emdenoise.io import modelfile
 
-    shipped = modelfile.load_model(zoo.get(name).model_file)[0].state_dict()
+    shipped = modelfile.load_model(reference)[0].state_dict()
     other = modelfile.load_model(path)[0].state_dict()
     if shipped.keys() != other.keys():
         return f"other tensors: {sorted(set(shipped) ^ set(other))[0]}"
@@ -164,6 +163,7 @@ def update_card(name: str, runs: dict[str, Path], row: str | None = None) -> dic
 
 
 def main(argv: list[str] | None = None) -> int:
+    from emdenoise import zoo
     from emdenoise.errors import script
 
     ap = argparse.ArgumentParser(prog="python -m emdenoise.zoo.check", description=__doc__.splitlines()[0])
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         differs: list[str | None] = []
 
         def compare() -> str:
-            differs.append(weights_differ(args.name, args.same_weights))
+            differs.append(weights_differ(zoo.get(args.name).model_file, args.same_weights))
             verdict = f"not the weights of zoo:{args.name}: {differs[0]}" if differs[0] else "the same weights"
             return f"{args.same_weights}: {verdict}" + ("" if differs[0] else f" as zoo:{args.name}, bit for bit")
 

@@ -97,7 +97,7 @@ report)
     .venv/bin/python -m emdenoise.report.learning_curves $D/learning-curves.png "${CURVES[@]}" \
         zoo=docs/results/zoo-check/train/hrtem-unet-train_metrics.json \
         zoo=docs/results/zoo-check/train/hrtem-ffdnet-v2-train_metrics.json \
-        zoo=docs/results/zoo-check/train/hrtem-prior-unet-train_metrics.json
+        "zoo, Wiener input=docs/results/zoo-check/train/hrtem-prior-unet-train_metrics.json"
     ;;
 *) echo "run.sh: unknown step $task (expected train, test or report)" >&2; exit 2 ;;
 esac
