@@ -75,11 +75,11 @@ def weights_differ(reference: Path, path: Path) -> str | None:
     sealed); their attributes (the package version, the path of the data) may differ."""
     from emdenoise.io import modelfile
 
-    shipped = modelfile.load_model(reference)[0].state_dict()
+    ref = modelfile.load_model(reference)[0].state_dict()
     other = modelfile.load_model(path)[0].state_dict()
-    if shipped.keys() != other.keys():
-        return f"other tensors: {sorted(set(shipped) ^ set(other))[0]}"
-    for key, tensor in shipped.items():
+    if ref.keys() != other.keys():
+        return f"other tensors: {sorted(set(ref) ^ set(other))[0]}"
+    for key, tensor in ref.items():
         if tensor.dtype != other[key].dtype or tensor.shape != other[key].shape or not tensor.equal(other[key]):
             diff = (tensor.double() - other[key].double()).abs().max() if tensor.shape == other[key].shape else None
             return f"state/{key} differs" + ("" if diff is None else f" (largest difference {float(diff):.3g})")
