@@ -80,9 +80,13 @@ def weights_differ(reference: Path, path: Path) -> str | None:
     if ref.keys() != other.keys():
         return f"other tensors: {sorted(set(ref) ^ set(other))[0]}"
     for key, tensor in ref.items():
-        if tensor.dtype != other[key].dtype or tensor.shape != other[key].shape or not tensor.equal(other[key]):
-            diff = (tensor.double() - other[key].double()).abs().max() if tensor.shape == other[key].shape else None
-            return f"state/{key} differs" + ("" if diff is None else f" (largest difference {float(diff):.3g})")
+        theirs = other[key]
+        if (tensor.dtype, tensor.shape) != (theirs.dtype, theirs.shape):
+            got, expected = f"{theirs.dtype} {tuple(theirs.shape)}", f"{tensor.dtype} {tuple(tensor.shape)}"
+            return f"state/{key} differs ({got}, expected {expected})"
+        if not tensor.equal(theirs):
+            largest = float((tensor.double() - theirs.double()).abs().max())
+            return f"state/{key} differs (largest difference {largest:.3g})"
     return None
 
 
@@ -168,9 +172,10 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m emdenoise.zoo.check", description=__doc__.splitlines()[0])
     ap.add_argument("name")
-    ap.add_argument("--card", nargs="*", metavar="SET=test_metrics.json", help="rewrite card.json from these runs")
+    what = ap.add_mutually_exclusive_group()
+    what.add_argument("--card", nargs="*", metavar="SET=test_metrics.json", help="rewrite card.json from these runs")
+    what.add_argument("--same-weights", type=Path, metavar="FILE", help="compare FILE's weights with zoo:NAME's")
     ap.add_argument("--row", help="the row of the runs to take (default zoo:NAME)")
-    ap.add_argument("--same-weights", type=Path, metavar="FILE", help="compare FILE's weights with zoo:NAME's")
     args = ap.parse_args(argv)
 
     if args.same_weights is not None:  # as cmp: the verdict on stdout, 1 when they differ
@@ -178,8 +183,9 @@ def main(argv: list[str] | None = None) -> int:
 
         def compare() -> str:
             differs.append(weights_differ(zoo.get(args.name).model_file, args.same_weights))
-            verdict = f"not the weights of zoo:{args.name}: {differs[0]}" if differs[0] else "the same weights"
-            return f"{args.same_weights}: {verdict}" + ("" if differs[0] else f" as zoo:{args.name}, bit for bit")
+            if differs[0]:
+                return f"{args.same_weights}: not the weights of zoo:{args.name}: {differs[0]}"
+            return f"{args.same_weights}: the same weights as zoo:{args.name}, bit for bit"
 
         code = script(compare)
         return 1 if code == 0 and differs[0] else code

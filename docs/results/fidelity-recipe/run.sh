@@ -28,33 +28,37 @@ declare -A PLAN=(
     [msdnet]="64 3 180 0 4 100"
     [rednet]="64 2 100 3200 3 100"
 )
+ALL=(sciml_ae mscnn dncnn cafcn msdnet rednet)
+# one leg of NAME's training: `leg runs NAME` (the first, into W/runs/NAME) or `leg more NAME` (the second, from
+# the first's model, into W/more/NAME)
+leg() {
+    local dir=$1 name=$2 plan crop epochs warmup pairs more_epochs more_warmup from=()
+    plan=${PLAN[$name]:?"unknown architecture $name (known: ${!PLAN[*]})"}
+    read -r crop epochs warmup pairs more_epochs more_warmup <<<"$plan"
+    if [ "$dir" = more ]; then
+        epochs=$more_epochs warmup=$more_warmup
+        from=(--set train.init_from="$W/runs/$name/$name/em_denoise_model.h5")
+    fi
+    OMP_NUM_THREADS=1 $E train --workspace=$W --parameters_file=$P --model_dir="$W/$dir/$name" \
+        --output_dir="$W/$dir/$name/output" --log_dir="$W/$dir/$name/logs" --set train.model="$name" \
+        --set train.patch_size="$crop" --set train.epochs="$epochs" --set train.warmup_steps="$warmup" \
+        --set train.max_train_images="$pairs" "${from[@]}"
+}
 task=${1:?"usage: run.sh train [NAME ...] | run.sh more [NAME ...] | run.sh test [SET ...] | run.sh report"}
 shift
 case $task in
 train)
     NAMES=("$@")
-    [ ${#NAMES[@]} -gt 0 ] || NAMES=(sciml_ae mscnn dncnn cafcn msdnet rednet)
+    [ ${#NAMES[@]} -gt 0 ] || NAMES=("${ALL[@]}")
     # the data once: a second call while the first trains must not write the folder it reads
     [ -e "$W/data/processed/dataset_card.json" ] ||
         for t in download preprocess; do OMP_NUM_THREADS=1 $E "$t" --workspace=$W --parameters_file=$P; done
-    for NAME in "${NAMES[@]}"; do
-        read -r crop epochs warmup pairs _ <<<"${PLAN[$NAME]:?"unknown architecture $NAME (known: ${!PLAN[*]})"}"
-        OMP_NUM_THREADS=1 $E train --workspace=$W --parameters_file=$P --model_dir="$W/runs/$NAME" \
-            --output_dir="$W/runs/$NAME/output" --log_dir="$W/runs/$NAME/logs" --set train.model="$NAME" \
-            --set train.patch_size="$crop" --set train.epochs="$epochs" --set train.warmup_steps="$warmup" \
-            --set train.max_train_images="$pairs"
-    done
+    for NAME in "${NAMES[@]}"; do leg runs "$NAME"; done
     ;;
 more)
     NAMES=("$@")
-    [ ${#NAMES[@]} -gt 0 ] || NAMES=(sciml_ae mscnn dncnn cafcn msdnet rednet)
-    for NAME in "${NAMES[@]}"; do
-        read -r crop _ _ pairs epochs warmup <<<"${PLAN[$NAME]:?"unknown architecture $NAME (known: ${!PLAN[*]})"}"
-        OMP_NUM_THREADS=1 $E train --workspace=$W --parameters_file=$P --model_dir="$W/more/$NAME" \
-            --output_dir="$W/more/$NAME/output" --log_dir="$W/more/$NAME/logs" --set train.model="$NAME" \
-            --set train.patch_size="$crop" --set train.epochs="$epochs" --set train.warmup_steps="$warmup" \
-            --set train.max_train_images="$pairs" --set train.init_from="$W/runs/$NAME/$NAME/em_denoise_model.h5"
-    done
+    [ ${#NAMES[@]} -gt 0 ] || NAMES=("${ALL[@]}")
+    for NAME in "${NAMES[@]}"; do leg more "$NAME"; done
     ;;
 test)
     # SET: zoo-check (the fidelity test set and its MoS2 split) or zoo-abtem (the abTEM set: the [abtem] extra);
@@ -99,5 +103,5 @@ report)
         zoo=docs/results/zoo-check/train/hrtem-ffdnet-v2-train_metrics.json \
         "zoo, Wiener input=docs/results/zoo-check/train/hrtem-prior-unet-train_metrics.json"
     ;;
-*) echo "run.sh: unknown step $task (expected train, test or report)" >&2; exit 2 ;;
+*) echo "run.sh: unknown step $task (expected train, more, test or report)" >&2; exit 2 ;;
 esac
